@@ -1,0 +1,40 @@
+# nightlab: `make run` sets up and runs the demo research session; `make test` runs the tests.
+#
+# torch: on a machine with an NVIDIA driver (nvidia-smi on PATH) pip takes the default CUDA
+# build; elsewhere we ask for torch==2.13.0, which CI machines serve as a local CPU wheel.
+# A CPU-only machine of your own can avoid the CUDA download with
+#   make TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HAVE_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH_SPEC ?= $(if $(HAVE_GPU),torch>=2.4,torch==2.13.0)
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast lint bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/nightlab demo
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info
