@@ -33,6 +33,8 @@ class TargetConfig(_Strict):
     frozen: list[str] = Field(default_factory=list)
     run: str = Field(min_length=1)
     evaluate: str | None = None
+    # Run once in the workspace before the baseline (e.g. data preparation); frozen afterwards.
+    setup: str | None = None
     # Environment variables added to every run (never secrets: those go in [run] allow_env).
     env: dict[str, str] = Field(default_factory=dict)
 
