@@ -113,6 +113,13 @@ class AgentConfig(_Strict):
     prices: dict[str, list[float]] = Field(default_factory=dict)
     context_chars: int = Field(default=60000, gt=1000)
     retries: int = Field(default=3, ge=0)
+    # llm: transient API failures (429, 5xx, timeouts) retried this many times, first wait
+    # `backoff` seconds (doubling); one request may take `request_timeout` seconds.
+    api_retries: int = Field(default=6, ge=0)
+    backoff: float = Field(default=2.0, ge=0)
+    request_timeout: float = Field(default=300, gt=0)
+    # llm: ask the model for a one-line lesson after each of its experiments.
+    lessons: bool = True
     # command (coding CLIs)
     command: str | None = None
     timeout: float = Field(default=1800, gt=0)

@@ -100,6 +100,8 @@ class Context:
     experiments_left: int | None = None
     seconds_left: float | None = None
     incumbent_commit: str = ""
+    # The editable globs from nightlab.toml, so agents can check edits before proposing them.
+    editable: list[str] = field(default_factory=lambda: ["*"])
 
 
 @runtime_checkable
