@@ -1,0 +1,79 @@
+"""``nightlab demo`` (what ``make run`` runs): a whole research session in about ten minutes.
+
+It creates a cpu-size GPT workspace, shortens the training budget so that ten minutes hold
+enough experiments for the noise-aware policy to confirm something, lets the offline search
+agent work, and writes the report. Running it again continues the same session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from nightlab.errors import UserError
+
+DEMO_TAG = "demo"
+# Seconds of training per run: short enough for ~20 runs in ten minutes on 2 CPU cores.
+DEMO_BUDGET_SECONDS = 20
+DEMO_TIMEOUT = 120
+
+
+def prepare_demo_workspace(directory: Path, console: Console) -> None:
+    """Create the workspace once; an existing demo workspace is reused as it is."""
+    from nightlab.init import init_workspace, set_toml_value
+
+    if (directory / "nightlab.toml").exists():
+        console.print(f"reusing {directory} (delete it to start the demo afresh)")
+        return
+    if directory.exists() and any(directory.iterdir()):
+        raise UserError(f"{directory} exists and is not a nightlab workspace; remove it or pass --dir elsewhere")
+    init_workspace(directory, template="gpt", size="cpu")
+    toml = directory / "nightlab.toml"
+    text = set_toml_value(toml.read_text(), "budget", "seconds", DEMO_BUDGET_SECONDS)
+    text = set_toml_value(text, "budget", "timeout", DEMO_TIMEOUT)
+    toml.write_text(text)
+    import subprocess
+
+    subprocess.run(["git", "add", "nightlab.toml"], cwd=directory, check=True)
+    has_identity = subprocess.run(["git", "config", "user.email"], cwd=directory, capture_output=True).returncode == 0
+    identity = [] if has_identity else ["-c", "user.name=nightlab", "-c", "user.email=nightlab@localhost"]
+    subprocess.run(
+        ["git", *identity, "commit", "-q", "-m", f"demo: {DEMO_BUDGET_SECONDS} s training budget"],
+        cwd=directory,
+        check=True,
+    )
+    console.print(f"created {directory} (gpt template, cpu size, {DEMO_BUDGET_SECONDS} s budget per run)")
+
+
+def run_demo(directory: Path, minutes: float, console: Console) -> None:
+    """Init (once), research for ``minutes``, report, and say where everything is."""
+    from nightlab.cli import _print_summary, _write_reports
+    from nightlab.events import EventSink
+    from nightlab.loop import LoopLimits
+    from nightlab.session import build_loop, open_session
+    from nightlab.view import LiveView, RunView, plain_printer
+
+    directory = Path(directory).resolve()
+    prepare_demo_workspace(directory, console)
+    session = open_session(directory, tag=DEMO_TAG, agent_kind="search")
+    events = EventSink()
+    view = RunView(session.config.budget.seconds, session.config.budget.timeout, session.config.metric.name)
+    events.subscribe(view.on_event)
+    live = console.is_terminal
+    if not live:
+        events.subscribe(plain_printer(console))
+    console.print(f"researching for about {minutes:g} minutes with the offline search agent (Ctrl-C stops safely)")
+    loop = build_loop(session, events=events)
+    limits = LoopLimits(hours=minutes / 60)
+    if live:
+        with LiveView(view, console):
+            outcome = loop.run(limits)
+    else:
+        outcome = loop.run(limits)
+    paths = _write_reports(session, quiet=True)
+    console.print(f"stopped: {outcome.stopped_because}")
+    _print_summary(session)
+    for label, path in paths.items():
+        console.print(f"{label}: {path}")
+    console.print(f"best code: branch nightlab/{DEMO_TAG} in {directory} (git -C {directory} log nightlab/{DEMO_TAG})")

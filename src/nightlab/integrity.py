@@ -1,0 +1,52 @@
+"""Checks that a run did not touch what it must not: frozen files and tracked files.
+
+The frozen set is fixed when the research starts (hashes of the start commit's frozen files,
+plus nightlab.toml). Every replicate is checked against it before and after it runs, so a
+training script that rewrites ``prepare.py`` to flatter itself is caught even if it restores
+the file afterwards inside the same run only partly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from nightlab.config import CONFIG_NAME, Config, match_globs
+
+
+def frozen_paths(config: Config, root: Path) -> list[str]:
+    """Relative paths of every frozen file in ``root``; nightlab.toml is always frozen."""
+    paths = set(match_globs(root, config.target.frozen))
+    if (root / CONFIG_NAME).is_file():
+        paths.add(CONFIG_NAME)
+    return sorted(paths)
+
+
+def hash_paths(root: Path, paths: list[str]) -> dict[str, str]:
+    """sha256 of each file (``"missing"`` when it is gone, so deletion counts as a change)."""
+    out: dict[str, str] = {}
+    for rel in paths:
+        path = root / rel
+        try:
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except (FileNotFoundError, IsADirectoryError):
+            out[rel] = "missing"
+    return out
+
+
+@dataclass
+class FrozenCheck:
+    """The expected hashes; ``violations`` names every file that differs."""
+
+    expected: dict[str, str]
+
+    def violations(self, root: Path) -> list[str]:
+        actual = hash_paths(root, sorted(self.expected))
+        return [rel for rel, digest in self.expected.items() if actual.get(rel) != digest]
+
+    def describe(self, root: Path) -> str | None:
+        bad = self.violations(root)
+        if not bad:
+            return None
+        return "frozen file changed during the run: " + ", ".join(bad)
