@@ -501,7 +501,7 @@ class Ledger:
         """Ok metric values of each finished experiment of ``tag`` with at least two ok runs.
 
         Each group is one piece of code run with several seeds: the raw material of the noise
-        floor (:func:`nightlab.stats.pooled_sd`). Running experiments are left out so a
+        floor (:func:`nightlab.stats.noise_floor`). Running experiments are left out so a
         candidate being decided does not count its own runs twice.
         """
         rows = self._read(

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nightlab.stats import pooled_sd
+from nightlab.stats import noise_floor
 
 if TYPE_CHECKING:
     from nightlab.ledger import ExperimentRow, Ledger
@@ -119,7 +119,7 @@ def status_dict(ledger: Ledger, tag: str) -> dict:
         counts[outcome] = counts.get(outcome, 0) + 1
     best = ledger.incumbent(tag)
     baseline = next((e for e in research if e.decision == "baseline"), None)
-    noise = pooled_sd(ledger.replicate_groups(tag))
+    noise = noise_floor(ledger.replicate_groups(tag))
     return {
         "tag": tag,
         "metric_name": ledger.get_meta("metric_name"),

@@ -44,7 +44,11 @@ class Decision:
 
 
 class Policy(Protocol):
-    """Decides on a candidate from the metric of each of its finished ok runs."""
+    """Decides on a candidate from the metric of each of its finished ok runs.
+
+    ``noise_sd``/``noise_df`` are the noise floor (:func:`nightlab.stats.pooled_sd` over
+    :meth:`nightlab.ledger.Ledger.replicate_groups`); pass ``noise_df`` when known.
+    """
 
     name: str
 
@@ -56,6 +60,7 @@ class Policy(Protocol):
         direction: Direction,
         lines_added: int = 0,
         lines_removed: int = 0,
+        noise_df: int | None = None,
     ) -> Decision: ...
 
 

@@ -76,7 +76,7 @@ class NoiseEstimate:
     groups: int
 
 
-def pooled_sd(groups: Sequence[Sequence[float]]) -> NoiseEstimate | None:
+def noise_floor(groups: Sequence[Sequence[float]]) -> NoiseEstimate | None:
     """The pooled within-group standard deviation over replicate groups.
 
     Each group holds the metric of several runs of the same code (different seeds), so the
@@ -95,6 +95,12 @@ def pooled_sd(groups: Sequence[Sequence[float]]) -> NoiseEstimate | None:
     if df == 0:
         return None
     return NoiseEstimate(sd=math.sqrt(ss / df), df=df, groups=used)
+
+
+def pooled_sd(groups: Sequence[Sequence[float]]) -> tuple[float | None, int]:
+    """:func:`noise_floor` as a pair ``(sd, degrees of freedom)``; ``(None, 0)`` without data."""
+    noise = noise_floor(groups)
+    return (noise.sd, noise.df) if noise else (None, 0)
 
 
 @dataclass(frozen=True)
