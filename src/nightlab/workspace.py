@@ -36,6 +36,18 @@ IDENTITY = {
 # Files a Python run always leaves behind and that are harmless once removed: `restore` deletes
 # them anyway, so a planted .pyc cannot survive into the evaluation.
 DEFAULT_ALLOWED = ("**/__pycache__", "**/*.pyc")
+_REDIRECTING_VARS = frozenset(
+    {
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_COMMON_DIR",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_NAMESPACE",
+        "GIT_PREFIX",
+    }
+)
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -49,8 +61,8 @@ class StaleBranchError(UserError):
 
 def _git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     # Inherited GIT_DIR / GIT_INDEX_FILE / GIT_WORK_TREE (e.g. when started from a git hook)
-    # would silently redirect every command, so none of the caller's GIT_* variables pass.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    # would silently point every command at another repository or index.
+    env = {k: v for k, v in os.environ.items() if k not in _REDIRECTING_VARS}
     env.update({"LC_ALL": "C", "LANGUAGE": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"})
     if extra:
         env.update(extra)
