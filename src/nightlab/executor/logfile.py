@@ -1,0 +1,128 @@
+"""The run's log and run directory on disk: reading the end, bounding the size.
+
+A chatty or runaway script must not fill the disk through its log. Past ``log_limit_bytes``
+the middle of the log is cut out: the head (how the run started, its configuration) and the
+tail (how it ended, the traceback, the summary block) are what anyone reads, so those stay,
+with a note of how many bytes were dropped between them. The run is paused (SIGSTOP) during
+the cut so no line is lost or misplaced, and its output keeps going to the end of the file
+because the log was opened in append mode.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+_MB = 1024 * 1024
+# Beyond this multiple of the limit between two checks the log cannot be trimmed fast enough.
+OVERFLOW_FACTOR = 4
+
+
+class Pausable(Protocol):
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+def read_end(path: Path, size: int) -> str:
+    """The last ``size`` bytes of a file as text (starting at a line boundary when cut)."""
+    try:
+        with open(path, "rb") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            start = max(0, end - size)
+            handle.seek(start)
+            data = handle.read()
+    except OSError:
+        return ""
+    if start > 0:
+        newline = data.find(b"\n")
+        if newline >= 0:
+            data = data[newline + 1 :]
+    return data.decode("utf-8", errors="replace")
+
+
+def directory_usage(path: Path) -> int:
+    """Bytes of disk used by everything under ``path`` (allocated blocks, so a sparse file
+    counts for what it really takes; symbolic links are not followed)."""
+    total = 0
+    stack = [str(path)]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += getattr(info, "st_blocks", 0) * 512 or info.st_size
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+    return total
+
+
+class LogTrimmer:
+    """Keeps a growing log under a limit by cutting out its middle (see the module docstring).
+
+    Holds its own descriptor on the log, so a script that deletes or renames its log cannot
+    hide the bytes it keeps writing.
+    """
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.path = path
+        self.limit = max(int(limit), 1024)
+        self.cut_bytes = 0
+        self._marker_len = 0
+        self._fd = os.open(path, os.O_RDWR)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def check(self, tree: Pausable) -> str | None:
+        """Trim the log if it is over the limit; a reason to kill the run if it cannot be kept
+        under it (it grew past ``OVERFLOW_FACTOR`` times the limit between two checks)."""
+        size = self.size()
+        if size <= self.limit:
+            return None
+        if size > OVERFLOW_FACTOR * self.limit:
+            return (
+                f"log grew past {OVERFLOW_FACTOR * self.limit / _MB:.1f} MB faster than it could be "
+                f"trimmed (log limit {self.limit / _MB:.1f} MB), killed"
+            )
+        tree.pause()
+        try:
+            self.cut()
+        finally:
+            tree.resume()
+        return None
+
+    def cut(self) -> None:
+        """Replace the middle of the log by a one-line note, keeping a quarter of the limit at
+        each end (cut at line boundaries where there are any)."""
+        size = self.size()
+        keep = self.limit // 4
+        head = os.pread(self._fd, keep, 0)
+        newline = head.rfind(b"\n")
+        head_end = newline + 1 if newline >= keep // 2 else len(head)
+        tail_start = max(head_end, size - keep)
+        tail = os.pread(self._fd, size - tail_start, tail_start)
+        newline = tail.find(b"\n")
+        if 0 <= newline < len(tail) // 2:
+            tail = tail[newline + 1 :]
+        removed = size - head_end - len(tail) - self._marker_len
+        self.cut_bytes += max(removed, 0)
+        marker = (
+            f"\n[nightlab: {self.cut_bytes} bytes cut from the middle of this log to keep it under "
+            f"{self.limit} bytes (log_limit_bytes)]\n"
+        ).encode()
+        self._marker_len = len(marker)
+        os.ftruncate(self._fd, head_end)
+        os.pwrite(self._fd, marker + tail, head_end)

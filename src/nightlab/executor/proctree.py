@@ -1,0 +1,281 @@
+"""Watching and killing everything a training command started, including what tried to escape.
+
+Killing the process group is not enough: a script can ``setsid`` a helper, or daemonise a
+server that outlives it (a double fork leaves a process whose parent is init). So a run is
+tracked three ways, and everything found is killed at the end:
+
+1. every process ever seen below the main process while sampling (pid and start time, so a
+   reused pid is never mistaken for one of ours);
+2. a per-run tag, ``NIGHTLAB_PROCESS_TAG``, in the environment the command starts with:
+   descendants inherit it, so a daemon that escaped between two samples is still found by
+   reading ``/proc/<pid>/environ``;
+3. any process of ours still holding the run's log file open (a daemon's inherited stdout),
+   or still in the run's process group.
+
+Only processes of the same user created after the run started are considered; nightlab never
+signals itself. A process that clears its environment, closes its descendants' fds and
+double-forks between two samples escapes all three; stopping that needs a sandbox (cgroup).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+TAG_VARIABLE = "NIGHTLAB_PROCESS_TAG"
+_MB = 1024 * 1024
+_GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError)
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How the main process ended: its exit code (negative: killed by that signal)."""
+
+    code: int
+
+
+class MainProcess:
+    """The command's own process, reaped by us, with a pidfd to wake up the moment it exits so a
+    short command is not made to wait for the next poll.
+
+    (``wait4``'s max-RSS figure is not used: it includes the harness's own memory, copied into
+    the child by fork before the exec.)"""
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.exit: Exit | None = None
+        self._poller: select.poll | None = None
+        self._pidfd: int | None = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                self._pidfd = os.pidfd_open(self.pid)
+                self._poller = select.poll()
+                self._poller.register(self._pidfd, select.POLLIN)
+            except OSError:
+                self._pidfd = None
+
+    def wait(self, timeout: float) -> Exit | None:
+        """The exit, once the process has ended, waiting at most ``timeout`` seconds for it."""
+        if self.exit is not None:
+            return self.exit
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                code = os.waitstatus_to_exitcode(status)
+                self.popen.returncode = code  # so Popen never waits for it again
+                self.exit = Exit(code)
+                self.close()
+                return self.exit
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if self._poller is not None:
+                self._poller.poll(left * 1000.0)
+            else:
+                time.sleep(min(left, 0.01))
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+            self._poller = None
+
+
+class ProcessTree:
+    """Every process that belongs to one run: sampled while it runs, killed when it ends."""
+
+    def __init__(self, main: MainProcess, tag: str, log_path: Path, started: float) -> None:
+        self.main = main
+        self.tag = tag
+        self.log_path = str(log_path.resolve())
+        self.started = started  # time.time() just before the command was started
+        self.seen: dict[tuple[int, float], psutil.Process] = {}
+        # Each process's own peak resident memory since its exec (VmHWM), in MB.
+        self.peaks: dict[tuple[int, float], float] = {}
+        self._root: psutil.Process | None = None
+        # Until it execs, the main process is a copy of the harness and so is its memory.
+        self._harness_cmdline = psutil.Process().cmdline()
+        self._main_execed = False
+        with contextlib.suppress(*_GONE):
+            self._root = psutil.Process(main.pid)
+            self._remember(self._root)
+
+    def _remember(self, proc: psutil.Process) -> None:
+        with contextlib.suppress(*_GONE):
+            self.seen.setdefault((proc.pid, proc.create_time()), proc)
+
+    def sample(self) -> float:
+        """Record the current descendants and return the resident memory of the tree, in MB
+        (the sum over processes: shared pages count once per process, an upper bound)."""
+        procs: list[psutil.Process] = []
+        if self._root is not None and self.main.exit is None:
+            with contextlib.suppress(*_GONE):
+                procs = [self._root, *self._root.children(recursive=True)]
+        # Escaped processes (re-parented to init) still count against the run's memory.
+        known = {p.pid for p in procs}
+        procs += [p for p in self.seen.values() if p.pid not in known and _alive(p)]
+        total = 0.0
+        for proc in procs:
+            self._remember(proc)
+            if proc.pid == self.main.pid and not self._has_execed(proc):
+                continue
+            with contextlib.suppress(*_GONE, psutil.AccessDenied, OSError):
+                rss, hwm = _memory_mb(proc)
+                total += rss
+                key = (proc.pid, proc.create_time())
+                self.peaks[key] = max(self.peaks.get(key, 0.0), hwm)
+        return total
+
+    def _has_execed(self, proc: psutil.Process) -> bool:
+        if not self._main_execed:
+            with contextlib.suppress(*_GONE, psutil.AccessDenied, OSError):
+                self._main_execed = proc.cmdline() != self._harness_cmdline
+        return self._main_execed
+
+    def largest_peak_mb(self) -> float:
+        """The largest peak of any one process of the run (the kernel's high-water mark, so a
+        spike between two samples still counts)."""
+        return max(self.peaks.values(), default=0.0)
+
+    def alive(self) -> list[psutil.Process]:
+        """Seen processes still running (zombies count as gone: they hold nothing)."""
+        return [p for p in self.seen.values() if p.pid != self.main.pid and _alive(p)]
+
+    def stragglers(self) -> list[psutil.Process]:
+        """Processes of ours started since the run began that carry its tag or hold its log."""
+        found = []
+        me = os.getpid()
+        uid = os.getuid()
+        for proc in psutil.process_iter(["pid", "create_time", "uids"]):
+            info = proc.info
+            if info["pid"] in (me, self.main.pid) or info["create_time"] is None:
+                continue
+            if info["create_time"] < self.started - 1.0 or info["uids"] is None:
+                continue
+            if info["uids"].real != uid:
+                continue
+            if self._in_group(proc) or self._tagged(proc) or self._holds_log(proc):
+                found.append(proc)
+        return found
+
+    def _in_group(self, proc: psutil.Process) -> bool:
+        try:
+            return os.getpgid(proc.pid) == self.main.pid
+        except OSError:
+            return False
+
+    def _tagged(self, proc: psutil.Process) -> bool:
+        try:
+            return proc.environ().get(TAG_VARIABLE) == self.tag
+        except (*_GONE, psutil.AccessDenied, OSError):
+            return False
+
+    def _holds_log(self, proc: psutil.Process) -> bool:
+        try:
+            return any(f.path == self.log_path for f in proc.open_files())
+        except (*_GONE, psutil.AccessDenied, OSError):
+            return False
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process group (while the main process holds it) and to every
+        seen process still alive."""
+        if self.main.exit is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.main.pid, sig)
+        for proc in self.alive():
+            _send(proc, sig)
+
+    def pause(self, timeout: float = 0.5) -> None:
+        """Stop the whole run (SIGSTOP) and wait, briefly, until its processes are stopped."""
+        self.signal(signal.SIGSTOP)
+        procs = [p for p in self.seen.values() if _alive(p)]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(_stopped(p) for p in procs):
+                return
+            time.sleep(0.002)
+
+    def resume(self) -> None:
+        self.signal(signal.SIGCONT)
+
+    def kill_all(self, grace: float) -> int:
+        """SIGTERM everything of the run, SIGKILL what is left after ``grace`` seconds, and reap
+        the main process. Returns how many processes other than the main one were signalled.
+
+        Never blocks for long: a process stuck in the kernel (state D) is given up on after a
+        few seconds past the grace period rather than hanging the harness.
+        """
+        targets = {p.pid: p for p in self.alive()}
+        targets.update((p.pid, p) for p in self.stragglers())
+        if self.main.exit is None or targets:
+            self.signal(signal.SIGTERM)
+            for proc in targets.values():
+                _send(proc, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                self.main.wait(min(0.05, max(deadline - time.monotonic(), 0.0)))
+                if self.main.exit is not None and not any(_alive(p) for p in targets.values()):
+                    break
+            self.sample()  # children forked while dying
+            targets.update((p.pid, p) for p in self.alive())
+            targets.update((p.pid, p) for p in self.stragglers())
+            self.signal(signal.SIGKILL)
+            for proc in targets.values():
+                _send(proc, signal.SIGKILL)
+        self.main.wait(5.0)
+        _wait_gone(list(targets.values()), 2.0)
+        return len(targets)
+
+
+def _memory_mb(proc: psutil.Process) -> tuple[float, float]:
+    """Current and peak resident memory of one process, in MB (peak = current off Linux)."""
+    try:
+        with open(f"/proc/{proc.pid}/status", "rb") as handle:
+            status = handle.read()
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            raise psutil.NoSuchProcess(proc.pid) from None
+        rss = proc.memory_info().rss / _MB
+        return rss, rss
+    values = {}
+    for line in status.splitlines():
+        if line.startswith((b"VmRSS:", b"VmHWM:")):
+            values[line[:5]] = int(line.split()[1]) / 1024.0  # kB
+    rss = values.get(b"VmRSS", 0.0)
+    return rss, max(rss, values.get(b"VmHWM", 0.0))
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except _GONE:
+        return False
+
+
+def _stopped(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE)
+    except _GONE:
+        return True
+
+
+def _send(proc: psutil.Process, sig: int) -> None:
+    # psutil checks the start time first, so a pid reused by another process is left alone.
+    with contextlib.suppress(*_GONE, psutil.AccessDenied):
+        proc.send_signal(sig)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.01)
