@@ -206,6 +206,10 @@ def test_advance_branch_refuses_a_stale_old_value(repo: Path) -> None:
     with pytest.raises(StaleBranchError, match="nightlab/t is at .*, expected"):
         ws.advance_branch("t", two, base)
     assert ws.branch_commit("t") == one
+    with pytest.raises(StaleBranchError, match="expected nothing"):
+        ws.advance_branch("t", two, None)
+    ws.advance_branch("fresh", two, None)  # None: the branch must not exist yet
+    assert ws.branch_commit("fresh") == two
 
 
 def test_branch_creation_rules(repo: Path) -> None:
@@ -311,6 +315,20 @@ def test_run_changes_are_detected_and_restored(repo: Path) -> None:
     assert not (tree / "__pycache__").exists()  # a planted .pyc must not reach the evaluation
     assert (tree / "run.sh").stat().st_mode & stat.S_IXUSR
     assert (tree / "out" / "ckpt.pt").exists()
+
+
+def test_a_run_cannot_hide_changes_by_repointing_dot_git(repo: Path, tmp_path: Path) -> None:
+    ws = Workspace(repo)
+    tree = ws.worktree(0)
+    ws.checkout(tree, ws.head_commit())
+    decoy = make_repo(tmp_path / "decoy")
+    (tree / "prepare.py").write_text("def evaluate(x):\n    return 0.0\n")
+    (tree / ".git").write_text(f"gitdir: {decoy / '.git'}\n")  # `git status` here would say clean
+    assert ws.modified_tracked_files(tree) == ["prepare.py"]
+    ws.restore(tree)
+    assert (tree / "prepare.py").read_text() == PREPARE
+    assert git(tree, "rev-parse", "HEAD") == ws.head_commit()
+    assert git(decoy, "--no-optional-locks", "status", "--porcelain") == ""
 
 
 def test_hash_files(repo: Path) -> None:

@@ -124,19 +124,23 @@ class Workspace:
         root = Path(root).expanduser().resolve()
         if not root.is_dir():
             raise UserError(f"{root} is not a directory: create it with `nightlab init {root}`")
-        probe = _run_git(["rev-parse", "--is-bare-repository", "--show-toplevel"], root, check=False)
+        probe = _run_git(
+            ["rev-parse", "--is-bare-repository", "--git-common-dir", "--show-toplevel"], root, check=False
+        )
         if probe.returncode != 0:
             raise UserError(f"{root} is not a git repository: run `git init` there, or `nightlab init DIR`")
         lines = _decode(probe.stdout).splitlines()
-        if lines[0] == "true" or len(lines) < 2:
+        if lines[0] == "true" or len(lines) < 3:
             raise UserError(f"{root} is a bare git repository: use a checkout with a working tree")
-        top = Path(lines[1]).resolve()
+        top = Path(lines[2]).resolve()
         if top != root:
             raise UserError(
                 f"{root} is inside the git repository {top} but is not its top folder: "
                 f"run nightlab on {top}, or make {root} its own repository (git init)"
             )
         self.root = root
+        self._common_dir = (root / lines[1]).resolve()  # lines[1] may be relative to root
+        self._admin_dirs: dict[Path, Path] = {}
         if _run_git(["rev-parse", "--verify", "-q", "HEAD^{commit}"], root, check=False).returncode != 0:
             raise UserError(f"{root} has no commits yet: commit your files first (git add -A && git commit)")
         self.state_dir = root / STATE_DIR
@@ -210,21 +214,23 @@ class Workspace:
             detail = _decode(proc.stderr).strip().splitlines()
             raise GitError(f"cannot create branch {BRANCH_PREFIX}{tag}: {detail[-1] if detail else ''}")
 
-    def advance_branch(self, tag: str, new_commit: str, old_commit: str) -> None:
+    def advance_branch(self, tag: str, new_commit: str, old_commit: str | None) -> None:
         """Move ``nightlab/<tag>`` from ``old_commit`` to ``new_commit`` atomically.
 
+        ``old_commit`` None means the branch must not exist yet (it is then created).
         The compare-and-swap makes two runs on one tag (or a person moving the branch) fail
         loudly instead of silently dropping a kept change.
         """
         ref = self.branch_ref(tag)
         self._refuse_checked_out(ref)
         proc = _run_git(
-            ["update-ref", "-m", "nightlab: keep", ref, new_commit, old_commit], self.root, check=False
+            ["update-ref", "-m", "nightlab: keep", ref, new_commit, old_commit or ""], self.root, check=False
         )
         if proc.returncode != 0:
             now = self.branch_commit(tag)
             raise StaleBranchError(
-                f"branch {BRANCH_PREFIX}{tag} is at {(now or 'nothing')[:12]}, expected {old_commit[:12]}: "
+                f"branch {BRANCH_PREFIX}{tag} is at {(now or 'nothing')[:12]}, "
+                f"expected {(old_commit or 'nothing')[:12]}: "
                 f"another nightlab run may use tag '{tag}'; stop it or use another --tag"
             )
 
@@ -379,7 +385,7 @@ class Workspace:
     def worktree(self, slot: int = 0) -> Path:
         """The persistent detached worktree of run slot ``slot`` (created on first use)."""
         path = self.state_dir / "worktrees" / str(slot)
-        if (path / ".git").is_file():
+        if path.is_dir() and self._admin_dir(path) is not None:
             return path
         if path.exists():
             shutil.rmtree(path)
@@ -388,13 +394,44 @@ class Workspace:
         self._git("worktree", "add", "--detach", "--force", "--quiet", str(path), "HEAD")
         return path
 
+    def _admin_dir(self, path: Path) -> Path | None:
+        """The worktree's own git folder (.git/worktrees/<name>), found from the main .git.
+
+        A run can rewrite the worktree's ``.git`` file to point at a repository of its making,
+        which would make its changes invisible to ``git status``; so worktree commands name
+        their git folder explicitly, taken from the main repository rather than from that file.
+        """
+        cached = self._admin_dirs.get(path)
+        if cached is not None and cached.is_dir():
+            return cached
+        wanted = (path / ".git").resolve()
+        admin_root = self._common_dir / "worktrees"
+        for admin in sorted(admin_root.iterdir()) if admin_root.is_dir() else []:
+            pointer = admin / "gitdir"
+            if pointer.is_file() and Path(pointer.read_text().strip()).resolve() == wanted:
+                self._admin_dirs[path] = admin
+                return admin
+        return None
+
+    def _tree_git(self, path: Path, *args: str) -> bytes:
+        admin = self._admin_dir(path)
+        if admin is None:
+            raise UserError(f"{path} is not a nightlab worktree: delete it and run again")
+        pointer, expected = path / ".git", f"gitdir: {admin}\n"
+        if pointer.is_dir() and not pointer.is_symlink():
+            shutil.rmtree(pointer)
+        if pointer.is_symlink() or not pointer.is_file() or pointer.read_text(errors="replace") != expected:
+            pointer.unlink(missing_ok=True)
+            pointer.write_text(expected)  # repair a pointer the run replaced
+        return _run_git(["--git-dir", str(admin), "--work-tree", str(path), *args], path).stdout
+
     def checkout(self, path: Path, commit: str, keep: Sequence[str] = ()) -> None:
         """Put exactly ``commit``'s files in worktree ``path``; leftovers of earlier runs vanish.
 
         ``keep`` are globs (relative to the worktree) of untracked files to leave in place, e.g.
         a run directory placed inside the worktree.
         """
-        _run_git(["checkout", "--detach", "--force", "--quiet", commit], path)
+        self._tree_git(path, "checkout", "--detach", "--force", "--quiet", commit)
         self._remove_untracked(path, keep)
 
     def modified_tracked_files(self, path: Path, allowed: Sequence[str] = ()) -> list[str]:
@@ -402,27 +439,27 @@ class Workspace:
 
         Tracked files it modified or deleted, plus files it created (ignored ones included: a
         git-ignored ``sitecustomize.py`` patches the evaluation just as well). Python's
-        ``__pycache__`` is allowed by default; :meth:`restore` removes it all the same.
+        ``__pycache__`` is allowed by default; :meth:`restore` removes it all the same, so call
+        ``restore`` between training and evaluation to keep a planted ``.pyc`` out of the latter.
         """
         allow = [*DEFAULT_ALLOWED, *allowed]
-        return [p for p in self._changes(path) if not _allowed(p.rstrip("/"), allow)]
+        return [p for _, p in self._status(path) if not _allowed(p.rstrip("/"), allow)]
 
     def restore(self, path: Path, keep: Sequence[str] = ()) -> None:
         """Undo everything a run did to worktree ``path`` except the untracked files in ``keep``."""
-        _run_git(["reset", "--hard", "--quiet"], path)
+        self._tree_git(path, "reset", "--hard", "--quiet")
         self._remove_untracked(path, keep)
 
-    def _changes(self, path: Path) -> list[str]:
+    def _status(self, path: Path) -> list[tuple[str, str]]:
+        """(two-letter code, path) of every change in a worktree, ignored files included."""
         args = ["status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored", "--no-renames"]
-        return _porcelain_paths(_run_git(args, path).stdout)
+        out = self._tree_git(path, *args)
+        return [(_decode(e[:2]), _decode(e[3:])) for e in out.split(b"\0") if e]
 
     def _remove_untracked(self, path: Path, keep: Sequence[str]) -> None:
-        args = ["status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored", "--no-renames"]
-        out = _run_git(args, path).stdout
         parents: set[Path] = set()
-        for entry in filter(None, out.split(b"\0")):
-            code, rel = entry[:2], _decode(entry[3:])
-            if code not in (b"??", b"!!") or _allowed(rel.rstrip("/"), keep):
+        for code, rel in self._status(path):
+            if code not in ("??", "!!") or _allowed(rel.rstrip("/"), keep):
                 continue
             target = path / rel
             if target.is_dir() and not target.is_symlink():
