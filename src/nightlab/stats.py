@@ -206,6 +206,8 @@ def runs_to_settle(
     runs already suffice; None means it cannot be settled that way (no difference, or growing
     only side a can never shrink the error below side b's share).
     """
+    if n_a < 1 or n_b < 1:
+        raise ValueError("runs_to_settle needs at least one run on each side")
     if diff == 0 or sd <= 0:
         return None if diff == 0 else 0
     z = float(special.ndtri(1 - alpha) + special.ndtri(power))

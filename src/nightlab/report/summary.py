@@ -1,0 +1,153 @@
+"""The terminal summary of a research tag: where it started, where it got, and what got it there.
+
+Every kept change is listed with its measured improvement, the standard error and the
+confidence of its test, so a reader can tell a solid gain from a lucky one. Where a holdout
+metric exists, it is set beside the validation metric: a kept change that helped on val but
+not on holdout is flagged as possible overfitting to the validation split.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from nightlab.metrics import Direction
+from nightlab.stats import noise_floor
+
+if TYPE_CHECKING:
+    from nightlab.ledger import ExperimentRow, Ledger
+
+
+def _num(value: float | None, decimals: int = 6) -> str:
+    return "—" if value is None else f"{value:.{decimals}f}"
+
+
+def _signed(value: float | None, decimals: int = 6) -> str:
+    if value is None:
+        return "—"
+    return ("−" if value < 0 else "+") + f"{abs(value):.{decimals}f}"
+
+
+def _runs(e: ExperimentRow) -> str:
+    n = e.n_runs or 0
+    spread = f" ± {e.metric_sem:.6f}" if e.metric_sem is not None else ""
+    return f"{_num(e.metric_mean)}{spread} ({n} run{'s' if n != 1 else ''})"
+
+
+def summary_renderable(
+    ledger: Ledger, tag: str, metric_name: str = "val_bpb", direction: Direction | str = Direction.MINIMIZE
+) -> RenderableType:
+    """The summary as rich renderables, for callers that print in colour."""
+    direction = Direction(direction)
+    research = ledger.research(tag)
+    better = "lower" if direction is Direction.MINIMIZE else "higher"
+    head = Text(f"nightlab {tag}: {metric_name} ({better} is better)", style="bold")
+    baseline = next((e for e in research if e.decision == "baseline"), None)
+    if baseline is None:
+        return Group(head, Text("no baseline yet: run `nightlab run` first"))
+
+    best = ledger.incumbent(tag) or baseline
+    overview = Table.grid(padding=(0, 2))
+    overview.add_column(style="bold")
+    overview.add_column()
+    overview.add_row("Baseline", f"{_runs(baseline)}  #{baseline.id}")
+    # Agent-written text goes in as Text, never as a str that rich would parse for [markup].
+    best_text = f"{_runs(best)}  #{best.id} {best.description if best is not baseline else ''}"
+    overview.add_row("Best", Text(best_text.rstrip()))
+    if baseline.metric_mean is not None and best.metric_mean is not None:
+        change = best.metric_mean - baseline.metric_mean
+        pct = f" ({_signed(100 * change / abs(baseline.metric_mean), 2)}%)" if baseline.metric_mean else ""
+        overview.add_row("Improvement", f"{_signed(change)}{pct}, {better} is better")
+    noise = noise_floor(ledger.replicate_groups(tag))
+    overview.add_row(
+        "Noise floor",
+        f"sd {noise.sd:.6f} per run ({noise.df} df from {noise.groups} replicate groups)"
+        if noise
+        else "not measured",
+    )
+    counts: dict[str, int] = {}
+    for e in research:
+        key = "running" if not e.finished else (e.decision or e.status)
+        counts[key] = counts.get(key, 0) + 1
+    order = ["keep", "discard", "crash", "invalid", "running"]
+    parts = [f"{k} {counts[k]}" for k in order if k in counts]
+    overview.add_row("Experiments", f"{len(research)} total: " + " · ".join(parts))
+
+    kept = [e for e in research if e.decision == "keep"]
+    if not kept:
+        return Group(head, overview, Text("\nNo change kept yet."))
+    return Group(head, overview, Text(""), _kept_table(ledger, kept, baseline, direction))
+
+
+def _kept_table(
+    ledger: Ledger, kept: list[ExperimentRow], baseline: ExperimentRow, direction: Direction
+) -> Table:
+    with_holdout = any(e.holdout_mean is not None for e in kept)
+    table = Table(title="Kept changes", title_justify="left", show_edge=False, pad_edge=False)
+    for name, justify in (
+        ("#", "right"),
+        ("Δ", "right"),
+        ("± se", "right"),
+        ("conf.", "right"),
+        ("runs", "right"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=True)
+    if with_holdout:
+        table.add_column("holdout Δ", justify="right", no_wrap=True)
+    table.add_column("description", overflow="fold")
+    previous = baseline
+    for e in kept:
+        reference = _incumbent_of(ledger, e) or previous
+        change = None
+        if e.metric_mean is not None and reference.metric_mean is not None:
+            change = e.metric_mean - reference.metric_mean
+        elif e.delta is not None:
+            change = direction.sign * e.delta
+        conf = f"{1 - e.p_value:.1%}" if e.p_value is not None else "—"
+        row: list[str | Text] = [str(e.id), _signed(change), _num(e.delta_se), conf, str(e.n_runs or 0)]
+        if with_holdout:
+            row.append(_holdout_cell(e, reference, direction))
+        row.append(Text(e.description or ""))
+        table.add_row(*row)
+        previous = e
+    return table
+
+
+def _incumbent_of(ledger: Ledger, e: ExperimentRow) -> ExperimentRow | None:
+    if e.incumbent_id is None:
+        return None
+    try:
+        return ledger.experiment(e.incumbent_id)
+    except KeyError:
+        return None
+
+
+def _holdout_cell(e: ExperimentRow, reference: ExperimentRow, direction: Direction) -> str:
+    if e.holdout_mean is None or reference.holdout_mean is None:
+        return "—"
+    change = e.holdout_mean - reference.holdout_mean
+    flag = "" if direction.improvement(e.holdout_mean, reference.holdout_mean) > 0 else " ⚠ not on holdout"
+    return _signed(change) + flag
+
+
+def render_summary(
+    ledger: Ledger,
+    tag: str,
+    metric_name: str = "val_bpb",
+    direction: Direction | str = Direction.MINIMIZE,
+    width: int = 110,
+) -> str:
+    """The summary as plain text (no colour codes, no markup).
+
+    Print it with ``print()`` or ``console.print(text, markup=False, highlight=False)``: the
+    descriptions are agent-written and may contain square brackets that rich would take for
+    markup.
+    """
+    console = Console(file=io.StringIO(), width=width, color_system=None, record=True, legacy_windows=False)
+    console.print(summary_renderable(ledger, tag, metric_name, direction))
+    text = console.export_text(styles=False)
+    return "\n".join(line.rstrip() for line in text.rstrip().splitlines()) + "\n"
