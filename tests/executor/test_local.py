@@ -359,3 +359,31 @@ def test_stop_kills_runs_in_flight(tmp_path: Path) -> None:
     with pytest.raises(RunInterrupted):
         ex.run(spec(tmp_path, "true"))
     ex.close()
+
+
+def test_runs_orphaned_by_a_killed_harness_are_killed_by_the_next_executor(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    harness = write_script(
+        tmp_path,
+        f"""
+        from pathlib import Path
+        from nightlab.executor.base import RunSpec
+        from nightlab.executor.local import LocalExecutor
+        root = Path({str(tmp_path)!r})
+        LocalExecutor(kill_orphans=False).run(
+            RunSpec(command="setsid sleep 60 & echo $! > {pids}; wait", cwd=root, run_dir=root / "run",
+                    seed=0, timeout=60))
+        """,
+        name="harness.py",
+    )
+    proc = psutil.Popen([sys.executable, str(harness)])
+    try:
+        (pid,) = read_pids(pids, 1, within=20)
+        proc.kill()  # kill -9 of nightlab: the run goes on in its own session
+        proc.wait(5)
+        assert not dead(pid, within=0.3)
+        assert LocalExecutor().orphans_killed >= 1
+        assert dead(pid)
+    finally:
+        if proc.is_running():
+            proc.kill()

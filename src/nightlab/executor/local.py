@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +32,7 @@ from nightlab.executor.base import RunResult, RunSpec, RunStatus
 from nightlab.executor.env import redact, scrub_env, secret_values
 from nightlab.executor.logfile import LogTrimmer, directory_usage, read_end
 from nightlab.executor.outcome import Kill, classify
-from nightlab.executor.proctree import TAG_VARIABLE, MainProcess, ProcessTree
+from nightlab.executor.proctree import TAG_VARIABLE, MainProcess, ProcessTree, kill_orphaned_runs, new_tag
 from nightlab.executor.summary import log_tail, parse_summary
 
 _MB = 1024 * 1024
@@ -93,6 +92,8 @@ class LocalExecutor:
     - ``file_size_limit_bytes``: RLIMIT_FSIZE for the run, the largest file it may write
       anywhere (a write past it kills the process with SIGXFSZ, recorded as a crash).
     - ``environ``: the parent environment to scrub (default ``os.environ``), for tests.
+    - ``kill_orphans``: on creation, kill what runs of a dead harness left running (see
+      :func:`~nightlab.executor.proctree.kill_orphaned_runs`); ``orphans_killed`` says how many.
     """
 
     def __init__(
@@ -105,6 +106,7 @@ class LocalExecutor:
         run_dir_limit_bytes: int | None = None,
         file_size_limit_bytes: int | None = None,
         environ: Mapping[str, str] | None = None,
+        kill_orphans: bool = True,
     ) -> None:
         self.slots = [dict(s) for s in (slots or [{}])]
         self.poll_interval = poll_interval
@@ -119,6 +121,7 @@ class LocalExecutor:
             self._free.put(slot)
         self._pool = ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="nightlab-run")
         self._stop = threading.Event()
+        self.orphans_killed = kill_orphaned_runs() if kill_orphans else 0
 
     def run(self, spec: RunSpec) -> RunResult:
         """Run ``spec`` in the next free slot and return how it went (blocks until then)."""
@@ -165,7 +168,7 @@ class _Run:
         self.run_dir = Path(spec.run_dir)
         self.log_path = self.run_dir / spec.log_name
         self.env = build_env(spec, slot, executor.environ)
-        self.env[TAG_VARIABLE] = uuid.uuid4().hex
+        self.env[TAG_VARIABLE] = new_tag()
         parent = os.environ if executor.environ is None else executor.environ
         self.secrets = secret_values(parent)
         self.kill: Kill | None = None

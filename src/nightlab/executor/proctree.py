@@ -25,6 +25,7 @@ import select
 import signal
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,13 +157,14 @@ class ProcessTree:
         found = []
         me = os.getpid()
         uid = os.getuid()
-        for proc in psutil.process_iter(["pid", "create_time", "uids"]):
-            info = proc.info
-            if info["pid"] in (me, self.main.pid) or info["create_time"] is None:
+        for proc in psutil.process_iter():
+            # Cheapest tests first: this runs once per run over every process on the machine.
+            if proc.pid in (me, self.main.pid):
                 continue
-            if info["create_time"] < self.started - 1.0 or info["uids"] is None:
-                continue
-            if info["uids"].real != uid:
+            try:
+                if proc.create_time() < self.started - 1.0 or proc.uids().real != uid:
+                    continue
+            except (*_GONE, psutil.AccessDenied):
                 continue
             if self._in_group(proc) or self._tagged(proc) or self._holds_log(proc):
                 found.append(proc)
@@ -235,6 +237,45 @@ class ProcessTree:
         self.main.wait(5.0)
         _wait_gone(list(targets.values()), 2.0)
         return len(targets)
+
+
+def new_tag() -> str:
+    """A tag for one run that also names the harness process that started it
+    (``<pid>:<start time>:<random>``), so a run whose harness died can be recognised."""
+    me = psutil.Process()
+    return f"{me.pid}:{me.create_time()!r}:{uuid.uuid4().hex}"
+
+
+def _harness_alive(tag: str) -> bool:
+    try:
+        pid, created, _ = tag.split(":")
+        return repr(psutil.Process(int(pid)).create_time()) == created
+    except (ValueError, *_GONE, psutil.AccessDenied):
+        return False
+
+
+def kill_orphaned_runs() -> int:
+    """Kill every process of this user left by a run whose harness is gone (``kill -9`` of
+    nightlab leaves its run going in its own session); returns how many were killed.
+
+    Called when an executor starts, so a resumed ``nightlab run`` never trains next to the
+    ghost of the experiment it is about to run again.
+    """
+    uid = os.getuid()
+    orphans = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.uids().real != uid or proc.pid == os.getpid():
+                continue
+            tag = proc.environ().get(TAG_VARIABLE)
+        except (*_GONE, psutil.AccessDenied, OSError):
+            continue
+        if tag and not _harness_alive(tag):
+            orphans.append(proc)
+    for proc in orphans:
+        _send(proc, signal.SIGKILL)
+    _wait_gone(orphans, 2.0)
+    return len(orphans)
 
 
 def _memory_mb(proc: psutil.Process) -> tuple[float, float]:

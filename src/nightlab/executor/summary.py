@@ -14,7 +14,6 @@ evaluation's ``metrics.json`` remains the trusted source of the metric itself.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -94,10 +93,6 @@ def last_status(text: str) -> StatusLine | None:
     """The last status line, the one that counts when a script printed several."""
     lines = parse_status_lines(text)
     return lines[-1] if lines else None
-
-
-def has_nan(metrics: dict[str, float]) -> bool:
-    return any(math.isnan(v) for v in metrics.values())
 
 
 def traceback_start(lines: list[str]) -> int | None:
