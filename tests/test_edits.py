@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from nightlab.agents.base import Edit
@@ -192,3 +194,13 @@ def test_python_syntax_error() -> None:
         "train.py line 1: 'return' outside function"
     )
     assert syntax_errors({"a.py": "x = (", "b.py": "y = 1"}) == [python_syntax_error("a.py", "x = (")]
+
+
+def test_not_found_in_a_large_file_is_fast_and_points_to_the_right_place() -> None:
+    lines = [f"    value_{i} = compute({i * 0.37 % 1:.5f}, step={i})" for i in range(3000)]
+    text = "\n".join(lines) + "\n"
+    search = "\n".join(line.replace("compute", "computer") for line in lines[1500:1530])
+    start = time.perf_counter()
+    with pytest.raises(EditError, match="The closest lines in train.py are 1501-1512:"):
+        apply(Edit(path="train.py", search=search, replace="x"), files={"train.py": text})
+    assert time.perf_counter() - start < 10  # ~0.5 s; a per-window difflib ratio took minutes

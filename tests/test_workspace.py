@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -261,6 +262,18 @@ def test_worktree_is_persistent_and_detached(repo: Path) -> None:
     assert ws.worktree(0) == tree and ws.worktree(1) != tree
     assert git(tree, "rev-parse", "--abbrev-ref", "HEAD") == "HEAD"  # detached
     assert git(repo, "symbolic-ref", "HEAD") == "refs/heads/main"
+
+
+def test_worktree_is_recreated_after_the_state_dir_is_deleted(repo: Path) -> None:
+    ws = Workspace(repo)
+    ws.worktree(0)
+    shutil.rmtree(ws.state_dir)
+    ws = Workspace(repo)
+    tree = ws.worktree(0)
+    commit = ws.commit_files(ws.head_commit(), {"train.py": "LR = 2\n"}, "two")
+    ws.checkout(tree, commit)
+    assert (tree / "train.py").read_text() == "LR = 2\n"
+    assert git(repo, "worktree", "list").count("\n") == 1
 
 
 def test_checkout_removes_leftovers_of_the_previous_run(repo: Path) -> None:
