@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import sys
@@ -226,6 +227,7 @@ def test_secrets_are_scrubbed_and_allowed_ones_pass(tmp_path: Path) -> None:
     assert env["CUDA_VISIBLE_DEVICES"] == "3"
     # an allowed secret printed by the script is still kept out of the result
     assert "allowed-0987654321" not in result.log_tail and "[redacted]" in result.log_tail
+    assert "allowed-0987654321" not in Path(result.log_path).read_text()
 
 
 def test_build_env_layers_override_in_order(tmp_path: Path) -> None:
@@ -268,6 +270,29 @@ def test_memory_limit_kills_as_oom(tmp_path: Path) -> None:
     assert result.status is RunStatus.OOM
     assert "memory limit exceeded" in result.reason and "150 MB" in result.reason
     assert time.monotonic() - started < 10
+
+
+def test_forked_workers_sharing_memory_are_not_counted_once_each(tmp_path: Path) -> None:
+    # Like DataLoader workers: forked after the parent allocated, sharing its pages.
+    write_script(
+        tmp_path,
+        """
+        import os, time
+        block = b"\\x01" * (150 * 1024 * 1024)
+        workers = []
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(0.8)
+                os._exit(0)
+            workers.append(pid)
+        for pid in workers:
+            os.waitpid(pid, 0)
+        """,
+    )
+    result = fast(memory_limit_mb=400).run(spec(tmp_path, "python train.py"))
+    assert result.status is RunStatus.OK, result.reason  # RSS summed would be ~600 MB
+    assert 140 <= result.metrics["peak_rss_mb"] < 400
 
 
 def test_log_over_the_limit_keeps_head_and_tail(tmp_path: Path) -> None:
@@ -387,3 +412,15 @@ def test_runs_orphaned_by_a_killed_harness_are_killed_by_the_next_executor(tmp_p
     finally:
         if proc.is_running():
             proc.kill()
+
+
+def test_ctrl_c_in_the_harness_kills_the_run(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        fast().run(spec(tmp_path, f"sleep 60 & echo $! > {pids}; wait"))
+    assert time.monotonic() - started < 5
+    (pid,) = read_pids(pids, 1)
+    assert dead(pid)

@@ -30,7 +30,7 @@ from pathlib import Path
 from nightlab.errors import UserError
 from nightlab.executor.base import RunResult, RunSpec, RunStatus
 from nightlab.executor.env import redact, scrub_env, secret_values
-from nightlab.executor.logfile import LogTrimmer, directory_usage, read_end
+from nightlab.executor.logfile import LogTrimmer, directory_usage, read_end, redact_file
 from nightlab.executor.outcome import Kill, classify
 from nightlab.executor.proctree import TAG_VARIABLE, MainProcess, ProcessTree, kill_orphaned_runs, new_tag
 from nightlab.executor.summary import log_tail, parse_summary
@@ -178,7 +178,7 @@ class _Run:
     def execute(self) -> RunResult:
         cwd = Path(self.spec.cwd)
         if not cwd.is_dir():
-            raise UserError(f"run directory for the command does not exist: {cwd} (RunSpec.cwd)")
+            raise UserError(f"working directory of the run does not exist: {cwd} (RunSpec.cwd)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         wall_started = time.time()
@@ -194,6 +194,8 @@ class _Run:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        except OSError as exc:  # no /bin/sh, a cwd we may not enter: nothing ran
+            raise UserError(f"cannot start `{self.spec.command}` in {cwd}: {exc}") from exc
         finally:
             os.close(log_fd)
         self._prefer_as_oom_victim(popen.pid)
@@ -204,17 +206,17 @@ class _Run:
         except BaseException:
             # Ctrl-C or a bug in the watcher: the run must not outlive the harness's attention.
             tree.kill_all(min(self.ex.grace_seconds, 2.0))
-            raise
-        finally:
             main.close()
+            raise
         # Normal exit or not, whatever the run left behind goes with it.
         tree.kill_all(self.ex.grace_seconds)
+        main.close()
         total = time.monotonic() - started
         if self.interrupted:
             raise RunInterrupted(f"run stopped because nightlab is stopping: {self.spec.command}")
-        assert main.exit is not None
         self.peak_rss_mb = max(self.peak_rss_mb, tree.largest_peak_mb())
-        return self._result(main.exit.code, total)
+        # No exit after SIGKILL means a process stuck in the kernel; report it rather than wait.
+        return self._result(main.exit.code if main.exit else None, total)
 
     def _shell_command(self) -> str:
         """The command with its resource limits set first, by the shell that runs it.
@@ -293,7 +295,9 @@ class _Run:
                 )
         return None
 
-    def _result(self, exit_code: int, total: float) -> RunResult:
+    def _result(self, exit_code: int | None, total: float) -> RunResult:
+        # The raw log is an output too: a key the script printed must not stay in it.
+        redact_file(self.log_path, self.secrets)
         text = read_end(self.log_path, _TAIL_BYTES)
         status, reason = classify(exit_code, text, self.kill)
         metrics = parse_summary(text)

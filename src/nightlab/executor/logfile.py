@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from nightlab.executor.env import redact
+
 _MB = 1024 * 1024
 # Beyond this multiple of the limit between two checks the log cannot be trimmed fast enough.
 OVERFLOW_FACTOR = 4
@@ -40,6 +42,23 @@ def read_end(path: Path, size: int) -> str:
         if newline >= 0:
             data = data[newline + 1 :]
     return data.decode("utf-8", errors="replace")
+
+
+def redact_file(path: Path, secrets: list[str]) -> bool:
+    """Rewrite ``path`` with every secret redacted (see :func:`~nightlab.executor.env.redact`);
+    True if anything was. Bytes that are not UTF-8 pass through unchanged."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return False
+    text = raw.decode("utf-8", errors="surrogateescape")
+    clean = redact(text, secrets)
+    if clean == text:
+        return False
+    tmp = path.with_name(path.name + ".redacting")
+    tmp.write_bytes(clean.encode("utf-8", errors="surrogateescape"))
+    os.replace(tmp, path)
+    return True
 
 
 def directory_usage(path: Path) -> int:

@@ -34,6 +34,8 @@ import psutil
 TAG_VARIABLE = "NIGHTLAB_PROCESS_TAG"
 _MB = 1024 * 1024
 _GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError)
+# Above this many processes of this size, shared pages are worth accounting for (PSS).
+_SHARING_MB = 50.0
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,13 @@ class ProcessTree:
             self.seen.setdefault((proc.pid, proc.create_time()), proc)
 
     def sample(self) -> float:
-        """Record the current descendants and return the resident memory of the tree, in MB
-        (the sum over processes: shared pages count once per process, an upper bound)."""
+        """Record the current descendants and return the resident memory of the tree, in MB.
+
+        One big process (the usual training run): its RSS. Several (DataLoader workers forked
+        from the trainer share its pages copy-on-write): the sum of their PSS, which splits
+        shared pages among the sharers, since a plain RSS sum would count the trainer's
+        libraries once per worker and trip the memory limit of a run that is well under it.
+        """
         procs: list[psutil.Process] = []
         if self._root is not None and self.main.exit is None:
             with contextlib.suppress(*_GONE):
@@ -125,17 +132,19 @@ class ProcessTree:
         # Escaped processes (re-parented to init) still count against the run's memory.
         known = {p.pid for p in procs}
         procs += [p for p in self.seen.values() if p.pid not in known and _alive(p)]
-        total = 0.0
+        measured: list[tuple[psutil.Process, float]] = []
         for proc in procs:
             self._remember(proc)
             if proc.pid == self.main.pid and not self._has_execed(proc):
                 continue
             with contextlib.suppress(*_GONE, psutil.AccessDenied, OSError):
                 rss, hwm = _memory_mb(proc)
-                total += rss
                 key = (proc.pid, proc.create_time())
                 self.peaks[key] = max(self.peaks.get(key, 0.0), hwm)
-        return total
+                measured.append((proc, rss))
+        if sum(rss > _SHARING_MB for _, rss in measured) > 1:
+            return sum(_pss_mb(proc, rss) for proc, rss in measured)
+        return sum(rss for _, rss in measured)
 
     def _has_execed(self, proc: psutil.Process) -> bool:
         if not self._main_execed:
@@ -166,7 +175,12 @@ class ProcessTree:
                     continue
             except (*_GONE, psutil.AccessDenied):
                 continue
-            if self._in_group(proc) or self._tagged(proc) or self._holds_log(proc):
+            tag = self._tag_of(proc)
+            if tag == self.tag:
+                found.append(proc)
+            elif tag is None and (self._in_group(proc) or self._holds_log(proc)):
+                # (a process tagged by another run is never ours, even in a group whose
+                # number the kernel has since reused for that run)
                 found.append(proc)
         return found
 
@@ -176,11 +190,11 @@ class ProcessTree:
         except OSError:
             return False
 
-    def _tagged(self, proc: psutil.Process) -> bool:
+    def _tag_of(self, proc: psutil.Process) -> str | None:
         try:
-            return proc.environ().get(TAG_VARIABLE) == self.tag
+            return proc.environ().get(TAG_VARIABLE)
         except (*_GONE, psutil.AccessDenied, OSError):
-            return False
+            return None
 
     def _holds_log(self, proc: psutil.Process) -> bool:
         try:
@@ -294,6 +308,18 @@ def _memory_mb(proc: psutil.Process) -> tuple[float, float]:
             values[line[:5]] = int(line.split()[1]) / 1024.0  # kB
     rss = values.get(b"VmRSS", 0.0)
     return rss, max(rss, values.get(b"VmHWM", 0.0))
+
+
+def _pss_mb(proc: psutil.Process, rss: float) -> float:
+    """Proportional set size in MB (shared pages divided among their sharers), else ``rss``."""
+    try:
+        with open(f"/proc/{proc.pid}/smaps_rollup", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return rss
 
 
 def _alive(proc: psutil.Process) -> bool:
