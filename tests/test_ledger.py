@@ -56,7 +56,7 @@ def record(
     exp = ledger.add_experiment(
         kind=kind, tag=TAG, description=description, commit=commit, base_commit="0" * 40, agent="replay"
     )
-    if not metrics:
+    if not metrics and status not in ("invalid", "skipped"):  # those never ran
         ledger.add_run(exp, 0, crashed(), None, None, f"runs/{exp}/0")
     for i, m in enumerate(metrics):
         ledger.add_run(exp, i, ok(m, seed=i), m, holdout, f"runs/{exp}/{i}")
@@ -83,6 +83,7 @@ def populate(ledger: Ledger) -> None:
     record(ledger, "candidate", "switch to GeLU\tactivation", [1.004], "discard", "c" * 40)
     record(ledger, "candidate", "double model width (OOM)", [], "crash", "d" * 40, status="oom")
     record(ledger, "candidate", "edit outside scope", [], "invalid", None, status="invalid")
+    record(ledger, "candidate", "reword a comment", [], "discard", None, status="skipped")
     record(ledger, "candidate", "warmup 5%", [0.985, 0.986], "keep", "e" * 40)
 
 
@@ -242,7 +243,15 @@ def test_incumbent_history_and_noise_groups(db: Path) -> None:
         best = ledger.incumbent(TAG)
         assert best.description == "warmup 5%"
         history = ledger.history(TAG)
-        assert [h.decision for h in history] == ["baseline", "keep", "discard", "crash", "invalid", "keep"]
+        assert [h.decision for h in history] == [
+            "baseline",
+            "keep",
+            "discard",
+            "crash",
+            "invalid",
+            "discard",
+            "keep",
+        ]
         assert "RuntimeError: boom" in history[3].log_tail
         assert all("holdout" not in json.dumps(h.meta) for h in history)
         assert ledger.replicate_groups(TAG) == [[1.000, 1.002], [0.990, 0.991, 0.989], [0.985, 0.986]]
@@ -304,13 +313,14 @@ def test_status_dict(db: Path) -> None:
         ledger.add_run(running, 0, ok(0.95), 0.95, 0.7, "runs/x/0")
         status = ledger.status_dict(TAG)
     json.dumps(status)  # JSON-ready
-    assert status["total"] == 7
+    assert status["total"] == 8
     assert status["counts"] == {
         "baseline": 1,
         "keep": 2,
         "discard": 1,
         "crash": 1,
         "invalid": 1,
+        "skipped": 1,
         "running": 1,
     }
     assert status["best"]["description"] == "warmup 5%"

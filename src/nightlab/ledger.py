@@ -37,7 +37,8 @@ from nightlab.executor.base import RunResult
 
 SCHEMA_VERSION = 1
 KINDS = ("baseline", "candidate", "validate", "ablate")
-STATUSES = ("running", "ok", "crash", "timeout", "oom", "nan", "invalid")
+# "skipped": a proposal the loop did not run because it cannot change the result.
+STATUSES = ("running", "ok", "crash", "timeout", "oom", "nan", "invalid", "skipped")
 DECISIONS = ("keep", "discard", "invalid", "crash", "baseline")
 JSON_COLUMNS = ("proposal_json", "meta_json", "cost_json", "metrics_json")
 

@@ -13,7 +13,8 @@ metric, ``memory_gb``, ``status``, ``description``) so its ``analysis.ipynb`` ru
 * The metric is the mean over the experiment's ok replicates (6 decimals); ``memory_gb`` is
   the largest peak memory of its runs in GiB (1 decimal); the commit is 7 characters
   (``-------`` when no commit was made, e.g. an edit that did not apply).
-* Only finished baseline and candidate experiments appear; validate/ablate runs do not.
+* Only finished baseline and candidate experiments appear; validate/ablate runs do not, nor
+  do proposals skipped without running (comment-only edits and the like: no metric to show).
 
 Files are written to a temporary name and renamed, so a kill never leaves half a file.
 """
@@ -42,7 +43,7 @@ def tsv_rows(ledger: Ledger, tag: str) -> list[tuple[str, str, str, str, str]]:
     """The rows of results.tsv (header excluded), oldest experiment first."""
     rows = []
     for e in ledger.research(tag):
-        if not e.finished:
+        if not e.finished or e.status == "skipped":
             continue
         status = TSV_STATUS.get(e.decision or "", "crash")
         runs = ledger.runs(e.id)
@@ -115,7 +116,9 @@ def status_dict(ledger: Ledger, tag: str) -> dict:
     research = ledger.research(tag)
     counts: dict[str, int] = {}
     for e in research:
-        outcome = "running" if not e.finished else (e.decision or e.status)
+        outcome = (
+            "running" if not e.finished else ("skipped" if e.status == "skipped" else e.decision or e.status)
+        )
         counts[outcome] = counts.get(outcome, 0) + 1
     best = ledger.incumbent(tag)
     baseline = next((e for e in research if e.decision == "baseline"), None)

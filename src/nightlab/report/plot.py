@@ -49,7 +49,8 @@ def plot_progress(
     sign = direction.sign
     points = []  # (x, metric, decision, description)
     fails = []  # (x, kind)
-    for x, e in enumerate((e for e in ledger.research(tag) if e.finished), start=1):
+    shown = (e for e in ledger.research(tag) if e.finished and e.status != "skipped")  # skipped never ran
+    for x, e in enumerate(shown, start=1):
         if e.decision in ("keep", "baseline", "discard") and e.metric_mean is not None:
             points.append((x, e.metric_mean, e.decision, e.description))
         else:

@@ -71,9 +71,11 @@ def summary_renderable(
     )
     counts: dict[str, int] = {}
     for e in research:
-        key = "running" if not e.finished else (e.decision or e.status)
+        key = (
+            "running" if not e.finished else ("skipped" if e.status == "skipped" else e.decision or e.status)
+        )
         counts[key] = counts.get(key, 0) + 1
-    order = ["keep", "discard", "crash", "invalid", "running"]
+    order = ["keep", "discard", "crash", "invalid", "skipped", "running"]
     parts = [f"{k} {counts[k]}" for k in order if k in counts]
     overview.add_row("Experiments", f"{len(research)} total: " + " · ".join(parts))
 
