@@ -30,6 +30,7 @@ import json
 import logging
 import re
 import threading
+import uuid
 from dataclasses import dataclass
 
 from nightlab.agents.answer import ParsedAnswer, parse_answer
@@ -82,7 +83,11 @@ class LLMAgent:
         self._lock = threading.Lock()  # guards the state below; never held during a model call
         self._propose_lock = threading.Lock()  # one proposal at a time
         self._seen: dict[str, str] = {}  # files hash -> what it was ("experiment #3 'raise LR'")
-        self._mine: set[str] = set()  # hashes of proposals made by this process, not yet observed
+        # Ids of proposals made by this process and not yet observed: their spending is already
+        # counted, and they are owed a lesson. Anything else observed comes from an earlier process.
+        self._issued: set[str] = set()
+        self._session = uuid.uuid4().hex[:8]
+        self._count = 0
         self._awaiting_lesson: list[HistoryEntry] = []
         self._lessons: dict[int, str] = {}
         self._failed_rounds = 0
@@ -106,21 +111,21 @@ class LLMAgent:
 
     def observe(self, entry: HistoryEntry) -> None:
         """Remember a finished experiment: its files hash (for duplicates), lesson and spending."""
-        digest = entry.meta.get("files_hash") if isinstance(entry.meta, dict) else None
+        meta = entry.meta if isinstance(entry.meta, dict) else {}
+        digest = meta.get("files_hash")
         with self._lock:
             if digest:
                 self._seen[digest] = f"experiment #{entry.id} ('{entry.description}', {entry.decision})"
             if entry.lesson:
                 self._lessons[entry.id] = entry.lesson
-            if digest and digest in self._mine:
-                self._mine.discard(digest)
+            if meta.get("proposal_id") in self._issued:
+                self._issued.discard(meta["proposal_id"])
                 if entry.status != "invalid":
                     self._failed_rounds = 0
-                if self.config.lessons and not entry.lesson:
-                    self._awaiting_lesson.append(entry)
+                    if self.config.lessons and not entry.lesson:
+                        self._awaiting_lesson.append(entry)
             else:
                 # Spending recorded by an earlier process (a resumed run) still counts toward the caps.
-                meta = entry.meta if isinstance(entry.meta, dict) else {}
                 self.spent.add(
                     _Spend(
                         int(meta.get("tokens_in", 0) or 0),
@@ -174,7 +179,6 @@ class LLMAgent:
                 continue
             with self._lock:
                 self._seen[digest] = f"an earlier proposal ('{parsed.description}')"
-                self._mine.add(digest)
             meta = self._meta(spend, attempt, lessons) | {"files_hash": digest}
             return Proposal(
                 description=parsed.description, hypothesis=parsed.hypothesis, edits=parsed.edits, meta=meta
@@ -289,6 +293,10 @@ class LLMAgent:
             "cost_usd": round(spend.cost_usd, 6),
             "attempts": attempts,
         }
+        with self._lock:
+            self._count += 1
+            meta["proposal_id"] = f"{self._session}-{self._count}"
+            self._issued.add(meta["proposal_id"])
         if lessons:
             meta["lessons"] = {str(k): v for k, v in lessons.items()}
         return meta

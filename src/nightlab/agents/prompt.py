@@ -77,8 +77,14 @@ def build_prompt(context: Context, lessons: list[str], budget: int) -> Prompt:
         total -= len(item.text) + 1
         item.stage = -1
         dropped[item.section] = dropped.get(item.section, 0) + 1
-    kept = [it for it in items if it.stage >= 0]
-    return Prompt(system=system, user=_render(context, kept, dropped), omitted=dropped)
+    # The estimate leaves out section titles and notes: drop on until the real text fits.
+    queue = [it for it in sorted(items, key=lambda it: (it.stage, it.order)) if it.stage >= 0]
+    user = _render(context, queue, dropped)
+    while queue and len(system) + len(user) > budget:
+        item = queue.pop(0)
+        dropped[item.section] = dropped.get(item.section, 0) + 1
+        user = _render(context, queue, dropped)
+    return Prompt(system=system, user=user, omitted=dropped)
 
 
 def _render(context: Context, items: list[_Item], dropped: dict[str, int]) -> str:
@@ -86,28 +92,33 @@ def _render(context: Context, items: list[_Item], dropped: dict[str, int]) -> st
     if context.program.strip():
         parts.append("# Research instructions (program.md)\n\n" + context.program.strip())
     parts.append("# State\n\n" + _state(context))
+    table = "| id | description | Δ ± uncertainty | runs | status | decision | reason |\n|---|---|---|---|---|---|---|"
     sections = [
-        (
-            "history",
-            "# History (oldest first; Δ > 0 means better than the incumbent)\n\n"
-            "| id | description | Δ ± uncertainty | runs | status | decision | reason |\n|---|---|---|---|---|---|---|",
-        ),
-        ("kept", "# Kept changes (diffs, oldest first)"),
-        ("near", "# Near misses (discarded, closest to an improvement first)"),
-        ("crash", "# Tail of the last crash's log"),
-        ("lessons", "# Lessons you recorded after earlier experiments"),
-        ("frozen", "# Frozen interface (read-only; call it, do not edit it)"),
+        ("history", "# History (oldest first; Δ > 0 means better than the incumbent)", table),
+        ("kept", "# Kept changes (diffs, oldest first)", ""),
+        ("near", "# Near misses (discarded, closest to an improvement first)", ""),
+        ("crash", "# Tail of the last crash's log", ""),
+        ("lessons", "# Lessons you recorded after earlier experiments", ""),
+        ("frozen", "# Frozen interface (read-only; call it, do not edit it)", ""),
     ]
-    for key, title in sections:
-        body = [it.text for it in items if it.section == key]
+    for key, title, header in sections:
+        body = [it.text for it in sorted(items, key=_position) if it.section == key]
         if not body and not dropped.get(key):
             continue
-        note = f"({dropped[key]} left out to fit the context)" if dropped.get(key) else ""
-        parts.append("\n".join([title, *body, note]).rstrip())
+        note = (
+            [f"({dropped[key]} older or less useful left out to fit the context)"] if dropped.get(key) else []
+        )
+        lines = [title, *note, *([header] if header and body else []), *body]
+        parts.append("\n".join(lines).rstrip())
     for path, text in sorted(context.files.items()):
         parts.append(f"# Editable file: {path} (current best)\n\n{path}\n```\n{text.rstrip()}\n```")
     parts.append("Propose the next experiment, in the answer format.")
     return "\n\n".join(parts) + "\n"
+
+
+def _position(item: _Item) -> float:
+    """Where an item is shown: in history order, except near misses, closest first."""
+    return -item.order if item.section == "near" else item.order
 
 
 def _state(context: Context) -> str:

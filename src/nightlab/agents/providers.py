@@ -273,12 +273,7 @@ class OpenAIChat:
         ):
             return None
         if isinstance(exc, o.APIStatusError):
-            if exc.status_code in (408, 409) or exc.status_code >= 500:
-                return None
-            fatal = _fatal_message("OpenAI", exc.status_code, self.model, self.base_url, self.key_env)
-            return (
-                fatal or f"{self.model}: the API refused the request (HTTP {exc.status_code}): {_brief(exc)}"
-            )
+            return _status_verdict("OpenAI", exc, self.model, self.base_url, self.key_env)
         raise exc
 
 
@@ -333,13 +328,27 @@ class AnthropicChat:
         ):
             return None
         if isinstance(exc, a.APIStatusError):
-            if exc.status_code in (408, 409, 529) or exc.status_code >= 500:
-                return None
-            fatal = _fatal_message("Anthropic", exc.status_code, self.model, self.base_url, self.key_env)
-            return (
-                fatal or f"{self.model}: the API refused the request (HTTP {exc.status_code}): {_brief(exc)}"
-            )
+            return _status_verdict("Anthropic", exc, self.model, self.base_url, self.key_env)
         raise exc
+
+
+def _status_verdict(
+    provider: str, exc: Exception, model: str, base_url: str | None, key_env: str
+) -> str | None:
+    """None for a status worth retrying; otherwise the one-line message that stops the run."""
+    status = int(getattr(exc, "status_code", 0) or 0)
+    if status in (408, 409, 429, 529) or status >= 500:
+        return None
+    return _fatal_message(provider, status, model, base_url, key_env) or _refused(model, status, _brief(exc))
+
+
+def _refused(model: str, status: int, message: str) -> str:
+    hint = (
+        "; if the prompt is too long for the model, lower [agent] context_chars"
+        if status in (400, 413)
+        else ""
+    )
+    return f"nightlab.toml: [agent] model '{model}' refused the request (HTTP {status}): {message}{hint}"
 
 
 def _brief(exc: Exception) -> str:

@@ -1,0 +1,282 @@
+"""The LLM agent end to end against loopback servers: proposals, retries, duplicates, caps, lessons."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import pytest
+from conftest import KEY, make_context
+from conftest import entry as make_entry
+from fake_servers import Answer, Status, answer_text, block, fake_llm_server
+
+from nightlab.agents.base import Agent
+from nightlab.agents.llm import MAX_FAILED_ROUNDS, LLMAgent
+from nightlab.edits import apply_edits
+from nightlab.errors import UserError
+
+GOOD = answer_text(
+    "raise LR 0.01 -> 0.03",
+    "the learning rate is far below the optimum",
+    block("train.py", "LR = 0.01  # learning rate", "LR = 0.03  # learning rate"),
+)
+WIDER = answer_text(
+    "WIDTH 64 -> 128",
+    "more capacity",
+    block("train.py", "WIDTH = 64  # model width", "WIDTH = 128  # model width"),
+)
+
+
+def own_entry(proposal, id: int = 1, **changes):
+    """The history entry the loop would build for a proposal (meta copied, as the ledger does)."""
+    return make_entry(
+        id, proposal.description, hypothesis=proposal.hypothesis, meta=dict(proposal.meta), **changes
+    )
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_a_good_answer_becomes_a_proposal_with_tokens_and_cost(protocol, llm_config, caplog):
+    caplog.set_level(logging.DEBUG)
+    with fake_llm_server(protocol, [Answer(GOOD, tokens_in=2000, tokens_out=500)], api_key=KEY) as server:
+        agent = LLMAgent(llm_config(server))
+        assert isinstance(agent, Agent)
+        proposal = agent.propose(make_context())
+    assert proposal is not None
+    assert proposal.description == "raise LR 0.01 -> 0.03"
+    assert proposal.hypothesis == "the learning rate is far below the optimum"
+    new = apply_edits({"train.py": make_context().files["train.py"]}, proposal.edits, ["train.py"])
+    assert "LR = 0.03  # learning rate" in new["train.py"]
+    meta = proposal.meta
+    assert (meta["tokens_in"], meta["tokens_out"], meta["attempts"]) == (2000, 500, 1)
+    # prices = {"fake-model" = [1.0, 2.0]} $/Mtok: 2000 * 1e-6 + 500 * 2e-6
+    assert meta["cost_usd"] == pytest.approx(0.003)
+    assert agent.spent.cost_usd == pytest.approx(0.003)
+    json.dumps(proposal.to_dict())  # the ledger stores it as JSON
+    # What the model saw: the instructions, the protocol, the incumbent file, the frozen interface.
+    [request] = server.requests
+    sent = json.dumps(request.body)
+    for needle in ("Lower val_loss", "<<<<<<< SEARCH", "LR = 0.01  # learning rate", "def evaluate(model"):
+        assert needle in sent
+    assert "secret_internal_detail" not in sent  # frozen bodies stay out of the prompt
+    # The key is in the request header only: never in meta or the logs.
+    assert KEY not in json.dumps(meta) and KEY not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("bad_answer", "feedback"),
+    [
+        (
+            answer_text("typo", "x", block("train.py", "LR = 0.001  # learning rate", "LR = 0.1")),
+            "edit 1 (train.py)",  # apply_edits' own message: which block, the nearest lines
+        ),
+        (GOOD.replace("=======\n", ""), "expected '=======' between"),
+        (
+            answer_text("cheat", "x", block("prepare.py", "MAX_SEQ_LEN = 256", "MAX_SEQ_LEN = 1")),
+            "prepare.py is frozen",
+        ),
+        (answer_text("elsewhere", "x", block("notes.md", "", "hello")), "outside the editable files"),
+        (
+            answer_text("broken", "x", block("train.py", "WIDTH = 64  # model width", "WIDTH = = 64")),
+            "not valid Python",
+        ),
+        (
+            answer_text(
+                "nothing", "x", block("train.py", "LR = 0.01  # learning rate", "LR = 0.01  # learning rate")
+            ),
+            "leave every file exactly",
+        ),
+        ("I think we should raise the learning rate.", "no 'Description: ...' line"),
+    ],
+    ids=[
+        "no-match",
+        "malformed",
+        "frozen-file",
+        "outside-editable",
+        "syntax-error",
+        "no-change",
+        "no-format",
+    ],
+)
+def test_an_unusable_answer_is_sent_back_with_the_error_and_the_retry_is_used(
+    bad_answer, feedback, llm_config
+):
+    with fake_llm_server("openai", [Answer(bad_answer, 1000, 100), Answer(GOOD, 1500, 200)]) as server:
+        proposal = LLMAgent(llm_config(server)).propose(make_context())
+    assert proposal is not None and proposal.description == "raise LR 0.01 -> 0.03"
+    assert proposal.meta["attempts"] == 2
+    assert (proposal.meta["tokens_in"], proposal.meta["tokens_out"]) == (2500, 300)  # both calls paid
+    first, second = server.requests
+    # Same conversation: the first answer and the error text come back to the model.
+    assert second.messages[:-2] == first.messages
+    assert second.messages[-2] == {"role": "assistant", "content": bad_answer}
+    assert feedback in second.last_user_text
+    assert "invalid" not in proposal.meta
+
+
+def test_a_not_found_block_feedback_quotes_the_nearest_lines(llm_config):
+    bad = answer_text("typo", "x", block("train.py", "LR = 0.001  # learning rate", "LR = 0.1"))
+    with fake_llm_server("openai", [Answer(bad), Answer(GOOD)]) as server:
+        LLMAgent(llm_config(server)).propose(make_context())
+    assert "LR = 0.01  # learning rate" in server.requests[1].last_user_text
+
+
+def test_a_proposal_already_tried_is_refused_and_the_model_asked_again(llm_config):
+    with fake_llm_server("openai", [Answer(GOOD), Answer(GOOD), Answer(WIDER)]) as server:
+        agent = LLMAgent(llm_config(server, lessons=False))
+        first = agent.propose(make_context())
+        agent.observe(own_entry(first, 1))
+        second = agent.propose(make_context(history=[own_entry(first, 1)]))
+    assert second is not None and second.description == "WIDTH 64 -> 128"
+    assert "same files as experiment #1" in server.requests[2].last_user_text
+    assert second.meta["files_hash"] != first.meta["files_hash"]
+
+
+def test_a_duplicate_written_differently_is_still_a_duplicate(llm_config):
+    whole = (
+        make_context().files["train.py"].replace("LR = 0.01  # learning rate", "LR = 0.03  # learning rate")
+    )
+    rewritten = answer_text("set LR to 0.03 via whole file", "same idea", block("train.py", "", whole))
+    with fake_llm_server("openai", [Answer(GOOD), Answer(rewritten), Answer(WIDER)]) as server:
+        agent = LLMAgent(llm_config(server, lessons=False))
+        agent.observe(own_entry(agent.propose(make_context()), 1))
+        assert agent.propose(make_context()).description == "WIDTH 64 -> 128"
+    assert "already tried" in server.requests[2].last_user_text
+
+
+def test_past_experiments_from_a_previous_process_count_as_tried(llm_config):
+    """After a restart the ledger's meta carries the files hash, so old ideas stay refused."""
+    with fake_llm_server("openai", [Answer(GOOD)]) as server:
+        earlier = LLMAgent(llm_config(server)).propose(make_context())
+    with fake_llm_server("openai", [Answer(GOOD), Answer(WIDER)]) as server:
+        agent = LLMAgent(llm_config(server))
+        agent.observe(own_entry(earlier, 7))
+        assert agent.propose(make_context()).description == "WIDTH 64 -> 128"
+    assert "experiment #7" in server.requests[1].last_user_text
+
+
+def test_retries_exhausted_gives_an_invalid_proposal_then_stops(llm_config, caplog):
+    bad = answer_text("typo", "x", block("train.py", "LR = 0.5", "LR = 0.1"))
+    with fake_llm_server("openai", lambda request: Answer(bad)) as server:
+        agent = LLMAgent(llm_config(server, retries=1, lessons=False))
+        proposal = agent.propose(make_context())
+        assert proposal is not None
+        assert "edit 1 (train.py)" in proposal.meta["invalid"]
+        assert proposal.meta["attempts"] == 2 and proposal.description == "typo"
+        assert len(server.requests) == 2
+        for _ in range(2, MAX_FAILED_ROUNDS + 1):
+            last = agent.propose(make_context())
+        assert last is None
+        assert "in a row had no usable answer" in agent.stop_reason
+        asked = len(server.requests)
+        assert agent.propose(make_context()) is None  # stopped: no more calls
+        assert len(server.requests) == asked
+
+
+def test_the_token_cap_stops_the_agent_cleanly(llm_config, caplog):
+    with fake_llm_server("openai", [Answer(GOOD, 1000, 200), Answer(WIDER, 1000, 200)]) as server:
+        agent = LLMAgent(llm_config(server, max_total_tokens=1100, lessons=False))
+        assert agent.propose(make_context()) is not None  # the call that crossed the cap still counts
+        assert agent.propose(make_context()) is None
+    assert len(server.requests) == 1
+    assert "token cap reached: 1200 tokens" in agent.stop_reason
+    assert "token cap reached" in caplog.text
+
+
+def test_the_cost_cap_counts_spending_from_before_a_restart(llm_config):
+    with fake_llm_server("openai", [Answer(GOOD)]) as server:
+        agent = LLMAgent(llm_config(server, max_cost=0.05))
+        agent.observe(
+            make_entry(1, "from the last run", meta={"tokens_in": 10, "tokens_out": 10, "cost_usd": 0.05})
+        )
+        assert agent.propose(make_context()) is None
+    assert server.requests == []
+    assert agent.stop_reason.startswith("cost cap reached: $0.0500")
+
+
+def test_a_cost_cap_needs_a_price(llm_config):
+    with fake_llm_server("openai", []) as server:
+        with pytest.raises(UserError, match=r"max_cost needs a price for model 'unpriced'"):
+            LLMAgent(llm_config(server, model="unpriced", max_cost=1.0))
+
+
+def test_a_bad_key_raises_user_error_from_propose(llm_config, monkeypatch):
+    with fake_llm_server("anthropic", [Answer(GOOD)], api_key="the-right-key") as server:
+        with pytest.raises(UserError, match="rejected"):
+            LLMAgent(llm_config(server)).propose(make_context())
+
+
+def test_an_api_that_stays_down_stops_the_agent_instead_of_crashing(llm_config):
+    with fake_llm_server("openai", lambda request: Status(503)) as server:
+        agent = LLMAgent(llm_config(server, api_retries=2))
+        assert agent.propose(make_context()) is None
+    assert len(server.requests) == 3
+    assert "gave up after 3 attempts" in agent.stop_reason
+
+
+def test_lessons_are_written_before_the_next_proposal_and_shown_after(llm_config):
+    lesson = "#1: LR 0.03 helped but is within noise; try 0.1 next."
+    with fake_llm_server("openai", [Answer(GOOD), Answer(lesson, 300, 20), Answer(WIDER)]) as server:
+        agent = LLMAgent(llm_config(server))
+        first = agent.propose(make_context())
+        done = own_entry(first, 1, decision="keep", delta=0.004)
+        agent.observe(done)
+        second = agent.propose(make_context(history=[done]))
+    first_call, lesson_call, proposal_call = server.requests
+    assert "research notebook" in json.dumps(lesson_call.body)
+    assert (
+        "raise LR 0.01 -> 0.03" in lesson_call.last_user_text
+        and "decision keep" in lesson_call.last_user_text
+    )
+    expected = "LR 0.03 helped but is within noise; try 0.1 next."
+    assert second.meta["lessons"] == {"1": expected}
+    assert done.lesson == expected and agent.lessons == {1: expected}
+    assert expected in proposal_call.last_user_text
+    assert (second.meta["tokens_in"], second.meta["tokens_out"]) == (1300, 220)  # the lesson call is counted
+
+
+def test_lessons_can_be_switched_off_and_flushed(llm_config):
+    with fake_llm_server("openai", [Answer(GOOD), Answer(WIDER)]) as server:
+        agent = LLMAgent(llm_config(server, lessons=False))
+        agent.observe(own_entry(agent.propose(make_context()), 1))
+        agent.propose(make_context())
+    assert len(server.requests) == 2
+    with fake_llm_server("openai", [Answer(GOOD), Answer("training crashed on a shape mismatch")]) as server:
+        agent = LLMAgent(llm_config(server))
+        crashed = own_entry(
+            agent.propose(make_context()), 3, status="crash", decision="crash", log_tail="RuntimeError: shape"
+        )
+        agent.observe(crashed)
+        assert agent.flush_lessons() == {3: "training crashed on a shape mismatch"}
+    assert "RuntimeError: shape" in server.requests[1].last_user_text
+
+
+def test_observe_does_not_wait_for_a_proposal_in_flight(llm_config):
+    """The loop prepares the next proposal in a thread while it records the last result."""
+    with fake_llm_server("openai", [Answer(GOOD), Answer(WIDER, delay=1.0)]) as server:
+        agent = LLMAgent(llm_config(server, lessons=False))
+        first = agent.propose(make_context())
+        result: dict = {}
+        worker = threading.Thread(target=lambda: result.update(p=agent.propose(make_context())))
+        worker.start()
+        while len(server.requests) < 2:
+            time.sleep(0.01)
+        start = time.monotonic()
+        agent.observe(own_entry(first, 1))
+        observed_in = time.monotonic() - start
+        worker.join(timeout=10)
+    assert observed_in < 0.2
+    assert result["p"].description == "WIDTH 64 -> 128"
+
+
+def test_observing_its_own_proposals_does_not_count_their_spending_twice(llm_config):
+    bad = answer_text("typo", "x", block("train.py", "LR = 0.5", "LR = 0.1"))
+    with fake_llm_server("openai", [Answer(GOOD, 1000, 100), Answer(bad, 1000, 100)]) as server:
+        agent = LLMAgent(llm_config(server, retries=0, lessons=False))
+        good = agent.propose(make_context())
+        invalid = agent.propose(make_context())
+        assert "invalid" in invalid.meta
+        agent.observe(own_entry(good, 1))
+        agent.observe(own_entry(invalid, 2, status="invalid", decision="invalid"))
+    assert agent.spent.tokens_in == 2000 and agent.spent.tokens_out == 200
