@@ -321,6 +321,13 @@ def test_log_over_the_limit_keeps_head_and_tail(tmp_path: Path) -> None:
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
 
 
+def test_a_script_that_deletes_its_log_does_not_break_the_harness(tmp_path: Path) -> None:
+    command = 'rm -f "$NIGHTLAB_RUN_DIR/run.log"; for i in $(seq 3000); do echo "line $i xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"; done; sleep 0.2'
+    result = fast(log_limit_bytes=100_000).run(spec(tmp_path, command))
+    assert result.status is RunStatus.OK
+    assert not Path(result.log_path).exists() and result.log_tail == ""
+
+
 def test_log_flood_faster_than_trimming_is_killed(tmp_path: Path) -> None:
     result = fast(log_limit_bytes=100_000).run(spec(tmp_path, "yes nightlab-flood", timeout=10))
     assert result.status is RunStatus.CRASH
@@ -406,8 +413,9 @@ def test_runs_orphaned_by_a_killed_harness_are_killed_by_the_next_executor(tmp_p
         (pid,) = read_pids(pids, 1, within=20)
         proc.kill()  # kill -9 of nightlab: the run goes on in its own session
         proc.wait(5)
-        assert not dead(pid, within=0.3)
-        assert LocalExecutor().orphans_killed >= 1
+        # (No "still alive here" check: on a shared machine another nightlab's executor may
+        # already have cleaned it up, which is the behaviour under test.)
+        LocalExecutor()
         assert dead(pid)
     finally:
         if proc.is_running():

@@ -183,31 +183,37 @@ class _Run:
         started = time.monotonic()
         wall_started = time.time()
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        # Opened before the start, so a script that deletes its log cannot hide what it writes.
+        trimmer = LogTrimmer(self.log_path, self.ex.log_limit_bytes)
         try:
-            popen = subprocess.Popen(
-                self._shell_command(),
-                shell=True,
-                cwd=cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:  # no /bin/sh, a cwd we may not enter: nothing ran
-            raise UserError(f"cannot start `{self.spec.command}` in {cwd}: {exc}") from exc
+            try:
+                popen = subprocess.Popen(
+                    self._shell_command(),
+                    shell=True,
+                    cwd=cwd,
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_fd,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:  # no /bin/sh, a cwd we may not enter: nothing ran
+                raise UserError(f"cannot start `{self.spec.command}` in {cwd}: {exc}") from exc
+            finally:
+                os.close(log_fd)
+            self._prefer_as_oom_victim(popen.pid)
+            main = MainProcess(popen)
+            tree = ProcessTree(main, self.env[TAG_VARIABLE], self.log_path, wall_started)
+            try:
+                self._poll(main, tree, trimmer, started + self.spec.timeout, started)
+            except BaseException:
+                # Ctrl-C or a bug in the watcher: the run must not outlive the harness's attention.
+                tree.kill_all(min(self.ex.grace_seconds, 2.0))
+                main.close()
+                raise
         finally:
-            os.close(log_fd)
-        self._prefer_as_oom_victim(popen.pid)
-        main = MainProcess(popen)
-        tree = ProcessTree(main, self.env[TAG_VARIABLE], self.log_path, wall_started)
-        try:
-            self._watch(main, tree, started)
-        except BaseException:
-            # Ctrl-C or a bug in the watcher: the run must not outlive the harness's attention.
-            tree.kill_all(min(self.ex.grace_seconds, 2.0))
-            main.close()
-            raise
+            trimmer.close()
+        self.peak_rss_mb = max(self.peak_rss_mb, tree.sample())
         # Normal exit or not, whatever the run left behind goes with it.
         tree.kill_all(self.ex.grace_seconds)
         main.close()
@@ -240,20 +246,10 @@ class _Run:
         with contextlib.suppress(OSError):
             Path(f"/proc/{pid}/oom_score_adj").write_text(_OOM_SCORE_ADJ)
 
-    def _watch(self, main: MainProcess, tree: ProcessTree, started: float) -> None:
-        """Sample and enforce limits until the main process exits or the run has to be killed."""
-        ex = self.ex
-        deadline = started + self.spec.timeout
-        trimmer = LogTrimmer(self.log_path, ex.log_limit_bytes)
-        try:
-            self._poll(main, tree, trimmer, deadline, started)
-        finally:
-            trimmer.close()
-        self.peak_rss_mb = max(self.peak_rss_mb, tree.sample())
-
     def _poll(
         self, main: MainProcess, tree: ProcessTree, trimmer: LogTrimmer, deadline: float, started: float
     ) -> None:
+        """Sample and enforce limits until the main process exits or the run has to be killed."""
         ex = self.ex
         next_disk_check = started
         interval = _FIRST_POLL

@@ -113,8 +113,8 @@ class LogTrimmer:
             return None
         if size > OVERFLOW_FACTOR * self.limit:
             return (
-                f"log grew past {OVERFLOW_FACTOR * self.limit / _MB:.1f} MB faster than it could be "
-                f"trimmed (log limit {self.limit / _MB:.1f} MB), killed"
+                f"log grew past {OVERFLOW_FACTOR * self.limit / _MB:.3g} MB faster than it could be "
+                f"trimmed (log limit {self.limit / _MB:.3g} MB), killed"
             )
         tree.pause()
         try:

@@ -34,7 +34,7 @@ import psutil
 TAG_VARIABLE = "NIGHTLAB_PROCESS_TAG"
 _MB = 1024 * 1024
 _GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError)
-# Above this many processes of this size, shared pages are worth accounting for (PSS).
+# When more than one process of a run is this big, shared pages are accounted for (PSS).
 _SHARING_MB = 50.0
 
 
@@ -253,16 +253,30 @@ class ProcessTree:
         return len(targets)
 
 
+def _pid_namespace() -> str:
+    """The inode number of this process's pid namespace ("pid:[4026531836]" -> "4026531836")."""
+    try:
+        return "".join(ch for ch in os.readlink("/proc/self/ns/pid") if ch.isdigit())
+    except OSError:
+        return "-"
+
+
 def new_tag() -> str:
     """A tag for one run that also names the harness process that started it
-    (``<pid>:<start time>:<random>``), so a run whose harness died can be recognised."""
+    (``<pid>:<start time>:<pid namespace>:<random>``), so a run whose harness died can be
+    recognised."""
     me = psutil.Process()
-    return f"{me.pid}:{me.create_time()!r}:{uuid.uuid4().hex}"
+    return f"{me.pid}:{me.create_time()!r}:{_pid_namespace()}:{uuid.uuid4().hex}"
 
 
 def _harness_alive(tag: str) -> bool:
     try:
-        pid, created, _ = tag.split(":")
+        pid, created, namespace, _ = tag.split(":")
+    except ValueError:
+        return True  # not a tag we wrote: leave it alone
+    if namespace != _pid_namespace():
+        return True  # a harness in another container: its pid means nothing here
+    try:
         return repr(psutil.Process(int(pid)).create_time()) == created
     except (ValueError, *_GONE, psutil.AccessDenied):
         return False
