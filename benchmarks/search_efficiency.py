@@ -1,0 +1,405 @@
+"""Search efficiency: the search agent against random search and plain Optuna TPE.
+
+Same target, same knobs and domains (the search agent's own :class:`Space`), same number of
+experiments, several seeds. Every method is an :class:`~nightlab.agents.base.Agent` driven by the
+same small in-process loop: propose -> apply the edits to the incumbent's text -> read the knobs
+back with :func:`~nightlab.knobs.knob_values` -> run the target -> observe. A candidate is kept
+when its measured metric beats the incumbent's (autoresearch's greedy rule), so for every method
+the reported best is the configuration with the best measured value; the curves show that
+configuration's *noise-free* loss, so luck on one noisy run earns nothing.
+
+Run::
+
+    .venv/bin/python benchmarks/search_efficiency.py                # synthetic target
+    .venv/bin/python benchmarks/search_efficiency.py --seeds 3 --experiments 40
+
+The version on the built-in cpu template needs the harness's full loop (real training runs):
+see :func:`run_on_cpu_template`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+
+from nightlab.agents.base import Context, Edit, HistoryEntry, Proposal  # noqa: E402
+from nightlab.agents.search import SearchAgent  # noqa: E402
+from nightlab.agents.space import Domain, Space, build_space  # noqa: E402
+from nightlab.config import Config, load_config  # noqa: E402
+from nightlab.knobs import knob_values, set_knobs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC = ROOT / "tests" / "fixtures" / "synthetic_target"
+FAILED = {"oom": "oom", "nan": "nan", "crash": "crash"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The two baselines, as agents over the same space
+
+
+class RandomAgent:
+    """Uniform random configurations over the search agent's domains, never repeating one."""
+
+    name = "random"
+
+    def __init__(self, config: Config, seed: int) -> None:
+        self.agent_config = config.agent
+        self.rng = np.random.default_rng(seed)
+        self.tried: set[tuple] = set()
+
+    def observe(self, entry: HistoryEntry) -> None:
+        pass
+
+    def propose(self, context: Context) -> Proposal | None:
+        space = build_space(context.files, self.agent_config)
+        for _ in range(1000):
+            config = space.with_dims(
+                space.current(), {i: _uniform(d.domain, self.rng) for i, d in enumerate(space.dims)}
+            )
+            if space.key(config) not in self.tried:
+                self.tried.add(space.key(config))
+                return _whole_config_proposal(space, context.files, config, "random")
+        return None
+
+
+class TPEAgent:
+    """Optuna's TPE sampler over the same space through ask-and-tell, with no incumbent logic."""
+
+    name = "tpe"
+
+    def __init__(self, config: Config, seed: int) -> None:
+        self.agent_config = config.agent
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+        self.asked: dict[int, Any] = {}
+        self.told: set[int] = set()
+        self.space: Space | None = None
+
+    def propose(self, context: Context) -> Proposal | None:
+        self.space = self.space or build_space(context.files, self.agent_config)
+        distributions = {d.key: _optuna_distribution(d.domain) for d in self.space.dims}
+        trial = self.study.ask(distributions)
+        changes = {i: _from_optuna(d.domain, trial.params[d.key]) for i, d in enumerate(self.space.dims)}
+        config = self.space.with_dims(self.space.current(), changes)
+        proposal = _whole_config_proposal(self.space, context.files, config, "tpe")
+        proposal.meta["trial"] = trial.number
+        self.asked[trial.number] = trial
+        return proposal
+
+    def observe(self, entry: HistoryEntry) -> None:
+        number = entry.meta.get("trial")
+        if entry.decision == "baseline" and self.space is not None:
+            return
+        if number is None or number in self.told:
+            return
+        self.told.add(number)
+        if entry.status == "ok" and entry.metric is not None:
+            self.study.tell(number, entry.metric)
+        else:
+            self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+    def tell_baseline(self, space: Space, value: float) -> None:
+        """The baseline as a finished trial, so TPE starts from the same knowledge."""
+        self.space = space
+        params = {
+            d.key: _to_optuna(d.domain, v)
+            for d, v in zip(space.dims, space.dim_values(space.current()), strict=True)
+        }
+        distributions = {d.key: _optuna_distribution(d.domain) for d in space.dims}
+        self.study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, value=value)
+        )
+
+
+def _uniform(domain: Domain, rng: np.random.Generator) -> Any:
+    if domain.categorical:
+        return domain.choices[int(rng.integers(len(domain.choices)))]
+    return domain.from_unit(float(rng.random()))
+
+
+def _optuna_distribution(domain: Domain) -> optuna.distributions.BaseDistribution:
+    if domain.categorical:
+        return optuna.distributions.CategoricalDistribution(list(domain.choices))
+    if domain.scale == "pow2" or (domain.scale == "int" and not domain.step):
+        return optuna.distributions.IntDistribution(int(domain.low), int(domain.high))
+    if domain.scale == "int":
+        return optuna.distributions.IntDistribution(int(domain.low), int(domain.high), step=int(domain.step))
+    if domain.scale == "log1m":  # searched as 1 - x on a log scale, like the search agent
+        return optuna.distributions.FloatDistribution(1 - domain.high, 1 - domain.low, log=True)
+    return optuna.distributions.FloatDistribution(domain.low, domain.high, log=domain.scale == "log")
+
+
+def _from_optuna(domain: Domain, value: Any) -> Any:
+    if domain.scale == "pow2":
+        return 2 ** int(value)
+    if domain.scale == "log1m":
+        return domain.snap(1 - value)
+    return value if domain.categorical else domain.snap(value)
+
+
+def _to_optuna(domain: Domain, value: Any) -> Any:
+    if domain.scale == "pow2":
+        return int(round(math.log2(value)))
+    if domain.scale == "log1m":
+        return 1 - value
+    return value
+
+
+def _whole_config_proposal(space: Space, files: dict[str, str], config: dict, agent: str) -> Proposal:
+    path = next(iter(space.knobs.values())).path
+    values = {k: v for k, v in config.items() if k in space.knobs and k not in space.pinned}
+    text = set_knobs(files[path], values, path)
+    meta = {"agent": agent, "knobs": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}}
+    return Proposal(description=f"{agent} configuration", edits=[Edit(path=path, replace=text)], meta=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# The in-process loop
+
+
+def load_target(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"synthetic_target_{abs(hash(path))}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def apply_edits(text: str, edits: list[Edit]) -> str:
+    for edit in edits:
+        if edit.search is None:
+            text = edit.replace
+        else:
+            assert text.count(edit.search) == 1, f"edit does not apply exactly once: {edit.search!r}"
+            text = text.replace(edit.search, edit.replace)
+    return text
+
+
+def drive(
+    agent: Any, target: ModuleType, text: str, n: int, seed: int, baseline_runs: int = 3
+) -> list[float]:
+    """Run ``n`` experiments; the noise-free loss of the reported best after each one.
+
+    The baseline is measured ``baseline_runs`` times (as the harness does) to give the noise
+    floor every method sees; it is not counted as an experiment.
+    """
+    base_values = knob_values(text)
+    base = [target.run(base_values, seed * 10_000 + r)[1] for r in range(baseline_runs)]
+    noise = statistics.stdev(base) if len(base) > 1 else None
+    incumbent_text, incumbent = text, statistics.fmean(base)
+    best_value, best_config = incumbent, base_values
+    history = [
+        HistoryEntry(
+            id=1,
+            description="baseline",
+            status="ok",
+            decision="baseline",
+            reason="",
+            metric=incumbent,
+            spread=None,
+            runs=baseline_runs,
+            delta=None,
+        )
+    ]
+    agent.observe(history[0])
+    if isinstance(agent, TPEAgent):
+        agent.tell_baseline(build_space({"train.py": text}, agent.agent_config), incumbent)
+    curve = []
+    for i in range(n):
+        context = Context(
+            files={"train.py": incumbent_text},
+            history=list(history),
+            metric_name="val_loss",
+            direction="minimize",
+            best=incumbent,
+            noise=noise,
+            experiments_left=n - i,
+        )
+        proposal = agent.propose(context)
+        if proposal is None:
+            curve.append(target.true_loss(best_config))
+            continue
+        new_text = apply_edits(incumbent_text, proposal.edits)
+        values = knob_values(new_text)
+        status, metric, _ = target.run(values, seed * 10_000 + 100 + i)
+        ok = status == "ok" and metric is not None and math.isfinite(metric)
+        decision = "keep" if ok and metric < incumbent else ("discard" if ok else status)
+        if decision == "keep":
+            incumbent_text, incumbent = new_text, metric
+        if ok and metric < best_value:
+            best_value, best_config = metric, values
+        entry = HistoryEntry(
+            id=i + 2,
+            description=proposal.description,
+            status=status,
+            decision=decision,
+            reason="",
+            metric=metric if ok else None,
+            spread=None,
+            runs=1,
+            delta=(history[0].metric - metric) if ok else None,
+            meta=json.loads(json.dumps(proposal.meta)),
+        )
+        history.append(entry)
+        agent.observe(entry)
+        curve.append(target.true_loss(best_config))
+    return curve
+
+
+def make_agent(kind: str, config: Config, seed: int) -> Any:
+    if kind == "search":
+        agent_config = config.agent.model_copy(update={"seed": seed})
+        return SearchAgent(agent_config)
+    if kind == "random":
+        return RandomAgent(config, seed)
+    return TPEAgent(config, seed)
+
+
+def experiments_to_reach(curve: list[float], target_value: float) -> int | None:
+    """1-based count of experiments after which ``curve`` is at or below ``target_value``."""
+    for i, value in enumerate(curve):
+        if value <= target_value + 1e-12:
+            return i + 1
+    return None
+
+
+def run_synthetic(seeds: int, experiments: int, methods: list[str], out: Path | None) -> dict:
+    config = load_config(SYNTHETIC)
+    text = (SYNTHETIC / "train.py").read_text()
+    target = load_target(SYNTHETIC / "train.py")
+    curves: dict[str, list[list[float]]] = {m: [] for m in methods}
+    seconds: dict[str, float] = {m: 0.0 for m in methods}
+    for seed in range(seeds):
+        for method in methods:
+            started = time.perf_counter()
+            curves[method].append(drive(make_agent(method, config, seed), target, text, experiments, seed))
+            seconds[method] += time.perf_counter() - started
+            print(f"seed {seed} {method:7s} final {curves[method][-1][-1]:.4f}", file=sys.stderr, flush=True)
+    median = {m: [statistics.median(c[i] for c in curves[m]) for i in range(experiments)] for m in methods}
+    baseline_loss = target.true_loss(knob_values(text))
+    reference = median["random"][-1] if "random" in median else min(m[-1] for m in median.values())
+    result = {
+        "target": "synthetic",
+        "seeds": seeds,
+        "experiments": experiments,
+        "baseline_loss": baseline_loss,
+        "optimum_loss": target.optimum_loss,
+        "random_final_median": reference,
+        "methods": {},
+    }
+    for m in methods:
+        per_seed = [experiments_to_reach(c, reference) for c in curves[m]]
+        reached = [p for p in per_seed if p is not None]
+        result["methods"][m] = {
+            "median_curve": median[m],
+            "final_median": median[m][-1],
+            "to_reach_random_final_median_curve": experiments_to_reach(median[m], reference),
+            "to_reach_per_seed_median": statistics.median(reached) if len(reached) > seeds / 2 else None,
+            "seeds_reaching": len(reached),
+            "seconds_per_experiment": seconds[m] / (seeds * experiments),
+        }
+    if out is not None:
+        _plot(median, result, out)
+    return result
+
+
+def _plot(median: dict[str, list[float]], result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colours = {"search": "tab:green", "tpe": "tab:blue", "random": "tab:grey"}
+    for m, curve in median.items():
+        xs = range(1, len(curve) + 1)
+        ax.step(xs, [v - result["optimum_loss"] for v in curve], where="post", label=m, color=colours.get(m))
+    ax.axhline(
+        result["random_final_median"] - result["optimum_loss"],
+        color="tab:grey",
+        ls=":",
+        lw=1,
+        label="random's final best",
+    )
+    ax.set_yscale("log")
+    ax.set_xlabel("experiments")
+    ax.set_ylabel("true loss of the reported best − optimum")
+    ax.set_title(f"Synthetic target, median of {result['seeds']} seeds")
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Synthetic target ({result['seeds']} seeds, {result['experiments']} experiments each; baseline loss "
+        f"{result['baseline_loss']:.4f}, optimum {result['optimum_loss']:.4f}; random search's final median best "
+        f"{result['random_final_median']:.4f}).",
+        "",
+        "| method | final median best | experiments to reach random's final best (median curve) "
+        "| same, median over seeds (seeds reaching) | agent seconds / experiment |",
+        "|---|---|---|---|---|",
+    ]
+    for m, r in result["methods"].items():
+        per_seed = r["to_reach_per_seed_median"]
+        lines.append(
+            f"| {m} | {r['final_median']:.4f} | {r['to_reach_random_final_median_curve'] or 'never'} | "
+            f"{per_seed if per_seed is not None else 'n/a'} ({r['seeds_reaching']}/{result['seeds']}) | "
+            f"{r['seconds_per_experiment']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The built-in cpu template: needs the harness's full loop
+
+
+def run_on_cpu_template(
+    workdir: Path, seeds: int = 3, experiments: int = 30, tokens: int | None = None
+) -> dict:
+    """TODO(lead): the same comparison on the built-in cpu template under a token budget.
+
+    This needs the full loop (real training runs of minutes each), so it is not run by
+    :func:`main`. The plan, for whoever wires it: for each method in (search, random, tpe) and
+    each seed, ``nightlab init workdir/<method>-<seed> --size cpu``, set ``[budget] tokens`` and
+    ``[policy] kind = "greedy"`` (as here), register :class:`RandomAgent` / :class:`TPEAgent`
+    as agents (both follow the Agent protocol and only need ``config`` and a seed), run
+    ``experiments`` experiments, then read each ledger's history: the best-so-far ``val_bpb``
+    after each experiment, and :func:`experiments_to_reach` against random's final best.
+    """
+    raise NotImplementedError("the cpu-template comparison needs the harness loop; see the docstring")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--experiments", type=int, default=80)
+    parser.add_argument("--methods", default="search,random,tpe")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "search_efficiency.png")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = parser.parse_args(argv)
+    result = run_synthetic(args.seeds, args.experiments, args.methods.split(","), args.plot)
+    print(markdown(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
