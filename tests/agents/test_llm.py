@@ -280,3 +280,33 @@ def test_observing_its_own_proposals_does_not_count_their_spending_twice(llm_con
         agent.observe(own_entry(good, 1))
         agent.observe(own_entry(invalid, 2, status="invalid", decision="invalid"))
     assert agent.spent.tokens_in == 2000 and agent.spent.tokens_out == 200
+
+
+def test_the_registry_builds_it_from_a_parsed_nightlab_toml(monkeypatch, tmp_path):
+    from conftest import KEY_ENV
+
+    from nightlab.agents.registry import make_agent
+    from nightlab.config import parse_config
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with fake_llm_server("anthropic", [Answer(GOOD)], api_key=KEY) as server:
+        agent_table = {
+            "kind": "llm",
+            "provider": "anthropic",
+            "model": "claude-haiku-4-5",
+            "base_url": server.base_url,
+            "api_key_env": KEY_ENV,
+            "api_retries": 1,
+            "backoff": 0.01,
+            "request_timeout": 5,
+            "lessons": False,
+            "max_cost": 1.0,
+        }
+        config = parse_config(
+            {"target": {"editable": ["train.py"], "run": "python train.py"}, "agent": agent_table}
+        )
+        agent = make_agent(config, tmp_path)
+        assert isinstance(agent, LLMAgent)
+        proposal = agent.propose(make_context())
+    # Built-in price for claude-haiku-4-5: $1 in / $5 out per Mtok; 1000 tokens in, 200 out.
+    assert proposal.meta["cost_usd"] == pytest.approx(0.001 + 0.001)

@@ -171,11 +171,15 @@ def test_a_model_is_required():
         make_model(AgentConfig(kind="llm", provider="openai"))
 
 
-def test_prices_longest_prefix_and_user_overrides():
+def test_prices_match_names_and_dated_snapshots_only_and_user_overrides_win():
     assert price_for("gpt-4o-2024-08-06") == (2.50, 10.00)
     assert price_for("gpt-4o-mini-2024-07-18") == (0.15, 0.60)
+    assert price_for("claude-haiku-4-5-20251001") == (1.00, 5.00)
+    # A neighbour is not a snapshot: no guessed price for a model we do not know.
+    assert price_for("gpt-5.5") is None and price_for("claude-opus-4-7") is None
     assert price_for("my-local-model") is None
     assert price_for("gpt-4o", {"gpt-4o": [1.0, 3.0]}) == (1.0, 3.0)
+    assert price_for("gpt-5.5", {"gpt-5.5": [2.0, 12.0]}) == (2.0, 12.0)
     assert cost_usd("gpt-4o", 1_000_000, 500_000) == pytest.approx(2.50 + 5.00)
     assert cost_usd("fake", 2000, 1000, {"fake": [1.0, 2.0]}) == pytest.approx(0.002 + 0.002)
     assert cost_usd("my-local-model", 10**6, 10**6) == 0.0

@@ -37,7 +37,7 @@ from nightlab.agents.answer import ParsedAnswer, parse_answer
 from nightlab.agents.base import Context, HistoryEntry, Proposal
 from nightlab.agents.prompt import build_prompt
 from nightlab.agents.providers import ChatModel, ProviderUnavailable, Reply, cost_usd, make_model, price_for
-from nightlab.config import AgentConfig
+from nightlab.config import AgentConfig, Config
 from nightlab.errors import EditError, UserError
 
 log = logging.getLogger("nightlab.agents.llm")
@@ -71,7 +71,9 @@ class LLMAgent:
 
     name = "llm"
 
-    def __init__(self, config: AgentConfig, model: ChatModel | None = None) -> None:
+    def __init__(self, config: AgentConfig | Config, model: ChatModel | None = None) -> None:
+        # The registry hands over the whole Config; tests and scripts often just the [agent] table.
+        config = config.agent if isinstance(config, Config) else config
         self.config = config
         self.model = model if model is not None else make_model(config)
         self._model_name = config.model or getattr(self.model, "model", "")
@@ -79,6 +81,12 @@ class LLMAgent:
             raise UserError(
                 f"nightlab.toml: [agent] max_cost needs a price for model '{self._model_name}': add "
                 f'prices = {{ "{self._model_name}" = [input $/Mtok, output $/Mtok] }}'
+            )
+        if price_for(self._model_name, config.prices) is None:
+            log.warning(
+                "no price known for model '%s': its cost is recorded as $0 (right for a local server; "
+                "otherwise set [agent] prices)",
+                self._model_name,
             )
         self._lock = threading.Lock()  # guards the state below; never held during a model call
         self._propose_lock = threading.Lock()  # one proposal at a time
@@ -122,7 +130,8 @@ class LLMAgent:
                 self._issued.discard(meta["proposal_id"])
                 if entry.status != "invalid":
                     self._failed_rounds = 0
-                    if self.config.lessons and not entry.lesson:
+                    # A skipped proposal (comment-only, say) never ran: nothing to learn from it.
+                    if self.config.lessons and not entry.lesson and entry.status != "skipped":
                         self._awaiting_lesson.append(entry)
             else:
                 # Spending recorded by an earlier process (a resumed run) still counts toward the caps.
@@ -168,6 +177,7 @@ class LLMAgent:
                 return None
             reply = self.model.complete(prompt.system, messages, self.config.max_output_tokens)
             self._account(spend, reply)
+            parsed = None  # an invalid proposal carries the last answer's edits, never an older one's
             try:
                 parsed = parse_answer(reply.text, sorted(context.files))
                 digest = self._check(parsed, context)

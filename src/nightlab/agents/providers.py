@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,9 +27,11 @@ from nightlab.errors import UserError
 
 log = logging.getLogger("nightlab.agents.llm")
 
-# USD per million tokens (input, output), list prices when this table was written. Longest
-# matching prefix wins, so dated snapshots ("gpt-4o-2024-08-06") find their family. Override or
-# extend with [agent] prices = { "my-model" = [0.5, 1.5] }; local servers cost nothing.
+# USD per million tokens (input, output): list prices of models whose prices we know, when this
+# table was written. A name matches itself and its dated snapshots ("gpt-4o-2024-08-06",
+# "claude-haiku-4-5-20251001") only: never a neighbour such as gpt-5.5 for gpt-5, since a wrong
+# price is worse than none. Override or extend with [agent] prices = { "my-model" = [0.5, 1.5] };
+# a model with no price costs 0 (right for local servers) and a warning says so.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o-mini": (0.15, 0.60),
     "gpt-4o": (2.50, 10.00),
@@ -42,13 +45,19 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "o4-mini": (1.10, 4.40),
     "o3": (2.00, 8.00),
     "claude-3-5-haiku": (0.80, 4.00),
-    "claude-haiku-4-5": (1.00, 5.00),
     "claude-3-5-sonnet": (3.00, 15.00),
     "claude-3-7-sonnet": (3.00, 15.00),
+    "claude-haiku-4-5": (1.00, 5.00),
     "claude-sonnet-4": (3.00, 15.00),
-    "claude-opus-4-5": (5.00, 25.00),
+    "claude-sonnet-4-0": (3.00, 15.00),
+    "claude-sonnet-4-5": (3.00, 15.00),
     "claude-opus-4": (15.00, 75.00),
+    "claude-opus-4-0": (15.00, 75.00),
+    "claude-opus-4-1": (15.00, 75.00),
+    "claude-opus-4-5": (5.00, 25.00),
 }
+
+_DATED = re.compile(r"-\d{4}-?\d{2}-?\d{2}$")
 
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
@@ -89,13 +98,12 @@ class ChatModel(Protocol):
 
 
 def price_for(model: str, overrides: dict[str, list[float]] | None = None) -> tuple[float, float] | None:
-    """(input, output) USD per million tokens for ``model``: user table first, longest prefix wins."""
+    """(input, output) USD per million tokens for ``model`` or its undated name; the user's table first."""
+    undated = _DATED.sub("", model)
     for table in (overrides or {}, DEFAULT_PRICES):
-        if model in table:
-            return _pair(model, table[model])
-        prefixes = [name for name in table if model.startswith(name)]
-        if prefixes:
-            return _pair(model, table[max(prefixes, key=len)])
+        for name in (model, undated):
+            if name in table:
+                return _pair(name, table[name])
     return None
 
 
