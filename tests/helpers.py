@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-TOY_TRAIN = '''\
+TOY_TRAIN = """\
 import json, os, random
 LR = 0.1  # learning rate: best at 0.3
 WIDTH = 64  # model width: best at 128
@@ -28,9 +28,9 @@ print(f"val_loss:          {loss:.6f}")
 print("training_seconds:  0.01")
 with open(os.path.join(run_dir, "metrics.json"), "w") as f:
     json.dump({"val_loss": loss}, f)
-'''
+"""
 
-TOY_EVALUATE = '''\
+TOY_EVALUATE = """\
 import json, os
 run_dir = os.environ["NIGHTLAB_RUN_DIR"]
 # The "frozen evaluation": recomputes the metric from what training left in the run dir.
@@ -39,9 +39,9 @@ with open(os.path.join(run_dir, "result.json")) as f:
 with open(os.path.join(run_dir, "metrics.json"), "w") as f:
     json.dump({"val_loss": loss, "holdout_loss": loss + 0.001}, f)
 print(f"val_loss: {loss:.6f}")
-'''
+"""
 
-TOY_TOML = '''\
+TOY_TOML = """\
 [target]
 editable = ["train.py"]
 frozen = ["evaluate.py"]
@@ -62,7 +62,7 @@ file = "proposals.jsonl"
 kind = "{policy}"
 baseline_runs = 2
 max_runs = 3
-'''
+"""
 
 
 def git(root: Path, *args: str) -> str:
@@ -99,7 +99,7 @@ def make_workspace(
         or TOY_TOML.format(
             evaluate='evaluate = "python evaluate.py"' if evaluate else "",
             source=source,
-            pattern="pattern = '^val_loss:\\\\s*([0-9.]+)'" if source == "regex" else "",
+            pattern="pattern = '^val_loss:\\s*([0-9.]+)'" if source == "regex" else "",
             policy=policy,
         ),
         "proposals.jsonl": "".join(json.dumps(p) + "\n" for p in (proposals or [])),
@@ -116,10 +116,15 @@ def make_workspace(
 
 
 def edit(search: str, replace: str, description: str | None = None, path: str = "train.py") -> dict:
-    return {"description": description or f"{search} -> {replace}", "edits": [{"path": path, "search": search, "replace": replace}]}
+    return {
+        "description": description or f"{search} -> {replace}",
+        "edits": [{"path": path, "search": search, "replace": replace}],
+    }
 
 
-def nightlab(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def nightlab(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, as a user would."""
     full_env = dict(os.environ)
     full_env.update(env or {})

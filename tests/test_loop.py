@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import edit, git, make_workspace, nightlab
+from helpers import TOY_TRAIN, edit, git, make_workspace, nightlab
 
 
 def ledger_rows(root: Path) -> list[dict]:
@@ -25,7 +25,7 @@ def test_replay_session_keeps_real_gain_and_discards_worse(tmp_path: Path) -> No
         proposals=[
             edit("LR = 0.1", "LR = 0.3", "LR 0.1 -> 0.3"),  # a large real improvement
             edit("WIDTH = 64", "WIDTH = 8", "WIDTH 64 -> 8"),  # clearly worse
-            edit("LR = 0.1  # learning rate: best at 0.3", "LR = 0.1  # the learning rate", "comment only"),
+            edit("WIDTH = 64  # model width: best at 128", "WIDTH = 64  # the model width", "comment only"),
         ],
     )
     user_head = git(root, "rev-parse", "HEAD")
@@ -33,7 +33,12 @@ def test_replay_session_keeps_real_gain_and_discards_worse(tmp_path: Path) -> No
     assert res.returncode == 0, res.stderr + res.stdout
     rows = ledger_rows(root)
     decisions = [(r["kind"], r["decision"]) for r in rows]
-    assert decisions == [("baseline", "baseline"), ("candidate", "keep"), ("candidate", "discard"), ("candidate", "discard")]
+    assert decisions == [
+        ("baseline", "baseline"),
+        ("candidate", "keep"),
+        ("candidate", "discard"),
+        ("candidate", "discard"),
+    ]
     assert "not run" in rows[3]["reason"]
     # The research branch holds the kept change; the user's branch and tree are untouched.
     branch = git(root, "rev-parse", "nightlab/t1")
@@ -52,7 +57,9 @@ def test_replay_session_keeps_real_gain_and_discards_worse(tmp_path: Path) -> No
 def test_crash_is_recorded_with_traceback(tmp_path: Path) -> None:
     root = make_workspace(
         tmp_path / "ws",
-        proposals=[edit("NOISE = 0.002", "NOISE = 0.002\nraise ZeroDivisionError('boom in training')", "crash it")],
+        proposals=[
+            edit("NOISE = 0.002", "NOISE = 0.002\nraise ZeroDivisionError('boom in training')", "crash it")
+        ],
     )
     res = nightlab("run", str(root), "--plain")
     assert res.returncode == 0, res.stderr
@@ -66,7 +73,9 @@ def test_crash_is_recorded_with_traceback(tmp_path: Path) -> None:
 
 def test_run_that_edits_frozen_file_is_invalid_and_restored(tmp_path: Path) -> None:
     sneaky = "NOISE = 0.002\nopen('evaluate.py', 'a').write('# patched by training\\n')"
-    root = make_workspace(tmp_path / "ws", proposals=[edit("NOISE = 0.002", sneaky, "patch the evaluator")], evaluate=True)
+    root = make_workspace(
+        tmp_path / "ws", proposals=[edit("NOISE = 0.002", sneaky, "patch the evaluator")], evaluate=True
+    )
     res = nightlab("run", str(root), "--plain")
     assert res.returncode == 0, res.stderr
     row = ledger_rows(root)[-1]
@@ -78,7 +87,8 @@ def test_run_that_edits_frozen_file_is_invalid_and_restored(tmp_path: Path) -> N
 
 def test_out_of_scope_edit_is_refused(tmp_path: Path) -> None:
     root = make_workspace(
-        tmp_path / "ws", proposals=[edit("import json", "import json  # x", "touch evaluator", path="evaluate.py")]
+        tmp_path / "ws",
+        proposals=[edit("import json", "import json  # x", "touch evaluator", path="evaluate.py")],
     )
     res = nightlab("run", str(root), "--plain")
     assert res.returncode == 0, res.stderr
@@ -90,17 +100,21 @@ def test_out_of_scope_edit_is_refused(tmp_path: Path) -> None:
 def test_metric_only_from_evaluation_not_from_training_print(tmp_path: Path) -> None:
     # The trainer prints a fake metric; with an evaluate step only metrics.json from the evaluation counts.
     fake = "NOISE = 0.002\nprint('val_loss: 0.000001')"
-    root = make_workspace(tmp_path / "ws", proposals=[edit("NOISE = 0.002", fake, "fake print")], evaluate=True)
+    root = make_workspace(
+        tmp_path / "ws", proposals=[edit("NOISE = 0.002", fake, "fake print")], evaluate=True
+    )
     res = nightlab("run", str(root), "--plain")
     assert res.returncode == 0, res.stderr
     row = ledger_rows(root)[-1]
-    assert row["decision"] == "discard"
-    assert row["metric_mean"] > 0.5
+    assert row["status"] == "ok"
+    assert row["metric_mean"] > 0.5, "the printed fake metric must not be what counts"
 
 
 def test_training_writing_metrics_json_is_invalid(tmp_path: Path) -> None:
     forged = "NOISE = 0.002\nimport json as _j; _j.dump({'val_loss': 0.0}, open(os.path.join(os.environ['NIGHTLAB_RUN_DIR'], 'metrics.json'), 'w'))"
-    root = make_workspace(tmp_path / "ws", proposals=[edit("NOISE = 0.002", forged, "forge metrics")], evaluate=True)
+    root = make_workspace(
+        tmp_path / "ws", proposals=[edit("NOISE = 0.002", forged, "forge metrics")], evaluate=True
+    )
     res = nightlab("run", str(root), "--plain")
     assert res.returncode == 0, res.stderr
     row = ledger_rows(root)[-1]
@@ -117,7 +131,11 @@ def test_regex_metric_source(tmp_path: Path) -> None:
 
 
 def test_confirm_policy_reruns_before_keeping(tmp_path: Path) -> None:
-    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3")], policy="confirm")
+    # A real but modest gain (about 2 noise sd): one run is not enough evidence, so it is replicated.
+    noisy = TOY_TRAIN.replace("NOISE = 0.002", "NOISE = 0.02")
+    root = make_workspace(
+        tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.11")], policy="confirm", train=noisy
+    )
     res = nightlab("run", str(root), "--plain")
     assert res.returncode == 0, res.stderr
     row = ledger_rows(root)[-1]
@@ -126,13 +144,19 @@ def test_confirm_policy_reruns_before_keeping(tmp_path: Path) -> None:
 
 
 def test_status_json_and_second_run_continues(tmp_path: Path) -> None:
-    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.2"), edit("WIDTH = 64", "WIDTH = 128")])
+    root = make_workspace(
+        tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.2"), edit("WIDTH = 64", "WIDTH = 128")]
+    )
     assert nightlab("run", str(root), "--plain", "-n", "1").returncode == 0
     assert len(ledger_rows(root)) == 2
     res = nightlab("run", str(root), "--plain", "-n", "2")
     assert res.returncode == 0, res.stderr
     rows = ledger_rows(root)
-    assert [r["description"] for r in rows] == ["baseline", "LR = 0.1 -> LR = 0.2", "WIDTH = 64 -> WIDTH = 128"]
+    assert [r["description"] for r in rows] == [
+        "baseline",
+        "LR = 0.1 -> LR = 0.2",
+        "WIDTH = 64 -> WIDTH = 128",
+    ]
     status = nightlab("status", str(root), "--json")
     data = json.loads(status.stdout)
     assert [e["id"] for e in data["experiments"]] == [r["id"] for r in rows]
@@ -144,10 +168,30 @@ def test_status_json_and_second_run_continues(tmp_path: Path) -> None:
     [
         (lambda r: (r / "nightlab.toml").unlink(), "nightlab.toml: not found"),
         (lambda r: (r / "nightlab.toml").write_text("[target\n"), "not valid TOML"),
-        (lambda r: (r / "nightlab.toml").write_text('[target]\neditable=["train.py"]\nrun="python train.py"\ntimout=3\n'), "unknown key 'timout'"),
-        (lambda r: (r / "nightlab.toml").write_text('[target]\neditable=["train.py"]\nrun="python train.py"\n[budget]\nseconds="x"\n'), "[budget] seconds"),
-        (lambda r: (r / "nightlab.toml").write_text('[target]\neditable=["nope*.py"]\nrun="python train.py"\n'), "'nope*.py' matches no file"),
-        (lambda r: (r / "nightlab.toml").write_text('[target]\neditable=["train.py"]\nrun="no-such-program train.py"\n'), "program 'no-such-program' not found"),
+        (
+            lambda r: (r / "nightlab.toml").write_text(
+                '[target]\neditable=["train.py"]\nrun="python train.py"\ntimout=3\n'
+            ),
+            "unknown key 'timout'",
+        ),
+        (
+            lambda r: (r / "nightlab.toml").write_text(
+                '[target]\neditable=["train.py"]\nrun="python train.py"\n[budget]\nseconds="x"\n'
+            ),
+            "[budget] seconds",
+        ),
+        (
+            lambda r: (r / "nightlab.toml").write_text(
+                '[target]\neditable=["nope*.py"]\nrun="python train.py"\n'
+            ),
+            "'nope*.py' matches no file",
+        ),
+        (
+            lambda r: (r / "nightlab.toml").write_text(
+                '[target]\neditable=["train.py"]\nrun="no-such-program train.py"\n'
+            ),
+            "program 'no-such-program' not found",
+        ),
         (lambda r: (r / "train.py").write_text("x = 1\n"), "uncommitted changes"),
         (lambda r: (r / "proposals.jsonl").write_text("{bad json\n"), "proposals.jsonl line 1"),
     ],
@@ -176,7 +220,9 @@ def test_not_a_git_repository(tmp_path: Path) -> None:
 
 
 def test_metric_never_printed_stops_with_clear_error(tmp_path: Path) -> None:
-    root = make_workspace(tmp_path / "ws", train="print('hello')\nLR = 0.1\n")
+    root = make_workspace(
+        tmp_path / "ws", train="print('hello')\nLR = 0.1\n", proposals=[edit("LR = 0.1", "LR = 0.3")]
+    )
     res = nightlab("run", str(root), "--plain")
     assert res.returncode == 2
     assert "metric 'val_loss' not found" in res.stderr

@@ -63,7 +63,9 @@ def test_kill_9_mid_experiment_then_resume(tmp_path: Path) -> None:
     assert [r["description"] for r in rows] == ["baseline", "LR 0.2", "WIDTH 100", "WIDTH 32", "LR 0.05"]
     assert all(r["status"] != "running" for r in rows)
     con = sqlite3.connect(root / ".nightlab" / "ledger.db")
-    dupes = con.execute("select experiment_id, replicate, count(*) from runs group by 1, 2 having count(*) > 1").fetchall()
+    dupes = con.execute(
+        "select experiment_id, replicate, count(*) from runs group by 1, 2 having count(*) > 1"
+    ).fetchall()
     assert dupes == []
     # Refs, ledger and branch agree.
     refs = git(root, "for-each-ref", "--format=%(refname:short) %(objectname)", "refs/nightlab/experiments/")
@@ -74,9 +76,9 @@ def test_kill_9_mid_experiment_then_resume(tmp_path: Path) -> None:
     tsv = (root / ".nightlab" / "results.tsv").read_text().strip().splitlines()
     assert len(tsv) == 1 + len(rows)
     # The killed training process did not survive its harness for long.
-    assert not any(
-        "train.py" in " ".join(p) for p in _processes_under(root)
-    ), "a training process outlived the resumed session"
+    assert not any("train.py" in " ".join(p) for p in _processes_under(root)), (
+        "a training process outlived the resumed session"
+    )
 
 
 def _processes_under(root: Path) -> list[list[str]]:

@@ -48,10 +48,14 @@ def init(
 @app.command()
 def run(
     directory: Path = DirArg,
-    max_experiments: int = typer.Option(None, "--max-experiments", "-n", min=0, help="Stop after N experiments."),
+    max_experiments: int = typer.Option(
+        None, "--max-experiments", "-n", min=0, help="Stop after N experiments."
+    ),
     hours: float = typer.Option(None, "--hours", min=0.0, help="Stop proposing after H hours."),
     agent: str = typer.Option(None, "--agent", help="Override [agent] kind: replay, search, llm, command."),
-    tag: str = typer.Option(None, "--tag", help="Research branch nightlab/<tag> (default: last used, else today)."),
+    tag: str = typer.Option(
+        None, "--tag", help="Research branch nightlab/<tag> (default: last used, else today)."
+    ),
     plain: bool = typer.Option(False, "--plain", help="Plain log lines instead of the live view."),
 ) -> None:
     """Run the research loop; running it again continues where it stopped."""
@@ -72,7 +76,9 @@ def run(
     events.subscribe(view.on_event)
     if not live:
         events.subscribe(plain_printer(console))
-    console.print(f"nightlab: workspace {session.root}, branch nightlab/{session.tag}, agent {cfg.agent.kind}")
+    console.print(
+        f"nightlab: workspace {session.root}, branch nightlab/{session.tag}, agent {cfg.agent.kind}"
+    )
     loop = build_loop(session, events=events)
     if live:
         with LiveView(view, console):
@@ -142,11 +148,15 @@ def _write_reports(session, quiet: bool) -> dict[str, Path]:
     state = session.workspace.state_dir
     paths: dict[str, Path] = {}
     tsv = state / "results.tsv"
-    session.ledger.export_tsv(tsv, session.tag)
+    session.ledger.export_tsv(tsv, session.tag, session.config.metric.name)
     paths["results"] = tsv
     try:
         paths["plot"] = plot_progress(
-            session.ledger, session.tag, state / "progress.png", session.config.metric.name, session.config.metric.direction
+            session.ledger,
+            session.tag,
+            state / "progress.png",
+            session.config.metric.name,
+            session.config.metric.direction,
         )
     except Exception as exc:  # noqa: BLE001 - a plotting problem must not hide the results
         if not quiet:
@@ -163,7 +173,11 @@ def _write_reports(session, quiet: bool) -> dict[str, Path]:
 def _print_summary(session) -> None:
     from nightlab.report.summary import render_summary
 
-    console.print(render_summary(session.ledger, session.tag, session.config.metric.name, session.config.metric.direction))
+    console.print(
+        render_summary(
+            session.ledger, session.tag, session.config.metric.name, session.config.metric.direction
+        )
+    )
 
 
 def _print_status_table(data: dict, metric_name: str) -> None:
@@ -188,7 +202,9 @@ def _print_status_table(data: dict, metric_name: str) -> None:
     console.print(table)
     best = data.get("best")
     if best:
-        console.print(f"best: #{best.get('id')} {metric_name} {best.get('metric')} ({best.get('description')})")
+        console.print(
+            f"best: #{best.get('id')} {metric_name} {best.get('metric')} ({best.get('description')})"
+        )
 
 
 def main() -> None:

@@ -27,7 +27,9 @@ def prepare_demo_workspace(directory: Path, console: Console) -> None:
         console.print(f"reusing {directory} (delete it to start the demo afresh)")
         return
     if directory.exists() and any(directory.iterdir()):
-        raise UserError(f"{directory} exists and is not a nightlab workspace; remove it or pass --dir elsewhere")
+        raise UserError(
+            f"{directory} exists and is not a nightlab workspace; remove it or pass --dir elsewhere"
+        )
     init_workspace(directory, template="gpt", size="cpu")
     toml = directory / "nightlab.toml"
     text = set_toml_value(toml.read_text(), "budget", "seconds", DEMO_BUDGET_SECONDS)
@@ -36,7 +38,9 @@ def prepare_demo_workspace(directory: Path, console: Console) -> None:
     import subprocess
 
     subprocess.run(["git", "add", "nightlab.toml"], cwd=directory, check=True)
-    has_identity = subprocess.run(["git", "config", "user.email"], cwd=directory, capture_output=True).returncode == 0
+    has_identity = (
+        subprocess.run(["git", "config", "user.email"], cwd=directory, capture_output=True).returncode == 0
+    )
     identity = [] if has_identity else ["-c", "user.name=nightlab", "-c", "user.email=nightlab@localhost"]
     subprocess.run(
         ["git", *identity, "commit", "-q", "-m", f"demo: {DEMO_BUDGET_SECONDS} s training budget"],
@@ -63,7 +67,9 @@ def run_demo(directory: Path, minutes: float, console: Console) -> None:
     live = console.is_terminal
     if not live:
         events.subscribe(plain_printer(console))
-    console.print(f"researching for about {minutes:g} minutes with the offline search agent (Ctrl-C stops safely)")
+    console.print(
+        f"researching for about {minutes:g} minutes with the offline search agent (Ctrl-C stops safely)"
+    )
     loop = build_loop(session, events=events)
     limits = LoopLimits(hours=minutes / 60)
     if live:
@@ -76,4 +82,6 @@ def run_demo(directory: Path, minutes: float, console: Console) -> None:
     _print_summary(session)
     for label, path in paths.items():
         console.print(f"{label}: {path}")
-    console.print(f"best code: branch nightlab/{DEMO_TAG} in {directory} (git -C {directory} log nightlab/{DEMO_TAG})")
+    console.print(
+        f"best code: branch nightlab/{DEMO_TAG} in {directory} (git -C {directory} log nightlab/{DEMO_TAG})"
+    )

@@ -116,7 +116,9 @@ def apply_size(files: dict[str, str], sizes: dict, size: str) -> dict[str, str]:
     return out
 
 
-def init_workspace(directory: Path, template: str = "gpt", size: str | None = None, force: bool = False) -> str:
+def init_workspace(
+    directory: Path, template: str = "gpt", size: str | None = None, force: bool = False
+) -> str:
     """Write the template into ``directory`` and make the first commit; returns the size used."""
     directory = Path(directory)
     src = template_dir(template)
@@ -124,7 +126,9 @@ def init_workspace(directory: Path, template: str = "gpt", size: str | None = No
     sizes = tomllib.loads(sizes_path.read_text()) if sizes_path.is_file() else {}
     size = size or (default_size() if sizes else None)
     if sizes and size not in sizes:
-        raise UserError(f"--size '{size}' unknown for template {template}; choose one of {', '.join(sorted(sizes))}")
+        raise UserError(
+            f"--size '{size}' unknown for template {template}; choose one of {', '.join(sorted(sizes))}"
+        )
     if directory.exists() and any(directory.iterdir()) and not force:
         raise UserError(f"{directory} is not empty; choose a new directory or pass --force to write into it")
     if shutil.which("git") is None:
@@ -154,7 +158,9 @@ def init_workspace(directory: Path, template: str = "gpt", size: str | None = No
         git("checkout", "-q", "-b", "main")
     git("add", "-A")
     label = f"{template}, {size} size" if size else template
-    has_identity = subprocess.run(["git", "config", "user.email"], cwd=directory, capture_output=True).returncode == 0
+    has_identity = (
+        subprocess.run(["git", "config", "user.email"], cwd=directory, capture_output=True).returncode == 0
+    )
     identity = [] if has_identity else ["-c", "user.name=nightlab", "-c", "user.email=nightlab@localhost"]
     subprocess.run(
         ["git", *identity, "commit", "-q", "-m", f"nightlab init ({label})"],

@@ -93,7 +93,9 @@ class ResearchLoop:
             done = self._count_candidates()
             # The cap counts every candidate of this tag, so a resumed session stops where it would have.
             if limits.max_experiments is not None and done >= limits.max_experiments:
-                outcome.stopped_because = f"{done} experiments done (--max-experiments {limits.max_experiments})"
+                outcome.stopped_because = (
+                    f"{done} experiments done (--max-experiments {limits.max_experiments})"
+                )
                 break
             if limits.hours is not None and time.monotonic() - started >= limits.hours * 3600:
                 outcome.stopped_because = f"time limit of {limits.hours:g} h reached"
@@ -103,9 +105,7 @@ class ResearchLoop:
                 break
             crashes = self._consecutive_failures()
             if crashes >= self.config.run.max_consecutive_crashes:
-                outcome.stopped_because = (
-                    f"paused: the last {crashes} experiments all failed; see `nightlab status` and the run logs"
-                )
+                outcome.stopped_because = f"paused: the last {crashes} experiments all failed; see `nightlab status` and the run logs"
                 break
             context = self._context(limits, outcome.experiments_run, started)
             proposal = self.agent.propose(context)
@@ -146,14 +146,18 @@ class ResearchLoop:
             tag=self.tag,
             base_commit=incumbent.commit,
             agent=self.agent.name,
-            description=proposal.description.strip().splitlines()[0][:200] if proposal.description.strip() else "(no description)",
+            description=proposal.description.strip().splitlines()[0][:200]
+            if proposal.description.strip()
+            else "(no description)",
             hypothesis=proposal.hypothesis,
             proposal_json=proposal.to_dict(),
             meta_json=proposal.meta,
             incumbent_id=incumbent.id,
         )
         try:
-            changed = apply_edits(files, proposal.edits, self.config.target.editable)
+            changed = apply_edits(
+                files, proposal.edits, self.config.target.editable, frozen=self.config.target.frozen
+            )
             for path, text in changed.items():
                 problem = python_syntax_error(path, text) if path.endswith(".py") else None
                 if problem:
@@ -169,7 +173,9 @@ class ResearchLoop:
                 "cosmetic": "only comments or whitespace change",
                 "seed": "only the seed changes",
             }[kind]
-            return self._record_unrun(common, "skipped", "discard", f"{why}: cannot change the result, not run")
+            return self._record_unrun(
+                common, "skipped", "discard", f"{why}: cannot change the result, not run"
+            )
 
         added, removed = line_counts(files, new_files)
         message = f"nightlab #{number}: {common['description']}\n\n{proposal.hypothesis}".strip()
@@ -215,7 +221,12 @@ class ResearchLoop:
     def _run_replicate(self, row: ExperimentRow, replicate: int):
         seed = self.config.run.seed + 1000 * row.id + replicate
         self.events.emit(
-            Event("run", f"#{row.id} run {replicate + 1}: {row.description}", experiment_id=row.id, replicate=replicate)
+            Event(
+                "run",
+                f"#{row.id} run {replicate + 1}: {row.description}",
+                experiment_id=row.id,
+                replicate=replicate,
+            )
         )
         rep: Replicate = self.runner.run(row.id, replicate, row.commit, seed)
         self.ledger.add_run(row.id, replicate, rep.result, rep.metric, rep.holdout, str(rep.run_dir))
@@ -224,14 +235,18 @@ class ResearchLoop:
 
     def _decide(self, row: ExperimentRow, values: list[float]) -> Decision:
         incumbent = self._incumbent()
-        inc_values = [r.metric for r in self.ledger.runs(incumbent.id) if r.status == "ok" and r.metric is not None]
+        inc_values = [
+            r.metric for r in self.ledger.runs(incumbent.id) if r.status == "ok" and r.metric is not None
+        ]
+        sd, df = pooled_sd(self.ledger.replicate_groups(self.tag))
         return self.policy.decide(
             values,
             inc_values,
-            self.noise_sd(),
+            sd,
             self.direction,
             lines_added=row.lines_added or 0,
             lines_removed=row.lines_removed or 0,
+            noise_df=df,
         )
 
     def _conclude(self, row: ExperimentRow, values: list[float], decision: Decision) -> None:
@@ -253,9 +268,11 @@ class ResearchLoop:
         self._after(row.id)
 
     def _conclude_baseline(self, row: ExperimentRow, values: list[float]) -> None:
-        noise = self.noise_sd()
-        spread = f" ± {noise:.4g} (noise sd)" if noise is not None else ""
         mean = sum(values) / len(values)
+        noise = None
+        if len(values) > 1:
+            noise = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        spread = f", run-to-run sd {noise:.4g}" if noise is not None else ""
         reason = f"baseline {mean:.6g}{spread} over {len(values)} runs"
         self.ledger.finish_experiment(
             row.id, status="ok", decision="baseline", reason=reason, n_runs=len(values), **self._means(row.id)
@@ -278,7 +295,7 @@ class ResearchLoop:
 
     def _after(self, exp_id: int) -> None:
         """After every finished experiment: results.tsv, and the agent hears about it."""
-        self.ledger.export_tsv(self.workspace.state_dir / "results.tsv", self.tag)
+        self.ledger.export_tsv(self.workspace.state_dir / "results.tsv", self.tag, self.config.metric.name)
         for entry in self.ledger.history(self.tag):
             if entry.id == exp_id:
                 self.agent.observe(entry)

@@ -90,10 +90,12 @@ class ReplicateRunner:
         result = self.executor.run(spec)
         result.seed = seed
         eval_log = ""
-        if result.status is RunStatus.OK and self.config.target.evaluate:
-            result, eval_log = self._evaluate(tree, run_dir, seed, result)
-
+        # Audit (and restore) before the evaluation, so nothing the training left behind in the
+        # worktree (a patched prepare.py, a sitecustomize.py, a .pth or .pyc) reaches it.
         problem = self._audit(tree)
+        if not problem and result.status is RunStatus.OK and self.config.target.evaluate:
+            result, eval_log = self._evaluate(tree, run_dir, seed, result)
+            problem = self._audit(tree)
         if problem:
             result.status = RunStatus.INVALID
             result.reason = problem
@@ -107,7 +109,12 @@ class ReplicateRunner:
             train.reason = f"the training process wrote {self.config.metric.file}; only the evaluation may"
             return train, ""
         spec = self._spec(
-            self.config.target.evaluate or "", tree, run_dir, seed, self.config.budget.evaluate_timeout, EVAL_LOG
+            self.config.target.evaluate or "",
+            tree,
+            run_dir,
+            seed,
+            self.config.budget.evaluate_timeout,
+            EVAL_LOG,
         )
         ev = self.executor.run(spec)
         merged = RunResult(
@@ -141,7 +148,9 @@ class ReplicateRunner:
             return "the run changed files outside its run directory: " + ", ".join(touched[:5])
         return None
 
-    def _read_metric(self, run_dir: Path, result: RunResult, eval_log: str) -> tuple[float | None, float | None]:
+    def _read_metric(
+        self, run_dir: Path, result: RunResult, eval_log: str
+    ) -> tuple[float | None, float | None]:
         cfg = self.config.metric
         metrics: dict[str, float] = {}
         if cfg.source == "json":
@@ -164,7 +173,11 @@ class ReplicateRunner:
         holdout = metrics.get(cfg.holdout) if cfg.holdout else None
         if result.status is RunStatus.OK and value is None:
             result.status = RunStatus.CRASH
-            where = f"{cfg.file} in the run directory" if cfg.source == "json" else "the log (pattern did not match)"
+            where = (
+                f"{cfg.file} in the run directory"
+                if cfg.source == "json"
+                else "the log (pattern did not match)"
+            )
             result.reason = f"metric '{cfg.name}' not found in {where}"
         if result.status is not RunStatus.OK:
             return None, None

@@ -44,7 +44,9 @@ def default_tag() -> str:
     return time.strftime("%b%d").lower()
 
 
-def open_session(root: Path, tag: str | None = None, agent_kind: str | None = None, must_exist: bool = False) -> Session:
+def open_session(
+    root: Path, tag: str | None = None, agent_kind: str | None = None, must_exist: bool = False
+) -> Session:
     """Load config, git and ledger for ``root``; pick the tag (explicit, configured, or last used)."""
     root = Path(root).resolve()
     if not root.is_dir():
@@ -55,7 +57,9 @@ def open_session(root: Path, tag: str | None = None, agent_kind: str | None = No
     workspace = Workspace(root)
     ledger_path = workspace.state_dir / LEDGER_NAME
     if must_exist and not ledger_path.exists():
-        raise UserError(f"{root}: no experiments yet (no {ledger_path.relative_to(root)}); start with `nightlab run {root}`")
+        raise UserError(
+            f"{root}: no experiments yet (no {ledger_path.relative_to(root)}); start with `nightlab run {root}`"
+        )
     ledger = Ledger(ledger_path)
     chosen = tag or config.run.tag or ledger.get_meta("current_tag") or default_tag()
     _check_tag(chosen)
@@ -64,7 +68,9 @@ def open_session(root: Path, tag: str | None = None, agent_kind: str | None = No
 
 def _check_tag(tag: str) -> None:
     if not tag or any(c in tag for c in " ~^:?*[\\") or tag.startswith(("-", "/")) or ".." in tag:
-        raise UserError(f"--tag '{tag}': use letters, digits, '-', '_' or '/' (it names the branch nightlab/<tag>)")
+        raise UserError(
+            f"--tag '{tag}': use letters, digits, '-', '_' or '/' (it names the branch nightlab/<tag>)"
+        )
 
 
 def check_run_command(config: Config, root: Path) -> None:
@@ -84,7 +90,9 @@ def check_run_command(config: Config, root: Path) -> None:
         else:
             found = shutil.which(program, path=":".join(path)) is not None
         if not found:
-            raise UserError(f"nightlab.toml: [target] {field}: program '{program}' not found (command: {command})")
+            raise UserError(
+                f"nightlab.toml: [target] {field}: program '{program}' not found (command: {command})"
+            )
         for word in words[1:]:
             if word.endswith((".py", ".sh")) and not word.startswith("-") and not (root / word).exists():
                 raise UserError(f"nightlab.toml: [target] {field}: file '{word}' not found in {root}")
