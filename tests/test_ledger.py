@@ -342,3 +342,13 @@ def test_status_dict(db: Path) -> None:
         "delta",
     }
     assert "holdout" not in json.dumps(status)
+
+
+def test_explicit_ids_for_a_rebuild_and_unwritable_places(db: Path, tmp_path: Path) -> None:
+    with Ledger(db) as ledger:
+        assert ledger.add_experiment(id=7, kind="candidate", tag=TAG, description="rebuilt") == 7
+        assert ledger.add_experiment(kind="candidate", tag=TAG) == 8  # numbering continues
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the .nightlab directory should be")
+    with pytest.raises(UserError, match="cannot create its directory"):
+        Ledger(blocker / "ledger.db")

@@ -58,6 +58,7 @@ def test_plot_writes_a_png_with_keeps_discards_and_crashes(tmp_path: Path) -> No
     assert data.startswith(PNG_MAGIC) and len(data) > 20_000
 
 
+@pytest.mark.slow  # ~2-4 s: 300 experiments written with fsyncs, and a big figure
 def test_plot_handles_300_experiments_and_maximize(tmp_path: Path) -> None:
     image = pytest.importorskip("matplotlib.image")
     with Ledger(tmp_path / "ledger.db") as ledger:
