@@ -44,7 +44,7 @@ def test_small_prompt_holds_every_section():
         "noise floor: one run's val_loss varies by about ±0.002",
         "budget left: 10 experiments",
         "best so far: 0.354",
-        "| 3 | experiment number 3 tweaks knob 3 | +0.003 ± 0.001 | 2 | ok | discard |",  # history row
+        "| 3 | experiment number 3 tweaks knob 3 | 0.35 | +0.003 ± 0.001 | 2 | ok | discard |",  # history row
         "+LR = 11",  # kept diff
         "# Near misses",
         "CUDA out of memory",  # last crash's log tail

@@ -92,9 +92,16 @@ def _render(context: Context, items: list[_Item], dropped: dict[str, int]) -> st
     if context.program.strip():
         parts.append("# Research instructions (program.md)\n\n" + context.program.strip())
     parts.append("# State\n\n" + _state(context))
-    table = "| id | description | Δ ± uncertainty | runs | status | decision | reason |\n|---|---|---|---|---|---|---|"
+    table = (
+        f"| id | description | {context.metric_name} | improvement ± se | runs | status | decision | reason |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
     sections = [
-        ("history", "# History (oldest first; Δ > 0 means better than the incumbent)", table),
+        (
+            "history",
+            "# History (oldest first; improvement > 0 means better than the incumbent of the time)",
+            table,
+        ),
         ("kept", "# Kept changes (diffs, oldest first)", ""),
         ("near", "# Near misses (discarded, closest to an improvement first)", ""),
         ("crash", "# Tail of the last crash's log", ""),
@@ -108,7 +115,7 @@ def _render(context: Context, items: list[_Item], dropped: dict[str, int]) -> st
         note = (
             [f"({dropped[key]} older or less useful left out to fit the context)"] if dropped.get(key) else []
         )
-        lines = [title, *note, *([header] if header and body else []), *body]
+        lines = [title, "", *note, *([header] if header and body else []), *body]
         parts.append("\n".join(lines).rstrip())
     for path, text in sorted(context.files.items()):
         parts.append(f"# Editable file: {path} (current best)\n\n{path}\n```\n{text.rstrip()}\n```")
@@ -167,7 +174,7 @@ def _history_items(history: list[HistoryEntry]) -> list[_Item]:
     items = []
     for i, e in enumerate(history):
         row = (
-            f"| {e.id} | {_cell(e.description)} | {_delta(e)} | {e.runs} | {e.status} | {e.decision} "
+            f"| {e.id} | {_cell(e.description)} | {_num(e.metric)} | {_delta(e)} | {e.runs} | {e.status} | {e.decision} "
             f"| {_cell(e.reason, 70)} |"
         )
         age = n - i
@@ -181,7 +188,7 @@ def _kept_items(history: list[HistoryEntry]) -> list[_Item]:
     items = []
     for i, e in enumerate(kept):
         diff = e.diff if len(e.diff) <= DIFF_CHARS else e.diff[:DIFF_CHARS] + "\n… (diff truncated)"
-        text = f"## #{e.id} {_cell(e.description)} (Δ {_delta(e)})\n```diff\n{diff.rstrip()}\n```"
+        text = f"## #{e.id} {_cell(e.description)} (improvement {_delta(e)})\n```diff\n{diff.rstrip()}\n```"
         stage = 2 if len(kept) - i > 3 else 7
         items.append(_Item("kept", text, stage, i))
     return items
@@ -193,7 +200,7 @@ def _near_miss_items(history: list[HistoryEntry]) -> list[_Item]:
     misses.sort(key=lambda e: e.delta or 0.0, reverse=True)
     items = []
     for e in misses[:NEAR_MISSES]:
-        text = f"- #{e.id} {_cell(e.description)}: Δ {_delta(e)}, {_cell(e.reason, 70)}"
+        text = f"- #{e.id} {_cell(e.description)}: improvement {_delta(e)}, {_cell(e.reason, 70)}"
         if e.hypothesis:
             text += f"\n  hypothesis: {_cell(e.hypothesis, 200)}"
         items.append(_Item("near", text, 3, e.delta or 0.0))

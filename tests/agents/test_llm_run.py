@@ -1,0 +1,85 @@
+"""`nightlab run` with the llm agent against a loopback server: the real CLI, git and ledger.
+
+The CLI runs in a subprocess; the scripted OpenAI-compatible server runs in the test process,
+so the model's answers (and a 429 on the way) are known and the ledger can be checked.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from fake_servers import Answer, Status, answer_text, block, fake_llm_server
+
+from helpers import TOY_TOML, make_workspace, nightlab
+
+KEY = "sk-run-test-0b1c"
+
+
+def lr(old: str, new: str) -> str:
+    return block(
+        "train.py", f"LR = {old}  # learning rate: best at 0.3", f"LR = {new}  # learning rate: best at 0.3"
+    )
+
+
+SCRIPT = [
+    Answer(answer_text("LR 0.1 -> 0.3", "LR is below its optimum", lr("0.1", "0.3")), 1000, 200),
+    Status(429, "slow down", headers={"Retry-After": "0.2"}),  # the lesson call is rate limited once
+    Answer("#2: LR at 0.3 cut the loss a lot", 100, 10),
+    Answer(answer_text("typo", "x", lr("0.5", "0.6")), 1000, 200),  # does not match: sent back
+    Answer(
+        answer_text(
+            "WIDTH 64 -> 128",
+            "more capacity",
+            block(
+                "train.py",
+                "WIDTH = 64  # model width: best at 128",
+                "WIDTH = 128  # model width: best at 128",
+            ),
+        ),
+        1000,
+        200,
+    ),
+    Answer("#3: width 128 helped", 100, 10),
+    Answer(answer_text("LR 0.3 -> 0.9", "bigger steps", lr("0.3", "0.9")), 1000, 200),
+]
+
+
+@pytest.mark.slow
+def test_nightlab_run_with_the_llm_agent_records_decisions_tokens_cost_and_lessons(tmp_path):
+    with fake_llm_server("openai", SCRIPT, api_key=KEY) as server:
+        agent = (
+            f'kind = "llm"\nprovider = "openai"\nmodel = "fake-model"\nbase_url = "{server.base_url}"\n'
+            'api_key_env = "RUN_TEST_KEY"\nbackoff = 0.05\nprices = { "fake-model" = [1.0, 2.0] }'
+        )
+        toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy").replace(
+            'kind = "replay"\nfile = "proposals.jsonl"', agent
+        )
+        root = make_workspace(Path(tmp_path / "ws"), toml=toml)
+        result = nightlab("run", str(root), "--max-experiments", "3", env={"RUN_TEST_KEY": KEY})
+    assert result.returncode == 0, result.stderr
+    assert len(server.requests) == len(SCRIPT)
+
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    con.row_factory = sqlite3.Row
+    rows = [dict(r) for r in con.execute("SELECT * FROM experiments WHERE kind = 'candidate' ORDER BY id")]
+    con.close()
+    assert [(r["description"], r["decision"]) for r in rows] == [
+        ("LR 0.1 -> 0.3", "keep"),
+        ("WIDTH 64 -> 128", "keep"),
+        ("LR 0.3 -> 0.9", "discard"),
+    ]
+    metas = [json.loads(r["meta_json"]) for r in rows]
+    # The second proposal paid for the lesson call and the retry after the non-matching block.
+    assert [(m["tokens_in"], m["tokens_out"], m["attempts"]) for m in metas] == [
+        (1000, 200, 1),
+        (2100, 410, 2),
+        (1100, 210, 1),
+    ]
+    assert metas[1]["cost_usd"] == pytest.approx(0.00292)  # 2100 * $1/Mtok + 410 * $2/Mtok
+    assert metas[1]["lessons"] == {"2": "LR at 0.3 cut the loss a lot"}
+    assert metas[2]["lessons"] == {"3": "width 128 helped"}
+    assert not any(KEY in json.dumps(m) for m in metas)
+    assert KEY not in result.stdout + result.stderr
