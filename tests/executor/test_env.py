@@ -87,7 +87,13 @@ def test_secret_values_are_removed_whatever_the_name(value: str) -> None:
 
 
 def test_urls_without_passwords_and_paths_are_kept() -> None:
-    env = {"PIP_INDEX_URL": "https://pypi.org/simple", "DATA": "/data/hf_cache", "MODEL": "sk-small"}
+    env = {
+        "PIP_INDEX_URL": "https://pypi.org/simple",
+        "DATA": "/data/hf_cache",
+        "MODEL": "sk-small",
+        "ARCH": "mask-rcnn-resnet50-fpn-coco-v2",
+        "RUN": "task_hf_abcdefghijklmnopqrstuvwxyz0123456789",
+    }
     assert scrub_env(env) == env
 
 
@@ -111,6 +117,10 @@ def test_redact_replaces_long_secrets_and_known_shapes() -> None:
     assert "short=abc" in out  # too short to redact: it would wreck the text
     assert "ghp_" not in out
     assert redact("plain text", [key]) == "plain text"
+
+
+def test_redact_keeps_the_url_around_its_password() -> None:
+    assert redact("index https://alice:pw12@host/simple", []) == f"index https://{REDACTED}@host/simple"
 
 
 def test_redact_longest_first() -> None:

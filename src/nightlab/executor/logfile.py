@@ -11,6 +11,7 @@ because the log was opened in append mode.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -44,20 +45,46 @@ def read_end(path: Path, size: int) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+def _blocks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    """The file in blocks of about ``size`` bytes that end at a line break where there is one,
+    so a secret (never spanning lines) is never split between two blocks."""
+    with open(path, "rb") as handle:
+        rest = b""
+        while True:
+            data = handle.read(size)
+            if not data:
+                if rest:
+                    yield rest
+                return
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:  # one line longer than a block: pass it on whole, in pieces
+                yield data
+                rest = b""
+                continue
+            yield data[:cut]
+            rest = data[cut:]
+
+
 def redact_file(path: Path, secrets: list[str]) -> bool:
     """Rewrite ``path`` with every secret redacted (see :func:`~nightlab.executor.env.redact`);
-    True if anything was. Bytes that are not UTF-8 pass through unchanged."""
+    True if anything was. Works block by block, so a big log is never all in memory, and
+    rewrites only when something is found. Bytes that are not UTF-8 pass through unchanged."""
+
+    def clean(block: bytes) -> bytes:
+        text = block.decode("utf-8", errors="surrogateescape")
+        return redact(text, secrets).encode("utf-8", errors="surrogateescape")
+
     try:
-        raw = path.read_bytes()
+        if all(clean(block) == block for block in _blocks(path)):
+            return False
+        tmp = path.with_name(path.name + ".redacting")
+        with open(tmp, "wb") as out:
+            for block in _blocks(path):
+                out.write(clean(block))
+        os.replace(tmp, path)
     except OSError:
         return False
-    text = raw.decode("utf-8", errors="surrogateescape")
-    clean = redact(text, secrets)
-    if clean == text:
-        return False
-    tmp = path.with_name(path.name + ".redacting")
-    tmp.write_bytes(clean.encode("utf-8", errors="surrogateescape"))
-    os.replace(tmp, path)
     return True
 
 
@@ -77,7 +104,8 @@ def directory_usage(path: Path) -> int:
                 info = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            total += getattr(info, "st_blocks", 0) * 512 or info.st_size
+            blocks = getattr(info, "st_blocks", None)  # absent on Windows
+            total += blocks * 512 if blocks is not None else info.st_size
             if entry.is_dir(follow_symlinks=False):
                 stack.append(entry.path)
     return total
