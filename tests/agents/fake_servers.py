@@ -36,6 +36,7 @@ class Answer:
     tokens_in: int = 1000
     tokens_out: int = 200
     delay: float = 0.0
+    truncated: bool = False  # report that the output limit stopped the answer
 
 
 @dataclass
@@ -190,7 +191,7 @@ class FakeLLMServer:
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": answer.text},
-                        "finish_reason": "stop",
+                        "finish_reason": "length" if answer.truncated else "stop",
                     }
                 ],
                 "usage": {
@@ -205,7 +206,7 @@ class FakeLLMServer:
             "role": "assistant",
             "model": model,
             "content": [{"type": "text", "text": answer.text}],
-            "stop_reason": "end_turn",
+            "stop_reason": "max_tokens" if answer.truncated else "end_turn",
             "stop_sequence": None,
             "usage": {"input_tokens": answer.tokens_in, "output_tokens": answer.tokens_out},
         }

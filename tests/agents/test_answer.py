@@ -151,3 +151,10 @@ def test_a_markdown_rule_outside_blocks_is_not_an_error():
 def test_description_is_one_bounded_line():
     parsed = parse_answer(GOOD.replace("raise LR 0.01 -> 0.03", "x" * 500))
     assert parsed.description == "x" * 200
+
+
+def test_the_hypothesis_stops_at_a_path_line_without_a_blank_line_before_it():
+    text = "Description: x\nHypothesis: because\nit is so\ntrain.py\n```\n<<<<<<< SEARCH\nA\n=======\nB\n>>>>>>> REPLACE\n```"
+    parsed = parse_answer(text)
+    assert parsed.hypothesis == "because it is so"
+    assert parsed.edits[0].path == "train.py"

@@ -310,3 +310,12 @@ def test_the_registry_builds_it_from_a_parsed_nightlab_toml(monkeypatch, tmp_pat
         proposal = agent.propose(make_context())
     # Built-in price for claude-haiku-4-5: $1 in / $5 out per Mtok; 1000 tokens in, 200 out.
     assert proposal.meta["cost_usd"] == pytest.approx(0.001 + 0.001)
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_an_answer_cut_off_by_the_output_limit_is_told_so(protocol, llm_config):
+    cut = GOOD[: GOOD.index("=======")]
+    with fake_llm_server(protocol, [Answer(cut, truncated=True), Answer(GOOD)]) as server:
+        proposal = LLMAgent(llm_config(server, max_output_tokens=300)).propose(make_context())
+    assert proposal.description == "raise LR 0.01 -> 0.03"
+    assert "cut off at 300 tokens" in server.requests[1].last_user_text

@@ -89,12 +89,22 @@ def _hypothesis(lines: list[str]) -> str:
         if not match:
             continue
         parts = [match.group(1).strip()]
-        for more in lines[i + 1 :]:
+        for j in range(i + 1, len(lines)):
+            more = lines[j]
             if not more.strip() or _SEARCH.match(more) or _FENCE.match(more) or _DESCRIPTION.match(more):
+                break
+            if _starts_block(lines, j + 1):  # the block's path line, written without a blank line first
                 break
             parts.append(more.strip())
         return " ".join(p for p in parts if p).strip("*_ ")
     return ""
+
+
+def _starts_block(lines: list[str], j: int) -> bool:
+    """True when a SEARCH marker follows at ``j``, past any fence lines."""
+    while j < len(lines) and _FENCE.match(lines[j]):
+        j += 1
+    return j < len(lines) and bool(_SEARCH.match(lines[j]))
 
 
 def _clean_path(line: str) -> str | None:

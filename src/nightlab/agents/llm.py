@@ -183,6 +183,11 @@ class LLMAgent:
                 digest = self._check(parsed, context)
             except EditError as exc:
                 error = str(exc)
+                if reply.truncated:
+                    error += (
+                        f" (your answer was cut off at {self.config.max_output_tokens} tokens: "
+                        "answer more briefly, with fewer or smaller blocks)"
+                    )
                 log.info("attempt %d: answer not usable: %s", attempt, error)
                 messages.append({"role": "assistant", "content": reply.text})
                 messages.append({"role": "user", "content": _feedback(error)})

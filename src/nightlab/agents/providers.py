@@ -69,6 +69,7 @@ class Reply:
     text: str
     tokens_in: int
     tokens_out: int
+    truncated: bool = False  # stopped by the output limit, so the answer may be cut off
 
 
 @dataclass
@@ -262,12 +263,13 @@ class OpenAIChat:
                 temperature=self.temperature,
                 **limit,
             )
-            text = (response.choices[0].message.content or "") if response.choices else ""
+            choice = response.choices[0] if response.choices else None
             usage = response.usage
             return Reply(
-                text=text,
+                text=(choice.message.content or "") if choice else "",
                 tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
                 tokens_out=int(getattr(usage, "completion_tokens", 0) or 0),
+                truncated=bool(choice and choice.finish_reason == "length"),
             )
 
         return call_with_retries(
@@ -323,6 +325,7 @@ class AnthropicChat:
                 text=text,
                 tokens_in=int(response.usage.input_tokens or 0),
                 tokens_out=int(response.usage.output_tokens or 0),
+                truncated=response.stop_reason == "max_tokens",
             )
 
         return call_with_retries(
