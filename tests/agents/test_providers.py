@@ -14,6 +14,7 @@ from fake_servers import Answer, Hang, Status, fake_llm_server
 from nightlab.agents.providers import (
     ProviderUnavailable,
     RetryPolicy,
+    _retry_after,
     cost_usd,
     make_model,
     price_for,
@@ -194,3 +195,21 @@ def test_a_refused_request_is_one_line_with_a_hint(llm_config):
         ):
             ask(make_model(llm_config(server), FAST))
     assert len(server.requests) == 1
+
+
+def test_retry_after_reads_seconds_milliseconds_and_http_dates():
+    import email.utils
+    from types import SimpleNamespace
+
+    def exc(headers: dict) -> Exception:
+        error = Exception("x")
+        error.response = SimpleNamespace(headers=headers)
+        return error
+
+    assert _retry_after(exc({"retry-after": "2.5"})) == 2.5
+    assert _retry_after(exc({"retry-after-ms": "250"})) == 0.25
+    in_a_minute = email.utils.formatdate(time.time() + 60, usegmt=True)
+    assert 55 <= _retry_after(exc({"retry-after": in_a_minute})) <= 61
+    assert _retry_after(exc({"retry-after": "soon"})) is None
+    assert _retry_after(exc({})) is None
+    assert _retry_after(Exception("no response")) is None
