@@ -296,6 +296,16 @@ def _tuples(values: dict) -> dict:
 
 
 @pytest.mark.slow  # ~10 s: a model fit per proposal, 96 of them
+def test_first_looks_go_to_learning_rates_then_shape() -> None:
+    loop = MiniLoop(SearchAgent(load_config(SYNTHETIC)), TRAIN, _synthetic_evaluate())
+    first = loop.step()
+    assert first is not None and first.meta["changed"] == ["LEARNING_RATE"]
+    ratio = first.meta["knobs"]["LEARNING_RATE"] / 0.01
+    assert 1.5 <= max(ratio, 1 / ratio) <= 3  # a researcher's first try: about x2 or /2
+    second = loop.step()
+    assert second is not None and second.meta["changed"][0] in {"DEPTH", "BATCH_SIZE"}
+
+
 def test_no_duplicate_proposals_until_the_space_is_exhausted() -> None:
     config = AgentConfig(kind="search", space=SMALL_SPACE)
     loop = MiniLoop(SearchAgent(config), SMALL, lambda v: _small_metric(v))

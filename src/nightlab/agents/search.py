@@ -223,26 +223,30 @@ class SearchAgent:
         failed = [t for t in trials if t.status in FAILED]
         xc = np.array([self._units.get(space.key(c)) or space.unit(c) for c in candidates])
         mask = space.categorical_mask
+        u0 = space.unit(centre)
+        untouched = self._untouched(space, trials)
+        if untouched.any() and (len(ok) < MIN_MODEL_POINTS or len(self.entries) % 2 == 0):
+            # Every knob gets a first look early, most promising kinds first (learning rates,
+            # batch, shape), interleaved with exploiting what the model knows: a knob never
+            # moved has an effect the model cannot rank fairly.
+            top = max(space.dims[i].priority for i in np.flatnonzero(untouched))
+            focus = np.array(
+                [bool(untouched[i]) and space.dims[i].priority == top for i in range(len(space.dims))]
+            )
+            touching = [j for j in range(len(candidates)) if np.any((xc[j] != u0) & focus)]
+            if touching:
+                candidates = [candidates[j] for j in touching]
+                xc = xc[touching]
         if len(ok) < MIN_MODEL_POINTS:
-            # Too little to model: single-knob moves of a fair size, each a clean sensitivity probe.
-            u0 = space.unit(centre)
+            # Too little to model: a single knob moved by a fair step (x2 for a learning rate).
             order = sorted(
                 range(len(candidates)),
                 key=lambda j: (
                     _changed_count(space, centre, candidates[j]),
-                    abs(_move_size(xc[j], u0, mask) - 0.25),
+                    abs(_move_size(xc[j], u0, mask) - 0.15),
                 ),
             )
-            return candidates[order[0]], "probing one knob while the model has too little data", {}
-        untouched = self._untouched(space, trials)
-        if untouched.any() and len(self.entries) % 2 == 0:
-            # Every knob gets a first look early, interleaved with exploiting what the model knows:
-            # a knob never moved has an unknown effect the model cannot rank fairly.
-            u0 = space.unit(centre)
-            touching = [j for j in range(len(candidates)) if np.any((xc[j] != u0) & untouched)]
-            if touching:
-                candidates = [candidates[j] for j in touching]
-                xc = xc[touching]
+            return candidates[order[0]], "a first look at this knob while the model has too little data", {}
         noise = context.noise if context.noise and context.noise > 0 else None
         values = np.array([t.value for t in ok])
         # Outliers (a diverging run) would dominate the model's scale: cap them, and count each

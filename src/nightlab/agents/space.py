@@ -35,8 +35,27 @@ SPEC_KEYS = {"low", "high", "log", "step", "choices"}
 # Knobs that must not move unless the user declares a domain for them: changing the seed only
 # samples noise, and budgets/intervals change what is measured rather than the model.
 _PINNED_BY_DEFAULT = re.compile(
-    r"(SEED|BUDGET|TIMEOUT|VERBOSE|^EVAL_|^LOG_|^PRINT_|^SAVE_|^CHECKPOINT|_PATH$|_DIR$|^DEVICE$|^DTYPE$)"
+    r"(SEED|BUDGET|TIMEOUT|UNTIMED|VERBOSE|COMPILE|^EVAL_|^LOG_|^PRINT_|^SAVE_|^CHECKPOINT|_PATH$|_DIR$"
+    r"|^DEVICE$|^DTYPE$)"
 )
+# What a researcher tries first: learning rates, then the batch and the model's shape, then the
+# schedule; everything else after. Only the order of first looks depends on it.
+_PRIORITY = (
+    (re.compile(r"(^|_)(LR|LEARNING_RATE)($|_)"), 3.0),
+    (re.compile(r"BATCH|DEPTH|LAYERS|WIDTH|ASPECT|DIM|HEADS"), 2.0),
+    (re.compile(r"WARMUP|WARMDOWN|COOLDOWN|DECAY|FINAL_LR|SCHEDULE|BETAS|MOMENTUM"), 1.5),
+    (re.compile(r"INIT|STD|SCALE|DROPOUT|CLIP|ACTIVATION|RATIO"), 1.0),
+)
+
+
+def priority(name: str) -> float:
+    """How early a knob gets its first look (higher first)."""
+    for pattern, weight in _PRIORITY:
+        if pattern.search(name):
+            return weight
+    return 0.5
+
+
 _LOG_HINT = re.compile(r"(LR|LEARNING|RATE|DECAY|WD|EPS|STD|SCALE|CLIP|TEMP|INIT)")
 _RATIO_HINT = re.compile(r"(RATIO|FRAC|DROPOUT|PROB|BETA|MOMENTUM|EMA|SMOOTH|MIX)")
 
@@ -167,6 +186,10 @@ class Dim:
     index: int | None
     domain: Domain
 
+    @property
+    def priority(self) -> float:
+        return priority(self.knob)
+
 
 @dataclass
 class Space:
@@ -235,7 +258,7 @@ def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
     Positive floats move on a log scale within a factor of ten; ratios (names such as
     ``*_RATIO``, ``*_FRAC``, ``DROPOUT``, or elements of a tuple between 0 and 1) stay in
     [0, 1], on a ``1 - x`` log scale when close to 1 (betas, EMA decays); integers that are
-    powers of two stay powers of two within a factor of eight; other positive integers move
+    powers of two stay powers of two within a factor of four; other positive integers move
     within a factor of three; booleans flip. Strings need declared choices.
     """
     if isinstance(value, bool):
@@ -243,7 +266,7 @@ def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
     if isinstance(value, int):
         if value >= 2 and value & (value - 1) == 0:
             k = int(math.log2(value))
-            return Domain("pow2", low=max(0, k - 3), high=k + 3, is_int=True)
+            return Domain("pow2", low=max(0, k - 2), high=k + 2, is_int=True)
         if value > 0:
             return Domain("int", low=max(1, value // 3), high=max(value * 3, value + 2), is_int=True)
         if value == 0:
