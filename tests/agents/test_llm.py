@@ -319,3 +319,10 @@ def test_an_answer_cut_off_by_the_output_limit_is_told_so(protocol, llm_config):
         proposal = LLMAgent(llm_config(server, max_output_tokens=300)).propose(make_context())
     assert proposal.description == "raise LR 0.01 -> 0.03"
     assert "cut off at 300 tokens" in server.requests[1].last_user_text
+
+
+def test_an_empty_answer_is_retried_without_sending_an_empty_turn(llm_config):
+    with fake_llm_server("anthropic", [Answer(""), Answer(GOOD)]) as server:
+        proposal = LLMAgent(llm_config(server)).propose(make_context())
+    assert proposal.description == "raise LR 0.01 -> 0.03"
+    assert all(m["content"] for m in server.requests[1].messages)

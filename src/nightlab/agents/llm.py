@@ -189,7 +189,8 @@ class LLMAgent:
                         "answer more briefly, with fewer or smaller blocks)"
                     )
                 log.info("attempt %d: answer not usable: %s", attempt, error)
-                messages.append({"role": "assistant", "content": reply.text})
+                # Anthropic refuses an empty turn; the model still needs to see that it said nothing.
+                messages.append({"role": "assistant", "content": reply.text or "(empty answer)"})
                 messages.append({"role": "user", "content": _feedback(error)})
                 continue
             with self._lock:
