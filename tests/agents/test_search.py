@@ -477,3 +477,44 @@ def test_synthetic_target_fails_like_training_does(tmp_path: Path) -> None:
     script.write_text(TRAIN.replace("BATCH_SIZE = 64 ", "BATCH_SIZE = 2048 "))
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 1 and "out of memory" in done.stderr
+
+
+def test_domains_round_trip_their_grid() -> None:
+    for name, value in [
+        ("LR", 0.04),
+        ("BETA2", 0.95),
+        ("WIDTH", 64),
+        ("DEPTH", 5),
+        ("DROPOUT", 0.1),
+        ("FLAG", True),
+    ]:
+        domain = infer_domain(name, value, element=name == "BETA2")
+        grid = domain.grid()
+        assert grid is not None and value in grid, (name, grid[:5])
+        for v in grid:
+            assert domain.from_unit(domain.to_unit(v)) == v, (name, v)
+            assert domain.snap(v) == v
+    lr = infer_domain("LR", 0.04)
+    assert lr.snap(0.04321) == 0.043 and lr.snap(5.0) == lr.high  # two significant digits, clipped
+
+
+def test_knobs_sharing_a_line_get_a_whole_file_edit() -> None:
+    text = "LR = 0.01; WD = 0.1  # both on one line\nDEPTH = 4\n"
+    agent = SearchAgent(AgentConfig(max_knobs_per_move=2))
+    loop = MiniLoop(
+        agent, text, lambda v: ("ok", abs(math.log(v["LR"] / 0.03)) + abs(math.log(v["WD"] / 0.02)))
+    )
+    forms = {"whole file": 0, "search/replace": 0}
+    for _ in range(20):
+        before = loop.text
+        proposal = loop.step()
+        assert proposal is not None
+        after = _apply(before, proposal)  # applies exactly, whichever form the edit took
+        assert after.splitlines()[0].endswith("  # both on one line")
+        if {"LR", "WD"} <= set(proposal.meta["changed"]):
+            assert len(proposal.edits) == 1 and proposal.edits[0].search is None
+            forms["whole file"] += 1
+        else:
+            assert all(edit.search is not None for edit in proposal.edits)
+            forms["search/replace"] += 1
+    assert forms["whole file"] and forms["search/replace"], forms

@@ -40,6 +40,7 @@ FAILED = {"crash", "timeout", "oom", "nan"}
 STEP_SIZES = (0.06, 0.12, 0.25, 0.5)  # move lengths in unit coordinates, mixed per candidate
 N_CANDIDATES = 400
 MIN_MODEL_POINTS = 3
+MAX_MODEL_POINTS = 160  # keeps a proposal well under a second however long the night
 
 
 @dataclass
@@ -255,6 +256,12 @@ class SearchAgent:
         x_fit = [space.unit(t.config) for t in ok] + [space.unit(t.config) for t in failed]
         y_fit = list(np.minimum(values, cap)) + [cap] * len(failed)
         runs = [t.runs for t in ok] + [1] * len(failed)
+        if len(x_fit) > MAX_MODEL_POINTS:
+            # A long night: model the neighbourhood of the incumbent, where the moves are.
+            near = np.argsort(np.abs(np.array(x_fit) - u0).sum(axis=1), kind="stable")[:MAX_MODEL_POINTS]
+            x_fit = [x_fit[i] for i in near]
+            y_fit = [y_fit[i] for i in near]
+            runs = [runs[i] for i in near]
         gp = GaussianProcess(mask, noise_var=noise**2 if noise else None)
         gp.fit(np.array(x_fit), np.array(y_fit), np.array(runs))
         mean, sd = gp.predict(xc)
