@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -173,11 +174,10 @@ def _write_reports(session, quiet: bool) -> dict[str, Path]:
 def _print_summary(session) -> None:
     from nightlab.report.summary import render_summary
 
-    console.print(
-        render_summary(
-            session.ledger, session.tag, session.config.metric.name, session.config.metric.direction
-        )
+    text = render_summary(
+        session.ledger, session.tag, session.config.metric.name, session.config.metric.direction
     )
+    console.print(text, markup=False, highlight=False)
 
 
 def _print_status_table(data: dict, metric_name: str) -> None:
@@ -207,8 +207,15 @@ def _print_status_table(data: dict, metric_name: str) -> None:
         )
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point: one line and exit 2 for user errors, 130 for Ctrl-C."""
+    # SIGTERM (kill, a scheduler's stop) takes the same clean path as Ctrl-C: the running
+    # training process tree is killed with us instead of being orphaned.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         app(standalone_mode=False)
     except UserError as exc:

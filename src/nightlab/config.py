@@ -80,7 +80,9 @@ class MetricConfig(_Strict):
     def _pattern_for_regex(self) -> MetricConfig:
         if self.source == "regex":
             if not self.pattern:
-                raise ValueError('source = "regex" needs a pattern with one group, e.g. ' "'^val_bpb:\\s*([-+0-9.eE]+)'")
+                raise ValueError(
+                    "source = \"regex\" needs a pattern with one group, e.g. '^val_bpb:\\s*([-+0-9.eE]+)'"
+                )
             import re
 
             try:
@@ -120,6 +122,8 @@ class AgentConfig(_Strict):
     request_timeout: float = Field(default=300, gt=0)
     # llm: ask the model for a one-line lesson after each of its experiments.
     lessons: bool = True
+    # Prepare the next proposal while the current experiment trains (agents that support it).
+    pipeline: bool = True
     # command (coding CLIs)
     command: str | None = None
     timeout: float = Field(default=1800, gt=0)
@@ -142,6 +146,10 @@ class RunConfig(_Strict):
     allow_env: list[str] = Field(default_factory=list)
     max_consecutive_crashes: int = Field(default=5, ge=1)
     seed: int = 0
+    # Resource limits for each run; hitting one ends the run with a clear status (oom / crash).
+    memory_limit_mb: float | None = Field(default=None, gt=0)
+    log_limit_mb: float = Field(default=50, gt=0)
+    run_dir_limit_mb: float | None = Field(default=None, gt=0)
 
 
 class ScaleConfig(_Strict):

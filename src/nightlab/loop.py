@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,57 @@ class ResearchLoop:
     def run(self, limits: LoopLimits) -> LoopOutcome:
         outcome = LoopOutcome()
         started = time.monotonic()
+        self.prepare()
+        prefetched: Future[Proposal | None] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightlab-propose") as pool:
+            while True:
+                done = self._count_candidates()
+                # The cap counts every candidate of this tag, so a resumed session stops where it would have.
+                if limits.max_experiments is not None and done >= limits.max_experiments:
+                    outcome.stopped_because = (
+                        f"{done} experiments done (--max-experiments {limits.max_experiments})"
+                    )
+                    break
+                if limits.hours is not None and time.monotonic() - started >= limits.hours * 3600:
+                    outcome.stopped_because = f"time limit of {limits.hours:g} h reached"
+                    break
+                if self.should_stop():
+                    outcome.stopped_because = "stopped by the user"
+                    break
+                crashes = self._consecutive_failures()
+                if crashes >= self.config.run.max_consecutive_crashes:
+                    outcome.stopped_because = f"paused: the last {crashes} experiments all failed; see `nightlab status` and the run logs"
+                    break
+                proposal = self._next_proposal(prefetched, limits, started)
+                prefetched = None
+                if proposal is None:
+                    why = getattr(self.agent, "stop_reason", None)
+                    outcome.stopped_because = (
+                        why or f"the {self.agent.name} agent has nothing left to propose"
+                    )
+                    break
+                self._save_lessons(proposal)
+                row = self._record_proposal(proposal, done + 1)
+                if row is not None:
+                    if getattr(self.agent, "pipelined", False) and done + 1 < (
+                        limits.max_experiments or 1 << 30
+                    ):
+                        # Slow agents (LLMs) think about the next experiment while this one trains.
+                        context = self._context(limits, started)
+                        prefetched = pool.submit(self.agent.propose, context)
+                    self._finish(row)
+                outcome.experiments_run += 1
+            if prefetched is not None:
+                prefetched.cancel()
+        flush = getattr(self.agent, "flush_lessons", None)
+        if callable(flush):
+            self._save_lessons(Proposal(description="", edits=[], meta={"lessons": flush() or {}}))
+        best = self.ledger.incumbent(self.tag)
+        outcome.best_id = best.id if best else None
+        return outcome
+
+    def prepare(self) -> None:
+        """Bring the session to a state where a proposal can run: branch, interrupted work, baseline."""
         self._reconcile_branch()
         for row in self.ledger.unfinished(self.tag):  # finish what a crash interrupted
             if row.commit:
@@ -89,36 +141,43 @@ class ResearchLoop:
         for entry in self.ledger.history(self.tag):  # rebuild the agent's state
             self.agent.observe(entry)
 
-        while True:
-            done = self._count_candidates()
-            # The cap counts every candidate of this tag, so a resumed session stops where it would have.
-            if limits.max_experiments is not None and done >= limits.max_experiments:
-                outcome.stopped_because = (
-                    f"{done} experiments done (--max-experiments {limits.max_experiments})"
-                )
-                break
-            if limits.hours is not None and time.monotonic() - started >= limits.hours * 3600:
-                outcome.stopped_because = f"time limit of {limits.hours:g} h reached"
-                break
-            if self.should_stop():
-                outcome.stopped_because = "stopped by the user"
-                break
-            crashes = self._consecutive_failures()
-            if crashes >= self.config.run.max_consecutive_crashes:
-                outcome.stopped_because = f"paused: the last {crashes} experiments all failed; see `nightlab status` and the run logs"
-                break
-            context = self._context(limits, outcome.experiments_run, started)
-            proposal = self.agent.propose(context)
-            if proposal is None:
-                outcome.stopped_because = f"the {self.agent.name} agent has nothing left to propose"
-                break
-            row = self._record_proposal(proposal, done + 1)
-            if row is not None:
-                self._finish(row)
-            outcome.experiments_run += 1
-        best = self.ledger.incumbent(self.tag)
-        outcome.best_id = best.id if best else None
-        return outcome
+    def run_one(self, proposal: Proposal) -> ExperimentRow:
+        """Record, run and decide one given proposal (``nightlab try``, the MCP server)."""
+        self.prepare()
+        self._save_lessons(proposal)
+        self._record_proposal(proposal, self._count_candidates() + 1)
+        latest = self.ledger.experiments(tag=self.tag)[-1]
+        if latest.status == "running":
+            self._finish(latest)
+        return self.ledger.experiment(latest.id)
+
+    def _next_proposal(
+        self, prefetched: Future[Proposal | None] | None, limits: LoopLimits, started: float
+    ) -> Proposal | None:
+        """The prefetched proposal if it still applies to the incumbent, else a fresh one."""
+        context = self._context(limits, started)
+        if prefetched is not None:
+            proposal = prefetched.result()
+            if proposal is None or self._applies(proposal, context.files):
+                return proposal
+            self.events.emit(Event("proposal", "the best changed while the agent was thinking; asking again"))
+        return self.agent.propose(context)
+
+    def _applies(self, proposal: Proposal, files: dict[str, str]) -> bool:
+        try:
+            apply_edits(files, proposal.edits, self.config.target.editable, frozen=self.config.target.frozen)
+        except EditError:
+            return False
+        return True
+
+    def _save_lessons(self, proposal: Proposal) -> None:
+        """Agents may attach one-line lessons about earlier experiments; the ledger keeps them."""
+        lessons = proposal.meta.get("lessons") if isinstance(proposal.meta, dict) else None
+        for exp_id, text in (lessons or {}).items():
+            try:
+                self.ledger.set_lesson(int(exp_id), str(text))
+            except (KeyError, ValueError):
+                continue
 
     # ------------------------------------------------------------------ steps
     def _baseline(self) -> None:
@@ -153,7 +212,12 @@ class ResearchLoop:
             proposal_json=proposal.to_dict(),
             meta_json=proposal.meta,
             incumbent_id=incumbent.id,
+            cost_json=_cost(proposal.meta),
         )
+        if isinstance(proposal.meta, dict) and proposal.meta.get("invalid"):
+            return self._record_unrun(
+                common, "invalid", "invalid", f"proposal refused: {proposal.meta['invalid']}"
+            )
         try:
             changed = apply_edits(
                 files, proposal.edits, self.config.target.editable, frozen=self.config.target.frozen
@@ -259,6 +323,7 @@ class ResearchLoop:
             n_runs=len(values),
             delta=decision.delta,
             delta_se=decision.delta_se,
+            p_value=decision.p_value,
             **self._means(row.id),
         )
         if action == "keep":  # after the ledger: rule 1
@@ -362,7 +427,7 @@ class ResearchLoop:
                 break
         return count
 
-    def _context(self, limits: LoopLimits, run_so_far: int, started: float) -> Context:
+    def _context(self, limits: LoopLimits, started: float) -> Context:
         incumbent = self._incumbent()
         editable = self._editable_paths(incumbent.commit)
         program_path = self.workspace.root / "program.md"
@@ -393,6 +458,14 @@ class ResearchLoop:
             self.workspace.create_branch(self.tag, target)
         elif current != target:
             self.workspace.advance_branch(self.tag, target, current)
+
+
+def _cost(meta: dict) -> dict:
+    """What the proposal cost (an LLM's tokens and dollars), as the ledger's cost column."""
+    if not isinstance(meta, dict):
+        return {}
+    keys = ("tokens_in", "tokens_out", "cost_usd", "model", "attempts")
+    return {k: meta[k] for k in keys if k in meta}
 
 
 def _run_line(row: ExperimentRow, rep: Replicate) -> str:

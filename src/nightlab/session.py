@@ -116,8 +116,15 @@ def build_loop(session: Session, events: EventSink | None = None, should_stop=No
         start = workspace.head_commit()
         ledger.set_meta(f"start_commit:{tag}", start)
     ledger.set_meta("current_tag", tag)
+    ledger.set_meta("metric_name", config.metric.name)
+    ledger.set_meta("direction", config.metric.direction.value)
 
-    executor = LocalExecutor()
+    limits = config.run
+    executor = LocalExecutor(
+        memory_limit_mb=limits.memory_limit_mb,
+        log_limit_bytes=int(limits.log_limit_mb * 1e6),
+        run_dir_limit_bytes=int(limits.run_dir_limit_mb * 1e6) if limits.run_dir_limit_mb else None,
+    )
     tree = workspace.worktree(0)
     workspace.checkout(tree, start)
     frozen = FrozenCheck(hash_paths(tree, frozen_paths(config, tree)))

@@ -44,6 +44,7 @@ SCRIPT = [
     ),
     Answer("#3: width 128 helped", 100, 10),
     Answer(answer_text("LR 0.3 -> 0.9", "bigger steps", lr("0.3", "0.9")), 1000, 200),
+    Answer("#4: LR 0.9 overshoots", 100, 10),  # the lesson flushed when the run stops
 ]
 
 
@@ -52,7 +53,7 @@ def test_nightlab_run_with_the_llm_agent_records_decisions_tokens_cost_and_lesso
     with fake_llm_server("openai", SCRIPT, api_key=KEY) as server:
         agent = (
             f'kind = "llm"\nprovider = "openai"\nmodel = "fake-model"\nbase_url = "{server.base_url}"\n'
-            'api_key_env = "RUN_TEST_KEY"\nbackoff = 0.05\nprices = { "fake-model" = [1.0, 2.0] }'
+            'api_key_env = "RUN_TEST_KEY"\nbackoff = 0.05\npipeline = false\nprices = { "fake-model" = [1.0, 2.0] }'
         )
         toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy").replace(
             'kind = "replay"\nfile = "proposals.jsonl"', agent
@@ -81,5 +82,6 @@ def test_nightlab_run_with_the_llm_agent_records_decisions_tokens_cost_and_lesso
     assert metas[1]["cost_usd"] == pytest.approx(0.00292)  # 2100 * $1/Mtok + 410 * $2/Mtok
     assert metas[1]["lessons"] == {"2": "LR at 0.3 cut the loss a lot"}
     assert metas[2]["lessons"] == {"3": "width 128 helped"}
+    assert [r["lesson"] for r in rows] == ["LR at 0.3 cut the loss a lot", "width 128 helped", "LR 0.9 overshoots"]
     assert not any(KEY in json.dumps(m) for m in metas)
     assert KEY not in result.stdout + result.stderr

@@ -101,6 +101,9 @@ class LLMAgent:
         self._failed_rounds = 0
         self.spent = _Spend()
         self.stop_reason: str | None = None
+        # The loop asks for the next proposal while the current experiment trains, so the
+        # model's latency does not idle the hardware.
+        self.pipelined = bool(config.pipeline)
 
     # -- the Agent protocol -------------------------------------------------------------------
 
