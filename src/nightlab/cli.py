@@ -143,6 +143,20 @@ def show_space(directory: Path = DirArg) -> None:
     console.print(describe_space(files, config))
 
 
+# Command groups that live in their own modules; each exposes ``register(app)``.
+_EXTENSIONS: tuple[str, ...] = ()
+
+
+def _register_extensions() -> None:
+    import importlib
+
+    for name in _EXTENSIONS:
+        importlib.import_module(name).register(app)
+
+
+_register_extensions()
+
+
 def _write_reports(session, quiet: bool) -> dict[str, Path]:
     from nightlab.report.plot import plot_progress
 
