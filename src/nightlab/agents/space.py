@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from nightlab.errors import UserError
-from nightlab.knobs import Knob, find_knobs
+from nightlab.knobs import Knob, find_knobs, format_literal
 
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
 
@@ -443,10 +443,15 @@ def _dims_for(knob: Knob, value: Any, spec: Any, source: str) -> tuple[list[Dim]
     return [Dim(knob.name, knob.name, None, domain)], ""
 
 
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def describe_space(files: dict[str, str], config: Any) -> str:
     """The table ``nightlab agent show-space`` prints: every knob, its value and its domain.
 
-    ``config`` is the whole :class:`~nightlab.config.Config` or just its ``agent`` part.
+    ``config`` is the whole :class:`~nightlab.config.Config` or just its ``agent`` part. The
+    text holds square brackets (``[0.001, 0.1]``, ``[agent.space]``): print it without markup.
     """
     agent = getattr(config, "agent", config)
     space = build_space(files, agent)
@@ -457,7 +462,7 @@ def describe_space(files: dict[str, str], config: Any) -> str:
     for name, knob in space.knobs.items():
         dims = by_knob.get(name, [])
         if name in space.pinned and not dims:
-            rows.append((name, knob.path, knob.text, "pinned", space.pinned[name], knob.comment))
+            rows.append((name, knob.path, knob.text, "pinned", space.pinned[name], _clip(knob.comment)))
             continue
         for dim in dims:
             value = space.dim_values(space.current())[space.dims.index(dim)]
@@ -468,10 +473,10 @@ def describe_space(files: dict[str, str], config: Any) -> str:
                 (
                     dim.key,
                     knob.path,
-                    _show(value),
+                    knob.text if dim.index is None else format_literal(repr(value), value),
                     dim.domain.describe() + outside,
                     dim.domain.origin,
-                    knob.comment,
+                    _clip(knob.comment),
                 )
             )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
