@@ -24,6 +24,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -277,10 +278,40 @@ def experiments_to_reach(curve: list[float], target_value: float) -> int | None:
     return None
 
 
-def run_synthetic(seeds: int, experiments: int, methods: list[str], out: Path | None) -> dict:
+class NeutralNames:
+    """The synthetic target with its knobs renamed ``K1``, ``K2``, ...: no name tells the agent
+    which knob is a learning rate or a ratio, so only the values and the results can guide it."""
+
+    def __init__(self, target: ModuleType, text: str, config: Config) -> None:
+        self.target = target
+        self.names = {name: f"K{i + 1}" for i, name in enumerate(target.OPTIMUM)}
+        self.back = {v: k for k, v in self.names.items()}
+        self.optimum_loss = target.optimum_loss
+        self.text = text
+        for name, neutral in self.names.items():
+            self.text = re.sub(rf"^{name} =", f"{neutral} =", self.text, flags=re.MULTILINE)
+        space = {self.names.get(k, k): v for k, v in config.agent.space.items()}
+        self.config = config.model_copy(update={"agent": config.agent.model_copy(update={"space": space})})
+
+    def _original(self, values: dict) -> dict:
+        return {self.back.get(k, k): v for k, v in values.items()}
+
+    def run(self, values: dict, seed: int) -> tuple:
+        return self.target.run(self._original(values), seed)
+
+    def true_loss(self, values: dict) -> float:
+        return self.target.true_loss(self._original(values))
+
+
+def run_synthetic(
+    seeds: int, experiments: int, methods: list[str], out: Path | None, neutral: bool = False
+) -> dict:
     config = load_config(SYNTHETIC)
     text = (SYNTHETIC / "train.py").read_text()
-    target = load_target(SYNTHETIC / "train.py")
+    target: Any = load_target(SYNTHETIC / "train.py")
+    if neutral:
+        target = NeutralNames(target, text, config)
+        text, config = target.text, target.config
     curves: dict[str, list[list[float]]] = {m: [] for m in methods}
     seconds: dict[str, float] = {m: 0.0 for m in methods}
     for seed in range(seeds):
@@ -293,7 +324,7 @@ def run_synthetic(seeds: int, experiments: int, methods: list[str], out: Path | 
     baseline_loss = target.true_loss(knob_values(text))
     reference = median["random"][-1] if "random" in median else min(m[-1] for m in median.values())
     result = {
-        "target": "synthetic",
+        "target": "synthetic, neutral knob names" if neutral else "synthetic",
         "seeds": seeds,
         "experiments": experiments,
         "baseline_loss": baseline_loss,
@@ -338,7 +369,7 @@ def _plot(median: dict[str, list[float]], result: dict, out: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("experiments")
     ax.set_ylabel("true loss of the reported best − optimum")
-    ax.set_title(f"Synthetic target, median of {result['seeds']} seeds")
+    ax.set_title(f"{result['target'].capitalize()}: median of {result['seeds']} seeds")
     ax.legend()
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -348,7 +379,7 @@ def _plot(median: dict[str, list[float]], result: dict, out: Path) -> None:
 
 def markdown(result: dict) -> str:
     lines = [
-        f"Synthetic target ({result['seeds']} seeds, {result['experiments']} experiments each; baseline loss "
+        f"{result['target'].capitalize()} ({result['seeds']} seeds, {result['experiments']} experiments each; baseline loss "
         f"{result['baseline_loss']:.4f}, optimum {result['optimum_loss']:.4f}; random search's final median best "
         f"{result['random_final_median']:.4f}).",
         "",
@@ -476,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tokens", type=int, default=2_000_000, help="token budget per run for --cpu-template"
     )
+    parser.add_argument(
+        "--neutral-names", action="store_true", help="rename the knobs K1..K9 so names give no hints"
+    )
     args = parser.parse_args(argv)
     if args.cpu_template is not None:
         result = run_on_cpu_template(args.cpu_template, args.seeds, args.experiments, args.tokens)
@@ -483,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(result, indent=1))
         return 0
-    result = run_synthetic(args.seeds, args.experiments, args.methods.split(","), args.plot)
+    result = run_synthetic(
+        args.seeds, args.experiments, args.methods.split(","), args.plot, args.neutral_names
+    )
     print(markdown(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
