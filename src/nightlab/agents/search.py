@@ -65,6 +65,7 @@ class SearchAgent:
         self.entries: dict[int, HistoryEntry] = {}
         self.pending: dict[tuple, dict[str, Any]] = {}
         self._space_cache: tuple[tuple, Space] | None = None
+        self._units: dict[tuple, list[float]] = {}  # unit coordinates of this round's candidates
 
     # ------------------------------------------------------------------ protocol
     def observe(self, entry: HistoryEntry) -> None:
@@ -90,7 +91,7 @@ class SearchAgent:
         trials = self._trials(space, centre, context.direction)
         tried = {space.key(t.config) for t in trials} | set(self.pending) | {space.key(centre)}
         rng = np.random.default_rng([self.seed, len(self.entries), len(self.pending)])
-        self._units: dict[tuple, list[float]] = {}  # unit coordinates of this round's candidates
+        self._units = {}
         candidates = self._candidates(space, centre, tried, rng)
         if not candidates:
             return None
@@ -111,6 +112,8 @@ class SearchAgent:
         """The knob values domains are inferred from: the baseline's, as first recorded."""
         for entry_id in sorted(self.entries):
             meta = self.entries[entry_id].meta or {}
+            if meta.get("agent") != "search":
+                continue
             for key in ("origin", "base"):
                 if isinstance(meta.get(key), dict):
                     return meta[key]
@@ -135,11 +138,11 @@ class SearchAgent:
                 config = baseline_config
             if config is None:
                 continue
+            # Failures keep value None (the model counts them separately); an invalid experiment
+            # never ran, so it only marks its configuration as tried.
             value = None
             if entry.status == "ok" and entry.metric is not None and math.isfinite(entry.metric):
                 value = sign * float(entry.metric)
-            elif entry.status not in FAILED:
-                value = None  # invalid: never ran, so it says nothing about the metric
             trials.append(
                 Trial(config=config, value=value, runs=max(entry.runs or 1, 1), status=entry.status)
             )
