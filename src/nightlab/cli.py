@@ -140,7 +140,7 @@ def show_space(directory: Path = DirArg) -> None:
     root = Path(directory).resolve()
     config = load_config(root)
     files = {p: (root / p).read_text() for p in match_globs(root, config.target.editable)}
-    console.print(describe_space(files, config))
+    typer.echo(describe_space(files, config))  # a fixed-width table: never re-wrapped
 
 
 # Command groups that live in their own modules; each exposes ``register(app)``.
