@@ -1,0 +1,29 @@
+"""The HTML report: written by `nightlab report`, self-contained, escaped, and free of secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers import edit, make_workspace, nightlab
+
+
+def test_report_html_is_self_contained_escaped_and_redacted(tmp_path: Path) -> None:
+    planted = "sk-planted-html-0123456789"
+    root = make_workspace(
+        tmp_path / "ws",
+        proposals=[
+            edit("LR = 0.1", "LR = 0.3", "<script>alert(1)</script> LR 0.3"),
+            edit("WIDTH = 64", "WIDTH = 8", f"WIDTH 8 {planted}"),
+        ],
+    )
+    env = {"OPENAI_API_KEY": planted}
+    assert nightlab("run", str(root), "--plain", env=env).returncode == 0
+    res = nightlab("report", str(root), env=env)
+    assert res.returncode == 0, res.stderr
+    page = (root / ".nightlab" / "report.html").read_text()
+    assert "data:image/png;base64," in page  # the plot is inlined
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; LR 0.3" in page
+    assert planted not in page and "[redacted]" in page
+    assert page.count("<tr") == 1 + 3  # header, baseline and two candidates
+    assert "report: " in res.stdout
