@@ -1,0 +1,521 @@
+"""GPT pretraining under a fixed budget: the one file a research agent edits.
+
+Run it with `python train.py`. It trains a small GPT on the train split that prepare.py serves,
+stops when the budget (seconds, tokens or steps, from the environment) is used up, hands the
+model to prepare.finish(), and prints the summary block. prepare.py is frozen: the data, the
+budget, the export and the evaluation (val_bpb) live there, so that results stay comparable.
+
+Every knob is a module-level constant in the block below: change a literal, rerun, compare.
+The same file runs on CPU (fp32, eager) and CUDA (bf16 autocast, torch.compile).
+"""
+
+import math
+import os
+import resource
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+T_START = time.time()  # total_seconds counts from here: imports, data, compile, training
+
+import prepare  # noqa: E402  (frozen: data, budget, export, evaluation)
+
+# ---------------------------------------------------------------------------------------------
+# Knobs. Plain literals only: tools rewrite them textually (`nightlab init --size gpu` too).
+# Model shape
+DEPTH = 4  # number of transformer blocks
+ASPECT_RATIO = 32  # model width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
+HEAD_DIM = 32  # channels per attention head
+KV_HEAD_RATIO = 1  # query heads per key/value head (GQA); 1 = plain multi-head attention
+MLP_RATIO = 4  # MLP hidden width = MLP_RATIO * model width
+ACTIVATION = "relu2"  # MLP activation: "relu2", "gelu", "silu", "relu" or "swiglu"
+WINDOW_PATTERN = "SSSL"  # per-layer attention span, tiled over depth: S = short, L = full context
+SHORT_WINDOW_FRAC = 0.5  # S layers attend to this fraction of the sequence length
+ROPE_BASE = 10000.0  # rotary embedding base frequency
+QK_SCALE = 1.0  # multiplier on the 1/sqrt(HEAD_DIM) attention scale (q and k are RMS-normed)
+LOGIT_SOFTCAP = 15.0  # output logits = cap * tanh(logits / cap); 0 disables
+VALUE_EMBEDS = True  # value embeddings (a per-token vector added to v) on alternating layers
+# Initialisation
+EMBED_INIT_STD = 1.0  # token (and value) embedding init std
+UNEMBED_INIT_STD = 0.001  # lm_head init std (untied from the embedding)
+MATRIX_INIT_SCALE = 1.0  # hidden matrices: std = MATRIX_INIT_SCALE / sqrt(fan_in)
+OUT_PROJ_INIT_SCALE = 0.0  # attention/MLP output projections, same units; 0 = zero init
+# Batch
+TOTAL_BATCH_SIZE = 8192  # tokens per optimizer step (gradient accumulation makes up the rest)
+DEVICE_BATCH_SIZE = 32  # sequences per forward/backward pass
+# Optimisers: Muon for hidden matrices, AdamW for embeddings, lm_head and scalars
+EMBEDDING_LR = 0.3  # AdamW lr of token and value embeddings
+UNEMBEDDING_LR = 0.004  # AdamW lr of lm_head
+MATRIX_LR = 0.04  # Muon lr of hidden matrices
+SCALAR_LR = 0.02  # AdamW lr of the per-layer skip scalars (x0_lambdas)
+ADAM_LR_WIDTH_SCALING = True  # scale AdamW lrs by (width / 768) ** -0.5, as in nanochat
+WEIGHT_DECAY = 0.0  # Muon (hidden matrices) decoupled weight decay
+EMBED_WEIGHT_DECAY = 0.0  # AdamW weight decay of embeddings and lm_head
+ADAM_BETAS = (0.8, 0.95)  # AdamW betas
+ADAM_EPS = 1e-10  # AdamW epsilon
+MUON_MOMENTUM = 0.95  # Muon (Nesterov) momentum after its warmup
+MUON_MOMENTUM_START = 0.85  # Muon momentum at the start of training
+MUON_MOMENTUM_WARMUP = 0.1  # fraction of the budget over which momentum ramps up
+MUON_NS_STEPS = 5  # Newton-Schulz iterations that orthogonalise each Muon update
+GRAD_CLIP = 0.0  # clip the global grad norm to this value; 0 disables
+# Schedule (fractions of the budget, whichever budget is set: seconds, tokens or steps)
+WARMUP_RATIO = 0.0  # linear warmup from 0
+WARMDOWN_RATIO = 0.5  # linear decay to FINAL_LR_FRAC over the last part of the budget
+FINAL_LR_FRAC = 0.0  # lr multiplier at the end of the budget
+# Runtime
+COMPILE = "auto"  # torch.compile: "auto" = on CUDA only, "on", "off"
+DEVICE = "auto"  # "auto" = cuda when available, else cpu; or "cpu", "cuda", "cuda:1"
+UNTIMED_STEPS = 1  # first steps (allocator and compile warm-up) do not count towards seconds
+LOG_EVERY = 10  # print a progress line every this many steps
+# ---------------------------------------------------------------------------------------------
+
+
+def select_device(request: str, cuda_available: bool) -> torch.device:
+    """The device to train on: `request` is DEVICE; "auto" prefers CUDA when it is present."""
+    if request == "auto":
+        return torch.device("cuda" if cuda_available else "cpu")
+    if request.startswith("cuda") and not cuda_available:
+        raise SystemExit(f"train.py: DEVICE = {request!r} but no CUDA device is available")
+    return torch.device(request)
+
+
+def select_dtype(device: torch.device, capability: tuple[int, int] | None) -> torch.dtype:
+    """Compute dtype: bf16 autocast on CUDA sm80+ (Ampere and later), fp32 everywhere else."""
+    if device.type == "cuda" and capability is not None and capability >= (8, 0):
+        return torch.bfloat16
+    return torch.float32
+
+
+def select_compile(request: str, device: torch.device) -> bool:
+    """Whether to torch.compile: it pays on CUDA; on CPU the compile time eats a short budget."""
+    if request not in ("auto", "on", "off"):
+        raise SystemExit(f"train.py: COMPILE must be 'auto', 'on' or 'off', not {request!r}")
+    return device.type == "cuda" if request == "auto" else request == "on"
+
+
+def model_width(depth: int, aspect_ratio: int, head_dim: int) -> int:
+    """Width grows with depth (one knob scales the model); rounded up to whole heads."""
+    return -(-depth * aspect_ratio // head_dim) * head_dim
+
+
+def window_sizes(pattern: str, depth: int, seq_len: int, short_frac: float) -> list[int]:
+    """Attention span of each layer; the last layer always sees the full context."""
+    if not pattern or set(pattern.upper()) - {"S", "L"}:
+        raise SystemExit(f"train.py: WINDOW_PATTERN must be letters S and L, not {pattern!r}")
+    short = max(1, int(seq_len * short_frac))
+    spans = [short if pattern.upper()[i % len(pattern)] == "S" else seq_len for i in range(depth)]
+    spans[-1] = seq_len
+    return spans
+
+
+def has_value_embed(layer: int, depth: int) -> bool:
+    """Value embeddings on alternating layers, always including the last one."""
+    return VALUE_EMBEDS and layer % 2 == (depth - 1) % 2
+
+
+class RMSNorm(torch.autograd.Function):
+    """RMSNorm without a learned gain, with a hand-written backward.
+
+    PyTorch's eager backward of F.rms_norm (and of relu(x).square() below) runs several
+    full-size elementwise passes; on CPU those dominated the step. These functions keep the
+    same maths in fewer passes. torch.export and torch.compile trace through them.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        acc = torch.promote_types(x.dtype, torch.float32)  # statistics in fp32 even under bf16
+        n = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=acc)
+        r = torch.rsqrt(n.square() / x.size(-1) + 1e-6)
+        y = (x * r).to(x.dtype)
+        ctx.save_for_backward(y, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        y, r = ctx.saved_tensors
+        dot = (grad * y).to(r.dtype).mean(-1, keepdim=True)
+        return (torch.addcmul(grad.to(r.dtype), y.to(r.dtype), dot, value=-1) * r).to(grad.dtype)
+
+
+class ReLUSquared(torch.autograd.Function):
+    """relu(x)^2 saving one tensor and computing its gradient in two passes."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        r = torch.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (r,) = ctx.saved_tensors
+        return torch.addcmul(grad.new_zeros(()), grad, r, value=2)  # 2 * grad * r in one pass
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm without a learned gain (the residual scalars and next matrices carry scale)."""
+    return RMSNorm.apply(x)
+
+
+def apply_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """RoPE: rotate adjacent channel pairs by position-dependent angles.
+
+    As one complex multiply (pairs as complex numbers, freqs = e^{i t theta}): a single
+    elementwise pass forward and backward, against seven for the split-halves formulation.
+    """
+    z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(z * freqs).flatten(-2)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with RoPE, QK-norm, GQA, an optional sliding window and value embeds."""
+
+    def __init__(self, width: int, layer: int, depth: int, window: int, seq_len: int):
+        super().__init__()
+        self.n_head = width // HEAD_DIM
+        self.n_kv_head = max(1, self.n_head // KV_HEAD_RATIO)
+        if self.n_head % self.n_kv_head:
+            raise SystemExit(f"train.py: KV_HEAD_RATIO={KV_HEAD_RATIO} must divide {self.n_head} heads")
+        kv_width = self.n_kv_head * HEAD_DIM
+        self.c_q = nn.Linear(width, width, bias=False)
+        self.c_k = nn.Linear(width, kv_width, bias=False)
+        self.c_v = nn.Linear(width, kv_width, bias=False)
+        self.c_proj = nn.Linear(width, width, bias=False)
+        self.ve_gate = (
+            nn.Linear(min(32, width), self.n_kv_head, bias=False) if has_value_embed(layer, depth) else None
+        )
+        self.scale = QK_SCALE / math.sqrt(HEAD_DIM)
+        self.window = window if window < seq_len else None  # None = full causal attention
+
+    def forward(self, x: torch.Tensor, ve: torch.Tensor | None, freqs: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        # One matmul for q, k and v (Muon still sees three matrices); RoPE and QK-norm on q and
+        # k together: fewer, larger elementwise passes, which is what eager CPU time is made of.
+        w = torch.cat((self.c_q.weight, self.c_k.weight, self.c_v.weight))
+        qkv = F.linear(x, w).view(B, T, self.n_head + 2 * self.n_kv_head, HEAD_DIM)
+        qk, v = qkv.split((self.n_head + self.n_kv_head, self.n_kv_head), dim=2)  # split: cheap backward
+        q, k = norm(apply_rotary(qk, freqs)).to(v.dtype).split((self.n_head, self.n_kv_head), dim=2)
+        if ve is not None:  # gate in (0, 2), starts at 1 (zero-init gate weights)
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, HEAD_DIM)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.n_kv_head != self.n_head:
+            rep = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        if self.window is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        else:  # built per call (cheap) so that any T <= SEQ_LEN works, exported models too
+            i = torch.arange(T, device=x.device)
+            mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    """Position-wise MLP with the activation named by ACTIVATION."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        hidden = MLP_RATIO * width
+        if ACTIVATION not in ("relu2", "gelu", "silu", "relu", "swiglu"):
+            raise SystemExit(f"train.py: unknown ACTIVATION {ACTIVATION!r}")
+        self.c_fc = nn.Linear(width, (2 if ACTIVATION == "swiglu" else 1) * hidden, bias=False)
+        self.c_proj = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        if ACTIVATION == "relu2":
+            h = ReLUSquared.apply(h)
+        elif ACTIVATION == "gelu":
+            h = F.gelu(h)
+        elif ACTIVATION == "silu":
+            h = F.silu(h)
+        elif ACTIVATION == "relu":
+            h = F.relu(h)
+        else:  # swiglu
+            a, b = h.chunk(2, dim=-1)
+            h = F.silu(a) * b
+        return self.c_proj(h)
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, layer: int, depth: int, window: int, seq_len: int):
+        super().__init__()
+        self.attn = Attention(width, layer, depth, window, seq_len)
+        self.mlp = MLP(width)
+
+    def forward(self, x: torch.Tensor, ve: torch.Tensor | None, freqs: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(norm(x), ve, freqs)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer. model(idx) -> logits [B, T, vocab]; model(idx, targets) -> loss."""
+
+    def __init__(self, vocab_size: int, seq_len: int):
+        super().__init__()
+        self.width = model_width(DEPTH, ASPECT_RATIO, HEAD_DIM)
+        self.windows = window_sizes(WINDOW_PATTERN, DEPTH, seq_len, SHORT_WINDOW_FRAC)
+        self.wte = nn.Embedding(vocab_size, self.width)
+        self.blocks = nn.ModuleList(
+            Block(self.width, i, DEPTH, w, seq_len) for i, w in enumerate(self.windows)
+        )
+        kv_width = self.blocks[0].attn.n_kv_head * HEAD_DIM
+        self.value_embeds = nn.ModuleDict(
+            {str(i): nn.Embedding(vocab_size, kv_width) for i in range(DEPTH) if has_value_embed(i, DEPTH)}
+        )
+        self.lm_head = nn.Linear(self.width, vocab_size, bias=False)
+        # x += x0_lambda * x0 before each block: a learned skip from the (normed) embedding
+        self.x0_lambdas = nn.Parameter(torch.zeros(DEPTH))
+        inv = 1.0 / (ROPE_BASE ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float32) / HEAD_DIM))
+        angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv)
+        freqs = torch.polar(torch.ones_like(angles), angles)  # e^{i t theta}, [seq_len, HEAD_DIM / 2]
+        self.register_buffer("freqs", freqs[None, :, None, :], persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.wte.weight, std=EMBED_INIT_STD)
+        for emb in self.value_embeds.values():
+            nn.init.normal_(emb.weight, std=EMBED_INIT_STD)
+        nn.init.normal_(self.lm_head.weight, std=UNEMBED_INIT_STD)
+        for block in self.blocks:
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                nn.init.normal_(lin.weight, std=MATRIX_INIT_SCALE / math.sqrt(lin.in_features))
+            for lin in (block.attn.c_proj, block.mlp.c_proj):
+                nn.init.normal_(lin.weight, std=OUT_PROJ_INIT_SCALE / math.sqrt(lin.in_features))
+            if block.attn.ve_gate is not None:
+                nn.init.zeros_(block.attn.ve_gate.weight)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        T = idx.size(1)
+        freqs = self.freqs[:, :T]
+        x = x0 = norm(self.wte(idx))
+        for i, block in enumerate(self.blocks):
+            x = torch.addcmul(x, self.x0_lambdas[i], x0)
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, ve, freqs)
+        if LOGIT_SOFTCAP > 0:  # dividing the small weight instead of the large logits saves a pass
+            logits = LOGIT_SOFTCAP * torch.tanh(
+                F.linear(norm(x), self.lm_head.weight / LOGIT_SOFTCAP).float()
+            )
+        else:
+            logits = self.lm_head(norm(x)).float()
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 per matrix weight plus attention scores (causal span)."""
+        matrix = (
+            sum(p.numel() for p in self.blocks.parameters() if p.dim() == 2) + self.lm_head.weight.numel()
+        )
+        attn = sum(12 * self.width * min(w, seq_len) / 2 for w in self.windows)
+        return 6 * matrix + attn
+
+
+def orthogonalize(g: torch.Tensor, steps: int) -> torch.Tensor:
+    """Approximately replace a batch of matrices by U V^T of their SVD (Newton-Schulz quintic).
+
+    The coefficients push all singular values towards 1 fast rather than exactly; Muon only
+    needs the update's direction to be roughly orthogonal. bf16 on CUDA, fp32 on CPU.
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):  # x <- a x + (b S + c S^2) x with S = x x^T, as fused batched matmuls
+        s = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(s, s, s, beta=b, alpha=c), x, beta=a)
+    return (x.mT if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """MomentUm Orthogonalized by Newton-Schulz, for 2-D hidden weights.
+
+    Nesterov momentum, then each update is orthogonalised and scaled by sqrt(max(1, rows/cols))
+    so that every matrix moves by a similar RMS amount. Same-shape matrices are stacked and
+    orthogonalised together: one batched matmul chain instead of many small ones.
+    """
+
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int):
+        super().__init__(
+            list(params), dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps)
+        )
+        shapes: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        for p in self.param_groups[0]["params"]:
+            shapes.setdefault(tuple(p.shape), []).append(p)
+        self.by_shape = list(shapes.values())
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
+        for params in self.by_shape:
+            grads = torch.stack([p.grad for p in params])
+            state = self.state[params[0]]
+            if "momentum" not in state:
+                state["momentum"] = torch.zeros_like(grads)
+            buf = state["momentum"]
+            buf.lerp_(grads, 1 - mom)
+            update = orthogonalize(grads.lerp_(buf, mom), group["ns_steps"])
+            scale = max(1.0, params[0].size(0) / params[0].size(1)) ** 0.5
+            for p, u in zip(params, update.unbind(0), strict=True):
+                if wd:
+                    p.mul_(1 - lr * wd)
+                p.add_(u, alpha=-lr * scale)
+
+
+def build_optimizers(model: GPT) -> list[torch.optim.Optimizer]:
+    """Muon for hidden matrices; AdamW with per-group lr and weight decay for everything else."""
+    matrices = [p for p in model.blocks.parameters() if p.dim() == 2]
+    width_scale = (model.width / 768) ** -0.5 if ADAM_LR_WIDTH_SCALING else 1.0
+    embeds = [model.wte.weight, *(e.weight for e in model.value_embeds.values())]
+    groups = [
+        dict(params=embeds, lr=EMBEDDING_LR * width_scale, weight_decay=EMBED_WEIGHT_DECAY),
+        dict(params=[model.lm_head.weight], lr=UNEMBEDDING_LR * width_scale, weight_decay=EMBED_WEIGHT_DECAY),
+        dict(params=[model.x0_lambdas], lr=SCALAR_LR, weight_decay=0.0),
+    ]
+    fused = next(model.parameters()).is_cuda
+    adam = torch.optim.AdamW(groups, betas=ADAM_BETAS, eps=ADAM_EPS, fused=fused)
+    muon = Muon(
+        matrices, lr=MATRIX_LR, momentum=MUON_MOMENTUM, weight_decay=WEIGHT_DECAY, ns_steps=MUON_NS_STEPS
+    )
+    for opt in (adam, muon):
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    return [adam, muon]
+
+
+def lr_multiplier(progress: float) -> float:
+    """Warmup, constant, then linear warmdown to FINAL_LR_FRAC, as a function of budget used."""
+    if progress < WARMUP_RATIO:
+        return (progress + 1e-8) / WARMUP_RATIO
+    if progress <= 1.0 - WARMDOWN_RATIO:
+        return 1.0
+    frac = min(1.0, (1.0 - progress) / WARMDOWN_RATIO)
+    return FINAL_LR_FRAC + (1.0 - FINAL_LR_FRAC) * frac
+
+
+def muon_momentum(progress: float) -> float:
+    """Muon momentum ramps from MUON_MOMENTUM_START to MUON_MOMENTUM early in training."""
+    frac = min(1.0, progress / MUON_MOMENTUM_WARMUP) if MUON_MOMENTUM_WARMUP > 0 else 1.0
+    return MUON_MOMENTUM_START + (MUON_MOMENTUM - MUON_MOMENTUM_START) * frac
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of the GPU, for MFU. None where unknown."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in (("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("A100", 312e12)):
+        if key in name:
+            return flops
+    for key, flops in (("L40S", 362e12), ("A10", 125e12), ("4090", 165e12), ("3090", 71e12)):
+        if key in name:
+            return flops
+    return None
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def train() -> None:
+    seed = prepare.get_seed()
+    prepare.seed_everything(seed)
+    budget = prepare.get_budget()
+    device = select_device(os.environ.get("NIGHTLAB_DEVICE", DEVICE), torch.cuda.is_available())
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    dtype = select_dtype(device, capability)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:  # tiny gradients (zero-init projections) turn subnormal, which x86 CPUs compute slowly
+        torch.set_flush_denormal(True)
+    autocast = torch.autocast("cuda", dtype=dtype) if dtype != torch.float32 else nullcontext()
+
+    seq_len = prepare.SEQ_LEN
+    vocab_size = prepare.get_tokenizer().vocab_size
+    tokens_per_pass = DEVICE_BATCH_SIZE * seq_len
+    if TOTAL_BATCH_SIZE % tokens_per_pass:
+        raise SystemExit(
+            f"train.py: TOTAL_BATCH_SIZE={TOTAL_BATCH_SIZE} must be a multiple of "
+            f"DEVICE_BATCH_SIZE * SEQ_LEN = {tokens_per_pass}"
+        )
+    grad_accum = TOTAL_BATCH_SIZE // tokens_per_pass
+
+    model = GPT(vocab_size, seq_len).to(device)
+    num_params = sum(p.numel() for p in model.parameters())
+    flops_per_token = model.flops_per_token(seq_len)
+    optimizers = build_optimizers(model)
+    step_model = torch.compile(model, dynamic=False) if select_compile(COMPILE, device) else model
+    loader = prepare.make_train_loader(DEVICE_BATCH_SIZE, seq_len, device=device, seed=seed)
+    print(
+        f"device {device} dtype {str(dtype).removeprefix('torch.')} compile {step_model is not model} | "
+        f"depth {DEPTH} width {model.width} heads {model.width // HEAD_DIM} windows {model.windows} | "
+        f"params {num_params / 1e6:.2f}M | batch {TOTAL_BATCH_SIZE} tokens = {grad_accum} x "
+        f"{DEVICE_BATCH_SIZE} x {seq_len}",
+        flush=True,
+    )
+
+    training_seconds, tokens, step = 0.0, 0, 0
+    x, y = next(loader)
+    while not budget.exhausted(training_seconds, tokens, step):
+        t0 = time.time()
+        progress = budget.progress(training_seconds, tokens, step)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lr_multiplier(progress)
+        optimizers[1].param_groups[0]["momentum"] = muon_momentum(progress)
+        for _ in range(grad_accum):
+            with autocast:
+                loss = step_model(x, y)
+            (loss / grad_accum).backward()
+            x, y = next(loader)  # fetch the next batch while the GPU works
+        if GRAD_CLIP > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        loss_value = loss.item()  # also waits for the device, so the step time below is real
+        prepare.check_loss(loss_value, step)
+        dt = time.time() - t0
+        if step >= UNTIMED_STEPS:
+            training_seconds += dt
+        step += 1
+        tokens += TOTAL_BATCH_SIZE
+        if step % LOG_EVERY == 0 or step == 1:
+            print(
+                f"step {step:05d} | loss {loss_value:.4f} | lr x{lr_multiplier(progress):.2f} | "
+                f"{TOTAL_BATCH_SIZE / dt:,.0f} tok/s | {100 * progress:.0f}% of budget",
+                flush=True,
+            )
+
+    summary = {
+        "training_seconds": round(training_seconds, 1),
+        "total_seconds": round(time.time() - T_START, 1),
+        ("peak_vram_mb" if device.type == "cuda" else "peak_memory_mb"): round(peak_memory_mb(device), 1),
+        "total_tokens_M": round(tokens / 1e6, 3),
+        "num_steps": step,
+        "num_params_M": round(num_params / 1e6, 3),
+        "depth": DEPTH,
+    }
+    flops = peak_flops(device)
+    if flops is not None and training_seconds > 0:
+        timed_tokens = (step - min(step, UNTIMED_STEPS)) * TOTAL_BATCH_SIZE
+        summary["mfu_percent"] = round(100 * flops_per_token * timed_tokens / training_seconds / flops, 2)
+    model.eval()
+    prepare.finish(model, summary)
+
+
+if __name__ == "__main__":
+    with prepare.oom_guard():  # out of memory -> `status: oom (...)`, exit 4
+        train()
