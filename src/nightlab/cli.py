@@ -144,7 +144,7 @@ def show_space(directory: Path = DirArg) -> None:
 
 
 # Command groups that live in their own modules; each exposes ``register(app)``.
-_EXTENSIONS: tuple[str, ...] = ()
+_EXTENSIONS: tuple[str, ...] = ("nightlab.cli_agents",)
 
 
 def _register_extensions() -> None:

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nightlab import sandbox
+from nightlab.agents.base import Agent
 from nightlab.agents.registry import make_agent
 from nightlab.config import Config, check_workspace_files, load_config
 from nightlab.errors import UserError
@@ -98,13 +100,27 @@ def check_run_command(config: Config, root: Path) -> None:
                 raise UserError(f"nightlab.toml: [target] {field}: file '{word}' not found in {root}")
 
 
-def build_loop(session: Session, events: EventSink | None = None, should_stop=None) -> ResearchLoop:
-    """Validate the workspace and assemble the loop; runs the one-off setup command if needed."""
+def build_loop(
+    session: Session,
+    events: EventSink | None = None,
+    should_stop=None,
+    *,
+    agent: Agent | None = None,
+    check_clean: bool = True,
+) -> ResearchLoop:
+    """Validate the workspace and assemble the loop; runs the one-off setup command if needed.
+
+    ``agent`` replaces the configured one (``nightlab try`` and the MCP server bring their own
+    proposals); ``check_clean=False`` is for callers that check the user's tree themselves
+    (``try`` allows uncommitted edits to the editable files, the MCP server never reads them).
+    """
     config, workspace, ledger, tag = session.config, session.workspace, session.ledger, session.tag
     root = session.root
     check_workspace_files(config, root)
     check_run_command(config, root)
-    workspace.ensure_clean()
+    sandbox.check(config.run.sandbox)  # "required" without a sandbox stops here, before any run
+    if check_clean:
+        workspace.ensure_clean()
 
     start = ledger.get_meta(f"start_commit:{tag}")
     if start is None:
@@ -130,7 +146,7 @@ def build_loop(session: Session, events: EventSink | None = None, should_stop=No
     frozen = FrozenCheck(hash_paths(tree, frozen_paths(config, tree)))
     _run_setup(session, executor, tree)
 
-    agent = make_agent(config, root)
+    agent = agent if agent is not None else make_agent(config, root)
     runner = ReplicateRunner(config, workspace, executor, frozen)
     return ResearchLoop(
         config=config,

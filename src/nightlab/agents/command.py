@@ -1,0 +1,299 @@
+"""A coding CLI (Claude Code, Codex, Aider, OpenCode, ...) as the researcher: ``kind = "command"``.
+
+The user's ``[agent] command`` runs headless in a scratch checkout of the incumbent (worktree
+slot 9: never the user's tree, never the runner's slot 0), with ``program.md`` and a generated
+``NIGHTLAB_CONTEXT.md`` (state, history, kept diffs, the last crash) beside the code. Whatever
+it changed in the editable files becomes the proposal, as whole-file edits; what it changed
+anywhere else is reverted and reported. It may describe its change in ``NIGHTLAB_PROPOSAL.md``
+(``Description:`` and ``Hypothesis:`` lines) or print a ``Description:`` line; otherwise the
+description says which files changed by how many lines.
+
+The command runs with the user's full environment, secrets included: a coding CLI needs its own
+API key (``ANTHROPIC_API_KEY`` for Claude Code). Training runs never get them. ``[agent] timeout``
+bounds it; the whole process tree is killed at the deadline (the local executor does it).
+
+Example ``nightlab.toml``::
+
+    [agent]
+    kind = "command"
+    command = "claude -p 'Read NIGHTLAB_CONTEXT.md and follow it.' --permission-mode acceptEdits"
+    timeout = 900
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+from nightlab.agents.base import Context, Edit, HistoryEntry, Proposal
+from nightlab.changes import line_counts
+from nightlab.config import CONFIG_NAME, Config
+from nightlab.edits import path_matches
+from nightlab.errors import UserError
+from nightlab.executor.base import RunSpec, RunStatus
+from nightlab.executor.local import LocalExecutor
+from nightlab.workspace import Workspace
+
+SLOT = 9  # the agent's own worktree; slot 0 is where the runner trains
+CONTEXT_FILE = "NIGHTLAB_CONTEXT.md"
+PROPOSAL_FILE = "NIGHTLAB_PROPOSAL.md"
+PROGRAM_FILE = "program.md"
+# After this many proposals in a row that failed (timeout, error, nothing changed), the command
+# is clearly not working (a missing key, a wrong flag): stop instead of filling the ledger.
+MAX_FAILED_ROUNDS = 3
+LOG_TAIL_CHARS = 3000
+
+INSTRUCTIONS = """\
+# nightlab: your task
+
+You are the researcher in an automated research loop. A harness you do not control trains the
+code under a fixed budget, evaluates it with frozen code, and keeps a change only when it beats
+the current best by more than the measured noise.
+
+Make ONE experiment now:
+1. Read program.md (the research instructions) and the state and history below.
+2. Edit only the editable files: {editable}. Every other file is frozen; changes to them are
+   reverted. Do not run the training script: the harness runs it after you stop.
+3. Write {proposal} with two lines:
+   Description: <one line: what you changed, e.g. "raise LR 0.01 -> 0.02">
+   Hypothesis: <why it should improve {metric}>
+4. Stop. Do not commit; the harness takes your changes from the files.
+"""
+
+
+class CommandAgent:
+    """Runs ``[agent] command`` once per proposal; see the module docstring.
+
+    Not pipelined: its proposals are whole files of the incumbent it saw, so one prepared while
+    another experiment trains would silently undo that experiment's change if it were kept.
+    """
+
+    name = "command"
+    pipelined = False
+
+    def __init__(self, config: Config, root: Path) -> None:
+        command = (config.agent.command or "").strip()
+        if not command:
+            raise UserError(
+                'nightlab.toml: [agent] kind = "command" needs command = "..." '
+                "(e.g. \"claude -p 'Read NIGHTLAB_CONTEXT.md and follow it.'\"); see docs/CODING_AGENTS.md"
+            )
+        self.config = config
+        self.root = Path(root).resolve()
+        self.command = command
+        self.timeout = config.agent.timeout
+        self.stop_reason: str | None = None
+        self._failed_rounds = 0
+        self._count = 0
+
+    # -- the Agent protocol -------------------------------------------------------------------
+    def propose(self, context: Context) -> Proposal | None:
+        """Run the command on a fresh checkout of the incumbent; its edits are the proposal."""
+        if self.stop_reason is not None:
+            return None
+        workspace = Workspace(self.root)
+        tree = workspace.worktree(SLOT)
+        workspace.checkout(tree, context.incumbent_commit)
+        ours = self._place_files(tree, context)
+        self._count += 1
+        run_dir = workspace.state_dir / "agent" / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._count}"
+        try:
+            result = self._run(tree, run_dir)
+            changed = workspace.modified_tracked_files(tree)
+            proposal = self._proposal(tree, context, changed, ours, result, run_dir)
+        finally:
+            workspace.restore(tree)  # the scratch tree goes back to the incumbent, our files gone
+        failed = proposal.meta.get("invalid") or not proposal.edits
+        self._failed_rounds = self._failed_rounds + 1 if failed else 0
+        if self._failed_rounds >= MAX_FAILED_ROUNDS:
+            self.stop_reason = (
+                f"the command agent failed {self._failed_rounds} times in a row "
+                f"(last: {proposal.meta.get('invalid') or 'it changed no editable file'}); "
+                f"see {run_dir / 'agent.log'}"
+            )
+        return proposal
+
+    def observe(self, entry: HistoryEntry) -> None:
+        """Nothing to remember: every proposal gets the whole history in its context file."""
+
+    # -- steps --------------------------------------------------------------------------------
+    def _place_files(self, tree: Path, context: Context) -> set[str]:
+        """Write the context file (and program.md when the commit lacks it); return their names."""
+        ours = {CONTEXT_FILE, PROPOSAL_FILE}
+        (tree / CONTEXT_FILE).write_text(render_context(context, self.config))
+        (tree / PROPOSAL_FILE).unlink(missing_ok=True)
+        if not (tree / PROGRAM_FILE).exists() and context.program:
+            (tree / PROGRAM_FILE).write_text(context.program)
+            ours.add(PROGRAM_FILE)
+        return ours
+
+    def _run(self, tree: Path, run_dir: Path):
+        """The command in ``tree`` with the user's environment, bounded by ``[agent] timeout``."""
+        spec = RunSpec(
+            command=self.command,
+            cwd=tree,
+            run_dir=run_dir,
+            seed=self.config.run.seed,
+            timeout=self.timeout,
+            env={"NIGHTLAB_CONTEXT_FILE": str(tree / CONTEXT_FILE), "NIGHTLAB_PROPOSAL_FILE": PROPOSAL_FILE},
+            log_name="agent.log",
+            allow_env=list(os.environ),  # the CLI needs its own key; see the module docstring
+        )
+        # kill_orphans=False: the loop's own executor already did that, and its runs are alive.
+        executor = LocalExecutor(grace_seconds=2.0, kill_orphans=False)
+        try:
+            return executor.run(spec)
+        finally:
+            executor.close()
+
+    def _proposal(
+        self, tree: Path, context: Context, changed: list[str], ours: set[str], result, run_dir: Path
+    ) -> Proposal:
+        editable, frozen = context.editable, self.config.target.frozen
+        mine = [p for p in changed if p.rstrip("/") not in ours]
+        inside = [
+            p for p in mine if p != CONFIG_NAME and path_matches(p, editable) and not path_matches(p, frozen)
+        ]
+        outside = [p.rstrip("/") for p in mine if p not in inside]
+        edits, deleted = [], []
+        for path in inside:
+            target = tree / path
+            if not target.is_file():
+                deleted.append(path)
+                continue
+            text = target.read_text(errors="surrogateescape")
+            if text != context.files.get(path):
+                edits.append(Edit(path=path, replace=text))
+        outside += [f"{p} (deleted)" for p in deleted]  # a deletion is not a proposal nightlab can make
+        log_text = _read(run_dir / "agent.log")
+        written = _read(tree / PROPOSAL_FILE)
+        description, hypothesis = _described(written) if written.strip() else ("", "")
+        if not description:
+            description, spoken = _described(log_text, last=True)
+            hypothesis = hypothesis or spoken
+        new_files = {**context.files, **{e.path: e.replace for e in edits}}
+        added, removed = line_counts(context.files, new_files)
+        if not description:
+            names = ", ".join(e.path for e in edits) or "nothing"
+            description = f"command agent: edited {names} (+{added} -{removed} lines)"
+        if outside:
+            hypothesis = (
+                f"{hypothesis}\n\n(The command also changed {', '.join(outside)}, outside the editable "
+                "files; those changes were reverted.)"
+            ).strip()
+        meta: dict = {
+            "command": self.command,
+            "exit_code": result.exit_code,
+            "status": result.status.value,
+            "seconds": round(result.total_seconds, 1),
+            "log": str(run_dir / "agent.log"),
+            "changed": [e.path for e in edits],
+        }
+        if outside:
+            meta["reverted"] = outside
+        if result.status is RunStatus.TIMEOUT:
+            meta["invalid"] = f"the command timed out after {self.timeout:g} s ([agent] timeout)"
+            edits = []  # a half-finished edit is not an experiment
+        elif result.status is not RunStatus.OK and not edits:
+            tail = log_text[-300:].strip().replace("\n", " | ")
+            meta["invalid"] = f"the command failed ({result.reason or result.status.value}): {tail}"
+        return Proposal(description=description, edits=edits, hypothesis=hypothesis, meta=meta)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except (FileNotFoundError, IsADirectoryError):
+        return ""
+
+
+_FIELD_RE = re.compile(r"^\s*[*_#>\- ]*(description|hypothesis)\s*[*_]*\s*:\s*(.*)$", re.IGNORECASE)
+
+
+def _described(text: str, last: bool = False) -> tuple[str, str]:
+    """``Description:`` and ``Hypothesis:`` from a text (the last ones in a log, the first in a file)."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _FIELD_RE.match(line)
+        if match and match.group(2).strip():
+            key = match.group(1).lower()
+            if last or key not in found:
+                found[key] = match.group(2).strip().strip("*_`\"'").strip()
+    return found.get("description", "")[:200], found.get("hypothesis", "")
+
+
+def render_context(context: Context, config: Config) -> str:
+    """NIGHTLAB_CONTEXT.md: instructions, state, history table, kept diffs and the last crash."""
+    editable = ", ".join(sorted(context.files)) or ", ".join(context.editable)
+    parts = [
+        INSTRUCTIONS.format(editable=editable, proposal=PROPOSAL_FILE, metric=context.metric_name),
+        "## State\n\n" + _state(context),
+    ]
+    if context.history:
+        rows = [
+            f"| id | description | {context.metric_name} | improvement ± se | runs | decision | reason |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for e in context.history[-60:]:
+            rows.append(
+                f"| {e.id} | {_cell(e.description)} | {_num(e.metric)} | {_delta(e)} | {e.runs} "
+                f"| {e.decision or e.status} | {_cell(e.reason, 80)} |"
+            )
+        older = len(context.history) - 60
+        note = f"({older} older experiments not shown)\n\n" if older > 0 else ""
+        parts.append(
+            "## History (oldest first; improvement > 0 means better than the best of the time)\n\n"
+            + note
+            + "\n".join(rows)
+        )
+    kept = [e for e in context.history if e.decision == "keep" and e.diff.strip()][-5:]
+    if kept:
+        diffs = [f"### #{e.id} {_cell(e.description)}\n```diff\n{e.diff.strip()[:4000]}\n```" for e in kept]
+        parts.append("## Kept changes (most recent five)\n\n" + "\n\n".join(diffs))
+    crashed = [e for e in context.history if e.status in ("crash", "timeout", "oom", "nan") and e.log_tail]
+    if crashed:
+        e = crashed[-1]
+        tail = e.log_tail[-LOG_TAIL_CHARS:].rstrip()
+        parts.append(f"## Tail of the last crash's log (#{e.id} {_cell(e.description)})\n\n```\n{tail}\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def _state(context: Context) -> str:
+    arrow = "lower" if context.direction == "minimize" else "higher"
+    budget = []
+    if context.experiments_left is not None:
+        budget.append(f"{context.experiments_left} experiments")
+    if context.seconds_left is not None:
+        budget.append(f"{context.seconds_left / 3600:.1f} hours")
+    noise = (
+        f"one run's {context.metric_name} varies by about ±{_num(context.noise)} (std)"
+        if context.noise is not None
+        else "not measured yet"
+    )
+    return "\n".join(
+        [
+            f"- metric: {context.metric_name} ({arrow} is better)",
+            f"- best so far: {_num(context.best)}",
+            f"- noise floor: {noise}",
+            "- budget left: " + (" / ".join(budget) if budget else "open-ended"),
+            f"- experiments so far: {len(context.history)}",
+        ]
+    )
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.6g}"
+
+
+def _cell(text: str, limit: int = 90) -> str:
+    flat = " ".join((text or "").split()).replace("|", "/")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _delta(entry: HistoryEntry) -> str:
+    if entry.delta is None:
+        return "—"
+    spread = f" ± {entry.spread:.2g}" if entry.spread is not None else ""
+    return f"{entry.delta:+.4g}{spread}"
