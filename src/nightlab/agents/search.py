@@ -229,10 +229,12 @@ class SearchAgent:
         mask = space.categorical_mask
         u0 = space.unit(centre)
         untouched = self._untouched(space, trials)
-        if untouched.any() and (len(ok) < MIN_MODEL_POINTS or len(self.entries) % 2 == 0):
+        last_few = context.experiments_left is not None and context.experiments_left <= 3
+        if untouched.any() and not last_few and (len(ok) < MIN_MODEL_POINTS or len(self.entries) % 2 == 0):
             # Every knob gets a first look early, most promising kinds first (learning rates,
             # batch, shape), interleaved with exploiting what the model knows: a knob never
-            # moved has an effect the model cannot rank fairly.
+            # moved has an effect the model cannot rank fairly. The last few experiments of a
+            # session go to the model's best bets instead.
             top = max(space.dims[i].priority for i in np.flatnonzero(untouched))
             focus = np.array(
                 [bool(untouched[i]) and space.dims[i].priority == top for i in range(len(space.dims))]
