@@ -99,7 +99,8 @@ def test_out_of_scope_edit_is_refused(tmp_path: Path) -> None:
 
 def test_metric_only_from_evaluation_not_from_training_print(tmp_path: Path) -> None:
     # The trainer prints a fake metric; with an evaluate step only metrics.json from the evaluation counts.
-    fake = "NOISE = 0.002\nprint('val_loss: 0.000001')"
+    # (Split so the diff audit, which would block it first, lets it through to the runtime check.)
+    fake = "NOISE = 0.002\nprint('val_loss' + ': 0.000001')"
     root = make_workspace(
         tmp_path / "ws", proposals=[edit("NOISE = 0.002", fake, "fake print")], evaluate=True
     )

@@ -150,6 +150,28 @@ class RunConfig(_Strict):
     memory_limit_mb: float | None = Field(default=None, gt=0)
     log_limit_mb: float = Field(default=50, gt=0)
     run_dir_limit_mb: float | None = Field(default=None, gt=0)
+    # Training and evaluation without network, writing only their worktree and run directory
+    # (nightlab.sandbox): "auto" uses it where the system allows, "required" refuses to run without.
+    sandbox: Literal["auto", "required", "off"] = "auto"
+
+
+class AuditConfig(_Strict):
+    """The diff audit (nightlab.audit): what happens to a proposal it flags."""
+
+    mode: Literal["block", "mark", "off"] = "block"
+    # Extra regular expressions a proposal must not add (e.g. the path of a private data set).
+    patterns: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _valid_patterns(self) -> AuditConfig:
+        import re
+
+        for pattern in self.patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"patterns: '{pattern}' is not a valid regular expression: {exc}") from exc
+        return self
 
 
 class ScaleConfig(_Strict):
@@ -164,6 +186,7 @@ class Config(_Strict):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     scales: dict[str, ScaleConfig] = Field(default_factory=dict)
 
 

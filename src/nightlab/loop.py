@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nightlab.agents.base import Agent, Context, Proposal
+from nightlab.audit import audit_change
 from nightlab.changes import classify_change, line_counts
 from nightlab.config import CONFIG_NAME, Config, match_globs
 from nightlab.edits import apply_edits, python_syntax_error
@@ -228,6 +229,11 @@ class ResearchLoop:
                     raise EditError(problem)
         except EditError as exc:
             return self._record_unrun(common, "invalid", "invalid", f"edit refused: {exc}")
+        flags = audit_change(files, changed, self.config) if self.config.audit.mode != "off" else []
+        if flags and self.config.audit.mode == "block":
+            return self._record_unrun(common, "invalid", "invalid", "audit: " + "; ".join(flags))
+        if flags:  # mode "mark": it runs, and the ledger keeps why it was flagged
+            common["meta_json"] = {**(proposal.meta if isinstance(proposal.meta, dict) else {}), "audit": flags}
 
         new_files = {**files, **changed}
         kind = classify_change(files, new_files)

@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from nightlab import sandbox
 from nightlab.config import Config
 from nightlab.executor.base import Executor, RunResult, RunSpec, RunStatus
 from nightlab.integrity import FrozenCheck
@@ -62,7 +63,8 @@ class ReplicateRunner:
             # The template's train.py then skips its own in-process evaluation.
             env["NIGHTLAB_EVAL_SEPARATE"] = "1"
         return RunSpec(
-            command=command,
+            # The optional sandbox: no network, writes only to the worktree and the run directory.
+            command=sandbox.wrap(command, [cwd, run_dir], self.config.run.sandbox),
             cwd=cwd,
             run_dir=run_dir,
             seed=seed,

@@ -1,0 +1,265 @@
+"""The optional sandbox (Linux): training and evaluation without network, writing only where they must.
+
+An agent-written training script runs as the user. The harness's checks detect tampering after
+the fact; a sandbox stops the things they cannot undo: sending data (or a key it found in a
+file) over the network, and writing outside the experiment (the user's files, the venv's
+``site-packages`` where a ``.pth`` would patch the evaluation, the ledger).
+
+Two kernel features, both usable by an unprivileged user, are combined:
+
+* **a network namespace** (``unshare -rn``): the run sees only a loopback device that is down,
+  so every connection, TCP or UDP, to this machine or any other, fails;
+* **Landlock** (Linux 5.13+, applied by this module's launcher through ``ctypes``): writes are
+  allowed only beneath the worktree, the run directory, ``/tmp`` and ``/dev/shm`` (plus writing
+  to existing device files such as ``/dev/null`` and the GPU's); everything stays readable, so
+  the evaluation still reads the data cache. From ABI 4 Landlock also refuses TCP connect and
+  bind (the network fallback where user namespaces are disabled), from ABI 6 signals to
+  processes outside the sandbox (the run cannot kill the harness).
+
+The wrapped command is::
+
+    unshare -rn -- PYTHON -I -m nightlab.sandbox --write DIR ... -- /bin/sh -c 'COMMAND'
+
+The launcher restricts itself and then ``exec``s the command, so the process tree, the pid the
+executor watches and its limits are the same as without the sandbox. ``[run] sandbox`` chooses:
+``auto`` (use it where it works, otherwise one warning and the run goes on unsandboxed),
+``required`` (refuse to start without it) or ``off``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Landlock's system calls share one number on every architecture (asm-generic table).
+_SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+# Filesystem rights (include/uapi/linux/landlock.h). Reading and executing are not handled,
+# so they stay allowed everywhere; every way of changing the filesystem is handled.
+_WRITE_FILE = 1 << 1
+_WRITE_RIGHTS_V1 = (
+    _WRITE_FILE
+    | (1 << 4)  # REMOVE_DIR
+    | (1 << 5)  # REMOVE_FILE
+    | (1 << 6)  # MAKE_CHAR
+    | (1 << 7)  # MAKE_DIR
+    | (1 << 8)  # MAKE_REG
+    | (1 << 9)  # MAKE_SOCK
+    | (1 << 10)  # MAKE_FIFO
+    | (1 << 11)  # MAKE_BLOCK
+    | (1 << 12)  # MAKE_SYM
+)
+_REFER = 1 << 13  # ABI 2: renames and links across folders
+_TRUNCATE = 1 << 14  # ABI 3
+_NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
+_SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
+
+# Where a run may always write: scratch space torch, the tokenizers and Python itself need.
+SCRATCH = ("/tmp", "/dev/shm")
+
+MODES = ("auto", "required", "off")
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 where Landlock is missing or disabled."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        version = _libc().syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), _CREATE_RULESET_VERSION)
+    except (OSError, AttributeError):
+        return 0
+    return max(0, int(version))
+
+
+@functools.lru_cache(maxsize=1)
+def netns_available() -> bool:
+    """Whether ``unshare -rn`` works here (user namespaces may be disabled or forbidden by AppArmor)."""
+    program = shutil.which("unshare")
+    if program is None or not sys.platform.startswith("linux"):
+        return False
+    try:
+        done = subprocess.run([program, "-rn", "--", "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@dataclass(frozen=True)
+class SandboxSupport:
+    """What this machine offers; ``complete`` when both the network and writes are confined."""
+
+    landlock: int
+    netns: bool
+
+    @property
+    def confines_writes(self) -> bool:
+        return self.landlock >= 1
+
+    @property
+    def confines_network(self) -> bool:
+        return self.netns or self.landlock >= 4
+
+    @property
+    def complete(self) -> bool:
+        return self.confines_writes and self.confines_network
+
+    def describe(self) -> str:
+        """One line: the mechanisms in use, or what is missing."""
+        if not self.complete:
+            missing = []
+            if not self.confines_writes:
+                missing.append("Landlock (Linux 5.13+ with landlock in the kernel's lsm= list)")
+            if not self.confines_network:
+                missing.append("unprivileged user namespaces (`unshare -rn`) or Landlock ABI 4")
+            return "no sandbox: missing " + " and ".join(missing)
+        net = "network namespace" if self.netns else "Landlock TCP rules (UDP not blocked)"
+        return f"sandbox: Landlock ABI {self.landlock} for writes, {net} for the network"
+
+
+@functools.lru_cache(maxsize=1)
+def detect() -> SandboxSupport:
+    """Probe the machine once per process."""
+    return SandboxSupport(landlock=landlock_abi(), netns=netns_available())
+
+
+_warned = False
+
+
+def check(mode: str) -> SandboxSupport | None:
+    """The support to use for ``[run] sandbox = mode``; None to run unsandboxed.
+
+    ``required`` without support is a :class:`~nightlab.errors.UserError`; ``auto`` without it
+    prints one warning per process and goes on.
+    """
+    global _warned
+    if mode == "off":
+        return None
+    support = detect()
+    if support.complete:
+        return support
+    if mode == "required":
+        from nightlab.errors import UserError
+
+        raise UserError(
+            f'nightlab.toml: [run] sandbox = "required" but this machine has {support.describe()}; '
+            'set sandbox = "auto" to run unsandboxed'
+        )
+    if not _warned:
+        _warned = True
+        print(
+            f"warning: {support.describe()}; training runs unsandboxed "
+            '(set [run] sandbox = "off" to silence this, "required" to refuse)',
+            file=sys.stderr,
+        )
+    return None
+
+
+def wrap(command: str, writable: Sequence[Path], mode: str) -> str:
+    """``command`` confined per ``mode``: no network, writes only beneath ``writable`` and scratch."""
+    support = check(mode)
+    if support is None:
+        return command
+    launcher = [sys.executable, "-I", "-m", "nightlab.sandbox"]
+    for path in writable:
+        launcher += ["--write", str(Path(path).resolve())]
+    if not support.netns:
+        launcher.append("--deny-tcp")
+    inner = ["/bin/sh", "-c", command]
+    words = (["unshare", "-rn", "--"] if support.netns else []) + launcher + ["--"] + inner
+    return shlex.join(words)
+
+
+# ---------------------------------------------------------------------------------- the launcher
+def restrict(writable: Sequence[str], deny_tcp: bool) -> None:
+    """Confine this process and its future children (Landlock); raises OSError when refused."""
+    abi = landlock_abi()
+    if abi < 1:
+        raise OSError("Landlock is not available")
+    libc = _libc()
+    handled = _WRITE_RIGHTS_V1 | (_REFER if abi >= 2 else 0) | (_TRUNCATE if abi >= 3 else 0)
+    attr = _RulesetAttr(fs=handled)
+    size = 8
+    if abi >= 4 and deny_tcp:
+        attr.net, size = _NET_BIND_TCP | _NET_CONNECT_TCP, 16
+    if abi >= 6:
+        attr.scoped, size = _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL, 24
+    ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    try:
+        rules = [(p, handled) for p in (*writable, *SCRATCH)]
+        # Existing device files stay writable (/dev/null, /dev/nvidia*); nothing can be created there.
+        rules.append(("/dev", _WRITE_FILE | (_TRUNCATE if abi >= 3 else 0)))
+        for path, rights in rules:
+            _add_path_rule(libc, ruleset, path, rights)
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+        if libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+    finally:
+        os.close(ruleset)
+
+
+def _add_path_rule(libc: ctypes.CDLL, ruleset: int, path: str, rights: int) -> None:
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return  # a scratch folder this machine lacks
+    try:
+        if not os.path.isdir(path):
+            rights &= _WRITE_FILE | _TRUNCATE  # the only rights a rule on a file may carry
+        rule = _PathBeneath(allowed=rights, parent_fd=fd)
+        if libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0) != 0:
+            raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path}")
+    finally:
+        os.close(fd)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m nightlab.sandbox --write DIR ... [--deny-tcp] -- PROGRAM ARGS``: confine, then exec."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in args:
+        print(
+            "usage: python -m nightlab.sandbox --write DIR ... [--deny-tcp] -- PROGRAM ARGS", file=sys.stderr
+        )
+        return 2
+    split = args.index("--")
+    options, program = args[:split], args[split + 1 :]
+    writable = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--write"]
+    try:
+        restrict(writable, deny_tcp="--deny-tcp" in options)
+    except OSError as exc:
+        print(f"nightlab sandbox: cannot confine the run ({exc}); not started", file=sys.stderr)
+        return 126
+    # Triton's default cache is in the home folder, which the sandbox keeps read-only.
+    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(SCRATCH[0], f"nightlab-triton-{os.getuid()}"))
+    os.execvp(program[0], program)
+    return 127  # pragma: no cover - execvp does not return
+
+
+if __name__ == "__main__":
+    sys.exit(main())
