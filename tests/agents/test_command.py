@@ -1,0 +1,159 @@
+"""The command agent, with small shell scripts playing the coding CLI (real git, real processes)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from conftest import entry
+
+from helpers import TOY_TOML, git, make_workspace, nightlab
+from nightlab.agents.base import Context
+from nightlab.agents.command import CONTEXT_FILE, MAX_FAILED_ROUNDS, SLOT, CommandAgent
+from nightlab.config import load_config
+from nightlab.errors import UserError
+from nightlab.workspace import Workspace
+
+LR_SED = "sed -i 's/^LR = 0.1 /LR = 0.3 /' train.py"
+
+
+def workspace_with(tmp_path: Path, script: str, timeout: float = 60) -> Path:
+    """A toy workspace whose [agent] runs ``script`` (kept outside the workspace) with sh."""
+    path = tmp_path / "cli.sh"
+    path.write_text("set -e\n" + script)
+    agent = f'kind = "command"\ncommand = "sh {path}"\ntimeout = {timeout}'
+    toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy").replace(
+        'kind = "replay"\nfile = "proposals.jsonl"', agent
+    )
+    return make_workspace(tmp_path / "ws", toml=toml, extra_files={"program.md": "Lower val_loss.\n"})
+
+
+def context_of(root: Path) -> Context:
+    """What the loop would hand over: the committed train.py as the incumbent, some history."""
+    return Context(
+        files={"train.py": (root / "train.py").read_text()},
+        history=[entry(1, "baseline", decision="baseline", delta=None), entry(2, "LR 0.1 -> 0.05")],
+        metric_name="val_loss",
+        direction="minimize",
+        best=1.46,
+        noise=0.002,
+        program="Lower val_loss.",
+        experiments_left=4,
+        incumbent_commit=Workspace(root).head_commit(),
+        editable=["train.py"],
+    )
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (killed children of a dead parent may wait for a reaper)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+def test_nightlab_run_turns_the_clis_edit_into_a_kept_experiment(tmp_path):
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    root = workspace_with(
+        tmp_path,
+        f'cp {CONTEXT_FILE} "{seen}/context.md"\n'
+        f'cp program.md "{seen}/program.md"\n'
+        f'printf "%s" "$FAKE_CLI_API_KEY" > "{seen}/key"\n'
+        f"{LR_SED}\n"
+        "printf 'Description: LR 0.1 -> 0.3\\nHypothesis: LR is below its optimum\\n' > NIGHTLAB_PROPOSAL.md\n",
+    )
+    result = nightlab(
+        "run", str(root), "-n", "1", "--plain", env={"FAKE_CLI_API_KEY": "sk-cli-needs-its-own-key"}
+    )
+    assert result.returncode == 0, result.stderr
+
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    con.row_factory = sqlite3.Row
+    row = dict(con.execute("SELECT * FROM experiments WHERE kind = 'candidate'").fetchone())
+    con.close()
+    assert (row["agent"], row["description"], row["decision"]) == ("command", "LR 0.1 -> 0.3", "keep")
+    assert row["hypothesis"] == "LR is below its optimum"
+    assert "+LR = 0.3" in row["diff"] and "program.md" not in row["diff"]
+    meta = json.loads(row["meta_json"])
+    assert meta["changed"] == ["train.py"] and "reverted" not in meta
+
+    context = (seen / "context.md").read_text()
+    assert "Edit only the editable files: train.py" in context
+    assert "| 1 | baseline |" in context and "noise floor: one run's val_loss varies" in context
+    assert (seen / "program.md").read_text() == "Lower val_loss.\n"
+    # The CLI runs with the user's environment (its own API key); training runs never do.
+    assert (seen / "key").read_text() == "sk-cli-needs-its-own-key"
+
+    scratch = root / ".nightlab" / "worktrees" / str(SLOT)
+    assert not (scratch / CONTEXT_FILE).exists() and not (scratch / "NIGHTLAB_PROPOSAL.md").exists()
+    assert git(scratch, "status", "--porcelain") == ""
+    assert git(root, "status", "--porcelain") == ""  # the user's tree was never touched
+
+
+def test_changes_outside_the_editable_files_are_reverted_and_reported(tmp_path):
+    root = workspace_with(
+        tmp_path,
+        f"{LR_SED}\n"
+        "echo 'print(0)' > evaluate.py\n"
+        "echo scratch > notes.txt\n"
+        "echo 'thinking...'\n"
+        "echo 'Description: LR up and a better evaluation'\n"
+        "echo 'Hypothesis: both help'\n",
+    )
+    agent = CommandAgent(load_config(root), root)
+    proposal = agent.propose(context_of(root))
+    assert [e.path for e in proposal.edits] == ["train.py"]
+    assert proposal.edits[0].search is None and "LR = 0.3" in proposal.edits[0].replace
+    assert proposal.description == "LR up and a better evaluation"
+    assert sorted(proposal.meta["reverted"]) == ["evaluate.py", "notes.txt"]
+    assert "also changed evaluate.py, notes.txt" in proposal.hypothesis
+    assert "reverted" in proposal.hypothesis and proposal.hypothesis.startswith("both help")
+    scratch = root / ".nightlab" / "worktrees" / str(SLOT)
+    assert (scratch / "evaluate.py").read_text() == (root / "evaluate.py").read_text()
+    assert not (scratch / "notes.txt").exists()
+    assert git(root, "status", "--porcelain") == ""
+
+
+def test_description_is_generated_when_the_cli_gives_none(tmp_path):
+    root = workspace_with(tmp_path, f"{LR_SED}\n")
+    proposal = CommandAgent(load_config(root), root).propose(context_of(root))
+    assert proposal.description == "command agent: edited train.py (+1 -1 lines)"
+    assert proposal.hypothesis == "" and "invalid" not in proposal.meta
+
+
+def test_a_hung_cli_is_killed_at_the_timeout_with_its_children(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    root = workspace_with(tmp_path, f"{LR_SED}\nsleep 60 &\necho $! > {pidfile}\nwait\n", timeout=1)
+    agent = CommandAgent(load_config(root), root)
+    started = time.monotonic()
+    proposal = agent.propose(context_of(root))
+    assert time.monotonic() - started < 10
+    assert proposal.edits == []  # a half-finished edit is not an experiment
+    assert "timed out after 1 s ([agent] timeout)" in proposal.meta["invalid"]
+    assert not running(int(pidfile.read_text()))  # the CLI's child went with it
+    assert "LR = 0.1 " in (root / ".nightlab" / "worktrees" / str(SLOT) / "train.py").read_text()
+
+
+def test_a_failing_cli_stops_the_agent_after_a_few_rounds(tmp_path):
+    root = workspace_with(tmp_path, "echo 'error: ANTHROPIC_API_KEY is not set' >&2\nexit 3\n")
+    agent = CommandAgent(load_config(root), root)
+    context = context_of(root)
+    for _ in range(MAX_FAILED_ROUNDS):
+        proposal = agent.propose(context)
+        assert proposal is not None and "ANTHROPIC_API_KEY is not set" in proposal.meta["invalid"]
+    assert agent.propose(context) is None
+    assert "failed 3 times in a row" in agent.stop_reason
+
+
+def test_a_command_is_required(tmp_path):
+    root = workspace_with(tmp_path, "true\n")
+    config = load_config(root)
+    config.agent.command = None
+    with pytest.raises(UserError, match=r'kind = "command" needs command'):
+        CommandAgent(config, root)
