@@ -54,8 +54,8 @@ def toml_literal(value: object) -> str:
 
 def make_workspace(size: str, overrides: list[str]) -> Path:
     ws = Path(tempfile.mkdtemp(prefix="nightlab-eval-"))
-    for name in ("train.py", "prepare.py", "corpus.py", "sources.py"):
-        shutil.copy(TEMPLATE / name, ws / name)
+    for path in TEMPLATE.glob("*.py"):
+        shutil.copy(path, ws / path.name)
     sizes = tomllib.loads((TEMPLATE / "sizes.toml").read_text())[size]
     for part in ("prepare", "train"):
         for name, value in sizes.get(part, {}).items():

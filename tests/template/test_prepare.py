@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,8 @@ import torch
 from torch import nn
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "src" / "nightlab" / "templates" / "gpt"
-FROZEN = ("prepare.py", "corpus.py", "sources.py")
-MODULES = ("prepare", "corpus", "sources")
+FROZEN = ("prepare.py", "corpus.py", "sources.py", "tokenizer.py", "evaluation.py")
+MODULES = ("prepare", "corpus", "sources", "tokenizer", "evaluation")
 
 
 def set_constants(path: Path, **values: object) -> None:
@@ -96,6 +97,11 @@ def run_prepare(
         text=True,
         timeout=timeout,
     )
+
+
+def evaluate(run_dir: Path) -> int:
+    """`python prepare.py evaluate`, in this process (prepare is already imported from the workspace)."""
+    return importlib.import_module("evaluation").evaluate(run_dir, started=time.perf_counter())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +339,7 @@ def _export(prep, model: nn.Module) -> Path:
 def test_uniform_model_scores_exactly_eight_bits_per_byte(prep) -> None:
     _export(prep, Uniform())
     run_dir = prep.get_run_dir()
-    assert prep.evaluate(run_dir) == 0
+    assert evaluate(run_dir) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # Per-token losses are float32 (ln 256 to ~1e-7), summed in float64: 8.000000 as printed.
     assert metrics["val_bpb"] == pytest.approx(8.0, abs=1e-6)
@@ -347,7 +353,7 @@ def test_evaluator_matches_a_direct_computation(prep) -> None:
     model = Bigram()
     _export(prep, model)
     run_dir = prep.get_run_dir()
-    assert prep.evaluate(run_dir) == 0
+    assert evaluate(run_dir) == 0
     val = torch.from_numpy(np.asarray(prep.load_split("val")[: prep.EVAL_TOKENS + 1]).astype(np.int64))
     with torch.no_grad():
         nats = nn.functional.cross_entropy(model.table(val[:-1]), val[1:], reduction="sum").item()
@@ -359,7 +365,7 @@ def test_evaluator_matches_a_direct_computation(prep) -> None:
 def test_causality_check_rejects_a_model_that_looks_ahead(prep, model: nn.Module) -> None:
     _export(prep, model)
     run_dir = prep.get_run_dir()
-    assert prep.evaluate(run_dir) == 5
+    assert evaluate(run_dir) == 5
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["causal"] is False and "val_bpb" not in metrics
     assert metrics["invalid"].startswith("model is not causal: ")
@@ -367,7 +373,12 @@ def test_causality_check_rejects_a_model_that_looks_ahead(prep, model: nn.Module
 
 def test_causality_check_passes_a_causal_model(prep) -> None:
     _export(prep, Bigram())
-    assert prep.causality_violation(_loaded(prep), prep.load_split("val"), torch.device("cpu")) is None
+    assert (
+        importlib.import_module("evaluation").causality_violation(
+            _loaded(prep), prep.load_split("val"), torch.device("cpu")
+        )
+        is None
+    )
 
 
 def _loaded(prep) -> nn.Module:
@@ -376,7 +387,7 @@ def _loaded(prep) -> nn.Module:
 
 def test_wrong_output_shape_is_invalid(prep) -> None:
     _export(prep, WrongVocab())
-    assert prep.evaluate(prep.get_run_dir()) == 5
+    assert evaluate(prep.get_run_dir()) == 5
     assert "shape" in json.loads((prep.get_run_dir() / "metrics.json").read_text())["invalid"]
 
 
@@ -384,7 +395,7 @@ def test_preexisting_metrics_json_is_refused(prep) -> None:
     _export(prep, Uniform())
     run_dir = prep.get_run_dir()
     (run_dir / "metrics.json").write_text('{"val_bpb": 0.01}')
-    assert prep.evaluate(run_dir) == 5
+    assert evaluate(run_dir) == 5
     assert json.loads((run_dir / "metrics.json").read_text()) == {
         "invalid": "metrics.json existed before evaluation",
         "causal": False,
@@ -394,7 +405,7 @@ def test_preexisting_metrics_json_is_refused(prep) -> None:
 
 def test_missing_export_is_a_clear_error(prep, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
-        prep.evaluate(prep.get_run_dir())
+        evaluate(prep.get_run_dir())
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "prepare.finish(model, summary)" in err

@@ -26,7 +26,6 @@ import re
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from tokenizer import BPETokenizer, ByteTokenizer
 
 T_IMPORT = time.perf_counter()  # the evaluation times itself from here (load included)
 
@@ -54,7 +53,6 @@ TOKENIZER_TRAIN_CHARS = 300000000  # characters of train text the BPE tokenizer 
 DEFAULT_SEED = 42  # NIGHTLAB_SEED when unset
 LOSS_EXPLODE_FACTOR = 3.0  # a loss above this many times ln(VOCAB_SIZE) has exploded
 CAUSAL_TRIALS = 2  # perturbations tried by the causality check
-BOS_TOKEN = "<|bos|>"  # BPE only: starts every document, has no bytes, is never scored
 EXPORT_FILE = "model.pt2"  # torch.export program, in the run dir
 EXPORT_META = "model.json"  # what the evaluator needs besides the program
 METRICS_FILE = "metrics.json"  # written by `python prepare.py evaluate` only
@@ -89,96 +87,7 @@ def token_dir(dataset: str | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenizers
-
-
-class ByteTokenizer:
-    """One token per UTF-8 byte: no training, no vocabulary file, bits per byte = bits per token."""
-
-    vocab_size = 256
-    bos_id = None
-
-    def __init__(self) -> None:
-        self.token_bytes = torch.ones(256, dtype=torch.long)
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: list[int]) -> str:
-        return bytes(ids).decode("utf-8", errors="replace")
-
-    def encode_document(self, text: str) -> list[int]:
-        """Documents are joined by a blank line, which is scored like any other bytes."""
-        return self.encode(text + "\n\n")
-
-
-def _byte_stand_ins() -> dict[str, int]:
-    """The printable character that byte-level BPE uses for each byte (the GPT-2 convention)."""
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    out, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            out[chr(b)] = b
-        else:
-            out[chr(256 + extra)] = b
-            extra += 1
-    return out
-
-
-class BPETokenizer:
-    """Byte-level BPE from the `tokenizers` library, trained once on the train split."""
-
-    # Words, numbers of up to two digits, punctuation runs, newlines, spaces (GPT-4 style split).
-    SPLIT = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"
-
-    def __init__(self, path: Path) -> None:
-        from tokenizers import Tokenizer
-
-        self.tok = Tokenizer.from_file(str(path))
-        self.vocab_size = VOCAB_SIZE
-        self.bos_id = self.tok.token_to_id(BOS_TOKEN)
-        stand_ins = _byte_stand_ins()
-        lengths = torch.zeros(VOCAB_SIZE, dtype=torch.long)
-        for i in range(self.tok.get_vocab_size()):
-            piece = self.tok.id_to_token(i)
-            if i != self.bos_id:
-                lengths[i] = sum(1 for ch in piece if ch in stand_ins)
-        self.token_bytes = lengths
-
-    @classmethod
-    def train(cls, texts: Iterator[str], path: Path) -> BPETokenizer:
-        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(cls.SPLIT), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=VOCAB_SIZE,
-            special_tokens=[BOS_TOKEN],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
-        tok.train_from_iterator(texts, trainer=trainer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tok.save(str(tmp))
-        os.replace(tmp, path)
-        return cls(path)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=True)
-
-    def encode_document(self, text: str) -> list[int]:
-        return [self.bos_id, *self.encode(text)]
-
+# Tokenizer
 
 _TOKENIZER: ByteTokenizer | BPETokenizer | None = None
 
@@ -193,7 +102,7 @@ def get_tokenizer() -> ByteTokenizer | BPETokenizer:
             path = token_dir() / "tokenizer.json"
             if not path.exists():
                 ensure_data()
-            _TOKENIZER = BPETokenizer(path)
+            _TOKENIZER = BPETokenizer(path, VOCAB_SIZE)
         else:
             raise fail(f'TOKENIZER = "{TOKENIZER}" is not "byte" or "bpe"')
     return _TOKENIZER
@@ -269,10 +178,13 @@ def build_splits(documents: Iterator[tuple[str, str]], train_texts: Iterator[str
         texts = (
             train_texts if train_texts is not None else (t for s, t in synthetic_documents() if s == "train")
         )
-        _TOKENIZER = BPETokenizer.train(_capped(texts, TOKENIZER_TRAIN_CHARS), out / "tokenizer.json")
+        _TOKENIZER = BPETokenizer.train(
+            _capped(texts, TOKENIZER_TRAIN_CHARS), out / "tokenizer.json", VOCAB_SIZE
+        )
         print(f"tokenizer: trained BPE ({VOCAB_SIZE} ids) in {time.time() - t0:.1f}s")
     tok = get_tokenizer()
-    files = {s: open(out / f"{s}.bin.tmp", "wb") for s in SPLITS}
+    tmp = f".tmp{os.getpid()}"  # concurrent first runs must not write into each other's files
+    files = {s: open(out / f"{s}.bin{tmp}", "wb") for s in SPLITS}
     counts = dict.fromkeys(SPLITS, 0)
     try:
         for split, ids in _encode_stream(tok, documents):
@@ -282,9 +194,10 @@ def build_splits(documents: Iterator[tuple[str, str]], train_texts: Iterator[str
         for f in files.values():
             f.close()
     for s in SPLITS:
-        os.replace(out / f"{s}.bin.tmp", out / f"{s}.bin")
+        os.replace(out / f"{s}.bin{tmp}", out / f"{s}.bin")
     meta = {"built_from": _expected_meta(), "tokens": counts, "seconds": round(time.time() - t0, 2)}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    (out / f"meta.json{tmp}").write_text(json.dumps(meta, indent=1))
+    os.replace(out / f"meta.json{tmp}", out / "meta.json")
     print(f"data: {DATASET} ready in {out} ({', '.join(f'{s} {n:,}' for s, n in counts.items())} tokens)")
     if counts["val"] < EVAL_TOKENS + 1:
         print(f"data: warning: val has {counts['val']:,} tokens, fewer than EVAL_TOKENS={EVAL_TOKENS:,}")
@@ -313,13 +226,9 @@ def _encode_stream(
 
 
 def _encode_batch(tok, items: list[tuple[str, str]]) -> Iterator[tuple[str, list[int]]]:
-    if isinstance(tok, BPETokenizer):
-        encoded = tok.tok.encode_batch([t for _, t in items], add_special_tokens=False)
-        for (split, _), enc in zip(items, encoded, strict=True):
-            yield split, [tok.bos_id, *enc.ids]
-    else:
-        for split, text in items:
-            yield split, tok.encode_document(text)
+    yield from zip(
+        [split for split, _ in items], tok.encode_documents([text for _, text in items]), strict=True
+    )
 
 
 def load_split(split: str) -> np.ndarray:
@@ -511,160 +420,9 @@ def export_model(model: torch.nn.Module) -> Path:
     return path
 
 
-def _eval_device(meta: dict) -> torch.device:
-    if meta["device"] == "cuda":
-        if not torch.cuda.is_available():
-            raise fail("the model was exported on CUDA but no CUDA device is available to evaluate it")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def _uses_bf16(device: torch.device) -> bool:
     """Whether training on `device` uses bf16 autocast (CUDA sm80+), as train.py does."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
-
-
-def _forward(model, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).float()
-
-
-class _Autocast(torch.nn.Module):
-    """Runs an exported program under bf16 autocast, the context it was traced in."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return self.inner(x)
-
-
-def _rows(tokens: np.ndarray, first_row: int, count: int, device: torch.device) -> torch.Tensor:
-    """`count` consecutive rows of SEQ_LEN + 1 tokens (input + shifted target), padded to a full batch."""
-    starts = (first_row + np.minimum(np.arange(EVAL_BATCH_SIZE), count - 1)) * SEQ_LEN
-    chunk = tokens[starts[:, None] + np.arange(SEQ_LEN + 1)].astype(np.int64)
-    return torch.from_numpy(chunk).to(device)
-
-
-def _check_logits(logits: torch.Tensor) -> str | None:
-    want = (EVAL_BATCH_SIZE, SEQ_LEN, VOCAB_SIZE)
-    if tuple(logits.shape) != want:
-        return f"model output has shape {list(logits.shape)}, expected {list(want)}"
-    if not torch.isfinite(logits).all():
-        return "model output has non-finite logits"
-    return None
-
-
-def bits_per_byte(
-    model, tokens: np.ndarray, token_bytes: torch.Tensor, device: torch.device
-) -> tuple[float, int]:
-    """Summed cross-entropy (nats) over summed target bytes, in bits; zero-byte targets skipped.
-
-    Scores the first EVAL_TOKENS tokens (fewer only if the split is smaller) as independent rows
-    of SEQ_LEN; returns (bits per byte, tokens scored).
-    """
-    n_rows = min(EVAL_TOKENS, len(tokens) - 1) // SEQ_LEN
-    if n_rows < 1:
-        raise fail(
-            f"the split has {len(tokens)} tokens, fewer than one row of {SEQ_LEN}; run `{prepare_command()}`"
-        )
-    token_bytes = token_bytes.to(device)
-    nats = torch.zeros((), dtype=torch.float64, device=device)
-    nbytes = torch.zeros((), dtype=torch.float64, device=device)
-    for first in range(0, n_rows, EVAL_BATCH_SIZE):
-        count = min(EVAL_BATCH_SIZE, n_rows - first)
-        chunk = _rows(tokens, first, count, device)
-        logits = _forward(model, chunk[:, :-1])
-        problem = _check_logits(logits)
-        if problem:
-            raise InvalidModel(problem)
-        y = chunk[:count, 1:].reshape(-1)
-        loss = F.cross_entropy(logits[:count].reshape(-1, VOCAB_SIZE), y, reduction="none")
-        weight = token_bytes[y]
-        nats += (loss.double() * (weight > 0)).sum()
-        nbytes += weight.sum()
-    return (nats / (math.log(2) * nbytes)).item(), n_rows * SEQ_LEN
-
-
-class InvalidModel(Exception):
-    """The exported model breaks a rule of the evaluation (causality, output shape, finiteness)."""
-
-
-def causality_violation(model, tokens: np.ndarray, device: torch.device) -> str | None:
-    """None if predictions at position t depend only on tokens 0..t of their own row.
-
-    Each trial keeps the prefix 0..t of one row, replaces everything else in the batch (the rest of
-    that row and all other rows, which hold the following val text) by random tokens, and compares
-    the logits at positions 0..t with those of the untouched batch.
-    """
-    rng = np.random.default_rng(0)
-    x = _rows(tokens, 0, EVAL_BATCH_SIZE, device)[:, :-1]
-    base = _forward(model, x)
-    problem = _check_logits(base)
-    if problem:
-        raise InvalidModel(problem)
-    tol = 1e-3 * (1.0 + base.abs().max().item())
-    for t in [SEQ_LEN // 2, *rng.integers(SEQ_LEN - 1, size=CAUSAL_TRIALS)][:CAUSAL_TRIALS]:
-        row = int(rng.integers(EVAL_BATCH_SIZE))
-        other = torch.from_numpy(rng.integers(0, VOCAB_SIZE, size=x.shape)).to(device)
-        other[row, : t + 1] = x[row, : t + 1]
-        diff = (_forward(model, other)[row, : t + 1] - base[row, : t + 1]).abs().max().item()
-        if not diff <= tol:
-            return f"logits at positions <= {t} changed by {diff:.3g} when only later tokens or other rows changed"
-    return None
-
-
-def _write_metrics(run_dir: Path, metrics: dict) -> None:
-    tmp = run_dir / (METRICS_FILE + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=1))
-    os.replace(tmp, run_dir / METRICS_FILE)
-
-
-def evaluate(run_dir: Path) -> int:
-    """The frozen evaluation: metrics.json with val_bpb, holdout_bpb and causality; the exit code."""
-    metrics_path = run_dir / METRICS_FILE
-    if metrics_path.exists():
-        # Written by someone other than this evaluation: keep it aside, never read it as a result.
-        os.replace(metrics_path, run_dir / "metrics.preexisting.json")
-        _write_metrics(run_dir, {"invalid": "metrics.json existed before evaluation", "causal": False})
-        print("invalid: metrics.json existed before evaluation (kept as metrics.preexisting.json)")
-        return EXIT_INVALID
-    meta_path = run_dir / EXPORT_META
-    if not meta_path.exists() or not (run_dir / EXPORT_FILE).exists():
-        raise fail(f"no exported model in {run_dir}: train.py must end with prepare.finish(model, summary)")
-    meta = json.loads(meta_path.read_text())
-    device = _eval_device(meta)
-    torch.set_grad_enabled(False)
-    warnings.filterwarnings("ignore", message="The given buffer is not writable")  # torch.export.load
-    model = torch.export.load(str(run_dir / EXPORT_FILE)).module()
-    if meta.get("autocast") == "bfloat16":
-        model = _Autocast(model)
-    token_bytes = get_tokenizer().token_bytes
-    val, holdout = load_split("val"), load_split("holdout")
-    try:
-        problem = causality_violation(model, val, device)
-        if problem:
-            raise InvalidModel(f"model is not causal: {problem}")
-        val_bpb, n_tokens = bits_per_byte(model, val, token_bytes, device)
-        holdout_bpb, _ = bits_per_byte(model, holdout, token_bytes, device)
-    except InvalidModel as exc:
-        _write_metrics(run_dir, {"invalid": str(exc), "causal": "not causal" not in str(exc)})
-        print(f"invalid: {exc}")
-        return EXIT_INVALID
-    seconds = time.perf_counter() - T_IMPORT
-    metrics = {
-        "val_bpb": val_bpb,
-        "holdout_bpb": holdout_bpb,
-        "causal": True,
-        "eval_seconds": round(seconds, 3),
-        "eval_tokens": n_tokens,
-    }
-    _write_metrics(run_dir, metrics)
-    print(f"val_bpb: {val_bpb:.6f}")
-    print(f"eval_seconds: {seconds:.2f}")
-    return 0
 
 
 SUMMARY_ORDER = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "peak_memory_mb"]
@@ -752,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=DOWNLOAD_SHARDS, help="train shards to download")
     args = parser.parse_args(argv)
     if args.command == "evaluate":
-        return evaluate(get_run_dir())
+        import evaluation  # imports this file as `prepare`: same constants, same functions
+
+        return evaluation.evaluate(get_run_dir(), started=T_IMPORT)
     import sources
 
     try:

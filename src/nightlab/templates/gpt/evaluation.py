@@ -1,0 +1,190 @@
+"""The evaluation of the GPT research target: `python prepare.py evaluate` runs `evaluate()`.
+
+FROZEN, like prepare.py. It loads the torch.export program that train.py left in the run dir
+(none of train.py's code runs here), checks that the model is causal, and scores bits per byte
+on a fixed number of val tokens (and as many holdout tokens, recorded but never shown to the
+agent). It writes metrics.json, and nothing else writes it: a metrics.json that was already
+there makes the run invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from prepare import (
+    CAUSAL_TRIALS,
+    EVAL_BATCH_SIZE,
+    EVAL_TOKENS,
+    EXIT_INVALID,
+    EXPORT_FILE,
+    EXPORT_META,
+    METRICS_FILE,
+    SEQ_LEN,
+    VOCAB_SIZE,
+    fail,
+    get_tokenizer,
+    load_split,
+    prepare_command,
+)
+
+
+def _eval_device(meta: dict) -> torch.device:
+    if meta["device"] == "cuda":
+        if not torch.cuda.is_available():
+            raise fail("the model was exported on CUDA but no CUDA device is available to evaluate it")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _forward(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).float()
+
+
+class _Autocast(torch.nn.Module):
+    """Runs an exported program under bf16 autocast, the context it was traced in."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return self.inner(x)
+
+
+def _rows(tokens: np.ndarray, first_row: int, count: int, device: torch.device) -> torch.Tensor:
+    """`count` consecutive rows of SEQ_LEN + 1 tokens (input + shifted target), padded to a full batch."""
+    starts = (first_row + np.minimum(np.arange(EVAL_BATCH_SIZE), count - 1)) * SEQ_LEN
+    chunk = tokens[starts[:, None] + np.arange(SEQ_LEN + 1)].astype(np.int64)
+    return torch.from_numpy(chunk).to(device)
+
+
+def _check_logits(logits: torch.Tensor) -> str | None:
+    want = (EVAL_BATCH_SIZE, SEQ_LEN, VOCAB_SIZE)
+    if tuple(logits.shape) != want:
+        return f"model output has shape {list(logits.shape)}, expected {list(want)}"
+    if not torch.isfinite(logits).all():
+        return "model output has non-finite logits"
+    return None
+
+
+def bits_per_byte(
+    model, tokens: np.ndarray, token_bytes: torch.Tensor, device: torch.device
+) -> tuple[float, int]:
+    """Summed cross-entropy (nats) over summed target bytes, in bits; zero-byte targets skipped.
+
+    Scores the first EVAL_TOKENS tokens (fewer only if the split is smaller) as independent rows
+    of SEQ_LEN; returns (bits per byte, tokens scored).
+    """
+    n_rows = min(EVAL_TOKENS, len(tokens) - 1) // SEQ_LEN
+    if n_rows < 1:
+        raise fail(
+            f"the split has {len(tokens)} tokens, fewer than one row of {SEQ_LEN}; run `{prepare_command()}`"
+        )
+    token_bytes = token_bytes.to(device)
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    nbytes = torch.zeros((), dtype=torch.float64, device=device)
+    for first in range(0, n_rows, EVAL_BATCH_SIZE):
+        count = min(EVAL_BATCH_SIZE, n_rows - first)
+        chunk = _rows(tokens, first, count, device)
+        logits = _forward(model, chunk[:, :-1])
+        problem = _check_logits(logits)
+        if problem:
+            raise InvalidModel(problem)
+        y = chunk[:count, 1:].reshape(-1)
+        loss = F.cross_entropy(logits[:count].reshape(-1, VOCAB_SIZE), y, reduction="none")
+        weight = token_bytes[y]
+        nats += (loss.double() * (weight > 0)).sum()
+        nbytes += weight.sum()
+    return (nats / (math.log(2) * nbytes)).item(), n_rows * SEQ_LEN
+
+
+class InvalidModel(Exception):
+    """The exported model breaks a rule of the evaluation (causality, output shape, finiteness)."""
+
+
+def causality_violation(model, tokens: np.ndarray, device: torch.device) -> str | None:
+    """None if predictions at position t depend only on tokens 0..t of their own row.
+
+    Each trial keeps the prefix 0..t of one row, replaces everything else in the batch (the rest of
+    that row and all other rows, which hold the following val text) by random tokens, and compares
+    the logits at positions 0..t with those of the untouched batch.
+    """
+    rng = np.random.default_rng(0)
+    x = _rows(tokens, 0, EVAL_BATCH_SIZE, device)[:, :-1]
+    base = _forward(model, x)
+    problem = _check_logits(base)
+    if problem:
+        raise InvalidModel(problem)
+    tol = 1e-3 * (1.0 + base.abs().max().item())
+    for t in [SEQ_LEN // 2, *rng.integers(SEQ_LEN - 1, size=CAUSAL_TRIALS)][:CAUSAL_TRIALS]:
+        row = int(rng.integers(EVAL_BATCH_SIZE))
+        other = torch.from_numpy(rng.integers(0, VOCAB_SIZE, size=x.shape)).to(device)
+        other[row, : t + 1] = x[row, : t + 1]
+        diff = (_forward(model, other)[row, : t + 1] - base[row, : t + 1]).abs().max().item()
+        if not diff <= tol:
+            return f"logits at positions <= {t} changed by {diff:.3g} when only later tokens or other rows changed"
+    return None
+
+
+def _write_metrics(run_dir: Path, metrics: dict) -> None:
+    tmp = run_dir / (METRICS_FILE + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=1))
+    os.replace(tmp, run_dir / METRICS_FILE)
+
+
+def evaluate(run_dir: Path, started: float) -> int:
+    """The frozen evaluation: metrics.json with val_bpb, holdout_bpb and causality; the exit code."""
+    metrics_path = run_dir / METRICS_FILE
+    if metrics_path.exists():
+        # Written by someone other than this evaluation: keep it aside, never read it as a result.
+        os.replace(metrics_path, run_dir / "metrics.preexisting.json")
+        _write_metrics(run_dir, {"invalid": "metrics.json existed before evaluation", "causal": False})
+        print("invalid: metrics.json existed before evaluation (kept as metrics.preexisting.json)")
+        return EXIT_INVALID
+    meta_path = run_dir / EXPORT_META
+    if not meta_path.exists() or not (run_dir / EXPORT_FILE).exists():
+        raise fail(f"no exported model in {run_dir}: train.py must end with prepare.finish(model, summary)")
+    meta = json.loads(meta_path.read_text())
+    device = _eval_device(meta)
+    torch.set_grad_enabled(False)
+    warnings.filterwarnings("ignore", message="The given buffer is not writable")  # torch.export.load
+    model = torch.export.load(str(run_dir / EXPORT_FILE)).module()
+    if meta.get("autocast") == "bfloat16":
+        model = _Autocast(model)
+    token_bytes = get_tokenizer().token_bytes
+    val, holdout = load_split("val"), load_split("holdout")
+    try:
+        problem = causality_violation(model, val, device)
+        if problem:
+            raise InvalidModel(f"model is not causal: {problem}")
+        val_bpb, n_tokens = bits_per_byte(model, val, token_bytes, device)
+        holdout_bpb, _ = bits_per_byte(model, holdout, token_bytes, device)
+    except InvalidModel as exc:
+        verdict = {"invalid": str(exc)}
+        if str(exc).startswith("model is not causal"):
+            verdict["causal"] = False
+        _write_metrics(run_dir, verdict)
+        print(f"invalid: {exc}")
+        return EXIT_INVALID
+    seconds = time.perf_counter() - started
+    metrics = {
+        "val_bpb": val_bpb,
+        "holdout_bpb": holdout_bpb,
+        "causal": True,
+        "eval_seconds": round(seconds, 3),
+        "eval_tokens": n_tokens,
+    }
+    _write_metrics(run_dir, metrics)
+    print(f"val_bpb: {val_bpb:.6f}")
+    print(f"eval_seconds: {seconds:.2f}")
+    return 0
