@@ -22,8 +22,10 @@ from nightlab.session import Session
 
 try:  # mcp 2.x renamed FastMCP to MCPServer
     from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
 except ImportError:  # pragma: no cover - mcp 1.x
     from mcp.server.fastmcp import FastMCP as MCPServer
+    from mcp.server.fastmcp.exceptions import ToolError
 
 INSTRUCTIONS = """\
 nightlab runs machine-learning experiments for you under a fixed budget and keeps a change only
@@ -177,11 +179,11 @@ def build_server(root: Path, tag: str | None = None) -> MCPServer:
 
 
 def _guard(call):
-    """A user error becomes a tool error with its one-line message (the client shows it)."""
+    """A user error becomes a tool error with its one-line message (the client shows it to the model)."""
     try:
         return call()
     except UserError as exc:
-        raise ValueError(str(exc)) from None
+        raise ToolError(str(exc)) from None
 
 
 def serve(root: Path, tag: str | None = None) -> None:

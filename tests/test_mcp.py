@@ -1,0 +1,113 @@
+"""`nightlab mcp`: the official SDK's client spawns the server over stdio and does research with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+from helpers import make_workspace
+
+LR_OLD = "LR = 0.1  # learning rate: best at 0.3"
+LR_NEW = "LR = 0.3  # learning rate: best at 0.3"
+
+
+def text_of(result) -> str:
+    return "".join(getattr(c, "text", "") for c in result.content)
+
+
+def is_error(result) -> bool:
+    return bool(getattr(result, "is_error", None) or getattr(result, "isError", None))
+
+
+def data_of(result):
+    """A tool's structured result, whichever way the SDK version hands it over."""
+    structured = getattr(result, "structuredContent", None) or getattr(result, "structured_content", None)
+    if structured is not None:
+        return structured.get("result", structured)
+    return json.loads(text_of(result))
+
+
+async def session_run(root: Path, steps) -> None:
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "nightlab.cli", "mcp", str(root)],
+        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")},
+    )
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        await steps(session)
+
+
+@pytest.mark.slow
+def test_an_mcp_client_reads_the_state_runs_experiments_and_reads_the_report(tmp_path):
+    root = make_workspace(tmp_path / "ws")
+    seen: dict = {}
+
+    async def steps(session: ClientSession) -> None:
+        tools = await session.list_tools()
+        seen["tools"] = sorted(t.name for t in tools.tools)
+        seen["state"] = data_of(await session.call_tool("state", {}))
+        seen["file"] = text_of(await session.call_tool("read_file", {"path": "train.py"}))
+        seen["frozen"] = await session.call_tool("read_file", {"path": "evaluate.py"})
+        seen["keep"] = text_of(
+            await session.call_tool(
+                "run_experiment",
+                {
+                    "description": "LR 0.1 -> 0.3",
+                    "hypothesis": "LR is below its optimum",
+                    "edits": [{"path": "train.py", "search": LR_OLD, "replace": LR_NEW}],
+                },
+            )
+        )
+        whole = seen["file"].replace(LR_OLD, LR_NEW).replace("WIDTH = 64 ", "WIDTH = 4 ")
+        seen["discard"] = text_of(
+            await session.call_tool(
+                "run_experiment",
+                {"description": "WIDTH 64 -> 4", "edits": [{"path": "train.py", "content": whole}]},
+            )
+        )
+        seen["outside"] = text_of(
+            await session.call_tool(
+                "run_experiment",
+                {"description": "cheat", "edits": [{"path": "evaluate.py", "content": "print(0)\n"}]},
+            )
+        )
+        seen["history"] = data_of(await session.call_tool("history", {"limit": 10}))
+        seen["best_file"] = text_of(await session.call_tool("read_file", {"path": "train.py"}))
+        seen["report"] = text_of(await session.call_tool("report", {}))
+
+    anyio.run(session_run, root, steps)
+
+    assert seen["tools"] == ["history", "read_file", "report", "run_experiment", "state"]
+    state = seen["state"]
+    assert state["metric"] == "val_loss" and state["direction"] == "minimize"
+    assert state["best"]["id"] == 1 and state["noise_sd"] is not None  # the baseline ran first
+    assert state["editable"] == ["train.py"]
+    assert LR_OLD in seen["file"]
+    assert is_error(seen["frozen"]) and "not an editable file" in text_of(seen["frozen"])
+
+    assert seen["keep"].startswith("---\n") and "decision:   keep" in seen["keep"]
+    assert "decision:   discard" in seen["discard"]
+    assert "decision:   invalid" in seen["outside"] and "evaluate.py is frozen" in seen["outside"]
+    assert [(h["description"], h["decision"]) for h in seen["history"]] == [
+        ("baseline", "baseline"),
+        ("LR 0.1 -> 0.3", "keep"),
+        ("WIDTH 64 -> 4", "discard"),
+        ("cheat", "invalid"),
+    ]
+    assert LR_NEW in seen["best_file"] and "WIDTH = 64 " in seen["best_file"]
+    assert "Kept changes" in seen["report"] and "LR 0.1 -> 0.3" in seen["report"]
+
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    agents = [r[0] for r in con.execute("SELECT agent FROM experiments WHERE kind = 'candidate' ORDER BY id")]
+    con.close()
+    assert agents == ["mcp", "mcp", "mcp"]
+    assert (root / "train.py").read_text().count(LR_OLD) == 1  # the user's files are never written
