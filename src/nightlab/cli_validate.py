@@ -1,0 +1,204 @@
+"""``nightlab validate`` and ``nightlab ablate``: the commands, their tables and their JSON.
+
+Thin like cli.py: parse, call :mod:`nightlab.validate` / :mod:`nightlab.ablate`, print. Progress
+lines go to stderr, so ``--json`` output on stdout stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from nightlab.executor.base import RunStatus
+from nightlab.runner import Replicate
+from nightlab.study import Arm
+
+console = Console()
+err_console = Console(stderr=True)
+_VERDICT_STYLE = {"transfers": "bold green", "does not transfer": "bold red", "inconclusive": "yellow"}
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``validate`` and ``ablate`` to the ``nightlab`` command."""
+    app.command("validate")(validate)
+    app.command("ablate")(ablate)
+
+
+def _progress(quiet: bool):  # noqa: ANN202 - a RunCallback
+    def on_run(arm: Arm, index: int, rep: Replicate) -> None:
+        if quiet:
+            return
+        r = rep.result
+        value = f"{rep.metric:.6g}" if rep.metric is not None else "-"
+        why = f" ({r.reason})" if r.status is not RunStatus.OK and r.reason else ""
+        err_console.print(
+            f"  {arm.label}, seed {index + 1}: {r.status.value} {value} in {r.total_seconds:.1f}s{why}",
+            markup=False,
+            highlight=False,
+        )
+
+    return on_run
+
+
+def validate(
+    directory: Path = typer.Argument(Path("."), help="The research workspace."),
+    scale: str = typer.Option(
+        None, "--scale", help="A [scales.NAME] of nightlab.toml (default: the research scale)."
+    ),
+    a: str = typer.Option(None, "--a", help="Side A revision (default: the research branch's start)."),
+    b: str = typer.Option(None, "--b", help="Side B revision (default: the research branch's best)."),
+    seeds: int = typer.Option(3, "--seeds", min=2, help="Runs per side (same seeds for both)."),
+    tag: str = typer.Option(None, "--tag", help="Research branch nightlab/<tag> (default: last used)."),
+    margin: float = typer.Option(
+        None, "--margin", help="Smallest gain that matters, metric units (default: 1/4 of the research gain)."
+    ),
+    time_to_target: bool = typer.Option(
+        False, "--time-to-target", help="Also measure each side's training time to reach a target value."
+    ),
+    target: float = typer.Option(
+        None, "--target", help="The target value (default: side A's mean at the budget)."
+    ),
+    eval_interval: float = typer.Option(
+        None, "--eval-interval", min=0.0, help="Seconds of training between periodic evaluations (curves)."
+    ),
+    cap: float = typer.Option(2.0, "--cap", help="Time-to-target runs stop at this multiple of the budget."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Compare two commits at a named scale, interleaved runs with shared seeds; a verdict per metric."""
+    from nightlab.session import open_session
+    from nightlab.validate import ValidateOptions, run_validation
+
+    session = open_session(directory, tag=tag)
+    options = ValidateOptions(
+        scale=scale, a=a, b=b, seeds=seeds, margin=margin, time_to_target=time_to_target,
+        target=target, eval_interval=eval_interval or None, cap=cap,
+    )  # fmt: skip
+    if not as_json:
+        err_console.print(
+            f"nightlab validate: {session.root}, scale {scale or '(research scale)'}, {seeds} seeds"
+        )
+    report = run_validation(session, options, on_run=_progress(as_json))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        return
+    _print_validation(report)
+
+
+def _num(value: float | None, digits: int = 6) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _print_validation(report) -> None:  # noqa: ANN001 - a ValidationReport
+    where = f"scale {report.scale}" if report.scale else "the research scale"
+    table = Table(title=f"nightlab validate at {where}: A = {report.a.rev}, B = {report.b.rev}")
+    for col in (
+        "metric",
+        "A mean ± sd",
+        "B mean ± sd",
+        "Δ (B − A)",
+        f"{report.confidence:.0%} CI",
+        "p",
+        "verdict",
+    ):
+        table.add_column(col)
+    for c in report.comparisons:
+        ci = f"{_num(c.ci_low)} … {_num(c.ci_high)}" if c.ci_low is not None else "—"
+        table.add_row(
+            c.name,
+            f"{_num(c.mean_a)} ± {_num(c.sd_a, 4)} ({len(c.values_a)})",
+            f"{_num(c.mean_b)} ± {_num(c.sd_b, 4)} ({len(c.values_b)})",
+            "—" if c.difference is None else f"{c.difference:+.6f}",
+            ci,
+            "—" if c.p_value is None else f"{c.p_value:.2g}",
+            Text(c.verdict, style=_VERDICT_STYLE.get(c.verdict, "")),
+        )
+    if report.comparisons:
+        console.print(table)
+        for c in report.comparisons:
+            console.print(f"{c.name}: {c.verdict}, {c.note}", markup=False, highlight=False)
+    if report.research_gain is not None:
+        console.print(f"gain measured during research: {report.research_gain:.6g}", highlight=False)
+    if report.target is not None:
+        t = report.target
+        console.print(
+            f"time to {report.metric_name} {'≤' if report.direction == 'minimize' else '≥'} {t.target:.6g} "
+            f"({t.target_source}; evaluated every {t.interval:g} s, cap {t.cap:g}x the budget):",
+            highlight=False,
+        )
+        for sp in (t.time, t.tokens):
+            if sp is None:
+                continue
+            ci = (
+                f" ({report.confidence:.0%} CI {sp.ci_low:+.0%} … {sp.ci_high:+.0%}, p={sp.p_value:.2g})"
+                if sp.ci_low is not None
+                else ""
+            )
+            console.print(f"  {sp.quantity}: {sp.text}{ci}", markup=False, highlight=False)
+        for warning in t.warnings:
+            console.print(f"  warning: {warning}", markup=False, highlight=False)
+    for side, text in report.failures.items():
+        console.print(f"{side}: {text}", markup=False, highlight=False)
+    if report.plot:
+        console.print(f"plot: {report.plot}", highlight=False)
+
+
+def ablate(
+    directory: Path = typer.Argument(Path("."), help="The research workspace."),
+    seeds: int = typer.Option(3, "--seeds", min=2, help="Runs of the best and of each variant (same seeds)."),
+    apply: bool = typer.Option(
+        False, "--apply", help="Drop the candidates on the research branch after a confirming run."
+    ),
+    tag: str = typer.Option(None, "--tag", help="Research branch nightlab/<tag> (default: last used)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Leave each kept change out of the best; report each one's contribution and what to drop."""
+    from nightlab.ablate import run_ablation
+    from nightlab.session import open_session
+
+    session = open_session(directory, tag=tag, must_exist=True)
+    if not as_json:
+        err_console.print(f"nightlab ablate: {session.root}, nightlab/{session.tag}, {seeds} seeds")
+    report = run_ablation(session, seeds=seeds, apply=apply, on_run=_progress(as_json))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        return
+    _print_ablation(report)
+
+
+def _print_ablation(report) -> None:  # noqa: ANN001 - an AblationReport
+    full = report.full_values
+    mean_full = sum(full) / len(full) if full else None
+    table = Table(title=f"nightlab ablate: best #{report.best_id} ({report.metric_name} {_num(mean_full)})")
+    for col in ("change", "contribution", f"{report.confidence:.0%} CI", "p", "lines", "status"):
+        table.add_column(col, overflow="fold")
+    for c in report.contributions:
+        interval = c.interval
+        table.add_row(
+            Text(f"#{c.change.experiment_id} {c.change.description}"),
+            "—" if c.value is None else f"{c.value:+.6f}",
+            "—" if interval is None else f"{interval[0]:+.6f} … {interval[1]:+.6f}",
+            "—" if c.comparison is None or c.comparison.p_value is None else f"{c.comparison.p_value:.2g}",
+            f"{c.change.net_lines:+d}",
+            Text(c.status, style="green" if c.status == "earns its place" else "yellow"),
+        )
+    console.print(table)
+    console.print(
+        "contribution: how much better the best is with the change than without it (positive helps)"
+    )
+    drop = report.drop_candidates
+    if drop:
+        names = ", ".join(f"#{c.change.experiment_id}" for c in drop)
+        console.print(f"candidates to drop (not shown to earn their place): {names}", highlight=False)
+    else:
+        console.print("every measured change earns its place")
+    if report.applied is not None:
+        console.print(report.applied.reason, markup=False, highlight=False)
+    for note in report.notes:
+        console.print(note, markup=False, highlight=False)
+    if report.plot:
+        console.print(f"plot: {report.plot}", highlight=False)

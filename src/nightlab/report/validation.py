@@ -1,0 +1,210 @@
+"""Figures of the side studies: ``validation.png`` (learning curves) and ``ablation.png`` (bars).
+
+Both are drawn from the ledger and the run directories alone, so ``nightlab report`` redraws
+them at any time (:func:`write_study_plots`), as ``nightlab validate`` and ``nightlab ablate``
+do when they finish.
+
+The learning curves come from each run's ``curve.jsonl`` (periodic evaluations, see
+:mod:`nightlab.time_to_target`); runs without one fall back to the training loss their log
+prints (``step N | loss X``), so a plain fixed-budget validation still shows how each side
+learned. The frozen evaluation's final value of every run is a dot at the run's end.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+
+from nightlab.metrics import Direction  # noqa: E402
+from nightlab.runner import TRAIN_LOG  # noqa: E402
+from nightlab.time_to_target import read_curve  # noqa: E402
+
+if TYPE_CHECKING:
+    from nightlab.ledger import ExperimentRow, Ledger
+    from nightlab.session import Session
+
+SIDE_COLOURS = {"A": "#7f8c8d", "B": "#2e86de"}
+HELPS_GREEN, DROP_GREY, FAIL_RED = "#27ae60", "#bbbbbb", "#e74c3c"
+_LOG_LOSS = re.compile(r"step\s+(\d+)\b.*?\bloss\s+([-+0-9.eE]+)")
+
+
+def study_experiments(ledger: Ledger, kind: str, study: str | None = None) -> list[ExperimentRow]:
+    """The experiments of one side study (the latest of ``kind`` when ``study`` is None)."""
+    rows = ledger.experiments(kind=kind)
+    if study is None:
+        studies = [e.meta.get("study") for e in rows if e.meta.get("study")]
+        if not studies:
+            return []
+        study = studies[-1]
+    return [e for e in rows if e.meta.get("study") == study]
+
+
+def _log_curve(run_dir: Path) -> list[tuple[float, float]]:
+    """(step, training loss) pairs a template-style log prints."""
+    path = run_dir / TRAIN_LOG
+    if not path.is_file():
+        return []
+    return [
+        (float(m.group(1)), float(m.group(2))) for m in _LOG_LOSS.finditer(path.read_text(errors="replace"))
+    ]
+
+
+def plot_validation(
+    ledger: Ledger, study: str, path: Path, metric_name: str, direction: Direction | str = Direction.MINIMIZE
+) -> Path:
+    """Draw both sides' learning curves of validation study ``study`` to ``path`` (PNG)."""
+    experiments = study_experiments(ledger, "validate", study)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    curves: list[tuple[str, str, list[tuple[float, float]]]] = []  # side, mode, points
+    log_curves: list[tuple[str, list[tuple[float, float]]]] = []
+    finals: list[tuple[str, float, float]] = []  # side, training seconds, final metric
+    target = None
+    for e in experiments:
+        side, mode = e.meta.get("side", "?"), e.meta.get("mode", "budget")
+        target = e.meta.get("target", target)
+        for run in ledger.runs(e.id):
+            if not run.run_dir:
+                continue
+            run_dir = Path(run.run_dir)
+            points = read_curve(run_dir, metric_name)
+            if points:
+                curves.append((side, mode, [(p.training_seconds, p.value) for p in points]))
+            elif run.status == "ok":
+                log_curves.append((side, _log_curve(run_dir)))
+            if run.status == "ok" and run.metric is not None and run.training_seconds is not None:
+                finals.append((side, run.training_seconds, run.metric))
+
+    scale = next((e.meta.get("scale") for e in experiments if e.meta.get("scale")), None)
+    better = "lower" if Direction(direction) is Direction.MINIMIZE else "higher"
+    use_log = not curves and any(points for _, points in log_curves)
+    fig, ax = plt.subplots(figsize=(11, 6))
+    try:
+        seen: set[str] = set()
+        if use_log:
+            for side, points in log_curves:
+                if points:
+                    label = None if side in seen else f"{side} (training loss, from the log)"
+                    seen.add(side)
+                    ax.plot(*zip(*points, strict=True), color=SIDE_COLOURS.get(side, "black"), alpha=0.6, lw=1.2,
+                            label=label)  # fmt: skip
+            ax.set_xlabel("step")
+            ax.set_ylabel("training loss")
+        else:
+            for side, mode, points in curves:
+                label = (
+                    None
+                    if (side, mode) in seen
+                    else f"{side} ({'to target' if mode != 'budget' else 'budget'})"
+                )
+                seen.add((side, mode))  # type: ignore[arg-type]
+                style = "-" if mode == "budget" else "--"
+                ax.plot(*zip(*points, strict=True), style, color=SIDE_COLOURS.get(side, "black"), alpha=0.7, lw=1.4,
+                        label=label)  # fmt: skip
+            for side in ("A", "B"):
+                mine = [(t, v) for s, t, v in finals if s == side]
+                if mine:
+                    ax.scatter(*zip(*mine, strict=True), color=SIDE_COLOURS[side], edgecolors="black", s=40,
+                               zorder=4, label=f"{side} final ({metric_name}, frozen evaluation)")  # fmt: skip
+            if target is not None:
+                ax.axhline(
+                    float(target), color="#c0392b", ls=":", lw=1.2, label=f"target {float(target):.4g}"
+                )
+            ax.set_xlabel("training seconds")
+            ax.set_ylabel(f"{metric_name} ({better} is better)")
+            if not curves:
+                ax.text(0.5, 0.95, "no curve.jsonl: run with --eval-interval to record learning curves",
+                        transform=ax.transAxes, ha="center", fontsize=9, color="#555555")  # fmt: skip
+        where = f"scale {scale}" if scale else "research scale"
+        ax.set_title(
+            f"nightlab validate ({where}): A = {_side_rev(experiments, 'A')}, B = {_side_rev(experiments, 'B')}"
+        )
+        ax.grid(True, alpha=0.2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _side_rev(experiments: list[ExperimentRow], side: str) -> str:
+    for e in experiments:
+        if e.meta.get("side") == side:
+            rev = e.meta.get(f"rev_{side.lower()}") or (e.commit or "")[:12]
+            return str(rev)[:40]
+    return "?"
+
+
+def plot_ablation(rows: list[dict], path: Path, metric_name: str, confidence: float = 0.95) -> Path:
+    """Bar chart of each change's contribution with its confidence interval, largest first.
+
+    ``rows`` are :meth:`nightlab.ablate.Contribution.to_dict` dicts (also stored in the ledger).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    measured = [r for r in rows if r.get("contribution") is not None]
+    unmeasured = [r for r in rows if r.get("contribution") is None]
+    fig, ax = plt.subplots(figsize=(11, 0.6 * max(3, len(rows)) + 1.5))
+    try:
+        labels, values, lows, highs, colours = [], [], [], [], []
+        for r in measured:
+            labels.append(_bar_label(r))
+            values.append(r["contribution"])
+            ci = r.get("ci") or [r["contribution"], r["contribution"]]
+            lows.append(r["contribution"] - ci[0])
+            highs.append(ci[1] - r["contribution"])
+            colours.append(HELPS_GREEN if r.get("status") == "earns its place" else DROP_GREY)
+        ys = list(range(len(measured)))
+        if measured:
+            ax.barh(ys, values, xerr=[lows, highs], color=colours, edgecolor="black", linewidth=0.5,
+                    capsize=4, error_kw={"elinewidth": 1})  # fmt: skip
+        for j, r in enumerate(unmeasured, start=len(measured)):
+            labels.append(_bar_label(r))
+            ys.append(j)
+            ax.text(0, j, f"  {r.get('status')}", va="center", fontsize=9, color=FAIL_RED)
+        ax.set_yticks(range(len(labels)), labels, fontsize=9)
+        ax.invert_yaxis()  # largest contribution on top
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel(f"contribution to {metric_name} (how much worse the best is without it; "
+                      f"{confidence:.0%} CI)")  # fmt: skip
+        ax.set_title("nightlab ablate: green earns its place, grey is a candidate to drop")
+        ax.grid(True, axis="x", alpha=0.2)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _bar_label(row: dict) -> str:
+    text = " ".join(str(row.get("description") or "").split())
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"#{row.get('id')} {text}"
+
+
+def write_study_plots(session: Session) -> dict[str, Path]:
+    """Redraw the latest validation and ablation figures under ``.nightlab/`` (for ``nightlab report``)."""
+    ledger, state = session.ledger, session.workspace.state_dir
+    metric = session.config.metric
+    out: dict[str, Path] = {}
+    validation = study_experiments(ledger, "validate")
+    if validation:
+        study = validation[0].meta["study"]
+        out["validation"] = plot_validation(
+            ledger, study, state / "validation.png", metric.name, metric.direction
+        )
+    full = [e for e in study_experiments(ledger, "ablate") if e.meta.get("contributions") is not None]
+    if full:
+        rows = full[-1].meta["contributions"]
+        out["ablation"] = plot_ablation(
+            rows, state / "ablation.png", metric.name, session.config.policy.confidence
+        )
+    return out
