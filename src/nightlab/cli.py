@@ -144,7 +144,7 @@ def show_space(directory: Path = DirArg) -> None:
 
 
 # Command groups that live in their own modules; each exposes ``register(app)``.
-_EXTENSIONS: tuple[str, ...] = ("nightlab.cli_agents",)
+_EXTENSIONS: tuple[str, ...] = ("nightlab.cli_agents", "nightlab.cli_validate")
 
 
 def _register_extensions() -> None:
@@ -176,6 +176,13 @@ def _write_reports(session, quiet: bool) -> dict[str, Path]:
     except Exception as exc:  # noqa: BLE001 - a plotting problem must not hide the results
         if not quiet:
             err_console.print(f"warning: could not draw progress.png ({exc})")
+    try:  # validate/ablate figures (validation.png, ablation.png), when those studies ran
+        from nightlab.report.validation import write_study_plots
+
+        paths.update(write_study_plots(session))
+    except Exception as exc:  # noqa: BLE001 - a plotting problem must not hide the results
+        if not quiet:
+            err_console.print(f"warning: could not draw the validation/ablation figures ({exc})")
     try:
         from nightlab.report.html import write_html_report
 
