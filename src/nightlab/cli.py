@@ -218,7 +218,7 @@ def _print_status_table(data: dict, metric_name: str) -> None:
             f"{spread:.4f}" if isinstance(spread, (int, float)) else "",
             str(e.get("runs") or 0),
             str(e.get("description") or ""),
-            str(e.get("reason") or ""),
+            str(e.get("reason") or "") + "".join(f" (audit: {a})" for a in e.get("audit") or []),
         )
     console.print(table)
     best = data.get("best")

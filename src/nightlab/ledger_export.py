@@ -102,6 +102,8 @@ def _summary(ledger: Ledger, e: ExperimentRow) -> dict:
         "p_value": e.p_value,
         "description": e.description,
         "reason": e.reason,
+        # Why the diff audit flagged it ([audit] mode = "mark"); None when it was not flagged.
+        "audit": e.meta.get("audit") if isinstance(e.meta, dict) else None,
         "created_at": e.created_at,
         "finished_at": e.finished_at,
     }
