@@ -1,0 +1,139 @@
+"""The two baselines of ``search_efficiency.py``, as agents over the search agent's own space.
+
+Random search and plain Optuna TPE (ask-and-tell, default settings, no incumbent logic) see
+exactly the knobs and domains the search agent sees (:func:`~nightlab.agents.space.build_space`),
+so a comparison measures the strategy, not the space. Both follow the Agent protocol, so the
+harness's loop can run them too (see ``run_on_cpu_template``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import optuna
+
+from nightlab.agents.base import Context, Edit, HistoryEntry, Proposal
+from nightlab.agents.space import Domain, Space, build_space
+from nightlab.config import Config
+from nightlab.knobs import set_knobs
+
+
+class RandomAgent:
+    """Uniform random configurations over the search agent's domains, never repeating one."""
+
+    name = "random"
+
+    def __init__(self, config: Config, seed: int) -> None:
+        self.agent_config = config.agent
+        self.rng = np.random.default_rng(seed)
+        self.tried: set[tuple] = set()
+        self.space: Space | None = None
+
+    def observe(self, entry: HistoryEntry) -> None:
+        pass
+
+    def propose(self, context: Context) -> Proposal | None:
+        # Domains from the first files seen (the baseline), as the search agent infers them.
+        self.space = self.space or build_space(context.files, self.agent_config)
+        space = self.space
+        for _ in range(1000):
+            config = space.with_dims(
+                space.current(), {i: _uniform(d.domain, self.rng) for i, d in enumerate(space.dims)}
+            )
+            if space.key(config) not in self.tried:
+                self.tried.add(space.key(config))
+                return _whole_config_proposal(space, context.files, config, "random")
+        return None
+
+
+class TPEAgent:
+    """Optuna's TPE sampler over the same space through ask-and-tell, with no incumbent logic."""
+
+    name = "tpe"
+
+    def __init__(self, config: Config, seed: int) -> None:
+        self.agent_config = config.agent
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+        self.asked: dict[int, Any] = {}
+        self.told: set[int] = set()
+        self.space: Space | None = None
+
+    def propose(self, context: Context) -> Proposal | None:
+        self.space = self.space or build_space(context.files, self.agent_config)
+        distributions = {d.key: _optuna_distribution(d.domain) for d in self.space.dims}
+        trial = self.study.ask(distributions)
+        changes = {i: _from_optuna(d.domain, trial.params[d.key]) for i, d in enumerate(self.space.dims)}
+        config = self.space.with_dims(self.space.current(), changes)
+        proposal = _whole_config_proposal(self.space, context.files, config, "tpe")
+        proposal.meta["trial"] = trial.number
+        self.asked[trial.number] = trial
+        return proposal
+
+    def observe(self, entry: HistoryEntry) -> None:
+        number = entry.meta.get("trial")
+        if entry.decision == "baseline" and self.space is not None:
+            return
+        if number is None or number in self.told:
+            return
+        self.told.add(number)
+        if entry.status == "ok" and entry.metric is not None:
+            self.study.tell(number, entry.metric)
+        else:
+            self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+    def tell_baseline(self, space: Space, value: float) -> None:
+        """The baseline as a finished trial, so TPE starts from the same knowledge."""
+        self.space = space
+        params = {
+            d.key: _to_optuna(d.domain, v)
+            for d, v in zip(space.dims, space.dim_values(space.current()), strict=True)
+        }
+        distributions = {d.key: _optuna_distribution(d.domain) for d in space.dims}
+        self.study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, value=value)
+        )
+
+
+def _uniform(domain: Domain, rng: np.random.Generator) -> Any:
+    if domain.categorical:
+        return domain.choices[int(rng.integers(len(domain.choices)))]
+    return domain.from_unit(float(rng.random()))
+
+
+def _optuna_distribution(domain: Domain) -> optuna.distributions.BaseDistribution:
+    if domain.categorical:
+        return optuna.distributions.CategoricalDistribution(list(domain.choices))
+    if domain.scale == "pow2" or (domain.scale == "int" and not domain.step):
+        return optuna.distributions.IntDistribution(int(domain.low), int(domain.high))
+    if domain.scale == "int":
+        return optuna.distributions.IntDistribution(int(domain.low), int(domain.high), step=int(domain.step))
+    if domain.scale == "log1m":  # searched as 1 - x on a log scale, like the search agent
+        return optuna.distributions.FloatDistribution(1 - domain.high, 1 - domain.low, log=True)
+    return optuna.distributions.FloatDistribution(domain.low, domain.high, log=domain.scale == "log")
+
+
+def _from_optuna(domain: Domain, value: Any) -> Any:
+    if domain.scale == "pow2":
+        return 2 ** int(value)
+    if domain.scale == "log1m":
+        return domain.snap(1 - value)
+    return value if domain.categorical else domain.snap(value)
+
+
+def _to_optuna(domain: Domain, value: Any) -> Any:
+    if domain.scale == "pow2":
+        return int(round(math.log2(value)))
+    if domain.scale == "log1m":
+        return 1 - value
+    return value
+
+
+def _whole_config_proposal(space: Space, files: dict[str, str], config: dict, agent: str) -> Proposal:
+    path = next(iter(space.knobs.values())).path
+    values = {k: v for k, v in config.items() if k in space.knobs and k not in space.pinned}
+    text = set_knobs(files[path], values, path)
+    meta = {"agent": agent, "knobs": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}}
+    return Proposal(description=f"{agent} configuration", edits=[Edit(path=path, replace=text)], meta=meta)
