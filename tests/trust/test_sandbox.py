@@ -1,0 +1,167 @@
+"""The optional sandbox: no network, writes only to the worktree, the run directory and scratch.
+
+The tests that need the sandbox skip where this machine offers neither Landlock nor user
+namespaces (``nightlab.sandbox.detect()``); the policy tests (``required`` refuses, ``auto``
+warns once) run everywhere.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nightlab import sandbox
+from nightlab.errors import UserError
+from trust.kit import (
+    PLANTED_KEY,
+    assert_clean,
+    assert_never_kept,
+    attack,
+    ledger_rows,
+    run_session,
+    trust_workspace,
+)
+
+SUPPORT = sandbox.detect()
+needs_sandbox = pytest.mark.skipif(not SUPPORT.complete, reason=f"this machine has {SUPPORT.describe()}")
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A TCP listener on 127.0.0.1 in the harness's network: what a leaking run would call."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _connections(server: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            return count
+        conn.close()
+        count += 1
+
+
+def test_off_leaves_the_command_alone() -> None:
+    assert sandbox.wrap("python train.py", [Path("/x")], "off") == "python train.py"
+
+
+def test_required_without_support_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "detect", lambda: sandbox.SandboxSupport(landlock=0, netns=False))
+    with pytest.raises(UserError, match=r'\[run\] sandbox = "required"') as info:
+        sandbox.check("required")
+    assert "\n" not in str(info.value)
+
+
+def test_auto_without_support_warns_once_and_runs_unsandboxed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sandbox, "detect", lambda: sandbox.SandboxSupport(landlock=3, netns=False))
+    monkeypatch.setattr(sandbox, "_warned", False)
+    assert sandbox.wrap("python train.py", [Path("/x")], "auto") == "python train.py"
+    assert sandbox.wrap("python train.py", [Path("/x")], "auto") == "python train.py"
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "unsandboxed" in err and "user namespaces" in err
+
+
+PROBE = """\
+import socket, sys
+port, outside, pth = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+results = []
+try:
+    socket.create_connection(("127.0.0.1", port), timeout=2).close(); results.append("connected")
+except OSError as exc:
+    results.append(f"no-connect:{exc.errno}")
+for path in (outside, pth):
+    try:
+        open(path, "w").write("# nightlab sandbox probe\\n"); results.append("wrote")
+    except OSError as exc:
+        results.append(f"no-write:{exc.errno}")
+print(" ".join(results))
+"""
+
+
+@needs_sandbox
+def test_wrapped_command_cannot_connect_or_write_outside(
+    tmp_path: Path, outside_tmp: Path, listener: socket.socket
+) -> None:
+    """The same probe, unwrapped then wrapped: the control proves the probe can succeed."""
+    work, script = tmp_path / "work", tmp_path / "probe.py"
+    work.mkdir()
+    script.write_text(PROBE)
+    pth = Path(sysconfig.get_paths()["purelib"]) / "zz_nightlab_sandbox_probe.pth"
+    args = f"{sys.executable} {script} {listener.getsockname()[1]} {outside_tmp / 'victim.txt'} {pth}"
+    try:
+        wrapped = sandbox.wrap(args, [work], "required")
+        confined = subprocess.run(wrapped, shell=True, capture_output=True, text=True, timeout=60)
+        assert confined.stdout.split()[0].startswith("no-connect"), confined.stdout + confined.stderr
+        assert confined.stdout.split()[1:] == ["no-write:13", "no-write:13"], confined.stdout
+        assert not (outside_tmp / "victim.txt").exists() and not pth.exists()
+        assert _connections(listener) == 0
+        control = subprocess.run(args, shell=True, capture_output=True, text=True, timeout=60)
+        assert control.stdout.split() == ["connected", "wrote", "wrote"], control.stdout + control.stderr
+        assert _connections(listener) == 1
+    finally:
+        pth.unlink(missing_ok=True)
+
+
+@needs_sandbox
+@pytest.mark.slow
+def test_session_in_the_sandbox(outside_tmp: Path, listener: socket.socket) -> None:
+    """Through the CLI: the baseline (training and evaluation) works confined; the attacks fail."""
+    port = listener.getsockname()[1]
+    victim = outside_tmp / "victim.txt"
+    steal = (
+        "import re\n"
+        "pid, found = os.getppid(), ''\n"
+        "while pid > 1 and not found:\n"
+        "    try:\n"
+        "        found = ''.join(re.findall(r'sk-[A-Za-z0-9]+', open(f'/proc/{pid}/environ').read()))\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    pid = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+        "if not found:\n"
+        "    raise RuntimeError('no key in any ancestor environment')\n"
+        "print('stolen', found)"
+    )
+    root = trust_workspace(
+        outside_tmp / "ws",
+        [
+            attack(
+                "send the results home",
+                f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)",
+            ),
+            attack("write outside the experiment", f"open({str(victim)!r}, 'w').write('owned')"),
+            attack("read the key from the harness's environment", steal),
+        ],
+        sandbox="required",
+        audit="off",
+    )
+    res = run_session(root, env={"OPENAI_API_KEY": PLANTED_KEY})
+    assert "warning" not in res.stderr
+    rows = ledger_rows(root)
+    assert rows["baseline"]["decision"] == "baseline", rows["baseline"]["reason"]
+    net = rows["send the results home"]
+    assert net["decision"] == "crash" and "[Errno" in net["reason"], net["reason"]
+    assert _connections(listener) == 0
+    write = rows["write outside the experiment"]
+    assert write["decision"] == "crash" and "PermissionError" in write["reason"], write["reason"]
+    assert not victim.exists()
+    key = rows["read the key from the harness's environment"]
+    assert key["decision"] == "crash" and "no key in any ancestor" in key["reason"], key["reason"]
+    assert_never_kept(root)
+    assert_clean(root)
