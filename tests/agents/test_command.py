@@ -157,3 +157,12 @@ def test_a_command_is_required(tmp_path):
     config.agent.command = None
     with pytest.raises(UserError, match=r'kind = "command" needs command'):
         CommandAgent(config, root)
+
+
+def test_an_edit_the_cli_committed_itself_is_still_the_proposal(tmp_path):
+    root = workspace_with(
+        tmp_path, f"{LR_SED}\ngit -c user.name=cli -c user.email=cli@x commit -qam 'LR up'\n"
+    )
+    proposal = CommandAgent(load_config(root), root).propose(context_of(root))
+    assert [e.path for e in proposal.edits] == ["train.py"] and "LR = 0.3" in proposal.edits[0].replace
+    assert "reverted" not in proposal.meta

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from nightlab.agents.base import Context, Edit, HistoryEntry, Proposal
 from nightlab.changes import line_counts
-from nightlab.config import CONFIG_NAME, Config
+from nightlab.config import CONFIG_NAME, Config, match_globs
 from nightlab.edits import path_matches
 from nightlab.errors import UserError
 from nightlab.executor.base import RunSpec, RunStatus
@@ -153,10 +153,14 @@ class CommandAgent:
     ) -> Proposal:
         editable, frozen = context.editable, self.config.target.frozen
         mine = [p for p in changed if p.rstrip("/") not in ours]
-        inside = [
+        in_scope = [
             p for p in mine if p != CONFIG_NAME and path_matches(p, editable) and not path_matches(p, frozen)
         ]
-        outside = [p.rstrip("/") for p in mine if p not in inside]
+        outside = [p.rstrip("/") for p in mine if p not in in_scope]
+        # Every editable file is compared too: a CLI that commits its work (Aider does by default)
+        # leaves a clean status, but its files still differ from the incumbent's.
+        present = [p for p in match_globs(tree, editable) if p != CONFIG_NAME and not path_matches(p, frozen)]
+        inside = sorted(set(in_scope) | set(present) | {p for p in context.files if p not in present})
         edits, deleted = [], []
         for path in inside:
             target = tree / path
