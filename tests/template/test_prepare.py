@@ -475,6 +475,55 @@ def test_finish_evaluates_in_a_child_process_unless_separate(workspace: Path, pr
     assert re.search(r"^val_bpb: \d+\.\d{6}$", evaluated.stdout, re.M)
 
 
+def test_sizes_toml_names_real_constants_and_ships_the_cpu_values(workspace: Path) -> None:
+    """`nightlab init --size` rewrites these literals: every name must exist, cpu must be as shipped."""
+    tomllib = pytest.importorskip("tomllib")
+    sizes = tomllib.loads((TEMPLATE / "sizes.toml").read_text())
+    text = (TEMPLATE / "prepare.py").read_text()
+    for size in ("cpu", "gpu"):
+        assert set(sizes[size]["prepare"]) == set(sizes["cpu"]["prepare"])
+        for name in sizes[size]["prepare"]:
+            assert re.search(rf"^{name} = [^#\n]+  # ", text, re.M), name
+    for name, value in sizes["cpu"]["prepare"].items():
+        literal = json.dumps(value) if isinstance(value, str) else repr(value)
+        assert re.search(rf"^{name} = {re.escape(literal)}  # ", text, re.M), name
+    config = tomllib.loads((TEMPLATE / "nightlab.toml").read_text())
+    assert config["budget"] == sizes["cpu"]["budget"]
+    assert sizes["gpu"]["prepare"]["EVAL_TOKENS"] % sizes["gpu"]["prepare"]["SEQ_LEN"] == 0
+
+
+def test_template_nightlab_toml_is_valid_and_freezes_every_frozen_file() -> None:
+    from nightlab.config import load_config
+
+    config = load_config(TEMPLATE)
+    assert config.target.editable == ["train.py"]
+    assert set(config.target.frozen) == set(FROZEN)
+    assert config.metric.holdout == "holdout_bpb" and config.budget.seconds == 60
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_export_evaluates_under_bf16_like_training(prep) -> None:
+    torch.manual_seed(0)
+    model = Bigram()
+    _export(prep, model.cuda())
+    meta = json.loads((prep.get_run_dir() / "model.json").read_text())
+    assert meta["device"] == "cuda"
+    assert meta["autocast"] == ("bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else None)
+    assert evaluate(prep.get_run_dir()) == 0
+    on_gpu = json.loads((prep.get_run_dir() / "metrics.json").read_text())["val_bpb"]
+    (prep.get_run_dir() / "metrics.json").unlink()
+    _export(prep, model.cpu())
+    assert evaluate(prep.get_run_dir()) == 0
+    on_cpu = json.loads((prep.get_run_dir() / "metrics.json").read_text())["val_bpb"]
+    assert on_gpu == pytest.approx(on_cpu, rel=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_train_loader(prep) -> None:
+    x, y = next(prep.make_train_loader(4, 32, device="cuda", seed=0))
+    assert x.is_cuda and y.is_cuda and torch.equal(x[:, 1:], y[:, :-1])
+
+
 # ---------------------------------------------------------------------------------------------
 # Real data: --data
 
