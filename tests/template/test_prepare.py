@@ -346,6 +346,11 @@ def test_uniform_model_scores_exactly_eight_bits_per_byte(prep) -> None:
     assert metrics["holdout_bpb"] == pytest.approx(8.0, abs=1e-6)
     assert metrics["causal"] is True and metrics["eval_tokens"] == prep.EVAL_TOKENS
     assert metrics["eval_seconds"] > 0
+    val_file, holdout_file = (prep.token_dir() / f"{s}.bin" for s in ("val", "holdout"))
+    assert (
+        metrics["data_sha256"]
+        == hashlib.sha256(val_file.read_bytes() + holdout_file.read_bytes()).hexdigest()
+    )
 
 
 def test_evaluator_matches_a_direct_computation(prep) -> None:
@@ -397,8 +402,7 @@ def test_preexisting_metrics_json_is_refused(prep) -> None:
     (run_dir / "metrics.json").write_text('{"val_bpb": 0.01}')
     assert evaluate(run_dir) == 5
     assert json.loads((run_dir / "metrics.json").read_text()) == {
-        "invalid": "metrics.json existed before evaluation",
-        "causal": False,
+        "invalid": "metrics.json existed before evaluation"
     }
     assert json.loads((run_dir / "metrics.preexisting.json").read_text()) == {"val_bpb": 0.01}
 

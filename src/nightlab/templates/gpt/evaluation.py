@@ -9,6 +9,7 @@ there makes the run invalid.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -136,6 +137,13 @@ def causality_violation(model, tokens: np.ndarray, device: torch.device) -> str 
     return None
 
 
+def _digest(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def _write_metrics(run_dir: Path, metrics: dict) -> None:
     tmp = run_dir / (METRICS_FILE + ".tmp")
     tmp.write_text(json.dumps(metrics, indent=1))
@@ -148,7 +156,7 @@ def evaluate(run_dir: Path, started: float) -> int:
     if metrics_path.exists():
         # Written by someone other than this evaluation: keep it aside, never read it as a result.
         os.replace(metrics_path, run_dir / "metrics.preexisting.json")
-        _write_metrics(run_dir, {"invalid": "metrics.json existed before evaluation", "causal": False})
+        _write_metrics(run_dir, {"invalid": "metrics.json existed before evaluation"})
         print("invalid: metrics.json existed before evaluation (kept as metrics.preexisting.json)")
         return EXIT_INVALID
     meta_path = run_dir / EXPORT_META
@@ -183,6 +191,8 @@ def evaluate(run_dir: Path, started: float) -> int:
         "causal": True,
         "eval_seconds": round(seconds, 3),
         "eval_tokens": n_tokens,
+        # The scored files live outside the workspace: the harness can check they never change.
+        "data_sha256": _digest(val, holdout),
     }
     _write_metrics(run_dir, metrics)
     print(f"val_bpb: {val_bpb:.6f}")

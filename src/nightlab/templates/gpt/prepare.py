@@ -60,7 +60,6 @@ EXIT_BAD_INPUT, EXIT_NAN, EXIT_OOM, EXIT_INVALID = 2, 3, 4, 5
 # ---------------------------------------------------------------------------------------------
 
 SPLITS = ("train", "val", "holdout")
-HERE = Path(__file__).resolve().parent
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> SystemExit:
@@ -113,7 +112,11 @@ def get_tokenizer() -> ByteTokenizer | BPETokenizer:
 
 
 def _expected_meta() -> dict:
-    return {"dataset": DATASET, "tokenizer": TOKENIZER, "vocab_size": VOCAB_SIZE, "eval_tokens": EVAL_TOKENS}
+    """What the prepared files depend on: a change to any of these rebuilds them."""
+    meta = {"dataset": DATASET, "tokenizer": TOKENIZER, "vocab_size": VOCAB_SIZE, "eval_tokens": EVAL_TOKENS}
+    if DATASET == "synthetic":
+        meta["train_bytes"] = SYNTHETIC_TRAIN_BYTES
+    return meta
 
 
 def data_ready(dataset: str | None = None) -> bool:
