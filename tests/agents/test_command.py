@@ -25,10 +25,13 @@ def workspace_with(tmp_path: Path, script: str, timeout: float = 60) -> Path:
     path = tmp_path / "cli.sh"
     path.write_text("set -e\n" + script)
     agent = f'kind = "command"\ncommand = "sh {path}"\ntimeout = {timeout}'
-    toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy").replace(
-        'kind = "replay"\nfile = "proposals.jsonl"', agent
+    toml = (
+        TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy")
+        .replace('kind = "replay"\nfile = "proposals.jsonl"', agent)
+        .replace('frozen = ["evaluate.py"]', 'frozen = ["evaluate.py", "prepare.py"]')
     )
-    return make_workspace(tmp_path / "ws", toml=toml, extra_files={"program.md": "Lower val_loss.\n"})
+    extra = {"program.md": "Lower val_loss.\n", "prepare.py": "MAX_SEQ_LEN = 256\n"}
+    return make_workspace(tmp_path / "ws", toml=toml, extra_files=extra)
 
 
 def context_of(root: Path) -> Context:
@@ -100,7 +103,7 @@ def test_changes_outside_the_editable_files_are_reverted_and_reported(tmp_path):
     root = workspace_with(
         tmp_path,
         f"{LR_SED}\n"
-        "echo 'print(0)' > evaluate.py\n"
+        "echo 'MAX_SEQ_LEN = 4' > prepare.py\n"
         "echo scratch > notes.txt\n"
         "echo 'thinking...'\n"
         "echo 'Description: LR up and a better evaluation'\n"
@@ -111,11 +114,11 @@ def test_changes_outside_the_editable_files_are_reverted_and_reported(tmp_path):
     assert [e.path for e in proposal.edits] == ["train.py"]
     assert proposal.edits[0].search is None and "LR = 0.3" in proposal.edits[0].replace
     assert proposal.description == "LR up and a better evaluation"
-    assert sorted(proposal.meta["reverted"]) == ["evaluate.py", "notes.txt"]
-    assert "also changed evaluate.py, notes.txt" in proposal.hypothesis
+    assert sorted(proposal.meta["reverted"]) == ["notes.txt", "prepare.py"]
+    assert "also changed notes.txt, prepare.py" in proposal.hypothesis
     assert "reverted" in proposal.hypothesis and proposal.hypothesis.startswith("both help")
     scratch = root / ".nightlab" / "worktrees" / str(SLOT)
-    assert (scratch / "evaluate.py").read_text() == (root / "evaluate.py").read_text()
+    assert (scratch / "prepare.py").read_text() == "MAX_SEQ_LEN = 256\n"
     assert not (scratch / "notes.txt").exists()
     assert git(root, "status", "--porcelain") == ""
 

@@ -170,7 +170,7 @@ class CommandAgent:
             text = target.read_text(errors="surrogateescape")
             if text != context.files.get(path):
                 edits.append(Edit(path=path, replace=text))
-        outside += [f"{p} (deleted)" for p in deleted]  # a deletion is not a proposal nightlab can make
+        outside = sorted(outside) + [f"{p} (deleted)" for p in deleted]  # nightlab cannot propose deletions
         log_text = _read(run_dir / "agent.log")
         written = _read(tree / PROPOSAL_FILE)
         description, hypothesis = _described(written) if written.strip() else ("", "")
