@@ -348,6 +348,17 @@ def test_restart_rebuilds_the_state_from_history() -> None:
         _finish_step(first, expected, also=reborn)
 
 
+def test_state_also_rebuilds_from_context_history_alone() -> None:
+    config = load_config(SYNTHETIC)
+    first = MiniLoop(SearchAgent(config), TRAIN, _synthetic_evaluate(seed=4))
+    for _ in range(10):
+        first.step()
+    context = first.context()
+    expected = first.agent.propose(context)
+    assert expected is not None
+    assert SearchAgent(config).propose(context).to_dict() == expected.to_dict()  # never observed
+
+
 def _finish_step(loop: MiniLoop, proposal: Proposal, also: Agent) -> None:
     new_text = _apply(loop.text, proposal)
     status, metric = loop.evaluate(knob_values(new_text))

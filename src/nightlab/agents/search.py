@@ -83,6 +83,9 @@ class SearchAgent:
             return self._propose(context)
 
     def _propose(self, context: Context) -> Proposal | None:
+        for entry in context.history:  # a caller may give the history here instead of observe()
+            if entry.id not in self.entries:
+                self.observe(entry)
         origin = self._origin(context.files)
         space = self._space(context.files, origin)
         if not space.dims:
