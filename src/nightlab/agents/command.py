@@ -32,7 +32,7 @@ from nightlab.changes import line_counts
 from nightlab.config import CONFIG_NAME, Config, match_globs
 from nightlab.edits import path_matches
 from nightlab.errors import UserError
-from nightlab.executor.base import RunSpec, RunStatus
+from nightlab.executor.base import RunResult, RunSpec, RunStatus
 from nightlab.executor.local import LocalExecutor
 from nightlab.workspace import Workspace
 
@@ -129,7 +129,7 @@ class CommandAgent:
             ours.add(PROGRAM_FILE)
         return ours
 
-    def _run(self, tree: Path, run_dir: Path):
+    def _run(self, tree: Path, run_dir: Path) -> RunResult:
         """The command in ``tree`` with the user's environment, bounded by ``[agent] timeout``."""
         spec = RunSpec(
             command=self.command,
@@ -149,37 +149,24 @@ class CommandAgent:
             executor.close()
 
     def _proposal(
-        self, tree: Path, context: Context, changed: list[str], ours: set[str], result, run_dir: Path
+        self,
+        tree: Path,
+        context: Context,
+        changed: list[str],
+        ours: set[str],
+        result: RunResult,
+        run_dir: Path,
     ) -> Proposal:
-        editable, frozen = context.editable, self.config.target.frozen
-        mine = [p for p in changed if p.rstrip("/") not in ours]
-        in_scope = [
-            p for p in mine if p != CONFIG_NAME and path_matches(p, editable) and not path_matches(p, frozen)
-        ]
-        outside = [p.rstrip("/") for p in mine if p not in in_scope]
-        # Every editable file is compared too: a CLI that commits its work (Aider does by default)
-        # leaves a clean status, but its files still differ from the incumbent's.
-        present = [p for p in match_globs(tree, editable) if p != CONFIG_NAME and not path_matches(p, frozen)]
-        inside = sorted(set(in_scope) | set(present) | {p for p in context.files if p not in present})
-        edits, deleted = [], []
-        for path in inside:
-            target = tree / path
-            if not target.is_file():
-                deleted.append(path)
-                continue
-            text = target.read_text(errors="surrogateescape")
-            if text != context.files.get(path):
-                edits.append(Edit(path=path, replace=text))
-        outside = sorted(outside) + [f"{p} (deleted)" for p in deleted]  # nightlab cannot propose deletions
+        """The edits the command left in the editable files, described, with what was reverted."""
+        edits, outside = self._edits(tree, context, changed, ours)
         log_text = _read(run_dir / "agent.log")
-        written = _read(tree / PROPOSAL_FILE)
-        description, hypothesis = _described(written) if written.strip() else ("", "")
+        description, hypothesis = _described(_read(tree / PROPOSAL_FILE))
         if not description:
             description, spoken = _described(log_text, last=True)
             hypothesis = hypothesis or spoken
-        new_files = {**context.files, **{e.path: e.replace for e in edits}}
-        added, removed = line_counts(context.files, new_files)
         if not description:
+            new_files = {**context.files, **{e.path: e.replace for e in edits}}
+            added, removed = line_counts(context.files, new_files)
             names = ", ".join(e.path for e in edits) or "nothing"
             description = f"command agent: edited {names} (+{added} -{removed} lines)"
         if outside:
@@ -193,7 +180,6 @@ class CommandAgent:
             "status": result.status.value,
             "seconds": round(result.total_seconds, 1),
             "log": str(run_dir / "agent.log"),
-            "changed": [e.path for e in edits],
         }
         if outside:
             meta["reverted"] = outside
@@ -203,7 +189,34 @@ class CommandAgent:
         elif result.status is not RunStatus.OK and not edits:
             tail = log_text[-300:].strip().replace("\n", " | ")
             meta["invalid"] = f"the command failed ({result.reason or result.status.value}): {tail}"
+        # An error exit with edits in place (e.g. a CLI that ran out of turns) still proposes them.
+        meta["changed"] = [e.path for e in edits]
         return Proposal(description=description, edits=edits, hypothesis=hypothesis, meta=meta)
+
+    def _edits(
+        self, tree: Path, context: Context, changed: list[str], ours: set[str]
+    ) -> tuple[list[Edit], list[str]]:
+        """Whole-file edits of the changed editable files, and the other paths it touched (sorted)."""
+        editable, frozen = context.editable, self.config.target.frozen
+
+        def in_scope(path: str) -> bool:
+            return path != CONFIG_NAME and path_matches(path, editable) and not path_matches(path, frozen)
+
+        mine = [p.rstrip("/") for p in changed if p.rstrip("/") not in ours]
+        outside = sorted(p for p in mine if not in_scope(p))
+        # Every editable file is compared, not only those git reports: a CLI that commits its
+        # work (Aider does by default) leaves a clean status, but its files still differ.
+        present = [p for p in match_globs(tree, editable) if in_scope(p)]
+        edits: list[Edit] = []
+        for path in sorted({*present, *(p for p in mine if in_scope(p)), *context.files}):
+            target = tree / path
+            if not target.is_file():
+                outside.append(f"{path} (deleted)")  # nightlab proposes changes, not deletions
+                continue
+            text = target.read_text(errors="surrogateescape")
+            if text != context.files.get(path):
+                edits.append(Edit(path=path, replace=text))
+        return edits, outside
 
 
 def _read(path: Path) -> str:
