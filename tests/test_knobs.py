@@ -181,6 +181,23 @@ def test_unknown_knob_is_a_user_error() -> None:
         set_knobs(KARPATHY_STYLE, {"DEPHT": 4})
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DEPTH", "big", r"DEPTH is a int knob \(8\); cannot set it to 'big'"),
+        ("WINDOW_PATTERN", 3, r"WINDOW_PATTERN is a str knob"),
+        ("MATRIX_LR", float("nan"), r"MATRIX_LR is a float knob"),
+        ("MATRIX_LR", True, r"MATRIX_LR is a float knob"),
+        ("ADAM_BETAS", (0.9, "x"), r"ADAM_BETAS is a tuple knob"),
+    ],
+)
+def test_a_value_of_another_kind_is_a_user_error(name: str, value: object, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        set_knobs(KARPATHY_STYLE, {name: value})
+    # numbers stay interchangeable: an int for a float knob is written as a float
+    assert "MATRIX_LR = 1.0 " in set_knobs(KARPATHY_STYLE, {"MATRIX_LR": 1})
+
+
 def test_crlf_and_unicode_lines_keep_offsets() -> None:
     src = '# ünïcödé header\r\nLR = 0.1  # lr\r\nNAME = "é"; DEPTH = 4\r\n'
     knobs = {k.name: k for k in find_knobs(src)}

@@ -121,18 +121,41 @@ def set_knobs(source: str, values: dict[str, KnobValue], path: str = "train.py")
     """``source`` with the named knobs' literals replaced; every other byte is unchanged.
 
     Raises :class:`UserError` for a name that is not a knob of the file, naming the knobs that
-    are, so a typo in ``[scales.*] constants`` or a stale proposal is caught before a run.
+    are, so a typo in ``[scales.*] constants`` or a stale proposal is caught before a run; and
+    for a value of another kind (a string for a number, a number for a bool, NaN), since the
+    script would then run with a type its author never wrote.
     """
     knobs = {k.name: k for k in find_knobs(source, path)}
     unknown = [name for name in values if name not in knobs]
     if unknown:
         known = ", ".join(knobs) or "none"
         raise UserError(f"{path}: no knob named {', '.join(unknown)} (knobs found: {known})")
+    for name, value in values.items():
+        problem = _incompatible(knobs[name], value)
+        if problem:
+            raise UserError(f"{path}: {name} is {problem}; cannot set it to {value!r}")
     out = source
     for knob in sorted((knobs[n] for n in values), key=lambda k: k.start, reverse=True):
         new_text = format_literal(knob.text, values[knob.name])
         out = out[: knob.start] + new_text + out[knob.end :]
     return out
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _incompatible(knob: Knob, value: object) -> str:
+    """Why ``value`` cannot replace ``knob``'s literal ("" when it can): the kind must stay."""
+    what = f"a {knob.kind} knob ({knob.text})"
+    if knob.kind == "bool":
+        return "" if isinstance(value, bool) else what
+    if knob.kind == "str":
+        return "" if isinstance(value, str) else what
+    if knob.kind in ("int", "float"):
+        return "" if _is_number(value) else what
+    ok = isinstance(value, (tuple, list)) and len(value) > 0 and all(_is_number(v) for v in value)
+    return "" if ok else what
 
 
 def format_literal(old_text: str, new_value: KnobValue) -> str:
