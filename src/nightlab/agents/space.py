@@ -42,7 +42,7 @@ _PINNED_BY_DEFAULT = re.compile(
 # schedule; everything else after. Only the order of first looks depends on it.
 _PRIORITY = (
     (re.compile(r"DEVICE_BATCH|MICRO_BATCH"), 0.5),  # memory and speed more than quality
-    (re.compile(r"(^|_)(LR|LEARNING_RATE)($|_)"), 3.0),
+    (re.compile(r"(^|_)(LR|LEARNING_RATE)$"), 3.0),
     (re.compile(r"BATCH|DEPTH|LAYERS|WIDTH|ASPECT|DIM|HEADS"), 2.0),
     (re.compile(r"WARMUP|WARMDOWN|COOLDOWN|DECAY|FINAL_LR|SCHEDULE|BETAS|MOMENTUM"), 1.5),
     (re.compile(r"INIT|STD|SCALE|DROPOUT|CLIP|ACTIVATION|RATIO"), 1.0),
