@@ -17,7 +17,7 @@ import pytest
 
 from nightlab.agents.base import Agent, Context, HistoryEntry, Proposal
 from nightlab.agents.search import SearchAgent, describe_space
-from nightlab.agents.space import build_space, infer_domain
+from nightlab.agents.space import build_space, infer_domain, priority
 from nightlab.agents.surrogate import GaussianProcess, failure_probability
 from nightlab.config import AgentConfig, load_config
 from nightlab.errors import UserError
@@ -190,6 +190,9 @@ def test_domain_inference_rules() -> None:
     assert infer_domain("WEIGHT_DECAY", 0.2).scale == "log"
     assert infer_domain("OFFSET", -0.5).low < -0.5 < infer_domain("OFFSET", -0.5).high
     assert infer_domain("NAME", "x") is None
+    # first looks: learning rates, then shape and batch, then the schedule; memory knobs last
+    assert priority("MATRIX_LR") > priority("TOTAL_BATCH_SIZE") > priority("FINAL_LR_FRAC")
+    assert priority("DEVICE_BATCH_SIZE") < priority("FINAL_LR_FRAC")
 
 
 def test_domains_come_from_the_baseline_not_the_incumbent() -> None:
