@@ -17,8 +17,10 @@ from rich.text import Text
 from nightlab.executor.base import RunStatus
 from nightlab.runner import Replicate
 from nightlab.study import Arm
+from nightlab.time_to_target import format_percent
 
 console = Console()
+_PATH = {"markup": False, "highlight": False, "soft_wrap": True}  # plain lines, never re-wrapped
 err_console = Console(stderr=True)
 _VERDICT_STYLE = {"transfers": "bold green", "does not transfer": "bold red", "inconclusive": "yellow"}
 
@@ -38,8 +40,7 @@ def _progress(quiet: bool):  # noqa: ANN202 - a RunCallback
         why = f" ({r.reason})" if r.status is not RunStatus.OK and r.reason else ""
         err_console.print(
             f"  {arm.label}, seed {index + 1}: {r.status.value} {value} in {r.total_seconds:.1f}s{why}",
-            markup=False,
-            highlight=False,
+            **_PATH,
         )
 
     return on_run
@@ -93,58 +94,62 @@ def _num(value: float | None, digits: int = 6) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _signed(value: float | None, digits: int = 6) -> str:
+    """+0.012345 / −0.012345; a value that rounds to zero is +0.000000, never −0.000000."""
+    if value is None:
+        return "—"
+    text = f"{abs(value):.{digits}f}"
+    return ("−" if value < 0 and float(text) != 0 else "+") + text
+
+
 def _print_validation(report) -> None:  # noqa: ANN001 - a ValidationReport
     where = f"scale {report.scale}" if report.scale else "the research scale"
-    table = Table(title=f"nightlab validate at {where}: A = {report.a.rev}, B = {report.b.rev}")
-    for col in (
-        "metric",
-        "A mean ± sd",
-        "B mean ± sd",
-        "Δ (B − A)",
-        f"{report.confidence:.0%} CI",
-        "p",
-        "verdict",
-    ):
-        table.add_column(col)
+    console.print(f"nightlab validate at {where}", style="bold", **_PATH)
+    console.print(f"  A = {report.a.rev} ({report.a.commit[:12]})", **_PATH)
+    console.print(f"  B = {report.b.rev} ({report.b.commit[:12]})", **_PATH)
+    # One column per metric: fits an 80-column terminal with val and holdout side by side.
+    table = Table(show_header=True)
+    table.add_column("", style="bold", no_wrap=True)
     for c in report.comparisons:
-        ci = f"{_num(c.ci_low)} … {_num(c.ci_high)}" if c.ci_low is not None else "—"
-        table.add_row(
-            c.name,
-            f"{_num(c.mean_a)} ± {_num(c.sd_a, 4)} ({len(c.values_a)})",
-            f"{_num(c.mean_b)} ± {_num(c.sd_b, 4)} ({len(c.values_b)})",
-            "—" if c.difference is None else f"{c.difference:+.6f}",
-            ci,
-            "—" if c.p_value is None else f"{c.p_value:.2g}",
-            Text(c.verdict, style=_VERDICT_STYLE.get(c.verdict, "")),
-        )
+        table.add_column(c.name, no_wrap=True)
+    rows = [
+        ("A mean ± sd (runs)", lambda c: f"{_num(c.mean_a)} ± {_num(c.sd_a, 4)} ({len(c.values_a)})"),
+        ("B mean ± sd (runs)", lambda c: f"{_num(c.mean_b)} ± {_num(c.sd_b, 4)} ({len(c.values_b)})"),
+        ("Δ (B − A)", lambda c: _signed(c.difference)),
+        (f"{report.confidence:.0%} CI of Δ", lambda c: f"{_signed(c.ci_low)} … {_signed(c.ci_high)}"),
+        ("p (two-sided)", lambda c: "—" if c.p_value is None else f"{c.p_value:.2g}"),
+        ("verdict", lambda c: Text(c.verdict, style=_VERDICT_STYLE.get(c.verdict, ""))),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(c) for c in report.comparisons))
     if report.comparisons:
         console.print(table)
         for c in report.comparisons:
-            console.print(f"{c.name}: {c.verdict}, {c.note}", markup=False, highlight=False)
+            console.print(f"{c.name}: {c.verdict}, {c.note}", **_PATH)
     if report.research_gain is not None:
-        console.print(f"gain measured during research: {report.research_gain:.6g}", highlight=False)
+        console.print(f"gain measured during research: {report.research_gain:.6g}", **_PATH)
     if report.target is not None:
         t = report.target
         console.print(
             f"time to {report.metric_name} {'≤' if report.direction == 'minimize' else '≥'} {t.target:.6g} "
             f"({t.target_source}; evaluated every {t.interval:g} s, cap {t.cap:g}x the budget):",
-            highlight=False,
+            **_PATH,
         )
         for sp in (t.time, t.tokens):
             if sp is None:
                 continue
             ci = (
-                f" ({report.confidence:.0%} CI {sp.ci_low:+.0%} … {sp.ci_high:+.0%}, p={sp.p_value:.2g})"
+                f" ({report.confidence:.0%} CI {format_percent(sp.ci_low)} … {format_percent(sp.ci_high)}, p={sp.p_value:.2g})"
                 if sp.ci_low is not None
                 else ""
             )
-            console.print(f"  {sp.quantity}: {sp.text}{ci}", markup=False, highlight=False)
+            console.print(f"  {sp.quantity}: {sp.text}{ci}", **_PATH)
         for warning in t.warnings:
-            console.print(f"  warning: {warning}", markup=False, highlight=False)
+            console.print(f"  warning: {warning}", **_PATH)
     for side, text in report.failures.items():
-        console.print(f"{side}: {text}", markup=False, highlight=False)
+        console.print(f"{side}: {text}", **_PATH)
     if report.plot:
-        console.print(f"plot: {report.plot}", highlight=False)
+        console.print(f"plot: {report.plot}", **_PATH)
 
 
 def ablate(
@@ -174,14 +179,15 @@ def _print_ablation(report) -> None:  # noqa: ANN001 - an AblationReport
     full = report.full_values
     mean_full = sum(full) / len(full) if full else None
     table = Table(title=f"nightlab ablate: best #{report.best_id} ({report.metric_name} {_num(mean_full)})")
-    for col in ("change", "contribution", f"{report.confidence:.0%} CI", "p", "lines", "status"):
-        table.add_column(col, overflow="fold")
+    table.add_column("change", overflow="fold", ratio=1)
+    for col in ("contribution", f"{report.confidence:.0%} CI", "p", "lines", "status"):
+        table.add_column(col, no_wrap=True)
     for c in report.contributions:
         interval = c.interval
         table.add_row(
             Text(f"#{c.change.experiment_id} {c.change.description}"),
-            "—" if c.value is None else f"{c.value:+.6f}",
-            "—" if interval is None else f"{interval[0]:+.6f} … {interval[1]:+.6f}",
+            _signed(c.value),
+            "—" if interval is None else f"{_signed(interval[0])} … {_signed(interval[1])}",
             "—" if c.comparison is None or c.comparison.p_value is None else f"{c.comparison.p_value:.2g}",
             f"{c.change.net_lines:+d}",
             Text(c.status, style="green" if c.status == "earns its place" else "yellow"),
@@ -193,12 +199,12 @@ def _print_ablation(report) -> None:  # noqa: ANN001 - an AblationReport
     drop = report.drop_candidates
     if drop:
         names = ", ".join(f"#{c.change.experiment_id}" for c in drop)
-        console.print(f"candidates to drop (not shown to earn their place): {names}", highlight=False)
+        console.print(f"candidates to drop (not shown to earn their place): {names}", **_PATH)
     else:
         console.print("every measured change earns its place")
     if report.applied is not None:
-        console.print(report.applied.reason, markup=False, highlight=False)
+        console.print(report.applied.reason, **_PATH)
     for note in report.notes:
-        console.print(note, markup=False, highlight=False)
+        console.print(note, **_PATH)
     if report.plot:
-        console.print(f"plot: {report.plot}", highlight=False)
+        console.print(f"plot: {report.plot}", **_PATH)

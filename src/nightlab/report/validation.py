@@ -84,55 +84,74 @@ def plot_validation(
     scale = next((e.meta.get("scale") for e in experiments if e.meta.get("scale")), None)
     better = "lower" if Direction(direction) is Direction.MINIMIZE else "higher"
     use_log = not curves and any(points for _, points in log_curves)
-    fig, ax = plt.subplots(figsize=(11, 6))
+    where = f"scale {scale}" if scale else "research scale"
+    title = (
+        f"nightlab validate ({where}): A = {_side_rev(experiments, 'A')}, B = {_side_rev(experiments, 'B')}"
+    )
+    zoom = _zoom([v for _, _, v in finals] + ([float(target)] if target is not None else []))
+    panels = 2 if curves and zoom else 1
+    fig, axes = plt.subplots(1, panels, figsize=(8 * panels, 6), squeeze=False)
     try:
-        seen: set[str] = set()
-        if use_log:
-            for side, points in log_curves:
-                if points:
-                    label = None if side in seen else f"{side} (training loss, from the log)"
-                    seen.add(side)
-                    ax.plot(*zip(*points, strict=True), color=SIDE_COLOURS.get(side, "black"), alpha=0.6, lw=1.2,
-                            label=label)  # fmt: skip
-            ax.set_xlabel("step")
-            ax.set_ylabel("training loss")
-        else:
-            for side, mode, points in curves:
-                label = (
-                    None
-                    if (side, mode) in seen
-                    else f"{side} ({'to target' if mode != 'budget' else 'budget'})"
-                )
-                seen.add((side, mode))  # type: ignore[arg-type]
-                style = "-" if mode == "budget" else "--"
-                ax.plot(*zip(*points, strict=True), style, color=SIDE_COLOURS.get(side, "black"), alpha=0.7, lw=1.4,
-                        label=label)  # fmt: skip
-            for side in ("A", "B"):
-                mine = [(t, v) for s, t, v in finals if s == side]
-                if mine:
-                    ax.scatter(*zip(*mine, strict=True), color=SIDE_COLOURS[side], edgecolors="black", s=40,
-                               zorder=4, label=f"{side} final ({metric_name}, frozen evaluation)")  # fmt: skip
-            if target is not None:
-                ax.axhline(
-                    float(target), color="#c0392b", ls=":", lw=1.2, label=f"target {float(target):.4g}"
-                )
-            ax.set_xlabel("training seconds")
-            ax.set_ylabel(f"{metric_name} ({better} is better)")
-            if not curves:
-                ax.text(0.5, 0.95, "no curve.jsonl: run with --eval-interval to record learning curves",
-                        transform=ax.transAxes, ha="center", fontsize=9, color="#555555")  # fmt: skip
-        where = f"scale {scale}" if scale else "research scale"
-        ax.set_title(
-            f"nightlab validate ({where}): A = {_side_rev(experiments, 'A')}, B = {_side_rev(experiments, 'B')}"
-        )
-        ax.grid(True, alpha=0.2)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=9)
+        for i, ax in enumerate(axes[0]):
+            if use_log:
+                _draw_log_curves(ax, log_curves)
+            else:
+                _draw_curves(ax, curves, finals, target, metric_name, better)
+            if i == 1 and zoom:
+                ax.set_ylim(*zoom)
+                ax.set_title("near the end (zoomed)", fontsize=10)
+            ax.grid(True, alpha=0.2)
+        if axes[0][0].get_legend_handles_labels()[0]:
+            axes[0][0].legend(fontsize=8)
+        fig.suptitle(title, fontsize=11)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
     finally:
         plt.close(fig)
     return path
+
+
+def _zoom(values: list[float]) -> tuple[float, float] | None:
+    """A y-range around the final values and the target, where the two sides are told apart."""
+    if len(values) < 2:
+        return None
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) or abs(lo) * 0.01 or 0.01
+    return lo - 3 * pad, hi + 3 * pad
+
+
+def _draw_log_curves(ax, log_curves) -> None:  # noqa: ANN001 - matplotlib types
+    seen: set[str] = set()
+    for side, points in log_curves:
+        if points:
+            label = None if side in seen else f"{side} (training loss, from the log)"
+            seen.add(side)
+            ax.plot(*zip(*points, strict=True), color=SIDE_COLOURS.get(side, "black"), alpha=0.6, lw=1.2,
+                    label=label)  # fmt: skip
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+
+
+def _draw_curves(ax, curves, finals, target, metric_name: str, better: str) -> None:  # noqa: ANN001
+    seen: set[tuple[str, str]] = set()
+    for side, mode, points in curves:
+        label = None if (side, mode) in seen else f"{side} ({'to target' if mode != 'budget' else 'budget'})"
+        seen.add((side, mode))
+        style = "-" if mode == "budget" else "--"
+        ax.plot(*zip(*points, strict=True), style, color=SIDE_COLOURS.get(side, "black"), alpha=0.7, lw=1.4,
+                label=label)  # fmt: skip
+    for side in ("A", "B"):
+        mine = [(t, v) for s, t, v in finals if s == side]
+        if mine:
+            ax.scatter(*zip(*mine, strict=True), color=SIDE_COLOURS[side], edgecolors="black", s=40, zorder=4,
+                       label=f"{side} final ({metric_name}, frozen evaluation)")  # fmt: skip
+    if target is not None:
+        ax.axhline(float(target), color="#c0392b", ls=":", lw=1.2, label=f"target {float(target):.4g}")
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel(f"{metric_name} ({better} is better)")
+    if not curves:
+        ax.text(0.5, 0.95, "no curve.jsonl: run with --eval-interval to record learning curves",
+                transform=ax.transAxes, ha="center", fontsize=9, color="#555555")  # fmt: skip
 
 
 def _side_rev(experiments: list[ExperimentRow], side: str) -> str:
@@ -166,6 +185,7 @@ def plot_ablation(rows: list[dict], path: Path, metric_name: str, confidence: fl
         if measured:
             ax.barh(ys, values, xerr=[lows, highs], color=colours, edgecolor="black", linewidth=0.5,
                     capsize=4, error_kw={"elinewidth": 1})  # fmt: skip
+            ax.scatter(values, ys, color="black", s=14, zorder=3)  # visible even where a bar is ~0 wide
         for j, r in enumerate(unmeasured, start=len(measured)):
             labels.append(_bar_label(r))
             ys.append(j)
