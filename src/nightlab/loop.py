@@ -259,8 +259,12 @@ class ResearchLoop:
         return self.ledger.experiment(exp_id)
 
     def _record_unrun(self, common: dict, status: str, decision: str, reason: str) -> None:
-        exp_id = self.ledger.add_experiment(kind="candidate", commit=None, diff="", **common)
-        self.ledger.finish_experiment(exp_id, status=status, decision=decision, reason=reason, n_runs=0)
+        # One insert with the outcome: a kill -9 between two writes would leave a "running" row
+        # without a commit, which the next `nightlab run` would then try to run.
+        exp_id = self.ledger.add_experiment(
+            kind="candidate", commit=None, diff="", status=status, decision=decision, reason=reason, n_runs=0, **common
+        )
+        self.ledger.finish_experiment(exp_id)  # the finish time
         row = self.ledger.experiment(exp_id)
         self._emit_decision(exp_id, f"#{exp_id} {row.description}: {reason}", status)
         self._after(exp_id)
