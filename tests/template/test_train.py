@@ -302,15 +302,25 @@ def test_rotary_is_a_norm_preserving_relative_rotation(train) -> None:
     torch.manual_seed(0)
     model = train.GPT(256, 16)
     q = torch.randn(1, 16, 1, train.HEAD_DIM)
-    rotated = train.apply_rotary(q, model.freqs)
+    rotated = train.apply_rotary(q, model.cos, model.sin)
     assert torch.allclose(rotated.norm(dim=-1), q.norm(dim=-1), atol=1e-5)
     # the score of a query at t and a key at s depends on t - s only
     k = torch.randn(1, 1, 1, train.HEAD_DIM)
     qs, ks = (
-        train.apply_rotary(q[:, :1].expand(1, 16, 1, -1), model.freqs),
-        train.apply_rotary(k.expand(1, 16, 1, -1), model.freqs),
+        train.apply_rotary(q[:, :1].expand(1, 16, 1, -1), model.cos, model.sin),
+        train.apply_rotary(k.expand(1, 16, 1, -1), model.cos, model.sin),
     )
     assert torch.allclose((qs[0, 5] * ks[0, 3]).sum(), (qs[0, 9] * ks[0, 7]).sum(), atol=1e-4)
+
+
+def test_rotary_compiled_form_matches_the_complex_form(train, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torch.compile the real-valued branch runs; it must be the same rotation."""
+    torch.manual_seed(0)
+    model = train.GPT(256, 16)
+    x = torch.randn(2, 16, 3, train.HEAD_DIM)
+    eager = train.apply_rotary(x, model.cos, model.sin)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.allclose(train.apply_rotary(x, model.cos, model.sin), eager, atol=1e-6)
 
 
 def test_muon_orthogonalizes_and_optimizers_cover_every_parameter(train) -> None:

@@ -68,8 +68,6 @@ FINAL_LR_FRAC = 0.0  # lr multiplier at the end of the budget
 # Runtime
 COMPILE = "auto"  # torch.compile: "auto" = on CUDA only, "on", "off"
 DEVICE = "auto"  # "auto" = cuda when available, else cpu; or "cpu", "cuda", "cuda:1"
-UNTIMED_STEPS = 1  # first steps (allocator and compile warm-up) do not count towards seconds
-LOG_EVERY = 10  # print a progress line every this many steps
 # ---------------------------------------------------------------------------------------------
 
 
@@ -160,14 +158,18 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     return RMSNorm.apply(x)
 
 
-def apply_rotary(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """RoPE: rotate adjacent channel pairs by position-dependent angles.
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE: rotate adjacent channel pairs by position-dependent angles (fp32 result).
 
-    As one complex multiply (pairs as complex numbers, freqs = e^{i t theta}): a single
-    elementwise pass forward and backward, against seven for the split-halves formulation.
+    Eagerly it is one complex multiply: a single elementwise pass forward and backward, where
+    the split-halves form takes seven. Inductor cannot generate code for complex numbers, so
+    under torch.compile the same rotation is written with real tensors (which it fuses).
     """
-    z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(z * freqs).flatten(-2)
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    if torch.compiler.is_compiling():
+        a, b = pairs.unbind(-1)
+        return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+    return torch.view_as_real(torch.view_as_complex(pairs) * torch.complex(cos, sin)).flatten(-2)
 
 
 class Attention(nn.Module):
@@ -190,14 +192,16 @@ class Attention(nn.Module):
         self.scale = QK_SCALE / math.sqrt(HEAD_DIM)
         self.window = window if window < seq_len else None  # None = full causal attention
 
-    def forward(self, x: torch.Tensor, ve: torch.Tensor | None, freqs: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, ve: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
         B, T, C = x.shape
         # One matmul for q, k and v (Muon still sees three matrices); RoPE and QK-norm on q and
         # k together: fewer, larger elementwise passes, which is what eager CPU time is made of.
         w = torch.cat((self.c_q.weight, self.c_k.weight, self.c_v.weight))
         qkv = F.linear(x, w).view(B, T, self.n_head + 2 * self.n_kv_head, HEAD_DIM)
         qk, v = qkv.split((self.n_head + self.n_kv_head, self.n_kv_head), dim=2)  # split: cheap backward
-        q, k = norm(apply_rotary(qk, freqs)).to(v.dtype).split((self.n_head, self.n_kv_head), dim=2)
+        q, k = norm(apply_rotary(qk, cos, sin)).to(v.dtype).split((self.n_head, self.n_kv_head), dim=2)
         if ve is not None:  # gate in (0, 2), starts at 1 (zero-init gate weights)
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))
             v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, HEAD_DIM)
@@ -247,8 +251,10 @@ class Block(nn.Module):
         self.attn = Attention(width, layer, depth, window, seq_len)
         self.mlp = MLP(width)
 
-    def forward(self, x: torch.Tensor, ve: torch.Tensor | None, freqs: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(norm(x), ve, freqs)
+    def forward(
+        self, x: torch.Tensor, ve: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        x = x + self.attn(norm(x), ve, cos, sin)
         return x + self.mlp(norm(x))
 
 
@@ -272,8 +278,8 @@ class GPT(nn.Module):
         self.x0_lambdas = nn.Parameter(torch.zeros(DEPTH))
         inv = 1.0 / (ROPE_BASE ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float32) / HEAD_DIM))
         angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv)
-        freqs = torch.polar(torch.ones_like(angles), angles)  # e^{i t theta}, [seq_len, HEAD_DIM / 2]
-        self.register_buffer("freqs", freqs[None, :, None, :], persistent=False)
+        self.register_buffer("cos", angles.cos()[None, :, None, :], persistent=False)
+        self.register_buffer("sin", angles.sin()[None, :, None, :], persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -292,12 +298,12 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         T = idx.size(1)
-        freqs = self.freqs[:, :T]
+        cos, sin = self.cos[:, :T], self.sin[:, :T]
         x = x0 = norm(self.wte(idx))
         for i, block in enumerate(self.blocks):
             x = torch.addcmul(x, self.x0_lambdas[i], x0)
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
-            x = block(x, ve, freqs)
+            x = block(x, ve, cos, sin)
         if LOGIT_SOFTCAP > 0:  # dividing the small weight instead of the large logits saves a pass
             logits = LOGIT_SOFTCAP * torch.tanh(
                 F.linear(norm(x), self.lm_head.weight / LOGIT_SOFTCAP).float()
@@ -456,7 +462,9 @@ def train() -> None:
     num_params = sum(p.numel() for p in model.parameters())
     flops_per_token = model.flops_per_token(seq_len)
     optimizers = build_optimizers(model)
-    step_model = torch.compile(model, dynamic=False) if select_compile(COMPILE, device) else model
+    compiled = select_compile(COMPILE, device)
+    step_model = torch.compile(model, dynamic=False) if compiled else model
+    untimed_steps = 2 if compiled else 1  # warm-up (compilation, allocator) is not training time
     loader = prepare.make_train_loader(DEVICE_BATCH_SIZE, seq_len, device=device, seed=seed)
     print(
         f"device {device} dtype {str(dtype).removeprefix('torch.')} compile {step_model is not model} | "
@@ -466,7 +474,7 @@ def train() -> None:
         flush=True,
     )
 
-    training_seconds, tokens, step = 0.0, 0, 0
+    training_seconds, tokens, step, logged = 0.0, 0, 0, -1
     x, y = next(loader)
     while not budget.exhausted(training_seconds, tokens, step):
         t0 = time.time()
@@ -488,11 +496,12 @@ def train() -> None:
         loss_value = loss.item()  # also waits for the device, so the step time below is real
         prepare.check_loss(loss_value, step)
         dt = time.time() - t0
-        if step >= UNTIMED_STEPS:
+        if step >= untimed_steps:
             training_seconds += dt
         step += 1
         tokens += TOTAL_BATCH_SIZE
-        if step % LOG_EVERY == 0 or step == 1:
+        if int(10 * budget.progress(training_seconds, tokens, step)) > logged:  # every 10% of budget
+            logged = int(10 * budget.progress(training_seconds, tokens, step))
             print(
                 f"step {step:05d} | loss {loss_value:.4f} | lr x{lr_multiplier(progress):.2f} | "
                 f"{TOTAL_BATCH_SIZE / dt:,.0f} tok/s | {100 * progress:.0f}% of budget",
@@ -510,7 +519,7 @@ def train() -> None:
     }
     flops = peak_flops(device)
     if flops is not None and training_seconds > 0:
-        timed_tokens = (step - min(step, UNTIMED_STEPS)) * TOTAL_BATCH_SIZE
+        timed_tokens = (step - min(step, untimed_steps)) * TOTAL_BATCH_SIZE
         summary["mfu_percent"] = round(100 * flops_per_token * timed_tokens / training_seconds / flops, 2)
     model.eval()
     prepare.finish(model, summary)
