@@ -6,6 +6,7 @@ exit code 130 (the interrupted experiment is re-run by the next ``nightlab run``
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -144,7 +145,7 @@ def show_space(directory: Path = DirArg) -> None:
 
 
 # Command groups that live in their own modules; each exposes ``register(app)``.
-_EXTENSIONS: tuple[str, ...] = ("nightlab.cli_agents", "nightlab.cli_validate")
+_EXTENSIONS: tuple[str, ...] = ("nightlab.cli_agents", "nightlab.cli_validate", "nightlab.cli_trust")
 
 
 def _register_extensions() -> None:
@@ -228,6 +229,10 @@ def _print_status_table(data: dict, metric_name: str) -> None:
         )
 
 
+# Errors of the disk, not of nightlab: no space, quota, file too large, read-only filesystem.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
 def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -242,6 +247,19 @@ def main() -> None:
     except UserError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A full disk or a read-only .nightlab: one line; what was recorded before is intact.
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        err_console.print(
+            f"error: cannot write{where} ({exc.strerror}); free disk space or fix permissions, "
+            "then rerun `nightlab run` to continue",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted: recorded work is safe; `nightlab run` continues where this stopped")
         sys.exit(130)

@@ -1,0 +1,196 @@
+"""A corrupt or missing ledger, a read-only run directory, a full disk: one clear line, nothing lost.
+
+The disk faults are made with a private mount namespace (``unshare -rm``: a read-only bind
+mount, a tiny tmpfs), so they need no root and touch nothing outside the test's folder; they
+skip where user namespaces are disabled.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import TOY_TRAIN, edit, git, make_workspace, nightlab
+from nightlab import sandbox
+
+PROPOSALS = [
+    edit("LR = 0.1", "LR = 0.3", "LR 0.1 -> 0.3"),  # kept
+    edit("WIDTH = 64", "WIDTH = 8", "WIDTH 64 -> 8"),  # discarded
+    edit("NOISE = 0.002", "NOISE = 0.002\nraise SystemExit(3)", "crash it"),  # crash
+    edit("WIDTH = 64", "WIDTH = 128", "WIDTH 64 -> 128"),  # kept
+]
+
+
+def _experiments(root: Path) -> list[dict]:
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    con.row_factory = sqlite3.Row
+    rows = [dict(r) for r in con.execute("select * from experiments order by id")]
+    con.close()
+    return rows
+
+
+def _essence(rows: list[dict]) -> list[tuple]:
+    """What a rebuild must get back: id, kind, commit, decision, runs and the metric."""
+    return [
+        (
+            r["id"],
+            r["kind"],
+            r["commit"],
+            r["decision"],
+            r["n_runs"],
+            round(r["metric_mean"], 9) if r["metric_mean"] is not None else None,
+            r["description"],
+        )
+        for r in rows
+    ]
+
+
+@pytest.fixture
+def finished(tmp_path: Path) -> Path:
+    root = make_workspace(tmp_path / "ws", proposals=PROPOSALS)
+    res = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return root
+
+
+def _corrupt(path: Path) -> None:
+    """Scribble over the start of every page after the first (their headers and cell pointers)."""
+    data = bytearray(path.read_bytes())
+    for offset in range(4096, len(data), 4096):
+        data[offset : offset + 64] = b"\xa5" * 64
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_corrupt_ledger_is_refused_then_recovered(finished: Path) -> None:
+    root = finished
+    before = _experiments(root)
+    tsv_before = (root / ".nightlab" / "results.tsv").read_text()
+    state = root / ".nightlab"
+    # Fold the WAL in, then damage the file the way a failing disk would.
+    con = sqlite3.connect(state / "ledger.db")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    _corrupt(state / "ledger.db")
+    for command in (["status"], ["run", "--plain", "--tag", "t"]):
+        res = nightlab(*command, str(root))
+        assert res.returncode == 2, res.stdout + res.stderr
+        line = res.stderr.strip()
+        assert "\n" not in line and "corrupt" in line and "docs/RECOVERY.md" in line, line
+
+    res = nightlab("recover", str(root))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "recovered 5 experiments (2 kept" in res.stdout
+    assert list(state.glob("ledger.db.damaged-*")), "the damaged file is kept, not deleted"
+    after = _experiments(root)
+    assert _essence(after) == _essence(before)
+    assert (state / "results.tsv").read_text() == tsv_before
+    # The night goes on from the rebuilt ledger: the branch is the best kept commit, nothing re-runs.
+    res = nightlab("run", str(root), "--plain", "--tag", "t", "-n", "4")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "4 experiments done" in res.stdout
+    assert git(root, "rev-parse", "nightlab/t") == before[-1]["commit"]
+
+
+@pytest.mark.slow
+def test_missing_ledger_says_so_and_recovers(finished: Path) -> None:
+    root = finished
+    before = _experiments(root)
+    for suffix in ("", "-wal", "-shm"):
+        (root / ".nightlab" / f"ledger.db{suffix}").unlink(missing_ok=True)
+    res = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert res.returncode == 2
+    assert "docs/RECOVERY.md" in res.stderr and "\n" not in res.stderr.strip(), res.stderr
+    res = nightlab("recover", str(root))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _essence(_experiments(root)) == _essence(before)
+    status = json.loads(nightlab("status", str(root), "--json").stdout)
+    assert status["best"]["commit"] == before[-1]["commit"]
+
+
+def test_recover_refuses_a_healthy_ledger(finished: Path) -> None:
+    res = nightlab("recover", str(finished))
+    assert res.returncode == 2 and "nothing to recover" in res.stderr
+
+
+needs_userns = pytest.mark.skipif(
+    not sandbox.netns_available(), reason="unprivileged user namespaces are off"
+)
+
+
+def _in_mount_namespace(script: str, **env: str) -> subprocess.CompletedProcess:
+    """Run a shell script as root of a private mount namespace (mounts vanish with it)."""
+    import os
+
+    full = dict(os.environ, NIGHTLAB=f"{sys.executable} -m nightlab.cli", **env)
+    return subprocess.run(
+        ["unshare", "-rm", "--", "sh", "-c", script], env=full, capture_output=True, text=True, timeout=300
+    )
+
+
+@needs_userns
+@pytest.mark.slow
+def test_read_only_run_directory_is_one_line_and_harmless(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws", proposals=PROPOSALS)
+    res = nightlab("run", str(root), "--plain", "--tag", "t", "-n", "1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    before = _experiments(root)
+    runs = root / ".nightlab" / "runs"
+    done = _in_mount_namespace(
+        'mount --bind "$RUNS" "$RUNS" && mount -o remount,bind,ro "$RUNS" && '
+        '$NIGHTLAB run "$ROOT" --plain --tag t',
+        RUNS=str(runs),
+        ROOT=str(root),
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    line = done.stderr.strip()
+    assert "\n" not in line and "Read-only file system" in line and "rerun `nightlab run`" in line, line
+    after = _experiments(root)
+    assert _essence(after[: len(before)]) == _essence(before), "a recorded experiment changed"
+    # With the disk writable again the night simply continues.
+    res = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [r["description"] for r in _experiments(root)][1:] == [p["description"] for p in PROPOSALS]
+
+
+@needs_userns
+@pytest.mark.slow
+def test_full_disk_is_one_line_and_harmless(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws", proposals=PROPOSALS, train=TOY_TRAIN)
+    res = nightlab("run", str(root), "--plain", "--tag", "t", "-n", "1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    before = _experiments(root)
+    saved, mnt = tmp_path / "saved", tmp_path / "mnt"
+    saved.mkdir()
+    mnt.mkdir()
+    # .nightlab on a 4 MB tmpfs holding a copy of the state, filled to the last byte.
+    done = _in_mount_namespace(
+        'mount -t tmpfs -o size=4m tmpfs "$MNT" && cp -a "$STATE"/. "$MNT"/ && mount --bind "$MNT" "$STATE" && '
+        '(cat /dev/zero > "$STATE/filler" 2>/dev/null; true) && '
+        '$NIGHTLAB run "$ROOT" --plain --tag t > "$SAVED/out" 2> "$SAVED/err"; echo $? > "$SAVED/rc"; '
+        'rm -f "$STATE/filler" && cp -a "$STATE"/ledger.db* "$SAVED"/',
+        MNT=str(mnt),
+        STATE=str(root / ".nightlab"),
+        ROOT=str(root),
+        SAVED=str(saved),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rc, err = (saved / "rc").read_text().strip(), (saved / "err").read_text().strip()
+    assert rc == "2", (saved / "out").read_text() + err
+    assert "\n" not in err and "cannot write" in err and "free disk space" in err, err
+    # The ledger the full disk stopped is sound and still holds everything recorded before.
+    con = sqlite3.connect(saved / "ledger.db")
+    assert con.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    con.close()
+    shutil.copy(saved / "ledger.db", tmp_path / "check.db")
+    rows = sqlite3.connect(saved / "ledger.db")
+    rows.row_factory = sqlite3.Row
+    after = [dict(r) for r in rows.execute("select * from experiments order by id")]
+    rows.close()
+    assert _essence(after[: len(before)]) == _essence(before)
