@@ -135,4 +135,13 @@ def status_dict(ledger: Ledger, tag: str) -> dict:
         "noise_floor": {"sd": noise.sd, "df": noise.df, "groups": noise.groups} if noise else None,
         "counts": counts,
         "total": len(research),
+        # Kept changes whose val gain did not show on holdout (ids only: no holdout values here).
+        "possible_val_overfit": _overfit_ids(ledger, tag),
     }
+
+
+def _overfit_ids(ledger: Ledger, tag: str) -> list[int]:
+    from nightlab.report.summary import holdout_checks
+
+    direction = ledger.get_meta("direction") or "minimize"
+    return [c["id"] for c in holdout_checks(ledger, tag, direction) if c["overfit"]]

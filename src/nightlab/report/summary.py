@@ -82,6 +82,14 @@ def summary_renderable(
     kept = [e for e in research if e.decision == "keep"]
     if not kept:
         return Group(head, overview, Text("\nNo change kept yet."))
+    checked = [c for c in holdout_checks(ledger, tag, direction) if c["holdout_delta"] is not None]
+    if checked:
+        flagged = [c for c in checked if c["overfit"]]
+        text = f"{len(checked) - len(flagged)} of {len(checked)} kept changes also improved the holdout split"
+        if flagged:
+            ids = ", ".join(f"#{c['id']}" for c in flagged)
+            text += f"; {ids}: a gain on val but not on holdout, possible overfitting to the validation split"
+        overview.add_row("Holdout", Text(text))
     return Group(head, overview, Text(""), _kept_table(ledger, kept, baseline, direction))
 
 
@@ -117,6 +125,32 @@ def _kept_table(
         table.add_row(*row)
         previous = e
     return table
+
+
+def holdout_checks(ledger: Ledger, tag: str, direction: Direction | str) -> list[dict]:
+    """For each kept change: its gain on val and on holdout over the code it replaced.
+
+    ``overfit`` is True when val improved and holdout did not: the agent may be fitting the
+    validation split (it sees val, never holdout). ``holdout_delta`` is None where either
+    side has no holdout value.
+    """
+    direction = Direction(direction)
+    research = ledger.research(tag)
+    previous = next((e for e in research if e.decision == "baseline"), None)
+    out = []
+    for e in (e for e in research if e.decision == "keep"):
+        reference = _incumbent_of(ledger, e) or previous
+        previous = e
+        if reference is None:
+            continue
+        val = holdout = None
+        if e.metric_mean is not None and reference.metric_mean is not None:
+            val = direction.improvement(e.metric_mean, reference.metric_mean)
+        if e.holdout_mean is not None and reference.holdout_mean is not None:
+            holdout = direction.improvement(e.holdout_mean, reference.holdout_mean)
+        overfit = val is not None and holdout is not None and val > 0 and holdout <= 0
+        out.append({"id": e.id, "val_gain": val, "holdout_delta": holdout, "overfit": overfit})
+    return out
 
 
 def _incumbent_of(ledger: Ledger, e: ExperimentRow) -> ExperimentRow | None:
