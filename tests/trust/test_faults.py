@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TOY_TRAIN, git, make_workspace, nightlab
+from helpers import TOY_TOML, TOY_TRAIN, edit, git, make_workspace, nightlab
 
 KILLS = 20
 
@@ -152,3 +152,23 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     _check_consistent(root, proposals)
     assert _processes_in(root) == [], "a run of a killed harness is still running"
     assert time.monotonic() - started < 120
+
+
+@pytest.mark.slow
+def test_consecutive_crashes_pause_the_run(tmp_path: Path) -> None:
+    crash = [edit("NOISE = 0.002", f"NOISE = 0.002\nraise SystemExit({i})", f"crash {i}") for i in (3, 4, 5)]
+    toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy")
+    root = make_workspace(
+        tmp_path / "ws",
+        proposals=[*crash, edit("LR = 0.1", "LR = 0.3")],
+        toml=toml + "[run]\nmax_consecutive_crashes = 2\n",
+    )
+    res = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "paused: the last 2 experiments all failed" in res.stdout
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    decisions = [
+        d for (d,) in con.execute("select decision from experiments where kind = 'candidate' order by id")
+    ]
+    con.close()
+    assert decisions == ["crash", "crash"], "the third crash and the good proposal wait for the user"
