@@ -124,7 +124,7 @@ class ValidationReport:
     comparisons: list[MetricComparison]
     research_gain: float | None
     study: str
-    experiments: dict[str, int]
+    experiments: dict[str, int | None]
     target: TargetReport | None = None
     failures: dict[str, str] = field(default_factory=dict)
     plot: str | None = None
@@ -193,38 +193,12 @@ def run_validation(
         experiments={},
     )
     meta = {"scale": options.scale, "rev_a": side_a.rev, "rev_b": side_b.rev}
-    skip_fixed = options.time_to_target and options.target is not None
     target_from_a: float | None = options.target
-    if not skip_fixed:
-        env = protocol_env(options.eval_interval, None, direction) if options.eval_interval else {}
-        arm_a, arm_b = _arms(side_a, side_b, options.scale, "budget")
-        study.check_same_frozen([arm_a, arm_b])
-        study.run([arm_a, arm_b], seeds, study.runner(run_config, env), {**meta, "mode": "budget"}, on_run)
-        report.experiments.update({"A": arm_a.experiment_id, "B": arm_b.experiment_id})
-        report.failures.update(
-            {k: v for k, v in (("A", arm_a.failure_summary()), ("B", arm_b.failure_summary())) if v}
+    if not (options.time_to_target and options.target is not None):  # --target skips this phase
+        mean_a = _fixed_budget(
+            study, report, run_config, options, meta, (research_gain, holdout_gain), on_run
         )
-        margin = options.margin if options.margin is not None else _margin(research_gain)
-        report.comparisons.append(
-            compare(
-                config.metric.name, arm_a.values, arm_b.values, direction, config.policy.confidence, margin
-            )
-        )
-        if config.metric.holdout and (arm_a.holdouts or arm_b.holdouts):
-            hold_margin = options.margin if options.margin is not None else _margin(holdout_gain)
-            report.comparisons.append(
-                compare(
-                    config.metric.holdout,
-                    arm_a.holdouts,
-                    arm_b.holdouts,
-                    direction,
-                    config.policy.confidence,
-                    hold_margin,
-                )  # fmt: skip
-            )
-        _note_verdict(session, arm_a, arm_b, report.comparisons[0])
-        if target_from_a is None and arm_a.values:
-            target_from_a = mean(arm_a.values)
+        target_from_a = target_from_a if target_from_a is not None else mean_a
     if options.time_to_target:
         if target_from_a is None:
             raise UserError(
@@ -244,6 +218,38 @@ def run_validation(
     except Exception as exc:  # noqa: BLE001 - a plotting problem must not hide the results
         report.failures["plot"] = f"could not draw validation.png ({exc})"
     return report
+
+
+def _fixed_budget(
+    study: SideStudy,
+    report: ValidationReport,
+    run_config: Config,
+    options: ValidateOptions,
+    meta: dict,
+    gains: tuple[float | None, float | None],
+    on_run: RunCallback | None,
+) -> float | None:
+    """Both sides at the scale's budget, compared per metric into ``report``; side A's mean."""
+    config = study.session.config
+    direction = config.metric.direction
+    env = protocol_env(options.eval_interval, None, direction) if options.eval_interval else {}
+    arm_a, arm_b = _arms(report.a, report.b, options.scale, "budget")
+    study.check_same_frozen([arm_a, arm_b])
+    study.run([arm_a, arm_b], report.seeds, study.runner(run_config, env), {**meta, "mode": "budget"}, on_run)
+    report.experiments.update({"A": arm_a.experiment_id, "B": arm_b.experiment_id})
+    for label, arm in (("A", arm_a), ("B", arm_b)):
+        if arm.failure_summary():
+            report.failures[label] = arm.failure_summary()
+    metrics = [(config.metric.name, arm_a.values, arm_b.values, gains[0])]
+    if config.metric.holdout and (arm_a.holdouts or arm_b.holdouts):
+        metrics.append((config.metric.holdout, arm_a.holdouts, arm_b.holdouts, gains[1]))
+    for name, values_a, values_b, gain in metrics:
+        margin = options.margin if options.margin is not None else _margin(gain)
+        report.comparisons.append(
+            compare(name, values_a, values_b, direction, config.policy.confidence, margin)
+        )
+    _note_verdict(study.session, arm_a, arm_b, report.comparisons[0])
+    return mean(arm_a.values) if arm_a.values else None
 
 
 def _sides(session: Session, options: ValidateOptions) -> tuple[Side, Side, float | None, float | None]:
