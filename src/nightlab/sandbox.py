@@ -18,7 +18,7 @@ Two kernel features, both usable by an unprivileged user, are combined:
 
 The wrapped command is::
 
-    unshare -rn -- PYTHON -I -m nightlab.sandbox --write DIR ... -- /bin/sh -c 'COMMAND'
+    unshare -rn -- PYTHON -I -S .../nightlab/sandbox.py --write DIR ... -- /bin/sh -c 'COMMAND'
 
 The launcher restricts itself and then ``exec``s the command, so the process tree, the pid the
 executor watches and its limits are the same as without the sandbox. ``[run] sandbox`` chooses:
@@ -183,7 +183,9 @@ def wrap(command: str, writable: Sequence[Path], mode: str) -> str:
     support = check(mode)
     if support is None:
         return command
-    launcher = [sys.executable, "-I", "-m", "nightlab.sandbox"]
+    # The launcher is this file run as a script: stdlib only, no site-packages (-S), nothing from
+    # the environment or the working directory (-I), so it starts fast and cannot be redirected.
+    launcher = [sys.executable, "-I", "-S", str(Path(__file__).resolve())]
     for path in writable:
         launcher += ["--write", str(Path(path).resolve())]
     if not support.netns:
@@ -194,7 +196,7 @@ def wrap(command: str, writable: Sequence[Path], mode: str) -> str:
 
 
 # ---------------------------------------------------------------------------------- the launcher
-def restrict(writable: Sequence[str], deny_tcp: bool) -> None:
+def restrict(writable: Sequence[str], deny_tcp: bool, scope: bool = True) -> None:
     """Confine this process and its future children (Landlock); raises OSError when refused."""
     abi = landlock_abi()
     if abi < 1:
@@ -205,15 +207,19 @@ def restrict(writable: Sequence[str], deny_tcp: bool) -> None:
     size = 8
     if abi >= 4 and deny_tcp:
         attr.net, size = _NET_BIND_TCP | _NET_CONNECT_TCP, 16
-    if abi >= 6:
+    if abi >= 6 and scope:
         attr.scoped, size = _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL, 24
     ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
     try:
         rules = [(p, handled) for p in (*writable, *SCRATCH)]
-        # Existing device files stay writable (/dev/null, /dev/nvidia*); nothing can be created there.
-        rules.append(("/dev", _WRITE_FILE | (_TRUNCATE if abi >= 3 else 0)))
+        # Existing device files stay writable (/dev/null, /dev/nvidia*), and so do existing files
+        # under /proc: CUDA's driver fails to initialise without them (seen on an H200 machine).
+        # Nothing can be created in either; another process's /proc/<pid>/mem stays out of reach
+        # because Landlock refuses ptrace access to processes outside the sandbox.
+        file_rights = _WRITE_FILE | (_TRUNCATE if abi >= 3 else 0)
+        rules += [("/dev", file_rights), ("/proc", file_rights)]
         for path, rights in rules:
             _add_path_rule(libc, ruleset, path, rights)
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
@@ -240,23 +246,22 @@ def _add_path_rule(libc: ctypes.CDLL, ruleset: int, path: str, rights: int) -> N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m nightlab.sandbox --write DIR ... [--deny-tcp] -- PROGRAM ARGS``: confine, then exec."""
+    """``python sandbox.py --write DIR ... [--deny-tcp] -- PROGRAM ARGS``: confine, then exec."""
     args = list(sys.argv[1:] if argv is None else argv)
     if "--" not in args:
-        print(
-            "usage: python -m nightlab.sandbox --write DIR ... [--deny-tcp] -- PROGRAM ARGS", file=sys.stderr
-        )
+        print("usage: python sandbox.py --write DIR ... [--deny-tcp] -- PROGRAM ARGS", file=sys.stderr)
         return 2
     split = args.index("--")
     options, program = args[:split], args[split + 1 :]
     writable = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--write"]
     try:
-        restrict(writable, deny_tcp="--deny-tcp" in options)
+        restrict(writable, deny_tcp="--deny-tcp" in options, scope="--no-scope" not in options)
     except OSError as exc:
         print(f"nightlab sandbox: cannot confine the run ({exc}); not started", file=sys.stderr)
         return 126
-    # Triton's default cache is in the home folder, which the sandbox keeps read-only.
+    # Triton's and CUDA's default caches are in the home folder, which the sandbox keeps read-only.
     os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(SCRATCH[0], f"nightlab-triton-{os.getuid()}"))
+    os.environ.setdefault("CUDA_CACHE_PATH", os.path.join(SCRATCH[0], f"nightlab-cuda-cache-{os.getuid()}"))
     os.execvp(program[0], program)
     return 127  # pragma: no cover - execvp does not return
 
