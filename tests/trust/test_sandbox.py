@@ -165,3 +165,17 @@ def test_session_in_the_sandbox(outside_tmp: Path, listener: socket.socket) -> N
     assert key["decision"] == "crash" and "no key in any ancestor" in key["reason"], key["reason"]
     assert_never_kept(root)
     assert_clean(root)
+
+
+@needs_sandbox
+@pytest.mark.skipif(SUPPORT.landlock < 6, reason="Landlock signal scoping needs ABI 6 (Linux 6.12)")
+def test_wrapped_command_cannot_signal_the_harness() -> None:
+    import os
+
+    probe = f"{sys.executable} -c 'import os; os.kill({os.getpid()}, 0); print(\"signalled\")'"
+    confined = subprocess.run(sandbox.wrap(probe, [], "required"), shell=True, capture_output=True, text=True)
+    assert confined.returncode != 0 and "PermissionError" in confined.stderr, (
+        confined.stdout + confined.stderr
+    )
+    control = subprocess.run(probe, shell=True, capture_output=True, text=True)
+    assert control.stdout.strip() == "signalled"
