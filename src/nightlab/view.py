@@ -58,9 +58,10 @@ class RunView:
         if self.current_started is not None:
             elapsed = time.monotonic() - self.current_started
             limit = self.budget_seconds or self.timeout
+            label = "budget" if self.budget_seconds else "timeout"
             filled = min(20, int(20 * elapsed / max(limit, 1e-9)))
             bar = "█" * filled + "░" * (20 - filled)
-            grid.add_row("running", f"{self.current}\n{bar} {elapsed:5.0f}s / {limit:g}s budget")
+            grid.add_row("running", f"{self.current}\n{bar} {elapsed:5.0f}s / {limit:g}s {label}")
         else:
             grid.add_row("running", "-")
         grid.add_row(f"best {self.metric_name}", self.best)
