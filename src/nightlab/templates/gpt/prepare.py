@@ -483,6 +483,79 @@ def finish(model: torch.nn.Module, summary: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Periodic evaluation and stopping at a target (`nightlab validate --time-to-target`)
+
+CURVE_FILE = "curve.jsonl"  # one line per periodic evaluation, in the run dir
+CURVE_EVAL_TOKENS = EVAL_TOKENS // 4  # val tokens each periodic evaluation scores (a prefix of val)
+
+
+class _Curve:
+    """What the harness asked for: NIGHTLAB_EVAL_INTERVAL_SECONDS, NIGHTLAB_TARGET_METRIC (and
+    NIGHTLAB_TARGET_DIRECTION), read once, plus when the next evaluation is due."""
+
+    def __init__(self) -> None:
+        self.interval = _env_number("NIGHTLAB_EVAL_INTERVAL_SECONDS", float)
+        raw = os.environ.get("NIGHTLAB_TARGET_METRIC", "").strip()
+        try:
+            self.target = float(raw) if raw else None
+        except ValueError:
+            raise fail(f"NIGHTLAB_TARGET_METRIC={raw!r} is not a number") from None
+        self.maximize = os.environ.get("NIGHTLAB_TARGET_DIRECTION", "minimize") == "maximize"
+        self.next_at = self.interval or 0.0
+        self.val: np.ndarray | None = None
+
+
+_curve: _Curve | None = None
+
+
+def evaluate_periodically(model: torch.nn.Module, training_seconds: float, tokens: int, step: int) -> bool:
+    """train.py calls this after every step; True means "stop training now".
+
+    Without NIGHTLAB_EVAL_INTERVAL_SECONDS it returns False at once. With it, every that many
+    seconds of training it scores the current model (in eval mode, no gradients) on the first
+    CURVE_EVAL_TOKENS val tokens, appends {training_seconds, tokens, step, val_bpb} to curve.jsonl
+    in the run dir, and returns True once NIGHTLAB_TARGET_METRIC is reached. Call it outside the
+    timed part of the step: its time is not training time. The frozen evaluation still scores the
+    final model, and the harness checks it against the curve.
+    """
+    global _curve
+    if _curve is None:
+        _curve = _Curve()
+    curve = _curve
+    if curve.interval is None or training_seconds < curve.next_at:
+        return False
+    while curve.next_at <= training_seconds:
+        curve.next_at += curve.interval
+    import evaluation  # imports this module as `prepare`: the same constants and data
+
+    if curve.val is None:
+        curve.val = load_split("val")[: CURVE_EVAL_TOKENS + 1]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=_uses_bf16(device)):
+            value, _ = evaluation.bits_per_byte(model, curve.val, get_tokenizer().token_bytes, device)
+    except evaluation.InvalidModel as exc:  # the final, frozen evaluation will say so
+        print(f"eval: step {step} skipped ({exc})", flush=True)
+        return False
+    finally:
+        model.train(was_training)
+    record = {
+        "training_seconds": round(training_seconds, 3),
+        "tokens": tokens,
+        "step": step,
+        "val_bpb": value,
+    }
+    with (get_run_dir() / CURVE_FILE).open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    print(f"eval: step {step:05d} | {training_seconds:.1f} s | val_bpb {value:.6f} (curve)", flush=True)
+    if curve.target is None:
+        return False
+    return value >= curve.target if curve.maximize else value <= curve.target
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line
 
 
