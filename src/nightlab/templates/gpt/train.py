@@ -507,6 +507,8 @@ def train() -> None:
                 f"{TOTAL_BATCH_SIZE / dt:,.0f} tok/s | {100 * progress:.0f}% of budget",
                 flush=True,
             )
+        if prepare.evaluate_periodically(model, training_seconds, tokens, step):
+            break  # NIGHTLAB_TARGET_METRIC reached (`nightlab validate --time-to-target`)
 
     summary = {
         "training_seconds": round(training_seconds, 1),
