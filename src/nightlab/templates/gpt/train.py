@@ -44,8 +44,8 @@ UNEMBED_INIT_STD = 0.001  # lm_head init std (untied from the embedding)
 MATRIX_INIT_SCALE = 1.0  # hidden matrices: std = MATRIX_INIT_SCALE / sqrt(fan_in)
 OUT_PROJ_INIT_SCALE = 0.0  # attention/MLP output projections, same units; 0 = zero init
 # Batch
-TOTAL_BATCH_SIZE = 8192  # tokens per optimizer step (gradient accumulation makes up the rest)
-DEVICE_BATCH_SIZE = 32  # sequences per forward/backward pass
+TOTAL_BATCH_SIZE = 4096  # tokens per optimizer step (gradient accumulation makes up the rest)
+DEVICE_BATCH_SIZE = 16  # sequences per forward/backward pass
 # Optimisers: Muon for hidden matrices, AdamW for embeddings, lm_head and scalars
 EMBEDDING_LR = 0.3  # AdamW lr of token and value embeddings
 UNEMBEDDING_LR = 0.004  # AdamW lr of lm_head
@@ -154,7 +154,7 @@ class ReLUSquared(torch.autograd.Function):
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
-    """RMSNorm without a learned gain (the residual scalars and next matrices carry scale)."""
+    """RMSNorm without a learned gain (the matrix that follows carries the scale)."""
     return RMSNorm.apply(x)
 
 
