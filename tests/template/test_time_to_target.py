@@ -1,0 +1,146 @@
+"""Time to target on the GPT template: its frozen periodic evaluation, and ``nightlab validate``.
+
+``prepare.evaluate_periodically`` (frozen) scores the model every NIGHTLAB_EVAL_INTERVAL_SECONDS
+of training on a val prefix, appends to curve.jsonl and stops training at
+NIGHTLAB_TARGET_METRIC. The end-to-end test runs ``nightlab validate --time-to-target`` on a
+cpu workspace at a tiny scale, comparing a learning rate ten times too small with the default:
+the default must reach the slow side's score sooner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nightlab
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import git  # noqa: E402
+from helpers import nightlab as run_cli
+
+TEMPLATE = Path(nightlab.__file__).parent / "templates" / "gpt"
+# A model and an evaluation small enough that a CPU run takes seconds.
+TINY = {"DEPTH": 2, "ASPECT_RATIO": 16, "HEAD_DIM": 16, "TOTAL_BATCH_SIZE": 2048, "DEVICE_BATCH_SIZE": 8}
+SMALL_EVAL = {"SEQ_LEN": 64, "EVAL_TOKENS": 4096}
+SLOW_LRS = {"EMBEDDING_LR": 0.03, "UNEMBEDDING_LR": 0.0004, "MATRIX_LR": 0.004, "SCALAR_LR": 0.002}
+
+
+def set_constants(path: Path, **values: object) -> None:
+    """Rewrite `NAME = literal  # comment` lines in place."""
+    text = path.read_text()
+    for name, value in values.items():
+        literal = json.dumps(value) if isinstance(value, str) else repr(value)
+        text, n = re.subn(
+            rf"^{name} = [^#\n]*?(\s+#.*)?$", rf"{name} = {literal}\g<1>", text, count=1, flags=re.M
+        )
+        assert n == 1, f"{name} is not a constant of {path.name}"
+    path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def run_train(ws: Path, cache: Path, run_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("NIGHTLAB_")}
+    full.update(NIGHTLAB_CACHE=str(cache), NIGHTLAB_RUN_DIR=str(run_dir), NIGHTLAB_EVAL_SEPARATE="1", **env)
+    return subprocess.run(
+        [sys.executable, "train.py"], cwd=ws, env=full, capture_output=True, text=True, timeout=300
+    )
+
+
+def curve(run_dir: Path) -> list[dict]:
+    path = run_dir / "curve.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.slow
+def test_periodic_evaluation_writes_a_curve_and_stops_at_the_target(tmp_path: Path, cache: Path) -> None:
+    ws = tmp_path / "ws"
+    shutil.copytree(TEMPLATE, ws, ignore=shutil.ignore_patterns("__pycache__", "run"))
+    set_constants(ws / "prepare.py", **SMALL_EVAL)
+    set_constants(ws / "train.py", **TINY)
+    assert subprocess.run([sys.executable, "prepare.py"], cwd=ws, env=dict(os.environ, NIGHTLAB_CACHE=str(cache)),
+                          capture_output=True).returncode == 0  # fmt: skip
+
+    # Without the variables: no curve, nothing changes.
+    proc = run_train(ws, cache, tmp_path / "plain", NIGHTLAB_BUDGET_STEPS="3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (tmp_path / "plain" / "curve.jsonl").exists()
+
+    proc = run_train(
+        ws, cache, tmp_path / "curve", NIGHTLAB_BUDGET_SECONDS="3", NIGHTLAB_EVAL_INTERVAL_SECONDS="0.5"
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    points = curve(tmp_path / "curve")
+    assert len(points) >= 2, proc.stdout  # how many depends on the machine's speed
+    assert [sorted(p) for p in points] == [["step", "tokens", "training_seconds", "val_bpb"]] * len(points)
+    seconds = [p["training_seconds"] for p in points]
+    assert seconds[0] >= 0.5 and all(b - a >= 0.5 - 1e-6 for a, b in zip(seconds, seconds[1:], strict=False))
+    assert [p["tokens"] for p in points] == sorted(p["tokens"] for p in points)
+    assert points[-1]["val_bpb"] < points[0]["val_bpb"]  # it learns
+    # The budget still ends training; the last evaluation is at its end, after the last step.
+    summary = dict(re.findall(r"^(\w+):\s+([0-9.]+)$", proc.stdout.rsplit("\n---\n", 1)[1], re.M))
+    assert float(summary["training_seconds"]) >= 3.0
+    assert points[-1]["step"] == int(summary["num_steps"])
+
+    # A target the first evaluation already meets: training stops right there.
+    target = points[0]["val_bpb"] + 1.0
+    proc = run_train(ws, cache, tmp_path / "target", NIGHTLAB_BUDGET_SECONDS="30",
+                     NIGHTLAB_EVAL_INTERVAL_SECONDS="0.5", NIGHTLAB_TARGET_METRIC=str(target))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stopped = curve(tmp_path / "target")
+    assert len(stopped) == 1 and stopped[0]["val_bpb"] <= target
+    assert (tmp_path / "target" / "model.pt2").exists()  # finished as usual: exported for the evaluation
+    bad = run_train(ws, cache, tmp_path / "bad", NIGHTLAB_BUDGET_STEPS="2", NIGHTLAB_EVAL_INTERVAL_SECONDS="0.5",
+                    NIGHTLAB_TARGET_METRIC="low")  # fmt: skip
+    assert bad.returncode != 0 and "NIGHTLAB_TARGET_METRIC" in bad.stdout + bad.stderr
+
+
+@pytest.mark.slow
+def test_validate_time_to_target_on_the_cpu_template(tmp_path: Path, cache: Path) -> None:
+    env = {"NIGHTLAB_CACHE": str(cache)}
+    ws = tmp_path / "lab"
+    res = run_cli("init", str(ws), "--size", "cpu", env=env)
+    assert res.returncode == 0, res.stderr
+    set_constants(ws / "prepare.py", **SMALL_EVAL)
+    set_constants(ws / "train.py", **SLOW_LRS)
+    with (ws / "nightlab.toml").open("a") as fh:
+        fh.write('\n[scales.tiny]\nconstants = { DEPTH = 2, ASPECT_RATIO = 16, HEAD_DIM = 16, '
+                 'TOTAL_BATCH_SIZE = 2048, DEVICE_BATCH_SIZE = 8 }\nbudget = { seconds = 3, timeout = 120 }\n')  # fmt: skip
+    git(ws, "commit", "-q", "-am", "learning rates ten times too small")
+    defaults = {name: _template_value(name) for name in SLOW_LRS}
+    set_constants(ws / "train.py", **defaults)
+    git(ws, "commit", "-q", "-am", "the template's learning rates")
+
+    res = run_cli("validate", str(ws), "--scale", "tiny", "--a", "HEAD~1", "--b", "HEAD", "--seeds", "2",
+                  "--time-to-target", "--json", env=env, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr + res.stdout
+    data = json.loads(res.stdout)
+    val = data["metrics"][0]
+    assert val["name"] == "val_bpb" and val["difference"] < 0  # the default learning rates learn more
+    ttt = data["time_to_target"]
+    assert ttt["target"] == pytest.approx(val["mean_a"])
+    assert all(r["reached"] for r in ttt["b"]), ttt
+    assert ttt["time"]["change"] < 0, ttt["time"]  # a positive speedup: less time to the target
+    assert ttt["time"]["mean_b"] < ttt["time"]["mean_a"]
+    assert "→" in ttt["time"]["text"]
+    # The scaled commits carry the tiny constants; the curves of every run are on disk.
+    assert "DEPTH = 2" in git(ws, "show", f"{data['b']['run_commit']}:train.py")
+    runs = list((ws / ".nightlab" / "runs").glob("*/*/curve.jsonl"))
+    assert len(runs) == 4
+    assert Path(data["plot"]).stat().st_size > 1000
+
+
+def _template_value(name: str) -> object:
+    match = re.search(rf"^{name} = ([^#\n]*?)\s*(#|$)", (TEMPLATE / "train.py").read_text(), re.M)
+    assert match, name
+    return eval(match.group(1))  # noqa: S307 - a literal of our own template
