@@ -120,7 +120,7 @@ def _check_consistent(root: Path, proposals: list[dict]) -> None:
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path) -> None:
-    proposals = _proposals(40)
+    proposals = _proposals(32)
     # 0.15 s of "training" per run, so the kills land inside experiments too.
     slow = TOY_TRAIN.replace("import json, os, random", "import json, os, random, time\ntime.sleep(0.15)")
     root = make_workspace(tmp_path / "ws", proposals=proposals, train=slow)

@@ -114,6 +114,7 @@ def test_missing_ledger_says_so_and_recovers(finished: Path) -> None:
     assert status["best"]["commit"] == before[-1]["commit"]
 
 
+@pytest.mark.slow
 def test_recover_refuses_a_healthy_ledger(finished: Path) -> None:
     res = nightlab("recover", str(finished))
     assert res.returncode == 2 and "nothing to recover" in res.stderr
