@@ -233,7 +233,8 @@ class ResearchLoop:
         if flags and self.config.audit.mode == "block":
             return self._record_unrun(common, "invalid", "invalid", "audit: " + "; ".join(flags))
         if flags:  # mode "mark": it runs, and the ledger keeps why it was flagged
-            common["meta_json"] = {**(proposal.meta if isinstance(proposal.meta, dict) else {}), "audit": flags}
+            meta = proposal.meta if isinstance(proposal.meta, dict) else {}
+            common["meta_json"] = {**meta, "audit": flags}
 
         new_files = {**files, **changed}
         kind = classify_change(files, new_files)
@@ -262,7 +263,14 @@ class ResearchLoop:
         # One insert with the outcome: a kill -9 between two writes would leave a "running" row
         # without a commit, which the next `nightlab run` would then try to run.
         exp_id = self.ledger.add_experiment(
-            kind="candidate", commit=None, diff="", status=status, decision=decision, reason=reason, n_runs=0, **common
+            kind="candidate",
+            commit=None,
+            diff="",
+            status=status,
+            decision=decision,
+            reason=reason,
+            n_runs=0,
+            **common,
         )
         self.ledger.finish_experiment(exp_id)  # the finish time
         row = self.ledger.experiment(exp_id)
