@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from nightlab.executor.base import RunStatus
-from nightlab.runner import Replicate
-from nightlab.study import Arm
-from nightlab.time_to_target import format_percent
+if TYPE_CHECKING:  # imported when a command runs: `nightlab --help` stays fast
+    from nightlab.ablate import AblationReport
+    from nightlab.runner import Replicate
+    from nightlab.study import Arm
+    from nightlab.validate import ValidationReport
 
 console = Console()
 _PATH = {"markup": False, "highlight": False, "soft_wrap": True}  # plain lines, never re-wrapped
@@ -37,7 +39,7 @@ def _progress(quiet: bool):  # noqa: ANN202 - a RunCallback
             return
         r = rep.result
         value = f"{rep.metric:.6g}" if rep.metric is not None else "-"
-        why = f" ({r.reason})" if r.status is not RunStatus.OK and r.reason else ""
+        why = f" ({r.reason})" if r.status.failed and r.reason else ""
         err_console.print(
             f"  {arm.label}, seed {index + 1}: {r.status.value} {value} in {r.total_seconds:.1f}s{why}",
             **_PATH,
@@ -102,7 +104,9 @@ def _signed(value: float | None, digits: int = 6) -> str:
     return ("−" if value < 0 and float(text) != 0 else "+") + text
 
 
-def _print_validation(report) -> None:  # noqa: ANN001 - a ValidationReport
+def _print_validation(report: ValidationReport) -> None:
+    from nightlab.time_to_target import format_percent
+
     where = f"scale {report.scale}" if report.scale else "the research scale"
     console.print(f"nightlab validate at {where}", style="bold", **_PATH)
     console.print(f"  A = {report.a.rev} ({report.a.commit[:12]})", **_PATH)
@@ -175,7 +179,7 @@ def ablate(
     _print_ablation(report)
 
 
-def _print_ablation(report) -> None:  # noqa: ANN001 - an AblationReport
+def _print_ablation(report: AblationReport) -> None:
     full = report.full_values
     mean_full = sum(full) / len(full) if full else None
     table = Table(title=f"nightlab ablate: best #{report.best_id} ({report.metric_name} {_num(mean_full)})")
