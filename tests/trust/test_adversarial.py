@@ -192,4 +192,6 @@ def test_audit_mark_mode_runs_and_records_the_flag(tmp_path: Path) -> None:
     status = json.loads(nightlab("status", str(root), "--json").stdout)
     shown = next(e for e in status["experiments"] if e["id"] == row["id"])
     assert "metric-like line" in " ".join(shown["audit"])
+    table = nightlab("status", str(root), env={"COLUMNS": "400"}).stdout
+    assert "(audit: train.py: references a metric-like line" in table
     assert_clean(root)
