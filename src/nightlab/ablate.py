@@ -287,7 +287,7 @@ def _apply(
     on_run: RunCallback | None,
 ) -> AppliedPrune:
     """Drop every candidate together, confirm with the same seeds, and commit it if no worse."""
-    workspace, ledger, config, tag = session.workspace, session.ledger, session.config, session.tag
+    workspace, config, tag = session.workspace, session.config, session.tag
     candidates = report.drop_candidates
     if not candidates:
         return AppliedPrune(None, [], [], None, False, "every change earns its place: nothing to drop")
@@ -328,35 +328,52 @@ def _apply(
     if old != report.best_commit:
         return AppliedPrune(pruned_commit, dropped, skipped, comparison, False,
                             f"not applied: nightlab/{tag} moved during the ablation")  # fmt: skip
+    exp_id = _record_applied(session, study.study_id, report, pruned, comparison, dropped)
+    workspace.advance_branch(tag, pruned_commit, old)  # after the ledger, as the loop does
+    return AppliedPrune(
+        pruned_commit, dropped, skipped, comparison, True, f"applied: nightlab/{tag} drops {names}", exp_id
+    )
+
+
+def _record_applied(
+    session: Session,
+    study_id: str,
+    report: AblationReport,
+    pruned: Arm,
+    comparison: MetricComparison,
+    dropped: list[int],
+) -> int:
+    """The pruned commit as a kept experiment of the tag (the new incumbent), with its runs."""
+    ledger, workspace = session.ledger, session.workspace
+    names = ", ".join(f"#{i}" for i in dropped)
     values, holdouts = pruned.values, pruned.holdouts
     sd = sample_sd(values)
+    interval = comparison.improvement_interval()
+    shown = f" ({comparison.confidence:.0%} CI {interval[0]:+.4g} … {interval[1]:+.4g})" if interval else ""
     reason = (
-        f"simplicity: dropped {names}; {comparison.note} (Δ {comparison.difference:+.6g} against the best)"
+        f"simplicity: dropped {names}; the best is {comparison.improvement:+.4g} better with them{shown}, "
+        "not measurably better"
     )
     exp_id = ledger.add_experiment(
         kind="ablate",
-        tag=tag,
-        status="ok",
+        tag=session.tag,
+        status="ok",  # finished from the start: `nightlab run` never sees it as interrupted
         decision="keep",
         reason=reason,
         base_commit=report.best_commit,
-        commit=pruned_commit,
+        commit=pruned.commit,
         agent="ablate",
         description=f"ablate: drop {names}",
-        diff=workspace.diff(report.best_commit, pruned_commit),
-        meta_json={"study": study.study_id, "dropped": dropped, "role": "applied"},
+        diff=workspace.diff(report.best_commit, pruned.commit),
+        meta_json={"study": study_id, "dropped": dropped, "role": "applied"},
         incumbent_id=report.best_id,
         n_runs=len(values),
         metric_mean=mean(values),
         metric_sem=None if sd is None else sd / len(values) ** 0.5,
         holdout_mean=mean(holdouts) if holdouts else None,
-        finished_at=None,
     )
     for i, rep in enumerate(pruned.replicates):
         ledger.add_run(exp_id, i, rep.result, rep.metric, rep.holdout, str(rep.run_dir))
     ledger.finish_experiment(exp_id)
-    workspace.set_experiment_ref(exp_id, pruned_commit)
-    workspace.advance_branch(tag, pruned_commit, old)  # after the ledger, as the loop does
-    return AppliedPrune(
-        pruned_commit, dropped, skipped, comparison, True, f"applied: nightlab/{tag} drops {names}", exp_id
-    )
+    workspace.set_experiment_ref(exp_id, pruned.commit)
+    return exp_id
