@@ -15,8 +15,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from pipelining import measure  # noqa: E402
 
-DELAY = 1.5
-TRAIN = 1.5
+DELAY = 2.5  # long enough that harness overhead on a busy 2-core machine stays well below DELAY / 2
+TRAIN = 2.5
 
 
 @pytest.mark.slow
