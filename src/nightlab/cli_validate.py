@@ -7,6 +7,7 @@ lines go to stderr, so ``--json`` output on stdout stays machine-readable.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,11 @@ if TYPE_CHECKING:  # imported when a command runs: `nightlab --help` stays fast
 console = Console()
 _PATH = {"markup": False, "highlight": False, "soft_wrap": True}  # plain lines, never re-wrapped
 err_console = Console(stderr=True)
+_SHORT_STATUS = {
+    "earns its place": "keep",
+    "candidate to drop": "drop?",
+    "does not revert cleanly": "no revert",
+}
 _VERDICT_STYLE = {"transfers": "bold green", "does not transfer": "bold red", "inconclusive": "yellow"}
 
 
@@ -102,6 +108,13 @@ def _signed(value: float | None, digits: int = 6) -> str:
         return "—"
     text = f"{abs(value):.{digits}f}"
     return ("−" if value < 0 and float(text) != 0 else "+") + text
+
+
+def _decimals(spread: float) -> int:
+    """Decimals that show two significant digits of ``spread`` (5 for 0.0036), 2 to 6."""
+    if not spread or not math.isfinite(spread):
+        return 6
+    return min(6, max(2, 1 - math.floor(math.log10(spread)) + 1))
 
 
 def _print_validation(report: ValidationReport) -> None:
@@ -183,22 +196,29 @@ def _print_ablation(report: AblationReport) -> None:
     full = report.full_values
     mean_full = sum(full) / len(full) if full else None
     table = Table(title=f"nightlab ablate: best #{report.best_id} ({report.metric_name} {_num(mean_full)})")
-    table.add_column("change", overflow="fold", ratio=1)
-    for col in ("contribution", f"{report.confidence:.0%} CI", "p", "lines", "status"):
+    table.add_column("change", overflow="fold", min_width=14)
+    for col in ("gain", f"{report.confidence:.0%} CI", "p", "lines", ""):
         table.add_column(col, no_wrap=True)
+    widths = [abs(c.interval[1] - c.interval[0]) / 2 for c in report.contributions if c.interval]
+    digits = _decimals(max(widths, default=0.0))
     for c in report.contributions:
         interval = c.interval
         table.add_row(
             Text(f"#{c.change.experiment_id} {c.change.description}"),
-            _signed(c.value),
-            "—" if interval is None else f"{_signed(interval[0])} … {_signed(interval[1])}",
+            _signed(c.value, digits),
+            "—" if interval is None else f"{_signed(interval[0], digits)} … {_signed(interval[1], digits)}",
             "—" if c.comparison is None or c.comparison.p_value is None else f"{c.comparison.p_value:.2g}",
             f"{c.change.net_lines:+d}",
-            Text(c.status, style="green" if c.status == "earns its place" else "yellow"),
+            Text(
+                _SHORT_STATUS.get(c.status, c.status),
+                style="green" if c.status == "earns its place" else "yellow",
+            ),
         )
     console.print(table)
     console.print(
-        "contribution: how much better the best is with the change than without it (positive helps)"
+        "gain: how much better the best is with the change than without it; keep = earns its place, "
+        "drop? = not shown to earn it",
+        **_PATH,
     )
     drop = report.drop_candidates
     if drop:

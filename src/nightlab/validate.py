@@ -192,7 +192,14 @@ def run_validation(
         study=study.study_id,
         experiments={},
     )
-    meta = {"scale": options.scale, "rev_a": side_a.rev, "rev_b": side_b.rev}
+    unit = "seconds" if run_config.budget.seconds else "tokens"  # the plot's axis
+    meta = {
+        "scale": options.scale,
+        "rev_a": side_a.rev,
+        "rev_b": side_b.rev,
+        "budget_unit": unit,
+        "budget_tokens": run_config.budget.tokens,
+    }
     target_from_a: float | None = options.target
     if not (options.time_to_target and options.target is not None):  # --target skips this phase
         mean_a = _fixed_budget(

@@ -66,6 +66,8 @@ def plot_validation(
     log_curves: list[tuple[str, list[tuple[float, float]]]] = []
     finals: list[tuple[str, float, float]] = []  # side, training seconds, final metric
     target = None
+    # A tokens (or steps) budget makes tokens the axis: on a loaded machine seconds mean little.
+    by_tokens = any(e.meta.get("budget_unit") == "tokens" for e in experiments)
     for e in experiments:
         side, mode = e.meta.get("side", "?"), e.meta.get("mode", "budget")
         target = e.meta.get("target", target)
@@ -75,11 +77,17 @@ def plot_validation(
             run_dir = Path(run.run_dir)
             points = read_curve(run_dir, metric_name)
             if points:
-                curves.append((side, mode, [(p.training_seconds, p.value) for p in points]))
+                xs = [p.tokens if by_tokens else p.training_seconds for p in points]
+                curves.append(
+                    (side, mode, [(x, p.value) for x, p in zip(xs, points, strict=True) if x is not None])
+                )
             elif run.status == "ok":
                 log_curves.append((side, _log_curve(run_dir)))
-            if run.status == "ok" and run.metric is not None and run.training_seconds is not None:
-                finals.append((side, run.training_seconds, run.metric))
+            end = run.training_seconds
+            if by_tokens:  # a budget run ends at its budget, a time-to-target run at its last evaluation
+                end = points[-1].tokens if mode != "budget" and points else e.meta.get("budget_tokens")
+            if run.status == "ok" and run.metric is not None and end is not None:
+                finals.append((side, end, run.metric))
 
     scale = next((e.meta.get("scale") for e in experiments if e.meta.get("scale")), None)
     better = "lower" if Direction(direction) is Direction.MINIMIZE else "higher"
@@ -89,6 +97,9 @@ def plot_validation(
         f"nightlab validate ({where}): A = {_side_rev(experiments, 'A')}, B = {_side_rev(experiments, 'B')}"
     )
     zoom = _zoom([v for _, _, v in finals] + ([float(target)] if target is not None else []))
+    every = [v for _, _, points in curves for _, v in points] + [v for _, _, v in finals]
+    if zoom and every and (zoom[1] - zoom[0]) > 0.5 * (max(every) - min(every)):
+        zoom = None  # the end is spread as widely as the whole curve: nothing to zoom into
     panels = 2 if curves and zoom else 1
     fig, axes = plt.subplots(1, panels, figsize=(8 * panels, 6), squeeze=False)
     try:
@@ -97,6 +108,7 @@ def plot_validation(
                 _draw_log_curves(ax, log_curves)
             else:
                 _draw_curves(ax, curves, finals, target, metric_name, better)
+                ax.set_xlabel("tokens" if by_tokens else "training seconds")
             if i == 1 and zoom:
                 ax.set_ylim(*zoom)
                 ax.set_title("near the end (zoomed)", fontsize=10)
