@@ -92,8 +92,9 @@ def test_periodic_evaluation_writes_a_curve_and_stops_at_the_target(tmp_path: Pa
     assert float(summary["training_seconds"]) >= 3.0
     assert points[-1]["step"] == int(summary["num_steps"])
 
-    # A target the first evaluation already meets: training stops right there.
-    target = points[0]["val_bpb"] + 1.0
+    # A target any finite score meets (bits per byte are far below 100): training stops at the
+    # first evaluation, whatever the speed of the machine.
+    target = 100.0
     proc = run_train(ws, cache, tmp_path / "target", NIGHTLAB_BUDGET_SECONDS="30",
                      NIGHTLAB_EVAL_INTERVAL_SECONDS="0.5", NIGHTLAB_TARGET_METRIC=str(target))  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
