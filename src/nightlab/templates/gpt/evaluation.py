@@ -151,6 +151,12 @@ def _write_metrics(run_dir: Path, metrics: dict) -> None:
 
 
 def evaluate(run_dir: Path, started: float) -> int:
+    """Score the exported model in ``run_dir`` (see _evaluate); gradients stay off only inside."""
+    with torch.no_grad():  # not a global switch: callers in the same process keep autograd
+        return _evaluate(run_dir, started)
+
+
+def _evaluate(run_dir: Path, started: float) -> int:
     """The frozen evaluation: metrics.json with val_bpb, holdout_bpb and causality; the exit code."""
     metrics_path = run_dir / METRICS_FILE
     if metrics_path.exists():
@@ -164,7 +170,6 @@ def evaluate(run_dir: Path, started: float) -> int:
         raise fail(f"no exported model in {run_dir}: train.py must end with prepare.finish(model, summary)")
     meta = json.loads(meta_path.read_text())
     device = _eval_device(meta)
-    torch.set_grad_enabled(False)
     warnings.filterwarnings("ignore", message="The given buffer is not writable")  # torch.export.load
     model = torch.export.load(str(run_dir / EXPORT_FILE)).module()
     if meta.get("autocast") == "bfloat16":
