@@ -92,7 +92,7 @@ class ResearchLoop:
                     )
                     break
                 if limits.hours is not None and time.monotonic() - started >= limits.hours * 3600:
-                    outcome.stopped_because = f"time limit of {limits.hours:g} h reached"
+                    outcome.stopped_because = f"time limit of {_duration(limits.hours)} reached"
                     break
                 if self.should_stop():
                     outcome.stopped_because = "stopped by the user"
@@ -476,6 +476,10 @@ class ResearchLoop:
             self.workspace.create_branch(self.tag, target)
         elif current != target:
             self.workspace.advance_branch(self.tag, target, current)
+
+
+def _duration(hours: float) -> str:
+    return f"{hours:g} h" if hours >= 1 else f"{hours * 60:.3g} min"
 
 
 def _cost(meta: dict) -> dict:
