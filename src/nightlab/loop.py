@@ -14,13 +14,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from nightlab.agents.base import Agent, Context, Proposal
 from nightlab.audit import audit_change
 from nightlab.changes import classify_change, line_counts
-from nightlab.config import CONFIG_NAME, Config, match_globs
+from nightlab.config import Config
 from nightlab.edits import apply_edits, python_syntax_error
 from nightlab.errors import EditError, UserError
 from nightlab.events import Event, EventSink
@@ -45,7 +44,6 @@ class LoopOutcome:
     experiments_run: int = 0
     stopped_because: str = ""
     best_id: int | None = None
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 class ResearchLoop:
@@ -495,8 +493,3 @@ def _run_line(row: ExperimentRow, rep: Replicate) -> str:
     metric = f"{rep.metric:.6g}" if rep.metric is not None else "-"
     extra = f" ({r.reason})" if r.status.failed and r.reason else ""
     return f"#{row.id} {r.status.value} metric={metric} in {r.total_seconds:.1f}s{extra}"
-
-
-def editable_files(root: Path, config: Config) -> list[str]:
-    """Editable files present in a working tree (used by checks before the first run)."""
-    return [p for p in match_globs(root, config.target.editable) if p != CONFIG_NAME]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -36,24 +35,6 @@ class Direction(str, Enum):
     def improvement(self, candidate: float, incumbent: float) -> float:
         """How much better ``candidate`` is than ``incumbent``, positive when better."""
         return self.sign * (candidate - incumbent)
-
-
-@dataclass(frozen=True)
-class MetricValue:
-    """One measured value with its direction; NaN and missing values compare as the worst."""
-
-    value: float
-    direction: Direction
-
-    def __post_init__(self) -> None:
-        if self.value is None or (isinstance(self.value, float) and math.isnan(self.value)):
-            object.__setattr__(self, "value", self.direction.worst)
-
-    def __lt__(self, other: MetricValue) -> bool:  # "worse than", so max() picks the best
-        return self.direction.better(other.value, self.value)
-
-    def is_better_than(self, other: MetricValue) -> bool:
-        return self.direction.better(self.value, other.value)
 
 
 def read_metrics_json(path: Path) -> dict[str, float]:
