@@ -58,6 +58,16 @@ def test_init_gpu_rewrites_only_the_size_constants(tmp_path: Path) -> None:
     budget = tomllib.loads((gpu / "nightlab.toml").read_text())["budget"]
     assert budget["seconds"] == sizes["gpu"]["budget"]["seconds"]
     assert constant((gpu / "train.py").read_text(), "DEPTH") == "8"
+    # [gpu.space] moves the batch-size domain with the size: multiples of one device pass
+    for root, size in ((cpu, "cpu"), (gpu, "gpu")):
+        space = tomllib.loads((root / "nightlab.toml").read_text())["agent"]["space"]
+        assert space["TOTAL_BATCH_SIZE"] == sizes[size]["space"]["TOTAL_BATCH_SIZE"]
+        train = (root / "train.py").read_text()
+        prepare = (root / "prepare.py").read_text()
+        per_pass = int(constant(train, "DEVICE_BATCH_SIZE")) * int(constant(prepare, "SEQ_LEN"))
+        domain = space["TOTAL_BATCH_SIZE"]
+        assert domain["low"] % per_pass == 0 and domain["step"] % per_pass == 0, size
+        assert space["ACTIVATION"]["choices"]  # the other declared domains are kept
 
 
 @pytest.mark.parametrize(

@@ -94,19 +94,26 @@ def _toml_literal(value: object) -> str:
         return repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_literal(v)}" for k, v in value.items()) + " }"
     raise UserError(f"{SIZES_FILE}: cannot write {value!r} into nightlab.toml")
 
 
 def apply_size(files: dict[str, str], sizes: dict, size: str) -> dict[str, str]:
-    """Rewrite the size's constants (``[size.<file stem>]``) and budget (``[size.budget]``)."""
+    """Rewrite the size's constants (``[size.<file stem>]``), budget (``[size.budget]``) and
+    search domains (``[size.space]``, into ``[agent.space]``: a batch size's valid range moves
+    with the size)."""
     from nightlab.knobs import set_knobs
 
     out = dict(files)
     for section, values in sizes.get(size, {}).items():
-        if section == "budget":
+        if section in ("budget", "space"):
             text = out["nightlab.toml"]
+            table = "agent.space" if section == "space" else section
             for key, value in values.items():
-                text = set_toml_value(text, "budget", key, value)
+                text = set_toml_value(text, table, key, value)
             out["nightlab.toml"] = text
             continue
         name = f"{section}.py"
