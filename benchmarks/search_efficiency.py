@@ -13,8 +13,14 @@ Run::
     .venv/bin/python benchmarks/search_efficiency.py                # synthetic target
     .venv/bin/python benchmarks/search_efficiency.py --seeds 3 --experiments 40
 
-The version on the built-in cpu template needs the harness's full loop (real training runs):
-see :func:`run_on_cpu_template`.
+The version on the built-in cpu template runs the harness's full loop (real training, about
+35 s an experiment on 2 cores), one process per method and seed, then summarises the ledgers::
+
+    for m in search random tpe; do for s in 0 1 2; do
+      OMP_NUM_THREADS=2 python benchmarks/search_efficiency.py --cpu-template /tmp/se \\
+        --methods $m --seeds 1 --seed-start $s --experiments 16 --tokens 196608 --timeout 120 &
+    done; done; wait
+    python benchmarks/search_efficiency.py --collect /tmp/se --experiments 16 --plot docs/search_efficiency_cpu.png
 """
 
 from __future__ import annotations
@@ -200,18 +206,32 @@ def run_synthetic(
             curves[method].append(drive(make_agent(method, config, seed), target, text, experiments, seed))
             seconds[method] += time.perf_counter() - started
             print(f"seed {seed} {method:7s} final {curves[method][-1][-1]:.4f}", file=sys.stderr, flush=True)
+    result = summarise(
+        curves,
+        experiments,
+        "synthetic, neutral knob names" if neutral else "synthetic",
+        {"baseline_loss": target.true_loss(knob_values(text)), "optimum_loss": target.optimum_loss},
+        {m: seconds[m] / (seeds * experiments) for m in methods},
+    )
+    if out is not None:
+        _plot(result, out)
+    return result
+
+
+def summarise(
+    curves: dict[str, list[list[float]]],
+    experiments: int,
+    target: str,
+    extra: dict,
+    seconds_per_experiment: dict[str, float] | None = None,
+) -> dict:
+    """Median curves and experiments-to-reach-random's-final-best, per method, from per-seed curves."""
+    methods = list(curves)
+    seeds = min(len(cs) for cs in curves.values())
     median = {m: [statistics.median(c[i] for c in curves[m]) for i in range(experiments)] for m in methods}
-    baseline_loss = target.true_loss(knob_values(text))
     reference = median["random"][-1] if "random" in median else min(m[-1] for m in median.values())
-    result = {
-        "target": "synthetic, neutral knob names" if neutral else "synthetic",
-        "seeds": seeds,
-        "experiments": experiments,
-        "baseline_loss": baseline_loss,
-        "optimum_loss": target.optimum_loss,
-        "random_final_median": reference,
-        "methods": {},
-    }
+    result = {"target": target, "seeds": seeds, "experiments": experiments, **extra}
+    result.update({"random_final_median": reference, "methods": {}})
     for m in methods:
         per_seed = [experiments_to_reach(c, reference) for c in curves[m]]
         reached = [p for p in per_seed if p is not None]
@@ -219,36 +239,38 @@ def run_synthetic(
             "median_curve": median[m],
             "final_median": median[m][-1],
             "to_reach_random_final_median_curve": experiments_to_reach(median[m], reference),
+            "to_reach_per_seed": per_seed,
             "to_reach_per_seed_median": statistics.median(reached) if len(reached) > seeds / 2 else None,
             "seeds_reaching": len(reached),
-            "seconds_per_experiment": seconds[m] / (seeds * experiments),
+            "seconds_per_experiment": (seconds_per_experiment or {}).get(m),
         }
-    if out is not None:
-        _plot(median, result, out)
     return result
 
 
-def _plot(median: dict[str, list[float]], result: dict, out: Path) -> None:
+def _plot(result: dict, out: Path) -> None:
+    """Median best-so-far curves; as a log-scale gap to the optimum where the optimum is known."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    offset = result.get("optimum_loss", 0.0)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     colours = {"search": "tab:green", "tpe": "tab:blue", "random": "tab:grey"}
-    for m, curve in median.items():
+    for m, r in result["methods"].items():
+        curve = r["median_curve"]
         xs = range(1, len(curve) + 1)
-        ax.step(xs, [v - result["optimum_loss"] for v in curve], where="post", label=m, color=colours.get(m))
+        ax.step(xs, [v - offset for v in curve], where="post", label=m, color=colours.get(m))
     ax.axhline(
-        result["random_final_median"] - result["optimum_loss"],
-        color="tab:grey",
-        ls=":",
-        lw=1,
-        label="random's final best",
+        result["random_final_median"] - offset, color="tab:grey", ls=":", lw=1, label="random's final best"
     )
-    ax.set_yscale("log")
     ax.set_xlabel("experiments")
-    ax.set_ylabel("true loss of the reported best − optimum")
+    if "optimum_loss" in result:
+        ax.set_yscale("log")
+        ax.set_ylabel("true loss of the reported best − optimum")
+    else:
+        ax.axhline(result["baseline_loss"], color="black", ls="--", lw=1, label="baseline")
+        ax.set_ylabel("measured val_bpb of the best so far")
     ax.set_title(f"{result['target'].capitalize()}: median of {result['seeds']} seeds")
     ax.legend()
     fig.tight_layout()
@@ -258,21 +280,23 @@ def _plot(median: dict[str, list[float]], result: dict, out: Path) -> None:
 
 
 def markdown(result: dict) -> str:
+    optimum = f", optimum {result['optimum_loss']:.4f}" if "optimum_loss" in result else ""
     lines = [
-        f"{result['target'].capitalize()} ({result['seeds']} seeds, {result['experiments']} experiments each; baseline loss "
-        f"{result['baseline_loss']:.4f}, optimum {result['optimum_loss']:.4f}; random search's final median best "
-        f"{result['random_final_median']:.4f}).",
+        f"{result['target'].capitalize()} ({result['seeds']} seeds, {result['experiments']} experiments each; baseline "
+        f"{result['baseline_loss']:.4f}{optimum}; random search's final median best {result['random_final_median']:.4f}).",
         "",
         "| method | final median best | experiments to reach random's final best (median curve) "
-        "| same, median over seeds (seeds reaching) | agent seconds / experiment |",
-        "|---|---|---|---|---|",
+        "| same, per seed | median over seeds (seeds reaching) | agent seconds / experiment |",
+        "|---|---|---|---|---|---|",
     ]
     for m, r in result["methods"].items():
         per_seed = r["to_reach_per_seed_median"]
+        seconds = r["seconds_per_experiment"]
+        each = ", ".join(str(n) if n is not None else "never" for n in r["to_reach_per_seed"])
         lines.append(
-            f"| {m} | {r['final_median']:.4f} | {r['to_reach_random_final_median_curve'] or 'never'} | "
+            f"| {m} | {r['final_median']:.4f} | {r['to_reach_random_final_median_curve'] or 'never'} | {each} | "
             f"{per_seed if per_seed is not None else 'n/a'} ({r['seeds_reaching']}/{result['seeds']}) | "
-            f"{r['seconds_per_experiment']:.3f} |"
+            f"{f'{seconds:.3f}' if seconds is not None else 'n/a'} |"
         )
     return "\n".join(lines)
 
@@ -282,57 +306,83 @@ def markdown(result: dict) -> str:
 
 
 def run_on_cpu_template(
-    workdir: Path, seeds: int = 3, experiments: int = 20, tokens: int = 2_000_000, methods: tuple = METHODS
-) -> dict:
-    """LEAD: the same comparison on the built-in cpu template under a token budget (real training).
+    workdir: Path,
+    seeds: int = 3,
+    experiments: int = 20,
+    tokens: int = 393_216,
+    methods: tuple = METHODS,
+    seed_start: int = 0,
+    timeout: float | None = None,
+) -> None:
+    """The same comparison on the built-in cpu template under a token budget (real training).
 
-    Not run by :func:`main`: each experiment trains for real (tens of seconds on 2 cores), so
-    3 methods x 3 seeds x 20 experiments is hours. For each method and seed it writes a cpu-size
-    workspace with ``nightlab init``, sets ``[budget] tokens`` (comparable across machines and
-    loads) and the greedy policy (as the synthetic comparison does, so every method gets the
-    same decisions), then runs the harness's own loop with that method's agent. Curves are the
-    measured ``val_bpb`` of the best experiment so far (there is no noise-free truth here).
-    Checked only mechanically (1 seed, 2 experiments, a tiny budget); no numbers quoted yet.
+    For each method and seed it writes a cpu-size workspace ``DIR/METHOD-SEED`` with
+    ``nightlab init``, sets ``[budget] tokens`` (comparable across machines and loads) and the
+    greedy policy (as the synthetic comparison does, so every method gets the same decisions),
+    then runs the harness's own loop with that method's agent. Each experiment trains for real
+    (about 35 s on 2 cores at the demo's 393,216 tokens), so the (method, seed) pairs are meant
+    to run as separate processes side by side (``--seed-start`` / ``--methods``), and
+    :func:`collect_cpu_template` reads the curves back from the workspaces' ledgers, finished
+    or not. A workspace that already exists is resumed, not restarted. ``timeout`` caps each
+    training run's wall time (``[budget] timeout``; the template's is 240 s): far-off random
+    configurations (a 100M-parameter model) would otherwise take most of the benchmark's time.
     """
     from nightlab.init import init_workspace
     from nightlab.loop import LoopLimits
     from nightlab.session import build_loop, open_session
 
-    curves: dict[str, list[list[float]]] = {m: [] for m in methods}
-    for seed in range(seeds):
+    for seed in range(seed_start, seed_start + seeds):
         for method in methods:
             root = Path(workdir) / f"{method}-{seed}"
-            init_workspace(root, size="cpu")
-            toml = (root / "nightlab.toml").read_text()
-            toml = _set_table(toml, "budget", {"tokens": str(tokens)}, drop=("seconds",))
-            toml = _set_table(toml, "policy", {"kind": '"greedy"'})
-            toml = _set_table(toml, "agent", {"seed": str(seed)})
-            (root / "nightlab.toml").write_text(toml)
-            _git(root, "commit", "-qam", f"benchmark: {method}, seed {seed}, {tokens} tokens")
+            if not (root / "nightlab.toml").exists():
+                init_workspace(root, size="cpu")
+                toml = (root / "nightlab.toml").read_text()
+                budget = {"tokens": str(tokens)} | ({"timeout": str(timeout)} if timeout else {})
+                toml = _set_table(toml, "budget", budget, drop=("seconds",))
+                toml = _set_table(toml, "policy", {"kind": '"greedy"'})
+                toml = _set_table(toml, "agent", {"seed": str(seed)})
+                (root / "nightlab.toml").write_text(toml)
+                _git(root, "commit", "-qam", f"benchmark: {method}, seed {seed}, {tokens} tokens")
             session = open_session(root, tag=f"bench-{method}-{seed}")
             loop = build_loop(session)
             loop.agent = make_agent(method, session.config, seed)
-            loop.run(LoopLimits(max_experiments=experiments))
-            history = session.ledger.history(session.tag)
-            best, curve = math.inf, []
-            for entry in history:
-                if entry.status == "ok" and entry.metric is not None:
-                    best = min(best, entry.metric)
-                if entry.decision != "baseline":
-                    curve.append(best)
-            curves[method].append(curve[:experiments])
+            loop.run(LoopLimits(max_experiments=experiments))  # counts what a resumed tag already ran
+
+
+def collect_cpu_template(workdir: Path, experiments: int) -> dict:
+    """Median best-so-far curves from the ``METHOD-SEED`` workspaces under ``workdir``.
+
+    The curve is the *measured* val_bpb of the best experiment so far (the baseline's mean
+    before any experiment): there is no noise-free truth for a real training run. Workspaces
+    that have not finished ``experiments`` yet count up to where they are.
+    """
+    from nightlab.ledger import Ledger
+
+    curves: dict[str, list[list[float]]] = {}
+    baselines: list[float] = []
+    for root in sorted(Path(workdir).iterdir()):
+        ledger_path = root / ".nightlab" / "ledger.db"
+        if not ledger_path.exists() or "-" not in root.name:
+            continue
+        method, seed = root.name.rsplit("-", 1)
+        with Ledger(ledger_path) as ledger:
+            history = ledger.history(f"bench-{method}-{seed}")
+        best, curve = math.inf, []
+        for entry in history:
+            if entry.status == "ok" and entry.metric is not None:
+                best = min(best, entry.metric)
+            if entry.decision == "baseline":
+                baselines.append(entry.metric)
+            else:
+                curve.append(best)
+        if curve:
+            curves.setdefault(method, []).append(curve[:experiments])
     n = min(len(c) for cs in curves.values() for c in cs)
-    median = {m: [statistics.median(c[i] for c in cs) for i in range(n)] for m, cs in curves.items()}
-    reference = median["random"][-1] if "random" in median else min(c[-1] for c in median.values())
-    return {
-        "target": "cpu template",
-        "tokens": tokens,
-        "random_final_median": reference,
-        "methods": {
-            m: {"median_curve": c, "to_reach_random_final_median_curve": experiments_to_reach(c, reference)}
-            for m, c in median.items()
-        },
-    }
+    seeds = min(len(cs) for cs in curves.values())
+    curves = {m: [c[:n] for c in cs[:seeds]] for m, cs in curves.items()}
+    result = summarise(curves, n, "cpu template", {"baseline_loss": statistics.fmean(baselines)})
+    result["per_seed_final"] = {m: [c[-1] for c in cs] for m, cs in curves.items()}
+    return result
 
 
 def _set_table(text: str, table: str, values: dict[str, str], drop: tuple = ()) -> str:
@@ -375,31 +425,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--experiments", type=int, default=80)
     parser.add_argument("--methods", default="search,random,tpe")
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "search_efficiency.png")
+    parser.add_argument("--plot", type=Path, default=None, help="where to draw the median curves")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument(
         "--cpu-template",
         type=Path,
         default=None,
         metavar="DIR",
-        help="run the real-training comparison in DIR (hours)",
+        help="run the real-training comparison with workspaces in DIR (tens of seconds per experiment)",
     )
+    parser.add_argument("--seed-start", type=int, default=0, help="first seed for --cpu-template")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds a --cpu-template run may take")
     parser.add_argument(
-        "--tokens", type=int, default=2_000_000, help="token budget per run for --cpu-template"
+        "--collect",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="summarise the --cpu-template workspaces in DIR",
     )
+    parser.add_argument("--tokens", type=int, default=393_216, help="token budget per run for --cpu-template")
     parser.add_argument(
         "--neutral-names", action="store_true", help="rename the knobs K1..K9 so names give no hints"
     )
     args = parser.parse_args(argv)
+    methods = tuple(args.methods.split(","))
     if args.cpu_template is not None:
-        result = run_on_cpu_template(args.cpu_template, args.seeds, args.experiments, args.tokens)
-        print(json.dumps({m: r["to_reach_random_final_median_curve"] for m, r in result["methods"].items()}))
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=1))
+        run_on_cpu_template(
+            args.cpu_template,
+            args.seeds,
+            args.experiments,
+            args.tokens,
+            methods,
+            args.seed_start,
+            args.timeout,
+        )
         return 0
-    result = run_synthetic(
-        args.seeds, args.experiments, args.methods.split(","), args.plot, args.neutral_names
-    )
+    if args.collect is not None:
+        result = collect_cpu_template(args.collect, args.experiments)
+    else:
+        plot = args.plot or ROOT / "docs" / "search_efficiency.png"
+        result = run_synthetic(args.seeds, args.experiments, list(methods), None, args.neutral_names)
+        args.plot = plot
+    if args.plot:
+        _plot(result, args.plot)
     print(markdown(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
