@@ -16,6 +16,7 @@ once with biases in the Linear and LayerNorm layers, nanoGPT's default ("naive+b
 from __future__ import annotations
 
 import argparse
+import ast
 import statistics
 import sys
 import time
@@ -81,6 +82,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (median reported)")
     parser.add_argument("--steps", type=int, default=5, help="steps per model per round")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="override one of train.py's constants for this measurement, e.g. WINDOW_PATTERN='SSSL'",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # train.py does this on CPU; process-wide, so both models get it
@@ -88,6 +96,11 @@ def main() -> None:
     import prepare  # noqa: E402  (the template's frozen module; train.py imports it)
     import train  # noqa: E402
 
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if not hasattr(train, name) or not name.isupper():
+            raise SystemExit(f"--set {item}: train.py has no knob {name!r}")
+        setattr(train, name, ast.literal_eval(value))
     torch.manual_seed(0)
     vocab, seq_len, batch = prepare.VOCAB_SIZE, prepare.SEQ_LEN, train.DEVICE_BATCH_SIZE
     x = torch.randint(0, vocab, (batch, seq_len))
