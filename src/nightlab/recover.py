@@ -70,13 +70,13 @@ def _move_aside(path: Path) -> Path | None:
 
 
 def _research_tags(workspace: Workspace) -> list[str]:
-    out = workspace._git("for-each-ref", "--format=%(refname)", "refs/heads/nightlab/")
+    out = workspace.git("for-each-ref", "--format=%(refname)", "refs/heads/nightlab/")
     return [line.removeprefix("refs/heads/nightlab/") for line in out.splitlines() if line.strip()]
 
 
 def _chain(workspace: Workspace, tag: str) -> tuple[str, list[str]]:
     """(start commit, kept commits oldest first) of the research branch of ``tag``."""
-    log = workspace._git("log", "--first-parent", "--format=%H %s", f"refs/heads/nightlab/{tag}")
+    log = workspace.git("log", "--first-parent", "--format=%H %s", f"refs/heads/nightlab/{tag}")
     kept: list[str] = []
     for line in log.splitlines():
         sha, _, subject = line.partition(" ")
@@ -138,7 +138,7 @@ def recover(root: Path, config: Config, tag: str | None = None, force: bool = Fa
 
 
 def _parent(workspace: Workspace, commit: str) -> str | None:
-    out = workspace._git("rev-list", "--parents", "-n", "1", commit).split()
+    out = workspace.git("rev-list", "--parents", "-n", "1", commit).split()
     return out[1] if len(out) > 1 else None
 
 
@@ -156,7 +156,7 @@ def _rebuild_experiment(
     if kind == "baseline":
         description, hypothesis, diff = "baseline", "", ""
     else:
-        message = workspace._git("log", "-1", "--format=%B", commit)
+        message = workspace.git("log", "-1", "--format=%B", commit)
         subject, _, body = message.partition("\n")
         description = subject.split(": ", 1)[1] if subject.startswith("nightlab #") else subject
         hypothesis, diff = body.strip(), workspace.diff(base, commit)

@@ -100,4 +100,4 @@ def set_ref(workspace: Workspace, ref: str, commit: str) -> None:
     """Keep a side study's commit reachable (``refs/nightlab/validate/...``) so nothing run is lost."""
     if not ref.startswith("refs/nightlab/"):
         raise ValueError(f"side-study refs live under refs/nightlab/, not {ref}")
-    workspace._git("update-ref", ref, commit)  # noqa: SLF001 - the workspace's own git runner
+    workspace.git("update-ref", ref, commit)

@@ -144,7 +144,7 @@ def build_loop(
     tree = workspace.worktree(0)
     workspace.checkout(tree, start)
     frozen = FrozenCheck(hash_paths(tree, frozen_paths(config, tree)))
-    _run_setup(session, executor, tree)
+    run_setup(session, executor, tree)
 
     agent = agent if agent is not None else make_agent(config, root)
     runner = ReplicateRunner(config, workspace, executor, frozen)
@@ -162,7 +162,7 @@ def build_loop(
     )
 
 
-def _run_setup(session: Session, executor: LocalExecutor, tree: Path) -> None:
+def run_setup(session: Session, executor: LocalExecutor, tree: Path) -> None:
     """The target's one-off setup (data preparation), run once per workspace, before the baseline."""
     command = session.config.target.setup
     if not command or session.ledger.get_meta("setup_done") == command:

@@ -122,9 +122,9 @@ class SideStudy:
 
     def _setup(self, tree: Path) -> None:
         """The target's one-off setup (data preparation), exactly as ``nightlab run`` runs it."""
-        from nightlab.session import _run_setup  # the one place that knows how setup is run
+        from nightlab.session import run_setup  # the one place that knows how setup is run
 
-        _run_setup(self.session, self.executor, tree)
+        run_setup(self.session, self.executor, tree)
 
     def check_same_frozen(self, arms: Sequence[Arm]) -> None:
         """Refuse arms whose frozen files differ from the reference's (another evaluation)."""

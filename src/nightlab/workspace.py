@@ -148,12 +148,14 @@ class Workspace:
         self._exclude_state_dir()
 
     # -- plumbing -------------------------------------------------------------------------
-    def _git(self, *args: str, **kwargs) -> str:
+    def git(self, *args: str, **kwargs) -> str:
+        """``git ARGS`` in the workspace, its stdout as text: the one runner (environment,
+        errors as :class:`UserError`) that recovery and the scale tools share with this class."""
         return _decode(_run_git(list(args), self.root, **kwargs).stdout)
 
     def _exclude_state_dir(self) -> None:
         """List .nightlab/ in .git/info/exclude so the state never shows as a dirty tree."""
-        exclude = Path(self._git("rev-parse", "--git-path", "info/exclude").strip())
+        exclude = Path(self.git("rev-parse", "--git-path", "info/exclude").strip())
         if not exclude.is_absolute():
             exclude = self.root / exclude
         line = f"/{STATE_DIR}/"
@@ -236,7 +238,7 @@ class Workspace:
 
     def _refuse_checked_out(self, ref: str) -> None:
         # Moving a branch that a working tree has checked out would make that tree look dirty.
-        listing = self._git("worktree", "list", "--porcelain")
+        listing = self.git("worktree", "list", "--porcelain")
         current = None
         for line in listing.splitlines():
             if line.startswith("worktree "):
@@ -275,7 +277,7 @@ class Workspace:
     def _modes(self, commit: str, paths: list[str]) -> dict[str, str]:
         if not paths:
             return {}
-        out = self._git("ls-tree", "-z", "--full-tree", commit, "--", *paths)
+        out = self.git("ls-tree", "-z", "--full-tree", commit, "--", *paths)
         modes = {}
         for entry in filter(None, out.split("\0")):
             meta, path = entry.split("\t", 1)
@@ -293,7 +295,7 @@ class Workspace:
             staged_path.write_bytes(_encode(text))
             staged.append(str(staged_path))
         # One process for all blobs; --no-filters because the text is already what to store.
-        ids = self._git("hash-object", "-w", "--no-filters", "--", *staged).split()
+        ids = self.git("hash-object", "-w", "--no-filters", "--", *staged).split()
         return dict(zip(texts, ids, strict=True))
 
     def _commit_tree(self, tree: str, parents: Iterable[str], message: str) -> str:
@@ -305,10 +307,10 @@ class Workspace:
 
     def set_experiment_ref(self, exp_id: int, commit: str) -> None:
         """Keep ``commit`` reachable forever as ``refs/nightlab/experiments/<id>``."""
-        self._git("update-ref", f"{EXPERIMENT_REFS}{exp_id:04d}", commit)
+        self.git("update-ref", f"{EXPERIMENT_REFS}{exp_id:04d}", commit)
 
     def experiment_refs(self) -> dict[int, str]:
-        out = self._git("for-each-ref", "--format=%(objectname) %(refname)", EXPERIMENT_REFS)
+        out = self.git("for-each-ref", "--format=%(objectname) %(refname)", EXPERIMENT_REFS)
         refs = {}
         for line in out.splitlines():
             sha, name = line.split(" ", 1)
@@ -344,13 +346,13 @@ class Workspace:
         return texts
 
     def list_files(self, commit: str) -> list[str]:
-        out = self._git("ls-tree", "-r", "-z", "--name-only", "--full-tree", commit)
+        out = self.git("ls-tree", "-r", "-z", "--name-only", "--full-tree", commit)
         return [p for p in out.split("\0") if p]
 
     def diff(self, base: str, commit: str, paths: Sequence[str] = ()) -> str:
         """Unified diff from ``base`` to ``commit``, independent of the user's diff settings."""
         args = ["diff", "--no-color", "--no-ext-diff", "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/"]
-        return self._git(*args, base, commit, "--", *paths)
+        return self.git(*args, base, commit, "--", *paths)
 
     def revert_commit_onto(self, commit_to_drop: str, head: str) -> str | None:
         """A commit on ``head`` that undoes ``commit_to_drop`` (for ablations); None on conflict.
@@ -359,7 +361,7 @@ class Workspace:
         working tree is involved.
         """
         drop = self.resolve(commit_to_drop)
-        parents = self._git("rev-list", "--parents", "-n", "1", drop).split()[1:]
+        parents = self.git("rev-list", "--parents", "-n", "1", drop).split()[1:]
         if len(parents) != 1:
             raise UserError(
                 f"commit {drop[:12]} has {len(parents)} parents: only single-parent commits can be dropped"
@@ -378,7 +380,7 @@ class Workspace:
             if applied.returncode != 0:
                 return None
             tree = _decode(_run_git(["write-tree"], self.root, env=env).stdout).strip()
-        subject = self._git("log", "-1", "--format=%s", drop).strip()
+        subject = self.git("log", "-1", "--format=%s", drop).strip()
         return self._commit_tree(tree, [head], f"Revert {drop[:12]}: {subject}")
 
     # -- worktrees for running ----------------------------------------------------------------
@@ -390,8 +392,8 @@ class Workspace:
         if path.exists():
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._git("worktree", "prune")
-        self._git("worktree", "add", "--detach", "--force", "--quiet", str(path), "HEAD")
+        self.git("worktree", "prune")
+        self.git("worktree", "add", "--detach", "--force", "--quiet", str(path), "HEAD")
         return path
 
     def _admin_dir(self, path: Path) -> Path | None:
