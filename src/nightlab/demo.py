@@ -50,7 +50,9 @@ def prepare_demo_workspace(directory: Path, console: Console) -> None:
         cwd=directory,
         check=True,
     )
-    console.print(f"created {directory} (gpt template, cpu size, {DEMO_BUDGET_TOKENS:,} training tokens per run)")
+    console.print(
+        f"created {directory} (gpt template, cpu size, {DEMO_BUDGET_TOKENS:,} training tokens per run)"
+    )
 
 
 def run_demo(directory: Path, minutes: float, console: Console) -> None:

@@ -82,6 +82,10 @@ def test_nightlab_run_with_the_llm_agent_records_decisions_tokens_cost_and_lesso
     assert metas[1]["cost_usd"] == pytest.approx(0.00292)  # 2100 * $1/Mtok + 410 * $2/Mtok
     assert metas[1]["lessons"] == {"2": "LR at 0.3 cut the loss a lot"}
     assert metas[2]["lessons"] == {"3": "width 128 helped"}
-    assert [r["lesson"] for r in rows] == ["LR at 0.3 cut the loss a lot", "width 128 helped", "LR 0.9 overshoots"]
+    assert [r["lesson"] for r in rows] == [
+        "LR at 0.3 cut the loss a lot",
+        "width 128 helped",
+        "LR 0.9 overshoots",
+    ]
     assert not any(KEY in json.dumps(m) for m in metas)
     assert KEY not in result.stdout + result.stderr
