@@ -298,6 +298,12 @@ def markdown(result: dict) -> str:
             f"{per_seed if per_seed is not None else 'n/a'} ({r['seeds_reaching']}/{result['seeds']}) | "
             f"{f'{seconds:.3f}' if seconds is not None else 'n/a'} |"
         )
+    if any("outcomes" in r for r in result["methods"].values()):
+        lines += ["", "| method | final best per seed | experiments: outcomes (all seeds) |", "|---|---|---|"]
+        for m, r in result["methods"].items():
+            finals = ", ".join(f"{v:.4f}" for v in r["per_seed_final"])
+            counts = ", ".join(f"{k} {v}" for k, v in r["outcomes"].items())
+            lines.append(f"| {m} | {finals} | {counts} |")
     return "\n".join(lines)
 
 
@@ -359,6 +365,7 @@ def collect_cpu_template(workdir: Path, experiments: int) -> dict:
     from nightlab.ledger import Ledger
 
     curves: dict[str, list[list[float]]] = {}
+    outcomes: dict[str, dict[str, int]] = {}
     baselines: list[float] = []
     for root in sorted(Path(workdir).iterdir()):
         ledger_path = root / ".nightlab" / "ledger.db"
@@ -367,21 +374,31 @@ def collect_cpu_template(workdir: Path, experiments: int) -> dict:
         method, seed = root.name.rsplit("-", 1)
         with Ledger(ledger_path) as ledger:
             history = ledger.history(f"bench-{method}-{seed}")
-        best, curve = math.inf, []
-        for entry in history:
+        best, curve, base = math.inf, [], None
+        counts = outcomes.setdefault(method, {"beat the baseline": 0, "ok, not better": 0})
+        for entry in history[: experiments + 1]:
+            if entry.decision == "baseline":
+                base = entry.metric
+                baselines.append(base)
+            elif entry.status != "ok" or entry.metric is None:
+                counts[entry.status] = counts.get(entry.status, 0) + 1
+            else:
+                counts[
+                    "beat the baseline" if base is not None and entry.metric < base else "ok, not better"
+                ] += 1
             if entry.status == "ok" and entry.metric is not None:
                 best = min(best, entry.metric)
-            if entry.decision == "baseline":
-                baselines.append(entry.metric)
-            else:
+            if entry.decision != "baseline":
                 curve.append(best)
         if curve:
-            curves.setdefault(method, []).append(curve[:experiments])
+            curves.setdefault(method, []).append(curve)
     n = min(len(c) for cs in curves.values() for c in cs)
     seeds = min(len(cs) for cs in curves.values())
     curves = {m: [c[:n] for c in cs[:seeds]] for m, cs in curves.items()}
     result = summarise(curves, n, "cpu template", {"baseline_loss": statistics.fmean(baselines)})
-    result["per_seed_final"] = {m: [c[-1] for c in cs] for m, cs in curves.items()}
+    for m, cs in curves.items():
+        result["methods"][m]["per_seed_final"] = [c[-1] for c in cs]
+        result["methods"][m]["outcomes"] = outcomes[m]
     return result
 
 
