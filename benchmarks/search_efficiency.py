@@ -156,8 +156,11 @@ def make_agent(kind: str, config: Config, seed: int) -> Any:
     return TPEAgent(config, seed)
 
 
-def experiments_to_reach(curve: list[float], target_value: float) -> int | None:
-    """1-based count of experiments after which ``curve`` is at or below ``target_value``."""
+def experiments_to_reach(curve: list[float], target_value: float, start: float | None = None) -> int | None:
+    """1-based count of experiments after which ``curve`` is at or below ``target_value``;
+    0 when ``start`` (the baseline, before any experiment) already is."""
+    if start is not None and start <= target_value + 1e-12:
+        return 0
     for i, value in enumerate(curve):
         if value <= target_value + 1e-12:
             return i + 1
@@ -233,12 +236,13 @@ def summarise(
     result = {"target": target, "seeds": seeds, "experiments": experiments, **extra}
     result.update({"random_final_median": reference, "methods": {}})
     for m in methods:
-        per_seed = [experiments_to_reach(c, reference) for c in curves[m]]
+        start = extra.get("baseline_loss")  # random never beating the baseline makes this 0 for all
+        per_seed = [experiments_to_reach(c, reference, start) for c in curves[m]]
         reached = [p for p in per_seed if p is not None]
         result["methods"][m] = {
             "median_curve": median[m],
             "final_median": median[m][-1],
-            "to_reach_random_final_median_curve": experiments_to_reach(median[m], reference),
+            "to_reach_random_final_median_curve": experiments_to_reach(median[m], reference, start),
             "to_reach_per_seed": per_seed,
             "to_reach_per_seed_median": statistics.median(reached) if len(reached) > seeds / 2 else None,
             "seeds_reaching": len(reached),
@@ -279,6 +283,10 @@ def _plot(result: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def _count(n: int | None) -> str:
+    return "never" if n is None else str(n)
+
+
 def markdown(result: dict) -> str:
     optimum = f", optimum {result['optimum_loss']:.4f}" if "optimum_loss" in result else ""
     lines = [
@@ -292,18 +300,24 @@ def markdown(result: dict) -> str:
     for m, r in result["methods"].items():
         per_seed = r["to_reach_per_seed_median"]
         seconds = r["seconds_per_experiment"]
-        each = ", ".join(str(n) if n is not None else "never" for n in r["to_reach_per_seed"])
+        each = ", ".join(_count(n) for n in r["to_reach_per_seed"])
         lines.append(
-            f"| {m} | {r['final_median']:.4f} | {r['to_reach_random_final_median_curve'] or 'never'} | {each} | "
+            f"| {m} | {r['final_median']:.4f} | {_count(r['to_reach_random_final_median_curve'])} | {each} | "
             f"{per_seed if per_seed is not None else 'n/a'} ({r['seeds_reaching']}/{result['seeds']}) | "
             f"{f'{seconds:.3f}' if seconds is not None else 'n/a'} |"
         )
     if any("outcomes" in r for r in result["methods"].values()):
-        lines += ["", "| method | final best per seed | experiments: outcomes (all seeds) |", "|---|---|---|"]
+        lines += [
+            "",
+            "| method | final best per seed | first experiment better than the baseline by more than "
+            "its sd, per seed | experiments: outcomes (all seeds) |",
+            "|---|---|---|---|",
+        ]
         for m, r in result["methods"].items():
             finals = ", ".join(f"{v:.4f}" for v in r["per_seed_final"])
+            firsts = ", ".join(_count(n) for n in r["first_beyond_noise_per_seed"])
             counts = ", ".join(f"{k} {v}" for k, v in r["outcomes"].items())
-            lines.append(f"| {m} | {finals} | {counts} |")
+            lines.append(f"| {m} | {finals} | {firsts} | {counts} |")
     return "\n".join(lines)
 
 
@@ -366,6 +380,7 @@ def collect_cpu_template(workdir: Path, experiments: int) -> dict:
 
     curves: dict[str, list[list[float]]] = {}
     outcomes: dict[str, dict[str, int]] = {}
+    firsts: dict[str, list[int | None]] = {}  # first experiment better than the baseline by > its sd
     baselines: list[float] = []
     for root in sorted(Path(workdir).iterdir()):
         ledger_path = root / ".nightlab" / "ledger.db"
@@ -374,12 +389,14 @@ def collect_cpu_template(workdir: Path, experiments: int) -> dict:
         method, seed = root.name.rsplit("-", 1)
         with Ledger(ledger_path) as ledger:
             history = ledger.history(f"bench-{method}-{seed}")
-        best, curve, base = math.inf, [], None
+        best, curve, base, noise, first = math.inf, [], None, 0.0, None
         counts = outcomes.setdefault(method, {"beat the baseline": 0, "ok, not better": 0})
         for entry in history[: experiments + 1]:
             if entry.decision == "baseline":
-                base = entry.metric
+                base, noise = entry.metric, entry.spread or 0.0
                 baselines.append(base)
+            elif first is None and entry.status == "ok" and base is not None and entry.metric < base - noise:
+                first = len(curve) + 1
             elif entry.status != "ok" or entry.metric is None:
                 counts[entry.status] = counts.get(entry.status, 0) + 1
             else:
@@ -392,6 +409,7 @@ def collect_cpu_template(workdir: Path, experiments: int) -> dict:
                 curve.append(best)
         if curve:
             curves.setdefault(method, []).append(curve)
+            firsts.setdefault(method, []).append(first)
     n = min(len(c) for cs in curves.values() for c in cs)
     seeds = min(len(cs) for cs in curves.values())
     curves = {m: [c[:n] for c in cs[:seeds]] for m, cs in curves.items()}
@@ -399,6 +417,7 @@ def collect_cpu_template(workdir: Path, experiments: int) -> dict:
     for m, cs in curves.items():
         result["methods"][m]["per_seed_final"] = [c[-1] for c in cs]
         result["methods"][m]["outcomes"] = outcomes[m]
+        result["methods"][m]["first_beyond_noise_per_seed"] = firsts[m][:seeds]
     return result
 
 
