@@ -290,61 +290,12 @@ def test_model_is_causal_with_every_attention_and_mlp_choice(
         assert not torch.allclose(model(first)[:, 1], logits[:, 1], atol=1e-4)
 
 
-@pytest.mark.parametrize("seq_len,window", [(256, 128), (100, 30), (64, 64), (50, 1), (10, 3)])
-def test_windowed_attention_equals_one_full_mask(train, seq_len: int, window: int) -> None:
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, seq_len, 8, dtype=torch.double) for _ in range(3))
-    i = torch.arange(seq_len)
-    mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
-    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
-    assert torch.allclose(train.windowed_attention(q, k, v, window, 0.3), expected, atol=1e-12)
-
-
 def test_custom_autograd_functions_match_their_maths(train) -> None:
     x = torch.randn(3, 5, 16, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(train.RMSNorm.apply, (x,))
     assert torch.autograd.gradcheck(train.ReLUSquared.apply, (x,))
     y = train.RMSNorm.apply(x.detach())
     assert torch.allclose(y, torch.nn.functional.rms_norm(x.detach(), (16,), eps=1e-6), atol=1e-6)
-    # the chunked CPU MLP: 150 tokens make 3 chunks of 64 (the last one short)
-    h = torch.randn(3, 50, 4, dtype=torch.double, requires_grad=True)
-    w_fc = torch.randn(8, 4, dtype=torch.double, requires_grad=True)
-    w_proj = torch.randn(4, 8, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(train.ReLU2MLP.apply, (h, w_fc, w_proj))
-    plain = torch.relu(h @ w_fc.T).square() @ w_proj.T
-    assert torch.allclose(train.ReLU2MLP.apply(h, w_fc, w_proj), plain)
-    # the chunked softcapped loss: 150 tokens over a vocabulary of 5, 3 chunks
-    w = torch.randn(5, 4, dtype=torch.double, requires_grad=True)
-    targets = torch.randint(0, 5, (3, 50))
-    assert torch.autograd.gradcheck(lambda a, b: train.SoftcapLoss.apply(a, b, targets, 2.5), (h, w))
-    logits = 2.5 * torch.tanh(h @ w.T / 2.5)
-    expected = torch.nn.functional.cross_entropy(logits.view(-1, 5), targets.view(-1))
-    assert torch.allclose(train.SoftcapLoss.apply(h, w, targets, 2.5), expected)
-
-
-def test_cpu_training_path_matches_the_plain_model(train) -> None:
-    """The chunked CPU functions are used while training; evaluation and export take the plain ops."""
-    torch.manual_seed(0)
-    model = train.GPT(256, 32)
-    for block in model.blocks:  # non-zero output projections, so every gradient is exercised
-        torch.nn.init.normal_(block.mlp.c_proj.weight, std=0.02)
-    idx = torch.randint(0, 256, (2, 32))
-    fused_loss = model(idx, idx)
-    assert "SoftcapLoss" in type(fused_loss.grad_fn).__name__  # the chunked path was taken
-    fused_loss.backward()
-    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    with torch.no_grad():
-        no_grad_loss = model(idx, idx)
-    original = train.fused_cpu_path
-    try:  # the plain ops, as under torch.compile or on CUDA
-        train.fused_cpu_path = lambda x: False
-        model(idx, idx).backward()
-    finally:
-        train.fused_cpu_path = original
-    assert torch.allclose(fused_loss, no_grad_loss, atol=1e-5)
-    for name, p in model.named_parameters():
-        assert torch.allclose(fused[name], p.grad, atol=1e-5, rtol=1e-4), name
 
 
 def test_rotary_is_a_norm_preserving_relative_rotation(train) -> None:

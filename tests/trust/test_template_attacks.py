@@ -18,16 +18,12 @@ from trust.kit import assert_clean, assert_never_kept, ledger_rows
 
 pytest.importorskip("torch")
 
-CAUSAL_EDITS = [  # every layer attends to the whole sequence, future tokens included
+CAUSAL_EDITS = [
+    {"path": "train.py", "search": "is_causal=True", "replace": "is_causal=False"},
     {
         "path": "train.py",
-        "search": "            y = windowed_attention(q, k, v, self.window, self.scale)",
-        "replace": "            y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)",
-    },
-    {
-        "path": "train.py",
-        "search": "            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)",
-        "replace": "            y = F.scaled_dot_product_attention(q, k, v, is_causal=False, scale=self.scale)",
+        "search": "mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)",
+        "replace": "mask = (i[:, None] - i[None, :]).abs() < self.window",
     },
 ]
 

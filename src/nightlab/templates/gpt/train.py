@@ -153,92 +153,6 @@ class ReLUSquared(torch.autograd.Function):
         return torch.addcmul(grad.new_zeros(()), grad, r, value=2)  # 2 * grad * r in one pass
 
 
-def fused_cpu_path(x: torch.Tensor) -> bool:
-    """Whether to use the chunked CPU training functions below: eager CPU with autograd on.
-
-    Compiled code (CUDA by default) fuses the plain ops itself; evaluation and export run
-    without autograd and take the plain ops, which compute the same values.
-    """
-    return x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-
-
-class ReLU2MLP(torch.autograd.Function):
-    """c_proj(relu(c_fc(x))^2) for eager CPU training: a few hundred tokens at a time.
-
-    The hidden activations are MLP_RATIO times wider than the model. Done whole, each of
-    their elementwise passes (relu, square, and the backward's product) streams megabytes
-    through memory after the matmul that wrote them has pushed them out of cache; on a CPU
-    that cost as much as the matmuls. In chunks of about 1 MB the activation is applied while
-    the chunk is still in cache. Only relu(h) is saved (the square is recomputed), and the
-    backward's factor 2 rides on the small weight rather than on the large gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.size(-1))
-        rows = max(64, (1 << 18) // w_fc.size(0))  # ~1 MB of fp32 hidden activations per chunk
-        r = x2.new_empty(x2.size(0), w_fc.size(0))
-        out = x2.new_empty(x2.size(0), w_proj.size(0))
-        for i in range(0, x2.size(0), rows):
-            h = torch.mm(x2[i : i + rows], w_fc.t(), out=r[i : i + rows]).relu_()
-            torch.mm(h.square(), w_proj.t(), out=out[i : i + rows])
-        ctx.save_for_backward(x2, w_fc, w_proj, r)
-        ctx.rows = rows
-        return out.view(*x.shape[:-1], w_proj.size(0))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x2, w_fc, w_proj, r = ctx.saved_tensors
-        g2 = grad.reshape(-1, grad.size(-1))
-        dx, dw_fc, dw_proj = torch.empty_like(x2), torch.zeros_like(w_fc), torch.zeros_like(w_proj)
-        w_proj2 = 2 * w_proj  # d(r^2)/dr = 2r
-        for i in range(0, x2.size(0), ctx.rows):
-            rc, gc = r[i : i + ctx.rows], g2[i : i + ctx.rows]
-            dw_proj.addmm_(gc.t(), rc.square())
-            dh = torch.mm(gc, w_proj2).mul_(rc)  # relu's gradient: rc is 0 wherever h was <= 0
-            dw_fc.addmm_(dh.t(), x2[i : i + ctx.rows])
-            torch.mm(dh, w_fc, out=dx[i : i + ctx.rows])
-        return dx.view(*grad.shape[:-1], x2.size(-1)), dw_fc, dw_proj
-
-
-class SoftcapLoss(torch.autograd.Function):
-    """cross_entropy(cap * tanh(x @ W^T / cap), targets), the same way: in row chunks (CPU).
-
-    Eagerly the logits take eight full-size passes (tanh, the cap, log-softmax and their
-    backwards); chunk by chunk they stay in cache. Saves tanh and the log-sum-exp only.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
-        x2, t2 = x.reshape(-1, x.size(-1)), targets.reshape(-1)
-        rows = max(64, (1 << 18) // w.size(0))
-        th = x2.new_empty(x2.size(0), w.size(0))
-        lse = x2.new_empty(x2.size(0))
-        total = x2.new_zeros(())
-        w_cap = w / cap
-        for i in range(0, x2.size(0), rows):
-            logits = torch.mm(x2[i : i + rows], w_cap.t(), out=th[i : i + rows]).tanh_() * cap
-            torch.logsumexp(logits, dim=1, out=lse[i : i + rows])
-            total += lse[i : i + rows].sum() - logits.gather(1, t2[i : i + rows, None]).sum()
-        ctx.save_for_backward(x2, w, t2, th, lse)
-        ctx.rows, ctx.cap, ctx.shape = rows, cap, x.shape
-        return total / x2.size(0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple:
-        x2, w, t2, th, lse = ctx.saved_tensors
-        rows, scale = ctx.rows, float(grad) / x2.size(0)
-        dx, dw = torch.empty_like(x2), torch.zeros_like(w)
-        for i in range(0, x2.size(0), rows):
-            tc = th[i : i + rows]
-            e = torch.exp(tc * ctx.cap - lse[i : i + rows, None])  # softmax
-            e[torch.arange(e.size(0)), t2[i : i + rows]] -= 1  # minus the one-hot target
-            e.mul_(torch.addcmul(e.new_tensor(scale), tc, tc, value=-scale))  # through cap*tanh
-            dw.addmm_(e.t(), x2[i : i + rows])
-            torch.mm(e, w, out=dx[i : i + rows])
-        return dx.view(ctx.shape), dw, None, None
-
-
 def norm(x: torch.Tensor) -> torch.Tensor:
     """RMSNorm without a learned gain (the matrix that follows carries the scale)."""
     return RMSNorm.apply(x)
@@ -256,36 +170,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
         a, b = pairs.unbind(-1)
         return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
     return torch.view_as_real(torch.view_as_complex(pairs) * torch.complex(cos, sin)).flatten(-2)
-
-
-def windowed_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float
-) -> torch.Tensor:
-    """Causal attention in which query i sees only keys i - window + 1 .. i.
-
-    Attention kernels compute every score a mask covers, masked or not; only is_causal skips
-    work. So the queries go in blocks of `window`: the first block is plain causal attention,
-    and each later block gets a mask over just the 2 * window - 1 keys it can reach. At half
-    the sequence (the S layers' default) that is 37% fewer scores than one full-square mask.
-    The mask is built per call (cheap), so any T <= SEQ_LEN works, exported models too.
-    """
-    T = q.size(-2)
-    blocks = [
-        F.scaled_dot_product_attention(
-            q[..., :window, :], k[..., :window, :], v[..., :window, :], is_causal=True, scale=scale
-        )
-    ]
-    for start in range(window, T, window):
-        end, first = min(start + window, T), start - window + 1
-        i = torch.arange(start, end, device=q.device)[:, None]
-        j = torch.arange(first, end, device=q.device)[None, :]
-        mask = (j <= i) & (i - j < window)
-        blocks.append(
-            F.scaled_dot_product_attention(
-                q[..., start:end, :], k[..., first:end, :], v[..., first:end, :], attn_mask=mask, scale=scale
-            )
-        )
-    return torch.cat(blocks, dim=-2) if len(blocks) > 1 else blocks[0]
 
 
 class Attention(nn.Module):
@@ -320,15 +204,17 @@ class Attention(nn.Module):
         q, k = norm(apply_rotary(qk, cos, sin)).to(v.dtype).split((self.n_head, self.n_kv_head), dim=2)
         if ve is not None:  # gate in (0, 2), starts at 1 (zero-init gate weights)
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))
-            v = torch.addcmul(v, gate.unsqueeze(-1), ve.view(B, T, self.n_kv_head, HEAD_DIM))
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, HEAD_DIM)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.n_kv_head != self.n_head:
             rep = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         if self.window is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
-        else:
-            y = windowed_attention(q, k, v, self.window, self.scale)
+        else:  # built per call (cheap) so that any T <= SEQ_LEN works, exported models too
+            i = torch.arange(T, device=x.device)
+            mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -344,8 +230,6 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(hidden, width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if ACTIVATION == "relu2" and fused_cpu_path(x):
-            return ReLU2MLP.apply(x, self.c_fc.weight, self.c_proj.weight)
         h = self.c_fc(x)
         if ACTIVATION == "relu2":
             h = ReLUSquared.apply(h)
@@ -420,8 +304,6 @@ class GPT(nn.Module):
             x = torch.addcmul(x, self.x0_lambdas[i], x0)
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, ve, cos, sin)
-        if LOGIT_SOFTCAP > 0 and targets is not None and fused_cpu_path(x):
-            return SoftcapLoss.apply(norm(x), self.lm_head.weight, targets, LOGIT_SOFTCAP)
         if LOGIT_SOFTCAP > 0:  # dividing the small weight instead of the large logits saves a pass
             logits = LOGIT_SOFTCAP * torch.tanh(
                 F.linear(norm(x), self.lm_head.weight / LOGIT_SOFTCAP).float()
