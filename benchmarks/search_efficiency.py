@@ -395,9 +395,11 @@ def collect_cpu_template(workdir: Path, experiments: int) -> dict:
             if entry.decision == "baseline":
                 base, noise = entry.metric, entry.spread or 0.0
                 baselines.append(base)
-            elif first is None and entry.status == "ok" and base is not None and entry.metric < base - noise:
+                best = min(best, base)  # the curve starts at the baseline
+                continue
+            if first is None and entry.status == "ok" and base is not None and entry.metric < base - noise:
                 first = len(curve) + 1
-            elif entry.status != "ok" or entry.metric is None:
+            if entry.status != "ok" or entry.metric is None:
                 counts[entry.status] = counts.get(entry.status, 0) + 1
             else:
                 counts[
@@ -405,15 +407,16 @@ def collect_cpu_template(workdir: Path, experiments: int) -> dict:
                 ] += 1
             if entry.status == "ok" and entry.metric is not None:
                 best = min(best, entry.metric)
-            if entry.decision != "baseline":
-                curve.append(best)
+            curve.append(best)
         if curve:
             curves.setdefault(method, []).append(curve)
             firsts.setdefault(method, []).append(first)
     n = min(len(c) for cs in curves.values() for c in cs)
     seeds = min(len(cs) for cs in curves.values())
     curves = {m: [c[:n] for c in cs[:seeds]] for m, cs in curves.items()}
-    result = summarise(curves, n, "cpu template", {"baseline_loss": statistics.fmean(baselines)})
+    result = summarise(
+        curves, n, "built-in cpu template, token budget", {"baseline_loss": statistics.fmean(baselines)}
+    )
     for m, cs in curves.items():
         result["methods"][m]["per_seed_final"] = [c[-1] for c in cs]
         result["methods"][m]["outcomes"] = outcomes[m]
