@@ -13,13 +13,14 @@ Run::
     .venv/bin/python benchmarks/search_efficiency.py                # synthetic target
     .venv/bin/python benchmarks/search_efficiency.py --seeds 3 --experiments 40
 
-The version on the built-in cpu template runs the harness's full loop (real training, about
-35 s an experiment on 2 cores), one process per method and seed, then summarises the ledgers::
+The version on the built-in cpu template runs the harness's full loop (real training, tens of
+seconds an experiment on 2 cores), one process per method and seed (as many at a time as the
+machine has cores to spare), then summarises the ledgers::
 
-    for m in search random tpe; do for s in 0 1 2; do
-      OMP_NUM_THREADS=2 python benchmarks/search_efficiency.py --cpu-template /tmp/se \\
-        --methods $m --seeds 1 --seed-start $s --experiments 16 --tokens 196608 --timeout 120 &
-    done; done; wait
+    printf "%s\\n" search-0 random-0 tpe-0 search-1 random-1 tpe-1 search-2 random-2 tpe-2 | \\
+      xargs -P 2 -I{} sh -c 'm=${1%-*}; s=${1##*-}; OMP_NUM_THREADS=1 python \\
+        benchmarks/search_efficiency.py --cpu-template /tmp/se --methods $m --seeds 1 \\
+        --seed-start $s --experiments 16 --tokens 196608 --timeout 120' _ {}
     python benchmarks/search_efficiency.py --collect /tmp/se --experiments 16 --plot docs/search_efficiency_cpu.png
 """
 
