@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nightlab.knobs import set_knobs
+
 TOY_TRAIN = """\
 import json, os, random
 LR = 0.1  # learning rate: best at 0.3
@@ -136,3 +138,8 @@ def nightlab(
         text=True,
         timeout=timeout,
     )
+
+
+def set_constants(path: Path, **values: object) -> None:
+    """Rewrite module-level constants of a file in place, as `nightlab init --size` does."""
+    path.write_text(set_knobs(path.read_text(), values, path.name))

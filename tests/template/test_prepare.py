@@ -26,21 +26,12 @@ import pytest
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import set_constants  # noqa: E402
+
 TEMPLATE = Path(__file__).resolve().parents[2] / "src" / "nightlab" / "templates" / "gpt"
 FROZEN = ("prepare.py", "corpus.py", "sources.py", "tokenizer.py", "evaluation.py")
 MODULES = ("prepare", "corpus", "sources", "tokenizer", "evaluation")
-
-
-def set_constants(path: Path, **values: object) -> None:
-    """Rewrite `NAME = literal  # comment` lines, as `nightlab init --size` does."""
-    text = path.read_text()
-    for name, value in values.items():
-        literal = json.dumps(value) if isinstance(value, str) else repr(value)
-        text, n = re.subn(
-            rf"^{name} = [^#\n]*?(\s+#.*)?$", rf"{name} = {literal}\g<1>", text, count=1, flags=re.M
-        )
-        assert n == 1, name
-    path.write_text(text)
 
 
 @pytest.fixture(scope="session")

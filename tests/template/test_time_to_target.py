@@ -22,26 +22,15 @@ import pytest
 import nightlab
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import git  # noqa: E402
+from helpers import git, set_constants  # noqa: E402
 from helpers import nightlab as run_cli
+from nightlab.knobs import knob_values
 
 TEMPLATE = Path(nightlab.__file__).parent / "templates" / "gpt"
 # A model and an evaluation small enough that a CPU run takes seconds.
 TINY = {"DEPTH": 2, "ASPECT_RATIO": 16, "HEAD_DIM": 16, "TOTAL_BATCH_SIZE": 2048, "DEVICE_BATCH_SIZE": 8}
 SMALL_EVAL = {"SEQ_LEN": 64, "EVAL_TOKENS": 4096}
 SLOW_LRS = {"EMBEDDING_LR": 0.03, "UNEMBEDDING_LR": 0.0004, "MATRIX_LR": 0.004, "SCALAR_LR": 0.002}
-
-
-def set_constants(path: Path, **values: object) -> None:
-    """Rewrite `NAME = literal  # comment` lines in place."""
-    text = path.read_text()
-    for name, value in values.items():
-        literal = json.dumps(value) if isinstance(value, str) else repr(value)
-        text, n = re.subn(
-            rf"^{name} = [^#\n]*?(\s+#.*)?$", rf"{name} = {literal}\g<1>", text, count=1, flags=re.M
-        )
-        assert n == 1, f"{name} is not a constant of {path.name}"
-    path.write_text(text)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +109,8 @@ def test_validate_time_to_target_on_the_cpu_template(tmp_path: Path, cache: Path
         fh.write('\n[scales.tiny]\nconstants = { DEPTH = 2, ASPECT_RATIO = 16, HEAD_DIM = 16, '
                  'TOTAL_BATCH_SIZE = 2048, DEVICE_BATCH_SIZE = 8 }\nbudget = { seconds = 3, timeout = 120 }\n')  # fmt: skip
     git(ws, "commit", "-q", "-am", "learning rates ten times too small")
-    defaults = {name: _template_value(name) for name in SLOW_LRS}
+    template = knob_values((TEMPLATE / "train.py").read_text())
+    defaults = {name: template[name] for name in SLOW_LRS}
     set_constants(ws / "train.py", **defaults)
     git(ws, "commit", "-q", "-am", "the template's learning rates")
 
@@ -141,9 +131,3 @@ def test_validate_time_to_target_on_the_cpu_template(tmp_path: Path, cache: Path
     runs = list((ws / ".nightlab" / "runs").glob("*/*/curve.jsonl"))
     assert len(runs) == 4
     assert Path(data["plot"]).stat().st_size > 1000
-
-
-def _template_value(name: str) -> object:
-    match = re.search(rf"^{name} = ([^#\n]*?)\s*(#|$)", (TEMPLATE / "train.py").read_text(), re.M)
-    assert match, name
-    return eval(match.group(1))  # noqa: S307 - a literal of our own template

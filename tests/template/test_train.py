@@ -27,6 +27,9 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import set_constants  # noqa: E402
+
 TEMPLATE = Path(__file__).resolve().parents[2] / "src" / "nightlab" / "templates" / "gpt"
 
 # The knobs issue 2 asks for (each an UPPER_CASE literal in train.py's constants block).
@@ -67,18 +70,6 @@ TINY = {
 }
 SUMMARY_KEYS = ["training_seconds", "total_seconds", "peak_memory_mb", "total_tokens_M", "num_steps"]
 SUMMARY_KEYS += ["num_params_M", "depth"]
-
-
-def set_constants(path: Path, **values: object) -> None:
-    """Rewrite `NAME = literal  # comment` lines in place, as `nightlab init --size` does."""
-    text = path.read_text()
-    for name, value in values.items():
-        literal = json.dumps(value) if isinstance(value, str) else repr(value)
-        text, n = re.subn(
-            rf"^{name} = [^#\n]*?(\s+#.*)?$", rf"{name} = {literal}\g<1>", text, count=1, flags=re.M
-        )
-        assert n == 1, f"{name} is not a constant of {path.name}"
-    path.write_text(text)
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ def plot_validation(
     path.parent.mkdir(parents=True, exist_ok=True)
     curves: list[tuple[str, str, list[tuple[float, float]]]] = []  # side, mode, points
     log_curves: list[tuple[str, list[tuple[float, float]]]] = []
-    finals: list[tuple[str, float, float]] = []  # side, training seconds, final metric
+    finals: list[tuple[str, float, float]] = []  # side, where it ended (seconds or tokens), final metric
     target = None
     # A tokens (or steps) budget makes tokens the axis: on a loaded machine seconds mean little.
     by_tokens = any(e.meta.get("budget_unit") == "tokens" for e in experiments)
