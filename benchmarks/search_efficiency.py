@@ -193,9 +193,7 @@ class NeutralNames:
         return self.target.true_loss(self._original(values))
 
 
-def run_synthetic(
-    seeds: int, experiments: int, methods: list[str], out: Path | None, neutral: bool = False
-) -> dict:
+def run_synthetic(seeds: int, experiments: int, methods: list[str], neutral: bool = False) -> dict:
     config = load_config(SYNTHETIC)
     text = (SYNTHETIC / "train.py").read_text()
     target: Any = load_target(SYNTHETIC / "train.py")
@@ -210,16 +208,13 @@ def run_synthetic(
             curves[method].append(drive(make_agent(method, config, seed), target, text, experiments, seed))
             seconds[method] += time.perf_counter() - started
             print(f"seed {seed} {method:7s} final {curves[method][-1][-1]:.4f}", file=sys.stderr, flush=True)
-    result = summarise(
+    return summarise(
         curves,
         experiments,
         "synthetic, neutral knob names" if neutral else "synthetic",
         {"baseline_loss": target.true_loss(knob_values(text)), "optimum_loss": target.optimum_loss},
         {m: seconds[m] / (seeds * experiments) for m in methods},
     )
-    if out is not None:
-        _plot(result, out)
-    return result
 
 
 def summarise(
@@ -501,13 +496,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.collect is not None:
-        result = collect_cpu_template(args.collect, args.experiments)
+        result, plot = collect_cpu_template(args.collect, args.experiments), args.plot
     else:
+        result = run_synthetic(args.seeds, args.experiments, list(methods), args.neutral_names)
         plot = args.plot or ROOT / "docs" / "search_efficiency.png"
-        result = run_synthetic(args.seeds, args.experiments, list(methods), None, args.neutral_names)
-        args.plot = plot
-    if args.plot:
-        _plot(result, args.plot)
+    if plot:
+        _plot(result, plot)
     print(markdown(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
