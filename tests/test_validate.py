@@ -321,6 +321,36 @@ def test_crossing_interpolates_and_marks_runs_that_never_reach() -> None:
     assert hours.text == "2.02 h → 1.80 h, −11%"
 
 
+def test_learning_curve_axis_follows_the_budget_unit(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from nightlab.report.validation import curve_axis, run_end
+    from nightlab.time_to_target import read_curve
+
+    (tmp_path / "curve.jsonl").write_text(
+        '{"training_seconds": 1.5, "tokens": 4096, "step": 1, "val_bpb": 2.0}\n'
+        '{"training_seconds": 3.0, "tokens": 8192, "step": 2, "val_bpb": 1.5}\n'
+        '{"training_seconds": 4.5, "val_bpb": 1.2}\n'  # an older line without tokens or step
+    )
+    points = read_curve(tmp_path, "val_bpb")
+    assert [(p.tokens, p.step) for p in points] == [(4096, 1), (8192, 2), (None, None)]
+
+    def study(**meta: object) -> list:
+        return [SimpleNamespace(meta=meta)]
+
+    assert curve_axis(study(budget_unit="seconds")) == "seconds"
+    assert curve_axis(study(budget_unit="steps")) == "steps"
+    assert curve_axis(study(budget_unit="tokens") + study(budget_unit="steps")) == "tokens"
+    assert curve_axis(study()) == "seconds"  # studies recorded before the unit was stored
+    # A steps budget puts budget runs' finals at the budget, time-to-target finals where they stopped.
+    meta = {"budget_unit": "steps", "budget_steps": 40, "budget_tokens": None}
+    assert run_end("steps", "budget", points, meta, 12.0) == 40
+    assert run_end("steps", "time_to_target", points[:2], meta, 12.0) == 2
+    assert run_end("tokens", "budget", points, {"budget_tokens": 9000}, 12.0) == 9000
+    assert run_end("seconds", "budget", points, meta, 12.0) == 12.0
+    assert run_end("steps", "time_to_target", [], meta, 12.0) is None
+
+
 def test_scale_constants_must_exist(tmp_path: Path) -> None:
     from nightlab.errors import UserError
     from nightlab.scales import scaled_files

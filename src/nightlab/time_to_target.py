@@ -37,11 +37,12 @@ DEFAULT_POINTS_PER_BUDGET = 10
 
 @dataclass(frozen=True)
 class CurvePoint:
-    """One periodic evaluation: training seconds and tokens so far, and the metric's value."""
+    """One periodic evaluation: training seconds, tokens and optimizer steps so far, the metric."""
 
     training_seconds: float
     tokens: float | None
     value: float
+    step: float | None = None
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,15 @@ def read_curve(run_dir: Path, metric_name: str) -> list[CurvePoint]:
             continue
         if not (math.isfinite(seconds) and math.isfinite(value)):
             continue
-        tokens = data.get("tokens")
-        points.append(CurvePoint(seconds, float(tokens) if isinstance(tokens, (int, float)) else None, value))
+        tokens, step = data.get("tokens"), data.get("step")
+        points.append(
+            CurvePoint(
+                seconds,
+                float(tokens) if isinstance(tokens, (int, float)) else None,
+                value,
+                float(step) if isinstance(step, (int, float)) else None,
+            )
+        )
     return sorted(points, key=lambda p: p.training_seconds)
 
 

@@ -192,13 +192,15 @@ def run_validation(
         study=study.study_id,
         experiments={},
     )
-    unit = "seconds" if run_config.budget.seconds else "tokens"  # the plot's axis
+    budget = run_config.budget
+    unit = "seconds" if budget.seconds else "tokens" if budget.tokens else "steps"  # the plot's axis
     meta = {
         "scale": options.scale,
         "rev_a": side_a.rev,
         "rev_b": side_b.rev,
         "budget_unit": unit,
-        "budget_tokens": run_config.budget.tokens,
+        "budget_tokens": budget.tokens,
+        "budget_steps": budget.steps,
     }
     target_from_a: float | None = options.target
     if not (options.time_to_target and options.target is not None):  # --target skips this phase

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from nightlab.metrics import Direction  # noqa: E402
 from nightlab.runner import TRAIN_LOG  # noqa: E402
-from nightlab.time_to_target import read_curve  # noqa: E402
+from nightlab.time_to_target import CurvePoint, read_curve  # noqa: E402
 
 if TYPE_CHECKING:
     from nightlab.ledger import ExperimentRow, Ledger
@@ -45,6 +45,39 @@ def study_experiments(ledger: Ledger, kind: str, study: str | None = None) -> li
     return [e for e in rows if e.meta.get("study") == study]
 
 
+AXIS_LABELS = {"seconds": "training seconds", "tokens": "tokens", "steps": "optimizer steps"}
+
+
+def curve_axis(experiments: list[ExperimentRow]) -> str:
+    """The learning curves' x axis: the unit of the study's budget.
+
+    A tokens or steps budget makes that unit the axis, because seconds on a loaded machine say
+    little; tokens win when both are set (both budgets apply, and tokens are the finer measure).
+    """
+    units = {e.meta.get("budget_unit") for e in experiments}
+    return "tokens" if "tokens" in units else "steps" if "steps" in units else "seconds"
+
+
+def point_x(point: CurvePoint, axis: str) -> float | None:
+    """Where one periodic evaluation sits on ``axis`` (None if its curve line lacks that field)."""
+    return {"seconds": point.training_seconds, "tokens": point.tokens, "steps": point.step}[axis]
+
+
+def run_end(
+    axis: str, mode: str, points: list[CurvePoint], meta: dict, training_seconds: float | None
+) -> float | None:
+    """Where a run's final (frozen) evaluation goes on ``axis``.
+
+    In seconds, the run's own training time. In tokens or steps, a budget run ends at its budget
+    and a time-to-target run at its last periodic evaluation (where it stopped).
+    """
+    if axis == "seconds":
+        return training_seconds
+    if mode != "budget":
+        return point_x(points[-1], axis) if points else None
+    return meta.get(f"budget_{axis}")
+
+
 def _log_curve(run_dir: Path) -> list[tuple[float, float]]:
     """(step, training loss) pairs a template-style log prints."""
     path = run_dir / TRAIN_LOG
@@ -64,10 +97,9 @@ def plot_validation(
     path.parent.mkdir(parents=True, exist_ok=True)
     curves: list[tuple[str, str, list[tuple[float, float]]]] = []  # side, mode, points
     log_curves: list[tuple[str, list[tuple[float, float]]]] = []
-    finals: list[tuple[str, float, float]] = []  # side, where it ended (seconds or tokens), final metric
+    finals: list[tuple[str, float, float]] = []  # side, where it ended (on the x axis), final metric
     target = None
-    # A tokens (or steps) budget makes tokens the axis: on a loaded machine seconds mean little.
-    by_tokens = any(e.meta.get("budget_unit") == "tokens" for e in experiments)
+    axis = curve_axis(experiments)
     for e in experiments:
         side, mode = e.meta.get("side", "?"), e.meta.get("mode", "budget")
         target = e.meta.get("target", target)
@@ -77,15 +109,13 @@ def plot_validation(
             run_dir = Path(run.run_dir)
             points = read_curve(run_dir, metric_name)
             if points:
-                xs = [p.tokens if by_tokens else p.training_seconds for p in points]
+                xs = [point_x(p, axis) for p in points]
                 curves.append(
                     (side, mode, [(x, p.value) for x, p in zip(xs, points, strict=True) if x is not None])
                 )
             elif run.status == "ok":
                 log_curves.append((side, _log_curve(run_dir)))
-            end = run.training_seconds
-            if by_tokens:  # a budget run ends at its budget, a time-to-target run at its last evaluation
-                end = points[-1].tokens if mode != "budget" and points else e.meta.get("budget_tokens")
+            end = run_end(axis, mode, points, e.meta, run.training_seconds)
             if run.status == "ok" and run.metric is not None and end is not None:
                 finals.append((side, end, run.metric))
 
@@ -108,7 +138,7 @@ def plot_validation(
                 _draw_log_curves(ax, log_curves)
             else:
                 _draw_curves(ax, curves, finals, target, metric_name, better)
-                ax.set_xlabel("tokens" if by_tokens else "training seconds")
+                ax.set_xlabel(AXIS_LABELS[axis])
             if i == 1 and zoom:
                 ax.set_ylim(*zoom)
                 ax.set_title("near the end (zoomed)", fontsize=10)
