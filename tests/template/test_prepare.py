@@ -486,13 +486,23 @@ def test_missing_export_is_a_clear_error(prep, capsys: pytest.CaptureFixture) ->
 
 def test_summary_block_format(prep) -> None:
     block = prep.format_summary(
-        {"training_seconds": 60.04, "val_bpb": 2.5, "depth": 4, "peak_memory_mb": 512.25, "num_steps": 90}
-    )
+        {"training_seconds": 60.04, "val_bpb": 2.5, "depth": 4, "peak_memory_mb": 512.25, "num_steps": 90,
+         "total_tokens_M": 0.98304, "mfu_percent": 22.217}
+    )  # fmt: skip
     lines = block.splitlines()
     assert lines[0] == "---"
     parsed = dict(re.fullmatch(r"(\w+):\s+(\S+)", line).groups() for line in lines[1:])
-    assert list(parsed) == ["val_bpb", "training_seconds", "peak_memory_mb", "num_steps", "depth"]
+    assert list(parsed) == [
+        "val_bpb",
+        "training_seconds",
+        "peak_memory_mb",
+        "mfu_percent",
+        "total_tokens_M",
+        "num_steps",
+        "depth",
+    ]
     assert parsed["val_bpb"] == "2.500000" and parsed["training_seconds"] == "60.0"
+    assert parsed["total_tokens_M"] == "0.983" and parsed["mfu_percent"] == "22.22"
 
 
 FINISH_SCRIPT = """

@@ -439,13 +439,11 @@ def format_summary(values: dict) -> str:
     for key in keys:
         value = values[key]
         if isinstance(value, float):
-            value = (
-                f"{value:.6f}"
-                if key == "val_bpb"
-                else f"{value:.2f}"
-                if key == "mfu_percent"
-                else f"{value:.1f}"
+            # Millions get three decimals: a 60 s cpu run trains about 1M tokens of a 0.9M model.
+            decimals = (
+                6 if key == "val_bpb" else 2 if key == "mfu_percent" else 3 if key.endswith("_M") else 1
             )
+            value = f"{value:.{decimals}f}"
         lines.append(f"{key + ':':<18}{value}")
     return "\n".join(lines)
 
