@@ -12,6 +12,7 @@ client: they never enter a log line, an error message or a proposal's meta.
 from __future__ import annotations
 
 import email.utils
+import importlib
 import inspect
 import logging
 import os
@@ -20,7 +21,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from nightlab.config import AgentConfig
 from nightlab.errors import UserError
@@ -231,8 +232,15 @@ def _fatal_message(
     return None
 
 
-class OpenAIChat:
-    """Any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, llama.cpp, OpenRouter)."""
+class _SDKChat:
+    """What both official SDKs share: their client without its own retries, our retry policy,
+    and the same exception classes (timeouts, connection errors, 429, 5xx, other statuses).
+
+    A subclass names its provider and SDK module, builds the client and makes one call.
+    """
+
+    provider = ""  # as error messages name it
+    sdk = ""  # the module to import
 
     def __init__(
         self,
@@ -243,105 +251,93 @@ class OpenAIChat:
         retry: RetryPolicy,
         key_env: str = "",
     ) -> None:
-        import openai
-
-        self._openai = openai
+        self._sdk = importlib.import_module(self.sdk)
         self.model = model
         self.base_url = base_url
         self.temperature = temperature
         self.retry = retry
-        self.key_env = key_env or "OPENAI_API_KEY"
-        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=retry.timeout)
-
-    def complete(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
-        def call() -> Reply:
-            # OpenAI's own newer models accept only max_completion_tokens; local servers
-            # (vLLM, Ollama, llama.cpp) have long known max_tokens.
-            limit = {"max_tokens": max_tokens} if self.base_url else {"max_completion_tokens": max_tokens}
-            response = self._client.chat.completions.create(
-                model=self.model,
-                messages=[{"role": "system", "content": system}, *messages],
-                temperature=self.temperature,
-                **limit,
-            )
-            choice = response.choices[0] if response.choices else None
-            usage = response.usage
-            return Reply(
-                text=(choice.message.content or "") if choice else "",
-                tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
-                tokens_out=int(getattr(usage, "completion_tokens", 0) or 0),
-                truncated=bool(choice and choice.finish_reason == "length"),
-            )
-
-        return call_with_retries(
-            call, self._classify, self.retry, f"{self.model} via {self.base_url or 'OpenAI'}"
-        )
-
-    def _classify(self, exc: Exception) -> str | None:
-        o = self._openai
-        if isinstance(
-            exc, (o.APITimeoutError, o.APIConnectionError, o.RateLimitError, o.InternalServerError)
-        ):
-            return None
-        if isinstance(exc, o.APIStatusError):
-            return _status_verdict("OpenAI", exc, self.model, self.base_url, self.key_env)
-        raise exc
-
-
-class AnthropicChat:
-    """Anthropic's messages API (or a compatible proxy at ``base_url``)."""
-
-    def __init__(
-        self,
-        model: str,
-        api_key: str,
-        base_url: str | None,
-        temperature: float,
-        retry: RetryPolicy,
-        key_env: str = "",
-    ) -> None:
-        import anthropic
-
-        self._anthropic = anthropic
-        self.model = model
-        self.base_url = base_url
-        self.temperature = temperature
-        self.retry = retry
-        self.key_env = key_env or "ANTHROPIC_API_KEY"
-        self._client = anthropic.Anthropic(
+        self.key_env = key_env or DEFAULT_KEY_ENV[self.sdk]
+        self._client = self._sdk_client(
             api_key=api_key, base_url=base_url, max_retries=0, timeout=retry.timeout
         )
-        # Recent SDKs dropped `temperature` from messages.create (newer models fix it); send it
-        # only where the installed SDK still takes it.
-        takes_temperature = "temperature" in inspect.signature(self._client.messages.create).parameters
-        self._sampling = {"temperature": min(temperature, 1.0)} if takes_temperature else {}
+
+    def _sdk_client(self, **options: object) -> Any:  # the SDK's own client type
+        raise NotImplementedError
+
+    def _call(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
+        raise NotImplementedError
 
     def complete(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
-        def call() -> Reply:
-            response = self._client.messages.create(
-                model=self.model, system=system, messages=messages, max_tokens=max_tokens, **self._sampling
-            )
-            text = "".join(getattr(block, "text", "") for block in response.content)
-            return Reply(
-                text=text,
-                tokens_in=int(response.usage.input_tokens or 0),
-                tokens_out=int(response.usage.output_tokens or 0),
-                truncated=response.stop_reason == "max_tokens",
-            )
-
         return call_with_retries(
-            call, self._classify, self.retry, f"{self.model} via {self.base_url or 'Anthropic'}"
+            lambda: self._call(system, messages, max_tokens),
+            self._classify,
+            self.retry,
+            f"{self.model} via {self.base_url or self.provider}",
         )
 
     def _classify(self, exc: Exception) -> str | None:
-        a = self._anthropic
+        sdk = self._sdk
         if isinstance(
-            exc, (a.APITimeoutError, a.APIConnectionError, a.RateLimitError, a.InternalServerError)
+            exc, (sdk.APITimeoutError, sdk.APIConnectionError, sdk.RateLimitError, sdk.InternalServerError)
         ):
             return None
-        if isinstance(exc, a.APIStatusError):
-            return _status_verdict("Anthropic", exc, self.model, self.base_url, self.key_env)
+        if isinstance(exc, sdk.APIStatusError):
+            return _status_verdict(self.provider, exc, self.model, self.base_url, self.key_env)
         raise exc
+
+
+class OpenAIChat(_SDKChat):
+    """Any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, llama.cpp, OpenRouter)."""
+
+    provider, sdk = "OpenAI", "openai"
+
+    def _sdk_client(self, **options: object) -> Any:
+        return self._sdk.OpenAI(**options)
+
+    def _call(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
+        # OpenAI's own newer models accept only max_completion_tokens; local servers
+        # (vLLM, Ollama, llama.cpp) have long known max_tokens.
+        limit = {"max_tokens": max_tokens} if self.base_url else {"max_completion_tokens": max_tokens}
+        response = self._client.chat.completions.create(
+            model=self.model,
+            messages=[{"role": "system", "content": system}, *messages],
+            temperature=self.temperature,
+            **limit,
+        )
+        choice = response.choices[0] if response.choices else None
+        usage = response.usage
+        return Reply(
+            text=(choice.message.content or "") if choice else "",
+            tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
+            tokens_out=int(getattr(usage, "completion_tokens", 0) or 0),
+            truncated=bool(choice and choice.finish_reason == "length"),
+        )
+
+
+class AnthropicChat(_SDKChat):
+    """Anthropic's messages API (or a compatible proxy at ``base_url``)."""
+
+    provider, sdk = "Anthropic", "anthropic"
+
+    def _sdk_client(self, **options: object) -> Any:
+        client = self._sdk.Anthropic(**options)
+        # Recent SDKs dropped `temperature` from messages.create (newer models fix it); send it
+        # only where the installed SDK still takes it.
+        takes_temperature = "temperature" in inspect.signature(client.messages.create).parameters
+        self._sampling = {"temperature": min(self.temperature, 1.0)} if takes_temperature else {}
+        return client
+
+    def _call(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
+        response = self._client.messages.create(
+            model=self.model, system=system, messages=messages, max_tokens=max_tokens, **self._sampling
+        )
+        text = "".join(getattr(block, "text", "") for block in response.content)
+        return Reply(
+            text=text,
+            tokens_in=int(response.usage.input_tokens or 0),
+            tokens_out=int(response.usage.output_tokens or 0),
+            truncated=response.stop_reason == "max_tokens",
+        )
 
 
 def _status_verdict(
