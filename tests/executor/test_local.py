@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import json
 import os
+import subprocess
 import sys
 import textwrap
 import threading
@@ -293,6 +294,19 @@ def test_forked_workers_sharing_memory_are_not_counted_once_each(tmp_path: Path)
     result = fast(memory_limit_mb=400).run(spec(tmp_path, "python train.py"))
     assert result.status is RunStatus.OK, result.reason  # RSS summed would be ~600 MB
     assert 140 <= result.metrics["peak_rss_mb"] < 400
+
+
+def test_a_worker_that_ends_mid_sample_counts_nothing() -> None:
+    # The race behind a flaky OOM kill on a loaded machine: RSS read while a worker lived,
+    # PSS read after it ended. It must count 0, not its stale RSS.
+    from nightlab.executor.proctree import _pss_mb
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc = psutil.Process(child.pid)
+    child.wait()
+    assert _pss_mb(proc, 150.0) == 0.0
+    me = psutil.Process()
+    assert 0.0 < _pss_mb(me, 1e6) < 1e6  # a live process: its own PSS, not the fallback
 
 
 def test_log_over_the_limit_keeps_head_and_tail(tmp_path: Path) -> None:

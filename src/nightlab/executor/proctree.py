@@ -325,7 +325,12 @@ def _memory_mb(proc: psutil.Process) -> tuple[float, float]:
 
 
 def _pss_mb(proc: psutil.Process, rss: float) -> float:
-    """Proportional set size in MB (shared pages divided among their sharers), else ``rss``."""
+    """Proportional set size in MB (shared pages divided among their sharers), else ``rss``.
+
+    A process that ended since its RSS was read (a DataLoader worker finishing mid-sample) has
+    no PSS left to read and holds nothing: it counts 0, not its stale RSS, which on a loaded
+    machine once added a whole shared copy per worker and killed a run far under its limit.
+    """
     try:
         with open(f"/proc/{proc.pid}/smaps_rollup", "rb") as handle:
             for line in handle:
@@ -333,7 +338,7 @@ def _pss_mb(proc: psutil.Process, rss: float) -> float:
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return rss
+    return rss if _alive(proc) else 0.0
 
 
 def _alive(proc: psutil.Process) -> bool:
