@@ -407,6 +407,26 @@ def test_stop_kills_runs_in_flight(tmp_path: Path) -> None:
     ex.close()
 
 
+def test_a_live_harness_is_recognised_from_another_process() -> None:
+    from nightlab.executor.proctree import _harness_alive, _start_mark, new_tag
+
+    tag = new_tag()
+    pid, started, namespace, _ = tag.split(":")
+    assert int(pid) == os.getpid() and started == _start_mark(os.getpid())
+    # Another process (a second nightlab) reads the same start mark for this harness.
+    code = f"from nightlab.executor.proctree import _harness_alive; print(_harness_alive({tag!r}))"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "True"
+    )
+    # A different start for the same pid is a new process that reused it: the harness is gone.
+    assert not _harness_alive(f"{pid}:t1:{namespace}:x")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_tag = f"{child.pid}:{_start_mark(child.pid)}:{namespace}:x"
+    child.wait()
+    assert not _harness_alive(dead_tag)
+    assert _harness_alive("not-a-tag") and _harness_alive(f"{pid}:{started}:other-namespace:x")
+
+
 def test_runs_orphaned_by_a_killed_harness_are_killed_by_the_next_executor(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     harness = write_script(

@@ -263,21 +263,38 @@ def _pid_namespace() -> str:
 
 def new_tag() -> str:
     """A tag for one run that also names the harness process that started it
-    (``<pid>:<start time>:<pid namespace>:<random>``), so a run whose harness died can be
+    (``<pid>:<start mark>:<pid namespace>:<random>``), so a run whose harness died can be
     recognised."""
-    me = psutil.Process()
-    return f"{me.pid}:{me.create_time()!r}:{_pid_namespace()}:{uuid.uuid4().hex}"
+    pid = os.getpid()
+    return f"{pid}:{_start_mark(pid)}:{_pid_namespace()}:{uuid.uuid4().hex}"
+
+
+def _start_mark(pid: int) -> str:
+    """When process ``pid`` started, told apart from a later process that reuses its pid.
+
+    On Linux, the start time in clock ticks since boot (``/proc/PID/stat``), which a change of
+    the wall clock does not move. psutil's ``create_time`` adds the boot time, which the kernel
+    derives from the wall clock: after a clock step (NTP), a live harness would get another
+    create_time than the one in its runs' tags, and the next nightlab to start would kill those
+    runs as orphans. Elsewhere, ``create_time``.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()  # the name may hold spaces
+        return "t" + fields[19].decode()  # field 22, starttime
+    except (OSError, IndexError, UnicodeDecodeError):
+        return repr(psutil.Process(pid).create_time())
 
 
 def _harness_alive(tag: str) -> bool:
     try:
-        pid, created, namespace, _ = tag.split(":")
+        pid, started, namespace, _ = tag.split(":")
     except ValueError:
         return True  # not a tag we wrote: leave it alone
     if namespace != _pid_namespace():
         return True  # a harness in another container: its pid means nothing here
     try:
-        return repr(psutil.Process(int(pid)).create_time()) == created
+        return _start_mark(int(pid)) == started
     except (ValueError, *_GONE, psutil.AccessDenied):
         return False
 
