@@ -5,6 +5,7 @@ from __future__ import annotations
 import _thread
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -458,11 +459,17 @@ def test_runs_orphaned_by_a_killed_harness_are_killed_by_the_next_executor(tmp_p
 
 def test_ctrl_c_in_the_harness_kills_the_run(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
-    timer = threading.Timer(0.5, _thread.interrupt_main)
-    timer.start()
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        fast().run(spec(tmp_path, f"sleep 60 & echo $! > {pids}; wait"))
+    # A background job (`make test &`, nohup) starts with SIGINT ignored, and then Python
+    # installs no handler and interrupt_main does nothing: put back the foreground default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        timer = threading.Timer(0.5, _thread.interrupt_main)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            fast().run(spec(tmp_path, f"sleep 60 & echo $! > {pids}; wait"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 5
     (pid,) = read_pids(pids, 1)
     assert dead(pid)
