@@ -231,8 +231,8 @@ def summarise(
     reference = median["random"][-1] if "random" in median else min(m[-1] for m in median.values())
     result = {"target": target, "seeds": seeds, "experiments": experiments, **extra}
     result.update({"random_final_median": reference, "methods": {}})
+    start = extra.get("baseline_loss")  # random never beating the baseline makes this 0 for all
     for m in methods:
-        start = extra.get("baseline_loss")  # random never beating the baseline makes this 0 for all
         per_seed = [experiments_to_reach(c, reference, start) for c in curves[m]]
         reached = [p for p in per_seed if p is not None]
         result["methods"][m] = {
@@ -393,15 +393,13 @@ def collect_cpu_template(workdir: Path, experiments: int) -> dict:
                 baselines.append(base)
                 best = min(best, base)  # the curve starts at the baseline
                 continue
-            if first is None and entry.status == "ok" and base is not None and entry.metric < base - noise:
-                first = len(curve) + 1
             if entry.status != "ok" or entry.metric is None:
                 counts[entry.status] = counts.get(entry.status, 0) + 1
             else:
-                counts[
-                    "beat the baseline" if base is not None and entry.metric < base else "ok, not better"
-                ] += 1
-            if entry.status == "ok" and entry.metric is not None:
+                better = base is not None and entry.metric < base
+                counts["beat the baseline" if better else "ok, not better"] += 1
+                if first is None and better and entry.metric < base - noise:
+                    first = len(curve) + 1
                 best = min(best, entry.metric)
             curve.append(best)
         if curve:
