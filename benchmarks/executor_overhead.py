@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from nightlab.executor.base import RunSpec, RunStatus
 from nightlab.executor.local import LocalExecutor
+from nightlab.types import RunSpec, RunStatus
 
 
 def _timed(fn) -> tuple[float, float]:

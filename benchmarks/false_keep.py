@@ -28,9 +28,9 @@ import random
 import time
 from dataclasses import dataclass
 
-from nightlab.metrics import Direction
-from nightlab.policy import ConfirmPolicy, GreedyPolicy
+from nightlab.research.policy import ConfirmPolicy, GreedyPolicy
 from nightlab.stats import noise_floor
+from nightlab.types import Direction
 
 DIRECTION = Direction.MINIMIZE  # like val_bpb: lower is better
 

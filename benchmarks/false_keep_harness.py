@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import TOY_TRAIN, make_workspace  # noqa: E402
 from nightlab.events import EventSink  # noqa: E402
-from nightlab.loop import LoopLimits  # noqa: E402
-from nightlab.session import build_loop, open_session  # noqa: E402
+from nightlab.research.loop import LoopLimits  # noqa: E402
+from nightlab.research.session import build_loop, open_session  # noqa: E402
 
 NOISY = TOY_TRAIN.replace("NOISE = 0.002", "NOISE = 0.01")
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import TOY_TRAIN, make_workspace  # noqa: E402
 from nightlab.events import EventSink  # noqa: E402
-from nightlab.loop import LoopLimits  # noqa: E402
-from nightlab.session import build_loop, open_session  # noqa: E402
+from nightlab.research.loop import LoopLimits  # noqa: E402
+from nightlab.research.session import build_loop, open_session  # noqa: E402
 
 
 def run(experiments: int, evaluate: bool) -> dict:

@@ -1,7 +1,7 @@
 """The two baselines of ``search_efficiency.py``, as agents over the search agent's own space.
 
 Random search and plain Optuna TPE (ask-and-tell, default settings, no incumbent logic) see
-exactly the knobs and domains the search agent sees (:func:`~nightlab.agents.space.build_space`),
+exactly the knobs and domains the search agent sees (:func:`~nightlab.agents.search.space.build_space`),
 so a comparison measures the strategy, not the space. Both follow the Agent protocol, so the
 harness's loop can run them too (see ``run_on_cpu_template``).
 """
@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import optuna
 
-from nightlab.agents.base import Context, Edit, HistoryEntry, Proposal
-from nightlab.agents.space import Domain, Space, build_space
+from nightlab.agents.search.space import Domain, Space, build_space
+from nightlab.code.knobs import set_knobs
 from nightlab.config import Config
-from nightlab.knobs import set_knobs
+from nightlab.types import Context, Edit, HistoryEntry, Proposal
 
 
 class RandomAgent:

@@ -3,7 +3,7 @@
 Same target, same knobs and domains (the search agent's own :class:`Space`), same number of
 experiments, several seeds. Every method is an :class:`~nightlab.agents.base.Agent` driven by the
 same small in-process loop: propose -> apply the edits to the incumbent's text -> read the knobs
-back with :func:`~nightlab.knobs.knob_values` -> run the target -> observe. A candidate is kept
+back with :func:`~nightlab.code.knobs.knob_values` -> run the target -> observe. A candidate is kept
 when its measured metric beats the incumbent's (autoresearch's greedy rule), so for every method
 the reported best is the configuration with the best measured value; the curves show that
 configuration's *noise-free* loss, so luck on one noisy run earns nothing.
@@ -43,11 +43,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nightlab.agents.base import Context, Edit, HistoryEntry  # noqa: E402
-from nightlab.agents.search import SearchAgent  # noqa: E402
-from nightlab.agents.space import build_space  # noqa: E402
+from nightlab.agents.search.agent import SearchAgent  # noqa: E402
+from nightlab.agents.search.space import build_space  # noqa: E402
+from nightlab.code.knobs import knob_values  # noqa: E402
 from nightlab.config import Config, load_config  # noqa: E402
-from nightlab.knobs import knob_values  # noqa: E402
+from nightlab.types import Context, Edit, HistoryEntry  # noqa: E402
 from search_baselines import RandomAgent, TPEAgent  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -343,9 +343,9 @@ def run_on_cpu_template(
     training run's wall time (``[budget] timeout``; the template's is 240 s): far-off random
     configurations (a 100M-parameter model) would otherwise take most of the benchmark's time.
     """
-    from nightlab.init import init_workspace
-    from nightlab.loop import LoopLimits
-    from nightlab.session import build_loop, open_session
+    from nightlab.research.loop import LoopLimits
+    from nightlab.research.session import build_loop, open_session
+    from nightlab.workspace.init import init_workspace
 
     for seed in range(seed_start, seed_start + seeds):
         for method in methods:
@@ -372,7 +372,7 @@ def collect_cpu_template(workdir: Path, experiments: int) -> dict:
     before any experiment): there is no noise-free truth for a real training run. Workspaces
     that have not finished ``experiments`` yet count up to where they are.
     """
-    from nightlab.ledger import Ledger
+    from nightlab.store.ledger import Ledger
 
     curves: dict[str, list[list[float]]] = {}
     outcomes: dict[str, dict[str, int]] = {}

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nightlab.knobs import set_knobs
+from nightlab.code.knobs import set_knobs
 
 TOY_TRAIN = """\
 import json, os, random

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nightlab.errors import UserError
-from nightlab.metrics import Direction
+from nightlab.types import Direction
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -151,12 +151,12 @@ class RunConfig(_Strict):
     log_limit_mb: float = Field(default=50, gt=0)
     run_dir_limit_mb: float | None = Field(default=None, gt=0)
     # Training and evaluation without network, writing only their worktree and run directory
-    # (nightlab.sandbox): "auto" uses it where the system allows, "required" refuses to run without.
+    # (nightlab.executor.sandbox): "auto" uses it where the system allows, "required" refuses to run without.
     sandbox: Literal["auto", "required", "off"] = "auto"
 
 
 class AuditConfig(_Strict):
-    """The diff audit (nightlab.audit): what happens to a proposal it flags."""
+    """The diff audit (nightlab.code.audit): what happens to a proposal it flags."""
 
     mode: Literal["block", "mark", "off"] = "block"
     # Extra regular expressions a proposal must not add (e.g. the path of a private data set).

@@ -7,34 +7,10 @@ A :class:`Direction` turns "is this better?" into one comparison, so no caller w
 from __future__ import annotations
 
 import json
-import math
 import re
-from enum import Enum
 from pathlib import Path
 
 from nightlab.errors import UserError
-
-
-class Direction(str, Enum):
-    MINIMIZE = "minimize"
-    MAXIMIZE = "maximize"
-
-    @property
-    def sign(self) -> float:
-        """+1 where larger is better, -1 where smaller is: ``sign * (a - b) > 0`` means a beats b."""
-        return 1.0 if self is Direction.MAXIMIZE else -1.0
-
-    @property
-    def worst(self) -> float:
-        return -math.inf if self is Direction.MAXIMIZE else math.inf
-
-    def better(self, a: float, b: float) -> bool:
-        """True when ``a`` is strictly better than ``b``."""
-        return self.sign * (a - b) > 0
-
-    def improvement(self, candidate: float, incumbent: float) -> float:
-        """How much better ``candidate`` is than ``incumbent``, positive when better."""
-        return self.sign * (candidate - incumbent)
 
 
 def read_metrics_json(path: Path) -> dict[str, float]:

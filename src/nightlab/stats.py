@@ -1,6 +1,6 @@
 """The statistics behind decisions: noise floor, tests on differences of means, run planning.
 
-Shared by the keep/discard policy (:mod:`nightlab.policy`) and by ``nightlab validate``. Every
+Shared by the keep/discard policy (:mod:`nightlab.research.policy`) and by ``nightlab validate``. Every
 function takes plain lists of floats so it can be tested without a ledger, and returns a small
 frozen dataclass rather than a tuple, so callers read ``result.p_value``, not ``result[3]``.
 

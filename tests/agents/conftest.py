@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-# tests/helpers.py (toy workspaces, the CLI runner) is shared with the harness tests one folder
-# up; make it importable when only this folder's tests are collected.
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nightlab.agents.base import Context, HistoryEntry
 from nightlab.config import AgentConfig
+from nightlab.types import Context, HistoryEntry
 
 TRAIN = """\
 import json

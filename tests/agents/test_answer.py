@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import TRAIN
 
-from nightlab.agents.answer import AnswerError, parse_answer
-from nightlab.edits import apply_edits
+from nightlab.agents.llm.answer import AnswerError, parse_answer
+from nightlab.code.edits import apply_edits
 
 GOOD = """\
 Description: raise LR 0.01 -> 0.03

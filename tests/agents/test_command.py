@@ -11,11 +11,11 @@ import pytest
 from conftest import entry
 
 from helpers import TOY_TOML, git, make_workspace, nightlab
-from nightlab.agents.base import Context
 from nightlab.agents.command import CONTEXT_FILE, MAX_FAILED_ROUNDS, SLOT, CommandAgent
 from nightlab.config import load_config
 from nightlab.errors import UserError
-from nightlab.workspace import Workspace
+from nightlab.types import Context
+from nightlab.workspace.git import Workspace
 
 LR_SED = "sed -i 's/^LR = 0.1 /LR = 0.3 /' train.py"
 

@@ -13,8 +13,8 @@ from conftest import entry as make_entry
 from fake_servers import Answer, Status, answer_text, block, fake_llm_server
 
 from nightlab.agents.base import Agent
-from nightlab.agents.llm import MAX_FAILED_ROUNDS, LLMAgent
-from nightlab.edits import apply_edits
+from nightlab.agents.llm.agent import MAX_FAILED_ROUNDS, LLMAgent
+from nightlab.code.edits import apply_edits
 from nightlab.errors import UserError
 
 GOOD = answer_text(

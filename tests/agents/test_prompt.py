@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import PREPARE, make_context
 from conftest import entry as make_entry
 
-from nightlab.agents.prompt import build_prompt, frozen_interface
+from nightlab.agents.llm.prompt import build_prompt, frozen_interface
 
 
 def history(n: int) -> list:

@@ -11,7 +11,7 @@ import pytest
 from conftest import KEY, KEY_ENV
 from fake_servers import Answer, Hang, Status, fake_llm_server
 
-from nightlab.agents.providers import (
+from nightlab.agents.llm.providers import (
     ProviderUnavailable,
     RetryPolicy,
     _retry_after,

@@ -15,13 +15,14 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from nightlab.agents.base import Agent, Context, HistoryEntry, Proposal
-from nightlab.agents.search import SearchAgent, describe_space
-from nightlab.agents.space import build_space, infer_domain, priority
-from nightlab.agents.surrogate import GaussianProcess, failure_probability
+from nightlab.agents.base import Agent
+from nightlab.agents.search.agent import SearchAgent, describe_space
+from nightlab.agents.search.space import build_space, infer_domain, priority
+from nightlab.agents.search.surrogate import GaussianProcess, failure_probability
+from nightlab.code.knobs import find_knobs, knob_values, set_knobs
 from nightlab.config import AgentConfig, load_config
 from nightlab.errors import UserError
-from nightlab.knobs import find_knobs, knob_values, set_knobs
+from nightlab.types import Context, HistoryEntry, Proposal
 
 SYNTHETIC = Path(__file__).resolve().parents[1] / "fixtures" / "synthetic_target"
 TRAIN = (SYNTHETIC / "train.py").read_text()

@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 from nightlab.errors import UserError
-from nightlab.executor.base import RunSpec, RunStatus
 from nightlab.executor.local import LocalExecutor, RunInterrupted, build_env
+from nightlab.types import RunSpec, RunStatus
 
 
 def write_script(tmp_path: Path, body: str, name: str = "train.py") -> Path:

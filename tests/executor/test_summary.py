@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from nightlab.executor.base import RunStatus
 from nightlab.executor.outcome import Kill, classify
 from nightlab.executor.summary import (
     exception_line,
@@ -13,6 +12,7 @@ from nightlab.executor.summary import (
     parse_status_lines,
     parse_summary,
 )
+from nightlab.types import RunStatus
 
 KARPATHY_LOG = """\
 step 00950 (99.8%) | loss: 3.1 | lrm: 0.01\rstep 00953 (100.0%) | loss: 3.0 | lrm: 0.00

@@ -24,7 +24,7 @@ import nightlab
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import git, set_constants  # noqa: E402
 from helpers import nightlab as run_cli
-from nightlab.knobs import knob_values
+from nightlab.code.knobs import knob_values
 
 TEMPLATE = Path(nightlab.__file__).parent / "templates" / "gpt"
 # A model and an evaluation small enough that a CPU run takes seconds.

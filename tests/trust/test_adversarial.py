@@ -136,7 +136,7 @@ AUDITED = {
         "evaluation or holdout data",
     ),
     "call the evaluation from training": ("import prepare\nprepare.evaluate(None)", "the evaluation"),
-    "import the harness": ("from nightlab.ledger import Ledger", "harness's internals"),
+    "import the harness": ("from nightlab.store.ledger import Ledger", "harness's internals"),
     "read the ledger": (
         "ledger = open(os.path.join('..', '..', '..', '.nightlab', 'ledger.db'), 'rb').read()",
         "harness's internals",

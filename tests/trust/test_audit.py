@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nightlab.audit import audit_change
+from nightlab.code.audit import audit_change
 from nightlab.config import parse_config
 from nightlab.errors import UserError
 

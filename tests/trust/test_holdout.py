@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nightlab.ledger import Ledger
 from nightlab.report.summary import holdout_checks, render_summary
+from nightlab.store.ledger import Ledger
 
 
 def _kept(ledger: Ledger, decision: str, val: float, holdout: float | None, incumbent: int | None) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import TOY_TRAIN, edit, git, make_workspace, nightlab
-from nightlab import sandbox
+from nightlab.executor import sandbox
 
 PROPOSALS = [
     edit("LR = 0.1", "LR = 0.3", "LR 0.1 -> 0.3"),  # kept

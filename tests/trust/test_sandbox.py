@@ -1,7 +1,7 @@
 """The optional sandbox: no network, writes only to the worktree, the run directory and scratch.
 
 The tests that need the sandbox skip where this machine offers neither Landlock nor user
-namespaces (``nightlab.sandbox.detect()``); the policy tests (``required`` refuses, ``auto``
+namespaces (``nightlab.executor.sandbox.detect()``); the policy tests (``required`` refuses, ``auto``
 warns once) run everywhere.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from nightlab import sandbox
 from nightlab.errors import UserError
+from nightlab.executor import sandbox
 from trust.kit import (
     PLANTED_KEY,
     assert_clean,

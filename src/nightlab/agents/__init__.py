@@ -1,5 +1,5 @@
-"""Research agents: anything that turns the history so far into the next proposal."""
+"""Research agents: anything that turns the history so far into the next proposal.
 
-from nightlab.agents.base import Agent, Context, Edit, HistoryEntry, Proposal
-
-__all__ = ["Agent", "Context", "Edit", "HistoryEntry", "Proposal"]
+A new agent is one module: a subclass of :class:`~nightlab.agents.base.Agent` registered with
+its factory and settings model (:mod:`nightlab.agents.registry`).
+"""

@@ -27,14 +27,13 @@ import re
 import time
 from pathlib import Path
 
-from nightlab.agents.base import Context, Edit, HistoryEntry, Proposal
-from nightlab.changes import line_counts
+from nightlab.code.changes import line_counts
+from nightlab.code.edits import path_matches
 from nightlab.config import CONFIG_NAME, Config, match_globs
-from nightlab.edits import path_matches
 from nightlab.errors import UserError
-from nightlab.executor.base import RunResult, RunSpec, RunStatus
 from nightlab.executor.local import LocalExecutor
-from nightlab.workspace import Workspace
+from nightlab.types import Context, Edit, HistoryEntry, Proposal, RunResult, RunSpec, RunStatus
+from nightlab.workspace.git import Workspace
 
 SLOT = 9  # the agent's own worktree; slot 0 is where the runner trains
 CONTEXT_FILE = "NIGHTLAB_CONTEXT.md"

@@ -21,11 +21,11 @@ def make_agent(config: Config, root: Path) -> Agent:
             raise UserError('nightlab.toml: [agent] kind = "replay" needs file = "proposals.jsonl"')
         return ReplayAgent(root / config.agent.file)
     if kind == "search":
-        from nightlab.agents.search import SearchAgent
+        from nightlab.agents.search.agent import SearchAgent
 
         return SearchAgent(config)
     if kind == "llm":
-        from nightlab.agents.llm import LLMAgent
+        from nightlab.agents.llm.agent import LLMAgent
 
         return LLMAgent(config)
     if kind == "command":

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nightlab.agents.base import Context, Edit, HistoryEntry, Proposal
 from nightlab.errors import UserError
+from nightlab.types import Context, Edit, HistoryEntry, Proposal
 
 
 def load_replay_file(path: Path) -> list[Proposal]:

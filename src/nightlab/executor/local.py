@@ -28,12 +28,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from nightlab.errors import UserError
-from nightlab.executor.base import RunResult, RunSpec, RunStatus
 from nightlab.executor.env import redact, scrub_env, secret_values
 from nightlab.executor.logfile import LogTrimmer, directory_usage, read_end, redact_file
 from nightlab.executor.outcome import Kill, classify
 from nightlab.executor.proctree import TAG_VARIABLE, MainProcess, ProcessTree, kill_orphaned_runs, new_tag
 from nightlab.executor.summary import log_tail, parse_summary
+from nightlab.types import RunResult, RunSpec, RunStatus
 
 _MB = 1024 * 1024
 # How much of the end of the log is read to classify the run and find its summary block.

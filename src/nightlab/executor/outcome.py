@@ -10,8 +10,8 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
-from nightlab.executor.base import RunStatus
 from nightlab.executor.summary import exception_line, last_line, last_status
+from nightlab.types import RunStatus
 
 # Exit codes a script can use to say how it ended without printing a status line.
 EXIT_NAN = 3

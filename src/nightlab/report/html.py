@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 
 from nightlab.executor.env import redact, secret_values
-from nightlab.ledger import ExperimentRow, Ledger
-from nightlab.ledger_export import status_dict
-from nightlab.metrics import Direction
 from nightlab.report.summary import render_summary
+from nightlab.store.export import status_dict
+from nightlab.store.ledger import ExperimentRow, Ledger
+from nightlab.types import Direction
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -79,7 +79,7 @@ def render_html(ledger: Ledger, tag: str, metric_name: str, direction: Direction
 """
 
 
-def write_html_report(session, path: Path) -> Path:  # noqa: ANN001 - nightlab.session.Session
+def write_html_report(session, path: Path) -> Path:  # noqa: ANN001 - nightlab.research.session.Session
     """Write ``report.html`` next to progress.png (which it embeds when present)."""
     metric = session.config.metric
     page = render_html(

@@ -24,11 +24,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from nightlab.metrics import Direction  # noqa: E402
 from nightlab.stats import noise_floor  # noqa: E402
+from nightlab.types import Direction  # noqa: E402
 
 if TYPE_CHECKING:
-    from nightlab.ledger import Ledger
+    from nightlab.store.ledger import Ledger
 
 GREY, GREEN, DARK_GREEN, LABEL_GREEN = "#bbbbbb", "#2ecc71", "#27ae60", "#1a7a3a"
 RED, PURPLE, BAND = "#e74c3c", "#8e44ad", "#27ae60"

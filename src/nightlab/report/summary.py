@@ -15,11 +15,11 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from nightlab.metrics import Direction
 from nightlab.stats import noise_floor
+from nightlab.types import Direction
 
 if TYPE_CHECKING:
-    from nightlab.ledger import ExperimentRow, Ledger
+    from nightlab.store.ledger import ExperimentRow, Ledger
 
 
 def _num(value: float | None, decimals: int = 6) -> str:

@@ -5,7 +5,7 @@ them at any time (:func:`write_study_plots`), as ``nightlab validate`` and ``nig
 do when they finish.
 
 The learning curves come from each run's ``curve.jsonl`` (periodic evaluations, see
-:mod:`nightlab.time_to_target`); runs without one fall back to the training loss their log
+:mod:`nightlab.studies.time_to_target`); runs without one fall back to the training loss their log
 prints (``step N | loss X``), so a plain fixed-budget validation still shows how each side
 learned. The frozen evaluation's final value of every run is a dot at the run's end.
 """
@@ -21,13 +21,13 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nightlab.metrics import Direction  # noqa: E402
-from nightlab.runner import TRAIN_LOG  # noqa: E402
-from nightlab.time_to_target import CurvePoint, read_curve  # noqa: E402
+from nightlab.research.runner import TRAIN_LOG  # noqa: E402
+from nightlab.studies.time_to_target import CurvePoint, read_curve  # noqa: E402
+from nightlab.types import Direction  # noqa: E402
 
 if TYPE_CHECKING:
-    from nightlab.ledger import ExperimentRow, Ledger
-    from nightlab.session import Session
+    from nightlab.research.session import Session
+    from nightlab.store.ledger import ExperimentRow, Ledger
 
 SIDE_COLOURS = {"A": "#7f8c8d", "B": "#2e86de"}
 HELPS_GREEN, DROP_GREY, FAIL_RED = "#27ae60", "#bbbbbb", "#e74c3c"
@@ -207,7 +207,7 @@ def _side_rev(experiments: list[ExperimentRow], side: str) -> str:
 def plot_ablation(rows: list[dict], path: Path, metric_name: str, confidence: float = 0.95) -> Path:
     """Bar chart of each change's contribution with its confidence interval, largest first.
 
-    ``rows`` are :meth:`nightlab.ablate.Contribution.to_dict` dicts (also stored in the ledger).
+    ``rows`` are :meth:`nightlab.studies.ablate.Contribution.to_dict` dicts (also stored in the ledger).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,365 @@
+"""The LLM researcher: a chat model reads the state of the research and proposes one experiment.
+
+Each proposal is one short conversation. The model's answer is parsed and its edits applied to
+the incumbent's files right here (with the same :func:`nightlab.code.edits.apply_edits` the loop
+uses) and syntax-checked; when that fails, or when the result is a set of files already tried,
+the error goes back to the model in the same conversation, up to ``[agent] retries`` times. A
+proposal that reaches the loop therefore applies cleanly, unless retries ran out: then it
+carries ``meta["invalid"]`` with the last error, for the loop to record as ``invalid``.
+
+After an experiment of its own finishes, the agent asks the model for a one-line lesson. That
+call is made at the start of the next :meth:`LLMAgent.propose`, which the loop runs in the
+background while an experiment trains, so it never idles the hardware; the lessons come back
+in that proposal's ``meta["lessons"]`` (experiment id -> lesson) for the ledger.
+
+Spending is tracked per proposal (``meta`` ``tokens_in``, ``tokens_out``, ``cost_usd``) and in
+total; when ``max_total_tokens`` or ``max_cost`` is reached, or the API stays unreachable
+after all retries, :meth:`propose` returns None and :attr:`stop_reason` says why.
+
+Example (a local vLLM server)::
+
+    agent = LLMAgent(AgentConfig(kind="llm", provider="openai", model="Qwen/Qwen2.5-Coder-32B",
+                                 base_url="http://localhost:8000/v1"))
+    proposal = agent.propose(context)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import uuid
+from dataclasses import dataclass
+
+from nightlab.agents.llm.answer import ParsedAnswer, parse_answer
+from nightlab.agents.llm.prompt import build_prompt
+from nightlab.agents.llm.providers import (
+    ChatModel,
+    ProviderUnavailable,
+    Reply,
+    cost_usd,
+    make_model,
+    price_for,
+)
+from nightlab.config import AgentConfig, Config
+from nightlab.errors import EditError, UserError
+from nightlab.types import Context, HistoryEntry, Proposal
+
+log = logging.getLogger("nightlab.agents.llm.agent")
+
+# Proposals in a row whose retries all failed before the agent gives up: a model that cannot
+# follow the protocol five times running will not start to, and each round costs money.
+MAX_FAILED_ROUNDS = 5
+LESSON_TOKENS = 80
+LESSONS_PER_CALL = 5
+
+
+def files_hash(files: dict[str, str]) -> str:
+    """A fingerprint of a set of files, so identical proposals are recognised however they were written."""
+    return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Spend:
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, other: _Spend) -> None:
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
+        self.cost_usd += other.cost_usd
+
+
+class LLMAgent:
+    """An :class:`~nightlab.agents.base.Agent` backed by a chat model; see the module docstring."""
+
+    name = "llm"
+
+    def __init__(self, config: AgentConfig | Config, model: ChatModel | None = None) -> None:
+        # The registry hands over the whole Config; tests and scripts often just the [agent] table.
+        config = config.agent if isinstance(config, Config) else config
+        self.config = config
+        self.model = model if model is not None else make_model(config)
+        self._model_name = config.model or getattr(self.model, "model", "")
+        if config.max_cost is not None and price_for(self._model_name, config.prices) is None:
+            raise UserError(
+                f"nightlab.toml: [agent] max_cost needs a price for model '{self._model_name}': add "
+                f'prices = {{ "{self._model_name}" = [input $/Mtok, output $/Mtok] }}'
+            )
+        if price_for(self._model_name, config.prices) is None:
+            log.warning(
+                "no price known for model '%s': its cost is recorded as $0 (right for a local server; "
+                "otherwise set [agent] prices)",
+                self._model_name,
+            )
+        self._lock = threading.Lock()  # guards the state below; never held during a model call
+        self._propose_lock = threading.Lock()  # one proposal at a time
+        self._seen: dict[str, str] = {}  # files hash -> what it was ("experiment #3 'raise LR'")
+        # Ids of proposals made by this process and not yet observed: their spending is already
+        # counted, and they are owed a lesson. Anything else observed comes from an earlier process.
+        self._issued: set[str] = set()
+        self._session = uuid.uuid4().hex[:8]
+        self._count = 0
+        self._awaiting_lesson: list[HistoryEntry] = []
+        self._lessons: dict[int, str] = {}
+        self._failed_rounds = 0
+        self.spent = _Spend()
+        self.stop_reason: str | None = None
+        # The loop asks for the next proposal while the current experiment trains, so the
+        # model's latency does not idle the hardware.
+        self.pipelined = bool(config.pipeline)
+
+    # -- the Agent protocol -------------------------------------------------------------------
+
+    def propose(self, context: Context) -> Proposal | None:
+        """The next experiment, or None when a cap is reached or the API is gone (see stop_reason)."""
+        with self._propose_lock:
+            if self.stop_reason is not None:
+                return None
+            spend = _Spend()
+            try:
+                lessons = self._write_lessons(spend)
+                return self._converse(context, spend, lessons)
+            except ProviderUnavailable as exc:
+                self._stop(str(exc))
+                return None
+
+    def observe(self, entry: HistoryEntry) -> None:
+        """Remember a finished experiment: its files hash (for duplicates), lesson and spending."""
+        meta = entry.meta if isinstance(entry.meta, dict) else {}
+        digest = meta.get("files_hash")
+        with self._lock:
+            if digest:
+                self._seen[digest] = f"experiment #{entry.id} ('{entry.description}', {entry.decision})"
+            if entry.lesson:
+                self._lessons[entry.id] = entry.lesson
+            if meta.get("proposal_id") in self._issued:
+                self._issued.discard(meta["proposal_id"])
+                if entry.status != "invalid":
+                    self._failed_rounds = 0
+                    # A skipped proposal (comment-only, say) never ran: nothing to learn from it.
+                    if self.config.lessons and not entry.lesson and entry.status != "skipped":
+                        self._awaiting_lesson.append(entry)
+            else:
+                # Spending recorded by an earlier process (a resumed run) still counts toward the caps.
+                self.spent.add(
+                    _Spend(
+                        int(meta.get("tokens_in", 0) or 0),
+                        int(meta.get("tokens_out", 0) or 0),
+                        float(meta.get("cost_usd", 0.0) or 0.0),
+                    )
+                )
+
+    # -- public helpers for the loop ----------------------------------------------------------
+
+    @property
+    def lessons(self) -> dict[int, str]:
+        """Every lesson known so far, experiment id -> one line."""
+        with self._lock:
+            return dict(self._lessons)
+
+    def flush_lessons(self) -> dict[int, str]:
+        """Write the lessons still owed (e.g. for the last experiment of a run) and return them."""
+        with self._propose_lock:
+            spend = _Spend()
+            try:
+                return self._write_lessons(spend)
+            except ProviderUnavailable as exc:
+                log.warning("no lessons written: %s", exc)
+                return {}
+
+    # -- the conversation ---------------------------------------------------------------------
+
+    def _converse(self, context: Context, spend: _Spend, lessons: dict[int, str]) -> Proposal | None:
+        with self._lock:
+            known = [self._lessons[k] for k in sorted(self._lessons)]
+        prompt = build_prompt(context, known, self.config.context_chars)
+        if prompt.omitted:
+            log.info("prompt over %d chars: left out %s", self.config.context_chars, prompt.omitted)
+        messages = [{"role": "user", "content": prompt.user}]
+        error = ""
+        parsed: ParsedAnswer | None = None
+        for attempt in range(1, self.config.retries + 2):
+            if self._over_cap():
+                return None
+            reply = self.model.complete(prompt.system, messages, self.config.max_output_tokens)
+            self._account(spend, reply)
+            parsed = None  # an invalid proposal carries the last answer's edits, never an older one's
+            try:
+                parsed = parse_answer(reply.text, sorted(context.files))
+                digest = self._check(parsed, context)
+            except EditError as exc:
+                error = str(exc)
+                if reply.truncated:
+                    error += (
+                        f" (your answer was cut off at {self.config.max_output_tokens} tokens: "
+                        "answer more briefly, with fewer or smaller blocks)"
+                    )
+                log.info("attempt %d: answer not usable: %s", attempt, error)
+                # Anthropic refuses an empty turn; the model still needs to see that it said nothing.
+                messages.append({"role": "assistant", "content": reply.text or "(empty answer)"})
+                messages.append({"role": "user", "content": _feedback(error)})
+                continue
+            with self._lock:
+                self._seen[digest] = f"an earlier proposal ('{parsed.description}')"
+            meta = self._meta(spend, attempt, lessons) | {"files_hash": digest}
+            return Proposal(
+                description=parsed.description, hypothesis=parsed.hypothesis, edits=parsed.edits, meta=meta
+            )
+        return self._give_up(parsed, error, spend, lessons)
+
+    def _check(self, parsed: ParsedAnswer, context: Context) -> str:
+        """Apply the edits to the incumbent's files and syntax-check them; the new files' hash."""
+        from nightlab.code.edits import apply_edits, python_syntax_error
+
+        new_files = {
+            **context.files,
+            **apply_edits(context.files, parsed.edits, context.editable, frozen=sorted(context.frozen_files)),
+        }
+        changed = sorted(path for path, text in new_files.items() if context.files.get(path) != text)
+        if not changed:
+            raise EditError("your edits leave every file exactly as it is; propose a real change")
+        for path in changed:
+            if path.endswith(".py"):
+                problem = python_syntax_error(path, new_files[path])
+                if problem:
+                    raise EditError(f"after your edits {path} is not valid Python: {problem}")
+        digest = files_hash(new_files)
+        with self._lock:
+            before = self._seen.get(digest)
+        if before is not None:
+            raise EditError(
+                f"this gives exactly the same files as {before}, already tried; propose a different experiment"
+            )
+        return digest
+
+    def _give_up(
+        self, parsed: ParsedAnswer | None, error: str, spend: _Spend, lessons: dict[int, str]
+    ) -> Proposal | None:
+        """Retries ran out: hand the loop an invalid proposal to record, or stop after too many."""
+        with self._lock:
+            self._failed_rounds += 1
+            rounds = self._failed_rounds
+        if rounds >= MAX_FAILED_ROUNDS:
+            self._stop(f"{rounds} proposals in a row had no usable answer after retries (last: {error})")
+            return None
+        meta = self._meta(spend, self.config.retries + 1, lessons) | {"invalid": error}
+        return Proposal(
+            description=parsed.description if parsed else "unusable answer",
+            hypothesis=parsed.hypothesis if parsed else "",
+            edits=parsed.edits if parsed else [],
+            meta=meta,
+        )
+
+    # -- lessons ------------------------------------------------------------------------------
+
+    def _write_lessons(self, spend: _Spend) -> dict[int, str]:
+        """One short call for the lessons owed; failures only cost the lessons, never the run."""
+        with self._lock:
+            owed, self._awaiting_lesson = self._awaiting_lesson[-LESSONS_PER_CALL:], []
+        if not owed or self._over_cap(quiet=True):
+            return {}
+        prompt = "\n\n".join(_lesson_fact(e) for e in owed)
+        system = (
+            "You keep a research notebook. For each experiment below write one line, at most 25 "
+            "words, that future experiments should know (what worked, what failed and why). "
+            "Answer only with lines of the form '#<id>: <lesson>'."
+        )
+        try:
+            reply = self.model.complete(
+                system, [{"role": "user", "content": prompt}], LESSON_TOKENS * len(owed)
+            )
+        except ProviderUnavailable as exc:
+            log.warning("no lessons written: %s", exc)
+            return {}
+        self._account(spend, reply)
+        found = _parse_lessons(reply.text, [e.id for e in owed])
+        with self._lock:
+            self._lessons.update(found)
+        for e in owed:  # the loop's own objects, for a loop that saves entry.lesson
+            if e.id in found:
+                e.lesson = found[e.id]
+        return found
+
+    # -- spending -----------------------------------------------------------------------------
+
+    def _account(self, spend: _Spend, reply: Reply) -> None:
+        cost = cost_usd(self._model_name, reply.tokens_in, reply.tokens_out, self.config.prices)
+        spend.add(_Spend(reply.tokens_in, reply.tokens_out, cost))
+        with self._lock:  # into the total at once, so a cap is seen in the middle of a conversation
+            self.spent.add(_Spend(reply.tokens_in, reply.tokens_out, cost))
+
+    def _over_cap(self, quiet: bool = False) -> bool:
+        with self._lock:
+            tokens = self.spent.tokens_in + self.spent.tokens_out
+            cost = self.spent.cost_usd
+        cap = self.config.max_total_tokens
+        if cap is not None and tokens >= cap:
+            if not quiet:
+                self._stop(f"token cap reached: {tokens} tokens used, max_total_tokens = {cap}")
+            return True
+        if self.config.max_cost is not None and cost >= self.config.max_cost:
+            if not quiet:
+                self._stop(f"cost cap reached: ${cost:.4f} spent, max_cost = {self.config.max_cost:g}")
+            return True
+        return False
+
+    def _stop(self, reason: str) -> None:
+        self.stop_reason = reason
+        log.warning("llm agent stops: %s", reason)
+
+    def _meta(self, spend: _Spend, attempts: int, lessons: dict[int, str]) -> dict:
+        meta: dict = {
+            "model": self._model_name,
+            "tokens_in": spend.tokens_in,
+            "tokens_out": spend.tokens_out,
+            "cost_usd": round(spend.cost_usd, 6),
+            "attempts": attempts,
+        }
+        with self._lock:
+            self._count += 1
+            meta["proposal_id"] = f"{self._session}-{self._count}"
+            self._issued.add(meta["proposal_id"])
+        if lessons:
+            meta["lessons"] = {str(k): v for k, v in lessons.items()}
+        return meta
+
+
+def _feedback(error: str) -> str:
+    return (
+        f"Your answer could not be used: {error}\n\n"
+        "Answer again in full (Description, Hypothesis and every SEARCH/REPLACE block), with this fixed."
+    )
+
+
+def _lesson_fact(e: HistoryEntry) -> str:
+    delta = (
+        "n/a"
+        if e.delta is None
+        else f"{e.delta:+.4g}" + (f" ± {e.spread:.2g}" if e.spread is not None else "")
+    )
+    text = (
+        f"#{e.id}: {e.description}\nhypothesis: {e.hypothesis or '-'}\n"
+        f"result: status {e.status}, decision {e.decision}, improvement {delta} over {e.runs} runs; {e.reason}"
+    )
+    if e.status in ("crash", "timeout", "oom", "nan") and e.log_tail:
+        text += "\nlog tail:\n" + e.log_tail[-800:]
+    return text
+
+
+_LESSON_LINE = re.compile(r"^\W*#?\s*(\d+)\s*[:.)\]-]\s*(.+)$")
+
+
+def _parse_lessons(text: str, ids: list[int]) -> dict[int, str]:
+    """Lines '#<id>: lesson' for the ids asked about; a single bare line answers a single id."""
+    found: dict[int, str] = {}
+    for line in text.splitlines():
+        match = _LESSON_LINE.match(line.strip())
+        if match and int(match.group(1)) in ids:
+            found[int(match.group(1))] = match.group(2).strip()[:300]
+    if not found and len(ids) == 1 and text.strip():
+        found[ids[0]] = text.strip().splitlines()[0][:300]
+    return found

@@ -1,0 +1,371 @@
+"""Chat models behind one call: OpenAI-compatible APIs and Anthropic, with our own retries.
+
+Both official SDKs are used with their built-in retries switched off, so one policy applies to
+every provider: transient failures (429, 5xx, timeouts, connection resets) are retried with
+exponential backoff, honouring ``Retry-After``; a bad key (401/403) or an unknown model (404)
+stops the run with a one-line :class:`UserError`, because no amount of retrying fixes them.
+
+Keys come from the environment variable named by ``api_key_env`` and live only inside the SDK
+client: they never enter a log line, an error message or a proposal's meta.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import importlib
+import inspect
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nightlab.config import AgentConfig
+from nightlab.errors import UserError
+
+log = logging.getLogger("nightlab.agents.llm.agent")
+
+# USD per million tokens (input, output): list prices of models whose prices we know, when this
+# table was written. A name matches itself and its dated snapshots ("gpt-4o-2024-08-06",
+# "claude-haiku-4-5-20251001") only: never a neighbour such as gpt-5.5 for gpt-5, since a wrong
+# price is worse than none. Override or extend with [agent] prices = { "my-model" = [0.5, 1.5] };
+# a model with no price costs 0 (right for local servers) and a warning says so.
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-5-nano": (0.05, 0.40),
+    "gpt-5-mini": (0.25, 2.00),
+    "gpt-5": (1.25, 10.00),
+    "o3-mini": (1.10, 4.40),
+    "o4-mini": (1.10, 4.40),
+    "o3": (2.00, 8.00),
+    "claude-3-5-haiku": (0.80, 4.00),
+    "claude-3-5-sonnet": (3.00, 15.00),
+    "claude-3-7-sonnet": (3.00, 15.00),
+    "claude-haiku-4-5": (1.00, 5.00),
+    "claude-sonnet-4": (3.00, 15.00),
+    "claude-sonnet-4-0": (3.00, 15.00),
+    "claude-sonnet-4-5": (3.00, 15.00),
+    "claude-opus-4": (15.00, 75.00),
+    "claude-opus-4-0": (15.00, 75.00),
+    "claude-opus-4-1": (15.00, 75.00),
+    "claude-opus-4-5": (5.00, 25.00),
+}
+
+_DATED = re.compile(r"-\d{4}-?\d{2}-?\d{2}$")
+
+DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+@dataclass
+class Reply:
+    """One model answer and what it cost in tokens."""
+
+    text: str
+    tokens_in: int
+    tokens_out: int
+    truncated: bool = False  # stopped by the output limit, so the answer may be cut off
+
+
+@dataclass
+class RetryPolicy:
+    """How long to keep trying a transient failure.
+
+    ``attempts`` counts every try (the first included); ``backoff`` is the first wait in seconds,
+    doubled each time up to ``max_wait``, which also caps a server's ``Retry-After``.
+    """
+
+    attempts: int = 6
+    backoff: float = 2.0
+    max_wait: float = 120.0
+    timeout: float = 300.0
+
+
+class ProviderUnavailable(Exception):
+    """Transient failures outlasted the retry policy; the agent stops cleanly on this."""
+
+
+class ChatModel(Protocol):
+    """A chat model: a system text and alternating user/assistant messages in, a reply out."""
+
+    model: str
+
+    def complete(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply: ...
+
+
+def price_for(model: str, overrides: dict[str, list[float]] | None = None) -> tuple[float, float] | None:
+    """(input, output) USD per million tokens for ``model`` or its undated name; the user's table first."""
+    undated = _DATED.sub("", model)
+    for table in (overrides or {}, DEFAULT_PRICES):
+        for name in (model, undated):
+            if name in table:
+                return _pair(name, table[name])
+    return None
+
+
+def _pair(model: str, value: object) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise UserError(f"nightlab.toml: [agent] prices.{model} must be [input $/Mtok, output $/Mtok]")
+    return float(value[0]), float(value[1])
+
+
+def cost_usd(
+    model: str, tokens_in: int, tokens_out: int, overrides: dict[str, list[float]] | None = None
+) -> float:
+    """Dollars for one call; 0.0 for a model with no known price (a local server)."""
+    price = price_for(model, overrides)
+    if price is None:
+        return 0.0
+    return (tokens_in * price[0] + tokens_out * price[1]) / 1_000_000
+
+
+def read_api_key(config: AgentConfig) -> str:
+    """The key from the environment variable named by ``api_key_env`` (or the provider's default).
+
+    A local server (``base_url`` set, no ``api_key_env``) needs no key, so a placeholder is used.
+    """
+    provider = config.provider or "openai"
+    name = config.api_key_env or DEFAULT_KEY_ENV[provider]
+    value = os.environ.get(name, "")
+    if value:
+        return value
+    if config.api_key_env is None and config.base_url:
+        return "no-key"
+    raise UserError(
+        f"nightlab.toml: [agent] api_key_env: the environment variable {name} is not set; "
+        f"export {name}=... before `nightlab run`"
+    )
+
+
+def make_model(config: AgentConfig, retry: RetryPolicy | None = None) -> ChatModel:
+    """The chat model ``[agent]`` describes (``provider``, ``model``, ``base_url``, ``api_key_env``)."""
+    if not config.model:
+        raise UserError('nightlab.toml: [agent] model is required for kind = "llm" (e.g. model = "gpt-4o")')
+    policy = retry or RetryPolicy(
+        attempts=config.api_retries + 1, timeout=config.request_timeout, backoff=config.backoff
+    )
+    key = read_api_key(config)
+    key_env = config.api_key_env or DEFAULT_KEY_ENV[config.provider or "openai"]
+    if (config.provider or "openai") == "anthropic":
+        return AnthropicChat(config.model, key, config.base_url, config.temperature, policy, key_env)
+    return OpenAIChat(config.model, key, config.base_url, config.temperature, policy, key_env)
+
+
+def _retry_after(exc: Exception) -> float | None:
+    """Seconds a server asked us to wait (``retry-after-ms``, ``retry-after`` seconds or date)."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:  # an HTTP date
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def call_with_retries(
+    call: Callable[[], Reply],
+    classify: Callable[[Exception], str | None],
+    policy: RetryPolicy,
+    describe: str,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Reply:
+    """Run ``call``; retry what ``classify`` calls transient, re-raise what it calls fatal.
+
+    ``classify`` returns None for transient errors and a one-line message for fatal ones.
+    """
+    last = ""
+    for attempt in range(policy.attempts):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - classified right below
+            fatal = classify(exc)
+            if fatal is not None:
+                raise UserError(fatal) from None
+            last = f"{type(exc).__name__}: {_status_text(exc)}"
+            if attempt + 1 >= policy.attempts:
+                break
+            asked = _retry_after(exc)
+            wait = policy.backoff * (2**attempt) * (0.5 + random.random() / 2)
+            if asked is not None:
+                wait = asked
+            wait = min(wait, policy.max_wait)
+            log.warning(
+                "%s: %s; retry %d/%d in %.1fs", describe, last, attempt + 1, policy.attempts - 1, wait
+            )
+            sleep(wait)
+    raise ProviderUnavailable(f"{describe}: gave up after {policy.attempts} attempts ({last})")
+
+
+def _status_text(exc: Exception) -> str:
+    status = getattr(exc, "status_code", None)
+    return f"HTTP {status}" if status else (str(exc).splitlines() or [""])[0][:200]
+
+
+def _fatal_message(
+    provider: str, status: int | None, model: str, base_url: str | None, key_env: str
+) -> str | None:
+    where = base_url or f"the {provider} API"
+    if status in (401, 403):
+        return f"nightlab.toml: [agent] the key in ${key_env} was rejected by {where} (HTTP {status}); check api_key_env"
+    if status == 404:
+        return f"nightlab.toml: [agent] model '{model}' is not served by {where} (HTTP 404); check model and base_url"
+    return None
+
+
+class _SDKChat:
+    """What both official SDKs share: their client without its own retries, our retry policy,
+    and the same exception classes (timeouts, connection errors, 429, 5xx, other statuses).
+
+    A subclass names its provider and SDK module, builds the client and makes one call.
+    """
+
+    provider = ""  # as error messages name it
+    sdk = ""  # the module to import
+
+    def __init__(
+        self,
+        model: str,
+        api_key: str,
+        base_url: str | None,
+        temperature: float,
+        retry: RetryPolicy,
+        key_env: str = "",
+    ) -> None:
+        self._sdk = importlib.import_module(self.sdk)
+        self.model = model
+        self.base_url = base_url
+        self.temperature = temperature
+        self.retry = retry
+        self.key_env = key_env or DEFAULT_KEY_ENV[self.sdk]
+        self._client = self._sdk_client(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=retry.timeout
+        )
+
+    def _sdk_client(self, **options: object) -> Any:  # the SDK's own client type
+        raise NotImplementedError
+
+    def _call(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
+        raise NotImplementedError
+
+    def complete(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
+        return call_with_retries(
+            lambda: self._call(system, messages, max_tokens),
+            self._classify,
+            self.retry,
+            f"{self.model} via {self.base_url or self.provider}",
+        )
+
+    def _classify(self, exc: Exception) -> str | None:
+        sdk = self._sdk
+        if isinstance(
+            exc, (sdk.APITimeoutError, sdk.APIConnectionError, sdk.RateLimitError, sdk.InternalServerError)
+        ):
+            return None
+        if isinstance(exc, sdk.APIStatusError):
+            return _status_verdict(self.provider, exc, self.model, self.base_url, self.key_env)
+        raise exc
+
+
+class OpenAIChat(_SDKChat):
+    """Any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, llama.cpp, OpenRouter)."""
+
+    provider, sdk = "OpenAI", "openai"
+
+    def _sdk_client(self, **options: object) -> Any:
+        return self._sdk.OpenAI(**options)
+
+    def _call(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
+        # OpenAI's own newer models accept only max_completion_tokens; local servers
+        # (vLLM, Ollama, llama.cpp) have long known max_tokens.
+        limit = {"max_tokens": max_tokens} if self.base_url else {"max_completion_tokens": max_tokens}
+        response = self._client.chat.completions.create(
+            model=self.model,
+            messages=[{"role": "system", "content": system}, *messages],
+            temperature=self.temperature,
+            **limit,
+        )
+        choice = response.choices[0] if response.choices else None
+        usage = response.usage
+        return Reply(
+            text=(choice.message.content or "") if choice else "",
+            tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
+            tokens_out=int(getattr(usage, "completion_tokens", 0) or 0),
+            truncated=bool(choice and choice.finish_reason == "length"),
+        )
+
+
+class AnthropicChat(_SDKChat):
+    """Anthropic's messages API (or a compatible proxy at ``base_url``)."""
+
+    provider, sdk = "Anthropic", "anthropic"
+
+    def _sdk_client(self, **options: object) -> Any:
+        client = self._sdk.Anthropic(**options)
+        # Recent SDKs dropped `temperature` from messages.create (newer models fix it); send it
+        # only where the installed SDK still takes it.
+        takes_temperature = "temperature" in inspect.signature(client.messages.create).parameters
+        self._sampling = {"temperature": min(self.temperature, 1.0)} if takes_temperature else {}
+        return client
+
+    def _call(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
+        response = self._client.messages.create(
+            model=self.model, system=system, messages=messages, max_tokens=max_tokens, **self._sampling
+        )
+        text = "".join(getattr(block, "text", "") for block in response.content)
+        return Reply(
+            text=text,
+            tokens_in=int(response.usage.input_tokens or 0),
+            tokens_out=int(response.usage.output_tokens or 0),
+            truncated=response.stop_reason == "max_tokens",
+        )
+
+
+def _status_verdict(
+    provider: str, exc: Exception, model: str, base_url: str | None, key_env: str
+) -> str | None:
+    """None for a status worth retrying; otherwise the one-line message that stops the run."""
+    status = int(getattr(exc, "status_code", 0) or 0)
+    if status in (408, 409, 429, 529) or status >= 500:
+        return None
+    return _fatal_message(provider, status, model, base_url, key_env) or _refused(model, status, _brief(exc))
+
+
+def _refused(model: str, status: int, message: str) -> str:
+    hint = (
+        "; if the prompt is too long for the model, lower [agent] context_chars"
+        if status in (400, 413)
+        else ""
+    )
+    return f"nightlab.toml: [agent] model '{model}' refused the request (HTTP {status}): {message}{hint}"
+
+
+def _brief(exc: Exception) -> str:
+    """The server's error message, one line, without anything that could echo a key."""
+    body = getattr(exc, "body", None)
+    message = ""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            message = str(inner.get("message", ""))
+    text = (message or str(exc)).splitlines()[0] if (message or str(exc)) else ""
+    return text[:200]

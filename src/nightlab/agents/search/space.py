@@ -1,0 +1,491 @@
+"""The search space: a domain for every knob, declared in ``[agent.space]`` or inferred.
+
+Each knob becomes one or more dimensions (a tuple such as Adam's betas is searched element by
+element). A :class:`Domain` maps values to a unit coordinate for the surrogate model and back,
+and snaps every value to a readable grid (two significant digits on a log scale, whole steps
+for integers) so that proposals are numbers a person would write and "already tried" is an
+exact comparison.
+
+Declared domains, in ``nightlab.toml``::
+
+    [agent.space]
+    MATRIX_LR = {low = 0.005, high = 0.2, log = true}
+    WINDOW_PATTERN = {choices = ["SSSL", "SSLL", "LLLL"]}
+    DEPTH = {low = 2, high = 8, step = 2}
+    ADAM_BETAS = [{low = 0.8, high = 0.95}, {low = 0.9, high = 0.999}]
+
+Everything else is inferred from the current value and the name (see :func:`infer_domain`), and
+``nightlab agent show-space`` prints the result (:func:`describe_space`) so it can be checked.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nightlab.code.knobs import Knob, find_knobs, format_literal
+from nightlab.errors import UserError
+
+SPEC_KEYS = {"low", "high", "log", "step", "choices"}
+
+# Knobs that must not move unless the user declares a domain for them: changing the seed only
+# samples noise, and budgets/intervals change what is measured rather than the model.
+_PINNED_BY_DEFAULT = re.compile(
+    r"(SEED|BUDGET|TIMEOUT|UNTIMED|VERBOSE|COMPILE|^EVAL_|^LOG_|^PRINT_|^SAVE_|^CHECKPOINT|_PATH$|_DIR$"
+    r"|^DEVICE$|^DTYPE$)"
+)
+# What a researcher tries first: learning rates, then the batch and the model's shape, then the
+# schedule; everything else after. Only the order of first looks depends on it.
+_PRIORITY = (
+    (re.compile(r"DEVICE_BATCH|MICRO_BATCH"), 0.5),  # memory and speed more than quality
+    (re.compile(r"(^|_)(LR|LEARNING_RATE)$"), 3.0),
+    (re.compile(r"BATCH|DEPTH|LAYERS|WIDTH|ASPECT|DIM|HEADS"), 2.0),
+    (re.compile(r"WARMUP|WARMDOWN|COOLDOWN|DECAY|FINAL_LR|SCHEDULE|BETAS|MOMENTUM"), 1.5),
+    (re.compile(r"INIT|STD|SCALE|DROPOUT|CLIP|ACTIVATION|RATIO"), 1.0),
+)
+
+
+def priority(name: str) -> float:
+    """How early a knob gets its first look (higher first)."""
+    for pattern, weight in _PRIORITY:
+        if pattern.search(name):
+            return weight
+    return 0.5
+
+
+_LOG_HINT = re.compile(r"(LR|LEARNING|RATE|DECAY|WD|EPS|STD|SCALE|CLIP|TEMP|INIT)")
+_RATIO_HINT = re.compile(r"(RATIO|FRAC|DROPOUT|PROB|BETA|MOMENTUM|EMA|SMOOTH|MIX)")
+
+
+def _nice_sig(value: float, digits: int = 2) -> float:
+    """``value`` rounded to ``digits`` significant digits (0.04321 -> 0.043)."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    return float(f"{value:.{digits - 1}e}")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The values one dimension may take.
+
+    ``scale`` is one of ``log`` (positive floats, geometric), ``linear`` (floats),
+    ``log1m`` (floats just below 1 such as betas: geometric in ``1 - x``), ``int`` (integers,
+    every ``step``), ``pow2`` (integers that are powers of two; ``low``/``high`` are exponents)
+    or ``choice`` (``choices``, unordered).
+    """
+
+    scale: str
+    low: float = 0.0
+    high: float = 1.0
+    step: float | None = None
+    choices: tuple = ()
+    is_int: bool = False
+    origin: str = "inferred"  # "declared" | "inferred"
+
+    @property
+    def categorical(self) -> bool:
+        return self.scale == "choice"
+
+    def to_unit(self, value: Any) -> float:
+        """A coordinate in [0, 1] (outside for a value beyond the range; an index for choices)."""
+        if self.categorical:
+            return float(self.choices.index(value)) if value in self.choices else -1.0
+        x, lo, hi = self._warp(float(value)), self._warp_bound(self.low), self._warp_bound(self.high)
+        return (x - lo) / (hi - lo) if hi > lo else 0.5
+
+    def from_unit(self, u: float) -> Any:
+        """The grid value nearest to coordinate ``u`` (clipped to the range)."""
+        if self.categorical:
+            return self.choices[int(min(max(round(u), 0), len(self.choices) - 1))]
+        u = min(max(u, 0.0), 1.0)
+        lo, hi = self._warp_bound(self.low), self._warp_bound(self.high)
+        return self.snap(self._unwarp(lo + u * (hi - lo)))
+
+    def snap(self, value: Any) -> Any:
+        """The nearest value on this domain's grid, inside the range."""
+        if self.categorical:
+            return value
+        v = float(value)
+        if self.scale == "pow2":
+            exponent = round(math.log2(v)) if v > 0 else self.low
+            return int(2 ** int(min(max(exponent, self.low), self.high)))
+        v = min(max(v, self.low), self.high)
+        if self.step:
+            v = self.low + round((v - self.low) / self.step) * self.step
+            v = min(v, self.high)
+        elif self.scale == "log":
+            v = min(max(_nice_sig(v), self.low), self.high)
+        elif self.scale == "log1m":
+            v = min(max(round(1.0 - _nice_sig(1.0 - v), 12), self.low), self.high)
+        elif not self.is_int:
+            decimals = max(0, 2 - math.floor(math.log10(self.high - self.low))) if self.high > self.low else 6
+            v = round(v, decimals)
+        if self.is_int:
+            return int(round(v))
+        return round(v, 12)
+
+    def grid(self, limit: int = 100_000) -> list | None:
+        """Every value of the domain, or None when there are more than ``limit``."""
+        if self.categorical:
+            return list(self.choices)
+        if self.scale == "pow2":
+            return [2**e for e in range(int(self.low), int(self.high) + 1)]
+        if self.scale == "int":
+            step = int(self.step or 1)
+            count = int((self.high - self.low) // step) + 1
+            return None if count > limit else [int(self.low) + i * step for i in range(count)]
+        values = {self.from_unit(i / 4000) for i in range(4001)}
+        return sorted(values) if len(values) <= limit else None
+
+    def describe(self) -> str:
+        if self.categorical:
+            return "{" + ", ".join(_show(c) for c in self.choices) + "}"
+        if self.scale == "pow2":
+            return f"2**[{int(self.low)}..{int(self.high)}] ({2 ** int(self.low)}..{2 ** int(self.high)})"
+        step = f" step {_show(self.step)}" if self.step else ""
+        kind = {"log": "log", "log1m": "log(1-x)", "int": "int", "linear": "linear"}[self.scale]
+        return f"[{_show(self.low)}, {_show(self.high)}] {kind}{step}"
+
+    def _warp_bound(self, bound: float) -> float:
+        return bound if self.scale == "pow2" else self._warp(bound)  # pow2 bounds are exponents
+
+    def _warp(self, x: float) -> float:
+        if self.scale == "log":
+            return math.log(max(x, 1e-300))
+        if self.scale == "log1m":
+            return -math.log(max(1.0 - x, 1e-12))
+        if self.scale == "pow2":
+            return math.log2(max(x, 1e-300))
+        return x
+
+    def _unwarp(self, x: float) -> float:
+        if self.scale == "log":
+            return math.exp(x)
+        if self.scale == "log1m":
+            return 1.0 - math.exp(-x)
+        if self.scale == "pow2":
+            return 2.0**x
+        return x
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched coordinate: a knob, or one element of a tuple knob."""
+
+    key: str  # "MATRIX_LR" or "ADAM_BETAS[1]"
+    knob: str
+    index: int | None
+    domain: Domain
+
+    @property
+    def priority(self) -> float:
+        return priority(self.knob)
+
+
+@dataclass
+class Space:
+    """The knobs of the editable files and how each may move."""
+
+    knobs: dict[str, Knob]
+    dims: list[Dim]
+    pinned: dict[str, str] = field(default_factory=dict)  # knob -> why
+
+    def current(self) -> dict[str, Any]:
+        return {name: knob.value for name, knob in self.knobs.items()}
+
+    def dim_values(self, config: dict[str, Any]) -> list[Any]:
+        """The value of every dimension in ``config`` (missing knobs take the file's value)."""
+        out = []
+        for dim in self.dims:
+            value = config.get(dim.knob, self.knobs[dim.knob].value)
+            if dim.index is not None:
+                value = value[dim.index] if isinstance(value, (tuple, list)) else value
+            out.append(value)
+        return out
+
+    def unit(self, config: dict[str, Any]) -> np.ndarray:
+        return np.array(
+            [d.domain.to_unit(v) for d, v in zip(self.dims, self.dim_values(config), strict=True)]
+        )
+
+    def with_dims(self, base: dict[str, Any], changes: dict[int, Any]) -> dict[str, Any]:
+        """``base`` with dimension ``i`` set to ``changes[i]``, tuples rebuilt around them."""
+        out = dict(base)
+        for i, value in changes.items():
+            dim = self.dims[i]
+            if dim.index is None:
+                out[dim.knob] = value
+            else:
+                seq = list(out.get(dim.knob, self.knobs[dim.knob].value))
+                seq[dim.index] = value
+                current = self.knobs[dim.knob].value
+                out[dim.knob] = tuple(seq) if isinstance(current, tuple) else seq
+        return out
+
+    def key(self, config: dict[str, Any]) -> tuple:
+        """What makes two configurations the same experiment (searched dimensions only)."""
+        return tuple(canonical(v) for v in self.dim_values(config))
+
+    @property
+    def categorical_mask(self) -> np.ndarray:
+        return np.array([d.domain.categorical for d in self.dims], dtype=bool)
+
+
+def canonical(value: Any) -> Any:
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, (int, float)):
+        return ("n", round(float(value), 12))
+    return ("s", str(value))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference and declarations
+
+
+def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
+    """A sensible domain around the current value, or None when it cannot be inferred.
+
+    Positive floats move on a log scale within a factor of ten; ratios (names such as
+    ``*_RATIO``, ``*_FRAC``, ``DROPOUT``, or elements of a tuple between 0 and 1) stay in
+    [0, 1], on a ``1 - x`` log scale when close to 1 (betas, EMA decays); integers that are
+    powers of two stay powers of two within a factor of four; other positive integers move
+    within a factor of three; booleans flip. Strings need declared choices.
+    """
+    if isinstance(value, bool):
+        return Domain("choice", choices=(False, True))
+    if isinstance(value, int):
+        if value >= 2 and value & (value - 1) == 0:
+            k = int(math.log2(value))
+            return Domain("pow2", low=max(0, k - 2), high=k + 2, is_int=True)
+        if value > 0:
+            return Domain("int", low=max(1, value // 3), high=max(value * 3, value + 2), is_int=True)
+        if value == 0:
+            return Domain("int", low=0, high=10, is_int=True)
+        return Domain("int", low=3 * value, high=-value, is_int=True)
+    if isinstance(value, float):
+        log_named = bool(_LOG_HINT.search(name))
+        ratio_named = bool(_RATIO_HINT.search(name)) or element
+        if 0.0 <= value <= 1.0 and ratio_named:
+            if 0.8 <= value < 1.0:
+                return Domain("log1m", low=0.5, high=1.0 - _nice_sig((1.0 - value) / 10))
+            if not log_named or value == 0 or element:
+                return Domain("linear", low=0.0, high=1.0)
+        if value > 0:
+            return Domain("log", low=_nice_sig(value / 10), high=_nice_sig(value * 10))
+        if value == 0:
+            return Domain("linear", low=0.0, high=1.0)
+        return Domain("linear", low=3 * value, high=-value)
+    return None
+
+
+def _declared_domain(name: str, spec: Any, value: Any, source: str) -> Domain:
+    where = f"{source}: [agent.space] {name}"
+    if not isinstance(spec, dict):
+        raise UserError(
+            f"{where}: expected a table such as {{low = 0.01, high = 0.1, log = true}} or {{choices = [...]}}"
+        )
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        raise UserError(f"{where}: unknown key '{unknown[0]}' (allowed: choices, high, log, low, step)")
+    if "choices" in spec:
+        if set(spec) - {"choices"}:
+            raise UserError(f"{where}: give either choices or low/high, not both")
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise UserError(f"{where}: choices must be a non-empty list")
+        for choice in choices:
+            if not _same_kind(choice, value):
+                raise UserError(
+                    f"{where}: choice {choice!r} is a {type(choice).__name__} but the knob is "
+                    f"a {type(value).__name__} ({value!r})"
+                )
+        uniq = tuple(dict.fromkeys(choices))
+        if value not in uniq:  # the incumbent must be representable
+            uniq = (value, *uniq)
+        return Domain("choice", choices=uniq, origin="declared")
+    if isinstance(value, (bool, str)):
+        raise UserError(f"{where}: a {type(value).__name__} knob needs choices = [...], not low/high")
+    if "low" not in spec or "high" not in spec:
+        raise UserError(f"{where}: needs both low and high (or choices = [...])")
+    low, high, step, log = spec["low"], spec["high"], spec.get("step"), spec.get("log", False)
+    for key, number in (("low", low), ("high", high), ("step", step)):
+        if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))):
+            raise UserError(f"{where}: {key} must be a number, got {number!r}")
+    if not isinstance(log, bool):
+        raise UserError(f"{where}: log must be true or false, got {log!r}")
+    if not low < high:
+        raise UserError(f"{where}: low ({low}) must be smaller than high ({high})")
+    if log and low <= 0:
+        raise UserError(f"{where}: log = true needs low > 0, got {low}")
+    if step is not None and step <= 0:
+        raise UserError(f"{where}: step must be positive, got {step}")
+    if log and step is not None:
+        raise UserError(f"{where}: use either log = true or step, not both")
+    is_int = isinstance(value, int)
+    if is_int:
+        for key, number in (("low", low), ("high", high), ("step", step)):
+            if number is not None and not float(number).is_integer():
+                raise UserError(
+                    f"{where}: the knob is an integer ({value}), so {key} must be whole, got {number}"
+                )
+        return Domain(
+            "int" if not log else "log",
+            low=int(low),
+            high=int(high),
+            step=step,
+            is_int=True,
+            origin="declared",
+        )
+    return Domain("log" if log else "linear", low=float(low), high=float(high), step=step, origin="declared")
+
+
+def _same_kind(choice: Any, value: Any) -> bool:
+    if isinstance(value, bool) or isinstance(choice, bool):
+        return isinstance(value, bool) and isinstance(choice, bool)
+    if isinstance(value, (int, float)):
+        return isinstance(choice, (int, float))
+    return type(choice) is type(value)
+
+
+def build_space(
+    files: dict[str, str], agent: Any, source: str = "nightlab.toml", origin: dict[str, Any] | None = None
+) -> Space:
+    """The space of the editable Python files under the ``[agent]`` settings.
+
+    ``agent`` is an :class:`~nightlab.config.AgentConfig` (or anything with ``space`` and
+    ``pin``). ``origin`` holds the knob values domains are inferred from (the baseline's), so
+    that a domain does not drift as kept changes move the incumbent: ``DEPTH = 3`` infers
+    [1, 9] even once the incumbent's DEPTH is 8, a power of two. A declaration or pin naming no
+    knob, or a malformed declaration, is a :class:`UserError` naming the knob and what is wrong.
+    """
+    knobs: dict[str, Knob] = {}
+    for path in sorted(files):
+        if not path.endswith(".py"):
+            continue
+        for knob in find_knobs(files[path], path):
+            if knob.name in knobs:
+                continue  # the first editable file that defines a name owns it
+            knobs[knob.name] = knob
+    space_spec: dict[str, Any] = dict(getattr(agent, "space", {}) or {})
+    pins = list(getattr(agent, "pin", []) or [])
+    known = ", ".join(knobs) or "none found"
+    for name in list(space_spec) + pins:
+        if name not in knobs:
+            section = "[agent.space]" if name in space_spec else "[agent] pin"
+            raise UserError(
+                f"{source}: {section} {name}: no such knob in the editable files (knobs: {known})"
+            )
+    dims: list[Dim] = []
+    pinned: dict[str, str] = {}
+    for name, knob in knobs.items():
+        if name in pins:
+            pinned[name] = "[agent] pin"
+            continue
+        spec = space_spec.get(name)
+        if spec is None and _PINNED_BY_DEFAULT.search(name):
+            pinned[name] = "default (seed/budget-like)"
+            continue
+        value = knob.value
+        if origin is not None and name in origin and _same_shape(origin[name], value):
+            value = origin[name]
+        new_dims, why = _dims_for(knob, value, spec, source)
+        if why:
+            pinned[name] = why
+        dims.extend(new_dims)
+    return Space(knobs=knobs, dims=dims, pinned=pinned)
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        return isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b)
+    return _same_kind(a, b) and isinstance(a, int) == isinstance(b, int)
+
+
+def _dims_for(knob: Knob, value: Any, spec: Any, source: str) -> tuple[list[Dim], str]:
+    if isinstance(value, (tuple, list)):
+        if spec is None:
+            specs: list[Any] = [None] * len(value)
+        elif isinstance(spec, list):
+            if len(spec) != len(value):
+                raise UserError(
+                    f"{source}: [agent.space] {knob.name}: {len(spec)} entries for a knob with "
+                    f"{len(value)} elements; give one table per element, or one table for all"
+                )
+            specs = spec
+        else:
+            specs = [spec] * len(value)
+        dims = []
+        for i, (element, element_spec) in enumerate(zip(value, specs, strict=True)):
+            label = f"{knob.name}[{i}]"
+            domain = (
+                _declared_domain(label, element_spec, element, source)
+                if element_spec is not None
+                else infer_domain(knob.name, element, element=0.0 < element < 1.0)
+            )
+            if domain is not None:
+                dims.append(Dim(label, knob.name, i, domain))
+        return dims, "" if dims else "no element can move"
+    if spec is not None:
+        return [Dim(knob.name, knob.name, None, _declared_domain(knob.name, spec, value, source))], ""
+    domain = infer_domain(knob.name, value)
+    if domain is None:
+        return [], "string: no choices declared"
+    return [Dim(knob.name, knob.name, None, domain)], ""
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def describe_space(files: dict[str, str], config: Any) -> str:
+    """The table ``nightlab agent show-space`` prints: every knob, its value and its domain.
+
+    ``config`` is the whole :class:`~nightlab.config.Config` or just its ``agent`` part. The
+    text holds square brackets (``[0.001, 0.1]``, ``[agent.space]``): print it without markup.
+    """
+    agent = getattr(config, "agent", config)
+    space = build_space(files, agent)
+    rows = [("knob", "file", "value", "domain", "from", "comment")]
+    by_knob: dict[str, list[Dim]] = {}
+    for dim in space.dims:
+        by_knob.setdefault(dim.knob, []).append(dim)
+    for name, knob in space.knobs.items():
+        dims = by_knob.get(name, [])
+        if name in space.pinned and not dims:
+            rows.append((name, knob.path, knob.text, "pinned", space.pinned[name], _clip(knob.comment)))
+            continue
+        for dim in dims:
+            value = space.dim_values(space.current())[space.dims.index(dim)]
+            outside = ""
+            if not dim.domain.categorical and not 0.0 <= dim.domain.to_unit(value) <= 1.0:
+                outside = " (current value outside)"
+            rows.append(
+                (
+                    dim.key,
+                    knob.path,
+                    knob.text if dim.index is None else format_literal(repr(value), value),
+                    dim.domain.describe() + outside,
+                    dim.domain.origin,
+                    _clip(knob.comment),
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    searched = len(space.dims)
+    lines.append(
+        f"{searched} dimension(s) searched, {len(space.pinned)} knob(s) pinned; declare domains, choices "
+        "or pins in nightlab.toml under [agent.space] and [agent] pin"
+    )
+    return "\n".join(lines)

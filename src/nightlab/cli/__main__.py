@@ -1,0 +1,5 @@
+"""``python -m nightlab.cli``: the same entry point as the ``nightlab`` command."""
+
+from nightlab.cli.app import main
+
+main()

@@ -1,0 +1,191 @@
+"""``nightlab mcp``: the harness as an MCP server over stdio, so any MCP client can do research.
+
+Claude Code, Codex or an IDE connects, reads the state, the history and the best code, and asks
+for experiments; nightlab trains, evaluates, decides and records each one exactly as in
+``nightlab run``. The client never touches the working tree: an experiment is a set of edits
+(SEARCH/REPLACE pairs or whole files) applied to the incumbent of the research branch.
+
+stdout carries the protocol, so nothing here prints; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from nightlab.code.edits import normalize_path, path_matches
+from nightlab.errors import UserError
+from nightlab.research.session import Session
+from nightlab.types import Edit, Proposal
+
+try:  # mcp 2.x renamed FastMCP to MCPServer
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+except ImportError:  # pragma: no cover - mcp 1.x
+    from mcp.server.fastmcp import FastMCP as MCPServer
+    from mcp.server.fastmcp.exceptions import ToolError
+
+INSTRUCTIONS = """\
+nightlab runs machine-learning experiments for you under a fixed budget and keeps a change only
+when it beats the best so far by more than the measured noise. Call `state` and `history`, read
+the editable files with `read_file`, then call `run_experiment` with one focused change and a
+one-line description; read its decision and start the next idea from the best code. Edits apply
+to the best code (the incumbent), never to files on disk; frozen files cannot change."""
+
+
+class Harness:
+    """The session and loop behind the tools; one experiment at a time."""
+
+    def __init__(self, root: Path, tag: str | None = None) -> None:
+        from nightlab.events import EventSink
+        from nightlab.research.tryrun import open_harness
+
+        events = EventSink()
+        events.subscribe(_stderr_printer)
+        # check_clean=False: experiments are built from commits, the user's tree is never read.
+        self.session, self.loop = open_harness(root, tag, "mcp", events=events, check_clean=False)
+        self._lock = threading.Lock()
+        self._prepared = False
+
+    def _prepare(self) -> None:
+        """The baseline (on a new tag) before the first experiment or the first question about it."""
+        if not self._prepared:
+            self.loop.prepare()
+            self._prepared = True
+
+    def state(self) -> dict:
+        from nightlab.research.tryrun import state_dict
+
+        with self._lock:
+            self._prepare()
+            return state_dict(self.session)
+
+    def read_file(self, path: str) -> str:
+        with self._lock:
+            self._prepare()
+            clean = _editable(self.session, path)
+            best = self.session.ledger.incumbent(self.session.tag)
+            assert best is not None and best.commit is not None
+            texts = self.session.workspace.read_files(best.commit, [clean], missing_ok=True)
+            if clean not in texts:
+                raise UserError(f"{clean} does not exist in the best code (#{best.id})")
+            return texts[clean]
+
+    def history(self, limit: int | None) -> list[dict]:
+        from nightlab.research.tryrun import history_rows
+
+        with self._lock:
+            self._prepare()
+            return history_rows(self.session, limit)
+
+    def run_experiment(self, description: str, edits: list[dict[str, Any]], hypothesis: str) -> str:
+        from nightlab.research.tryrun import result_block
+
+        if not description.strip():
+            raise UserError("run_experiment: give a one-line description of the change")
+        if not edits:
+            raise UserError(
+                "run_experiment: give at least one edit ({path, search, replace} or {path, content})"
+            )
+        proposal = Proposal(
+            description=description.strip(),
+            hypothesis=hypothesis.strip(),
+            edits=[_edit(e, i) for i, e in enumerate(edits, 1)],
+            meta={"source": "mcp"},
+        )
+        with self._lock:
+            self._prepared = True  # run_one prepares itself
+            row = self.loop.run_one(proposal)
+            return result_block(self.session, row)
+
+    def report(self) -> str:
+        from nightlab.report.summary import render_summary
+
+        with self._lock:
+            cfg = self.session.config
+            return render_summary(
+                self.session.ledger, self.session.tag, cfg.metric.name, cfg.metric.direction
+            )
+
+
+def _editable(session: Session, path: str) -> str:
+    try:
+        clean = normalize_path(path)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    editable = session.config.target.editable
+    if not path_matches(clean, editable) or path_matches(clean, session.config.target.frozen):
+        raise UserError(f"{clean} is not an editable file (editable: {', '.join(editable)})")
+    return clean
+
+
+def _edit(data: dict[str, Any], number: int) -> Edit:
+    """One edit from the client: ``{path, search, replace}`` or a whole file ``{path, content}``."""
+    if not isinstance(data, dict) or not isinstance(data.get("path"), str):
+        raise UserError(f"edit {number}: needs a 'path' and either 'search'+'replace' or 'content'")
+    if isinstance(data.get("content"), str):
+        return Edit(path=data["path"], replace=data["content"])
+    if isinstance(data.get("search"), str) and isinstance(data.get("replace"), str):
+        return Edit(path=data["path"], search=data["search"], replace=data["replace"])
+    raise UserError(
+        f"edit {number} ({data['path']}): give 'search' and 'replace', or 'content' for a whole file"
+    )
+
+
+def _stderr_printer(event) -> None:
+    if event.kind in ("run", "run_done", "decision", "resume"):
+        print(f"nightlab: {event.message}", file=sys.stderr, flush=True)
+
+
+def build_server(root: Path, tag: str | None = None) -> MCPServer:
+    """The MCP server with its five tools, bound to the workspace at ``root``."""
+    harness = Harness(root, tag)
+    server = MCPServer("nightlab", instructions=INSTRUCTIONS)
+
+    @server.tool()
+    def state() -> dict:
+        """The research state: metric and direction, the best so far, the noise floor (sd of one
+        run), experiments done and left, the training budget per run, editable and frozen files."""
+        return _guard(harness.state)
+
+    @server.tool()
+    def read_file(path: str) -> str:
+        """The current best version of an editable file (e.g. train.py): edit against this text."""
+        return _guard(lambda: harness.read_file(path))
+
+    @server.tool()
+    def history(limit: int = 50) -> list[dict]:
+        """Finished experiments, oldest first: description, metric, improvement over the best of the
+        time (> 0 is better), runs, status, decision and reason. `limit` keeps the most recent."""
+        return _guard(lambda: harness.history(limit if limit > 0 else None))
+
+    @server.tool()
+    def run_experiment(description: str, edits: list[dict[str, Any]], hypothesis: str = "") -> str:
+        """Train, evaluate and decide one experiment (this takes the training budget, or more when
+        the policy asks for confirmation runs). `edits` apply to the best code, in order: each is
+        {"path", "search", "replace"} (search must match exactly one place) or {"path", "content"}
+        (the whole new file). Only editable files. Returns the result block: metric, delta (> 0 is
+        better), decision (keep/discard/crash/invalid), reason, experiment id, commit."""
+        return _guard(lambda: harness.run_experiment(description, edits, hypothesis))
+
+    @server.tool()
+    def report() -> str:
+        """The research summary: baseline, best, improvement, noise floor, the kept changes."""
+        return _guard(harness.report)
+
+    return server
+
+
+def _guard(call):
+    """A user error becomes a tool error with its one-line message (the client shows it to the model)."""
+    try:
+        return call()
+    except UserError as exc:
+        raise ToolError(str(exc)) from None
+
+
+def serve(root: Path, tag: str | None = None) -> None:
+    """Serve over stdio until the client disconnects."""
+    build_server(root, tag).run("stdio")

@@ -1,0 +1,234 @@
+"""``nightlab validate`` and ``nightlab ablate``: the commands, their tables and their JSON.
+
+Thin like cli.py: parse, call :mod:`nightlab.studies.validate` / :mod:`nightlab.studies.ablate`, print. Progress
+lines go to stderr, so ``--json`` output on stdout stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:  # imported when a command runs: `nightlab --help` stays fast
+    from nightlab.research.runner import Replicate
+    from nightlab.studies.ablate import AblationReport
+    from nightlab.studies.study import Arm
+    from nightlab.studies.validate import ValidationReport
+
+console = Console()
+_PATH = {"markup": False, "highlight": False, "soft_wrap": True}  # plain lines, never re-wrapped
+err_console = Console(stderr=True)
+_SHORT_STATUS = {
+    "earns its place": "keep",
+    "candidate to drop": "drop?",
+    "does not revert cleanly": "no revert",
+}
+_VERDICT_STYLE = {"transfers": "bold green", "does not transfer": "bold red", "inconclusive": "yellow"}
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``validate`` and ``ablate`` to the ``nightlab`` command."""
+    app.command("validate")(validate)
+    app.command("ablate")(ablate)
+
+
+def _progress(quiet: bool):  # noqa: ANN202 - a RunCallback
+    def on_run(arm: Arm, index: int, rep: Replicate) -> None:
+        if quiet:
+            return
+        r = rep.result
+        value = f"{rep.metric:.6g}" if rep.metric is not None else "-"
+        why = f" ({r.reason})" if r.status.failed and r.reason else ""
+        err_console.print(
+            f"  {arm.label}, seed {index + 1}: {r.status.value} {value} in {r.total_seconds:.1f}s{why}",
+            **_PATH,
+        )
+
+    return on_run
+
+
+def validate(
+    directory: Path = typer.Argument(Path("."), help="The research workspace."),
+    scale: str = typer.Option(
+        None, "--scale", help="A [scales.NAME] of nightlab.toml (default: the research scale)."
+    ),
+    a: str = typer.Option(None, "--a", help="Side A revision (default: the research branch's start)."),
+    b: str = typer.Option(None, "--b", help="Side B revision (default: the research branch's best)."),
+    seeds: int = typer.Option(3, "--seeds", min=2, help="Runs per side (same seeds for both)."),
+    tag: str = typer.Option(None, "--tag", help="Research branch nightlab/<tag> (default: last used)."),
+    margin: float = typer.Option(
+        None, "--margin", help="Smallest gain that matters, metric units (default: 1/4 of the research gain)."
+    ),
+    time_to_target: bool = typer.Option(
+        False, "--time-to-target", help="Also measure each side's training time to reach a target value."
+    ),
+    target: float = typer.Option(
+        None, "--target", help="The target value (default: side A's mean at the budget)."
+    ),
+    eval_interval: float = typer.Option(
+        None, "--eval-interval", min=0.0, help="Seconds of training between periodic evaluations (curves)."
+    ),
+    cap: float = typer.Option(2.0, "--cap", help="Time-to-target runs stop at this multiple of the budget."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Compare two commits at a named scale, interleaved runs with shared seeds; a verdict per metric."""
+    from nightlab.research.session import open_session
+    from nightlab.studies.validate import ValidateOptions, run_validation
+
+    session = open_session(directory, tag=tag)
+    options = ValidateOptions(
+        scale=scale, a=a, b=b, seeds=seeds, margin=margin, time_to_target=time_to_target,
+        target=target, eval_interval=eval_interval or None, cap=cap,
+    )  # fmt: skip
+    if not as_json:
+        err_console.print(
+            f"nightlab validate: {session.root}, scale {scale or '(research scale)'}, {seeds} seeds"
+        )
+    report = run_validation(session, options, on_run=_progress(as_json))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        return
+    _print_validation(report)
+
+
+def _num(value: float | None, digits: int = 6) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _signed(value: float | None, digits: int = 6) -> str:
+    """+0.012345 / −0.012345; a value that rounds to zero is +0.000000, never −0.000000."""
+    if value is None:
+        return "—"
+    text = f"{abs(value):.{digits}f}"
+    return ("−" if value < 0 and float(text) != 0 else "+") + text
+
+
+def _decimals(spread: float) -> int:
+    """Decimals that show two significant digits of ``spread`` (5 for 0.0036), 2 to 6."""
+    if not spread or not math.isfinite(spread):
+        return 6
+    return min(6, max(2, 1 - math.floor(math.log10(spread)) + 1))
+
+
+def _print_validation(report: ValidationReport) -> None:
+    from nightlab.studies.time_to_target import format_percent
+
+    where = f"scale {report.scale}" if report.scale else "the research scale"
+    console.print(f"nightlab validate at {where}", style="bold", **_PATH)
+    console.print(f"  A = {report.a.rev} ({report.a.commit[:12]})", **_PATH)
+    console.print(f"  B = {report.b.rev} ({report.b.commit[:12]})", **_PATH)
+    # One column per metric: fits an 80-column terminal with val and holdout side by side.
+    table = Table(show_header=True)
+    table.add_column("", style="bold", no_wrap=True)
+    for c in report.comparisons:
+        table.add_column(c.name, no_wrap=True)
+    rows = [
+        ("A mean ± sd (runs)", lambda c: f"{_num(c.mean_a)} ± {_num(c.sd_a, 4)} ({len(c.values_a)})"),
+        ("B mean ± sd (runs)", lambda c: f"{_num(c.mean_b)} ± {_num(c.sd_b, 4)} ({len(c.values_b)})"),
+        ("Δ (B − A)", lambda c: _signed(c.difference)),
+        (f"{report.confidence:.0%} CI of Δ", lambda c: f"{_signed(c.ci_low)} … {_signed(c.ci_high)}"),
+        ("p (two-sided)", lambda c: "—" if c.p_value is None else f"{c.p_value:.2g}"),
+        ("verdict", lambda c: Text(c.verdict, style=_VERDICT_STYLE.get(c.verdict, ""))),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(c) for c in report.comparisons))
+    if report.comparisons:
+        console.print(table)
+        for c in report.comparisons:
+            console.print(f"{c.name}: {c.verdict}, {c.note}", **_PATH)
+    if report.research_gain is not None:
+        console.print(f"gain measured during research: {report.research_gain:.6g}", **_PATH)
+    if report.target is not None:
+        t = report.target
+        console.print(
+            f"time to {report.metric_name} {'≤' if report.direction == 'minimize' else '≥'} {t.target:.6g} "
+            f"({t.target_source}; evaluated every {t.interval:g} s, cap {t.cap:g}x the budget):",
+            **_PATH,
+        )
+        for sp in (t.time, t.tokens):
+            if sp is None:
+                continue
+            ci = (
+                f" ({report.confidence:.0%} CI {format_percent(sp.ci_low)} … {format_percent(sp.ci_high)}, p={sp.p_value:.2g})"
+                if sp.ci_low is not None
+                else ""
+            )
+            console.print(f"  {sp.quantity}: {sp.text}{ci}", **_PATH)
+        for warning in t.warnings:
+            console.print(f"  warning: {warning}", **_PATH)
+    for side, text in report.failures.items():
+        console.print(f"{side}: {text}", **_PATH)
+    if report.plot:
+        console.print(f"plot: {report.plot}", **_PATH)
+
+
+def ablate(
+    directory: Path = typer.Argument(Path("."), help="The research workspace."),
+    seeds: int = typer.Option(3, "--seeds", min=2, help="Runs of the best and of each variant (same seeds)."),
+    apply: bool = typer.Option(
+        False, "--apply", help="Drop the candidates on the research branch after a confirming run."
+    ),
+    tag: str = typer.Option(None, "--tag", help="Research branch nightlab/<tag> (default: last used)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Leave each kept change out of the best; report each one's contribution and what to drop."""
+    from nightlab.research.session import open_session
+    from nightlab.studies.ablate import run_ablation
+
+    session = open_session(directory, tag=tag, must_exist=True)
+    if not as_json:
+        err_console.print(f"nightlab ablate: {session.root}, nightlab/{session.tag}, {seeds} seeds")
+    report = run_ablation(session, seeds=seeds, apply=apply, on_run=_progress(as_json))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        return
+    _print_ablation(report)
+
+
+def _print_ablation(report: AblationReport) -> None:
+    full = report.full_values
+    mean_full = sum(full) / len(full) if full else None
+    table = Table(title=f"nightlab ablate: best #{report.best_id} ({report.metric_name} {_num(mean_full)})")
+    table.add_column("change", overflow="fold", min_width=14)
+    for col in ("gain", f"{report.confidence:.0%} CI", "p", "lines", ""):
+        table.add_column(col, no_wrap=True)
+    widths = [abs(c.interval[1] - c.interval[0]) / 2 for c in report.contributions if c.interval]
+    digits = _decimals(max(widths, default=0.0))
+    for c in report.contributions:
+        interval = c.interval
+        table.add_row(
+            Text(f"#{c.change.experiment_id} {c.change.description}"),
+            _signed(c.value, digits),
+            "—" if interval is None else f"{_signed(interval[0], digits)} … {_signed(interval[1], digits)}",
+            "—" if c.comparison is None or c.comparison.p_value is None else f"{c.comparison.p_value:.2g}",
+            f"{c.change.net_lines:+d}",
+            Text(
+                _SHORT_STATUS.get(c.status, c.status),
+                style="green" if c.status == "earns its place" else "yellow",
+            ),
+        )
+    console.print(table)
+    console.print(
+        "gain: how much better the best is with the change than without it; keep = earns its place, "
+        "drop? = not shown to earn it",
+        **_PATH,
+    )
+    drop = report.drop_candidates
+    if drop:
+        names = ", ".join(f"#{c.change.experiment_id}" for c in drop)
+        console.print(f"candidates to drop (not shown to earn their place): {names}", **_PATH)
+    else:
+        console.print("every measured change earns its place")
+    if report.applied is not None:
+        console.print(report.applied.reason, **_PATH)
+    for note in report.notes:
+        console.print(note, **_PATH)
+    if report.plot:
+        console.print(f"plot: {report.plot}", **_PATH)

@@ -1,0 +1,256 @@
+"""Keep, discard or run again: the rules that decide whether a candidate beats the incumbent.
+
+A policy sees only numbers (the candidate's metric per finished run, the incumbent's, the
+noise floor) and returns a :class:`Decision`; the loop runs more replicates on ``"confirm"``
+and calls it again. Crashed and invalid experiments never reach a policy.
+
+Example::
+
+    >>> from nightlab.metrics import Direction
+    >>> policy = ConfirmPolicy(confidence=0.95, max_runs=4)
+    >>> d = policy.decide([0.996], [1.000, 1.002], noise_sd=0.002, direction=Direction.MINIMIZE,
+    ...                   noise_df=10)
+    >>> d.action, d.reason
+    ('confirm', 'Δ −0.0050 ± 0.0024 (1 run, p=0.034), looks better, confirming (needs p≤0.010)')
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from nightlab.config import PolicyConfig
+from nightlab.stats import NoiseEstimate, mean, pooled_test, t_sf
+from nightlab.types import Direction
+
+Action = Literal["keep", "discard", "confirm"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a candidate, and why in words a person can check.
+
+    ``delta`` is the improvement over the incumbent in metric units, positive when better
+    (before any complexity penalty, which the reason states); ``delta_se`` its standard error;
+    ``p_value`` the one-sided p-value of "the candidate is better, penalty included".
+    """
+
+    action: Action
+    reason: str
+    delta: float | None
+    delta_se: float | None
+    p_value: float | None
+
+
+class Policy(Protocol):
+    """Decides on a candidate from the metric of each of its finished ok runs.
+
+    ``noise_sd``/``noise_df`` are the noise floor (:func:`nightlab.stats.pooled_sd` over
+    :meth:`nightlab.store.ledger.Ledger.replicate_groups`); pass ``noise_df`` when known.
+    """
+
+    name: str
+
+    def decide(
+        self,
+        candidate: list[float],
+        incumbent: list[float],
+        noise_sd: float | None,
+        direction: Direction,
+        lines_added: int = 0,
+        lines_removed: int = 0,
+        noise_df: int | None = None,
+    ) -> Decision: ...
+
+
+def _decimals(scale: float) -> int:
+    """Decimals that show two significant digits of ``scale`` (4 for 0.0011)."""
+    if not scale or not math.isfinite(scale):
+        return 4
+    return min(12, max(0, 1 - math.floor(math.log10(abs(scale)))))
+
+
+def _signed(x: float, decimals: int) -> str:
+    text = f"{abs(x):.{decimals}f}"
+    return ("−" if x < 0 and float(text) != 0 else "+") + text
+
+
+def _p(p: float) -> str:
+    return f"p={p:.2g}" if p >= 0.0001 else "p<0.0001"
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
+def _penalty(complexity_penalty: float, lines_added: int, lines_removed: int) -> float:
+    """Metric units charged for the change's size: lines added cost, lines removed earn."""
+    return complexity_penalty * (lines_added - lines_removed)
+
+
+def _change_text(change: float, se: float | None, scale: float) -> str:
+    """``Δ −0.0042 ± 0.0011``: the raw change of the metric itself (sign as the metric moves)."""
+    d = _decimals(se if se else scale)
+    return f"Δ {_signed(change, d)}" + (f" ± {se:.{d}f}" if se is not None else "")
+
+
+class GreedyPolicy:
+    """autoresearch's rule: keep when the first run is strictly better than the incumbent.
+
+    One run, no noise model: about half of all changes that do nothing get kept when the
+    metric is noisy (see docs/BENCHMARKS.md). Kept for comparison and for deterministic
+    targets. The incumbent's value is the mean of its replicates. ``complexity_penalty``
+    (default 0, as in autoresearch) is subtracted from the improvement.
+    """
+
+    name = "greedy"
+
+    def __init__(self, complexity_penalty: float = 0.0) -> None:
+        self.complexity_penalty = complexity_penalty
+
+    def decide(
+        self,
+        candidate: list[float],
+        incumbent: list[float],
+        noise_sd: float | None,
+        direction: Direction,
+        lines_added: int = 0,
+        lines_removed: int = 0,
+        noise_df: int | None = None,
+    ) -> Decision:
+        if not candidate or not incumbent:
+            raise ValueError("decide() needs at least one candidate and one incumbent value")
+        first, base = candidate[0], mean(incumbent)
+        improvement = direction.improvement(first, base)
+        penalty = _penalty(self.complexity_penalty, lines_added, lines_removed)
+        text = _change_text(first - base, None, noise_sd or abs(first - base))
+        extra = f", complexity cost {penalty:g}" if penalty else ""
+        if improvement - penalty > 0:
+            return Decision("keep", f"{text} (1 run{extra}), better, kept", improvement, None, None)
+        return Decision("discard", f"{text} (1 run{extra}), not better, discarded", improvement, None, None)
+
+
+class ConfirmPolicy:
+    """Keep a change only once its improvement is statistically significant.
+
+    A candidate whose runs so far look better than the incumbent is run again with a fresh
+    seed ("confirm") until a one-sided t-test of "better by more than the complexity penalty"
+    is significant, or until ``max_runs`` runs; one that does not look better is discarded at
+    once (it cannot become significant without luck, and luck is what we guard against).
+
+    The test: both sides are assumed to share the run-to-run noise (same script, a few lines
+    apart). Its sd is pooled from the noise floor (``noise_sd`` with ``noise_df`` degrees of
+    freedom, from replicate groups of finished experiments) and the candidate's own replicates;
+    without a floor, from the two samples; with no estimate at all (one run each), the policy
+    asks for another run. The incumbent's mean uses all its replicates.
+
+    Sequential looks: the candidate is tested after each of its runs, up to ``max_runs`` looks,
+    and every look is a chance for a false keep. The error is split over the looks with a
+    weighted Bonferroni bound: look k may reject at ``alpha * k / (1 + 2 + ... + max_runs)``.
+    The union bound holds whatever the correlation between looks, so the false-keep rate stays
+    at most ``alpha = 1 - confidence`` per candidate, exactly when the noise is normal; weights
+    grow with k because early looks have few runs and little power, so spending most of alpha
+    on them would waste it. (Group-sequential boundaries such as O'Brien-Fleming are tighter,
+    but need the joint law of the looks, which a noise floor that keeps being re-estimated and
+    a complexity penalty make awkward; Bonferroni is simple and never optimistic.)
+
+    ``noise_df`` is optional for callers that only know an sd; then the floor is trusted as if
+    it came from the incumbent's own replicates alone (df = n_incumbent - 1, at least 1), which
+    is conservative.
+    """
+
+    name = "confirm"
+
+    def __init__(self, confidence: float = 0.95, max_runs: int = 4, complexity_penalty: float = 0.0) -> None:
+        if not 0.5 < confidence < 1:
+            raise ValueError("confidence must be between 0.5 and 1")
+        if max_runs < 1:
+            raise ValueError("max_runs must be at least 1")
+        self.confidence = confidence
+        self.max_runs = max_runs
+        self.complexity_penalty = complexity_penalty
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 - self.confidence
+
+    def look_alpha(self, look: int) -> float:
+        """The significance level of the ``look``-th test (1-based); they sum to ``alpha``."""
+        look = min(max(look, 1), self.max_runs)
+        return self.alpha * look / (self.max_runs * (self.max_runs + 1) / 2)
+
+    def decide(
+        self,
+        candidate: list[float],
+        incumbent: list[float],
+        noise_sd: float | None,
+        direction: Direction,
+        lines_added: int = 0,
+        lines_removed: int = 0,
+        noise_df: int | None = None,
+    ) -> Decision:
+        if not candidate or not incumbent:
+            raise ValueError("decide() needs at least one candidate and one incumbent value")
+        n = len(candidate)
+        # Work in "larger is better" units so one one-sided test serves both directions.
+        a = [direction.sign * x for x in candidate]
+        b = [direction.sign * x for x in incumbent]
+        noise = self._noise(noise_sd, noise_df, len(incumbent))
+        test = pooled_test(a, b, noise, self.confidence)
+        improvement = mean(a) - mean(b)
+        change = mean(candidate) - mean(incumbent)
+        penalty = _penalty(self.complexity_penalty, lines_added, lines_removed)
+        net = improvement - penalty
+        se = test.se if test is not None else None
+        text = _change_text(change, se, abs(change))
+        cost = f", complexity cost {penalty:g} for {lines_added - lines_removed:+d} lines" if penalty else ""
+        can_confirm = n < self.max_runs
+
+        if net <= 0:
+            why = "not better" if improvement <= 0 else "not better after the complexity cost"
+            p = t_sf(net / se, test.df) if test is not None and se else None
+            return Decision("discard", f"{text} ({_runs(n)}{cost}), {why}, discarded", improvement, se, p)
+        if test is None:
+            if can_confirm:
+                return Decision(
+                    "confirm",
+                    f"{text} ({_runs(n)}{cost}), looks better, no noise estimate yet, confirming",
+                    improvement,
+                    None,
+                    None,
+                )
+            return Decision(
+                "discard", f"{text} ({_runs(n)}{cost}), no noise estimate, discarded", improvement, None, None
+            )
+        p = t_sf(net / test.se, test.df) if test.se > 0 else 0.0
+        level = self.look_alpha(n)
+        stats_text = f"{_runs(n)}, {_p(p)}{cost}"
+        if p <= level:
+            return Decision("keep", f"{text} ({stats_text}), kept", improvement, se, p)
+        if can_confirm:
+            return Decision(
+                "confirm",
+                f"{text} ({stats_text}), looks better, confirming (needs p≤{self.look_alpha(n + 1):.3f})",
+                improvement,
+                se,
+                p,
+            )
+        return Decision("discard", f"{text} ({stats_text}), not significant, discarded", improvement, se, p)
+
+    def _noise(self, noise_sd: float | None, noise_df: int | None, n_incumbent: int) -> NoiseEstimate | None:
+        if noise_sd is None:
+            return None
+        df = noise_df if noise_df is not None else max(1, n_incumbent - 1)
+        if df <= 0:
+            return None
+        return NoiseEstimate(sd=noise_sd, df=df, groups=0)
+
+
+def make_policy(config: PolicyConfig) -> GreedyPolicy | ConfirmPolicy:
+    """The policy ``[policy]`` in nightlab.toml asks for."""
+    if config.kind == "greedy":
+        return GreedyPolicy(complexity_penalty=config.complexity_penalty)
+    return ConfirmPolicy(
+        confidence=config.confidence, max_runs=config.max_runs, complexity_penalty=config.complexity_penalty
+    )

@@ -1,0 +1,202 @@
+"""One replicate of one experiment: check out, train, evaluate, read the metric, audit.
+
+The loop asks for replicates and decides; this module is the only place that knows how a
+replicate turns into a :class:`Replicate` (a RunResult plus the metric the policy sees), so the
+order "train, then the frozen evaluation in its own process, then the integrity checks" is
+written once.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from nightlab.config import Config
+from nightlab.executor import sandbox
+from nightlab.executor.base import Executor
+from nightlab.metrics import parse_log_metric, read_metrics_json
+from nightlab.types import RunResult, RunSpec, RunStatus
+from nightlab.workspace.git import Workspace
+from nightlab.workspace.integrity import FrozenCheck
+
+TRAIN_LOG = "run.log"
+EVAL_LOG = "eval.log"
+
+
+@dataclass
+class Replicate:
+    """A finished replicate: the executor's result with the metric resolved."""
+
+    result: RunResult
+    metric: float | None
+    holdout: float | None
+    run_dir: Path
+
+
+class ReplicateRunner:
+    """Runs replicates of committed experiments in a worktree, under the frozen check."""
+
+    def __init__(
+        self,
+        config: Config,
+        workspace: Workspace,
+        executor: Executor,
+        frozen: FrozenCheck,
+        slot: int = 0,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.workspace = workspace
+        self.executor = executor
+        self.frozen = frozen
+        self.slot = slot
+        self.extra_env = dict(extra_env or {})
+
+    def run_dir(self, experiment_id: int, replicate: int) -> Path:
+        return self.workspace.state_dir / "runs" / f"{experiment_id:04d}" / str(replicate)
+
+    def _spec(self, command: str, cwd: Path, run_dir: Path, seed: int, timeout: float, log: str) -> RunSpec:
+        env = dict(self.config.target.env)
+        env.update(self.config.budget.env())
+        env.update(self.extra_env)
+        if self.config.target.evaluate:
+            # The template's train.py then skips its own in-process evaluation.
+            env["NIGHTLAB_EVAL_SEPARATE"] = "1"
+        return RunSpec(
+            # The optional sandbox: no network, writes only to the worktree and the run directory.
+            command=sandbox.wrap(command, [cwd, run_dir], self.config.run.sandbox),
+            cwd=cwd,
+            run_dir=run_dir,
+            seed=seed,
+            timeout=timeout,
+            env=env,
+            log_name=log,
+            allow_env=list(self.config.run.allow_env),
+        )
+
+    def run(self, experiment_id: int, replicate: int, commit: str, seed: int) -> Replicate:
+        """Train and evaluate ``commit`` once; never raises for anything the script does."""
+        run_dir = self.run_dir(experiment_id, replicate)
+        if run_dir.exists():  # a replicate interrupted by a crash of the harness: start afresh
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        tree = self.workspace.worktree(self.slot)
+        self.workspace.checkout(tree, commit)
+
+        before = self.frozen.describe(tree)
+        if before:  # the commit itself changes a frozen file: the edit check should have caught it
+            result = RunResult(status=RunStatus.INVALID, seed=seed, reason=before)
+            return Replicate(result, None, None, run_dir)
+
+        spec = self._spec(self.config.target.run, tree, run_dir, seed, self.config.budget.timeout, TRAIN_LOG)
+        result = self.executor.run(spec)
+        result.seed = seed
+        eval_log = ""
+        # Audit (and restore) before the evaluation, so nothing the training left behind in the
+        # worktree (a patched prepare.py, a sitecustomize.py, a .pth or .pyc) reaches it.
+        problem = self._audit(tree)
+        if not problem and result.status is RunStatus.OK and self.config.target.evaluate:
+            result, eval_log = self._evaluate(tree, run_dir, seed, result)
+            problem = self._audit(tree)
+        if problem:
+            result.status = RunStatus.INVALID
+            result.reason = problem
+        metric, holdout = self._read_metric(run_dir, result, eval_log)
+        return Replicate(result, metric, holdout, run_dir)
+
+    def _evaluate(self, tree: Path, run_dir: Path, seed: int, train: RunResult) -> tuple[RunResult, str]:
+        metrics_file = run_dir / self.config.metric.file
+        if metrics_file.exists():
+            train.status = RunStatus.INVALID
+            train.reason = f"the training process wrote {self.config.metric.file}; only the evaluation may"
+            return train, ""
+        spec = self._spec(
+            self.config.target.evaluate or "",
+            tree,
+            run_dir,
+            seed,
+            self.config.budget.evaluate_timeout,
+            EVAL_LOG,
+        )
+        ev = self.executor.run(spec)
+        merged = RunResult(
+            status=ev.status,
+            metrics={**train.metrics, **ev.metrics},
+            training_seconds=train.training_seconds,
+            total_seconds=train.total_seconds + ev.total_seconds,
+            peak_memory_mb=train.peak_memory_mb,
+            log_tail=train.log_tail if ev.status is RunStatus.OK else ev.log_tail,
+            seed=seed,
+            exit_code=ev.exit_code,
+            reason=ev.reason if ev.status.failed else train.reason,
+            log_path=train.log_path,
+        )
+        if ev.status.failed and not merged.reason:
+            merged.reason = f"evaluation failed ({ev.status.value})"
+        if ev.status is not RunStatus.OK:
+            merged.reason = f"evaluation: {merged.reason}"
+        merged.metrics["eval_total_seconds"] = ev.total_seconds
+        log_text = (run_dir / EVAL_LOG).read_text(errors="replace") if (run_dir / EVAL_LOG).exists() else ""
+        return merged, log_text
+
+    def _audit(self, tree: Path) -> str | None:
+        frozen = self.frozen.describe(tree)
+        touched = self.workspace.modified_tracked_files(tree)
+        if touched:
+            self.workspace.restore(tree)
+        if frozen:
+            return frozen
+        if touched:
+            return "the run changed files outside its run directory: " + ", ".join(touched[:5])
+        return None
+
+    def _read_metric(
+        self, run_dir: Path, result: RunResult, eval_log: str
+    ) -> tuple[float | None, float | None]:
+        cfg = self.config.metric
+        metrics: dict[str, float] = {}
+        if cfg.source == "json":
+            path = run_dir / cfg.file
+            if path.exists():
+                raw = path.read_text(errors="replace")
+                if '"invalid"' in raw and result.status is not RunStatus.INVALID:
+                    result.status = RunStatus.INVALID
+                    result.reason = _invalid_reason(raw) or result.reason
+                try:
+                    metrics = read_metrics_json(path)
+                except Exception:  # a malformed file is the script's fault, not the harness's
+                    metrics = {}
+        result.metrics.update(metrics)
+        value: float | None = metrics.get(cfg.name)
+        if cfg.source == "regex" and cfg.pattern:
+            log = (run_dir / TRAIN_LOG).read_text(errors="replace") if (run_dir / TRAIN_LOG).exists() else ""
+            # With an evaluate step, only the evaluation's own output counts, never the trainer's.
+            value = parse_log_metric(eval_log if self.config.target.evaluate else log, cfg.pattern)
+        holdout = metrics.get(cfg.holdout) if cfg.holdout else None
+        if result.status is RunStatus.OK and value is None:
+            result.status = RunStatus.CRASH
+            where = (
+                f"{cfg.file} in the run directory"
+                if cfg.source == "json"
+                else "the log (pattern did not match)"
+            )
+            result.reason = f"metric '{cfg.name}' not found in {where}"
+        if result.status is not RunStatus.OK:
+            return None, None
+        if value is not None and value != value:  # NaN metric
+            result.status = RunStatus.NAN
+            result.reason = f"metric '{cfg.name}' is NaN"
+            return None, None
+        return value, holdout
+
+
+def _invalid_reason(raw: str) -> str | None:
+    import json
+
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    reason = data.get("invalid") if isinstance(data, dict) else None
+    return f"evaluation: {reason}" if reason else None

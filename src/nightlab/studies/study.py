@@ -1,0 +1,228 @@
+"""Side studies (``nightlab validate``, ``nightlab ablate``): several commits run with shared seeds.
+
+A side study runs a few *arms* (commits) with the same seeds, interleaved seed by seed
+(A B A B ...), so slow drift of the machine (a neighbour's job, thermal throttling) hits every
+arm alike instead of biasing whichever ran last. It uses the same executor, the same frozen
+check and the same evaluation as the research loop, and records every run in the ledger as
+experiments of kind ``validate`` or ``ablate``.
+
+Those experiments carry no research tag (the tag lives in their meta as ``research_tag``), so
+they never enter the research history, the noise floor or the resume logic of ``nightlab run``:
+a validation at another scale has another noise level and must not pollute the one the keep
+decisions rest on. Each run gets its own worktree slot, so a study can run beside a research
+session on the same workspace without the two resetting each other's checkouts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nightlab.config import Config, check_workspace_files
+from nightlab.errors import UserError
+from nightlab.executor.local import LocalExecutor
+from nightlab.research.runner import Replicate, ReplicateRunner
+from nightlab.research.session import Session, check_run_command
+from nightlab.stats import mean, sample_sd
+from nightlab.types import RunStatus
+from nightlab.workspace.integrity import FrozenCheck, frozen_paths, hash_paths
+
+# Worktree slots of side studies (the research loop uses 0): each kind its own, so `validate`
+# and `ablate` may run beside `nightlab run` on one workspace.
+SLOTS = {"validate": 90, "ablate": 91}
+# Seeds of side-study runs: far from the loop's (run.seed + 1000 * experiment + replicate).
+SEED_BASE = 7_000_000
+# An arm whose first runs all fail (e.g. out of memory at a larger scale) stops after this many.
+MAX_FAILURES_WITHOUT_SUCCESS = 2
+
+
+@dataclass
+class Arm:
+    """One commit of a study: ``label`` as printed, ``meta`` stored with its ledger experiment."""
+
+    label: str
+    commit: str
+    description: str
+    meta: dict = field(default_factory=dict)
+    base_commit: str | None = None
+    experiment_id: int | None = None
+    replicates: list[Replicate] = field(default_factory=list)
+
+    @property
+    def values(self) -> list[float]:
+        """The metric of each ok run, in seed order."""
+        return [r.metric for r in self.replicates if r.result.status is RunStatus.OK and r.metric is not None]
+
+    @property
+    def holdouts(self) -> list[float]:
+        return [
+            r.holdout for r in self.replicates if r.result.status is RunStatus.OK and r.holdout is not None
+        ]
+
+    @property
+    def failures(self) -> list[Replicate]:
+        return [r for r in self.replicates if r.result.status is not RunStatus.OK]
+
+    def failure_summary(self) -> str:
+        """'2 of 3 runs failed (oom: CUDA out of memory)', or '' when none did."""
+        bad = self.failures
+        if not bad:
+            return ""
+        last = bad[-1].result
+        why = f"{last.status.value}: {last.reason}" if last.reason else last.status.value
+        return f"{len(bad)} of {len(self.replicates)} runs failed ({why})"
+
+
+RunCallback = Callable[[Arm, int, Replicate], None]
+
+
+def study_seeds(config: Config, count: int) -> list[int]:
+    """The seeds every arm of a study runs with, the same list for each arm."""
+    return [config.run.seed + SEED_BASE + i for i in range(count)]
+
+
+def make_executor(config: Config) -> LocalExecutor:
+    """The local executor with the resource limits of ``[run]``, as the research loop builds it."""
+    limits = config.run
+    return LocalExecutor(
+        memory_limit_mb=limits.memory_limit_mb,
+        log_limit_bytes=int(limits.log_limit_mb * 1e6),
+        run_dir_limit_bytes=int(limits.run_dir_limit_mb * 1e6) if limits.run_dir_limit_mb else None,
+    )
+
+
+class SideStudy:
+    """Runs arms with shared seeds through one executor and records them in the ledger.
+
+    ``kind`` is the ledger kind (``validate`` or ``ablate``). ``reference`` is the commit whose
+    frozen files define the frozen check; every arm must have the same frozen files, or the
+    arms would not be measured by the same evaluation.
+    """
+
+    def __init__(
+        self, session: Session, kind: str, reference: str, executor: LocalExecutor | None = None
+    ) -> None:
+        if kind not in SLOTS:
+            raise ValueError(f"kind must be one of {', '.join(SLOTS)}")
+        self.session = session
+        self.kind = kind
+        self.study_id = uuid.uuid4().hex[:10]
+        self.slot = SLOTS[kind]
+        config = session.config
+        check_workspace_files(config, session.root)
+        check_run_command(config, session.root)
+        self.executor = executor or make_executor(config)
+        tree = session.workspace.worktree(self.slot)
+        session.workspace.checkout(tree, reference)
+        self.reference = reference
+        self.frozen = FrozenCheck(hash_paths(tree, frozen_paths(config, tree)))
+        self._setup(tree)
+
+    def _setup(self, tree: Path) -> None:
+        """The target's one-off setup (data preparation), exactly as ``nightlab run`` runs it."""
+        from nightlab.research.session import run_setup  # the one place that knows how setup is run
+
+        run_setup(self.session, self.executor, tree)
+
+    def check_same_frozen(self, arms: Sequence[Arm]) -> None:
+        """Refuse arms whose frozen files differ from the reference's (another evaluation)."""
+        workspace = self.session.workspace
+        paths = sorted(self.frozen.expected)
+        ref_texts = workspace.read_files(self.reference, paths, missing_ok=True)
+        for arm in arms:
+            texts = workspace.read_files(arm.commit, paths, missing_ok=True)
+            differ = [p for p in paths if texts.get(p) != ref_texts.get(p)]
+            if differ:
+                raise UserError(
+                    f"{arm.label} ({arm.commit[:12]}) has other frozen files than {self.reference[:12]} "
+                    f"({', '.join(differ[:3])}): the two would not be measured by the same evaluation; "
+                    "compare commits of one research session"
+                )
+
+    def runner(self, config: Config, extra_env: dict[str, str] | None = None) -> ReplicateRunner:
+        """A replicate runner on this study's slot, with ``config``'s budget and the extra env."""
+        return ReplicateRunner(
+            config, self.session.workspace, self.executor, self.frozen, slot=self.slot, extra_env=extra_env
+        )
+
+    def record(self, arm: Arm, meta: dict) -> None:
+        """The ledger experiment of ``arm`` (no research tag: see the module docstring)."""
+        full_meta = {
+            "study": self.study_id,
+            "research_tag": self.session.tag,
+            "label": arm.label,
+            **arm.meta,
+            **meta,
+        }
+        arm.experiment_id = self.session.ledger.add_experiment(
+            kind=self.kind,
+            tag=None,
+            base_commit=arm.base_commit,
+            commit=arm.commit,
+            agent=self.kind,
+            description=arm.description[:200],
+            meta_json=full_meta,
+        )
+
+    def run(
+        self,
+        arms: Sequence[Arm],
+        seeds: Sequence[int],
+        runner: ReplicateRunner,
+        meta: dict | None = None,
+        on_run: RunCallback | None = None,
+    ) -> None:
+        """Run every arm once per seed, interleaved, recording each run as it finishes.
+
+        Interrupted (Ctrl-C), the arms' experiments are closed as crashed with the reason, so
+        the ledger never holds a side study that looks as if it were still running.
+        """
+        ledger = self.session.ledger
+        for arm in arms:
+            self.record(arm, meta or {})
+        try:
+            for i, seed in enumerate(seeds):
+                for arm in arms:
+                    if _given_up(arm):
+                        continue
+                    assert arm.experiment_id is not None
+                    rep = runner.run(arm.experiment_id, i, arm.commit, seed)
+                    ledger.add_run(
+                        arm.experiment_id, i, rep.result, rep.metric, rep.holdout, str(rep.run_dir)
+                    )
+                    arm.replicates.append(rep)
+                    if on_run is not None:
+                        on_run(arm, i, rep)
+        except BaseException:
+            for arm in arms:
+                if arm.experiment_id is not None:
+                    ledger.finish_experiment(
+                        arm.experiment_id, status="crash", reason="interrupted", n_runs=len(arm.replicates)
+                    )
+            raise
+        for arm in arms:
+            self._finish(arm)
+
+    def _finish(self, arm: Arm) -> None:
+        values, holdouts = arm.values, arm.holdouts
+        assert arm.experiment_id is not None
+        outcome: dict = {"n_runs": len(arm.replicates)}
+        if values:
+            sd = sample_sd(values)
+            outcome.update(
+                status="ok",
+                metric_mean=mean(values),
+                metric_sem=None if sd is None else sd / len(values) ** 0.5,
+                holdout_mean=mean(holdouts) if holdouts else None,
+                reason=arm.failure_summary() or None,
+            )
+        else:
+            last = arm.failures[-1].result.status.value if arm.failures else "crash"
+            outcome.update(status=last, reason=arm.failure_summary() or "no runs")
+        self.session.ledger.finish_experiment(arm.experiment_id, **outcome)
+
+
+def _given_up(arm: Arm) -> bool:
+    return not arm.values and len(arm.failures) >= MAX_FAILURES_WITHOUT_SUCCESS

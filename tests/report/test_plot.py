@@ -1,0 +1,93 @@
+"""progress.png and the terminal summary, drawn from real ledgers."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from nightlab.report.plot import plot_progress
+from nightlab.report.summary import render_summary
+from nightlab.store.ledger import Ledger
+from nightlab.types import RunResult, RunStatus
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def night(ledger: Ledger, n: int, direction_sign: float = -1.0, seed: int = 0) -> None:
+    """A plausible night: a baseline, keeps, discards, crashes and invalid edits."""
+    rng = random.Random(seed)
+    level = 1.0
+
+    def record(kind: str, desc: str, values: list[float], decision: str, status: str = "ok", **extra) -> None:
+        exp = ledger.add_experiment(kind=kind, tag="t", description=desc)
+        for i, v in enumerate(values):
+            ledger.add_run(exp, i, RunResult(RunStatus.OK, seed=i), v, None, f"r/{exp}/{i}")
+        if not values and status != "invalid":
+            ledger.add_run(exp, 0, RunResult(RunStatus(status), seed=0), None, None, f"r/{exp}/0")
+        mean = sum(values) / len(values) if values else None
+        ledger.finish_experiment(
+            exp, status=status, decision=decision, metric_mean=mean, n_runs=len(values), **extra
+        )
+
+    record(
+        "baseline", "baseline", [level + rng.gauss(0, 0.002) for _ in range(2)], "baseline", holdout_mean=1.1
+    )
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.06:
+            record("candidate", f"wider model {i} (OOM)", [], "crash", "oom")
+        elif roll < 0.08:
+            record("candidate", f"edit prepare.py {i}", [], "invalid", "invalid")
+        elif i % 8 == 3:
+            level += direction_sign * 0.005
+            values = [level + rng.gauss(0, 0.002) for _ in range(3)]
+            record("candidate", f"[lr] schedule change number {i} with a long description", values, "keep",
+                   p_value=0.004, delta_se=0.0012, holdout_mean=1.1 + direction_sign * 0.001 * i)  # fmt: skip
+        else:
+            record("candidate", f"idea {i}", [level - direction_sign * abs(rng.gauss(0, 0.01))], "discard")
+
+
+def test_plot_writes_a_png_with_keeps_discards_and_crashes(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        night(ledger, 40)
+        out = plot_progress(ledger, "t", tmp_path / "reports" / "progress.png", "val_bpb", "minimize")
+    assert out == tmp_path / "reports" / "progress.png"
+    data = out.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 20_000
+
+
+@pytest.mark.slow  # ~2-4 s: 300 experiments written with fsyncs, and a big figure
+def test_plot_handles_300_experiments_and_maximize(tmp_path: Path) -> None:
+    image = pytest.importorskip("matplotlib.image")
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        night(ledger, 300, direction_sign=1.0, seed=3)
+        out = plot_progress(ledger, "t", tmp_path / "progress.png", "accuracy", "maximize")
+    pixels = image.imread(out)
+    assert pixels.shape[0] >= 1000 and pixels.shape[1] >= 2000  # 16x8 inches at 150 dpi
+
+
+def test_plot_of_an_empty_or_baseline_only_ledger(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        empty = plot_progress(ledger, "t", tmp_path / "empty.png", "val_bpb", "minimize")
+        exp = ledger.add_experiment(kind="baseline", tag="t", description="baseline")
+        ledger.finish_experiment(exp, status="ok", decision="baseline", metric_mean=1.0, n_runs=1)
+        one = plot_progress(ledger, "t", tmp_path / "one.png", "val_bpb", "minimize")
+    assert empty.read_bytes().startswith(PNG_MAGIC) and one.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_summary_lists_baseline_best_and_kept_changes(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        assert "no baseline yet" in render_summary(ledger, "t")
+        night(ledger, 30, seed=1)
+        kept = [e for e in ledger.research("t") if e.decision == "keep"]
+        text = render_summary(ledger, "t", "val_bpb", "minimize")
+    assert "Baseline" in text and "Best" in text and "Improvement" in text and "Noise floor" in text
+    assert "Kept changes" in text and "99.6%" in text  # 1 - p_value
+    assert "[lr] schedule change number" in text  # brackets survive: plain text, no markup
+    for e in kept:
+        assert f"\n{e.id} " in text or f" {e.id} " in text
+    assert "\x1b[" not in text  # no colour codes
+    # Holdout got better alongside val here, so nothing is flagged.
+    assert "not on holdout" not in text

@@ -1,0 +1,121 @@
+"""``nightlab ablate`` end to end through the real CLI, on the synthetic target.
+
+The research branch is made by a real ``nightlab run`` under the greedy policy (autoresearch's
+rule: keep whatever single run looks better), fed one real improvement and several changes
+that cannot matter (an unused constant each), some of which greedy keeps by luck. The
+ablation must find the one that matters and list the rest as candidates to drop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from test_validate import synthetic_workspace
+
+from helpers import edit, git, nightlab
+
+USEFUL = edit("WEIGHT_DECAY = 0.1", "WEIGHT_DECAY = 0.02", "weight decay 0.1 -> 0.02")
+# Lines of the synthetic target after which an unused constant is added: one distinct place each,
+# so every change reverts on its own.
+ANCHORS = [
+    "LEARNING_RATE = 0.01",
+    "DEPTH = 3",
+    "BATCH_SIZE = 64",
+    "WARMUP_RATIO = 0.5",
+    'ACTIVATION = "relu"',
+    "USE_BIAS = True",
+    "DROPOUT = 0.2",
+]
+
+
+def useless(i: int) -> dict:
+    anchor = ANCHORS[i]
+    return edit(anchor, f"UNUSED_{i} = {i}  # does nothing\n{anchor}", f"unused constant {i}")
+
+
+def ablation_workspace(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    root = synthetic_workspace(
+        tmp_path / "ws", [USEFUL] + [useless(i) for i in range(len(ANCHORS))], "greedy"
+    )
+    res = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert res.returncode == 0, res.stderr + res.stdout
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    kept = dict(con.execute("select description, id from experiments where decision = 'keep'").fetchall())
+    con.close()
+    assert "weight decay 0.1 -> 0.02" in kept
+    assert len(kept) >= 3, f"precondition: greedy should keep at least two lucky useless changes, kept {kept}"
+    return root, kept
+
+
+@pytest.mark.slow
+def test_ablation_finds_the_useful_change_and_apply_drops_the_rest(tmp_path: Path) -> None:
+    root, kept = ablation_workspace(tmp_path)
+    useful_id = kept["weight decay 0.1 -> 0.02"]
+    branch_before = git(root, "rev-parse", "nightlab/t")
+    res = nightlab("ablate", str(root), "--json", "--seeds", "3")
+    assert res.returncode == 0, res.stderr + res.stdout
+    data = json.loads(res.stdout)
+    changes = {c["id"]: c for c in data["changes"]}
+    assert set(changes) == set(kept.values())
+    # Sorted by contribution, the useful change first, with its known size (0.0244) in its interval.
+    assert data["changes"][0]["id"] == useful_id
+    top = changes[useful_id]
+    assert top["status"] == "earns its place"
+    assert top["ci"][0] < 0.0244 < top["ci"][1] and top["ci"][0] > 0
+    useless_ids = sorted(set(kept.values()) - {useful_id})
+    assert sorted(data["drop_candidates"]) == useless_ids
+    for i in useless_ids:
+        assert changes[i]["status"] == "candidate to drop"
+        assert changes[i]["ci"][0] <= 0 <= changes[i]["ci"][1]
+    assert git(root, "rev-parse", "nightlab/t") == branch_before  # without --apply nothing moves
+    assert Path(data["plot"]).stat().st_size > 1000
+
+    # The terminal table names every change and the candidates.
+    table = nightlab("ablate", str(root), "--seeds", "2")
+    assert table.returncode == 0, table.stderr
+    assert "earns its place" in table.stdout and "candidates to drop" in table.stdout
+
+    res = nightlab("ablate", str(root), "--json", "--seeds", "3", "--apply")
+    assert res.returncode == 0, res.stderr + res.stdout
+    applied = json.loads(res.stdout)["applied"]
+    assert applied["applied"] is True, applied
+    assert sorted(applied["dropped"]) == useless_ids
+    text = git(root, "show", "nightlab/t:train.py")
+    assert "WEIGHT_DECAY = 0.02" in text and "UNUSED_" not in text
+    assert git(root, "rev-parse", "nightlab/t") == applied["commit"]
+    assert git(root, "merge-base", "--is-ancestor", branch_before, "nightlab/t") == ""
+    # The ledger holds the pruned commit as the new incumbent, so `nightlab run` continues from it.
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    row = con.execute(
+        'select kind, tag, decision, commit_, n_runs from (select *, "commit" as commit_ from experiments) '
+        "order by id desc limit 1"
+    ).fetchone()
+    con.close()
+    assert row == ("ablate", "t", "keep", applied["commit"], 3)
+    # A second ablation sees only the change that is left.
+    again = nightlab("ablate", str(root), "--json", "--seeds", "2")
+    assert again.returncode == 0, again.stderr
+    assert [c["id"] for c in json.loads(again.stdout)["changes"]] == [useful_id]
+    # `nightlab report` redraws the bar chart from the ledger.
+    (root / ".nightlab" / "ablation.png").unlink()
+    assert nightlab("report", str(root)).returncode == 0
+    assert (root / ".nightlab" / "ablation.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_change_that_does_not_revert_is_reported(tmp_path: Path) -> None:
+    # The second change edits the line the first one wrote: the first cannot be left out alone.
+    first = edit("WEIGHT_DECAY = 0.1", "WEIGHT_DECAY = 0.05", "weight decay 0.05")
+    second = edit("WEIGHT_DECAY = 0.05", "WEIGHT_DECAY = 0.02", "weight decay 0.02")
+    root = synthetic_workspace(tmp_path / "ws", [first, second], "greedy")
+    assert nightlab("run", str(root), "--plain", "--tag", "t").returncode == 0
+    res = nightlab("ablate", str(root), "--json", "--seeds", "2")
+    assert res.returncode == 0, res.stderr + res.stdout
+    statuses = {c["description"]: c["status"] for c in json.loads(res.stdout)["changes"]}
+    assert statuses["weight decay 0.05"] == "does not revert cleanly"
+    assert statuses["weight decay 0.02"] == "earns its place"
+    res = nightlab("ablate", str(tmp_path / "nowhere"))
+    assert res.returncode == 2 and "no such directory" in res.stderr
