@@ -6,7 +6,6 @@ than a silently ignored setting; every error is one line naming the file, table 
 
 from __future__ import annotations
 
-import glob
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nightlab.errors import UserError
+from nightlab.paths import CONFIG_NAME, match_files
 from nightlab.types import Direction
 
 if sys.version_info >= (3, 11):
@@ -21,7 +21,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-CONFIG_NAME = "nightlab.toml"
 
 
 class _Strict(BaseModel):
@@ -226,21 +225,11 @@ def load_config(workspace: Path) -> Config:
     return parse_config(data, str(path))
 
 
-def match_globs(root: Path, patterns: list[str]) -> list[str]:
-    """Tracked-style relative paths under ``root`` matching any glob, sorted, files only."""
-    found: set[str] = set()
-    for pattern in patterns:
-        for hit in glob.glob(pattern, root_dir=root, recursive=True):
-            if (root / hit).is_file() and not hit.startswith(".nightlab"):
-                found.add(Path(hit).as_posix())
-    return sorted(found)
-
-
 def check_workspace_files(config: Config, root: Path, source: str = CONFIG_NAME) -> None:
     """Errors a user must fix before a run: globs that match nothing."""
     for pattern in config.target.editable:
-        if not match_globs(root, [pattern]):
+        if not match_files(root, [pattern]):
             raise UserError(f"{source}: [target] editable glob '{pattern}' matches no file in {root}")
     for pattern in config.target.frozen:
-        if not match_globs(root, [pattern]):
+        if not match_files(root, [pattern]):
             raise UserError(f"{source}: [target] frozen glob '{pattern}' matches no file in {root}")

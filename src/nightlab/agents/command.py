@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 
 from nightlab.code.changes import line_counts
-from nightlab.code.edits import path_matches
-from nightlab.config import CONFIG_NAME, Config, match_globs
+from nightlab.config import Config
 from nightlab.errors import UserError
 from nightlab.executor.local import LocalExecutor
+from nightlab.paths import is_editable, match_files
 from nightlab.types import Context, Edit, HistoryEntry, Proposal, RunResult, RunSpec, RunStatus
 from nightlab.workspace.git import Workspace
 
@@ -199,13 +199,13 @@ class CommandAgent:
         editable, frozen = context.editable, self.config.target.frozen
 
         def in_scope(path: str) -> bool:
-            return path != CONFIG_NAME and path_matches(path, editable) and not path_matches(path, frozen)
+            return is_editable(path, editable, frozen)
 
         mine = [p.rstrip("/") for p in changed if p.rstrip("/") not in ours]
         outside = sorted(p for p in mine if not in_scope(p))
         # Every editable file is compared, not only those git reports: a CLI that commits its
         # work (Aider does by default) leaves a clean status, but its files still differ.
-        present = [p for p in match_globs(tree, editable) if in_scope(p)]
+        present = [p for p in match_files(tree, editable) if in_scope(p)]
         edits: list[Edit] = []
         for path in sorted({*present, *(p for p in mine if in_scope(p)), *context.files}):
             target = tree / path

@@ -136,11 +136,12 @@ def demo(
 def show_space(directory: Path = DirArg) -> None:
     """The knobs the search agent found and the domain it will search for each."""
     from nightlab.agents.search.agent import describe_space
-    from nightlab.config import load_config, match_globs
+    from nightlab.config import load_config
+    from nightlab.paths import match_files
 
     root = Path(directory).resolve()
     config = load_config(root)
-    files = {p: (root / p).read_text() for p in match_globs(root, config.target.editable)}
+    files = {p: (root / p).read_text() for p in match_files(root, config.target.editable)}
     typer.echo(describe_space(files, config))  # a fixed-width table: never re-wrapped
 
 

@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from nightlab.code.edits import normalize_path, path_matches
 from nightlab.errors import UserError
+from nightlab.paths import is_editable, normalize
 from nightlab.research.session import Session
 from nightlab.types import Edit, Proposal
 
@@ -112,11 +112,11 @@ class Harness:
 
 def _editable(session: Session, path: str) -> str:
     try:
-        clean = normalize_path(path)
+        clean = normalize(path)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     editable = session.config.target.editable
-    if not path_matches(clean, editable) or path_matches(clean, session.config.target.frozen):
+    if not is_editable(clean, editable, session.config.target.frozen):
         raise UserError(f"{clean} is not an editable file (editable: {', '.join(editable)})")
     return clean
 

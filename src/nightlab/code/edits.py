@@ -18,83 +18,27 @@ Example::
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from nightlab.errors import EditError
+from nightlab.paths import CONFIG_NAME, matches, normalize
 from nightlab.types import Edit
 
 _CONTEXT_LINES = 12  # at most this many file lines are quoted in a "not found" message
 
 
 # -- paths and scope ------------------------------------------------------------------------
-def normalize_path(path: str) -> str:
-    """A repository-relative POSIX path; ValueError for anything that could escape or reach .git.
-
-    Globs cannot be trusted to exclude ``../x`` or ``.git/hooks/x`` (``**`` matches them), so
-    those are refused before any glob is consulted.
-    """
-    clean = path.replace("\\", "/")
-    while clean.startswith("./"):
-        clean = clean[2:]
-    parts = clean.split("/")
-    if not clean or clean.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"'{path}' is not a plain relative path inside the workspace")
-    if parts[0] in (".git", ".nightlab"):
-        raise ValueError(f"'{path}' is inside {parts[0]}/, which nightlab never lets anything write")
-    return clean
-
-
-@functools.lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """Translate a glob with ``glob.glob(recursive=True)`` semantics into an anchored regex."""
-    pattern = pattern.replace("\\", "/")
-    while pattern.startswith("./"):
-        pattern = pattern[2:]
-    out, i, n = [], 0, len(pattern)
-    while i < n:
-        if pattern.startswith("**/", i) and (i == 0 or pattern[i - 1] == "/"):
-            out.append("(?:[^/]+/)*")  # zero or more folders
-            i += 3
-        elif pattern.startswith("**", i) and (i == 0 or pattern[i - 1] == "/") and i + 2 == n:
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
-            end = pattern.index("]", i + 2)
-            body = pattern[i + 1 : end]
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def path_matches(path: str, patterns: Iterable[str]) -> bool:
-    """True when ``path`` (relative, POSIX) matches one of the globs, as ``glob.glob`` would."""
-    return any(_glob_regex(p).match(path) for p in patterns)
-
-
 def _scoped_path(number: int, path: str, editable: Sequence[str], frozen: Sequence[str]) -> str:
     try:
-        clean = normalize_path(path)
+        clean = normalize(path)
     except ValueError as exc:
         raise EditError(f"edit {number} ({path}): {exc}; only the editable files may change") from None
     allowed = ", ".join(editable)
-    if clean == "nightlab.toml" or path_matches(clean, frozen):
+    if clean == CONFIG_NAME or matches(clean, frozen):
         raise EditError(
             f"edit {number} ({clean}): {clean} is frozen; only the editable files ({allowed}) may change"
         )
-    if not path_matches(clean, editable):
+    if not matches(clean, editable):
         raise EditError(
             f"edit {number} ({clean}): {clean} is outside the editable files ({allowed}); edit only those"
         )

@@ -23,6 +23,7 @@ from nightlab.code.edits import apply_edits, python_syntax_error
 from nightlab.config import Config
 from nightlab.errors import EditError, UserError
 from nightlab.events import Event, EventSink
+from nightlab.paths import editable_files, select
 from nightlab.research.policy import Decision, Policy
 from nightlab.research.runner import Replicate, ReplicateRunner
 from nightlab.stats import pooled_sd
@@ -416,16 +417,11 @@ class ResearchLoop:
         return row
 
     def _editable_paths(self, commit: str) -> list[str]:
-        import fnmatch
-
-        files = self.workspace.list_files(commit)
-        return sorted(p for p in files if any(fnmatch.fnmatch(p, g) for g in self.config.target.editable))
+        target = self.config.target
+        return editable_files(self.workspace.list_files(commit), target.editable, target.frozen)
 
     def _frozen_texts(self, commit: str) -> dict[str, str]:
-        import fnmatch
-
-        files = self.workspace.list_files(commit)
-        frozen = [p for p in files if any(fnmatch.fnmatch(p, g) for g in self.config.target.frozen)]
+        frozen = select(self.workspace.list_files(commit), self.config.target.frozen)
         texts = self.workspace.read_files(commit, frozen)
         return {p: t for p, t in texts.items() if len(t) < 200_000}
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nightlab.code.edits import path_matches
-from nightlab.config import CONFIG_NAME
 from nightlab.errors import UserError
 from nightlab.events import EventSink
+from nightlab.paths import is_editable
 from nightlab.research.loop import ResearchLoop
 from nightlab.research.session import Session, build_loop, open_session
 from nightlab.stats import noise_floor
@@ -66,9 +65,7 @@ def working_tree_edits(session: Session) -> dict[str, str | None]:
     config, workspace, root = session.config, session.workspace, session.root
     editable, frozen = config.target.editable, config.target.frozen
     dirty = workspace.dirty_files()
-    inside = [
-        p for p in dirty if p != CONFIG_NAME and path_matches(p, editable) and not path_matches(p, frozen)
-    ]
+    inside = [p for p in dirty if is_editable(p, editable, frozen)]
     outside = [p for p in dirty if p not in inside]
     if outside:
         shown = ", ".join(outside[:5]) + (f", and {len(outside) - 5} more" if len(outside) > 5 else "")

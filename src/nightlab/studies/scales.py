@@ -15,11 +15,10 @@ Example::
 
 from __future__ import annotations
 
-import fnmatch
-
 from nightlab.code.knobs import knob_values, set_knobs
-from nightlab.config import CONFIG_NAME, Config, ScaleConfig
+from nightlab.config import Config, ScaleConfig
 from nightlab.errors import UserError
+from nightlab.paths import editable_files
 from nightlab.workspace.git import Workspace
 
 
@@ -44,12 +43,8 @@ def scaled_config(config: Config, scale: ScaleConfig) -> Config:
 
 
 def editable_paths(workspace: Workspace, config: Config, commit: str) -> list[str]:
-    """The editable files present at ``commit`` (nightlab.toml is never editable)."""
-    return sorted(
-        p
-        for p in workspace.list_files(commit)
-        if p != CONFIG_NAME and any(fnmatch.fnmatch(p, g) for g in config.target.editable)
-    )
+    """The editable files present at ``commit`` (:func:`nightlab.paths.is_editable`)."""
+    return editable_files(workspace.list_files(commit), config.target.editable, config.target.frozen)
 
 
 def scaled_files(files: dict[str, str], constants: dict[str, object], scale_name: str) -> dict[str, str]:

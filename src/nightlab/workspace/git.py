@@ -21,8 +21,8 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from nightlab.code.edits import normalize_path, path_matches
 from nightlab.errors import UserError
+from nightlab.paths import matches, normalize
 
 STATE_DIR = ".nightlab"
 BRANCH_PREFIX = "nightlab/"
@@ -101,7 +101,7 @@ def _encode(text: str) -> bytes:
 
 def _check_relpath(path: str) -> str:
     try:
-        return normalize_path(path)
+        return normalize(path)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -515,4 +515,4 @@ def _allowed(rel: str, patterns: Sequence[str]) -> bool:
     if not patterns:
         return False
     parts = rel.split("/")
-    return any(path_matches("/".join(parts[:n]), patterns) for n in range(1, len(parts) + 1))
+    return any(matches("/".join(parts[:n]), patterns) for n in range(1, len(parts) + 1))

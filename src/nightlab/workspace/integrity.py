@@ -12,12 +12,13 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from nightlab.config import CONFIG_NAME, Config, match_globs
+from nightlab.config import Config
+from nightlab.paths import CONFIG_NAME, match_files
 
 
 def frozen_paths(config: Config, root: Path) -> list[str]:
     """Relative paths of every frozen file in ``root``; nightlab.toml is always frozen."""
-    paths = set(match_globs(root, config.target.frozen))
+    paths = set(match_files(root, config.target.frozen))
     if (root / CONFIG_NAME).is_file():
         paths.add(CONFIG_NAME)
     return sorted(paths)
