@@ -46,7 +46,7 @@ def template_shape(ws: Path) -> dict[str, str]:
     spec = importlib.util.spec_from_file_location("workspace_train", ws / "train.py")
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
-    import prepare  # the workspace's, imported by train.py just now
+    import data  # the workspace's, imported by train.py just now
 
     width = train.model_width(train.DEPTH, train.ASPECT_RATIO, train.HEAD_DIM)
     return {
@@ -54,7 +54,7 @@ def template_shape(ws: Path) -> dict[str, str]:
         "NAIVE_WIDTH": str(width),
         "NAIVE_HEADS": str(width // train.HEAD_DIM),
         "NAIVE_MLP_RATIO": str(train.MLP_RATIO),
-        "NAIVE_BATCH": str(train.TOTAL_BATCH_SIZE // prepare.SEQ_LEN),  # same tokens per step
+        "NAIVE_BATCH": str(train.TOTAL_BATCH_SIZE // data.SEQ_LEN),  # same tokens per step
     }
 
 

@@ -1,4 +1,4 @@
-"""What the separate evaluation process costs: `python prepare.py evaluate` on a trained model.
+"""What the separate evaluation process costs: `python evaluation.py` on a trained model.
 
 Copies the GPT template into a temporary workspace, applies a size from sizes.toml (plus any
 `--set NAME=VALUE` overrides), prepares the data, trains train.py briefly with
@@ -57,14 +57,13 @@ def make_workspace(size: str, overrides: list[str]) -> Path:
     for path in TEMPLATE.glob("*.py"):
         shutil.copy(path, ws / path.name)
     sizes = tomllib.loads((TEMPLATE / "sizes.toml").read_text())[size]
-    for part in ("prepare", "train"):
-        for name, value in sizes.get(part, {}).items():
-            set_literal(ws / f"{part}.py", name, toml_literal(value))
+    for part, values in sizes.items():  # [size.<file stem>] tables; budget and space are not files
+        if (ws / f"{part}.py").is_file():
+            for name, value in values.items():
+                set_literal(ws / f"{part}.py", name, toml_literal(value))
     for item in overrides:
         name, _, literal = item.partition("=")
-        target = (
-            "prepare.py" if re.search(rf"^{name} = ", (ws / "prepare.py").read_text(), re.M) else "train.py"
-        )
+        target = "data.py" if re.search(rf"^{name} = ", (ws / "data.py").read_text(), re.M) else "train.py"
         set_literal(ws / target, name, literal)
     return ws
 
@@ -111,7 +110,7 @@ def main() -> None:
     walls, evals = [], []
     for _ in range(args.repeats):
         (run_dir / "metrics.json").unlink(missing_ok=True)
-        wall, _ = run([sys.executable, "prepare.py", "evaluate"], ws, env)
+        wall, _ = run([sys.executable, "evaluation.py"], ws, env)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         walls.append(wall)
         evals.append(metrics["eval_seconds"])

@@ -105,7 +105,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # train.py does this on CPU; process-wide, so every model gets it
     sys.path.insert(0, str(TEMPLATE))
-    import prepare  # noqa: E402  (the template's frozen module; train.py imports it)
+    import data  # noqa: E402  (the template's frozen settings; train.py imports them)
 
     knobs = parse_sets(args.set)
     variants = {"train.py": load_train("shipped", knobs)}
@@ -116,7 +116,7 @@ def main() -> None:
         variants["all of the above off"] = load_train("bare", {**knobs, **everything})
     train = variants["train.py"]
     torch.manual_seed(0)
-    vocab, seq_len, batch = prepare.VOCAB_SIZE, prepare.SEQ_LEN, train.DEVICE_BATCH_SIZE
+    vocab, seq_len, batch = data.VOCAB_SIZE, data.SEQ_LEN, train.DEVICE_BATCH_SIZE
     x = torch.randint(0, vocab, (batch, seq_len))
     y = torch.randint(0, vocab, (batch, seq_len))
 

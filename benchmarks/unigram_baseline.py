@@ -54,13 +54,13 @@ def main() -> None:
     subprocess.run([sys.executable, "prepare.py"], cwd=ws, env=env, check=True, capture_output=True)
     sys.path.insert(0, str(ws))
     os.environ["NIGHTLAB_CACHE"] = env["NIGHTLAB_CACHE"]
-    import prepare
+    import data
 
-    if prepare.TOKENIZER != "byte":
+    if data.TOKENIZER != "byte":
         sys.exit("the unigram baseline is a byte model: use a size with TOKENIZER = 'byte'")
-    n = prepare.EVAL_TOKENS // prepare.SEQ_LEN * prepare.SEQ_LEN
-    val = np.asarray(prepare.load_split("val")[1 : n + 1])  # exactly the bytes the evaluation scores
-    train = np.asarray(prepare.load_split("train"))
+    n = data.EVAL_TOKENS // data.SEQ_LEN * data.SEQ_LEN
+    val = np.asarray(data.load_split("val")[1 : n + 1])  # exactly the bytes the evaluation scores
+    train = np.asarray(data.load_split("train"))
     val_counts = np.bincount(val, minlength=256).astype(np.float64)
     oracle = entropy_bits(val_counts)
     fitted = cross_entropy_bits(np.bincount(train, minlength=256).astype(np.float64), val_counts)

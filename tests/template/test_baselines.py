@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from gpt_kit import MODULES, TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"
-TEMPLATE = ROOT / "src" / "nightlab" / "templates" / "gpt"
 sys.path.insert(0, str(ROOT / "tests"))
 from helpers import set_constants  # noqa: E402
 
@@ -30,7 +30,7 @@ def test_naive_baseline_trains_and_is_evaluated_like_train_py(tmp_path: Path) ->
     shutil.copytree(TEMPLATE, ws, ignore=shutil.ignore_patterns("__pycache__", "run"))
     for name in ("naive_gpt.py", "naive_train.py"):
         shutil.copy(BENCHMARKS / name, ws / name)
-    set_constants(ws / "prepare.py", SEQ_LEN=64, EVAL_TOKENS=2048)
+    set_constants(ws / "data.py", SEQ_LEN=64, EVAL_TOKENS=2048)
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
@@ -59,8 +59,7 @@ def test_naive_baseline_trains_and_is_evaluated_like_train_py(tmp_path: Path) ->
 @pytest.fixture
 def importable(monkeypatch: pytest.MonkeyPatch):
     """benchmarks/ and the template on sys.path; what the test imports is forgotten afterwards."""
-    names = ("prepare", "train", "corpus", "sources", "tokenizer", "naive_gpt", "naive_train")
-    names += ("tokens_per_second",)
+    names = (*MODULES, "naive_gpt", "naive_train", "tokens_per_second")
     for name in names:
         if name in sys.modules:
             monkeypatch.delitem(sys.modules, name)

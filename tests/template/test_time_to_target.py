@@ -1,6 +1,6 @@
 """Time to target on the GPT template: its frozen periodic evaluation, and ``nightlab validate``.
 
-``prepare.evaluate_periodically`` (frozen) scores the model every NIGHTLAB_EVAL_INTERVAL_SECONDS
+``harness.evaluate_periodically`` (frozen) scores the model every NIGHTLAB_EVAL_INTERVAL_SECONDS
 of training on a val prefix, appends to curve.jsonl and stops training at
 NIGHTLAB_TARGET_METRIC. The end-to-end test runs ``nightlab validate --time-to-target`` on a
 cpu workspace at a tiny scale, comparing a learning rate ten times too small with the default:
@@ -55,7 +55,7 @@ def curve(run_dir: Path) -> list[dict]:
 def test_periodic_evaluation_writes_a_curve_and_stops_at_the_target(tmp_path: Path, cache: Path) -> None:
     ws = tmp_path / "ws"
     shutil.copytree(TEMPLATE, ws, ignore=shutil.ignore_patterns("__pycache__", "run"))
-    set_constants(ws / "prepare.py", **SMALL_EVAL)
+    set_constants(ws / "data.py", **SMALL_EVAL)
     set_constants(ws / "train.py", **TINY)
     assert subprocess.run([sys.executable, "prepare.py"], cwd=ws, env=dict(os.environ, NIGHTLAB_CACHE=str(cache)),
                           capture_output=True).returncode == 0  # fmt: skip
@@ -103,7 +103,7 @@ def test_validate_time_to_target_on_the_cpu_template(tmp_path: Path, cache: Path
     ws = tmp_path / "lab"
     res = run_cli("init", str(ws), "--size", "cpu", env=env)
     assert res.returncode == 0, res.stderr
-    set_constants(ws / "prepare.py", **SMALL_EVAL)
+    set_constants(ws / "data.py", **SMALL_EVAL)
     set_constants(ws / "train.py", **SLOW_LRS)
     with (ws / "nightlab.toml").open("a") as fh:
         fh.write('\n[scales.tiny]\nconstants = { DEPTH = 2, ASPECT_RATIO = 16, HEAD_DIM = 16, '

@@ -1,9 +1,9 @@
 """The editable half of the GPT template: train.py.
 
-Unit tests import train.py from a temporary copy of the template (it imports prepare.py from its
-own folder, as in a workspace) and shrink the model by patching its module constants. The
-end-to-end tests run `python train.py` as a subprocess in such a copy with a tiny model and a
-tiny budget, and read the summary block it prints.
+Unit tests import train.py from a temporary copy of the template (it imports data.py and
+harness.py from its own folder, as in a workspace) and shrink the model by patching its module
+constants. The end-to-end tests run `python train.py` as a subprocess in such a copy with a tiny
+model and a tiny budget, and read the summary block it prints.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from gpt_kit import TEMPLATE, forget_template
 
 try:
     import tomllib
@@ -29,8 +30,6 @@ except ImportError:  # Python 3.10
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import set_constants  # noqa: E402
-
-TEMPLATE = Path(__file__).resolve().parents[2] / "src" / "nightlab" / "templates" / "gpt"
 
 # The knobs issue 2 asks for (each an UPPER_CASE literal in train.py's constants block).
 REQUIRED_KNOBS = [
@@ -83,7 +82,7 @@ def workspace(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> P
     """A copy of the template (all its files) with a short sequence and a small evaluation."""
     ws = tmp_path / "ws"
     shutil.copytree(TEMPLATE, ws, ignore=shutil.ignore_patterns("__pycache__", "run"))
-    set_constants(ws / "prepare.py", SEQ_LEN=64, EVAL_TOKENS=2048)
+    set_constants(ws / "data.py", SEQ_LEN=64, EVAL_TOKENS=2048)
     monkeypatch.setenv("NIGHTLAB_CACHE", str(cache))
     for key in ("NIGHTLAB_BUDGET_SECONDS", "NIGHTLAB_BUDGET_TOKENS", "NIGHTLAB_BUDGET_STEPS"):
         monkeypatch.delenv(key, raising=False)
@@ -94,8 +93,7 @@ def workspace(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> P
 @pytest.fixture
 def train(workspace: Path, monkeypatch: pytest.MonkeyPatch):
     """train.py imported from the workspace copy, with the tiny model's constants patched in."""
-    for name in [m for m in sys.modules if m in ("train", "prepare", "corpus", "sources", "tokenizer")]:
-        monkeypatch.delitem(sys.modules, name)
+    forget_template(monkeypatch)
     monkeypatch.syspath_prepend(str(workspace))
     module = importlib.import_module("train")
     for name, value in TINY.items():
@@ -176,8 +174,7 @@ def test_gpu_size_builds_the_reference_model(
     set_constants(
         ws / "train.py", **{k: tuple(v) if isinstance(v, list) else v for k, v in sizes["train"].items()}
     )
-    for name in ("train", "prepare", "corpus", "sources", "tokenizer"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    forget_template(monkeypatch)
     monkeypatch.syspath_prepend(str(ws))
     monkeypatch.setenv("NIGHTLAB_CACHE", str(cache))
     train = importlib.import_module("train")
@@ -335,13 +332,48 @@ def test_muon_orthogonalizes_and_optimizers_cover_every_parameter(train) -> None
 
 
 def test_model_exports_for_the_evaluator(train) -> None:
-    """prepare.finish() hands the uncompiled module to torch.export: it must trace and agree."""
+    """harness.finish() hands the uncompiled module to torch.export: it must trace and agree."""
     torch.manual_seed(0)
     model = train.GPT(256, 32).eval()
     idx = torch.randint(0, 256, (2, 32))
     with torch.no_grad():
         program = torch.export.export(model, (idx,), strict=False)
         assert torch.allclose(program.module()(idx), model(idx), atol=1e-5)
+
+
+@pytest.mark.parametrize("val_bpb", [2.5, None], ids=["evaluated", "under-nightlab"])
+def test_train_py_prints_the_summary_block_in_the_documented_format(
+    train, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture, val_bpb
+) -> None:
+    """The block train.py prints itself: keys in autoresearch's order, values from column 18.
+
+    finish() is replaced by a known val_bpb (None: nightlab evaluates separately) and the GPU peak
+    by a known figure, so that the mfu line (CUDA only in real runs) is printed here too.
+    """
+    monkeypatch.setenv("NIGHTLAB_BUDGET_STEPS", "2")
+    monkeypatch.setenv("NIGHTLAB_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(train, "peak_flops", lambda device: 1e12)
+    monkeypatch.setattr(train.harness, "finish", lambda model: val_bpb)
+    try:
+        train.train()
+    finally:
+        torch.set_flush_denormal(False)  # train() sets it for CPU runs; it is process-wide
+    block = capsys.readouterr().out.rsplit("\n---\n", 1)[1].splitlines()
+    assert all(re.fullmatch(r"\w+: +\S+", line) and len(line) - len(line.split()[1]) == 18 for line in block)
+    values = {line.split(":")[0]: line.split()[1] for line in block}
+    keys = ["training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent", "total_tokens_M"]
+    keys += ["num_steps", "num_params_M", "depth"]
+    assert list(values) == (["val_bpb"] if val_bpb is not None else []) + keys
+    if val_bpb is not None:
+        assert values["val_bpb"] == "2.500000"
+    for key, decimals in (("training_seconds", 1), ("total_seconds", 1), ("peak_memory_mb", 1)):
+        assert re.fullmatch(rf"\d+\.\d{{{decimals}}}", values[key]), key
+    assert re.fullmatch(r"\d+\.\d\d", values["mfu_percent"])
+    assert (
+        values["total_tokens_M"] == "0.001"
+        and values["num_params_M"] == f"{float(values['num_params_M']):.3f}"
+    )
+    assert values["num_steps"] == "2" and values["depth"] == "2"
 
 
 # --- end to end: python train.py --------------------------------------------------------------

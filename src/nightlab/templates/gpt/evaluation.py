@@ -1,10 +1,13 @@
-"""The evaluation of the GPT research target: `python prepare.py evaluate` runs `evaluate()`.
+"""The frozen evaluation of the GPT research target: `python evaluation.py`.
 
-FROZEN, like prepare.py. It loads the torch.export program that train.py left in the run dir
-(none of train.py's code runs here), checks that the model is causal, and scores bits per byte
-on a fixed number of val tokens (and as many holdout tokens, recorded but never shown to the
-agent). It writes metrics.json, and nothing else writes it: a metrics.json that was already
-there makes the run invalid.
+FROZEN: nightlab hashes this file and runs it as the workspace's `evaluate` command, in its own
+process. It loads the torch.export program that train.py left in NIGHTLAB_RUN_DIR (none of
+train.py's code runs here), checks that the model is causal, and scores bits per byte on a fixed
+number of val tokens (and as many holdout tokens, recorded but never shown to the agent). It
+writes metrics.json, and nothing else writes it: a metrics.json that was already there makes the
+run invalid. It takes the settings and the prepared splits from data.py and nothing from
+harness.py or train.py (harness.py borrows bits_per_byte for its curve of periodic evaluations,
+never the other way round).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from prepare import (
+from data import (
     CAUSAL_TRIALS,
     EVAL_BATCH_SIZE,
     EVAL_TOKENS,
@@ -28,19 +32,25 @@ from prepare import (
     EXPORT_FILE,
     EXPORT_META,
     METRICS_FILE,
+    PREPARE_COMMAND,
     SEQ_LEN,
     VOCAB_SIZE,
     fail,
+    get_run_dir,
     get_tokenizer,
     load_split,
-    prepare_command,
 )
+
+T_IMPORT = time.perf_counter()  # eval_seconds counts from here (loading the model included)
+HERE = "evaluation.py"  # the name this file's errors start with
 
 
 def _eval_device(meta: dict) -> torch.device:
     if meta["device"] == "cuda":
         if not torch.cuda.is_available():
-            raise fail("the model was exported on CUDA but no CUDA device is available to evaluate it")
+            raise fail(
+                "the model was exported on CUDA but no CUDA device is available to evaluate it", where=HERE
+            )
         return torch.device("cuda")
     return torch.device("cpu")
 
@@ -79,7 +89,7 @@ def _check_logits(logits: torch.Tensor) -> str | None:
 
 
 def bits_per_byte(
-    model, tokens: np.ndarray, token_bytes: torch.Tensor, device: torch.device
+    model: torch.nn.Module, tokens: np.ndarray, token_bytes: torch.Tensor, device: torch.device
 ) -> tuple[float, int]:
     """Summed cross-entropy (nats) over summed target bytes, in bits; zero-byte targets skipped.
 
@@ -89,7 +99,8 @@ def bits_per_byte(
     n_rows = min(EVAL_TOKENS, len(tokens) - 1) // SEQ_LEN
     if n_rows < 1:
         raise fail(
-            f"the split has {len(tokens)} tokens, fewer than one row of {SEQ_LEN}; run `{prepare_command()}`"
+            f"the split has {len(tokens)} tokens, fewer than one row of {SEQ_LEN}; run `{PREPARE_COMMAND}`",
+            where=HERE,
         )
     token_bytes = token_bytes.to(device)
     nats = torch.zeros((), dtype=torch.float64, device=device)
@@ -113,7 +124,7 @@ class InvalidModel(Exception):
     """The exported model breaks a rule of the evaluation (causality, output shape, finiteness)."""
 
 
-def causality_violation(model, tokens: np.ndarray, device: torch.device) -> str | None:
+def causality_violation(model: torch.nn.Module, tokens: np.ndarray, device: torch.device) -> str | None:
     """None if predictions at position t depend only on tokens 0..t of their own row.
 
     Each trial keeps the prefix 0..t of one row, replaces everything else in the batch (the rest of
@@ -167,7 +178,7 @@ def _evaluate(run_dir: Path, started: float) -> int:
         return EXIT_INVALID
     meta_path = run_dir / EXPORT_META
     if not meta_path.exists() or not (run_dir / EXPORT_FILE).exists():
-        raise fail(f"no exported model in {run_dir}: train.py must end with prepare.finish(model, summary)")
+        raise fail(f"no exported model in {run_dir}: train.py must call harness.finish(model)", where=HERE)
     meta = json.loads(meta_path.read_text())
     device = _eval_device(meta)
     warnings.filterwarnings("ignore", message="The given buffer is not writable")  # torch.export.load
@@ -203,3 +214,12 @@ def _evaluate(run_dir: Path, started: float) -> int:
     print(f"val_bpb: {val_bpb:.6f}")
     print(f"eval_seconds: {seconds:.2f}")
     return 0
+
+
+def main() -> int:
+    """`python evaluation.py`: score the model exported to NIGHTLAB_RUN_DIR (./run by default)."""
+    return evaluate(get_run_dir(), started=T_IMPORT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Tokenizers of the GPT research target (frozen, like prepare.py, which uses them).
+"""Tokenizers of the GPT research target (frozen: data.py loads them, prepare.py trains BPE).
 
 Both expose what train.py and the evaluation need: `vocab_size`, `encode`, `decode`,
 `token_bytes` (UTF-8 bytes per token id, 0 for special tokens: the bits-per-byte denominator)

@@ -1,9 +1,10 @@
 """GPT pretraining under a fixed budget: the one file a research agent edits.
 
-Run it with `python train.py`. It trains a small GPT on the train split that prepare.py serves,
+Run it with `python train.py`. It trains a small GPT on the train split that harness.py serves,
 stops when the budget (seconds, tokens or steps, from the environment) is used up, hands the
-model to prepare.finish(), and prints the summary block. prepare.py is frozen: the data, the
-budget, the export and the evaluation (val_bpb) live there, so that results stay comparable.
+model to harness.finish() (export, and the evaluation when run by hand), and prints the summary
+block. data.py, harness.py and evaluation.py are frozen: the settings, the data, the budget, the
+export and the evaluation (val_bpb) live there, so that results stay comparable.
 
 Every knob is a module-level constant in the block below: change a literal, rerun, compare.
 The same file runs on CPU (fp32, eager) and CUDA (bf16 autocast, torch.compile).
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 
 T_START = time.time()  # total_seconds counts from here: imports, data, compile, training
 
-import prepare  # noqa: E402  (frozen: data, budget, export, evaluation)
+import data  # noqa: E402  (frozen: dataset, tokenizer, sequence length)
+import harness  # noqa: E402  (frozen: budget, seed, train loader, checks, export, evaluation)
 
 # ---------------------------------------------------------------------------------------------
 # Knobs. Plain literals only: tools rewrite them textually (`nightlab init --size gpu` too).
@@ -438,9 +440,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def train() -> None:
-    seed = prepare.get_seed()
-    prepare.seed_everything(seed)
-    budget = prepare.get_budget()
+    seed = harness.get_seed()
+    harness.seed_everything(seed)
+    budget = harness.get_budget()
     device = select_device(os.environ.get("NIGHTLAB_DEVICE", DEVICE), torch.cuda.is_available())
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     dtype = select_dtype(device, capability)
@@ -451,8 +453,7 @@ def train() -> None:
         torch.set_flush_denormal(True)
     autocast = torch.autocast("cuda", dtype=dtype) if dtype != torch.float32 else nullcontext()
 
-    seq_len = prepare.SEQ_LEN
-    vocab_size = prepare.get_tokenizer().vocab_size
+    seq_len = data.SEQ_LEN
     tokens_per_pass = DEVICE_BATCH_SIZE * seq_len
     if TOTAL_BATCH_SIZE % tokens_per_pass:
         raise SystemExit(
@@ -460,6 +461,9 @@ def train() -> None:
             f"DEVICE_BATCH_SIZE * SEQ_LEN = {tokens_per_pass}"
         )
     grad_accum = TOTAL_BATCH_SIZE // tokens_per_pass
+    # The loader first: it builds the default synthetic data (and its tokenizer) if missing.
+    loader = harness.make_train_loader(DEVICE_BATCH_SIZE, seq_len, device=device, seed=seed)
+    vocab_size = data.get_tokenizer().vocab_size
 
     model = GPT(vocab_size, seq_len).to(device)
     num_params = sum(p.numel() for p in model.parameters())
@@ -468,7 +472,6 @@ def train() -> None:
     compiled = select_compile(COMPILE, device)
     step_model = torch.compile(model, dynamic=False) if compiled else model
     untimed_steps = 2 if compiled else 1  # warm-up (compilation, allocator) is not training time
-    loader = prepare.make_train_loader(DEVICE_BATCH_SIZE, seq_len, device=device, seed=seed)
     print(
         f"device {device} dtype {str(dtype).removeprefix('torch.')} compile {step_model is not model} | "
         f"depth {DEPTH} width {model.width} heads {model.width // HEAD_DIM} windows {model.windows} | "
@@ -497,7 +500,7 @@ def train() -> None:
             opt.step()
         model.zero_grad(set_to_none=True)
         loss_value = loss.item()  # also waits for the device, so the step time below is real
-        prepare.check_loss(loss_value, step)
+        harness.check_loss(loss_value, step)
         dt = time.time() - t0
         if step >= untimed_steps:
             training_seconds += dt
@@ -510,26 +513,36 @@ def train() -> None:
                 f"{TOTAL_BATCH_SIZE / dt:,.0f} tok/s | {100 * progress:.0f}% of budget",
                 flush=True,
             )
-        if prepare.evaluate_periodically(model, training_seconds, tokens, step):
+        if harness.evaluate_periodically(model, training_seconds, tokens, step):
             break  # NIGHTLAB_TARGET_METRIC reached (`nightlab validate --time-to-target`)
 
-    summary = {
-        "training_seconds": round(training_seconds, 1),
-        "total_seconds": round(time.time() - T_START, 1),
-        ("peak_vram_mb" if device.type == "cuda" else "peak_memory_mb"): round(peak_memory_mb(device), 1),
-        "total_tokens_M": round(tokens / 1e6, 3),
-        "num_steps": step,
-        "num_params_M": round(num_params / 1e6, 3),
-        "depth": DEPTH,
-    }
-    flops = peak_flops(device)
+    total_seconds = time.time() - T_START
+    memory_mb = peak_memory_mb(device)
+    flops, mfu = peak_flops(device), None
     if flops is not None and training_seconds > 0:
         timed_tokens = (step - min(step, untimed_steps)) * TOTAL_BATCH_SIZE
-        summary["mfu_percent"] = round(100 * flops_per_token * timed_tokens / training_seconds / flops, 2)
+        mfu = 100 * flops_per_token * timed_tokens / training_seconds / flops
     model.eval()
-    prepare.finish(model, summary)
+    val_bpb = harness.finish(model)  # export; evaluated here too unless nightlab evaluates it
+
+    # The summary block: `key: value` lines after `---`, read by nightlab and by people alike.
+    print("---")
+    if val_bpb is not None:
+        print(f"val_bpb:          {val_bpb:.6f}")
+    print(f"training_seconds: {training_seconds:.1f}")
+    print(f"total_seconds:    {total_seconds:.1f}")
+    if device.type == "cuda":
+        print(f"peak_vram_mb:     {memory_mb:.1f}")
+    else:
+        print(f"peak_memory_mb:   {memory_mb:.1f}")
+    if mfu is not None:
+        print(f"mfu_percent:      {mfu:.2f}")
+    print(f"total_tokens_M:   {tokens / 1e6:.3f}")
+    print(f"num_steps:        {step}")
+    print(f"num_params_M:     {num_params / 1e6:.3f}")
+    print(f"depth:            {DEPTH}", flush=True)
 
 
 if __name__ == "__main__":
-    with prepare.oom_guard():  # out of memory -> `status: oom (...)`, exit 4
+    with harness.oom_guard():  # out of memory -> `status: oom (...)`, exit 4
         train()

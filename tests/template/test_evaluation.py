@@ -1,0 +1,191 @@
+"""The frozen evaluation (evaluation.py) and the export it scores (harness.export_model).
+
+Each test copies the template's frozen files into a temporary workspace and imports them from
+there (conftest.py). The models are tiny modules defined here, so nothing depends on train.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+
+def evaluate(tpl: SimpleNamespace, run_dir: Path) -> int:
+    """`python evaluation.py`, in this process (the template is already imported from the workspace)."""
+    return tpl.evaluation.evaluate(run_dir, started=time.perf_counter())
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny models: model(idx [B, T]) -> logits [B, T, V]
+
+
+class Uniform(nn.Module):
+    """Equal logits everywhere: exactly log2(256) = 8 bits per byte."""
+
+    def __init__(self, vocab: int = 256) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.bias = nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(idx.shape[0], idx.shape[1], self.vocab) * 1.0
+
+
+class Bigram(nn.Module):
+    """Causal by construction: position t sees token t only."""
+
+    def __init__(self, vocab: int = 256) -> None:
+        super().__init__()
+        self.table = nn.Embedding(vocab, vocab)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.table(idx)
+
+
+class PeeksAhead(Bigram):
+    """Cheats: position t also sees token t+1 (the one it should predict)."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        nxt = torch.cat([idx[:, 1:], idx[:, :1]], dim=1)
+        return self.table(idx) + 5.0 * nn.functional.one_hot(nxt, self.table.num_embeddings).float()
+
+
+class PeeksAcrossRows(Bigram):
+    """Cheats subtly: every row sees the mean embedding of the whole batch (the rows that follow)."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        emb = self.table(idx)
+        return emb + emb.mean(dim=(0, 1), keepdim=True)
+
+
+class WrongVocab(Bigram):
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.table(idx)[..., :100]
+
+
+# ---------------------------------------------------------------------------------------------
+# Export and evaluation
+
+
+def _export(tpl: SimpleNamespace, model: nn.Module) -> Path:
+    tpl.prepare.ensure_data()
+    return tpl.harness.export_model(model)
+
+
+def test_uniform_model_scores_exactly_eight_bits_per_byte(tpl: SimpleNamespace) -> None:
+    _export(tpl, Uniform())
+    run_dir = tpl.data.get_run_dir()
+    assert evaluate(tpl, run_dir) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # Per-token losses are float32 (ln 256 to ~1e-7), summed in float64: 8.000000 as printed.
+    assert metrics["val_bpb"] == pytest.approx(8.0, abs=1e-6)
+    assert metrics["holdout_bpb"] == pytest.approx(8.0, abs=1e-6)
+    assert metrics["causal"] is True and metrics["eval_tokens"] == tpl.data.EVAL_TOKENS
+    assert metrics["eval_seconds"] > 0
+    val_file, holdout_file = (tpl.data.token_dir() / f"{s}.bin" for s in ("val", "holdout"))
+    assert (
+        metrics["data_sha256"]
+        == hashlib.sha256(val_file.read_bytes() + holdout_file.read_bytes()).hexdigest()
+    )
+
+
+def test_evaluator_matches_a_direct_computation(tpl: SimpleNamespace) -> None:
+    torch.manual_seed(0)
+    model = Bigram()
+    _export(tpl, model)
+    run_dir = tpl.data.get_run_dir()
+    assert evaluate(tpl, run_dir) == 0
+    val = torch.from_numpy(
+        np.asarray(tpl.data.load_split("val")[: tpl.data.EVAL_TOKENS + 1]).astype(np.int64)
+    )
+    with torch.no_grad():
+        nats = nn.functional.cross_entropy(model.table(val[:-1]), val[1:], reduction="sum").item()
+    expected = nats / math.log(2) / tpl.data.EVAL_TOKENS  # bigram: row boundaries do not matter
+    assert json.loads((run_dir / "metrics.json").read_text())["val_bpb"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("model", [PeeksAhead(), PeeksAcrossRows()], ids=["future-token", "other-rows"])
+def test_causality_check_rejects_a_model_that_looks_ahead(tpl: SimpleNamespace, model: nn.Module) -> None:
+    _export(tpl, model)
+    run_dir = tpl.data.get_run_dir()
+    assert evaluate(tpl, run_dir) == 5
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["causal"] is False and "val_bpb" not in metrics
+    assert metrics["invalid"].startswith("model is not causal: ")
+
+
+def test_causality_check_passes_a_causal_model(tpl: SimpleNamespace) -> None:
+    _export(tpl, Bigram())
+    assert (
+        tpl.evaluation.causality_violation(_loaded(tpl), tpl.data.load_split("val"), torch.device("cpu"))
+        is None
+    )
+
+
+def _loaded(tpl: SimpleNamespace) -> nn.Module:
+    return torch.export.load(str(tpl.data.get_run_dir() / "model.pt2")).module()
+
+
+def test_wrong_output_shape_is_invalid(tpl: SimpleNamespace) -> None:
+    _export(tpl, WrongVocab())
+    assert evaluate(tpl, tpl.data.get_run_dir()) == 5
+    assert "shape" in json.loads((tpl.data.get_run_dir() / "metrics.json").read_text())["invalid"]
+
+
+def test_preexisting_metrics_json_is_refused(tpl: SimpleNamespace) -> None:
+    _export(tpl, Uniform())
+    run_dir = tpl.data.get_run_dir()
+    (run_dir / "metrics.json").write_text('{"val_bpb": 0.01}')
+    assert evaluate(tpl, run_dir) == 5
+    assert json.loads((run_dir / "metrics.json").read_text()) == {
+        "invalid": "metrics.json existed before evaluation"
+    }
+    assert json.loads((run_dir / "metrics.preexisting.json").read_text()) == {"val_bpb": 0.01}
+
+
+def test_missing_export_is_a_clear_error(tpl: SimpleNamespace, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        evaluate(tpl, tpl.data.get_run_dir())
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("evaluation.py: no exported model in ")
+    assert err.endswith("train.py must call harness.finish(model)")
+
+
+def test_the_evaluation_reads_data_and_never_prepares_it(
+    tpl: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Missing data is an error that names the setup command, not something the evaluation builds."""
+    _export(tpl, Uniform())
+    monkeypatch.setenv("NIGHTLAB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(SystemExit) as exc:
+        evaluate(tpl, tpl.data.get_run_dir())
+    assert exc.value.code == 1
+    assert "run `python prepare.py` first" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_export_evaluates_under_bf16_like_training(tpl: SimpleNamespace) -> None:
+    torch.manual_seed(0)
+    model = Bigram()
+    _export(tpl, model.cuda())
+    meta = json.loads((tpl.data.get_run_dir() / "model.json").read_text())
+    assert meta["device"] == "cuda"
+    assert meta["autocast"] == ("bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else None)
+    assert evaluate(tpl, tpl.data.get_run_dir()) == 0
+    on_gpu = json.loads((tpl.data.get_run_dir() / "metrics.json").read_text())["val_bpb"]
+    (tpl.data.get_run_dir() / "metrics.json").unlink()
+    _export(tpl, model.cpu())
+    assert evaluate(tpl, tpl.data.get_run_dir()) == 0
+    on_cpu = json.loads((tpl.data.get_run_dir() / "metrics.json").read_text())["val_bpb"]
+    assert on_gpu == pytest.approx(on_cpu, rel=2e-2)
