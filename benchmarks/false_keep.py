@@ -28,7 +28,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from nightlab.research.policy import ConfirmPolicy, GreedyPolicy
+from nightlab.research.policy import ConfirmPolicy, Evidence, GreedyPolicy
 from nightlab.stats import noise_floor
 from nightlab.types import Direction
 
@@ -66,13 +66,14 @@ def run_candidate(
     while True:
         runs.append(true_value + noise(rng))
         floor = noise_floor(groups)
-        decision = policy.decide(
-            runs,
+        evidence = Evidence(
+            list(runs),
             incumbent,
-            floor.sd if floor else None,
             DIRECTION,
+            noise_sd=floor.sd if floor else None,
             noise_df=(floor.df if floor and pass_df else None),
         )
+        decision = policy.decide(evidence)
         if decision.action != "confirm":
             return decision, runs
 

@@ -14,19 +14,21 @@ from typing import Any
 import numpy as np
 import optuna
 
+from nightlab.agents.base import Agent
+from nightlab.agents.registry import AGENTS
 from nightlab.agents.search.space import Domain, Space, build_space
 from nightlab.code.knobs import set_knobs
 from nightlab.config import Config
 from nightlab.types import Context, Edit, HistoryEntry, Proposal
 
 
-class RandomAgent:
+class RandomAgent(Agent):
     """Uniform random configurations over the search agent's domains, never repeating one."""
 
     name = "random"
 
     def __init__(self, config: Config, seed: int) -> None:
-        self.agent_config = config.agent
+        self.agent_config = AGENTS.settings(config.agent, "search")
         self.rng = np.random.default_rng(seed)
         self.tried: set[tuple] = set()
         self.space: Space | None = None
@@ -48,13 +50,13 @@ class RandomAgent:
         return None
 
 
-class TPEAgent:
+class TPEAgent(Agent):
     """Optuna's TPE sampler over the same space through ask-and-tell, with no incumbent logic."""
 
     name = "tpe"
 
     def __init__(self, config: Config, seed: int) -> None:
-        self.agent_config = config.agent
+        self.agent_config = AGENTS.settings(config.agent, "search")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
         self.asked: dict[int, Any] = {}

@@ -43,11 +43,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from nightlab.agents.registry import AGENTS  # noqa: E402
 from nightlab.agents.search.agent import SearchAgent  # noqa: E402
 from nightlab.agents.search.space import build_space  # noqa: E402
 from nightlab.code.knobs import knob_values  # noqa: E402
 from nightlab.config import Config, load_config  # noqa: E402
-from nightlab.types import Context, Edit, HistoryEntry  # noqa: E402
+from nightlab.types import Context, Direction, Edit, HistoryEntry  # noqa: E402
 from search_baselines import RandomAgent, TPEAgent  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +113,7 @@ def drive(
             files={"train.py": incumbent_text},
             history=list(history),
             metric_name="val_loss",
-            direction="minimize",
+            direction=Direction.MINIMIZE,
             best=incumbent,
             noise=noise,
             experiments_left=n - i,
@@ -150,8 +151,8 @@ def drive(
 
 def make_agent(kind: str, config: Config, seed: int) -> Any:
     if kind == "search":
-        agent_config = config.agent.model_copy(update={"seed": seed})
-        return SearchAgent(agent_config)
+        settings = AGENTS.settings(config.agent, "search").model_copy(update={"seed": seed})
+        return SearchAgent(settings)
     if kind == "random":
         return RandomAgent(config, seed)
     return TPEAgent(config, seed)
@@ -180,8 +181,12 @@ class NeutralNames:
         self.text = text
         for name, neutral in self.names.items():
             self.text = re.sub(rf"^{name} =", f"{neutral} =", self.text, flags=re.MULTILINE)
-        space = {self.names.get(k, k): v for k, v in config.agent.space.items()}
-        self.config = config.model_copy(update={"agent": config.agent.model_copy(update={"space": space})})
+        settings = AGENTS.settings(config.agent, "search")
+        space = {self.names.get(k, k): v for k, v in settings.space.items()}
+        agent = config.agent.model_copy(deep=True)
+        agent.model_extra.pop("space", None)
+        agent.model_extra["search"] = {**settings.model_dump(exclude={"space"}), "space": space}
+        self.config = config.model_copy(update={"agent": agent})
 
     def _original(self, values: dict) -> dict:
         return {self.back.get(k, k): v for k, v in values.items()}

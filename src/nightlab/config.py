@@ -7,6 +7,7 @@ than a silently ignored setting; every error is one line naming the file, table 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
-
 
 
 class _Strict(BaseModel):
@@ -93,48 +93,36 @@ class MetricConfig(_Strict):
         return self
 
 
-class AgentConfig(_Strict):
+class KindSection(BaseModel):
+    """A table whose ``kind`` picks a pluggable part (:mod:`nightlab.plugins`).
+
+    Only the part's common keys are fields here; the keys of the kinds (``[agent.llm] model``,
+    or an older workspace's ``[agent] model``) are kept as extras and checked by the part's
+    registry against each kind's own settings model before anything runs.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    kind: str
+
+
+class AgentSection(KindSection):
     kind: str = "search"
-    # replay
-    file: str | None = None
-    # search: [agent.space] per-knob domains, [agent] pin = ["DEPTH"], seed
-    space: dict[str, Any] = Field(default_factory=dict)
-    pin: list[str] = Field(default_factory=list)
-    seed: int = 0
-    max_knobs_per_move: int = Field(default=2, ge=1)
-    # llm
-    provider: Literal["openai", "anthropic"] | None = None
-    model: str | None = None
-    base_url: str | None = None
-    api_key_env: str | None = None
-    temperature: float = Field(default=0.7, ge=0)
-    max_output_tokens: int = Field(default=4096, gt=0)
-    max_total_tokens: int | None = Field(default=None, gt=0)
-    max_cost: float | None = Field(default=None, ge=0)
-    prices: dict[str, list[float]] = Field(default_factory=dict)
-    context_chars: int = Field(default=60000, gt=1000)
-    retries: int = Field(default=3, ge=0)
-    # llm: transient API failures (429, 5xx, timeouts) retried this many times, first wait
-    # `backoff` seconds (doubling); one request may take `request_timeout` seconds.
-    api_retries: int = Field(default=6, ge=0)
-    backoff: float = Field(default=2.0, ge=0)
-    request_timeout: float = Field(default=300, gt=0)
-    # llm: ask the model for a one-line lesson after each of its experiments.
-    lessons: bool = True
     # Prepare the next proposal while the current experiment trains (agents that support it).
     pipeline: bool = True
-    # command (coding CLIs)
-    command: str | None = None
-    timeout: float = Field(default=1800, gt=0)
 
 
-class PolicyConfig(_Strict):
-    kind: Literal["confirm", "greedy"] = "confirm"
+class PolicySection(KindSection):
+    kind: str = "confirm"
     baseline_runs: int = Field(default=2, ge=1)
+    # The confidence of keep decisions, and of the intervals `validate` and `ablate` report.
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     max_runs: int = Field(default=4, ge=1)  # replicates of one candidate, first run included
     # Simplicity criterion: metric units charged per line added (and earned per line removed).
     complexity_penalty: float = Field(default=0.0, ge=0)
+
+
+class ExecutorSection(KindSection):
+    kind: str = "local"
 
 
 class RunConfig(_Strict):
@@ -182,16 +170,22 @@ class Config(_Strict):
     target: TargetConfig
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     metric: MetricConfig = Field(default_factory=MetricConfig)
-    agent: AgentConfig = Field(default_factory=AgentConfig)
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    agent: AgentSection = Field(default_factory=AgentSection)
+    policy: PolicySection = Field(default_factory=PolicySection)
+    executor: ExecutorSection = Field(default_factory=ExecutorSection)
     run: RunConfig = Field(default_factory=RunConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     scales: dict[str, ScaleConfig] = Field(default_factory=dict)
 
 
-def _describe(error: dict) -> str:
-    loc = [str(p) for p in error.get("loc", ())]
-    msg = error.get("msg", "invalid")
+def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
+    """One pydantic error as one line naming the table and key (``[budget] timeout: ...``).
+
+    ``prefix`` is the table the error's location is relative to (``agent.llm`` for a kind's
+    settings validated on their own).
+    """
+    loc = [*(prefix.split(".") if prefix else []), *(str(p) for p in error.get("loc", ()))]
+    msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if error.get("type") == "extra_forbidden":
         where = f"[{'.'.join(loc[:-1])}]" if len(loc) > 1 else "top level"
         return f"unknown key '{loc[-1]}' in {where}"
@@ -199,7 +193,7 @@ def _describe(error: dict) -> str:
         table, field = ".".join(loc[:-1]), loc[-1]
         where = f"[{table}] {field}" if table else f"[{field}]"
         return f"{where}: {msg}"
-    return msg.removeprefix("Value error, ")
+    return msg
 
 
 def parse_config(data: dict, source: str = CONFIG_NAME) -> Config:
@@ -208,7 +202,7 @@ def parse_config(data: dict, source: str = CONFIG_NAME) -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        first = _describe(errors[0]).replace("Value error, ", "")
+        first = describe_error(errors[0])
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise UserError(f"{source}: {first}{more}") from None
 

@@ -1,7 +1,8 @@
-"""Metric values that know which way is better, and reading a run's metrics.
+"""Reading the metrics a run reports: ``metrics.json`` in its run directory, or a line of its log.
 
-A :class:`Direction` turns "is this better?" into one comparison, so no caller writes
-``<`` for a minimised metric and ``>`` for a maximised one by hand.
+The files read here are written by the training or evaluation script, not by the user's
+configuration, so a malformed one is the run's failure (the experiment crashes with a reason),
+never a :class:`~nightlab.errors.UserError` that would stop the whole session.
 """
 
 from __future__ import annotations
@@ -10,17 +11,24 @@ import json
 import re
 from pathlib import Path
 
-from nightlab.errors import UserError
+
+class MetricsFileError(ValueError):
+    """A ``metrics.json`` that exists but cannot be read as JSON; the message names the file."""
 
 
 def read_metrics_json(path: Path) -> dict[str, float]:
-    """Numbers from a ``metrics.json``; non-numeric entries are kept out of the metric dict."""
+    """Numbers from a ``metrics.json``; non-numeric entries are kept out of the metric dict.
+
+    A missing file, or JSON that is not an object, gives ``{}`` (the caller then reports the
+    metric as not found). A file that cannot be read or parsed raises :class:`MetricsFileError`,
+    so the caller can say why the run has no metric.
+    """
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from exc
+        raise MetricsFileError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         return {}
     out: dict[str, float] = {}

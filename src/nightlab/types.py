@@ -151,11 +151,15 @@ class Proposal:
     cost: ProposalCost | None = None
 
     def to_dict(self) -> dict:
+        """The whole proposal as the ledger keeps it (JSON-ready; lesson ids become strings)."""
         return {
             "description": self.description,
             "hypothesis": self.hypothesis,
             "edits": [e.to_dict() for e in self.edits],
             "meta": self.meta,
+            "refused": self.refused,
+            "lessons": {str(k): v for k, v in self.lessons.items()},
+            "cost": self.cost.to_dict() if self.cost else None,
         }
 
 
@@ -177,6 +181,7 @@ class HistoryEntry:
     log_tail: str = ""
     meta: dict = field(default_factory=dict)
     lesson: str = ""
+    cost: dict = field(default_factory=dict)  # what its proposal cost (ProposalCost as a dict)
 
 
 @dataclass
@@ -206,6 +211,11 @@ class Context:
 
 
 # -- runs -------------------------------------------------------------------------------------
+# The log files of a replicate in its run directory: training's, and the separate evaluation's.
+TRAIN_LOG = "run.log"
+EVAL_LOG = "eval.log"
+
+
 class RunStatus(str, Enum):
     OK = "ok"
     CRASH = "crash"
@@ -233,7 +243,7 @@ class RunSpec:
     seed: int
     timeout: float
     env: dict[str, str] = field(default_factory=dict)
-    log_name: str = "run.log"
+    log_name: str = TRAIN_LOG
     # Names of secret-looking variables the user allows through (e.g. "WANDB_API_KEY").
     allow_env: list[str] = field(default_factory=list)
     # Slot resources, e.g. {"CUDA_VISIBLE_DEVICES": "0"}; the executor sets these.

@@ -1,88 +1,20 @@
-"""Shared pieces for the agent tests: a small incumbent and a config pointing at a fake server."""
+"""Fixtures for the agent tests (shared helpers live in agent_kit.py)."""
 
 from __future__ import annotations
 
 import pytest
+from agent_kit import KEY, KEY_ENV
 
-from nightlab.config import AgentConfig
-from nightlab.types import Context, HistoryEntry
-
-TRAIN = """\
-import json
-import os
-
-LR = 0.01  # learning rate
-WIDTH = 64  # model width
-
-
-def main():
-    loss = abs(LR - 0.3) + abs(WIDTH - 128) / 1000
-    print(f"val_loss: {loss:.6f}")
-
-
-if __name__ == "__main__":
-    main()
-"""
-
-PREPARE = '''\
-"""Data and evaluation: frozen."""
-MAX_SEQ_LEN = 256
-
-
-def evaluate(model, split="val"):
-    """Bits per byte on the validation split."""
-    secret_internal_detail = 42
-    return secret_internal_detail
-'''
-
-KEY_ENV = "NIGHTLAB_TEST_LLM_KEY"
-KEY = "sk-test-do-not-log-7f3a"
-
-
-def make_context(history: list[HistoryEntry] | None = None, **changes) -> Context:
-    """A context with one editable train.py and a frozen prepare.py."""
-    context = Context(
-        files={"train.py": TRAIN},
-        history=list(history or []),
-        metric_name="val_loss",
-        direction="minimize",
-        best=0.354,
-        noise=0.002,
-        program="Lower val_loss. Keep the script simple.",
-        frozen_files={"prepare.py": PREPARE},
-        experiments_left=10,
-        editable=["train.py"],
-    )
-    for name, value in changes.items():
-        setattr(context, name, value)
-    return context
-
-
-def entry(id: int, description: str = "something", **changes) -> HistoryEntry:
-    """A finished experiment with plausible defaults."""
-    values = dict(
-        id=id,
-        description=description,
-        status="ok",
-        decision="discard",
-        reason="Δ +0.0001 ± 0.001, 2 runs, not significant",
-        metric=0.35,
-        spread=0.001,
-        runs=2,
-        delta=0.0001,
-    )
-    values.update(changes)
-    return HistoryEntry(**values)
+from nightlab.agents.llm.settings import LLMSettings
 
 
 @pytest.fixture
 def llm_config(monkeypatch):
-    """Build an AgentConfig for a fake server: fast retries, a known key, a price for 'fake'."""
+    """Build LLMSettings for a fake server: fast retries, a known key, a price for 'fake'."""
     monkeypatch.setenv(KEY_ENV, KEY)
 
-    def build(server, **changes) -> AgentConfig:
+    def build(server, **changes) -> LLMSettings:
         values = dict(
-            kind="llm",
             provider=server.protocol,
             model="fake-model",
             base_url=server.base_url,
@@ -93,6 +25,6 @@ def llm_config(monkeypatch):
             prices={"fake-model": [1.0, 2.0]},
         )
         values.update(changes)
-        return AgentConfig(**values)
+        return LLMSettings(**values)
 
     return build

@@ -5,7 +5,7 @@ status codes, headers) without a network or a key. Usage::
 
     with fake_llm_server("openai", [Status(429, headers={"Retry-After": "1"}),
                                     Answer(answer_text("raise LR", "too low", block("train.py", "LR = 1", "LR = 2")))]) as server:
-        config = AgentConfig(kind="llm", provider="openai", model="fake", base_url=server.base_url)
+        config = LLMSettings(provider="openai", model="fake", base_url=server.base_url)
         ...
         assert len(server.requests) == 2
 

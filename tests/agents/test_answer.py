@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TRAIN
+from agent_kit import TRAIN
 
 from nightlab.agents.llm.answer import AnswerError, parse_answer
 from nightlab.code.edits import apply_edits

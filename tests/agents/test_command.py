@@ -8,14 +8,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import entry
+from agent_kit import entry
 
 from helpers import TOY_TOML, git, make_workspace, nightlab
-from nightlab.agents.command import CONTEXT_FILE, MAX_FAILED_ROUNDS, SLOT, CommandAgent
+from nightlab.agents.base import AgentSetup
+from nightlab.agents.command import CONTEXT_FILE, MAX_FAILED_ROUNDS, CommandAgent
+from nightlab.agents.registry import make_agent
 from nightlab.config import load_config
 from nightlab.errors import UserError
+from nightlab.research.tools import SessionTools
 from nightlab.types import Context
-from nightlab.workspace.git import Workspace
+from nightlab.workspace.git import AGENT_WORKTREE, Workspace
 
 LR_SED = "sed -i 's/^LR = 0.1 /LR = 0.3 /' train.py"
 
@@ -48,6 +51,13 @@ def context_of(root: Path) -> Context:
         incumbent_commit=Workspace(root).head_commit(),
         editable=["train.py"],
     )
+
+
+def command_agent(root: Path) -> CommandAgent:
+    """The command agent as the session builds it: with the session's scratch checkout and runner."""
+    agent = make_agent(AgentSetup(load_config(root), root, SessionTools(Workspace(root))))
+    assert isinstance(agent, CommandAgent)
+    return agent
 
 
 def running(pid: int) -> bool:
@@ -93,7 +103,7 @@ def test_nightlab_run_turns_the_clis_edit_into_a_kept_experiment(tmp_path):
     # The CLI runs with the user's environment (its own API key); training runs never do.
     assert (seen / "key").read_text() == "sk-cli-needs-its-own-key"
 
-    scratch = root / ".nightlab" / "worktrees" / str(SLOT)
+    scratch = root / ".nightlab" / "worktrees" / AGENT_WORKTREE
     assert not (scratch / CONTEXT_FILE).exists() and not (scratch / "NIGHTLAB_PROPOSAL.md").exists()
     assert git(scratch, "status", "--porcelain") == ""
     assert git(root, "status", "--porcelain") == ""  # the user's tree was never touched
@@ -109,7 +119,7 @@ def test_changes_outside_the_editable_files_are_reverted_and_reported(tmp_path):
         "echo 'Description: LR up and a better evaluation'\n"
         "echo 'Hypothesis: both help'\n",
     )
-    agent = CommandAgent(load_config(root), root)
+    agent = command_agent(root)
     proposal = agent.propose(context_of(root))
     assert [e.path for e in proposal.edits] == ["train.py"]
     assert proposal.edits[0].search is None and "LR = 0.3" in proposal.edits[0].replace
@@ -117,7 +127,7 @@ def test_changes_outside_the_editable_files_are_reverted_and_reported(tmp_path):
     assert sorted(proposal.meta["reverted"]) == ["notes.txt", "prepare.py"]
     assert "also changed notes.txt, prepare.py" in proposal.hypothesis
     assert "reverted" in proposal.hypothesis and proposal.hypothesis.startswith("both help")
-    scratch = root / ".nightlab" / "worktrees" / str(SLOT)
+    scratch = root / ".nightlab" / "worktrees" / AGENT_WORKTREE
     assert (scratch / "prepare.py").read_text() == "MAX_SEQ_LEN = 256\n"
     assert not (scratch / "notes.txt").exists()
     assert git(root, "status", "--porcelain") == ""
@@ -125,47 +135,47 @@ def test_changes_outside_the_editable_files_are_reverted_and_reported(tmp_path):
 
 def test_description_is_generated_when_the_cli_gives_none(tmp_path):
     root = workspace_with(tmp_path, f"{LR_SED}\n")
-    proposal = CommandAgent(load_config(root), root).propose(context_of(root))
+    proposal = command_agent(root).propose(context_of(root))
     assert proposal.description == "command agent: edited train.py (+1 -1 lines)"
-    assert proposal.hypothesis == "" and "invalid" not in proposal.meta
+    assert proposal.hypothesis == "" and proposal.refused is None
 
 
 def test_a_hung_cli_is_killed_at_the_timeout_with_its_children(tmp_path):
     pidfile = tmp_path / "child.pid"
     root = workspace_with(tmp_path, f"{LR_SED}\nsleep 60 &\necho $! > {pidfile}\nwait\n", timeout=1)
-    agent = CommandAgent(load_config(root), root)
+    agent = command_agent(root)
     started = time.monotonic()
     proposal = agent.propose(context_of(root))
     assert time.monotonic() - started < 10
     assert proposal.edits == []  # a half-finished edit is not an experiment
-    assert "timed out after 1 s ([agent] timeout)" in proposal.meta["invalid"]
+    assert "timed out after 1 s ([agent] timeout)" in proposal.refused
     assert not running(int(pidfile.read_text()))  # the CLI's child went with it
-    assert "LR = 0.1 " in (root / ".nightlab" / "worktrees" / str(SLOT) / "train.py").read_text()
+    assert "LR = 0.1 " in (root / ".nightlab" / "worktrees" / AGENT_WORKTREE / "train.py").read_text()
 
 
 def test_a_failing_cli_stops_the_agent_after_a_few_rounds(tmp_path):
     root = workspace_with(tmp_path, "echo 'error: ANTHROPIC_API_KEY is not set' >&2\nexit 3\n")
-    agent = CommandAgent(load_config(root), root)
+    agent = command_agent(root)
     context = context_of(root)
     for _ in range(MAX_FAILED_ROUNDS):
         proposal = agent.propose(context)
-        assert proposal is not None and "ANTHROPIC_API_KEY is not set" in proposal.meta["invalid"]
+        assert proposal is not None and "ANTHROPIC_API_KEY is not set" in proposal.refused
     assert agent.propose(context) is None
-    assert "failed 3 times in a row" in agent.stop_reason
+    assert "failed 3 times in a row" in agent.stop_reason()
 
 
 def test_a_command_is_required(tmp_path):
     root = workspace_with(tmp_path, "true\n")
     config = load_config(root)
-    config.agent.command = None
+    del config.agent.model_extra["command"]
     with pytest.raises(UserError, match=r'kind = "command" needs command'):
-        CommandAgent(config, root)
+        make_agent(AgentSetup(config, root, SessionTools(Workspace(root))))
 
 
 def test_an_edit_the_cli_committed_itself_is_still_the_proposal(tmp_path):
     root = workspace_with(
         tmp_path, f"{LR_SED}\ngit -c user.name=cli -c user.email=cli@x commit -qam 'LR up'\n"
     )
-    proposal = CommandAgent(load_config(root), root).propose(context_of(root))
+    proposal = command_agent(root).propose(context_of(root))
     assert [e.path for e in proposal.edits] == ["train.py"] and "LR = 0.3" in proposal.edits[0].replace
     assert "reverted" not in proposal.meta

@@ -8,8 +8,8 @@ import threading
 import time
 
 import pytest
-from conftest import KEY, make_context
-from conftest import entry as make_entry
+from agent_kit import KEY, make_context
+from agent_kit import entry as make_entry
 from fake_servers import Answer, Status, answer_text, block, fake_llm_server
 
 from nightlab.agents.base import Agent
@@ -30,9 +30,15 @@ WIDER = answer_text(
 
 
 def own_entry(proposal, id: int = 1, **changes):
-    """The history entry the loop would build for a proposal (meta copied, as the ledger does)."""
+    """The history entry the loop would build for a proposal (meta and cost copied, as the ledger does)."""
+    cost = proposal.cost.to_dict() if proposal.cost else {}
     return make_entry(
-        id, proposal.description, hypothesis=proposal.hypothesis, meta=dict(proposal.meta), **changes
+        id,
+        proposal.description,
+        hypothesis=proposal.hypothesis,
+        meta=dict(proposal.meta),
+        cost=cost,
+        **changes,
     )
 
 
@@ -48,10 +54,10 @@ def test_a_good_answer_becomes_a_proposal_with_tokens_and_cost(protocol, llm_con
     assert proposal.hypothesis == "the learning rate is far below the optimum"
     new = apply_edits({"train.py": make_context().files["train.py"]}, proposal.edits, ["train.py"])
     assert "LR = 0.03  # learning rate" in new["train.py"]
-    meta = proposal.meta
-    assert (meta["tokens_in"], meta["tokens_out"], meta["attempts"]) == (2000, 500, 1)
+    cost = proposal.cost
+    assert (cost.tokens_in, cost.tokens_out, cost.attempts, cost.model) == (2000, 500, 1, "fake-model")
     # prices = {"fake-model" = [1.0, 2.0]} $/Mtok: 2000 * 1e-6 + 500 * 2e-6
-    assert meta["cost_usd"] == pytest.approx(0.003)
+    assert cost.cost_usd == pytest.approx(0.003)
     assert agent.spent.cost_usd == pytest.approx(0.003)
     json.dumps(proposal.to_dict())  # the ledger stores it as JSON
     # What the model saw: the instructions, the protocol, the incumbent file, the frozen interface.
@@ -61,7 +67,7 @@ def test_a_good_answer_becomes_a_proposal_with_tokens_and_cost(protocol, llm_con
         assert needle in sent
     assert "secret_internal_detail" not in sent  # frozen bodies stay out of the prompt
     # The key is in the request header only: never in meta or the logs.
-    assert KEY not in json.dumps(meta) and KEY not in caplog.text
+    assert KEY not in json.dumps(proposal.to_dict()) and KEY not in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -105,14 +111,14 @@ def test_an_unusable_answer_is_sent_back_with_the_error_and_the_retry_is_used(
     with fake_llm_server("openai", [Answer(bad_answer, 1000, 100), Answer(GOOD, 1500, 200)]) as server:
         proposal = LLMAgent(llm_config(server)).propose(make_context())
     assert proposal is not None and proposal.description == "raise LR 0.01 -> 0.03"
-    assert proposal.meta["attempts"] == 2
-    assert (proposal.meta["tokens_in"], proposal.meta["tokens_out"]) == (2500, 300)  # both calls paid
+    assert proposal.cost.attempts == 2
+    assert (proposal.cost.tokens_in, proposal.cost.tokens_out) == (2500, 300)  # both calls paid
     first, second = server.requests
     # Same conversation: the first answer and the error text come back to the model.
     assert second.messages[:-2] == first.messages
     assert second.messages[-2] == {"role": "assistant", "content": bad_answer}
     assert feedback in second.last_user_text
-    assert "invalid" not in proposal.meta
+    assert proposal.refused is None
 
 
 def test_a_not_found_block_feedback_quotes_the_nearest_lines(llm_config):
@@ -162,13 +168,13 @@ def test_retries_exhausted_gives_an_invalid_proposal_then_stops(llm_config, capl
         agent = LLMAgent(llm_config(server, retries=1, lessons=False))
         proposal = agent.propose(make_context())
         assert proposal is not None
-        assert "edit 1 (train.py)" in proposal.meta["invalid"]
-        assert proposal.meta["attempts"] == 2 and proposal.description == "typo"
+        assert "edit 1 (train.py)" in proposal.refused
+        assert proposal.cost.attempts == 2 and proposal.description == "typo"
         assert len(server.requests) == 2
         for _ in range(2, MAX_FAILED_ROUNDS + 1):
             last = agent.propose(make_context())
         assert last is None
-        assert "in a row had no usable answer" in agent.stop_reason
+        assert "in a row had no usable answer" in agent.stop_reason()
         asked = len(server.requests)
         assert agent.propose(make_context()) is None  # stopped: no more calls
         assert len(server.requests) == asked
@@ -180,7 +186,7 @@ def test_the_token_cap_stops_the_agent_cleanly(llm_config, caplog):
         assert agent.propose(make_context()) is not None  # the call that crossed the cap still counts
         assert agent.propose(make_context()) is None
     assert len(server.requests) == 1
-    assert "token cap reached: 1200 tokens" in agent.stop_reason
+    assert "token cap reached: 1200 tokens" in agent.stop_reason()
     assert "token cap reached" in caplog.text
 
 
@@ -188,11 +194,11 @@ def test_the_cost_cap_counts_spending_from_before_a_restart(llm_config):
     with fake_llm_server("openai", [Answer(GOOD)]) as server:
         agent = LLMAgent(llm_config(server, max_cost=0.05))
         agent.observe(
-            make_entry(1, "from the last run", meta={"tokens_in": 10, "tokens_out": 10, "cost_usd": 0.05})
+            make_entry(1, "from the last run", cost={"tokens_in": 10, "tokens_out": 10, "cost_usd": 0.05})
         )
         assert agent.propose(make_context()) is None
     assert server.requests == []
-    assert agent.stop_reason.startswith("cost cap reached: $0.0500")
+    assert agent.stop_reason().startswith("cost cap reached: $0.0500")
 
 
 def test_a_cost_cap_needs_a_price(llm_config):
@@ -212,7 +218,7 @@ def test_an_api_that_stays_down_stops_the_agent_instead_of_crashing(llm_config):
         agent = LLMAgent(llm_config(server, api_retries=2))
         assert agent.propose(make_context()) is None
     assert len(server.requests) == 3
-    assert "gave up after 3 attempts" in agent.stop_reason
+    assert "gave up after 3 attempts" in agent.stop_reason()
 
 
 def test_lessons_are_written_before_the_next_proposal_and_shown_after(llm_config):
@@ -230,10 +236,10 @@ def test_lessons_are_written_before_the_next_proposal_and_shown_after(llm_config
         and "decision keep" in lesson_call.last_user_text
     )
     expected = "LR 0.03 helped but is within noise; try 0.1 next."
-    assert second.meta["lessons"] == {"1": expected}
+    assert second.lessons == {1: expected}
     assert done.lesson == expected and agent.lessons == {1: expected}
     assert expected in proposal_call.last_user_text
-    assert (second.meta["tokens_in"], second.meta["tokens_out"]) == (1300, 220)  # the lesson call is counted
+    assert (second.cost.tokens_in, second.cost.tokens_out) == (1300, 220)  # the lesson call is counted
 
 
 def test_lessons_can_be_switched_off_and_flushed(llm_config):
@@ -248,7 +254,7 @@ def test_lessons_can_be_switched_off_and_flushed(llm_config):
             agent.propose(make_context()), 3, status="crash", decision="crash", log_tail="RuntimeError: shape"
         )
         agent.observe(crashed)
-        assert agent.flush_lessons() == {3: "training crashed on a shape mismatch"}
+        assert agent.final_lessons() == {3: "training crashed on a shape mismatch"}
     assert "RuntimeError: shape" in server.requests[1].last_user_text
 
 
@@ -276,15 +282,16 @@ def test_observing_its_own_proposals_does_not_count_their_spending_twice(llm_con
         agent = LLMAgent(llm_config(server, retries=0, lessons=False))
         good = agent.propose(make_context())
         invalid = agent.propose(make_context())
-        assert "invalid" in invalid.meta
+        assert invalid.refused
         agent.observe(own_entry(good, 1))
         agent.observe(own_entry(invalid, 2, status="invalid", decision="invalid"))
     assert agent.spent.tokens_in == 2000 and agent.spent.tokens_out == 200
 
 
 def test_the_registry_builds_it_from_a_parsed_nightlab_toml(monkeypatch, tmp_path):
-    from conftest import KEY_ENV
+    from agent_kit import KEY_ENV
 
+    from nightlab.agents.base import AgentSetup
     from nightlab.agents.registry import make_agent
     from nightlab.config import parse_config
 
@@ -305,11 +312,11 @@ def test_the_registry_builds_it_from_a_parsed_nightlab_toml(monkeypatch, tmp_pat
         config = parse_config(
             {"target": {"editable": ["train.py"], "run": "python train.py"}, "agent": agent_table}
         )
-        agent = make_agent(config, tmp_path)
+        agent = make_agent(AgentSetup(config, tmp_path))
         assert isinstance(agent, LLMAgent)
         proposal = agent.propose(make_context())
     # Built-in price for claude-haiku-4-5: $1 in / $5 out per Mtok; 1000 tokens in, 200 out.
-    assert proposal.meta["cost_usd"] == pytest.approx(0.001 + 0.001)
+    assert proposal.cost.cost_usd == pytest.approx(0.001 + 0.001)
 
 
 @pytest.mark.parametrize("protocol", ["openai", "anthropic"])

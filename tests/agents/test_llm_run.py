@@ -73,19 +73,21 @@ def test_nightlab_run_with_the_llm_agent_records_decisions_tokens_cost_and_lesso
         ("LR 0.3 -> 0.9", "discard"),
     ]
     metas = [json.loads(r["meta_json"]) for r in rows]
+    costs = [json.loads(r["cost_json"]) for r in rows]
+    proposals = [json.loads(r["proposal_json"]) for r in rows]
     # The second proposal paid for the lesson call and the retry after the non-matching block.
-    assert [(m["tokens_in"], m["tokens_out"], m["attempts"]) for m in metas] == [
+    assert [(c["tokens_in"], c["tokens_out"], c["attempts"]) for c in costs] == [
         (1000, 200, 1),
         (2100, 410, 2),
         (1100, 210, 1),
     ]
-    assert metas[1]["cost_usd"] == pytest.approx(0.00292)  # 2100 * $1/Mtok + 410 * $2/Mtok
-    assert metas[1]["lessons"] == {"2": "LR at 0.3 cut the loss a lot"}
-    assert metas[2]["lessons"] == {"3": "width 128 helped"}
+    assert costs[1]["cost_usd"] == pytest.approx(0.00292)  # 2100 * $1/Mtok + 410 * $2/Mtok
+    assert proposals[1]["lessons"] == {"2": "LR at 0.3 cut the loss a lot"}
+    assert proposals[2]["lessons"] == {"3": "width 128 helped"}
     assert [r["lesson"] for r in rows] == [
         "LR at 0.3 cut the loss a lot",
         "width 128 helped",
         "LR 0.9 overshoots",
     ]
-    assert not any(KEY in json.dumps(m) for m in metas)
+    assert not any(KEY in json.dumps(m) for m in metas + costs + proposals)
     assert KEY not in result.stdout + result.stderr

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import PREPARE, make_context
-from conftest import entry as make_entry
+from agent_kit import PREPARE, make_context
+from agent_kit import entry as make_entry
 
 from nightlab.agents.llm.prompt import build_prompt, frozen_interface
 

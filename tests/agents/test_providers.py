@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import KEY, KEY_ENV
+from agent_kit import KEY, KEY_ENV
 from fake_servers import Answer, Hang, Status, fake_llm_server
 
 from nightlab.agents.llm.providers import (
@@ -19,7 +19,7 @@ from nightlab.agents.llm.providers import (
     make_model,
     price_for,
 )
-from nightlab.config import AgentConfig
+from nightlab.agents.llm.settings import LLMSettings
 from nightlab.errors import UserError
 
 PROTOCOLS = ["openai", "anthropic"]
@@ -155,7 +155,7 @@ def test_an_unknown_model_stops_with_its_name(protocol, llm_config):
 
 def test_a_missing_key_variable_names_the_variable(monkeypatch):
     monkeypatch.delenv("NIGHTLAB_NO_SUCH_KEY", raising=False)
-    config = AgentConfig(kind="llm", provider="openai", model="gpt-4o", api_key_env="NIGHTLAB_NO_SUCH_KEY")
+    config = LLMSettings(provider="openai", model="gpt-4o", api_key_env="NIGHTLAB_NO_SUCH_KEY")
     with pytest.raises(UserError, match="NIGHTLAB_NO_SUCH_KEY is not set"):
         make_model(config)
 
@@ -163,13 +163,13 @@ def test_a_missing_key_variable_names_the_variable(monkeypatch):
 def test_a_local_server_needs_no_key(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with fake_llm_server("openai", [Answer("local")]) as server:
-        config = AgentConfig(kind="llm", provider="openai", model="qwen", base_url=server.base_url)
+        config = LLMSettings(provider="openai", model="qwen", base_url=server.base_url)
         assert ask(make_model(config, FAST)).text == "local"
 
 
 def test_a_model_is_required():
     with pytest.raises(UserError, match=r"\[agent\] model is required"):
-        make_model(AgentConfig(kind="llm", provider="openai"))
+        make_model(LLMSettings(provider="openai"))
 
 
 def test_prices_match_names_and_dated_snapshots_only_and_user_overrides_win():

@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 
 from nightlab.agents.base import Agent
+from nightlab.agents.registry import AGENTS
 from nightlab.agents.search.agent import SearchAgent, describe_space
+from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import build_space, infer_domain, priority
 from nightlab.agents.search.surrogate import GaussianProcess, failure_probability
 from nightlab.code.knobs import find_knobs, knob_values, set_knobs
-from nightlab.config import AgentConfig, load_config
+from nightlab.config import load_config
 from nightlab.errors import UserError
-from nightlab.types import Context, HistoryEntry, Proposal
+from nightlab.types import Context, Direction, HistoryEntry, Proposal
 
 SYNTHETIC = Path(__file__).resolve().parents[1] / "fixtures" / "synthetic_target"
 TRAIN = (SYNTHETIC / "train.py").read_text()
@@ -69,6 +71,13 @@ def _small_metric(values: dict) -> tuple[str, float | None]:
     ) ** 2 + 0.003 * values["USE_BIAS"]
 
 
+def search_settings(root: Path) -> SearchSettings:
+    """The search agent's settings from a workspace's nightlab.toml, as the session reads them."""
+    settings = AGENTS.settings(load_config(root).agent, "search")
+    assert isinstance(settings, SearchSettings)
+    return settings
+
+
 class MiniLoop:
     """The harness's loop in miniature: greedy keeps, history entries as the ledger makes them."""
 
@@ -97,7 +106,7 @@ class MiniLoop:
             files={"train.py": self.text},
             history=list(self.history),
             metric_name="val_loss",
-            direction=self.direction,
+            direction=Direction(self.direction),
             best=self.best,
             noise=0.003,
         )
@@ -148,8 +157,8 @@ def _synthetic_evaluate(seed: int = 0):
 
 
 def test_inferred_domains_on_the_synthetic_target() -> None:
-    config = load_config(SYNTHETIC)
-    space = build_space({"train.py": TRAIN}, config.agent)
+    config = search_settings(SYNTHETIC)
+    space = build_space({"train.py": TRAIN}, config)
     domains = {d.key: d.domain for d in space.dims}
     assert domains["LEARNING_RATE"].scale == "log"
     assert (domains["LEARNING_RATE"].low, domains["LEARNING_RATE"].high) == (0.001, 0.1)
@@ -174,9 +183,9 @@ def test_inferred_domains_on_the_synthetic_target() -> None:
 
 
 def test_strings_without_choices_are_pinned_and_shown() -> None:
-    space = build_space({"train.py": "NAME = 'relu'\nLR = 0.1\n"}, AgentConfig())
+    space = build_space({"train.py": "NAME = 'relu'\nLR = 0.1\n"}, SearchSettings())
     assert "NAME" in space.pinned and [d.key for d in space.dims] == ["LR"]
-    table = describe_space({"train.py": TRAIN}, load_config(SYNTHETIC))
+    table = describe_space({"train.py": TRAIN}, search_settings(SYNTHETIC))
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["knob", "file", "value", "domain"]
     row = next(line for line in lines if line.startswith("LEARNING_RATE"))
@@ -198,7 +207,7 @@ def test_domain_inference_rules() -> None:
 
 def test_domains_come_from_the_baseline_not_the_incumbent() -> None:
     moved = TRAIN.replace("DEPTH = 3 ", "DEPTH = 8 ")
-    config = load_config(SYNTHETIC).agent
+    config = search_settings(SYNTHETIC)
     drifted = {d.key: d.domain for d in build_space({"train.py": moved}, config).dims}
     anchored = {
         d.key: d.domain for d in build_space({"train.py": moved}, config, origin=knob_values(TRAIN)).dims
@@ -256,7 +265,7 @@ def test_domains_come_from_the_baseline_not_the_incumbent() -> None:
     ],
 )
 def test_bad_space_entries_are_clear_errors(space: dict, pin: list, message: str) -> None:
-    config = AgentConfig(space=space, pin=pin)
+    config = SearchSettings(space=space, pin=pin)
     with pytest.raises(UserError, match=message) as info:
         build_space({"train.py": TRAIN}, config)
     assert str(info.value).startswith("nightlab.toml: [agent")
@@ -268,7 +277,7 @@ def test_bad_space_entries_are_clear_errors(space: dict, pin: list, message: str
 
 
 def test_proposals_edit_only_literals_and_read_like_a_researcher() -> None:
-    loop = MiniLoop(SearchAgent(load_config(SYNTHETIC)), TRAIN, _synthetic_evaluate())
+    loop = MiniLoop(SearchAgent(search_settings(SYNTHETIC)), TRAIN, _synthetic_evaluate())
     for _ in range(12):
         before = loop.text
         proposal = loop.step()
@@ -294,7 +303,7 @@ def _tuples(values: dict) -> dict:
 
 @pytest.mark.slow  # ~10 s: a model fit per proposal, 96 of them
 def test_first_looks_go_to_learning_rates_then_shape() -> None:
-    loop = MiniLoop(SearchAgent(load_config(SYNTHETIC)), TRAIN, _synthetic_evaluate())
+    loop = MiniLoop(SearchAgent(search_settings(SYNTHETIC)), TRAIN, _synthetic_evaluate())
     first = loop.step()
     assert first is not None and first.meta["changed"] == ["LEARNING_RATE"]
     ratio = first.meta["knobs"]["LEARNING_RATE"] / 0.01
@@ -304,7 +313,7 @@ def test_first_looks_go_to_learning_rates_then_shape() -> None:
 
 
 def test_no_duplicate_proposals_until_the_space_is_exhausted() -> None:
-    config = AgentConfig(kind="search", space=SMALL_SPACE)
+    config = SearchSettings(space=SMALL_SPACE)
     loop = MiniLoop(SearchAgent(config), SMALL, lambda v: _small_metric(v))
     seen = {tuple(sorted(knob_values(SMALL).items()))}
     for _ in range(300):
@@ -320,8 +329,8 @@ def test_no_duplicate_proposals_until_the_space_is_exhausted() -> None:
 
 
 def test_a_pinned_knob_never_moves() -> None:
-    config = load_config(SYNTHETIC)
-    config.agent.pin = ["LEARNING_RATE"]
+    config = search_settings(SYNTHETIC)
+    config.pin = ["LEARNING_RATE"]
     loop = MiniLoop(SearchAgent(config), TRAIN, _synthetic_evaluate())
     for _ in range(25):
         proposal = loop.step()
@@ -332,7 +341,7 @@ def test_a_pinned_knob_never_moves() -> None:
 
 
 def test_restart_rebuilds_the_state_from_history() -> None:
-    config = load_config(SYNTHETIC)
+    config = search_settings(SYNTHETIC)
     first = MiniLoop(SearchAgent(config), TRAIN, _synthetic_evaluate(seed=3))
     for _ in range(15):
         first.step()
@@ -353,7 +362,7 @@ def test_restart_rebuilds_the_state_from_history() -> None:
 
 
 def test_state_also_rebuilds_from_context_history_alone() -> None:
-    config = load_config(SYNTHETIC)
+    config = search_settings(SYNTHETIC)
     first = MiniLoop(SearchAgent(config), TRAIN, _synthetic_evaluate(seed=4))
     for _ in range(10):
         first.step()
@@ -387,7 +396,7 @@ def _finish_step(loop: MiniLoop, proposal: Proposal, also: Agent) -> None:
 
 
 def test_proposals_in_flight_are_not_repeated() -> None:
-    agent = SearchAgent(load_config(SYNTHETIC))
+    agent = SearchAgent(search_settings(SYNTHETIC))
     loop = MiniLoop(agent, TRAIN, _synthetic_evaluate())
     context = loop.context()
     batch = [agent.propose(context) for _ in range(6)]  # six experiments in flight at once
@@ -396,7 +405,7 @@ def test_proposals_in_flight_are_not_repeated() -> None:
 
 
 def test_a_kept_change_moves_the_centre() -> None:
-    agent = SearchAgent(load_config(SYNTHETIC))
+    agent = SearchAgent(search_settings(SYNTHETIC))
     loop = MiniLoop(agent, TRAIN, _synthetic_evaluate())
     for _ in range(3):
         loop.step()
@@ -434,7 +443,7 @@ def test_gp_learns_which_knob_matters() -> None:
 
 def test_search_finds_real_improvements_on_the_synthetic_target() -> None:
     target = _target()
-    loop = MiniLoop(SearchAgent(load_config(SYNTHETIC)), TRAIN, _synthetic_evaluate(seed=1))
+    loop = MiniLoop(SearchAgent(search_settings(SYNTHETIC)), TRAIN, _synthetic_evaluate(seed=1))
     baseline = target.true_loss(knob_values(TRAIN))
     for _ in range(25):
         loop.step()
@@ -450,7 +459,7 @@ def test_maximised_metrics_are_climbed() -> None:
         status, metric = evaluate(values)
         return status, (None if metric is None else -metric)
 
-    loop = MiniLoop(SearchAgent(load_config(SYNTHETIC)), TRAIN, negated, direction="maximize")
+    loop = MiniLoop(SearchAgent(search_settings(SYNTHETIC)), TRAIN, negated, direction="maximize")
     for _ in range(15):
         loop.step()
     assert target.true_loss(knob_values(loop.text)) < target.true_loss(knob_values(TRAIN)) - 0.05
@@ -515,7 +524,7 @@ def test_domains_round_trip_their_grid() -> None:
 
 def test_knobs_sharing_a_line_get_a_whole_file_edit() -> None:
     text = "LR = 0.01; WD = 0.1  # both on one line\nDEPTH = 4\n"
-    agent = SearchAgent(AgentConfig(max_knobs_per_move=2))
+    agent = SearchAgent(SearchSettings(max_knobs_per_move=2))
     loop = MiniLoop(
         agent, text, lambda v: ("ok", abs(math.log(v["LR"] / 0.03)) + abs(math.log(v["WD"] / 0.02)))
     )

@@ -17,7 +17,8 @@ import psutil
 import pytest
 
 from nightlab.errors import UserError
-from nightlab.executor.local import LocalExecutor, RunInterrupted, build_env
+from nightlab.executor.local import LocalExecutor
+from nightlab.executor.process import RunInterrupted, build_env
 from nightlab.types import RunSpec, RunStatus
 
 

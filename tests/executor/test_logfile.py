@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from nightlab.executor.env import REDACTED
 from nightlab.executor.logfile import LogTrimmer, directory_usage, read_end, redact_file
+from nightlab.secrets import REDACTED
 
 
 class Recorder:

@@ -81,7 +81,7 @@ def test_run_that_edits_frozen_file_is_invalid_and_restored(tmp_path: Path) -> N
     row = ledger_rows(root)[-1]
     assert row["decision"] == "invalid"
     assert "evaluate.py" in row["reason"]
-    tree = root / ".nightlab" / "worktrees" / "0"
+    tree = root / ".nightlab" / "worktrees" / "run-0"
     assert "patched" not in (tree / "evaluate.py").read_text() or git(tree, "status", "--porcelain") == ""
 
 
@@ -227,3 +227,37 @@ def test_metric_never_printed_stops_with_clear_error(tmp_path: Path) -> None:
     res = nightlab("run", str(root), "--plain")
     assert res.returncode == 2
     assert "metric 'val_loss' not found" in res.stderr
+
+
+def test_code_already_measured_is_not_run_again(tmp_path: Path) -> None:
+    """A proposal whose files equal an experiment that ran (here: undoing a kept change, which
+    gives the baseline's code back) is skipped with the earlier experiment named; a crashed
+    experiment's code may run again."""
+    root = make_workspace(
+        tmp_path / "ws",
+        proposals=[
+            edit("LR = 0.1", "LR = 0.3", "LR 0.1 -> 0.3"),
+            edit("LR = 0.3", "LR = 0.1", "LR back to 0.1"),  # the baseline's code
+            edit("LR = 0.3", "LR = 0.25", "LR 0.3 -> 0.25"),
+            edit("LR = 0.3", "LR = 0.25", "LR 0.3 -> 0.25 again"),  # measured by the one before
+            edit("import json, os, random", "import json, os, random\nraise RuntimeError('boom')", "boom"),
+            edit(
+                "import json, os, random", "import json, os, random\nraise RuntimeError('boom')", "boom again"
+            ),
+        ],
+    )
+    res = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert res.returncode == 0, res.stderr + res.stdout
+    rows = ledger_rows(root)
+    assert [(r["description"], r["status"]) for r in rows[1:]] == [
+        ("LR 0.1 -> 0.3", "ok"),
+        ("LR back to 0.1", "skipped"),
+        ("LR 0.3 -> 0.25", "ok"),
+        ("LR 0.3 -> 0.25 again", "skipped"),
+        ("boom", "crash"),
+        ("boom again", "crash"),  # no result to reuse: it runs again
+    ]
+    assert rows[2]["reason"] == f"the same code as #{rows[0]['id']}, already measured: not run again"
+    assert rows[4]["reason"] == f"the same code as #{rows[3]['id']}, already measured: not run again"
+    assert rows[2]["commit"] is None and rows[4]["commit"] is None
+    assert len({r["code_hash"] for r in rows if r["code_hash"]}) == 4  # baseline, 0.3, 0.25, boom

@@ -6,21 +6,26 @@ import random
 
 import pytest
 
-from nightlab.config import PolicyConfig
-from nightlab.research.policy import ConfirmPolicy, Decision, GreedyPolicy, make_policy
+from nightlab.config import PolicySection
+from nightlab.research.policy import ConfirmPolicy, Decision, Evidence, GreedyPolicy, Policy, make_policy
 from nightlab.types import Direction
 
 MIN, MAX = Direction.MINIMIZE, Direction.MAXIMIZE
 
 
+def decide(policy: Policy, candidate, incumbent, noise_sd, direction, **kwargs) -> Decision:  # noqa: ANN001
+    """One look, with the evidence built as the loop builds it."""
+    return policy.decide(Evidence(candidate, incumbent, direction, noise_sd=noise_sd, **kwargs))
+
+
 def test_greedy_keeps_any_strict_improvement() -> None:
     greedy = GreedyPolicy()
-    assert greedy.decide([0.9999], [1.0, 1.0], None, MIN).action == "keep"
-    assert greedy.decide([1.0], [1.0], None, MIN).action == "discard"  # equal is not better
-    assert greedy.decide([1.0001], [1.0], None, MIN).action == "discard"
-    assert greedy.decide([0.51], [0.5], None, MAX).action == "keep"
+    assert decide(greedy, [0.9999], [1.0, 1.0], None, MIN).action == "keep"
+    assert decide(greedy, [1.0], [1.0], None, MIN).action == "discard"  # equal is not better
+    assert decide(greedy, [1.0001], [1.0], None, MIN).action == "discard"
+    assert decide(greedy, [0.51], [0.5], None, MAX).action == "keep"
     # Only the first run counts, as in autoresearch.
-    d = greedy.decide([0.99, 5.0], [1.0], 0.1, MIN)
+    d = decide(greedy, [0.99, 5.0], [1.0], 0.1, MIN)
     assert d.action == "keep" and d.delta == pytest.approx(0.01) and d.p_value is None
     assert d.reason.startswith("Δ −0.0") and d.reason.endswith("kept")
 
@@ -28,10 +33,10 @@ def test_greedy_keeps_any_strict_improvement() -> None:
 def test_confirm_asks_for_confirmation_then_keeps_a_real_effect() -> None:
     policy = ConfirmPolicy(confidence=0.95, max_runs=4)
     incumbent = [1.000, 1.002]
-    first = policy.decide([0.997], incumbent, 0.002, MIN, noise_df=10)
+    first = decide(policy, [0.997], incumbent, 0.002, MIN, noise_df=10)
     assert first.action == "confirm" and "confirming" in first.reason
     runs = [0.997, 0.996, 0.9965]
-    final = policy.decide(runs, incumbent, 0.002, MIN, noise_df=10)
+    final = decide(policy, runs, incumbent, 0.002, MIN, noise_df=10)
     assert final.action == "keep", final.reason
     assert final.delta == pytest.approx(1.001 - sum(runs) / 3)
     assert final.p_value is not None and final.p_value <= policy.look_alpha(3)
@@ -40,58 +45,64 @@ def test_confirm_asks_for_confirmation_then_keeps_a_real_effect() -> None:
 
 
 def test_confirm_discards_what_does_not_look_better_at_once() -> None:
-    d = ConfirmPolicy().decide([1.003], [1.000, 1.002], 0.002, MIN, noise_df=10)
+    d = decide(ConfirmPolicy(), [1.003], [1.000, 1.002], 0.002, MIN, noise_df=10)
     assert d.action == "discard" and "not better" in d.reason and "1 run" in d.reason
-    d = ConfirmPolicy().decide([0.49], [0.50, 0.51], 0.01, MAX, noise_df=10)
+    d = decide(ConfirmPolicy(), [0.49], [0.50, 0.51], 0.01, MAX, noise_df=10)
     assert d.action == "discard"
 
 
 def test_confirm_discards_an_unconfirmed_candidate_at_max_runs() -> None:
     policy = ConfirmPolicy(max_runs=2)
-    d = policy.decide([0.9995, 1.0003], [1.000, 1.002], 0.002, MIN, noise_df=10)
+    d = decide(policy, [0.9995, 1.0003], [1.000, 1.002], 0.002, MIN, noise_df=10)
     assert d.action == "discard" and "not significant, discarded" in d.reason and "(2 runs, p=" in d.reason
 
 
 def test_a_clear_effect_is_kept_on_its_first_run() -> None:
-    d = ConfirmPolicy().decide([0.90], [1.000, 1.002, 1.001], 0.002, MIN, noise_df=30)
+    d = decide(ConfirmPolicy(), [0.90], [1.000, 1.002, 1.001], 0.002, MIN, noise_df=30)
     assert d.action == "keep" and "1 run" in d.reason
 
 
 def test_without_any_noise_estimate_it_asks_for_another_run() -> None:
     policy = ConfirmPolicy(max_runs=3)
-    d = policy.decide([0.9], [1.0], None, MIN)
+    d = decide(policy, [0.9], [1.0], None, MIN)
     assert d.action == "confirm" and d.delta_se is None and "no noise estimate" in d.reason
-    d = ConfirmPolicy(max_runs=1).decide([0.9], [1.0], None, MIN)
+    d = decide(ConfirmPolicy(max_runs=1), [0.9], [1.0], None, MIN)
     assert d.action == "discard"
     # With two candidate runs the two samples give the spread (df = 1).
-    d = policy.decide([0.9, 0.91], [1.0], None, MIN)
+    d = decide(policy, [0.9, 0.91], [1.0], None, MIN)
     assert d.delta_se is not None and d.p_value is not None
 
 
 def test_noise_sd_without_df_is_treated_conservatively() -> None:
     policy = ConfirmPolicy()
-    with_df = policy.decide([0.996, 0.996], [1.0, 1.0], 0.002, MIN, noise_df=50)
-    without = policy.decide([0.996, 0.996], [1.0, 1.0], 0.002, MIN)
+    with_df = decide(policy, [0.996, 0.996], [1.0, 1.0], 0.002, MIN, noise_df=50)
+    without = decide(policy, [0.996, 0.996], [1.0, 1.0], 0.002, MIN)
     assert without.p_value > with_df.p_value
 
 
 def test_complexity_penalty_flips_a_marginal_decision() -> None:
     runs, incumbent = [0.9955, 0.9957, 0.9956], [1.000, 1.001]
-    plain = ConfirmPolicy(complexity_penalty=0.0001).decide(runs, incumbent, 0.001, MIN, noise_df=20)
+    plain = decide(ConfirmPolicy(complexity_penalty=0.0001), runs, incumbent, 0.001, MIN, noise_df=20)
     assert plain.action == "keep"
-    bloated = ConfirmPolicy(complexity_penalty=0.0001).decide(
-        runs, incumbent, 0.001, MIN, lines_added=40, noise_df=20
+    bloated = decide(
+        ConfirmPolicy(complexity_penalty=0.0001), runs, incumbent, 0.001, MIN, lines_added=40, noise_df=20
     )
     assert bloated.action in ("discard", "confirm") and "complexity cost" in bloated.reason
     assert bloated.delta == pytest.approx(plain.delta)  # the raw improvement is unchanged
     # Lines removed earn: a change that is slightly worse but deletes a lot is kept.
-    simpler = ConfirmPolicy(complexity_penalty=0.0001).decide(
-        [1.0003, 1.0004, 1.0002], [1.000, 1.0006], 0.0002, MIN, lines_removed=60, noise_df=20
+    simpler = decide(
+        ConfirmPolicy(complexity_penalty=0.0001),
+        [1.0003, 1.0004, 1.0002],
+        [1.000, 1.0006],
+        0.0002,
+        MIN,
+        lines_removed=60,
+        noise_df=20,
     )
     assert simpler.action == "keep", simpler.reason
     greedy = GreedyPolicy(complexity_penalty=0.001)
-    assert greedy.decide([0.9995], [1.0], None, MIN).action == "keep"
-    assert greedy.decide([0.9995], [1.0], None, MIN, lines_added=3).action == "discard"
+    assert decide(greedy, [0.9995], [1.0], None, MIN).action == "keep"
+    assert decide(greedy, [0.9995], [1.0], None, MIN, lines_added=3).action == "discard"
 
 
 def test_look_levels_spend_exactly_alpha() -> None:
@@ -103,12 +114,12 @@ def test_look_levels_spend_exactly_alpha() -> None:
 
 
 def test_make_policy_and_bad_arguments() -> None:
-    confirm = make_policy(PolicyConfig(kind="confirm", confidence=0.99, max_runs=6, complexity_penalty=0.01))
+    confirm = make_policy(PolicySection(kind="confirm", confidence=0.99, max_runs=6, complexity_penalty=0.01))
     assert isinstance(confirm, ConfirmPolicy)
     assert (confirm.confidence, confirm.max_runs, confirm.complexity_penalty) == (0.99, 6, 0.01)
-    assert isinstance(make_policy(PolicyConfig(kind="greedy")), GreedyPolicy)
+    assert isinstance(make_policy(PolicySection(kind="greedy")), GreedyPolicy)
     with pytest.raises(ValueError):
-        ConfirmPolicy().decide([], [1.0], None, MIN)
+        decide(ConfirmPolicy(), [], [1.0], None, MIN)
     with pytest.raises(ValueError):
         ConfirmPolicy(max_runs=0)
 
@@ -118,7 +129,7 @@ def run_candidate(policy, rng: random.Random, effect: float, incumbent: list[flo
     runs: list[float] = []
     while True:
         runs.append(rng.gauss(-effect, 1.0))  # minimised metric, so better is lower
-        d = policy.decide(runs, incumbent, noise[0], MIN, noise_df=noise[1])
+        d = decide(policy, runs, incumbent, noise[0], MIN, noise_df=noise[1])
         if d.action != "confirm":
             return d
 
@@ -135,7 +146,7 @@ def test_false_keep_rate_under_five_percent(floor_df: int) -> None:
         # The noise floor: sum of squares of floor_df independent deviations (chi-square).
         sd = (sum(rng.gauss(0.0, 1.0) ** 2 for _ in range(floor_df)) / floor_df) ** 0.5
         kept += run_candidate(policy, rng, 0.0, incumbent, (sd, floor_df)).action == "keep"
-        greedy_kept += greedy.decide([rng.gauss(0.0, 1.0)], incumbent, None, MIN).action == "keep"
+        greedy_kept += decide(greedy, [rng.gauss(0.0, 1.0)], incumbent, None, MIN).action == "keep"
     assert kept / trials <= 0.05
     assert 0.4 < greedy_kept / trials < 0.6  # greedy keeps about half of all no-ops
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from nightlab.errors import UserError
+from nightlab.store.export import export_tsv, status_dict
 from nightlab.store.ledger import Ledger
 from nightlab.types import RunResult, RunStatus
 
@@ -263,7 +264,7 @@ def test_results_tsv_reads_the_notebook_way(db: Path, tmp_path: Path) -> None:
     pd = pytest.importorskip("pandas")
     with Ledger(db) as ledger:
         populate(ledger)
-        path = ledger.export_tsv(tmp_path / "results.tsv", TAG)
+        path = export_tsv(ledger, tmp_path / "results.tsv", TAG)
     lines = path.read_text().splitlines()
     assert lines[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
     assert all(len(line.split("\t")) == 5 for line in lines)
@@ -301,7 +302,7 @@ def test_tsv_uses_the_metric_name_and_skips_running(db: Path, tmp_path: Path) ->
         record(ledger, "baseline", "baseline", [0.5, 0.52], "baseline", "f" * 40)
         ledger.add_experiment(kind="candidate", tag=TAG, description="still running")
         ledger.set_meta("metric_name", "accuracy")
-        text = ledger.export_tsv(tmp_path / "r.tsv", TAG).read_text()
+        text = export_tsv(ledger, tmp_path / "r.tsv", TAG).read_text()
     assert text.splitlines()[0].split("\t")[1] == "accuracy"
     assert "still running" not in text and len(text.splitlines()) == 2
 
@@ -311,7 +312,7 @@ def test_status_dict(db: Path) -> None:
         populate(ledger)
         running = ledger.add_experiment(kind="candidate", tag=TAG, description="in flight")
         ledger.add_run(running, 0, ok(0.95), 0.95, 0.7, "runs/x/0")
-        status = ledger.status_dict(TAG)
+        status = status_dict(ledger, TAG)
     json.dumps(status)  # JSON-ready
     assert status["total"] == 8
     assert status["counts"] == {
@@ -352,3 +353,28 @@ def test_explicit_ids_for_a_rebuild_and_unwritable_places(db: Path, tmp_path: Pa
     blocker.write_text("a file where the .nightlab directory should be")
     with pytest.raises(UserError, match="cannot create its directory"):
         Ledger(blocker / "ledger.db")
+
+
+def test_the_queries_the_loop_asks(db: Path) -> None:
+    """outcome, candidate_count, consecutive_failures and measured_code: the loop's questions,
+    each answered once here instead of filtered by hand at every call site."""
+    with Ledger(db) as ledger:
+        populate(ledger)
+        kept = ledger.experiments(tag=TAG)[1]
+        outcome = ledger.outcome(kept.id)
+        assert outcome["metric_mean"] == pytest.approx(0.990)
+        assert outcome["metric_sem"] == pytest.approx(0.001 / 3**0.5)
+        assert "holdout_mean" not in outcome  # its runs carry no holdout value
+        assert ledger.outcome(ledger.experiments(tag=TAG)[0].id)["holdout_mean"] == pytest.approx(1.1)
+        assert ledger.outcome(ledger.experiments(tag=TAG)[3].id) == {}  # crashed: nothing to summarise
+        assert ledger.candidate_count(TAG) == 6 and ledger.candidate_count("other") == 0
+        assert ledger.consecutive_failures(TAG) == 0  # the last candidate that ran was kept
+        for i in range(3):
+            record(ledger, "candidate", f"boom {i}", [], "crash", "f" * 40, status="crash")
+            record(ledger, "candidate", f"refused {i}", [], "invalid", None, status="invalid")
+        assert ledger.consecutive_failures(TAG) == 3  # refused proposals do not break the streak
+        first = ledger.add_experiment(kind="candidate", tag=TAG, code_hash="abc", status="ok")
+        ledger.add_experiment(kind="candidate", tag=TAG, code_hash="abc", status="ok")
+        ledger.add_experiment(kind="candidate", tag=TAG, code_hash="def", status="crash")
+        ledger.add_experiment(kind="candidate", tag="other", code_hash="ghi", status="ok")
+        assert ledger.measured_code(TAG) == {"abc": first}  # crashed code and other tags left out

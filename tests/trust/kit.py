@@ -90,7 +90,7 @@ def ledger_rows(root: Path) -> dict[str, dict]:
 def assert_clean(root: Path) -> None:
     """The user's tree and the run worktree hold exactly their commits: nothing left behind."""
     assert git(root, "status", "--porcelain", "--untracked-files=all") == ""
-    tree = root / ".nightlab" / "worktrees" / "0"
+    tree = root / ".nightlab" / "worktrees" / "run-0"
     if tree.exists():
         status = git(tree, "status", "--porcelain", "--untracked-files=all", "--ignored")
         leftovers = [line for line in status.splitlines() if "__pycache__" not in line]

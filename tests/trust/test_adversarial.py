@@ -107,7 +107,7 @@ def test_runtime_attacks_leave_nothing_behind(runtime_session: Path) -> None:
     assert_never_kept(runtime_session)
     assert_clean(runtime_session)
     # The frozen file in the worktree is the committed one again.
-    tree = runtime_session / ".nightlab" / "worktrees" / "0"
+    tree = runtime_session / ".nightlab" / "worktrees" / "run-0"
     assert "flattering" not in (tree / "prepare.py").read_text()
     # The background process died with its run: it never forged the metric.
     row = ledger_rows(runtime_session)["leave a background process to forge the metric after training"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nightlab.report.summary import holdout_checks, render_summary
+from nightlab.report.summary import render_summary
+from nightlab.store.export import holdout_checks, status_dict
 from nightlab.store.ledger import Ledger
 
 
@@ -36,7 +37,7 @@ def test_val_gain_without_holdout_gain_is_flagged(tmp_path: Path) -> None:
         text = render_summary(ledger, "t", "val_loss", "minimize", width=200)
         assert f"1 of 2 kept changes also improved the holdout split; #{overfit}: a gain on val" in text
         assert "possible overfitting to the validation split" in text
-        status = ledger.status_dict("t")
+        status = status_dict(ledger, "t")
         assert status["possible_val_overfit"] == [overfit]
         assert "holdout" not in str(status), "status --json carries no holdout values"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nightlab.errors import UserError
-from nightlab.workspace.git import StaleBranchError, Workspace, hash_files
+from nightlab.workspace.git import StaleBranchError, Workspace
 
 TRAIN = "LR = 0.1\nWIDTH = 64\n\n\ndef main():\n    return LR * WIDTH\n"
 PREPARE = "def evaluate(x):\n    return x\n"
@@ -135,7 +135,7 @@ def test_commit_files_leaves_the_user_checkout_untouched(repo: Path) -> None:
     ws.set_experiment_ref(1, commit)
     ws.create_branch("t1", base)
     ws.advance_branch("t1", commit, base)
-    ws.checkout(ws.worktree(0), commit)
+    ws.checkout(ws.worktree("run-0"), commit)
     assert user_state(repo) == before
 
     assert git(repo, "rev-parse", f"{commit}^") == base
@@ -256,20 +256,20 @@ def test_revert_commit_onto_clean_and_conflicting(repo: Path) -> None:
 # -- worktrees ----------------------------------------------------------------------------------
 def test_worktree_is_persistent_and_detached(repo: Path) -> None:
     ws = Workspace(repo)
-    tree = ws.worktree(0)
-    assert tree == repo / ".nightlab" / "worktrees" / "0"
+    tree = ws.worktree("run-0")
+    assert tree == repo / ".nightlab" / "worktrees" / "run-0"
     assert (tree / "train.py").read_text() == TRAIN
-    assert ws.worktree(0) == tree and ws.worktree(1) != tree
+    assert ws.worktree("run-0") == tree and ws.worktree("run-1") != tree
     assert git(tree, "rev-parse", "--abbrev-ref", "HEAD") == "HEAD"  # detached
     assert git(repo, "symbolic-ref", "HEAD") == "refs/heads/main"
 
 
 def test_worktree_is_recreated_after_the_state_dir_is_deleted(repo: Path) -> None:
     ws = Workspace(repo)
-    ws.worktree(0)
+    ws.worktree("run-0")
     shutil.rmtree(ws.state_dir)
     ws = Workspace(repo)
-    tree = ws.worktree(0)
+    tree = ws.worktree("run-0")
     commit = ws.commit_files(ws.head_commit(), {"train.py": "LR = 2\n"}, "two")
     ws.checkout(tree, commit)
     assert (tree / "train.py").read_text() == "LR = 2\n"
@@ -279,7 +279,7 @@ def test_worktree_is_recreated_after_the_state_dir_is_deleted(repo: Path) -> Non
 def test_checkout_removes_leftovers_of_the_previous_run(repo: Path) -> None:
     ws = Workspace(repo)
     base = ws.head_commit()
-    tree = ws.worktree(0)
+    tree = ws.worktree("run-0")
     commit = ws.commit_files(base, {"train.py": "LR = 9\n"}, "nine")
     (tree / "train.py").write_text("edited by a run")
     (tree / "leftover.txt").write_text("x")
@@ -305,7 +305,7 @@ def test_checkout_removes_leftovers_of_the_previous_run(repo: Path) -> None:
 
 def test_run_changes_are_detected_and_restored(repo: Path) -> None:
     ws = Workspace(repo)
-    tree = ws.worktree(0)
+    tree = ws.worktree("run-0")
     ws.checkout(tree, ws.head_commit())
     assert ws.modified_tracked_files(tree) == []
     # A run that patches the evaluation three ways, plus harmless byproducts.
@@ -332,7 +332,7 @@ def test_run_changes_are_detected_and_restored(repo: Path) -> None:
 
 def test_a_run_cannot_hide_changes_by_repointing_dot_git(repo: Path, tmp_path: Path) -> None:
     ws = Workspace(repo)
-    tree = ws.worktree(0)
+    tree = ws.worktree("run-0")
     ws.checkout(tree, ws.head_commit())
     decoy = make_repo(tmp_path / "decoy")
     (tree / "prepare.py").write_text("def evaluate(x):\n    return 0.0\n")
@@ -342,14 +342,6 @@ def test_a_run_cannot_hide_changes_by_repointing_dot_git(repo: Path, tmp_path: P
     assert (tree / "prepare.py").read_text() == PREPARE
     assert git(tree, "rev-parse", "HEAD") == ws.head_commit()
     assert git(decoy, "--no-optional-locks", "status", "--porcelain") == ""
-
-
-def test_hash_files(repo: Path) -> None:
-    before = hash_files(repo, ["prepare.py", "missing.py"])
-    assert before["prepare.py"] == hashlib.sha256(PREPARE.encode()).hexdigest()
-    assert before["missing.py"] == "missing"
-    (repo / "prepare.py").write_text(PREPARE + "# tampered\n")
-    assert Workspace(repo).hash_files(repo, ["prepare.py"])["prepare.py"] != before["prepare.py"]
 
 
 def test_workspace_with_ignored_clutter_and_inherited_git_dir(
@@ -376,7 +368,7 @@ def test_workspace_with_ignored_clutter_and_inherited_git_dir(
 def test_many_experiments_stay_fast_and_leave_nothing_behind(repo: Path) -> None:
     ws = Workspace(repo)
     base = ws.head_commit()
-    tree = ws.worktree(0)
+    tree = ws.worktree("run-0")
     count = 30
     start = time.perf_counter()
     for exp_id in range(count):

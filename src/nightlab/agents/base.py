@@ -1,117 +1,111 @@
-"""The agent interface: :class:`Context` in, :class:`Proposal` out.
+"""The agent interface: :class:`~nightlab.types.Context` in, :class:`~nightlab.types.Proposal` out.
 
-An agent never touches git, runs anything or decides what is kept: the loop does. That keeps a
-new agent (an LLM, a coding CLI, a search strategy) to one small module.
+An agent never touches git, runs anything on its own or decides what is kept: the loop does.
+That keeps a new agent (an LLM, a coding CLI, a search strategy) to one small module: a subclass
+of :class:`Agent` that implements :meth:`Agent.propose`, plus whichever optional hooks it needs
+(each has a do-nothing default and says when the loop calls it), declared as a
+:class:`~nightlab.plugins.Kind` in its module's ``KINDS``.
+
+An agent that edits files itself (a coding CLI) gets what it needs from the session through
+:class:`AgentSetup`: :class:`AgentTools` lends it a scratch checkout and runs a process with a
+timeout, so the agent imports neither the executor nor git.
 
 Example, an agent that always proposes the same edit::
 
-    class Doubler:
+    class Doubler(Agent):
         name = "doubler"
+
         def propose(self, context: Context) -> Proposal | None:
             return Proposal(
                 description="LR 0.01 -> 0.02",
                 hypothesis="the baseline LR is too low",
                 edits=[Edit(path="train.py", search="LR = 0.01", replace="LR = 0.02")],
             )
-        def observe(self, entry: HistoryEntry) -> None:
-            pass
+
+    KINDS = (Kind("doubler", lambda settings, setup: Doubler()),)
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Protocol, runtime_checkable
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from nightlab.config import Config
+from nightlab.types import Context, HistoryEntry, Proposal, RunResult, RunSpec
 
 
-@dataclass
-class Edit:
-    """One change to one editable file.
+class Agent(ABC):
+    """Proposes experiments. ``propose`` returns None when it has nothing left to try.
 
-    Either a SEARCH/REPLACE pair (``search`` must occur exactly once in the file) or, with
-    ``search`` left as None, a whole-file replacement by ``replace``.
+    The loop calls, in this order: :meth:`observe` for every experiment already in the ledger
+    (a resumed session rebuilds the agent's state this way), then :meth:`propose` and
+    :meth:`observe` in turn for each new experiment, :meth:`stop_reason` when ``propose``
+    returned None, and :meth:`final_lessons` once when the session stops.
     """
 
-    path: str
-    replace: str
-    search: str | None = None
+    #: The name recorded in the ledger as the experiment's agent.
+    name: str = "agent"
+    #: True when :meth:`propose` may be called while another experiment trains (with a context
+    #: that does not know that experiment's result yet). Slow agents (LLMs) set it so the
+    #: hardware does not idle while they think; an agent whose proposals are whole files must
+    #: not, or a proposal could silently undo a change kept in the meantime.
+    pipelined: bool = False
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @abstractmethod
+    def propose(self, context: Context) -> Proposal | None:
+        """The next experiment against ``context``'s incumbent, or None when out of ideas."""
 
+    def observe(self, entry: HistoryEntry) -> None:  # noqa: B027 - an optional hook
+        """Called once per finished experiment (its own or, after a restart, past ones); may be
+        called again for the same id, so it must be idempotent."""
 
-@dataclass
-class Proposal:
-    """What an agent wants tried: edits plus a one-line description and a hypothesis."""
+    def stop_reason(self) -> str | None:
+        """Why :meth:`propose` returned None, in one line (a cap reached, the API gone); None
+        means it simply has nothing left to propose."""
+        return None
 
-    description: str
-    edits: list[Edit]
-    hypothesis: str = ""
-    # Free-form agent data kept in the ledger (e.g. the search agent's parameter values,
-    # an LLM's token counts and cost); must be JSON-serialisable.
-    meta: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {
-            "description": self.description,
-            "hypothesis": self.hypothesis,
-            "edits": [e.to_dict() for e in self.edits],
-            "meta": self.meta,
-        }
-
-
-@dataclass
-class HistoryEntry:
-    """One finished experiment as agents see it (never the holdout metric)."""
-
-    id: int
-    description: str
-    status: str  # ok | crash | timeout | oom | nan | invalid
-    decision: str  # keep | discard | invalid | crash | baseline
-    reason: str
-    metric: float | None  # mean over replicates
-    spread: float | None  # standard error of the mean
-    runs: int
-    delta: float | None  # improvement over the incumbent at decision time, positive = better
-    diff: str = ""
-    hypothesis: str = ""
-    log_tail: str = ""
-    meta: dict = field(default_factory=dict)
-    lesson: str = ""
+    def final_lessons(self) -> dict[int, str]:
+        """Called once when the session stops: lessons still owed (experiment id -> one line),
+        e.g. about the last experiment, which no later proposal could carry."""
+        return {}
 
 
-@dataclass
-class Context:
-    """What an agent may know when it proposes.
+class Scratch(Protocol):
+    """A checkout of one commit lent to an agent that edits files itself (a coding CLI)."""
 
-    ``files`` are the incumbent's editable files (path -> text). ``frozen_files`` are read-only
-    interfaces the script uses (e.g. prepare.py), for agents that read code. ``history`` is every
-    finished experiment, oldest first. ``noise`` is the measured standard deviation of one run's
-    metric (None until measured).
-    """
+    path: Path
 
-    files: dict[str, str]
-    history: list[HistoryEntry]
-    metric_name: str
-    direction: str  # "minimize" | "maximize"
-    best: float | None
-    noise: float | None
-    program: str = ""  # program.md, the human's research instructions
-    frozen_files: dict[str, str] = field(default_factory=dict)
-    experiments_left: int | None = None
-    seconds_left: float | None = None
-    incumbent_commit: str = ""
-    # The editable globs from nightlab.toml, so agents can check edits before proposing them.
-    editable: list[str] = field(default_factory=lambda: ["*"])
-
-
-@runtime_checkable
-class Agent(Protocol):
-    """Proposes experiments. ``propose`` returns None when it has nothing left to try."""
-
-    name: str
-
-    def propose(self, context: Context) -> Proposal | None: ...
-
-    def observe(self, entry: HistoryEntry) -> None:
-        """Told about every finished experiment (its own or, after a restart, past ones)."""
+    def changed(self) -> list[str]:
+        """Files changed, created or deleted since the checkout (relative POSIX paths)."""
         ...
+
+    def reset(self) -> None:
+        """Back to the commit: every change undone, every new file removed."""
+        ...
+
+
+class AgentTools(Protocol):
+    """What the session lends an agent that needs more than the context."""
+
+    def scratch(self, commit: str) -> Scratch:
+        """The agent's own checkout of ``commit`` (never the user's tree, never a run's)."""
+        ...
+
+    def run(self, spec: RunSpec) -> RunResult:
+        """Run a command to its end or its timeout; its whole process tree is killed either way."""
+        ...
+
+    def log_dir(self) -> Path:
+        """Where the agent keeps its logs (under .nightlab/)."""
+        ...
+
+
+@dataclass
+class AgentSetup:
+    """What an agent's factory receives besides its own settings."""
+
+    config: Config
+    root: Path
+    tools: AgentTools | None = None

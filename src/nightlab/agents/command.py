@@ -1,7 +1,7 @@
 """A coding CLI (Claude Code, Codex, Aider, OpenCode, ...) as the researcher: ``kind = "command"``.
 
-The user's ``[agent] command`` runs headless in a scratch checkout of the incumbent (worktree
-slot 9: never the user's tree, never the runner's slot 0), with ``program.md`` and a generated
+The user's ``[agent] command`` runs headless in a scratch checkout of the incumbent that the
+session lends it (never the user's tree, never a run's worktree), with ``program.md`` and a generated
 ``NIGHTLAB_CONTEXT.md`` (state, history, kept diffs, the last crash) beside the code. Whatever
 it changed in the editable files becomes the proposal, as whole-file edits; what it changed
 anywhere else is reverted and reported. It may describe its change in ``NIGHTLAB_PROPOSAL.md``
@@ -10,7 +10,8 @@ description says which files changed by how many lines.
 
 The command runs with the user's full environment, secrets included: a coding CLI needs its own
 API key (``ANTHROPIC_API_KEY`` for Claude Code). Training runs never get them. ``[agent] timeout``
-bounds it; the whole process tree is killed at the deadline (the local executor does it).
+bounds it; the whole process tree is killed at the deadline (the session's process runner does it:
+the agent itself runs nothing and drives no git, see :class:`~nightlab.agents.base.AgentTools`).
 
 Example ``nightlab.toml``::
 
@@ -27,15 +28,17 @@ import re
 import time
 from pathlib import Path
 
+from pydantic import Field
+
+from nightlab.agents.base import Agent, AgentSetup, AgentTools
 from nightlab.code.changes import line_counts
 from nightlab.config import Config
 from nightlab.errors import UserError
-from nightlab.executor.local import LocalExecutor
+from nightlab.formatting import general
 from nightlab.paths import is_editable, match_files
+from nightlab.plugins import Kind, Settings
 from nightlab.types import Context, Edit, HistoryEntry, Proposal, RunResult, RunSpec, RunStatus
-from nightlab.workspace.git import Workspace
 
-SLOT = 9  # the agent's own worktree; slot 0 is where the runner trains
 CONTEXT_FILE = "NIGHTLAB_CONTEXT.md"
 PROPOSAL_FILE = "NIGHTLAB_PROPOSAL.md"
 PROGRAM_FILE = "program.md"
@@ -62,7 +65,14 @@ Make ONE experiment now:
 """
 
 
-class CommandAgent:
+class CommandSettings(Settings):
+    """``[agent.command]``: the command line of the coding CLI, and how long one proposal may take."""
+
+    command: str | None = None
+    timeout: float = Field(default=1800, gt=0)
+
+
+class CommandAgent(Agent):
     """Runs ``[agent] command`` once per proposal; see the module docstring.
 
     Not pipelined: its proposals are whole files of the incumbent it saw, so one prepared while
@@ -70,52 +80,50 @@ class CommandAgent:
     """
 
     name = "command"
-    pipelined = False
 
-    def __init__(self, config: Config, root: Path) -> None:
-        command = (config.agent.command or "").strip()
+    def __init__(self, settings: CommandSettings, config: Config, tools: AgentTools) -> None:
+        command = (settings.command or "").strip()
         if not command:
             raise UserError(
                 'nightlab.toml: [agent] kind = "command" needs command = "..." '
                 "(e.g. \"claude -p 'Read NIGHTLAB_CONTEXT.md and follow it.'\"); see docs/CODING_AGENTS.md"
             )
         self.config = config
-        self.root = Path(root).resolve()
+        self.tools = tools
         self.command = command
-        self.timeout = config.agent.timeout
-        self.stop_reason: str | None = None
+        self.timeout = settings.timeout
+        self._stop_reason: str | None = None
         self._failed_rounds = 0
         self._count = 0
 
-    # -- the Agent protocol -------------------------------------------------------------------
+    # -- the Agent interface ------------------------------------------------------------------
     def propose(self, context: Context) -> Proposal | None:
         """Run the command on a fresh checkout of the incumbent; its edits are the proposal."""
-        if self.stop_reason is not None:
+        if self._stop_reason is not None:
             return None
-        workspace = Workspace(self.root)
-        tree = workspace.worktree(SLOT)
-        workspace.checkout(tree, context.incumbent_commit)
-        ours = self._place_files(tree, context)
+        scratch = self.tools.scratch(context.incumbent_commit)
+        tree = scratch.path
         self._count += 1
-        run_dir = workspace.state_dir / "agent" / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._count}"
+        run_dir = self.tools.log_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{self._count}"
         try:
+            ours = self._place_files(tree, context)
             result = self._run(tree, run_dir)
-            changed = workspace.modified_tracked_files(tree)
-            proposal = self._proposal(tree, context, changed, ours, result, run_dir)
+            proposal = self._proposal(tree, context, scratch.changed(), ours, result, run_dir)
         finally:
-            workspace.restore(tree)  # the scratch tree goes back to the incumbent, our files gone
-        failed = proposal.meta.get("invalid") or not proposal.edits
+            scratch.reset()  # the scratch tree goes back to the incumbent, our files gone
+        failed = proposal.refused or not proposal.edits
         self._failed_rounds = self._failed_rounds + 1 if failed else 0
         if self._failed_rounds >= MAX_FAILED_ROUNDS:
-            self.stop_reason = (
+            self._stop_reason = (
                 f"the command agent failed {self._failed_rounds} times in a row "
-                f"(last: {proposal.meta.get('invalid') or 'it changed no editable file'}); "
+                f"(last: {proposal.refused or 'it changed no editable file'}); "
                 f"see {run_dir / 'agent.log'}"
             )
         return proposal
 
-    def observe(self, entry: HistoryEntry) -> None:
-        """Nothing to remember: every proposal gets the whole history in its context file."""
+    def stop_reason(self) -> str | None:
+        """Why it stopped: the command failed too many times in a row."""
+        return self._stop_reason
 
     # -- steps --------------------------------------------------------------------------------
     def _place_files(self, tree: Path, context: Context) -> set[str]:
@@ -140,12 +148,7 @@ class CommandAgent:
             log_name="agent.log",
             allow_env=list(os.environ),  # the CLI needs its own key; see the module docstring
         )
-        # kill_orphans=False: the loop's own executor already did that, and its runs are alive.
-        executor = LocalExecutor(grace_seconds=2.0, kill_orphans=False)
-        try:
-            return executor.run(spec)
-        finally:
-            executor.close()
+        return self.tools.run(spec)
 
     def _proposal(
         self,
@@ -182,21 +185,24 @@ class CommandAgent:
         }
         if outside:
             meta["reverted"] = outside
+        refused = None
         if result.status is RunStatus.TIMEOUT:
-            meta["invalid"] = f"the command timed out after {self.timeout:g} s ([agent] timeout)"
+            refused = f"the command timed out after {self.timeout:g} s ([agent] timeout)"
             edits = []  # a half-finished edit is not an experiment
         elif result.status is not RunStatus.OK and not edits:
             tail = log_text[-300:].strip().replace("\n", " | ")
-            meta["invalid"] = f"the command failed ({result.reason or result.status.value}): {tail}"
+            refused = f"the command failed ({result.reason or result.status.value}): {tail}"
         # An error exit with edits in place (e.g. a CLI that ran out of turns) still proposes them.
         meta["changed"] = [e.path for e in edits]
-        return Proposal(description=description, edits=edits, hypothesis=hypothesis, meta=meta)
+        return Proposal(
+            description=description, edits=edits, hypothesis=hypothesis, meta=meta, refused=refused
+        )
 
     def _edits(
         self, tree: Path, context: Context, changed: list[str], ours: set[str]
     ) -> tuple[list[Edit], list[str]]:
         """Whole-file edits of the changed editable files, and the other paths it touched (sorted)."""
-        editable, frozen = context.editable, self.config.target.frozen
+        editable, frozen = context.editable, context.frozen
 
         def in_scope(path: str) -> bool:
             return is_editable(path, editable, frozen)
@@ -254,7 +260,7 @@ def render_context(context: Context, config: Config) -> str:
         ]
         for e in context.history[-60:]:
             rows.append(
-                f"| {e.id} | {_cell(e.description)} | {_num(e.metric)} | {_delta(e)} | {e.runs} "
+                f"| {e.id} | {_cell(e.description)} | {general(e.metric)} | {_delta(e)} | {e.runs} "
                 f"| {e.decision or e.status} | {_cell(e.reason, 80)} |"
             )
         older = len(context.history) - 60
@@ -284,23 +290,19 @@ def _state(context: Context) -> str:
     if context.seconds_left is not None:
         budget.append(f"{context.seconds_left / 3600:.1f} hours")
     noise = (
-        f"one run's {context.metric_name} varies by about ±{_num(context.noise)} (std)"
+        f"one run's {context.metric_name} varies by about ±{general(context.noise)} (std)"
         if context.noise is not None
         else "not measured yet"
     )
     return "\n".join(
         [
             f"- metric: {context.metric_name} ({arrow} is better)",
-            f"- best so far: {_num(context.best)}",
+            f"- best so far: {general(context.best)}",
             f"- noise floor: {noise}",
             "- budget left: " + (" / ".join(budget) if budget else "open-ended"),
             f"- experiments so far: {len(context.history)}",
         ]
     )
-
-
-def _num(value: float | None) -> str:
-    return "—" if value is None else f"{value:.6g}"
 
 
 def _cell(text: str, limit: int = 90) -> str:
@@ -313,3 +315,12 @@ def _delta(entry: HistoryEntry) -> str:
         return "—"
     spread = f" ± {entry.spread:.2g}" if entry.spread is not None else ""
     return f"{entry.delta:+.4g}{spread}"
+
+
+def _make(settings: CommandSettings, setup: AgentSetup) -> Agent:
+    if setup.tools is None:
+        raise UserError("the command agent needs a scratch checkout from the session (AgentSetup.tools)")
+    return CommandAgent(settings, setup.config, setup.tools)
+
+
+KINDS = (Kind("command", _make, CommandSettings, "a coding CLI (Claude Code, Codex, Aider) run headless"),)

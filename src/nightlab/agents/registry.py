@@ -1,35 +1,33 @@
-"""Build the configured agent. One line per kind: a new agent is one new entry here."""
+"""The agent kinds nightlab can build, and building the configured one.
+
+Built-in kinds are named here with the module that declares them (imported only when used);
+any other module can declare more (:mod:`nightlab.plugins`): ``AGENTS.add(Kind(...))`` at run
+time, or an entry point in the group ``nightlab.agents``.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from nightlab.agents.base import Agent
-from nightlab.config import Config
+from nightlab.agents.base import Agent, AgentSetup
 from nightlab.errors import UserError
+from nightlab.plugins import Registry
 
-KINDS = ("replay", "search", "llm", "command")
+AGENTS = Registry(
+    "agent",
+    builtin={
+        "search": "nightlab.agents.search",
+        "llm": "nightlab.agents.llm",
+        "command": "nightlab.agents.command",
+        "replay": "nightlab.agents.replay",
+    },
+    entry_point_group="nightlab.agents",
+)
 
 
-def make_agent(config: Config, root: Path) -> Agent:
-    """The agent named by ``[agent] kind`` (or ``--agent``), configured from ``[agent]``."""
-    kind = config.agent.kind
-    if kind == "replay":
-        from nightlab.agents.replay import ReplayAgent
-
-        if not config.agent.file:
-            raise UserError('nightlab.toml: [agent] kind = "replay" needs file = "proposals.jsonl"')
-        return ReplayAgent(root / config.agent.file)
-    if kind == "search":
-        from nightlab.agents.search.agent import SearchAgent
-
-        return SearchAgent(config)
-    if kind == "llm":
-        from nightlab.agents.llm.agent import LLMAgent
-
-        return LLMAgent(config)
-    if kind == "command":
-        from nightlab.agents.command import CommandAgent
-
-        return CommandAgent(config, root)
-    raise UserError(f"nightlab.toml: [agent] kind '{kind}' is not one of {', '.join(KINDS)}")
+def make_agent(setup: AgentSetup, kind: str | None = None) -> Agent:
+    """The agent ``[agent] kind`` (or ``kind``) names, built from its validated settings."""
+    section = setup.config.agent
+    chosen = AGENTS.get(kind or section.kind)
+    agent = chosen.factory(AGENTS.settings(section, chosen.name), setup)
+    if not isinstance(agent, Agent):
+        raise UserError(f"the {chosen.name} agent's factory returned {type(agent).__name__}, not an Agent")
+    return agent

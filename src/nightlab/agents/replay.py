@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nightlab.agents.base import Agent, AgentSetup
 from nightlab.errors import UserError
+from nightlab.plugins import Kind, Settings
 from nightlab.types import Context, Edit, HistoryEntry, Proposal
 
 
@@ -69,7 +71,13 @@ def load_replay_file(path: Path) -> list[Proposal]:
     return proposals
 
 
-class ReplayAgent:
+class ReplaySettings(Settings):
+    """``[agent.replay]``: the JSONL file of proposals, relative to the workspace."""
+
+    file: str | None = None
+
+
+class ReplayAgent(Agent):
     """Proposes the file's lines in order, then stops."""
 
     name = "replay"
@@ -89,3 +97,12 @@ class ReplayAgent:
                 self._last_line = proposal.meta["replay_line"]
                 return proposal
         return None
+
+
+def _make(settings: ReplaySettings, setup: AgentSetup) -> Agent:
+    if not settings.file:
+        raise UserError('nightlab.toml: [agent] kind = "replay" needs file = "proposals.jsonl"')
+    return ReplayAgent(setup.root / settings.file)
+
+
+KINDS = (Kind("replay", _make, ReplaySettings, "proposals read from a JSONL file, in order"),)

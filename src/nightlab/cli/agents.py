@@ -1,4 +1,5 @@
-"""``nightlab try``, ``nightlab brief`` and ``nightlab mcp``: outside agents drive the harness.
+"""``nightlab try``, ``brief`` and ``mcp``: outside agents drive the harness; ``nightlab agent
+show-space``: what the built-in search agent will search.
 
 A coding agent in a terminal (Claude Code, Codex, ...) edits the training script itself and
 asks the harness to judge each edit (``try``); ``brief`` tells it how to work that way; ``mcp``
@@ -10,12 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
-
-DirArg = typer.Argument(Path("."), help="The research workspace (a git repository with nightlab.toml).")
+from nightlab.cli.output import DirArg, err_console
 
 BRIEF = """\
 # Working under nightlab
@@ -44,10 +41,13 @@ Loop, one experiment at a time:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``try``, ``brief`` and ``mcp`` to the ``nightlab`` command."""
+    """Add ``try``, ``brief``, ``mcp`` and the ``agent`` group to the ``nightlab`` command."""
     app.command("try")(try_command)
     app.command("brief")(brief_command)
     app.command("mcp")(mcp_command)
+    agent_app = typer.Typer(no_args_is_help=True, help="Inspect the configured research agent.")
+    agent_app.command("show-space")(show_space)
+    app.add_typer(agent_app, name="agent")
 
 
 def try_command(
@@ -108,3 +108,17 @@ def mcp_command(
     from nightlab.cli.mcp import serve
 
     serve(Path(directory), tag=tag)
+
+
+def show_space(directory: Path = DirArg) -> None:
+    """The knobs the search agent found and the domain it will search for each."""
+    from nightlab.agents.registry import AGENTS
+    from nightlab.agents.search.space import describe_space
+    from nightlab.config import load_config
+    from nightlab.paths import match_files
+
+    root = Path(directory).resolve()
+    config = load_config(root)
+    files = {p: (root / p).read_text() for p in match_files(root, config.target.editable)}
+    settings = AGENTS.settings(config.agent, "search")  # [agent.search], whatever kind runs
+    typer.echo(describe_space(files, settings))  # a fixed-width table: never re-wrapped

@@ -23,7 +23,7 @@ DEMO_TIMEOUT = 300
 
 def prepare_demo_workspace(directory: Path, console: Console) -> None:
     """Create the workspace once; an existing demo workspace is reused as it is."""
-    from nightlab.workspace.init import init_workspace, set_toml_value
+    from nightlab.workspace.init import commit_all, init_workspace, set_toml_value
 
     if (directory / "nightlab.toml").exists():
         console.print(f"reusing {directory} (delete it to start the demo afresh)")
@@ -38,18 +38,7 @@ def prepare_demo_workspace(directory: Path, console: Console) -> None:
     text = set_toml_value(text, "budget", "tokens", DEMO_BUDGET_TOKENS)
     text = set_toml_value(text, "budget", "timeout", DEMO_TIMEOUT)
     toml.write_text(text)
-    import subprocess
-
-    subprocess.run(["git", "add", "nightlab.toml"], cwd=directory, check=True)
-    has_identity = (
-        subprocess.run(["git", "config", "user.email"], cwd=directory, capture_output=True).returncode == 0
-    )
-    identity = [] if has_identity else ["-c", "user.name=nightlab", "-c", "user.email=nightlab@localhost"]
-    subprocess.run(
-        ["git", *identity, "commit", "-q", "-m", f"demo: {DEMO_BUDGET_TOKENS} training tokens per run"],
-        cwd=directory,
-        check=True,
-    )
+    commit_all(directory, f"demo: {DEMO_BUDGET_TOKENS} training tokens per run", paths=["nightlab.toml"])
     console.print(
         f"created {directory} (gpt template, cpu size, {DEMO_BUDGET_TOKENS:,} training tokens per run)"
     )
@@ -57,34 +46,20 @@ def prepare_demo_workspace(directory: Path, console: Console) -> None:
 
 def run_demo(directory: Path, minutes: float, console: Console) -> None:
     """Init (once), research for ``minutes``, report, and say where everything is."""
-    from nightlab.cli.app import _print_summary, _write_reports
-    from nightlab.cli.view import LiveView, RunView, plain_printer
-    from nightlab.events import EventSink
+    from nightlab.cli.output import print_summary, run_research, write_reports
     from nightlab.research.loop import LoopLimits
-    from nightlab.research.session import build_loop, open_session
+    from nightlab.research.session import open_session
 
     directory = Path(directory).resolve()
     prepare_demo_workspace(directory, console)
     session = open_session(directory, tag=DEMO_TAG, agent_kind="search")
-    events = EventSink()
-    view = RunView(session.config.budget.seconds, session.config.budget.timeout, session.config.metric.name)
-    events.subscribe(view.on_event)
-    live = console.is_terminal
-    if not live:
-        events.subscribe(plain_printer(console))
     console.print(
         f"researching for about {minutes:g} minutes with the offline search agent (Ctrl-C stops safely)"
     )
-    loop = build_loop(session, events=events)
-    limits = LoopLimits(hours=minutes / 60)
-    if live:
-        with LiveView(view, console):
-            outcome = loop.run(limits)
-    else:
-        outcome = loop.run(limits)
-    paths = _write_reports(session, quiet=True)
+    outcome = run_research(session, LoopLimits(hours=minutes / 60), live=console.is_terminal, console=console)
+    paths = write_reports(session, quiet=True)
     console.print(f"stopped: {outcome.stopped_because}")
-    _print_summary(session)
+    print_summary(session, console)
     for label, path in paths.items():
         console.print(f"{label}: {path}")
     console.print(

@@ -1,20 +1,22 @@
 """``nightlab validate`` and ``nightlab ablate``: the commands, their tables and their JSON.
 
-Thin like cli.py: parse, call :mod:`nightlab.studies.validate` / :mod:`nightlab.studies.ablate`, print. Progress
-lines go to stderr, so ``--json`` output on stdout stays machine-readable.
+Thin like every command: parse, call :mod:`nightlab.studies.validate` / :mod:`nightlab.studies.ablate`,
+print. Progress lines go to stderr, so ``--json`` output on stdout stays machine-readable.
+Registered by :mod:`nightlab.cli.app`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from nightlab.cli.output import console, err_console
+from nightlab.formatting import decimals_for, fixed, signed
 
 if TYPE_CHECKING:  # imported when a command runs: `nightlab --help` stays fast
     from nightlab.research.runner import Replicate
@@ -22,9 +24,7 @@ if TYPE_CHECKING:  # imported when a command runs: `nightlab --help` stays fast
     from nightlab.studies.study import Arm
     from nightlab.studies.validate import ValidationReport
 
-console = Console()
 _PATH = {"markup": False, "highlight": False, "soft_wrap": True}  # plain lines, never re-wrapped
-err_console = Console(stderr=True)
 _SHORT_STATUS = {
     "earns its place": "keep",
     "candidate to drop": "drop?",
@@ -98,25 +98,6 @@ def validate(
     _print_validation(report)
 
 
-def _num(value: float | None, digits: int = 6) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def _signed(value: float | None, digits: int = 6) -> str:
-    """+0.012345 / −0.012345; a value that rounds to zero is +0.000000, never −0.000000."""
-    if value is None:
-        return "—"
-    text = f"{abs(value):.{digits}f}"
-    return ("−" if value < 0 and float(text) != 0 else "+") + text
-
-
-def _decimals(spread: float) -> int:
-    """Decimals that show two significant digits of ``spread`` (5 for 0.0036), 2 to 6."""
-    if not spread or not math.isfinite(spread):
-        return 6
-    return min(6, max(2, 1 - math.floor(math.log10(spread)) + 1))
-
-
 def _print_validation(report: ValidationReport) -> None:
     from nightlab.studies.time_to_target import format_percent
 
@@ -130,10 +111,10 @@ def _print_validation(report: ValidationReport) -> None:
     for c in report.comparisons:
         table.add_column(c.name, no_wrap=True)
     rows = [
-        ("A mean ± sd (runs)", lambda c: f"{_num(c.mean_a)} ± {_num(c.sd_a, 4)} ({len(c.values_a)})"),
-        ("B mean ± sd (runs)", lambda c: f"{_num(c.mean_b)} ± {_num(c.sd_b, 4)} ({len(c.values_b)})"),
-        ("Δ (B − A)", lambda c: _signed(c.difference)),
-        (f"{report.confidence:.0%} CI of Δ", lambda c: f"{_signed(c.ci_low)} … {_signed(c.ci_high)}"),
+        ("A mean ± sd (runs)", lambda c: f"{fixed(c.mean_a)} ± {fixed(c.sd_a, 4)} ({len(c.values_a)})"),
+        ("B mean ± sd (runs)", lambda c: f"{fixed(c.mean_b)} ± {fixed(c.sd_b, 4)} ({len(c.values_b)})"),
+        ("Δ (B − A)", lambda c: signed(c.difference)),
+        (f"{report.confidence:.0%} CI of Δ", lambda c: f"{signed(c.ci_low)} … {signed(c.ci_high)}"),
         ("p (two-sided)", lambda c: "—" if c.p_value is None else f"{c.p_value:.2g}"),
         ("verdict", lambda c: Text(c.verdict, style=_VERDICT_STYLE.get(c.verdict, ""))),
     ]
@@ -195,18 +176,19 @@ def ablate(
 def _print_ablation(report: AblationReport) -> None:
     full = report.full_values
     mean_full = sum(full) / len(full) if full else None
-    table = Table(title=f"nightlab ablate: best #{report.best_id} ({report.metric_name} {_num(mean_full)})")
+    table = Table(title=f"nightlab ablate: best #{report.best_id} ({report.metric_name} {fixed(mean_full)})")
     table.add_column("change", overflow="fold", min_width=14)
     for col in ("gain", f"{report.confidence:.0%} CI", "p", "lines", ""):
         table.add_column(col, no_wrap=True)
     widths = [abs(c.interval[1] - c.interval[0]) / 2 for c in report.contributions if c.interval]
-    digits = _decimals(max(widths, default=0.0))
+    # three significant digits of the widest half-interval: enough to tell the gains apart
+    digits = decimals_for(max(widths, default=0.0), significant=3, low=2, high=6, default=6)
     for c in report.contributions:
         interval = c.interval
         table.add_row(
             Text(f"#{c.change.experiment_id} {c.change.description}"),
-            _signed(c.value, digits),
-            "—" if interval is None else f"{_signed(interval[0], digits)} … {_signed(interval[1], digits)}",
+            signed(c.value, digits),
+            "—" if interval is None else f"{signed(interval[0], digits)} … {signed(interval[1], digits)}",
             "—" if c.comparison is None or c.comparison.p_value is None else f"{c.comparison.p_value:.2g}",
             f"{c.change.net_lines:+d}",
             Text(

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Literal
 
@@ -110,3 +112,12 @@ def line_counts(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[int, in
                 removed += i2 - i1
                 added += j2 - j1
     return added, removed
+
+
+def code_hash(files: Mapping[str, str]) -> str:
+    """A fingerprint of a set of editable files (path -> text): equal exactly when the code is.
+
+    Two proposals written differently (a SEARCH/REPLACE block, a whole file) that end in the
+    same files get the same hash, so the loop and agents recognise an experiment already tried.
+    """
+    return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:16]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from nightlab.executor.env import redact
+from nightlab.secrets import redact
 
 _MB = 1024 * 1024
 # Beyond this multiple of the limit between two checks the log cannot be trimmed fast enough.

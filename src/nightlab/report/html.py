@@ -12,8 +12,10 @@ import html
 import os
 from pathlib import Path
 
-from nightlab.executor.env import redact, secret_values
+from nightlab.config import MetricConfig
+from nightlab.formatting import fixed
 from nightlab.report.summary import render_summary
+from nightlab.secrets import redact, secret_values
 from nightlab.store.export import status_dict
 from nightlab.store.ledger import ExperimentRow, Ledger
 from nightlab.types import Direction
@@ -33,10 +35,6 @@ def _e(text: object, secrets: list[str]) -> str:
     return html.escape(redact(str(text if text is not None else ""), secrets))
 
 
-def _num(value: float | None, digits: int = 6) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
-
-
 def _row(e: ExperimentRow, secrets: list[str]) -> str:
     outcome = e.decision or e.status
     diff = ""
@@ -46,8 +44,8 @@ def _row(e: ExperimentRow, secrets: list[str]) -> str:
     lesson = f"<div>lesson: {_e(e.lesson, secrets)}</div>" if e.lesson else ""
     return (
         f'<tr class="{_e(outcome, secrets)}"><td>{e.id}</td><td>{_e(outcome, secrets)}</td>'
-        f'<td class="num">{_num(e.metric_mean)}</td><td class="num">{_num(e.metric_sem, 4)}</td>'
-        f'<td class="num">{_num(e.holdout_mean)}</td><td class="num">{e.n_runs or 0}</td>'
+        f'<td class="num">{fixed(e.metric_mean, missing="")}</td><td class="num">{fixed(e.metric_sem, 4, missing="")}</td>'
+        f'<td class="num">{fixed(e.holdout_mean, missing="")}</td><td class="num">{e.n_runs or 0}</td>'
         f"<td>{_e(e.description, secrets)}{hypothesis}{lesson}{diff}</td><td>{_e(e.reason, secrets)}</td></tr>"
     )
 
@@ -79,12 +77,9 @@ def render_html(ledger: Ledger, tag: str, metric_name: str, direction: Direction
 """
 
 
-def write_html_report(session, path: Path) -> Path:  # noqa: ANN001 - nightlab.research.session.Session
+def write_html_report(ledger: Ledger, tag: str, metric: MetricConfig, path: Path) -> Path:
     """Write ``report.html`` next to progress.png (which it embeds when present)."""
-    metric = session.config.metric
-    page = render_html(
-        session.ledger, session.tag, metric.name, metric.direction, path.parent / "progress.png"
-    )
+    page = render_html(ledger, tag, metric.name, metric.direction, path.parent / "progress.png")
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(page)
     tmp.replace(path)

@@ -46,7 +46,6 @@ def plot_progress(
 ) -> Path:
     """Draw the progress of research tag ``tag`` to ``path`` (PNG) and return the path."""
     direction = Direction(direction)
-    sign = direction.sign
     points = []  # (x, metric, decision, description)
     fails = []  # (x, kind)
     shown = (e for e in ledger.research(tag) if e.finished and e.status != "skipped")  # skipped never ran
@@ -64,7 +63,7 @@ def plot_progress(
         kept = [(x, m, d) for x, m, d, _ in points if d in ("keep", "baseline")]
         n_kept = sum(1 for _, _, d in kept if d == "keep")
         if points:
-            _draw(ax, points, kept, sign, noise_floor(ledger.replicate_groups(tag)), n_total)
+            _draw(ax, points, kept, direction, noise_floor(ledger.replicate_groups(tag)), n_total)
         _draw_failures(ax, fails)
         better = "lower" if direction is Direction.MINIMIZE else "higher"
         ax.set_xlabel("Experiment #", fontsize=12, labelpad=2)
@@ -82,9 +81,10 @@ def plot_progress(
     return path
 
 
-def _draw(ax, points, kept, sign: float, noise, n_total: int) -> None:  # noqa: ANN001 - matplotlib types
+def _draw(ax, points, kept, direction: Direction, noise, n_total: int) -> None:  # noqa: ANN001 - matplotlib types
     baseline = kept[0][1] if kept else points[0][1]
-    best = max((m for _, m, _ in kept), key=lambda v: sign * v, default=baseline)
+    best = max((direction.of(m) for _, m, _ in kept), default=direction.of(baseline)).number
+    sign = direction.sign  # for the axis limits: which way "better" points
     spread = abs(best - baseline) or (noise.sd * 4 if noise else abs(baseline) * 0.01 or 1.0)
     margin = spread * 0.15 + (noise.sd if noise else 0.0)
     # Limits in "worse" and "better" directions; for a minimised metric worse is up.
@@ -106,10 +106,9 @@ def _draw(ax, points, kept, sign: float, noise, n_total: int) -> None:  # noqa: 
                    alpha=0.6, zorder=2, label="Discarded (worse, off scale)")  # fmt: skip
 
     xs = [x for x, _, _ in kept]
-    running, best_so_far = [], None
+    running: list[float] = []
     for _, m, _ in kept:
-        best_so_far = m if best_so_far is None or sign * (m - best_so_far) > 0 else best_so_far
-        running.append(best_so_far)
+        running.append(m if not running or direction.better(m, running[-1]) else running[-1])
     step_x, step_y = xs + [n_total + 1], running + [running[-1]]
     ax.step(
         step_x, step_y, where="post", color=DARK_GREEN, linewidth=2, alpha=0.7, zorder=3, label="Running best"
@@ -122,21 +121,21 @@ def _draw(ax, points, kept, sign: float, noise, n_total: int) -> None:  # noqa: 
     ax.scatter(
         xs, [m for _, m, _ in kept], c=GREEN, s=50, zorder=4, edgecolors="black", linewidths=0.5, label="Kept"
     )
-    _labels(ax, points, kept, running, sign)
+    _labels(ax, points, kept, running, direction)
 
 
-def _labels(ax, points, kept, running, sign: float) -> None:  # noqa: ANN001
+def _labels(ax, points, kept, running, direction: Direction) -> None:  # noqa: ANN001
     """Label kept points; with very many keeps, only the largest improvements."""
     descriptions = {x: desc for x, _, _, desc in points}
     steps = []
     previous = None
     for (x, m, _), best in zip(kept, running, strict=True):
-        gain = math.inf if previous is None else sign * (best - previous)
+        gain = math.inf if previous is None else direction.improvement(best, previous)
         steps.append((gain, x, m))
         previous = best
     chosen = {x for _, x, _ in sorted(steps, key=lambda s: -s[0])[:MAX_LABELS]}
     # Labels lean away from the trend: up-right while the best falls, down-right while it rises.
-    up = sign < 0
+    up = direction is Direction.MINIMIZE
     offset, rotation, va = ((6, 6), 30, "bottom") if up else ((6, -6), -30, "top")
     for _, x, m in steps:
         if x in chosen:

@@ -15,27 +15,19 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from nightlab.formatting import fixed, signed
 from nightlab.stats import noise_floor
+from nightlab.store.export import holdout_checks
 from nightlab.types import Direction
 
 if TYPE_CHECKING:
     from nightlab.store.ledger import ExperimentRow, Ledger
 
 
-def _num(value: float | None, decimals: int = 6) -> str:
-    return "—" if value is None else f"{value:.{decimals}f}"
-
-
-def _signed(value: float | None, decimals: int = 6) -> str:
-    if value is None:
-        return "—"
-    return ("−" if value < 0 else "+") + f"{abs(value):.{decimals}f}"
-
-
 def _runs(e: ExperimentRow) -> str:
     n = e.n_runs or 0
     spread = f" ± {e.metric_sem:.6f}" if e.metric_sem is not None else ""
-    return f"{_num(e.metric_mean)}{spread} ({n} run{'s' if n != 1 else ''})"
+    return f"{fixed(e.metric_mean)}{spread} ({n} run{'s' if n != 1 else ''})"
 
 
 def summary_renderable(
@@ -60,8 +52,8 @@ def summary_renderable(
     overview.add_row("Best", Text(best_text.rstrip()))
     if baseline.metric_mean is not None and best.metric_mean is not None:
         change = best.metric_mean - baseline.metric_mean
-        pct = f" ({_signed(100 * change / abs(baseline.metric_mean), 2)}%)" if baseline.metric_mean else ""
-        overview.add_row("Improvement", f"{_signed(change)}{pct}, {better} is better")
+        pct = f" ({signed(100 * change / abs(baseline.metric_mean), 2)}%)" if baseline.metric_mean else ""
+        overview.add_row("Improvement", f"{signed(change)}{pct}, {better} is better")
     noise = noise_floor(ledger.replicate_groups(tag))
     overview.add_row(
         "Noise floor",
@@ -111,14 +103,14 @@ def _kept_table(
     table.add_column("description", overflow="fold")
     previous = baseline
     for e in kept:
-        reference = _incumbent_of(ledger, e) or previous
+        reference = ledger.incumbent_of(e) or previous
         change = None
         if e.metric_mean is not None and reference.metric_mean is not None:
             change = e.metric_mean - reference.metric_mean
         elif e.delta is not None:
             change = direction.sign * e.delta
         conf = f"{1 - e.p_value:.1%}" if e.p_value is not None else "—"
-        row: list[str | Text] = [str(e.id), _signed(change), _num(e.delta_se), conf, str(e.n_runs or 0)]
+        row: list[str | Text] = [str(e.id), signed(change), fixed(e.delta_se), conf, str(e.n_runs or 0)]
         if with_holdout:
             row.append(_holdout_cell(e, reference, direction))
         row.append(Text(e.description or ""))
@@ -127,47 +119,12 @@ def _kept_table(
     return table
 
 
-def holdout_checks(ledger: Ledger, tag: str, direction: Direction | str) -> list[dict]:
-    """For each kept change: its gain on val and on holdout over the code it replaced.
-
-    ``overfit`` is True when val improved and holdout did not: the agent may be fitting the
-    validation split (it sees val, never holdout). ``holdout_delta`` is None where either
-    side has no holdout value.
-    """
-    direction = Direction(direction)
-    research = ledger.research(tag)
-    previous = next((e for e in research if e.decision == "baseline"), None)
-    out = []
-    for e in (e for e in research if e.decision == "keep"):
-        reference = _incumbent_of(ledger, e) or previous
-        previous = e
-        if reference is None:
-            continue
-        val = holdout = None
-        if e.metric_mean is not None and reference.metric_mean is not None:
-            val = direction.improvement(e.metric_mean, reference.metric_mean)
-        if e.holdout_mean is not None and reference.holdout_mean is not None:
-            holdout = direction.improvement(e.holdout_mean, reference.holdout_mean)
-        overfit = val is not None and holdout is not None and val > 0 and holdout <= 0
-        out.append({"id": e.id, "val_gain": val, "holdout_delta": holdout, "overfit": overfit})
-    return out
-
-
-def _incumbent_of(ledger: Ledger, e: ExperimentRow) -> ExperimentRow | None:
-    if e.incumbent_id is None:
-        return None
-    try:
-        return ledger.experiment(e.incumbent_id)
-    except KeyError:
-        return None
-
-
 def _holdout_cell(e: ExperimentRow, reference: ExperimentRow, direction: Direction) -> str:
     if e.holdout_mean is None or reference.holdout_mean is None:
         return "—"
     change = e.holdout_mean - reference.holdout_mean
     flag = "" if direction.improvement(e.holdout_mean, reference.holdout_mean) > 0 else " ⚠ not on holdout"
-    return _signed(change) + flag
+    return signed(change) + flag
 
 
 def render_summary(

@@ -21,12 +21,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nightlab.research.runner import TRAIN_LOG  # noqa: E402
+from nightlab.config import Config  # noqa: E402
 from nightlab.studies.time_to_target import CurvePoint, read_curve  # noqa: E402
-from nightlab.types import Direction  # noqa: E402
+from nightlab.types import TRAIN_LOG, Direction  # noqa: E402
 
 if TYPE_CHECKING:
-    from nightlab.research.session import Session
     from nightlab.store.ledger import ExperimentRow, Ledger
 
 SIDE_COLOURS = {"A": "#7f8c8d", "B": "#2e86de"}
@@ -252,10 +251,9 @@ def _bar_label(row: dict) -> str:
     return f"#{row.get('id')} {text}"
 
 
-def write_study_plots(session: Session) -> dict[str, Path]:
-    """Redraw the latest validation and ablation figures under ``.nightlab/`` (for ``nightlab report``)."""
-    ledger, state = session.ledger, session.workspace.state_dir
-    metric = session.config.metric
+def write_study_plots(ledger: Ledger, state: Path, config: Config) -> dict[str, Path]:
+    """Redraw the latest validation and ablation figures in ``state`` (for ``nightlab report``)."""
+    metric = config.metric
     out: dict[str, Path] = {}
     validation = study_experiments(ledger, "validate")
     if validation:
@@ -266,7 +264,5 @@ def write_study_plots(session: Session) -> dict[str, Path]:
     full = [e for e in study_experiments(ledger, "ablate") if e.meta.get("contributions") is not None]
     if full:
         rows = full[-1].meta["contributions"]
-        out["ablation"] = plot_ablation(
-            rows, state / "ablation.png", metric.name, session.config.policy.confidence
-        )
+        out["ablation"] = plot_ablation(rows, state / "ablation.png", metric.name, config.policy.confidence)
     return out

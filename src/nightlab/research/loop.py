@@ -1,7 +1,8 @@
-"""The research loop: propose, commit, run, decide, record, repeat.
+"""The research loop: propose, screen, commit, run, decide, record, repeat.
 
-Read top to bottom, :meth:`ResearchLoop.run` is the whole story. Two rules make it safe to
-kill at any moment:
+Read top to bottom, :meth:`ResearchLoop.run` is the whole story; every step it names lives in
+its own module (screening, the replicate runner, the policy, the ledger, git). Two rules make
+it safe to kill at any moment:
 
 1. The ledger is written before git state moves. An experiment row (with its commit) exists
    before its ref does; a decision is recorded before the research branch advances.
@@ -17,18 +18,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from nightlab.agents.base import Agent
-from nightlab.code.audit import audit_change
-from nightlab.code.changes import classify_change, line_counts
-from nightlab.code.edits import apply_edits, python_syntax_error
+from nightlab.code.changes import code_hash
+from nightlab.code.edits import apply_edits
 from nightlab.config import Config
 from nightlab.errors import EditError, UserError
 from nightlab.events import Event, EventSink
-from nightlab.paths import editable_files, select
-from nightlab.research.policy import Decision, Policy
+from nightlab.research.context import build_context, editable_texts
+from nightlab.research.policy import Evidence, Policy
+from nightlab.research.record import Recorder
 from nightlab.research.runner import Replicate, ReplicateRunner
-from nightlab.stats import pooled_sd
-from nightlab.store.ledger import ExperimentRow, Ledger
-from nightlab.types import Context, Proposal, RunStatus
+from nightlab.research.screen import Refusal, screen
+from nightlab.stats import noise_floor
+from nightlab.store.ledger import Ledger
+from nightlab.store.schema import ExperimentRow
+from nightlab.types import Context, Proposal
 from nightlab.workspace.git import Workspace
 
 
@@ -63,74 +66,48 @@ class ResearchLoop:
         events: EventSink | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
-        self.config = config
-        self.workspace = workspace
-        self.ledger = ledger
-        self.agent = agent
-        self.policy = policy
-        self.runner = runner
-        self.tag = tag
-        self.start_commit = start_commit
+        self.config, self.workspace, self.ledger = config, workspace, ledger
+        self.agent, self.policy, self.runner = agent, policy, runner
+        self.tag, self.start_commit = tag, start_commit
         self.events = events or EventSink()
         self.should_stop = should_stop or (lambda: False)
-        self.direction = config.metric.direction
+        self.recorder = Recorder(config, workspace, ledger, agent, tag, self.events)
+        self._started = time.monotonic()
+        self._limits = LoopLimits()
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ the order
     def run(self, limits: LoopLimits) -> LoopOutcome:
+        """Propose and decide experiments until a limit, the user or the agent stops it."""
+        self._started, self._limits = time.monotonic(), limits
         outcome = LoopOutcome()
-        started = time.monotonic()
         self.prepare()
         prefetched: Future[Proposal | None] | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightlab-propose") as pool:
-            while True:
-                done = self._count_candidates()
-                # The cap counts every candidate of this tag, so a resumed session stops where it would have.
-                if limits.max_experiments is not None and done >= limits.max_experiments:
-                    outcome.stopped_because = (
-                        f"{done} experiments done (--max-experiments {limits.max_experiments})"
-                    )
-                    break
-                if limits.hours is not None and time.monotonic() - started >= limits.hours * 3600:
-                    outcome.stopped_because = f"time limit of {_duration(limits.hours)} reached"
-                    break
-                if self.should_stop():
-                    outcome.stopped_because = "stopped by the user"
-                    break
-                crashes = self._consecutive_failures()
-                if crashes >= self.config.run.max_consecutive_crashes:
-                    outcome.stopped_because = f"paused: the last {crashes} experiments all failed; see `nightlab status` and the run logs"
-                    break
-                proposal = self._next_proposal(prefetched, limits, started)
+            while (why := self._why_stop()) is None:
+                proposal = self._next_proposal(prefetched)
                 prefetched = None
                 if proposal is None:
-                    why = getattr(self.agent, "stop_reason", None)
-                    outcome.stopped_because = (
-                        why or f"the {self.agent.name} agent has nothing left to propose"
+                    why = (
+                        self.agent.stop_reason() or f"the {self.agent.name} agent has nothing left to propose"
                     )
                     break
-                self._save_lessons(proposal)
-                row = self._record_proposal(proposal, done + 1)
+                row = self._record(proposal)
                 if row is not None:
-                    if getattr(self.agent, "pipelined", False) and done + 1 < (
-                        limits.max_experiments or 1 << 30
-                    ):
-                        # Slow agents (LLMs) think about the next experiment while this one trains.
-                        context = self._context(limits, started)
-                        prefetched = pool.submit(self.agent.propose, context)
+                    if self._may_prefetch():  # slow agents think about the next one while this trains
+                        prefetched = pool.submit(self.agent.propose, self._context())
                     self._finish(row)
                 outcome.experiments_run += 1
             if prefetched is not None:
                 prefetched.cancel()
-        flush = getattr(self.agent, "flush_lessons", None)
-        if callable(flush):
-            self._save_lessons(Proposal(description="", edits=[], meta={"lessons": flush() or {}}))
+        outcome.stopped_because = why
+        self.recorder.lessons(self.agent.final_lessons())
         best = self.ledger.incumbent(self.tag)
         outcome.best_id = best.id if best else None
         return outcome
 
     def prepare(self) -> None:
         """Bring the session to a state where a proposal can run: branch, interrupted work, baseline."""
-        self._reconcile_branch()
+        self.recorder.reconcile_branch(self.start_commit)
         for row in self.ledger.unfinished(self.tag):  # finish what a crash interrupted
             if row.commit:
                 self.workspace.set_experiment_ref(row.id, row.commit)
@@ -144,271 +121,104 @@ class ResearchLoop:
     def run_one(self, proposal: Proposal) -> ExperimentRow:
         """Record, run and decide one given proposal (``nightlab try``, the MCP server)."""
         self.prepare()
-        self._save_lessons(proposal)
-        self._record_proposal(proposal, self._count_candidates() + 1)
-        latest = self.ledger.experiments(tag=self.tag)[-1]
-        if latest.status == "running":
-            self._finish(latest)
-        return self.ledger.experiment(latest.id)
+        row = self._record(proposal)
+        if row is not None:
+            self._finish(row)
+        return self.ledger.experiments(tag=self.tag)[-1]
 
-    def _next_proposal(
-        self, prefetched: Future[Proposal | None] | None, limits: LoopLimits, started: float
-    ) -> Proposal | None:
+    # ------------------------------------------------------------------ steps
+    def _why_stop(self) -> str | None:
+        limits, done = self._limits, self.ledger.candidate_count(self.tag)
+        # The cap counts every candidate of this tag, so a resumed session stops where it would have.
+        if limits.max_experiments is not None and done >= limits.max_experiments:
+            return f"{done} experiments done (--max-experiments {limits.max_experiments})"
+        if limits.hours is not None and time.monotonic() - self._started >= limits.hours * 3600:
+            return f"time limit of {_duration(limits.hours)} reached"
+        if self.should_stop():
+            return "stopped by the user"
+        crashes = self.ledger.consecutive_failures(self.tag)
+        if crashes >= self.config.run.max_consecutive_crashes:
+            return (
+                f"paused: the last {crashes} experiments all failed; see `nightlab status` and the run logs"
+            )
+        return None
+
+    def _next_proposal(self, prefetched: Future[Proposal | None] | None) -> Proposal | None:
         """The prefetched proposal if it still applies to the incumbent, else a fresh one."""
-        context = self._context(limits, started)
+        context = self._context()
         if prefetched is not None:
             proposal = prefetched.result()
-            if proposal is None or self._applies(proposal, context.files):
+            if proposal is None or _applies(proposal, context):
                 return proposal
             self.events.emit(Event("proposal", "the best changed while the agent was thinking; asking again"))
         return self.agent.propose(context)
 
-    def _applies(self, proposal: Proposal, files: dict[str, str]) -> bool:
-        try:
-            apply_edits(files, proposal.edits, self.config.target.editable, frozen=self.config.target.frozen)
-        except EditError:
-            return False
-        return True
+    def _record(self, proposal: Proposal) -> ExperimentRow | None:
+        """Screen a proposal, then commit it as an experiment, or record why it does not run."""
+        self.recorder.lessons(proposal.lessons)
+        incumbent = self._incumbent()
+        assert incumbent.commit is not None
+        files = editable_texts(self.config, self.workspace, incumbent.commit)
+        fields = self.recorder.proposal_fields(proposal, incumbent)
+        screened = screen(proposal, files, self.config, self.ledger.measured_code(self.tag))
+        if isinstance(screened, Refusal):
+            self.recorder.refused(fields, screened)
+            return None
+        return self.recorder.committed(fields, screened, incumbent.commit, proposal.hypothesis)
 
-    def _save_lessons(self, proposal: Proposal) -> None:
-        """Agents may attach one-line lessons about earlier experiments; the ledger keeps them."""
-        lessons = proposal.meta.get("lessons") if isinstance(proposal.meta, dict) else None
-        for exp_id, text in (lessons or {}).items():
-            try:
-                self.ledger.set_lesson(int(exp_id), str(text))
-            except (KeyError, ValueError):
-                continue
-
-    # ------------------------------------------------------------------ steps
     def _baseline(self) -> None:
         """The start commit, replicated to measure the noise floor."""
-        diff = ""
-        exp_id = self.ledger.add_experiment(
-            kind="baseline",
-            tag=self.tag,
-            base_commit=self.start_commit,
-            commit=self.start_commit,
-            agent="baseline",
-            description="baseline",
-            hypothesis="",
-            diff=diff,
-        )
-        self.workspace.set_experiment_ref(exp_id, self.start_commit)
-        self._finish(self.ledger.experiment(exp_id))
-
-    def _record_proposal(self, proposal: Proposal, number: int) -> ExperimentRow | None:
-        """Turn a proposal into a committed experiment, or record why it cannot be run."""
-        incumbent = self._incumbent()
-        editable = self._editable_paths(incumbent.commit)
-        files = self.workspace.read_files(incumbent.commit, editable)
-        common = dict(
-            tag=self.tag,
-            base_commit=incumbent.commit,
-            agent=self.agent.name,
-            description=proposal.description.strip().splitlines()[0][:200]
-            if proposal.description.strip()
-            else "(no description)",
-            hypothesis=proposal.hypothesis,
-            proposal_json=proposal.to_dict(),
-            meta_json=proposal.meta,
-            incumbent_id=incumbent.id,
-            cost_json=_cost(proposal.meta),
-        )
-        if isinstance(proposal.meta, dict) and proposal.meta.get("invalid"):
-            return self._record_unrun(
-                common, "invalid", "invalid", f"proposal refused: {proposal.meta['invalid']}"
-            )
-        try:
-            changed = apply_edits(
-                files, proposal.edits, self.config.target.editable, frozen=self.config.target.frozen
-            )
-            for path, text in changed.items():
-                problem = python_syntax_error(path, text) if path.endswith(".py") else None
-                if problem:
-                    raise EditError(problem)
-        except EditError as exc:
-            return self._record_unrun(common, "invalid", "invalid", f"edit refused: {exc}")
-        flags = audit_change(files, changed, self.config) if self.config.audit.mode != "off" else []
-        if flags and self.config.audit.mode == "block":
-            return self._record_unrun(common, "invalid", "invalid", "audit: " + "; ".join(flags))
-        if flags:  # mode "mark": it runs, and the ledger keeps why it was flagged
-            meta = proposal.meta if isinstance(proposal.meta, dict) else {}
-            common["meta_json"] = {**meta, "audit": flags}
-
-        new_files = {**files, **changed}
-        kind = classify_change(files, new_files)
-        if kind != "code":
-            why = {
-                "none": "the edits change nothing",
-                "cosmetic": "only comments or whitespace change",
-                "seed": "only the seed changes",
-            }[kind]
-            return self._record_unrun(
-                common, "skipped", "discard", f"{why}: cannot change the result, not run"
-            )
-
-        added, removed = line_counts(files, new_files)
-        message = f"nightlab #{number}: {common['description']}\n\n{proposal.hypothesis}".strip()
-        commit = self.workspace.commit_files(incumbent.commit, changed, message)
-        diff = self.workspace.diff(incumbent.commit, commit)
-        exp_id = self.ledger.add_experiment(
-            kind="candidate", commit=commit, diff=diff, lines_added=added, lines_removed=removed, **common
-        )
-        self.workspace.set_experiment_ref(exp_id, commit)  # after the ledger row: rule 1
-        self.events.emit(Event("proposal", f"#{exp_id} {common['description']}", experiment_id=exp_id))
-        return self.ledger.experiment(exp_id)
-
-    def _record_unrun(self, common: dict, status: str, decision: str, reason: str) -> None:
-        # One insert with the outcome: a kill -9 between two writes would leave a "running" row
-        # without a commit, which the next `nightlab run` would then try to run.
-        exp_id = self.ledger.add_experiment(
-            kind="candidate",
-            commit=None,
-            diff="",
-            status=status,
-            decision=decision,
-            reason=reason,
-            n_runs=0,
-            **common,
-        )
-        self.ledger.finish_experiment(exp_id)  # the finish time
-        row = self.ledger.experiment(exp_id)
-        self._emit_decision(exp_id, f"#{exp_id} {row.description}: {reason}", status)
-        self._after(exp_id)
-        return None
+        files = editable_texts(self.config, self.workspace, self.start_commit)
+        self._finish(self.recorder.baseline(self.start_commit, code_hash(files)))
 
     def _finish(self, row: ExperimentRow) -> None:
         """Run replicates of ``row`` until the policy decides, then record and move the branch."""
-        is_baseline = row.kind == "baseline"
-        replicates = [r for r in self.ledger.runs(row.id)]
         while True:
-            values = [r.metric for r in replicates if r.status == "ok" and r.metric is not None]
-            failed = [r for r in replicates if r.status != "ok"]
+            runs = self.ledger.runs(row.id)
+            failed = [r for r in runs if r.status != "ok"]
             if failed:
-                self._conclude_failed(row, failed[-1], len(replicates))
+                reason = self.recorder.failed(row, failed[-1], len(runs))
+                if row.kind == "baseline":
+                    raise UserError(
+                        f"the baseline run failed ({reason}); fix the target so that "
+                        f"`{self.config.target.run}` works (log: {failed[-1].run_dir}/run.log)"
+                    )
                 return
-            if is_baseline:
-                if len(values) >= self.config.policy.baseline_runs:
-                    self._conclude_baseline(row, values)
-                    return
-            elif values:
-                decision = self._decide(row, values)
+            values = self.ledger.ok_metrics(row.id)
+            if row.kind == "baseline" and len(values) >= self.config.policy.baseline_runs:
+                return self.recorder.measured_baseline(row, values)
+            if row.kind != "baseline" and values:
+                decision = self.policy.decide(self._evidence(row, values))
                 if decision.action != "confirm":
-                    self._conclude(row, values, decision)
-                    return
+                    return self.recorder.concluded(row, len(values), decision)
                 self.events.emit(Event("confirm", f"#{row.id} {decision.reason}", experiment_id=row.id))
-            replicates.append(self._run_replicate(row, len(replicates)))
+            self._run_replicate(row, len(runs))
 
-    def _run_replicate(self, row: ExperimentRow, replicate: int):
+    def _run_replicate(self, row: ExperimentRow, replicate: int) -> None:
+        assert row.commit is not None  # only committed experiments run
         seed = self.config.run.seed + 1000 * row.id + replicate
-        self.events.emit(
-            Event(
-                "run",
-                f"#{row.id} run {replicate + 1}: {row.description}",
-                experiment_id=row.id,
-                replicate=replicate,
-            )
-        )
-        rep: Replicate = self.runner.run(row.id, replicate, row.commit, seed)
+        line = f"#{row.id} run {replicate + 1}: {row.description}"
+        self.events.emit(Event("run", line, experiment_id=row.id, replicate=replicate))
+        rep = self.runner.run(row.id, replicate, row.commit, seed)
         self.ledger.add_run(row.id, replicate, rep.result, rep.metric, rep.holdout, str(rep.run_dir))
         self.events.emit(Event("run_done", _run_line(row, rep), experiment_id=row.id, replicate=replicate))
-        return self.ledger.runs(row.id)[-1]
 
-    def _decide(self, row: ExperimentRow, values: list[float]) -> Decision:
-        incumbent = self._incumbent()
-        inc_values = [
-            r.metric for r in self.ledger.runs(incumbent.id) if r.status == "ok" and r.metric is not None
-        ]
-        sd, df = pooled_sd(self.ledger.replicate_groups(self.tag))
-        return self.policy.decide(
-            values,
-            inc_values,
-            sd,
-            self.direction,
+    def _evidence(self, row: ExperimentRow, values: list[float]) -> Evidence:
+        noise = noise_floor(self.ledger.replicate_groups(self.tag))
+        return Evidence(
+            candidate=values,
+            incumbent=self.ledger.ok_metrics(self._incumbent().id),
+            direction=self.config.metric.direction,
+            noise_sd=noise.sd if noise else None,
+            noise_df=noise.df if noise else 0,
             lines_added=row.lines_added or 0,
             lines_removed=row.lines_removed or 0,
-            noise_df=df,
         )
 
-    def _conclude(self, row: ExperimentRow, values: list[float], decision: Decision) -> None:
-        action = "keep" if decision.action == "keep" else "discard"
-        self.ledger.finish_experiment(
-            row.id,
-            status="ok",
-            decision=action,
-            reason=decision.reason,
-            n_runs=len(values),
-            delta=decision.delta,
-            delta_se=decision.delta_se,
-            p_value=decision.p_value,
-            **self._means(row.id),
-        )
-        if action == "keep":  # after the ledger: rule 1
-            old = self.workspace.branch_commit(self.tag)
-            self.workspace.advance_branch(self.tag, row.commit, old)
-        self._emit_decision(row.id, f"#{row.id} {row.description}: {decision.reason}", action)
-        self._after(row.id)
-
-    def _conclude_baseline(self, row: ExperimentRow, values: list[float]) -> None:
-        mean = sum(values) / len(values)
-        noise = None
-        if len(values) > 1:
-            noise = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-        spread = f", run-to-run sd {noise:.4g}" if noise is not None else ""
-        reason = f"baseline {mean:.6g}{spread} over {len(values)} runs"
-        self.ledger.finish_experiment(
-            row.id, status="ok", decision="baseline", reason=reason, n_runs=len(values), **self._means(row.id)
-        )
-        self._emit_decision(row.id, reason, "baseline")
-        self._after(row.id)
-
-    def _conclude_failed(self, row: ExperimentRow, failed, n_runs: int) -> None:
-        status = failed.status
-        decision = "invalid" if status == RunStatus.INVALID.value else "crash"
-        reason = f"{status}: {failed.reason}" if failed.reason else status
-        self.ledger.finish_experiment(row.id, status=status, decision=decision, reason=reason, n_runs=n_runs)
-        self._emit_decision(row.id, f"#{row.id} {row.description}: {reason}", decision)
-        if row.kind == "baseline":
-            raise UserError(
-                f"the baseline run failed ({reason}); fix the target so that `{self.config.target.run}` "
-                f"works (log: {failed.run_dir}/run.log)"
-            )
-        self._after(row.id)
-
-    def _after(self, exp_id: int) -> None:
-        """After every finished experiment: results.tsv, and the agent hears about it."""
-        self.ledger.export_tsv(self.workspace.state_dir / "results.tsv", self.tag, self.config.metric.name)
-        for entry in self.ledger.history(self.tag):
-            if entry.id == exp_id:
-                self.agent.observe(entry)
-                self.events.emit(Event("finished", entry.description, experiment_id=exp_id))
-                break
-
-    # ------------------------------------------------------------------ helpers
-    def _emit_decision(self, exp_id: int, message: str, outcome: str) -> None:
-        best = self.ledger.incumbent(self.tag)
-        data = {"outcome": outcome, "best": best.metric_mean if best else None}
-        self.events.emit(Event("decision", message, experiment_id=exp_id, data=data))
-
-    def _means(self, exp_id: int) -> dict:
-        runs = [r for r in self.ledger.runs(exp_id) if r.status == "ok" and r.metric is not None]
-        if not runs:
-            return {}
-        values = [r.metric for r in runs]
-        mean = sum(values) / len(values)
-        sem = None
-        if len(values) > 1:
-            var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-            sem = (var / len(values)) ** 0.5
-        holdouts = [r.holdout for r in runs if r.holdout is not None]
-        out = {"metric_mean": mean, "metric_sem": sem}
-        if holdouts:
-            out["holdout_mean"] = sum(holdouts) / len(holdouts)
-        return out
-
-    def noise_sd(self) -> float | None:
-        sd, _dof = pooled_sd(self.ledger.replicate_groups(self.tag))
-        return sd
+    def _may_prefetch(self) -> bool:
+        cap = self._limits.max_experiments
+        more = cap is None or self.ledger.candidate_count(self.tag) < cap
+        return self.config.agent.pipeline and self.agent.pipelined and more
 
     def _incumbent(self) -> ExperimentRow:
         row = self.ledger.incumbent(self.tag)
@@ -416,72 +226,28 @@ class ResearchLoop:
             raise RuntimeError("no incumbent: the baseline has not finished")
         return row
 
-    def _editable_paths(self, commit: str) -> list[str]:
-        target = self.config.target
-        return editable_files(self.workspace.list_files(commit), target.editable, target.frozen)
-
-    def _frozen_texts(self, commit: str) -> dict[str, str]:
-        frozen = select(self.workspace.list_files(commit), self.config.target.frozen)
-        texts = self.workspace.read_files(commit, frozen)
-        return {p: t for p, t in texts.items() if len(t) < 200_000}
-
-    def _count_candidates(self) -> int:
-        return sum(1 for e in self.ledger.experiments(tag=self.tag) if e.kind == "candidate")
-
-    def _consecutive_failures(self) -> int:
-        count = 0
-        for e in reversed(self.ledger.experiments(tag=self.tag)):
-            if e.kind != "candidate" or e.status in ("skipped", "invalid"):
-                continue
-            if e.status in ("crash", "timeout", "oom", "nan"):
-                count += 1
-            else:
-                break
-        return count
-
-    def _context(self, limits: LoopLimits, started: float) -> Context:
-        incumbent = self._incumbent()
-        editable = self._editable_paths(incumbent.commit)
-        program_path = self.workspace.root / "program.md"
-        done = self._count_candidates()
+    def _context(self) -> Context:
+        limits = self._limits
+        done = self.ledger.candidate_count(self.tag)
         left = None if limits.max_experiments is None else max(0, limits.max_experiments - done)
-        seconds_left = None if limits.hours is None else limits.hours * 3600 - (time.monotonic() - started)
-        return Context(
-            files=self.workspace.read_files(incumbent.commit, editable),
-            history=self.ledger.history(self.tag),
-            metric_name=self.config.metric.name,
-            direction=self.direction.value,
-            best=incumbent.metric_mean,
-            noise=self.noise_sd(),
-            program=program_path.read_text() if program_path.is_file() else "",
-            frozen_files=self._frozen_texts(incumbent.commit),
-            experiments_left=left,
-            seconds_left=seconds_left,
-            incumbent_commit=incumbent.commit,
-            editable=list(self.config.target.editable),
+        elapsed = time.monotonic() - self._started
+        seconds_left = None if limits.hours is None else limits.hours * 3600 - elapsed
+        return build_context(
+            self.config, self.workspace, self.ledger, self.tag, self._incumbent(), left, seconds_left
         )
 
-    def _reconcile_branch(self) -> None:
-        """Make ``nightlab/<tag>`` point at the incumbent (a crash may have come in between)."""
-        best = self.ledger.incumbent(self.tag)
-        target = best.commit if best is not None else self.start_commit
-        current = self.workspace.branch_commit(self.tag)
-        if current is None:
-            self.workspace.create_branch(self.tag, target)
-        elif current != target:
-            self.workspace.advance_branch(self.tag, target, current)
+
+def _applies(proposal: Proposal, context: Context) -> bool:
+    """Whether a proposal made against an older incumbent still applies to this one's files."""
+    try:
+        apply_edits(context.files, proposal.edits, context.editable, frozen=context.frozen)
+    except EditError:
+        return False
+    return True
 
 
 def _duration(hours: float) -> str:
     return f"{hours:g} h" if hours >= 1 else f"{hours * 60:.3g} min"
-
-
-def _cost(meta: dict) -> dict:
-    """What the proposal cost (an LLM's tokens and dollars), as the ledger's cost column."""
-    if not isinstance(meta, dict):
-        return {}
-    keys = ("tokens_in", "tokens_out", "cost_usd", "model", "attempts")
-    return {k: meta[k] for k in keys if k in meta}
 
 
 def _run_line(row: ExperimentRow, rep: Replicate) -> str:

@@ -1,30 +1,69 @@
 """Keep, discard or run again: the rules that decide whether a candidate beats the incumbent.
 
-A policy sees only numbers (the candidate's metric per finished run, the incumbent's, the
-noise floor) and returns a :class:`Decision`; the loop runs more replicates on ``"confirm"``
-and calls it again. Crashed and invalid experiments never reach a policy.
+A policy sees only numbers, gathered in one :class:`Evidence` (the candidate's metric per
+finished run, the incumbent's, the noise floor, the change's size), and returns a
+:class:`Decision`; the loop runs more replicates on ``"confirm"`` and asks again. Crashed and
+invalid experiments never reach a policy. A new policy is a subclass of :class:`Policy`
+declared as a :class:`~nightlab.plugins.Kind` (this module's ``KINDS`` shows how); its kind
+table ``[policy.NAME]`` holds its own settings.
 
 Example::
 
-    >>> from nightlab.metrics import Direction
+    >>> from nightlab.types import Direction
     >>> policy = ConfirmPolicy(confidence=0.95, max_runs=4)
-    >>> d = policy.decide([0.996], [1.000, 1.002], noise_sd=0.002, direction=Direction.MINIMIZE,
-    ...                   noise_df=10)
+    >>> evidence = Evidence([0.996], [1.000, 1.002], Direction.MINIMIZE, noise_sd=0.002, noise_df=10)
+    >>> d = policy.decide(evidence)
     >>> d.action, d.reason
     ('confirm', 'Δ −0.0050 ± 0.0024 (1 run, p=0.034), looks better, confirming (needs p≤0.010)')
 """
 
 from __future__ import annotations
 
-import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
-from nightlab.config import PolicyConfig
+from nightlab.config import PolicySection
+from nightlab.formatting import decimals_for, signed
+from nightlab.plugins import Kind, Registry, Settings
 from nightlab.stats import NoiseEstimate, mean, pooled_test, t_sf
 from nightlab.types import Direction
 
 Action = Literal["keep", "discard", "confirm"]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything a policy may weigh for one look at one candidate.
+
+    ``candidate`` and ``incumbent`` are the metric of each finished ok run, as the metric reads
+    (the direction is applied here, in :meth:`scores`, and nowhere else). ``noise_sd`` and
+    ``noise_df`` are the noise floor (:func:`nightlab.stats.noise_floor` over the finished
+    replicate groups); ``noise_df`` None means only an sd is known, which the confirm policy
+    treats conservatively. ``lines_added``/``lines_removed`` size the change for the
+    complexity penalty.
+    """
+
+    candidate: list[float]
+    incumbent: list[float]
+    direction: Direction = Direction.MINIMIZE
+    noise_sd: float | None = None
+    noise_df: int | None = None
+    lines_added: int = 0
+    lines_removed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.candidate or not self.incumbent:
+            raise ValueError("a decision needs at least one candidate and one incumbent value")
+
+    def scores(self) -> tuple[list[float], list[float]]:
+        """Candidate and incumbent values as larger-is-better scores."""
+        return self.direction.scores(self.candidate), self.direction.scores(self.incumbent)
+
+    @property
+    def net_lines(self) -> int:
+        """Lines the change adds, net of those it removes (what the complexity penalty charges)."""
+        return self.lines_added - self.lines_removed
 
 
 @dataclass(frozen=True)
@@ -43,37 +82,14 @@ class Decision:
     p_value: float | None
 
 
-class Policy(Protocol):
-    """Decides on a candidate from the metric of each of its finished ok runs.
+class Policy(ABC):
+    """Decides on a candidate; called after each of its finished runs until it is not "confirm"."""
 
-    ``noise_sd``/``noise_df`` are the noise floor (:func:`nightlab.stats.pooled_sd` over
-    :meth:`nightlab.store.ledger.Ledger.replicate_groups`); pass ``noise_df`` when known.
-    """
+    name: str = "policy"
 
-    name: str
-
-    def decide(
-        self,
-        candidate: list[float],
-        incumbent: list[float],
-        noise_sd: float | None,
-        direction: Direction,
-        lines_added: int = 0,
-        lines_removed: int = 0,
-        noise_df: int | None = None,
-    ) -> Decision: ...
-
-
-def _decimals(scale: float) -> int:
-    """Decimals that show two significant digits of ``scale`` (4 for 0.0011)."""
-    if not scale or not math.isfinite(scale):
-        return 4
-    return min(12, max(0, 1 - math.floor(math.log10(abs(scale)))))
-
-
-def _signed(x: float, decimals: int) -> str:
-    text = f"{abs(x):.{decimals}f}"
-    return ("−" if x < 0 and float(text) != 0 else "+") + text
+    @abstractmethod
+    def decide(self, evidence: Evidence) -> Decision:
+        """Keep, discard, or confirm (run it again) on ``evidence``."""
 
 
 def _p(p: float) -> str:
@@ -84,18 +100,13 @@ def _runs(n: int) -> str:
     return f"{n} run" if n == 1 else f"{n} runs"
 
 
-def _penalty(complexity_penalty: float, lines_added: int, lines_removed: int) -> float:
-    """Metric units charged for the change's size: lines added cost, lines removed earn."""
-    return complexity_penalty * (lines_added - lines_removed)
-
-
 def _change_text(change: float, se: float | None, scale: float) -> str:
     """``Δ −0.0042 ± 0.0011``: the raw change of the metric itself (sign as the metric moves)."""
-    d = _decimals(se if se else scale)
-    return f"Δ {_signed(change, d)}" + (f" ± {se:.{d}f}" if se is not None else "")
+    d = decimals_for(se if se else scale)
+    return f"Δ {signed(change, d)}" + (f" ± {se:.{d}f}" if se is not None else "")
 
 
-class GreedyPolicy:
+class GreedyPolicy(Policy):
     """autoresearch's rule: keep when the first run is strictly better than the incumbent.
 
     One run, no noise model: about half of all changes that do nothing get kept when the
@@ -109,29 +120,18 @@ class GreedyPolicy:
     def __init__(self, complexity_penalty: float = 0.0) -> None:
         self.complexity_penalty = complexity_penalty
 
-    def decide(
-        self,
-        candidate: list[float],
-        incumbent: list[float],
-        noise_sd: float | None,
-        direction: Direction,
-        lines_added: int = 0,
-        lines_removed: int = 0,
-        noise_df: int | None = None,
-    ) -> Decision:
-        if not candidate or not incumbent:
-            raise ValueError("decide() needs at least one candidate and one incumbent value")
-        first, base = candidate[0], mean(incumbent)
-        improvement = direction.improvement(first, base)
-        penalty = _penalty(self.complexity_penalty, lines_added, lines_removed)
-        text = _change_text(first - base, None, noise_sd or abs(first - base))
+    def decide(self, evidence: Evidence) -> Decision:
+        first, base = evidence.candidate[0], mean(evidence.incumbent)
+        improvement = evidence.direction.improvement(first, base)
+        penalty = self.complexity_penalty * evidence.net_lines
+        text = _change_text(first - base, None, evidence.noise_sd or abs(first - base))
         extra = f", complexity cost {penalty:g}" if penalty else ""
         if improvement - penalty > 0:
             return Decision("keep", f"{text} (1 run{extra}), better, kept", improvement, None, None)
         return Decision("discard", f"{text} (1 run{extra}), not better, discarded", improvement, None, None)
 
 
-class ConfirmPolicy:
+class ConfirmPolicy(Policy):
     """Keep a change only once its improvement is statistically significant.
 
     A candidate whose runs so far look better than the incumbent is run again with a fresh
@@ -180,31 +180,19 @@ class ConfirmPolicy:
         look = min(max(look, 1), self.max_runs)
         return self.alpha * look / (self.max_runs * (self.max_runs + 1) / 2)
 
-    def decide(
-        self,
-        candidate: list[float],
-        incumbent: list[float],
-        noise_sd: float | None,
-        direction: Direction,
-        lines_added: int = 0,
-        lines_removed: int = 0,
-        noise_df: int | None = None,
-    ) -> Decision:
-        if not candidate or not incumbent:
-            raise ValueError("decide() needs at least one candidate and one incumbent value")
-        n = len(candidate)
-        # Work in "larger is better" units so one one-sided test serves both directions.
-        a = [direction.sign * x for x in candidate]
-        b = [direction.sign * x for x in incumbent]
-        noise = self._noise(noise_sd, noise_df, len(incumbent))
+    def decide(self, evidence: Evidence) -> Decision:
+        n = len(evidence.candidate)
+        # Scores are "larger is better", so one one-sided test serves both directions.
+        a, b = evidence.scores()
+        noise = self._noise(evidence.noise_sd, evidence.noise_df, len(evidence.incumbent))
         test = pooled_test(a, b, noise, self.confidence)
         improvement = mean(a) - mean(b)
-        change = mean(candidate) - mean(incumbent)
-        penalty = _penalty(self.complexity_penalty, lines_added, lines_removed)
+        change = mean(evidence.candidate) - mean(evidence.incumbent)
+        penalty = self.complexity_penalty * evidence.net_lines
         net = improvement - penalty
         se = test.se if test is not None else None
         text = _change_text(change, se, abs(change))
-        cost = f", complexity cost {penalty:g} for {lines_added - lines_removed:+d} lines" if penalty else ""
+        cost = f", complexity cost {penalty:g} for {evidence.net_lines:+d} lines" if penalty else ""
         can_confirm = n < self.max_runs
 
         if net <= 0:
@@ -247,10 +235,28 @@ class ConfirmPolicy:
         return NoiseEstimate(sd=noise_sd, df=df, groups=0)
 
 
-def make_policy(config: PolicyConfig) -> GreedyPolicy | ConfirmPolicy:
-    """The policy ``[policy]`` in nightlab.toml asks for."""
-    if config.kind == "greedy":
-        return GreedyPolicy(complexity_penalty=config.complexity_penalty)
-    return ConfirmPolicy(
-        confidence=config.confidence, max_runs=config.max_runs, complexity_penalty=config.complexity_penalty
-    )
+POLICIES = Registry("policy", {"confirm": __name__, "greedy": __name__}, "nightlab.policies")
+
+
+def make_policy(section: PolicySection) -> Policy:
+    """The policy ``[policy] kind`` names, with the common ``[policy]`` settings and its own."""
+    kind = POLICIES.get(section.kind)
+    return kind.factory(POLICIES.settings(section), section)
+
+
+KINDS = (
+    Kind(
+        "confirm",
+        lambda settings, section: ConfirmPolicy(
+            section.confidence, section.max_runs, section.complexity_penalty
+        ),
+        Settings,
+        "keep only a significant improvement, confirming with more runs (noise-aware)",
+    ),
+    Kind(
+        "greedy",
+        lambda settings, section: GreedyPolicy(section.complexity_penalty),
+        Settings,
+        "autoresearch's rule: keep when the first run is better",
+    ),
+)

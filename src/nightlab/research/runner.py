@@ -15,13 +15,10 @@ from pathlib import Path
 from nightlab.config import Config
 from nightlab.executor import sandbox
 from nightlab.executor.base import Executor
-from nightlab.metrics import parse_log_metric, read_metrics_json
-from nightlab.types import RunResult, RunSpec, RunStatus
+from nightlab.metrics import MetricsFileError, parse_log_metric, read_metrics_json
+from nightlab.types import EVAL_LOG, TRAIN_LOG, RunResult, RunSpec, RunStatus
 from nightlab.workspace.git import Workspace
 from nightlab.workspace.integrity import FrozenCheck
-
-TRAIN_LOG = "run.log"
-EVAL_LOG = "eval.log"
 
 
 @dataclass
@@ -33,6 +30,11 @@ class Replicate:
     holdout: float | None
     run_dir: Path
 
+    @property
+    def ok(self) -> bool:
+        """It ended ok with a metric: a value a decision or a comparison may use."""
+        return self.result.status is RunStatus.OK and self.metric is not None
+
 
 class ReplicateRunner:
     """Runs replicates of committed experiments in a worktree, under the frozen check."""
@@ -43,15 +45,20 @@ class ReplicateRunner:
         workspace: Workspace,
         executor: Executor,
         frozen: FrozenCheck,
-        slot: int = 0,
+        worktree: str,
         extra_env: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self.workspace = workspace
         self.executor = executor
         self.frozen = frozen
-        self.slot = slot
+        self.worktree = worktree
         self.extra_env = dict(extra_env or {})
+
+    def with_config(self, config: Config, extra_env: dict[str, str] | None = None) -> ReplicateRunner:
+        """The same worktree, executor and frozen check with another budget or extra environment
+        (a side study at another scale, time-to-target's evaluation protocol)."""
+        return ReplicateRunner(config, self.workspace, self.executor, self.frozen, self.worktree, extra_env)
 
     def run_dir(self, experiment_id: int, replicate: int) -> Path:
         return self.workspace.state_dir / "runs" / f"{experiment_id:04d}" / str(replicate)
@@ -81,7 +88,7 @@ class ReplicateRunner:
         if run_dir.exists():  # a replicate interrupted by a crash of the harness: start afresh
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        tree = self.workspace.worktree(self.slot)
+        tree = self.workspace.worktree(self.worktree)
         self.workspace.checkout(tree, commit)
 
         before = self.frozen.describe(tree)
@@ -165,7 +172,7 @@ class ReplicateRunner:
                     result.reason = _invalid_reason(raw) or result.reason
                 try:
                     metrics = read_metrics_json(path)
-                except Exception:  # a malformed file is the script's fault, not the harness's
+                except MetricsFileError:  # a malformed file is the script's fault, not the harness's
                     metrics = {}
         result.metrics.update(metrics)
         value: float | None = metrics.get(cfg.name)

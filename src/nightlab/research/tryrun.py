@@ -15,17 +15,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nightlab.agents.base import Agent
 from nightlab.errors import UserError
 from nightlab.events import EventSink
+from nightlab.formatting import fixed
 from nightlab.paths import is_editable
 from nightlab.research.loop import ResearchLoop
 from nightlab.research.session import Session, build_loop, open_session
 from nightlab.stats import noise_floor
 from nightlab.store.ledger import ExperimentRow
-from nightlab.types import Context, Edit, HistoryEntry, Proposal
+from nightlab.types import Context, Edit, Proposal
 
 
-class GivenProposals:
+class GivenProposals(Agent):
     """The loop's agent when proposals come from outside (``try``, MCP): it never proposes itself."""
 
     def __init__(self, name: str) -> None:
@@ -33,9 +35,6 @@ class GivenProposals:
 
     def propose(self, context: Context) -> Proposal | None:
         return None
-
-    def observe(self, entry: HistoryEntry) -> None:
-        """The caller reads the ledger itself; nothing to keep here."""
 
 
 def open_harness(
@@ -144,7 +143,9 @@ def result_block(session: Session, row: ExperimentRow) -> str:
     metric = session.config.metric.name
     best = session.ledger.incumbent(session.tag)
     lines = [("experiment", str(row.id))]
-    lines.append((metric, _num(row.metric_mean) + (f" ± {row.metric_sem:.6f}" if row.metric_sem else "")))
+    lines.append(
+        (metric, fixed(row.metric_mean, missing="-") + (f" ± {row.metric_sem:.6f}" if row.metric_sem else ""))
+    )
     if row.delta is not None:
         se = f" ± {row.delta_se:.6f}" if row.delta_se is not None else ""
         lines.append(("delta", f"{row.delta:+.6f}{se} (improvement over #{row.incumbent_id}, > 0 is better)"))
@@ -156,7 +157,7 @@ def result_block(session: Session, row: ExperimentRow) -> str:
         ("reason", " ".join((row.reason or "").split())),
         ("runs", str(row.n_runs or 0)),
         ("commit", row.commit[:12] if row.commit else "- (not run)"),
-        ("best", f"{_num(best.metric_mean)} (#{best.id})" if best else "-"),
+        ("best", f"{fixed(best.metric_mean, missing='-')} (#{best.id})" if best else "-"),
     ]
     width = max(len(k) for k, _ in lines) + 2
     return "---\n" + "\n".join(f"{(k + ':').ljust(width)}{v}" for k, v in lines) + "\n"
@@ -216,7 +217,3 @@ def history_rows(session: Session, limit: int | None = None) -> list[dict]:
             }
         )
     return rows[-limit:] if limit else rows
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6f}"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nightlab.stats import noise_floor
+from nightlab.types import Direction
 
 if TYPE_CHECKING:
     from nightlab.store.ledger import ExperimentRow, Ledger
@@ -141,7 +142,31 @@ def status_dict(ledger: Ledger, tag: str) -> dict:
 
 
 def _overfit_ids(ledger: Ledger, tag: str) -> list[int]:
-    from nightlab.report.summary import holdout_checks
-
     direction = ledger.get_meta("direction") or "minimize"
     return [c["id"] for c in holdout_checks(ledger, tag, direction) if c["overfit"]]
+
+
+def holdout_checks(ledger: Ledger, tag: str, direction: Direction | str) -> list[dict]:
+    """For each kept change: its gain on val and on holdout over the code it replaced.
+
+    ``overfit`` is True when val improved and holdout did not: the agent may be fitting the
+    validation split (it sees val, never holdout). ``holdout_delta`` is None where either
+    side has no holdout value.
+    """
+    direction = Direction(direction)
+    research = ledger.research(tag)
+    previous = next((e for e in research if e.decision == "baseline"), None)
+    out = []
+    for e in (e for e in research if e.decision == "keep"):
+        reference = ledger.incumbent_of(e) or previous
+        previous = e
+        if reference is None:
+            continue
+        val = holdout = None
+        if e.metric_mean is not None and reference.metric_mean is not None:
+            val = direction.improvement(e.metric_mean, reference.metric_mean)
+        if e.holdout_mean is not None and reference.holdout_mean is not None:
+            holdout = direction.improvement(e.holdout_mean, reference.holdout_mean)
+        overfit = val is not None and holdout is not None and val > 0 and holdout <= 0
+        out.append({"id": e.id, "val_gain": val, "holdout_delta": holdout, "overfit": overfit})
+    return out

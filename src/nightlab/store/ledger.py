@@ -26,225 +26,27 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from nightlab.errors import UserError
+from nightlab.stats import mean, sample_sd
+from nightlab.store.schema import (
+    DECISIONS,
+    EXPERIMENT_COLUMNS,
+    JSON_COLUMNS,
+    KINDS,
+    RESEARCH_KINDS,
+    RUN_FIELDS,
+    STATUSES,
+    ExperimentRow,
+    RunRow,
+    experiment_from_row,
+    is_write_problem,
+    now,
+    open_schema,
+)
 from nightlab.types import HistoryEntry, RunResult
-
-SCHEMA_VERSION = 1
-KINDS = ("baseline", "candidate", "validate", "ablate")
-# "skipped": a proposal the loop did not run because it cannot change the result.
-STATUSES = ("running", "ok", "crash", "timeout", "oom", "nan", "invalid", "skipped")
-DECISIONS = ("keep", "discard", "invalid", "crash", "baseline")
-JSON_COLUMNS = ("proposal_json", "meta_json", "cost_json", "metrics_json")
-
-# Column -> SQL type and constraint. Adding a column here is a complete migration: opening an
-# older ledger adds whatever columns it lacks (see _migrate).
-EXPERIMENT_COLUMNS: dict[str, str] = {
-    "kind": "TEXT NOT NULL",
-    "tag": "TEXT",
-    "base_commit": "TEXT",
-    "commit": "TEXT",
-    "agent": "TEXT",
-    "description": "TEXT NOT NULL DEFAULT ''",
-    "hypothesis": "TEXT",
-    "diff": "TEXT",
-    "proposal_json": "TEXT",
-    "meta_json": "TEXT",
-    "status": "TEXT NOT NULL DEFAULT 'running'",
-    "decision": "TEXT",
-    "reason": "TEXT",
-    "metric_mean": "REAL",
-    "metric_sem": "REAL",
-    "n_runs": "INTEGER",
-    "delta": "REAL",
-    "delta_se": "REAL",
-    "p_value": "REAL",
-    "holdout_mean": "REAL",
-    "incumbent_id": "INTEGER",
-    "lines_added": "INTEGER",
-    "lines_removed": "INTEGER",
-    "cost_json": "TEXT",
-    "lesson": "TEXT",
-    "created_at": "TEXT NOT NULL",
-    "finished_at": "TEXT",
-}
-RUN_COLUMNS: dict[str, str] = {
-    "experiment_id": "INTEGER NOT NULL REFERENCES experiments(id)",
-    "replicate": "INTEGER NOT NULL",
-    "seed": "INTEGER",
-    "status": "TEXT NOT NULL",
-    "metric": "REAL",
-    "holdout": "REAL",
-    "metrics_json": "TEXT",
-    "training_seconds": "REAL",
-    "total_seconds": "REAL",
-    "peak_memory_mb": "REAL",
-    "exit_code": "INTEGER",
-    "reason": "TEXT",
-    "log_tail": "TEXT",
-    "run_dir": "TEXT",
-    "created_at": "TEXT NOT NULL",
-}
-# Versioned migrations for changes that adding columns cannot express: {to_version: [sql]}.
-MIGRATIONS: dict[int, list[str]] = {}
-
-
-def _create_sql(table: str, columns: dict[str, str], extra: str = "") -> str:
-    body = ",\n  ".join(["id INTEGER PRIMARY KEY AUTOINCREMENT"] + [f'"{k}" {v}' for k, v in columns.items()])
-    return f"CREATE TABLE IF NOT EXISTS {table} (\n  {body}{extra}\n)"
-
-
-def _open_schema(conn: sqlite3.Connection, path: Path) -> None:
-    """Pragmas, integrity check, tables, and forward migration of an older ledger."""
-    conn.execute("PRAGMA busy_timeout = 30000")
-    # quick_check reads the whole file, which is what catches corruption before a write
-    # makes it worse; a ledger is at most a few MB.
-    check = conn.execute("PRAGMA quick_check").fetchone()[0]
-    if check != "ok":
-        raise sqlite3.DatabaseError(check)
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        raise sqlite3.OperationalError(f"cannot switch to WAL (journal_mode={mode})")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        version = int(row[0]) if row else 0
-        if version > SCHEMA_VERSION:
-            raise UserError(
-                f"ledger {path} has schema version {version}, newer than this nightlab understands "
-                f"({SCHEMA_VERSION}): upgrade nightlab"
-            )
-        conn.execute(_create_sql("experiments", EXPERIMENT_COLUMNS))
-        conn.execute(_create_sql("runs", RUN_COLUMNS, ",\n  UNIQUE(experiment_id, replicate)"))
-        _migrate(conn, version)
-        conn.execute("CREATE INDEX IF NOT EXISTS experiments_tag ON experiments(tag, id)")
-        conn.execute("CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment_id, replicate)")
-        conn.execute(
-            "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (str(SCHEMA_VERSION),),
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def _migrate(conn: sqlite3.Connection, version: int) -> None:
-    """Bring a ledger written by an older nightlab up to SCHEMA_VERSION, in place."""
-    for target in sorted(MIGRATIONS):
-        if version < target:
-            for sql in MIGRATIONS[target]:
-                conn.execute(sql)
-    for table, columns in (("experiments", EXPERIMENT_COLUMNS), ("runs", RUN_COLUMNS)):
-        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-        for name, decl in columns.items():
-            if name not in have:
-                # ALTER TABLE cannot add NOT NULL without a default; old rows get NULL.
-                loose = decl.replace("NOT NULL", "").replace("REFERENCES experiments(id)", "").strip()
-                conn.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {loose}')
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _loads(text: str | None) -> Any:
-    if not text:
-        return {}
-    try:
-        return json.loads(text)
-    except ValueError:
-        return {}
-
-
-@dataclass
-class ExperimentRow:
-    """One experiment as stored; ``*_json`` columns are also available parsed (``.meta``)."""
-
-    id: int
-    kind: str
-    tag: str | None
-    base_commit: str | None
-    commit: str | None
-    agent: str | None
-    description: str
-    hypothesis: str | None
-    diff: str | None
-    proposal_json: str | None
-    meta_json: str | None
-    status: str
-    decision: str | None
-    reason: str | None
-    metric_mean: float | None
-    metric_sem: float | None
-    n_runs: int | None
-    delta: float | None
-    delta_se: float | None
-    p_value: float | None
-    holdout_mean: float | None
-    incumbent_id: int | None
-    lines_added: int | None
-    lines_removed: int | None
-    cost_json: str | None
-    lesson: str | None
-    created_at: str
-    finished_at: str | None
-
-    @property
-    def meta(self) -> dict:
-        return _loads(self.meta_json)
-
-    @property
-    def proposal(self) -> dict:
-        return _loads(self.proposal_json)
-
-    @property
-    def cost(self) -> dict:
-        return _loads(self.cost_json)
-
-    @property
-    def finished(self) -> bool:
-        return self.status != "running"
-
-
-@dataclass
-class RunRow:
-    """One replicate run of an experiment."""
-
-    id: int
-    experiment_id: int
-    replicate: int
-    seed: int | None
-    status: str
-    metric: float | None
-    holdout: float | None
-    metrics_json: str | None
-    training_seconds: float | None
-    total_seconds: float | None
-    peak_memory_mb: float | None
-    exit_code: int | None
-    reason: str | None
-    log_tail: str | None
-    run_dir: str | None
-    created_at: str
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        return _loads(self.metrics_json)
-
-
-_EXPERIMENT_FIELDS = [f.name for f in fields(ExperimentRow)]
-_RUN_FIELDS = [f.name for f in fields(RunRow)]
-# The kinds whose experiments form the research history; validate/ablate runs are side studies.
-_RESEARCH_KINDS = ("baseline", "candidate")
 
 
 class Ledger:
@@ -272,10 +74,10 @@ class Ledger:
             raise UserError(f"ledger {self.path}: cannot open ({exc})") from None
         self._conn.row_factory = sqlite3.Row
         try:
-            _open_schema(self._conn, self.path)
+            open_schema(self._conn, self.path)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
-            if _is_write_problem(exc):
+            if is_write_problem(exc):
                 raise UserError(
                     f"ledger {self.path}: cannot write ({exc}); free disk space or fix permissions"
                 ) from None
@@ -308,7 +110,7 @@ class Ledger:
                     raise
                 self._conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
-                if _is_write_problem(exc):
+                if is_write_problem(exc):
                     raise UserError(
                         f"ledger {self.path}: cannot write ({exc}); free disk space or fix permissions, "
                         "then rerun `nightlab run` to continue"
@@ -339,7 +141,7 @@ class Ledger:
         """
         values.setdefault("status", "running")
         values.setdefault("description", "")
-        values.setdefault("created_at", _now())
+        values.setdefault("created_at", now())
         if "kind" not in values:
             raise ValueError("add_experiment needs kind=")
         row = self._clean(values, EXPERIMENT_COLUMNS)
@@ -378,7 +180,7 @@ class Ledger:
             "reason": result.reason,
             "log_tail": result.log_tail,
             "run_dir": str(run_dir),
-            "created_at": _now(),
+            "created_at": now(),
         }
         names = ", ".join(row)
         marks = ", ".join("?" for _ in row)
@@ -392,7 +194,7 @@ class Ledger:
 
     def finish_experiment(self, experiment_id: int, **values: Any) -> None:
         """Set the outcome columns (status, decision, reason, metric_mean, ...) and finished_at."""
-        values.setdefault("finished_at", _now())
+        values.setdefault("finished_at", now())
         self._update(experiment_id, values)
 
     def update_experiment(self, experiment_id: int, **values: Any) -> None:
@@ -432,7 +234,7 @@ class Ledger:
         rows = self._read("SELECT * FROM experiments WHERE id = ?", (experiment_id,))
         if not rows:
             raise KeyError(f"no experiment {experiment_id} in {self.path}")
-        return _experiment(rows[0])
+        return experiment_from_row(rows[0])
 
     def experiments(self, kind: str | None = None, tag: str | None = None) -> list[ExperimentRow]:
         """Experiments oldest first, optionally of one kind and one research tag."""
@@ -443,19 +245,79 @@ class Ledger:
         if tag is not None:
             sql += " AND tag = ?"
             args.append(tag)
-        return [_experiment(r) for r in self._read(sql + " ORDER BY id", tuple(args))]
+        return [experiment_from_row(r) for r in self._read(sql + " ORDER BY id", tuple(args))]
 
     def research(self, tag: str) -> list[ExperimentRow]:
         """The baseline and candidate experiments of a tag, oldest first (what reports show)."""
-        return [e for e in self.experiments(tag=tag) if e.kind in _RESEARCH_KINDS]
+        return [e for e in self.experiments(tag=tag) if e.kind in RESEARCH_KINDS]
 
     def runs(self, experiment_id: int) -> list[RunRow]:
         rows = self._read("SELECT * FROM runs WHERE experiment_id = ? ORDER BY replicate", (experiment_id,))
-        return [RunRow(**{k: r[k] for k in _RUN_FIELDS}) for r in rows]
+        return [RunRow(**{k: r[k] for k in RUN_FIELDS}) for r in rows]
+
+    def ok_runs(self, experiment_id: int) -> list[RunRow]:
+        """The replicates that ended ok with a metric, in replicate order."""
+        return [r for r in self.runs(experiment_id) if r.status == "ok" and r.metric is not None]
 
     def ok_metrics(self, experiment_id: int) -> list[float]:
         """The metric of each ok replicate, in replicate order (what a policy decides on)."""
-        return [r.metric for r in self.runs(experiment_id) if r.status == "ok" and r.metric is not None]
+        return [r.metric for r in self.ok_runs(experiment_id) if r.metric is not None]
+
+    def outcome(self, experiment_id: int) -> dict[str, float | None]:
+        """Mean and standard error of the ok replicates' metric, and their holdout mean: the
+        summary columns :meth:`finish_experiment` stores (empty when no replicate ended ok)."""
+        runs = self.ok_runs(experiment_id)
+        values = [r.metric for r in runs if r.metric is not None]
+        if not values:
+            return {}
+        sd = sample_sd(values)
+        holdouts = [r.holdout for r in runs if r.holdout is not None]
+        out: dict[str, float | None] = {
+            "metric_mean": mean(values),
+            "metric_sem": None if sd is None else sd / len(values) ** 0.5,
+        }
+        if holdouts:
+            out["holdout_mean"] = mean(holdouts)
+        return out
+
+    def candidate_count(self, tag: str) -> int:
+        """Candidates of ``tag`` so far, refused and skipped ones included (what caps count)."""
+        rows = self._read(
+            "SELECT COUNT(*) AS n FROM experiments WHERE tag = ? AND kind = 'candidate'", (tag,)
+        )
+        return int(rows[0]["n"])
+
+    def consecutive_failures(self, tag: str) -> int:
+        """How many of the latest candidates that ran in a row crashed (refused ones do not count)."""
+        count = 0
+        for e in reversed(self.experiments(kind="candidate", tag=tag)):
+            if e.status in ("skipped", "invalid"):
+                continue
+            if e.status not in ("crash", "timeout", "oom", "nan"):
+                break
+            count += 1
+        return count
+
+    def measured_code(self, tag: str) -> dict[str, int]:
+        """Code hash -> id of the first finished experiment of ``tag`` that ran that code to a result."""
+        rows = self._read(
+            "SELECT id, code_hash FROM experiments WHERE tag = ? AND status = 'ok' AND code_hash IS NOT NULL "
+            "ORDER BY id",
+            (tag,),
+        )
+        found: dict[str, int] = {}
+        for row in rows:
+            found.setdefault(row["code_hash"], int(row["id"]))
+        return found
+
+    def incumbent_of(self, row: ExperimentRow) -> ExperimentRow | None:
+        """The experiment ``row`` was decided against (None for a baseline or a lost row)."""
+        if row.incumbent_id is None:
+            return None
+        try:
+            return self.experiment(row.incumbent_id)
+        except KeyError:
+            return None
 
     def unfinished(self, tag: str) -> list[ExperimentRow]:
         """Experiments of ``tag`` still marked running: a crash interrupted them."""
@@ -467,7 +329,7 @@ class Ledger:
             "SELECT * FROM experiments WHERE tag = ? AND decision IN ('keep', 'baseline') ORDER BY id DESC LIMIT 1",
             (tag,),
         )
-        return _experiment(rows[0]) if rows else None
+        return experiment_from_row(rows[0]) if rows else None
 
     def history(self, tag: str) -> list[HistoryEntry]:
         """Finished research experiments as agents see them, oldest first; never the holdout."""
@@ -493,6 +355,7 @@ class Ledger:
                     log_tail=tail,
                     meta=e.meta,
                     lesson=e.lesson or "",
+                    cost=e.cost,
                 )
             )
         return out
@@ -514,31 +377,3 @@ class Ledger:
         for r in rows:
             groups.setdefault(r["eid"], []).append(float(r["metric"]))
         return [g for g in groups.values() if len(g) >= 2]
-
-    # -- exports (nightlab.store.export) --------------------------------------------------
-    def export_tsv(self, path: Path, tag: str, metric_name: str | None = None) -> Path:
-        """Write autoresearch's ``results.tsv`` for ``tag`` (see :mod:`nightlab.store.export`)."""
-        from nightlab.store.export import export_tsv
-
-        return export_tsv(self, Path(path), tag, metric_name)
-
-    def status_dict(self, tag: str) -> dict:
-        """The state of a research tag as JSON-ready data (``nightlab status --json``)."""
-        from nightlab.store.export import status_dict
-
-        return status_dict(self, tag)
-
-
-def _experiment(row: sqlite3.Row) -> ExperimentRow:
-    return ExperimentRow(**{k: row[k] for k in _EXPERIMENT_FIELDS})
-
-
-def _is_write_problem(exc: sqlite3.Error) -> bool:
-    text = str(exc).lower()
-    return any(
-        s in text for s in ("disk is full", "readonly", "read-only", "disk i/o error", "unable to open")
-    )
-
-
-assert set(_EXPERIMENT_FIELDS) == set(EXPERIMENT_COLUMNS) | {"id"}, "ExperimentRow and schema disagree"
-assert set(_RUN_FIELDS) == set(RUN_COLUMNS) | {"id"}, "RunRow and schema disagree"

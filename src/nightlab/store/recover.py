@@ -19,6 +19,7 @@ from pathlib import Path
 from nightlab.config import Config
 from nightlab.errors import UserError
 from nightlab.metrics import parse_log_metric
+from nightlab.store.export import export_tsv
 from nightlab.store.ledger import Ledger
 from nightlab.types import RunResult, RunStatus
 from nightlab.workspace.git import Workspace
@@ -131,7 +132,7 @@ def recover(root: Path, config: Config, tag: str | None = None, force: bool = Fa
         ledger.set_meta("direction", config.metric.direction.value)
         if config.target.setup and (workspace.state_dir / "setup" / "setup.log").exists():
             ledger.set_meta("setup_done", config.target.setup)
-        ledger.export_tsv(workspace.state_dir / "results.tsv", tag, config.metric.name)
+        export_tsv(ledger, workspace.state_dir / "results.tsv", tag, config.metric.name)
     finally:
         ledger.close()
     return Recovered(tag, experiments, len(kept), runs, moved)

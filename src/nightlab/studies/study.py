@@ -18,20 +18,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from nightlab.config import Config, check_workspace_files
+from nightlab.config import Config
 from nightlab.errors import UserError
-from nightlab.executor.local import LocalExecutor
 from nightlab.research.runner import Replicate, ReplicateRunner
-from nightlab.research.session import Session, check_run_command
+from nightlab.research.session import Session
 from nightlab.stats import mean, sample_sd
 from nightlab.types import RunStatus
-from nightlab.workspace.integrity import FrozenCheck, frozen_paths, hash_paths
 
-# Worktree slots of side studies (the research loop uses 0): each kind its own, so `validate`
-# and `ablate` may run beside `nightlab run` on one workspace.
-SLOTS = {"validate": 90, "ablate": 91}
+# The kinds of side study; each runs in its own worktree (``study-<kind>``), so `validate` and
+# `ablate` may run beside `nightlab run` on one workspace.
+KINDS = ("validate", "ablate")
 # Seeds of side-study runs: far from the loop's (run.seed + 1000 * experiment + replicate).
 SEED_BASE = 7_000_000
 # An arm whose first runs all fail (e.g. out of memory at a larger scale) stops after this many.
@@ -53,13 +50,11 @@ class Arm:
     @property
     def values(self) -> list[float]:
         """The metric of each ok run, in seed order."""
-        return [r.metric for r in self.replicates if r.result.status is RunStatus.OK and r.metric is not None]
+        return [r.metric for r in self.replicates if r.ok and r.metric is not None]
 
     @property
     def holdouts(self) -> list[float]:
-        return [
-            r.holdout for r in self.replicates if r.result.status is RunStatus.OK and r.holdout is not None
-        ]
+        return [r.holdout for r in self.replicates if r.ok and r.holdout is not None]
 
     @property
     def failures(self) -> list[Replicate]:
@@ -83,16 +78,6 @@ def study_seeds(config: Config, count: int) -> list[int]:
     return [config.run.seed + SEED_BASE + i for i in range(count)]
 
 
-def make_executor(config: Config) -> LocalExecutor:
-    """The local executor with the resource limits of ``[run]``, as the research loop builds it."""
-    limits = config.run
-    return LocalExecutor(
-        memory_limit_mb=limits.memory_limit_mb,
-        log_limit_bytes=int(limits.log_limit_mb * 1e6),
-        run_dir_limit_bytes=int(limits.run_dir_limit_mb * 1e6) if limits.run_dir_limit_mb else None,
-    )
-
-
 class SideStudy:
     """Runs arms with shared seeds through one executor and records them in the ledger.
 
@@ -101,30 +86,17 @@ class SideStudy:
     arms would not be measured by the same evaluation.
     """
 
-    def __init__(
-        self, session: Session, kind: str, reference: str, executor: LocalExecutor | None = None
-    ) -> None:
-        if kind not in SLOTS:
-            raise ValueError(f"kind must be one of {', '.join(SLOTS)}")
+    def __init__(self, session: Session, kind: str, reference: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}")
         self.session = session
         self.kind = kind
         self.study_id = uuid.uuid4().hex[:10]
-        self.slot = SLOTS[kind]
-        config = session.config
-        check_workspace_files(config, session.root)
-        check_run_command(config, session.root)
-        self.executor = executor or make_executor(config)
-        tree = session.workspace.worktree(self.slot)
-        session.workspace.checkout(tree, reference)
         self.reference = reference
-        self.frozen = FrozenCheck(hash_paths(tree, frozen_paths(config, tree)))
-        self._setup(tree)
-
-    def _setup(self, tree: Path) -> None:
-        """The target's one-off setup (data preparation), exactly as ``nightlab run`` runs it."""
-        from nightlab.research.session import run_setup  # the one place that knows how setup is run
-
-        run_setup(self.session, self.executor, tree)
+        session.check_runnable()
+        # The session builds the executor and the frozen check, as for `nightlab run`.
+        self._runner = session.runner(f"study-{kind}", reference)
+        self.frozen = self._runner.frozen
 
     def check_same_frozen(self, arms: Sequence[Arm]) -> None:
         """Refuse arms whose frozen files differ from the reference's (another evaluation)."""
@@ -142,10 +114,8 @@ class SideStudy:
                 )
 
     def runner(self, config: Config, extra_env: dict[str, str] | None = None) -> ReplicateRunner:
-        """A replicate runner on this study's slot, with ``config``'s budget and the extra env."""
-        return ReplicateRunner(
-            config, self.session.workspace, self.executor, self.frozen, slot=self.slot, extra_env=extra_env
-        )
+        """A replicate runner in this study's worktree, with ``config``'s budget and the extra env."""
+        return self._runner.with_config(config, extra_env)
 
     def record(self, arm: Arm, meta: dict) -> None:
         """The ledger experiment of ``arm`` (no research tag: see the module docstring)."""

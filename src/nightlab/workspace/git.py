@@ -6,23 +6,20 @@ made with plumbing on a temporary index (no working tree involved), the research
 ``refs/nightlab/experiments/`` so nothing tried is ever garbage-collected, and training runs in
 persistent detached worktrees under ``.nightlab/worktrees/`` that are reset between runs.
 
-Git is driven through its command line (``subprocess``): it is always installed where nightlab
-runs, its behaviour is documented, and it needs no extra dependency.
+Git is driven through its command line, by :mod:`nightlab.workspace.gitcli`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from nightlab.errors import UserError
 from nightlab.paths import matches, normalize
+from nightlab.workspace.gitcli import GitError, decode, encode, porcelain_paths, run_git
 
 STATE_DIR = ".nightlab"
 BRANCH_PREFIX = "nightlab/"
@@ -36,67 +33,19 @@ IDENTITY = {
 # Files a Python run always leaves behind and that are harmless once removed: `restore` deletes
 # them anyway, so a planted .pyc cannot survive into the evaluation.
 DEFAULT_ALLOWED = ("**/__pycache__", "**/*.pyc")
-_REDIRECTING_VARS = frozenset(
-    {
-        "GIT_DIR",
-        "GIT_WORK_TREE",
-        "GIT_INDEX_FILE",
-        "GIT_COMMON_DIR",
-        "GIT_OBJECT_DIRECTORY",
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-        "GIT_NAMESPACE",
-        "GIT_PREFIX",
-    }
-)
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_WORKTREE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
+# The coding agent's scratch checkout (agents never share a worktree with a run).
+AGENT_WORKTREE = "agent"
 
 
-class GitError(UserError):
-    """A git command failed (disk full, permissions, a lock held by another program, ...)."""
+def run_worktree(slot: int = 0) -> str:
+    """The name of the worktree that run slot ``slot`` trains in."""
+    return f"run-{slot}"
 
 
 class StaleBranchError(UserError):
     """The research branch moved under us: another run uses the same tag, or a person moved it."""
-
-
-def _git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    # Inherited GIT_DIR / GIT_INDEX_FILE / GIT_WORK_TREE (e.g. when started from a git hook)
-    # would silently point every command at another repository or index.
-    env = {k: v for k, v in os.environ.items() if k not in _REDIRECTING_VARS}
-    env.update({"LC_ALL": "C", "LANGUAGE": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"})
-    if extra:
-        env.update(extra)
-    return env
-
-
-def _run_git(
-    args: Sequence[str],
-    cwd: Path,
-    *,
-    input: bytes | None = None,
-    env: Mapping[str, str] | None = None,
-    check: bool = True,
-) -> subprocess.CompletedProcess[bytes]:
-    try:
-        proc = subprocess.run(
-            ["git", *args], cwd=cwd, input=input, env=_git_env(env), capture_output=True, check=False
-        )
-    except FileNotFoundError:
-        raise UserError("git is not installed or not on PATH: install git first") from None
-    if check and proc.returncode != 0:
-        detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        first = detail[-1] if detail else f"exit code {proc.returncode}"
-        raise GitError(f"git {args[0]} failed in {cwd}: {first}")
-    return proc
-
-
-def _decode(data: bytes) -> str:
-    # surrogateescape makes any byte sequence round-trip through str and back to the same bytes.
-    return data.decode("utf-8", errors="surrogateescape")
-
-
-def _encode(text: str) -> bytes:
-    return text.encode("utf-8", errors="surrogateescape")
 
 
 def _check_relpath(path: str) -> str:
@@ -116,7 +65,7 @@ class Workspace:
         base = ws.head_commit()
         commit = ws.commit_files(base, {"train.py": new_text}, "LR 0.01 -> 0.02")
         ws.set_experiment_ref(7, commit)
-        tree = ws.worktree(0)
+        tree = ws.worktree(run_worktree(0))
         ws.checkout(tree, commit)      # then run the training command in `tree`
     """
 
@@ -124,12 +73,12 @@ class Workspace:
         root = Path(root).expanduser().resolve()
         if not root.is_dir():
             raise UserError(f"{root} is not a directory: create it with `nightlab init {root}`")
-        probe = _run_git(
+        probe = run_git(
             ["rev-parse", "--is-bare-repository", "--git-common-dir", "--show-toplevel"], root, check=False
         )
         if probe.returncode != 0:
             raise UserError(f"{root} is not a git repository: run `git init` there, or `nightlab init DIR`")
-        lines = _decode(probe.stdout).splitlines()
+        lines = decode(probe.stdout).splitlines()
         if lines[0] == "true" or len(lines) < 3:
             raise UserError(f"{root} is a bare git repository: use a checkout with a working tree")
         top = Path(lines[2]).resolve()
@@ -141,7 +90,7 @@ class Workspace:
         self.root = root
         self._common_dir = (root / lines[1]).resolve()  # lines[1] may be relative to root
         self._admin_dirs: dict[Path, Path] = {}
-        if _run_git(["rev-parse", "--verify", "-q", "HEAD^{commit}"], root, check=False).returncode != 0:
+        if run_git(["rev-parse", "--verify", "-q", "HEAD^{commit}"], root, check=False).returncode != 0:
             raise UserError(f"{root} has no commits yet: commit your files first (git add -A && git commit)")
         self.state_dir = root / STATE_DIR
         self.state_dir.mkdir(exist_ok=True)
@@ -151,7 +100,7 @@ class Workspace:
     def git(self, *args: str, **kwargs) -> str:
         """``git ARGS`` in the workspace, its stdout as text: the one runner (environment,
         errors as :class:`UserError`) that recovery and the scale tools share with this class."""
-        return _decode(_run_git(list(args), self.root, **kwargs).stdout)
+        return decode(run_git(list(args), self.root, **kwargs).stdout)
 
     def _exclude_state_dir(self) -> None:
         """List .nightlab/ in .git/info/exclude so the state never shows as a dirty tree."""
@@ -169,8 +118,8 @@ class Workspace:
     # -- the user's checkout ----------------------------------------------------------------
     def dirty_files(self) -> list[str]:
         """Changed, staged and untracked files of the user's tree (ignored files excluded)."""
-        out = _run_git(["status", "--porcelain=v1", "-z", "--untracked-files=all"], self.root).stdout
-        return _porcelain_paths(out)
+        out = run_git(["status", "--porcelain=v1", "-z", "--untracked-files=all"], self.root).stdout
+        return porcelain_paths(out)
 
     def ensure_clean(self) -> None:
         """Refuse to start on uncommitted work: experiments start from commits, not from files."""
@@ -184,12 +133,12 @@ class Workspace:
 
     def resolve(self, rev: str) -> str:
         """The full commit id of ``rev``; a UserError names a revision that does not exist."""
-        proc = _run_git(
+        proc = run_git(
             ["rev-parse", "--verify", "-q", "--end-of-options", f"{rev}^{{commit}}"], self.root, check=False
         )
         if proc.returncode != 0:
             raise UserError(f"'{rev}' is not a commit in {self.root}: check the revision (git log)")
-        return _decode(proc.stdout).strip()
+        return decode(proc.stdout).strip()
 
     # -- the research branch ----------------------------------------------------------------
     def branch_ref(self, tag: str) -> str:
@@ -201,19 +150,19 @@ class Workspace:
 
     def branch_commit(self, tag: str) -> str | None:
         """Where ``nightlab/<tag>`` points, or None when the branch does not exist yet."""
-        proc = _run_git(["rev-parse", "--verify", "-q", self.branch_ref(tag)], self.root, check=False)
+        proc = run_git(["rev-parse", "--verify", "-q", self.branch_ref(tag)], self.root, check=False)
         if proc.returncode != 0:
             return None
-        return _decode(proc.stdout).strip()
+        return decode(proc.stdout).strip()
 
     def create_branch(self, tag: str, commit: str) -> None:
         """Create ``nightlab/<tag>`` at ``commit``; refuses when it already exists."""
         ref = self.branch_ref(tag)
-        proc = _run_git(["update-ref", "-m", "nightlab: start", ref, commit, ""], self.root, check=False)
+        proc = run_git(["update-ref", "-m", "nightlab: start", ref, commit, ""], self.root, check=False)
         if proc.returncode != 0:
             if self.branch_commit(tag) is not None:
                 raise UserError(f"branch {BRANCH_PREFIX}{tag} already exists: pick another --tag")
-            detail = _decode(proc.stderr).strip().splitlines()
+            detail = decode(proc.stderr).strip().splitlines()
             raise GitError(f"cannot create branch {BRANCH_PREFIX}{tag}: {detail[-1] if detail else ''}")
 
     def advance_branch(self, tag: str, new_commit: str, old_commit: str | None) -> None:
@@ -225,7 +174,7 @@ class Workspace:
         """
         ref = self.branch_ref(tag)
         self._refuse_checked_out(ref)
-        proc = _run_git(
+        proc = run_git(
             ["update-ref", "-m", "nightlab: keep", ref, new_commit, old_commit or ""], self.root, check=False
         )
         if proc.returncode != 0:
@@ -260,7 +209,7 @@ class Workspace:
         modes = self._modes(parent, list(paths))
         with tempfile.TemporaryDirectory(prefix="index-", dir=self.state_dir) as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-            _run_git(["read-tree", parent], self.root, env=env)
+            run_git(["read-tree", parent], self.root, env=env)
             blobs = self._write_blobs(tmp, {p: t for p, t in paths.items() if t is not None})
             lines = []
             for path, text in paths.items():
@@ -268,10 +217,10 @@ class Workspace:
                     lines.append(f"0 {'0' * len(parent)}\t{path}")
                 else:
                     lines.append(f"{modes.get(path, '100644')} {blobs[path]}\t{path}")
-            _run_git(
-                ["update-index", "--index-info"], self.root, input=_encode("\n".join(lines) + "\n"), env=env
+            run_git(
+                ["update-index", "--index-info"], self.root, input=encode("\n".join(lines) + "\n"), env=env
             )
-            tree = _decode(_run_git(["write-tree"], self.root, env=env).stdout).strip()
+            tree = decode(run_git(["write-tree"], self.root, env=env).stdout).strip()
         return self._commit_tree(tree, [parent], message)
 
     def _modes(self, commit: str, paths: list[str]) -> dict[str, str]:
@@ -292,7 +241,7 @@ class Workspace:
         staged = []
         for i, text in enumerate(texts.values()):
             staged_path = Path(tmp) / f"blob{i}"
-            staged_path.write_bytes(_encode(text))
+            staged_path.write_bytes(encode(text))
             staged.append(str(staged_path))
         # One process for all blobs; --no-filters because the text is already what to store.
         ids = self.git("hash-object", "-w", "--no-filters", "--", *staged).split()
@@ -302,8 +251,8 @@ class Workspace:
         args = ["commit-tree", "--no-gpg-sign", tree]
         for parent in parents:
             args += ["-p", parent]
-        out = _run_git(args, self.root, input=_encode(message.rstrip() + "\n"), env=IDENTITY).stdout
-        return _decode(out).strip()
+        out = run_git(args, self.root, input=encode(message.rstrip() + "\n"), env=IDENTITY).stdout
+        return decode(out).strip()
 
     def set_experiment_ref(self, exp_id: int, commit: str) -> None:
         """Keep ``commit`` reachable forever as ``refs/nightlab/experiments/<id>``."""
@@ -329,7 +278,7 @@ class Workspace:
         if not wanted:
             return {}
         request = "".join(f"{commit}:{p}\n" for p in wanted)
-        out = _run_git(["cat-file", "--batch"], self.root, input=_encode(request)).stdout
+        out = run_git(["cat-file", "--batch"], self.root, input=encode(request)).stdout
         texts: dict[str, str] = {}
         pos = 0
         for path in wanted:
@@ -339,7 +288,7 @@ class Workspace:
             if header[-1] != b"missing":  # "<id> <type> <size>" then the content
                 size = int(header[2])
                 if header[1] == b"blob":
-                    texts[path] = _decode(out[pos : pos + size])
+                    texts[path] = decode(out[pos : pos + size])
                 pos += size + 1
             if path not in texts and not missing_ok:
                 raise UserError(f"{path} does not exist at commit {commit[:12]} in {self.root}")
@@ -366,35 +315,49 @@ class Workspace:
             raise UserError(
                 f"commit {drop[:12]} has {len(parents)} parents: only single-parent commits can be dropped"
             )
-        patch = _run_git(
+        patch = run_git(
             ["diff", "--binary", "--full-index", "--no-ext-diff", parents[0], drop], self.root
         ).stdout
         if not patch:
             return head
         with tempfile.TemporaryDirectory(prefix="index-", dir=self.state_dir) as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-            _run_git(["read-tree", head], self.root, env=env)
-            applied = _run_git(
+            run_git(["read-tree", head], self.root, env=env)
+            applied = run_git(
                 ["apply", "--cached", "-R", "--3way"], self.root, input=patch, env=env, check=False
             )
             if applied.returncode != 0:
                 return None
-            tree = _decode(_run_git(["write-tree"], self.root, env=env).stdout).strip()
+            tree = decode(run_git(["write-tree"], self.root, env=env).stdout).strip()
         subject = self.git("log", "-1", "--format=%s", drop).strip()
         return self._commit_tree(tree, [head], f"Revert {drop[:12]}: {subject}")
 
     # -- worktrees for running ----------------------------------------------------------------
-    def worktree(self, slot: int = 0) -> Path:
-        """The persistent detached worktree of run slot ``slot`` (created on first use)."""
-        path = self.state_dir / "worktrees" / str(slot)
+    def worktree(self, name: str) -> Path:
+        """The persistent detached worktree called ``name`` (created on first use).
+
+        One per user of a checkout (:func:`run_worktree`, :data:`AGENT_WORKTREE`, a study's), so
+        no two of them reset each other's files.
+        """
+        if not _WORKTREE_RE.match(name):
+            raise ValueError(f"worktree name {name!r}: letters, digits and '-' only")
+        path = self.state_dir / "worktrees" / name
         if path.is_dir() and self._admin_dir(path) is not None:
             return path
         if path.exists():
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._retire_numbered_worktrees(path.parent)
         self.git("worktree", "prune")
         self.git("worktree", "add", "--detach", "--force", "--quiet", str(path), "HEAD")
         return path
+
+    def _retire_numbered_worktrees(self, folder: Path) -> None:
+        """Remove the worktrees older versions named by number (0, 9, 90, 91): nothing uses them now."""
+        for old in folder.iterdir() if folder.is_dir() else []:
+            if old.name.isdigit():
+                run_git(["worktree", "remove", "--force", str(old)], self.root, check=False)
+                shutil.rmtree(old, ignore_errors=True)
 
     def _admin_dir(self, path: Path) -> Path | None:
         """The worktree's own git folder (.git/worktrees/<name>), found from the main .git.
@@ -425,7 +388,7 @@ class Workspace:
         if pointer.is_symlink() or not pointer.is_file() or pointer.read_text(errors="replace") != expected:
             pointer.unlink(missing_ok=True)
             pointer.write_text(expected)  # repair a pointer the run replaced
-        return _run_git(["--git-dir", str(admin), "--work-tree", str(path), *args], path).stdout
+        return run_git(["--git-dir", str(admin), "--work-tree", str(path), *args], path).stdout
 
     def checkout(self, path: Path, commit: str, keep: Sequence[str] = ()) -> None:
         """Put exactly ``commit``'s files in worktree ``path``; leftovers of earlier runs vanish.
@@ -456,7 +419,7 @@ class Workspace:
         """(two-letter code, path) of every change in a worktree, ignored files included."""
         args = ["status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored", "--no-renames"]
         out = self._tree_git(path, *args)
-        return [(_decode(e[:2]), _decode(e[3:])) for e in out.split(b"\0") if e]
+        return [(decode(e[:2]), decode(e[3:])) for e in out.split(b"\0") if e]
 
     def _remove_untracked(self, path: Path, keep: Sequence[str]) -> None:
         parents: set[Path] = set()
@@ -476,38 +439,6 @@ class Workspace:
                     folder.rmdir()
                 except OSError:
                     pass
-
-    def hash_files(self, path: Path, relpaths: Iterable[str]) -> dict[str, str]:
-        """sha256 of each file under ``path`` ("missing" when absent), to detect tampering."""
-        return hash_files(path, relpaths)
-
-
-def hash_files(path: Path, relpaths: Iterable[str]) -> dict[str, str]:
-    """sha256 of each file under ``path`` ("missing" when absent), to detect tampering."""
-    hashes = {}
-    for rel in relpaths:
-        try:
-            hashes[rel] = hashlib.sha256((Path(path) / rel).read_bytes()).hexdigest()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            hashes[rel] = "missing"
-    return hashes
-
-
-def _porcelain_paths(out: bytes) -> list[str]:
-    """Paths from ``git status --porcelain=v1 -z`` output (rename sources included)."""
-    paths: list[str] = []
-    entries = out.split(b"\0")
-    i = 0
-    while i < len(entries):
-        entry = entries[i]
-        i += 1
-        if not entry:
-            continue
-        paths.append(_decode(entry[3:]))
-        if entry[:1] in (b"R", b"C"):  # renames carry their source as the next entry
-            paths.append(_decode(entries[i]))
-            i += 1
-    return list(dict.fromkeys(paths))
 
 
 def _allowed(rel: str, patterns: Sequence[str]) -> bool:

@@ -1,9 +1,10 @@
 """``nightlab init``: a research workspace from a template, as a fresh git repository.
 
 A template is a folder under ``nightlab/templates/`` holding the workspace files plus an
-optional ``sizes.toml`` whose tables (``[cpu.train]``, ``[gpu.prepare]``, ``[gpu.budget]`` ...)
-say which constants change with the size. Sizes rewrite only the literals, through the same
-knob editor the search agent uses, so the files stay as a person wrote them.
+optional ``sizes.toml`` whose tables (``[cpu.train]``, ``[gpu.data]``, ``[gpu.budget]`` ...)
+say which constants change with the size. Sizes, and ``--dataset`` (the template's ``DATASET``
+constant), rewrite only the literals, through the same knob editor the search agent uses, so
+the files stay as a person wrote them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -25,6 +27,9 @@ else:  # pragma: no cover
 SIZES_FILE = "sizes.toml"
 SKIP = {SIZES_FILE, "__pycache__"}
 GITIGNORE = ".nightlab/\nrun/\n__pycache__/\n*.pyc\n"
+DATASET = "DATASET"  # the constant `--dataset` rewrites, in whichever template file defines it
+# Who commits when the user has no git identity configured (a fresh machine, a container).
+FALLBACK_IDENTITY = ("-c", "user.name=nightlab", "-c", "user.email=nightlab@localhost")
 
 
 def template_dir(name: str) -> Path:
@@ -123,10 +128,65 @@ def apply_size(files: dict[str, str], sizes: dict, size: str) -> dict[str, str]:
     return out
 
 
+def apply_dataset(files: dict[str, str], dataset: str, template: str) -> dict[str, str]:
+    """Set ``DATASET = "..."`` in the template file(s) that define it to ``dataset``.
+
+    The value is stored as given, except a path that exists here, which becomes absolute: the
+    workspace lives elsewhere, so a relative path would point at nothing from there.
+    """
+    from nightlab.code.knobs import find_knobs, set_knobs
+
+    if not dataset.strip():
+        raise UserError("--dataset is empty; give a dataset name or a path")
+    local = Path(dataset).expanduser()
+    value = str(local.resolve()) if local.exists() else dataset
+    holders = [
+        rel
+        for rel, text in files.items()
+        if rel.endswith(".py") and any(k.name == DATASET for k in find_knobs(text, rel))
+    ]
+    if not holders:
+        raise UserError(
+            f"--dataset: template {template} has no {DATASET} constant to set; leave --dataset out"
+        )
+    out = dict(files)
+    for rel in holders:
+        out[rel] = set_knobs(out[rel], {DATASET: value}, rel)
+    return out
+
+
+def commit_all(directory: Path, message: str, paths: Sequence[str] = ()) -> None:
+    """Stage ``paths`` (everything when empty) and commit them, as nightlab when the user has no
+    git identity: a first commit must not fail on a machine where git was never configured."""
+    _git(directory, "add", *(["--", *paths] if paths else ["-A"]))
+    has_identity = (
+        subprocess.run(["git", "config", "user.email"], cwd=directory, capture_output=True).returncode == 0
+    )
+    _git(directory, "commit", "-q", "-m", message, options=() if has_identity else FALLBACK_IDENTITY)
+
+
+def _git(directory: Path, *args: str, options: Sequence[str] = ()) -> None:
+    """Run ``git [options] args`` in ``directory``; a failure is one line naming the command and
+    git's own reason, not a traceback."""
+    proc = subprocess.run(["git", *options, *args], cwd=directory, capture_output=True, text=True)
+    if proc.returncode != 0:
+        said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()  # `nothing to commit` is on stdout
+        reason = said[-1] if said else f"exit code {proc.returncode}"
+        raise UserError(f"git {args[0]} failed in {directory}: {reason}")
+
+
 def init_workspace(
-    directory: Path, template: str = "gpt", size: str | None = None, force: bool = False
+    directory: Path,
+    template: str = "gpt",
+    size: str | None = None,
+    force: bool = False,
+    dataset: str | None = None,
 ) -> str:
-    """Write the template into ``directory`` and make the first commit; returns the size used."""
+    """Write the template into ``directory`` and make the first commit; returns the size used.
+
+    ``dataset`` (a name or a path) sets the template's ``DATASET`` constant, after the size's
+    constants; a template without one is a :class:`UserError`.
+    """
     directory = Path(directory)
     src = template_dir(template)
     sizes_path = src / SIZES_FILE
@@ -148,6 +208,8 @@ def init_workspace(
     }
     if sizes:
         files = apply_size(files, sizes, size)
+    if dataset is not None:
+        files = apply_dataset(files, dataset, template)
     directory.mkdir(parents=True, exist_ok=True)
     for rel, text in files.items():
         target = directory / rel
@@ -156,24 +218,9 @@ def init_workspace(
     gitignore = directory / ".gitignore"
     if not gitignore.exists():
         gitignore.write_text(GITIGNORE)
-
-    def git(*args: str) -> None:
-        subprocess.run(["git", *args], cwd=directory, check=True, capture_output=True, text=True)
-
     if not (directory / ".git").exists():
-        git("init", "-q")
-        git("checkout", "-q", "-b", "main")
-    git("add", "-A")
+        _git(directory, "init", "-q")
+        _git(directory, "checkout", "-q", "-b", "main")
     label = f"{template}, {size} size" if size else template
-    has_identity = (
-        subprocess.run(["git", "config", "user.email"], cwd=directory, capture_output=True).returncode == 0
-    )
-    identity = [] if has_identity else ["-c", "user.name=nightlab", "-c", "user.email=nightlab@localhost"]
-    subprocess.run(
-        ["git", *identity, "commit", "-q", "-m", f"nightlab init ({label})"],
-        cwd=directory,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    commit_all(directory, f"nightlab init ({label})")
     return size or ""

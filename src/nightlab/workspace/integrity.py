@@ -9,6 +9,7 @@ the file afterwards inside the same run only partly.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +25,17 @@ def frozen_paths(config: Config, root: Path) -> list[str]:
     return sorted(paths)
 
 
-def hash_paths(root: Path, paths: list[str]) -> dict[str, str]:
-    """sha256 of each file (``"missing"`` when it is gone, so deletion counts as a change)."""
+def hash_paths(root: Path, paths: Iterable[str]) -> dict[str, str]:
+    """sha256 of each file under ``root``, by relative path.
+
+    ``"missing"`` when there is no file to read (gone, a directory now, or a parent that became a
+    file), so deleting or replacing a frozen file counts as a change rather than a crash.
+    """
     out: dict[str, str] = {}
     for rel in paths:
-        path = root / rel
         try:
-            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-        except (FileNotFoundError, IsADirectoryError):
+            out[rel] = hashlib.sha256((Path(root) / rel).read_bytes()).hexdigest()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             out[rel] = "missing"
     return out
 

@@ -4,35 +4,34 @@ Each proposal is one short conversation. The model's answer is parsed and its ed
 the incumbent's files right here (with the same :func:`nightlab.code.edits.apply_edits` the loop
 uses) and syntax-checked; when that fails, or when the result is a set of files already tried,
 the error goes back to the model in the same conversation, up to ``[agent] retries`` times. A
-proposal that reaches the loop therefore applies cleanly, unless retries ran out: then it
-carries ``meta["invalid"]`` with the last error, for the loop to record as ``invalid``.
+proposal that reaches the loop therefore applies cleanly, unless retries ran out: then it is
+``refused`` with the last error, for the loop to record as ``invalid``.
 
 After an experiment of its own finishes, the agent asks the model for a one-line lesson. That
 call is made at the start of the next :meth:`LLMAgent.propose`, which the loop runs in the
 background while an experiment trains, so it never idles the hardware; the lessons come back
-in that proposal's ``meta["lessons"]`` (experiment id -> lesson) for the ledger.
+in that proposal's ``lessons`` (experiment id -> lesson) for the ledger.
 
-Spending is tracked per proposal (``meta`` ``tokens_in``, ``tokens_out``, ``cost_usd``) and in
-total; when ``max_total_tokens`` or ``max_cost`` is reached, or the API stays unreachable
-after all retries, :meth:`propose` returns None and :attr:`stop_reason` says why.
+Spending is tracked per proposal (its ``cost``: tokens in and out, dollars) and in total; when
+``max_total_tokens`` or ``max_cost`` is reached, or the API stays unreachable after all
+retries, :meth:`propose` returns None and :meth:`stop_reason` says why.
 
 Example (a local vLLM server)::
 
-    agent = LLMAgent(AgentConfig(kind="llm", provider="openai", model="Qwen/Qwen2.5-Coder-32B",
+    agent = LLMAgent(LLMSettings(provider="openai", model="Qwen/Qwen2.5-Coder-32B",
                                  base_url="http://localhost:8000/v1"))
     proposal = agent.propose(context)
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 import threading
 import uuid
 from dataclasses import dataclass
 
+from nightlab.agents.base import Agent
 from nightlab.agents.llm.answer import ParsedAnswer, parse_answer
 from nightlab.agents.llm.prompt import build_prompt
 from nightlab.agents.llm.providers import (
@@ -43,9 +42,10 @@ from nightlab.agents.llm.providers import (
     make_model,
     price_for,
 )
-from nightlab.config import AgentConfig, Config
+from nightlab.agents.llm.settings import LLMSettings
+from nightlab.code.changes import code_hash
 from nightlab.errors import EditError, UserError
-from nightlab.types import Context, HistoryEntry, Proposal
+from nightlab.types import Context, HistoryEntry, Proposal, ProposalCost
 
 log = logging.getLogger("nightlab.agents.llm.agent")
 
@@ -54,11 +54,6 @@ log = logging.getLogger("nightlab.agents.llm.agent")
 MAX_FAILED_ROUNDS = 5
 LESSON_TOKENS = 80
 LESSONS_PER_CALL = 5
-
-
-def files_hash(files: dict[str, str]) -> str:
-    """A fingerprint of a set of files, so identical proposals are recognised however they were written."""
-    return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -73,14 +68,17 @@ class _Spend:
         self.cost_usd += other.cost_usd
 
 
-class LLMAgent:
-    """An :class:`~nightlab.agents.base.Agent` backed by a chat model; see the module docstring."""
+class LLMAgent(Agent):
+    """An :class:`~nightlab.agents.base.Agent` backed by a chat model; see the module docstring.
+
+    Pipelined: the loop asks for the next proposal while the current experiment trains, so the
+    model's latency does not idle the hardware.
+    """
 
     name = "llm"
+    pipelined = True
 
-    def __init__(self, config: AgentConfig | Config, model: ChatModel | None = None) -> None:
-        # The registry hands over the whole Config; tests and scripts often just the [agent] table.
-        config = config.agent if isinstance(config, Config) else config
+    def __init__(self, config: LLMSettings, model: ChatModel | None = None) -> None:
         self.config = config
         self.model = model if model is not None else make_model(config)
         self._model_name = config.model or getattr(self.model, "model", "")
@@ -107,17 +105,14 @@ class LLMAgent:
         self._lessons: dict[int, str] = {}
         self._failed_rounds = 0
         self.spent = _Spend()
-        self.stop_reason: str | None = None
-        # The loop asks for the next proposal while the current experiment trains, so the
-        # model's latency does not idle the hardware.
-        self.pipelined = bool(config.pipeline)
+        self._stop_reason: str | None = None
 
     # -- the Agent protocol -------------------------------------------------------------------
 
     def propose(self, context: Context) -> Proposal | None:
         """The next experiment, or None when a cap is reached or the API is gone (see stop_reason)."""
         with self._propose_lock:
-            if self.stop_reason is not None:
+            if self._stop_reason is not None:
                 return None
             spend = _Spend()
             try:
@@ -145,11 +140,12 @@ class LLMAgent:
                         self._awaiting_lesson.append(entry)
             else:
                 # Spending recorded by an earlier process (a resumed run) still counts toward the caps.
+                cost = entry.cost or {}
                 self.spent.add(
                     _Spend(
-                        int(meta.get("tokens_in", 0) or 0),
-                        int(meta.get("tokens_out", 0) or 0),
-                        float(meta.get("cost_usd", 0.0) or 0.0),
+                        int(cost.get("tokens_in", 0) or 0),
+                        int(cost.get("tokens_out", 0) or 0),
+                        float(cost.get("cost_usd", 0.0) or 0.0),
                     )
                 )
 
@@ -161,7 +157,11 @@ class LLMAgent:
         with self._lock:
             return dict(self._lessons)
 
-    def flush_lessons(self) -> dict[int, str]:
+    def stop_reason(self) -> str | None:
+        """Why :meth:`propose` stopped proposing: a cap, or an API that stayed unreachable."""
+        return self._stop_reason
+
+    def final_lessons(self) -> dict[int, str]:
         """Write the lessons still owed (e.g. for the last experiment of a run) and return them."""
         with self._propose_lock:
             spend = _Spend()
@@ -205,9 +205,13 @@ class LLMAgent:
                 continue
             with self._lock:
                 self._seen[digest] = f"an earlier proposal ('{parsed.description}')"
-            meta = self._meta(spend, attempt, lessons) | {"files_hash": digest}
             return Proposal(
-                description=parsed.description, hypothesis=parsed.hypothesis, edits=parsed.edits, meta=meta
+                description=parsed.description,
+                hypothesis=parsed.hypothesis,
+                edits=parsed.edits,
+                meta=self._meta() | {"files_hash": digest},
+                lessons=lessons,
+                cost=self._cost(spend, attempt),
             )
         return self._give_up(parsed, error, spend, lessons)
 
@@ -217,7 +221,7 @@ class LLMAgent:
 
         new_files = {
             **context.files,
-            **apply_edits(context.files, parsed.edits, context.editable, frozen=sorted(context.frozen_files)),
+            **apply_edits(context.files, parsed.edits, context.editable, frozen=context.frozen),
         }
         changed = sorted(path for path, text in new_files.items() if context.files.get(path) != text)
         if not changed:
@@ -227,7 +231,7 @@ class LLMAgent:
                 problem = python_syntax_error(path, new_files[path])
                 if problem:
                     raise EditError(f"after your edits {path} is not valid Python: {problem}")
-        digest = files_hash(new_files)
+        digest = code_hash(new_files)
         with self._lock:
             before = self._seen.get(digest)
         if before is not None:
@@ -246,12 +250,14 @@ class LLMAgent:
         if rounds >= MAX_FAILED_ROUNDS:
             self._stop(f"{rounds} proposals in a row had no usable answer after retries (last: {error})")
             return None
-        meta = self._meta(spend, self.config.retries + 1, lessons) | {"invalid": error}
         return Proposal(
             description=parsed.description if parsed else "unusable answer",
             hypothesis=parsed.hypothesis if parsed else "",
             edits=parsed.edits if parsed else [],
-            meta=meta,
+            meta=self._meta(),
+            refused=error,
+            lessons=lessons,
+            cost=self._cost(spend, self.config.retries + 1),
         )
 
     # -- lessons ------------------------------------------------------------------------------
@@ -308,24 +314,25 @@ class LLMAgent:
         return False
 
     def _stop(self, reason: str) -> None:
-        self.stop_reason = reason
+        self._stop_reason = reason
         log.warning("llm agent stops: %s", reason)
 
-    def _meta(self, spend: _Spend, attempts: int, lessons: dict[int, str]) -> dict:
-        meta: dict = {
-            "model": self._model_name,
-            "tokens_in": spend.tokens_in,
-            "tokens_out": spend.tokens_out,
-            "cost_usd": round(spend.cost_usd, 6),
-            "attempts": attempts,
-        }
+    def _meta(self) -> dict:
+        """A proposal id unique to this process, so :meth:`observe` knows its own experiments."""
         with self._lock:
             self._count += 1
-            meta["proposal_id"] = f"{self._session}-{self._count}"
-            self._issued.add(meta["proposal_id"])
-        if lessons:
-            meta["lessons"] = {str(k): v for k, v in lessons.items()}
-        return meta
+            proposal_id = f"{self._session}-{self._count}"
+            self._issued.add(proposal_id)
+        return {"proposal_id": proposal_id}
+
+    def _cost(self, spend: _Spend, attempts: int) -> ProposalCost:
+        return ProposalCost(
+            tokens_in=spend.tokens_in,
+            tokens_out=spend.tokens_out,
+            cost_usd=round(spend.cost_usd, 6),
+            model=self._model_name,
+            attempts=attempts,
+        )
 
 
 def _feedback(error: str) -> str:

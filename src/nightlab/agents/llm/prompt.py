@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
+from nightlab.formatting import general
 from nightlab.types import Context, HistoryEntry
 
 PROTOCOL = """\
@@ -132,13 +133,13 @@ def _state(context: Context) -> str:
     arrow = "lower" if context.direction == "minimize" else "higher"
     lines = [f"- metric: {context.metric_name} ({arrow} is better)"]
     lines.append(
-        f"- best so far: {_num(context.best)}"
+        f"- best so far: {general(context.best)}"
         if context.best is not None
         else "- best so far: not measured yet"
     )
     if context.noise is not None:
         lines.append(
-            f"- noise floor: one run's {context.metric_name} varies by about ±{_num(context.noise)} (std)"
+            f"- noise floor: one run's {context.metric_name} varies by about ±{general(context.noise)} (std)"
         )
     else:
         lines.append("- noise floor: not measured yet")
@@ -150,10 +151,6 @@ def _state(context: Context) -> str:
     lines.append("- budget left: " + (" / ".join(budget) if budget else "open-ended"))
     lines.append(f"- experiments so far: {len(context.history)}")
     return "\n".join(lines)
-
-
-def _num(value: float | None) -> str:
-    return "—" if value is None else f"{value:.6g}"
 
 
 def _cell(text: str, limit: int = 90) -> str:
@@ -174,7 +171,7 @@ def _history_items(history: list[HistoryEntry]) -> list[_Item]:
     items = []
     for i, e in enumerate(history):
         row = (
-            f"| {e.id} | {_cell(e.description)} | {_num(e.metric)} | {_delta(e)} | {e.runs} | {e.status} | {e.decision} "
+            f"| {e.id} | {_cell(e.description)} | {general(e.metric)} | {_delta(e)} | {e.runs} | {e.status} | {e.decision} "
             f"| {_cell(e.reason, 70)} |"
         )
         age = n - i

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nightlab.config import AgentConfig
+from nightlab.agents.llm.settings import LLMSettings
 from nightlab.errors import UserError
 
 log = logging.getLogger("nightlab.agents.llm.agent")
@@ -125,7 +125,7 @@ def cost_usd(
     return (tokens_in * price[0] + tokens_out * price[1]) / 1_000_000
 
 
-def read_api_key(config: AgentConfig) -> str:
+def read_api_key(config: LLMSettings) -> str:
     """The key from the environment variable named by ``api_key_env`` (or the provider's default).
 
     A local server (``base_url`` set, no ``api_key_env``) needs no key, so a placeholder is used.
@@ -143,7 +143,7 @@ def read_api_key(config: AgentConfig) -> str:
     )
 
 
-def make_model(config: AgentConfig, retry: RetryPolicy | None = None) -> ChatModel:
+def make_model(config: LLMSettings, retry: RetryPolicy | None = None) -> ChatModel:
     """The chat model ``[agent]`` describes (``provider``, ``model``, ``base_url``, ``api_key_env``)."""
     if not config.model:
         raise UserError('nightlab.toml: [agent] model is required for kind = "llm" (e.g. model = "gpt-4o")')

@@ -28,11 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from nightlab.agents.base import Agent
+from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import Space, build_space, canonical, describe_space
 from nightlab.agents.search.surrogate import GaussianProcess, expected_improvement, failure_probability
 from nightlab.code.knobs import format_literal, set_knobs
 from nightlab.errors import UserError
-from nightlab.types import Context, Edit, HistoryEntry, Proposal
+from nightlab.types import Context, Direction, Edit, HistoryEntry, Proposal
 
 __all__ = ["SearchAgent", "describe_space"]
 
@@ -53,15 +55,15 @@ class Trial:
     status: str
 
 
-class SearchAgent:
+class SearchAgent(Agent):
     """Proposes knob changes from the incumbent, guided by a model of all results so far."""
 
     name = "search"
 
-    def __init__(self, config: Any) -> None:
-        self.agent_config = getattr(config, "agent", config)
-        self.seed = int(getattr(self.agent_config, "seed", 0))
-        self.max_knobs = int(getattr(self.agent_config, "max_knobs_per_move", 2))
+    def __init__(self, settings: SearchSettings | None = None) -> None:
+        self.settings = settings if settings is not None else SearchSettings()
+        self.seed = self.settings.seed
+        self.max_knobs = self.settings.max_knobs_per_move
         self.entries: dict[int, HistoryEntry] = {}
         self.pending: dict[tuple, dict[str, Any]] = {}
         self._space_cache: tuple[tuple, Space] | None = None
@@ -108,7 +110,7 @@ class SearchAgent:
     def _space(self, files: dict[str, str], origin: dict[str, Any]) -> Space:
         fingerprint = (tuple(sorted(files.items())), repr(sorted(origin.items())))
         if self._space_cache is None or self._space_cache[0] != fingerprint:
-            self._space_cache = (fingerprint, build_space(files, self.agent_config, origin=origin))
+            self._space_cache = (fingerprint, build_space(files, self.settings, origin=origin))
         return self._space_cache[1]
 
     def _origin(self, files: dict[str, str]) -> dict[str, Any]:
@@ -121,11 +123,11 @@ class SearchAgent:
                 if isinstance(meta.get(key), dict):
                     return meta[key]
         # No proposal of ours yet: the incumbent is the baseline unless someone else kept a change.
-        return build_space(files, self.agent_config).current()
+        return build_space(files, self.settings).current()
 
-    def _trials(self, space: Space, centre: dict[str, Any], direction: str) -> list[Trial]:
+    def _trials(self, space: Space, centre: dict[str, Any], direction: Direction) -> list[Trial]:
         """Every past experiment with known knob values, the baseline included."""
-        sign = -1.0 if direction == "maximize" else 1.0
+        sign = -direction.sign  # the model minimises
         ordered = [self.entries[i] for i in sorted(self.entries)]
         ours = [e for e in ordered if isinstance((e.meta or {}).get("knobs"), dict)]
         baseline_config: dict[str, Any] | None = None
@@ -285,7 +287,7 @@ class SearchAgent:
         )
         score = acquisition * (1.0 - p_fail)
         best = int(np.argmax(score))
-        sign = -1.0 if context.direction == "maximize" else 1.0
+        sign = -context.direction.sign  # the model minimises
         predicted, spread = sign * float(mean[best]), float(sd[best])
         incumbent = sign * float(centre_mean[0])
         note = (

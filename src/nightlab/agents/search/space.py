@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from nightlab.agents.search.settings import SearchSettings
 from nightlab.code.knobs import Knob, find_knobs, format_literal
 from nightlab.errors import UserError
 
@@ -359,12 +360,14 @@ def _same_kind(choice: Any, value: Any) -> bool:
 
 
 def build_space(
-    files: dict[str, str], agent: Any, source: str = "nightlab.toml", origin: dict[str, Any] | None = None
+    files: dict[str, str],
+    settings: SearchSettings,
+    source: str = "nightlab.toml",
+    origin: dict[str, Any] | None = None,
 ) -> Space:
-    """The space of the editable Python files under the ``[agent]`` settings.
+    """The space of the editable Python files under the search agent's settings.
 
-    ``agent`` is an :class:`~nightlab.config.AgentConfig` (or anything with ``space`` and
-    ``pin``). ``origin`` holds the knob values domains are inferred from (the baseline's), so
+    ``settings`` holds the declared domains (``space``) and the pins (``pin``). ``origin`` holds the knob values domains are inferred from (the baseline's), so
     that a domain does not drift as kept changes move the incumbent: ``DEPTH = 3`` infers
     [1, 9] even once the incumbent's DEPTH is 8, a power of two. A declaration or pin naming no
     knob, or a malformed declaration, is a :class:`UserError` naming the knob and what is wrong.
@@ -377,8 +380,8 @@ def build_space(
             if knob.name in knobs:
                 continue  # the first editable file that defines a name owns it
             knobs[knob.name] = knob
-    space_spec: dict[str, Any] = dict(getattr(agent, "space", {}) or {})
-    pins = list(getattr(agent, "pin", []) or [])
+    space_spec: dict[str, Any] = dict(settings.space)
+    pins = list(settings.pin)
     known = ", ".join(knobs) or "none found"
     for name in list(space_spec) + pins:
         if name not in knobs:
@@ -448,14 +451,12 @@ def _clip(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def describe_space(files: dict[str, str], config: Any) -> str:
+def describe_space(files: dict[str, str], settings: SearchSettings) -> str:
     """The table ``nightlab agent show-space`` prints: every knob, its value and its domain.
 
-    ``config`` is the whole :class:`~nightlab.config.Config` or just its ``agent`` part. The
-    text holds square brackets (``[0.001, 0.1]``, ``[agent.space]``): print it without markup.
+    The text holds square brackets (``[0.001, 0.1]``, ``[agent.space]``): print it without markup.
     """
-    agent = getattr(config, "agent", config)
-    space = build_space(files, agent)
+    space = build_space(files, settings)
     rows = [("knob", "file", "value", "domain", "from", "comment")]
     by_knob: dict[str, list[Dim]] = {}
     for dim in space.dims:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nightlab.executor.env import REDACTED, is_secret_name, redact, scrub_env, secret_values
+from nightlab.secrets import REDACTED, is_secret_name, redact, scrub_env, secret_values
 
 SECRET_NAMES = [
     "OPENAI_API_KEY",

@@ -1,0 +1,124 @@
+"""What several commands share: the two consoles, the workspace argument, the research loop run
+under the live view or the plain log, the reports and summary printed at its end, and the
+status table.
+
+``run`` and ``demo`` both research and then report, ``report`` reports alone; writing those
+steps once keeps the three printing the same lines. Only typer and rich are imported at the
+top, so ``nightlab --help`` stays fast; everything else is imported when a command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from nightlab.research.loop import LoopLimits, LoopOutcome
+    from nightlab.research.session import Session
+
+console = Console()
+err_console = Console(stderr=True)
+
+DirArg = typer.Argument(Path("."), help="The research workspace (a git repository with nightlab.toml).")
+
+
+def run_research(session: Session, limits: LoopLimits, live: bool, console: Console = console) -> LoopOutcome:
+    """Run the research loop until ``limits``; ``live`` shows the refreshing terminal view,
+    otherwise one timestamped line per event (for logs, CI, and output that is not a terminal)."""
+    from nightlab.cli.view import LiveView, RunView, plain_printer
+    from nightlab.events import EventSink
+    from nightlab.research.session import build_loop
+
+    cfg = session.config
+    events = EventSink()
+    view = RunView(cfg.budget.seconds, cfg.budget.timeout, cfg.metric.name)
+    events.subscribe(view.on_event)
+    if not live:
+        events.subscribe(plain_printer(console))
+    loop = build_loop(session, events=events)
+    if not live:
+        return loop.run(limits)
+    with LiveView(view, console):
+        return loop.run(limits)
+
+
+def write_reports(session: Session, quiet: bool) -> dict[str, Path]:
+    """results.tsv, progress.png, the study figures and report.html; ``{label: path}`` of those
+    written. A figure that cannot be drawn is skipped (with a warning unless ``quiet``): a
+    plotting problem must never hide the results."""
+    from nightlab.report.plot import plot_progress
+    from nightlab.store.export import export_tsv
+
+    state = session.workspace.state_dir
+    paths: dict[str, Path] = {}
+    tsv = state / "results.tsv"
+    export_tsv(session.ledger, tsv, session.tag, session.config.metric.name)
+    paths["results"] = tsv
+    try:
+        paths["plot"] = plot_progress(
+            session.ledger,
+            session.tag,
+            state / "progress.png",
+            session.config.metric.name,
+            session.config.metric.direction,
+        )
+    except Exception as exc:  # noqa: BLE001 - a plotting problem must not hide the results
+        if not quiet:
+            err_console.print(f"warning: could not draw progress.png ({exc})")
+    try:  # validate/ablate figures (validation.png, ablation.png), when those studies ran
+        from nightlab.report.validation import write_study_plots
+
+        paths.update(write_study_plots(session.ledger, state, session.config))
+    except Exception as exc:  # noqa: BLE001 - a plotting problem must not hide the results
+        if not quiet:
+            err_console.print(f"warning: could not draw the validation/ablation figures ({exc})")
+    try:
+        from nightlab.report.html import write_html_report
+
+        paths["report"] = write_html_report(
+            session.ledger, session.tag, session.config.metric, state / "report.html"
+        )
+    except ImportError:
+        pass
+    return paths
+
+
+def print_summary(session: Session, console: Console = console) -> None:
+    """The research summary as plain text (descriptions are agent-written: never rich markup)."""
+    from nightlab.report.summary import render_summary
+
+    text = render_summary(
+        session.ledger, session.tag, session.config.metric.name, session.config.metric.direction
+    )
+    console.print(text, markup=False, highlight=False)
+
+
+def print_status_table(data: dict, metric_name: str) -> None:
+    """``nightlab status``: one row per experiment of the ledger's status dict, then the best."""
+    from rich.table import Table
+
+    table = Table(title=f"nightlab status ({data.get('tag', '')})")
+    for col in ("id", "status", "decision", metric_name, "±", "runs", "description", "reason"):
+        table.add_column(col, overflow="fold")
+    for e in data.get("experiments", []):
+        metric = e.get("metric")
+        spread = e.get("spread")
+        table.add_row(
+            str(e.get("id")),
+            str(e.get("status")),
+            str(e.get("decision") or ""),
+            f"{metric:.6f}" if isinstance(metric, (int, float)) else "-",
+            f"{spread:.4f}" if isinstance(spread, (int, float)) else "",
+            str(e.get("runs") or 0),
+            str(e.get("description") or ""),
+            str(e.get("reason") or "") + "".join(f" (audit: {a})" for a in e.get("audit") or []),
+        )
+    console.print(table)
+    best = data.get("best")
+    if best:
+        console.print(
+            f"best: #{best.get('id')} {metric_name} {best.get('metric')} ({best.get('description')})"
+        )

@@ -1,0 +1,114 @@
+"""``nightlab init``, ``run``, ``status``, ``report`` and ``demo``: one research session, from the
+workspace to the morning's report. Registered by :mod:`nightlab.cli.app`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from nightlab.cli.output import (
+    DirArg,
+    console,
+    print_status_table,
+    print_summary,
+    run_research,
+    write_reports,
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``init``, ``run``, ``status``, ``report`` and ``demo`` to the ``nightlab`` command."""
+    app.command("init")(init)
+    app.command("run")(run)
+    app.command("status")(status)
+    app.command("report")(report)
+    app.command("demo")(demo)
+
+
+def init(
+    directory: Path = typer.Argument(..., help="Where to create the workspace."),
+    template: str = typer.Option("gpt", help="Which template to copy."),
+    size: str = typer.Option(None, help="cpu or gpu (default: gpu where a CUDA GPU is present)."),
+    dataset: str = typer.Option(
+        None, "--dataset", help="What to train on: a dataset name or a path (sets the template's DATASET)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty directory."),
+) -> None:
+    """Create a research workspace: a git repository with the template's files and a first commit."""
+    from nightlab.workspace.init import init_workspace
+
+    used = init_workspace(directory, template=template, size=size, force=force, dataset=dataset)
+    console.print(f"created {directory} ({template}{', ' + used + ' size' if used else ''})")
+    console.print(f"next: nightlab run {directory}")
+
+
+def run(
+    directory: Path = DirArg,
+    max_experiments: int = typer.Option(
+        None, "--max-experiments", "-n", min=0, help="Stop after N experiments."
+    ),
+    hours: float = typer.Option(None, "--hours", min=0.0, help="Stop proposing after H hours."),
+    agent: str = typer.Option(None, "--agent", help="Override [agent] kind: replay, search, llm, command."),
+    tag: str = typer.Option(
+        None, "--tag", help="Research branch nightlab/<tag> (default: last used, else today)."
+    ),
+    plain: bool = typer.Option(False, "--plain", help="Plain log lines instead of the live view."),
+) -> None:
+    """Run the research loop; running it again continues where it stopped."""
+    from nightlab.research.loop import LoopLimits
+    from nightlab.research.session import open_session
+
+    session = open_session(directory, tag=tag, agent_kind=agent)
+    cfg = session.config
+    limits = LoopLimits(
+        max_experiments=max_experiments if max_experiments is not None else cfg.run.max_experiments,
+        hours=hours if hours is not None else cfg.run.hours,
+    )
+    console.print(
+        f"nightlab: workspace {session.root}, branch nightlab/{session.tag}, agent {cfg.agent.kind}"
+    )
+    outcome = run_research(session, limits, live=not plain and console.is_terminal)
+    write_reports(session, quiet=True)
+    console.print(f"stopped: {outcome.stopped_because}")
+    print_summary(session)
+
+
+def status(
+    directory: Path = DirArg,
+    tag: str = typer.Option(None, "--tag"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """The experiments so far and the current best."""
+    from nightlab.research.session import open_session
+    from nightlab.store.export import status_dict
+
+    session = open_session(directory, tag=tag, must_exist=True)
+    data = status_dict(session.ledger, session.tag)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    print_status_table(data, session.config.metric.name)
+
+
+def report(directory: Path = DirArg, tag: str = typer.Option(None, "--tag")) -> None:
+    """Write progress.png, results.tsv (and the HTML report), and print the summary."""
+    from nightlab.research.session import open_session
+
+    session = open_session(directory, tag=tag, must_exist=True)
+    paths = write_reports(session, quiet=False)
+    print_summary(session)
+    for label, path in paths.items():
+        console.print(f"{label}: {path}")
+
+
+def demo(
+    directory: Path = typer.Option(Path("nightlab-demo"), "--dir", help="Where the demo workspace goes."),
+    minutes: float = typer.Option(10.0, "--minutes", help="About how long to research."),
+) -> None:
+    """The demo: a cpu-size GPT workspace, the offline search agent for ~10 minutes, a report."""
+    from nightlab.cli.demo import run_demo
+
+    run_demo(directory, minutes=minutes, console=console)

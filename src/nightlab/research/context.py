@@ -1,0 +1,58 @@
+"""What an agent may know when it proposes: the :class:`~nightlab.types.Context` of a moment.
+
+Built from the ledger (history, best, noise floor), git (the incumbent's editable files and the
+frozen interfaces it uses) and the workspace (program.md), never from the holdout metric.
+"""
+
+from __future__ import annotations
+
+from nightlab.config import Config
+from nightlab.paths import editable_files, select
+from nightlab.stats import noise_floor
+from nightlab.store.ledger import Ledger
+from nightlab.store.schema import ExperimentRow
+from nightlab.types import Context
+from nightlab.workspace.git import Workspace
+
+PROGRAM_FILE = "program.md"
+# Frozen files larger than this are left out of the context (data, not interfaces).
+MAX_FROZEN_CHARS = 200_000
+
+
+def editable_texts(config: Config, workspace: Workspace, commit: str) -> dict[str, str]:
+    """The editable files at ``commit`` (path -> text): what an agent edits and screening checks."""
+    paths = editable_files(workspace.list_files(commit), config.target.editable, config.target.frozen)
+    return workspace.read_files(commit, paths)
+
+
+def build_context(
+    config: Config,
+    workspace: Workspace,
+    ledger: Ledger,
+    tag: str,
+    incumbent: ExperimentRow,
+    experiments_left: int | None = None,
+    seconds_left: float | None = None,
+) -> Context:
+    """The context of a proposal against ``incumbent``, the best code so far."""
+    if incumbent.commit is None:
+        raise ValueError(f"experiment #{incumbent.id} has no commit and cannot be the incumbent")
+    frozen_paths = select(workspace.list_files(incumbent.commit), config.target.frozen)
+    frozen = workspace.read_files(incumbent.commit, frozen_paths)
+    program = workspace.root / PROGRAM_FILE
+    noise = noise_floor(ledger.replicate_groups(tag))
+    return Context(
+        files=editable_texts(config, workspace, incumbent.commit),
+        history=ledger.history(tag),
+        metric_name=config.metric.name,
+        direction=config.metric.direction,
+        best=incumbent.metric_mean,
+        noise=noise.sd if noise else None,
+        program=program.read_text() if program.is_file() else "",
+        frozen_files={p: t for p, t in frozen.items() if len(t) < MAX_FROZEN_CHARS},
+        experiments_left=experiments_left,
+        seconds_left=seconds_left,
+        incumbent_commit=incumbent.commit,
+        editable=list(config.target.editable),
+        frozen=list(config.target.frozen),
+    )

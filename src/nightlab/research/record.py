@@ -1,0 +1,176 @@
+"""Writing the research down: ledger rows, experiment refs, the research branch, the events.
+
+The loop says *when* something happened (a proposal screened, a decision taken); the
+:class:`Recorder` knows *how* it is written, in the order that makes a ``kill -9`` harmless at any
+instant (the loop's rule 1): the ledger row first, then the git ref or the branch move, then the
+events and results.tsv that anyone watching reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nightlab.agents.base import Agent
+from nightlab.config import Config
+from nightlab.events import Event, EventSink
+from nightlab.research.policy import Decision
+from nightlab.research.screen import Change, Refusal
+from nightlab.stats import mean, sample_sd
+from nightlab.store.export import export_tsv
+from nightlab.store.ledger import Ledger
+from nightlab.store.schema import ExperimentRow, RunRow
+from nightlab.types import Proposal
+from nightlab.workspace.git import Workspace
+
+
+@dataclass
+class Recorder:
+    """Records one tag's experiments; tells the agent and the event subscribers about each."""
+
+    config: Config
+    workspace: Workspace
+    ledger: Ledger
+    agent: Agent
+    tag: str
+    events: EventSink
+
+    def proposal_fields(self, proposal: Proposal, incumbent: ExperimentRow) -> dict:
+        """The ledger columns every candidate has, whether it runs or not."""
+        text = proposal.description.strip()
+        return dict(
+            tag=self.tag,
+            base_commit=incumbent.commit,
+            agent=self.agent.name,
+            description=text.splitlines()[0][:200] if text else "(no description)",
+            hypothesis=proposal.hypothesis,
+            proposal_json=proposal.to_dict(),
+            meta_json=proposal.meta,
+            incumbent_id=incumbent.id,
+            cost_json=proposal.cost.to_dict() if proposal.cost else {},
+        )
+
+    def refused(self, fields: dict, refusal: Refusal) -> None:
+        """A proposal that does not run, recorded with its outcome in one insert: a kill -9
+        between two writes would leave a "running" row without a commit for the next run."""
+        exp_id = self.ledger.add_experiment(
+            kind="candidate",
+            commit=None,
+            diff="",
+            n_runs=0,
+            status=refusal.status,
+            decision=refusal.decision,
+            reason=refusal.reason,
+            **fields,
+        )
+        self.ledger.finish_experiment(exp_id)  # the finish time
+        self._decided(exp_id, f"#{exp_id} {fields['description']}: {refusal.reason}", refusal.status)
+
+    def committed(self, fields: dict, change: Change, base: str, hypothesis: str) -> ExperimentRow:
+        """A candidate that runs: its commit on ``base``, its ledger row, then its ref (rule 1)."""
+        if change.audit:  # [audit] mode "mark": it runs, and the ledger keeps why it was flagged
+            fields = {**fields, "meta_json": {**fields["meta_json"], "audit": change.audit}}
+        number = self.ledger.candidate_count(self.tag) + 1
+        message = f"nightlab #{number}: {fields['description']}\n\n{hypothesis}".strip()
+        commit = self.workspace.commit_files(base, change.changed, message)
+        exp_id = self.ledger.add_experiment(
+            kind="candidate",
+            commit=commit,
+            diff=self.workspace.diff(base, commit),
+            lines_added=change.lines_added,
+            lines_removed=change.lines_removed,
+            code_hash=change.code_hash,
+            **fields,
+        )
+        self.workspace.set_experiment_ref(exp_id, commit)
+        self.events.emit(Event("proposal", f"#{exp_id} {fields['description']}", experiment_id=exp_id))
+        return self.ledger.experiment(exp_id)
+
+    def baseline(self, start_commit: str, code_hash: str) -> ExperimentRow:
+        """The start commit as the baseline experiment (it is replicated for the noise floor)."""
+        exp_id = self.ledger.add_experiment(
+            kind="baseline",
+            tag=self.tag,
+            base_commit=start_commit,
+            commit=start_commit,
+            agent="baseline",
+            description="baseline",
+            hypothesis="",
+            diff="",
+            code_hash=code_hash,
+        )
+        self.workspace.set_experiment_ref(exp_id, start_commit)
+        return self.ledger.experiment(exp_id)
+
+    def concluded(self, row: ExperimentRow, n_runs: int, decision: Decision) -> None:
+        """The policy's decision; a keep moves the research branch, after the ledger (rule 1)."""
+        action = "keep" if decision.action == "keep" else "discard"
+        self.ledger.finish_experiment(
+            row.id,
+            status="ok",
+            decision=action,
+            reason=decision.reason,
+            n_runs=n_runs,
+            delta=decision.delta,
+            delta_se=decision.delta_se,
+            p_value=decision.p_value,
+            **self.ledger.outcome(row.id),
+        )
+        if action == "keep":
+            self.workspace.advance_branch(self.tag, row.commit or "", self.workspace.branch_commit(self.tag))
+        self._decided(row.id, f"#{row.id} {row.description}: {decision.reason}", action)
+
+    def measured_baseline(self, row: ExperimentRow, values: list[float]) -> None:
+        sd = sample_sd(values)
+        spread = f", run-to-run sd {sd:.4g}" if sd is not None else ""
+        reason = f"baseline {mean(values):.6g}{spread} over {len(values)} runs"
+        self.ledger.finish_experiment(
+            row.id,
+            status="ok",
+            decision="baseline",
+            reason=reason,
+            n_runs=len(values),
+            **self.ledger.outcome(row.id),
+        )
+        self._decided(row.id, reason, "baseline")
+
+    def failed(self, row: ExperimentRow, run: RunRow, n_runs: int) -> str:
+        """A replicate that failed ends the experiment (crash, or invalid); returns the reason."""
+        decision = "invalid" if run.status == "invalid" else "crash"
+        reason = f"{run.status}: {run.reason}" if run.reason else run.status
+        self.ledger.finish_experiment(
+            row.id, status=run.status, decision=decision, reason=reason, n_runs=n_runs
+        )
+        self._decided(row.id, f"#{row.id} {row.description}: {reason}", decision, tell=row.kind != "baseline")
+        return reason
+
+    def lessons(self, lessons: dict[int, str]) -> None:
+        """One-line lessons an agent drew about earlier experiments, kept with those experiments."""
+        for exp_id, text in lessons.items():
+            try:
+                self.ledger.set_lesson(int(exp_id), str(text))
+            except (KeyError, ValueError):
+                continue
+
+    def reconcile_branch(self, start_commit: str) -> None:
+        """Make ``nightlab/<tag>`` point at the incumbent (a crash may have come in between)."""
+        best = self.ledger.incumbent(self.tag)
+        target = best.commit if best is not None and best.commit else start_commit
+        current = self.workspace.branch_commit(self.tag)
+        if current is None:
+            self.workspace.create_branch(self.tag, target)
+        elif current != target:
+            self.workspace.advance_branch(self.tag, target, current)
+
+    def _decided(self, exp_id: int, message: str, outcome: str, tell: bool = True) -> None:
+        """After every finished experiment: the decision event, results.tsv, and the agent hears."""
+        best = self.ledger.incumbent(self.tag)
+        data = {"outcome": outcome, "best": best.metric_mean if best else None}
+        self.events.emit(Event("decision", message, experiment_id=exp_id, data=data))
+        if not tell:
+            return
+        export_tsv(self.ledger, self.workspace.state_dir / "results.tsv", self.tag, self.config.metric.name)
+        for entry in self.ledger.history(self.tag):
+            if entry.id == exp_id:
+                self.agent.observe(entry)
+                self.events.emit(Event("finished", entry.description, experiment_id=exp_id))
+                break

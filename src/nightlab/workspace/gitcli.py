@@ -1,0 +1,89 @@
+"""How nightlab calls git: one runner with a clean environment, errors as one line, bytes as text.
+
+Git is driven through its command line (``subprocess``): it is always installed where nightlab
+runs, its behaviour is documented, and it needs no extra dependency. Paths and file contents go
+through ``surrogateescape``, so any byte sequence git hands over comes back unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from nightlab.errors import UserError
+
+REDIRECTING_VARS = frozenset(
+    {
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_COMMON_DIR",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_NAMESPACE",
+        "GIT_PREFIX",
+    }
+)
+
+
+class GitError(UserError):
+    """A git command failed (disk full, permissions, a lock held by another program, ...)."""
+
+
+def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    # Inherited GIT_DIR / GIT_INDEX_FILE / GIT_WORK_TREE (e.g. when started from a git hook)
+    # would silently point every command at another repository or index.
+    env = {k: v for k, v in os.environ.items() if k not in REDIRECTING_VARS}
+    env.update({"LC_ALL": "C", "LANGUAGE": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"})
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_git(
+    args: Sequence[str],
+    cwd: Path,
+    *,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    try:
+        proc = subprocess.run(
+            ["git", *args], cwd=cwd, input=input, env=git_env(env), capture_output=True, check=False
+        )
+    except FileNotFoundError:
+        raise UserError("git is not installed or not on PATH: install git first") from None
+    if check and proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()
+        first = detail[-1] if detail else f"exit code {proc.returncode}"
+        raise GitError(f"git {args[0]} failed in {cwd}: {first}")
+    return proc
+
+
+def decode(data: bytes) -> str:
+    # surrogateescape makes any byte sequence round-trip through str and back to the same bytes.
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def encode(text: str) -> bytes:
+    return text.encode("utf-8", errors="surrogateescape")
+
+
+def porcelain_paths(out: bytes) -> list[str]:
+    """Paths from ``git status --porcelain=v1 -z`` output (rename sources included)."""
+    paths: list[str] = []
+    entries = out.split(b"\0")
+    i = 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if not entry:
+            continue
+        paths.append(decode(entry[3:]))
+        if entry[:1] in (b"R", b"C"):  # renames carry their source as the next entry
+            paths.append(decode(entries[i]))
+            i += 1
+    return list(dict.fromkeys(paths))

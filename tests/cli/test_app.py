@@ -1,0 +1,90 @@
+"""The ``nightlab`` command as a whole: its commands, how it fails, and how its modules depend."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import make_workspace, nightlab
+
+SRC = Path(__file__).parents[2] / "src" / "nightlab"
+COMMANDS = [
+    "init", "run", "status", "report", "demo", "try", "brief", "mcp", "validate", "ablate", "recover", "agent",
+]  # fmt: skip
+
+
+def test_help_lists_every_command_in_order() -> None:
+    res = nightlab("--help", env={"COLUMNS": "120"})
+    assert res.returncode == 0, res.stderr
+    listed = [line.split()[1] for line in res.stdout.splitlines() if line.startswith("│ ") and line[2] != " "]
+    assert [name for name in listed if name in COMMANDS] == COMMANDS
+    sub = nightlab("agent", "--help", env={"COLUMNS": "120"})
+    assert sub.returncode == 0 and "show-space" in sub.stdout
+
+
+def test_agent_show_space_prints_the_search_space(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "lab")
+    res = nightlab("agent", "show-space", str(root))
+    assert res.returncode == 0, res.stderr
+    rows = {line.split()[0]: line for line in res.stdout.splitlines() if line.strip()}
+    assert {"LR", "WIDTH", "NOISE"} <= set(rows) and "train.py" in rows["LR"]
+    assert "dimension(s) searched" in res.stdout
+
+
+def test_usage_errors_are_one_message_and_exit_2() -> None:
+    for args in (["no-such-command"], ["run", "--max-experiments", "-1"], ["init"]):
+        res = nightlab(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert "Error:" in res.stderr and "Traceback" not in res.stderr + res.stdout, args
+
+
+def test_the_app_imports_only_what_help_needs() -> None:
+    """`nightlab --help` stays fast: the commands import the harness when they run, not before."""
+    code = "import sys, nightlab.cli.app; print(' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = out.split()
+    allowed = {"nightlab", "nightlab.errors", "nightlab.formatting"}
+    harness = [
+        m
+        for m in loaded
+        if m.startswith("nightlab.") and m not in allowed and not m.startswith("nightlab.cli")
+    ]
+    assert harness == []
+    assert not {"numpy", "scipy", "matplotlib", "sqlite3"} & set(loaded)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every ``nightlab.*`` module a file imports, at the top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nightlab"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("nightlab"))
+    return found
+
+
+def test_nothing_outside_cli_imports_it_and_cli_has_no_cycles() -> None:
+    outside = {
+        path.relative_to(SRC).as_posix(): sorted(m for m in _imports(path) if m.startswith("nightlab.cli"))
+        for path in SRC.rglob("*.py")
+        if path.relative_to(SRC).parts[0] not in ("cli", "templates")
+    }
+    assert {k: v for k, v in outside.items() if v} == {}
+
+    modules = {f"nightlab.cli.{p.stem}": p for p in (SRC / "cli").glob("*.py") if p.stem != "__init__"}
+    graph = {
+        name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()
+    }
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        for nxt in graph[start] - seen:
+            if nxt == target or reaches(nxt, target, seen | {nxt}):
+                return True
+        return False
+
+    cycles = [name for name in graph if reaches(name, name, set())]
+    assert cycles == [], graph

@@ -1,0 +1,49 @@
+"""``nightlab demo``'s workspace: made once, with a token budget, committed; reused afterwards."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from helpers import git
+from nightlab.cli.demo import DEMO_BUDGET_TOKENS, DEMO_TIMEOUT, prepare_demo_workspace
+from nightlab.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def test_prepare_demo_workspace_commits_a_token_budget_once(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    console = quiet()
+    prepare_demo_workspace(root, console)
+    budget = tomllib.loads((root / "nightlab.toml").read_text())["budget"]
+    assert budget == {"tokens": DEMO_BUDGET_TOKENS, "timeout": DEMO_TIMEOUT}
+    assert git(root, "status", "--porcelain") == ""
+    assert git(root, "log", "--format=%s").splitlines() == [
+        f"demo: {DEMO_BUDGET_TOKENS} training tokens per run",
+        "nightlab init (gpt, cpu size)",
+    ]
+    assert f"created {root}" in console.file.getvalue()
+
+    again = quiet()
+    prepare_demo_workspace(root, again)
+    assert "reusing" in again.file.getvalue()
+    assert git(root, "rev-list", "--count", "HEAD") == "2"
+
+
+def test_prepare_demo_workspace_refuses_a_folder_that_is_not_one(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine\n")
+    with pytest.raises(UserError, match="not a nightlab workspace"):
+        prepare_demo_workspace(tmp_path, quiet())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -1,0 +1,34 @@
+"""The frozen-file hashes: a change, a deletion or a replaced file is caught, never a crash."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from nightlab.workspace.integrity import FrozenCheck, hash_paths
+
+PREPARE = "def evaluate(x):\n    return x\n"
+
+
+def test_hash_paths_reads_files_and_marks_what_is_not_a_file(tmp_path: Path) -> None:
+    (tmp_path / "prepare.py").write_text(PREPARE)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "blob").write_text("a file where a folder was\n")
+    hashes = hash_paths(tmp_path, iter(["prepare.py", "gone.py", "data", "blob/inside.py"]))
+    assert hashes == {
+        "prepare.py": hashlib.sha256(PREPARE.encode()).hexdigest(),
+        "gone.py": "missing",
+        "data": "missing",  # a folder where a file was
+        "blob/inside.py": "missing",  # a parent that is now a file (NotADirectoryError)
+    }
+
+
+def test_frozen_check_names_changed_and_deleted_files(tmp_path: Path) -> None:
+    (tmp_path / "prepare.py").write_text(PREPARE)
+    (tmp_path / "evaluate.py").write_text("print(1)\n")
+    check = FrozenCheck(hash_paths(tmp_path, ["prepare.py", "evaluate.py"]))
+    assert check.violations(tmp_path) == [] and check.describe(tmp_path) is None
+    (tmp_path / "prepare.py").write_text(PREPARE + "# tampered\n")
+    (tmp_path / "evaluate.py").unlink()
+    assert sorted(check.violations(tmp_path)) == ["evaluate.py", "prepare.py"]
+    assert "frozen file changed during the run" in (check.describe(tmp_path) or "")
