@@ -10,6 +10,9 @@ leftover processes at the end.
 2. ``sleep S``: the cost while a run goes on (harness CPU per second of run, from sampling)
    and how late the end is noticed (wall time minus S).
 3. a timeout: how long after the deadline the run is dead and its result returned.
+4. the run's watchdog (the process beside each run that kills it if the harness dies): what
+   starting one costs the harness (wall time of the spawn; it is never waited for), and the
+   CPU the watchdog process itself uses from start to exit (``RUSAGE_CHILDREN``).
 
 Usage: ``python benchmarks/executor_overhead.py [--runs 50] [--json]``
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -25,6 +30,7 @@ import time
 from pathlib import Path
 
 from nightlab.executor.local import LocalExecutor
+from nightlab.executor.process import Watchdog
 from nightlab.types import RunSpec, RunStatus
 
 
@@ -60,6 +66,22 @@ def measure(runs: int) -> dict[str, float]:
     timeout_s = 0.5
     timeout_wall, _ = _timed(lambda: ex.run(_spec(root, "sleep 60", timeout=timeout_s)))
 
+    guards: list[Watchdog] = []
+
+    def watchdog() -> None:
+        guard = Watchdog(os.getpid(), "benchmark", 1.0)  # released at once: it kills nothing
+        guard.release()
+        guards.append(guard)
+
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spawn_walls = [_timed(watchdog)[0] for _ in range(runs)]
+    for guard in guards:
+        assert guard.proc is not None and guard.proc.wait(10) == 0
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    watchdog_cpu = (children_after.ru_utime + children_after.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
+
     return {
         "runs": runs,
         "bare_subprocess_ms": 1000 * statistics.median(bare_walls),
@@ -70,6 +92,8 @@ def measure(runs: int) -> dict[str, float]:
         "sleep_end_latency_ms": 1000 * (wall - sleep_s),
         "harness_cpu_per_run_second_ms": 1000 * cpu / sleep_s,
         "timeout_kill_latency_ms": 1000 * (timeout_wall - timeout_s),
+        "watchdog_spawn_ms": 1000 * statistics.median(spawn_walls),
+        "watchdog_cpu_ms": 1000 * watchdog_cpu / runs,
     }
 
 
@@ -95,6 +119,9 @@ def main() -> None:
     print(f"  harness CPU per second of run  {numbers['harness_cpu_per_run_second_ms']:7.1f} ms")
     print("`sleep 60` with a 0.5 s timeout (exits on SIGTERM):")
     print(f"  result returned after deadline {numbers['timeout_kill_latency_ms']:7.1f} ms")
+    print("the run's watchdog:")
+    print(f"  harness wall time to start one {numbers['watchdog_spawn_ms']:7.1f} ms")
+    print(f"  CPU of the watchdog process    {numbers['watchdog_cpu_ms']:7.1f} ms")
 
 
 if __name__ == "__main__":

@@ -131,3 +131,23 @@ def test_redact_longest_first() -> None:
 def test_secret_values_lists_scrubbed_and_allowed_values() -> None:
     env = {"HF_TOKEN": "hf-token-value-123", "SHORT_TOKEN": "abc", "PATH": "/usr/local/bin:/usr/bin"}
     assert secret_values(env) == ["hf-token-value-123"]
+
+
+def test_a_path_is_not_secret_text_even_when_its_variable_leaves_the_run(tmp_path) -> None:
+    """Issue 17: AWS_CA_BUNDLE=/etc/ssl/certs/... (a secret by its prefix) had every mention of
+    the CA bundle in a log replaced by [redacted]."""
+    bundle = tmp_path / "ca-certificates.crt"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    environ = {
+        "AWS_CA_BUNDLE": str(bundle),
+        "GOOGLE_APPLICATION_CREDENTIALS": str(bundle),
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "DB_PASSWORD": "/not/a/file/but/a/password",
+    }
+    assert "AWS_CA_BUNDLE" not in scrub_env(environ)  # the variable still stays out of the run
+    values = secret_values(environ)
+    assert str(bundle) not in values
+    assert "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY" in values
+    assert "/not/a/file/but/a/password" in values  # path-shaped, but no such file: still secret
+    log = f"using CA bundle {bundle}\nkey wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
+    assert redact(log, values) == f"using CA bundle {bundle}\nkey {REDACTED}\n"

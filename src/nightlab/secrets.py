@@ -10,6 +10,7 @@ ledger, report and log-tail writers run their text through it so a key that leak
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 
@@ -163,8 +164,22 @@ def secret_values(environ: Mapping[str, str]) -> list[str]:
     Allowed secrets are included on purpose: passing a key to the run does not mean it may
     appear in the ledger or the report.
     """
-    values = {v for k, v in environ.items() if len(v) >= MIN_SECRET_LENGTH and is_secret(k, v)}
+    values = {
+        v
+        for k, v in environ.items()
+        if len(v) >= MIN_SECRET_LENGTH and is_secret(k, v) and not _names_a_path(v)
+    }
     return sorted(values, key=len, reverse=True)
+
+
+def _names_a_path(value: str) -> bool:
+    """A value that is the path of a file or folder here (``AWS_CA_BUNDLE=/etc/ssl/certs/...``,
+    a credentials file's location): the secret, if any, is in the file, not in its name, and
+    redacting the path would garble every log line that mentions it. Such variables still
+    leave the run's environment; only their value is not treated as secret text."""
+    if not value.startswith(("/", "~/")) or any(c.isspace() for c in value) or is_secret_value(value):
+        return False
+    return os.path.exists(os.path.expanduser(value))
 
 
 def redact(text: str, secrets: Iterable[str], patterns: bool = True) -> str:

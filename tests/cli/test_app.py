@@ -34,10 +34,11 @@ def test_agent_show_space_prints_the_search_space(tmp_path: Path) -> None:
 
 
 def test_usage_errors_are_one_message_and_exit_2() -> None:
+    """(Every mistake, under both ends of the typer range: tests/cli/test_usage.py.)"""
     for args in (["no-such-command"], ["run", "--max-experiments", "-1"], ["init"]):
         res = nightlab(*args)
         assert res.returncode == 2, (args, res.stderr)
-        assert "Error:" in res.stderr and "Traceback" not in res.stderr + res.stdout, args
+        assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr + res.stdout, args
 
 
 def test_the_app_imports_only_what_help_needs() -> None:

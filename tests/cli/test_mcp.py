@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import sys
 from pathlib import Path
@@ -94,9 +95,14 @@ def test_an_mcp_client_reads_the_state_runs_experiments_and_reads_the_report(tmp
     assert LR_OLD in seen["file"]
     assert is_error(seen["frozen"]) and "not an editable file" in text_of(seen["frozen"])
 
-    assert seen["keep"].startswith("---\n") and "decision:   keep" in seen["keep"]
-    assert "decision:   discard" in seen["discard"]
-    assert "decision:   invalid" in seen["outside"] and "evaluate.py is frozen" in seen["outside"]
+    assert seen["keep"].startswith("---\n") and re.search(r"^decision:\s+keep$", seen["keep"], re.M)
+    assert re.search(r"^improvement:\s+\+0\.4", seen["keep"], re.M)  # > 0 is better
+    assert re.search(r"^delta:\s+-0\.4", seen["keep"], re.M)  # val_loss went down: the sign of Δ
+    assert re.search(r"^decision:\s+discard$", seen["discard"], re.M)
+    assert (
+        re.search(r"^decision:\s+invalid$", seen["outside"], re.M)
+        and "evaluate.py is frozen" in seen["outside"]
+    )
     assert [(h["description"], h["decision"]) for h in seen["history"]] == [
         ("baseline", "baseline"),
         ("LR 0.1 -> 0.3", "keep"),

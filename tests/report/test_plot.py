@@ -91,3 +91,62 @@ def test_summary_lists_baseline_best_and_kept_changes(tmp_path: Path) -> None:
     assert "\x1b[" not in text  # no colour codes
     # Holdout got better alongside val here, so nothing is flagged.
     assert "not on holdout" not in text
+
+
+def _record(ledger: Ledger, kind: str, values: list[float], decision: str, desc: str = "") -> int:
+    exp = ledger.add_experiment(kind=kind, tag="t", description=desc or decision)
+    for i, v in enumerate(values):
+        ledger.add_run(exp, i, RunResult(RunStatus.OK, seed=i), v, None, f"r/{exp}/{i}")
+    ledger.finish_experiment(
+        exp, status="ok", decision=decision, metric_mean=sum(values) / len(values), n_runs=len(values)
+    )
+    return exp
+
+
+def _pinned(figure, label: str) -> list[tuple[float, float]]:  # noqa: ANN001 - a matplotlib Figure
+    """The (x, y in axes units) of the scatter points drawn under ``label``."""
+    (ax,) = figure.axes
+    found = [c for c in ax.collections if c.get_label() == label]
+    return [tuple(xy) for c in found for xy in c.get_offsets()]
+
+
+@pytest.mark.parametrize("direction, sign", [("minimize", -1.0), ("maximize", 1.0)])
+def test_a_discarded_result_better_than_the_best_is_not_labelled_worse(
+    tmp_path: Path, direction: str, sign: float
+) -> None:
+    """Issue 17: a discarded experiment that beat the best (but not significantly) was pinned to
+    the top edge as "Discarded (worse, off scale)"."""
+    import matplotlib.pyplot as plt
+
+    from nightlab.report.plot import progress_figure
+
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        _record(ledger, "baseline", [1.0, 1.0 - sign * 0.001], "baseline")
+        _record(ledger, "candidate", [1.0 + sign * 0.01], "keep")
+        _record(ledger, "candidate", [1.0 + sign * 0.5], "discard", "lucky, not confirmed")  # far better
+        _record(ledger, "candidate", [1.0 - sign * 0.5], "discard", "far worse")
+        _record(ledger, "candidate", [1.0 + sign * 0.005], "discard", "in range")
+        figure = progress_figure(ledger, "t", "metric", direction)
+    try:
+        better = _pinned(figure, "Discarded (better than the best, not confirmed; off scale)")
+        worse = _pinned(figure, "Discarded (worse, off scale)")
+        inside = _pinned(figure, "Discarded")
+    finally:
+        plt.close(figure)
+    # Better is down for a minimised metric and up for a maximised one; worse the other way.
+    better_edge, worse_edge = (0.015, 0.955) if direction == "minimize" else (0.955, 0.015)
+    assert better == [(3.0, better_edge)]
+    assert worse == [(4.0, worse_edge)]
+    assert [x for x, _ in inside] == [5.0]
+
+
+def test_summary_counts_every_outcome_and_unfinished_ones_as_interrupted(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        _record(ledger, "baseline", [1.0, 1.001], "baseline")
+        only_baseline = render_summary(ledger, "t", "val_bpb", "minimize")
+        ledger.add_experiment(kind="candidate", tag="t", description="in flight")
+        live = render_summary(ledger, "t", "val_bpb", "minimize")
+        dead = render_summary(ledger, "t", "val_bpb", "minimize", live=False)
+    assert "1 total: baseline 1" in only_baseline  # issue 17: was "1 total:" and nothing after it
+    assert "2 total: baseline 1 · running 1" in live
+    assert "2 total: baseline 1 · interrupted 1" in dead

@@ -182,7 +182,10 @@ def test_unfinished_after_a_killed_process(db: Path) -> None:
 def test_corrupt_file_is_a_user_error(db: Path) -> None:
     db.parent.mkdir(parents=True)
     db.write_bytes(b"this is not an sqlite database at all" * 200)
-    with pytest.raises(UserError, match=r"ledger .*ledger\.db is corrupt \(.*\): see docs/RECOVERY\.md"):
+    with pytest.raises(
+        UserError,
+        match=r"ledger .*ledger\.db is corrupt \(.*\): rebuild it with `nightlab recover .*` \(docs/RECOVERY\.md\)",
+    ):
         Ledger(db)
 
 

@@ -83,6 +83,7 @@ def test_corrupt_ledger_is_refused_then_recovered(finished: Path) -> None:
         assert res.returncode == 2, res.stdout + res.stderr
         line = res.stderr.strip()
         assert "\n" not in line and "corrupt" in line and "docs/RECOVERY.md" in line, line
+        assert f"`nightlab recover {root}`" in line, line
 
     res = nightlab("recover", str(root))
     assert res.returncode == 0, res.stdout + res.stderr
@@ -118,6 +119,84 @@ def test_missing_ledger_says_so_and_recovers(finished: Path) -> None:
 def test_recover_refuses_a_healthy_ledger(finished: Path) -> None:
     res = nightlab("recover", str(finished))
     assert res.returncode == 2 and "nothing to recover" in res.stderr
+
+
+WRONG_PATTERN = "pattern = '^valid_loss:\\s*([0-9.]+)'"
+RIGHT_PATTERN = "pattern = '^val_loss:\\s*([0-9.]+)'"
+RETRIED = [
+    edit("LR = 0.1", "LR = 0.3", "LR 0.1 -> 0.3"),  # kept
+    edit("WIDTH = 64", "WIDTH = 8", "WIDTH 64 -> 8"),  # discarded
+    edit("NO SUCH LINE", "X = 1", "an edit that does not apply"),  # refused: no commit, no ref
+    edit("NOISE = 0.002", "NOISE = 0.002\nraise SystemExit(3)", "crash it"),  # crashed
+]
+
+
+def _everything(rows: list[dict]) -> list[tuple]:
+    """Every column but the timestamps: what a rebuild from the records must give back."""
+    return [tuple(v for k, v in sorted(r.items()) if k not in ("created_at", "finished_at")) for r in rows]
+
+
+def _runs(root: Path) -> list[tuple]:
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    rows = con.execute(
+        "select experiment_id, replicate, seed, status, metric, holdout, metrics_json, peak_memory_mb, "
+        "exit_code, reason, run_dir from runs order by experiment_id, replicate"
+    ).fetchall()
+    con.close()
+    return rows
+
+
+@pytest.mark.slow
+def test_recover_after_a_retried_baseline_and_a_changed_pattern_gives_back_the_same_ledger(
+    tmp_path: Path,
+) -> None:
+    """Issue 17: the first baseline crashed on a metric pattern that matched nothing; the user
+    fixed the pattern, committed, ran again. A rebuild must keep the crash a crash (its log
+    does match the pattern of today) and the retried baseline the baseline."""
+    root = make_workspace(tmp_path / "ws", proposals=RETRIED, source="regex")
+    toml = root / "nightlab.toml"
+    toml.write_text(toml.read_text().replace(RIGHT_PATTERN, WRONG_PATTERN))
+    git(root, "commit", "-qam", "a pattern that matches nothing")
+    first = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert first.returncode == 2 and "baseline run failed" in first.stderr, first.stdout + first.stderr
+    assert "matched no line" in first.stderr and "valid_loss" in first.stderr  # names the log and the pattern
+    toml.write_text(toml.read_text().replace(WRONG_PATTERN, RIGHT_PATTERN))
+    git(root, "commit", "-qam", "the right pattern")
+    night = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert night.returncode == 0, night.stdout + night.stderr
+    before, runs_before = _experiments(root), _runs(root)
+    assert [(r["kind"], r["decision"]) for r in before] == [
+        ("baseline", "crash"),
+        ("baseline", "baseline"),
+        ("candidate", "keep"),
+        ("candidate", "discard"),
+        ("candidate", "invalid"),
+        ("candidate", "crash"),
+    ]
+    state = root / ".nightlab"
+    tsv_before = (state / "results.tsv").read_text()
+
+    for suffix in ("", "-wal", "-shm"):
+        (state / f"ledger.db{suffix}").unlink(missing_ok=True)
+    res = nightlab("recover", str(root))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "recovered 6 experiments (1 kept" in res.stdout
+    assert _everything(_experiments(root)) == _everything(before)
+    assert _runs(root) == runs_before
+    assert (state / "results.tsv").read_text() == tsv_before
+
+    # Without the records (a workspace from before them), git and the logs still give the
+    # baselines right: the crashed one stays a crash, the retried one is the baseline.
+    for record in [*state.glob("runs/*/experiment.json"), *state.glob("runs/*/*/replicate.json")]:
+        record.unlink()
+    res = nightlab("recover", str(root), "--force")
+    assert res.returncode == 0, res.stdout + res.stderr
+    with_commits = [r for r in before if r["commit"]]
+    assert _essence(_experiments(root)) == _essence(with_commits)
+    assert [(r["kind"], r["decision"]) for r in _experiments(root)][:2] == [
+        ("baseline", "crash"),
+        ("baseline", "baseline"),
+    ]
 
 
 needs_userns = pytest.mark.skipif(

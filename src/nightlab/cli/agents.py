@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from nightlab.cli.output import DirArg, err_console
+from nightlab.cli.output import DirArg, assumed_metric, err_console, help_when_bare
 
 BRIEF = """\
 # Working under nightlab
@@ -22,19 +22,22 @@ experiment under a fixed budget, evaluates it with frozen code, and keeps a chan
 beats the best so far by more than the measured noise. You are the researcher; the harness
 owns the budget, the evaluation, the decision and the record.
 
-Goal: {arrow} {metric}. Research instructions: program.md (read it first).
+Goal: {arrow} {metric}.{program}
 
 Loop, one experiment at a time:
-1. Read the state: `nightlab status {root}` (the experiments so far, the best) and program.md.
+1. Read the state: `nightlab status {root}` (the experiments so far, the best){program_step}.
+   Start from the best code: `nightlab try --sync {root}` writes it into the editable files.
 2. Edit only the editable files: {editable}. Make one focused change.
    Never edit the frozen files ({frozen}), nightlab.toml, or anything under .nightlab/;
    `nightlab try` refuses to run while other files have uncommitted changes.
-3. Run it: `nightlab try -m "<one line: what you changed>" --hypothesis "<why>" {root}`
-   It trains ({budget}), evaluates and decides; this can take a while: wait for it.
-4. Read the block it prints after `---`: {metric}, delta (> 0 is better than the best),
-   decision (keep or discard), reason. On keep, your edit stays and is the new best. On
-   discard or crash the editable files are put back to the best code: start the next idea
-   from there. Do not commit; nightlab records every experiment on the branch nightlab/<tag>.
+3. Run it: `nightlab try --sync -m "<one line: what you changed>" --hypothesis "<why>" {root}`
+   It applies your edit onto the best code, trains ({budget}), evaluates and decides; this can
+   take a while: wait for it.
+4. Read the block it prints after `---`: {metric}, improvement (> 0 is better than the best),
+   decision (keep or discard), reason. With --sync, the editable files then hold the best code
+   either way (your edit on keep; the previous best on discard or crash, your version staying
+   in git as the experiment's commit): start the next idea from there. Do not commit; nightlab
+   records every experiment on the branch nightlab/<tag>.
 5. Repeat. Small changes teach more than many at once; do not retry what the history shows
    already failed. Do not run the training script yourself: only `nightlab try` results count.
 """
@@ -45,35 +48,73 @@ def register(app: typer.Typer) -> None:
     app.command("try")(try_command)
     app.command("brief")(brief_command)
     app.command("mcp")(mcp_command)
-    agent_app = typer.Typer(no_args_is_help=True, help="Inspect the configured research agent.")
+    agent_app = typer.Typer(invoke_without_command=True, help="Inspect the configured research agent.")
+    agent_app.callback()(help_when_bare)
     agent_app.command("show-space")(show_space)
     app.add_typer(agent_app, name="agent")
 
 
 def try_command(
     directory: Path = DirArg,
-    message: str = typer.Option(..., "--message", "-m", help="One line: what the edit changes."),
+    message: str = typer.Option(
+        None, "--message", "-m", help="One line: what the edit changes (needed unless --sync alone)."
+    ),
     hypothesis: str = typer.Option("", "--hypothesis", help="Why it should help (kept in the ledger)."),
     tag: str = typer.Option(None, "--tag", help="Research branch nightlab/<tag> (default: last used)."),
+    sync: bool = typer.Option(
+        False,
+        "--sync",
+        help="Write the best code into your editable files: after the experiment with -m, or alone.",
+    ),
 ) -> None:
-    """Run your uncommitted edits to the editable files as one experiment; keep or revert them."""
+    """Run your uncommitted edits to the editable files as one experiment, applied onto the best code."""
     from nightlab.cli.view import plain_printer
+    from nightlab.config import load_config
+    from nightlab.errors import UserError
     from nightlab.events import EventSink
     from nightlab.research.tryrun import result_block, try_working_tree
 
+    if message is None and not sync:
+        raise UserError(
+            'nightlab try: missing -m: nightlab try -m "what the edit changes" [DIR] '
+            "(or --sync alone, to bring the best code into your files)"
+        )
+    note = assumed_metric(load_config(Path(directory)))
+    if note and message is not None:
+        err_console.print(note, markup=False, highlight=False, soft_wrap=True)
     events = EventSink()
     events.subscribe(plain_printer(err_console))  # progress on stderr; the result block on stdout
-    session, outcome = try_working_tree(directory, message, hypothesis, tag=tag, events=events)
-    typer.echo(result_block(session, outcome.row), nl=False)
-    if outcome.restored:
-        typer.echo(
-            f"restored {', '.join(outcome.restored)} to the best code (#{session.ledger.incumbent(session.tag).id}); "
-            f"your version is commit {outcome.row.commit[:12]} (git show {outcome.row.commit[:12]}:{outcome.restored[0]})"
-        )
+    session, outcome = try_working_tree(directory, message, hypothesis, tag=tag, events=events, sync=sync)
+    root, branch = session.root, f"nightlab/{session.tag}"
+    best = session.ledger.incumbent(session.tag)
+    best_name = f"#{best.id}" if best else "-"
+    row = outcome.row
+    if row is not None:
+        typer.echo(result_block(session, row), nl=False)
+    if row is None:
+        what = ", ".join(outcome.synced) or "nothing to change"
+        typer.echo(f"synced: the best code ({best_name} on {branch}) is in your checkout ({what})")
     elif outcome.left_in_place:
         typer.echo("nothing ran: your edits are left in place; fix them and try again")
-    else:
-        typer.echo(f"kept: your edits are the new best on branch nightlab/{session.tag}")
+    elif outcome.synced:
+        commit = (row.commit or "")[:12]
+        typer.echo(
+            f"synced: {', '.join(outcome.synced)} now hold the best code ({best_name}); "
+            f"your version is commit {commit} (git show {commit}:{outcome.synced[0]})"
+        )
+    elif row.decision == "keep":
+        typer.echo(f"kept: your edit is the new best on {branch}")
+        if outcome.behind:
+            typer.echo(
+                f"your files hold your edit on your checkout; the best code also has earlier kept changes: "
+                f"`nightlab try --sync {root}` brings them in"
+            )
+    elif row.commit:
+        typer.echo(
+            f"not kept: your edits are left in your files (and saved as commit {row.commit[:12]}); "
+            f"`nightlab try --sync {root}` puts the best code ({best_name}) back, "
+            "`git checkout -- FILE` your checkout's version"
+        )
 
 
 def brief_command(directory: Path = DirArg) -> None:
@@ -89,8 +130,11 @@ def brief_command(directory: Path = DirArg) -> None:
         spent = f"{budget.tokens} tokens per run"
     else:
         spent = f"{budget.steps} steps per run"
+    has_program = (root / "program.md").is_file()
     text = BRIEF.format(
         root=directory,
+        program=" Research instructions: program.md (read it first)." if has_program else "",
+        program_step=" and program.md" if has_program else "",
         metric=config.metric.name,
         arrow="lower" if config.metric.direction.value == "minimize" else "raise",
         editable=", ".join(config.target.editable),
@@ -113,7 +157,7 @@ def mcp_command(
 def show_space(directory: Path = DirArg) -> None:
     """The knobs the search agent found and the domain it will search for each."""
     from nightlab.agents.registry import AGENTS
-    from nightlab.agents.search.space import describe_space
+    from nightlab.agents.search.describe import describe_space
     from nightlab.config import load_config
     from nightlab.paths import match_files
 

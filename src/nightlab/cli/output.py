@@ -16,6 +16,10 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from nightlab.config import Config
+    from nightlab.events import EventSink
     from nightlab.research.loop import LoopLimits, LoopOutcome
     from nightlab.research.session import Session
 
@@ -25,20 +29,53 @@ err_console = Console(stderr=True)
 DirArg = typer.Argument(Path("."), help="The research workspace (a git repository with nightlab.toml).")
 
 
-def run_research(session: Session, limits: LoopLimits, live: bool, console: Console = console) -> LoopOutcome:
+def help_when_bare(ctx: typer.Context) -> None:
+    """A group called without a command (``nightlab``, ``nightlab agent``): its help on stdout
+    and exit code 0, the same under every click (8.2 made that an error, exit 2)."""
+    if ctx.invoked_subcommand is not None or ctx.resilient_parsing:
+        return
+    text = ctx.get_help()  # rich help prints itself and hands back nothing; plain help is text
+    if text.strip():
+        typer.echo(text)
+    raise typer.Exit(0)
+
+
+def assumed_metric(config: Config) -> str | None:
+    """A note when nightlab.toml has no [metric] table: what nightlab assumes instead, said once
+    at the start so a run that reads the wrong number is not a surprise in the morning."""
+    if "metric" in config.model_fields_set:
+        return None
+    m = config.metric
+    where = f"{m.file} in the run directory" if m.source == "json" else f"pattern {m.pattern!r} over the log"
+    return (
+        f'note: nightlab.toml has no [metric] table; assuming name = "{m.name}", '
+        f'direction = "{m.direction.value}", read from {where} (docs/CONFIG.md, [metric])'
+    )
+
+
+def run_research(
+    session: Session,
+    limits: LoopLimits,
+    live: bool,
+    console: Console = console,
+    events: EventSink | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> LoopOutcome:
     """Run the research loop until ``limits``; ``live`` shows the refreshing terminal view,
-    otherwise one timestamped line per event (for logs, CI, and output that is not a terminal)."""
+    otherwise one timestamped line per event (for logs, CI, and output that is not a terminal).
+    ``events`` may come with subscribers already (live trackers); ``should_stop`` is asked between
+    experiments (the dashboard's pause and stop, :func:`nightlab.cli.watch.run_hooks`)."""
     from nightlab.cli.view import LiveView, RunView, plain_printer
     from nightlab.events import EventSink
     from nightlab.research.session import build_loop
 
     cfg = session.config
-    events = EventSink()
+    events = events if events is not None else EventSink()
     view = RunView(cfg.budget.seconds, cfg.budget.timeout, cfg.metric.name)
     events.subscribe(view.on_event)
     if not live:
         events.subscribe(plain_printer(console))
-    loop = build_loop(session, events=events)
+    loop = build_loop(session, events=events, should_stop=should_stop)
     if not live:
         return loop.run(limits)
     with LiveView(view, console):
@@ -89,16 +126,20 @@ def write_reports(session: Session, quiet: bool) -> dict[str, Path]:
 def print_summary(session: Session, console: Console = console) -> None:
     """The research summary as plain text (descriptions are agent-written: never rich markup)."""
     from nightlab.report.summary import render_summary
+    from nightlab.workspace.lock import holder
 
-    text = render_summary(
-        session.ledger, session.tag, session.config.metric.name, session.config.metric.direction
-    )
+    cfg = session.config
+    live = holder(session.workspace.state_dir) is not None
+    text = render_summary(session.ledger, session.tag, cfg.metric.name, cfg.metric.direction, live=live)
     console.print(text, markup=False, highlight=False)
 
 
 def print_status_table(data: dict, metric_name: str) -> None:
     """``nightlab status``: one row per experiment of the ledger's status dict, then the best."""
     from rich.table import Table
+    from rich.text import Text
+
+    from nightlab.formatting import fixed
 
     table = Table(title=f"nightlab status ({data.get('tag', '')})")
     for col in ("id", "status", "decision", metric_name, "±", "runs", "description", "reason"):
@@ -113,12 +154,15 @@ def print_status_table(data: dict, metric_name: str) -> None:
             f"{metric:.6f}" if isinstance(metric, (int, float)) else "-",
             f"{spread:.4f}" if isinstance(spread, (int, float)) else "",
             str(e.get("runs") or 0),
-            str(e.get("description") or ""),
-            str(e.get("reason") or "") + "".join(f" (audit: {a})" for a in e.get("audit") or []),
+            # Agent-written text goes in as Text: a str would be parsed for [markup].
+            Text(str(e.get("description") or "")),
+            Text(str(e.get("reason") or "") + "".join(f" (audit: {a})" for a in e.get("audit") or [])),
         )
     console.print(table)
     best = data.get("best")
     if best:
         console.print(
-            f"best: #{best.get('id')} {metric_name} {best.get('metric')} ({best.get('description')})"
+            f"best: #{best.get('id')} {metric_name} {fixed(best.get('metric'))} ({best.get('description')})",
+            markup=False,
+            highlight=False,
         )

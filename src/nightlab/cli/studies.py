@@ -57,7 +57,9 @@ def _progress(quiet: bool):  # noqa: ANN202 - a RunCallback
 def validate(
     directory: Path = typer.Argument(Path("."), help="The research workspace."),
     scale: str = typer.Option(
-        None, "--scale", help="A [scales.NAME] of nightlab.toml (default: the research scale)."
+        None,
+        "--scale",
+        help="A scale defined in nightlab.toml as a scales.NAME table (default: the research scale).",
     ),
     a: str = typer.Option(None, "--a", help="Side A revision (default: the research branch's start)."),
     b: str = typer.Option(None, "--b", help="Side B revision (default: the research branch's best)."),
@@ -83,6 +85,7 @@ def validate(
     from nightlab.studies.validate import ValidateOptions, run_validation
 
     session = open_session(directory, tag=tag)
+    session.check_runnable()  # the workspace lock first: a busy workspace is one line, nothing done
     options = ValidateOptions(
         scale=scale, a=a, b=b, seeds=seeds, margin=margin, time_to_target=time_to_target,
         target=target, eval_interval=eval_interval or None, cap=cap,
@@ -164,6 +167,7 @@ def ablate(
     from nightlab.studies.ablate import run_ablation
 
     session = open_session(directory, tag=tag, must_exist=True)
+    session.check_runnable()  # the workspace lock first: a busy workspace is one line, nothing done
     if not as_json:
         err_console.print(f"nightlab ablate: {session.root}, nightlab/{session.tag}, {seeds} seeds")
     report = run_ablation(session, seeds=seeds, apply=apply, on_run=_progress(as_json))

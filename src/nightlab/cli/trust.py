@@ -24,18 +24,22 @@ def recover(
     from nightlab.config import load_config
     from nightlab.errors import UserError
     from nightlab.store.recover import recover as rebuild
+    from nightlab.workspace.git import Workspace
+    from nightlab.workspace.lock import acquire
 
     root = Path(directory).resolve()
     if not root.is_dir():
         raise UserError(f"{root}: no such directory")
-    done = rebuild(root, load_config(root), tag=tag, force=force)
+    config = load_config(root)
+    lock = acquire(Workspace(root).state_dir)  # never rebuild under a harness writing the ledger
+    done = rebuild(root, config, tag=tag, force=force)
+    lock.release()
     moved = f"; the old file is {done.moved_to}" if done.moved_to else ""
     console.print(
         f"recovered {done.experiments} experiments ({done.kept} kept, {done.runs} runs) of nightlab/{done.tag} "
-        f"from git refs and run directories{moved}",
+        f"from its records, git refs and run directories{moved}",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
-    console.print(
-        f"next: nightlab status {directory}   (decision reasons and refused proposals are not recoverable)"
-    )
+    console.print(f"next: nightlab status {directory}", markup=False, highlight=False, soft_wrap=True)

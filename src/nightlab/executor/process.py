@@ -76,6 +76,45 @@ class RunInterrupted(Exception):
     it has no result to record and should be run again on resume."""
 
 
+_WATCHDOG = Path(__file__).with_name("watchdog.py")
+
+
+class Watchdog:
+    """The watchdog process of one run (:mod:`nightlab.executor.watchdog`): it kills the run's
+    tree when this process ends without calling :meth:`release`. Best effort: where it cannot
+    start, the run goes on without it (the next executor still kills orphans at its start)."""
+
+    def __init__(self, main_pid: int, tag: str, grace: float) -> None:
+        self._write: int | None = None
+        self.proc: subprocess.Popen | None = None
+        read, write = os.pipe()  # non-inheritable: only this process holds the write end
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(_WATCHDOG), str(main_pid), tag, f"{grace:g}"],
+                stdin=read,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                env={"PATH": os.environ.get("PATH", os.defpath)},
+            )
+            self._write = write
+        except OSError:
+            os.close(write)
+        finally:
+            os.close(read)
+
+    def release(self) -> None:
+        """The run is over and killed by the harness itself: the watchdog leaves it be and exits."""
+        write, self._write = self._write, None
+        if write is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(write, b"done")
+        os.close(write)
+        if self.proc is not None:
+            self.proc.poll()  # reaped now if already gone, else by subprocess's own bookkeeping
+
+
 def build_env(
     spec: RunSpec, slot_env: Mapping[str, str] | None = None, environ: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -150,6 +189,8 @@ class _Run:
             finally:
                 os.close(log_fd)
             self._prefer_as_oom_victim(popen.pid)
+            # Kills the run if this process dies without finishing it (kill -9): watchdog.py.
+            guard = Watchdog(popen.pid, self.env[TAG_VARIABLE], self.ex.grace_seconds)
             main = MainProcess(popen)
             tree = ProcessTree(main, self.env[TAG_VARIABLE], self.log_path, wall_started)
             try:
@@ -158,12 +199,14 @@ class _Run:
                 # Ctrl-C or a bug in the watcher: the run must not outlive the harness's attention.
                 tree.kill_all(min(self.ex.grace_seconds, 2.0))
                 main.close()
+                guard.release()
                 raise
         finally:
             trimmer.close()
         self.peak_rss_mb = max(self.peak_rss_mb, tree.sample())
         # Normal exit or not, whatever the run left behind goes with it.
         tree.kill_all(self.ex.grace_seconds)
+        guard.release()
         main.close()
         total = time.monotonic() - started
         if self.interrupted:

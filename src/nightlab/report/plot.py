@@ -28,6 +28,8 @@ from nightlab.stats import noise_floor  # noqa: E402
 from nightlab.types import Direction  # noqa: E402
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from nightlab.store.ledger import Ledger
 
 GREY, GREEN, DARK_GREEN, LABEL_GREEN = "#bbbbbb", "#2ecc71", "#27ae60", "#1a7a3a"
@@ -45,6 +47,20 @@ def plot_progress(
     ledger: Ledger, tag: str, path: Path, metric_name: str, direction: Direction | str = Direction.MINIMIZE
 ) -> Path:
     """Draw the progress of research tag ``tag`` to ``path`` (PNG) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = progress_figure(ledger, tag, metric_name, direction)
+    try:
+        fig.savefig(path, dpi=150)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def progress_figure(
+    ledger: Ledger, tag: str, metric_name: str, direction: Direction | str = Direction.MINIMIZE
+) -> Figure:
+    """The figure :func:`plot_progress` saves (the caller closes it: ``plt.close(fig)``)."""
     direction = Direction(direction)
     points = []  # (x, metric, decision, description)
     fails = []  # (x, kind)
@@ -55,9 +71,6 @@ def plot_progress(
         else:
             fails.append((x, "invalid" if e.decision == "invalid" else "crash"))
     n_total = len(points) + len(fails)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
     fig, ax = plt.subplots(figsize=(16, 8))
     try:
         kept = [(x, m, d) for x, m, d, _ in points if d in ("keep", "baseline")]
@@ -75,10 +88,10 @@ def plot_progress(
         if ax.get_legend_handles_labels()[0]:  # below the axes: no corner is free in every night
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=7, fontsize=9, frameon=False)
         fig.tight_layout()
-        fig.savefig(path, dpi=150)
-    finally:
+    except BaseException:
         plt.close(fig)
-    return path
+        raise
+    return fig
 
 
 def _draw(ax, points, kept, direction: Direction, noise, n_total: int) -> None:  # noqa: ANN001 - matplotlib types
@@ -95,15 +108,22 @@ def _draw(ax, points, kept, direction: Direction, noise, n_total: int) -> None: 
 
     disc = [(x, m) for x, m, d, _ in points if d == "discard"]
     inside = [(x, m) for x, m in disc if low <= m <= high]
-    outside = [(x, m) for x, m in disc if not low <= m <= high]
+    # Off the scale on either side: worse than the baseline region, or better than the best
+    # (a lucky run the policy did not trust); each pinned to its own edge, never mislabelled.
+    worse = [(x, m) for x, m in disc if not low <= m <= high and not direction.better(m, best)]
+    better = [(x, m) for x, m in disc if not low <= m <= high and direction.better(m, best)]
     size = 14 if n_total <= 100 else 8
     if inside:
         ax.scatter(*zip(*inside, strict=True), c=GREY, s=size, alpha=0.6, zorder=2, label="Discarded")
-    if outside:  # pinned just inside the worse edge, below the failure markers
-        edge = blended_transform_factory(ax.transData, ax.transAxes)
-        marker, y = ("^", 0.955) if sign < 0 else ("v", 0.015)
-        ax.scatter([x for x, _ in outside], [y] * len(outside), transform=edge, c=GREY, s=size, marker=marker,
-                   alpha=0.6, zorder=2, label="Discarded (worse, off scale)")  # fmt: skip
+    edge = blended_transform_factory(ax.transData, ax.transAxes)
+    up, down = ("^", 0.955), ("v", 0.015)  # just inside the edges, below the failure markers
+    for group, (marker, y), label in (
+        (worse, up if sign < 0 else down, "Discarded (worse, off scale)"),
+        (better, down if sign < 0 else up, "Discarded (better than the best, not confirmed; off scale)"),
+    ):
+        if group:
+            ax.scatter([x for x, _ in group], [y] * len(group), transform=edge, c=GREY, s=size, marker=marker,
+                       alpha=0.6, zorder=2, label=label)  # fmt: skip
 
     xs = [x for x, _, _ in kept]
     running: list[float] = []

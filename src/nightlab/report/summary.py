@@ -17,7 +17,7 @@ from rich.text import Text
 
 from nightlab.formatting import fixed, signed
 from nightlab.stats import noise_floor
-from nightlab.store.export import holdout_checks
+from nightlab.store.export import holdout_checks, warnings
 from nightlab.types import Direction
 
 if TYPE_CHECKING:
@@ -31,9 +31,14 @@ def _runs(e: ExperimentRow) -> str:
 
 
 def summary_renderable(
-    ledger: Ledger, tag: str, metric_name: str = "val_bpb", direction: Direction | str = Direction.MINIMIZE
+    ledger: Ledger,
+    tag: str,
+    metric_name: str = "val_bpb",
+    direction: Direction | str = Direction.MINIMIZE,
+    live: bool = True,
 ) -> RenderableType:
-    """The summary as rich renderables, for callers that print in colour."""
+    """The summary as rich renderables, for callers that print in colour. ``live``: a harness is
+    working in the workspace (else an unfinished experiment is counted as interrupted)."""
     direction = Direction(direction)
     research = ledger.research(tag)
     better = "lower" if direction is Direction.MINIMIZE else "higher"
@@ -61,15 +66,19 @@ def summary_renderable(
         if noise
         else "not measured",
     )
+    for text in warnings(ledger, tag):  # what makes the night less honest than it looks, and the fix
+        overview.add_row("Warning", Text(text))
     counts: dict[str, int] = {}
     for e in research:
         key = (
-            "running" if not e.finished else ("skipped" if e.status == "skipped" else e.decision or e.status)
+            ("running" if live else "interrupted")
+            if not e.finished
+            else ("skipped" if e.status == "skipped" else e.decision or e.status)
         )
         counts[key] = counts.get(key, 0) + 1
-    order = ["keep", "discard", "crash", "invalid", "skipped", "running"]
-    parts = [f"{k} {counts[k]}" for k in order if k in counts]
-    overview.add_row("Experiments", f"{len(research)} total: " + " · ".join(parts))
+    order = ["baseline", "keep", "discard", "crash", "invalid", "skipped", "running", "interrupted"]
+    keys = [k for k in order if k in counts] + sorted(k for k in counts if k not in order)
+    overview.add_row("Experiments", f"{len(research)} total: " + " · ".join(f"{k} {counts[k]}" for k in keys))
 
     kept = [e for e in research if e.decision == "keep"]
     if not kept:
@@ -133,6 +142,7 @@ def render_summary(
     metric_name: str = "val_bpb",
     direction: Direction | str = Direction.MINIMIZE,
     width: int = 110,
+    live: bool = True,
 ) -> str:
     """The summary as plain text (no colour codes, no markup).
 
@@ -141,6 +151,6 @@ def render_summary(
     markup.
     """
     console = Console(file=io.StringIO(), width=width, color_system=None, record=True, legacy_windows=False)
-    console.print(summary_renderable(ledger, tag, metric_name, direction))
+    console.print(summary_renderable(ledger, tag, metric_name, direction, live))
     text = console.export_text(styles=False)
     return "\n".join(line.rstrip() for line in text.rstrip().splitlines()) + "\n"

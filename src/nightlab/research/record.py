@@ -2,8 +2,9 @@
 
 The loop says *when* something happened (a proposal screened, a decision taken); the
 :class:`Recorder` knows *how* it is written, in the order that makes a ``kill -9`` harmless at any
-instant (the loop's rule 1): the ledger row first, then the git ref or the branch move, then the
-events and results.tsv that anyone watching reads.
+instant (the loop's rule 1): the ledger row first, then the finished row's copy beside it for
+``nightlab recover`` (:mod:`nightlab.store.backup`), then the git ref or the branch move, then
+the events and results.tsv that anyone watching reads.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from nightlab.events import Event, EventSink
 from nightlab.research.policy import Decision
 from nightlab.research.screen import Change, Refusal
 from nightlab.stats import mean, sample_sd
+from nightlab.store.backup import save_experiment
 from nightlab.store.export import export_tsv
 from nightlab.store.ledger import Ledger
 from nightlab.store.schema import ExperimentRow, RunRow
@@ -63,16 +65,20 @@ class Recorder:
             **fields,
         )
         self.ledger.finish_experiment(exp_id)  # the finish time
+        self._save(exp_id)
         self._decided(exp_id, f"#{exp_id} {fields['description']}: {refusal.reason}", refusal.status)
 
     def committed(self, fields: dict, change: Change, base: str, hypothesis: str) -> ExperimentRow:
         """A candidate that runs: its commit on ``base``, its ledger row, then its ref (rule 1)."""
         if change.audit:  # [audit] mode "mark": it runs, and the ledger keeps why it was flagged
             fields = {**fields, "meta_json": {**fields["meta_json"], "audit": change.audit}}
-        number = self.ledger.candidate_count(self.tag) + 1
+        # The commit is named after the experiment it will be (the ledger id, which its ref also
+        # carries): the commit comes first, since the row records it.
+        number = self.ledger.next_experiment_id()
         message = f"nightlab #{number}: {fields['description']}\n\n{hypothesis}".strip()
         commit = self.workspace.commit_files(base, change.changed, message)
         exp_id = self.ledger.add_experiment(
+            id=number,
             kind="candidate",
             commit=commit,
             diff=self.workspace.diff(base, commit),
@@ -101,8 +107,25 @@ class Recorder:
         self.workspace.set_experiment_ref(exp_id, start_commit)
         return self.ledger.experiment(exp_id)
 
+    def check_seeds(self, values: list[float]) -> None:
+        """Replicates run with different seeds; identical results mean the script ignores its
+        seed. Said once per tag (an event now, a warning in status and the report for good)."""
+        if len(values) < 2 or max(values) != min(values):
+            return
+        key = f"warning:seeds:{self.tag}"
+        if self.ledger.get_meta(key):
+            return
+        message = (
+            f"{len(values)} runs with different seeds gave exactly {values[0]:.6g}: the training script "
+            "ignores NIGHTLAB_SEED, so the noise floor cannot be measured; seed it from the variable "
+            "(e.g. torch.manual_seed(int(os.environ['NIGHTLAB_SEED']))), or declare [policy] noise_sd"
+        )
+        self.ledger.set_meta(key, message)
+        self.events.emit(Event("notice", f"warning: {message}"))
+
     def concluded(self, row: ExperimentRow, n_runs: int, decision: Decision) -> None:
         """The policy's decision; a keep moves the research branch, after the ledger (rule 1)."""
+        self.check_seeds(self.ledger.ok_metrics(row.id))
         action = "keep" if decision.action == "keep" else "discard"
         self.ledger.finish_experiment(
             row.id,
@@ -115,11 +138,13 @@ class Recorder:
             p_value=decision.p_value,
             **self.ledger.outcome(row.id),
         )
+        self._save(row.id)
         if action == "keep":
             self.workspace.advance_branch(self.tag, row.commit or "", self.workspace.branch_commit(self.tag))
         self._decided(row.id, f"#{row.id} {row.description}: {decision.reason}", action)
 
     def measured_baseline(self, row: ExperimentRow, values: list[float]) -> None:
+        self.check_seeds(values)
         sd = sample_sd(values)
         spread = f", run-to-run sd {sd:.4g}" if sd is not None else ""
         reason = f"baseline {mean(values):.6g}{spread} over {len(values)} runs"
@@ -131,6 +156,7 @@ class Recorder:
             n_runs=len(values),
             **self.ledger.outcome(row.id),
         )
+        self._save(row.id)
         self._decided(row.id, reason, "baseline")
 
     def failed(self, row: ExperimentRow, run: RunRow, n_runs: int) -> str:
@@ -140,6 +166,7 @@ class Recorder:
         self.ledger.finish_experiment(
             row.id, status=run.status, decision=decision, reason=reason, n_runs=n_runs
         )
+        self._save(row.id)
         self._decided(row.id, f"#{row.id} {row.description}: {reason}", decision, tell=row.kind != "baseline")
         return reason
 
@@ -150,6 +177,8 @@ class Recorder:
                 self.ledger.set_lesson(int(exp_id), str(text))
             except (KeyError, ValueError):
                 continue
+            if self.ledger.experiment(int(exp_id)).finished:
+                self._save(int(exp_id))
 
     def reconcile_branch(self, start_commit: str) -> None:
         """Make ``nightlab/<tag>`` point at the incumbent (a crash may have come in between)."""
@@ -160,6 +189,10 @@ class Recorder:
             self.workspace.create_branch(self.tag, target)
         elif current != target:
             self.workspace.advance_branch(self.tag, target, current)
+
+    def _save(self, exp_id: int) -> None:
+        """The finished row beside the ledger too, for `nightlab recover` (store/backup.py)."""
+        save_experiment(self.workspace.state_dir, self.ledger.experiment(exp_id))
 
     def _decided(self, exp_id: int, message: str, outcome: str, tell: bool = True) -> None:
         """After every finished experiment: the decision event, results.tsv, and the agent hears."""

@@ -24,7 +24,7 @@ from nightlab.research.loop import ResearchLoop
 from nightlab.research.session import Session, build_loop, open_session
 from nightlab.stats import noise_floor
 from nightlab.store.ledger import ExperimentRow
-from nightlab.types import Context, Edit, Proposal
+from nightlab.types import Context, Direction, Edit, Proposal
 
 
 class GivenProposals(Agent):
@@ -48,11 +48,15 @@ def open_harness(
 
 @dataclass
 class TryOutcome:
-    """What ``nightlab try`` did: the recorded experiment and what happened to the user's files."""
+    """What ``nightlab try`` did: the recorded experiment (None for ``--sync`` alone) and what
+    happened to the user's files."""
 
-    row: ExperimentRow
-    restored: list[str] = field(default_factory=list)
+    row: ExperimentRow | None
+    synced: list[str] = field(default_factory=list)
     left_in_place: bool = False
+    # The user's files differ from the best code after a keep (their edit was merged onto kept
+    # changes their checkout does not have): ``--sync`` brings those in.
+    behind: bool = False
 
 
 def working_tree_edits(session: Session) -> dict[str, str | None]:
@@ -79,18 +83,108 @@ def working_tree_edits(session: Session) -> dict[str, str | None]:
     return edits
 
 
+def onto_incumbent(session: Session, edits: dict[str, str], incumbent: ExperimentRow) -> dict[str, str]:
+    """The user's edits applied onto the incumbent: path -> the file as the experiment runs it.
+
+    The user's checkout may be behind the best code (a ``nightlab run`` kept changes since), so
+    their files are not the experiment: their *edit* is, the difference between their files and
+    their checkout's commit. Each file is merged three ways (the checkout's version as the base,
+    the incumbent's and the user's as the two sides), which applies that edit onto the best code
+    and takes an edit already in the best code as applied. An edit that changes lines the best
+    code changed too is refused, naming the file and the line.
+    """
+    assert incumbent.commit is not None
+    workspace = session.workspace
+    paths = list(edits)
+    base = workspace.read_files(workspace.head_commit(), paths, missing_ok=True)
+    best = workspace.read_files(incumbent.commit, paths, missing_ok=True)
+    merged: dict[str, str] = {}
+    for path, theirs in edits.items():
+        if path not in best or best[path] == base.get(path) or best[path] == theirs:
+            merged[path] = theirs  # the best code has this file as the checkout does: nothing to merge
+            continue
+        text, conflict = _merge3(best[path], base.get(path, ""), theirs)
+        if conflict is not None:
+            raise UserError(
+                f"nightlab try: your edit of {path} does not apply to the best code (#{incumbent.id}): "
+                f"it changes lines the best code changed too ({conflict}); bring the best code into your "
+                f"checkout with `nightlab try --sync {session.root}`, redo the edit there and try again"
+            )
+        merged[path] = text
+    return merged
+
+
+def _merge3(ours: str, base: str, theirs: str) -> tuple[str, str | None]:
+    """``ours`` with the change from ``base`` to ``theirs`` applied; the first conflict described.
+
+    Each side's change is a list of base line ranges and what replaces them (difflib). The user's
+    changes go onto ``ours`` unless the best code changed an overlapping range differently, or
+    inserted at the same place. Unlike ``git merge-file``, changes to *adjacent* lines do not
+    conflict: a training script's knobs are a block of adjacent constants, and changing one
+    next to another that a kept change moved is the common case, not a conflict.
+    """
+    a, b, c = (text.splitlines(keepends=True) for text in (base, ours, theirs))
+    kept, mine = _changes(a, b), _changes(a, c)
+    for i1, i2, new, j1 in mine:
+        for k1, k2, other, _ in kept:
+            if (i1, i2, new) == (k1, k2, other):
+                continue  # the same change on both sides: already in the best code
+            inside = (i1 == i2 and k1 < i1 < k2) or (k1 == k2 and i1 < k1 < i2)
+            if max(i1, k1) < min(i2, k2) or i1 == i2 == k1 == k2 or inside:
+                shown = (new or a[i1:i2] or [""])[0].strip()[:60]
+                return "", f"your line {j1 + 1}: '{shown}'"
+    already = [(k1, k2, other) for k1, k2, other, _ in kept]
+    ordered = sorted(already + [(i1, i2, new) for i1, i2, new, _ in mine if (i1, i2, new) not in already])
+    out: list[str] = []
+    pos = 0
+    for start, end, lines in ordered:
+        out += a[pos:start] + lines
+        pos = max(pos, end)
+    return "".join(out + a[pos:]), None
+
+
+def _changes(old: list[str], new: list[str]) -> list[tuple[int, int, list[str], int]]:
+    """(start, end, replacement, position in ``new``) for each changed range of ``old``; a block
+    of lines replaced one for one is split into single lines (each knob its own change)."""
+    from difflib import SequenceMatcher
+
+    out = []
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        if tag == "replace" and i2 - i1 == j2 - j1:
+            out += [
+                (i, i + 1, [new[j]], j)
+                for i, j in zip(range(i1, i2), range(j1, j2), strict=True)
+                if old[i] != new[j]
+            ]
+        elif tag != "equal":
+            out.append((i1, i2, new[j1:j2], j1))
+    return out
+
+
 def try_working_tree(
     root: Path,
-    description: str,
+    description: str | None,
     hypothesis: str = "",
     tag: str | None = None,
     events: EventSink | None = None,
+    sync: bool = False,
 ) -> tuple[Session, TryOutcome]:
-    """Run the uncommitted edits to the editable files as one experiment, then keep or revert them."""
-    if not description.strip():
+    """Run the uncommitted edits to the editable files as one experiment, applied onto the best code.
+
+    The user's files are never written unless ``sync`` asks for it: then, once the experiment
+    is recorded (their version is its commit), the editable files get the best code. With no
+    ``description``, ``sync`` alone brings the best code in, refusing while the files hold an
+    edit that is nowhere in git yet.
+    """
+    if description is not None and not description.strip():
+        raise UserError('nightlab try: give the experiment a description: nightlab try -m "raise LR to 0.02"')
+    if description is None and not sync:
         raise UserError('nightlab try: give the experiment a description: nightlab try -m "raise LR to 0.02"')
     session = open_session(root, tag=tag)
+    session.check_runnable()  # the workspace lock first: never read the tree under another harness
     edits = working_tree_edits(session)
+    if description is None:
+        return session, _sync_only(session, edits, events)
     if not edits:
         raise UserError(
             f"nightlab try: no uncommitted edits to the editable files ({', '.join(session.config.target.editable)}): "
@@ -101,12 +195,14 @@ def try_working_tree(
         raise UserError(
             f"nightlab try: {', '.join(deleted)} deleted: an experiment can change files, not delete them"
         )
+    texts = {p: t for p, t in edits.items() if t is not None}
     loop = build_loop(session, events=events, agent=GivenProposals("try"), check_clean=False)
     loop.prepare()  # the baseline first, on a new tag: the proposal is made against the incumbent
     incumbent = session.ledger.incumbent(session.tag)
     assert incumbent is not None and incumbent.commit is not None  # prepare() guarantees it
-    before = session.workspace.read_files(incumbent.commit, list(edits), missing_ok=True)
-    changed = {p: text for p, text in edits.items() if before.get(p) != text}
+    runs = onto_incumbent(session, texts, incumbent)
+    before = session.workspace.read_files(incumbent.commit, list(runs), missing_ok=True)
+    changed = {p: text for p, text in runs.items() if before.get(p) != text}
     if not changed:
         raise UserError(
             f"nightlab try: {', '.join(edits)} already match the best code (#{incumbent.id}): "
@@ -115,27 +211,77 @@ def try_working_tree(
     proposal = Proposal(
         description=description.strip(),
         hypothesis=hypothesis.strip(),
-        edits=[Edit(path=p, replace=text) for p, text in changed.items() if text is not None],
-        meta={"source": "nightlab try"},
+        edits=[Edit(path=p, replace=text) for p, text in changed.items()],
+        meta={"source": "nightlab try", "checkout": session.workspace.head_commit()},
     )
     row = loop.run_one(proposal)
     outcome = TryOutcome(row=row)
-    if row.decision == "keep":
-        return session, outcome
     if row.commit is None:  # refused before running (syntax error, no real change): let the user fix it
         outcome.left_in_place = True
         return session, outcome
     best = session.ledger.incumbent(session.tag)
     assert best is not None and best.commit is not None
-    texts = session.workspace.read_files(best.commit, list(changed), missing_ok=True)
-    for path in changed:
-        target = session.root / path
-        if path in texts:
-            target.write_text(texts[path], errors="surrogateescape")
-        else:
-            target.unlink(missing_ok=True)  # a file the experiment created
-        outcome.restored.append(path)
+    best_texts = session.workspace.read_files(best.commit, list(texts), missing_ok=True)
+    if sync:
+        outcome.synced = _write_best(session, best.commit, list(texts))
+    else:
+        outcome.behind = row.decision == "keep" and any(best_texts.get(p) != t for p, t in texts.items())
     return session, outcome
+
+
+def _sync_only(session: Session, edits: dict[str, str | None], events: EventSink | None) -> TryOutcome:
+    """``nightlab try --sync`` without ``-m``: the best code into the checkout, losing nothing."""
+    best = session.ledger.incumbent(session.tag)
+    if best is None or best.commit is None:
+        raise UserError(
+            f"nightlab try --sync: nightlab/{session.tag} has no best code yet; "
+            f'run an experiment first (nightlab try -m "..." {session.root})'
+        )
+    unsaved = [p for p, text in edits.items() if text is not None and not _in_git(session, p, text)]
+    if unsaved:
+        raise UserError(
+            f"nightlab try --sync: {', '.join(unsaved)} holds an edit that is not in git yet; try it first "
+            f'(nightlab try -m "..." --sync) or drop it (git checkout -- {unsaved[0]})'
+        )
+    return TryOutcome(row=None, synced=_write_best(session, best.commit, list(edits)))
+
+
+def _in_git(session: Session, path: str, text: str) -> bool:
+    """Whether ``text`` is ``path`` at HEAD, at the best code or at one of the tag's experiments."""
+    workspace = session.workspace
+    commits = [workspace.head_commit()]
+    commits += [e.commit for e in reversed(session.ledger.experiments(tag=session.tag)) if e.commit]
+    for commit in dict.fromkeys(commits):
+        if workspace.read_files(commit, [path], missing_ok=True).get(path) == text:
+            return True
+    return False
+
+
+def _write_best(session: Session, commit: str, also: list[str]) -> list[str]:
+    """Write the editable files of ``commit`` into the user's tree; returns the paths changed.
+
+    Editable files the user has that ``commit`` lacks (in ``also``: files an experiment created)
+    are removed; everything else of the user's is left alone.
+    """
+    config, root, workspace = session.config, session.root, session.workspace
+    paths = [
+        p
+        for p in workspace.list_files(commit)
+        if is_editable(p, config.target.editable, config.target.frozen)
+    ]
+    texts = workspace.read_files(commit, paths)
+    written = []
+    for path in dict.fromkeys([*paths, *also]):
+        target = root / path
+        current = target.read_text(errors="surrogateescape") if target.is_file() else None
+        if path in texts and current != texts[path]:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(texts[path], errors="surrogateescape")
+            written.append(path)
+        elif path not in texts and current is not None:
+            target.unlink()
+            written.append(path)
+    return written
 
 
 def result_block(session: Session, row: ExperimentRow) -> str:
@@ -147,10 +293,20 @@ def result_block(session: Session, row: ExperimentRow) -> str:
         (metric, fixed(row.metric_mean, missing="-") + (f" ± {row.metric_sem:.6f}" if row.metric_sem else ""))
     )
     if row.delta is not None:
+        # Two views of one number: ``delta`` moves as the metric does (the sign of the Δ in the
+        # reason and of ``delta`` in `nightlab status --json`), ``improvement`` is > 0 when better.
+        direction = session.config.metric.direction
         se = f" ± {row.delta_se:.6f}" if row.delta_se is not None else ""
-        lines.append(("delta", f"{row.delta:+.6f}{se} (improvement over #{row.incumbent_id}, > 0 is better)"))
+        better = "lower" if direction is Direction.MINIMIZE else "higher"
+        lines.append(
+            (
+                "delta",
+                f"{direction.sign * row.delta:+.6f}{se} ({metric} change vs #{row.incumbent_id}, {better} is better)",
+            )
+        )
+        lines.append(("improvement", f"{row.delta:+.6f} (> 0 is better)"))
     else:
-        lines.append(("delta", "-"))
+        lines += [("delta", "-"), ("improvement", "-")]
     lines += [
         ("decision", row.decision or row.status),
         ("status", row.status),

@@ -1,12 +1,18 @@
 """Rebuild a lost or corrupt ledger from what nightlab writes independently of it.
 
-Every experiment that got as far as a commit has a ref ``refs/nightlab/experiments/<id>``
-whose commit message is ``nightlab #N: <description>`` and the hypothesis; the research branch
-``nightlab/<tag>`` is the chain of kept commits on top of the tag's start commit; and every
-replicate left ``.nightlab/runs/<id>/<replicate>/`` with its log and, with a JSON metric, its
-``metrics.json``. That is enough to continue the night, report it and validate it. What only
-the ledger knew (decision reasons, p-values, proposals refused before a commit) is lost and
-said so (docs/RECOVERY.md).
+Every finished experiment left its ledger row in ``.nightlab/runs/<id>/experiment.json`` and
+every replicate its outcome in ``runs/<id>/<replicate>/replicate.json``
+(:mod:`nightlab.store.backup`): from those the ledger comes back as it was, decisions,
+reasons, refused proposals, retried baselines and the metric as read on the night included,
+whatever nightlab.toml says now. An experiment with replicates but no row of its own had not
+finished; it comes back unfinished and the next ``nightlab run`` finishes it.
+
+Workspaces from before those records (or records deleted) fall back on git and the logs: every
+experiment that got as far as a commit has a ref ``refs/nightlab/experiments/<id>`` whose
+commit message is ``nightlab #N: <description>`` and the hypothesis; the research branch
+``nightlab/<tag>`` is the chain of kept commits on top of the tag's start commit; each
+replicate's log and ``metrics.json`` are read the way nightlab.toml says today. That is enough
+to continue the night; what only the ledger knew is lost and said so (docs/RECOVERY.md).
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ from pathlib import Path
 from nightlab.config import Config
 from nightlab.errors import UserError
 from nightlab.metrics import parse_log_metric
+from nightlab.store.backup import experiment_dir, load_experiment, load_replicate
 from nightlab.store.export import export_tsv
 from nightlab.store.ledger import Ledger
 from nightlab.types import RunResult, RunStatus
 from nightlab.workspace.git import Workspace
+from nightlab.workspace.gitcli import run_git
 
 LEDGER_NAME = "ledger.db"
 REASON = "rebuilt from git refs and run directories by `nightlab recover`"
@@ -108,30 +116,41 @@ def recover(root: Path, config: Config, tag: str | None = None, force: bool = Fa
     start, kept = _chain(workspace, tag)
     kept_set = set(kept)
     refs = workspace.experiment_refs()
-    if not refs:
+    records = _records(workspace.state_dir)
+    if not refs and not records:
         raise UserError(f"no refs/nightlab/experiments/* in {root}: nothing to rebuild the ledger from")
+    attempts = _baseline_attempts(workspace, tag, start, refs, records)
 
     moved = _move_aside(path)
     ledger = Ledger(path)
     experiments = runs = 0
     try:
-        for exp_id in sorted(refs):
+        for exp_id in sorted(set(refs) | set(records)):
+            record = records.get(exp_id)
+            if record is not None:
+                if record.get("tag") != tag:
+                    continue  # an experiment of another research tag, or a side study
+                ledger.add_experiment(**record)
+                runs += _rebuild_runs(ledger, workspace, config, exp_id)
+                experiments += 1
+                continue
             commit = refs[exp_id]
             parent = _parent(workspace, commit)
-            if commit == start and exp_id == min(i for i, c in refs.items() if c == start):
-                kind, base = "baseline", start
+            if exp_id in attempts:
+                kind, base = "baseline", commit
             elif parent in kept_set or parent == start:
                 kind, base = "candidate", parent
             else:
                 continue  # an experiment of another research tag
-            runs += _rebuild_experiment(ledger, workspace, config, tag, exp_id, kind, base, commit, kept_set)
+            failed = exp_id in attempts and exp_id != max(attempts)  # a later attempt replaced it
+            runs += _rebuild_experiment(
+                ledger, workspace, config, tag, exp_id, kind, base, commit, kept_set, failed
+            )
             experiments += 1
         ledger.set_meta(f"start_commit:{tag}", start)
         ledger.set_meta("current_tag", tag)
         ledger.set_meta("metric_name", config.metric.name)
         ledger.set_meta("direction", config.metric.direction.value)
-        if config.target.setup and (workspace.state_dir / "setup" / "setup.log").exists():
-            ledger.set_meta("setup_done", config.target.setup)
         export_tsv(ledger, workspace.state_dir / "results.tsv", tag, config.metric.name)
     finally:
         ledger.close()
@@ -141,6 +160,71 @@ def recover(root: Path, config: Config, tag: str | None = None, force: bool = Fa
 def _parent(workspace: Workspace, commit: str) -> str | None:
     out = workspace.git("rev-list", "--parents", "-n", "1", commit).split()
     return out[1] if len(out) > 1 else None
+
+
+def _records(state_dir: Path) -> dict[int, dict]:
+    """Every experiment row recorded beside the ledger, by id (all tags)."""
+    runs = state_dir / "runs"
+    found: dict[int, dict] = {}
+    for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
+        if folder.name.isdigit():
+            record = load_experiment(folder)
+            if record is not None and record["id"] == int(folder.name):
+                found[record["id"]] = record
+    return found
+
+
+def _baseline_attempts(
+    workspace: Workspace, tag: str, start: str, refs: dict[int, str], records: dict[int, dict]
+) -> list[int]:
+    """The ids of every baseline ``tag`` measured, failed ones included, oldest first.
+
+    A baseline that failed is measured again, at the same start or, once the user committed a
+    fix, at the new HEAD; so besides the start, an earlier commit of the user's (not one of
+    nightlab's, not another tag's start) below the start is a baseline attempt too.
+    """
+    attempts = {i for i, r in records.items() if r.get("tag") == tag and r.get("kind") == "baseline"}
+    unknown = {i: c for i, c in refs.items() if i not in records}
+    if not unknown:
+        return sorted(attempts)
+    others = {_chain(workspace, t)[0] for t in _research_tags(workspace) if t != tag}
+    shown = workspace.git("show", "-s", "--format=%H %s", *sorted(set(unknown.values())))
+    subjects = dict(line.split(" ", 1) if " " in line else (line, "") for line in shown.splitlines())
+    for exp_id, commit in unknown.items():
+        if commit == start:
+            attempts.add(exp_id)
+        elif (
+            not subjects.get(commit, "").startswith("nightlab #")
+            and commit not in others
+            and run_git(
+                ["merge-base", "--is-ancestor", commit, start], workspace.root, check=False
+            ).returncode
+            == 0
+        ):
+            attempts.add(exp_id)
+    return sorted(attempts)
+
+
+def _rebuild_runs(ledger: Ledger, workspace: Workspace, config: Config, exp_id: int) -> int:
+    """The replicates of ``exp_id`` into the ledger: as recorded, else read from their logs."""
+    folder = experiment_dir(workspace.state_dir, exp_id)
+    replicates = (
+        sorted((int(p.name), p) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+    )
+    for replicate, run_dir in replicates:
+        recorded = load_replicate(run_dir)
+        if recorded is not None:
+            result, metric, holdout = recorded
+        else:
+            metric, holdout, tail = _read_run(run_dir, config)
+            result = RunResult(
+                status=RunStatus.OK if metric is not None else RunStatus.CRASH,
+                seed=config.run.seed + 1000 * exp_id + replicate,
+                log_tail=tail,
+                reason="" if metric is not None else "no metric in the run directory",
+            )
+        ledger.add_run(exp_id, replicate, result, metric, holdout, str(run_dir))
+    return len(replicates)
 
 
 def _rebuild_experiment(
@@ -153,7 +237,9 @@ def _rebuild_experiment(
     base: str,
     commit: str,
     kept: set[str],
+    failed: bool,
 ) -> int:
+    """An experiment with a ref but no recorded row: unfinished, or from before the records."""
     if kind == "baseline":
         description, hypothesis, diff = "baseline", "", ""
     else:
@@ -172,41 +258,26 @@ def _rebuild_experiment(
         hypothesis=hypothesis,
         diff=diff,
     )
-    values, holdouts, count = [], [], 0
-    folder = workspace.state_dir / "runs" / f"{exp_id:04d}"
-    replicates = (
-        sorted((int(p.name), p) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
-    )
-    for replicate, run_dir in replicates:
-        metric, holdout, tail = _read_run(run_dir, config)
-        status = RunStatus.OK if metric is not None else RunStatus.CRASH
-        result = RunResult(
-            status=status,
-            seed=config.run.seed + 1000 * exp_id + replicate,
-            log_tail=tail,
-            reason="" if metric is not None else "no metric in the run directory",
-        )
-        ledger.add_run(exp_id, replicate, result, metric, holdout, str(run_dir))
-        count += 1
-        if metric is not None:
-            values.append(metric)
-            if holdout is not None:
-                holdouts.append(holdout)
-    if kind == "baseline":
-        decision = "baseline"
-    elif commit in kept:
-        decision = "keep"
+    count = _rebuild_runs(ledger, workspace, config, exp_id)
+    folder = experiment_dir(workspace.state_dir, exp_id)
+    if any(load_replicate(p) is not None for p in folder.glob("*") if p.name.isdigit()):
+        return count  # recorded replicates and no recorded end: it was running; `nightlab run` finishes it
+    runs = ledger.runs(exp_id)
+    broken = [r for r in runs if r.status != "ok"]
+    values = ledger.ok_metrics(exp_id)
+    outcome: dict = {"status": "ok", "n_runs": count, **ledger.outcome(exp_id)}
+    if broken or failed or not values:
+        # Any failed replicate ended the experiment; a baseline measured again had failed.
+        status = broken[-1].status if broken else "crash"
+        outcome = {
+            "status": status,
+            "decision": "invalid" if status == "invalid" else "crash",
+            "n_runs": count,
+        }
+    elif kind == "baseline":
+        outcome["decision"] = "baseline"
     else:
-        decision = "discard" if values else "crash"
-    outcome: dict = {"status": "ok" if values else "crash", "decision": decision, "n_runs": count}
-    if values:
-        mean = sum(values) / len(values)
-        outcome["metric_mean"] = mean
-        if len(values) > 1:
-            var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-            outcome["metric_sem"] = (var / len(values)) ** 0.5
-    if holdouts:
-        outcome["holdout_mean"] = sum(holdouts) / len(holdouts)
+        outcome["decision"] = "keep" if commit in kept else "discard"
     ledger.finish_experiment(exp_id, reason=REASON, **outcome)
     return count
 

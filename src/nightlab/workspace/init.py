@@ -175,6 +175,35 @@ def _git(directory: Path, *args: str, options: Sequence[str] = ()) -> None:
         raise UserError(f"git {args[0]} failed in {directory}: {reason}")
 
 
+def _refuse_to_lose(directory: Path, files: dict[str, str]) -> None:
+    """``--force`` overwrites the template's files, but never work that exists nowhere else.
+
+    A file it would change is fine when git holds its current content (committed at HEAD); an
+    uncommitted edit or an untracked file of the same name would be lost for good: refused,
+    naming the files and how to keep them.
+    """
+    changed = [
+        rel
+        for rel, text in files.items()
+        if (directory / rel).is_file() and (directory / rel).read_bytes() != text.encode()
+    ]
+    lost = [rel for rel in changed if _at_head(directory, rel) != (directory / rel).read_bytes()]
+    if lost:
+        shown = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+        raise UserError(
+            f"--force would overwrite {shown} in {directory}, whose content git does not hold "
+            "(uncommitted or untracked): commit it (git add -A && git commit) or move it away first"
+        )
+
+
+def _at_head(directory: Path, rel: str) -> bytes | None:
+    """``rel`` as committed at HEAD of the repository in ``directory``; None when it is not."""
+    if not (directory / ".git").exists():
+        return None
+    proc = subprocess.run(["git", "cat-file", "blob", f"HEAD:{rel}"], cwd=directory, capture_output=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
 def init_workspace(
     directory: Path,
     template: str = "gpt",
@@ -210,6 +239,8 @@ def init_workspace(
         files = apply_size(files, sizes, size)
     if dataset is not None:
         files = apply_dataset(files, dataset, template)
+    if force:
+        _refuse_to_lose(directory, files)
     directory.mkdir(parents=True, exist_ok=True)
     for rel, text in files.items():
         target = directory / rel
@@ -222,5 +253,7 @@ def init_workspace(
         _git(directory, "init", "-q")
         _git(directory, "checkout", "-q", "-b", "main")
     label = f"{template}, {size} size" if size else template
-    commit_all(directory, f"nightlab init ({label})")
+    clean = subprocess.run(["git", "status", "--porcelain"], cwd=directory, capture_output=True, text=True)
+    if clean.returncode != 0 or clean.stdout.strip():  # --force over identical files: nothing to commit
+        commit_all(directory, f"nightlab init ({label})")
     return size or ""

@@ -1,0 +1,154 @@
+"""The command line as a new user meets it, under the typer pip resolves today and the lowest
+typer pyproject.toml allows: every mistake is one ``error:`` line plus the usage hint and exit
+code 2, never a traceback; ``--version``; bare ``nightlab`` is its help and exit code 0;
+Ctrl-C and SIGTERM end a run with one ``interrupted:`` line and 130 / 143.
+
+The lowest typer is installed by pip, with the dependencies pip resolves for it, into a
+throwaway ``--target`` folder put first on PYTHONPATH for the subprocesses (nothing else of the
+environment changes); it needs the package index, as ``make test`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_kit import gone, slow_workspace, start, training_pid
+
+from helpers import nightlab
+
+ROOT = Path(__file__).parents[2]
+PROJECT_VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+LOWEST_TYPER = re.search(r'"typer>=([0-9.]+),', (ROOT / "pyproject.toml").read_text()).group(1)
+SCRIPT = Path(sys.executable).parent / "nightlab"  # the console script of `pip install -e .`
+COMMANDS = ["init", "run", "status", "report", "try", "brief", "mcp", "validate", "ablate", "recover"]
+
+# (arguments, what the error line names): the mistakes of issue 17, and their neighbours.
+MISTAKES = [
+    (["nosuchcmd"], "nosuchcmd"),
+    (["run", "--bogus"], "--bogus"),
+    (["run", "-n", "abc"], "--max-experiments"),
+    (["run", "-n", "-1"], "--max-experiments"),
+    (["init"], "directory"),
+    (["try"], "-m"),
+    (["try", "-m"], "-m"),
+    (["agent", "nosuch"], "nosuch"),
+    (["status", "--tag"], "--tag"),
+    (["validate", "--seeds", "1"], "--seeds"),
+]
+
+
+def installed(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """The ``nightlab`` command pip installed (its console script), as a user types it."""
+    return subprocess.run(
+        [str(SCRIPT), *args], env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def check_command_line(env: dict[str, str], cwd: Path) -> None:
+    """Every mistake, --version, bare and --help, with ``env`` (which typer) in ``cwd``."""
+    for args, named in MISTAKES:
+        res = installed(*args, env=env, cwd=cwd)
+        out = res.stdout + res.stderr
+        assert res.returncode == 2, (args, out)
+        assert "Traceback" not in out and res.stdout == "", (args, out)
+        lines = res.stderr.strip().splitlines()
+        assert lines[0].startswith("error: ") and named.lower() in lines[0].lower(), (args, lines)
+        assert len(lines) <= 2, (args, lines)  # the error, then at most the usage hint
+        if len(lines) == 2:
+            assert lines[1].startswith("usage: nightlab") and "--help" in lines[1], (args, lines)
+
+    version = installed("--version", env=env, cwd=cwd)
+    assert (version.returncode, version.stdout.strip(), version.stderr) == (
+        0,
+        f"nightlab {PROJECT_VERSION}",
+        "",
+    )
+    for bare, listed in (([], "recover"), (["agent"], "show-space")):
+        res = installed(*bare, env={**env, "COLUMNS": "120"}, cwd=cwd)
+        assert res.returncode == 0 and res.stderr == "", (bare, res.stderr)
+        assert f"Usage: nightlab {' '.join(bare)}".strip() in res.stdout and listed in res.stdout, res.stdout
+
+
+def check_help_keeps_its_words(env: dict[str, str], cwd: Path) -> None:
+    """Every option's help text of every command reaches the screen whole: rich markup must not
+    eat a bracketed word (`--scale` once read "A  of nightlab.toml")."""
+    from nightlab.cli.app import app
+
+    for name in COMMANDS:
+        res = nightlab(name, "--help", env={**env, "COLUMNS": "250"}, cwd=cwd)
+        assert res.returncode == 0, (name, res.stderr)
+        shown = " ".join(re.sub(r"[│╭╮╰╯─]", " ", res.stdout).split())
+        for param in _params(app, name):
+            words = " ".join((param.help or "").split())
+            assert words in shown, (name, param.name, words)
+
+
+def _params(app, name: str) -> list:  # noqa: ANN001 - typer's app
+    import typer.main
+
+    command = typer.main.get_command(app).commands[name]  # type: ignore[attr-defined]
+    # Options: typer before 0.19 does not print an argument's help at all, with or without markup.
+    return [p for p in command.params if getattr(p, "help", None) and p.param_type_name == "option"]
+
+
+def check_signals(tmp: Path, env: dict[str, str]) -> None:
+    """SIGINT and SIGTERM while a run trains: one line, 130 / 143, the training gone with it."""
+    root = slow_workspace(tmp / "ws")
+    seen: set[int] = set()
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        proc = start("run", str(root), "--plain", "--tag", "t", slow=60, env=env)
+        trainer = training_pid(root, seen)
+        seen.add(trainer)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == code, (sig, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"interrupted ({sig.name})"), err
+        assert "Traceback" not in out + err
+        assert gone(trainer, within=5), "the training process outlived the harness"
+
+
+def test_every_mistake_is_one_line_and_exit_2_with_this_typer(tmp_path: Path) -> None:
+    check_command_line({}, tmp_path)
+
+
+def test_help_texts_are_shown_whole(tmp_path: Path) -> None:
+    check_help_keeps_its_words({}, tmp_path)
+
+
+def test_ctrl_c_and_sigterm_end_a_run_with_130_and_143(tmp_path: Path) -> None:
+    check_signals(tmp_path, {})
+
+
+@pytest.fixture(scope="module")
+def lowest_typer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """PYTHONPATH with the lowest supported typer (and what pip resolves for it) in front."""
+    target = tmp_path_factory.mktemp("typer-lowest")
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--no-warn-conflicts", "--target", str(target), f"typer=={LOWEST_TYPER}"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert pip.returncode == 0, f"pip could not install typer=={LOWEST_TYPER}: {pip.stderr[-2000:]}"
+    env = {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    seen = subprocess.run(
+        [sys.executable, "-c", "import typer, click; print(typer.__version__, click.__version__)"],
+        env={**os.environ, **env}, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert seen[0] == LOWEST_TYPER, seen
+    return env
+
+
+@pytest.mark.slow
+def test_every_mistake_is_one_line_and_exit_2_with_the_lowest_typer(
+    tmp_path: Path, lowest_typer: dict[str, str]
+) -> None:
+    check_command_line(lowest_typer, tmp_path)
+    check_help_keeps_its_words(lowest_typer, tmp_path)
+    check_signals(tmp_path, lowest_typer)

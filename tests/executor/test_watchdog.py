@@ -1,0 +1,98 @@
+"""The run's watchdog with real processes: a harness killed with ``kill -9`` takes its run along
+(escaped descendants included), and a harness that finishes its run leaves no watchdog behind."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+
+from nightlab.executor.process import Limits, run_process
+
+from .test_local import dead, read_pids, spec, write_script
+
+HARNESS = """
+from pathlib import Path
+from nightlab.executor.process import Limits, run_process
+from nightlab.types import RunSpec
+root = Path({root!r})
+run_process(
+    RunSpec(command={command!r}, cwd=root, run_dir=root / "run", seed=0, timeout=60),
+    Limits(poll_interval=0.05, grace_seconds=1.0),
+)
+"""
+
+
+WAIT_FOR_TERM = """
+import os, signal, sys
+name, folder = sys.argv[1], sys.argv[2]
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+with open(os.path.join(folder, "pids"), "a") as f:
+    f.write(f"{os.getpid()}\\n")
+info = signal.sigwaitinfo({signal.SIGTERM})  # who sent it: the watchdog, or someone else
+with open(os.path.join(folder, "sender-" + name), "w") as f:
+    f.write(str(info.si_pid))
+"""
+
+
+def test_kill_9_of_the_harness_kills_the_run_and_what_escaped_from_it(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    waiter = write_script(tmp_path, WAIT_FOR_TERM, "wait_for_term.py")
+    # The run's own process, and one that left its process group and session (setsid): both
+    # carry the run's tag; neither is a child of the harness.
+    py = f"{sys.executable} {waiter}"
+    command = f"setsid {py} escaped {tmp_path} & {py} main {tmp_path} & wait"
+    harness = write_script(
+        tmp_path, textwrap.dedent(HARNESS.format(root=str(tmp_path), command=command)), "h.py"
+    )
+    proc = psutil.Popen([sys.executable, str(harness)])
+    try:
+        run_pids = read_pids(pids, 2, within=20)
+        (watchdog,) = [c.pid for c in proc.children() if "watchdog.py" in " ".join(c.cmdline())]
+        proc.kill()  # kill -9: nothing in the harness runs any more
+        proc.wait(10)
+        assert all(dead(pid, within=5) for pid in run_pids), [p for p in run_pids if psutil.pid_exists(p)]
+        # Killed by the harness's watchdog (not by chance, nor by another nightlab's orphan sweep).
+        for name in ("main", "escaped"):
+            assert (tmp_path / f"sender-{name}").read_text() == str(watchdog), name
+    finally:
+        if proc.is_running():
+            proc.kill()
+
+
+def test_a_run_that_ends_normally_leaves_no_watchdog_and_keeps_its_result(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "print('---')\nprint('val_loss: 1.25')\n")
+    result = run_process(spec(tmp_path, f"{sys.executable} {script}"), Limits(poll_interval=0.02))
+    assert result.status.value == "ok" and result.metrics["val_loss"] == 1.25
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        watchdogs = [
+            p
+            for p in psutil.Process().children()
+            if p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE
+            and "watchdog.py" in " ".join(p.cmdline())
+        ]
+        if not watchdogs:
+            break
+        time.sleep(0.02)
+    assert watchdogs == []
+
+
+def test_the_watchdog_finds_a_run_by_its_tag(tmp_path: Path) -> None:
+    from nightlab.executor.watchdog import kill_run, tagged
+
+    pids = tmp_path / "pids"
+    child = psutil.Popen(
+        ["sh", "-c", f"sleep 30 & echo $! > {pids}; wait"],
+        env={"NIGHTLAB_PROCESS_TAG": "t-1", "PATH": "/usr/bin:/bin"},
+    )
+    (grandchild,) = read_pids(pids, 1)
+    assert set(tagged("t-1")) >= {child.pid, grandchild}
+    assert tagged("t-2") == []
+    assert kill_run(child.pid, "t-1", grace=1.0) >= 2
+    child.wait(5)
+    assert dead(grandchild)
