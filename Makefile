@@ -12,8 +12,13 @@ HAVE_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev
 TORCH_SPEC ?= $(if $(HAVE_GPU),torch>=2.4,torch==2.13.0)
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+# The browser tests (tests/report/test_dashboard_browser.py) drive Debian's chromium through
+# Playwright's Python package; nothing here ever downloads a browser build.
+CHROMIUM ?= /usr/bin/chromium
+export NIGHTLAB_CHROMIUM := $(CHROMIUM)
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test test-fast browsers lint bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +31,13 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/nightlab demo
 
-test: install
+test: install browsers
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Says which browser the browser tests use, or plainly that they will be skipped.
+browsers:
+	@if [ -x "$(CHROMIUM)" ]; then echo "browser tests: $$($(CHROMIUM) --version 2>/dev/null | head -1) at $(CHROMIUM)"; \
+	else echo "browser tests: SKIPPED, no chromium at $(CHROMIUM) (apt-get install chromium, or make CHROMIUM=/path)"; fi
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

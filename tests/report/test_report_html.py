@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from helpers import edit, make_workspace, nightlab
@@ -25,5 +26,7 @@ def test_report_html_is_self_contained_escaped_and_redacted(tmp_path: Path) -> N
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; LR 0.3" in page
     assert planted not in page and "[redacted]" in page
-    assert page.count("<tr") == 1 + 3  # header, baseline and two candidates
+    data = json.loads(page.split('<script id="data" type="application/json">')[1].split("</script>")[0])
+    assert [e["id"] for e in data["snapshot"]["experiments"]] == [1, 2, 3]  # baseline and two candidates
+    assert sorted(data["details"]) == ["1", "2", "3"] and "+LR = 0.3" in data["details"]["2"]["diff"]
     assert "report: " in res.stdout

@@ -1,0 +1,91 @@
+"""The dashboard's one HTML page, served live or written out as a self-contained file.
+
+The page is the same in both cases: ``static/index.html`` with ``app.css`` and ``app.js``. Live,
+the server links them (``/static/...``) and the script opens a server-sent event stream; as a
+file, they are inlined with the data, and a Content-Security-Policy in the page forbids every
+network request and every script but the inlined one (pinned by its hash), so the file opens
+from disk with no server and no network, and a ``<script>`` in an experiment's description can
+do nothing but be read.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import re
+from importlib import resources
+
+ASSETS = ("index.html", "app.css", "app.js")
+# What the live page may load: itself. connect-src 'self' lets the event stream through.
+LIVE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'"
+)
+# Only a header can forbid framing (browsers ignore frame-ancestors in a <meta>).
+LIVE_HEADERS = {
+    "Content-Security-Policy": LIVE_CSP + "; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def asset(name: str) -> str:
+    """The text of one shipped asset (``static/<name>``)."""
+    if name not in ASSETS:
+        raise KeyError(name)
+    return (resources.files("nightlab.report.dashboard") / "static" / name).read_text(encoding="utf-8")
+
+
+def script_json(data: object) -> str:
+    """JSON that is safe inside ``<script type="application/json">``: no ``<``, ``>`` or ``&`` that
+    could close the element or start a comment, whatever an agent wrote in a description."""
+    text = json.dumps(data, separators=(",", ":"), default=str, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """Fill ``{{NAME}}`` slots in one pass, so a slot's text is never searched for other slots
+    (an agent's description that says ``{{DATA}}`` stays text)."""
+    return re.sub(r"\{\{([A-Z]+)\}\}", lambda m: values[m.group(1)], template)
+
+
+def live_page(boot: dict) -> str:
+    """The page ``nightlab serve`` sends: assets linked, ``boot`` (mode, tag, token rules) embedded."""
+    return _fill(
+        asset("index.html"),
+        {
+            "TITLE": html.escape(f"nightlab {boot.get('tag', '')}"),
+            "CSP": LIVE_CSP,
+            "STYLE": '<link rel="stylesheet" href="static/app.css">',
+            "BOOT": script_json(boot),
+            "DATA": "null",
+            "TOP": "",
+            "SCRIPT": '<script src="static/app.js"></script>',
+        },
+    )
+
+
+def static_page(boot: dict, data: dict, top_html: str = "") -> str:
+    """A self-contained page: styles, script and ``data`` (snapshot plus every experiment's
+    details) inline; ``top_html`` (already escaped) is shown first, readable without script."""
+    script = asset("app.js")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    csp = (
+        f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; "
+        "img-src data:; base-uri 'none'; form-action 'none'"
+    )
+    return _fill(
+        asset("index.html"),
+        {
+            "TITLE": html.escape(f"nightlab {boot.get('tag', '')}"),
+            "CSP": csp,
+            "STYLE": f"<style>{asset('app.css')}</style>",
+            "BOOT": script_json(boot),
+            "DATA": script_json(data),
+            "TOP": top_html,
+            "SCRIPT": f"<script>{script}</script>",
+        },
+    )
