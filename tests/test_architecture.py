@@ -36,7 +36,7 @@ ALLOWED = {
     "cli": PARTS - {"cli"},
     "studies": {"research", "code", "executor", "store", "workspace", "report"},
     "research": {"agents", "code", "executor", "store", "workspace"},
-    "report": {"store", "studies"},
+    "report": {"store", "studies", "workspace"},  # the dashboard asks whether a harness is alive
     "agents": {"code"},
     "code": set(),
     "executor": set(),

@@ -36,6 +36,9 @@ class TargetConfig(_Strict):
     setup: str | None = None
     # Environment variables added to every run (never secrets: those go in [run] allow_env).
     env: dict[str, str] = Field(default_factory=dict)
+    # Globs of files a run may write in its worktree (checkpoints, samples); they are moved into
+    # the run directory (outputs/) after the run. Anything else it writes makes the run invalid.
+    outputs: list[str] = Field(default_factory=list)
 
 
 class BudgetConfig(_Strict):
@@ -119,10 +122,27 @@ class PolicySection(KindSection):
     max_runs: int = Field(default=4, ge=1)  # replicates of one candidate, first run included
     # Simplicity criterion: metric units charged per line added (and earned per line removed).
     complexity_penalty: float = Field(default=0.0, ge=0)
+    # The run-to-run sd to assume when replicates with different seeds give identical results
+    # (a script that ignores NIGHTLAB_SEED); without it, 1% of the incumbent's value is assumed.
+    noise_sd: float | None = Field(default=None, gt=0)
+    # A candidate whose runs take this many times as long as the incumbent's is flagged in its
+    # decision reason (a gain bought with compute); refuse_slower turns such keeps into discards.
+    slower_ratio: float = Field(default=1.25, gt=1)
+    refuse_slower: bool = False
 
 
 class ExecutorSection(KindSection):
     kind: str = "local"
+
+
+class TrackersSection(BaseModel):
+    """``[trackers]``: ``live`` names the trackers (``mlflow``, ``wandb``) every experiment is sent
+    to while ``nightlab run`` runs; ``[trackers.NAME]`` tables hold each one's settings, checked
+    by nightlab.store.trackers like ``[agent.NAME]``. Never keys: the clients read them from the
+    environment."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    live: list[str] = Field(default_factory=list)
 
 
 class RunConfig(_Strict):
@@ -176,6 +196,7 @@ class Config(_Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     scales: dict[str, ScaleConfig] = Field(default_factory=dict)
+    trackers: TrackersSection = Field(default_factory=TrackersSection)
 
 
 def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:

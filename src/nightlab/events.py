@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Event:
-    kind: str  # resume | run | run_done | confirm | proposal | decision | finished
+    kind: str  # resume | run | run_done | confirm | proposal | decision | finished | notice
     message: str
     experiment_id: int | None = None
     replicate: int | None = None

@@ -76,6 +76,11 @@ def _regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
+def escape(path: str) -> str:
+    """A pattern that names exactly ``path``, whatever characters it holds."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in path)
+
+
 def matches(path: str, patterns: Iterable[str]) -> bool:
     """True when ``path`` (relative, POSIX) matches one of the globs."""
     return any(_regex(p).match(path) for p in patterns)

@@ -23,7 +23,7 @@ from nightlab.workspace.git import AGENT_WORKTREE, Workspace
 LR_SED = "sed -i 's/^LR = 0.1 /LR = 0.3 /' train.py"
 
 
-def workspace_with(tmp_path: Path, script: str, timeout: float = 60) -> Path:
+def workspace_with(tmp_path: Path, script: str, timeout: float = 60, extra_files: dict | None = None) -> Path:
     """A toy workspace whose [agent] runs ``script`` (kept outside the workspace) with sh."""
     path = tmp_path / "cli.sh"
     path.write_text("set -e\n" + script)
@@ -33,7 +33,7 @@ def workspace_with(tmp_path: Path, script: str, timeout: float = 60) -> Path:
         .replace('kind = "replay"\nfile = "proposals.jsonl"', agent)
         .replace('frozen = ["evaluate.py"]', 'frozen = ["evaluate.py", "prepare.py"]')
     )
-    extra = {"program.md": "Lower val_loss.\n", "prepare.py": "MAX_SEQ_LEN = 256\n"}
+    extra = {"program.md": "Lower val_loss.\n", "prepare.py": "MAX_SEQ_LEN = 256\n", **(extra_files or {})}
     return make_workspace(tmp_path / "ws", toml=toml, extra_files=extra)
 
 
@@ -145,10 +145,11 @@ def test_a_hung_cli_is_killed_at_the_timeout_with_its_children(tmp_path):
     root = workspace_with(tmp_path, f"{LR_SED}\nsleep 60 &\necho $! > {pidfile}\nwait\n", timeout=1)
     agent = command_agent(root)
     started = time.monotonic()
-    proposal = agent.propose(context_of(root))
-    assert time.monotonic() - started < 10
-    assert proposal.edits == []  # a half-finished edit is not an experiment
-    assert "timed out after 1 s ([agent] timeout)" in proposal.refused
+    # A half-finished edit is not an experiment: each round is killed at 1 s and, after
+    # MAX_FAILED_ROUNDS of them, the agent stops instead of proposing.
+    assert agent.propose(context_of(root)) is None
+    assert time.monotonic() - started < 10 * MAX_FAILED_ROUNDS
+    assert "timed out after 1 s ([agent] timeout)" in agent.stop_reason()
     assert not running(int(pidfile.read_text()))  # the CLI's child went with it
     assert "LR = 0.1 " in (root / ".nightlab" / "worktrees" / AGENT_WORKTREE / "train.py").read_text()
 
@@ -157,11 +158,34 @@ def test_a_failing_cli_stops_the_agent_after_a_few_rounds(tmp_path):
     root = workspace_with(tmp_path, "echo 'error: ANTHROPIC_API_KEY is not set' >&2\nexit 3\n")
     agent = command_agent(root)
     context = context_of(root)
-    for _ in range(MAX_FAILED_ROUNDS):
-        proposal = agent.propose(context)
-        assert proposal is not None and "ANTHROPIC_API_KEY is not set" in proposal.refused
-    assert agent.propose(context) is None
-    assert "failed 3 times in a row" in agent.stop_reason()
+    assert agent.propose(context) is None  # failed rounds are not experiments: none is proposed
+    assert (
+        "failed 3 times in a row" in agent.stop_reason()
+        and "ANTHROPIC_API_KEY is not set" in agent.stop_reason()
+    )
+    assert len(list((root / ".nightlab" / "agent").iterdir())) == MAX_FAILED_ROUNDS
+
+
+def test_a_cli_that_exits_0_without_editing_is_a_failed_round_not_an_experiment(tmp_path):
+    """aider retries a dead API for a while and then exits 0 having changed nothing."""
+    root = workspace_with(tmp_path, "echo 'litellm.APIConnectionError: connection refused'\nexit 0\n")
+    result = nightlab("run", str(root), "--plain", "--max-experiments", "5")
+    assert result.returncode == 0, result.stderr
+    assert "the command agent failed 3 times in a row" in " ".join(result.stdout.split())
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    assert con.execute("SELECT COUNT(*) FROM experiments WHERE kind = 'candidate'").fetchone()[0] == 0
+    con.close()
+
+
+def test_aider_files_and_a_saved_brief_are_neither_edits_nor_reported(tmp_path):
+    root = workspace_with(
+        tmp_path,
+        f"{LR_SED}\necho chat > .aider.chat.history.md\ntest ! -e CLAUDE.md || exit 9\n",
+        extra_files={"CLAUDE.md": "# Working under nightlab\nuse nightlab try\n"},
+    )
+    proposal = command_agent(root).propose(context_of(root))
+    assert proposal is not None and [e.path for e in proposal.edits] == ["train.py"]
+    assert "reverted" not in proposal.meta and "CLAUDE.md" not in proposal.hypothesis
 
 
 def test_a_command_is_required(tmp_path):

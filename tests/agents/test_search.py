@@ -187,7 +187,7 @@ def test_strings_without_choices_are_pinned_and_shown() -> None:
     assert "NAME" in space.pinned and [d.key for d in space.dims] == ["LR"]
     table = describe_space({"train.py": TRAIN}, search_settings(SYNTHETIC))
     lines = table.splitlines()
-    assert lines[0].split()[:4] == ["knob", "file", "value", "domain"]
+    assert lines[0].split()[:4] == ["knob", "where", "value", "domain"]
     row = next(line for line in lines if line.startswith("LEARNING_RATE"))
     assert "[0.001, 0.1] log" in row and "inferred" in row
     assert any(line.startswith("SEED") and "pinned" in line for line in lines)

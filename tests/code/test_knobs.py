@@ -104,7 +104,9 @@ def test_discovers_odd_formatting() -> None:
         "DUP": 2,
         "UNI": "ä€",
         "AFTER": 1500.0,
+        "lower": 4,  # a lowercase setting of the leading block (before `if True:`)
     }
+    assert knobs["lower"].source == "setting" and knobs["LR"].source == "constant"
     kinds = {name: k.kind for name, k in knobs.items()}
     assert kinds["LR"] == "float" and kinds["NEG_INT"] == "int" and kinds["FLAG"] == "bool"
     assert kinds["MULTI"] == "list" and kinds["BARE_TUPLE"] == "tuple"

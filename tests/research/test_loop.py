@@ -261,3 +261,21 @@ def test_code_already_measured_is_not_run_again(tmp_path: Path) -> None:
     assert rows[4]["reason"] == f"the same code as #{rows[3]['id']}, already measured: not run again"
     assert rows[2]["commit"] is None and rows[4]["commit"] is None
     assert len({r["code_hash"] for r in rows if r["code_hash"]}) == 4  # baseline, 0.3, 0.25, boom
+
+
+def test_more_counts_from_where_the_tag_is(tmp_path: Path) -> None:
+    """-n caps the tag's experiments in all (a second run with -n 1 stops at once); --more N adds N."""
+    root = make_workspace(
+        tmp_path / "ws",
+        proposals=[
+            edit("LR = 0.1", "LR = 0.2"),
+            edit("WIDTH = 64", "WIDTH = 96"),
+            edit("WIDTH = 64", "WIDTH = 80"),
+        ],
+    )
+    assert nightlab("run", str(root), "--plain", "--tag", "t", "-n", "1").returncode == 0
+    again = nightlab("run", str(root), "--plain", "--tag", "t", "-n", "1")
+    assert "1 experiments done (--max-experiments 1)" in " ".join(again.stdout.split())
+    more = nightlab("run", str(root), "--plain", "--tag", "t", "--more", "2")
+    assert more.returncode == 0, more.stderr
+    assert sum(1 for r in ledger_rows(root) if r["kind"] == "candidate") == 3

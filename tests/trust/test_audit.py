@@ -89,3 +89,23 @@ def test_audit_config_is_validated() -> None:
         _config(patterns=["(unclosed"])
     with pytest.raises(UserError, match=r"\[run\] sandbox"):
         parse_config({"target": {"editable": ["a"], "run": "x"}, "run": {"sandbox": "maybe"}})
+
+
+def test_text_the_configured_metric_pattern_reads_is_flagged() -> None:
+    """With the metric read from the log, any added literal the pattern would read is flagged,
+    f-strings included; reformatting the script's own metric print is not."""
+    config = parse_config(
+        {
+            "target": {"editable": ["train.py"], "run": "python train.py"},
+            "metric": {"name": "loss", "source": "regex", "pattern": r"^step \d+: val loss ([0-9.]+)"},
+        }
+    )
+    base = 'loss = 1.0\nprint(f"step {1}: val loss {loss:.4f}")\n'
+
+    def flags(new: str) -> list[str]:
+        return audit_change({"train.py": base}, {"train.py": new}, config)
+
+    assert flags(base.replace(":.4f", ":.6f")) == []
+    assert flags(base + 'print("step 9: val loss 0.1")\n')[0].startswith("train.py: prints text the metric pattern")
+    assert flags(base + 'import atexit\natexit.register(lambda: print(f"step 9: val loss {0.1:.4f}"))\n')
+    assert flags(base + 'print("validation loss is low")\n') == []

@@ -39,7 +39,8 @@ from nightlab.types import Context, HistoryEntry, Proposal, RunResult, RunSpec
 class Agent(ABC):
     """Proposes experiments. ``propose`` returns None when it has nothing left to try.
 
-    The loop calls, in this order: :meth:`observe` for every experiment already in the ledger
+    The session calls :meth:`check` before anything runs. The loop calls, in this order:
+    :meth:`observe` for every experiment already in the ledger
     (a resumed session rebuilds the agent's state this way), then :meth:`propose` and
     :meth:`observe` in turn for each new experiment, :meth:`stop_reason` when ``propose``
     returned None, and :meth:`final_lessons` once when the session stops.
@@ -56,6 +57,11 @@ class Agent(ABC):
     @abstractmethod
     def propose(self, context: Context) -> Proposal | None:
         """The next experiment against ``context``'s incumbent, or None when out of ideas."""
+
+    def check(self, files: dict[str, str]) -> None:  # noqa: B027 - an optional hook
+        """Called once before the baseline runs, with the start commit's editable files: raise a
+        :class:`~nightlab.errors.UserError` saying what to change when this agent cannot work
+        on them (a search agent that finds nothing to search), so no night starts in vain."""
 
     def observe(self, entry: HistoryEntry) -> None:  # noqa: B027 - an optional hook
         """Called once per finished experiment (its own or, after a restart, past ones); may be

@@ -42,6 +42,11 @@ from nightlab.types import Context, Edit, HistoryEntry, Proposal, RunResult, Run
 CONTEXT_FILE = "NIGHTLAB_CONTEXT.md"
 PROPOSAL_FILE = "NIGHTLAB_PROPOSAL.md"
 PROGRAM_FILE = "program.md"
+# Where coding CLIs read standing instructions; one holding `nightlab brief` is set aside.
+BRIEF_FILES = ("CLAUDE.md", "AGENTS.md")
+BRIEF_MARK = "# Working under nightlab"
+# Files a CLI keeps for itself in the tree (aider's chat and tag caches): not edits, not reported.
+TOOL_FILES = (".aider",)
 # After this many proposals in a row that failed (timeout, error, nothing changed), the command
 # is clearly not working (a missing key, a wrong flag): stop instead of filling the ledger.
 MAX_FAILED_ROUNDS = 3
@@ -98,9 +103,28 @@ class CommandAgent(Agent):
 
     # -- the Agent interface ------------------------------------------------------------------
     def propose(self, context: Context) -> Proposal | None:
-        """Run the command on a fresh checkout of the incumbent; its edits are the proposal."""
-        if self._stop_reason is not None:
-            return None
+        """Run the command on a fresh checkout of the incumbent; its edits are the proposal.
+
+        A round that edits nothing (the CLI timed out, failed, or exited 0 after its model API
+        failed, as aider does) is not an experiment: the command runs again, and after
+        ``MAX_FAILED_ROUNDS`` such rounds in a row the agent stops with the last reason.
+        """
+        while self._stop_reason is None:
+            proposal, run_dir = self._round(context)
+            if proposal.edits:
+                self._failed_rounds = 0
+                return proposal
+            self._failed_rounds += 1
+            if self._failed_rounds >= MAX_FAILED_ROUNDS:
+                self._stop_reason = (
+                    f"the command agent failed {self._failed_rounds} times in a row "
+                    f"(last: {proposal.refused or 'it changed no editable file'}); "
+                    f"see {run_dir / 'agent.log'}"
+                )
+        return None
+
+    def _round(self, context: Context) -> tuple[Proposal, Path]:
+        """One run of the command on a fresh checkout of the incumbent."""
         scratch = self.tools.scratch(context.incumbent_commit)
         tree = scratch.path
         self._count += 1
@@ -111,15 +135,7 @@ class CommandAgent(Agent):
             proposal = self._proposal(tree, context, scratch.changed(), ours, result, run_dir)
         finally:
             scratch.reset()  # the scratch tree goes back to the incumbent, our files gone
-        failed = proposal.refused or not proposal.edits
-        self._failed_rounds = self._failed_rounds + 1 if failed else 0
-        if self._failed_rounds >= MAX_FAILED_ROUNDS:
-            self._stop_reason = (
-                f"the command agent failed {self._failed_rounds} times in a row "
-                f"(last: {proposal.refused or 'it changed no editable file'}); "
-                f"see {run_dir / 'agent.log'}"
-            )
-        return proposal
+        return proposal, run_dir
 
     def stop_reason(self) -> str | None:
         """Why it stopped: the command failed too many times in a row."""
@@ -127,8 +143,17 @@ class CommandAgent(Agent):
 
     # -- steps --------------------------------------------------------------------------------
     def _place_files(self, tree: Path, context: Context) -> set[str]:
-        """Write the context file (and program.md when the commit lacks it); return their names."""
+        """Write the context file (and program.md when the commit lacks it); return their names.
+
+        An instructions file for working through ``nightlab try`` (``nightlab brief`` saved as
+        CLAUDE.md or AGENTS.md) would contradict the context file here: it is set aside for the
+        round (the scratch checkout is reset afterwards)."""
         ours = {CONTEXT_FILE, PROPOSAL_FILE}
+        for name in BRIEF_FILES:
+            path = tree / name
+            if path.is_file() and BRIEF_MARK in path.read_text(errors="replace"):
+                path.unlink()
+                ours.add(name)
         (tree / CONTEXT_FILE).write_text(render_context(context, self.config))
         (tree / PROPOSAL_FILE).unlink(missing_ok=True)
         if not (tree / PROGRAM_FILE).exists() and context.program:
@@ -207,7 +232,7 @@ class CommandAgent(Agent):
         def in_scope(path: str) -> bool:
             return is_editable(path, editable, frozen)
 
-        mine = [p.rstrip("/") for p in changed if p.rstrip("/") not in ours]
+        mine = [p.rstrip("/") for p in changed if p.rstrip("/") not in ours and not p.startswith(TOOL_FILES)]
         outside = sorted(p for p in mine if not in_scope(p))
         # Every editable file is compared, not only those git reports: a CLI that commits its
         # work (Aider does by default) leaves a clean status, but its files still differ.

@@ -11,6 +11,7 @@ import typer
 
 from nightlab.cli.output import (
     DirArg,
+    assumed_metric,
     console,
     print_status_table,
     print_summary,
@@ -48,10 +49,19 @@ def init(
 def run(
     directory: Path = DirArg,
     max_experiments: int = typer.Option(
-        None, "--max-experiments", "-n", min=0, help="Stop after N experiments."
+        None,
+        "--max-experiments",
+        "-n",
+        min=0,
+        help="Stop once the tag has N experiments (earlier runs of the tag count; see --more).",
     ),
+    more: int = typer.Option(None, "--more", min=0, help="Run N more experiments than the tag has now."),
     hours: float = typer.Option(None, "--hours", min=0.0, help="Stop proposing after H hours."),
-    agent: str = typer.Option(None, "--agent", help="Override [agent] kind: replay, search, llm, command."),
+    agent: str = typer.Option(
+        None,
+        "--agent",
+        help="The agent kind instead of the one in nightlab.toml: replay, search, llm, command.",
+    ),
     tag: str = typer.Option(
         None, "--tag", help="Research branch nightlab/<tag> (default: last used, else today)."
     ),
@@ -62,15 +72,23 @@ def run(
     from nightlab.research.session import open_session
 
     session = open_session(directory, tag=tag, agent_kind=agent)
+    session.check_runnable()  # a busy workspace or a missing file: one line, before anything prints
     cfg = session.config
-    limits = LoopLimits(
-        max_experiments=max_experiments if max_experiments is not None else cfg.run.max_experiments,
-        hours=hours if hours is not None else cfg.run.hours,
-    )
+    cap = max_experiments if max_experiments is not None else cfg.run.max_experiments
+    if more is not None:
+        cap = session.ledger.candidate_count(session.tag) + more
+    limits = LoopLimits(max_experiments=cap, hours=hours if hours is not None else cfg.run.hours)
     console.print(
         f"nightlab: workspace {session.root}, branch nightlab/{session.tag}, agent {cfg.agent.kind}"
     )
-    outcome = run_research(session, limits, live=not plain and console.is_terminal)
+    note = assumed_metric(cfg)
+    if note:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
+    from nightlab.cli.watch import run_hooks
+
+    with run_hooks(session) as hooks:  # the dashboard's pause/stop, the live trackers
+        live = not plain and console.is_terminal
+        outcome = run_research(session, limits, live, events=hooks.events, should_stop=hooks.should_stop)
     write_reports(session, quiet=True)
     console.print(f"stopped: {outcome.stopped_because}")
     print_summary(session)
@@ -84,24 +102,41 @@ def status(
     """The experiments so far and the current best."""
     from nightlab.research.session import open_session
     from nightlab.store.export import status_dict
+    from nightlab.workspace.lock import holder
 
     session = open_session(directory, tag=tag, must_exist=True)
-    data = status_dict(session.ledger, session.tag)
+    # An experiment still "running" in the ledger whose harness is gone was interrupted.
+    data = status_dict(session.ledger, session.tag, live=holder(session.workspace.state_dir) is not None)
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
         return
     print_status_table(data, session.config.metric.name)
 
 
-def report(directory: Path = DirArg, tag: str = typer.Option(None, "--tag")) -> None:
-    """Write progress.png, results.tsv (and the HTML report), and print the summary."""
+def report(
+    directory: Path = DirArg,
+    tag: str = typer.Option(None, "--tag"),
+    html: bool = typer.Option(
+        False, "--html", help="Also print where the self-contained HTML report is, as a file:// address."
+    ),
+    out: Path = typer.Option(None, "--out", help="Write the HTML report here too (implies --html)."),
+) -> None:
+    """Write progress.png, results.tsv and report.html (the dashboard's views in one file), and print the summary."""
     from nightlab.research.session import open_session
 
     session = open_session(directory, tag=tag, must_exist=True)
     paths = write_reports(session, quiet=False)
+    if out is not None:
+        from nightlab.report.html import write_html_report
+
+        paths["report"] = write_html_report(session.ledger, session.tag, session.config.metric, out.resolve())
     print_summary(session)
     for label, path in paths.items():
-        console.print(f"{label}: {path}")
+        console.print(f"{label}: {path}", markup=False, highlight=False, soft_wrap=True)
+    if (html or out is not None) and "report" in paths:
+        console.print(
+            f"open: {paths['report'].resolve().as_uri()}", markup=False, highlight=False, soft_wrap=True
+        )
 
 
 def demo(

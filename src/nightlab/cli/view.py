@@ -38,7 +38,7 @@ class RunView:
         elif event.kind == "run_done":
             self.current_started = None
             self._remember(event.message)
-        elif event.kind in ("decision", "confirm", "resume"):
+        elif event.kind in ("decision", "confirm", "resume", "notice"):
             self.last_decision = event.message
             self._remember(event.message)
             outcome = event.data.get("outcome")
@@ -91,7 +91,7 @@ def plain_printer(console: Console):
     """For logs and CI: one timestamped line per event."""
 
     def emit(event: Event) -> None:
-        if event.kind in ("run", "run_done", "decision", "confirm", "resume"):
+        if event.kind in ("run", "run_done", "decision", "confirm", "resume", "notice"):
             console.print(f"[{time.strftime('%H:%M:%S')}] {event.message}", markup=False, highlight=False)
 
     return emit

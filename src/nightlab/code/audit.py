@@ -16,6 +16,7 @@ sandbox are there for that (see docs/SECURITY.md).
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 
@@ -89,6 +90,7 @@ def audit_change(before: dict[str, str], after: dict[str, str], config: Config) 
     rules = _rules(config)
     extra = [Rule("a pattern in [audit] patterns", re.compile(p)) for p in config.audit.patterns]
     allowed_env = set(RUN_INPUTS) | set(config.target.env)
+    metric_pattern = _metric_pattern(config)
     reasons: list[str] = []
     for path in sorted(after):
         new, old = after[path] or "", before.get(path) or ""
@@ -97,11 +99,49 @@ def audit_change(before: dict[str, str], after: dict[str, str], config: Config) 
         for rule in [*rules, *extra]:
             if len(rule.pattern.findall(new)) > len(rule.pattern.findall(old)):
                 reasons.append(f"{path}: references {rule.name} ({_first_new_line(rule.pattern, old, new)})")
+        if metric_pattern is not None and path.endswith(".py"):
+            added = _metric_texts(new, metric_pattern)
+            for text in _metric_texts(old, metric_pattern):
+                if text in added:
+                    added.remove(text)
+            if added:
+                reasons.append(
+                    f"{path}: prints text the metric pattern reads ({added[0][:80]!r} matches "
+                    f"[metric] pattern {config.metric.pattern!r})"
+                )
         new_env, old_env = _env_hits(new, allowed_env), _env_hits(old, allowed_env)
         added = sorted({n for n in new_env if new_env.count(n) > old_env.count(n)})
         if added:
             reasons.append(f"{path}: reads the harness's environment ({', '.join(added)})")
     return reasons
+
+
+def _metric_pattern(config: Config) -> re.Pattern[str] | None:
+    """The configured metric pattern, when the metric is read from a log with it."""
+    if config.metric.source != "regex" or not config.metric.pattern:
+        return None
+    return re.compile(config.metric.pattern, re.MULTILINE)
+
+
+def _metric_texts(source: str, pattern: re.Pattern[str]) -> list[str]:
+    """The string literals of a Python file that the metric pattern would read if printed.
+
+    f-strings are read with every placeholder as a number (``f"val loss {x:.4f}"`` is
+    ``"val loss 0.5"``), so a formatted print of a made-up value is found as well as a
+    constant one; a file that does not parse yields nothing (screening refuses it anyway).
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    texts = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            parts = [v.value if isinstance(v, ast.Constant) else "0.5" for v in node.values]
+            texts.append("".join(str(p) for p in parts))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            texts.append(node.value)
+    return [t for t in texts if pattern.search(t) or pattern.search(t.strip())]
 
 
 def _first_new_line(pattern: re.Pattern[str], old: str, new: str) -> str:

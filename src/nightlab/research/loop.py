@@ -24,7 +24,7 @@ from nightlab.config import Config
 from nightlab.errors import EditError, UserError
 from nightlab.events import Event, EventSink
 from nightlab.research.context import build_context, editable_texts
-from nightlab.research.policy import Evidence, Policy
+from nightlab.research.policy import Evidence, Policy, noise_for, review
 from nightlab.research.record import Recorder
 from nightlab.research.runner import Replicate, ReplicateRunner
 from nightlab.research.screen import Refusal, screen
@@ -181,14 +181,16 @@ class ResearchLoop:
                 if row.kind == "baseline":
                     raise UserError(
                         f"the baseline run failed ({reason}); fix the target so that "
-                        f"`{self.config.target.run}` works (log: {failed[-1].run_dir}/run.log)"
+                        f"`{self.config.target.run}` works (log: {failed[-1].run_dir}/run.log), commit "
+                        "the fix and run again: until a baseline succeeds, a run starts from your latest commit"
                     )
                 return
             values = self.ledger.ok_metrics(row.id)
             if row.kind == "baseline" and len(values) >= self.config.policy.baseline_runs:
                 return self.recorder.measured_baseline(row, values)
             if row.kind != "baseline" and values:
-                decision = self.policy.decide(self._evidence(row, values))
+                evidence = self._evidence(row, values)
+                decision = review(self.policy.decide(evidence), evidence, self.config.policy)
                 if decision.action != "confirm":
                     return self.recorder.concluded(row, len(values), decision)
                 self.events.emit(Event("confirm", f"#{row.id} {decision.reason}", experiment_id=row.id))
@@ -204,15 +206,21 @@ class ResearchLoop:
         self.events.emit(Event("run_done", _run_line(row, rep), experiment_id=row.id, replicate=replicate))
 
     def _evidence(self, row: ExperimentRow, values: list[float]) -> Evidence:
-        noise = noise_floor(self.ledger.replicate_groups(self.tag))
+        incumbent = self._incumbent()
+        inc_values = self.ledger.ok_metrics(incumbent.id)
+        floor = noise_floor(self.ledger.replicate_groups(self.tag))
+        sd, df, note = noise_for(floor, values, inc_values, self.config.policy)
         return Evidence(
             candidate=values,
-            incumbent=self.ledger.ok_metrics(self._incumbent().id),
+            incumbent=inc_values,
             direction=self.config.metric.direction,
-            noise_sd=noise.sd if noise else None,
-            noise_df=noise.df if noise else 0,
+            noise_sd=sd,
+            noise_df=df,
             lines_added=row.lines_added or 0,
             lines_removed=row.lines_removed or 0,
+            noise_note=note,
+            candidate_seconds=self.ledger.seconds_per_run(row.id),
+            incumbent_seconds=self.ledger.seconds_per_run(incumbent.id),
         )
 
     def _may_prefetch(self) -> bool:

@@ -20,7 +20,7 @@ Example::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from nightlab.config import PolicySection
@@ -51,6 +51,11 @@ class Evidence:
     noise_df: int | None = None
     lines_added: int = 0
     lines_removed: int = 0
+    # How the noise was obtained when it was not measured (see :func:`noise_for`), for the reason.
+    noise_note: str = ""
+    # Mean seconds per run (training time when the script reports it, else wall time).
+    candidate_seconds: float | None = None
+    incumbent_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not self.candidate or not self.incumbent:
@@ -233,6 +238,60 @@ class ConfirmPolicy(Policy):
         if df <= 0:
             return None
         return NoiseEstimate(sd=noise_sd, df=df, groups=0)
+
+
+# Assumed run-to-run sd, as a share of the incumbent's value, when replicates are identical.
+DEFAULT_NOISE_SHARE = 0.01
+# A spread this small relative to the metric is zero (identical results, not a measured noise).
+ZERO_SPREAD = 1e-9
+# Runs must differ by at least this much before one counts as slower (start-up jitter aside).
+MIN_SLOWER_SECONDS = 1.0
+
+
+def noise_for(
+    floor: NoiseEstimate | None, candidate: list[float], incumbent: list[float], section: PolicySection
+) -> tuple[float | None, int | None, str]:
+    """The noise (sd, degrees of freedom, and a note when it was not measured) a decision rests on.
+
+    A spread of exactly zero is never certainty: replicates with different seeds that agree to
+    the last digit mean the script ignores ``NIGHTLAB_SEED``, not that it has no noise. Then the
+    sd the user declared (``[policy] noise_sd``) is used, or, failing that, a conservative 1% of
+    the incumbent's value; the note says which, for the decision's reason.
+    """
+    identical = any(len(side) > 1 and max(side) == min(side) for side in (candidate, incumbent))
+    scale = abs(mean(incumbent)) or 1.0
+    if floor is not None and floor.sd > ZERO_SPREAD * scale:  # rounding leaves ~1e-16, not zero
+        return floor.sd, floor.df, ""
+    if floor is None and not identical:
+        return None, 0, ""
+    why = "replicates with different seeds gave identical results (does the script ignore NIGHTLAB_SEED?)"
+    if section.noise_sd is not None:
+        return section.noise_sd, None, f"noise sd {section.noise_sd:g} from [policy] noise_sd: {why}"
+    assumed = DEFAULT_NOISE_SHARE * abs(mean(incumbent)) or DEFAULT_NOISE_SHARE
+    return (
+        assumed,
+        None,
+        f"noise sd {assumed:.3g} assumed (1% of the incumbent; set [policy] noise_sd): {why}",
+    )
+
+
+def review(decision: Decision, evidence: Evidence, section: PolicySection) -> Decision:
+    """What every policy's keep or confirm gets on top: how the noise was obtained when it was
+    not measured, and a flag (or, with ``refuse_slower``, a refusal) when the candidate's runs
+    take clearly longer than the incumbent's, so a gain bought with compute is seen."""
+    if decision.action == "discard":
+        return decision
+    reason = decision.reason + (f"; {evidence.noise_note}" if evidence.noise_note else "")
+    cand, inc = evidence.candidate_seconds, evidence.incumbent_seconds
+    if cand and inc and cand / inc > section.slower_ratio and cand - inc >= MIN_SLOWER_SECONDS:
+        ratio = cand / inc
+        slower = f"its runs take {ratio:.1f}x as long as the incumbent's ({cand:.1f} s against {inc:.1f} s)"
+        if decision.action == "keep" and section.refuse_slower:
+            return replace(
+                decision, action="discard", reason=f"{reason}; {slower}: refused ([policy] refuse_slower)"
+            )
+        reason += f"; {slower}"
+    return replace(decision, reason=reason)
 
 
 POLICIES = Registry("policy", {"confirm": __name__, "greedy": __name__}, "nightlab.policies")

@@ -12,10 +12,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from nightlab.code.flags import expand_flags
 from nightlab.config import Config
 from nightlab.executor import sandbox
 from nightlab.executor.base import Executor
 from nightlab.metrics import MetricsFileError, parse_log_metric, read_metrics_json
+from nightlab.paths import matches
+from nightlab.research.setup import SetupData
+from nightlab.store.backup import save_replicate
 from nightlab.types import EVAL_LOG, TRAIN_LOG, RunResult, RunSpec, RunStatus
 from nightlab.workspace.git import Workspace
 from nightlab.workspace.integrity import FrozenCheck
@@ -36,6 +40,12 @@ class Replicate:
         return self.result.status is RunStatus.OK and self.metric is not None
 
 
+# Declared outputs move here, inside the replicate's run directory.
+OUTPUTS_DIR = "outputs"
+# Never an output, whatever ``[target] outputs`` says: code the evaluation could import.
+NEVER_OUTPUTS = (".py", ".pth", ".pyc", ".so")
+
+
 class ReplicateRunner:
     """Runs replicates of committed experiments in a worktree, under the frozen check."""
 
@@ -47,6 +57,7 @@ class ReplicateRunner:
         frozen: FrozenCheck,
         worktree: str,
         extra_env: dict[str, str] | None = None,
+        setup: SetupData | None = None,
     ) -> None:
         self.config = config
         self.workspace = workspace
@@ -54,11 +65,15 @@ class ReplicateRunner:
         self.frozen = frozen
         self.worktree = worktree
         self.extra_env = dict(extra_env or {})
+        self.setup = setup
+        self._keep = setup.keep if setup else []
 
     def with_config(self, config: Config, extra_env: dict[str, str] | None = None) -> ReplicateRunner:
-        """The same worktree, executor and frozen check with another budget or extra environment
-        (a side study at another scale, time-to-target's evaluation protocol)."""
-        return ReplicateRunner(config, self.workspace, self.executor, self.frozen, self.worktree, extra_env)
+        """The same worktree, executor, frozen check and setup data with another budget or extra
+        environment (a side study at another scale, time-to-target's evaluation protocol)."""
+        return ReplicateRunner(
+            config, self.workspace, self.executor, self.frozen, self.worktree, extra_env, self.setup
+        )
 
     def run_dir(self, experiment_id: int, replicate: int) -> Path:
         return self.workspace.state_dir / "runs" / f"{experiment_id:04d}" / str(replicate)
@@ -72,7 +87,7 @@ class ReplicateRunner:
             env["NIGHTLAB_EVAL_SEPARATE"] = "1"
         return RunSpec(
             # The optional sandbox: no network, writes only to the worktree and the run directory.
-            command=sandbox.wrap(command, [cwd, run_dir], self.config.run.sandbox),
+            command=sandbox.wrap(expand_flags(command, cwd), [cwd, run_dir], self.config.run.sandbox),
             cwd=cwd,
             run_dir=run_dir,
             seed=seed,
@@ -82,18 +97,25 @@ class ReplicateRunner:
             allow_env=list(self.config.run.allow_env),
         )
 
-    def run(self, experiment_id: int, replicate: int, commit: str, seed: int) -> Replicate:
-        """Train and evaluate ``commit`` once; never raises for anything the script does."""
-        run_dir = self.run_dir(experiment_id, replicate)
+    def run(
+        self, experiment_id: int, replicate: int, commit: str, seed: int, run_dir: Path | None = None
+    ) -> Replicate:
+        """Train and evaluate ``commit`` once; never raises for anything the script does.
+
+        ``run_dir`` replaces the experiment's run directory (``nightlab check`` records nothing)."""
+        run_dir = run_dir or self.run_dir(experiment_id, replicate)
         if run_dir.exists():  # a replicate interrupted by a crash of the harness: start afresh
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
         tree = self.workspace.worktree(self.worktree)
-        self.workspace.checkout(tree, commit)
+        self.workspace.checkout(tree, commit, keep=self._keep)
+        if self.setup is not None:
+            self.setup.link_into(tree)
 
         before = self.frozen.describe(tree)
         if before:  # the commit itself changes a frozen file: the edit check should have caught it
             result = RunResult(status=RunStatus.INVALID, seed=seed, reason=before)
+            save_replicate(run_dir, result, None, None)
             return Replicate(result, None, None, run_dir)
 
         spec = self._spec(self.config.target.run, tree, run_dir, seed, self.config.budget.timeout, TRAIN_LOG)
@@ -102,14 +124,15 @@ class ReplicateRunner:
         eval_log = ""
         # Audit (and restore) before the evaluation, so nothing the training left behind in the
         # worktree (a patched prepare.py, a sitecustomize.py, a .pth or .pyc) reaches it.
-        problem = self._audit(tree)
+        problem = self._audit(tree, run_dir)
         if not problem and result.status is RunStatus.OK and self.config.target.evaluate:
             result, eval_log = self._evaluate(tree, run_dir, seed, result)
-            problem = self._audit(tree)
+            problem = self._audit(tree, run_dir)
         if problem:
             result.status = RunStatus.INVALID
             result.reason = problem
         metric, holdout = self._read_metric(run_dir, result, eval_log)
+        save_replicate(run_dir, result, metric, holdout)  # what `nightlab recover` reads back
         return Replicate(result, metric, holdout, run_dir)
 
     def _evaluate(self, tree: Path, run_dir: Path, seed: int, train: RunResult) -> tuple[RunResult, str]:
@@ -147,16 +170,35 @@ class ReplicateRunner:
         log_text = (run_dir / EVAL_LOG).read_text(errors="replace") if (run_dir / EVAL_LOG).exists() else ""
         return merged, log_text
 
-    def _audit(self, tree: Path) -> str | None:
+    def _audit(self, tree: Path, run_dir: Path) -> str | None:
+        """What the run did to its worktree: declared outputs move to the run directory; anything
+        else it changed is undone and makes the run invalid, as does a change to setup data."""
+        self._collect_outputs(tree, run_dir)
         frozen = self.frozen.describe(tree)
-        touched = self.workspace.modified_tracked_files(tree)
+        touched = self.workspace.modified_tracked_files(tree, allowed=self._keep)
         if touched:
-            self.workspace.restore(tree)
+            self.workspace.restore(tree, keep=self._keep)
         if frozen:
             return frozen
+        changed = self.setup.changed() if self.setup is not None else []
+        if changed:
+            return "the run changed data the setup command made: " + ", ".join(changed[:5])
         if touched:
-            return "the run changed files outside its run directory: " + ", ".join(touched[:5])
+            return "the run changed files outside its run directory: " + _undeclared(touched)
         return None
+
+    def _collect_outputs(self, tree: Path, run_dir: Path) -> None:
+        """Move the files a run may write in its worktree (``[target] outputs``) into
+        ``run_dir/outputs/``. Python files never count as outputs: the evaluation must not be
+        able to import something a run wrote."""
+        outputs = self.config.target.outputs
+        if not outputs:
+            return
+        for rel in self.workspace.new_files(tree):
+            if matches(rel, outputs) and not rel.endswith(NEVER_OUTPUTS) and not matches(rel, self._keep):
+                destination = run_dir / OUTPUTS_DIR / rel
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(tree / rel), destination)
 
     def _read_metric(
         self, run_dir: Path, result: RunResult, eval_log: str
@@ -183,11 +225,11 @@ class ReplicateRunner:
         holdout = metrics.get(cfg.holdout) if cfg.holdout else None
         if result.status is RunStatus.OK and value is None:
             result.status = RunStatus.CRASH
-            where = (
-                f"{cfg.file} in the run directory"
-                if cfg.source == "json"
-                else "the log (pattern did not match)"
-            )
+            if cfg.source == "json":
+                where = f"{cfg.file} in the run directory"
+            else:  # the log the pattern was run over, and the pattern, so the mismatch can be seen
+                log_name = EVAL_LOG if self.config.target.evaluate else TRAIN_LOG
+                where = f"{run_dir / log_name}: [metric] pattern {cfg.pattern!r} matched no line"
             result.reason = f"metric '{cfg.name}' not found in {where}"
         if result.status is not RunStatus.OK:
             return None, None
@@ -207,3 +249,17 @@ def _invalid_reason(raw: str) -> str | None:
         return None
     reason = data.get("invalid") if isinstance(data, dict) else None
     return f"evaluation: {reason}" if reason else None
+
+
+def _undeclared(paths: list[str]) -> str:
+    """The paths, and how to declare them as outputs when they are new files a run may write."""
+    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    new = [p for p in paths if not p.endswith(NEVER_OUTPUTS)]
+    if not new:
+        return shown
+    top = new[0].split("/", 1)
+    glob = f"{top[0]}/**" if len(top) > 1 else top[0]
+    return (
+        f"{shown} (write under $NIGHTLAB_RUN_DIR, or declare outputs the run may write: "
+        f'[target] outputs = ["{glob}"])'
+    )

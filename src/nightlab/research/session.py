@@ -19,23 +19,26 @@ from pathlib import Path
 
 from nightlab.agents.base import Agent, AgentSetup
 from nightlab.agents.registry import AGENTS, make_agent
+from nightlab.code.flags import flag_files
 from nightlab.config import Config, check_workspace_files, load_config
 from nightlab.errors import UserError
-from nightlab.events import EventSink
+from nightlab.events import Event, EventSink
 from nightlab.executor import sandbox
 from nightlab.executor.base import Executor
 from nightlab.executor.registry import EXECUTORS, make_executor
+from nightlab.paths import is_editable
+from nightlab.research.context import editable_texts
 from nightlab.research.loop import ResearchLoop
 from nightlab.research.policy import POLICIES, make_policy
 from nightlab.research.runner import ReplicateRunner
+from nightlab.research.setup import SetupData, prepare_setup, setup_version
 from nightlab.research.tools import SessionTools
 from nightlab.store.ledger import Ledger
-from nightlab.types import RunSpec, RunStatus
 from nightlab.workspace.git import Workspace, run_worktree
 from nightlab.workspace.integrity import FrozenCheck, frozen_paths, hash_paths
+from nightlab.workspace.lock import WorkspaceLock, acquire
 
 LEDGER_NAME = "ledger.db"
-SETUP_TIMEOUT = 3600  # data preparation may download and tokenize; an hour is generous
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Session:
     ledger: Ledger
     tag: str
     _executor: Executor | None = field(default=None, repr=False)
+    _lock: WorkspaceLock | None = field(default=None, repr=False)
 
     @property
     def executor(self) -> Executor:
@@ -57,49 +61,45 @@ class Session:
         return self._executor
 
     def check_runnable(self) -> None:
-        """What must hold before anything runs: the globs match, the commands exist, the sandbox
-        is there when required."""
+        """What must hold before anything runs: no other harness in the workspace (its lock is
+        held from here on, for the session's life), the globs match, the commands exist, the
+        sandbox is there when required."""
+        if self._lock is None:
+            self._lock = acquire(self.workspace.state_dir)
         check_workspace_files(self.config, self.root)
         check_run_command(self.config, self.root)
+        check_flag_files(self.config, self.root)
         sandbox.check(self.config.run.sandbox)
 
     def runner(self, worktree: str, reference: str) -> ReplicateRunner:
         """A replicate runner in ``worktree`` whose frozen check is ``reference``'s frozen files.
 
-        Checks the reference out, hashes its frozen files and runs the target's one-off setup
-        (call :meth:`check_runnable` first). :meth:`ReplicateRunner.with_config` gives a runner
-        of the same worktree and check with another budget or environment (a study at scale).
+        Checks the reference out, hashes its frozen files and runs the target's setup for that
+        version of the frozen files, once (call :meth:`check_runnable` first).
+        :meth:`ReplicateRunner.with_config` gives a runner of the same worktree, check and setup
+        data with another budget or environment (a study at scale).
         """
         tree = self.workspace.worktree(worktree)
         self.workspace.checkout(tree, reference)
         frozen = FrozenCheck(hash_paths(tree, frozen_paths(self.config, tree)))
-        self.run_setup(tree)
-        return ReplicateRunner(self.config, self.workspace, self.executor, frozen, worktree)
+        setup = self.setup_data(reference, frozen.expected)
+        return ReplicateRunner(self.config, self.workspace, self.executor, frozen, worktree, setup=setup)
 
-    def run_setup(self, tree: Path) -> None:
-        """The target's one-off setup (data preparation), run once per workspace, before the baseline."""
+    def setup_data(self, reference: str, frozen_hashes: dict[str, str]) -> SetupData | None:
+        """What the setup command made for this version of the frozen files (it runs the first time)."""
         command = self.config.target.setup
-        if not command or self.ledger.get_meta("setup_done") == command:
-            return
-        run_dir = self.workspace.state_dir / "setup"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        spec = RunSpec(
-            command=command,
-            cwd=tree,
-            run_dir=run_dir,
-            seed=self.config.run.seed,
-            timeout=SETUP_TIMEOUT,
+        if not command:
+            return None
+        return prepare_setup(
+            self.workspace,
+            self.executor,
+            command,
+            reference,
+            setup_version(command, frozen_hashes),
             env=dict(self.config.target.env),
-            log_name="setup.log",
             allow_env=list(self.config.run.allow_env),
+            seed=self.config.run.seed,
         )
-        result = self.executor.run(spec)
-        if result.status is not RunStatus.OK:
-            raise UserError(
-                f"setup command `{command}` failed ({result.status.value}: {result.reason}); "
-                f"see {run_dir / 'setup.log'}"
-            )
-        self.ledger.set_meta("setup_done", command)
 
     def agent(self) -> Agent:
         """The configured agent, with the tools the session lends (a scratch checkout, a runner)."""
@@ -173,22 +173,74 @@ def check_run_command(config: Config, root: Path) -> None:
                 raise UserError(f"nightlab.toml: [target] {name}: file '{word}' not found in {root}")
 
 
-def start_commit(session: Session) -> str:
-    """The commit the tag's research starts from: recorded at the first run, HEAD before that."""
+def check_flag_files(config: Config, root: Path) -> None:
+    """Each ``{flags:FILE}`` of the run command names an editable file that exists."""
+    target = config.target
+    for path in flag_files(target.run):
+        if not is_editable(path, target.editable, target.frozen):
+            raise UserError(
+                f"nightlab.toml: [target] run: {{flags:{path}}}: {path} must be an editable file "
+                "(add it to [target] editable) so that agents can change the flags"
+            )
+        if not (root / path).is_file():
+            raise UserError(f"nightlab.toml: [target] run: {{flags:{path}}}: {path} not found in {root}")
+
+
+def start_commit(session: Session, events: EventSink | None = None) -> str:
+    """The commit the tag's research starts from: recorded at the first run, HEAD before that.
+
+    While the tag has no successful baseline, a run starts again from HEAD: a user who fixed a
+    failing target commits the fix and runs again, and is told so. Once the baseline stands,
+    the tag keeps its start; a user whose checkout moved on is told how to start afresh.
+    """
     ledger, workspace, tag = session.ledger, session.workspace, session.tag
+    notices = events or EventSink()
     start = ledger.get_meta(f"start_commit:{tag}")
+    head = workspace.head_commit()
     if start is None:
         if workspace.branch_commit(tag) is not None:
             raise UserError(
                 f"branch nightlab/{tag} exists but the ledger has no record of it: "
-                f"choose another --tag, or see docs/RECOVERY.md to rebuild the ledger"
+                f"choose another --tag, or rebuild the ledger with `nightlab recover {session.root}` (docs/RECOVERY.md)"
             )
-        start = workspace.head_commit()
+        start = head
         ledger.set_meta(f"start_commit:{tag}", start)
+    elif start != head and ledger.incumbent(tag) is None:
+        notices.emit(
+            Event(
+                "notice",
+                f"the baseline of nightlab/{tag} has not succeeded yet: starting again from {head[:12]}",
+            )
+        )
+        start = head
+        ledger.set_meta(f"start_commit:{tag}", start)
+    elif start != head and not workspace.is_ancestor(head, workspace.branch_commit(tag) or start):
+        notices.emit(
+            Event(
+                "notice",
+                f"nightlab/{tag} continues from its start {start[:12]}; your checkout ({head[:12]}) is not "
+                f"in it: run with --tag NEW to research from your checkout",
+            )
+        )
     ledger.set_meta("current_tag", tag)
     ledger.set_meta("metric_name", session.config.metric.name)
     ledger.set_meta("direction", session.config.metric.direction.value)
     return start
+
+
+def warn_about_the_metric(session: Session, events: EventSink | None) -> None:
+    """Say once per tag when the metric is read from the training log with no separate
+    evaluation: the agent's own code writes that log, so nothing frozen measures the result."""
+    config, ledger, key = session.config, session.ledger, f"warning:log_metric:{session.tag}"
+    if config.metric.source != "regex" or config.target.evaluate or ledger.get_meta(key):
+        return
+    message = (
+        "the metric is read from the training log, which the agent's code writes: the audit refuses "
+        "proposals that print text [metric] pattern reads, but only a frozen evaluate step in its own "
+        "process measures the result honestly ([target] evaluate; docs/ARBITRARY_TARGETS.md)"
+    )
+    ledger.set_meta(key, message)
+    (events or EventSink()).emit(Event("notice", f"warning: {message}"))
 
 
 def build_loop(
@@ -208,13 +260,16 @@ def build_loop(
     session.check_runnable()
     if check_clean:
         session.workspace.ensure_clean()
-    start = start_commit(session)
+    start = start_commit(session, events)
+    warn_about_the_metric(session, events)
+    agent = agent if agent is not None else session.agent()
+    agent.check(editable_texts(session.config, session.workspace, start))  # before setup and baseline
     runner = session.runner(run_worktree(0), start)
     return ResearchLoop(
         config=session.config,
         workspace=session.workspace,
         ledger=session.ledger,
-        agent=agent if agent is not None else session.agent(),
+        agent=agent,
         policy=make_policy(session.config.policy),
         runner=runner,
         tag=session.tag,

@@ -14,7 +14,8 @@ metric, ``memory_gb``, ``status``, ``description``) so its ``analysis.ipynb`` ru
   the largest peak memory of its runs in GiB (1 decimal); the commit is 7 characters
   (``-------`` when no commit was made, e.g. an edit that did not apply).
 * Only finished baseline and candidate experiments appear; validate/ablate runs do not, nor
-  do proposals skipped without running (comment-only edits and the like: no metric to show).
+  do proposals skipped without running (comment-only edits and the like: no metric to show),
+  nor a baseline that failed (the retried one is the baseline the notebook reads).
 
 Files are written to a temporary name and renamed, so a kill never leaves half a file.
 """
@@ -32,6 +33,8 @@ from nightlab.types import Direction
 if TYPE_CHECKING:
     from nightlab.store.ledger import ExperimentRow, Ledger
 
+# Warnings the loop records once per tag (ledger meta "warning:<kind>:<tag>").
+WARNING_KINDS = ("seeds", "log_metric")
 TSV_STATUS = {"baseline": "keep", "keep": "keep", "discard": "discard"}
 
 
@@ -46,6 +49,8 @@ def tsv_rows(ledger: Ledger, tag: str) -> list[tuple[str, str, str, str, str]]:
     for e in ledger.research(tag):
         if not e.finished or e.status == "skipped":
             continue
+        if e.kind == "baseline" and e.decision != "baseline":
+            continue  # a baseline that failed measured nothing; the retried one is the baseline
         status = TSV_STATUS.get(e.decision or "", "crash")
         runs = ledger.runs(e.id)
         memory = [r.peak_memory_mb for r in runs if r.peak_memory_mb is not None]
@@ -83,22 +88,27 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def _summary(ledger: Ledger, e: ExperimentRow) -> dict:
+def _summary(ledger: Ledger, e: ExperimentRow, live: bool, sign: float) -> dict:
     metric, spread, n = e.metric_mean, e.metric_sem, e.n_runs
     if not e.finished:  # live view: what the replicates so far say
         values = ledger.ok_metrics(e.id)
         metric = sum(values) / len(values) if values else None
         n = len(ledger.runs(e.id))
+    # The ledger stores the improvement (> 0 is better). ``delta`` is the metric's own change,
+    # candidate minus incumbent, the sign of the "Δ" in the reason (docs/ARCHITECTURE.md).
     return {
         "id": e.id,
         "kind": e.kind,
         "commit": e.commit,
-        "status": e.status,
+        # A "running" experiment whose harness is gone (kill -9, a crash) was interrupted: the
+        # next `nightlab run` runs it again.
+        "status": e.status if e.finished or live else "interrupted",
         "decision": e.decision,
         "metric": metric,
         "spread": spread,
         "runs": n,
-        "delta": e.delta,
+        "delta": None if e.delta is None else sign * e.delta,
+        "improvement": e.delta,
         "delta_se": e.delta_se,
         "p_value": e.p_value,
         "description": e.description,
@@ -110,34 +120,40 @@ def _summary(ledger: Ledger, e: ExperimentRow) -> dict:
     }
 
 
-def status_dict(ledger: Ledger, tag: str) -> dict:
+def status_dict(ledger: Ledger, tag: str, live: bool = True) -> dict:
     """Everything ``nightlab status --json`` shows, holdout values excluded.
 
     The holdout stays out because agents that run commands in the workspace could read this;
-    ``nightlab report`` shows it to people.
+    ``nightlab report`` shows it to people. ``live`` says whether a harness is working in the
+    workspace (its lock is held): without one, unfinished experiments show as ``interrupted``.
     """
     research = ledger.research(tag)
     counts: dict[str, int] = {}
     for e in research:
         outcome = (
-            "running" if not e.finished else ("skipped" if e.status == "skipped" else e.decision or e.status)
+            ("running" if live else "interrupted")
+            if not e.finished
+            else ("skipped" if e.status == "skipped" else e.decision or e.status)
         )
         counts[outcome] = counts.get(outcome, 0) + 1
     best = ledger.incumbent(tag)
     baseline = next((e for e in research if e.decision == "baseline"), None)
     noise = noise_floor(ledger.replicate_groups(tag))
+    sign = Direction(ledger.get_meta("direction") or "minimize").sign
     return {
         "tag": tag,
         "metric_name": ledger.get_meta("metric_name"),
         "direction": ledger.get_meta("direction"),
-        "experiments": [_summary(ledger, e) for e in research],
-        "best": _summary(ledger, best) if best else None,
-        "baseline": _summary(ledger, baseline) if baseline else None,
+        "experiments": [_summary(ledger, e, live, sign) for e in research],
+        "best": _summary(ledger, best, live, sign) if best else None,
+        "baseline": _summary(ledger, baseline, live, sign) if baseline else None,
         "noise_floor": {"sd": noise.sd, "df": noise.df, "groups": noise.groups} if noise else None,
         "counts": counts,
         "total": len(research),
         # Kept changes whose val gain did not show on holdout (ids only: no holdout values here).
         "possible_val_overfit": _overfit_ids(ledger, tag),
+        # What the user should fix for the night to be honest (a script that ignores its seed).
+        "warnings": warnings(ledger, tag),
     }
 
 
@@ -170,3 +186,9 @@ def holdout_checks(ledger: Ledger, tag: str, direction: Direction | str) -> list
         overfit = val is not None and holdout is not None and val > 0 and holdout <= 0
         out.append({"id": e.id, "val_gain": val, "holdout_delta": holdout, "overfit": overfit})
     return out
+
+
+def warnings(ledger: Ledger, tag: str) -> list[str]:
+    """The warnings recorded for ``tag`` (each once, with its fix), oldest first."""
+    found = (ledger.get_meta(f"warning:{kind}:{tag}") for kind in WARNING_KINDS)
+    return [text for text in found if text]

@@ -81,7 +81,10 @@ class Ledger:
                 raise UserError(
                     f"ledger {self.path}: cannot write ({exc}); free disk space or fix permissions"
                 ) from None
-            raise UserError(f"ledger {self.path} is corrupt ({exc}): see docs/RECOVERY.md") from None
+            raise UserError(
+                f"ledger {self.path} is corrupt ({exc}): rebuild it with "
+                f"`nightlab recover {self.path.parent.parent}` (docs/RECOVERY.md)"
+            ) from None
         except UserError:
             self._conn.close()
             raise
@@ -279,6 +282,27 @@ class Ledger:
         if holdouts:
             out["holdout_mean"] = mean(holdouts)
         return out
+
+    def seconds_per_run(self, experiment_id: int) -> float | None:
+        """Mean seconds of the ok replicates: training time when every one reports it, else wall time."""
+        runs = self.ok_runs(experiment_id)
+        if not runs:
+            return None
+        training = [r.training_seconds for r in runs]
+        if all(t is not None and t > 0 for t in training):
+            return mean([t for t in training if t is not None])
+        walls = [r.total_seconds for r in runs if r.total_seconds is not None]
+        return mean(walls) if walls else None
+
+    def next_experiment_id(self) -> int:
+        """The id the next :meth:`add_experiment` will get (ids are never reused). Exact while
+        one harness writes, which the workspace lock guarantees: the recorder names a commit
+        after its experiment before the row exists."""
+        rows = self._read(
+            "SELECT MAX(n) AS n FROM (SELECT seq AS n FROM sqlite_sequence WHERE name = 'experiments' "
+            "UNION ALL SELECT MAX(id) FROM experiments)"
+        )
+        return int(rows[0]["n"] or 0) + 1
 
     def candidate_count(self, tag: str) -> int:
         """Candidates of ``tag`` so far, refused and skipped ones included (what caps count)."""

@@ -131,6 +131,10 @@ class Workspace:
     def head_commit(self) -> str:
         return self.resolve("HEAD")
 
+    def is_ancestor(self, commit: str, of: str) -> bool:
+        """True when ``commit`` is ``of`` or one of its ancestors."""
+        return run_git(["merge-base", "--is-ancestor", commit, of], self.root, check=False).returncode == 0
+
     def resolve(self, rev: str) -> str:
         """The full commit id of ``rev``; a UserError names a revision that does not exist."""
         proc = run_git(
@@ -414,6 +418,18 @@ class Workspace:
         """Undo everything a run did to worktree ``path`` except the untracked files in ``keep``."""
         self._tree_git(path, "reset", "--hard", "--quiet")
         self._remove_untracked(path, keep)
+
+    def new_files(self, path: Path) -> list[str]:
+        """Every file in worktree ``path`` that is not in its commit, ignored ones included."""
+        return [rel for code, rel in self._status(path) if code in ("??", "!!") and not rel.endswith("/")]
+
+    def new_entries(self, path: Path) -> list[str]:
+        """Files and folders that are in worktree ``path`` but not in its commit, ignored ones
+        included; a folder holding only new files is one entry (``data/``, without the slash)."""
+        args = ["status", "--porcelain=v1", "-z", "--untracked-files=normal", "--ignored=matching"]
+        out = self._tree_git(path, *args)
+        entries = [decode(e[3:]).rstrip("/") for e in out.split(b"\0") if e[:2] in (b"??", b"!!")]
+        return sorted(set(entries))
 
     def _status(self, path: Path) -> list[tuple[str, str]]:
         """(two-letter code, path) of every change in a worktree, ignored files included."""

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from nightlab.agents.base import Agent
+from nightlab.agents.search.describe import describe_space, why_empty
 from nightlab.agents.search.settings import SearchSettings
-from nightlab.agents.search.space import Space, build_space, canonical, describe_space
+from nightlab.agents.search.space import Space, build_space, canonical
 from nightlab.agents.search.surrogate import GaussianProcess, expected_improvement, failure_probability
 from nightlab.code.knobs import format_literal, set_knobs
 from nightlab.errors import UserError
@@ -78,6 +79,12 @@ class SearchAgent(Agent):
             for key, config in list(self.pending.items()):
                 if _same_values(config, knobs):
                     del self.pending[key]
+
+    def check(self, files: dict[str, str]) -> None:
+        """Refuse to start with nothing to search, saying why and what to do."""
+        problem = why_empty(build_space(files, self.settings), files)
+        if problem:
+            raise UserError(problem)
 
     def propose(self, context: Context) -> Proposal | None:
         # Small matrices: BLAS threads only contend with each other (and with training runs).

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from nightlab.agents.search.settings import SearchSettings
-from nightlab.code.knobs import Knob, find_knobs, format_literal
+from nightlab.code.knobs import KNOB_SUFFIXES, Knob, find_knobs, is_budget_name
 from nightlab.errors import UserError
 
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
@@ -37,7 +37,7 @@ SPEC_KEYS = {"low", "high", "log", "step", "choices"}
 # samples noise, and budgets/intervals change what is measured rather than the model.
 _PINNED_BY_DEFAULT = re.compile(
     r"(SEED|BUDGET|TIMEOUT|UNTIMED|VERBOSE|COMPILE|^EVAL_|^LOG_|^PRINT_|^SAVE_|^CHECKPOINT|_PATH$|_DIR$"
-    r"|^DEVICE$|^DTYPE$)"
+    r"|^DEVICE$|^DTYPE$|WANDB|MLFLOW|TENSORBOARD|PROFIL|DEBUG|_LOG$|_ONLY$|WORKERS|^INIT_FROM$|RESUME)"
 )
 # What a researcher tries first: learning rates, then the batch and the model's shape, then the
 # schedule; everything else after. Only the order of first looks depends on it.
@@ -50,10 +50,15 @@ _PRIORITY = (
 )
 
 
+def hint_name(name: str) -> str:
+    """The part of a knob's name the hints read, upper case: ``optim.lr`` and ``--lr`` read as ``LR``."""
+    return name.rsplit(".", 1)[-1].lstrip("-").upper()
+
+
 def priority(name: str) -> float:
     """How early a knob gets its first look (higher first)."""
     for pattern, weight in _PRIORITY:
-        if pattern.search(name):
+        if pattern.search(hint_name(name)):
             return weight
     return 0.5
 
@@ -275,8 +280,8 @@ def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
             return Domain("int", low=0, high=10, is_int=True)
         return Domain("int", low=3 * value, high=-value, is_int=True)
     if isinstance(value, float):
-        log_named = bool(_LOG_HINT.search(name))
-        ratio_named = bool(_RATIO_HINT.search(name)) or element
+        log_named = bool(_LOG_HINT.search(hint_name(name)))
+        ratio_named = bool(_RATIO_HINT.search(hint_name(name))) or element
         if 0.0 <= value <= 1.0 and ratio_named:
             if 0.8 <= value < 1.0:
                 return Domain("log1m", low=0.5, high=1.0 - _nice_sig((1.0 - value) / 10))
@@ -365,7 +370,7 @@ def build_space(
     source: str = "nightlab.toml",
     origin: dict[str, Any] | None = None,
 ) -> Space:
-    """The space of the editable Python files under the search agent's settings.
+    """The space of the editable files' knobs under the search agent's settings.
 
     ``settings`` holds the declared domains (``space``) and the pins (``pin``). ``origin`` holds the knob values domains are inferred from (the baseline's), so
     that a domain does not drift as kept changes move the incumbent: ``DEPTH = 3`` infers
@@ -374,7 +379,7 @@ def build_space(
     """
     knobs: dict[str, Knob] = {}
     for path in sorted(files):
-        if not path.endswith(".py"):
+        if not path.endswith(KNOB_SUFFIXES):
             continue
         for knob in find_knobs(files[path], path):
             if knob.name in knobs:
@@ -396,8 +401,11 @@ def build_space(
             pinned[name] = "[agent] pin"
             continue
         spec = space_spec.get(name)
-        if spec is None and _PINNED_BY_DEFAULT.search(name):
-            pinned[name] = "default (seed/budget-like)"
+        if spec is None and is_budget_name(name):
+            pinned[name] = "default: the budget (declare a domain in [agent.space] to search it)"
+            continue
+        if spec is None and _PINNED_BY_DEFAULT.search(hint_name(name)):
+            pinned[name] = "default (seed, logging, paths or device)"
             continue
         value = knob.value
         if origin is not None and name in origin and _same_shape(origin[name], value):
@@ -445,48 +453,3 @@ def _dims_for(knob: Knob, value: Any, spec: Any, source: str) -> tuple[list[Dim]
     if domain is None:
         return [], "string: no choices declared"
     return [Dim(knob.name, knob.name, None, domain)], ""
-
-
-def _clip(text: str, width: int = 60) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def describe_space(files: dict[str, str], settings: SearchSettings) -> str:
-    """The table ``nightlab agent show-space`` prints: every knob, its value and its domain.
-
-    The text holds square brackets (``[0.001, 0.1]``, ``[agent.space]``): print it without markup.
-    """
-    space = build_space(files, settings)
-    rows = [("knob", "file", "value", "domain", "from", "comment")]
-    by_knob: dict[str, list[Dim]] = {}
-    for dim in space.dims:
-        by_knob.setdefault(dim.knob, []).append(dim)
-    for name, knob in space.knobs.items():
-        dims = by_knob.get(name, [])
-        if name in space.pinned and not dims:
-            rows.append((name, knob.path, knob.text, "pinned", space.pinned[name], _clip(knob.comment)))
-            continue
-        for dim in dims:
-            value = space.dim_values(space.current())[space.dims.index(dim)]
-            outside = ""
-            if not dim.domain.categorical and not 0.0 <= dim.domain.to_unit(value) <= 1.0:
-                outside = " (current value outside)"
-            rows.append(
-                (
-                    dim.key,
-                    knob.path,
-                    knob.text if dim.index is None else format_literal(repr(value), value),
-                    dim.domain.describe() + outside,
-                    dim.domain.origin,
-                    _clip(knob.comment),
-                )
-            )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    searched = len(space.dims)
-    lines.append(
-        f"{searched} dimension(s) searched, {len(space.pinned)} knob(s) pinned; declare domains, choices "
-        "or pins in nightlab.toml under [agent.space] and [agent] pin"
-    )
-    return "\n".join(lines)

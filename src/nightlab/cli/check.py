@@ -1,0 +1,39 @@
+"""``nightlab check DIR``: the first thing to run on a new target; see :mod:`nightlab.research.check`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.text import Text
+
+from nightlab.cli.output import DirArg, console
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``check`` to the ``nightlab`` command."""
+    app.command("check")(check_command)
+
+
+def check_command(
+    directory: Path = DirArg,
+    seconds: float = typer.Option(10.0, "--seconds", min=1.0, help="Training seconds per check run."),
+) -> None:
+    """Would a night be honest? Setup, then two short runs with two seeds: knobs, metric, seed,
+    budget, files written, time. Exit 0 only when every check passes."""
+    from nightlab.research.check import check_target
+    from nightlab.research.session import open_session
+
+    session = open_session(directory)
+    budget = session.config.budget
+    short = f"{min(budget.seconds, seconds):g} s" if budget.seconds is not None else "the configured budget"
+    console.print(f"checking {session.root}: setup, then 2 runs of {short} with seeds 1 and 2 ...")
+    report = check_target(session, seconds)
+    for finding in report.findings:
+        mark = Text("ok  ", style="green") if finding.ok else Text("FIX ", style="bold red")
+        console.print(Text.assemble(mark, Text(f"{finding.what}: ", style="bold"), Text(finding.detail)))
+    if report.honest:
+        console.print(f"a night on this target would be honest: nightlab run {directory}")
+        return
+    console.print("fix what is marked FIX, then run `nightlab check` again")
+    raise typer.Exit(1)

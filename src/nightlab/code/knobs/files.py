@@ -1,0 +1,246 @@
+"""Knobs in YAML, JSON and TOML config files: every scalar setting, named by its key path.
+
+``optimizer: {lr: 3e-4}`` gives the knob ``optimizer.lr``. Each knob records the exact span of
+its value in the file, so rewriting it changes those characters and nothing else: comments,
+order, quoting and indentation stay as their author wrote them (well-kept parsers read the
+files; the span is found from their positions, so the file is never re-serialised). Lists,
+multi-line strings and nulls are not knobs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+from nightlab.code.knobs.literal import LineOffsets
+from nightlab.code.knobs.model import Knob, KnobValue
+from nightlab.errors import UserError
+
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_TOML_HEADER = re.compile(r"^\s*\[([^\[\]]+)\]\s*(?:#.*)?$")
+_TOML_ARRAY_HEADER = re.compile(r"^\s*\[\[")
+_TOML_KEY = re.compile(
+    r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=\s*"""
+)
+
+
+def _knob(
+    name: str, value: KnobValue, text: str, start: int, end: int, path: str, source: str
+) -> Knob | None:
+    kind = _kind(value)
+    if kind is None:
+        return None
+    offsets = LineOffsets(text)
+    line = text.count("\n", 0, start) + 1
+    end_line = text.count("\n", 0, end) + 1
+    rest = text[end : text.find("\n", end) if "\n" in text[end:] else len(text)]
+    comment_at = rest.find("#")
+    comment = rest[comment_at + 1 :].strip() if comment_at >= 0 else ""
+    return Knob(
+        name=name,
+        value=value,
+        kind=kind,
+        text=text[start:end],
+        line=line,
+        col=start - offsets.line_start(line),
+        end_line=end_line,
+        end_col=end - offsets.line_start(end_line),
+        start=start,
+        end=end,
+        comment=comment,
+        path=path,
+        source=source,
+    )
+
+
+def _kind(value: object) -> str | None:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str) and "\n" not in value:
+        return "str"
+    return None
+
+
+def _native(value: object) -> KnobValue:
+    """ruamel's and tomlkit's scalar subclasses as plain Python values."""
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    return value
+
+
+# -- YAML ----------------------------------------------------------------------------------------
+def yaml_knobs(text: str, path: str) -> list[Knob]:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        data = YAML().load(text)
+    except YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    offsets = LineOffsets(text)
+    found = []
+    for name, mapping, key, flow in _yaml_scalars(data, ""):
+        line, col = mapping.lc.value(key)
+        start = offsets.line_start(line + 1) + col
+        end = _scalar_end(text, start, flow)
+        knob = _knob(name, _native(mapping[key]), text, start, end, path, "yaml")
+        if knob is not None:
+            found.append(knob)
+    return found
+
+
+def _yaml_scalars(node: object, prefix: str) -> Iterator[tuple[str, object, object, bool]]:
+    from ruamel.yaml.comments import CommentedMap
+
+    if not isinstance(node, CommentedMap):
+        return
+    flow = bool(node.fa.flow_style())
+    for key, value in node.items():
+        if not isinstance(key, str):
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, CommentedMap):
+            yield from _yaml_scalars(value, name + ".")
+        elif _kind(value) is not None:
+            yield name, node, key, flow
+
+
+def _scalar_end(text: str, start: int, flow: bool) -> int:
+    """Where the scalar starting at ``start`` ends: its closing quote, or the end of a plain
+    scalar (before a comment, and in a flow mapping before ``,`` ``}`` ``]``)."""
+    if text[start] in "\"'":
+        return _quoted_end(text, start)
+    line_end = text.find("\n", start)
+    line_end = len(text) if line_end < 0 else line_end
+    piece = text[start:line_end]
+    comment = re.search(r"\s#", piece)
+    if comment:
+        piece = piece[: comment.start()]
+    if flow:
+        piece = re.split(r"[,}\]]", piece, maxsplit=1)[0]
+    return start + len(piece.rstrip())
+
+
+def _quoted_end(text: str, start: int) -> int:
+    quote, i = text[start], start + 1
+    while i < len(text):
+        if quote == '"' and text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == quote:
+            if quote == "'" and text[i + 1 : i + 2] == "'":  # '' is an escaped quote in YAML
+                i += 2
+                continue
+            return i + 1
+        i += 1
+    return len(text)
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+def json_knobs(text: str, path: str) -> list[Knob]:
+    found: list[Knob] = []
+    try:
+        _JsonSpans(text, path, found).value(_skip(text, 0), "")
+    except (ValueError, IndexError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    return found
+
+
+def _skip(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+class _JsonSpans:
+    """A small JSON reader that keeps where each scalar value is (the json module does not)."""
+
+    def __init__(self, text: str, path: str, found: list[Knob]) -> None:
+        self.text, self.path, self.found = text, path, found
+        self.decoder = json.JSONDecoder()
+
+    def value(self, i: int, name: str, record: bool = True) -> int:
+        text = self.text
+        if text[i] == "{":
+            i = _skip(text, i + 1)
+            if text[i] == "}":
+                return i + 1
+            while True:
+                key, i = json.decoder.scanstring(text, i + 1)
+                i = _skip(text, i)
+                if text[i] != ":":
+                    raise ValueError(f"expected ':' at offset {i}")
+                i = self.value(_skip(text, i + 1), f"{name}.{key}" if name else key, record)
+                i = _skip(text, i)
+                if text[i] == "}":
+                    return i + 1
+                if text[i] != ",":
+                    raise ValueError(f"expected ',' or '}}' at offset {i}")
+                i = _skip(text, i + 1)
+        if text[i] == "[":  # lists are not knobs, but their end must be found
+            i = _skip(text, i + 1)
+            if text[i] == "]":
+                return i + 1
+            while True:
+                i = _skip(text, self.value(i, name, record=False))
+                if text[i] == "]":
+                    return i + 1
+                if text[i] != ",":
+                    raise ValueError(f"expected ',' or ']' at offset {i}")
+                i = _skip(text, i + 1)
+        value, end = self.decoder.raw_decode(text, i)
+        if record and name:
+            knob = _knob(name, value, text, i, end, self.path, "json")
+            if knob is not None:
+                self.found.append(knob)
+        return end
+
+
+# -- TOML ----------------------------------------------------------------------------------------
+def toml_knobs(text: str, path: str) -> list[Knob]:
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
+    try:
+        doc = tomlkit.parse(text).unwrap()
+    except TOMLKitError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    found: list[Knob] = []
+    table: list[str] | None = []
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        header = _TOML_HEADER.match(line)
+        if _TOML_ARRAY_HEADER.match(line):
+            table = None  # entries of an array of tables are not knobs
+        elif header:
+            table = _toml_key_path(header.group(1))
+        elif table is not None and (key := _TOML_KEY.match(line)):
+            start = offset + key.end()
+            end = _scalar_end(text, start, flow=False)
+            names = table + _toml_key_path(key.group(1))
+            value = _lookup(doc, names)
+            knob = (
+                _knob(".".join(names), value, text, start, end, path, "toml") if value is not None else None
+            )
+            if knob is not None:
+                found.append(knob)
+        offset += len(line)
+    return found
+
+
+def _toml_key_path(text: str) -> list[str]:
+    return [part.strip().strip("\"'") for part in re.findall(r"""(?:"[^"]*"|'[^']*'|[^.]+)""", text)]
+
+
+def _lookup(doc: object, names: list[str]) -> object:
+    for name in names:
+        if not isinstance(doc, dict) or name not in doc:
+            return None
+        doc = doc[name]
+    return doc

@@ -1,0 +1,38 @@
+"""What a knob is: one literal in an editable file, a name, and where it was found."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KnobValue = object  # int | float | bool | str | tuple | list of numbers
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One setting of a script.
+
+    ``line``/``col`` and ``end_line``/``end_col`` locate the literal (lines from 1, columns in
+    characters from 0, end exclusive); ``start``/``end`` are the same span as offsets into the
+    file's text. ``text`` is the literal exactly as written, ``comment`` the trailing comment
+    without its ``#`` (empty when there is none), ``source`` where it was found (``constant``,
+    ``setting``, ``argparse``, ``click``, ``dataclass``, ``yaml``, ``json``, ``toml``).
+    """
+
+    name: str
+    value: KnobValue
+    kind: str  # "int" | "float" | "bool" | "str" | "tuple" | "list"
+    text: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+    start: int
+    end: int
+    comment: str = ""
+    path: str = "train.py"
+    source: str = "constant"
+
+    @property
+    def syntax(self) -> str:
+        """The language its literal is written in, for :func:`~nightlab.code.knobs.format_value`."""
+        return self.source if self.source in ("yaml", "json", "toml") else "python"

@@ -1,0 +1,150 @@
+"""``nightlab check``: would a night on this target be honest? The first thing a new user runs.
+
+It does what a night does, briefly: the setup, then the target twice with two seeds at a short
+budget, through the same runner, frozen check and evaluation as ``nightlab run``. Each finding
+says what is wrong and how to fix it; the night is honest only when every one passes:
+
+- knobs: what the search agent would search, and where it found it;
+- the metric: parsed from where the configuration says (or the log lines where it was expected);
+- the seed: two seeds give two results (identical results mean ``NIGHTLAB_SEED`` is ignored);
+- the budget: a run trains about as long as ``NIGHTLAB_BUDGET_SECONDS`` says, not longer;
+- the worktree: the run writes nothing outside its run directory and declared outputs;
+- time: per run, and per evaluation when there is one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nightlab.agents.registry import AGENTS
+from nightlab.agents.search.describe import why_empty
+from nightlab.agents.search.space import build_space
+from nightlab.config import BudgetConfig
+from nightlab.research.context import editable_texts
+from nightlab.research.runner import Replicate
+from nightlab.research.session import Session
+from nightlab.types import TRAIN_LOG, RunStatus
+
+CHECK_WORKTREE = "check"
+SEEDS = (1, 2)
+# A run may take this much longer than its budget (start-up, data, export, evaluation) before
+# the budget counts as ignored.
+BUDGET_SLACK = 3.0
+BUDGET_GRACE_SECONDS = 30.0
+
+
+@dataclass
+class Finding:
+    """One line of the check: what was looked at, whether it passed, and the fix when not."""
+
+    what: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class CheckReport:
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def honest(self) -> bool:
+        return all(f.ok for f in self.findings)
+
+    def add(self, what: str, ok: bool, detail: str) -> None:
+        self.findings.append(Finding(what, ok, detail))
+
+
+def check_target(session: Session, seconds: float) -> CheckReport:
+    """Run the checks on the workspace's HEAD with a training budget of ``seconds``."""
+    report = CheckReport()
+    config = session.config
+    session.check_runnable()
+    head = session.workspace.head_commit()
+    _knobs(session, head, report)
+    budget = _short_budget(config.budget, seconds)
+    runner = session.runner(CHECK_WORKTREE, head).with_config(config.model_copy(update={"budget": budget}))
+    replicates = []
+    for i, seed in enumerate(SEEDS):
+        run_dir = session.workspace.state_dir / "check" / str(i)
+        replicates.append(runner.run(0, i, head, seed, run_dir=run_dir))
+    _runs(session, replicates, budget, report)
+    return report
+
+
+def _short_budget(budget: BudgetConfig, seconds: float) -> BudgetConfig:
+    """The configured budget cut to ``seconds`` of training, with a timeout that lets a run that
+    ignores its budget show it without running for the whole night."""
+    if budget.seconds is None:
+        return budget  # a tokens or steps budget is already machine-independent: keep it
+    short = min(budget.seconds, seconds)
+    timeout = min(budget.timeout, max(BUDGET_SLACK * short, short + BUDGET_GRACE_SECONDS) + 60)
+    return budget.model_copy(update={"seconds": short, "timeout": timeout})
+
+
+def _knobs(session: Session, head: str, report: CheckReport) -> None:
+    files = editable_texts(session.config, session.workspace, head)
+    space = build_space(files, AGENTS.settings(session.config.agent, "search"))
+    problem = why_empty(space, files)
+    where = sorted({f"{k.path} ({k.source})" for k in space.knobs.values()})
+    searched = ", ".join(d.key for d in space.dims[:12]) + (" ..." if len(space.dims) > 12 else "")
+    detail = (
+        problem
+        or f"{len(space.dims)} searched ({searched}) in {', '.join(where)}; {len(space.pinned)} pinned"
+    )
+    report.add("knobs", problem is None, detail)
+
+
+def _runs(session: Session, replicates: list[Replicate], budget: BudgetConfig, report: CheckReport) -> None:
+    config = session.config
+    failed = [r for r in replicates if r.result.status is not RunStatus.OK]
+    for rep in failed:
+        reason = rep.result.reason or rep.result.status.value
+        report.add("run", False, f"{rep.result.status.value}: {reason} (log: {rep.run_dir / TRAIN_LOG})")
+    ok = [r for r in replicates if r.ok]
+    if len(failed) == len(replicates):
+        return
+    values = [r.metric for r in ok]
+    source = f"{config.metric.file} in the run directory" if config.metric.source == "json" else "the log"
+    report.add(
+        "metric",
+        bool(values),
+        f"{config.metric.name} = {', '.join(f'{v:.6g}' for v in values)} from {source}",
+    )
+    if len(ok) == len(SEEDS):
+        same = len(set(values)) == 1
+        detail = (
+            f"seeds {SEEDS[0]} and {SEEDS[1]} gave the identical {values[0]:.6g}: the script ignores "
+            "NIGHTLAB_SEED; seed its random generators from it (e.g. torch.manual_seed(int(os.environ"
+            "['NIGHTLAB_SEED']))), or declare [policy] noise_sd"
+            if same
+            else f"two seeds gave two results (a difference of {abs(values[0] - values[1]):.3g})"
+        )
+        report.add("seed", not same, detail)
+    _budget(replicates, budget, report)
+    walls = [r.result.total_seconds for r in replicates]
+    evals = [r.result.metrics.get("eval_total_seconds") for r in replicates]
+    timing = f"{max(walls):.1f} s per run"
+    if any(e is not None for e in evals):
+        timing += f", of which {max(e for e in evals if e is not None):.1f} s evaluation"
+    report.add("time", True, timing)
+
+
+def _budget(replicates: list[Replicate], budget: BudgetConfig, report: CheckReport) -> None:
+    if budget.seconds is None:
+        return
+    limit = max(BUDGET_SLACK * budget.seconds, budget.seconds + BUDGET_GRACE_SECONDS)
+    timed_out = any(r.result.status is RunStatus.TIMEOUT for r in replicates)
+    trained = [r.result.training_seconds for r in replicates if r.result.training_seconds is not None]
+    walls = [r.result.total_seconds for r in replicates]
+    over = timed_out or max(walls) > limit or any(t > 1.5 * budget.seconds + 2 for t in trained)
+    if over:
+        detail = (
+            f"with a budget of {budget.seconds:g} s a run took {max(walls):.0f} s"
+            + (" and was killed at the timeout" if timed_out else "")
+            + ": the script ignores NIGHTLAB_BUDGET_SECONDS; stop training when it is spent (or use "
+            "[budget] steps/tokens that it reads), otherwise a kept change can buy its gain with compute"
+        )
+    else:
+        shown = f"trained {max(trained):.1f} s" if trained else f"ran {max(walls):.1f} s in all"
+        detail = f"with a budget of {budget.seconds:g} s a run {shown}"
+    report.add("budget", not over, detail)

@@ -1,0 +1,236 @@
+"""Knobs where people keep them: lowercase settings, argparse and click defaults, dataclass
+fields, YAML, JSON and TOML files; each rewritten with every other byte unchanged."""
+
+from __future__ import annotations
+
+import difflib
+import json
+
+import pytest
+import tomllib
+from ruamel.yaml import YAML
+
+from nightlab.code.knobs import find_knobs, is_budget_name, knob_values, set_knobs
+from nightlab.errors import UserError
+
+NANOGPT_STYLE = """\
+\"\"\"Train a GPT: settings below, overridden by a config file and --key=value flags.\"\"\"
+import os
+import time
+
+out_dir = 'out'
+eval_interval = 2000
+log_interval = 1
+always_save_checkpoint = True  # save after every eval
+batch_size = 12  # micro-batch size
+learning_rate = 6e-4  # max learning rate
+max_iters = 600000  # total number of training iterations
+betas = (0.9, 0.95)
+dtype = 'bfloat16' if os.environ.get('GPU') else 'float32'
+compile = True
+config_keys = [k for k, v in globals().items() if not k.startswith('_')]
+exec(open('configurator.py').read())  # overrides from the command line or a config file
+iter_num = 0
+best_val_loss = 1e9
+"""
+
+CONFIG_FILE = """\
+# config for training on shakespeare characters
+out_dir = 'out-shakespeare-char'
+eval_interval = 250  # keep frequent because we'll overfit
+gradient_accumulation_steps = 1
+batch_size = 64
+n_layer = 6
+dropout = 0.2
+learning_rate = 1e-3
+"""
+
+ARGPARSE = """\
+import argparse
+import click
+from dataclasses import dataclass, field
+
+
+def parse():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    parser.add_argument("--n-layer", type=int, default=6)
+    parser.add_argument("--wd", dest="weight_decay", type=float, default=0.1)
+    parser.add_argument("--fast", action="store_true")
+    parser.add_argument("data")
+    return parser.parse_args()
+
+
+@click.command()
+@click.option("--warmup", default=100, help="warm-up steps")
+def main(warmup):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3  # the same name as --lr: qualified
+    depth: int = 4
+    betas: tuple = field(default=(0.9, 0.95))
+    name: str = "run"
+    _private: int = 3
+"""
+
+
+def _changed_lines(old: str, new: str) -> list[str]:
+    """The removed and added lines of a diff, sorted (what changed, not how difflib groups it)."""
+    return sorted(line for line in difflib.ndiff(old.splitlines(), new.splitlines()) if line[:1] in "+-")
+
+
+def test_the_leading_settings_block_of_a_script_and_nothing_after_it() -> None:
+    knobs = {k.name: k for k in find_knobs(NANOGPT_STYLE, "train.py")}
+    assert list(knobs) == [
+        "out_dir", "eval_interval", "log_interval", "always_save_checkpoint", "batch_size",
+        "learning_rate", "max_iters", "betas", "compile",
+    ]  # fmt: skip
+    assert all(k.source == "setting" for k in knobs.values())
+    assert knobs["learning_rate"].comment == "max learning rate"
+    new = set_knobs(NANOGPT_STYLE, {"learning_rate": 1.2e-3, "batch_size": 24}, "train.py")
+    assert _changed_lines(NANOGPT_STYLE, new) == sorted(
+        [
+            "- batch_size = 12  # micro-batch size",
+            "+ batch_size = 24  # micro-batch size",
+            "- learning_rate = 6e-4  # max learning rate",
+            "+ learning_rate = 1.2e-3  # max learning rate",
+        ]
+    )
+    assert knob_values(CONFIG_FILE, "config/train_shakespeare_char.py")["dropout"] == 0.2
+
+
+def test_argparse_click_and_dataclass_defaults() -> None:
+    knobs = {k.name: k for k in find_knobs(ARGPARSE, "train.py")}
+    assert {n: (k.value, k.source) for n, k in knobs.items()} == {
+        "lr": (3e-4, "argparse"),
+        "n_layer": (6, "argparse"),
+        "weight_decay": (0.1, "argparse"),
+        "warmup": (100, "click"),
+        "TrainConfig.lr": (1e-3, "dataclass"),
+        "depth": (4, "dataclass"),
+        "betas": ((0.9, 0.95), "dataclass"),
+        "name": ("run", "dataclass"),
+    }
+    new = set_knobs(ARGPARSE, {"lr": 6e-4, "TrainConfig.lr": 2e-3, "betas": (0.8, 0.95)}, "train.py")
+    assert _changed_lines(ARGPARSE, new) == sorted(
+        [
+            '-     parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")',
+            '+     parser.add_argument("--lr", type=float, default=6e-4, help="peak learning rate")',
+            "-     lr: float = 1e-3  # the same name as --lr: qualified",
+            "+     lr: float = 2e-3  # the same name as --lr: qualified",
+            "-     betas: tuple = field(default=(0.9, 0.95))",
+            "+     betas: tuple = field(default=(0.8, 0.95))",
+        ]
+    )
+
+
+YAML_TEXT = """\
+# model and optimizer
+model:
+  n_layer: 6        # depth
+  name: "small"
+  bias: false
+optim: {lr: 3.0e-4, wd: 0.1}
+schedule:
+  warmup_steps: 100
+  decay: cosine
+tags: [a, b]
+note: |
+  multi-line
+"""
+
+JSON_TEXT = """{
+  "model": {"n_layer": 6, "name": "small", "bias": false},
+  "lr": 0.0003,
+  "layers": [1, 2, {"x": 3}],
+  "empty": {}
+}
+"""
+
+TOML_TEXT = """\
+# training settings
+lr = 3e-4  # peak
+name = 'small'
+
+[model]
+n_layer = 6
+bias = false   # no bias
+"quoted key" = 1.5
+layers = [1, 2]
+
+[[runs]]
+seed = 1
+"""
+
+
+def test_yaml_json_and_toml_scalars_by_key_path() -> None:
+    assert knob_values(YAML_TEXT, "config.yaml") == {
+        "model.n_layer": 6, "model.name": "small", "model.bias": False, "optim.lr": 3e-4,
+        "optim.wd": 0.1, "schedule.warmup_steps": 100, "schedule.decay": "cosine",
+    }  # fmt: skip
+    assert knob_values(JSON_TEXT, "config.json") == {
+        "model.n_layer": 6, "model.name": "small", "model.bias": False, "lr": 0.0003,
+    }  # fmt: skip
+    assert knob_values(TOML_TEXT, "config.toml") == {
+        "lr": 3e-4, "name": "small", "model.n_layer": 6, "model.bias": False, "model.quoted key": 1.5,
+    }  # fmt: skip
+    assert {k.name: k.comment for k in find_knobs(YAML_TEXT, "c.yml")}["model.n_layer"] == "depth"
+
+
+def test_config_files_are_rewritten_only_where_the_value_is() -> None:
+    new_yaml = set_knobs(
+        YAML_TEXT, {"model.n_layer": 8, "optim.lr": 6e-4, "model.name": "big", "model.bias": True}, "c.yaml"
+    )
+    assert _changed_lines(YAML_TEXT, new_yaml) == sorted(
+        [
+            "-   n_layer: 6        # depth",
+            '-   name: "small"',
+            "-   bias: false",
+            "+   n_layer: 8        # depth",
+            '+   name: "big"',
+            "+   bias: true",
+            "- optim: {lr: 3.0e-4, wd: 0.1}",
+            "+ optim: {lr: 6.0e-4, wd: 0.1}",
+        ]
+    )
+    assert YAML().load(new_yaml)["optim"]["lr"] == 6e-4
+    new_json = set_knobs(
+        JSON_TEXT, {"model.n_layer": 12, "lr": 0.001, "model.name": 'a "quoted" name'}, "c.json"
+    )
+    assert json.loads(new_json)["model"] == {"n_layer": 12, "name": 'a "quoted" name', "bias": False}
+    assert (
+        new_json.replace("12", "6").replace("0.001", "0.0003").replace('"a \\"quoted\\" name"', '"small"')
+        == JSON_TEXT
+    )
+    new_toml = set_knobs(TOML_TEXT, {"lr": 1e-3, "model.bias": True, "model.quoted key": 2.5}, "c.toml")
+    assert _changed_lines(TOML_TEXT, new_toml) == sorted(
+        [
+            "- lr = 3e-4  # peak",
+            "+ lr = 1e-3  # peak",
+            "- bias = false   # no bias",
+            '- "quoted key" = 1.5',
+            "+ bias = true   # no bias",
+            '+ "quoted key" = 2.5',
+        ]
+    )
+    assert tomllib.loads(new_toml)["model"]["bias"] is True
+
+
+def test_broken_config_files_are_one_line_errors() -> None:
+    for text, path in (("a: [1, 2\n", "c.yaml"), ('{"a": }', "c.json"), ("a = \n", "c.toml")):
+        with pytest.raises(UserError) as caught:
+            find_knobs(text, path)
+        assert str(caught.value).startswith(f"{path}: not valid") and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "budget"),
+    [("max_iters", True), ("NUM_EPOCHS", True), ("warmup_steps", True), ("total_tokens", True),
+     ("MAX_SEQ_LEN", True), ("schedule.decay_iters", True), ("--max-steps", True),
+     ("TOTAL_BATCH_SIZE", False), ("learning_rate", False), ("n_layer", False), ("eval_interval", False)],
+)  # fmt: skip
+def test_budget_names(name: str, budget: bool) -> None:
+    assert is_budget_name(name) is budget

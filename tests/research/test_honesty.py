@@ -1,0 +1,116 @@
+"""Decisions that stay honest with scripts as people write them: a fixed seed, a gain bought with
+compute."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from helpers import TOY_TOML, edit, make_workspace, nightlab
+
+# Ignores NIGHTLAB_SEED: every replicate gives exactly the same number.
+FIXED_SEED = """\
+import json, os, random
+LR = 0.1
+random.seed(1337)
+loss = 1.0 + 10 * (LR - 0.3) ** 2 + random.gauss(0, 0.01)
+with open(os.path.join(os.environ["NIGHTLAB_RUN_DIR"], "metrics.json"), "w") as f:
+    json.dump({"val_loss": loss}, f)
+"""
+
+# Trains longer with a bigger WIDTH and reports its training time, as real scripts do.
+SLOW_WHEN_WIDE = """\
+import json, os, random, time
+WIDTH = 64
+started = time.time()
+time.sleep(WIDTH / 100)
+loss = 1.0 + abs(WIDTH - 256) / 1000 + random.Random(int(os.environ["NIGHTLAB_SEED"])).gauss(0, 0.0001)
+print("---")
+print(f"training_seconds: {time.time() - started:.3f}")
+with open(os.path.join(os.environ["NIGHTLAB_RUN_DIR"], "metrics.json"), "w") as f:
+    json.dump({"val_loss": loss}, f)
+"""
+
+
+def _rows(root: Path) -> list[dict]:
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    con.row_factory = sqlite3.Row
+    rows = [dict(r) for r in con.execute("SELECT * FROM experiments WHERE kind = 'candidate' ORDER BY id")]
+    con.close()
+    return rows
+
+
+def _workspace(tmp_path: Path, train: str, proposals: list[dict], policy_extra: str = "") -> Path:
+    toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="confirm") + policy_extra
+    return make_workspace(tmp_path / "ws", proposals=proposals, train=train, toml=toml)
+
+
+def test_a_script_that_ignores_its_seed_is_named_and_never_read_as_certainty(tmp_path: Path) -> None:
+    root = _workspace(
+        tmp_path,
+        FIXED_SEED,
+        [edit("LR = 0.1", "LR = 0.101", "LR 0.1 -> 0.101"), edit("LR = 0.1", "LR = 0.3", "LR 0.1 -> 0.3")],
+    )
+    result = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "warning: 2 runs with different seeds gave exactly" in out and "ignores NIGHTLAB_SEED" in out
+    small, large = _rows(root)
+    # Identical replicates would make a 0.004 gain "certain"; with the assumed 1% noise it is not.
+    assert small["decision"] == "discard"
+    assert large["decision"] == "keep" and "noise sd 0.0139 assumed (1% of the incumbent" in large["reason"]
+    status = json.loads(nightlab("status", str(root), "--json").stdout)
+    assert any("ignores NIGHTLAB_SEED" in w for w in status["warnings"])
+    report = nightlab("report", str(root))
+    assert "ignores NIGHTLAB_SEED" in " ".join(report.stdout.split())
+
+
+def test_a_declared_noise_sd_is_used_and_named(tmp_path: Path) -> None:
+    root = _workspace(tmp_path, FIXED_SEED, [edit("LR = 0.1", "LR = 0.3")], "noise_sd = 0.05\n")
+    assert nightlab("run", str(root), "--plain", "--tag", "t").returncode == 0
+    (row,) = _rows(root)
+    assert row["decision"] == "keep" and "noise sd 0.05 from [policy] noise_sd" in row["reason"]
+
+
+def test_a_gain_bought_with_compute_is_flagged_or_refused(tmp_path: Path) -> None:
+    wider = [edit("WIDTH = 64", "WIDTH = 256", "WIDTH 64 -> 256")]
+    root = _workspace(tmp_path / "flag", SLOW_WHEN_WIDE, wider)
+    assert nightlab("run", str(root), "--plain", "--tag", "t").returncode == 0
+    (row,) = _rows(root)
+    assert row["decision"] == "keep" and "as long as the incumbent's" in row["reason"]
+    refused = _workspace(tmp_path / "refuse", SLOW_WHEN_WIDE, wider, "refuse_slower = true\n")
+    assert nightlab("run", str(refused), "--plain", "--tag", "t").returncode == 0
+    (row,) = _rows(refused)
+    assert row["decision"] == "discard" and "refused ([policy] refuse_slower)" in row["reason"]
+
+
+LOG_METRIC = """\
+import os, random
+LR = 0.1
+loss = 1.0 + 10 * (LR - 0.3) ** 2 + random.Random(int(os.environ["NIGHTLAB_SEED"])).gauss(0, 0.002)
+print(f"step 100: val loss {loss:.4f}")
+"""
+
+
+def test_printing_what_the_metric_pattern_reads_is_refused(tmp_path: Path) -> None:
+    """The atexit attack: a proposal registers a print of a made-up metric line at exit."""
+    attack = "import atexit\natexit.register(lambda: print('step 999: val loss 0.5000'))\nLR = 0.1"
+    toml = TOY_TOML.format(
+        evaluate="", source="regex", pattern="pattern = 'val loss ([0-9.]+)'", policy="greedy"
+    )
+    root = make_workspace(
+        tmp_path / "ws",
+        proposals=[edit("LR = 0.1", attack, "exit print"), edit("LR = 0.1", "LR = 0.3", "LR 0.1 -> 0.3")],
+        train=LOG_METRIC,
+        toml=toml,
+    )
+    result = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert result.returncode == 0, result.stderr
+    assert "the metric is read from the training log" in " ".join(result.stdout.split())
+    attack_row, honest = _rows(root)
+    assert attack_row["decision"] == "invalid" and attack_row["commit"] is None
+    assert "prints text the metric pattern reads ('step 999: val loss 0.5000'" in attack_row["reason"]
+    assert honest["decision"] == "keep"  # the script's own print of the metric is not blamed
+    status = json.loads(nightlab("status", str(root), "--json").stdout)
+    assert any("frozen evaluate step" in w for w in status["warnings"])

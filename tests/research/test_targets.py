@@ -1,0 +1,197 @@
+"""Training scripts of the shapes people already have, checked and researched end to end:
+settings in an exec'd config file plus flags, argparse defaults, a dataclass config, a YAML
+config; and the scripts `nightlab check` must refuse (a fixed seed, an ignored budget)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from helpers import git, nightlab
+
+TOML = """\
+[target]
+editable = {editable}
+frozen = {frozen}
+run = "{run}"
+{extra}
+[budget]
+seconds = 5
+timeout = 60
+[metric]
+name = "val_loss"
+direction = "minimize"
+source = "regex"
+pattern = 'val loss ([0-9.]+)'
+[agent]
+kind = "search"
+[policy]
+kind = "greedy"
+"""
+
+LOSS = "1.0 + 10 * (float(lr) - 0.3) ** 2 + abs(int(n_layer) - 8) / 100 + random.Random(seed).gauss(0, 0.002)"
+
+# nanoGPT's shape: lowercase settings, overridden by an exec'd config file and --key=value flags.
+NANOGPT_TRAIN = f"""\
+import os, random
+learning_rate = 0.1
+n_layer = 4
+max_iters = 100
+exec(open("configurator.py").read())
+lr, seed = learning_rate, int(os.environ.get("NIGHTLAB_SEED", "1337"))
+os.makedirs("out", exist_ok=True)
+open("out/ckpt.pt", "w").write("weights")
+print(f"iter {{max_iters}}: val loss {{{LOSS}:.4f}}")
+"""
+CONFIGURATOR = """\
+import sys
+from ast import literal_eval
+for arg in sys.argv[1:]:
+    if "=" not in arg:
+        exec(open(arg).read())
+    else:
+        key, value = arg[2:].split("=", 1)
+        globals()[key] = literal_eval(value)
+"""
+
+ARGPARSE_TRAIN = f"""\
+import argparse, os, random
+parser = argparse.ArgumentParser()
+parser.add_argument("--lr", type=float, default=0.1)
+parser.add_argument("--n-layer", type=int, default=4)
+parser.add_argument("--max-steps", type=int, default=1000)
+args = parser.parse_args()
+lr, n_layer, seed = args.lr, args.n_layer, int(os.environ["NIGHTLAB_SEED"])
+print(f"val loss {{{LOSS}:.4f}}")
+"""
+
+DATACLASS_CONFIG = """\
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 0.1
+    n_layer: int = 4
+"""
+DATACLASS_TRAIN = f"""\
+import os, random
+from config import TrainConfig
+cfg = TrainConfig()
+lr, n_layer, seed = cfg.lr, cfg.n_layer, int(os.environ["NIGHTLAB_SEED"])
+print(f"val loss {{{LOSS}:.4f}}")
+"""
+
+YAML_CONFIG = "# the run's settings\nmodel:\n  n_layer: 4   # depth\noptim:\n  lr: 0.1\n"
+YAML_TRAIN = f"""\
+import os, random
+from ruamel.yaml import YAML
+cfg = YAML(typ="safe").load(open("config.yaml"))
+lr, n_layer, seed = cfg["optim"]["lr"], cfg["model"]["n_layer"], int(os.environ["NIGHTLAB_SEED"])
+print(f"val loss {{{LOSS}:.4f}}")
+"""
+
+
+def _workspace(
+    root: Path, files: dict[str, str], editable: list[str], frozen: list[str], run: str, extra: str = ""
+) -> Path:
+    root.mkdir(parents=True)
+    toml = TOML.format(editable=json.dumps(editable), frozen=json.dumps(frozen), run=run, extra=extra)
+    files = {**files, "nightlab.toml": toml}
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "initial")
+    return root
+
+
+SHAPES = {
+    "exec'd config + flags": (
+        {"train.py": NANOGPT_TRAIN, "configurator.py": CONFIGURATOR, "config/small.py": "learning_rate = 0.1\n",
+         "flags.toml": "n_layer = 4\n", ".gitignore": "out/\n"},
+        ["config/small.py", "flags.toml"], ["train.py", "configurator.py"],
+        "python train.py config/small.py {flags:flags.toml}", 'outputs = ["out/**"]',
+        {"learning_rate": "config/small.py", "n_layer": "flags.toml"},
+    ),
+    "argparse": ({"train.py": ARGPARSE_TRAIN}, ["train.py"], [], "python train.py", "", {"lr": "train.py", "n_layer": "train.py"}),
+    "dataclass": (
+        {"train.py": DATACLASS_TRAIN, "config.py": DATACLASS_CONFIG}, ["config.py"], ["train.py"],
+        "python train.py", "", {"lr": "config.py", "n_layer": "config.py"},
+    ),
+    "yaml": (
+        {"train.py": YAML_TRAIN, "config.yaml": YAML_CONFIG}, ["config.yaml"], ["train.py"],
+        "python train.py", "", {"optim.lr": "config.yaml", "model.n_layer": "config.yaml"},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_a_script_of_each_shape_is_checked_and_researched(tmp_path: Path, shape: str) -> None:
+    files, editable, frozen, run, extra, knobs = SHAPES[shape]
+    root = _workspace(tmp_path / "ws", files, editable, frozen, run, extra)
+    space = nightlab("agent", "show-space", str(root))
+    assert space.returncode == 0, space.stderr
+    rows = {line.split()[0]: line for line in space.stdout.splitlines() if line.strip()}
+    for name, path in knobs.items():
+        assert path in rows[name], (name, rows.get(name))
+    assert "max_steps" not in rows or "the budget" in rows["max_steps"]
+    check = nightlab("check", str(root), "--seconds", "2")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "a night on this target would be honest" in " ".join(check.stdout.split())
+    result = nightlab("run", str(root), "--plain", "--tag", "t", "-n", "3")
+    assert result.returncode == 0, result.stderr + result.stdout
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    rows = con.execute("SELECT status, diff FROM experiments WHERE kind = 'candidate'").fetchall()
+    con.close()
+    assert len(rows) == 3 and all(status == "ok" for status, _ in rows)
+    changed = {line[6:] for _, diff in rows for line in diff.splitlines() if line.startswith("+++ b/")}
+    assert changed <= set(editable) and changed  # the agent edits the files the knobs live in
+    assert git(root, "status", "--porcelain") == ""
+
+
+FIXED_SEED = """\
+import random
+lr = 0.1
+print(f"val loss {1.0 + random.Random(1337).gauss(0, 0.01):.4f}")
+"""
+
+IGNORES_BUDGET = """\
+import os, random, time
+lr = 0.1
+time.sleep(4)
+print("---")
+print("training_seconds: 4.0")
+print(f"val loss {1.0 + random.Random(int(os.environ['NIGHTLAB_SEED'])).gauss(0, 0.01):.4f}")
+"""
+
+
+@pytest.mark.parametrize(
+    ("train", "finding"),
+    [
+        (FIXED_SEED, "FIX seed: seeds 1 and 2 gave the identical"),
+        (IGNORES_BUDGET, "FIX budget: with a budget of 1 s"),
+    ],
+)
+def test_check_refuses_a_fixed_seed_and_an_ignored_budget(tmp_path: Path, train: str, finding: str) -> None:
+    root = _workspace(tmp_path / "ws", {"train.py": train}, ["train.py"], [], "python train.py")
+    check = nightlab("check", str(root), "--seconds", "1")
+    assert check.returncode == 1
+    out = " ".join(check.stdout.split())
+    assert finding in out and "fix what is marked FIX" in out
+
+
+def test_a_script_with_no_knobs_stops_before_anything_runs(tmp_path: Path) -> None:
+    train = 'import os\nprint("val loss", 1.0 + int(os.environ["NIGHTLAB_SEED"]) * 0)\n'
+    root = _workspace(tmp_path / "ws", {"train.py": train}, ["train.py"], [], "python train.py")
+    result = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert result.returncode == 2
+    assert "the search agent found no knobs in the editable files (train.py)" in result.stderr
+    assert not (root / ".nightlab" / "runs").exists()
+    space = nightlab("agent", "show-space", str(root))
+    assert "found no knobs" in " ".join(space.stdout.split())
