@@ -8,6 +8,8 @@ round is reported and the median ratio is the headline.
 
     python benchmarks/tokens_per_second.py --rounds 5 --steps 5 --threads 2
     python benchmarks/tokens_per_second.py --rounds 30 --steps 1 --ablate   # what each feature costs
+    git show HEAD:src/nightlab/templates/gpt/train.py > /tmp/before.py
+    python benchmarks/tokens_per_second.py --against /tmp/before.py          # a change, side by side
 
 The baseline (naive_gpt.py) is what one writes first: learned position embeddings, LayerNorm,
 fused QKV, SDPA with is_causal, GELU MLP, untied lm_head, torch.optim.AdamW; once without biases
@@ -55,13 +57,14 @@ ABLATIONS: dict[str, dict[str, object]] = {
 }
 
 
-def load_train(tag: str, overrides: dict[str, object]):
-    """A fresh copy of the template's train.py module with some constants or functions replaced.
+def load_train(tag: str, overrides: dict[str, object], path: Path = TEMPLATE / "train.py"):
+    """A fresh copy of the template's train.py module (or of `path`) with some constants or
+    functions replaced.
 
     Each copy is its own module object, so several variants live in one process and alternate
     round by round (the only comparison that survives a shared machine's drifting load).
     """
-    spec = importlib.util.spec_from_file_location(f"train_{tag}", TEMPLATE / "train.py")
+    spec = importlib.util.spec_from_file_location(f"train_{tag}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for name, value in overrides.items():
@@ -97,6 +100,12 @@ def main() -> None:
         help="override one of train.py's constants for this measurement, e.g. WINDOW_PATTERN='SSSL'",
     )
     parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="FILE",
+        help="another train.py (an earlier version, a variant) timed in the same rounds",
+    )
+    parser.add_argument(
         "--ablate",
         action="store_true",
         help="also time train.py with each extra feature switched off, and all of them off",
@@ -109,6 +118,8 @@ def main() -> None:
 
     knobs = parse_sets(args.set)
     variants = {"train.py": load_train("shipped", knobs)}
+    if args.against:
+        variants["against"] = load_train("against", knobs, args.against)
     if args.ablate:
         for i, (label, overrides) in enumerate(ABLATIONS.items()):
             variants[label] = load_train(f"ablation{i}", {**knobs, **overrides})
@@ -170,6 +181,15 @@ def main() -> None:
         print(
             f"median {name}: {tokens / statistics.median(seconds[name]):,.0f} tok/s | train.py / {name} = {ratio:.2f}x "
             f"(best rounds: {min(seconds[name]) / min(ours):.2f}x)"
+        )
+    if args.against:
+        ratio = statistics.median(b / a for a, b in zip(ours, seconds["against"], strict=True))
+        print(
+            f"median {args.against.name}: {tokens / statistics.median(seconds['against']):,.0f} tok/s | "
+            f"train.py / {args.against.name} = {ratio:.3f}x (best rounds: "
+            f"{min(seconds['against']) / min(ours):.3f}x; per-round ratios "
+            f"{min(b / a for a, b in zip(ours, seconds['against'], strict=True)):.2f}-"
+            f"{max(b / a for a, b in zip(ours, seconds['against'], strict=True)):.2f})"
         )
     if args.ablate:
         # Paired by round: what a variant saves is the median over rounds of (shipped - variant)

@@ -7,11 +7,13 @@ block. data.py, harness.py and evaluation.py are frozen: the settings, the data,
 export and the evaluation (val_bpb) live there, so that results stay comparable.
 
 Every knob is a module-level constant in the block below: change a literal, rerun, compare.
-The same file runs on CPU (fp32, eager) and CUDA (bf16 autocast, torch.compile).
+The same file runs on CPU (fp32, eager) and CUDA (bf16 autocast, torch.compile; sliding
+windows through FlexAttention there).
 """
 
 import math
 import os
+import re
 import resource
 import time
 from contextlib import nullcontext
@@ -19,6 +21,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 T_START = time.time()  # total_seconds counts from here: imports, data, compile, training
 
@@ -69,6 +72,7 @@ WARMDOWN_RATIO = 0.5  # linear decay to FINAL_LR_FRAC over the last part of the 
 FINAL_LR_FRAC = 0.0  # lr multiplier at the end of the budget
 # Runtime
 COMPILE = "auto"  # torch.compile: "auto" = on CUDA only, "on", "off"
+WINDOW_ATTENTION = "flex"  # S layers on CUDA when compiled: "flex" (skips masked blocks) or "sdpa" (masked)
 DEVICE = "auto"  # "auto" = cuda when available, else cpu; or "cpu", "cuda", "cuda:1"
 # ---------------------------------------------------------------------------------------------
 
@@ -96,6 +100,18 @@ def select_compile(request: str, device: torch.device) -> bool:
     return device.type == "cuda" if request == "auto" else request == "on"
 
 
+def select_flex_attention(request: str, device: torch.device, compiled: bool) -> bool:
+    """Whether sliding-window layers use FlexAttention: on CUDA under torch.compile only.
+
+    Compiled on CUDA it is a fused kernel that skips the blocks outside the window, where SDPA
+    with an explicit mask leaves the flash kernel and computes every block. FlexAttention has no
+    backward on CPU, and uncompiled it materialises all scores; SDPA is the path there.
+    """
+    if request not in ("flex", "sdpa"):
+        raise SystemExit(f"train.py: WINDOW_ATTENTION must be 'flex' or 'sdpa', not {request!r}")
+    return request == "flex" and compiled and device.type == "cuda"
+
+
 def model_width(depth: int, aspect_ratio: int, head_dim: int) -> int:
     """Width grows with depth (one knob scales the model); rounded up to whole heads."""
     return -(-depth * aspect_ratio // head_dim) * head_dim
@@ -111,17 +127,46 @@ def window_sizes(pattern: str, depth: int, seq_len: int, short_frac: float) -> l
     return spans
 
 
+def mean_span(window: int, seq_len: int) -> float:
+    """Keys a query attends to, averaged over the positions of a causal row of seq_len tokens."""
+    w = min(window, seq_len)
+    return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
+
+
+_BLOCK_MASKS: dict[tuple[int, int, str], BlockMask] = {}
+
+
+def sliding_window_block_mask(seq_len: int, window: int, device: torch.device) -> BlockMask:
+    """FlexAttention's mask of a causal window: query t sees keys s with t - window < s <= t.
+
+    Building one evaluates the rule over all seq_len^2 pairs, so it is built once per (length,
+    window, device) and shared by every layer with that window. The kernel skips the 128 x 128
+    blocks it marks empty and applies the rule only inside blocks it marks partial.
+    """
+    key = (seq_len, window, str(device))
+    if key not in _BLOCK_MASKS:
+
+        def in_window(b, h, q, kv):
+            return (kv <= q) & (q - kv < window)
+
+        _BLOCK_MASKS[key] = create_block_mask(in_window, None, None, seq_len, seq_len, device=device)
+    return _BLOCK_MASKS[key]
+
+
 def has_value_embed(layer: int, depth: int) -> bool:
     """Value embeddings on alternating layers, always including the last one."""
     return VALUE_EMBEDS and layer % 2 == (depth - 1) % 2
 
 
 class RMSNorm(torch.autograd.Function):
-    """RMSNorm without a learned gain, with a hand-written backward.
+    """RMSNorm without a learned gain, with a hand-written backward (eager runs only).
 
     PyTorch's eager backward of F.rms_norm (and of relu(x).square() below) runs several
     full-size elementwise passes; on CPU those dominated the step. These functions keep the
-    same maths in fewer passes. torch.export and torch.compile trace through them.
+    same maths in fewer passes. Under torch.compile (and torch.export) the plain operations
+    run instead: inductor fuses their backward itself, and AOTAutograd's compile cache skips
+    any graph that holds a custom autograd Function, so each run would trace and partition the
+    backward again instead of loading the compiled step of an earlier run of the same shapes.
     """
 
     @staticmethod
@@ -160,7 +205,16 @@ class ReLUSquared(torch.autograd.Function):
 
 def norm(x: torch.Tensor) -> torch.Tensor:
     """RMSNorm without a learned gain (the matrix that follows carries the scale)."""
+    if torch.compiler.is_compiling():
+        return F.rms_norm(x, (x.size(-1),), eps=1e-6)
     return RMSNorm.apply(x)
+
+
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    """relu(x)^2: the hand-written backward eagerly, plain operations for the compiler (see RMSNorm)."""
+    if torch.compiler.is_compiling():
+        return F.relu(x).square()
+    return ReLUSquared.apply(x)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -196,6 +250,20 @@ class Attention(nn.Module):
         )
         self.scale = QK_SCALE / math.sqrt(HEAD_DIM)
         self.window = window if window < seq_len else None  # None = full causal attention
+        self.block_mask: BlockMask | None = None  # set by GPT.use_flex_attention
+
+    def uses_flex(self, T: int) -> bool:
+        """FlexAttention where it is a fused kernel: compiled (not exported), at its mask's length.
+
+        The exported model is evaluated eagerly, where FlexAttention would materialise every
+        score, so torch.export records the SDPA path (the same maths).
+        """
+        return (
+            self.block_mask is not None
+            and self.block_mask.shape[-2] == T
+            and torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting()
+        )
 
     def forward(
         self, x: torch.Tensor, ve: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
@@ -211,10 +279,19 @@ class Attention(nn.Module):
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))
             v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, HEAD_DIM)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.uses_flex(T):
+            # Contiguous [B, H, T, D] inputs in one dtype: the layout FlexAttention's kernels are
+            # tested with (torch 2.13's CPU kernel returned wrong values for v as a strided view
+            # of the qkv matmul), and v in q's dtype as autocast gives SDPA (value embeddings
+            # make v fp32). The compiler writes q and k in this layout directly; v costs a copy.
+            q, k, v = q.contiguous(), k.contiguous(), v.to(q.dtype).contiguous()
+            gqa = self.n_kv_head != self.n_head
+            y = flex_attention(q, k, v, block_mask=self.block_mask, scale=self.scale, enable_gqa=gqa)
+            return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
         if self.n_kv_head != self.n_head:
             rep = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        if self.window is None:
+        if self.window is None:  # the causal flash kernel on CUDA
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         else:  # built per call (cheap) so that any T <= SEQ_LEN works, exported models too
             i = torch.arange(T, device=x.device)
@@ -237,7 +314,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c_fc(x)
         if ACTIVATION == "relu2":
-            h = ReLUSquared.apply(h)
+            h = relu_squared(h)
         elif ACTIVATION == "gelu":
             h = F.gelu(h)
         elif ACTIVATION == "silu":
@@ -319,12 +396,28 @@ class GPT(nn.Module):
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
+    def use_flex_attention(self) -> None:
+        """Sliding-window layers run FlexAttention from now on when compiled (see Attention.uses_flex).
+
+        The block masks are built here, eagerly, for the full sequence on the model's device:
+        built inside the compiled forward, they would be recomputed at every call.
+        """
+        seq_len, device = self.cos.size(1), self.cos.device
+        for block in self.blocks:
+            if block.attn.window is not None:
+                block.attn.block_mask = sliding_window_block_mask(seq_len, block.attn.window, device)
+
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token: 6 per matrix weight plus attention scores (causal span)."""
+        """Training FLOPs per token: 6 per matrix weight, plus 12 * width per attended key.
+
+        A key counts where the query attends to it: the causal triangle, cut by each layer's
+        window (an S layer at half the sequence attends to 3/8 of it on average, not 1/4).
+        Masked scores a kernel computes anyway are not useful work and do not count.
+        """
         matrix = (
             sum(p.numel() for p in self.blocks.parameters() if p.dim() == 2) + self.lm_head.weight.numel()
         )
-        attn = sum(12 * self.width * min(w, seq_len) / 2 for w in self.windows)
+        attn = sum(12 * self.width * mean_span(w, seq_len) for w in self.windows)
         return 6 * matrix + attn
 
 
@@ -419,17 +512,39 @@ def muon_momentum(progress: float) -> float:
     return MUON_MOMENTUM_START + (MUON_MOMENTUM - MUON_MOMENTUM_START) * frac
 
 
-def peak_flops(device: torch.device) -> float | None:
-    """Dense bf16 peak of the GPU, for MFU. None where unknown."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, flops in (("H100", 989e12), ("H200", 989e12), ("H800", 989e12), ("A100", 312e12)):
-        if key in name:
-            return flops
-    for key, flops in (("L40S", 362e12), ("A10", 125e12), ("4090", 165e12), ("3090", 71e12)):
-        if key in name:
-            return flops
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, which print the figure
+# "with sparsity": half of it is the dense peak a transformer can use. Matched in order, as
+# whole words, against torch.cuda.get_device_name(): "H100 PCIe" before "H100", "L40S" before
+# "L40" before "L4"; "A10" does not match "A10G", whose figure NVIDIA does not publish.
+_PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0),  # H100 datasheet: 1,513 with sparsity
+    ("H100 NVL", 835.0),  # 1,671 with sparsity
+    ("H100", 989.0),  # SXM5: 1,979 with sparsity
+    ("H200 NVL", 835.0),  # H200 datasheet: 1,671 with sparsity
+    ("H200", 989.0),  # SXM: 1,979 with sparsity
+    ("GH200", 989.0),  # GH200 datasheet: 1,979 with sparsity
+    ("H800 PCIe", 756.0),  # the H100 PCIe's tensor cores
+    ("H800", 989.0),  # the H100 SXM5's tensor cores
+    ("A100", 312.0),  # A100 datasheet, 40 and 80 GB, SXM and PCIe: 624 with sparsity
+    ("A800", 312.0),  # the A100's tensor cores
+    ("L40S", 362.0),  # L40S datasheet: 733 with sparsity
+    ("L40", 181.0),  # L40 datasheet: 362 with sparsity
+    ("L4", 121.0),  # L4 datasheet: 242 with sparsity
+    ("A10", 125.0),  # A10 datasheet: 250 with sparsity
+    ("RTX A6000", 155.0),  # Ampere GA102 whitepaper: 309.7 with sparsity
+    ("RTX 4090", 165.0),  # Ada whitepaper, fp32 accumulate: 330.3 with sparsity
+    ("RTX 3090", 71.0),  # Ampere GA102 whitepaper, fp32 accumulate: 142 with sparsity
+)
+
+
+def peak_flops(device_name: str | None) -> float | None:
+    """Dense bf16 peak (FLOP/s) of the GPU named `device_name`, for MFU; None where unknown.
+
+    An unknown GPU gets no MFU rather than a guessed one: add its datasheet figure above.
+    """
+    for key, tflops in _PEAK_BF16_TFLOPS if device_name else ():
+        if re.search(rf"\b{re.escape(key)}\b", device_name, re.IGNORECASE):
+            return tflops * 1e12
     return None
 
 
@@ -465,20 +580,28 @@ def train() -> None:
     loader = harness.make_train_loader(DEVICE_BATCH_SIZE, seq_len, device=device, seed=seed)
     vocab_size = data.get_tokenizer().vocab_size
 
-    model = GPT(vocab_size, seq_len).to(device)
+    with device:  # initialised where it trains: no copy, and no CPU pass over the weights
+        model = GPT(vocab_size, seq_len)
     num_params = sum(p.numel() for p in model.parameters())
     flops_per_token = model.flops_per_token(seq_len)
     optimizers = build_optimizers(model)
     compiled = select_compile(COMPILE, device)
+    flex = select_flex_attention(WINDOW_ATTENTION, device, compiled)
+    if flex:
+        model.use_flex_attention()
     step_model = torch.compile(model, dynamic=False) if compiled else model
     untimed_steps = 2 if compiled else 1  # warm-up (compilation, allocator) is not training time
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    flops = peak_flops(gpu)  # every GPU the table knows trains in bf16 (sm80+)
+    peak = f"{flops / 1e12:.0f} TFLOP/s bf16 peak" if flops else "peak unknown: no MFU"
     print(
-        f"device {device} dtype {str(dtype).removeprefix('torch.')} compile {step_model is not model} | "
-        f"depth {DEPTH} width {model.width} heads {model.width // HEAD_DIM} windows {model.windows} | "
-        f"params {num_params / 1e6:.2f}M | batch {TOTAL_BATCH_SIZE} tokens = {grad_accum} x "
-        f"{DEVICE_BATCH_SIZE} x {seq_len}",
+        f"device {device}{f' ({gpu}, {peak})' if gpu else ''} dtype {str(dtype).removeprefix('torch.')} "
+        f"compile {compiled} | depth {DEPTH} width {model.width} heads {model.width // HEAD_DIM} "
+        f"windows {model.windows} ({'flex' if flex else 'sdpa'}) | params {num_params / 1e6:.2f}M | "
+        f"batch {TOTAL_BATCH_SIZE} tokens = {grad_accum} x {DEVICE_BATCH_SIZE} x {seq_len}",
         flush=True,
     )
+    startup_seconds, warmup_seconds = time.time() - T_START, 0.0
 
     training_seconds, tokens, step, logged = 0.0, 0, 0, -1
     x, y = next(loader)
@@ -504,6 +627,14 @@ def train() -> None:
         dt = time.time() - t0
         if step >= untimed_steps:
             training_seconds += dt
+        else:
+            warmup_seconds += dt
+            if step == untimed_steps - 1:  # what a warm compile cache shortens: see program.md
+                print(
+                    f"start-up {startup_seconds:.1f} s | warm-up {warmup_seconds:.1f} s in {untimed_steps} "
+                    f"untimed steps{' (compilation included)' if compiled else ''}",
+                    flush=True,
+                )
         step += 1
         tokens += TOTAL_BATCH_SIZE
         if int(10 * budget.progress(training_seconds, tokens, step)) > logged:  # every 10% of budget
@@ -518,7 +649,7 @@ def train() -> None:
 
     total_seconds = time.time() - T_START
     memory_mb = peak_memory_mb(device)
-    flops, mfu = peak_flops(device), None
+    mfu = None
     if flops is not None and training_seconds > 0:
         timed_tokens = (step - min(step, untimed_steps)) * TOTAL_BATCH_SIZE
         mfu = 100 * flops_per_token * timed_tokens / training_seconds / flops
