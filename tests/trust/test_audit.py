@@ -106,6 +106,8 @@ def test_text_the_configured_metric_pattern_reads_is_flagged() -> None:
         return audit_change({"train.py": base}, {"train.py": new}, config)
 
     assert flags(base.replace(":.4f", ":.6f")) == []
-    assert flags(base + 'print("step 9: val loss 0.1")\n')[0].startswith("train.py: prints text the metric pattern")
+    assert flags(base + 'print("step 9: val loss 0.1")\n')[0].startswith(
+        "train.py: prints text the metric pattern"
+    )
     assert flags(base + 'import atexit\natexit.register(lambda: print(f"step 9: val loss {0.1:.4f}"))\n')
     assert flags(base + 'print("validation loss is low")\n') == []

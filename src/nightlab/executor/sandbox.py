@@ -264,7 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("CUDA_CACHE_PATH", os.path.join(SCRATCH[0], f"nightlab-cuda-cache-{os.getuid()}"))
     # torch.compile's caches (inductor's FX graphs, AOTAutograd) persist across runs of the same
     # shapes, so a run's compilation is paid once per graph, not once per experiment.
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(SCRATCH[0], f"nightlab-inductor-{os.getuid()}"))
+    os.environ.setdefault(
+        "TORCHINDUCTOR_CACHE_DIR", os.path.join(SCRATCH[0], f"nightlab-inductor-{os.getuid()}")
+    )
     os.execvp(program[0], program)
     return 127  # pragma: no cover - execvp does not return
 
