@@ -6,6 +6,7 @@ than a silently ignored setting; every error is one line naming the file, table 
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +37,9 @@ class TargetConfig(_Strict):
     setup: str | None = None
     # Environment variables added to every run (never secrets: those go in [run] allow_env).
     env: dict[str, str] = Field(default_factory=dict)
+    # A frozen command run beside the training process that scores its checkpoints (progress
+    # points for pruning and time-to-target), so the training process never holds val data.
+    progress_evaluate: str | None = None
     # Globs of files a run may write in its worktree (checkpoints, samples); they are moved into
     # the run directory (outputs/) after the run. Anything else it writes makes the run invalid.
     outputs: list[str] = Field(default_factory=list)
@@ -45,13 +49,16 @@ class BudgetConfig(_Strict):
     seconds: float | None = Field(default=None, gt=0)
     tokens: int | None = Field(default=None, gt=0)
     steps: int | None = Field(default=None, gt=0)
+    # Counted training FLOPs (6 per matrix weight per token plus attention): like tokens,
+    # independent of the machine's load, but a bigger model gets fewer tokens, as under seconds.
+    flops: float | None = Field(default=None, gt=0)
     timeout: float = Field(default=600, gt=0)
     # Hard limit for the separate evaluate command.
     evaluate_timeout: float = Field(default=300, gt=0)
 
     @model_validator(mode="after")
     def _one_budget(self) -> BudgetConfig:
-        if self.seconds is None and self.tokens is None and self.steps is None:
+        if self.seconds is None and self.tokens is None and self.steps is None and self.flops is None:
             self.seconds = 60
         if self.seconds is not None and self.seconds >= self.timeout:
             raise ValueError(f"timeout ({self.timeout:g}) must be larger than seconds ({self.seconds:g})")
@@ -66,6 +73,8 @@ class BudgetConfig(_Strict):
             out["NIGHTLAB_BUDGET_TOKENS"] = str(self.tokens)
         if self.steps is not None:
             out["NIGHTLAB_BUDGET_STEPS"] = str(self.steps)
+        if self.flops is not None:
+            out["NIGHTLAB_BUDGET_FLOPS"] = f"{self.flops:.6g}"
         return out
 
 
@@ -77,6 +86,10 @@ class MetricConfig(_Strict):
     file: str = "metrics.json"
     # Secondary metric recorded but never shown to agents (the holdout split).
     holdout: str | None = None
+    # Intermediate values while a run trains, read from its log when the target writes no
+    # progress file: group 1 around the metric; optional named groups fraction, step, seconds,
+    # tokens place the point in the budget (else the wall time since start, under seconds).
+    progress_pattern: str | None = None
 
     @model_validator(mode="after")
     def _pattern_for_regex(self) -> MetricConfig:
@@ -85,15 +98,32 @@ class MetricConfig(_Strict):
                 raise ValueError(
                     "source = \"regex\" needs a pattern with one group, e.g. '^val_bpb:\\s*([-+0-9.eE]+)'"
                 )
-            import re
-
             try:
                 compiled = re.compile(self.pattern)
             except re.error as exc:
                 raise ValueError(f"pattern is not a valid regular expression: {exc}") from exc
             if compiled.groups < 1:
                 raise ValueError("pattern needs one capture group around the number")
+        if self.progress_pattern is not None:
+            try:
+                progress = re.compile(self.progress_pattern)
+            except re.error as exc:
+                raise ValueError(f"progress_pattern is not a valid regular expression: {exc}") from exc
+            if metric_group(progress) is None:
+                raise ValueError(
+                    "progress_pattern needs a capture group around the metric: an unnamed one, "
+                    "or (?P<value>...), e.g. 'step (?P<step>\\d+): .*val loss ([0-9.]+)'"
+                )
         return self
+
+
+def metric_group(pattern: re.Pattern[str]) -> int | str | None:
+    """The group of a ``progress_pattern`` that holds the metric: ``value`` when named, else the
+    first unnamed group (named groups place the point: step, seconds, tokens, fraction)."""
+    if "value" in pattern.groupindex:
+        return "value"
+    named = set(pattern.groupindex.values())
+    return next((i for i in range(1, pattern.groups + 1) if i not in named), None)
 
 
 class KindSection(BaseModel):
@@ -129,10 +159,29 @@ class PolicySection(KindSection):
     # decision reason (a gain bought with compute); refuse_slower turns such keeps into discards.
     slower_ratio: float = Field(default=1.25, gt=1)
     refuse_slower: bool = False
+    # Early stopping: a candidate's first run whose curve is worse than the incumbent's at the
+    # same share of the budget by more than the noise allows is stopped and recorded as pruned.
+    prune: bool = True
+    # Shares of the budget at which a run may be pruned, and how sure the pruner must be.
+    prune_at: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75])
+    prune_confidence: float = Field(default=0.99, gt=0.5, lt=1)
+
+    @model_validator(mode="after")
+    def _shares(self) -> PolicySection:
+        if any(not 0 < share < 1 for share in self.prune_at):
+            raise ValueError("prune_at: shares of the budget, each between 0 and 1 (e.g. [0.25, 0.5])")
+        return self
 
 
 class ExecutorSection(KindSection):
     kind: str = "local"
+
+
+class PrunerSection(KindSection):
+    """``[pruner]``: which rule stops hopeless runs (``[policy] prune`` switches pruning on or
+    off; ``prune_at`` and ``prune_confidence`` there hold for every rule)."""
+
+    kind: str = "incumbent"
 
 
 class TrackersSection(BaseModel):
@@ -193,6 +242,7 @@ class Config(_Strict):
     agent: AgentSection = Field(default_factory=AgentSection)
     policy: PolicySection = Field(default_factory=PolicySection)
     executor: ExecutorSection = Field(default_factory=ExecutorSection)
+    pruner: PrunerSection = Field(default_factory=PrunerSection)
     run: RunConfig = Field(default_factory=RunConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     scales: dict[str, ScaleConfig] = Field(default_factory=dict)

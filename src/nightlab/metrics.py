@@ -54,3 +54,52 @@ def parse_log_metric(text: str, pattern: str) -> float | None:
         except (IndexError, ValueError):
             continue
     return value
+
+
+# A run's progress points (docs/CONFIG.md, progress): the frozen progress evaluator's scores of
+# the run's checkpoints, the run's own progress lines, and the older time-to-target curve file.
+EVAL_PROGRESS_FILE = "progress.eval.jsonl"
+PROGRESS_FILE = "progress.jsonl"
+LEGACY_CURVE_FILE = "curve.jsonl"
+
+
+def read_curve_points(run_dir: Path, metric_name: str) -> list[dict[str, float]]:
+    """The metric of a run at its checkpoints, oldest first: dicts with ``value`` and whichever of
+    ``seconds`` (training seconds), ``tokens``, ``step``, ``fraction`` the line gave.
+
+    Read from the progress evaluator's file when there is one, else from the run's own progress
+    lines that carry the metric, else from ``curve.jsonl`` (runs recorded before progress files);
+    lines without a finite metric are skipped.
+    """
+    for name in (EVAL_PROGRESS_FILE, PROGRESS_FILE, LEGACY_CURVE_FILE):
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        points = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(data, dict):
+                continue
+            value = _finite(data.get(metric_name))
+            if value is None:
+                continue
+            point = {"value": value}
+            for key, source in (("seconds", "seconds"), ("seconds", "training_seconds"), ("tokens", "tokens"),
+                                ("step", "step"), ("fraction", "fraction")):  # fmt: skip
+                number = _finite(data.get(source))
+                if number is not None:
+                    point.setdefault(key, number)
+            points.append(point)
+        if points:
+            return points
+    return []
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if number == number and abs(number) != float("inf") else None

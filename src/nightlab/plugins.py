@@ -7,7 +7,7 @@ executors) finds it three ways, cheapest first:
 1. kinds added at run time with :meth:`Registry.add` (a test, a script that drives nightlab);
 2. the part's built-in modules, by name, imported only when asked for;
 3. installed packages that declare an entry point in the part's group (``nightlab.agents``,
-   ``nightlab.policies``, ``nightlab.executors``) naming their module
+   ``nightlab.policies``, ``nightlab.executors``, ``nightlab.pruners``) naming their module
    (``[project.entry-points."nightlab.agents"] tiny = "tiny_agent"``).
 
 The settings of a kind live in nightlab.toml in the part's table, ``[agent.NAME]`` for the

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -223,6 +224,7 @@ class RunStatus(str, Enum):
     OOM = "oom"
     NAN = "nan"
     INVALID = "invalid"
+    PRUNED = "pruned"  # stopped early: its curve was hopeless against the incumbent's
 
     @property
     def failed(self) -> bool:
@@ -248,6 +250,9 @@ class RunSpec:
     allow_env: list[str] = field(default_factory=list)
     # Slot resources, e.g. {"CUDA_VISIBLE_DEVICES": "0"}; the executor sets these.
     slot_env: dict[str, str] = field(default_factory=dict)
+    # Asked while the command runs (a few times a second): a reason to stop it early, recorded
+    # as ``pruned`` with that reason, or None to let it go on (the pruner watching its progress).
+    stop_when: Callable[[], str | None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -264,6 +269,8 @@ class RunResult:
     exit_code: int | None = None
     reason: str = ""  # why the status is what it is, one line ("killed after 180 s timeout")
     log_path: str | None = None
+    # Progress points while it trained (research.progress.Point as dicts), oldest first.
+    progress: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         data = asdict(self)

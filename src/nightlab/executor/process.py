@@ -256,6 +256,10 @@ class _Run:
                 self.kill = self._check_limits(tree, trimmer, now >= next_disk_check)
                 if now >= next_disk_check:
                     next_disk_check = now + _DISK_CHECK_SECONDS
+            if self.kill is None and self.spec.stop_when is not None:
+                why = self.spec.stop_when()  # the pruner: is the curve so far hopeless?
+                if why:
+                    self.kill = Kill(RunStatus.PRUNED, why)
             if self.kill is not None:
                 tree.kill_all(ex.grace_seconds)
                 return

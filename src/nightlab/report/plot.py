@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from nightlab.store.ledger import Ledger
 
 GREY, GREEN, DARK_GREEN, LABEL_GREEN = "#bbbbbb", "#2ecc71", "#27ae60", "#1a7a3a"
-RED, PURPLE, BAND = "#e74c3c", "#8e44ad", "#27ae60"
+RED, PURPLE, BAND, ORANGE = "#e74c3c", "#8e44ad", "#27ae60", "#e67e22"
 LABEL_CHARS = 45
 MAX_LABELS = 25  # beyond this many keeps, label only the biggest steps
 
@@ -69,7 +69,9 @@ def progress_figure(
         if e.decision in ("keep", "baseline", "discard") and e.metric_mean is not None:
             points.append((x, e.metric_mean, e.decision, e.description))
         else:
-            fails.append((x, "invalid" if e.decision == "invalid" else "crash"))
+            fails.append(
+                (x, e.status if e.status == "pruned" else "invalid" if e.decision == "invalid" else "crash")
+            )
     n_total = len(points) + len(fails)
     fig, ax = plt.subplots(figsize=(16, 8))
     try:
@@ -165,7 +167,12 @@ def _labels(ax, points, kept, running, direction: Direction) -> None:  # noqa: A
 
 def _draw_failures(ax, fails) -> None:  # noqa: ANN001
     top = blended_transform_factory(ax.transData, ax.transAxes)
-    for kind, colour, marker, label in (("crash", RED, "x", "Crashed"), ("invalid", PURPLE, "|", "Invalid")):
+    kinds = (
+        ("crash", RED, "x", "Crashed"),
+        ("pruned", ORANGE, "v", "Stopped early"),
+        ("invalid", PURPLE, "|", "Invalid"),
+    )
+    for kind, colour, marker, label in kinds:
         xs = [x for x, k in fails if k == kind]
         if xs:
             ax.scatter(xs, [0.985] * len(xs), transform=top, c=colour, marker=marker, s=30, linewidths=1.2,

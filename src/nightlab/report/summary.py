@@ -73,10 +73,10 @@ def summary_renderable(
         key = (
             ("running" if live else "interrupted")
             if not e.finished
-            else ("skipped" if e.status == "skipped" else e.decision or e.status)
+            else (e.status if e.status in ("skipped", "pruned") else e.decision or e.status)
         )
         counts[key] = counts.get(key, 0) + 1
-    order = ["baseline", "keep", "discard", "crash", "invalid", "skipped", "running", "interrupted"]
+    order = ["baseline", "keep", "discard", "pruned", "crash", "invalid", "skipped", "running", "interrupted"]
     keys = [k for k in order if k in counts] + sorted(k for k in counts if k not in order)
     overview.add_row("Experiments", f"{len(research)} total: " + " · ".join(f"{k} {counts[k]}" for k in keys))
 

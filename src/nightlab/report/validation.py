@@ -4,7 +4,7 @@ Both are drawn from the ledger and the run directories alone, so ``nightlab repo
 them at any time (:func:`write_study_plots`), as ``nightlab validate`` and ``nightlab ablate``
 do when they finish.
 
-The learning curves come from each run's ``curve.jsonl`` (periodic evaluations, see
+The learning curves come from each run's progress points (periodic evaluations, see
 :mod:`nightlab.studies.time_to_target`); runs without one fall back to the training loss their log
 prints (``step N | loss X``), so a plain fixed-budget validation still shows how each side
 learned. The frozen evaluation's final value of every run is a dot at the run's end.
@@ -191,7 +191,7 @@ def _draw_curves(ax, curves, finals, target, metric_name: str, better: str) -> N
     ax.set_xlabel("training seconds")
     ax.set_ylabel(f"{metric_name} ({better} is better)")
     if not curves:
-        ax.text(0.5, 0.95, "no curve.jsonl: run with --eval-interval to record learning curves",
+        ax.text(0.5, 0.95, "no progress points: run with --eval-interval to record learning curves",
                 transform=ax.transAxes, ha="center", fontsize=9, color="#555555")  # fmt: skip
 
 

@@ -121,12 +121,34 @@ def _runs(session: Session, replicates: list[Replicate], budget: BudgetConfig, r
         )
         report.add("seed", not same, detail)
     _budget(replicates, budget, report)
+    if config.policy.prune:
+        _progress(ok, report)
     walls = [r.result.total_seconds for r in replicates]
     evals = [r.result.metrics.get("eval_total_seconds") for r in replicates]
     timing = f"{max(walls):.1f} s per run"
     if any(e is not None for e in evals):
         timing += f", of which {max(e for e in evals if e is not None):.1f} s evaluation"
     report.add("time", True, timing)
+
+
+def _progress(ok: list[Replicate], report: CheckReport) -> None:
+    """Whether hopeless runs can be stopped early: only if runs leave progress points. Not a
+    matter of honesty (a night without pruning is as honest, only slower), so never a failure."""
+    counts = [sum(1 for p in r.result.progress if p.get("value") is not None) for r in ok]
+    if counts and min(counts) > 0:
+        shares = ", ".join(f"{p['x']:.0%}" for p in ok[0].result.progress if p.get("value") is not None)
+        report.add(
+            "progress",
+            True,
+            f"{min(counts)} points per run (at {shares}): hopeless runs can be stopped early",
+        )
+    else:
+        report.add(
+            "progress",
+            True,
+            "no progress points: every run trains to the end (write progress.jsonl lines in the run "
+            "directory, or set [metric] progress_pattern; docs/CONFIG.md)",
+        )
 
 
 def _budget(replicates: list[Replicate], budget: BudgetConfig, report: CheckReport) -> None:

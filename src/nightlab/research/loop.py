@@ -25,13 +25,14 @@ from nightlab.errors import EditError, UserError
 from nightlab.events import Event, EventSink
 from nightlab.research.context import build_context, editable_texts
 from nightlab.research.policy import Evidence, Policy, noise_for, review
+from nightlab.research.pruning import pruner_for
 from nightlab.research.record import Recorder
 from nightlab.research.runner import Replicate, ReplicateRunner
 from nightlab.research.screen import Refusal, screen
 from nightlab.stats import noise_floor
 from nightlab.store.ledger import Ledger
 from nightlab.store.schema import ExperimentRow
-from nightlab.types import Context, Proposal
+from nightlab.types import Context, Proposal, RunStatus
 from nightlab.workspace.git import Workspace
 
 
@@ -201,7 +202,10 @@ class ResearchLoop:
         seed = self.config.run.seed + 1000 * row.id + replicate
         line = f"#{row.id} run {replicate + 1}: {row.description}"
         self.events.emit(Event("run", line, experiment_id=row.id, replicate=replicate))
-        rep = self.runner.run(row.id, replicate, row.commit, seed)
+        pruner = pruner_for(self.config, self.ledger, self.tag, row, replicate)
+        rep = self.runner.run(row.id, replicate, row.commit, seed, pruner=pruner)
+        if rep.result.status is RunStatus.PRUNED and pruner is not None and pruner.evidence:
+            self.recorder.pruned(row, pruner.evidence)
         self.ledger.add_run(row.id, replicate, rep.result, rep.metric, rep.holdout, str(rep.run_dir))
         self.events.emit(Event("run_done", _run_line(row, rep), experiment_id=row.id, replicate=replicate))
 

@@ -159,9 +159,23 @@ class Recorder:
         self._save(row.id)
         self._decided(row.id, reason, "baseline")
 
+    def pruned(self, row: ExperimentRow, evidence: dict) -> None:
+        """Keep a pruned run's evidence with its experiment (``meta.pruned``), before its run row.
+
+        ``estimate`` shifts the incumbent's final mean by the gap seen at the checkpoint: a rough
+        guess an agent may use to rank the configuration, never a measurement (the experiment's
+        metric stays empty, and nothing is decided on it)."""
+        incumbent = self.ledger.incumbent(self.tag)  # the one the pruner compared with
+        final = incumbent.metric_mean if incumbent is not None else None
+        record = dict(evidence)
+        if final is not None and "value" in evidence and "incumbent" in evidence:
+            record["estimate"] = final + (evidence["value"] - evidence["incumbent"])
+        current = self.ledger.experiment(row.id).meta
+        self.ledger.update_experiment(row.id, meta_json={**current, "pruned": record})
+
     def failed(self, row: ExperimentRow, run: RunRow, n_runs: int) -> str:
         """A replicate that failed ends the experiment (crash, or invalid); returns the reason."""
-        decision = "invalid" if run.status == "invalid" else "crash"
+        decision = {"invalid": "invalid", "pruned": "discard"}.get(run.status, "crash")
         reason = f"{run.status}: {run.reason}" if run.reason else run.status
         self.ledger.finish_experiment(
             row.id, status=run.status, decision=decision, reason=reason, n_runs=n_runs

@@ -18,6 +18,8 @@ from nightlab.executor import sandbox
 from nightlab.executor.base import Executor
 from nightlab.metrics import MetricsFileError, parse_log_metric, read_metrics_json
 from nightlab.paths import matches
+from nightlab.research.progress import ProgressEvaluator, ProgressReader
+from nightlab.research.pruning import Pruner
 from nightlab.research.setup import SetupData
 from nightlab.store.backup import save_replicate
 from nightlab.types import EVAL_LOG, TRAIN_LOG, RunResult, RunSpec, RunStatus
@@ -40,6 +42,7 @@ class Replicate:
         return self.result.status is RunStatus.OK and self.metric is not None
 
 
+PROGRESS_EVAL_LOG = "progress_eval.log"
 # Declared outputs move here, inside the replicate's run directory.
 OUTPUTS_DIR = "outputs"
 # Never an output, whatever ``[target] outputs`` says: code the evaluation could import.
@@ -81,6 +84,9 @@ class ReplicateRunner:
     def _spec(self, command: str, cwd: Path, run_dir: Path, seed: int, timeout: float, log: str) -> RunSpec:
         env = dict(self.config.target.env)
         env.update(self.config.budget.env())
+        every = progress_every(self.config)
+        if every is not None:  # checkpoints for the pruner and for the incumbent's curve
+            env["NIGHTLAB_PROGRESS_EVERY"] = f"{every:g}"
         env.update(self.extra_env)
         if self.config.target.evaluate:
             # The template's train.py then skips its own in-process evaluation.
@@ -98,11 +104,18 @@ class ReplicateRunner:
         )
 
     def run(
-        self, experiment_id: int, replicate: int, commit: str, seed: int, run_dir: Path | None = None
+        self,
+        experiment_id: int,
+        replicate: int,
+        commit: str,
+        seed: int,
+        run_dir: Path | None = None,
+        pruner: Pruner | None = None,
     ) -> Replicate:
         """Train and evaluate ``commit`` once; never raises for anything the script does.
 
-        ``run_dir`` replaces the experiment's run directory (``nightlab check`` records nothing)."""
+        ``run_dir`` replaces the experiment's run directory (``nightlab check`` records nothing);
+        ``pruner`` watches the run's progress and may stop it early (recorded as ``pruned``)."""
         run_dir = run_dir or self.run_dir(experiment_id, replicate)
         if run_dir.exists():  # a replicate interrupted by a crash of the harness: start afresh
             shutil.rmtree(run_dir)
@@ -119,8 +132,17 @@ class ReplicateRunner:
             return Replicate(result, None, None, run_dir)
 
         spec = self._spec(self.config.target.run, tree, run_dir, seed, self.config.budget.timeout, TRAIN_LOG)
-        result = self.executor.run(spec)
+        reader = ProgressReader(run_dir, self.config)
+        if pruner is not None:
+            spec.stop_when = lambda: pruner.should_stop(reader.points())
+        companion = self._progress_evaluator(tree, run_dir, seed)
+        try:
+            result = self.executor.run(spec)
+        finally:
+            if companion is not None:
+                companion.finish(self.config.budget.evaluate_timeout)
         result.seed = seed
+        result.progress = [p.to_dict() for p in reader.points()]
         eval_log = ""
         # Audit (and restore) before the evaluation, so nothing the training left behind in the
         # worktree (a patched prepare.py, a sitecustomize.py, a .pth or .pyc) reaches it.
@@ -134,6 +156,14 @@ class ReplicateRunner:
         metric, holdout = self._read_metric(run_dir, result, eval_log)
         save_replicate(run_dir, result, metric, holdout)  # what `nightlab recover` reads back
         return Replicate(result, metric, holdout, run_dir)
+
+    def _progress_evaluator(self, tree: Path, run_dir: Path, seed: int) -> ProgressEvaluator | None:
+        """The frozen progress evaluator beside the training process, when the target has one."""
+        command = self.config.target.progress_evaluate
+        if not command:
+            return None
+        timeout = self.config.budget.timeout + self.config.budget.evaluate_timeout
+        return ProgressEvaluator(self._spec(command, tree, run_dir, seed, timeout, PROGRESS_EVAL_LOG))
 
     def _evaluate(self, tree: Path, run_dir: Path, seed: int, train: RunResult) -> tuple[RunResult, str]:
         metrics_file = run_dir / self.config.metric.file
@@ -263,3 +293,12 @@ def _undeclared(paths: list[str]) -> str:
         f"{shown} (write under $NIGHTLAB_RUN_DIR, or declare outputs the run may write: "
         f'[target] outputs = ["{glob}"])'
     )
+
+
+def progress_every(config: Config) -> float | None:
+    """The share of the budget between progress checkpoints: fine enough for every pruning point
+    (``[policy] prune_at``); None when the policy does not prune."""
+    if not config.policy.prune or not config.policy.prune_at:
+        return None
+    points = sorted({0.0, *config.policy.prune_at})
+    return min(b - a for a, b in zip(points, points[1:], strict=False))

@@ -30,6 +30,7 @@ from nightlab.paths import is_editable
 from nightlab.research.context import editable_texts
 from nightlab.research.loop import ResearchLoop
 from nightlab.research.policy import POLICIES, make_policy
+from nightlab.research.pruning import PRUNERS
 from nightlab.research.runner import ReplicateRunner
 from nightlab.research.setup import SetupData, prepare_setup, setup_version
 from nightlab.research.tools import SessionTools
@@ -139,6 +140,7 @@ def check_kinds(config: Config) -> None:
     AGENTS.check(config.agent)
     POLICIES.check(config.policy)
     EXECUTORS.check(config.executor)
+    PRUNERS.check(config.pruner)
 
 
 def _check_tag(tag: str) -> None:

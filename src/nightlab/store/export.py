@@ -9,7 +9,9 @@ metric, ``memory_gb``, ``status``, ``description``) so its ``analysis.ipynb`` ru
 * ``status`` is autoresearch's vocabulary: the baseline is ``keep`` (the notebook takes the
   first kept row as the baseline), kept is ``keep``, discarded is ``discard``, and everything
   that produced no usable result (crash, timeout, oom, nan, invalid) is ``crash``, with
-  ``0.000000`` and ``0.0``, as autoresearch's program.md asks.
+  ``0.000000`` and ``0.0``, as autoresearch's program.md asks. A run stopped early (pruned)
+  measured no final metric either: ``pruned``, with ``0.000000``, so it is neither counted
+  as a crash nor plotted as a discarded value (the notebook only plots keep and discard).
 * The metric is the mean over the experiment's ok replicates (6 decimals); ``memory_gb`` is
   the largest peak memory of its runs in GiB (1 decimal); the commit is 7 characters
   (``-------`` when no commit was made, e.g. an edit that did not apply).
@@ -54,7 +56,9 @@ def tsv_rows(ledger: Ledger, tag: str) -> list[tuple[str, str, str, str, str]]:
         status = TSV_STATUS.get(e.decision or "", "crash")
         runs = ledger.runs(e.id)
         memory = [r.peak_memory_mb for r in runs if r.peak_memory_mb is not None]
-        if status == "crash" or e.metric_mean is None:
+        if e.status == "pruned":
+            metric, memory_gb, status = "0.000000", "0.0", "pruned"
+        elif status == "crash" or e.metric_mean is None:
             metric, memory_gb, status = "0.000000", "0.0", "crash"
         else:
             metric = f"{e.metric_mean:.6f}"

@@ -182,6 +182,7 @@ class Ledger:
             "exit_code": result.exit_code,
             "reason": result.reason,
             "log_tail": result.log_tail,
+            "progress_json": json.dumps(result.progress),
             "run_dir": str(run_dir),
             "created_at": now(),
         }

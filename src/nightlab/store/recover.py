@@ -271,7 +271,7 @@ def _rebuild_experiment(
         status = broken[-1].status if broken else "crash"
         outcome = {
             "status": status,
-            "decision": "invalid" if status == "invalid" else "crash",
+            "decision": {"invalid": "invalid", "pruned": "discard"}.get(status, "crash"),
             "n_runs": count,
         }
     elif kind == "baseline":

@@ -19,9 +19,10 @@ from nightlab.errors import UserError
 SCHEMA_VERSION = 1
 KINDS = ("baseline", "candidate", "validate", "ablate")
 # "skipped": a proposal the loop did not run because it cannot change the result.
-STATUSES = ("running", "ok", "crash", "timeout", "oom", "nan", "invalid", "skipped")
+# "pruned": stopped early because its curve was hopeless against the incumbent's.
+STATUSES = ("running", "ok", "crash", "timeout", "oom", "nan", "invalid", "skipped", "pruned")
 DECISIONS = ("keep", "discard", "invalid", "crash", "baseline")
-JSON_COLUMNS = ("proposal_json", "meta_json", "cost_json", "metrics_json")
+JSON_COLUMNS = ("proposal_json", "meta_json", "cost_json", "metrics_json", "progress_json")
 
 # Column -> SQL type and constraint. Adding a column here is a complete migration: opening an
 # older ledger adds whatever columns it lacks (see _migrate).
@@ -73,6 +74,8 @@ RUN_COLUMNS: dict[str, str] = {
     "log_tail": "TEXT",
     "run_dir": "TEXT",
     "created_at": "TEXT NOT NULL",
+    # The run's progress points while it trained (research.progress.Point dicts): its curve.
+    "progress_json": "TEXT",
 }
 # Versioned migrations for changes that adding columns cannot express: {to_version: [sql]}.
 MIGRATIONS: dict[int, list[str]] = {}
@@ -221,10 +224,17 @@ class RunRow:
     log_tail: str | None
     run_dir: str | None
     created_at: str
+    progress_json: str | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
         return loads(self.metrics_json)
+
+    @property
+    def progress(self) -> list[dict]:
+        """The run's progress points (``x``, ``value``, ``step``, ``seconds``, ``tokens``)."""
+        data = loads(self.progress_json)
+        return data if isinstance(data, list) else []
 
 
 EXPERIMENT_FIELDS = [f.name for f in fields(ExperimentRow)]

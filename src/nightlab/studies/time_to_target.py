@@ -1,14 +1,17 @@
 """Time to target: how long each side trains before its validation metric reaches a value.
 
-The protocol a training target follows (the GPT template does it in its frozen prepare.py;
-any script may):
+The protocol a training target follows (the GPT template does it in its frozen harness.py and
+evaluation.py; any script may):
 
-- ``NIGHTLAB_EVAL_INTERVAL_SECONDS=S``: every S seconds of *training* time (evaluation time not
-  counted), evaluate the current model and append one JSON line to ``curve.jsonl`` in
-  ``$NIGHTLAB_RUN_DIR``: ``{"training_seconds": t, "tokens": n, "<metric>": value}``;
+- ``NIGHTLAB_EVAL_INTERVAL_SECONDS=S``: every S seconds of *training* time (checkpoint time not
+  counted), leave a checkpoint and a line in ``$NIGHTLAB_RUN_DIR/progress.jsonl``; the frozen
+  progress evaluator (``[target] progress_evaluate``, run beside training) scores it and appends
+  ``{"seconds": t, "tokens": n, "<metric>": value}`` to ``progress.eval.jsonl``, so the training
+  process never holds validation data. (A target without a progress evaluator may write the
+  metric into its own progress lines; older runs wrote ``curve.jsonl``, still read.)
 - ``NIGHTLAB_TARGET_METRIC=X`` (with ``NIGHTLAB_TARGET_DIRECTION``, ``minimize`` or
-  ``maximize``): stop training once an evaluation reaches X, then finish as usual (export,
-  frozen evaluation).
+  ``maximize``): once a checkpoint reaches X the evaluator creates ``$NIGHTLAB_RUN_DIR/stop``;
+  training stops at its next step, then finishes as usual (export, frozen evaluation).
 
 The harness reads the curve, finds where it first crosses the target (interpolating between
 the two evaluations around the crossing), and compares the two sides' times: a speedup in the
@@ -18,16 +21,14 @@ curve that claims the target while the frozen evaluation disagrees is flagged, n
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nightlab.config import BudgetConfig
+from nightlab.metrics import read_curve_points
 from nightlab.stats import mean, welch
 from nightlab.types import Direction
 
-CURVE_FILE = "curve.jsonl"
 ENV_INTERVAL = "NIGHTLAB_EVAL_INTERVAL_SECONDS"
 ENV_TARGET = "NIGHTLAB_TARGET_METRIC"
 ENV_DIRECTION = "NIGHTLAB_TARGET_DIRECTION"
@@ -86,29 +87,12 @@ def capped_budget(budget: BudgetConfig, factor: float) -> BudgetConfig:
 
 
 def read_curve(run_dir: Path, metric_name: str) -> list[CurvePoint]:
-    """The points of ``curve.jsonl`` in a run dir, by training time; bad lines are skipped."""
-    path = Path(run_dir) / CURVE_FILE
-    if not path.is_file():
-        return []
-    points = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            data = json.loads(line)
-            seconds = float(data["training_seconds"])
-            value = float(data[metric_name])
-        except (ValueError, KeyError, TypeError):
-            continue
-        if not (math.isfinite(seconds) and math.isfinite(value)):
-            continue
-        tokens, step = data.get("tokens"), data.get("step")
-        points.append(
-            CurvePoint(
-                seconds,
-                float(tokens) if isinstance(tokens, (int, float)) else None,
-                value,
-                float(step) if isinstance(step, (int, float)) else None,
-            )
-        )
+    """A run's learning curve (:func:`nightlab.metrics.read_curve_points`), by training time."""
+    points = [
+        CurvePoint(p["seconds"], p.get("tokens"), p["value"], p.get("step"))
+        for p in read_curve_points(run_dir, metric_name)
+        if "seconds" in p
+    ]
     return sorted(points, key=lambda p: p.training_seconds)
 
 

@@ -367,8 +367,9 @@ def _time_to_target(
     ok_runs = [c for c, f in zip(cross_a + cross_b, finals_a + finals_b, strict=True) if f is not None]
     if ok_runs and all(c is None for c in ok_runs):
         raise UserError(
-            f"the training command wrote no {config.metric.name} points to curve.jsonl: it does not support "
-            "periodic evaluation (NIGHTLAB_EVAL_INTERVAL_SECONDS); see docs/VALIDATION.md"
+            f"the runs left no {config.metric.name} progress points: the target does not support periodic "
+            "evaluation (NIGHTLAB_EVAL_INTERVAL_SECONDS, scored by [target] progress_evaluate); "
+            "see docs/VALIDATION.md"
         )
     warnings = _check_claims(
         cross_a + cross_b, finals_a + finals_b, target, direction, arm_a.values + arm_b.values

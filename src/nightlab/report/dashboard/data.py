@@ -131,7 +131,7 @@ def outcome(e: ExperimentRow, harness_alive: bool = True) -> str:
         return "baseline"
     if e.decision == "keep":
         return "kept"
-    if e.status == "pruned" or e.decision == "prune":
+    if e.status == "pruned":
         return "pruned"
     if e.status == "invalid" or e.decision == "invalid":
         return "invalid"
@@ -319,7 +319,7 @@ def details(ledger: Ledger, experiment_id: int, view: View, state_dir: Path) -> 
 
 
 def read_points(run_dir: Path | None, metric_name: str) -> list[list[float]]:
-    """The intermediate evaluations a run reported (``curve.jsonl``): ``[training_seconds, value]``."""
+    """The intermediate evaluations a run reported (its progress points): ``[training_seconds, value]``."""
     if run_dir is None:
         return []
     return [[p.training_seconds, p.value] for p in read_curve(run_dir, metric_name)]

@@ -7,7 +7,7 @@ instead, cheaply and often:
   connection commits, so an idle night costs one tiny query per look and experiments are
   re-read only after a write;
 * the run directories of experiments still running (``.nightlab/runs/<id>/<replicate>/``), for
-  each in-flight replicate's log tail and the intermediate points of its ``curve.jsonl``;
+  each in-flight replicate's log tail and the intermediate points of its progress files;
 * ``loop.json`` and ``control.json`` (:mod:`nightlab.report.dashboard.control`).
 
 :meth:`Watcher.poll` returns only what changed since the previous call, which the server pushes

@@ -90,6 +90,9 @@ def look_at(rows: list[dict], overview: dict) -> list[str]:
     crashed = [r for r in rows if r["outcome"] == "crashed"]
     if crashed:
         out.append(f"{len(crashed)} crashed: {_ids(crashed)}; their log tails are in the details")
+    pruned = [r for r in rows if r["outcome"] == "pruned"]
+    if pruned:
+        out.append(f"{len(pruned)} stopped early, their curves hopeless against the best's: {_ids(pruned)}")
     running = [r for r in rows if r["outcome"] == "running"]
     if running:
         out.append(f"still running: {_ids(running)}")

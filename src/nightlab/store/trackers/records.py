@@ -6,7 +6,7 @@ Every experiment becomes one run:
   search agent's full set (``knob.LR``) or, for other agents, the constants the diff assigns;
 * metrics: the metric's mean over replicates (with its standard error, the improvement over
   the incumbent and its p-value), each replicate's value (step = replicate), the holdout metric, and the
-  intermediate points each replicate reported (``curve.jsonl``);
+  intermediate points each replicate reported (its progress points);
 * tags: the decision and its reason, the outcome, the agent, the research tag;
 * the diff, as an artifact.
 
@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from nightlab.metrics import read_curve_points
 from nightlab.secrets import redact
 from nightlab.store.ledger import Ledger
 from nightlab.store.schema import RESEARCH_KINDS, ExperimentRow
 
-CURVE_FILE = "curve.jsonl"  # the time-to-target protocol's periodic evaluations
 MAX_PARAM = 500  # characters of a description or hypothesis kept as a param
 _ASSIGNMENT = re.compile(r"^\+\s*([A-Z][A-Z0-9_]*)\s*(?::[^=]+)?=\s*(.+?)\s*(?:#.*)?$")
 
@@ -98,21 +98,11 @@ def _finite(value: object) -> float | None:
 
 
 def read_points(run_dir: Path | None, metric_name: str) -> list[tuple[float, float, float | None]]:
-    """``(training_seconds, value, step)`` of each line of a run's ``curve.jsonl``; bad lines skipped."""
-    if run_dir is None or not (run_dir / CURVE_FILE).is_file():
+    """``(training_seconds, value, step)`` of each progress point of a run (its learning curve)."""
+    if run_dir is None:
         return []
-    out = []
-    for line in (run_dir / CURVE_FILE).read_text(errors="replace").splitlines():
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        seconds = _finite(data.get("training_seconds")) if isinstance(data, dict) else None
-        value = _finite(data.get(metric_name)) if isinstance(data, dict) else None
-        if seconds is None or value is None:
-            continue
-        out.append((seconds, value, _finite(data.get("step"))))
-    return sorted(out)
+    points = read_curve_points(run_dir, metric_name)
+    return sorted((p["seconds"], p["value"], p.get("step")) for p in points if "seconds" in p)
 
 
 def knob_params(e: ExperimentRow) -> dict[str, str]:

@@ -6,7 +6,7 @@
   const OUTCOMES = ["baseline", "kept", "discarded", "crashed", "pruned", "invalid", "skipped", "running", "interrupted"];
   const COLOURS = {baseline: "#2f6fdb", kept: "#1a7f37", discarded: "#8c959f", crashed: "#cf222e",
     pruned: "#8250df", invalid: "#9a3412", skipped: "#b8bec5", running: "#d4a72c", interrupted: "#cf222e"};
-  const NO_METRIC = new Set(["crashed", "invalid", "skipped"]);
+  const NO_METRIC = new Set(["crashed", "pruned", "invalid", "skipped"]);
   const ROW_H = 26;
   const $ = (id) => document.getElementById(id);
   const boot = JSON.parse($("boot").textContent);

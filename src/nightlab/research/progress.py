@@ -1,0 +1,206 @@
+"""Progress points of a run while it trains: where its metric stood at a share of its budget.
+
+Three sources, read incrementally (each poll reads only what was appended since the last):
+
+- ``progress.eval.jsonl``: points a frozen progress evaluator scored from the run's checkpoints
+  (``[target] progress_evaluate``), so the training process never holds validation data;
+- ``progress.jsonl``: the run's own progress lines, which carry the metric when the target
+  evaluates itself, and the budget share (``fraction``), steps, seconds and tokens;
+- the run's log read with ``[metric] progress_pattern`` (``step 500: ... val loss 1.234``), for
+  targets that write no file: the budget share then comes from a named group ``fraction``, or
+  ``step``, ``seconds`` or ``tokens`` against the budget of that kind; failing those, under a
+  budget in seconds, from the wall time since the run started (start-up included, as it is in
+  the incumbent's curve it is compared with).
+
+A point's ``x`` is its share of the budget when known, otherwise its step (curves of runs under
+the same budget in steps still line up).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from nightlab.config import Config, metric_group
+from nightlab.executor.process import RunInterrupted, run_process
+from nightlab.metrics import EVAL_PROGRESS_FILE, PROGRESS_FILE
+from nightlab.types import TRAIN_LOG, RunResult, RunSpec
+
+DONE_FILE = "progress.done"  # created when training has ended: the evaluator finishes and exits
+
+
+@dataclass(frozen=True)
+class Point:
+    """One progress point: ``x`` (budget share, or step), the metric there (None: progress only)."""
+
+    x: float
+    value: float | None
+    step: int | None = None
+    seconds: float | None = None
+    tokens: int | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Point:
+        return cls(**{k: data.get(k) for k in ("x", "value", "step", "seconds", "tokens")})
+
+
+class _Tail:
+    """The lines appended to a file since the last read (a partial last line waits)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.rest = path, 0, b""
+
+    def lines(self) -> list[str]:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except OSError:
+            return []
+        self.offset += len(data)
+        *complete, self.rest = (self.rest + data).split(b"\n")
+        return [line.decode("utf-8", errors="replace") for line in complete]
+
+
+class ProgressReader:
+    """Reads a run's progress points as they appear (see the module docstring)."""
+
+    def __init__(self, run_dir: Path, config: Config) -> None:
+        self.config = config
+        self.metric = config.metric.name
+        self._eval = _Tail(run_dir / EVAL_PROGRESS_FILE)
+        self._own = _Tail(run_dir / PROGRESS_FILE)
+        self._log = _Tail(run_dir / TRAIN_LOG)
+        self._pattern = re.compile(config.metric.progress_pattern) if config.metric.progress_pattern else None
+        self._group = metric_group(self._pattern) if self._pattern is not None else None
+        self._points: dict[tuple[str, float], Point] = {}
+        self._started = time.monotonic()
+
+    def points(self) -> list[Point]:
+        """Every point with a metric value so far, ordered by ``x``."""
+        for source, tail in (("eval", self._eval), ("own", self._own)):
+            for line in tail.lines():
+                point = self._from_json(line)
+                if point is not None and point.value is not None:
+                    self._points[(source, point.x)] = point
+        if self._pattern is not None:
+            for line in self._log.lines():
+                point = self._from_log(line)
+                if point is not None:
+                    self._points[("log", point.x)] = point
+        best: dict[float, Point] = {}
+        for (_source, x), point in sorted(self._points.items(), key=lambda kv: kv[0][0] != "eval"):
+            best.setdefault(x, point)  # the frozen evaluator's value wins over the run's own
+        return [best[x] for x in sorted(best)]
+
+    def _from_json(self, line: str) -> Point | None:
+        try:
+            data = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        value = _number(data.get(self.metric))
+        fraction = _number(data.get("fraction"))
+        step = _number(data.get("step"))
+        x = fraction if fraction is not None else step
+        if x is None:
+            return None
+        seconds, tokens = _number(data.get("seconds")), _number(data.get("tokens"))
+        return Point(x, value, _int(step), seconds, _int(tokens))
+
+    def _from_log(self, line: str) -> Point | None:
+        assert self._pattern is not None
+        match = self._pattern.search(line)
+        if match is None:
+            return None
+        if self._group is None:
+            return None
+        value = _number(match.group(self._group))
+        if value is None:
+            return None
+        named = match.groupdict()
+        step, seconds, tokens, fraction = (
+            _number(named.get(k)) for k in ("step", "seconds", "tokens", "fraction")
+        )
+        budget = self.config.budget
+        if fraction is not None:
+            x = fraction
+        elif budget.steps and step is not None:
+            x = step / budget.steps
+        elif budget.seconds and seconds is not None:
+            x = seconds / budget.seconds
+        elif budget.tokens and tokens is not None:
+            x = tokens / budget.tokens
+        elif budget.seconds:
+            x = (time.monotonic() - self._started) / budget.seconds
+        elif step is not None:
+            x = step
+        else:
+            return None
+        return Point(x, value, _int(step), seconds, _int(tokens))
+
+
+def value_at(points: list[Point], x: float, tolerance: float = 0.05) -> float | None:
+    """The curve's value at ``x``: interpolated between the points around it, else the nearest
+    point within ``tolerance`` (a checkpoint lands a step after its share of the budget), else
+    None."""
+    known = [p for p in points if p.value is not None]
+    for left, right in zip(known, known[1:], strict=False):
+        if left.x <= x <= right.x:
+            if right.x == left.x:
+                return right.value
+            share = (x - left.x) / (right.x - left.x)
+            return left.value + share * (right.value - left.value)  # type: ignore[operator]
+    near = [p for p in known if abs(p.x - x) <= tolerance]
+    return min(near, key=lambda p: abs(p.x - x)).value if near else None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN is no value
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+class ProgressEvaluator:
+    """The frozen progress evaluator (``[target] progress_evaluate``), run beside training.
+
+    It scores the checkpoints the training process leaves and writes their metric to
+    ``progress.eval.jsonl``; when training has ended, :meth:`finish` creates ``progress.done``,
+    gives it ``timeout`` seconds to score what is left, then stops it.
+    """
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nightlab-progress-eval", daemon=True)
+        self.result: RunResult | None = None
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result = run_process(self.spec, stop=self._stop)
+        except RunInterrupted:
+            self.result = None
+
+    def finish(self, timeout: float) -> None:
+        (Path(self.spec.run_dir) / DONE_FILE).touch()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
