@@ -1,14 +1,20 @@
-"""What the separate evaluation process costs: `python evaluation.py` on a trained model.
+"""What a replicate of the GPT template spends outside training: `python train.py`, then
+`python evaluation.py`, as the harness runs them (nightlab's own bookkeeping not included).
 
-Copies the GPT template into a temporary workspace, applies a size from sizes.toml (plus any
-`--set NAME=VALUE` overrides), prepares the data, trains train.py briefly with
-NIGHTLAB_EVAL_SEPARATE=1 (so train.py only exports the model), then runs the evaluate command
-`--repeats` times as the harness would and reports its wall time (process start to exit: Python
-and torch start-up, loading the export, scoring EVAL_TOKENS val and holdout tokens, the
-causality check) next to the evaluator's own eval_seconds.
+Copies the GPT template (or `--template DIR`, e.g. an older version of it) into a temporary
+workspace, applies a size from sizes.toml (plus any `--set NAME=VALUE` overrides), prepares the
+data, then per repeat trains with NIGHTLAB_EVAL_SEPARATE=1 and runs the evaluate command, and
+reports where the wall time went: the training process's start-up (imports, data, model), its
+warm-up step, training, progress checkpoints, the export and the rest of the process; then the
+evaluation process (Python and torch start-up, loading the export, the causality check, val and
+holdout) next to the evaluator's own eval_seconds. `--progress-every 0.25` adds checkpoints and
+runs `python evaluation.py --follow` beside training, as nightlab does when it may prune.
+`--compare DIR` runs a second template in alternation with the first (same load for both), always
+without checkpoints ("other" is the rest of train.py's process: the summary, the exit).
 
-    python benchmarks/eval_overhead.py --size cpu --train-seconds 20 --repeats 3
-    python benchmarks/eval_overhead.py --size gpu --set DATASET='"synthetic"' --train-seconds 60
+    python benchmarks/eval_overhead.py --size cpu --tokens 393216 --repeats 3
+    python benchmarks/eval_overhead.py --tokens 393216 --repeats 3 --compare /tmp/old-template
+    python benchmarks/eval_overhead.py --size gpu --set DATASET='"synthetic"' --seconds 60
 """
 
 from __future__ import annotations
@@ -52,11 +58,11 @@ def toml_literal(value: object) -> str:
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
-def make_workspace(size: str, overrides: list[str]) -> Path:
+def make_workspace(template: Path, size: str, overrides: list[str]) -> Path:
     ws = Path(tempfile.mkdtemp(prefix="nightlab-eval-"))
-    for path in TEMPLATE.glob("*.py"):
+    for path in template.glob("*.py"):
         shutil.copy(path, ws / path.name)
-    sizes = tomllib.loads((TEMPLATE / "sizes.toml").read_text())[size]
+    sizes = tomllib.loads((template / "sizes.toml").read_text())[size]
     for part, values in sizes.items():  # [size.<file stem>] tables; budget and space are not files
         if (ws / f"{part}.py").is_file():
             for name, value in values.items():
@@ -77,52 +83,104 @@ def run(cmd: list[str], ws: Path, env: dict) -> tuple[float, subprocess.Complete
     return seconds, proc
 
 
+def seconds_in(pattern: str, text: str) -> float:
+    match = re.search(pattern, text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def replicate(ws: Path, env: dict, progress_every: float | None) -> dict[str, float]:
+    """One replicate: train (with the progress evaluator beside it when asked), then evaluate."""
+    run_dir = Path(env["NIGHTLAB_RUN_DIR"])
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    follower = None
+    if progress_every:
+        env = {**env, "NIGHTLAB_PROGRESS_EVERY": str(progress_every)}
+        follower = subprocess.Popen([sys.executable, "evaluation.py", "--follow"], cwd=ws, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    train_wall, proc = run([sys.executable, "train.py"], ws, env)
+    out = proc.stdout
+    summary = dict(re.findall(r"^(\w+):\s+(\S+)$", out[out.rindex("\n---\n") :], re.M))
+    row = {
+        "train_wall": train_wall,
+        "startup": seconds_in(r"^start-up ([\d.]+) s", out),
+        "warmup": seconds_in(r"\| warm-up ([\d.]+) s", out),
+        "training": float(summary["training_seconds"]),
+        "checkpoints": seconds_in(r"^progress: \d+ checkpoints in ([\d.]+) s", out),
+        "export": seconds_in(r"^export: ([\d.]+) s", out),
+    }
+    row["other"] = train_wall - sum(
+        row[k] for k in ("startup", "warmup", "training", "checkpoints", "export")
+    )
+    if follower is not None:
+        t0 = time.perf_counter()
+        (run_dir / "progress.done").touch()
+        log, _ = follower.communicate(timeout=600)
+        row["follow_tail"] = time.perf_counter() - t0  # scoring left after training ended
+        row["points"] = log.count("val_bpb")
+    eval_wall, _ = run([sys.executable, "evaluation.py"], ws, env)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    row |= {"eval_wall": eval_wall, "eval_inside": metrics["eval_seconds"], "val_bpb": metrics["val_bpb"]}
+    row["train_share"] = row["training"] / (train_wall + row.get("follow_tail", 0.0) + eval_wall)
+    return row
+
+
+def report(name: str, rows: list[dict[str, float]]) -> None:
+    keys = ["train_wall", "startup", "warmup", "training", "checkpoints", "export", "other", "follow_tail"]
+    keys += ["eval_wall", "eval_inside", "train_share", "val_bpb"]
+    print(f"{name}: medians over {len(rows)} repeats")
+    for key in keys:
+        values = [r[key] for r in rows if key in r]
+        if values:
+            shown = ", ".join(f"{v:.3f}" if key in ("val_bpb", "train_share") else f"{v:.2f}" for v in values)
+            print(f"  {key:12s} {statistics.median(values):8.3f}   ({shown})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="cpu")
+    parser.add_argument("--template", type=Path, default=TEMPLATE, help="the template folder to measure")
+    parser.add_argument("--compare", type=Path, default=None, help="a second template, run in alternation")
     parser.add_argument(
         "--set", action="append", default=[], metavar="NAME=LITERAL", help="override a constant"
     )
-    parser.add_argument("--train-seconds", type=float, default=20)
+    parser.add_argument("--tokens", type=int, default=None, help="NIGHTLAB_BUDGET_TOKENS")
+    parser.add_argument("--seconds", type=float, default=None, help="NIGHTLAB_BUDGET_SECONDS")
+    parser.add_argument(
+        "--progress-every", type=float, default=None, help="NIGHTLAB_PROGRESS_EVERY (first template only)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS for every process")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS (default: torch's)")
     parser.add_argument("--cache", default=None, help="NIGHTLAB_CACHE (default: a temporary folder)")
     args = parser.parse_args()
 
-    ws = make_workspace(args.size, args.set)
-    run_dir = ws / "run"
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS=str(args.threads),
-        NIGHTLAB_CACHE=args.cache or str(ws / "cache"),
-        NIGHTLAB_RUN_DIR=str(run_dir),
-        NIGHTLAB_BUDGET_SECONDS=str(args.train_seconds),
-        NIGHTLAB_EVAL_SEPARATE="1",
-    )
-    prep_s, _ = run([sys.executable, "prepare.py"], ws, env)
-    print(f"prepare: {prep_s:.1f}s  (workspace {ws})")
-    train_s, proc = run([sys.executable, "train.py"], ws, env)
-    summary = proc.stdout[proc.stdout.rindex("---") :]
-    print(f"train.py: {train_s:.1f}s wall\n{summary}")
-    export = json.loads((run_dir / "model.json").read_text())
-    size_mb = (run_dir / "model.pt2").stat().st_size / 1e6
-    print(f"export: {size_mb:.1f} MB, {export['num_params'] / 1e6:.2f}M params on {export['device']}")
-    walls, evals = [], []
+    templates = [args.template] + ([args.compare] if args.compare else [])
+    workspaces = [make_workspace(t, args.size, args.set) for t in templates]
+    budget = {}
+    if args.tokens:
+        budget["NIGHTLAB_BUDGET_TOKENS"] = str(args.tokens)
+    if args.seconds or not budget:
+        budget["NIGHTLAB_BUDGET_SECONDS"] = str(args.seconds or 20)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("NIGHTLAB_")}
+    base |= {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+    base |= {"NIGHTLAB_CACHE": args.cache or str(workspaces[0] / "cache"), "NIGHTLAB_EVAL_SEPARATE": "1"}
+    base |= budget
+    prep_s, _ = run([sys.executable, "prepare.py"], workspaces[0], base)
+    print(f"prepare: {prep_s:.1f}s; budget {budget}; templates {[str(t) for t in templates]}")
+    rows: list[list[dict[str, float]]] = [[] for _ in workspaces]
     for _ in range(args.repeats):
-        (run_dir / "metrics.json").unlink(missing_ok=True)
-        wall, _ = run([sys.executable, "evaluation.py"], ws, env)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        walls.append(wall)
-        evals.append(metrics["eval_seconds"])
-        print(
-            f"evaluate: {wall:.2f}s wall, eval_seconds {metrics['eval_seconds']:.2f}, "
-            f"val_bpb {metrics['val_bpb']:.4f}, holdout_bpb {metrics['holdout_bpb']:.4f}, "
-            f"{metrics['eval_tokens']:,} val tokens"
-        )
-    print(
-        f"median: {statistics.median(walls):.2f}s wall per evaluation ({statistics.median(evals):.2f}s inside)"
-    )
-    shutil.rmtree(ws, ignore_errors=True)
+        for i, ws in enumerate(workspaces):  # alternate, so both see the same load
+            env = {**base, "NIGHTLAB_RUN_DIR": str(ws / "run")}
+            rows[i].append(replicate(ws, env, args.progress_every if i == 0 else None))
+            print(
+                json.dumps(
+                    {"template": str(templates[i]), **{k: round(v, 3) for k, v in rows[i][-1].items()}}
+                )
+            )
+    for template, template_rows in zip(templates, rows, strict=True):
+        report(str(template), template_rows)
+    for ws in workspaces:
+        shutil.rmtree(ws, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Time to target on the GPT template: its frozen periodic evaluation, and ``nightlab validate``.
+"""Time to target on the GPT template: its progress checkpoints, and ``nightlab validate``.
 
-``harness.evaluate_periodically`` (frozen) scores the model every NIGHTLAB_EVAL_INTERVAL_SECONDS
-of training on a val prefix, appends to curve.jsonl and stops training at
-NIGHTLAB_TARGET_METRIC. The end-to-end test runs ``nightlab validate --time-to-target`` on a
-cpu workspace at a tiny scale, comparing a learning rate ten times too small with the default:
-the default must reach the slow side's score sooner.
+Every NIGHTLAB_EVAL_INTERVAL_SECONDS of training the training process leaves a checkpoint (frozen
+harness.py); ``python evaluation.py --follow`` (frozen, its own process) scores it on a val prefix,
+appends the point to progress.eval.jsonl and creates the stop file at NIGHTLAB_TARGET_METRIC,
+which ends training at its next step. The end-to-end test runs ``nightlab validate
+--time-to-target`` on a cpu workspace at a tiny scale, comparing a learning rate ten times too
+small with the default: the default must reach the slow side's score sooner.
 """
 
 from __future__ import annotations
@@ -38,21 +39,34 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def run_train(ws: Path, cache: Path, run_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run_train(
+    ws: Path, cache: Path, run_dir: Path, **env: str
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """train.py with the progress evaluator beside it, as nightlab runs them (progress.done when
+    training has ended); the training process and the evaluator's log."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("NIGHTLAB_")}
     full.update(NIGHTLAB_CACHE=str(cache), NIGHTLAB_RUN_DIR=str(run_dir), NIGHTLAB_EVAL_SEPARATE="1", **env)
-    return subprocess.run(
-        [sys.executable, "train.py"], cwd=ws, env=full, capture_output=True, text=True, timeout=300
-    )
+    run_dir.mkdir(parents=True)
+    evaluator = subprocess.Popen([sys.executable, "evaluation.py", "--follow"], cwd=ws, env=full,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [sys.executable, "train.py"], cwd=ws, env=full, capture_output=True, text=True, timeout=300
+        )
+    finally:
+        (run_dir / "progress.done").touch()
+        log, _ = evaluator.communicate(timeout=300)
+    assert evaluator.returncode == 0 or "NIGHTLAB_TARGET_METRIC" in log, log
+    return proc, log
 
 
 def curve(run_dir: Path) -> list[dict]:
-    path = run_dir / "curve.jsonl"
+    path = run_dir / "progress.eval.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 @pytest.mark.slow
-def test_periodic_evaluation_writes_a_curve_and_stops_at_the_target(tmp_path: Path, cache: Path) -> None:
+def test_periodic_checkpoints_give_a_curve_and_stop_at_the_target(tmp_path: Path, cache: Path) -> None:
     ws = tmp_path / "ws"
     shutil.copytree(TEMPLATE, ws, ignore=shutil.ignore_patterns("__pycache__", "run"))
     set_constants(ws / "data.py", **SMALL_EVAL)
@@ -60,41 +74,45 @@ def test_periodic_evaluation_writes_a_curve_and_stops_at_the_target(tmp_path: Pa
     assert subprocess.run([sys.executable, "prepare.py"], cwd=ws, env=dict(os.environ, NIGHTLAB_CACHE=str(cache)),
                           capture_output=True).returncode == 0  # fmt: skip
 
-    # Without the variables: no curve, nothing changes.
-    proc = run_train(ws, cache, tmp_path / "plain", NIGHTLAB_BUDGET_STEPS="3")
+    # Without the variables: no checkpoint, no curve, nothing changes.
+    proc, _ = run_train(ws, cache, tmp_path / "plain", NIGHTLAB_BUDGET_STEPS="3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert not (tmp_path / "plain" / "curve.jsonl").exists()
+    assert not (tmp_path / "plain" / "progress.jsonl").exists() and curve(tmp_path / "plain") == []
 
-    proc = run_train(
+    proc, log = run_train(
         ws, cache, tmp_path / "curve", NIGHTLAB_BUDGET_SECONDS="3", NIGHTLAB_EVAL_INTERVAL_SECONDS="0.5"
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     points = curve(tmp_path / "curve")
-    assert len(points) >= 2, proc.stdout  # how many depends on the machine's speed
-    assert [sorted(p) for p in points] == [["step", "tokens", "training_seconds", "val_bpb"]] * len(points)
-    seconds = [p["training_seconds"] for p in points]
+    assert len(points) >= 2, proc.stdout + log  # how many depends on the machine's speed
+    keys = ["export", "flops", "fraction", "seconds", "step", "tokens", "val_bpb"]
+    assert [sorted(p) for p in points] == [keys] * len(points)
+    seconds = [p["seconds"] for p in points]
     # Point k is taken at the first step past (k + 1) intervals of training (times rounded to ms).
     assert all(t >= (k + 1) * 0.5 - 1e-3 for k, t in enumerate(seconds)), seconds
     assert all(b > a for a, b in zip(seconds, seconds[1:], strict=False)), seconds
     assert [p["tokens"] for p in points] == sorted(p["tokens"] for p in points)
     assert points[-1]["val_bpb"] < points[0]["val_bpb"]  # it learns
-    # The budget still ends training; the last evaluation is at its end, after the last step.
-    summary = dict(re.findall(r"^(\w+):\s+([0-9.]+)$", proc.stdout.rsplit("\n---\n", 1)[1], re.M))
+    # The budget still ends training; the last checkpoint is at its end, after the last step.
+    summary = dict(re.findall(r"^(\w+):\s+([0-9.e+]+)$", proc.stdout.rsplit("\n---\n", 1)[1], re.M))
     assert float(summary["training_seconds"]) >= 3.0
     assert points[-1]["step"] == int(summary["num_steps"])
 
-    # A target any finite score meets (bits per byte are far below 100): training stops at the
-    # first evaluation, whatever the speed of the machine.
+    # A target any finite score meets (bits per byte are far below 100): the evaluator creates the
+    # stop file at the first checkpoint, and training stops long before its budget.
     target = 100.0
-    proc = run_train(ws, cache, tmp_path / "target", NIGHTLAB_BUDGET_SECONDS="30",
+    proc, log = run_train(ws, cache, tmp_path / "target", NIGHTLAB_BUDGET_SECONDS="60",
                      NIGHTLAB_EVAL_INTERVAL_SECONDS="0.5", NIGHTLAB_TARGET_METRIC=str(target))  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     stopped = curve(tmp_path / "target")
-    assert len(stopped) == 1 and stopped[0]["val_bpb"] <= target
+    assert stopped and stopped[0]["val_bpb"] <= target
+    assert (tmp_path / "target" / "stop").exists() and "stop created" in log
+    summary = dict(re.findall(r"^(\w+):\s+([0-9.e+]+)$", proc.stdout.rsplit("\n---\n", 1)[1], re.M))
+    assert float(summary["training_seconds"]) < 60
     assert (tmp_path / "target" / "model.pt2").exists()  # finished as usual: exported for the evaluation
-    bad = run_train(ws, cache, tmp_path / "bad", NIGHTLAB_BUDGET_STEPS="2", NIGHTLAB_EVAL_INTERVAL_SECONDS="0.5",
+    _, bad = run_train(ws, cache, tmp_path / "bad", NIGHTLAB_BUDGET_STEPS="2", NIGHTLAB_EVAL_INTERVAL_SECONDS="0.5",
                     NIGHTLAB_TARGET_METRIC="low")  # fmt: skip
-    assert bad.returncode != 0 and "NIGHTLAB_TARGET_METRIC" in bad.stdout + bad.stderr
+    assert bad == "evaluation.py: NIGHTLAB_TARGET_METRIC='low' is not a number\n"
 
 
 @pytest.mark.slow
@@ -128,6 +146,7 @@ def test_validate_time_to_target_on_the_cpu_template(tmp_path: Path, cache: Path
     assert "→" in ttt["time"]["text"]
     # The scaled commits carry the tiny constants; the curves of every run are on disk.
     assert "DEPTH = 2" in git(ws, "show", f"{data['b']['run_commit']}:train.py")
-    runs = list((ws / ".nightlab" / "runs").glob("*/*/curve.jsonl"))
-    assert len(runs) == 4
+    curves = list((ws / ".nightlab" / "runs").glob("*/*/progress.eval.jsonl"))
+    assert len(curves) >= 4 and len(curves) == len(list((ws / ".nightlab" / "runs").glob("*/*/run.log")))
+    assert not list((ws / ".nightlab" / "runs").glob("*/*/progress/"))  # checkpoints deleted once scored
     assert Path(data["plot"]).stat().st_size > 1000

@@ -67,8 +67,8 @@ TINY = {
     "TOTAL_BATCH_SIZE": 256,
     "DEVICE_BATCH_SIZE": 4,
 }
-SUMMARY_KEYS = ["training_seconds", "total_seconds", "peak_memory_mb", "total_tokens_M", "num_steps"]
-SUMMARY_KEYS += ["num_params_M", "depth"]
+SUMMARY_KEYS = ["training_seconds", "total_seconds", "peak_memory_mb", "total_tokens_M", "total_flops"]
+SUMMARY_KEYS += ["num_steps", "num_params_M", "depth"]
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +349,7 @@ def test_train_py_prints_the_summary_block_in_the_documented_format(
     monkeypatch.setenv("NIGHTLAB_BUDGET_STEPS", "2")
     monkeypatch.setenv("NIGHTLAB_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.setattr(train, "peak_flops", lambda device: 1e12)
-    monkeypatch.setattr(train.harness, "finish", lambda model: val_bpb)
+    monkeypatch.setattr(train.harness, "finish", lambda model, checkpoints: val_bpb)
     try:
         train.train()
     finally:
@@ -358,7 +358,7 @@ def test_train_py_prints_the_summary_block_in_the_documented_format(
     assert all(re.fullmatch(r"\w+: +\S+", line) and len(line) - len(line.split()[1]) == 18 for line in block)
     values = {line.split(":")[0]: line.split()[1] for line in block}
     keys = ["training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent", "total_tokens_M"]
-    keys += ["num_steps", "num_params_M", "depth"]
+    keys += ["total_flops", "num_steps", "num_params_M", "depth"]
     assert list(values) == (["val_bpb"] if val_bpb is not None else []) + keys
     if val_bpb is not None:
         assert values["val_bpb"] == "2.500000"
@@ -370,6 +370,32 @@ def test_train_py_prints_the_summary_block_in_the_documented_format(
         and values["num_params_M"] == f"{float(values['num_params_M']):.3f}"
     )
     assert values["num_steps"] == "2" and values["depth"] == "2"
+    tokens = 2 * train.TOTAL_BATCH_SIZE
+    assert values["total_flops"] == f"{train.GPT(256, 64).flops_per_token(64) * tokens:.3e}"
+
+
+def test_flops_count_matches_the_matmuls_a_training_step_runs(train, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the FLOPs budget counts is what a step computes: torch's FLOP counter on one forward
+    and backward sees exactly 6 FLOPs per matrix weight per token in matrix products; attention
+    (which the counter does not see on CPU) adds 12 * width per key inside each query's window."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    monkeypatch.setattr(train, "WINDOW_PATTERN", "SL")
+    seq_len, batch = 64, 4
+    model = train.GPT(256, seq_len)
+    idx = torch.randint(0, 256, (batch, seq_len))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(idx, idx).backward()
+    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    tokens = batch * seq_len
+    matrices = (
+        sum(p.numel() for p in model.blocks.parameters() if p.dim() == 2) + model.lm_head.weight.numel()
+    )
+    assert counts["aten.mm"] == 6 * matrices * tokens
+    assert model.windows == [32, 64]  # keys per query: (1 + ... + 32 + 32 * 32) / 64 and 65 / 2
+    attention = 12 * model.width * ((32 * 33 / 2 + 32 * 32) / 64 + 65 / 2)
+    assert model.flops_per_token(seq_len) == pytest.approx(6 * matrices + attention)
 
 
 # --- end to end: python train.py --------------------------------------------------------------

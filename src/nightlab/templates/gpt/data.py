@@ -52,6 +52,16 @@ EXIT_BAD_INPUT, EXIT_NAN, EXIT_OOM, EXIT_INVALID = 2, 3, 4, 5
 SPLITS = ("train", "val", "holdout")
 PREPARE_COMMAND = "python prepare.py"  # prepares whatever DATASET names
 
+# Progress while a run trains: checkpoints the training process leaves, scored beside it by
+# `python evaluation.py --follow` on a val prefix (the training process never reads val).
+PROGRESS_FILE = "progress.jsonl"  # one line per checkpoint, written by the training process
+PROGRESS_EVAL_FILE = "progress.eval.jsonl"  # the same lines plus the metric, by the evaluator
+PROGRESS_DIR = "progress"  # the checkpoints' files, one folder each (deleted once scored)
+WEIGHTS_FILE = "weights.pt"  # a later checkpoint: weights only, for the first one's program
+STOP_FILE = "stop"  # created by the evaluator at NIGHTLAB_TARGET_METRIC: training stops
+DONE_FILE = "progress.done"  # created by nightlab when training has ended: the evaluator finishes
+PROGRESS_EVAL_TOKENS = EVAL_TOKENS // 4  # val tokens scored per checkpoint (a prefix of val)
+
 
 def fail(message: str, code: int = EXIT_BAD_INPUT, where: str = "data.py") -> SystemExit:
     """A one-line error for the user; `raise fail(...)` exits with `code` and no traceback.

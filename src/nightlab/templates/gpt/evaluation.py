@@ -6,26 +6,39 @@ train.py's code runs here), checks that the model is causal, and scores bits per
 number of val tokens (and as many holdout tokens, recorded but never shown to the agent). It
 writes metrics.json, and nothing else writes it: a metrics.json that was already there makes the
 run invalid. It takes the settings and the prepared splits from data.py and nothing from
-harness.py or train.py (harness.py borrows bits_per_byte for its curve of periodic evaluations,
-never the other way round).
+harness.py or train.py.
+
+`python evaluation.py --follow` is the progress evaluator nightlab runs beside the training
+process: it scores each checkpoint the run leaves (progress.jsonl) on a val prefix, appends the
+result to progress.eval.jsonl, creates the stop file once NIGHTLAB_TARGET_METRIC is reached, and
+ends when nightlab creates progress.done. It never reads holdout, and the training process never
+reads val: the checkpoints cross between them as torch.export programs and weight files.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
+
+# CPU threads waiting for work sleep rather than spin (before torch starts its thread pool): on
+# a machine whose cores are shared (training beside the progress evaluator, other runs, a busy
+# laptop) spinning threads made scoring 4-7x slower (docs/BENCHMARKS.md, evaluation).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from data import (
     CAUSAL_TRIALS,
+    DONE_FILE,
     EVAL_BATCH_SIZE,
     EVAL_TOKENS,
     EXIT_INVALID,
@@ -33,8 +46,14 @@ from data import (
     EXPORT_META,
     METRICS_FILE,
     PREPARE_COMMAND,
+    PROGRESS_DIR,
+    PROGRESS_EVAL_FILE,
+    PROGRESS_EVAL_TOKENS,
+    PROGRESS_FILE,
     SEQ_LEN,
+    STOP_FILE,
     VOCAB_SIZE,
+    WEIGHTS_FILE,
     fail,
     get_run_dir,
     get_tokenizer,
@@ -216,8 +235,158 @@ def _evaluate(run_dir: Path, started: float) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# The progress evaluator: `python evaluation.py --follow`
+
+POLL_SECONDS = 0.2  # how often progress.jsonl is looked at
+FOLLOW_NICE = 10  # lower CPU priority than training, so the evaluator never holds it back
+RECORD_KEYS = ("step", "seconds", "tokens", "flops", "fraction", "export")
+
+
+class _Target:
+    """NIGHTLAB_TARGET_METRIC and NIGHTLAB_TARGET_DIRECTION: when a checkpoint is good enough."""
+
+    def __init__(self) -> None:
+        raw = os.environ.get("NIGHTLAB_TARGET_METRIC", "").strip()
+        try:
+            self.value = float(raw) if raw else None
+        except ValueError:
+            raise fail(f"NIGHTLAB_TARGET_METRIC={raw!r} is not a number", where=HERE) from None
+        direction = os.environ.get("NIGHTLAB_TARGET_DIRECTION", "").strip() or "minimize"
+        if direction not in ("minimize", "maximize"):
+            raise fail(f"NIGHTLAB_TARGET_DIRECTION={direction!r} is not minimize or maximize", where=HERE)
+        self.maximize = direction == "maximize"
+
+    def reached(self, value: float) -> bool:
+        if self.value is None:
+            return False
+        return value >= self.value if self.maximize else value <= self.value
+
+
+class _NewLines:
+    """The complete lines appended to a file since the last call (a partial last line waits)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.rest = path, 0, b""
+
+    def read(self) -> list[str]:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        *lines, self.rest = (self.rest + data).split(b"\n")
+        return [line.decode("utf-8", errors="replace") for line in lines if line.strip()]
+
+
+class _Follower:
+    """Scores checkpoints one by one; holds the program of the latest traced one in memory."""
+
+    def __init__(self, run_dir: Path, target: _Target) -> None:
+        self.run_dir, self.target = run_dir, target
+        self.progress_dir = (run_dir / PROGRESS_DIR).resolve()
+        self.val = load_split("val")[: PROGRESS_EVAL_TOKENS + 1]  # never holdout
+        self.token_bytes = get_tokenizer().token_bytes
+        self.programs: dict[str, torch.nn.Module] = {}  # checkpoint name -> its loaded program
+        self.stopped = (run_dir / STOP_FILE).exists()
+
+    def handle(self, line: str) -> None:
+        """Score one line of progress.jsonl; anything wrong with it is one line in the log."""
+        try:
+            record = json.loads(line)
+            name = str(record["export"])
+            folder = self._folder(name)
+        except (ValueError, KeyError, TypeError) as exc:
+            print(
+                f"progress: skipped a line of {PROGRESS_FILE} ({exc.__class__.__name__}: {exc})", flush=True
+            )
+            return
+        started = time.perf_counter()
+        try:
+            model, device = self._load(name, folder)
+            value, _ = bits_per_byte(model, self.val, self.token_bytes, device)
+        except Exception as exc:  # a half-written or broken checkpoint never stops the evaluator
+            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+            print(f"progress: {name} skipped ({exc.__class__.__name__}: {first})", flush=True)
+            return
+        finally:  # loaded or unusable, its files can go (a loaded program stays in memory)
+            shutil.rmtree(folder, ignore_errors=True)
+        scored = {key: record[key] for key in RECORD_KEYS if key in record}
+        with (self.run_dir / PROGRESS_EVAL_FILE).open("a") as fh:
+            fh.write(json.dumps({**scored, "val_bpb": value}) + "\n")
+        print(
+            f"progress: {name} | step {record.get('step')} | val_bpb {value:.6f} | "
+            f"scored in {time.perf_counter() - started:.2f} s",
+            flush=True,
+        )
+        if not self.stopped and self.target.reached(value):
+            (self.run_dir / STOP_FILE).touch()
+            self.stopped = True
+            print(
+                f"progress: target {self.target.value:g} reached at {name}: {STOP_FILE} created", flush=True
+            )
+
+    def _folder(self, name: str) -> Path:
+        folder = (self.run_dir / name).resolve()
+        if folder.parent != self.progress_dir:  # never load (or delete) anything outside progress/
+            raise ValueError(f"export {name!r} is not a folder of {PROGRESS_DIR}/")
+        return folder
+
+    def _load(self, name: str, folder: Path) -> tuple[torch.nn.Module, torch.device]:
+        meta = json.loads((folder / EXPORT_META).read_text())
+        device = _eval_device(meta)
+        if meta.get("format") == "weights":
+            program = self.programs.get(str(meta.get("program")))
+            if program is None:
+                raise InvalidModel(f"its program {meta.get('program')} was not loaded")
+            weights = torch.load(folder / WEIGHTS_FILE, map_location=device, weights_only=True)
+            program.load_state_dict(weights, strict=True)
+        else:
+            program = torch.export.load(str(folder / EXPORT_FILE)).module()
+            self.programs = {name: program}  # the weights that follow belong to this program
+        model = _Autocast(program) if meta.get("autocast") == "bfloat16" else program
+        return model, device
+
+
+def follow(run_dir: Path) -> int:
+    """`python evaluation.py --follow`: score the run's checkpoints until progress.done appears."""
+    target = _Target()
+    if not (os.environ.get("NIGHTLAB_PROGRESS_EVERY") or os.environ.get("NIGHTLAB_EVAL_INTERVAL_SECONDS")):
+        print("progress: no checkpoints asked for (NIGHTLAB_PROGRESS_EVERY, NIGHTLAB_EVAL_INTERVAL_SECONDS)")
+        return 0
+    os.nice(FOLLOW_NICE)
+    torch.set_num_threads(1)  # CPU training keeps the cores; on CUDA the GPU does the work
+    warnings.filterwarnings("ignore", message="The given buffer is not writable")  # torch.export.load
+    try:  # what torch.export.load imports on first use (seconds): now, not at the first checkpoint
+        importlib.import_module("torch._export.serde.serialize")
+    except ImportError:
+        pass
+    follower = _Follower(run_dir, target)
+    lines = _NewLines(run_dir / PROGRESS_FILE)
+    while True:
+        done = (run_dir / DONE_FILE).exists()  # looked at first: every line written before it is read
+        with torch.no_grad():
+            for line in lines.read():
+                follower.handle(line)
+        if done or not run_dir.is_dir():
+            break
+        time.sleep(POLL_SECONDS)
+    shutil.rmtree(run_dir / PROGRESS_DIR, ignore_errors=True)
+    return 0
+
+
 def main() -> int:
-    """`python evaluation.py`: score the model exported to NIGHTLAB_RUN_DIR (./run by default)."""
+    """`python evaluation.py`: score the model exported to NIGHTLAB_RUN_DIR (./run by default);
+    `--follow`: score its progress checkpoints while it trains."""
+    args = sys.argv[1:]
+    if args == ["--follow"]:
+        return follow(get_run_dir())
+    if args:
+        print(f"{HERE}: unknown arguments {' '.join(args)}", file=sys.stderr)
+        print("usage: python evaluation.py [--follow]", file=sys.stderr)
+        return 2
     return evaluate(get_run_dir(), started=T_IMPORT)
 
 

@@ -6,10 +6,16 @@ run has failed (NaN, out of memory) and how the model is handed over: as a torch
 that evaluation.py scores in its own process, so a change to train.py can make the model better
 but can never change how it is measured.
 
+While it trains, a run can leave progress checkpoints (Checkpoints) that `python evaluation.py
+--follow` scores in its own process beside it, so the training process never opens the val or
+holdout data, not even for the periodic evaluation of `nightlab validate --time-to-target`.
+
 The run environment nightlab sets: NIGHTLAB_SEED, NIGHTLAB_RUN_DIR, NIGHTLAB_BUDGET_SECONDS /
-_TOKENS / _STEPS, NIGHTLAB_EVAL_SEPARATE (nightlab runs the evaluation itself), and for
-`nightlab validate --time-to-target` NIGHTLAB_EVAL_INTERVAL_SECONDS, NIGHTLAB_TARGET_METRIC and
-NIGHTLAB_TARGET_DIRECTION. Without them (`python train.py` by hand) the defaults of data.py apply.
+_TOKENS / _STEPS / _FLOPS, NIGHTLAB_EVAL_SEPARATE (nightlab runs the evaluation itself),
+NIGHTLAB_PROGRESS_EVERY (a checkpoint every that share of the budget, for early stopping), and for
+`nightlab validate --time-to-target` NIGHTLAB_EVAL_INTERVAL_SECONDS (a checkpoint every that many
+seconds of training) with NIGHTLAB_TARGET_METRIC (the evaluator then creates the stop file).
+Without them (`python train.py` by hand) the defaults of data.py apply and no checkpoint is left.
 """
 
 from __future__ import annotations
@@ -18,14 +24,15 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import evaluation
 import numpy as np
 import prepare
 import torch
@@ -33,8 +40,8 @@ from data import (
     DATASET,
     DEFAULT_BUDGET_SECONDS,
     DEFAULT_SEED,
+    DONE_FILE,
     EVAL_BATCH_SIZE,
-    EVAL_TOKENS,
     EXIT_INVALID,
     EXIT_NAN,
     EXIT_OOM,
@@ -42,12 +49,16 @@ from data import (
     EXPORT_META,
     LOSS_EXPLODE_FACTOR,
     METRICS_FILE,
+    PROGRESS_DIR,
+    PROGRESS_EVAL_FILE,
+    PROGRESS_FILE,
     SEQ_LEN,
+    STOP_FILE,
     TOKENIZER,
     VOCAB_SIZE,
+    WEIGHTS_FILE,
     fail,
     get_run_dir,
-    get_tokenizer,
     load_split,
 )
 
@@ -103,8 +114,10 @@ def _env_number(name: str, kind: type) -> float | int | None:
         return None
     try:
         value = kind(float(raw)) if kind is int else kind(raw)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise fail(f"{name}={raw!r} is not a number", where=HERE) from None
+    if not math.isfinite(value):
+        raise fail(f"{name}={raw!r} is not a number", where=HERE)
     if value <= 0:
         raise fail(f"{name}={raw!r} must be positive", where=HERE)
     return value
@@ -112,34 +125,49 @@ def _env_number(name: str, kind: type) -> float | int | None:
 
 @dataclass(frozen=True)
 class Budget:
-    """How long to train: whichever of seconds / tokens / steps is set (all that are set apply)."""
+    """How long to train: whichever of seconds / tokens / steps / flops is set (all that are set
+    apply). FLOPs are the count train.py reports (6 per matrix weight per token plus attention):
+    like tokens they do not depend on the machine's load, but a bigger model gets fewer tokens."""
 
     seconds: float | None = None
     tokens: int | None = None
     steps: int | None = None
+    flops: float | None = None
 
-    def progress(self, training_seconds: float, tokens: int, steps: int) -> float:
+    def progress(self, training_seconds: float, tokens: int, steps: int, flops: float | None = None) -> float:
         """Fraction of the budget used, in [0, 1]: the furthest-along of the set budgets."""
+        if self.flops and flops is None:
+            raise fail(
+                "NIGHTLAB_BUDGET_FLOPS is set but train.py passes no FLOPs count to "
+                "budget.progress / budget.exhausted",
+                where=HERE,
+            )
         used = [
             done / limit
-            for done, limit in ((training_seconds, self.seconds), (tokens, self.tokens), (steps, self.steps))
+            for done, limit in (
+                (training_seconds, self.seconds),
+                (tokens, self.tokens),
+                (steps, self.steps),
+                (flops, self.flops),
+            )
             if limit
         ]
         return min(1.0, max(used, default=0.0))
 
-    def exhausted(self, training_seconds: float, tokens: int, steps: int) -> bool:
+    def exhausted(self, training_seconds: float, tokens: int, steps: int, flops: float | None = None) -> bool:
         """Whether training must stop now: some set budget is used up."""
-        return self.progress(training_seconds, tokens, steps) >= 1.0
+        return self.progress(training_seconds, tokens, steps, flops) >= 1.0
 
 
 def get_budget() -> Budget:
-    """From NIGHTLAB_BUDGET_SECONDS / _TOKENS / _STEPS; DEFAULT_BUDGET_SECONDS when none is set."""
+    """From NIGHTLAB_BUDGET_SECONDS / _TOKENS / _STEPS / _FLOPS; DEFAULT_BUDGET_SECONDS when none is set."""
     budget = Budget(
         _env_number("NIGHTLAB_BUDGET_SECONDS", float),
         _env_number("NIGHTLAB_BUDGET_TOKENS", int),
         _env_number("NIGHTLAB_BUDGET_STEPS", int),
+        _env_number("NIGHTLAB_BUDGET_FLOPS", float),
     )
-    if budget.seconds is None and budget.tokens is None and budget.steps is None:
+    if budget == Budget():
         return Budget(seconds=float(DEFAULT_BUDGET_SECONDS))
     return budget
 
@@ -201,32 +229,52 @@ def oom_guard() -> Iterator[None]:
 # Export and the final evaluation
 
 
-def export_model(model: torch.nn.Module) -> Path:
+def export_model(model: torch.nn.Module, reuse: torch.export.ExportedProgram | None = None) -> Path:
     """Save `model` as a torch.export program (loading it runs none of train.py's code).
 
     The program has the evaluation's fixed shape [EVAL_BATCH_SIZE, SEQ_LEN]. Stale files of a
-    previous run in the same run dir (export, metrics.json) are removed first.
+    previous run in the same run dir (export, metrics.json) are removed first. `reuse` is the
+    program of this run's first progress checkpoint: saved with the current weights instead of
+    tracing the model again, when the weights fit it and it computes what the model computes on
+    a random batch (a model whose code paths changed since then is exported afresh).
     """
+    started = time.perf_counter()
     run_dir = get_run_dir()
     for name in (EXPORT_FILE, EXPORT_META, METRICS_FILE):
         (run_dir / name).unlink(missing_ok=True)
+    reused = reuse is not None and _still_fits(reuse, model)
+    program = reuse if reused and reuse is not None else _trace(model)
+    _save_program(program, model, run_dir)
+    how = "the first checkpoint's program with the final weights" if reused else "traced"
+    print(f"export: {time.perf_counter() - started:.2f} s ({how})", flush=True)
+    return run_dir / EXPORT_FILE
+
+
+def _trace(model: torch.nn.Module) -> torch.export.ExportedProgram:
+    """torch.export of `model` in eval mode, on an example of the evaluation's shape."""
     param = next(model.parameters())
     example = torch.zeros(EVAL_BATCH_SIZE, SEQ_LEN, dtype=torch.long, device=param.device)
     # Trace under the autocast training uses (bf16 on CUDA sm80+); the evaluation runs the
     # program under the same autocast (meta "autocast"), so it computes as training did.
-    autocast = _uses_bf16(param.device)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            program = torch.export.export(model, (example,), strict=False)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=_uses_bf16(param.device)):
+            return torch.export.export(model, (example,), strict=False)
     finally:
         model.train(was_training)
-    path = run_dir / EXPORT_FILE
-    torch.export.save(program, str(path))
+
+
+def _save_program(program: torch.export.ExportedProgram, model: torch.nn.Module, folder: Path) -> None:
+    """The program and its meta (what the evaluator needs besides it) in `folder`."""
+    torch.export.save(program, str(folder / EXPORT_FILE))
+    _write_meta(folder, model, format="torch.export", file=EXPORT_FILE)
+
+
+def _write_meta(folder: Path, model: torch.nn.Module, **fields: object) -> None:
+    param = next(model.parameters())
     meta = {
-        "format": "torch.export",
-        "file": EXPORT_FILE,
+        **fields,
         "vocab_size": VOCAB_SIZE,
         "seq_len": SEQ_LEN,
         "batch_size": EVAL_BATCH_SIZE,
@@ -234,11 +282,50 @@ def export_model(model: torch.nn.Module) -> Path:
         "dataset": DATASET,
         "device": param.device.type,
         "dtype": str(param.dtype).removeprefix("torch."),
-        "autocast": "bfloat16" if autocast else None,
+        "autocast": "bfloat16" if _uses_bf16(param.device) else None,
         "num_params": sum(p.numel() for p in model.parameters()),
     }
-    (run_dir / EXPORT_META).write_text(json.dumps(meta, indent=1))
-    return path
+    (folder / EXPORT_META).write_text(json.dumps(meta, indent=1))
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What changes while a model trains: its parameters and persistent buffers."""
+    return {name: tensor.detach() for name, tensor in model.state_dict().items()}
+
+
+def _fits(program: torch.export.ExportedProgram, weights: dict[str, torch.Tensor]) -> bool:
+    """Whether `weights` are exactly the tensors `program` was traced with (names, shapes, dtypes)."""
+    held = program.state_dict
+    return held.keys() == weights.keys() and all(
+        held[k].shape == w.shape and held[k].dtype == w.dtype and held[k].device == w.device
+        for k, w in weights.items()
+    )
+
+
+def _still_fits(program: torch.export.ExportedProgram, model: torch.nn.Module) -> bool:
+    """Give `program` the model's current weights; True when it then computes what the model does.
+
+    The check runs both on one random batch of the evaluation's shape: a model whose forward
+    changed after the program was traced (a window that grew, a layer switched off) disagrees.
+    """
+    weights = model.state_dict(keep_vars=True)  # the parameters themselves, as the program holds them
+    if not _fits(program, weights):
+        return False
+    program.state_dict.update(weights)
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, VOCAB_SIZE, (EVAL_BATCH_SIZE, SEQ_LEN), generator=generator).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=_uses_bf16(device)):
+            want = model(probe).float()
+            got = program.module()(probe).float()
+    finally:
+        model.train(was_training)
+    if got.shape != want.shape:
+        return False
+    return bool((got - want).abs().max() <= 1e-4 * (1.0 + want.abs().max()))
 
 
 def _uses_bf16(device: torch.device) -> bool:
@@ -246,15 +333,22 @@ def _uses_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
 
 
-def finish(model: torch.nn.Module) -> float | None:
+def finish(model: torch.nn.Module, checkpoints: Checkpoints | None = None) -> float | None:
     """What train.py calls after training: export the model, then evaluate it in a child process.
 
-    Returns val_bpb from `python evaluation.py` (the very evaluation nightlab runs), for the
-    summary block train.py prints. Under nightlab (NIGHTLAB_EVAL_SEPARATE=1) nightlab runs the
-    evaluation itself, so this only exports and returns None. A failed evaluation ends the run
-    with its exit code (5 and a status line for an invalid model).
+    `checkpoints` (the run's Checkpoints) lends the program of its first checkpoint, so a run
+    with checkpoints traces its model once. Returns val_bpb from `python evaluation.py` (the very
+    evaluation nightlab runs), for the summary block train.py prints. Under nightlab
+    (NIGHTLAB_EVAL_SEPARATE=1) nightlab runs the evaluation itself, so this only exports and
+    returns None. A failed evaluation ends the run with its exit code (5 and a status line for an
+    invalid model).
     """
-    export_model(model)
+    if checkpoints is not None and checkpoints.count:
+        print(
+            f"progress: {checkpoints.count} checkpoints in {checkpoints.seconds:.2f} s (not training time)",
+            flush=True,
+        )
+    export_model(model, reuse=checkpoints.program if checkpoints is not None else None)
     if os.environ.get("NIGHTLAB_EVAL_SEPARATE", "0") not in ("", "0"):
         return None
     run_dir = get_run_dir()
@@ -280,71 +374,80 @@ def finish(model: torch.nn.Module) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Periodic evaluation and stopping at a target (`nightlab validate --time-to-target`)
-
-CURVE_FILE = "curve.jsonl"  # one line per periodic evaluation, in the run dir
-CURVE_EVAL_TOKENS = EVAL_TOKENS // 4  # val tokens each periodic evaluation scores (a prefix of val)
+# Progress checkpoints (early stopping, `nightlab validate --time-to-target`)
 
 
-class _Curve:
-    """What nightlab asked for: NIGHTLAB_EVAL_INTERVAL_SECONDS, NIGHTLAB_TARGET_METRIC (and
-    NIGHTLAB_TARGET_DIRECTION), read once, plus when the next evaluation is due."""
-
-    def __init__(self) -> None:
-        self.interval = _env_number("NIGHTLAB_EVAL_INTERVAL_SECONDS", float)
-        raw = os.environ.get("NIGHTLAB_TARGET_METRIC", "").strip()
-        try:
-            self.target = float(raw) if raw else None
-        except ValueError:
-            raise fail(f"NIGHTLAB_TARGET_METRIC={raw!r} is not a number", where=HERE) from None
-        self.maximize = os.environ.get("NIGHTLAB_TARGET_DIRECTION", "minimize") == "maximize"
-        self.next_at = self.interval or 0.0
-        self.val: np.ndarray | None = None
+def _env_share(name: str) -> float | None:
+    share = _env_number(name, float)
+    if share is not None and share > 1:
+        raise fail(f"{name}={share:g} must be a share of the budget, at most 1", where=HERE)
+    return share
 
 
-_curve: _Curve | None = None
+class Checkpoints:
+    """The checkpoints a run leaves for `python evaluation.py --follow`, and its stop file.
 
-
-def evaluate_periodically(model: torch.nn.Module, training_seconds: float, tokens: int, step: int) -> bool:
-    """train.py calls this after every step; True means "stop training now".
-
-    Without NIGHTLAB_EVAL_INTERVAL_SECONDS it returns False at once. With it, every that many
-    seconds of training it scores the current model (in eval mode, no gradients) on the first
-    CURVE_EVAL_TOKENS val tokens, appends {training_seconds, tokens, step, val_bpb} to curve.jsonl
-    in the run dir, and returns True once NIGHTLAB_TARGET_METRIC is reached. Call it outside the
-    timed part of the step: its time is not training time. The frozen evaluation still scores the
-    final model, and nightlab checks it against the curve.
+    train.py calls `after_step` after every step, outside the timed part. A checkpoint is due
+    every NIGHTLAB_PROGRESS_EVERY of the budget (before its end: the final evaluation scores
+    that) and every NIGHTLAB_EVAL_INTERVAL_SECONDS of training; with neither set there are none.
+    The first checkpoint is a torch.export program (as the final export); later ones are the
+    weights only, which the evaluator loads into that program (the graph does not change during
+    a run; if the weights no longer fit it, the model is traced again). Each checkpoint's files
+    are written before its line in progress.jsonl, so the evaluator sees only whole ones.
     """
-    global _curve
-    if _curve is None:
-        _curve = _Curve()
-    curve = _curve
-    if curve.interval is None or training_seconds < curve.next_at:
-        return False
-    while curve.next_at <= training_seconds:
-        curve.next_at += curve.interval
-    if curve.val is None:
-        curve.val = load_split("val")[: CURVE_EVAL_TOKENS + 1]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=_uses_bf16(device)):
-            value, _ = evaluation.bits_per_byte(model, curve.val, get_tokenizer().token_bytes, device)
-    except evaluation.InvalidModel as exc:  # the final, frozen evaluation will say so
-        print(f"eval: step {step} skipped ({exc})", flush=True)
-        return False
-    finally:
-        model.train(was_training)
-    record = {
-        "training_seconds": round(training_seconds, 3),
-        "tokens": tokens,
-        "step": step,
-        "val_bpb": value,
-    }
-    with (get_run_dir() / CURVE_FILE).open("a") as fh:
-        fh.write(json.dumps(record) + "\n")
-    print(f"eval: step {step:05d} | {training_seconds:.1f} s | val_bpb {value:.6f} (curve)", flush=True)
-    if curve.target is None:
-        return False
-    return value >= curve.target if curve.maximize else value <= curve.target
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.every = _env_share("NIGHTLAB_PROGRESS_EVERY")
+        self.interval = _env_number("NIGHTLAB_EVAL_INTERVAL_SECONDS", float)
+        self.run_dir = get_run_dir()
+        self.count = 0  # checkpoints written
+        self.seconds = 0.0  # spent writing them: not training time
+        self.program: torch.export.ExportedProgram | None = None  # the latest traced checkpoint's
+        self._program_dir = ""
+        self._shares_done = 0  # whole NIGHTLAB_PROGRESS_EVERY shares of the budget passed
+        self._intervals_done = 0  # whole NIGHTLAB_EVAL_INTERVAL_SECONDS of training passed
+        # Leftovers of an earlier run in the same run dir (by hand, ./run) would stop this one.
+        for name in (PROGRESS_FILE, PROGRESS_EVAL_FILE, STOP_FILE, DONE_FILE):
+            (self.run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(self.run_dir / PROGRESS_DIR, ignore_errors=True)
+
+    def after_step(
+        self,
+        model: torch.nn.Module,
+        training_seconds: float,
+        tokens: int,
+        step: int,
+        flops: float | None = None,
+    ) -> bool:
+        """Leave a checkpoint when one is due; True means "stop training now" (the stop file)."""
+        share = self.budget.progress(training_seconds, tokens, step, flops)
+        due = False
+        if self.every and share < 1.0 and share / self.every >= self._shares_done + 1 - 1e-9:
+            due = True
+            self._shares_done = math.floor(share / self.every + 1e-9)  # a long step may pass several
+        if self.interval and training_seconds / self.interval >= self._intervals_done + 1 - 1e-9:
+            due = True
+            self._intervals_done = math.floor(training_seconds / self.interval + 1e-9)
+        if due:
+            started = time.perf_counter()
+            record = {"step": step, "seconds": round(training_seconds, 3), "tokens": tokens}
+            record |= {"flops": float(flops or 0.0), "fraction": round(share, 6)}
+            self._write(model, record)
+            self.seconds += time.perf_counter() - started
+        return (self.run_dir / STOP_FILE).exists()
+
+    def _write(self, model: torch.nn.Module, record: dict) -> None:
+        self.count += 1
+        name = f"{PROGRESS_DIR}/{self.count:04d}"
+        folder = self.run_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = _weights(model)
+        if self.program is not None and _fits(self.program, weights):
+            torch.save(weights, folder / WEIGHTS_FILE)
+            _write_meta(folder, model, format="weights", file=WEIGHTS_FILE, program=self._program_dir)
+        else:
+            self.program, self._program_dir = _trace(model), name
+            _save_program(self.program, model, folder)
+        with (self.run_dir / PROGRESS_FILE).open("a") as fh:
+            fh.write(json.dumps({**record, "export": name}) + "\n")

@@ -1,8 +1,8 @@
 """GPT pretraining under a fixed budget: the one file a research agent edits.
 
 Run it with `python train.py`. It trains a small GPT on the train split that harness.py serves,
-stops when the budget (seconds, tokens or steps, from the environment) is used up, hands the
-model to harness.finish() (export, and the evaluation when run by hand), and prints the summary
+stops when the budget (seconds, tokens, steps or FLOPs, from the environment) is used up, hands
+the model to harness.finish() (export, and the evaluation when run by hand), and prints the summary
 block. data.py, harness.py and evaluation.py are frozen: the settings, the data, the budget, the
 export and the evaluation (val_bpb) live there, so that results stay comparable.
 
@@ -17,6 +17,11 @@ import re
 import resource
 import time
 from contextlib import nullcontext
+
+# CPU threads waiting for work sleep rather than spin (set before torch starts its thread pool):
+# spinning threads take the cores from the ones doing the work whenever anything else runs on
+# the machine, which made CPU steps 3-7x slower on a shared 2-core machine (docs/BENCHMARKS.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 import torch.nn as nn
@@ -66,7 +71,7 @@ MUON_MOMENTUM_START = 0.85  # Muon momentum at the start of training
 MUON_MOMENTUM_WARMUP = 0.1  # fraction of the budget over which momentum ramps up
 MUON_NS_STEPS = 5  # Newton-Schulz iterations that orthogonalise each Muon update
 GRAD_CLIP = 0.0  # clip the global grad norm to this value; 0 disables
-# Schedule (fractions of the budget, whichever budget is set: seconds, tokens or steps)
+# Schedule (fractions of the budget, whichever budget is set: seconds, tokens, steps or FLOPs)
 WARMUP_RATIO = 0.0  # linear warmup from 0
 WARMDOWN_RATIO = 0.5  # linear decay to FINAL_LR_FRAC over the last part of the budget
 FINAL_LR_FRAC = 0.0  # lr multiplier at the end of the budget
@@ -592,10 +597,10 @@ def train() -> None:
     step_model = torch.compile(model, dynamic=False) if compiled else model
     untimed_steps = 2 if compiled else 1  # warm-up (compilation, allocator) is not training time
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    flops = peak_flops(gpu)  # every GPU the table knows trains in bf16 (sm80+)
-    peak = f"{flops / 1e12:.0f} TFLOP/s bf16 peak" if flops else "peak unknown: no MFU"
+    peak = peak_flops(gpu)  # every GPU the table knows trains in bf16 (sm80+)
+    peak_text = f"{peak / 1e12:.0f} TFLOP/s bf16 peak" if peak else "peak unknown: no MFU"
     print(
-        f"device {device}{f' ({gpu}, {peak})' if gpu else ''} dtype {str(dtype).removeprefix('torch.')} "
+        f"device {device}{f' ({gpu}, {peak_text})' if gpu else ''} dtype {str(dtype).removeprefix('torch.')} "
         f"compile {compiled} | depth {DEPTH} width {model.width} heads {model.width // HEAD_DIM} "
         f"windows {model.windows} ({'flex' if flex else 'sdpa'}) | params {num_params / 1e6:.2f}M | "
         f"batch {TOTAL_BATCH_SIZE} tokens = {grad_accum} x {DEVICE_BATCH_SIZE} x {seq_len}",
@@ -603,11 +608,13 @@ def train() -> None:
     )
     startup_seconds, warmup_seconds = time.time() - T_START, 0.0
 
+    # Checkpoints for nightlab's progress evaluator (early stopping, time to target); none by hand.
+    checkpoints = harness.Checkpoints(budget)
     training_seconds, tokens, step, logged = 0.0, 0, 0, -1
     x, y = next(loader)
-    while not budget.exhausted(training_seconds, tokens, step):
+    while not budget.exhausted(training_seconds, tokens, step, flops_per_token * tokens):
         t0 = time.time()
-        progress = budget.progress(training_seconds, tokens, step)
+        progress = budget.progress(training_seconds, tokens, step, flops_per_token * tokens)
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * lr_multiplier(progress)
@@ -637,24 +644,25 @@ def train() -> None:
                 )
         step += 1
         tokens += TOTAL_BATCH_SIZE
-        if int(10 * budget.progress(training_seconds, tokens, step)) > logged:  # every 10% of budget
-            logged = int(10 * budget.progress(training_seconds, tokens, step))
+        done = budget.progress(training_seconds, tokens, step, flops_per_token * tokens)
+        if int(10 * done) > logged:  # every 10% of budget
+            logged = int(10 * done)
             print(
                 f"step {step:05d} | loss {loss_value:.4f} | lr x{lr_multiplier(progress):.2f} | "
                 f"{TOTAL_BATCH_SIZE / dt:,.0f} tok/s | {100 * progress:.0f}% of budget",
                 flush=True,
             )
-        if harness.evaluate_periodically(model, training_seconds, tokens, step):
-            break  # NIGHTLAB_TARGET_METRIC reached (`nightlab validate --time-to-target`)
+        if checkpoints.after_step(model, training_seconds, tokens, step, flops_per_token * tokens):
+            break  # the progress evaluator saw NIGHTLAB_TARGET_METRIC reached (time to target)
 
     total_seconds = time.time() - T_START
     memory_mb = peak_memory_mb(device)
     mfu = None
-    if flops is not None and training_seconds > 0:
+    if peak is not None and training_seconds > 0:
         timed_tokens = (step - min(step, untimed_steps)) * TOTAL_BATCH_SIZE
-        mfu = 100 * flops_per_token * timed_tokens / training_seconds / flops
+        mfu = 100 * flops_per_token * timed_tokens / training_seconds / peak
     model.eval()
-    val_bpb = harness.finish(model)  # export; evaluated here too unless nightlab evaluates it
+    val_bpb = harness.finish(model, checkpoints)  # export; evaluated here too unless nightlab evaluates it
 
     # The summary block: `key: value` lines after `---`, read by nightlab and by people alike.
     print("---")
@@ -669,6 +677,7 @@ def train() -> None:
     if mfu is not None:
         print(f"mfu_percent:      {mfu:.2f}")
     print(f"total_tokens_M:   {tokens / 1e6:.3f}")
+    print(f"total_flops:      {flops_per_token * tokens:.3e}")
     print(f"num_steps:        {step}")
     print(f"num_params_M:     {num_params / 1e6:.3f}")
     print(f"depth:            {DEPTH}", flush=True)
