@@ -1,14 +1,16 @@
-"""The two baselines of ``search_efficiency.py``, as agents over the search agent's own space.
+"""The baselines of ``search_efficiency.py``, as agents over the search agent's own space.
 
-Random search and plain Optuna TPE (ask-and-tell, default settings, no incumbent logic) see
-exactly the knobs and domains the search agent sees (:func:`~nightlab.agents.search.space.build_space`),
-so a comparison measures the strategy, not the space. Both follow the Agent protocol, so the
-harness's loop can run them too (see ``run_on_cpu_template``).
+Random search, Optuna's TPE and Optuna's CMA-ES (ask-and-tell, default settings, no incumbent
+logic) see exactly the knobs and domains the search agent sees
+(:func:`~nightlab.agents.search.space.build_space`), so a comparison measures the strategy, not
+the space. All follow the Agent protocol, so the harness's loop can run them too (see
+``search_cpu.py``). CMA-ES needs the ``cmaes`` package (the ``bench`` extra).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -50,34 +52,45 @@ class RandomAgent(Agent):
         return None
 
 
-class TPEAgent(Agent):
-    """Optuna's TPE sampler over the same space through ask-and-tell, with no incumbent logic."""
+class OptunaAgent(Agent):
+    """An Optuna sampler over the same space through ask-and-tell, with no incumbent logic.
 
-    name = "tpe"
+    The baseline is told as a finished trial before the first ask, so the sampler starts from
+    what every other method knows. Each trial is one training run; what it reports is Optuna's
+    ``best_trial``, the configuration with the best measured value (the greedy rule).
+    """
+
+    name = "optuna"
 
     def __init__(self, config: Config, seed: int) -> None:
         self.agent_config = AGENTS.settings(config.agent, "search")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
-        self.asked: dict[int, Any] = {}
+        self.study = optuna.create_study(direction="minimize", sampler=self.sampler(seed))
         self.told: set[int] = set()
         self.space: Space | None = None
 
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        raise NotImplementedError
+
     def propose(self, context: Context) -> Proposal | None:
-        self.space = self.space or build_space(context.files, self.agent_config)
+        if self.space is None:
+            # Domains from the first files seen (the baseline), as the search agent infers them.
+            self.space = build_space(context.files, self.agent_config)
+            baseline = next((e for e in context.history if e.decision == "baseline"), None)
+            if baseline is not None and baseline.metric is not None:
+                self._tell_baseline(self.space, baseline.metric)
         distributions = {d.key: _optuna_distribution(d.domain) for d in self.space.dims}
-        trial = self.study.ask(distributions)
+        with warnings.catch_warnings():  # CMA-ES says once that categoricals are sampled apart
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            trial = self.study.ask(distributions)
         changes = {i: _from_optuna(d.domain, trial.params[d.key]) for i, d in enumerate(self.space.dims)}
         config = self.space.with_dims(self.space.current(), changes)
-        proposal = _whole_config_proposal(self.space, context.files, config, "tpe")
+        proposal = _whole_config_proposal(self.space, context.files, config, self.name)
         proposal.meta["trial"] = trial.number
-        self.asked[trial.number] = trial
         return proposal
 
     def observe(self, entry: HistoryEntry) -> None:
         number = entry.meta.get("trial")
-        if entry.decision == "baseline" and self.space is not None:
-            return
         if number is None or number in self.told:
             return
         self.told.add(number)
@@ -86,9 +99,7 @@ class TPEAgent(Agent):
         else:
             self.study.tell(number, state=optuna.trial.TrialState.FAIL)
 
-    def tell_baseline(self, space: Space, value: float) -> None:
-        """The baseline as a finished trial, so TPE starts from the same knowledge."""
-        self.space = space
+    def _tell_baseline(self, space: Space, value: float) -> None:
         params = {
             d.key: _to_optuna(d.domain, v)
             for d, v in zip(space.dims, space.dim_values(space.current()), strict=True)
@@ -97,6 +108,29 @@ class TPEAgent(Agent):
         self.study.add_trial(
             optuna.trial.create_trial(params=params, distributions=distributions, value=value)
         )
+
+
+class TPEAgent(OptunaAgent):
+    """Optuna's TPE sampler, default settings."""
+
+    name = "tpe"
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed)
+
+
+class CMAESAgent(OptunaAgent):
+    """Optuna's CMA-ES sampler (the ``cmaes`` package), default settings.
+
+    CMA-ES moves the numeric dimensions (its mean starts at the centre of the space, its step
+    at a sixth of the range, a population of 4 + 3 ln d per generation); Optuna samples the
+    categorical ones (booleans, declared choices) at random, as it does for every CMA-ES user.
+    """
+
+    name = "cmaes"
+
+    def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
 
 
 def _uniform(domain: Domain, rng: np.random.Generator) -> Any:

@@ -422,6 +422,46 @@ def test_a_kept_change_moves_the_centre() -> None:
             assert f"DEPTH {before['DEPTH']} →" in proposal.description
 
 
+def test_a_pruned_run_counts_as_its_estimate_not_as_a_failure() -> None:
+    agent = SearchAgent(search_settings(SYNTHETIC))
+    loop = MiniLoop(agent, TRAIN, _synthetic_evaluate())
+    for _ in range(2):
+        loop.step()
+    proposal = agent.propose(loop.context())
+    assert proposal is not None
+    meta = json.loads(json.dumps(proposal.meta))
+    estimate = loop.best + 0.05  # the ledger's guess of where the stopped run would have ended
+    for entry_id, pruned in (
+        (50, {"at": 0.25, "value": 2.0, "incumbent": 1.9, "estimate": estimate}),
+        (51, {}),
+    ):
+        entry = HistoryEntry(
+            id=entry_id,
+            description=proposal.description,
+            status="pruned",
+            decision="discard",
+            reason="pruned",
+            metric=None,
+            spread=None,
+            runs=1,
+            delta=None,
+            meta={**meta, "pruned": pruned},
+        )
+        agent.observe(entry)
+    origin = agent._origin(loop.context().files)
+    space = agent._space(loop.context().files, origin)
+    trials = {
+        t_id: t
+        for t_id, t in zip(
+            sorted(agent.entries), agent._trials(space, space.current(), Direction("minimize")), strict=True
+        )
+    }
+    assert trials[50].status == "pruned" and trials[50].value == pytest.approx(estimate)
+    assert trials[51].value is None  # no estimate: tried, but not a point of the model
+    maximise = agent._trials(space, space.current(), Direction("maximize"))
+    assert maximise[-2].value == pytest.approx(-estimate)  # oriented like every other point
+
+
 def test_failures_make_their_region_less_attractive() -> None:
     categorical = np.array([False, False])
     failed = np.array([[0.9, 0.9]])

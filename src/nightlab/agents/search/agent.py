@@ -3,7 +3,8 @@
 Each proposal changes one or two knobs of the current best training script (the incumbent),
 chosen among a few hundred candidate moves by a Gaussian-process model of every result so far
 (:mod:`nightlab.agents.search.surrogate`): expected improvement over the incumbent by more than half
-the noise floor, discounted by the chance of a crash near that point. Moves stay local because
+the noise floor, discounted by the chance of a crash near that point, per training run it is
+expected to cost (confirmation replicates included, as the history shows the policy asks for them). Moves stay local because
 the harness keeps only what it can confirm, one change at a time, and a person reading the
 research branch should see a story of small, attributable steps.
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.stats import norm
 
 from nightlab.agents.base import Agent
 from nightlab.agents.search.describe import describe_space, why_empty
@@ -155,10 +157,26 @@ class SearchAgent(Agent):
             value = None
             if entry.status == "ok" and entry.metric is not None and math.isfinite(entry.metric):
                 value = sign * float(entry.metric)
+            elif entry.status == "pruned":
+                value = self._pruned_value(meta, sign)
             trials.append(
                 Trial(config=config, value=value, runs=max(entry.runs or 1, 1), status=entry.status)
             )
         return trials
+
+    @staticmethod
+    def _pruned_value(meta: dict, sign: float) -> float | None:
+        """A run stopped early as an observation: the ledger's estimate of where it would have
+        ended (the incumbent's final metric shifted by the gap seen at the checkpoint).
+
+        It is a guess, not a measurement, but leaving the point out would let the model believe
+        the region untried and propose its neighbours again; counting it as a failure would
+        teach it that the region crashes. None when the ledger holds no estimate."""
+        pruned = meta.get("pruned")
+        estimate = pruned.get("estimate") if isinstance(pruned, dict) else None
+        if isinstance(estimate, (int, float)) and math.isfinite(estimate):
+            return sign * float(estimate)
+        return None
 
     # ------------------------------------------------------------------ candidates
     def _candidates(
@@ -292,7 +310,11 @@ class SearchAgent(Agent):
             np.array([space.unit(t.config) for t in ok]),
             mask,
         )
-        score = acquisition * (1.0 - p_fail)
+        # Expected improvement per training run: under a policy that confirms, a move whose
+        # first run looks better costs the confirmation replicates too (none under greedy).
+        looks_better = norm.cdf((float(centre_mean[0]) - mean) / np.sqrt(sd**2 + noise_sd**2))
+        runs_expected = 1.0 + looks_better * self._confirmation_runs()
+        score = acquisition * (1.0 - p_fail) / runs_expected
         best = int(np.argmax(score))
         sign = -context.direction.sign  # the model minimises
         predicted, spread = sign * float(mean[best]), float(sd[best])
@@ -303,8 +325,24 @@ class SearchAgent(Agent):
         )
         if p_fail[best] > 0.05:
             note += f"; {p_fail[best]:.0%} risk of failure from nearby crashes"
-        extra = {"predicted": predicted, "predicted_sd": spread, "p_fail": float(p_fail[best])}
+        extra = {
+            "predicted": predicted,
+            "predicted_sd": spread,
+            "p_fail": float(p_fail[best]),
+            "runs_expected": float(runs_expected[best]),
+        }
         return candidates[best], note, extra
+
+    def _confirmation_runs(self) -> float:
+        """Replicates a candidate costs beyond its first run when the policy confirms it.
+
+        Read from the history, so the agent needs no word about the policy: the mean extra runs
+        of past experiments that were run more than once (0 until one was, and always under
+        greedy). Counting every candidate that looks better at first as one that will be
+        confirmed overstates the cost a little; the ranking only needs it in proportion.
+        """
+        extra = [e.runs - 1 for e in self.entries.values() if e.decision != "baseline" and (e.runs or 1) > 1]
+        return float(np.mean(extra)) if extra else 0.0
 
     @staticmethod
     def _untouched(space: Space, trials: list[Trial]) -> np.ndarray:
