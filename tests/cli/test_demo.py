@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from helpers import git
-from nightlab.cli.demo import DEMO_BUDGET_TOKENS, DEMO_TIMEOUT, prepare_demo_workspace
+from nightlab.cli.demo import DEMO_BUDGET_FLOPS, DEMO_TIMEOUT, prepare_demo_workspace
 from nightlab.errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -23,15 +23,15 @@ def quiet() -> Console:
     return Console(file=io.StringIO(), width=200)
 
 
-def test_prepare_demo_workspace_commits_a_token_budget_once(tmp_path: Path) -> None:
+def test_prepare_demo_workspace_commits_a_flops_budget_once(tmp_path: Path) -> None:
     root = tmp_path / "demo"
     console = quiet()
     prepare_demo_workspace(root, console)
     budget = tomllib.loads((root / "nightlab.toml").read_text())["budget"]
-    assert budget == {"tokens": DEMO_BUDGET_TOKENS, "timeout": DEMO_TIMEOUT}
+    assert budget == {"flops": DEMO_BUDGET_FLOPS, "timeout": DEMO_TIMEOUT}
     assert git(root, "status", "--porcelain") == ""
     assert git(root, "log", "--format=%s").splitlines() == [
-        f"demo: {DEMO_BUDGET_TOKENS} training tokens per run",
+        f"demo: {DEMO_BUDGET_FLOPS:.3g} training FLOPs per run",
         "nightlab init (gpt, cpu size)",
     ]
     assert f"created {root}" in console.file.getvalue()

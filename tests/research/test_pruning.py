@@ -18,9 +18,10 @@ from helpers import TOY_TOML, edit, git, make_workspace, nightlab
 from nightlab.config import load_config
 from nightlab.research.progress import Point, ProgressReader, value_at
 from nightlab.research.prune_rules import HalvingPruner, MedianPruner
-from nightlab.research.pruning import IncumbentCurvePruner, PruneSetup
+from nightlab.research.pruning import IncumbentCurvePruner, PruneSetup, pruner_for
 from nightlab.stats import NoiseEstimate
-from nightlab.types import Direction
+from nightlab.store.ledger import Ledger
+from nightlab.types import Direction, RunResult, RunStatus
 
 # A toy target that trains for 20 steps of 0.1 s and writes a progress line (with its own
 # metric) at every NIGHTLAB_PROGRESS_EVERY share of the budget; its curve falls towards the
@@ -217,6 +218,24 @@ def test_unknown_pruner_kind_is_a_one_line_usage_error(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stdout + res.stderr
     assert "[pruner] kind 'asha' is not one of halving, incumbent, median" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_only_a_candidates_first_run_is_ever_watched(tmp_path: Path) -> None:
+    config = load_config(_config(tmp_path))
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        base = ledger.add_experiment(kind="baseline", tag="t", description="baseline")
+        for replicate, jitter in enumerate((0.0, 0.01)):
+            curve = [{"x": x, "value": 1.5 - x + jitter} for x in (0.25, 0.5, 0.75)]
+            result = RunResult(status=RunStatus.OK, progress=curve)
+            ledger.add_run(base, replicate, result, 1.0 + jitter, None, str(tmp_path))
+        ledger.finish_experiment(base, status="ok", decision="baseline")
+        cand = ledger.experiment(ledger.add_experiment(kind="candidate", tag="t", incumbent_id=base))
+        baseline = ledger.experiment(base)
+        assert isinstance(pruner_for(config, ledger, "t", cand, 0), IncumbentCurvePruner)
+        assert pruner_for(config, ledger, "t", cand, 1) is None  # a confirmation run: never
+        assert pruner_for(config, ledger, "t", baseline, 0) is None  # the baseline: never
+        config.policy.prune = False
+        assert pruner_for(config, ledger, "t", cand, 0) is None
 
 
 # -- end to end -------------------------------------------------------------------------------------

@@ -72,6 +72,14 @@ class Session:
         check_flag_files(self.config, self.root)
         sandbox.check(self.config.run.sandbox)
 
+    def close(self) -> None:
+        """Release the workspace lock and close the ledger (a process that opens the same workspace
+        again, a benchmark taking turns between workspaces; the CLI just exits)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self.ledger.close()
+
     def runner(self, worktree: str, reference: str) -> ReplicateRunner:
         """A replicate runner in ``worktree`` whose frozen check is ``reference``'s frozen files.
 
