@@ -338,13 +338,20 @@ while True:
 
 
 @pytest.mark.slow
-def test_frozen_progress_evaluator_scores_checkpoints_and_drives_pruning(tmp_path: Path) -> None:
+@pytest.mark.parametrize("separate", [False, True], ids=["metric-from-training", "separate-evaluation"])
+def test_frozen_progress_evaluator_scores_checkpoints_and_drives_pruning(
+    tmp_path: Path, separate: bool
+) -> None:
     assert '"val_loss": value' not in EXPORT_TRAIN  # the training side writes no metric in its lines
+    train = EXPORT_TRAIN
+    if separate:  # the final metric too comes from a frozen evaluation, as in the GPT template
+        train = train.replace('json.dump({"val_loss": final}, f)', 'json.dump({"loss": final}, f)')
     root = make_workspace(
         tmp_path / "ws",
-        train=EXPORT_TRAIN,
+        train=train,
         proposals=[edit("LR = 0.1", "LR = 1.5", "LR 0.1 -> 1.5")],
         extra_files={"follow.py": FOLLOW},
+        evaluate=separate,
     )
     toml = (root / "nightlab.toml").read_text()
     toml = toml.replace('frozen = ["evaluate.py"]', 'frozen = ["evaluate.py", "follow.py"]')

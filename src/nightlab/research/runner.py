@@ -191,6 +191,7 @@ class ReplicateRunner:
             exit_code=ev.exit_code,
             reason=ev.reason if ev.status.failed else train.reason,
             log_path=train.log_path,
+            progress=train.progress,  # the curve the pruner judges later candidates against
         )
         if ev.status.failed and not merged.reason:
             merged.reason = f"evaluation failed ({ev.status.value})"
