@@ -47,8 +47,23 @@ from nightlab.types import Direction
 
 TAG = "bench"
 TOKENS = 393216  # 96 optimizer steps of the cpu size, ~20 s of training on 2 idle cores
+
+
+class IncumbentOnly(IncumbentCurvePruner):
+    """The first version of the default rule: the incumbent's curve and the noise, no median guard."""
+
+    def judge(self, mine: float, checkpoint: float) -> dict | None:
+        reference = self.margin(checkpoint)
+        if reference is None:
+            return None
+        theirs, margin = reference
+        gap = self.setup.direction.improvement(theirs, mine)
+        return {"incumbent": theirs, "margin": margin, "gap": gap} if gap > margin else None
+
+
 RULES = {
-    "incumbent": lambda setup: IncumbentCurvePruner(setup),
+    "incumbent": lambda setup: IncumbentCurvePruner(setup, startup=5),
+    "incumbent-only": lambda setup: IncumbentOnly(setup),
     "median": lambda setup: MedianPruner(setup, startup=5),
     "halving": lambda setup: HalvingPruner(setup, reduction=4),
 }

@@ -133,10 +133,16 @@ def _curves(final: float, jitter: list[float]) -> list[list[Point]]:
     return [[Point(x, final + 0.5 * (1 - x) + j) for x in (0.25, 0.5, 0.75, 1.0)] for j in jitter]
 
 
+# Five completed runs around the incumbent's two: the median at each point is 0.2 above it.
+OTHERS = _curves(1.0, [0.0, 0.01, 0.2, 0.3, 0.4])
+
+
 def test_pruner_stops_a_hopeless_curve_with_its_evidence() -> None:
     floor = NoiseEstimate(sd=0.01, df=4, groups=2)
     pruner = IncumbentCurvePruner(
-        PruneSetup(_curves(1.0, [0.0, 0.01]), Direction.MINIMIZE, [0.25, 0.5], 0.99, floor, "val_loss")
+        PruneSetup(
+            _curves(1.0, [0.0, 0.01]), Direction.MINIMIZE, [0.25, 0.5], 0.99, floor, "val_loss", OTHERS
+        )
     )
     assert pruner.should_stop([Point(0.1, 5.0)]) is None  # no checkpoint reached yet
     reason = pruner.should_stop([Point(0.1, 5.0), Point(0.25, 3.0)])
@@ -147,6 +153,19 @@ def test_pruner_stops_a_hopeless_curve_with_its_evidence() -> None:
     assert evidence["incumbent"] == pytest.approx(1.38)
     assert evidence["gap"] == pytest.approx(3.0 - 1.38)
     assert 0 < evidence["margin"] < evidence["gap"]
+    assert evidence["median"] == pytest.approx(1.575) and evidence["completed"] == 5
+    assert reason.endswith("and worse than the median 1.575 of the 5 completed runs there")
+
+
+def test_curves_that_cross_are_not_stopped_behind_the_incumbent_alone() -> None:
+    floor = NoiseEstimate(sd=0.01, df=4, groups=2)
+    setup = PruneSetup(_curves(1.0, [0.0, 0.01]), Direction.MINIMIZE, [0.25], 0.99, floor, "v", OTHERS)
+    # Behind the incumbent (1.38) by far more than the noise, but ahead of most completed runs
+    # (median 1.575): a wider model starting slowly looks like this, and may end ahead.
+    assert IncumbentCurvePruner(setup).should_stop([Point(0.25, 1.5)]) is None
+    assert IncumbentCurvePruner(setup).should_stop([Point(0.25, 1.6)]) is not None
+    # Until `startup` runs have completed, nothing says where runs stand: nothing is stopped.
+    assert IncumbentCurvePruner(setup, startup=6).should_stop([Point(0.25, 9.0)]) is None
 
 
 def test_pruner_lets_a_curve_within_the_noise_go_on_and_judges_each_checkpoint_once() -> None:
@@ -167,7 +186,7 @@ def test_pruner_respects_direction_and_needs_measured_noise() -> None:
     up = IncumbentCurvePruner(PruneSetup(_curves(1.0, [0.0, 0.01]), Direction.MAXIMIZE, [0.5], 0.99, floor))
     assert up.should_stop([Point(0.5, 5.0)]) is None  # higher is better: far ahead, not hopeless
     up_low = IncumbentCurvePruner(
-        PruneSetup(_curves(1.0, [0.0, 0.01]), Direction.MAXIMIZE, [0.5], 0.99, floor)
+        PruneSetup(_curves(1.0, [0.0, 0.01]), Direction.MAXIMIZE, [0.5], 0.99, floor, others=OTHERS)
     )
     assert up_low.should_stop([Point(0.5, 0.1)]) is not None
     # One incumbent curve and no noise floor: nothing says how far is too far.
@@ -248,6 +267,13 @@ def _ledger(root: Path) -> tuple[list[dict], list[dict]]:
     return exps, runs
 
 
+def _judge_after_the_baseline(root: Path) -> None:
+    """The toy night has only the baseline's two runs completed when its first candidate runs."""
+    toml = (root / "nightlab.toml").read_text() + "\n[pruner.incumbent]\nstartup = 2\n"
+    (root / "nightlab.toml").write_text(toml)
+    git(root, "commit", "-qam", "prune from the first candidate on")
+
+
 @pytest.mark.slow
 def test_hopeless_candidate_is_pruned_recorded_and_never_the_incumbent(tmp_path: Path) -> None:
     root = make_workspace(
@@ -258,6 +284,7 @@ def test_hopeless_candidate_is_pruned_recorded_and_never_the_incumbent(tmp_path:
             edit("LR = 0.1", "LR = 0.3", "LR 0.1 -> 0.3"),  # a real gain: runs to the end
         ],
     )
+    _judge_after_the_baseline(root)
     started = time.monotonic()
     res = nightlab("run", str(root), "--plain", "--tag", "p")
     assert res.returncode == 0, res.stderr + res.stdout
@@ -360,6 +387,7 @@ def test_frozen_progress_evaluator_scores_checkpoints_and_drives_pruning(
     )
     (root / "nightlab.toml").write_text(toml)
     git(root, "commit", "-qam", "a frozen progress evaluator")
+    _judge_after_the_baseline(root)
     res = nightlab("run", str(root), "--plain", "--tag", "f")
     assert res.returncode == 0, res.stderr + res.stdout
     exps, runs = _ledger(root)

@@ -10,10 +10,13 @@ quantile (``prune_confidence``, with the noise floor's degrees of freedom) times
 times sqrt(1 + 1/n), n being the number of the incumbent's curves. The noise sd at a
 checkpoint is the larger of the spread of the incumbent's curves there and the noise floor of
 final values: early points are noisier than final ones, so the floor alone would prune too
-eagerly. Like Optuna's MedianPruner it compares at equal progress against what has been
-measured; unlike it, it compares with the code to beat (not the median of every trial) and
-sizes its margin by the measured noise, so a candidate near the incumbent, the one that may be
-kept, runs to the end. The anchors it was compared with (``median``, ``halving``) are in
+eagerly. Curves cross, though: on the cpu template a model twice as wide was behind the
+incumbent by far more than the noise at a quarter of its budget, then ended ahead and was kept. So the rule
+also asks what Optuna's MedianPruner asks: that the run be worse than the median of every
+completed run at that point (once ``[pruner.incumbent] startup`` runs have completed there).
+Behind the incumbent by more than the noise and behind most of what was tried is hopeless;
+behind the incumbent alone is not. A candidate near the incumbent, the one that may be kept,
+runs to the end. The anchors it was compared with (``median``, ``halving``) are in
 :mod:`nightlab.research.prune_rules` (docs/BENCHMARKS.md has the comparison).
 
 Never pruned: the baseline's runs, any replicate but a candidate's first (confirmation runs of
@@ -27,8 +30,11 @@ or an installed package's ``nightlab.pruners`` entry point), built from a :class
 from __future__ import annotations
 
 import math
+import statistics
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+
+from pydantic import Field
 
 from nightlab.config import Config
 from nightlab.plugins import Kind, Registry, Settings
@@ -109,12 +115,20 @@ class CheckpointPruner(Pruner):
         )
 
 
-class IncumbentCurvePruner(CheckpointPruner):
-    """Stops a run whose curve is worse than the incumbent's by more than the noise allows."""
+class IncumbentSettings(Settings):
+    # Completed runs needed at a checkpoint before anything is stopped there (Optuna's
+    # n_startup_trials): the guard against curves that cross needs to know where runs stand.
+    startup: int = Field(default=5, ge=1)
 
-    def __init__(self, setup: PruneSetup) -> None:
+
+class IncumbentCurvePruner(CheckpointPruner):
+    """Stops a run whose curve is worse than the incumbent's by more than the noise allows, and
+    worse than the median of the completed runs at the same point."""
+
+    def __init__(self, setup: PruneSetup, startup: int = 5) -> None:
         super().__init__(setup)
         self.reference = [curve for curve in setup.reference if curve]
+        self.startup = startup
 
     def margin(self, checkpoint: float) -> tuple[float, float] | None:
         """(the incumbent's value at ``checkpoint``, the margin a candidate may be worse by)."""
@@ -135,7 +149,28 @@ class IncumbentCurvePruner(CheckpointPruner):
             return None
         theirs, margin = reference
         gap = self.setup.direction.improvement(theirs, mine)  # > 0: the run is worse
-        return {"incumbent": theirs, "margin": margin, "gap": gap} if gap > margin else None
+        if gap <= margin:
+            return None
+        # Curves cross: a wider model or a slower schedule starts behind and ends ahead, by far
+        # more than the noise (measured on the cpu template, docs/BENCHMARKS.md). A run is
+        # only stopped while it is also behind the median of every completed run there, most of
+        # which the incumbent beat: behind the incumbent alone is not hopeless.
+        values = [v for v in (value_at(c, checkpoint) for c in self.setup.others) if v is not None]
+        if len(values) < self.startup:
+            return None
+        median = statistics.median(values)
+        if self.setup.direction.improvement(median, mine) <= 0:
+            return None
+        return {"incumbent": theirs, "margin": margin, "gap": gap, "median": median, "completed": len(values)}
+
+    def reason(self, evidence: dict) -> str:
+        text = super().reason(evidence)
+        if "median" not in evidence:
+            return text
+        return (
+            f"{text}, and worse than the median {evidence['median']:.4g} of the "
+            f"{evidence['completed']} completed runs there"
+        )
 
 
 PRUNERS = Registry(
@@ -151,8 +186,8 @@ PRUNERS = Registry(
 KINDS = (
     Kind(
         "incumbent",
-        lambda settings, setup: IncumbentCurvePruner(setup),
-        Settings,
+        lambda settings, setup: IncumbentCurvePruner(setup, settings.startup),
+        IncumbentSettings,
         "stop a run worse than the incumbent's curve by more than the noise allows (default)",
     ),
 )
