@@ -177,7 +177,11 @@ def replay(path: Path) -> dict:
                 if x["id"] < e["id"] and x["finished_at"] and x["finished_at"] <= e["created_at"]
             ]
             reference = [_curve(r) for r in runs.get(incumbent["id"], []) if r["status"] == "ok"]
-            others = [_curve(r) for x in earlier for r in runs.get(x["id"], []) if r["status"] == "ok"]
+            # One curve per finished experiment (its first complete run), as completed_curves.
+            others = [
+                next((c for r in runs.get(x["id"], []) if r["status"] == "ok" and (c := _curve(r))), [])
+                for x in earlier
+            ]
             groups = [[r["metric"] for r in runs.get(x["id"], []) if r["status"] == "ok"] for x in earlier]
             setup = PruneSetup(
                 reference=[c for c in reference if c],

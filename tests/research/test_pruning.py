@@ -153,8 +153,8 @@ def test_pruner_stops_a_hopeless_curve_with_its_evidence() -> None:
     assert evidence["incumbent"] == pytest.approx(1.38)
     assert evidence["gap"] == pytest.approx(3.0 - 1.38)
     assert 0 < evidence["margin"] < evidence["gap"]
-    assert evidence["median"] == pytest.approx(1.575) and evidence["completed"] == 5
-    assert reason.endswith("and worse than the median 1.575 of the 5 completed runs there")
+    assert evidence["median"] == pytest.approx(1.575) and evidence["experiments"] == 5
+    assert reason.endswith("and worse than the median 1.575 of the 5 finished experiments there")
 
 
 def test_curves_that_cross_are_not_stopped_behind_the_incumbent_alone() -> None:
@@ -214,7 +214,8 @@ def test_median_rule_needs_startup_runs_then_stops_below_the_median() -> None:
     )
     reason = rule.should_stop([Point(0.5, 1.46)])
     assert (
-        reason == "at 50% of the budget loss was 1.46, worse than the median 1.45 of the completed runs there"
+        reason
+        == "at 50% of the budget loss was 1.46, worse than the median 1.45 of the finished experiments there"
     )
 
 
@@ -268,8 +269,8 @@ def _ledger(root: Path) -> tuple[list[dict], list[dict]]:
 
 
 def _judge_after_the_baseline(root: Path) -> None:
-    """The toy night has only the baseline's two runs completed when its first candidate runs."""
-    toml = (root / "nightlab.toml").read_text() + "\n[pruner.incumbent]\nstartup = 2\n"
+    """The toy night has only the baseline finished when its first candidate runs."""
+    toml = (root / "nightlab.toml").read_text() + "\n[pruner.incumbent]\nstartup = 1\n"
     (root / "nightlab.toml").write_text(toml)
     git(root, "commit", "-qam", "prune from the first candidate on")
 

@@ -1,14 +1,14 @@
 """The classic pruning rules nightlab's default was measured against, usable as kinds too.
 
 - ``median``: Optuna's MedianPruner. At a checkpoint, stop a run whose value is worse than the
-  median of the values every completed run had there, once ``startup`` runs have completed.
+  median of the values every finished experiment had there, once ``startup`` have finished.
   It knows nothing of noise: about half of all candidates are worse than the median early on,
   including ones that would end up kept.
 - ``halving``: successive halving as in ASHA (Optuna's SuccessiveHalvingPruner). Each
   checkpoint is a rung; a run goes on only if it is among the best 1/``reduction`` of the runs
   that reached the rung (itself included; at least the best one goes on).
 
-Both compare with ``PruneSetup.others`` (every run of the session that trained to the end),
+Both compare with ``PruneSetup.others`` (one curve per finished experiment of the session),
 where the default rule compares with the incumbent's curve and the noise
 (:mod:`nightlab.research.pruning`).
 """
@@ -33,7 +33,7 @@ class HalvingSettings(Settings):
 
 
 class MedianPruner(CheckpointPruner):
-    """Stops a run worse than the median of completed runs at the same checkpoint."""
+    """Stops a run worse than the median of finished experiments at the same checkpoint."""
 
     def __init__(self, setup: PruneSetup, startup: int = 5) -> None:
         super().__init__(setup)
@@ -50,7 +50,7 @@ class MedianPruner(CheckpointPruner):
     def reason(self, evidence: dict) -> str:
         return (
             f"at {evidence['at']:.0%} of the budget {self.setup.metric_name} was {evidence['value']:.4g}, "
-            f"worse than the median {evidence['incumbent']:.4g} of the completed runs there"
+            f"worse than the median {evidence['incumbent']:.4g} of the finished experiments there"
         )
 
 
@@ -94,7 +94,7 @@ KINDS = (
         "median",
         lambda settings, setup: MedianPruner(setup, settings.startup),
         MedianSettings,
-        "Optuna's MedianPruner: stop a run worse than the median of completed runs",
+        "Optuna's MedianPruner: stop a run worse than the median of finished experiments",
     ),
     Kind(
         "halving",

@@ -13,7 +13,7 @@ final values: early points are noisier than final ones, so the floor alone would
 eagerly. Curves cross, though: on the cpu template a model twice as wide was behind the
 incumbent by far more than the noise at a quarter of its budget, then ended ahead and was kept. So the rule
 also asks what Optuna's MedianPruner asks: that the run be worse than the median of every
-completed run at that point (once ``[pruner.incumbent] startup`` runs have completed there).
+finished experiment at that point (once ``[pruner.incumbent] startup`` have finished there).
 Behind the incumbent by more than the noise and behind most of what was tried is hopeless;
 behind the incumbent alone is not. A candidate near the incumbent, the one that may be kept,
 runs to the end. The anchors it was compared with (``median``, ``halving``) are in
@@ -49,9 +49,9 @@ from nightlab.types import Direction
 class PruneSetup:
     """What a pruner may compare a run with, gathered once before the run starts.
 
-    ``reference`` holds the incumbent's curves (one per replicate), ``others`` the curves of
-    every run of the session that trained to the end (the baseline's and the candidates'),
-    ``floor`` the noise floor of final values.
+    ``reference`` holds the incumbent's curves (one per replicate), ``others`` one curve per
+    finished experiment of the session (the baseline and the candidates whose first run trained
+    to the end), ``floor`` the noise floor of final values.
     """
 
     reference: list[list[Point]]
@@ -116,14 +116,14 @@ class CheckpointPruner(Pruner):
 
 
 class IncumbentSettings(Settings):
-    # Completed runs needed at a checkpoint before anything is stopped there (Optuna's
+    # Finished experiments needed at a checkpoint before anything is stopped there (Optuna's
     # n_startup_trials): the guard against curves that cross needs to know where runs stand.
     startup: int = Field(default=5, ge=1)
 
 
 class IncumbentCurvePruner(CheckpointPruner):
     """Stops a run whose curve is worse than the incumbent's by more than the noise allows, and
-    worse than the median of the completed runs at the same point."""
+    worse than the median of the finished experiments at the same point."""
 
     def __init__(self, setup: PruneSetup, startup: int = 5) -> None:
         super().__init__(setup)
@@ -153,15 +153,21 @@ class IncumbentCurvePruner(CheckpointPruner):
             return None
         # Curves cross: a wider model or a slower schedule starts behind and ends ahead, by far
         # more than the noise (measured on the cpu template, docs/BENCHMARKS.md). A run is
-        # only stopped while it is also behind the median of every completed run there, most of
-        # which the incumbent beat: behind the incumbent alone is not hopeless.
+        # only stopped while it is also behind the median of the finished experiments there, most
+        # of which the incumbent beat: behind the incumbent alone is not hopeless.
         values = [v for v in (value_at(c, checkpoint) for c in self.setup.others) if v is not None]
         if len(values) < self.startup:
             return None
         median = statistics.median(values)
         if self.setup.direction.improvement(median, mine) <= 0:
             return None
-        return {"incumbent": theirs, "margin": margin, "gap": gap, "median": median, "completed": len(values)}
+        return {
+            "incumbent": theirs,
+            "margin": margin,
+            "gap": gap,
+            "median": median,
+            "experiments": len(values),
+        }
 
     def reason(self, evidence: dict) -> str:
         text = super().reason(evidence)
@@ -169,7 +175,7 @@ class IncumbentCurvePruner(CheckpointPruner):
             return text
         return (
             f"{text}, and worse than the median {evidence['median']:.4g} of the "
-            f"{evidence['completed']} completed runs there"
+            f"{evidence['experiments']} finished experiments there"
         )
 
 
@@ -194,7 +200,13 @@ KINDS = (
 
 
 def completed_curves(ledger: Ledger, tag: str) -> list[list[Point]]:
-    """Curves of every run of ``tag`` that trained to the end and left points, oldest first."""
+    """One curve per finished experiment of ``tag`` (its first run that trained to the end and
+    left points), oldest first.
+
+    One per experiment, as Optuna's pruners count trials: the baseline's five replicates are one
+    configuration, and counted five times they would make the median the incumbent itself early
+    in a session, when the median guard matters most. The first run is what a judged run is (a
+    candidate's replicate 0), so the comparison is like with like."""
     curves = []
     for e in ledger.research(tag):
         if e.status == "running":
@@ -203,6 +215,7 @@ def completed_curves(ledger: Ledger, tag: str) -> list[list[Point]]:
             curve = [Point.from_dict(p) for p in run.progress]
             if any(p.value is not None for p in curve):
                 curves.append(curve)
+                break
     return curves
 
 
