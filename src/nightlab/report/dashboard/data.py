@@ -23,6 +23,7 @@ from nightlab.secrets import redact
 from nightlab.stats import mean, noise_floor
 from nightlab.store.export import holdout_checks
 from nightlab.store.ledger import Ledger
+from nightlab.store.recorded import recorded_run_dir
 from nightlab.store.schema import ExperimentRow, experiment_from_row
 from nightlab.studies.time_to_target import read_curve
 from nightlab.types import Direction
@@ -278,7 +279,7 @@ def details(ledger: Ledger, experiment_id: int, view: View, state_dir: Path) -> 
     meta = e.meta if isinstance(e.meta, dict) else {}
     runs = []
     for r in ledger.runs(e.id):
-        run_dir = _run_dir(state_dir, r.run_dir)
+        run_dir = recorded_run_dir(state_dir, r.run_dir)
         item = {
             "replicate": r.replicate,
             "seed": r.seed,
@@ -323,16 +324,6 @@ def read_points(run_dir: Path | None, metric_name: str) -> list[list[float]]:
     if run_dir is None:
         return []
     return [[p.training_seconds, p.value] for p in read_curve(run_dir, metric_name)]
-
-
-def _run_dir(state_dir: Path, recorded: str | None) -> Path | None:
-    """A run directory as recorded (absolute, or relative to the workspace), if it still exists."""
-    if not recorded:
-        return None
-    path = Path(recorded)
-    if not path.is_absolute():
-        path = state_dir.parent / path
-    return path if path.is_dir() else None
 
 
 def without_holdout(payload: dict) -> dict:

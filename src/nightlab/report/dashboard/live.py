@@ -24,6 +24,7 @@ from pathlib import Path
 from nightlab.report.dashboard.control import loop_state
 from nightlab.report.dashboard.data import LedgerReader, View, experiment_rows, overview, read_points
 from nightlab.store.export import holdout_checks
+from nightlab.store.recorded import recorded_time
 from nightlab.types import EVAL_LOG, TRAIN_LOG
 from nightlab.workspace.lock import holder
 
@@ -46,16 +47,6 @@ def tail(path: Path, lines: int = TAIL_LINES) -> str:
     text = data.decode("utf-8", errors="replace").replace("\r", "\n")
     kept = text.splitlines()[-lines:]
     return "\n".join(kept)
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 class Watcher:
@@ -179,7 +170,11 @@ class Watcher:
             recorded = ledger.runs(e.id)
             done = {r.replicate for r in recorded}
             started = max(
-                [t for t in [_parse_time(e.created_at), *(_parse_time(r.created_at) for r in recorded)] if t],
+                [
+                    t
+                    for t in [recorded_time(e.created_at), *(recorded_time(r.created_at) for r in recorded)]
+                    if t
+                ],
                 default=None,
             )
             folder = self.state_dir / "runs" / f"{e.id:04d}"

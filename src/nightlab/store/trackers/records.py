@@ -20,12 +20,12 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from nightlab.metrics import read_curve_points
 from nightlab.secrets import redact
 from nightlab.store.ledger import Ledger
+from nightlab.store.recorded import recorded_run_dir, recorded_time
 from nightlab.store.schema import RESEARCH_KINDS, ExperimentRow
 
 MAX_PARAM = 500  # characters of a description or hypothesis kept as a param
@@ -82,15 +82,8 @@ class ExperimentRecord:
 
 
 def _ms(text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp() * 1000)
+    moment = recorded_time(text)
+    return int(moment.timestamp() * 1000) if moment is not None else None
 
 
 def _finite(value: object) -> float | None:
@@ -121,15 +114,6 @@ def knob_params(e: ExperimentRow) -> dict[str, str]:
     return found
 
 
-def _run_dir(state_dir: Path, recorded: str | None) -> Path | None:
-    if not recorded:
-        return None
-    path = Path(recorded)
-    if not path.is_absolute():
-        path = state_dir.parent / path
-    return path if path.is_dir() else None
-
-
 def experiment_record(
     ledger: Ledger, e: ExperimentRow, metric_name: str, state_dir: Path, secrets: list[str]
 ) -> ExperimentRecord:
@@ -147,7 +131,7 @@ def experiment_record(
             value=_finite(r.metric),
             holdout=_finite(r.holdout),
             training_seconds=_finite(r.training_seconds),
-            points=read_points(_run_dir(state_dir, r.run_dir), metric_name),
+            points=read_points(recorded_run_dir(state_dir, r.run_dir), metric_name),
         )
         for r in ledger.runs(e.id)
     ]
