@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nightlab.errors import UserError
 from nightlab.paths import CONFIG_NAME, match_files
@@ -209,6 +209,23 @@ class RunConfig(_Strict):
     # Training and evaluation without network, writing only their worktree and run directory
     # (nightlab.executor.sandbox): "auto" uses it where the system allows, "required" refuses to run without.
     sandbox: Literal["auto", "required", "off"] = "auto"
+    # Replicates in flight at once (nightlab.executor.slots): a number, or "auto" (one per GPU
+    # group where GPUs are visible; on CPU, the cores divided by threads_per_run).
+    workers: int | Literal["auto"] = 1
+    # GPUs each run sees (CUDA_VISIBLE_DEVICES); unset: all of them with one worker, else one.
+    gpus_per_run: int | None = Field(default=None, ge=1)
+    # Runs that may share one GPU group; above 1 only when asked, since sharing shifts results.
+    runs_per_gpu: int = Field(default=1, ge=1)
+    # Threads each run may use (OMP/MKL/... variables), pinned to its own cores where they fit;
+    # unset: the cores divided by workers once there are several, else the script decides.
+    threads_per_run: int | None = Field(default=None, ge=1)
+
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, value: int | str) -> int | str:
+        if value != "auto" and int(value) < 1:
+            raise ValueError('must be at least 1, or "auto"')
+        return value
 
 
 class AuditConfig(_Strict):

@@ -209,6 +209,9 @@ class Context:
     # The editable and frozen globs from nightlab.toml, so agents can check edits before proposing.
     editable: list[str] = field(default_factory=lambda: ["*"])
     frozen: list[str] = field(default_factory=list)
+    # Experiments proposed and not yet decided (running in other slots), oldest first: status
+    # "running", no metric yet. Not to be proposed again.
+    running: list[HistoryEntry] = field(default_factory=list)
 
 
 # -- runs -------------------------------------------------------------------------------------

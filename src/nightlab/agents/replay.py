@@ -92,6 +92,8 @@ class ReplayAgent(Agent):
             self._last_line = max(self._last_line, line)
 
     def propose(self, context: Context) -> Proposal | None:
+        for entry in context.running:  # proposed before a restart, still to be decided
+            self.observe(entry)
         for proposal in self.proposals:
             if proposal.meta["replay_line"] > self._last_line:
                 self._last_line = proposal.meta["replay_line"]

@@ -60,6 +60,7 @@ def run_research(
     console: Console = console,
     events: EventSink | None = None,
     should_stop: Callable[[], bool] | None = None,
+    wants_quiet: Callable[[], bool] | None = None,
 ) -> LoopOutcome:
     """Run the research loop until ``limits``; ``live`` shows the refreshing terminal view,
     otherwise one timestamped line per event (for logs, CI, and output that is not a terminal).
@@ -75,7 +76,7 @@ def run_research(
     events.subscribe(view.on_event)
     if not live:
         events.subscribe(plain_printer(console))
-    loop = build_loop(session, events=events, should_stop=should_stop)
+    loop = build_loop(session, events=events, should_stop=should_stop, wants_quiet=wants_quiet)
     if not live:
         return loop.run(limits)
     with LiveView(view, console):
@@ -159,6 +160,11 @@ def print_status_table(data: dict, metric_name: str) -> None:
             Text(str(e.get("reason") or "") + "".join(f" (audit: {a})" for a in e.get("audit") or [])),
         )
     console.print(table)
+    for run in data.get("running") or []:
+        where = f"slot {run['slot']} ({run['device']})" if run.get("slot") is not None else "running"
+        since = f" since {run['started_at']}" if run.get("started_at") else ""
+        line = f"{where}: #{run['experiment']} run {run['replicate'] + 1}{since}: {run['description']}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     best = data.get("best")
     if best:
         console.print(

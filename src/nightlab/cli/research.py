@@ -66,12 +66,20 @@ def run(
         None, "--tag", help="Research branch nightlab/<tag> (default: last used, else today)."
     ),
     plain: bool = typer.Option(False, "--plain", help="Plain log lines instead of the live view."),
+    workers: str = typer.Option(
+        None,
+        "--workers",
+        "-w",
+        help='Replicates in flight at once: N, or "auto" (one per GPU; on CPU, per core share).',
+    ),
 ) -> None:
     """Run the research loop; running it again continues where it stopped."""
     from nightlab.research.loop import LoopLimits
     from nightlab.research.session import open_session
 
     session = open_session(directory, tag=tag, agent_kind=agent)
+    if workers is not None:
+        session.config.run.workers = _workers(workers)
     session.check_runnable()  # a busy workspace or a missing file: one line, before anything prints
     cfg = session.config
     cap = max_experiments if max_experiments is not None else cfg.run.max_experiments
@@ -88,10 +96,26 @@ def run(
 
     with run_hooks(session) as hooks:  # the dashboard's pause/stop, the live trackers
         live = not plain and console.is_terminal
-        outcome = run_research(session, limits, live, events=hooks.events, should_stop=hooks.should_stop)
+        outcome = run_research(
+            session,
+            limits,
+            live,
+            events=hooks.events,
+            should_stop=hooks.should_stop,
+            wants_quiet=hooks.wants_quiet,
+        )
     write_reports(session, quiet=True)
     console.print(f"stopped: {outcome.stopped_because}")
     print_summary(session)
+
+
+def _workers(text: str) -> int | str:
+    """``--workers``: a positive number or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    if not text.strip().isdigit() or int(text) < 1:
+        raise typer.BadParameter(f'{text!r}: give a number of at least 1, or "auto"', param_hint="--workers")
+    return int(text)
 
 
 def status(

@@ -24,8 +24,8 @@ class RunView:
         self.budget_seconds = budget_seconds
         self.timeout = timeout
         self.metric_name = metric_name
-        self.current: str = "starting"
-        self.current_started: float | None = None
+        # The replicates in flight, (experiment, replicate) -> (line, started): one per slot.
+        self.running: dict[tuple, tuple[str, float]] = {}
         self.best: str = "-"
         self.counts: Counter[str] = Counter()
         self.last_decision: str = "-"
@@ -33,10 +33,9 @@ class RunView:
 
     def on_event(self, event: Event) -> None:
         if event.kind == "run":
-            self.current = event.message
-            self.current_started = time.monotonic()
+            self.running[(event.experiment_id, event.replicate)] = (event.message, time.monotonic())
         elif event.kind == "run_done":
-            self.current_started = None
+            self.running.pop((event.experiment_id, event.replicate), None)
             self._remember(event.message)
         elif event.kind in ("decision", "confirm", "resume", "notice"):
             self.last_decision = event.message
@@ -55,14 +54,14 @@ class RunView:
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold")
         grid.add_column()
-        if self.current_started is not None:
-            elapsed = time.monotonic() - self.current_started
-            limit = self.budget_seconds or self.timeout
-            label = "budget" if self.budget_seconds else "timeout"
+        limit = self.budget_seconds or self.timeout
+        label = "budget" if self.budget_seconds else "timeout"
+        for line, started in self.running.values():
+            elapsed = time.monotonic() - started
             filled = min(20, int(20 * elapsed / max(limit, 1e-9)))
             bar = "█" * filled + "░" * (20 - filled)
-            grid.add_row("running", f"{self.current}\n{bar} {elapsed:5.0f}s / {limit:g}s {label}")
-        else:
+            grid.add_row("running", f"{line}\n{bar} {elapsed:5.0f}s / {limit:g}s {label}")
+        if not self.running:
             grid.add_row("running", "-")
         grid.add_row(f"best {self.metric_name}", self.best)
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "-"

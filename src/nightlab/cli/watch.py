@@ -225,6 +225,8 @@ class RunHooks:
 
     events: EventSink
     should_stop: Callable[[], bool]
+    # A pause or a stop waits: start nothing new (the loop asks should_stop once idle).
+    wants_quiet: Callable[[], bool]
 
 
 @contextlib.contextmanager
@@ -256,7 +258,7 @@ def run_hooks(session: Session) -> Iterator[RunHooks]:
         say(f"trackers: every experiment goes to {', '.join(cfg.trackers.live)} as it is decided")
     try:
         with RunControl(state_dir, session.tag, notify=say) as control:
-            yield RunHooks(events=events, should_stop=control.should_stop)
+            yield RunHooks(events=events, should_stop=control.should_stop, wants_quiet=control.asked)
     finally:
         if live is not None:
             live.close()

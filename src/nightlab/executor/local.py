@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from nightlab.config import Config
 from nightlab.executor.process import Limits, RunInterrupted, run_process
 from nightlab.executor.proctree import kill_orphaned_runs
+from nightlab.executor.slots import slots_for
 from nightlab.plugins import Kind, Settings
 from nightlab.types import RunResult, RunSpec
 
@@ -113,6 +114,8 @@ def _from_config(settings: Settings, config: Config) -> LocalExecutor:
     """The local executor with the resource limits of ``[run]``."""
     limits = config.run
     return LocalExecutor(
+        # Room for every slot's run at once; which devices and cores each uses is in its RunSpec.
+        slots=[{} for _ in slots_for(config)],
         memory_limit_mb=limits.memory_limit_mb,
         log_limit_bytes=int(limits.log_limit_mb * 1e6),
         run_dir_limit_bytes=int(limits.run_dir_limit_mb * 1e6) if limits.run_dir_limit_mb else None,

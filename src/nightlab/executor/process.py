@@ -27,6 +27,7 @@ from nightlab.errors import UserError
 from nightlab.executor.logfile import LogTrimmer, directory_usage, read_end, redact_file
 from nightlab.executor.outcome import Kill, classify
 from nightlab.executor.proctree import TAG_VARIABLE, MainProcess, ProcessTree, new_tag
+from nightlab.executor.slots import pin
 from nightlab.executor.summary import log_tail, parse_summary
 from nightlab.secrets import redact, scrub_env, secret_values
 from nightlab.types import RunResult, RunSpec, RunStatus
@@ -188,6 +189,7 @@ class _Run:
                 raise UserError(f"cannot start `{self.spec.command}` in {cwd}: {exc}") from exc
             finally:
                 os.close(log_fd)
+            pin(popen.pid, self.env)  # a slot's own cores, before the shell starts the script
             self._prefer_as_oom_victim(popen.pid)
             # Kills the run if this process dies without finishing it (kill -9): watchdog.py.
             guard = Watchdog(popen.pid, self.env[TAG_VARIABLE], self.ex.grace_seconds)

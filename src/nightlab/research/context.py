@@ -6,6 +6,9 @@ frozen interfaces it uses) and the workspace (program.md), never from the holdou
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 from nightlab.config import Config
 from nightlab.paths import editable_files, select
 from nightlab.stats import noise_floor
@@ -20,9 +23,28 @@ MAX_FROZEN_CHARS = 200_000
 
 
 def editable_texts(config: Config, workspace: Workspace, commit: str) -> dict[str, str]:
-    """The editable files at ``commit`` (path -> text): what an agent edits and screening checks."""
+    """The editable files at ``commit`` (path -> text): what an agent edits and screening checks.
+
+    A commit never changes, and the loop reads the incumbent's files for every proposal (its
+    context, its screening): the last few are kept, which matters once many slots decide at once."""
+    key = (str(workspace.root), commit, tuple(config.target.editable), tuple(config.target.frozen))
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            _CACHE.move_to_end(key)
+            return dict(cached)
     paths = editable_files(workspace.list_files(commit), config.target.editable, config.target.frozen)
-    return workspace.read_files(commit, paths)
+    files = workspace.read_files(commit, paths)
+    with _CACHE_LOCK:
+        _CACHE[key] = dict(files)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return files
+
+
+_CACHE: OrderedDict[tuple, dict[str, str]] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 16
 
 
 def build_context(

@@ -1,20 +1,24 @@
-"""The research loop: propose, screen, commit, run, decide, record, repeat.
+"""The research loop: propose, screen, commit, run, decide, record, repeat; in every slot at once.
 
 Read top to bottom, :meth:`ResearchLoop.run` is the whole story; every step it names lives in
-its own module (screening, the replicate runner, the policy, the ledger, git). Two rules make
-it safe to kill at any moment:
+its own module (screening, the dispatcher of replicates to slots, the agent's desk, the policy,
+the ledger, git). This thread alone writes the ledger and moves git refs; slots only train.
+
+Three rules make it safe to kill at any moment and to run many experiments at once:
 
 1. The ledger is written before git state moves. An experiment row (with its commit) exists
    before its ref does; a decision is recorded before the research branch advances.
 2. Anything unfinished in the ledger is finished first on restart, replicate by replicate, so
-   a ``kill -9`` loses at most the replicate that was running.
+   a ``kill -9`` loses at most the replicates that were running.
+3. A candidate is judged against the incumbent it was proposed on. If another one was kept
+   meanwhile, a candidate that would be kept is re-applied onto the new best (a three-way
+   apply) and decided again there as a new experiment; no keep rests on a base that is gone.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from nightlab.agents.base import Agent
@@ -23,17 +27,24 @@ from nightlab.code.edits import apply_edits
 from nightlab.config import Config
 from nightlab.errors import EditError, UserError
 from nightlab.events import Event, EventSink
+from nightlab.executor.slots import Slot
 from nightlab.research.context import build_context, editable_texts
+from nightlab.research.desk import AgentDesk
+from nightlab.research.dispatch import Dispatcher, InFlight
 from nightlab.research.policy import Evidence, Policy, noise_for, review
 from nightlab.research.pruning import pruner_for
+from nightlab.research.reapply import reapply
 from nightlab.research.record import Recorder
 from nightlab.research.runner import Replicate, ReplicateRunner
 from nightlab.research.screen import Refusal, screen
 from nightlab.stats import noise_floor
 from nightlab.store.ledger import Ledger
 from nightlab.store.schema import ExperimentRow
-from nightlab.types import Context, Proposal, RunStatus
+from nightlab.types import Context, HistoryEntry, Proposal, RunStatus
 from nightlab.workspace.git import Workspace
+
+# How long the loop sleeps at most between looks at the stop conditions while runs train.
+_TICK_SECONDS = 1.0
 
 
 @dataclass
@@ -52,7 +63,7 @@ class LoopOutcome:
 
 
 class ResearchLoop:
-    """Coordinates one research session on the branch ``nightlab/<tag>``."""
+    """Coordinates one research session on the branch ``nightlab/<tag>``, over ``slots``."""
 
     def __init__(
         self,
@@ -66,76 +77,116 @@ class ResearchLoop:
         start_commit: str,
         events: EventSink | None = None,
         should_stop: Callable[[], bool] | None = None,
+        slots: list[Slot] | None = None,
+        wants_quiet: Callable[[], bool] | None = None,
     ) -> None:
         self.config, self.workspace, self.ledger = config, workspace, ledger
         self.agent, self.policy, self.runner = agent, policy, runner
         self.tag, self.start_commit = tag, start_commit
         self.events = events or EventSink()
+        # Asked only when nothing is in flight (it may block: the dashboard's pause); while
+        # runs train, ``wants_quiet`` says a pause or stop waits, so nothing new starts.
         self.should_stop = should_stop or (lambda: False)
-        self.recorder = Recorder(config, workspace, ledger, agent, tag, self.events)
+        self.wants_quiet = wants_quiet or (lambda: False)
+        self.slots = slots or [Slot(0)]
+        self.desk = AgentDesk(agent)
+        # The recorder tells the desk of results; the desk tells the agent, on the agent's thread.
+        self.recorder = Recorder(config, workspace, ledger, self.desk, tag, self.events)  # type: ignore[arg-type]
         self._started = time.monotonic()
         self._limits = LoopLimits()
+        self._active: dict[int, ExperimentRow] = {}  # experiments not yet decided, by id
+        self._want: dict[int, int] = {}  # how many more replicates each one asks for now
+        self._held: Proposal | None = None  # a proposal that waits for a free slot
+        self._confirming: set[int] = set()  # candidates the policy wants confirmed
 
     # ------------------------------------------------------------------ the order
     def run(self, limits: LoopLimits) -> LoopOutcome:
-        """Propose and decide experiments until a limit, the user or the agent stops it."""
+        """Propose and decide experiments until a limit, the user or the agent stops it; with
+        several slots, several replicates train at once while the agent proposes the next."""
         self._started, self._limits = time.monotonic(), limits
         outcome = LoopOutcome()
-        self.prepare()
-        prefetched: Future[Proposal | None] | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightlab-propose") as pool:
-            while (why := self._why_stop()) is None:
-                proposal = self._next_proposal(prefetched)
-                prefetched = None
-                if proposal is None:
-                    why = (
-                        self.agent.stop_reason() or f"the {self.agent.name} agent has nothing left to propose"
-                    )
+        why: str | None = None
+        with self._dispatching() as slots:
+            self._resume()
+            while True:
+                idle = not slots.busy and not self.desk.busy
+                quiet = not idle and self.wants_quiet()  # a pause or stop waits for the slots
+                why = why or self._why_stop(idle)
+                if not quiet:  # what the undecided experiments want runs even once stopping
+                    self._start_wanted(slots)
+                    if why is not None or (self.desk.busy and self.agent.pipelined):
+                        self._start_extra(slots)  # slots that would idle: confirm sooner
+                if why is None and not quiet:
+                    if self._may_ask(slots):  # first: the agent thinks while the held one is recorded
+                        self.desk.ask(self._context())
+                    if self._take_held(slots):
+                        continue
+                if not slots.busy and not self.desk.busy and (why is not None or not self._active):
                     break
-                row = self._record(proposal)
-                if row is not None:
-                    if self._may_prefetch():  # slow agents think about the next one while this trains
-                        prefetched = pool.submit(self.agent.propose, self._context())
-                    self._finish(row)
-                outcome.experiments_run += 1
-            if prefetched is not None:
-                prefetched.cancel()
-        outcome.stopped_because = why
+                self._recorded(slots, slots.wait(_TICK_SECONDS, also=self.desk.asked))
+                if self.desk.ready:
+                    proposal = self.desk.take()
+                    if proposal is None:
+                        why = (
+                            why
+                            or self.agent.stop_reason()
+                            or f"the {self.agent.name} agent has nothing left to propose"
+                        )
+                    elif why is None:
+                        self._held = proposal
+                        outcome.experiments_run += 1
+        self.desk.close()
+        self.recorder.write_tsv()
+        outcome.stopped_because = why or "nothing left to run"
         self.recorder.lessons(self.agent.final_lessons())
         best = self.ledger.incumbent(self.tag)
         outcome.best_id = best.id if best else None
         return outcome
 
     def prepare(self) -> None:
-        """Bring the session to a state where a proposal can run: branch, interrupted work, baseline."""
+        """Bring the session to a state where a proposal can run: branch, interrupted work
+        finished, baseline measured (``nightlab try`` and the MCP server, before they propose)."""
+        with self._dispatching() as slots:
+            self._resume()
+            self._drain(slots)
+        self.recorder.write_tsv()
+
+    def run_one(self, proposal: Proposal) -> ExperimentRow:
+        """Record, run and decide one given proposal (``nightlab try``, the MCP server)."""
+        self.prepare()
+        with self._dispatching() as slots:
+            row = self._record(proposal)
+            if row is not None:
+                self._activate(row)
+                self._drain(slots)
+        self.recorder.write_tsv()
+        return self.ledger.experiments(tag=self.tag)[-1]
+
+    def _resume(self) -> None:
+        """The branch where the ledger says; interrupted experiments and the baseline made active
+        (their replicates then run like any others)."""
         self.recorder.reconcile_branch(self.start_commit)
         for row in self.ledger.unfinished(self.tag):  # finish what a crash interrupted
             if row.commit:
                 self.workspace.set_experiment_ref(row.id, row.commit)
             self.events.emit(Event("resume", f"resuming experiment {row.id}: {row.description}"))
-            self._finish(row)
-        if self.ledger.incumbent(self.tag) is None:
+            self._activate(row)
+        if self.ledger.incumbent(self.tag) is None and not any(
+            r.kind == "baseline" for r in self._active.values()
+        ):
             self._baseline()
         for entry in self.ledger.history(self.tag):  # rebuild the agent's state
             self.agent.observe(entry)
 
-    def run_one(self, proposal: Proposal) -> ExperimentRow:
-        """Record, run and decide one given proposal (``nightlab try``, the MCP server)."""
-        self.prepare()
-        row = self._record(proposal)
-        if row is not None:
-            self._finish(row)
-        return self.ledger.experiments(tag=self.tag)[-1]
-
     # ------------------------------------------------------------------ steps
-    def _why_stop(self) -> str | None:
+    def _why_stop(self, idle: bool) -> str | None:
         limits, done = self._limits, self.ledger.candidate_count(self.tag)
         # The cap counts every candidate of this tag, so a resumed session stops where it would have.
         if limits.max_experiments is not None and done >= limits.max_experiments:
             return f"{done} experiments done (--max-experiments {limits.max_experiments})"
         if limits.hours is not None and time.monotonic() - self._started >= limits.hours * 3600:
             return f"time limit of {_duration(limits.hours)} reached"
-        if self.should_stop():
+        if idle and self.should_stop():
             return "stopped by the user"
         crashes = self.ledger.consecutive_failures(self.tag)
         if crashes >= self.config.run.max_consecutive_crashes:
@@ -144,15 +195,32 @@ class ResearchLoop:
             )
         return None
 
-    def _next_proposal(self, prefetched: Future[Proposal | None] | None) -> Proposal | None:
-        """The prefetched proposal if it still applies to the incumbent, else a fresh one."""
-        context = self._context()
-        if prefetched is not None:
-            proposal = prefetched.result()
-            if proposal is None or _applies(proposal, context):
-                return proposal
+    def _may_ask(self, slots: Dispatcher) -> bool:
+        """Ask the agent now? Only with a measured incumbent, room under the cap, and a slot that
+        will be free for the answer: free now (besides the held proposal's), or soon for a slow
+        agent, which thinks while every slot trains."""
+        if self.desk.busy or self.ledger.incumbent(self.tag) is None:
+            return False
+        held = self._held is not None
+        cap = self._limits.max_experiments
+        if cap is not None and self.ledger.candidate_count(self.tag) + held >= cap:
+            return False
+        if slots.free > held:
+            return True
+        return not held and self.config.agent.pipeline and self.agent.pipelined
+
+    def _take_held(self, slots: Dispatcher) -> bool:
+        """Record the held proposal once a slot is free; True when it became an experiment."""
+        if self._held is None or slots.free == 0:
+            return False
+        proposal, self._held = self._held, None
+        if self.desk.asked_against != self._incumbent().commit and not _applies(proposal, self._context()):
             self.events.emit(Event("proposal", "the best changed while the agent was thinking; asking again"))
-        return self.agent.propose(context)
+            return False
+        row = self._record(proposal)
+        if row is not None:
+            self._activate(row)
+        return True
 
     def _record(self, proposal: Proposal) -> ExperimentRow | None:
         """Screen a proposal, then commit it as an experiment, or record why it does not run."""
@@ -161,7 +229,8 @@ class ResearchLoop:
         assert incumbent.commit is not None
         files = editable_texts(self.config, self.workspace, incumbent.commit)
         fields = self.recorder.proposal_fields(proposal, incumbent)
-        screened = screen(proposal, files, self.config, self.ledger.measured_code(self.tag))
+        measured, running = self.ledger.measured_code(self.tag), self.ledger.running_code(self.tag)
+        screened = screen(proposal, files, self.config, measured, running)
         if isinstance(screened, Refusal):
             self.recorder.refused(fields, screened)
             return None
@@ -170,48 +239,124 @@ class ResearchLoop:
     def _baseline(self) -> None:
         """The start commit, replicated to measure the noise floor."""
         files = editable_texts(self.config, self.workspace, self.start_commit)
-        self._finish(self.recorder.baseline(self.start_commit, code_hash(files)))
+        self._activate(self.recorder.baseline(self.start_commit, code_hash(files)))
 
-    def _finish(self, row: ExperimentRow) -> None:
-        """Run replicates of ``row`` until the policy decides, then record and move the branch."""
-        while True:
-            runs = self.ledger.runs(row.id)
-            failed = [r for r in runs if r.status != "ok"]
-            if failed:
-                reason = self.recorder.failed(row, failed[-1], len(runs))
-                if row.kind == "baseline":
-                    raise UserError(
-                        f"the baseline run failed ({reason}); fix the target so that "
-                        f"`{self.config.target.run}` works (log: {failed[-1].run_dir}/run.log), commit "
-                        "the fix and run again: until a baseline succeeds, a run starts from your latest commit"
-                    )
-                return
-            values = self.ledger.ok_metrics(row.id)
-            if row.kind == "baseline" and len(values) >= self.config.policy.baseline_runs:
-                return self.recorder.measured_baseline(row, values)
-            if row.kind != "baseline" and values:
-                evidence = self._evidence(row, values)
-                decision = review(self.policy.decide(evidence), evidence, self.config.policy)
-                if decision.action != "confirm":
-                    return self.recorder.concluded(row, len(values), decision)
-                self.events.emit(Event("confirm", f"#{row.id} {decision.reason}", experiment_id=row.id))
-            self._run_replicate(row, len(runs))
+    def _activate(self, row: ExperimentRow) -> None:
+        """Put ``row`` among the undecided experiments; what it wants next is judged from its runs."""
+        self._active[row.id] = row
+        self._judge(row)
 
-    def _run_replicate(self, row: ExperimentRow, replicate: int) -> None:
-        assert row.commit is not None  # only committed experiments run
+    def _start_wanted(self, slots: Dispatcher) -> None:
+        """Give free slots the replicates the undecided experiments want, oldest experiment first."""
+        for exp_id in sorted(self._active):
+            while slots.free > 0 and self._want.get(exp_id, 0) > 0:
+                self._want[exp_id] -= 1
+                self._start(slots, self._active[exp_id])
+
+    def _start_extra(self, slots: Dispatcher) -> None:
+        """Extra confirmation replicates in slots nothing else can use now (a slow agent is
+        thinking, or no new proposal will come), up to the policy's ``max_runs``."""
+        limit = getattr(self.policy, "max_runs", None)
+        if not isinstance(limit, int) or self._held is not None:
+            return
+        for exp_id in sorted(self._confirming):
+            row = self._active.get(exp_id)
+            while row is not None and slots.free > 0:
+                started = len(self.ledger.runs(exp_id)) + len(slots.replicates_of(exp_id))
+                if started >= limit:
+                    break
+                self._start(slots, row)
+
+    def _start(self, slots: Dispatcher, row: ExperimentRow) -> None:
+        taken = {r.replicate for r in self.ledger.runs(row.id)} | set(slots.replicates_of(row.id))
+        replicate = next(i for i in range(len(taken) + 1) if i not in taken)
         seed = self.config.run.seed + 1000 * row.id + replicate
-        line = f"#{row.id} run {replicate + 1}: {row.description}"
-        self.events.emit(Event("run", line, experiment_id=row.id, replicate=replicate))
         pruner = pruner_for(self.config, self.ledger, self.tag, row, replicate)
-        rep = self.runner.run(row.id, replicate, row.commit, seed, pruner=pruner)
-        if rep.result.status is RunStatus.PRUNED and pruner is not None and pruner.evidence:
-            self.recorder.pruned(row, pruner.evidence)
-        self.ledger.add_run(row.id, replicate, rep.result, rep.metric, rep.holdout, str(rep.run_dir))
-        self.events.emit(Event("run_done", _run_line(row, rep), experiment_id=row.id, replicate=replicate))
+        slot = slots.start(row, replicate, seed, pruner).slot
+        where = f" [slot {slot.index}: {slot.label}]" if len(self.slots) > 1 else ""
+        line = f"#{row.id} run {replicate + 1}{where}: {row.description}"
+        data = {"slot": slot.index, "device": slot.label}
+        self.events.emit(Event("run", line, experiment_id=row.id, replicate=replicate, data=data))
+
+    def _recorded(self, slots: Dispatcher, finished: list[InFlight]) -> None:
+        """Write finished replicates to the ledger, then judge each experiment none of whose
+        replicates still runs (a decision sees every run that was started)."""
+        for flight in finished:
+            row, rep = flight.row, flight.future.result()
+            if rep.result.status is RunStatus.PRUNED and flight.pruner is not None and flight.pruner.evidence:
+                self.recorder.pruned(row, flight.pruner.evidence)
+            self.ledger.add_run(
+                row.id, flight.replicate, rep.result, rep.metric, rep.holdout, str(rep.run_dir)
+            )
+            retries = rep.result.metrics.get("infra_retries")
+            if retries:
+                message = f"#{row.id} run {flight.replicate + 1}: re-run after {retries:g} infrastructure failure(s)"
+                self.events.emit(Event("notice", message, experiment_id=row.id))
+            self.events.emit(
+                Event("run_done", _run_line(row, rep), experiment_id=row.id, replicate=flight.replicate)
+            )
+        for exp_id in sorted({f.row.id for f in finished}):
+            if exp_id in self._active and not slots.replicates_of(exp_id):
+                self._judge(self._active[exp_id])
+
+    def _judge(self, row: ExperimentRow) -> None:
+        """Decide ``row`` from its recorded runs, or set how many more replicates it wants."""
+        runs = self.ledger.runs(row.id)
+        failed = [r for r in runs if r.status != "ok"]
+        if failed:
+            reason = self.recorder.failed(row, failed[-1], len(runs))
+            self._retire(row)
+            if row.kind == "baseline":
+                raise UserError(
+                    f"the baseline run failed ({reason}); fix the target so that "
+                    f"`{self.config.target.run}` works (log: {failed[-1].run_dir}/run.log), commit "
+                    "the fix and run again: until a baseline succeeds, a run starts from your latest commit"
+                )
+            return
+        values = self.ledger.ok_metrics(row.id)
+        if row.kind == "baseline":
+            wanted = self._baseline_runs()
+            if len(values) >= wanted:
+                self.recorder.measured_baseline(row, values)
+                return self._retire(row)
+            self._want[row.id] = wanted - len(values)
+            return
+        if not values:
+            self._want[row.id] = 1
+            return
+        evidence = self._evidence(row, values)
+        decision = review(self.policy.decide(evidence), evidence, self.config.policy)
+        if decision.action == "confirm":
+            self.events.emit(Event("confirm", f"#{row.id} {decision.reason}", experiment_id=row.id))
+            self._want[row.id] = 1
+            self._confirming.add(row.id)
+            return
+        incumbent = self._incumbent()
+        if decision.action == "keep" and row.incumbent_id != incumbent.id:
+            moved = reapply(self.recorder, self.ledger, self.workspace, self.config, row, incumbent, decision)
+            self._retire(row)
+            if moved is not None:
+                self._activate(moved)
+            return
+        self.recorder.concluded(row, len(values), decision)
+        self._retire(row)
+
+    def _retire(self, row: ExperimentRow) -> None:
+        self._active.pop(row.id, None)
+        self._want.pop(row.id, None)
+        self._confirming.discard(row.id)
+
+    def _baseline_runs(self) -> int:
+        """The baseline's replicates: ``[policy] baseline_runs``, more when more slots would idle
+        (they run at once, so they cost no time, and the noise floor is then measured with the
+        slots as busy as when candidates are judged), at most twice as many."""
+        runs = self.config.policy.baseline_runs
+        return max(runs, min(len(self.slots), 2 * runs))
 
     def _evidence(self, row: ExperimentRow, values: list[float]) -> Evidence:
-        incumbent = self._incumbent()
-        inc_values = self.ledger.ok_metrics(incumbent.id)
+        """The candidate against the incumbent it was proposed on (rule 3)."""
+        base = self.ledger.incumbent_of(row) or self._incumbent()
+        inc_values = self.ledger.ok_metrics(base.id)
         floor = noise_floor(self.ledger.replicate_groups(self.tag))
         sd, df, note = noise_for(floor, values, inc_values, self.config.policy)
         return Evidence(
@@ -224,13 +369,17 @@ class ResearchLoop:
             lines_removed=row.lines_removed or 0,
             noise_note=note,
             candidate_seconds=self.ledger.seconds_per_run(row.id),
-            incumbent_seconds=self.ledger.seconds_per_run(incumbent.id),
+            incumbent_seconds=self.ledger.seconds_per_run(base.id),
         )
 
-    def _may_prefetch(self) -> bool:
-        cap = self._limits.max_experiments
-        more = cap is None or self.ledger.candidate_count(self.tag) < cap
-        return self.config.agent.pipeline and self.agent.pipelined and more
+    def _drain(self, slots: Dispatcher) -> None:
+        """Run what the undecided experiments want until every one is decided (no new proposals)."""
+        while self._active or slots.busy:
+            self._start_wanted(slots)
+            self._recorded(slots, slots.wait(_TICK_SECONDS))
+
+    def _dispatching(self) -> _Dispatching:
+        return _Dispatching(self)
 
     def _incumbent(self) -> ExperimentRow:
         row = self.ledger.incumbent(self.tag)
@@ -244,9 +393,56 @@ class ResearchLoop:
         left = None if limits.max_experiments is None else max(0, limits.max_experiments - done)
         elapsed = time.monotonic() - self._started
         seconds_left = None if limits.hours is None else limits.hours * 3600 - elapsed
-        return build_context(
+        context = build_context(
             self.config, self.workspace, self.ledger, self.tag, self._incumbent(), left, seconds_left
         )
+        context.running = [
+            _running_entry(r) for _, r in sorted(self._active.items()) if r.kind == "candidate"
+        ]
+        return context
+
+    _slots: Dispatcher | None = None  # while run() or run_one() is dispatching
+
+
+class _Dispatching:
+    """The dispatcher for one ``run``: its slots' worktrees made here, on this thread; on any
+    exception (Ctrl-C included) the runs in flight are killed before the slots are released."""
+
+    def __init__(self, loop: ResearchLoop) -> None:
+        self.loop = loop
+
+    def __enter__(self) -> Dispatcher:
+        loop = self.loop
+        prepare = getattr(loop.runner, "prepare_slots", None)  # local worktrees; a cluster needs none
+        if prepare is not None:
+            prepare(loop.slots)
+        loop._slots = Dispatcher(loop.runner, loop.slots)
+        return loop._slots
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        slots, self.loop._slots = self.loop._slots, None
+        if slots is None:
+            return
+        stop = getattr(getattr(self.loop.runner, "executor", None), "stop", None)
+        slots.close(on_stop=stop if kind is not None else None)
+
+
+def _running_entry(row: ExperimentRow) -> HistoryEntry:
+    """An undecided experiment as agents see it: what it tries, no result yet."""
+    return HistoryEntry(
+        id=row.id,
+        description=row.description or "",
+        status="running",
+        decision="",
+        reason="",
+        metric=None,
+        spread=None,
+        runs=0,
+        delta=None,
+        diff=row.diff or "",
+        hypothesis=row.hypothesis or "",
+        meta=row.meta,
+    )
 
 
 def _applies(proposal: Proposal, context: Context) -> bool:

@@ -9,7 +9,8 @@ the events and results.tsv that anyone watching reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from nightlab.agents.base import Agent
 from nightlab.config import Config
@@ -24,6 +25,9 @@ from nightlab.store.schema import ExperimentRow, RunRow
 from nightlab.types import Proposal
 from nightlab.workspace.git import Workspace
 
+# results.tsv is rewritten after a decision at most this often (and always at the end).
+TSV_EVERY_SECONDS = 2.0
+
 
 @dataclass
 class Recorder:
@@ -35,6 +39,8 @@ class Recorder:
     agent: Agent
     tag: str
     events: EventSink
+    _tsv_written: float = field(default=-1e9, repr=False)
+    _tsv_stale: bool = field(default=False, repr=False)
 
     def proposal_fields(self, proposal: Proposal, incumbent: ExperimentRow) -> dict:
         """The ledger columns every candidate has, whether it runs or not."""
@@ -215,9 +221,20 @@ class Recorder:
         self.events.emit(Event("decision", message, experiment_id=exp_id, data=data))
         if not tell:
             return
+        self.write_tsv(force=False)
+        entry = self.ledger.history_entry(exp_id)
+        self.agent.observe(entry)
+        self.events.emit(Event("finished", entry.description, experiment_id=exp_id))
+
+    def write_tsv(self, force: bool = True) -> None:
+        """results.tsv, rewritten whole: after every decision, but at most every
+        :data:`TSV_EVERY_SECONDS` when decisions come faster (many slots), and always at the end
+        (``force``), so a long night does not spend its coordinator rewriting one file."""
+        now = time.monotonic()
+        if not force and now - self._tsv_written < TSV_EVERY_SECONDS:
+            self._tsv_stale = True
+            return
+        if force and not self._tsv_stale:
+            return
         export_tsv(self.ledger, self.workspace.state_dir / "results.tsv", self.tag, self.config.metric.name)
-        for entry in self.ledger.history(self.tag):
-            if entry.id == exp_id:
-                self.agent.observe(entry)
-                self.events.emit(Event("finished", entry.description, experiment_id=exp_id))
-                break
+        self._tsv_written, self._tsv_stale = now, False

@@ -8,22 +8,26 @@ written once.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from nightlab.code.flags import expand_flags
 from nightlab.config import Config
 from nightlab.executor import sandbox
 from nightlab.executor.base import Executor
+from nightlab.executor.slots import Slot
 from nightlab.metrics import MetricsFileError, parse_log_metric, read_metrics_json
 from nightlab.paths import matches
 from nightlab.research.progress import ProgressEvaluator, ProgressReader
 from nightlab.research.pruning import Pruner
 from nightlab.research.setup import SetupData
 from nightlab.store.backup import save_replicate
+from nightlab.store.recorded import SLOT_FILE
 from nightlab.types import EVAL_LOG, TRAIN_LOG, RunResult, RunSpec, RunStatus
-from nightlab.workspace.git import Workspace
+from nightlab.workspace.git import Workspace, run_worktree
 from nightlab.workspace.integrity import FrozenCheck
 
 
@@ -78,10 +82,25 @@ class ReplicateRunner:
             config, self.workspace, self.executor, self.frozen, self.worktree, extra_env, self.setup
         )
 
+    def prepare_slots(self, slots: list[Slot]) -> None:
+        """Make each slot's worktree now, on the caller's thread: ``git worktree add`` from
+        several slot threads at once would race on the repository's worktree list."""
+        for slot in slots:
+            self.workspace.worktree(run_worktree(slot.index))
+
     def run_dir(self, experiment_id: int, replicate: int) -> Path:
         return self.workspace.state_dir / "runs" / f"{experiment_id:04d}" / str(replicate)
 
-    def _spec(self, command: str, cwd: Path, run_dir: Path, seed: int, timeout: float, log: str) -> RunSpec:
+    def _spec(
+        self,
+        command: str,
+        cwd: Path,
+        run_dir: Path,
+        seed: int,
+        timeout: float,
+        log: str,
+        slot: Slot | None = None,
+    ) -> RunSpec:
         env = dict(self.config.target.env)
         env.update(self.config.budget.env())
         every = progress_every(self.config)
@@ -101,6 +120,7 @@ class ReplicateRunner:
             env=env,
             log_name=log,
             allow_env=list(self.config.run.allow_env),
+            slot_env=dict(slot.env) if slot is not None else {},
         )
 
     def run(
@@ -111,16 +131,19 @@ class ReplicateRunner:
         seed: int,
         run_dir: Path | None = None,
         pruner: Pruner | None = None,
+        slot: Slot | None = None,
     ) -> Replicate:
         """Train and evaluate ``commit`` once; never raises for anything the script does.
 
         ``run_dir`` replaces the experiment's run directory (``nightlab check`` records nothing);
-        ``pruner`` watches the run's progress and may stop it early (recorded as ``pruned``)."""
+        ``pruner`` watches the run's progress and may stop it early (recorded as ``pruned``);
+        ``slot`` is where it runs (its worktree, devices and cores), for replicates run at once."""
         run_dir = run_dir or self.run_dir(experiment_id, replicate)
         if run_dir.exists():  # a replicate interrupted by a crash of the harness: start afresh
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        tree = self.workspace.worktree(self.worktree)
+        write_slot(run_dir, slot)
+        tree = self.workspace.worktree(run_worktree(slot.index) if slot is not None else self.worktree)
         self.workspace.checkout(tree, commit, keep=self._keep)
         if self.setup is not None:
             self.setup.link_into(tree)
@@ -131,11 +154,13 @@ class ReplicateRunner:
             save_replicate(run_dir, result, None, None)
             return Replicate(result, None, None, run_dir)
 
-        spec = self._spec(self.config.target.run, tree, run_dir, seed, self.config.budget.timeout, TRAIN_LOG)
+        spec = self._spec(
+            self.config.target.run, tree, run_dir, seed, self.config.budget.timeout, TRAIN_LOG, slot
+        )
         reader = ProgressReader(run_dir, self.config)
         if pruner is not None:
             spec.stop_when = lambda: pruner.should_stop(reader.points())
-        companion = self._progress_evaluator(tree, run_dir, seed)
+        companion = self._progress_evaluator(tree, run_dir, seed, slot)
         try:
             result = self.executor.run(spec)
         finally:
@@ -148,7 +173,7 @@ class ReplicateRunner:
         # worktree (a patched prepare.py, a sitecustomize.py, a .pth or .pyc) reaches it.
         problem = self._audit(tree, run_dir)
         if not problem and result.status is RunStatus.OK and self.config.target.evaluate:
-            result, eval_log = self._evaluate(tree, run_dir, seed, result)
+            result, eval_log = self._evaluate(tree, run_dir, seed, result, slot)
             problem = self._audit(tree, run_dir)
         if problem:
             result.status = RunStatus.INVALID
@@ -157,15 +182,19 @@ class ReplicateRunner:
         save_replicate(run_dir, result, metric, holdout)  # what `nightlab recover` reads back
         return Replicate(result, metric, holdout, run_dir)
 
-    def _progress_evaluator(self, tree: Path, run_dir: Path, seed: int) -> ProgressEvaluator | None:
+    def _progress_evaluator(
+        self, tree: Path, run_dir: Path, seed: int, slot: Slot | None
+    ) -> ProgressEvaluator | None:
         """The frozen progress evaluator beside the training process, when the target has one."""
         command = self.config.target.progress_evaluate
         if not command:
             return None
         timeout = self.config.budget.timeout + self.config.budget.evaluate_timeout
-        return ProgressEvaluator(self._spec(command, tree, run_dir, seed, timeout, PROGRESS_EVAL_LOG))
+        return ProgressEvaluator(self._spec(command, tree, run_dir, seed, timeout, PROGRESS_EVAL_LOG, slot))
 
-    def _evaluate(self, tree: Path, run_dir: Path, seed: int, train: RunResult) -> tuple[RunResult, str]:
+    def _evaluate(
+        self, tree: Path, run_dir: Path, seed: int, train: RunResult, slot: Slot | None
+    ) -> tuple[RunResult, str]:
         metrics_file = run_dir / self.config.metric.file
         if metrics_file.exists():
             train.status = RunStatus.INVALID
@@ -178,6 +207,7 @@ class ReplicateRunner:
             seed,
             self.config.budget.evaluate_timeout,
             EVAL_LOG,
+            slot,
         )
         ev = self.executor.run(spec)
         merged = RunResult(
@@ -294,6 +324,15 @@ def _undeclared(paths: list[str]) -> str:
         f"{shown} (write under $NIGHTLAB_RUN_DIR, or declare outputs the run may write: "
         f'[target] outputs = ["{glob}"])'
     )
+
+
+def write_slot(run_dir: Path, slot: Slot | None) -> None:
+    """Where a replicate runs and since when, beside its log: what `nightlab status` and the live
+    view show for each slot while it runs (:func:`nightlab.store.recorded.read_slot`)."""
+    if slot is None:
+        return
+    record = {**slot.to_dict(), "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (run_dir / SLOT_FILE).write_text(json.dumps(record))
 
 
 def progress_every(config: Config) -> float | None:

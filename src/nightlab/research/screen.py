@@ -7,7 +7,8 @@ In order, each step cheaper than a training run and each able to stop the propos
 3. every changed Python file still parses;
 4. the diff audit (:mod:`nightlab.code.audit`): blocked, or marked and run;
 5. a change that cannot move the metric (nothing, comments, only the seed) is skipped;
-6. code already measured (the same files as an earlier experiment that ran) is skipped.
+6. code already measured (the same files as an earlier experiment that ran), or running now in
+   another slot, is skipped.
 
 The loop records a refusal as it is and runs a change; this module decides which is which and
 never touches git, the ledger or a run.
@@ -53,12 +54,17 @@ class Refusal:
 
 
 def screen(
-    proposal: Proposal, files: Mapping[str, str], config: Config, measured: Mapping[str, int]
+    proposal: Proposal,
+    files: Mapping[str, str],
+    config: Config,
+    measured: Mapping[str, int],
+    running: Mapping[str, int] | None = None,
 ) -> Change | Refusal:
     """Screen ``proposal`` against the incumbent's editable ``files``.
 
-    ``measured`` maps the code hash of every experiment that ran to its id (duplicates are
-    skipped with a reason that names the earlier experiment).
+    ``measured`` maps the code hash of every experiment that ran to its id, ``running`` that of
+    every experiment still in flight in another slot (duplicates of either are skipped with a
+    reason that names the other experiment).
     """
     if proposal.refused:
         return Refusal("invalid", "invalid", f"proposal refused: {proposal.refused}")
@@ -82,6 +88,10 @@ def screen(
     if digest in measured:
         return Refusal(
             "skipped", "discard", f"the same code as #{measured[digest]}, already measured: not run again"
+        )
+    if running and digest in running:
+        return Refusal(
+            "skipped", "discard", f"the same code as #{running[digest]}, running now: not run twice"
         )
     added, removed = line_counts(files, after)
     return Change(changed, digest, added, removed, flags)

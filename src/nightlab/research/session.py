@@ -26,6 +26,7 @@ from nightlab.events import Event, EventSink
 from nightlab.executor import sandbox
 from nightlab.executor.base import Executor
 from nightlab.executor.registry import EXECUTORS, make_executor
+from nightlab.executor.slots import Slot, slots_for
 from nightlab.paths import is_editable
 from nightlab.research.context import editable_texts
 from nightlab.research.loop import ResearchLoop
@@ -71,6 +72,7 @@ class Session:
         check_run_command(self.config, self.root)
         check_flag_files(self.config, self.root)
         sandbox.check(self.config.run.sandbox)
+        self.slots()  # more workers than the GPUs hold: said now, not after the setup
 
     def close(self) -> None:
         """Release the workspace lock and close the ledger (a process that opens the same workspace
@@ -91,8 +93,26 @@ class Session:
         tree = self.workspace.worktree(worktree)
         self.workspace.checkout(tree, reference)
         frozen = FrozenCheck(hash_paths(tree, frozen_paths(self.config, tree)))
+        if self.remote:  # each node runs the setup itself, once per frozen-files version
+            from nightlab.research.remote import RemoteReplicateRunner
+
+            local = ReplicateRunner(self.config, self.workspace, self.executor, frozen, worktree)
+            return RemoteReplicateRunner(local, self.executor)  # type: ignore[return-value]
         setup = self.setup_data(reference, frozen.expected)
         return ReplicateRunner(self.config, self.workspace, self.executor, frozen, worktree, setup=setup)
+
+    @property
+    def remote(self) -> bool:
+        """Whether replicates run on other machines (a cluster executor such as ``ray``): the
+        harness then ships each one there instead of running it in a local worktree."""
+        return bool(getattr(self.executor, "runs_remotely", False))
+
+    def slots(self) -> list[Slot]:
+        """Where replicates run at once: a cluster executor's own count (it places runs itself),
+        else ``[run]``'s slots on this machine (devices, cores)."""
+        if self.remote:
+            return self.executor.slots(self.config)  # type: ignore[attr-defined]
+        return slots_for(self.config)
 
     def setup_data(self, reference: str, frozen_hashes: dict[str, str]) -> SetupData | None:
         """What the setup command made for this version of the frozen files (it runs the first time)."""
@@ -257,6 +277,7 @@ def build_loop(
     session: Session,
     events: EventSink | None = None,
     should_stop: Callable[[], bool] | None = None,
+    wants_quiet: Callable[[], bool] | None = None,
     *,
     agent: Agent | None = None,
     check_clean: bool = True,
@@ -286,4 +307,6 @@ def build_loop(
         start_commit=start,
         events=events,
         should_stop=should_stop,
+        wants_quiet=wants_quiet,
+        slots=session.slots(),
     )

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nightlab.stats import noise_floor
+from nightlab.store.recorded import in_flight
 from nightlab.types import Direction
 
 if TYPE_CHECKING:
@@ -158,7 +159,17 @@ def status_dict(ledger: Ledger, tag: str, live: bool = True) -> dict:
         "possible_val_overfit": _overfit_ids(ledger, tag),
         # What the user should fix for the night to be honest (a script that ignores its seed).
         "warnings": warnings(ledger, tag),
+        # What each slot runs now (none without a live harness: those replicates were interrupted).
+        "running": in_flight(ledger.path.parent, _running(ledger, research)) if live else [],
     }
+
+
+def _running(ledger: Ledger, research: list) -> list[tuple[int, str, set[int]]]:
+    return [
+        (e.id, e.description or "", {r.replicate for r in ledger.runs(e.id)})
+        for e in research
+        if not e.finished
+    ]
 
 
 def _overfit_ids(ledger: Ledger, tag: str) -> list[int]:

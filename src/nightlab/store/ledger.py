@@ -335,6 +335,16 @@ class Ledger:
             found.setdefault(row["code_hash"], int(row["id"]))
         return found
 
+    def running_code(self, tag: str) -> dict[str, int]:
+        """Code hash -> id of each experiment of ``tag`` still running: the same code proposed
+        while it runs in another slot is not run twice."""
+        rows = self._read(
+            "SELECT id, code_hash FROM experiments WHERE tag = ? AND status = 'running' "
+            "AND code_hash IS NOT NULL ORDER BY id",
+            (tag,),
+        )
+        return {row["code_hash"]: int(row["id"]) for row in reversed(rows)}
+
     def incumbent_of(self, row: ExperimentRow) -> ExperimentRow | None:
         """The experiment ``row`` was decided against (None for a baseline or a lost row)."""
         if row.incumbent_id is None:
@@ -358,32 +368,32 @@ class Ledger:
 
     def history(self, tag: str) -> list[HistoryEntry]:
         """Finished research experiments as agents see them, oldest first; never the holdout."""
-        out = []
-        for e in self.research(tag):
-            if not e.finished:
-                continue
-            runs = self.runs(e.id)
-            tail = next((r.log_tail for r in reversed(runs) if r.log_tail), "") or ""
-            out.append(
-                HistoryEntry(
-                    id=e.id,
-                    description=e.description or "",
-                    status=e.status,
-                    decision=e.decision or "",
-                    reason=e.reason or "",
-                    metric=e.metric_mean,
-                    spread=e.metric_sem,
-                    runs=e.n_runs if e.n_runs is not None else len(runs),
-                    delta=e.delta,
-                    diff=e.diff or "",
-                    hypothesis=e.hypothesis or "",
-                    log_tail=tail,
-                    meta=e.meta,
-                    lesson=e.lesson or "",
-                    cost=e.cost,
-                )
-            )
-        return out
+        return [self._entry(e) for e in self.research(tag) if e.finished]
+
+    def history_entry(self, experiment_id: int) -> HistoryEntry:
+        """One finished experiment as agents see it (what the loop tells the agent after each)."""
+        return self._entry(self.experiment(experiment_id))
+
+    def _entry(self, e: ExperimentRow) -> HistoryEntry:
+        runs = self.runs(e.id)
+        tail = next((r.log_tail for r in reversed(runs) if r.log_tail), "") or ""
+        return HistoryEntry(
+            id=e.id,
+            description=e.description or "",
+            status=e.status,
+            decision=e.decision or "",
+            reason=e.reason or "",
+            metric=e.metric_mean,
+            spread=e.metric_sem,
+            runs=e.n_runs if e.n_runs is not None else len(runs),
+            delta=e.delta,
+            diff=e.diff or "",
+            hypothesis=e.hypothesis or "",
+            log_tail=tail,
+            meta=e.meta,
+            lesson=e.lesson or "",
+            cost=e.cost,
+        )
 
     def replicate_groups(self, tag: str) -> list[list[float]]:
         """Ok metric values of each finished experiment of ``tag`` with at least two ok runs.

@@ -1,13 +1,18 @@
-"""Reading back what the ledger recorded as text: a run directory and a timestamp.
+"""Reading back what the ledger recorded as text: a run directory, a timestamp, a slot.
 
-The dashboard and the tracker exports both turn ledger rows into something a person looks at;
-they must agree on where a run's files are and when it happened, so the two readings live here.
+The dashboard, the tracker exports and ``nightlab status`` turn ledger rows into something a
+person looks at; they must agree on where a run's files are, when it happened and where it ran,
+so those readings live here.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
+
+# Beside a replicate's log while it runs: which slot, which device, since when.
+SLOT_FILE = "slot.json"
 
 
 def recorded_run_dir(state_dir: Path, recorded: str | None) -> Path | None:
@@ -29,3 +34,38 @@ def recorded_time(text: str | None) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def read_slot(run_dir: Path) -> dict:
+    """The slot record of a run directory (``slot``, ``device``, ``started_at``); empty when the
+    replicate ran without one."""
+    try:
+        data = json.loads((Path(run_dir) / SLOT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def in_flight(state_dir: Path, running: list[tuple[int, str, set[int]]]) -> list[dict]:
+    """The replicates in flight: for each running experiment ``(id, description, replicates
+    recorded)``, every run directory without a recorded run, with its slot, oldest slot first."""
+    out = []
+    for exp_id, description, recorded in running:
+        folder = Path(state_dir) / "runs" / f"{exp_id:04d}"
+        try:
+            replicates = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+        except OSError:
+            continue
+        for replicate in (r for r in replicates if r not in recorded):
+            slot = read_slot(folder / str(replicate))
+            out.append(
+                {
+                    "experiment": exp_id,
+                    "replicate": replicate,
+                    "description": description,
+                    "slot": slot.get("slot"),
+                    "device": slot.get("device"),
+                    "started_at": slot.get("started_at"),
+                }
+            )
+    return sorted(out, key=lambda r: (r["slot"] is None, r["slot"] or 0, r["experiment"]))

@@ -319,22 +319,34 @@ class Workspace:
             raise UserError(
                 f"commit {drop[:12]} has {len(parents)} parents: only single-parent commits can be dropped"
             )
-        patch = run_git(
-            ["diff", "--binary", "--full-index", "--no-ext-diff", parents[0], drop], self.root
-        ).stdout
+        subject = self.git("log", "-1", "--format=%s", drop).strip()
+        return self._apply_onto(parents[0], drop, head, f"Revert {drop[:12]}: {subject}", reverse=True)
+
+    def reapply_onto(self, base: str, commit: str, onto: str, message: str) -> str | None:
+        """A commit on ``onto`` that makes the change ``base`` → ``commit`` there; None on conflict.
+
+        How a candidate proposed against an incumbent that has since been replaced moves onto
+        the new one: a three-way apply, so changes to different lines of a file both survive.
+        """
+        return self._apply_onto(base, commit, onto, message)
+
+    def _apply_onto(
+        self, base: str, commit: str, onto: str, message: str, reverse: bool = False
+    ) -> str | None:
+        """Apply the diff ``base`` → ``commit`` (reversed with ``reverse``) to ``onto`` with
+        ``git apply --3way --cached`` on a temporary index (no working tree); None on conflict."""
+        patch = run_git(["diff", "--binary", "--full-index", "--no-ext-diff", base, commit], self.root).stdout
         if not patch:
-            return head
+            return onto
         with tempfile.TemporaryDirectory(prefix="index-", dir=self.state_dir) as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-            run_git(["read-tree", head], self.root, env=env)
-            applied = run_git(
-                ["apply", "--cached", "-R", "--3way"], self.root, input=patch, env=env, check=False
-            )
+            run_git(["read-tree", onto], self.root, env=env)
+            args = ["apply", "--cached", "--3way"] + (["-R"] if reverse else [])
+            applied = run_git(args, self.root, input=patch, env=env, check=False)
             if applied.returncode != 0:
                 return None
             tree = decode(run_git(["write-tree"], self.root, env=env).stdout).strip()
-        subject = self.git("log", "-1", "--format=%s", drop).strip()
-        return self._commit_tree(tree, [head], f"Revert {drop[:12]}: {subject}")
+        return self._commit_tree(tree, [onto], message)
 
     # -- worktrees for running ----------------------------------------------------------------
     def worktree(self, name: str) -> Path:

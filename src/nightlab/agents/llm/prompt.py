@@ -150,6 +150,9 @@ def _state(context: Context) -> str:
         budget.append(f"{context.seconds_left / 3600:.1f} hours")
     lines.append("- budget left: " + (" / ".join(budget) if budget else "open-ended"))
     lines.append(f"- experiments so far: {len(context.history)}")
+    if context.running:
+        lines.append("- running now in other slots (do not propose these again):")
+        lines += [f"  - #{e.id} {_cell(e.description)}" for e in context.running]
     return "\n".join(lines)
 
 

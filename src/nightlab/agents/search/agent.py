@@ -104,6 +104,7 @@ class SearchAgent(Agent):
         centre = space.current()
         trials = self._trials(space, centre, context.direction)
         tried = {space.key(t.config) for t in trials} | set(self.pending) | {space.key(centre)}
+        tried |= _running_keys(space, context)  # proposed before a restart, still running
         rng = np.random.default_rng([self.seed, len(self.entries), len(self.pending)])
         self._units = {}
         candidates = self._candidates(space, centre, tried, rng)
@@ -446,3 +447,16 @@ def _same_values(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def _running_keys(space: Space, context: Context) -> set[tuple]:
+    """The configurations of experiments still running, as keys of ``space``."""
+    keys = set()
+    for entry in context.running:
+        knobs = (entry.meta or {}).get("knobs")
+        if isinstance(knobs, dict):
+            try:
+                keys.add(space.key(knobs))
+            except (KeyError, TypeError, ValueError):
+                continue
+    return keys

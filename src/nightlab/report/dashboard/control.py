@@ -130,6 +130,11 @@ class RunControl:
     def _consume(self) -> None:
         (self.state_dir / CONTROL_FILE).unlink(missing_ok=True)
 
+    def asked(self) -> bool:
+        """Whether a pause or a stop waits: the loop then starts nothing new, lets what runs
+        finish, and calls :meth:`should_stop` once nothing is in flight."""
+        return requested(self.state_dir) in ("pause", "stop")
+
     def should_stop(self) -> bool:
         """Called by the loop between experiments: True to stop; blocks while paused."""
         action = requested(self.state_dir)

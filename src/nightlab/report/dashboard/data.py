@@ -23,7 +23,7 @@ from nightlab.secrets import redact
 from nightlab.stats import mean, noise_floor
 from nightlab.store.export import holdout_checks
 from nightlab.store.ledger import Ledger
-from nightlab.store.recorded import recorded_run_dir
+from nightlab.store.recorded import read_slot, recorded_run_dir
 from nightlab.store.schema import ExperimentRow, experiment_from_row
 from nightlab.studies.time_to_target import read_curve
 from nightlab.types import Direction
@@ -294,6 +294,7 @@ def details(ledger: Ledger, experiment_id: int, view: View, state_dir: Path) -> 
             "reason": view.text(r.reason),
             "log_tail": view.text(r.log_tail),
             "points": read_points(run_dir, view.metric_name) if run_dir else [],
+            "slot": _slot_text(run_dir),
         }
         if view.holdout:
             item["holdout"] = r.holdout
@@ -317,6 +318,14 @@ def details(ledger: Ledger, experiment_id: int, view: View, state_dir: Path) -> 
         "lines": [e.lines_added, e.lines_removed],
         "runs": runs,
     }
+
+
+def _slot_text(run_dir: Path | None) -> str:
+    """Where a replicate ran, ``2 (gpu 1)``, when it ran in one of several slots."""
+    where = read_slot(run_dir) if run_dir is not None else {}
+    if not isinstance(where.get("slot"), int):
+        return ""
+    return f"{where['slot']} ({where.get('device') or '?'})"
 
 
 def read_points(run_dir: Path | None, metric_name: str) -> list[list[float]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from nightlab.report.dashboard.control import loop_state
 from nightlab.report.dashboard.data import LedgerReader, View, experiment_rows, overview, read_points
 from nightlab.store.export import holdout_checks
-from nightlab.store.recorded import recorded_time
+from nightlab.store.recorded import read_slot, recorded_time
 from nightlab.types import EVAL_LOG, TRAIN_LOG
 from nightlab.workspace.lock import holder
 
@@ -184,11 +184,13 @@ class Watcher:
                 replicates = []
             for replicate in (r for r in replicates if r not in done):
                 run_dir = folder / str(replicate)
+                where = read_slot(run_dir)  # several slots: which one, on which device
                 evaluating = (run_dir / EVAL_LOG).exists()
                 log = tail(run_dir / (EVAL_LOG if evaluating else TRAIN_LOG))
                 slots.append(
                     {
-                        "slot": len(slots) + 1,
+                        "slot": where["slot"] if isinstance(where.get("slot"), int) else len(slots) + 1,
+                        "device": where.get("device"),
                         "experiment": e.id,
                         "kind": e.kind,
                         "replicate": replicate,

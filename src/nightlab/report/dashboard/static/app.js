@@ -160,7 +160,7 @@
     }
     for (const s of S.running) {
       const card = el("div", {class: "slot", "data-experiment": s.experiment});
-      const title = el("div", {}, el("b", {text: "slot " + s.slot + " · #" + s.experiment}), " replicate " + (s.replicate + 1) + " · " + s.stage + " · " + s.kind);
+      const title = el("div", {}, el("b", {text: "slot " + s.slot + " · #" + s.experiment}), " replicate " + (s.replicate + 1) + " · " + s.stage + " · " + s.kind + (s.device ? " · on " + s.device : ""));
       const clock = el("span", {class: "num elapsed"});
       card.append(el("div", {class: "head"}, title, clock));
       card.append(el("div", {text: s.description}));
@@ -556,10 +556,11 @@
     }
     const t = el("table", {class: "small"});
     const holdout = d.runs.some((x) => isNum(x.holdout));
-    t.append(el("tr", {}, ...["replicate", "seed", "status", metricName(), holdout ? "holdout" : null, "training", "total", "peak MB", "reason"]
+    const slotted = d.runs.some((x) => x.slot);
+    t.append(el("tr", {}, ...["replicate", "seed", slotted ? "slot" : null, "status", metricName(), holdout ? "holdout" : null, "training", "total", "peak MB", "reason"]
       .filter((h) => h !== null).map((h) => el("th", {text: h}))));
     for (const x of d.runs) {
-      t.append(el("tr", {}, el("td", {text: x.replicate + 1}), el("td", {class: "num", text: x.seed}), el("td", {text: x.status}),
+      t.append(el("tr", {}, el("td", {text: x.replicate + 1}), el("td", {class: "num", text: x.seed}), slotted ? el("td", {text: x.slot || ""}) : null, el("td", {text: x.status}),
         el("td", {class: "num", text: fixed(x.metric)}), holdout ? el("td", {class: "num", text: fixed(x.holdout)}) : null,
         el("td", {class: "num", text: duration(x.training_seconds)}), el("td", {class: "num", text: duration(x.total_seconds)}),
         el("td", {class: "num", text: isNum(x.peak_memory_mb) ? x.peak_memory_mb.toFixed(0) : ""}), el("td", {text: x.reason})));
