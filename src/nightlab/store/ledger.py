@@ -368,15 +368,35 @@ class Ledger:
 
     def history(self, tag: str) -> list[HistoryEntry]:
         """Finished research experiments as agents see them, oldest first; never the holdout."""
-        return [self._entry(e) for e in self.research(tag) if e.finished]
+        finished = [e for e in self.research(tag) if e.finished]
+        tails, counts = self._log_tails(tag), self._run_counts(tag)  # not one query per experiment
+        return [self._entry(e, tails.get(e.id, ""), counts.get(e.id, 0)) for e in finished]
 
     def history_entry(self, experiment_id: int) -> HistoryEntry:
         """One finished experiment as agents see it (what the loop tells the agent after each)."""
-        return self._entry(self.experiment(experiment_id))
-
-    def _entry(self, e: ExperimentRow) -> HistoryEntry:
-        runs = self.runs(e.id)
+        e, runs = self.experiment(experiment_id), self.runs(experiment_id)
         tail = next((r.log_tail for r in reversed(runs) if r.log_tail), "") or ""
+        return self._entry(e, tail, len(runs))
+
+    def _log_tails(self, tag: str) -> dict[int, str]:
+        """Experiment id -> the log tail of its last replicate that has one."""
+        rows = self._read(
+            "SELECT r.experiment_id AS eid, r.log_tail AS tail FROM runs r JOIN experiments e "
+            "ON e.id = r.experiment_id WHERE e.tag = ? AND r.log_tail IS NOT NULL AND r.log_tail != '' "
+            "ORDER BY r.experiment_id, r.replicate",
+            (tag,),
+        )
+        return {int(r["eid"]): r["tail"] for r in rows}  # the last replicate's wins
+
+    def _run_counts(self, tag: str) -> dict[int, int]:
+        rows = self._read(
+            "SELECT r.experiment_id AS eid, COUNT(*) AS n FROM runs r JOIN experiments e "
+            "ON e.id = r.experiment_id WHERE e.tag = ? GROUP BY r.experiment_id",
+            (tag,),
+        )
+        return {int(r["eid"]): int(r["n"]) for r in rows}
+
+    def _entry(self, e: ExperimentRow, tail: str, runs: int) -> HistoryEntry:
         return HistoryEntry(
             id=e.id,
             description=e.description or "",
@@ -385,7 +405,7 @@ class Ledger:
             reason=e.reason or "",
             metric=e.metric_mean,
             spread=e.metric_sem,
-            runs=e.n_runs if e.n_runs is not None else len(runs),
+            runs=e.n_runs if e.n_runs is not None else runs,
             delta=e.delta,
             diff=e.diff or "",
             hypothesis=e.hypothesis or "",
