@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 from nightlab.config import Config
 from nightlab.paths import editable_files, select
@@ -27,14 +28,34 @@ def editable_texts(config: Config, workspace: Workspace, commit: str) -> dict[st
 
     A commit never changes, and the loop reads the incumbent's files for every proposal (its
     context, its screening): the last few are kept, which matters once many slots decide at once."""
-    key = (str(workspace.root), commit, tuple(config.target.editable), tuple(config.target.frozen))
+
+    def read() -> dict[str, str]:
+        paths = editable_files(workspace.list_files(commit), config.target.editable, config.target.frozen)
+        return workspace.read_files(commit, paths)
+
+    return _cached(
+        (str(workspace.root), commit, "editable", *config.target.editable, "|", *config.target.frozen), read
+    )
+
+
+def frozen_texts(config: Config, workspace: Workspace, commit: str) -> dict[str, str]:
+    """The frozen files at ``commit`` small enough to be interfaces (the context's frozen_files)."""
+
+    def read() -> dict[str, str]:
+        frozen = workspace.read_files(commit, select(workspace.list_files(commit), config.target.frozen))
+        return {p: t for p, t in frozen.items() if len(t) < MAX_FROZEN_CHARS}
+
+    return _cached((str(workspace.root), commit, "frozen", *config.target.frozen), read)
+
+
+def _cached(key: tuple, read: Callable[[], dict[str, str]]) -> dict[str, str]:
+    """A commit's files read once: a commit never changes (a copy each time: callers may edit)."""
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         if cached is not None:
             _CACHE.move_to_end(key)
             return dict(cached)
-    paths = editable_files(workspace.list_files(commit), config.target.editable, config.target.frozen)
-    files = workspace.read_files(commit, paths)
+    files = read()
     with _CACHE_LOCK:
         _CACHE[key] = dict(files)
         while len(_CACHE) > _CACHE_SIZE:
@@ -59,8 +80,6 @@ def build_context(
     """The context of a proposal against ``incumbent``, the best code so far."""
     if incumbent.commit is None:
         raise ValueError(f"experiment #{incumbent.id} has no commit and cannot be the incumbent")
-    frozen_paths = select(workspace.list_files(incumbent.commit), config.target.frozen)
-    frozen = workspace.read_files(incumbent.commit, frozen_paths)
     program = workspace.root / PROGRAM_FILE
     noise = noise_floor(ledger.replicate_groups(tag))
     return Context(
@@ -71,7 +90,7 @@ def build_context(
         best=incumbent.metric_mean,
         noise=noise.sd if noise else None,
         program=program.read_text() if program.is_file() else "",
-        frozen_files={p: t for p, t in frozen.items() if len(t) < MAX_FROZEN_CHARS},
+        frozen_files=frozen_texts(config, workspace, incumbent.commit),
         experiments_left=experiments_left,
         seconds_left=seconds_left,
         incumbent_commit=incumbent.commit,
