@@ -11,7 +11,11 @@ from nightlab.config import Config
 from nightlab.executor.base import Executor
 from nightlab.plugins import Registry
 
-EXECUTORS = Registry("executor", {"local": "nightlab.executor.local"}, "nightlab.executors")
+EXECUTORS = Registry(
+    "executor",
+    {"local": "nightlab.executor.local", "ray": "nightlab.executor.ray_cluster"},
+    "nightlab.executors",
+)
 
 
 def make_executor(config: Config) -> Executor:

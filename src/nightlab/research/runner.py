@@ -138,11 +138,7 @@ class ReplicateRunner:
         ``run_dir`` replaces the experiment's run directory (``nightlab check`` records nothing);
         ``pruner`` watches the run's progress and may stop it early (recorded as ``pruned``);
         ``slot`` is where it runs (its worktree, devices and cores), for replicates run at once."""
-        run_dir = run_dir or self.run_dir(experiment_id, replicate)
-        if run_dir.exists():  # a replicate interrupted by a crash of the harness: start afresh
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        write_slot(run_dir, slot)
+        run_dir = fresh_run_dir(run_dir or self.run_dir(experiment_id, replicate), slot)
         tree = self.workspace.worktree(run_worktree(slot.index) if slot is not None else self.worktree)
         self.workspace.checkout(tree, commit, keep=self._keep)
         if self.setup is not None:
@@ -324,6 +320,16 @@ def _undeclared(paths: list[str]) -> str:
         f"{shown} (write under $NIGHTLAB_RUN_DIR, or declare outputs the run may write: "
         f'[target] outputs = ["{glob}"])'
     )
+
+
+def fresh_run_dir(run_dir: Path, slot: Slot | None) -> Path:
+    """``run_dir`` emptied (a replicate interrupted by a crash of the harness starts afresh),
+    with the record of the slot it runs in."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    write_slot(run_dir, slot)
+    return run_dir
 
 
 def write_slot(run_dir: Path, slot: Slot | None) -> None:
