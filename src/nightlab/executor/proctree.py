@@ -173,6 +173,11 @@ class ProcessTree:
             try:
                 if proc.create_time() < self.started - 1.0 or proc.uids().real != uid:
                     continue
+                # The harness's own children are never a run's stragglers: with several slots,
+                # a child another thread is forking (git, the next run) briefly holds every
+                # descriptor of the harness, this run's open log included, until it execs.
+                if proc.ppid() == me:
+                    continue
             except (*_GONE, psutil.AccessDenied):
                 continue
             tag = self._tag_of(proc)
