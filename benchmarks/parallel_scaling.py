@@ -3,7 +3,8 @@
 Three measurements (issue "Many experiments at once"), each printed as JSON:
 
 ``slots``: the real loop on a target whose run is a fixed sleep (a shell command, no Python
-start-up), at 1, 2, 4, 8 and 16 local slots (or on a Ray cluster with ``--ray ADDRESS``).
+start-up), at 1, 2, 4, 8 and 16 local slots (or on a Ray cluster: ``--ray ADDRESS``, or
+``--local-ray`` to start one on this machine, a head and one worker node taking 16 tasks).
 Experiments per hour over the candidates, from the first candidate's start to the last one's
 decision, against N times the one-slot figure (goal: at least 0.9 x N up to 16 slots)::
 
@@ -85,7 +86,9 @@ def slots_run(workers: int, sleep: float, rounds: int, ray: str | None) -> dict:
     session = open_session(root, tag="scale")
     marks: list[float] = []  # when each candidate was proposed, and decided
     events = EventSink()
-    events.subscribe(lambda e: marks.append(time.perf_counter()) if e.kind in ("proposal", "decision") else None)
+    events.subscribe(
+        lambda e: marks.append(time.perf_counter()) if e.kind in ("proposal", "decision") else None
+    )
     loop = build_loop(session, events=events)
     loop.prepare()  # the baseline: not part of the candidates' throughput
     marks.clear()
@@ -180,7 +183,9 @@ def coordinator_run(slots: int, seconds: float, run_seconds: float) -> dict:
     pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(12)
     top = [line.strip() for line in text.getvalue().splitlines() if line.strip()[:1].isdigit()][:12]
     text = io.StringIO()
-    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(r"src/nightlab/(research|store|workspace)", 16)
+    pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(
+        r"src/nightlab/(research|store|workspace)", 16
+    )
     ours = [line.strip() for line in text.getvalue().splitlines() if line.strip()[:1].isdigit()][1:16]
     # The steady state: from a third of the window (all slots busy) to its end (then it drains).
     start, end = t0 + seconds / 3, t0 + seconds
@@ -248,6 +253,7 @@ def main() -> None:
     s.add_argument("--sleep", type=float, default=3.0)
     s.add_argument("--rounds", type=int, default=4)
     s.add_argument("--ray", default=None, help="a Ray cluster address: run the slots there")
+    s.add_argument("--local-ray", action="store_true", help="start a Ray cluster on this machine for it")
     c = sub.add_parser("coordinator")
     c.add_argument("--slots", type=int, nargs="+", default=[64, 256, 1024])
     c.add_argument("--seconds", type=float, default=60.0)
@@ -257,7 +263,17 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=131072)
     args = parser.parse_args()
     if args.mode == "slots":
-        results = [slots_run(n, args.sleep, args.rounds, args.ray) for n in args.workers]
+        cluster = None
+        if args.local_ray:  # a head and one worker node on this machine, a task per slot at once
+            from raycluster import LocalRayCluster
+
+            cluster = LocalRayCluster().start(workers=1, cpus=max(args.workers))
+            args.ray = cluster.address
+        try:
+            results = [slots_run(n, args.sleep, args.rounds, args.ray) for n in args.workers]
+        finally:
+            if cluster is not None:
+                cluster.stop()
         one = results[0]["experiments_per_hour"] / results[0]["workers"]
         for r in results:
             r["vs_n_times_one_slot"] = round(r["experiments_per_hour"] / (one * r["workers"]), 3)

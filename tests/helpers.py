@@ -64,6 +64,9 @@ file = "proposals.jsonl"
 kind = "{policy}"
 baseline_runs = 2
 max_runs = 3
+# Kept changes valued on fresh runs is tested on its own (tests/research/test_remeasure.py);
+# elsewhere the run counts stay those of the decisions.
+remeasure = 0
 """
 
 

@@ -150,6 +150,9 @@ class PolicySection(KindSection):
     # The confidence of keep decisions, and of the intervals `validate` and `ablate` report.
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     max_runs: int = Field(default=4, ge=1)  # replicates of one candidate, first run included
+    # Fresh replicates of a kept change before it becomes the incumbent: its recorded value and
+    # improvement rest on them, not on the runs that selected it (the winner's curse); 0: off.
+    remeasure: int = Field(default=2, ge=0)
     # Simplicity criterion: metric units charged per line added (and earned per line removed).
     complexity_penalty: float = Field(default=0.0, ge=0)
     # The run-to-run sd to assume when replicates with different seeds give identical results

@@ -77,7 +77,7 @@ def test_a_run_is_pinned_to_its_slots_cores(tmp_path: Path) -> None:
     (slot,) = [s for s in plan_slots(1, [], [core], threads_per_run=1)]
     script = "import os, json; print('AFFINITY', json.dumps(sorted(os.sched_getaffinity(0))), os.environ['OMP_NUM_THREADS'])"
     spec = RunSpec(
-        command=f"{sys.executable} -c \"{script}\"",
+        command=f'{sys.executable} -c "{script}"',
         cwd=tmp_path,
         run_dir=tmp_path / "run",
         seed=0,

@@ -95,7 +95,7 @@ def test_a_winner_whose_base_moved_is_reapplied_onto_the_new_best(tmp_path: Path
     exps = rows(root)
     by_desc = {e["description"]: e for e in exps}
     first, second = by_desc["LR 0.1 -> 0.3"], by_desc["WIDTH 64 -> 128, trained longer"]
-    moved = by_desc["WIDTH 64 -> 128, trained longer (re-applied onto #%d)" % first["id"]]
+    moved = by_desc[f"WIDTH 64 -> 128, trained longer (re-applied onto #{first['id']})"]
     assert first["decision"] == "keep"
     assert second["decision"] == "discard"
     assert f"re-applied onto it as #{moved['id']}" in second["reason"]
@@ -154,7 +154,9 @@ def test_kill_9_with_replicates_in_flight_then_resume_is_consistent(tmp_path: Pa
         shown = nightlab("status", str(root), "--json", "--tag", "k")
         running = json.loads(shown.stdout)["running"]
         assert running, "status shows no slot at work"
-        assert all(r["device"].startswith("cpu") and r["started_at"] and r["slot"] in (0, 1, 2) for r in running)
+        assert all(
+            r["device"].startswith("cpu") and r["started_at"] and r["slot"] in (0, 1, 2) for r in running
+        )
     finally:
         os.killpg(harness.pid, signal.SIGKILL)  # the harness and its whole group, -9
         harness.wait()
@@ -181,7 +183,9 @@ def test_kill_9_with_replicates_in_flight_then_resume_is_consistent(tmp_path: Pa
     assert len(exps) == 1 + 6 and all(e["status"] == "ok" for e in exps)
 
 
-def _wait_for_candidates_in_flight(root: Path, count: int, harness: subprocess.Popen) -> list[tuple[int, int]]:
+def _wait_for_candidates_in_flight(
+    root: Path, count: int, harness: subprocess.Popen
+) -> list[tuple[int, int]]:
     """(experiment, replicate) of ``count`` candidate replicates training at once."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -286,7 +290,9 @@ def test_bad_worker_settings_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert len(res.stderr.strip().splitlines()) == 1
     res = nightlab("run", str(root), "--plain", "--workers", "none")
     assert res.returncode == 2 and "--workers" in res.stderr and "Traceback" not in res.stderr
-    (root / "nightlab.toml").write_text((root / "nightlab.toml").read_text().replace("workers = 5", "workers = 0"))
+    (root / "nightlab.toml").write_text(
+        (root / "nightlab.toml").read_text().replace("workers = 5", "workers = 0")
+    )
     git(root, "commit", "-qam", "zero workers")
     res = nightlab("run", str(root), "--plain")
     assert res.returncode == 2 and "workers" in res.stderr and "Traceback" not in res.stderr

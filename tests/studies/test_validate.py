@@ -194,7 +194,9 @@ def test_noise_only_change_does_not_validate(tmp_path: Path) -> None:
     kept = [r for r in experiments(root) if r["decision"] == "keep"]
     assert kept, "precondition: greedy should keep at least one lucky reseed"
     data = validate_json(root, "--seeds", "3")
-    assert data["research_gain"] > 0  # research saw a (lucky) gain
+    # The lucky gain is in the runs that selected it; the value recorded rests on fresh runs no
+    # decision saw ([policy] remeasure), so research reports no gain it cannot back.
+    assert all("no decision saw" in r["reason"] for r in kept)
     assert data["verdict"] in ("inconclusive", "does not transfer")
     val = data["metrics"][0]
     assert val["ci_low"] < 0 < val["ci_high"] or val["verdict"] == "does not transfer"

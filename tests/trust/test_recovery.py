@@ -140,7 +140,7 @@ def _runs(root: Path) -> list[tuple]:
     con = sqlite3.connect(root / ".nightlab" / "ledger.db")
     rows = con.execute(
         "select experiment_id, replicate, seed, status, metric, holdout, metrics_json, peak_memory_mb, "
-        "exit_code, reason, run_dir from runs order by experiment_id, replicate"
+        "exit_code, reason, run_dir, role from runs order by experiment_id, replicate"
     ).fetchall()
     con.close()
     return rows

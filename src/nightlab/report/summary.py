@@ -25,9 +25,19 @@ if TYPE_CHECKING:
 
 
 def _runs(e: ExperimentRow) -> str:
+    """The value and how many runs stand behind it: for a kept change, its ``report`` runs, which
+    no decision saw, when it has them (else the runs that selected it, which carry their luck)."""
     n = e.n_runs or 0
     spread = f" ± {e.metric_sem:.6f}" if e.metric_sem is not None else ""
-    return f"{fixed(e.metric_mean)}{spread} ({n} run{'s' if n != 1 else ''})"
+    runs = f"{n} run{'s' if n != 1 else ''}"
+    if e.decision == "keep":
+        fresh = e.estimate_runs or 0
+        runs = (
+            f"{fresh} run{'s' * (fresh != 1)} no decision saw, of {n}"
+            if fresh
+            else f"{runs} that selected it: the value carries their luck"
+        )
+    return f"{fixed(e.metric_mean)}{spread} ({runs})"
 
 
 def summary_renderable(

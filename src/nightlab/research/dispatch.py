@@ -28,6 +28,7 @@ class InFlight:
     slot: Slot
     pruner: Pruner | None
     future: Future[Replicate] = field(repr=False)
+    role: str | None = None  # a fresh run of a kept change or the baseline (research/estimate.py)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -55,14 +56,16 @@ class Dispatcher:
         """The replicate numbers of ``experiment_id`` running now."""
         return [f.replicate for f in self.running if f.row.id == experiment_id]
 
-    def start(self, row: ExperimentRow, replicate: int, seed: int, pruner: Pruner | None) -> InFlight:
+    def start(
+        self, row: ExperimentRow, replicate: int, seed: int, pruner: Pruner | None, role: str | None = None
+    ) -> InFlight:
         """Run replicate ``replicate`` of ``row`` in the first free slot."""
         assert row.commit is not None, "only committed experiments run"
         slot = self._free.pop(0)
         future = self._pool.submit(
             self.runner.run, row.id, replicate, row.commit, seed, pruner=pruner, slot=slot
         )
-        flight = InFlight(row, replicate, slot, pruner, future)
+        flight = InFlight(row, replicate, slot, pruner, future, role=role)
         self.running.append(flight)
         return flight
 

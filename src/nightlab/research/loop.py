@@ -31,13 +31,14 @@ from nightlab.executor.slots import Slot
 from nightlab.research.context import build_context, editable_texts
 from nightlab.research.desk import AgentDesk
 from nightlab.research.dispatch import Dispatcher, InFlight
-from nightlab.research.policy import Evidence, Policy, noise_for, review
+from nightlab.research.estimate import REPORT, evidence_for, fresh_roles, remeasured, report_count
+from nightlab.research.policy import Policy, review
 from nightlab.research.pruning import pruner_for
 from nightlab.research.reapply import reapply
 from nightlab.research.record import Recorder
 from nightlab.research.runner import Replicate, ReplicateRunner
 from nightlab.research.screen import Refusal, screen
-from nightlab.stats import noise_floor
+from nightlab.store.backup import save_role
 from nightlab.store.ledger import Ledger
 from nightlab.store.schema import ExperimentRow
 from nightlab.types import Context, HistoryEntry, Proposal, RunStatus
@@ -95,7 +96,9 @@ class ResearchLoop:
         self._started = time.monotonic()
         self._limits = LoopLimits()
         self._active: dict[int, ExperimentRow] = {}  # experiments not yet decided, by id
-        self._want: dict[int, int] = {}  # how many more replicates each one asks for now
+        # The replicates each one asks for now, by role (None: deciding; "compare"/"report":
+        # a kept change's fresh runs, research/estimate.py).
+        self._want: dict[int, list[str | None]] = {}
         self._held: Proposal | None = None  # a proposal that waits for a free slot
         self._confirming: set[int] = set()  # candidates the policy wants confirmed
 
@@ -249,9 +252,9 @@ class ResearchLoop:
     def _start_wanted(self, slots: Dispatcher) -> None:
         """Give free slots the replicates the undecided experiments want, oldest experiment first."""
         for exp_id in sorted(self._active):
-            while slots.free > 0 and self._want.get(exp_id, 0) > 0:
-                self._want[exp_id] -= 1
-                self._start(slots, self._active[exp_id])
+            wanted = self._want.get(exp_id) or []
+            while slots.free > 0 and wanted:
+                self._start(slots, self._active[exp_id], wanted.pop(0))
 
     def _start_extra(self, slots: Dispatcher) -> None:
         """Extra confirmation replicates in slots nothing else can use now (a slow agent is
@@ -265,14 +268,14 @@ class ResearchLoop:
                 started = len(self.ledger.runs(exp_id)) + len(slots.replicates_of(exp_id))
                 if started >= limit:
                     break
-                self._start(slots, row)
+                self._start(slots, row, None)
 
-    def _start(self, slots: Dispatcher, row: ExperimentRow) -> None:
+    def _start(self, slots: Dispatcher, row: ExperimentRow, role: str | None = None) -> None:
         taken = {r.replicate for r in self.ledger.runs(row.id)} | set(slots.replicates_of(row.id))
         replicate = next(i for i in range(len(taken) + 1) if i not in taken)
         seed = self.config.run.seed + 1000 * row.id + replicate
         pruner = pruner_for(self.config, self.ledger, self.tag, row, replicate)
-        slot = slots.start(row, replicate, seed, pruner).slot
+        slot = slots.start(row, replicate, seed, pruner, role).slot
         where = f" [slot {slot.index}: {slot.label}]" if len(self.slots) > 1 else ""
         line = f"#{row.id} run {replicate + 1}{where}: {row.description}"
         data = {"slot": slot.index, "device": slot.label}
@@ -286,8 +289,10 @@ class ResearchLoop:
             if rep.result.status is RunStatus.PRUNED and flight.pruner is not None and flight.pruner.evidence:
                 self.recorder.pruned(row, flight.pruner.evidence)
             self.ledger.add_run(
-                row.id, flight.replicate, rep.result, rep.metric, rep.holdout, str(rep.run_dir)
+                row.id, flight.replicate, rep.result, rep.metric, rep.holdout, str(rep.run_dir), flight.role
             )
+            if flight.role:  # beside the ledger too, for `nightlab recover`
+                save_role(rep.run_dir, flight.role)
             retries = rep.result.metrics.get("infra_retries")
             if retries:
                 message = f"#{row.id} run {flight.replicate + 1}: re-run after {retries:g} infrastructure failure(s)"
@@ -313,32 +318,50 @@ class ResearchLoop:
                     "the fix and run again: until a baseline succeeds, a run starts from your latest commit"
                 )
             return
-        values = self.ledger.ok_metrics(row.id)
-        if row.kind == "baseline":
-            wanted = self._baseline_runs()
-            if len(values) >= wanted:
-                self.recorder.measured_baseline(row, values)
+        values = self.ledger.decided_metrics(row.id)
+        remeasure = self.config.policy.remeasure
+        if row.kind == "baseline":  # its replicates, then runs of its own for the value reported
+            wanted = [None] * (self._baseline_runs() - len(values)) + [REPORT] * (
+                remeasure - report_count(runs)
+            )
+            if not wanted:
+                self.recorder.measured_baseline(
+                    row, self.ledger.ok_metrics(row.id), report_count(runs) or None
+                )
                 return self._retire(row)
-            self._want[row.id] = wanted - len(values)
+            self._want[row.id] = wanted
             return
         if not values:
-            self._want[row.id] = 1
+            self._want[row.id] = [None]
             return
-        evidence = self._evidence(row, values)
+        evidence = evidence_for(self.ledger, self.config, self.tag, row, values, self._incumbent())
         decision = review(self.policy.decide(evidence), evidence, self.config.policy)
+        incumbent = self._incumbent()
+        if decision.action == "keep" and row.incumbent_id == incumbent.id:
+            wanted = fresh_roles(runs, remeasure)
+            if wanted:  # fresh runs first: its value must not rest on the runs that selected it
+                if not any(r.role for r in runs):
+                    self.events.emit(
+                        Event("confirm", f"#{row.id} kept; fresh runs to value it", experiment_id=row.id)
+                    )
+                self._confirming.discard(row.id)
+                self._want[row.id] = wanted
+                return
         if decision.action == "confirm":
             self.events.emit(Event("confirm", f"#{row.id} {decision.reason}", experiment_id=row.id))
-            self._want[row.id] = 1
+            self._want[row.id] = [None]
             self._confirming.add(row.id)
             return
-        incumbent = self._incumbent()
         if decision.action == "keep" and row.incumbent_id != incumbent.id:
             moved = reapply(self.recorder, self.ledger, self.workspace, self.config, row, incumbent, decision)
             self._retire(row)
             if moved is not None:
                 self._activate(moved)
             return
-        self.recorder.concluded(row, len(values), decision)
+        if decision.action == "keep":
+            decision = remeasured(self.ledger, self.config, self.tag, row, decision)
+        reported = report_count(runs) or None
+        self.recorder.concluded(row, len(self.ledger.ok_metrics(row.id)), decision, estimate_runs=reported)
         self._retire(row)
 
     def _retire(self, row: ExperimentRow) -> None:
@@ -352,25 +375,6 @@ class ResearchLoop:
         slots as busy as when candidates are judged), at most twice as many."""
         runs = self.config.policy.baseline_runs
         return max(runs, min(len(self.slots), 2 * runs))
-
-    def _evidence(self, row: ExperimentRow, values: list[float]) -> Evidence:
-        """The candidate against the incumbent it was proposed on (rule 3)."""
-        base = self.ledger.incumbent_of(row) or self._incumbent()
-        inc_values = self.ledger.ok_metrics(base.id)
-        floor = noise_floor(self.ledger.replicate_groups(self.tag))
-        sd, df, note = noise_for(floor, values, inc_values, self.config.policy)
-        return Evidence(
-            candidate=values,
-            incumbent=inc_values,
-            direction=self.config.metric.direction,
-            noise_sd=sd,
-            noise_df=df,
-            lines_added=row.lines_added or 0,
-            lines_removed=row.lines_removed or 0,
-            noise_note=note,
-            candidate_seconds=self.ledger.seconds_per_run(row.id),
-            incumbent_seconds=self.ledger.seconds_per_run(base.id),
-        )
 
     def _drain(self, slots: Dispatcher) -> None:
         """Run what the undecided experiments want until every one is decided (no new proposals)."""

@@ -129,7 +129,9 @@ class Recorder:
         self.ledger.set_meta(key, message)
         self.events.emit(Event("notice", f"warning: {message}"))
 
-    def concluded(self, row: ExperimentRow, n_runs: int, decision: Decision) -> None:
+    def concluded(
+        self, row: ExperimentRow, n_runs: int, decision: Decision, estimate_runs: int | None = None
+    ) -> None:
         """The policy's decision; a keep moves the research branch, after the ledger (rule 1)."""
         self.check_seeds(self.ledger.ok_metrics(row.id))
         action = "keep" if decision.action == "keep" else "discard"
@@ -142,6 +144,7 @@ class Recorder:
             delta=decision.delta,
             delta_se=decision.delta_se,
             p_value=decision.p_value,
+            estimate_runs=estimate_runs,
             **self.ledger.outcome(row.id),
         )
         self._save(row.id)
@@ -149,17 +152,25 @@ class Recorder:
             self.workspace.advance_branch(self.tag, row.commit or "", self.workspace.branch_commit(self.tag))
         self._decided(row.id, f"#{row.id} {row.description}: {decision.reason}", action)
 
-    def measured_baseline(self, row: ExperimentRow, values: list[float]) -> None:
+    def measured_baseline(self, row: ExperimentRow, values: list[float], reported: int | None = None) -> None:
+        """The baseline measured: ``values`` every ok replicate; ``reported`` how many of them are
+        runs of its own for the value reported (never compared with by the policy)."""
         self.check_seeds(values)
         sd = sample_sd(values)
         spread = f", run-to-run sd {sd:.4g}" if sd is not None else ""
-        reason = f"baseline {mean(values):.6g}{spread} over {len(values)} runs"
+        value = self.ledger.outcome(row.id).get("metric_mean")
+        reason = (
+            f"baseline {value if value is not None else mean(values):.6g}{spread} over {len(values)} runs"
+        )
+        if reported:
+            reason += f" (its value from {reported} of them the policy never compares with)"
         self.ledger.finish_experiment(
             row.id,
             status="ok",
             decision="baseline",
             reason=reason,
             n_runs=len(values),
+            estimate_runs=reported,
             **self.ledger.outcome(row.id),
         )
         self._save(row.id)

@@ -59,6 +59,21 @@ def save_replicate(run_dir: Path, result: RunResult, metric: float | None, holdo
     _write(Path(run_dir) / REPLICATE_RECORD, data)
 
 
+def save_role(run_dir: Path, role: str) -> None:
+    """Add the replicate's role (a fresh ``compare`` or ``report`` run) to its record, which the
+    runner wrote without knowing it: what a rebuilt ledger must still tell apart."""
+    data = _read(Path(run_dir) / REPLICATE_RECORD)
+    if data is not None:
+        _write(Path(run_dir) / REPLICATE_RECORD, {**data, "role": role})
+
+
+def load_role(run_dir: Path) -> str | None:
+    """The role recorded for a replicate (None: a run a decision was made on)."""
+    data = _read(Path(run_dir) / REPLICATE_RECORD) or {}
+    role = data.get("role")
+    return role if isinstance(role, str) else None
+
+
 def load_experiment(folder: Path) -> dict[str, Any] | None:
     """The ledger row in ``folder/experiment.json`` (only known columns), or None."""
     data = _read(Path(folder) / EXPERIMENT_RECORD)

@@ -162,8 +162,11 @@ class Ledger:
         metric: float | None,
         holdout: float | None,
         run_dir: str,
+        role: str | None = None,
     ) -> None:
         """Record one replicate; recording the same (experiment, replicate) again replaces it.
+        ``role``: ``"compare"`` or ``"report"`` for a fresh run of a kept change or of the
+        baseline (research/estimate.py); None for a run a decision is made on.
 
         Replacement is what makes resume safe: a replicate re-run after a crash of nightlab
         overwrites whatever half-state the first attempt left, instead of counting twice.
@@ -185,6 +188,7 @@ class Ledger:
             "progress_json": json.dumps(result.progress),
             "run_dir": str(run_dir),
             "created_at": now(),
+            "role": role,
         }
         names = ", ".join(row)
         marks = ", ".join("?" for _ in row)
@@ -267,10 +271,24 @@ class Ledger:
         """The metric of each ok replicate, in replicate order (what a policy decides on)."""
         return [r.metric for r in self.ok_runs(experiment_id) if r.metric is not None]
 
+    def decided_metrics(self, experiment_id: int) -> list[float]:
+        """The metrics a policy decides on: the ok replicates with no role (not fresh runs)."""
+        return [r.metric for r in self.ok_runs(experiment_id) if r.role is None and r.metric is not None]
+
+    def estimate_metrics(self, experiment_id: int) -> list[float]:
+        """What later candidates are compared with: a kept change's fresh ``compare`` runs when
+        it has them (the runs that selected it carry their luck), else its runs with no role;
+        never the ``report`` runs, which no decision may see."""
+        runs = [r for r in self.ok_runs(experiment_id) if r.role != "report"]
+        fresh = [r for r in runs if r.role == "compare"]
+        return [r.metric for r in (fresh or runs) if r.metric is not None]
+
     def outcome(self, experiment_id: int) -> dict[str, float | None]:
         """Mean and standard error of the ok replicates' metric, and their holdout mean: the
-        summary columns :meth:`finish_experiment` stores (empty when no replicate ended ok)."""
+        summary columns :meth:`finish_experiment` stores (empty when no replicate ended ok).
+        With ``report`` runs, those alone: no decision saw them, so selection put no luck there."""
         runs = self.ok_runs(experiment_id)
+        runs = [r for r in runs if r.role == "report"] or [r for r in runs if r.role == "compare"] or runs
         values = [r.metric for r in runs if r.metric is not None]
         if not values:
             return {}

@@ -25,7 +25,7 @@ from pathlib import Path
 from nightlab.config import Config
 from nightlab.errors import UserError
 from nightlab.metrics import parse_log_metric
-from nightlab.store.backup import experiment_dir, load_experiment, load_replicate
+from nightlab.store.backup import experiment_dir, load_experiment, load_replicate, load_role
 from nightlab.store.export import export_tsv
 from nightlab.store.ledger import Ledger
 from nightlab.types import RunResult, RunStatus
@@ -223,7 +223,7 @@ def _rebuild_runs(ledger: Ledger, workspace: Workspace, config: Config, exp_id: 
                 log_tail=tail,
                 reason="" if metric is not None else "no metric in the run directory",
             )
-        ledger.add_run(exp_id, replicate, result, metric, holdout, str(run_dir))
+        ledger.add_run(exp_id, replicate, result, metric, holdout, str(run_dir), load_role(run_dir))
     return len(replicates)
 
 

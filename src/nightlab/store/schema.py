@@ -57,6 +57,9 @@ EXPERIMENT_COLUMNS: dict[str, str] = {
     "code_hash": "TEXT",
     "created_at": "TEXT NOT NULL",
     "finished_at": "TEXT",
+    # The "report" runs behind metric_mean, which no decision saw ([policy] remeasure); NULL:
+    # metric_mean rests on the runs a decision was made on.
+    "estimate_runs": "INTEGER",
 }
 RUN_COLUMNS: dict[str, str] = {
     "experiment_id": "INTEGER NOT NULL REFERENCES experiments(id)",
@@ -76,6 +79,10 @@ RUN_COLUMNS: dict[str, str] = {
     "created_at": "TEXT NOT NULL",
     # The run's progress points while it trained (research.progress.Point dicts): its curve.
     "progress_json": "TEXT",
+    # A fresh run of a kept change or the baseline (research/estimate.py): "compare" (what later
+    # candidates are compared with) or "report" (what the ledger reports; no decision sees it).
+    # NULL: a run a decision is made on.
+    "role": "TEXT",
 }
 # Versioned migrations for changes that adding columns cannot express: {to_version: [sql]}.
 MIGRATIONS: dict[int, list[str]] = {}
@@ -186,6 +193,7 @@ class ExperimentRow:
     code_hash: str | None
     created_at: str
     finished_at: str | None
+    estimate_runs: int | None = None
 
     @property
     def meta(self) -> dict:
@@ -225,6 +233,7 @@ class RunRow:
     run_dir: str | None
     created_at: str
     progress_json: str | None = None
+    role: str | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
