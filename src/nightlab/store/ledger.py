@@ -332,14 +332,22 @@ class Ledger:
 
     def consecutive_failures(self, tag: str) -> int:
         """How many of the latest candidates that ran in a row crashed (refused ones do not count)."""
-        count = 0
-        for e in reversed(self.experiments(kind="candidate", tag=tag)):
-            if e.status in ("skipped", "invalid"):
-                continue
-            if e.status not in ("crash", "timeout", "oom", "nan"):
-                break
-            count += 1
-        return count
+        count, offset = 0, 0
+        while True:  # newest first, a page at a time: the loop asks after every result
+            rows = self._read(
+                "SELECT status FROM experiments WHERE tag = ? AND kind = 'candidate' "
+                "ORDER BY id DESC LIMIT 200 OFFSET ?",
+                (tag, offset),
+            )
+            for row in rows:
+                if row["status"] in ("skipped", "invalid"):
+                    continue
+                if row["status"] not in ("crash", "timeout", "oom", "nan"):
+                    return count
+                count += 1
+            if len(rows) < 200:
+                return count
+            offset += 200
 
     def measured_code(self, tag: str) -> dict[str, int]:
         """Code hash -> id of the first finished experiment of ``tag`` that ran that code to a result."""
