@@ -93,3 +93,12 @@ def test_frozen_interface_is_signatures_and_constants_not_bodies():
     assert "def evaluate(model, split='val')  # Bits per byte on the validation split." in text
     assert "secret_internal_detail" not in text
     assert frozen_interface("README.md", "line\n" * 100).count("line") == 40
+
+
+def test_experiments_in_flight_are_named_so_they_are_not_proposed_again():
+    context = make_context(history=history(3))
+    context.running = [make_entry(7, "WIDTH 64 -> 96 in another slot", status="running", decision="")]
+    text = build_prompt(context, [], budget=60000).user
+    assert "running now in other slots (do not propose these again)" in text
+    assert "#7 WIDTH 64 -> 96 in another slot" in text
+    assert "running now" not in build_prompt(make_context(history=history(3)), [], budget=60000).user

@@ -75,6 +75,7 @@ def test_slots_run_replicates_at_once_each_on_its_own_gpu(tmp_path: Path) -> Non
     assert max(len([b for b in runs if overlapping(a, b)]) for a in runs) >= 3
     experiments = rows(root)
     assert [e["decision"] for e in experiments].count("baseline") == 1
+    assert "3 at once: 0 (gpu 0) " in res.stdout  # the summary says where the runs ran
     assert len([r for r in rows(root, "runs")]) == 8
 
 
@@ -296,3 +297,32 @@ def test_bad_worker_settings_are_one_line_and_exit_2(tmp_path: Path) -> None:
     git(root, "commit", "-qam", "zero workers")
     res = nightlab("run", str(root), "--plain")
     assert res.returncode == 2 and "workers" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_the_desk_hands_results_to_the_agent_on_its_own_thread_before_the_next_proposal() -> None:
+    import threading
+
+    from nightlab.research.desk import AgentDesk
+
+    seen: list[tuple[str, object]] = []
+
+    class Agent:
+        name, pipelined = "probe", True
+
+        def observe(self, entry: object) -> None:
+            seen.append((threading.current_thread().name, entry))
+
+        def propose(self, context: object) -> str:
+            seen.append((threading.current_thread().name, "propose"))
+            return "a proposal"
+
+    desk = AgentDesk(Agent())  # type: ignore[arg-type]
+    desk.observe("result 1")  # queued: the loop's thread never enters the agent
+    assert seen == []
+    from types import SimpleNamespace
+
+    assert desk.propose_now(SimpleNamespace(incumbent_commit="abc")) == "a proposal"  # type: ignore[arg-type]
+    assert desk.asked_against == "abc"
+    assert [what for _, what in seen] == ["result 1", "propose"]
+    assert all(name.startswith("nightlab-propose") for name, _ in seen)
+    desk.close()

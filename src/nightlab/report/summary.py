@@ -18,6 +18,7 @@ from rich.text import Text
 from nightlab.formatting import fixed, signed
 from nightlab.stats import noise_floor
 from nightlab.store.export import holdout_checks, warnings
+from nightlab.store.recorded import read_slot, recorded_run_dir
 from nightlab.types import Direction
 
 if TYPE_CHECKING:
@@ -38,6 +39,23 @@ def _runs(e: ExperimentRow) -> str:
             else f"{runs} that selected it: the value carries their luck"
         )
     return f"{fixed(e.metric_mean)}{spread} ({runs})"
+
+
+def _slots(ledger: Ledger, research: list[ExperimentRow]) -> str:
+    """Where the runs ran, when several slots ran them at once: ``3 at once: 0 (gpu 0) 9 runs, ...``."""
+    state_dir = ledger.path.parent
+    count: dict[tuple, int] = {}
+    for e in research:
+        for run in ledger.runs(e.id):
+            folder = recorded_run_dir(state_dir, run.run_dir)
+            where = read_slot(folder) if folder is not None else {}
+            if isinstance(where.get("slot"), int):
+                key = (where["slot"], str(where.get("device") or "?"))
+                count[key] = count.get(key, 0) + 1
+    if len(count) < 2:
+        return ""
+    parts = [f"{slot} ({device}) {n} run{'s' * (n != 1)}" for (slot, device), n in sorted(count.items())]
+    return f"{len({slot for slot, _ in count})} at once: " + ", ".join(parts)
 
 
 def summary_renderable(
@@ -76,6 +94,9 @@ def summary_renderable(
         if noise
         else "not measured",
     )
+    slots = _slots(ledger, research)
+    if slots:
+        overview.add_row("Slots", slots)
     for text in warnings(ledger, tag):  # what makes the night less honest than it looks, and the fix
         overview.add_row("Warning", Text(text))
     counts: dict[str, int] = {}
