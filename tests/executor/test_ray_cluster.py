@@ -329,7 +329,7 @@ def test_a_harness_stopped_with_sigterm_ends_its_tasks_on_the_nodes(
         pid, node_dir = _held_run(marks, harness)
         harness.send_signal(signal.SIGTERM)
         # The task is cancelled as a Ctrl-C inside it: the node's executor kills the training.
-        assert wait_until(lambda: not alive(pid), 10), f"training process {pid} outlived the stop"
+        assert wait_until(lambda: not alive(pid), 30), f"training process {pid} outlived the stop"
         out, _ = harness.communicate(timeout=30)
     finally:
         harness.kill()
