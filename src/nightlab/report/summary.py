@@ -31,6 +31,8 @@ def _runs(e: ExperimentRow) -> str:
     n = e.n_runs or 0
     spread = f" ± {e.metric_sem:.6f}" if e.metric_sem is not None else ""
     runs = f"{n} run{'s' if n != 1 else ''}"
+    if e.decision == "baseline" and e.estimate_runs:
+        runs = f"{e.estimate_runs} run{'s' * (e.estimate_runs != 1)} no decision saw, of {n}"
     if e.decision == "keep":
         fresh = e.estimate_runs or 0
         runs = (
