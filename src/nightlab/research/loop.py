@@ -405,8 +405,6 @@ class ResearchLoop:
         ]
         return context
 
-    _slots: Dispatcher | None = None  # while run() or run_one() is dispatching
-
 
 class _Dispatching:
     """The dispatcher for one ``run``: its slots' worktrees made here, on this thread; on any
@@ -414,21 +412,21 @@ class _Dispatching:
 
     def __init__(self, loop: ResearchLoop) -> None:
         self.loop = loop
+        self.slots: Dispatcher | None = None
 
     def __enter__(self) -> Dispatcher:
         loop = self.loop
         prepare = getattr(loop.runner, "prepare_slots", None)  # local worktrees; a cluster needs none
         if prepare is not None:
             prepare(loop.slots)
-        loop._slots = Dispatcher(loop.runner, loop.slots)
-        return loop._slots
+        self.slots = Dispatcher(loop.runner, loop.slots)
+        return self.slots
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
-        slots, self.loop._slots = self.loop._slots, None
-        if slots is None:
+        if self.slots is None:
             return
         stop = getattr(getattr(self.loop.runner, "executor", None), "stop", None)
-        slots.close(on_stop=stop if kind is not None else None)
+        self.slots.close(on_stop=stop if kind is not None else None)
 
 
 def _running_entry(row: ExperimentRow) -> HistoryEntry:
