@@ -197,7 +197,13 @@ BETTER = edit("LR = 0.1", "LR = 0.3", "LR 0.1 -> 0.3")
 
 
 def _workspace(
-    root: Path, address: str, proposals: list[dict], baseline_runs: int = 2, workers: str = "1"
+    root: Path,
+    address: str,
+    proposals: list[dict],
+    baseline_runs: int = 2,
+    workers: str = "1",
+    run: str = "python train.py",
+    ray_settings: str = "",
 ) -> tuple[Path, Path]:
     marks = root.parent / f"{root.name}-marks"
     marks.mkdir(parents=True)
@@ -207,10 +213,10 @@ def _workspace(
     toml = toml.replace('frozen = ["evaluate.py"]', 'frozen = ["evaluate.py", "prepare.py"]')
     toml = toml.replace(
         'run = "python train.py"',
-        f'run = "python train.py"\nsetup = "python prepare.py"\nenv = {{MARKS = "{marks}"}}',
+        f'run = "{run}"\nsetup = "python prepare.py"\nenv = {{MARKS = "{marks}"}}',
     )
     toml = toml.replace("baseline_runs = 2", f"baseline_runs = {baseline_runs}")
-    toml += f'[run]\nsandbox = "off"\nworkers = {workers}\n[executor]\nkind = "ray"\n[executor.ray]\naddress = "{address}"\n'
+    toml += f'[run]\nsandbox = "off"\nworkers = {workers}\n[executor]\nkind = "ray"\n[executor.ray]\naddress = "{address}"\n{ray_settings}'
     make_workspace(
         root,
         proposals=proposals,
@@ -319,12 +325,6 @@ def test_a_harness_killed_with_kill_9_leaves_no_training_process(
     assert {r["status"] for r in _runs(root)} == {"ok"}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap: passes alone, but in a full `make test` the gentle cancel sometimes does not "
-    "land within CANCEL_WAIT and the forced one orphans the training (its watchdog is a direct "
-    "child of the Ray worker, which Ray kills with it)",
-)
 def test_a_harness_stopped_with_sigterm_ends_its_tasks_on_the_nodes(
     cluster: LocalRayCluster, tmp_path: Path
 ) -> None:
@@ -343,6 +343,33 @@ def test_a_harness_stopped_with_sigterm_ends_its_tasks_on_the_nodes(
     assert harness.returncode == 143, out
     assert "interrupted (SIGTERM)" in out
     assert list((Path(node_dir) / "tasks").iterdir()) == []  # the node removed its scratch folder
+
+
+def test_a_stop_that_must_force_its_tasks_still_ends_the_training(
+    cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    """``stop_wait = 0``: the stop force-cancels at once. Ray kills the task's worker and the
+    worker's direct children (here the run's shell: ``; true`` keeps it from exec'ing the
+    trainer); the trainer, a grandchild, is ended by the run's detached watchdog."""
+    root, marks = _workspace(
+        tmp_path / "ws",
+        cluster.address,
+        [BETTER],
+        baseline_runs=1,
+        run="python train.py; true",
+        ray_settings="stop_wait = 0\n",
+    )
+    (marks / "hold").write_text("")
+    harness = _start_harness(root, "f")
+    try:
+        pid, _ = _held_run(marks, harness)
+        harness.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: not alive(pid), 30), f"training process {pid} outlived the stop"
+        out, _ = harness.communicate(timeout=30)
+    finally:
+        harness.kill()
+        harness.wait(timeout=10)
+    assert harness.returncode == 143, out
 
 
 def test_a_node_killed_mid_run_requeues_the_replicate_as_an_infrastructure_retry(

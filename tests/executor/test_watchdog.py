@@ -3,20 +3,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
+import pytest
 
-from nightlab.executor.process import Limits, run_process
+from nightlab.executor.process import Limits, Watchdog, run_process
 
 from .test_local import dead, read_pids, spec, write_script
 
 HARNESS = """
 from pathlib import Path
-from nightlab.executor.process import Limits, run_process
+from nightlab.executor.process import Limits, Watchdog, run_process
 from nightlab.types import RunSpec
 root = Path({root!r})
 run_process(
@@ -38,7 +39,22 @@ with open(os.path.join(folder, "sender-" + name), "w") as f:
 """
 
 
-def test_kill_9_of_the_harness_kills_the_run_and_what_escaped_from_it(tmp_path: Path) -> None:
+def _watchdog_of(run_pid: int) -> psutil.Process:
+    """The (detached) watchdog guarding the run whose main process is ``run_pid``."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if any(part.endswith("watchdog.py") for part in cmdline) and str(run_pid) in cmdline:
+            return proc
+    raise AssertionError(f"no watchdog guards run {run_pid}")
+
+
+@pytest.mark.parametrize("children_too", [False, True], ids=["harness", "harness-and-its-children"])
+def test_kill_9_of_the_harness_kills_the_run_and_what_escaped_from_it(
+    tmp_path: Path, children_too: bool
+) -> None:
+    """``children_too``: the harness dies with its direct children, as a Ray worker does when its
+    task is force-cancelled (the raylet kills the worker's children): the detached watchdog is
+    not among them and still takes the run down."""
     pids = tmp_path / "pids"
     waiter = write_script(tmp_path, WAIT_FOR_TERM, "wait_for_term.py")
     # The run's own process, and one that left its process group and session (setsid): both
@@ -51,35 +67,41 @@ def test_kill_9_of_the_harness_kills_the_run_and_what_escaped_from_it(tmp_path: 
     proc = psutil.Popen([sys.executable, str(harness)])
     try:
         run_pids = read_pids(pids, 2, within=20)
-        (watchdog,) = [c.pid for c in proc.children() if "watchdog.py" in " ".join(c.cmdline())]
+        (shell,) = proc.children()  # the run's shell; the watchdog is not a child of the harness
+        watchdog = _watchdog_of(shell.pid)
+        assert watchdog.ppid() != proc.pid
         proc.kill()  # kill -9: nothing in the harness runs any more
+        if children_too:
+            shell.kill()
         proc.wait(10)
         assert all(dead(pid, within=5) for pid in run_pids), [p for p in run_pids if psutil.pid_exists(p)]
         # Killed by the harness's watchdog (not by chance, nor by another nightlab's orphan sweep).
         for name in ("main", "escaped"):
-            assert (tmp_path / f"sender-{name}").read_text() == str(watchdog), name
+            assert (tmp_path / f"sender-{name}").read_text() == str(watchdog.pid), name
     finally:
         if proc.is_running():
             proc.kill()
 
 
-def test_a_run_that_ends_normally_leaves_no_watchdog_and_keeps_its_result(tmp_path: Path) -> None:
+def test_a_released_watchdog_exits_and_leaves_its_run_alone(tmp_path: Path) -> None:
+    run = psutil.Popen(["sleep", "30"])
+    try:
+        guard = Watchdog(run.pid, "t-released", grace=1.0)
+        assert guard.pid is not None
+        watchdog = psutil.Process(guard.pid)
+        assert watchdog.is_running() and watchdog.ppid() != os.getpid()
+        guard.release()
+        watchdog.wait(5)  # raises TimeoutExpired if it lingers
+        assert run.is_running() and run.status() != psutil.STATUS_ZOMBIE
+    finally:
+        run.kill()
+        run.wait()
+
+
+def test_a_run_that_ends_normally_keeps_its_result(tmp_path: Path) -> None:
     script = write_script(tmp_path, "print('---')\nprint('val_loss: 1.25')\n")
     result = run_process(spec(tmp_path, f"{sys.executable} {script}"), Limits(poll_interval=0.02))
     assert result.status.value == "ok" and result.metrics["val_loss"] == 1.25
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        watchdogs = [
-            p
-            for p in psutil.Process().children()
-            if p.is_running()
-            and p.status() != psutil.STATUS_ZOMBIE
-            and "watchdog.py" in " ".join(p.cmdline())
-        ]
-        if not watchdogs:
-            break
-        time.sleep(0.02)
-    assert watchdogs == []
 
 
 def test_the_watchdog_finds_a_run_by_its_tag(tmp_path: Path) -> None:

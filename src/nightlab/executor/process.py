@@ -82,25 +82,34 @@ _WATCHDOG = Path(__file__).with_name("watchdog.py")
 
 class Watchdog:
     """The watchdog process of one run (:mod:`nightlab.executor.watchdog`): it kills the run's
-    tree when this process ends without calling :meth:`release`. Best effort: where it cannot
-    start, the run goes on without it (the next executor still kills orphans at its start)."""
+    tree when this process ends without calling :meth:`release`. It is detached (not a child of
+    this process), so whatever kills this process's children with it spares the watchdog. Best
+    effort: where it cannot start, the run goes on without it (the next executor still kills
+    orphans at its start)."""
 
     def __init__(self, main_pid: int, tag: str, grace: float) -> None:
         self._write: int | None = None
-        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
         read, write = os.pipe()  # non-inheritable: only this process holds the write end
         try:
-            self.proc = subprocess.Popen(
+            starter = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(_WATCHDOG), str(main_pid), tag, f"{grace:g}"],
                 stdin=read,
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
                 env={"PATH": os.environ.get("PATH", os.defpath)},
             )
-            self._write = write
         except OSError:
             os.close(write)
+        else:
+            self._write = write
+            try:  # the watchdog's pid; the starter exits as soon as it has forked
+                out, _ = starter.communicate(timeout=10)
+                self.pid = int(out.split()[0])
+            except (subprocess.TimeoutExpired, ValueError, IndexError):
+                starter.kill()
+                starter.wait()
         finally:
             os.close(read)
 
@@ -112,8 +121,6 @@ class Watchdog:
         with contextlib.suppress(OSError):
             os.write(write, b"done")
         os.close(write)
-        if self.proc is not None:
-            self.proc.poll()  # reaped now if already gone, else by subprocess's own bookkeeping
 
 
 def build_env(

@@ -41,11 +41,8 @@ from nightlab.plugins import Kind, Settings
 from nightlab.types import RunResult, RunSpec
 
 INSTALL_HINT = "pip install 'nightlab[ray]'"
-# How long stopping waits for cancelled tasks to end before forcing them. The gentle cancel lets
-# the node kill its own training; a forced one kills the Ray worker and with it the run's
-# watchdog, orphaning the training until the next task on that node kills orphans (known gap:
-# in a full `make test` the gentle cancel sometimes does not land; 20 s did not help).
-CANCEL_WAIT = 5.0
+# How long a stop waits for force-cancelled tasks to be gone before it lets the driver exit.
+FORCED_WAIT = 10.0
 # How long a retry waits for Ray to declare a lost node dead (its health checks take a while).
 SETTLE_SECONDS = 60.0
 _MESSAGE_CHARS = 400
@@ -69,6 +66,8 @@ class RaySettings(Settings):
     files_return_mb: float = Field(default=200, ge=0)
     # Seconds to wait for the cluster's address to answer before saying it cannot be reached.
     connect_timeout: float = Field(default=10, gt=0)
+    # Seconds a stop waits for cancelled tasks to end their runs themselves before forcing them.
+    stop_wait: float = Field(default=5, ge=0)
 
 
 @dataclass(frozen=True)
@@ -210,7 +209,7 @@ class RayExecutor:
         self._stop.set()
         with self._guard:
             refs = list(self._in_flight)
-        cancel(self._ray, refs)
+        cancel(self._ray, refs, self.settings.stop_wait)
 
     def close(self, kill: bool = False) -> None:
         """Wait for the tasks in flight (or, with ``kill``, cancel them) and disconnect."""
@@ -257,7 +256,7 @@ class RayExecutor:
             except BaseException:
                 # Ctrl-C, SIGTERM or a stop while the task runs: end it now rather than when Ray
                 # notices that this driver is gone.
-                cancel(ray, [ref])
+                cancel(ray, [ref], self.settings.stop_wait)
                 raise
             try:
                 return ray.get(ref)
@@ -304,24 +303,23 @@ class RayExecutor:
         )
 
 
-def cancel(ray: Any, refs: list[Any]) -> None:
+def cancel(ray: Any, refs: list[Any], wait: float) -> None:
     """End tasks in flight and wait until they have ended (so this driver may exit after).
 
     First as Ctrl-C inside each task: the local executor there kills its run's process tree
-    itself and the node's scratch folder is removed. Tasks still going after
-    :data:`CANCEL_WAIT` seconds are killed with their worker process (Ray then also kills the
-    worker's direct children, the run's watchdog among them, so the training would be left to
-    whatever Ray does about orphans: the gentle way goes first)."""
-    if not refs:
-        return
-    for force in (False, True):
+    itself and the node's scratch folder is removed. Tasks still going after ``wait`` seconds
+    are killed with their worker process; Ray kills the worker's direct children with it, and
+    the run's watchdog, detached and so not among them, kills the rest of the training (the
+    node's scratch folder is then removed by its next task)."""
+    passes = [(False, wait)] if wait > 0 else []  # 0: no gentle cancel, force at once
+    for force, seconds in [*passes, (True, max(wait, FORCED_WAIT))]:
+        if not refs:
+            return
         for ref in refs:
             with contextlib.suppress(Exception):  # already finished, or the cluster is gone
                 ray.cancel(ref, force=force)
         with contextlib.suppress(Exception):
-            ready, refs = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT)
-        if not refs:
-            return
+            _, refs = ray.wait(refs, num_returns=len(refs), timeout=seconds)
 
 
 def _from_config(settings: Settings, config: Config) -> RayExecutor:

@@ -16,7 +16,10 @@ small process beside it:
 
 It runs as ``python -I -S watchdog.py PID TAG GRACE`` in a session of its own (a Ctrl-C at the
 terminal, sent to the harness's process group, does not reach it), imports only the standard
-library and nothing of nightlab, and starts in a few milliseconds. It carries no tag itself, so
+library and nothing of nightlab, and starts in a few milliseconds. It detaches at once (a
+double fork: the process the harness started prints the watchdog's pid and exits), so it is not
+a child of the harness: a supervisor that kills a dead worker's direct children with it (Ray
+does, when a task is force-cancelled) would otherwise kill the watchdog just when it is needed. It carries no tag itself, so
 neither the harness's tree-kill nor :func:`~nightlab.executor.proctree.kill_orphaned_runs`
 mistakes it for part of a run.
 """
@@ -78,8 +81,26 @@ def kill_run(main_pid: int, tag: str, grace: float) -> int:
     return len(signalled)
 
 
+def detach() -> None:
+    """Fork; the parent prints the child's pid on stdout and exits, the child goes on as the
+    watchdog, re-parented to init (or to the nearest subreaper) once its parent is gone. Where
+    fork fails this process stays the watchdog itself and says so with its own pid."""
+    try:
+        child = os.fork()
+    except OSError:
+        child = 0
+        os.write(1, f"{os.getpid()}\n".encode())
+    if child:
+        os.write(1, f"{child}\n".encode())
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # the harness reads the pid to end of file: nothing here holds it open
+    os.close(devnull)
+
+
 def main(argv: list[str]) -> int:
     main_pid, tag, grace = int(argv[1]), argv[2], float(argv[3])
+    detach()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     received = b""
