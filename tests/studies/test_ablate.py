@@ -119,3 +119,34 @@ def test_change_that_does_not_revert_is_reported(tmp_path: Path) -> None:
     assert statuses["weight decay 0.02"] == "earns its place"
     res = nightlab("ablate", str(tmp_path / "nowhere"))
     assert res.returncode == 2 and "no such directory" in res.stderr
+
+    # At a larger scale ([scales.big]: DEPTH = 5, BATCH_SIZE = 128): the same question there.
+    res = nightlab("ablate", str(root), "--json", "--seeds", "2", "--scale", "big")
+    assert res.returncode == 0, res.stderr + res.stdout
+    data = json.loads(res.stdout)
+    assert data["scale"] == "big"
+    statuses = {c["description"]: c["status"] for c in data["changes"]}
+    assert statuses == {
+        "weight decay 0.05": "does not revert cleanly",
+        "weight decay 0.02": "earns its place",
+    }
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    commits = [
+        c
+        for (c,) in con.execute(
+            'select "commit" from experiments where json_extract(meta_json, "$.study") = ?', (data["study"],)
+        )
+    ]
+    con.close()
+    assert len(commits) == 2  # the best and the best without #2, both with the scale written in
+    for commit in commits:
+        text = git(root, "show", f"{commit}:train.py")
+        assert "DEPTH = 5" in text and "BATCH_SIZE = 128" in text
+    assert Path(data["plot"]).name == "ablation-big.png" and (root / ".nightlab" / "ablation.png").exists()
+    (root / ".nightlab" / "ablation-big.png").unlink()
+    assert nightlab("report", str(root)).returncode == 0  # redraws each scale's latest figure
+    assert (root / ".nightlab" / "ablation-big.png").stat().st_size > 1000
+    res = nightlab("ablate", str(root), "--scale", "big", "--apply")
+    assert res.returncode == 2 and "without --scale" in res.stderr
+    res = nightlab("ablate", str(root), "--scale", "huge")
+    assert res.returncode == 2 and "no [scales.huge]" in res.stderr

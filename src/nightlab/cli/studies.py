@@ -160,6 +160,9 @@ def ablate(
         False, "--apply", help="Drop the candidates on the research branch after a confirming run."
     ),
     tag: str = typer.Option(None, "--tag", help="Research branch nightlab/<tag> (default: last used)."),
+    scale: str = typer.Option(
+        None, "--scale", help="Run at this [scales.NAME] of nightlab.toml: which changes carry over."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Leave each kept change out of the best; report each one's contribution and what to drop."""
@@ -169,8 +172,9 @@ def ablate(
     session = open_session(directory, tag=tag, must_exist=True)
     session.check_runnable()  # the workspace lock first: a busy workspace is one line, nothing done
     if not as_json:
-        err_console.print(f"nightlab ablate: {session.root}, nightlab/{session.tag}, {seeds} seeds")
-    report = run_ablation(session, seeds=seeds, apply=apply, on_run=_progress(as_json))
+        where = f", scale {scale}" if scale else ""
+        err_console.print(f"nightlab ablate: {session.root}, nightlab/{session.tag}, {seeds} seeds{where}")
+    report = run_ablation(session, seeds=seeds, apply=apply, on_run=_progress(as_json), scale=scale)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
         return
@@ -180,7 +184,10 @@ def ablate(
 def _print_ablation(report: AblationReport) -> None:
     full = report.full_values
     mean_full = sum(full) / len(full) if full else None
-    table = Table(title=f"nightlab ablate: best #{report.best_id} ({report.metric_name} {fixed(mean_full)})")
+    where = f" at scale {report.scale}" if report.scale else ""
+    table = Table(
+        title=f"nightlab ablate: best #{report.best_id}{where} ({report.metric_name} {fixed(mean_full)})"
+    )
     table.add_column("change", overflow="fold", min_width=14)
     for col in ("gain", f"{report.confidence:.0%} CI", "p", "lines", ""):
         table.add_column(col, no_wrap=True)

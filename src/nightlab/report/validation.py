@@ -261,8 +261,15 @@ def write_study_plots(ledger: Ledger, state: Path, config: Config) -> dict[str, 
         out["validation"] = plot_validation(
             ledger, study, state / "validation.png", metric.name, metric.direction
         )
-    full = [e for e in study_experiments(ledger, "ablate") if e.meta.get("contributions") is not None]
-    if full:
-        rows = full[-1].meta["contributions"]
-        out["ablation"] = plot_ablation(rows, state / "ablation.png", metric.name, config.policy.confidence)
+    from nightlab.studies.ablate import ablation_figure
+
+    latest: dict[str | None, list[dict]] = {}  # per scale: the newest ablation's rows
+    for e in ledger.experiments(kind="ablate"):  # oldest first: the newest of each scale wins
+        if e.meta.get("contributions") is not None:
+            latest[e.meta.get("scale")] = e.meta["contributions"]
+    for scale, rows in latest.items():
+        name = ablation_figure(scale)
+        out[name.removesuffix(".png")] = plot_ablation(
+            rows, state / name, metric.name, config.policy.confidence
+        )
     return out

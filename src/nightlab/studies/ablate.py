@@ -12,6 +12,11 @@ complexity_penalty`` per net line added, 0 by default) does not earn its place: 
 criterion lists it as a candidate to drop. ``apply`` reverts all candidates together, runs that
 pruned commit with the same seeds, and commits it to the research branch only when it is not
 measurably worse than the best, recording it in the ledger as the new incumbent.
+
+With a scale (``--scale NAME``, a ``[scales.NAME]`` table as for ``nightlab validate``) the best
+and every variant run at that scale: which of the changes kept at the research scale still
+earn their place at the larger one (they carry over), and which do not. ``apply`` stays at the
+research scale, where the branch lives.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from nightlab.errors import UserError
 from nightlab.research.session import Session
 from nightlab.stats import mean, sample_sd
 from nightlab.studies.compare import MetricComparison, compare
-from nightlab.studies.scales import set_ref
+from nightlab.studies.scales import apply_scale, resolve_scale, scaled_config, set_ref
 from nightlab.studies.study import Arm, RunCallback, SideStudy, study_seeds
 
 HELPS = "earns its place"
@@ -128,6 +133,7 @@ class AblationReport:
     full_values: list[float]
     contributions: list[Contribution]
     study: str
+    scale: str | None = None
     applied: AppliedPrune | None = None
     plot: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -153,9 +159,15 @@ class AblationReport:
             "drop_candidates": [c.change.experiment_id for c in self.drop_candidates],
             "applied": self.applied.to_dict() if self.applied else None,
             "study": self.study,
+            "scale": self.scale,
             "plot": self.plot,
             "notes": self.notes,
         }
+
+
+def ablation_figure(scale: str | None) -> str:
+    """``ablation.png`` at the research scale, ``ablation-NAME.png`` at a named one."""
+    return f"ablation-{scale}.png" if scale else "ablation.png"
 
 
 def kept_changes(session: Session) -> list[KeptChange]:
@@ -174,12 +186,28 @@ def kept_changes(session: Session) -> list[KeptChange]:
 
 
 def run_ablation(
-    session: Session, seeds: int = 3, apply: bool = False, on_run: RunCallback | None = None
+    session: Session,
+    seeds: int = 3,
+    apply: bool = False,
+    on_run: RunCallback | None = None,
+    scale: str | None = None,
 ) -> AblationReport:
-    """Leave each kept change out of the best, run all with shared seeds, and judge each change."""
+    """Leave each kept change out of the best, run all with shared seeds (at ``scale`` when
+    given), and judge each change."""
     config, ledger, workspace, tag = session.config, session.ledger, session.workspace, session.tag
     if seeds < 2:
         raise UserError("--seeds must be at least 2: a contribution needs the spread of each side")
+    if apply and scale is not None:
+        raise UserError(
+            "--apply drops changes at the research scale, where the branch lives: run it without --scale"
+        )
+    scale_config = resolve_scale(config, scale)
+    run_config = scaled_config(config, scale_config)
+    where = f" at scale {scale}" if scale else ""
+
+    def scaled(commit: str) -> str:
+        return apply_scale(workspace, config, commit, scale, scale_config)
+
     best = ledger.incumbent(tag)
     if best is None or not best.commit:
         raise UserError(
@@ -196,7 +224,11 @@ def run_ablation(
     study = SideStudy(session, "ablate", reference=best.commit)
     seed_list = study_seeds(config, seeds)
     full = Arm(
-        "best", best.commit, f"ablate: the best (#{best.id})", meta={"role": "full"}, base_commit=best.commit
+        "best",
+        scaled(best.commit),
+        f"ablate: the best (#{best.id}){where}",
+        meta={"role": "full", "scale": scale},
+        base_commit=best.commit,
     )
     arms = [full]
     contributions: list[Contribution] = []
@@ -214,12 +246,13 @@ def run_ablation(
         )
         arm = Arm(
             f"without #{change.experiment_id}",
-            variant,
-            f"ablate: the best without #{change.experiment_id} {change.description}",
+            scaled(variant),
+            f"ablate: the best without #{change.experiment_id} {change.description}{where}",
             meta={
                 "role": "without",
                 "dropped": change.experiment_id,
                 "dropped_description": change.description,
+                "scale": scale,
             },
             base_commit=best.commit,
         )
@@ -227,7 +260,7 @@ def run_ablation(
         arms.append(arm)
         contributions.append(Contribution(change, FAILED, variant=variant))
     study.check_same_frozen(arms)
-    study.run(arms, seed_list, study.runner(config), {"best_id": best.id}, on_run)
+    study.run(arms, seed_list, study.runner(run_config), {"best_id": best.id}, on_run)
 
     penalty = config.policy.complexity_penalty
     direction = config.metric.direction
@@ -257,6 +290,7 @@ def run_ablation(
         full_values=full.values,
         contributions=contributions,
         study=study.study_id,
+        scale=scale,
     )
     if full.failures:
         report.notes.append(f"the best itself: {full.failure_summary()}")
@@ -270,7 +304,7 @@ def run_ablation(
         from nightlab.report.validation import plot_ablation
 
         plot = plot_ablation(
-            rows, workspace.state_dir / "ablation.png", config.metric.name, config.policy.confidence
+            rows, workspace.state_dir / ablation_figure(scale), config.metric.name, config.policy.confidence
         )
         report.plot = str(plot)
     except Exception as exc:  # noqa: BLE001 - a plotting problem must not hide the results
