@@ -10,7 +10,8 @@ depth 24 from 2.02 h to 1.80 h. This reruns that story on the built-in cpu templ
    larger scale (``--scale-constants``, default ``DEPTH=8``: twice the depth, so twice the
    width too at the template's fixed aspect ratio), interleaved seeds: each side's time and
    tokens to reach side A's final value, the speedup with its interval, the verdict;
-3. ``nightlab ablate`` at the small scale: each kept change's contribution;
+3. ``nightlab ablate`` at the small scale: each kept change's contribution; and ``nightlab
+   ablate --scale`` at the larger one: which of them carry over (earn their place there too);
 4. one line in the seed's own form, "T_A → T_B to target (−X% ± Y%)", and how many changes were
    kept out of how many tried; everything as JSON, the plots copied to ``--out``.
 
@@ -19,7 +20,9 @@ depth 24 from 2.02 h to 1.80 h. This reruns that story on the built-in cpu templ
         --scale-flops 2e12 --policy greedy                              # a smoke run, some 10 minutes
 
 A workspace that exists is reused: the night continues where it stopped (``nightlab run``
-resumes), and the studies run again on its current best.
+resumes), and the studies run again on its current best. ``--steps`` runs only some steps (for
+instance ``--steps carry`` after a study without it) and takes the others' results from the
+``seed_result.json`` already in ``--out``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from nightlab.workspace.init import commit_all, init_workspace, set_toml_value
@@ -103,6 +107,33 @@ def _kept(kept: int, tried: int) -> str:
     return f"{kept} change{'s' * (kept != 1)} kept of {tried} tried"
 
 
+STEPS = ("night", "validate", "ablate", "carry")
+
+
+def carry_over(small: dict, large: dict) -> list[dict]:
+    """Per kept change: its contribution at each scale, and whether it carries over (it earns
+    its place at the larger scale too)."""
+    at_large = {c["id"]: c for c in large.get("changes", [])}
+    rows = []
+    for change in small.get("changes", []):
+        there = at_large.get(change["id"], {})
+        rows.append(
+            {
+                "id": change["id"],
+                "description": change["description"],
+                "small": {k: change.get(k) for k in ("contribution", "ci", "status")},
+                "larger": {k: there.get(k) for k in ("contribution", "ci", "status")},
+                "carries_over": there.get("status") == "earns its place",
+            }
+        )
+    return rows
+
+
+def _ablate(root: Path, seeds: int, *extra: str) -> dict:
+    args = ("ablate", str(root), "--tag", TAG, "--seeds", str(seeds), *extra, "--json")
+    return json.loads(nightlab(*args).stdout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -121,58 +152,63 @@ def main() -> None:
     parser.add_argument(
         "--eval-interval", type=float, default=5.0, help="seconds of training between the curves' points"
     )
+    parser.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help="which steps to run (night, validate, ablate, carry = ablate at the larger scale); "
+        "the others' results are taken from an earlier seed_result.json in --out",
+    )
     parser.add_argument("--out", type=Path, default=None, help="where the plots and seed_result.json go")
     args = parser.parse_args()
+    steps = {s.strip() for s in args.steps.split(",") if s.strip()}
+    if steps - set(STEPS):
+        parser.error(f"--steps: unknown {', '.join(sorted(steps - set(STEPS)))} (known: {', '.join(STEPS)})")
     root = args.directory.resolve()
     out = (args.out or root).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    earlier_path = out / "seed_result.json"
+    earlier = json.loads(earlier_path.read_text()) if earlier_path.exists() else {}
+    timings: dict[str, float] = dict(earlier.get("timings", {}))
+
+    def step(name: str, key: str, run: Callable[[], dict]) -> dict:
+        if name not in steps:
+            return earlier.get(key) or {}
+        started = time.monotonic()
+        found = run()
+        timings[f"{key}_s"] = round(time.monotonic() - started, 1)
+        return found
 
     prepare(root, args)
-    started = time.monotonic()
-    if args.hours > 0:  # 0: the studies only, on the night already in the workspace
+    if "night" in steps and args.hours > 0:
+        started = time.monotonic()
         nightlab("run", str(root), "--tag", TAG, "--hours", f"{args.hours:g}", "--plain", capture=False)
-    timings["night_s"] = time.monotonic() - started
+        timings["night_s"] = round(time.monotonic() - started, 1)
     status = json.loads(nightlab("status", str(root), "--tag", TAG, "--json").stdout)
     kept = sum(1 for e in status["experiments"] if e.get("decision") == "keep")
     tried = sum(1 for e in status["experiments"] if e.get("kind") == "candidate")
-
-    started = time.monotonic()
-    validation: dict = {}
-    if kept:
-        validation = json.loads(
-            nightlab(
-                "validate",
-                str(root),
-                "--tag",
-                TAG,
-                "--scale",
-                SCALE,
-                "--seeds",
-                str(args.seeds),
-                "--time-to-target",
-                "--eval-interval",
-                f"{args.eval_interval:g}",
-                "--json",
-            ).stdout
-        )
-    timings["validate_s"] = time.monotonic() - started
-    started = time.monotonic()
-    ablation = (
-        json.loads(
-            nightlab("ablate", str(root), "--tag", TAG, "--seeds", str(args.ablate_seeds), "--json").stdout
-        )
-        if kept
-        else {}
+    validate_args = ("--scale", SCALE, "--seeds", str(args.seeds), "--time-to-target")
+    validate_args += ("--eval-interval", f"{args.eval_interval:g}", "--json")
+    validation = step(
+        "validate",
+        "validation",
+        lambda: (
+            json.loads(nightlab("validate", str(root), "--tag", TAG, *validate_args).stdout) if kept else {}
+        ),
     )
-    timings["ablate_s"] = time.monotonic() - started
+    ablation = step("ablate", "ablation", lambda: _ablate(root, args.ablate_seeds) if kept else {})
+    larger = step(
+        "carry",
+        "ablation_larger",
+        lambda: _ablate(root, args.ablate_seeds, "--scale", SCALE) if kept else {},
+    )
     nightlab("report", str(root), "--tag", TAG)
 
     state = root / ".nightlab"
-    for name in ("progress.png", "validation.png"):
+    for name in ("progress.png", "validation.png", "ablation.png", f"ablation-{SCALE}.png"):
         if (state / name).exists() and out != state:
             shutil.copy(state / name, out / f"seed_{name}")
     line = headline(validation, kept, tried)
+    carried = carry_over(ablation, larger) if larger else []
     result = {
         "headline": line,
         "kept": kept,
@@ -180,18 +216,25 @@ def main() -> None:
         "status": status,
         "validation": validation,
         "ablation": ablation,
-        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "ablation_larger": larger,
+        "carry_over": carried,
+        "timings": timings,
         "args": {k: str(v) for k, v in vars(args).items()},
     }
-    (out / "seed_result.json").write_text(json.dumps(result, indent=2, default=str))
+    earlier_path.write_text(json.dumps(result, indent=2, default=str))
     print(line)
     if validation:
         print(f"verdict at scale {SCALE}: {validation.get('verdict')}")
-    for change in ablation.get("changes", []):
-        print(
-            f"  #{change['id']} {change['description']}: {change['status']}, contribution {change['contribution']}"
-        )
-    print(f"everything: {out / 'seed_result.json'}")
+    for row in carried or ablation.get("changes", []):
+        if "carries_over" in row:
+            print(
+                f"  #{row['id']} {row['description']}: small {row['small']['status']} "
+                f"({row['small']['contribution']}), {SCALE} {row['larger']['status']} "
+                f"({row['larger']['contribution']}): {'carries over' if row['carries_over'] else 'does not carry over'}"
+            )
+        else:
+            print(f"  #{row['id']} {row['description']}: {row['status']}, contribution {row['contribution']}")
+    print(f"everything: {earlier_path}")
 
 
 if __name__ == "__main__":
