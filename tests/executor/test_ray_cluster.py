@@ -342,7 +342,9 @@ def test_a_harness_stopped_with_sigterm_ends_its_tasks_on_the_nodes(
         harness.wait(timeout=10)
     assert harness.returncode == 143, out
     assert "interrupted (SIGTERM)" in out
-    assert list((Path(node_dir) / "tasks").iterdir()) == []  # the node removed its scratch folder
+    # The node removed its scratch folder (the task itself, or, were it forced, its watchdog).
+    tasks = Path(node_dir) / "tasks"
+    assert wait_until(lambda: not list(tasks.iterdir()), 20), list(tasks.iterdir())
 
 
 def test_a_stop_that_must_force_its_tasks_still_ends_the_training(
@@ -350,7 +352,8 @@ def test_a_stop_that_must_force_its_tasks_still_ends_the_training(
 ) -> None:
     """``stop_wait = 0``: the stop force-cancels at once. Ray kills the task's worker and the
     worker's direct children (here the run's shell: ``; true`` keeps it from exec'ing the
-    trainer); the trainer, a grandchild, is ended by the run's detached watchdog."""
+    trainer); the trainer, a grandchild, is ended by the run's detached watchdog, and the
+    task's scratch folder on the node by the task's own."""
     root, marks = _workspace(
         tmp_path / "ws",
         cluster.address,
@@ -362,7 +365,7 @@ def test_a_stop_that_must_force_its_tasks_still_ends_the_training(
     (marks / "hold").write_text("")
     harness = _start_harness(root, "f")
     try:
-        pid, _ = _held_run(marks, harness)
+        pid, node_dir = _held_run(marks, harness)
         harness.send_signal(signal.SIGTERM)
         assert wait_until(lambda: not alive(pid), 30), f"training process {pid} outlived the stop"
         out, _ = harness.communicate(timeout=30)
@@ -370,6 +373,8 @@ def test_a_stop_that_must_force_its_tasks_still_ends_the_training(
         harness.kill()
         harness.wait(timeout=10)
     assert harness.returncode == 143, out
+    tasks = Path(node_dir) / "tasks"
+    assert wait_until(lambda: not list(tasks.iterdir()), 20), list(tasks.iterdir())
 
 
 def test_a_node_killed_mid_run_requeues_the_replicate_as_an_infrastructure_retry(

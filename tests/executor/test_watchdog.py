@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -118,3 +119,35 @@ def test_the_watchdog_finds_a_run_by_its_tag(tmp_path: Path) -> None:
     assert kill_run(child.pid, "t-1", grace=1.0) >= 2
     child.wait(5)
     assert dead(grandchild)
+
+
+def test_a_watchdog_removes_its_folders_once_its_harness_is_gone(tmp_path: Path) -> None:
+    """The guard of a Ray task's scratch folder: no run (tag ``-``), a folder (read-only files
+    too) to delete when the process holding the pipe dies without releasing it."""
+    scratch = tmp_path / "task-1"
+    (scratch / "run").mkdir(parents=True)
+    (scratch / "run" / "frozen.txt").write_text("x")
+    (scratch / "run" / "frozen.txt").chmod(0o400)
+    (scratch / "run").chmod(0o500)
+    holder = write_script(
+        tmp_path,
+        f"""
+import sys, time
+sys.path[:0] = {sys.path!r}
+from nightlab.executor.process import Watchdog
+guard = Watchdog(0, "-", 1.0, remove=[{str(scratch)!r}])
+print(guard.pid, flush=True)
+time.sleep(60)
+""",
+        "holder.py",
+    )
+    proc = psutil.Popen([sys.executable, str(holder)], stdout=subprocess.PIPE, text=True)
+    try:
+        watchdog = psutil.Process(int(proc.stdout.readline()))
+        assert scratch.exists()
+        proc.kill()
+        watchdog.wait(15)
+        assert not scratch.exists()
+    finally:
+        proc.kill()
+        proc.wait()

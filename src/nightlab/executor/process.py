@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,13 +87,16 @@ class Watchdog:
     effort: where it cannot start, the run goes on without it (the next executor still kills
     orphans at its start)."""
 
-    def __init__(self, main_pid: int, tag: str, grace: float) -> None:
+    def __init__(self, main_pid: int, tag: str, grace: float, remove: Sequence[Path] = ()) -> None:
+        """``remove``: folders the watchdog deletes after killing the run (``tag`` ``"-"``:
+        no run, only folders)."""
         self._write: int | None = None
         self.pid: int | None = None
         read, write = os.pipe()  # non-inheritable: only this process holds the write end
+        argv = [str(_WATCHDOG), str(main_pid), tag, f"{grace:g}", *(str(Path(p).resolve()) for p in remove)]
         try:
             starter = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(_WATCHDOG), str(main_pid), tag, f"{grace:g}"],
+                [sys.executable, "-I", "-S", *argv],
                 stdin=read,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

@@ -309,8 +309,8 @@ def cancel(ray: Any, refs: list[Any], wait: float) -> None:
     First as Ctrl-C inside each task: the local executor there kills its run's process tree
     itself and the node's scratch folder is removed. Tasks still going after ``wait`` seconds
     are killed with their worker process; Ray kills the worker's direct children with it, and
-    the run's watchdog, detached and so not among them, kills the rest of the training (the
-    node's scratch folder is then removed by its next task)."""
+    the run's watchdog, detached and so not among them, kills the rest of the training, and the
+    task's own watchdog removes its scratch folder on the node."""
     passes = [(False, wait)] if wait > 0 else []  # 0: no gentle cancel, force at once
     for force, seconds in [*passes, (True, max(wait, FORCED_WAIT))]:
         if not refs:

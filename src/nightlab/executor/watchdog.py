@@ -14,7 +14,10 @@ small process beside it:
   process carrying the run's tag in its environment (``NIGHTLAB_PROCESS_TAG``, which every
   descendant inherits) and to the run's process group, then SIGKILL after the grace period.
 
-It runs as ``python -I -S watchdog.py PID TAG GRACE`` in a session of its own (a Ctrl-C at the
+Given folders after those arguments, it also removes them once the run is dead (a Ray node's
+scratch folder of a task whose worker was killed); ``-`` as TAG guards folders only.
+
+It runs as ``python -I -S watchdog.py PID TAG GRACE [FOLDER ...]`` in a session of its own (a Ctrl-C at the
 terminal, sent to the harness's process group, does not reach it), imports only the standard
 library and nothing of nightlab, and starts in a few milliseconds. It detaches at once (a
 double fork: the process the harness started prints the watchdog's pid and exits), so it is not
@@ -27,12 +30,15 @@ mistakes it for part of a run.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import stat
 import sys
 import time
 
 TAG_VARIABLE = "NIGHTLAB_PROCESS_TAG"  # the same name as proctree.TAG_VARIABLE (no imports here)
 DONE = b"done"
+NO_TAG = "-"  # folders to remove, no run to kill
 
 
 def tagged(tag: str) -> list[int]:
@@ -98,8 +104,32 @@ def detach() -> None:
     os.close(devnull)
 
 
+def remove_folder(path: str, patience: float) -> bool:
+    """``rm -rf path``, read-only files included, retried while dying processes still write
+    there; True once it is gone."""
+
+    def writable(func, target, _exc) -> None:
+        try:
+            os.chmod(os.path.dirname(target), stat.S_IRWXU)
+            os.chmod(target, stat.S_IRWXU)
+            func(target)
+        except OSError:
+            pass
+
+    deadline = time.monotonic() + patience
+    while True:
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=writable)
+        else:
+            shutil.rmtree(path, onerror=writable)
+        if not os.path.lexists(path) or time.monotonic() > deadline:
+            return not os.path.lexists(path)
+        time.sleep(0.2)
+
+
 def main(argv: list[str]) -> int:
     main_pid, tag, grace = int(argv[1]), argv[2], float(argv[3])
+    folders = argv[4:]
     detach()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
@@ -116,7 +146,10 @@ def main(argv: list[str]) -> int:
         received += chunk
     if received.startswith(DONE):
         return 0
-    kill_run(main_pid, tag, grace)
+    if tag != NO_TAG:
+        kill_run(main_pid, tag, grace)
+    for folder in folders:
+        remove_folder(folder, patience=grace + 5)
     return 0
 
 

@@ -36,6 +36,8 @@ from pathlib import Path
 from nightlab.config import Config
 from nightlab.errors import UserError
 from nightlab.executor.local import LocalExecutor
+from nightlab.executor.process import Watchdog
+from nightlab.executor.watchdog import NO_TAG
 from nightlab.research.pruning import Pruner
 from nightlab.research.runner import ReplicateRunner
 from nightlab.research.setup import MANIFEST, SetupData, prepare_setup, setup_version
@@ -106,6 +108,9 @@ def run_on_node(job: NodeJob) -> NodeOutcome:
         else None,
         environ=environ,
     )
+    # Removes the scratch folder if this worker is killed (a forced cancel): by then the run's
+    # own watchdog is killing the training that used it.
+    janitor = Watchdog(0, NO_TAG, executor.limits.grace_seconds, remove=[scratch])
     try:
         workspace, commit = unpack_tree(job, scratch / "repo")
         clock.lap("checkout")
@@ -138,6 +143,7 @@ def run_on_node(job: NodeJob) -> NodeOutcome:
     finally:
         executor.close(kill=True)
         remove_tree(scratch)
+        janitor.release()
 
 
 def node_dir() -> Path:
