@@ -133,7 +133,7 @@ def test_validate_time_to_target_on_the_cpu_template(tmp_path: Path, cache: Path
     git(ws, "commit", "-q", "-am", "the template's learning rates")
 
     res = run_cli("validate", str(ws), "--scale", "tiny", "--a", "HEAD~1", "--b", "HEAD", "--seeds", "2",
-                  "--time-to-target", "--json", env=env, timeout=600)  # fmt: skip
+                  "--time-to-target", "--eval-interval", "1", "--json", env=env, timeout=600)  # fmt: skip
     assert res.returncode == 0, res.stderr + res.stdout
     data = json.loads(res.stdout)
     val = data["metrics"][0]

@@ -35,7 +35,7 @@ def _tiny_template(root: Path, proposals: list[dict]) -> Path:
     toml = re.sub(r"(?m)^seconds = .*$", "steps = 3", toml)
     toml = re.sub(r"(?m)^timeout = .*$", "timeout = 300", toml)
     toml = toml.replace('kind = "search"', 'kind = "replay"\nfile = "proposals.jsonl"')
-    toml = toml.replace('kind = "confirm"', 'kind = "greedy"\nbaseline_runs = 1\nmax_runs = 1')
+    toml = toml.replace('kind = "confirm"', 'kind = "greedy"\nbaseline_runs = 1\nmax_runs = 1\nremeasure = 0')
     toml += '\n[run]\nsandbox = "auto"\n'
     (root / "nightlab.toml").write_text(toml)
     train = (root / "train.py").read_text()

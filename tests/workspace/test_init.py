@@ -185,10 +185,10 @@ def test_fresh_template_workspace_runs_under_the_harness(tmp_path: Path) -> None
     text = (
         toml.read_text()
         .replace("seconds = 60\n", "steps = 3\n")
-        .replace('kind = "confirm"', 'kind = "greedy"')
+        .replace('kind = "confirm"', 'kind = "greedy"\nbaseline_runs = 1\nremeasure = 0')
     )
     toml.write_text(text)
-    git(root, "commit", "-qam", "tiny budget")
+    git(root, "commit", "-qam", "tiny budget")  # one run each: the report runs have tests of their own
     env = {"NIGHTLAB_CACHE": str(tmp_path / "cache")}
     res = nightlab("run", str(root), "--plain", "-n", "1", env=env, timeout=600)
     assert res.returncode == 0, res.stderr + res.stdout[-2000:]
