@@ -19,6 +19,7 @@ import pytest
 from nightlab.errors import UserError
 from nightlab.executor.local import LocalExecutor
 from nightlab.executor.process import RunInterrupted, build_env
+from nightlab.executor.proctree import TAG_VARIABLE
 from nightlab.types import RunSpec, RunStatus
 
 
@@ -474,3 +475,29 @@ def test_ctrl_c_in_the_harness_kills_the_run(tmp_path: Path) -> None:
     assert time.monotonic() - started < 5
     (pid,) = read_pids(pids, 1)
     assert dead(pid)
+
+
+def test_the_orphan_sweep_leaves_a_run_to_its_living_watchdog(tmp_path: Path) -> None:
+    """A run whose harness is gone but whose watchdog lives is the watchdog's to end (gently,
+    SIGTERM first): the sweep of another executor starting just then must not SIGKILL it."""
+    from nightlab.executor.process import Watchdog
+    from nightlab.executor.proctree import _pid_namespace, kill_orphaned_runs, watchdog_tag
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead_harness = f"{child.pid}:gone:{_pid_namespace()}:x"
+    env = {"PATH": os.environ["PATH"], TAG_VARIABLE: dead_harness}
+    run = psutil.Popen(["sleep", "60"], env=env, start_new_session=True)
+    guard = Watchdog(run.pid, dead_harness, grace=1.0)
+    try:
+        assert guard.pid is not None and watchdog_tag(psutil.Process(guard.pid).cmdline()) == dead_harness
+        kill_orphaned_runs()
+        assert run.is_running() and run.status() != psutil.STATUS_ZOMBIE
+        guard.release()  # the watchdog leaves; the run is an orphan nobody guards now
+        psutil.Process(guard.pid).wait(5)
+        assert kill_orphaned_runs() >= 1
+        assert run.wait(5) == -signal.SIGKILL
+    finally:
+        guard.release()
+        if run.is_running():
+            run.kill()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import psutil
@@ -40,12 +41,25 @@ with open(os.path.join(folder, "sender-" + name), "w") as f:
 """
 
 
-def _watchdog_of(run_pid: int) -> psutil.Process:
-    """The (detached) watchdog guarding the run whose main process is ``run_pid``."""
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if any(part.endswith("watchdog.py") for part in cmdline) and str(run_pid) in cmdline:
-            return proc
+def _starter_pid(child: psutil.Process) -> int | None:
+    """``child``'s pid if it is the short-lived process that starts a watchdog (or already gone)."""
+    try:
+        return child.pid if any(p.endswith("watchdog.py") for p in child.cmdline()) else None
+    except psutil.NoSuchProcess:
+        return child.pid
+
+
+def _watchdog_of(harness: psutil.Process, run_pid: int) -> psutil.Process:
+    """The detached watchdog guarding the run whose main process is ``run_pid``, once the
+    process that started it (briefly the harness's child, with the same command line) is gone."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for proc in psutil.process_iter(["cmdline", "ppid"]):
+            cmdline = proc.info["cmdline"] or []
+            is_watchdog = any(part.endswith("watchdog.py") for part in cmdline)
+            if is_watchdog and str(run_pid) in cmdline and proc.info["ppid"] != harness.pid:
+                return proc
+        time.sleep(0.02)
     raise AssertionError(f"no watchdog guards run {run_pid}")
 
 
@@ -68,9 +82,9 @@ def test_kill_9_of_the_harness_kills_the_run_and_what_escaped_from_it(
     proc = psutil.Popen([sys.executable, str(harness)])
     try:
         run_pids = read_pids(pids, 2, within=20)
-        (shell,) = proc.children()  # the run's shell; the watchdog is not a child of the harness
-        watchdog = _watchdog_of(shell.pid)
-        assert watchdog.ppid() != proc.pid
+        (shell,) = [c for c in proc.children() if c.pid != _starter_pid(c)]
+        watchdog = _watchdog_of(proc, shell.pid)  # not a child of the harness
+        assert watchdog not in proc.children()
         proc.kill()  # kill -9: nothing in the harness runs any more
         if children_too:
             shell.kill()

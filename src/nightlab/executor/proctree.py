@@ -309,23 +309,40 @@ def kill_orphaned_runs() -> int:
     nightlab leaves its run going in its own session); returns how many were killed.
 
     Called when an executor starts, so a resumed ``nightlab run`` never trains next to the
-    ghost of the experiment it is about to run again.
+    ghost of the experiment it is about to run again. A run whose watchdog still lives is left
+    to it: the watchdog is already ending it, gently first (SIGTERM, then SIGKILL after its
+    grace), which a SIGKILL from here would cut short.
     """
     uid = os.getuid()
-    orphans = []
+    candidates: list[tuple[psutil.Process, str]] = []
+    guarded: set[str] = set()
     for proc in psutil.process_iter():
         try:
             if proc.uids().real != uid or proc.pid == os.getpid():
                 continue
             tag = proc.environ().get(TAG_VARIABLE)
+            if not tag:
+                watched = watchdog_tag(proc.cmdline())
+                if watched:
+                    guarded.add(watched)
+                continue
         except (*_GONE, psutil.AccessDenied, OSError):
             continue
-        if tag and not _harness_alive(tag):
-            orphans.append(proc)
+        if not _harness_alive(tag):
+            candidates.append((proc, tag))
+    orphans = [proc for proc, tag in candidates if tag not in guarded]
     for proc in orphans:
         _send(proc, signal.SIGKILL)
     _wait_gone(orphans, 2.0)
     return len(orphans)
+
+
+def watchdog_tag(cmdline: list[str]) -> str | None:
+    """The run tag a watchdog process guards (``python -I -S .../watchdog.py PID TAG GRACE``)."""
+    for i, part in enumerate(cmdline[:-2]):
+        if part.endswith(os.sep + "watchdog.py"):
+            return cmdline[i + 2]
+    return None
 
 
 def _memory_mb(proc: psutil.Process) -> tuple[float, float]:
