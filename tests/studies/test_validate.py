@@ -361,3 +361,22 @@ def test_scale_constants_must_exist(tmp_path: Path) -> None:
     assert scaled_files(files, {"DEPTH": 12}, "big") == {"train.py": "DEPTH = 12  # layers\nLR = 0.1\n"}
     with pytest.raises(UserError, match=r"\[scales.big\] constants: WIDTH"):
         scaled_files(files, {"WIDTH": 2}, "big")
+
+
+@pytest.mark.parametrize(
+    "budget",
+    [{"seconds": 10.0}, {"tokens": 1000}, {"steps": 30}, {"flops": 2.0e12}, {"tokens": 1000, "steps": 30}],
+    ids=["seconds", "tokens", "steps", "flops", "tokens+steps"],
+)
+def test_a_time_to_target_run_gets_every_kind_of_budget_times_the_cap(budget: dict) -> None:
+    """Each kind the scale sets is scaled, none dropped: a FLOPs budget once was, and the
+    time-to-target runs silently trained for the default 60 seconds instead."""
+    from nightlab.config import BudgetConfig
+    from nightlab.studies.time_to_target import capped_budget
+
+    capped = capped_budget(BudgetConfig(**budget, timeout=100), 2.0)
+    kinds = ("seconds", "tokens", "steps", "flops")
+    assert {k: getattr(capped, k) for k in kinds if getattr(capped, k) is not None} == {
+        k: v * 2 for k, v in budget.items()
+    }
+    assert capped.timeout == 400

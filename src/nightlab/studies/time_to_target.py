@@ -74,13 +74,15 @@ def default_interval(budget: BudgetConfig) -> float | None:
 def capped_budget(budget: BudgetConfig, factor: float) -> BudgetConfig:
     """``budget`` times ``factor``: the most a time-to-target run may train before giving up.
 
-    The hard timeout grows more than the budget, because periodic evaluations add wall time
-    that the training clock does not count.
+    Every kind of budget the scale sets is scaled (a kind left out would be dropped, and the
+    run would fall back to the default 60 seconds). The hard timeout grows more than the
+    budget, because periodic evaluations add wall time that the training clock does not count.
     """
     return BudgetConfig(
         seconds=budget.seconds * factor if budget.seconds else None,
         tokens=int(budget.tokens * factor) if budget.tokens else None,
         steps=int(budget.steps * factor) if budget.steps else None,
+        flops=budget.flops * factor if budget.flops else None,
         timeout=budget.timeout * factor * 2,
         evaluate_timeout=budget.evaluate_timeout,
     )
