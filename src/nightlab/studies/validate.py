@@ -193,7 +193,9 @@ def run_validation(
         experiments={},
     )
     budget = run_config.budget
-    unit = "seconds" if budget.seconds else "tokens" if budget.tokens else "steps"  # the plot's axis
+    # The plot's axis. A FLOPs budget gives each side its own tokens and steps: training seconds
+    # are what the sides share (and what time to target is about).
+    unit = "seconds" if budget.seconds or budget.flops else "tokens" if budget.tokens else "steps"
     meta = {
         "scale": options.scale,
         "rev_a": side_a.rev,
