@@ -153,6 +153,13 @@ def main() -> None:
         "--eval-interval", type=float, default=5.0, help="seconds of training between the curves' points"
     )
     parser.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="validate: time to this value, skipping the fixed-budget phase (e.g. its side A mean "
+        "from an earlier study)",
+    )
+    parser.add_argument(
         "--steps",
         default=",".join(STEPS),
         help="which steps to run (night, validate, ablate, carry = ablate at the larger scale); "
@@ -188,6 +195,8 @@ def main() -> None:
     tried = sum(1 for e in status["experiments"] if e.get("kind") == "candidate")
     validate_args = ("--scale", SCALE, "--seeds", str(args.seeds), "--time-to-target")
     validate_args += ("--eval-interval", f"{args.eval_interval:g}", "--json")
+    if args.target is not None:
+        validate_args += ("--target", repr(args.target))
     validation = step(
         "validate",
         "validation",
