@@ -161,7 +161,9 @@ def ablate(
     ),
     tag: str = typer.Option(None, "--tag", help="Research branch nightlab/<tag> (default: last used)."),
     scale: str = typer.Option(
-        None, "--scale", help="Run at this [scales.NAME] of nightlab.toml: which changes carry over."
+        None,
+        "--scale",
+        help="Run at a scale defined in nightlab.toml as a scales.NAME table: which changes carry over.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:

@@ -203,6 +203,11 @@ def _side_rev(experiments: list[ExperimentRow], side: str) -> str:
     return "?"
 
 
+def ablation_figure(scale: str | None) -> str:
+    """``ablation.png`` at the research scale, ``ablation-NAME.png`` at a named one."""
+    return f"ablation-{scale}.png" if scale else "ablation.png"
+
+
 def plot_ablation(rows: list[dict], path: Path, metric_name: str, confidence: float = 0.95) -> Path:
     """Bar chart of each change's contribution with its confidence interval, largest first.
 
@@ -261,8 +266,6 @@ def write_study_plots(ledger: Ledger, state: Path, config: Config) -> dict[str, 
         out["validation"] = plot_validation(
             ledger, study, state / "validation.png", metric.name, metric.direction
         )
-    from nightlab.studies.ablate import ablation_figure
-
     latest: dict[str | None, list[dict]] = {}  # per scale: the newest ablation's rows
     for e in ledger.experiments(kind="ablate"):  # oldest first: the newest of each scale wins
         if e.meta.get("contributions") is not None:

@@ -165,11 +165,6 @@ class AblationReport:
         }
 
 
-def ablation_figure(scale: str | None) -> str:
-    """``ablation.png`` at the research scale, ``ablation-NAME.png`` at a named one."""
-    return f"ablation-{scale}.png" if scale else "ablation.png"
-
-
 def kept_changes(session: Session) -> list[KeptChange]:
     """The kept changes still in the best, oldest first (changes a past ``--apply`` dropped excluded)."""
     ledger, tag = session.ledger, session.tag
@@ -301,7 +296,7 @@ def run_ablation(
     if apply:
         report.applied = _apply(session, study, report, full, seed_list, on_run)
     try:
-        from nightlab.report.validation import plot_ablation
+        from nightlab.report.validation import ablation_figure, plot_ablation
 
         plot = plot_ablation(
             rows, workspace.state_dir / ablation_figure(scale), config.metric.name, config.policy.confidence
