@@ -15,11 +15,13 @@ depth 24 from 2.02 h to 1.80 h. This reruns that story on the built-in cpu templ
 4. one line in the seed's own form, "T_A → T_B to target (−X% ± Y%)", and how many changes were
    kept out of how many tried; everything as JSON, the plots copied to ``--out``.
 
-    python benchmarks/seed_result.py /tmp/seed --hours 1.0              # about 90 minutes on 2 cores
+    python benchmarks/seed_result.py /tmp/seed --hours 1.0              # 2 to 2.5 hours on 2 cores
     python benchmarks/seed_result.py /tmp/smoke --hours 0.05 --seeds 2 --ablate-seeds 2 \
         --scale-flops 2e12 --policy greedy                              # a smoke run, some 10 minutes
 
-A workspace that exists is reused: the night continues where it stopped (``nightlab run``
+On 2 cores: the night 1 h, validate about 27 min, the ablation at the small scale about 16 min
+and at the larger scale 20 to 30 min (docs/VALIDATION.md has a full run). A workspace that
+exists is reused: the night continues where it stopped (``nightlab run``
 resumes), and the studies run again on its current best. ``--steps`` runs only some steps (for
 instance ``--steps carry`` after a study without it) and takes the others' results from the
 ``seed_result.json`` already in ``--out``.
