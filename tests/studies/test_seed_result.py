@@ -1,5 +1,5 @@
 """benchmarks/seed_result.py's own arithmetic: the seed-style line and the carry-over table.
-(The study itself takes some 90 minutes; docs/VALIDATION.md has its run.)"""
+(The study itself takes 2 to 2.5 hours on 2 cores; docs/VALIDATION.md has its run.)"""
 
 from __future__ import annotations
 
