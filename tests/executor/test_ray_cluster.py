@@ -325,26 +325,32 @@ def test_a_harness_killed_with_kill_9_leaves_no_training_process(
     assert {r["status"] for r in _runs(root)} == {"ok"}
 
 
-def test_a_harness_stopped_with_sigterm_ends_its_tasks_on_the_nodes(
-    cluster: LocalRayCluster, tmp_path: Path
-) -> None:
-    root, marks = _workspace(tmp_path / "ws", cluster.address, [BETTER], baseline_runs=1)
+def _sigterm_a_held_run(root: Path, marks: Path, tag: str) -> str:
+    """SIGTERM the harness while a run holds; checks the training and the node's scratch folder
+    are gone and the harness exited 143; returns what it printed."""
     (marks / "hold").write_text("")
-    harness = _start_harness(root, "s")
+    harness = _start_harness(root, tag)
     try:
         pid, node_dir = _held_run(marks, harness)
         harness.send_signal(signal.SIGTERM)
-        # The task is cancelled as a Ctrl-C inside it: the node's executor kills the training.
         assert wait_until(lambda: not alive(pid), 30), f"training process {pid} outlived the stop"
         out, _ = harness.communicate(timeout=30)
     finally:
         harness.kill()
         harness.wait(timeout=10)
     assert harness.returncode == 143, out
-    assert "interrupted (SIGTERM)" in out
-    # The node removed its scratch folder (the task itself, or, were it forced, its watchdog).
     tasks = Path(node_dir) / "tasks"
     assert wait_until(lambda: not list(tasks.iterdir()), 20), list(tasks.iterdir())
+    return out
+
+
+def test_a_harness_stopped_with_sigterm_ends_its_tasks_on_the_nodes(
+    cluster: LocalRayCluster, tmp_path: Path
+) -> None:
+    """The tasks are cancelled as a Ctrl-C inside them: the node's executor kills the training
+    and removes its scratch folder (were the cancel forced, the watchdogs would)."""
+    root, marks = _workspace(tmp_path / "ws", cluster.address, [BETTER], baseline_runs=1)
+    assert "interrupted (SIGTERM)" in _sigterm_a_held_run(root, marks, "s")
 
 
 def test_a_stop_that_must_force_its_tasks_still_ends_the_training(
@@ -362,19 +368,7 @@ def test_a_stop_that_must_force_its_tasks_still_ends_the_training(
         run="python train.py; true",
         ray_settings="stop_wait = 0\n",
     )
-    (marks / "hold").write_text("")
-    harness = _start_harness(root, "f")
-    try:
-        pid, node_dir = _held_run(marks, harness)
-        harness.send_signal(signal.SIGTERM)
-        assert wait_until(lambda: not alive(pid), 30), f"training process {pid} outlived the stop"
-        out, _ = harness.communicate(timeout=30)
-    finally:
-        harness.kill()
-        harness.wait(timeout=10)
-    assert harness.returncode == 143, out
-    tasks = Path(node_dir) / "tasks"
-    assert wait_until(lambda: not list(tasks.iterdir()), 20), list(tasks.iterdir())
+    _sigterm_a_held_run(root, marks, "f")
 
 
 def test_a_node_killed_mid_run_requeues_the_replicate_as_an_infrastructure_retry(

@@ -17,13 +17,13 @@ small process beside it:
 Given folders after those arguments, it also removes them once the run is dead (a Ray node's
 scratch folder of a task whose worker was killed); ``-`` as TAG guards folders only.
 
-It runs as ``python -I -S watchdog.py PID TAG GRACE [FOLDER ...]`` in a session of its own (a Ctrl-C at the
-terminal, sent to the harness's process group, does not reach it), imports only the standard
-library and nothing of nightlab, and starts in a few milliseconds. It detaches at once (a
-double fork: the process the harness started prints the watchdog's pid and exits), so it is not
-a child of the harness: a supervisor that kills a dead worker's direct children with it (Ray
-does, when a task is force-cancelled) would otherwise kill the watchdog just when it is needed. It carries no tag itself, so
-neither the harness's tree-kill nor :func:`~nightlab.executor.proctree.kill_orphaned_runs`
+It runs as ``python -I -S watchdog.py PID TAG GRACE [FOLDER ...]`` in a session of its own (a
+Ctrl-C at the terminal, sent to the harness's process group, does not reach it), imports only
+the standard library and nothing of nightlab, and starts in a few milliseconds. It detaches at
+once (a double fork: the process the harness started prints the watchdog's pid and exits), so
+it is not a child of the harness: a supervisor that kills a dead worker's direct children with
+it (Ray does, when a task is force-cancelled) would otherwise kill the watchdog just when it is
+needed. It carries no tag itself, so neither the harness's tree-kill nor :func:`~nightlab.executor.proctree.kill_orphaned_runs`
 mistakes it for part of a run.
 """
 

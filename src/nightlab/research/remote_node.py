@@ -25,7 +25,6 @@ import os
 import shutil
 import socket
 import stat
-import sys
 import tarfile
 import tempfile
 import time
@@ -37,7 +36,7 @@ from nightlab.config import Config
 from nightlab.errors import UserError
 from nightlab.executor.local import LocalExecutor
 from nightlab.executor.process import Watchdog
-from nightlab.executor.watchdog import NO_TAG
+from nightlab.executor.watchdog import NO_TAG, remove_folder
 from nightlab.research.pruning import Pruner
 from nightlab.research.runner import ReplicateRunner
 from nightlab.research.setup import MANIFEST, SetupData, prepare_setup, setup_version
@@ -264,18 +263,8 @@ def trimmed_log(path: Path, limit: int) -> bytes:
 
 
 def remove_tree(path: Path) -> None:
-    """``rm -rf`` that also removes files a run made read-only."""
-
-    def retry(func, target, _exc) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(target), stat.S_IRWXU)
-            os.chmod(target, stat.S_IRWXU)
-            func(target)
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:
-        shutil.rmtree(path, onerror=retry)
+    """``rm -rf`` that also removes files a run made read-only (the watchdog's own removal)."""
+    remove_folder(str(path), patience=0)
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
