@@ -10,10 +10,14 @@ evaluation process (Python and torch start-up, loading the export, the causality
 holdout) next to the evaluator's own eval_seconds. `--progress-every 0.25` adds checkpoints and
 runs `python evaluation.py --follow` beside training, as nightlab does when it may prune.
 `--compare DIR` runs a second template in alternation with the first (same load for both), always
-without checkpoints ("other" is the rest of train.py's process: the summary, the exit).
+without checkpoints ("other" is the rest of train.py's process: the summary, the exit). `--warm`
+adds the first template once more, in the same alternation, with its final evaluation done by the
+progress evaluator (NIGHTLAB_WARM_EVALUATE=1, progress.final: `[target] warm_evaluate`), whose
+start-up then overlaps training; its eval_wall is from the request to the evaluator's exit.
 
     python benchmarks/eval_overhead.py --size cpu --tokens 393216 --repeats 3
     python benchmarks/eval_overhead.py --tokens 393216 --repeats 3 --compare /tmp/old-template
+    python benchmarks/eval_overhead.py --tokens 393216 --repeats 3 --progress-every 0.25 --warm
     python benchmarks/eval_overhead.py --size gpu --set DATASET='"synthetic"' --seconds 60
 """
 
@@ -88,14 +92,18 @@ def seconds_in(pattern: str, text: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def replicate(ws: Path, env: dict, progress_every: float | None) -> dict[str, float]:
-    """One replicate: train (with the progress evaluator beside it when asked), then evaluate."""
+def replicate(ws: Path, env: dict, progress_every: float | None, warm: bool = False) -> dict[str, float]:
+    """One replicate: train (with the progress evaluator beside it when asked), then evaluate:
+    in a process of its own, or (``warm``) by the progress evaluator, asked once training ended."""
     run_dir = Path(env["NIGHTLAB_RUN_DIR"])
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     follower = None
     if progress_every:
         env = {**env, "NIGHTLAB_PROGRESS_EVERY": str(progress_every)}
+    if warm:
+        env = {**env, "NIGHTLAB_WARM_EVALUATE": "1"}
+    if progress_every or warm:
         follower = subprocess.Popen([sys.executable, "evaluation.py", "--follow"], cwd=ws, env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     train_wall, proc = run([sys.executable, "train.py"], ws, env)
@@ -114,11 +122,19 @@ def replicate(ws: Path, env: dict, progress_every: float | None) -> dict[str, fl
     )
     if follower is not None:
         t0 = time.perf_counter()
+        if warm:
+            (run_dir / "progress.final").touch()  # before progress.done, as nightlab does
         (run_dir / "progress.done").touch()
         log, _ = follower.communicate(timeout=600)
-        row["follow_tail"] = time.perf_counter() - t0  # scoring left after training ended
-        row["points"] = log.count("val_bpb")
-    eval_wall, _ = run([sys.executable, "evaluation.py"], ws, env)
+        if warm:  # the scoring left and the final evaluation, in one process already running
+            eval_wall = time.perf_counter() - t0
+            if follower.returncode != 0:
+                sys.exit(f"the warm evaluator failed ({follower.returncode}):\n{log[-3000:]}")
+        else:
+            row["follow_tail"] = time.perf_counter() - t0  # scoring left after training ended
+        row["points"] = log.count("| val_bpb")
+    if not warm:
+        eval_wall, _ = run([sys.executable, "evaluation.py"], ws, env)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     row |= {"eval_wall": eval_wall, "eval_inside": metrics["eval_seconds"], "val_bpb": metrics["val_bpb"]}
     row["train_share"] = row["training"] / (train_wall + row.get("follow_tail", 0.0) + eval_wall)
@@ -149,6 +165,12 @@ def main() -> None:
     parser.add_argument(
         "--progress-every", type=float, default=None, help="NIGHTLAB_PROGRESS_EVERY (first template only)"
     )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="also measure the first template with its final evaluation done by the (warm) progress "
+        "evaluator, in alternation with the evaluation in its own process",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS (default: torch's)")
     parser.add_argument("--cache", default=None, help="NIGHTLAB_CACHE (default: a temporary folder)")
@@ -156,6 +178,11 @@ def main() -> None:
 
     templates = [args.template] + ([args.compare] if args.compare else [])
     workspaces = [make_workspace(t, args.size, args.set) for t in templates]
+    warm = [False] * len(templates)
+    if args.warm:  # the same workspace once more, its final evaluation warm
+        templates.append(args.template)
+        workspaces.append(workspaces[0])
+        warm.append(True)
     budget = {}
     if args.tokens:
         budget["NIGHTLAB_BUDGET_TOKENS"] = str(args.tokens)
@@ -171,15 +198,13 @@ def main() -> None:
     for _ in range(args.repeats):
         for i, ws in enumerate(workspaces):  # alternate, so both see the same load
             env = {**base, "NIGHTLAB_RUN_DIR": str(ws / "run")}
-            rows[i].append(replicate(ws, env, args.progress_every if i == 0 else None))
-            print(
-                json.dumps(
-                    {"template": str(templates[i]), **{k: round(v, 3) for k, v in rows[i][-1].items()}}
-                )
-            )
-    for template, template_rows in zip(templates, rows, strict=True):
-        report(str(template), template_rows)
-    for ws in workspaces:
+            every = args.progress_every if i == 0 or warm[i] else None
+            rows[i].append(replicate(ws, env, every, warm[i]))
+            name = str(templates[i]) + (" (warm)" if warm[i] else "")
+            print(json.dumps({"template": name, **{k: round(v, 3) for k, v in rows[i][-1].items()}}))
+    for i, (template, template_rows) in enumerate(zip(templates, rows, strict=True)):
+        report(str(template) + (" (warm)" if warm[i] else ""), template_rows)
+    for ws in set(workspaces):
         shutil.rmtree(ws, ignore_errors=True)
 
 

@@ -40,9 +40,20 @@ class TargetConfig(_Strict):
     # A frozen command run beside the training process that scores its checkpoints (progress
     # points for pruning and time-to-target), so the training process never holds val data.
     progress_evaluate: str | None = None
+    # The progress evaluator also does the final evaluation when training has ended (it is
+    # started with NIGHTLAB_WARM_EVALUATE=1 and finds progress.final): its start-up (imports,
+    # data) is then paid beside training instead of after it. Only under the sandbox; else, or
+    # when it cannot, `evaluate` runs as usual.
+    warm_evaluate: bool = False
     # Globs of files a run may write in its worktree (checkpoints, samples); they are moved into
     # the run directory (outputs/) after the run. Anything else it writes makes the run invalid.
     outputs: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _warm_needs_both(self) -> TargetConfig:
+        if self.warm_evaluate and not (self.evaluate and self.progress_evaluate):
+            raise ValueError("warm_evaluate = true needs both evaluate and progress_evaluate")
+        return self
 
 
 class BudgetConfig(_Strict):
@@ -267,6 +278,14 @@ class Config(_Strict):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     scales: dict[str, ScaleConfig] = Field(default_factory=dict)
     trackers: TrackersSection = Field(default_factory=TrackersSection)
+
+    @model_validator(mode="after")
+    def _warm_reads_a_file(self) -> Config:
+        # The verdict must be a file written after the request: a log the run could append to
+        # while it trained (the evaluator's, shared with it) is no verdict.
+        if self.target.warm_evaluate and self.metric.source != "json":
+            raise ValueError('[target] warm_evaluate = true needs [metric] source = "json"')
+        return self
 
 
 def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:

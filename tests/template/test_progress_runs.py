@@ -129,6 +129,50 @@ def test_checkpoints_scored_beside_training_that_never_opens_val_or_holdout(
 
 
 @pytest.mark.slow
+def test_the_warm_evaluator_scores_the_final_model_as_the_evaluation_does(
+    ws: Path, cache: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_env = env(cache, NIGHTLAB_RUN_DIR=str(run_dir), NIGHTLAB_EVAL_SEPARATE="1", NIGHTLAB_SEED="5",
+                  NIGHTLAB_BUDGET_TOKENS="4096", NIGHTLAB_PROGRESS_EVERY="0.5", NIGHTLAB_WARM_EVALUATE="1")  # fmt: skip
+    train_log, eval_log = tmp_path / "train.opened", tmp_path / "eval.opened"
+    evaluator = subprocess.Popen(audited(ws, eval_log, "train.bin", "evaluation.py", "--follow"), cwd=ws,
+                                 env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        train = subprocess.run(audited(ws, train_log, "val.bin,holdout.bin", "train.py"), cwd=ws, env=run_env,
+                               capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert train.returncode == 0, train.stdout + train.stderr
+        assert not (run_dir / "metrics.json").exists()
+        (run_dir / "progress.final").touch()  # what nightlab does once training has passed its audit
+    finally:
+        (run_dir / "progress.done").touch()
+        out, _ = evaluator.communicate(timeout=300)
+    assert evaluator.returncode == 0, out
+    assert "final evaluation (warm, in the progress evaluator)" in out and "val_bpb: " in out
+    warm = json.loads((run_dir / "metrics.json").read_text())
+    assert set(eval_log.read_text().split()) == {"val.bin", "holdout.bin"}
+    assert set(train_log.read_text().split()) == {"train.bin"}
+    # The evaluation in its own process, on the same export: the same verdict to the last digit.
+    cold_dir = tmp_path / "cold"
+    cold_dir.mkdir()
+    for name in ("model.pt2", "model.json"):
+        shutil.copy(run_dir / name, cold_dir / name)
+    cold = evaluate(ws, cold_dir, cache)
+    assert warm["val_bpb"] == cold["val_bpb"] and warm["holdout_bpb"] == cold["holdout_bpb"]
+    assert warm["causal"] is True and warm["data_sha256"] == cold["data_sha256"]
+
+    # Without the request it only scores the checkpoints: no verdict.
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "progress.done").touch()
+    done = subprocess.run([sys.executable, "evaluation.py", "--follow"], cwd=ws, capture_output=True, text=True,
+                          env={**run_env, "NIGHTLAB_RUN_DIR": str(again)}, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (again / "metrics.json").exists()
+
+
+@pytest.mark.slow
 def test_a_flops_budget_gives_a_bigger_model_fewer_tokens(ws: Path, cache: Path, tmp_path: Path) -> None:
     budget = 2e9
     results = {}

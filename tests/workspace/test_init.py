@@ -13,6 +13,7 @@ import pytest
 from helpers import git, nightlab
 from nightlab.code.knobs import find_knobs
 from nightlab.errors import UserError
+from nightlab.executor import sandbox
 from nightlab.workspace import init as init_module
 from nightlab.workspace.init import commit_all, init_workspace
 
@@ -199,6 +200,10 @@ def test_fresh_template_workspace_runs_under_the_harness(tmp_path: Path) -> None
     assert 1.0 < baseline["metric"] < 8.5  # bits per byte of a barely trained byte-level model
     metrics = json.loads((root / ".nightlab/runs/0001/0/metrics.json").read_text())
     assert metrics["causal"] is True and "holdout_bpb" in metrics
+    # Under the sandbox the progress evaluator, warm since training started, scored it.
+    eval_log = (root / ".nightlab/runs/0001/0/eval.log").read_text()
+    warm = eval_log.startswith("# the final evaluation, by the warm progress evaluator")
+    assert warm == sandbox.detect().complete, eval_log
 
 
 def test_commit_all_uses_the_nightlab_identity_when_git_has_none(

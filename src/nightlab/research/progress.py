@@ -31,6 +31,7 @@ from nightlab.metrics import EVAL_PROGRESS_FILE, PROGRESS_FILE
 from nightlab.types import TRAIN_LOG, RunResult, RunSpec
 
 DONE_FILE = "progress.done"  # created when training has ended: the evaluator finishes and exits
+FINAL_FILE = "progress.final"  # created before it: the evaluator runs the final evaluation first
 
 
 @dataclass(frozen=True)
@@ -182,11 +183,15 @@ class ProgressEvaluator:
 
     It scores the checkpoints the training process leaves and writes their metric to
     ``progress.eval.jsonl``; when training has ended, :meth:`finish` creates ``progress.done``,
-    gives it ``timeout`` seconds to score what is left, then stops it.
+    gives it ``timeout`` seconds to score what is left, then stops it. Started ``warm`` (with
+    ``NIGHTLAB_WARM_EVALUATE=1``), it can be asked to do the final evaluation too before it
+    exits (``progress.final``), with its imports and data already loaded.
     """
 
-    def __init__(self, spec: RunSpec) -> None:
+    def __init__(self, spec: RunSpec, tree: Path | None = None, warm: bool = False) -> None:
         self.spec = spec
+        self.tree = Path(tree) if tree is not None else Path(spec.cwd)
+        self.warm = warm
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nightlab-progress-eval", daemon=True)
         self.result: RunResult | None = None
@@ -198,9 +203,21 @@ class ProgressEvaluator:
         except RunInterrupted:
             self.result = None
 
-    def finish(self, timeout: float) -> None:
-        (Path(self.spec.run_dir) / DONE_FILE).touch()
+    @property
+    def running(self) -> bool:
+        """Its process has not ended yet (it could still take a request)."""
+        return self._thread.is_alive()
+
+    def finish(self, timeout: float, final: bool = False) -> RunResult | None:
+        """Tell it training has ended (``final``: and to run the final evaluation), wait up to
+        ``timeout`` seconds, then stop it; its result, None when it had to be stopped."""
+        run_dir = Path(self.spec.run_dir)
+        if final:
+            (run_dir / FINAL_FILE).touch()  # before progress.done: it looks for it once done
+        (run_dir / DONE_FILE).touch()
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._stop.set()
             self._thread.join()
+            return None
+        return self.result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +29,7 @@ from nightlab.store.backup import save_replicate
 from nightlab.store.recorded import SLOT_FILE
 from nightlab.types import EVAL_LOG, TRAIN_LOG, RunResult, RunSpec, RunStatus
 from nightlab.workspace.git import Workspace, run_worktree
-from nightlab.workspace.integrity import FrozenCheck
+from nightlab.workspace.integrity import FrozenCheck, Stamp, changed_entries, tree_stamps
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Replicate:
 
 
 PROGRESS_EVAL_LOG = "progress_eval.log"
+# Set for a progress evaluator that may be asked for the final evaluation (``progress.final``).
+WARM_VARIABLE = "NIGHTLAB_WARM_EVALUATE"
 # Declared outputs move here, inside the replicate's run directory.
 OUTPUTS_DIR = "outputs"
 # Never an output, whatever ``[target] outputs`` says: code the evaluation could import.
@@ -83,10 +86,12 @@ class ReplicateRunner:
         )
 
     def prepare_slots(self, slots: list[Slot]) -> None:
-        """Make each slot's worktree now, on the caller's thread: ``git worktree add`` from
+        """Make each slot's worktrees now, on the caller's thread: ``git worktree add`` from
         several slot threads at once would race on the repository's worktree list."""
         for slot in slots:
             self.workspace.worktree(run_worktree(slot.index))
+            if self.config.target.progress_evaluate:
+                self.workspace.worktree(evaluator_worktree(run_worktree(slot.index)))
 
     def run_dir(self, experiment_id: int, replicate: int) -> Path:
         return self.workspace.state_dir / "runs" / f"{experiment_id:04d}" / str(replicate)
@@ -139,11 +144,8 @@ class ReplicateRunner:
         ``pruner`` watches the run's progress and may stop it early (recorded as ``pruned``);
         ``slot`` is where it runs (its worktree, devices and cores), for replicates run at once."""
         run_dir = fresh_run_dir(run_dir or self.run_dir(experiment_id, replicate), slot)
-        tree = self.workspace.worktree(run_worktree(slot.index) if slot is not None else self.worktree)
-        self.workspace.checkout(tree, commit, keep=self._keep)
-        if self.setup is not None:
-            self.setup.link_into(tree)
-
+        name = run_worktree(slot.index) if slot is not None else self.worktree
+        tree = self._checkout(name, commit)
         before = self.frozen.describe(tree)
         if before:  # the commit itself changes a frozen file: the edit check should have caught it
             result = RunResult(status=RunStatus.INVALID, seed=seed, reason=before)
@@ -156,21 +158,36 @@ class ReplicateRunner:
         reader = ProgressReader(run_dir, self.config)
         if pruner is not None:
             spec.stop_when = lambda: pruner.should_stop(reader.points())
-        companion = self._progress_evaluator(tree, run_dir, seed, slot)
+        companion, stamps = self._progress_evaluator(name, commit, run_dir, seed, slot)
         try:
             result = self.executor.run(spec)
-        finally:
+        except BaseException:
             if companion is not None:
                 companion.finish(self.config.budget.evaluate_timeout)
+            raise
         result.seed = seed
-        result.progress = [p.to_dict() for p in reader.points()]
         eval_log = ""
         # Audit (and restore) before the evaluation, so nothing the training left behind in the
         # worktree (a patched prepare.py, a sitecustomize.py, a .pth or .pyc) reaches it.
         problem = self._audit(tree, run_dir)
+        evaluated_in = tree
         if not problem and result.status is RunStatus.OK and self.config.target.evaluate:
-            result, eval_log = self._evaluate(tree, run_dir, seed, result, slot)
-            problem = self._audit(tree, run_dir)
+            warm = self._evaluate_warm(companion, run_dir, result) if companion is not None else None
+            if warm is not None:
+                (result, eval_log), evaluated_in = warm, companion.tree  # type: ignore[union-attr]
+            else:
+                if companion is not None:
+                    companion.finish(self.config.budget.evaluate_timeout)
+                result, eval_log = self._evaluate(tree, run_dir, seed, result, slot)
+            problem = self._audit(evaluated_in, run_dir)
+        elif companion is not None:
+            companion.finish(self.config.budget.evaluate_timeout)
+        if companion is not None and stamps is not None and not problem:
+            changed = changed_entries(stamps, tree_stamps(companion.tree))
+            if changed:  # even a write undone: its code may have been swapped while it loaded
+                shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+                problem = f"the progress evaluator's worktree changed during the run: {shown}"
+        result.progress = [p.to_dict() for p in reader.points()]  # the evaluator has scored them all
         if problem:
             result.status = RunStatus.INVALID
             result.reason = problem
@@ -178,15 +195,82 @@ class ReplicateRunner:
         save_replicate(run_dir, result, metric, holdout)  # what `nightlab recover` reads back
         return Replicate(result, metric, holdout, run_dir)
 
+    def _checkout(self, name: str, commit: str) -> Path:
+        """Worktree ``name`` holding exactly ``commit`` (and the setup data), ready to run in."""
+        tree = self.workspace.worktree(name)
+        self.workspace.checkout(tree, commit, keep=self._keep)
+        if self.setup is not None:
+            self.setup.link_into(tree)
+        return tree
+
     def _progress_evaluator(
-        self, tree: Path, run_dir: Path, seed: int, slot: Slot | None
-    ) -> ProgressEvaluator | None:
-        """The frozen progress evaluator beside the training process, when the target has one."""
+        self, name: str, commit: str, run_dir: Path, seed: int, slot: Slot | None
+    ) -> tuple[ProgressEvaluator | None, dict[str, Stamp] | None]:
+        """The frozen progress evaluator beside the training process, when the target has one,
+        and (when it may do the final evaluation) the stamps of its worktree.
+
+        It runs in a worktree of its own (the same commit). Under the sandbox the training
+        process can write there only where the workspace lies in scratch space (``/tmp``); and
+        for a warm evaluator, whose verdict is the final metric, any write there during the run
+        (even one undone before the audit, to swap its code while it loaded) shows in the
+        worktree's stamps and makes the run invalid. Its Python writes no bytecode there.
+        """
         command = self.config.target.progress_evaluate
         if not command:
-            return None
+            return None, None
+        tree = self._checkout(evaluator_worktree(name), commit)
+        if self.frozen.describe(tree):
+            return None, None  # never run an evaluator whose files are not the frozen ones
         timeout = self.config.budget.timeout + self.config.budget.evaluate_timeout
-        return ProgressEvaluator(self._spec(command, tree, run_dir, seed, timeout, PROGRESS_EVAL_LOG, slot))
+        spec = self._spec(command, tree, run_dir, seed, timeout, PROGRESS_EVAL_LOG, slot)
+        warm = self._warm_possible()
+        stamps = None
+        if warm:
+            spec.env[WARM_VARIABLE] = "1"
+            spec.env["PYTHONDONTWRITEBYTECODE"] = "1"
+            stamps = tree_stamps(tree)
+        return ProgressEvaluator(spec, tree, warm=warm), stamps
+
+    def _warm_possible(self) -> bool:
+        """The final evaluation may be left to the progress evaluator: asked for, and the sandbox
+        keeps the training process out of the evaluator's worktree and process (Landlock)."""
+        target = self.config.target
+        if not (target.warm_evaluate and target.evaluate and target.progress_evaluate):
+            return False
+        return sandbox.check(self.config.run.sandbox) is not None
+
+    def _evaluate_warm(
+        self, companion: ProgressEvaluator, run_dir: Path, train: RunResult
+    ) -> tuple[RunResult, str] | None:
+        """The final evaluation by the progress evaluator, which has been running (imports done,
+        data loaded) since training started; None when it cannot (not asked for, no longer
+        running, or it ended without a metrics file): the caller then runs ``evaluate`` itself.
+
+        The request (``progress.final``) is made only now, after the training process has ended
+        and its worktree has passed the audit. The evaluator's output from the request on
+        becomes ``eval.log``, which the harness writes (nothing the run left under that name
+        survives); the verdict is the metrics file written after the request.
+        """
+        metrics_file = run_dir / self.config.metric.file
+        if not companion.warm or not companion.running or metrics_file.exists():
+            return None
+        eval_log = run_dir / EVAL_LOG
+        eval_log.unlink(missing_ok=True)  # the dashboard shows it from now on: "evaluating"
+        eval_log.write_text(f"# the final evaluation, by the warm progress evaluator ({PROGRESS_EVAL_LOG})\n")
+        log = Path(run_dir) / PROGRESS_EVAL_LOG
+        offset = log.stat().st_size if log.exists() else 0
+        started = time.perf_counter()
+        ev = companion.finish(self.config.budget.evaluate_timeout, final=True)
+        seconds = time.perf_counter() - started
+        if ev is None or not metrics_file.exists():
+            metrics_file.unlink(missing_ok=True)  # half a verdict, if it was stopped while writing
+            eval_log.unlink(missing_ok=True)  # `evaluate` writes its own
+            return None
+        text = read_from(log, offset)
+        with eval_log.open("a") as handle:
+            handle.write(text)
+        ev.total_seconds = seconds
+        return self._merge_evaluation(train, ev, seed=train.seed), text
 
     def _evaluate(
         self, tree: Path, run_dir: Path, seed: int, train: RunResult, slot: Slot | None
@@ -206,6 +290,12 @@ class ReplicateRunner:
             slot,
         )
         ev = self.executor.run(spec)
+        log_text = (run_dir / EVAL_LOG).read_text(errors="replace") if (run_dir / EVAL_LOG).exists() else ""
+        return self._merge_evaluation(train, ev, seed), log_text
+
+    @staticmethod
+    def _merge_evaluation(train: RunResult, ev: RunResult, seed: int | None) -> RunResult:
+        """The replicate's result: training's, with the evaluation's status, metrics and time."""
         merged = RunResult(
             status=ev.status,
             metrics={**train.metrics, **ev.metrics},
@@ -224,8 +314,7 @@ class ReplicateRunner:
         if ev.status is not RunStatus.OK:
             merged.reason = f"evaluation: {merged.reason}"
         merged.metrics["eval_total_seconds"] = ev.total_seconds
-        log_text = (run_dir / EVAL_LOG).read_text(errors="replace") if (run_dir / EVAL_LOG).exists() else ""
-        return merged, log_text
+        return merged
 
     def _audit(self, tree: Path, run_dir: Path) -> str | None:
         """What the run did to its worktree: declared outputs move to the run directory; anything
@@ -339,6 +428,21 @@ def write_slot(run_dir: Path, slot: Slot | None) -> None:
         return
     record = {**slot.to_dict(), "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     (run_dir / SLOT_FILE).write_text(json.dumps(record))
+
+
+def evaluator_worktree(name: str) -> str:
+    """The worktree the progress evaluator of worktree ``name``'s runs works in."""
+    return f"{name}-eval"
+
+
+def read_from(path: Path, offset: int) -> str:
+    """The text of ``path`` from byte ``offset`` on ("" when it is gone)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def progress_every(config: Config) -> float | None:

@@ -9,6 +9,7 @@ the file afterwards inside the same run only partly.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,3 +56,45 @@ class FrozenCheck:
         if not bad:
             return None
         return "frozen file changed during the run: " + ", ".join(bad)
+
+
+Stamp = tuple[int, int]  # (inode, ctime in ns)
+
+
+def tree_stamps(root: Path) -> dict[str, Stamp]:
+    """The inode and change time of every entry under ``root`` (folders included, links not
+    followed), by relative path.
+
+    A file written and then put back as it was keeps its hash but not its change time, which no
+    process can set back: comparing stamps taken before and after a run shows any write, even one
+    undone, and a folder's stamp shows a file added and removed again (a module planted for one
+    import).
+    """
+    stamps: dict[str, Stamp] = {}
+    root = Path(root)
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            stamps[os.path.relpath(entry.path, root)] = (info.st_ino, info.st_ctime_ns)
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+    try:
+        info = root.stat()
+        stamps["."] = (info.st_ino, info.st_ctime_ns)
+    except OSError:
+        pass
+    return stamps
+
+
+def changed_entries(before: dict[str, Stamp], after: dict[str, Stamp]) -> list[str]:
+    """Entries added, removed or changed between two :func:`tree_stamps`, sorted."""
+    return sorted(rel for rel in before.keys() | after.keys() if before.get(rel) != after.get(rel))

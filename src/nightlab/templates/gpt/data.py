@@ -60,6 +60,7 @@ PROGRESS_DIR = "progress"  # the checkpoints' files, one folder each (deleted on
 WEIGHTS_FILE = "weights.pt"  # a later checkpoint: weights only, for the first one's program
 STOP_FILE = "stop"  # created by the evaluator at NIGHTLAB_TARGET_METRIC: training stops
 DONE_FILE = "progress.done"  # created by nightlab when training has ended: the evaluator finishes
+FINAL_FILE = "progress.final"  # created by nightlab before it: the evaluator then does the final evaluation
 PROGRESS_EVAL_TOKENS = EVAL_TOKENS // 4  # val tokens scored per checkpoint (a prefix of val)
 
 

@@ -11,8 +11,11 @@ harness.py or train.py.
 `python evaluation.py --follow` is the progress evaluator nightlab runs beside the training
 process: it scores each checkpoint the run leaves (progress.jsonl) on a val prefix, appends the
 result to progress.eval.jsonl, creates the stop file once NIGHTLAB_TARGET_METRIC is reached, and
-ends when nightlab creates progress.done. It never reads holdout, and the training process never
-reads val: the checkpoints cross between them as torch.export programs and weight files.
+ends when nightlab creates progress.done. It never reads holdout while training runs, and the
+training process never reads val: the checkpoints cross between them as torch.export programs and
+weight files. Started with NIGHTLAB_WARM_EVALUATE=1 it also waits without checkpoints, and when
+nightlab has created progress.final (after training ended and passed its audit) it runs the final
+evaluation above in this process, already warm: torch imported, data and tokenizer loaded.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -46,6 +50,7 @@ from data import (
     EXIT_INVALID,
     EXPORT_FILE,
     EXPORT_META,
+    FINAL_FILE,
     METRICS_FILE,
     PREPARE_COMMAND,
     PROGRESS_DIR,
@@ -353,30 +358,62 @@ class _Follower:
 
 
 def follow(run_dir: Path) -> int:
-    """`python evaluation.py --follow`: score the run's checkpoints until progress.done appears."""
+    """`python evaluation.py --follow`: score the run's checkpoints until progress.done appears;
+    then, when warm and asked (progress.final), the final evaluation."""
     target = _Target()
-    if not (os.environ.get("NIGHTLAB_PROGRESS_EVERY") or os.environ.get("NIGHTLAB_EVAL_INTERVAL_SECONDS")):
+    checkpoints = bool(
+        os.environ.get("NIGHTLAB_PROGRESS_EVERY") or os.environ.get("NIGHTLAB_EVAL_INTERVAL_SECONDS")
+    )
+    warm = os.environ.get("NIGHTLAB_WARM_EVALUATE") == "1"
+    if not checkpoints and not warm:
         print("progress: no checkpoints asked for (NIGHTLAB_PROGRESS_EVERY, NIGHTLAB_EVAL_INTERVAL_SECONDS)")
         return 0
-    os.nice(FOLLOW_NICE)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # CPU training keeps the cores; on CUDA the GPU does the work
     warnings.filterwarnings("ignore", message="The given buffer is not writable")  # torch.export.load
     try:  # what torch.export.load imports on first use (seconds): now, not at the first checkpoint
         importlib.import_module("torch._export.serde.serialize")
     except ImportError:
         pass
-    follower = _Follower(run_dir, target)
+    get_tokenizer()  # loaded now, beside training, for the checkpoints and the final evaluation
+    follower = _Follower(run_dir, target) if checkpoints else None
+    # Checkpoints are scored on a thread of low priority (training keeps the CPU); the final
+    # evaluation runs on this one at normal priority, with all the threads torch had.
+    scorer = threading.Thread(target=_score_checkpoints, args=(run_dir, follower), name="checkpoints")
+    scorer.start()
+    scorer.join()
+    shutil.rmtree(run_dir / PROGRESS_DIR, ignore_errors=True)
+    if not (warm and (run_dir / FINAL_FILE).exists()):
+        return 0
+    torch.set_num_threads(threads)
+    print("final evaluation (warm, in the progress evaluator)", flush=True)
+    return evaluate(run_dir, started=time.perf_counter())
+
+
+def _score_checkpoints(run_dir: Path, follower: _Follower | None) -> None:
+    """Score each checkpoint as progress.jsonl lists it, until progress.done appears."""
+    _lower_this_thread()
     lines = _NewLines(run_dir / PROGRESS_FILE)
     while True:
         done = (run_dir / DONE_FILE).exists()  # looked at first: every line written before it is read
-        with torch.no_grad():
-            for line in lines.read():
-                follower.handle(line)
+        if follower is not None:
+            with torch.no_grad():
+                for line in lines.read():
+                    follower.handle(line)
         if done or not run_dir.is_dir():
-            break
+            return
         time.sleep(POLL_SECONDS)
-    shutil.rmtree(run_dir / PROGRESS_DIR, ignore_errors=True)
-    return 0
+
+
+def _lower_this_thread() -> None:
+    """FOLLOW_NICE for the calling thread only (Linux: a thread's nice value is its own), so the
+    final evaluation on the main thread keeps normal priority; elsewhere, nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FOLLOW_NICE)
+    except OSError:
+        pass
 
 
 def main() -> int:
