@@ -76,32 +76,39 @@ class NeverPruner(Pruner):
         return None
 
 
-def prepare(out: Path) -> dict[str, Path]:
-    """The demo workspace once, then one clone per arm with its pruning settings."""
+def prepare(out: Path, arms: list[str], budget: str = "tokens") -> dict[str, Path]:
+    """The demo workspace once, then one clone per arm with its pruning settings.
+
+    ``budget`` is ``tokens`` (the issue's throughput comparison) or ``demo`` (the demo's own
+    FLOPs budget, as ``make run`` researches: shorter, noisier runs).
+    """
     from nightlab.cli.demo import prepare_demo_workspace
     from nightlab.workspace.init import commit_all, set_toml_value
 
     base = out / "base"
     if not base.exists():
         prepare_demo_workspace(base, Console(stderr=True))
-    arms = {}
-    for arm in ("off", "on", "observe"):
+    paths = {}
+    for arm in arms:
         path = out / arm
         if not path.exists():
             subprocess.run(["git", "clone", "-q", str(base), str(path)], check=True)
             toml = path / "nightlab.toml"
             # A token budget, as the issue asks (the demo's is FLOPs): the same work per run
             # whatever the load, and the fraction of the budget is the fraction of tokens.
-            text = re.sub(r"(?m)^flops = .*\n", "", toml.read_text())
-            text = set_toml_value(text, "budget", "tokens", TOKENS)
+            text = toml.read_text()
+            if budget == "tokens":
+                text = re.sub(r"(?m)^flops = .*\n", "", text)
+                text = set_toml_value(text, "budget", "tokens", TOKENS)
             if arm == "off":
                 text = set_toml_value(text, "policy", "prune", False)
             if arm == "observe":
                 text += '\n[pruner]\nkind = "never"\n'
-            toml.write_text(text)
-            commit_all(path, f"benchmark arm {arm}", paths=["nightlab.toml"])
-        arms[arm] = path
-    return arms
+            if text != toml.read_text():
+                toml.write_text(text)
+                commit_all(path, f"benchmark arm {arm}", paths=["nightlab.toml"])
+        paths[arm] = path
+    return paths
 
 
 def research(path: Path, minutes: float) -> float:
@@ -244,6 +251,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15, help="research minutes per arm, in all")
     parser.add_argument("--blocks", type=int, default=3, help="turns each arm gets")
     parser.add_argument("--arms", default="off,on,observe")
+    parser.add_argument(
+        "--budget", choices=("tokens", "demo"), default="tokens", help="a token budget, or the demo's FLOPs"
+    )
     parser.add_argument("--replay", type=Path, help="only replay the rules on this observe workspace")
     args = parser.parse_args()
     PRUNERS.add(
@@ -253,8 +263,8 @@ def main() -> None:
         print(json.dumps(replay(args.replay), indent=2))
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    paths = prepare(args.out)
     chosen = [a for a in args.arms.split(",") if a]
+    paths = prepare(args.out, chosen, args.budget)
     walls = dict.fromkeys(chosen, 0.0)
     for block in range(args.blocks):
         for arm in chosen:
@@ -263,6 +273,7 @@ def main() -> None:
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
     result = {
         "minutes_per_arm": args.minutes,
+        "budget": args.budget,
         "blocks": args.blocks,
         "loadavg_at_end": load,
         "arms": {arm: summarize(paths[arm], walls[arm]) for arm in chosen},

@@ -141,7 +141,9 @@ def test_the_same_code_in_flight_twice_runs_once(tmp_path: Path) -> None:
 def test_kill_9_with_replicates_in_flight_then_resume_is_consistent(tmp_path: Path) -> None:
     proposals = [edit("WIDTH = 64", f"WIDTH = {40 + i}", f"worse width {i}") for i in range(6)]
     root = workspace(tmp_path, proposals, workers=3)
-    set_sleep = (root / "train.py").read_text().replace("SLEEP = 1.0", "SLEEP = 3.0")
+    # Long enough that the runs seen in flight are still in flight after `status` has answered,
+    # also on a loaded machine (3 s was not, with the load average at 7).
+    set_sleep = (root / "train.py").read_text().replace("SLEEP = 1.0", "SLEEP = 6.0")
     (root / "train.py").write_text(set_sleep)
     git(root, "commit", "-qam", "slower")
     harness = subprocess.Popen(
