@@ -127,6 +127,7 @@ def test_the_warm_evaluator_does_the_final_evaluation_in_its_own_worktree(tmp_pa
     assert run["metric"] == pytest.approx(1.04)
     metrics = json.loads(run["metrics_json"])
     assert metrics["warm"] == 1.0  # the verdict came from the progress evaluator, not `evaluate`
+    assert metrics["eval_warm"] == 1.0  # as the harness records it
     assert metrics["eval_total_seconds"] < 5
     assert (run_dir / "progress.final").exists()
     # It ran in a worktree of its own, next to the training's.
@@ -201,3 +202,17 @@ else:
         assert "the progress evaluator's worktree changed during the run: scale.py" in run["reason"]
     else:
         assert "frozen file changed during the run: scale.py" in run["reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_check_says_who_evaluated(tmp_path: Path, mode: str) -> None:
+    if mode == "auto" and not sandbox.detect().complete:
+        pytest.skip("needs the sandbox (Landlock and a network namespace)")
+    res = nightlab("check", str(_workspace(tmp_path / "ws", sandbox_mode=mode)))
+    out = " ".join(res.stdout.split())  # the report wraps at the terminal's width
+    assert "ok time:" in out, res.stderr + out  # (the toy ignores its seed: check says FIX to that)
+    if mode == "auto":
+        assert "s evaluation (by the warm progress evaluator)" in out, out
+    else:
+        assert "in a process of its own: warm_evaluate is set, but there is no sandbox" in out, out

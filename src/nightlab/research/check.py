@@ -20,8 +20,9 @@ from nightlab.agents.registry import AGENTS
 from nightlab.agents.search.describe import why_empty
 from nightlab.agents.search.space import build_space
 from nightlab.config import BudgetConfig
+from nightlab.executor import sandbox
 from nightlab.research.context import editable_texts
-from nightlab.research.runner import Replicate
+from nightlab.research.runner import WARM_METRIC, Replicate
 from nightlab.research.session import Session
 from nightlab.types import TRAIN_LOG, RunStatus
 
@@ -128,6 +129,16 @@ def _runs(session: Session, replicates: list[Replicate], budget: BudgetConfig, r
     timing = f"{max(walls):.1f} s per run"
     if any(e is not None for e in evals):
         timing += f", of which {max(e for e in evals if e is not None):.1f} s evaluation"
+        warm = [r for r in replicates if r.result.metrics.get(WARM_METRIC)]
+        if warm:
+            timing += " (by the warm progress evaluator)"
+        elif config.target.warm_evaluate:
+            timing += " in a process of its own: warm_evaluate is set, but " + (
+                "there is no sandbox ([run] sandbox)"
+                if sandbox.check(config.run.sandbox) is None
+                else f"the progress evaluator wrote no {config.metric.file} after progress.final "
+                "(docs/CONFIG.md, warm_evaluate)"
+            )
     report.add("time", True, timing)
 
 

@@ -50,6 +50,8 @@ class Replicate:
 PROGRESS_EVAL_LOG = "progress_eval.log"
 # Set for a progress evaluator that may be asked for the final evaluation (``progress.final``).
 WARM_VARIABLE = "NIGHTLAB_WARM_EVALUATE"
+# Recorded (1.0) in a replicate's metrics when the warm progress evaluator did its evaluation.
+WARM_METRIC = "eval_warm"
 # Declared outputs move here, inside the replicate's run directory.
 OUTPUTS_DIR = "outputs"
 # Never an output, whatever ``[target] outputs`` says: code the evaluation could import.
@@ -270,7 +272,9 @@ class ReplicateRunner:
         with eval_log.open("a") as handle:
             handle.write(text)
         ev.total_seconds = seconds
-        return self._merge_evaluation(train, ev, seed=train.seed), text
+        merged = self._merge_evaluation(train, ev, seed=train.seed)
+        merged.metrics[WARM_METRIC] = 1.0
+        return merged, text
 
     def _evaluate(
         self, tree: Path, run_dir: Path, seed: int, train: RunResult, slot: Slot | None
