@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -189,3 +192,19 @@ def test_cuda_export_evaluates_under_bf16_like_training(tpl: SimpleNamespace) ->
     assert evaluate(tpl, tpl.data.get_run_dir()) == 0
     on_cpu = json.loads((tpl.data.get_run_dir() / "metrics.json").read_text())["val_bpb"]
     assert on_gpu == pytest.approx(on_cpu, rel=2e-2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_checkpoints_are_scored_at_low_priority_and_the_final_evaluation_is_not(tpl: SimpleNamespace) -> None:
+    seen: dict[str, int] = {}
+
+    def lowered() -> None:
+        tpl.evaluation._lower_this_thread(warm=True)
+        seen["thread"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    thread = threading.Thread(target=lowered)
+    thread.start()
+    thread.join()
+    assert seen["thread"] == min(19, before + tpl.evaluation.FOLLOW_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # this thread: unchanged

@@ -379,7 +379,7 @@ def follow(run_dir: Path) -> int:
     follower = _Follower(run_dir, target) if checkpoints else None
     # Checkpoints are scored on a thread of low priority (training keeps the CPU); the final
     # evaluation runs on this one at normal priority, with all the threads torch had.
-    scorer = threading.Thread(target=_score_checkpoints, args=(run_dir, follower), name="checkpoints")
+    scorer = threading.Thread(target=_score_checkpoints, args=(run_dir, follower, warm), name="checkpoints")
     scorer.start()
     scorer.join()
     shutil.rmtree(run_dir / PROGRESS_DIR, ignore_errors=True)
@@ -390,9 +390,9 @@ def follow(run_dir: Path) -> int:
     return evaluate(run_dir, started=time.perf_counter())
 
 
-def _score_checkpoints(run_dir: Path, follower: _Follower | None) -> None:
+def _score_checkpoints(run_dir: Path, follower: _Follower | None, warm: bool) -> None:
     """Score each checkpoint as progress.jsonl lists it, until progress.done appears."""
-    _lower_this_thread()
+    _lower_this_thread(warm)
     lines = _NewLines(run_dir / PROGRESS_FILE)
     while True:
         done = (run_dir / DONE_FILE).exists()  # looked at first: every line written before it is read
@@ -405,13 +405,16 @@ def _score_checkpoints(run_dir: Path, follower: _Follower | None) -> None:
         time.sleep(POLL_SECONDS)
 
 
-def _lower_this_thread() -> None:
+def _lower_this_thread(warm: bool) -> None:
     """FOLLOW_NICE for the calling thread only (Linux: a thread's nice value is its own), so the
-    final evaluation on the main thread keeps normal priority; elsewhere, nothing."""
-    if not sys.platform.startswith("linux"):
-        return
+    final evaluation on the main thread keeps normal priority; elsewhere the whole process's,
+    unless it is to do the final evaluation (a nice value cannot be lowered back)."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FOLLOW_NICE)
+        if sys.platform.startswith("linux"):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + FOLLOW_NICE))
+        elif not warm:
+            os.nice(FOLLOW_NICE)
     except OSError:
         pass
 
