@@ -19,7 +19,7 @@ from nightlab.agents.base import Agent
 from nightlab.agents.registry import AGENTS
 from nightlab.agents.search.agent import SearchAgent, describe_space
 from nightlab.agents.search.settings import SearchSettings
-from nightlab.agents.search.space import build_space, infer_domain, priority
+from nightlab.agents.search.space import build_space, infer_domain, is_named, priority
 from nightlab.agents.search.surrogate import GaussianProcess, failure_probability
 from nightlab.code.knobs import find_knobs, knob_values, set_knobs
 from nightlab.config import load_config
@@ -310,6 +310,38 @@ def test_first_looks_go_to_learning_rates_then_shape() -> None:
     assert 1.5 <= max(ratio, 1 / ratio) <= 3  # a researcher's first try: about x2 or /2
     second = loop.step()
     assert second is not None and second.meta["changed"][0] in {"DEPTH", "BATCH_SIZE"}
+
+
+@pytest.mark.parametrize(
+    ("text", "low", "high"),
+    [
+        ("LEARNING_RATE = 0.01\n", 1.8, 2.2),  # named: a researcher's x2 or /2
+        ("K1 = 0.01\n", 2.8, 3.6),  # unknown role: about x3, so the effect stands out
+    ],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_knob_whose_name_says_nothing_gets_a_wider_first_look(
+    text: str, low: float, high: float, seed: int
+) -> None:
+    loop = MiniLoop(SearchAgent(SearchSettings(seed=seed)), text, lambda values: ("ok", 1.0))
+    first = loop.step()
+    assert first is not None
+    name = text.split(" ")[0]
+    ratio = first.meta["knobs"][name] / 0.01
+    assert low <= max(ratio, 1 / ratio) <= high
+
+
+@pytest.mark.parametrize(("name", "step"), [("DEPTH", 1), ("K3", 2)])
+def test_the_first_look_at_an_integer_moves_by_its_kind_of_step(name: str, step: int) -> None:
+    # DEPTH = 3 infers [1, 9]: one layer more or less; an unnamed integer moves two steps.
+    loop = MiniLoop(SearchAgent(SearchSettings()), f"{name} = 3\n", lambda values: ("ok", 1.0))
+    first = loop.step()
+    assert first is not None and abs(first.meta["knobs"][name] - 3) == step
+
+
+def test_names_that_say_what_a_knob_is() -> None:
+    assert all(is_named(n) for n in ("MATRIX_LR", "optim.lr", "DEPTH", "WARMUP_RATIO", "ADAM_BETAS"))
+    assert not any(is_named(n) for n in ("K1", "noise_sd", "USE_BIAS", "FOO"))
 
 
 def test_no_duplicate_proposals_until_the_space_is_exhausted() -> None:

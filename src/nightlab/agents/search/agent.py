@@ -45,6 +45,14 @@ FAILED = {"crash", "timeout", "oom", "nan"}
 STEP_SIZES = (0.06, 0.12, 0.25, 0.5)  # move lengths in unit coordinates, mixed per candidate
 N_CANDIDATES = 400
 MIN_MODEL_POINTS = 3
+# The opening's first looks, in unit coordinates. A knob whose name says what it is moves by a
+# step its kind is known to tolerate (about x2 for a learning rate, whose range spans x100).
+# A knob of unknown role moves further (about x3 on a log scale, two steps of a small integer):
+# nothing says it is fragile, and a first look too small to stand out from the noise tells the
+# model little and gains little. Measured on the synthetic target with neutral names (40 seeds):
+# the wider look lowers the median after 10 runs from about 1.21 to 1.13.
+FIRST_STEP_NAMED = 0.15
+FIRST_STEP_UNNAMED = 0.25
 MAX_MODEL_POINTS = 160  # keeps a proposal well under a second however long the night
 
 
@@ -275,12 +283,13 @@ class SearchAgent(Agent):
                 candidates = [candidates[j] for j in touching]
                 xc = xc[touching]
         if len(ok) < MIN_MODEL_POINTS:
-            # Too little to model: a single knob moved by a fair step (x2 for a learning rate).
+            # Too little to model: a single knob moved by a fair step (x2 for a learning rate,
+            # further for a knob whose name says nothing; see FIRST_STEP_UNNAMED).
             order = sorted(
                 range(len(candidates)),
                 key=lambda j: (
                     _changed_count(space, centre, candidates[j]),
-                    abs(_move_size(xc[j], u0, mask) - 0.15),
+                    abs(_move_size(xc[j], u0, mask) - _first_step(space, xc[j] != u0)),
                 ),
             )
             return candidates[order[0]], "a first look at this knob while the model has too little data", {}
@@ -430,6 +439,13 @@ def _single_threaded() -> contextlib.AbstractContextManager:
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency; stay usable without it
         return contextlib.nullcontext()
     return threadpool_limits(limits=1)
+
+
+def _first_step(space: Space, changed: np.ndarray) -> float:
+    """The opening's step for a move of the ``changed`` dimensions: the cautious one if any of
+    them is a knob its name identifies (a learning rate diverges if pushed too far)."""
+    named = any(space.dims[i].named for i in np.flatnonzero(changed))
+    return FIRST_STEP_NAMED if named else FIRST_STEP_UNNAMED
 
 
 def _move_size(u: np.ndarray, u0: np.ndarray, categorical: np.ndarray) -> float:

@@ -63,6 +63,14 @@ def priority(name: str) -> float:
     return 0.5
 
 
+def is_named(name: str) -> bool:
+    """Whether the knob's name says what kind of knob it is (one :func:`priority` knows).
+
+    The agent's first look moves such a knob by the step its kind is known to tolerate, and a
+    knob of unknown role by a wider one (see ``SearchAgent``)."""
+    return any(pattern.search(hint_name(name)) for pattern, _ in _PRIORITY)
+
+
 _LOG_HINT = re.compile(r"(LR|LEARNING|RATE|DECAY|WD|EPS|STD|SCALE|CLIP|TEMP|INIT)")
 _RATIO_HINT = re.compile(r"(RATIO|FRAC|DROPOUT|PROB|BETA|MOMENTUM|EMA|SMOOTH|MIX)")
 
@@ -196,6 +204,10 @@ class Dim:
     @property
     def priority(self) -> float:
         return priority(self.knob)
+
+    @property
+    def named(self) -> bool:
+        return is_named(self.knob)
 
 
 @dataclass
