@@ -70,12 +70,19 @@ def run_on_cpu_template(
             session = open_session(root, tag=f"bench-{method}-{seed}")
             loop = build_loop(session, agent=make_agent(method, session.config, seed))
             tag = session.tag
-            while runs_spent(session.ledger, tag) < runs:
-                outcome = loop.run(LoopLimits(max_experiments=session.ledger.candidate_count(tag) + 1))
-                if outcome.experiments_run == 0:
-                    print(f"{root.name}: stopped: {outcome.stopped_because}", file=sys.stderr)
-                    break
-            print(f"{root.name}: {runs_spent(session.ledger, tag)} runs", file=sys.stderr, flush=True)
+            # A loop runs once (its agent's desk closes at the end): one run, which also stops
+            # proposing once `runs` training runs are spent (an experiment in flight finishes).
+            limit = loop._why_stop
+
+            def why_stop(idle: bool, limit=limit, session=session, tag=tag) -> str | None:
+                spent = runs_spent(session.ledger, tag)
+                return limit(idle) or (f"{spent} runs spent" if spent >= runs else None)
+
+            loop._why_stop = why_stop  # type: ignore[method-assign]
+            outcome = loop.run(LoopLimits(max_experiments=runs))
+            spent = runs_spent(session.ledger, tag)
+            session.close()
+            print(f"{root.name}: {spent} runs ({outcome.stopped_because})", file=sys.stderr, flush=True)
 
 
 def runs_spent(ledger: Ledger, tag: str) -> int:

@@ -223,9 +223,10 @@ class ReplicateRunner:
         tree = self._checkout(evaluator_worktree(name), commit)
         if self.frozen.describe(tree):
             return None, None  # never run an evaluator whose files are not the frozen ones
-        timeout = self.config.budget.timeout + self.config.budget.evaluate_timeout
-        spec = self._spec(command, tree, run_dir, seed, timeout, PROGRESS_EVAL_LOG, slot)
         warm = self._warm_possible()
+        # Training, the checkpoints left after it, and (warm) the final evaluation.
+        timeout = self.config.budget.timeout + self.config.budget.evaluate_timeout * (2 if warm else 1)
+        spec = self._spec(command, tree, run_dir, seed, timeout, PROGRESS_EVAL_LOG, slot)
         stamps = None
         if warm:
             spec.env[WARM_VARIABLE] = "1"
