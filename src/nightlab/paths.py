@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 CONFIG_NAME = "nightlab.toml"  # always frozen, never editable
@@ -141,3 +141,23 @@ def _could_contain(folder: str, patterns: Sequence[str]) -> bool:
         else:
             return True
     return False
+
+
+def walk_stats(root: Path | str) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry beneath ``root`` (folders included) with its own stat, links not followed;
+    entries that vanish or cannot be read while walking are passed over."""
+    stack = [str(root)]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            yield entry.path, info
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
-from nightlab.workspace.integrity import FrozenCheck, hash_paths
+from nightlab.workspace.integrity import FrozenCheck, changed_entries, hash_paths, tree_stamps
 
 PREPARE = "def evaluate(x):\n    return x\n"
 
@@ -32,3 +33,21 @@ def test_frozen_check_names_changed_and_deleted_files(tmp_path: Path) -> None:
     (tmp_path / "evaluate.py").unlink()
     assert sorted(check.violations(tmp_path)) == ["evaluate.py", "prepare.py"]
     assert "frozen file changed during the run" in (check.describe(tmp_path) or "")
+
+
+def test_stamps_show_a_write_undone_and_a_file_planted_then_removed(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "scale.py").write_text("FACTOR = 1.0\n")
+    (tmp_path / "pkg" / "mod.py").write_text("X = 1\n")
+    before = tree_stamps(tmp_path)
+    assert set(before) == {".", "pkg", "scale.py", "pkg/mod.py"}
+    assert changed_entries(before, tree_stamps(tmp_path)) == []  # reading changes nothing
+    assert (tmp_path / "scale.py").read_text() == "FACTOR = 1.0\n"
+    time.sleep(0.01)
+    (tmp_path / "scale.py").write_text("FACTOR = 0.5\n")
+    (tmp_path / "scale.py").write_text("FACTOR = 1.0\n")  # the same bytes again: the hash is blind
+    assert changed_entries(before, tree_stamps(tmp_path)) == ["scale.py"]
+    again = tree_stamps(tmp_path)
+    (tmp_path / "pkg" / "sympy.py").write_text("")
+    (tmp_path / "pkg" / "sympy.py").unlink()  # planted for one import, gone before the audit
+    assert changed_entries(again, tree_stamps(tmp_path)) == ["pkg"]

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from nightlab.paths import walk_stats
 from nightlab.secrets import redact
 
 _MB = 1024 * 1024
@@ -92,22 +93,9 @@ def directory_usage(path: Path) -> int:
     """Bytes of disk used by everything under ``path`` (allocated blocks, so a sparse file
     counts for what it really takes; symbolic links are not followed)."""
     total = 0
-    stack = [str(path)]
-    while stack:
-        current = stack.pop()
-        try:
-            entries = list(os.scandir(current))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            blocks = getattr(info, "st_blocks", None)  # absent on Windows
-            total += blocks * 512 if blocks is not None else info.st_size
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
+    for _, info in walk_stats(path):
+        blocks = getattr(info, "st_blocks", None)  # absent on Windows
+        total += blocks * 512 if blocks is not None else info.st_size
     return total
 
 

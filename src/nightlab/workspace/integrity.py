@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightlab.config import Config
-from nightlab.paths import CONFIG_NAME, match_files
+from nightlab.paths import CONFIG_NAME, match_files, walk_stats
 
 
 def frozen_paths(config: Config, root: Path) -> list[str]:
@@ -70,25 +70,9 @@ def tree_stamps(root: Path) -> dict[str, Stamp]:
     undone, and a folder's stamp shows a file added and removed again (a module planted for one
     import).
     """
-    stamps: dict[str, Stamp] = {}
-    root = Path(root)
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            stamps[os.path.relpath(entry.path, root)] = (info.st_ino, info.st_ctime_ns)
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(Path(entry.path))
+    stamps = {os.path.relpath(path, root): (info.st_ino, info.st_ctime_ns) for path, info in walk_stats(root)}
     try:
-        info = root.stat()
+        info = Path(root).stat()
         stamps["."] = (info.st_ino, info.st_ctime_ns)
     except OSError:
         pass
