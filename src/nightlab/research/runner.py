@@ -178,12 +178,12 @@ class ReplicateRunner:
             if warm is not None:
                 (result, eval_log), evaluated_in = warm, companion.tree  # type: ignore[union-attr]
             else:
-                if companion is not None:
-                    companion.finish(self.config.budget.evaluate_timeout)
+                tail = self._finish(companion)
                 result, eval_log = self._evaluate(tree, run_dir, seed, result, slot)
+                result.total_seconds += tail
             problem = self._audit(evaluated_in, run_dir)
-        elif companion is not None:
-            companion.finish(self.config.budget.evaluate_timeout)
+        else:
+            result.total_seconds += self._finish(companion)
         if companion is not None and stamps is not None and not problem:
             changed = changed_entries(stamps, tree_stamps(companion.tree))
             if changed:  # even a write undone: its code may have been swapped while it loaded
@@ -196,6 +196,15 @@ class ReplicateRunner:
         metric, holdout = self._read_metric(run_dir, result, eval_log)
         save_replicate(run_dir, result, metric, holdout)  # what `nightlab recover` reads back
         return Replicate(result, metric, holdout, run_dir)
+
+    def _finish(self, companion: ProgressEvaluator | None) -> float:
+        """Let the progress evaluator score what is left and end; the seconds that took, which
+        are the replicate's too (a warm evaluator's are in its evaluation's)."""
+        if companion is None:
+            return 0.0
+        started = time.perf_counter()
+        companion.finish(self.config.budget.evaluate_timeout)
+        return time.perf_counter() - started
 
     def _checkout(self, name: str, commit: str) -> Path:
         """Worktree ``name`` holding exactly ``commit`` (and the setup data), ready to run in."""
