@@ -2,8 +2,10 @@
 
 The loop asks for replicates and decides; this module is the only place that knows how a
 replicate turns into a :class:`Replicate` (a RunResult plus the metric the policy sees), so the
-order "train, then the frozen evaluation in its own process, then the integrity checks" is
-written once.
+order "train, audit, then the frozen evaluation in a process other than training's, then the
+integrity checks" is written once. That process is a new one (``[target] evaluate``) or, with
+``[target] warm_evaluate`` under the sandbox, the progress evaluator that has been running
+beside training in a worktree of its own, asked only once training has ended and passed its audit.
 """
 
 from __future__ import annotations
