@@ -19,6 +19,8 @@ at the end of the same wall time.
 
     .venv/bin/python benchmarks/pruning.py --minutes 15 --blocks 3 --out /tmp/pruning
     .venv/bin/python benchmarks/pruning.py --replay /tmp/pruning/observe   # the replay only
+    .venv/bin/python benchmarks/pruning.py --arms observe --minutes 105 --blocks 1 --budget demo \
+        --out /tmp/prune_obs                     # false prunes at the demo's own FLOPs budget
 """
 
 from __future__ import annotations
