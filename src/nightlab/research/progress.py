@@ -188,9 +188,9 @@ class ProgressEvaluator:
     exits (``progress.final``), with its imports and data already loaded.
     """
 
-    def __init__(self, spec: RunSpec, tree: Path | None = None, warm: bool = False) -> None:
+    def __init__(self, spec: RunSpec, warm: bool = False) -> None:
         self.spec = spec
-        self.tree = Path(tree) if tree is not None else Path(spec.cwd)
+        self.tree = Path(spec.cwd)  # its worktree
         self.warm = warm
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nightlab-progress-eval", daemon=True)

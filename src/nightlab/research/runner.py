@@ -243,15 +243,13 @@ class ReplicateRunner:
             spec.env[WARM_VARIABLE] = "1"
             spec.env["PYTHONDONTWRITEBYTECODE"] = "1"
             stamps = tree_stamps(tree)
-        return ProgressEvaluator(spec, tree, warm=warm), stamps
+        return ProgressEvaluator(spec, warm=warm), stamps
 
     def _warm_possible(self) -> bool:
         """The final evaluation may be left to the progress evaluator: asked for, and the sandbox
-        keeps the training process out of the evaluator's worktree and process (Landlock)."""
-        target = self.config.target
-        if not (target.warm_evaluate and target.evaluate and target.progress_evaluate):
-            return False
-        return sandbox.check(self.config.run.sandbox) is not None
+        keeps the training process out of the evaluator's worktree and process (Landlock). The
+        config's validation has made sure ``evaluate`` and ``progress_evaluate`` are set."""
+        return self.config.target.warm_evaluate and sandbox.check(self.config.run.sandbox) is not None
 
     def _evaluate_warm(
         self, companion: ProgressEvaluator, run_dir: Path, train: RunResult
@@ -271,7 +269,7 @@ class ReplicateRunner:
         eval_log = run_dir / EVAL_LOG
         eval_log.unlink(missing_ok=True)  # the dashboard shows it from now on: "evaluating"
         eval_log.write_text(f"# the final evaluation, by the warm progress evaluator ({PROGRESS_EVAL_LOG})\n")
-        log = Path(run_dir) / PROGRESS_EVAL_LOG
+        log = run_dir / PROGRESS_EVAL_LOG
         offset = log.stat().st_size if log.exists() else 0
         started = time.perf_counter()
         ev = companion.finish(self.config.budget.evaluate_timeout, final=True)
