@@ -14,10 +14,12 @@ without checkpoints ("other" is the rest of train.py's process: the summary, the
 adds the first template once more, in the same alternation, with its final evaluation done by the
 progress evaluator (NIGHTLAB_WARM_EVALUATE=1, progress.final: `[target] warm_evaluate`), whose
 start-up then overlaps training; its eval_wall is from the request to the evaluator's exit.
+`--warm-only` measures every template (the first and `--compare`) that way only, with checkpoints.
 
     python benchmarks/eval_overhead.py --size cpu --tokens 393216 --repeats 3
     python benchmarks/eval_overhead.py --tokens 393216 --repeats 3 --compare /tmp/old-template
     python benchmarks/eval_overhead.py --tokens 393216 --repeats 3 --progress-every 0.25 --warm
+    python benchmarks/eval_overhead.py --tokens 393216 --progress-every 0.25 --warm-only --compare /tmp/old
     python benchmarks/eval_overhead.py --size gpu --set DATASET='"synthetic"' --seconds 60
 """
 
@@ -171,6 +173,11 @@ def main() -> None:
         help="also measure the first template with its final evaluation done by the (warm) progress "
         "evaluator, in alternation with the evaluation in its own process",
     )
+    parser.add_argument(
+        "--warm-only",
+        action="store_true",
+        help="measure each template (the first and --compare) only warm, with --progress-every",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS (default: torch's)")
     parser.add_argument("--cache", default=None, help="NIGHTLAB_CACHE (default: a temporary folder)")
@@ -178,8 +185,8 @@ def main() -> None:
 
     templates = [args.template] + ([args.compare] if args.compare else [])
     workspaces = [make_workspace(t, args.size, args.set) for t in templates]
-    warm = [False] * len(templates)
-    if args.warm:  # the same workspace once more, its final evaluation warm
+    warm = [args.warm_only] * len(templates)
+    if args.warm and not args.warm_only:  # the same workspace once more, its final evaluation warm
         templates.append(args.template)
         workspaces.append(workspaces[0])
         warm.append(True)

@@ -57,6 +57,7 @@ from data import (
     TOKENIZER,
     VOCAB_SIZE,
     WEIGHTS_FILE,
+    exit_now,  # noqa: F401  (train.py ends with harness.exit_now())
     fail,
     get_run_dir,
     load_split,
