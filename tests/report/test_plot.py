@@ -150,3 +150,23 @@ def test_summary_counts_every_outcome_and_unfinished_ones_as_interrupted(tmp_pat
     assert "1 total: baseline 1" in only_baseline  # issue 17: was "1 total:" and nothing after it
     assert "2 total: baseline 1 · running 1" in live
     assert "2 total: baseline 1 · interrupted 1" in dead
+
+
+def test_summary_says_what_share_of_the_runs_wall_time_was_training(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        exp = ledger.add_experiment(kind="baseline", tag="t", description="baseline")
+        for i, (trained, total) in enumerate([(30.0, 40.0), (36.0, 44.0)]):
+            result = RunResult(RunStatus.OK, seed=i, training_seconds=trained, total_seconds=total)
+            ledger.add_run(exp, i, result, 1.0, None, f"r/{exp}/{i}")
+        crash = ledger.add_experiment(kind="candidate", tag="t", description="crashed at start-up")
+        ledger.add_run(crash, 0, RunResult(RunStatus.CRASH, seed=0, total_seconds=36.0), None, None, "r/c/0")
+        ledger.finish_experiment(exp, status="ok", decision="baseline", metric_mean=1.0, n_runs=2)
+        ledger.finish_experiment(crash, status="crash", decision="crash", n_runs=0)
+        text = render_summary(ledger, "t", "val_bpb", "minimize")
+        untrained = Ledger(tmp_path / "empty.db")
+        _record(untrained, "baseline", [1.0], "baseline")
+        none_yet = render_summary(untrained, "t", "val_bpb", "minimize")
+        untrained.close()
+    # 66 s of training in 120 s of wall time; the crash's start-up counts as time not training.
+    assert "Training" in text and "55% of the runs' wall time: 1.1 of 2.0 min in 3 runs" in text
+    assert "of the runs' wall time" not in none_yet  # no run recorded its training time

@@ -60,6 +60,25 @@ def _slots(ledger: Ledger, research: list[ExperimentRow]) -> str:
     return f"{len({slot for slot, _ in count})} at once: " + ", ".join(parts)
 
 
+def training_share(ledger: Ledger, research: list[ExperimentRow]) -> str:
+    """How much of the runs' wall time was training (the rest: start-up, checkpoints, export,
+    evaluation), so a night whose hardware mostly waits says so; empty before any run trained."""
+    trained = total = 0.0
+    count = 0
+    for e in research:
+        for run in ledger.runs(e.id):
+            if run.total_seconds:
+                trained += run.training_seconds or 0.0
+                total += run.total_seconds
+                count += 1
+    if trained <= 0 or total <= 0:
+        return ""
+    return (
+        f"{100 * trained / total:.0f}% of the runs' wall time: {trained / 60:.1f} of {total / 60:.1f} min "
+        f"in {count} run{'s' * (count != 1)} (the rest: start-up, checkpoints, evaluation)"
+    )
+
+
 def summary_renderable(
     ledger: Ledger,
     tag: str,
@@ -99,6 +118,9 @@ def summary_renderable(
     slots = _slots(ledger, research)
     if slots:
         overview.add_row("Slots", slots)
+    share = training_share(ledger, research)
+    if share:
+        overview.add_row("Training", share)
     for text in warnings(ledger, tag):  # what makes the night less honest than it looks, and the fix
         overview.add_row("Warning", Text(text))
     counts: dict[str, int] = {}
