@@ -62,8 +62,7 @@ def test_exit_now_waits_for_a_live_thread_by_exiting_the_normal_way(workspace: P
 def test_exit_now_ignores_daemon_threads(workspace: Path) -> None:
     done = run_script(
         workspace,
-        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
-        "data.exit_now(0)\n",
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\ndata.exit_now(0)\n",
     )
     assert done.returncode == 0
     assert "teardown ran" not in done.stderr
