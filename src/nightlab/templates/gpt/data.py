@@ -83,8 +83,8 @@ def exit_now(code: int = 0) -> NoReturn:
     evaluation.py call when they are done.
 
     At exit Python frees every module object by object; with torch, torch.export and sympy loaded
-    that takes about 1.5 s on a 2-core machine, once per training process and once per evaluation:
-    time outside training on every run. Only that is skipped: atexit handlers still run (a
+    that took about a second on a 2-core machine, once per training process and once per
+    evaluation: time outside training on every run (docs/BENCHMARKS.md). Only that is skipped: atexit handlers still run (a
     logger's flush, wandb.finish, torch's compile workers), then every open file is flushed.
     While a thread other than daemons is alive (the normal exit would wait for it) it exits the
     normal way.

@@ -688,4 +688,4 @@ def train() -> None:
 if __name__ == "__main__":
     with harness.oom_guard():  # out of memory -> `status: oom (...)`, exit 4
         train()
-    harness.exit_now()  # skips the interpreter's teardown of torch (about 1.5 s of wall time)
+    harness.exit_now()  # skips the interpreter's teardown of torch (about 1 s of wall time)
