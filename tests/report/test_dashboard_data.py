@@ -233,3 +233,26 @@ def test_validate_and_ablate_studies_are_shown_with_their_verdict(night: Path, t
     assert other not in [a["id"] for a in study["arms"]]
     assert "validate v1: transfers: B beats A by 0.05 ± 0.01 (p=0.002)" in ov["morning"]["look_at"]
     assert not any("not validated" in line for line in ov["morning"]["look_at"])
+
+
+def test_the_cost_says_how_much_of_the_compute_was_training(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        exp = ledger.add_experiment(kind="baseline", tag="t", description="baseline")
+        for i, (trained, total) in enumerate([(30.0, 40.0), (36.0, 44.0)]):
+            result = RunResult(RunStatus.OK, seed=i, training_seconds=trained, total_seconds=total)
+            ledger.add_run(exp, i, result, 1.0, None, f"r/{exp}/{i}")
+        crash = ledger.add_experiment(kind="candidate", tag="t", description="crashed at start-up")
+        ledger.add_run(crash, 0, RunResult(RunStatus.CRASH, seed=0, total_seconds=36.0), None, None, "r/c/0")
+        ledger.finish_experiment(exp, status="ok", decision="baseline", metric_mean=1.0, n_runs=2)
+        ledger.finish_experiment(crash, status="crash", decision="crash", n_runs=0)
+    reader = LedgerReader(tmp_path / "ledger.db")
+    view = View("t", "val_bpb")
+    rows = experiment_rows(reader, view)
+    ov = overview(reader, rows, view)
+    untrained = overview(reader, [{**rows[1]}], view, checks=[])
+    reader.close()
+    assert [r["training_seconds"] for r in rows] == [66.0, 0.0]
+    assert ov["cost"]["training_share"] == pytest.approx(66 / 120)
+    assert "compute 2.0 min (55% of it training)" in ov["morning"]["cost"]
+    assert untrained["cost"]["training_share"] is None
+    assert "of it training" not in untrained["morning"]["cost"]

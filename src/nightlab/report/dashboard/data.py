@@ -94,7 +94,8 @@ class LedgerReader(Ledger):
             args += ids
         rows = self._read(
             "SELECT r.experiment_id AS eid, r.replicate, r.seed, r.status, r.metric, r.holdout, "
-            f"r.total_seconds FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE {where} "
+            "r.total_seconds, r.training_seconds "
+            f"FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE {where} "
             "ORDER BY r.experiment_id, r.replicate",
             tuple(args),
         )
@@ -176,6 +177,7 @@ def experiment_row(e: ExperimentRow, runs: list[sqlite3.Row], view: View) -> dic
         "incumbent": e.incumbent_id,
         "finished_at": e.finished_at,
         "seconds": sum(r["total_seconds"] or 0.0 for r in runs),
+        "training_seconds": sum(r["training_seconds"] or 0.0 for r in runs if r["total_seconds"]),
         "usd": cost["usd"],
         "tokens": cost["tokens"],
         "lesson": bool(e.lesson),
@@ -218,6 +220,7 @@ def overview(ledger: LedgerReader, rows: list[dict], view: View, checks: list[di
     usd = sum(r["usd"] for r in rows)
     tokens = sum(r["tokens"] for r in rows)
     ledger_seconds = sum(r["seconds"] for r in rows)
+    trained = sum(r.get("training_seconds") or 0.0 for r in rows)
     result = {
         "tag": view.tag,
         "metric_name": view.metric_name,
@@ -233,6 +236,8 @@ def overview(ledger: LedgerReader, rows: list[dict], view: View, checks: list[di
             "usd": usd,
             "tokens": tokens,
             "compute_hours": ledger_seconds / 3600,
+            # The share of the runs' wall time spent training (the rest: start-up, evaluation).
+            "training_share": trained / ledger_seconds if ledger_seconds > 0 and trained > 0 else None,
             "kept": kept,
             "usd_per_kept": usd / kept if kept else None,
             "compute_hours_per_kept": ledger_seconds / 3600 / kept if kept else None,

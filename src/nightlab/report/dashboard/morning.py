@@ -54,6 +54,8 @@ def morning(rows: list[dict], overview: dict) -> dict:
 def _cost_line(overview: dict) -> str:
     c = overview.get("cost") or {}
     text = f"Cost: LLM {c.get('tokens', 0):,} tokens, ${c.get('usd', 0.0):.2f}; compute {_hours(c.get('compute_hours'))}"
+    if c.get("training_share"):
+        text += f" ({100 * c['training_share']:.0f}% of it training)"
     if c.get("kept"):
         text += f"; per kept change ${c.get('usd_per_kept') or 0.0:.2f} and {_hours(c.get('compute_hours_per_kept'))}"
     return text

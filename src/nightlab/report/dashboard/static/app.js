@@ -217,7 +217,8 @@
     const c = o.cost || {};
     const lines = [
       "LLM: " + (c.tokens || 0).toLocaleString() + " tokens, $" + (c.usd || 0).toFixed(2),
-      "compute: " + duration((c.compute_hours || 0) * 3600) + " of runs",
+      "compute: " + duration((c.compute_hours || 0) * 3600) + " of runs" +
+        (c.training_share ? ", " + Math.round(100 * c.training_share) + "% of it training" : ""),
       c.kept ? "per kept change: $" + (c.usd_per_kept || 0).toFixed(2) + ", " + duration((c.compute_hours_per_kept || 0) * 3600) + " of compute" : "no kept change yet",
     ];
     card("cost", "Cost", ...lines.map((t) => el("div", {text: t})));
