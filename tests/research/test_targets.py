@@ -5,6 +5,7 @@ config; and the scripts `nightlab check` must refuse (a fixed seed, an ignored b
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -195,3 +196,49 @@ def test_a_script_with_no_knobs_stops_before_anything_runs(tmp_path: Path) -> No
     assert not (root / ".nightlab" / "runs").exists()
     space = nightlab("agent", "show-space", str(root))
     assert "found no knobs" in " ".join(space.stdout.split())
+
+
+SLOW_START = """\
+import os, random, time
+lr = 0.1
+time.sleep(1.0)  # start-up: imports, data
+budget = float(os.environ["NIGHTLAB_BUDGET_SECONDS"])
+time.sleep(budget)
+print("---")
+print(f"training_seconds: {budget}")
+print(f"val loss {1.0 + random.Random(int(os.environ['NIGHTLAB_SEED'])).gauss(0, 0.01):.4f}")
+"""
+
+
+def test_check_says_what_share_of_a_run_training_gets_at_the_nights_budget(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", {"train.py": SLOW_START}, ["train.py"], [], "python train.py")
+    check = nightlab("check", str(root), "--seconds", "1")
+    assert check.returncode == 0, check.stdout + check.stderr
+    out = " ".join(check.stdout.split())
+    found = re.search(
+        r"([\d.]+) s of a run is outside training \(start-up, checkpoints, evaluation\): at the "
+        r"night's 5 s budget a run trains about (\d+)% of its time",
+        out,
+    )
+    assert found, out
+    outside, share = float(found.group(1)), int(found.group(2))
+    assert outside >= 1.0  # the script's own second of start-up, at least
+    assert abs(share - 100 * 5 / (5 + outside)) <= 1
+
+
+def test_check_share_under_a_budget_a_check_keeps_is_the_runs_own() -> None:
+    from nightlab.config import BudgetConfig
+    from nightlab.research.check import _training_share
+    from nightlab.research.runner import Replicate
+    from nightlab.types import RunResult, RunStatus
+
+    def rep(trained: float, wall: float) -> Replicate:
+        result = RunResult(RunStatus.OK, training_seconds=trained, total_seconds=wall)
+        return Replicate(result, 1.0, None, Path("r"))
+
+    tokens = BudgetConfig(tokens=1000, timeout=60)
+    # The run least slowed by anything else speaks: 9 s outside training, not 13.
+    assert _training_share([rep(27.0, 36.0), rep(27.0, 40.0)], tokens) == (
+        "training 27.0 s of it (75%); 9.0 s outside training"
+    )
+    assert _training_share([rep(0.0, 5.0)], tokens) == ""  # no training time reported

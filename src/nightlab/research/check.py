@@ -9,7 +9,8 @@ says what is wrong and how to fix it; the night is honest only when every one pa
 - the seed: two seeds give two results (identical results mean ``NIGHTLAB_SEED`` is ignored);
 - the budget: a run trains about as long as ``NIGHTLAB_BUDGET_SECONDS`` says, not longer;
 - the worktree: the run writes nothing outside its run directory and declared outputs;
-- time: per run, and per evaluation when there is one.
+- time: per run, per evaluation when there is one, and the share of a run's time that training
+  gets (at the night's budget).
 """
 
 from __future__ import annotations
@@ -139,7 +140,33 @@ def _runs(session: Session, replicates: list[Replicate], budget: BudgetConfig, r
                 else f"the progress evaluator wrote no {config.metric.file} after progress.final "
                 "(docs/CONFIG.md, warm_evaluate)"
             )
+    share = _training_share(replicates, config.budget)
+    if share:
+        timing += f"; {share}"
     report.add("time", True, timing)
+
+
+def _training_share(replicates: list[Replicate], night: BudgetConfig) -> str:
+    """How much of a run's wall time training gets: the rest (start-up, checkpoints, export,
+    evaluation) is paid once per run, so short runs spend most of a night outside training.
+    Under a budget in seconds the check trained less than a night will, so the share is worked
+    out for the night's budget from the time outside training measured here."""
+    pairs = [
+        (r.result.training_seconds, r.result.total_seconds)
+        for r in replicates
+        if r.result.training_seconds and r.result.total_seconds
+    ]
+    if not pairs:
+        return ""
+    trained, wall = min(pairs, key=lambda p: p[1] - p[0])  # the run least slowed by anything else
+    outside = max(wall - trained, 0.0)
+    if night.seconds is None:
+        return f"training {trained:.1f} s of it ({trained / wall:.0%}); {outside:.1f} s outside training"
+    share = night.seconds / (night.seconds + outside)
+    return (
+        f"{outside:.1f} s of a run is outside training (start-up, checkpoints, evaluation): at the "
+        f"night's {night.seconds:g} s budget a run trains about {share:.0%} of its time"
+    )
 
 
 def _progress(ok: list[Replicate], report: CheckReport) -> None:
