@@ -191,7 +191,12 @@ class ReplicateRunner:
             if changed:  # even a write undone: its code may have been swapped while it loaded
                 shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
                 problem = f"the progress evaluator's worktree changed during the run: {shown}"
-        result.progress = [p.to_dict() for p in reader.points()]  # the evaluator has scored them all
+        points = reader.points()  # the evaluator has scored them all
+        result.progress = [p.to_dict() for p in points]
+        if result.status is RunStatus.PRUNED and result.training_seconds is None:
+            # Stopped before its summary: it trained at least until its last checkpoint said.
+            trained = [p.seconds for p in points if p.seconds is not None]
+            result.training_seconds = max(trained) if trained else None
         if problem:
             result.status = RunStatus.INVALID
             result.reason = problem
