@@ -146,3 +146,20 @@ def nightlab(
 def set_constants(path: Path, **values: object) -> None:
     """Rewrite module-level constants of a file in place, as `nightlab init --size` does."""
     path.write_text(set_knobs(path.read_text(), values, path.name))
+
+
+def record_timed_runs(db: Path) -> None:
+    """A ledger of tag ``t``: a baseline whose two runs trained 30 of 40 s and 36 of 44 s, and a
+    candidate that crashed after 36 s without training: 66 s of training in 120 s (55%)."""
+    from nightlab.store.ledger import Ledger
+    from nightlab.types import RunResult, RunStatus
+
+    with Ledger(db) as ledger:
+        exp = ledger.add_experiment(kind="baseline", tag="t", description="baseline")
+        for i, (trained, total) in enumerate([(30.0, 40.0), (36.0, 44.0)]):
+            result = RunResult(RunStatus.OK, seed=i, training_seconds=trained, total_seconds=total)
+            ledger.add_run(exp, i, result, 1.0, None, f"r/{exp}/{i}")
+        crash = ledger.add_experiment(kind="candidate", tag="t", description="crashed at start-up")
+        ledger.add_run(crash, 0, RunResult(RunStatus.CRASH, seed=0, total_seconds=36.0), None, None, "r/c/0")
+        ledger.finish_experiment(exp, status="ok", decision="baseline", metric_mean=1.0, n_runs=2)
+        ledger.finish_experiment(crash, status="crash", decision="crash", n_runs=0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import edit, make_workspace, nightlab
+from helpers import edit, make_workspace, nightlab, record_timed_runs
 from nightlab.errors import UserError
 from nightlab.report.dashboard.data import (
     LedgerReader,
@@ -236,15 +236,7 @@ def test_validate_and_ablate_studies_are_shown_with_their_verdict(night: Path, t
 
 
 def test_the_cost_says_how_much_of_the_compute_was_training(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "ledger.db") as ledger:
-        exp = ledger.add_experiment(kind="baseline", tag="t", description="baseline")
-        for i, (trained, total) in enumerate([(30.0, 40.0), (36.0, 44.0)]):
-            result = RunResult(RunStatus.OK, seed=i, training_seconds=trained, total_seconds=total)
-            ledger.add_run(exp, i, result, 1.0, None, f"r/{exp}/{i}")
-        crash = ledger.add_experiment(kind="candidate", tag="t", description="crashed at start-up")
-        ledger.add_run(crash, 0, RunResult(RunStatus.CRASH, seed=0, total_seconds=36.0), None, None, "r/c/0")
-        ledger.finish_experiment(exp, status="ok", decision="baseline", metric_mean=1.0, n_runs=2)
-        ledger.finish_experiment(crash, status="crash", decision="crash", n_runs=0)
+    record_timed_runs(tmp_path / "ledger.db")
     reader = LedgerReader(tmp_path / "ledger.db")
     view = View("t", "val_bpb")
     rows = experiment_rows(reader, view)

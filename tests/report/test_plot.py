@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import record_timed_runs
 from nightlab.report.plot import plot_progress
 from nightlab.report.summary import render_summary
 from nightlab.store.ledger import Ledger
@@ -153,15 +154,8 @@ def test_summary_counts_every_outcome_and_unfinished_ones_as_interrupted(tmp_pat
 
 
 def test_summary_says_what_share_of_the_runs_wall_time_was_training(tmp_path: Path) -> None:
+    record_timed_runs(tmp_path / "ledger.db")
     with Ledger(tmp_path / "ledger.db") as ledger:
-        exp = ledger.add_experiment(kind="baseline", tag="t", description="baseline")
-        for i, (trained, total) in enumerate([(30.0, 40.0), (36.0, 44.0)]):
-            result = RunResult(RunStatus.OK, seed=i, training_seconds=trained, total_seconds=total)
-            ledger.add_run(exp, i, result, 1.0, None, f"r/{exp}/{i}")
-        crash = ledger.add_experiment(kind="candidate", tag="t", description="crashed at start-up")
-        ledger.add_run(crash, 0, RunResult(RunStatus.CRASH, seed=0, total_seconds=36.0), None, None, "r/c/0")
-        ledger.finish_experiment(exp, status="ok", decision="baseline", metric_mean=1.0, n_runs=2)
-        ledger.finish_experiment(crash, status="crash", decision="crash", n_runs=0)
         text = render_summary(ledger, "t", "val_bpb", "minimize")
         untrained = Ledger(tmp_path / "empty.db")
         _record(untrained, "baseline", [1.0], "baseline")
