@@ -84,10 +84,10 @@ def exit_now(code: int = 0) -> NoReturn:
 
     At exit Python frees every module object by object; with torch, torch.export and sympy loaded
     that took about a second on a 2-core machine, once per training process and once per
-    evaluation: time outside training on every run (docs/BENCHMARKS.md). Only that is skipped: atexit handlers still run (a
-    logger's flush, wandb.finish, torch's compile workers), then every open file is flushed.
-    While a thread other than daemons is alive (the normal exit would wait for it) it exits the
-    normal way.
+    evaluation: time outside training on every run (docs/BENCHMARKS.md). Only that is skipped:
+    atexit handlers still run (a logger's flush, wandb.finish, torch's compile workers), then
+    every open file is flushed. While a thread other than daemons is alive (the normal exit
+    would wait for it) it exits the normal way.
     """
     me = threading.current_thread()
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not me):
