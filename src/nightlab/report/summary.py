@@ -60,17 +60,10 @@ def _slots(ledger: Ledger, research: list[ExperimentRow]) -> str:
     return f"{len({slot for slot, _ in count})} at once: " + ", ".join(parts)
 
 
-def training_share(ledger: Ledger, research: list[ExperimentRow]) -> str:
+def training_share(ledger: Ledger, tag: str) -> str:
     """How much of the runs' wall time was training (the rest: start-up, checkpoints, export,
     evaluation), so a night whose hardware mostly waits says so; empty before any run trained."""
-    trained = total = 0.0
-    count = 0
-    for e in research:
-        for run in ledger.runs(e.id):
-            if run.total_seconds:
-                trained += run.training_seconds or 0.0
-                total += run.total_seconds
-                count += 1
+    trained, total, count = ledger.run_time(tag)
     if trained <= 0 or total <= 0:
         return ""
     return (
@@ -118,7 +111,7 @@ def summary_renderable(
     slots = _slots(ledger, research)
     if slots:
         overview.add_row("Slots", slots)
-    share = training_share(ledger, research)
+    share = training_share(ledger, tag)
     if share:
         overview.add_row("Training", share)
     for text in warnings(ledger, tag):  # what makes the night less honest than it looks, and the fix

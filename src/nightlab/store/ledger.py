@@ -441,6 +441,18 @@ class Ledger:
             cost=e.cost,
         )
 
+    def run_time(self, tag: str) -> tuple[float, float, int]:
+        """Training seconds, wall seconds and count of the runs of ``tag``'s baseline and
+        candidates that recorded a wall time (the training share a summary shows)."""
+        kinds = ", ".join("?" for _ in RESEARCH_KINDS)
+        row = self._read(
+            "SELECT COALESCE(SUM(r.training_seconds), 0) AS trained, COALESCE(SUM(r.total_seconds), 0) "
+            "AS wall, COUNT(*) AS n FROM runs r JOIN experiments e ON e.id = r.experiment_id "
+            f"WHERE e.tag = ? AND e.kind IN ({kinds}) AND r.total_seconds > 0",
+            (tag, *RESEARCH_KINDS),
+        )[0]
+        return float(row["trained"]), float(row["wall"]), int(row["n"])
+
     def replicate_groups(self, tag: str) -> list[list[float]]:
         """Ok metric values of each finished experiment of ``tag`` with at least two ok runs.
 
