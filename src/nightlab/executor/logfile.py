@@ -139,6 +139,11 @@ class LogTrimmer:
             tree.resume()
         return None
 
+    def settle(self) -> None:
+        """Bring the log under the limit once the run's processes are gone (no pause needed)."""
+        if self.size() > self.limit:
+            self.cut()
+
     def cut(self) -> None:
         """Replace the middle of the log by a one-line note, keeping a quarter of the limit at
         each end (cut at line boundaries where there are any)."""

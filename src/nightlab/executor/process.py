@@ -213,13 +213,16 @@ class _Run:
                 main.close()
                 guard.release()
                 raise
+            self.peak_rss_mb = max(self.peak_rss_mb, tree.sample())
+            # Normal exit or not, whatever the run left behind goes with it.
+            tree.kill_all(self.ex.grace_seconds)
+            guard.release()
+            main.close()
+            # Nothing writes to the log any more: a flood killed between two checks (or output
+            # after the last one) is cut to the limit now, so no run leaves a log over it.
+            trimmer.settle()
         finally:
             trimmer.close()
-        self.peak_rss_mb = max(self.peak_rss_mb, tree.sample())
-        # Normal exit or not, whatever the run left behind goes with it.
-        tree.kill_all(self.ex.grace_seconds)
-        guard.release()
-        main.close()
         total = time.monotonic() - started
         if self.interrupted:
             raise RunInterrupted(f"run stopped because nightlab is stopping: {self.spec.command}")

@@ -20,6 +20,7 @@ double-forks between two samples escapes all three; stopping that needs a sandbo
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -369,14 +370,19 @@ def _pss_mb(proc: psutil.Process, rss: float) -> float:
     A process that ended since its RSS was read (a DataLoader worker finishing mid-sample) has
     no PSS left to read and holds nothing: it counts 0, not its stale RSS, which on a loaded
     machine once added a whole shared copy per worker and killed a run far under its limit.
+    The same holds for one caught while exiting, its memory already released but not yet a
+    zombie (the kernel answers ESRCH for a process without memory): it too counts 0. Only a
+    file we may not read (another user's process) falls back to the RSS.
     """
     try:
         with open(f"/proc/{proc.pid}/smaps_rollup", "rb") as handle:
             for line in handle:
                 if line.startswith(b"Pss:"):
                     return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
+        return 0.0  # readable but no mappings: the process has no memory left
+    except OSError as exc:
+        if exc.errno in (errno.ESRCH, errno.ENOENT):
+            return 0.0
     return rss if _alive(proc) else 0.0
 
 
