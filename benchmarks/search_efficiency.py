@@ -68,7 +68,12 @@ def make_policy(kind: str, config: Config) -> Policy:
 
 
 def run_synthetic(
-    seeds: int, runs: int, methods: list[str], neutral: bool = False, baseline_runs: int = 2
+    seeds: int,
+    runs: int,
+    methods: list[str],
+    neutral: bool = False,
+    baseline_runs: int = 2,
+    first_seed: int = 0,
 ) -> dict:
     config = load_config(SYNTHETIC)
     text = (SYNTHETIC / "train.py").read_text()
@@ -78,7 +83,7 @@ def run_synthetic(
         text, config = target.text, target.config
     traces: dict[str, list] = {m: [] for m in methods}
     seconds: dict[str, float] = {m: 0.0 for m in methods}
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         for method in methods:
             started = time.perf_counter()
             agent, policy = make_agent(method, config, seed), make_policy(method, config)
@@ -250,6 +255,12 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds first-seed .. first-seed+seeds-1 (other seeds: a check)",
+    )
     parser.add_argument("--runs", type=int, default=80, help="training runs per method and seed")
     parser.add_argument("--methods", default="search,random,tpe,cmaes", help=f"from {', '.join(METHODS)}")
     parser.add_argument(
@@ -274,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         curves, extra = collect_cpu_template(args.collect, args.runs)
         result, plot = summarise(curves, "built-in cpu template, token budget", extra), args.plot
     else:
-        result = run_synthetic(args.seeds, args.runs, methods, args.neutral_names, args.baseline_runs)
+        result = run_synthetic(
+            args.seeds, args.runs, methods, args.neutral_names, args.baseline_runs, args.first_seed
+        )
         plot = args.plot or ROOT / "docs" / "search_efficiency.png"
     if plot:
         _plot(result, plot)
