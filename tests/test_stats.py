@@ -49,6 +49,15 @@ def test_noise_floor_pools_within_group_spread_only() -> None:
     assert pooled_sd([]) == (None, 0)
 
 
+def test_a_group_of_identical_runs_does_not_shrink_the_noise_floor() -> None:
+    # A candidate collapsed to a constant output: four seeds, one value. It measured no noise.
+    assert noise_floor([[1.0, 1.2], [0.5, 0.5, 0.5, 0.5]]) == NoiseEstimate(
+        sd=pytest.approx(math.sqrt(0.02)), df=1, groups=1
+    )
+    # Every group identical (a script that ignores its seed): a floor of zero, as before.
+    assert noise_floor([[1.0, 1.0], [2.0, 2.0, 2.0]]) == NoiseEstimate(sd=0.0, df=3, groups=2)
+
+
 def test_welch_matches_scipy() -> None:
     a = [0.981, 0.984, 0.979, 0.983]
     b = [0.990, 0.995, 0.987]

@@ -82,13 +82,20 @@ def noise_floor(groups: Sequence[Sequence[float]]) -> NoiseEstimate | None:
     Each group holds the metric of several runs of the same code (different seeds), so the
     spread inside a group is pure run-to-run noise, whatever the groups' means. Groups with
     fewer than two values carry no information and are skipped; None when nothing is left.
+
+    A group whose runs agree to the last digit measured no noise at all: the seed did not
+    reach the metric for that code (a model collapsed to a constant output, a seed fixed in a
+    change). Counted, it would add degrees of freedom of zero spread and shrink the floor every
+    later decision rests on, so it is skipped while any group shows spread. When none does (a
+    script that ignores its seed) the floor is zero, which the policy never reads as certainty.
     """
+    groups = [g for g in groups if len(g) >= 2]
+    if any(max(g) != min(g) for g in groups):
+        groups = [g for g in groups if max(g) != min(g)]
     ss = 0.0
     df = 0
     used = 0
     for group in groups:
-        if len(group) < 2:
-            continue
         ss += sum_squares(group)
         df += len(group) - 1
         used += 1

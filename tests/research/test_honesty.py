@@ -114,3 +114,29 @@ def test_printing_what_the_metric_pattern_reads_is_refused(tmp_path: Path) -> No
     assert honest["decision"] == "keep"  # the script's own print of the metric is not blamed
     status = json.loads(nightlab("status", str(root), "--json").stdout)
     assert any("frozen evaluate step" in w for w in status["warnings"])
+
+
+# Seeded, but one setting collapses the model to a constant output, whatever the seed, close
+# enough to the baseline that the policy replicates it.
+COLLAPSING = """\
+import json, os, random
+LR = 0.1
+COLLAPSE = False
+noisy = 1.0 + 10 * (LR - 0.3) ** 2 + random.Random(int(os.environ["NIGHTLAB_SEED"])).gauss(0, 0.01)
+with open(os.path.join(os.environ["NIGHTLAB_RUN_DIR"], "metrics.json"), "w") as f:
+    json.dump({"val_loss": 1.395 if COLLAPSE else noisy}, f)
+"""
+
+
+def test_a_change_that_makes_runs_identical_is_not_blamed_on_the_script(tmp_path: Path) -> None:
+    root = _workspace(tmp_path, COLLAPSING, [edit("COLLAPSE = False", "COLLAPSE = True", "collapse")])
+    result = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "ignores NIGHTLAB_SEED" not in out
+    assert "#2:" in out and "this change makes the result independent of the seed" in out
+    (row,) = _rows(root)
+    assert row["n_runs"] >= 2  # replicated: a group of identical values the floor must not count
+    status = json.loads(nightlab("status", str(root), "--json").stdout)
+    assert not any("NIGHTLAB_SEED" in w for w in status["warnings"])
+    assert status["noise_floor"]["groups"] == 1  # the baseline's replicates only

@@ -113,13 +113,28 @@ class Recorder:
         self.workspace.set_experiment_ref(exp_id, start_commit)
         return self.ledger.experiment(exp_id)
 
-    def check_seeds(self, values: list[float]) -> None:
-        """Replicates run with different seeds; identical results mean the script ignores its
-        seed. Said once per tag (an event now, a warning in status and the report for good)."""
+    def check_seeds(self, values: list[float], experiment: int | None = None) -> None:
+        """Replicates run with different seeds; identical results mean the seed does not reach
+        the metric. For the baseline that is the script ignoring its seed: said once per tag (an
+        event now, a warning in status and the report for good). For a candidate whose baseline
+        did vary, it is that change (a seed fixed in it, or a model collapsed to a constant
+        output): said of that experiment only, and its runs stay out of the noise floor
+        (:func:`nightlab.stats.noise_floor`)."""
         if len(values) < 2 or max(values) != min(values):
             return
         key = f"warning:seeds:{self.tag}"
         if self.ledger.get_meta(key):
+            return
+        if experiment is not None:
+            self.events.emit(
+                Event(
+                    "notice",
+                    f"#{experiment}: {len(values)} runs with different seeds gave exactly {values[0]:.6g}, "
+                    "though the baseline's varied: this change makes the result independent of the seed "
+                    "(a seed fixed in it, or a model that collapsed to a constant output)",
+                    experiment_id=experiment,
+                )
+            )
             return
         message = (
             f"{len(values)} runs with different seeds gave exactly {values[0]:.6g}: the training script "
@@ -133,7 +148,7 @@ class Recorder:
         self, row: ExperimentRow, n_runs: int, decision: Decision, estimate_runs: int | None = None
     ) -> None:
         """The policy's decision; a keep moves the research branch, after the ledger (rule 1)."""
-        self.check_seeds(self.ledger.ok_metrics(row.id))
+        self.check_seeds(self.ledger.ok_metrics(row.id), experiment=row.id)
         action = "keep" if decision.action == "keep" else "discard"
         self.ledger.finish_experiment(
             row.id,
