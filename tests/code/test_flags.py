@@ -1,0 +1,52 @@
+"""``{flags:FILE}``: an editable file of settings becomes the command line the script accepts."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from nightlab.code.flags import expand_flags
+
+ARGPARSE_SCRIPT = """\
+import argparse, json
+from argparse import BooleanOptionalAction
+parser = argparse.ArgumentParser()
+parser.add_argument("--batch-size", type=int, default=32)
+parser.add_argument("--lr", type=float, default=1e-3)
+parser.add_argument("--no-shuffle", action="store_true")
+parser.add_argument("--amp", dest="use_amp", action="store_false")
+parser.add_argument("--compile", action=BooleanOptionalAction, default=True)
+parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=False)
+print(json.dumps(vars(parser.parse_args())))
+"""
+
+
+def test_a_configurator_script_gets_key_value_literals(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("exec(open('configurator.py').read())\n")
+    (tmp_path / "flags.toml").write_text("n_layer = 6\ncompile = false\n")
+    command = expand_flags("python train.py {flags:flags.toml}", tmp_path)
+    assert command == "python train.py --n_layer=6 --compile=False"
+
+
+def test_an_argparse_script_gets_its_own_option_strings_and_switches(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(ARGPARSE_SCRIPT)
+    (tmp_path / "flags.toml").write_text(
+        "batch_size = 64\nlr = 0.003\nno_shuffle = true\nuse_amp = false\ncompile = false\nema = true\n"
+    )
+    command = expand_flags(f"{shlex.quote(sys.executable)} train.py {{flags:flags.toml}}", tmp_path)
+    assert command.endswith("train.py --batch-size=64 --lr=0.003 --no-shuffle --amp --no-compile --ema")
+    parsed = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr  # argparse refuses --no-shuffle=True
+    assert json.loads(parsed.stdout) == {
+        "batch_size": 64, "lr": 0.003, "no_shuffle": True, "use_amp": False, "compile": False, "ema": True
+    }  # fmt: skip
+
+
+def test_a_switch_left_at_its_default_is_left_out(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(ARGPARSE_SCRIPT)
+    (tmp_path / "flags.yaml").write_text("no-shuffle: false\nuse_amp: true\n")
+    command = expand_flags("python train.py {flags:flags.yaml} --seed 1", tmp_path)
+    assert command == "python train.py  --seed 1"
