@@ -244,3 +244,30 @@ def test_check_share_under_a_budget_a_check_keeps_is_the_runs_own() -> None:
         "training 27.0 s of it (75%); 9.0 s outside training"
     )
     assert _training_share([rep(0.0, 5.0)], tokens) == ""  # no training time reported
+
+
+FIXED_WORK = """\
+import os, random, time
+lr = 0.1
+time.sleep(1.5)  # a fixed number of steps, whatever the budget
+print(f"val loss {1.0 + random.Random(int(os.environ['NIGHTLAB_SEED'])).gauss(0, 0.01):.4f}")
+"""
+
+
+def test_check_says_when_it_cannot_tell_whether_the_budget_is_followed(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", {"train.py": FIXED_WORK}, ["train.py"], [], "python train.py")
+    check = nightlab("check", str(root), "--seconds", "1")
+    assert check.returncode == 0, check.stdout + check.stderr
+    out = " ".join(check.stdout.split())
+    assert re.search(
+        r"ok budget: with a budget of 1 s a run ran [\d.]+ s in all \(it prints no training_seconds", out
+    )
+
+
+def test_check_on_uncommitted_changes_says_they_were_not_checked(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", {"train.py": SLOW_START}, ["train.py"], [], "python train.py")
+    (root / "train.py").write_text(SLOW_START + "raise SystemExit('an uncommitted bug')\n")
+    check = nightlab("check", str(root), "--seconds", "1")
+    assert check.returncode == 1
+    out = " ".join(check.stdout.split())
+    assert "FIX commit: uncommitted changes (train.py): the runs above used the committed files" in out

@@ -70,7 +70,23 @@ def check_target(session: Session, seconds: float) -> CheckReport:
         run_dir = session.workspace.state_dir / "check" / str(i)
         replicates.append(runner.run(0, i, head, seed, run_dir=run_dir))
     _runs(session, replicates, budget, report)
+    _uncommitted(session, report)
     return report
+
+
+def _uncommitted(session: Session, report: CheckReport) -> None:
+    """The check runs the committed files (as a night does) with the nightlab.toml on disk; a
+    night refuses to start on uncommitted changes, so a pass would promise what it cannot keep."""
+    dirty = session.workspace.dirty_files()
+    if dirty:
+        shown = ", ".join(dirty[:5]) + (f", and {len(dirty) - 5} more" if len(dirty) > 5 else "")
+        report.add(
+            "commit",
+            False,
+            f"uncommitted changes ({shown}): the runs above used the committed files and the "
+            "nightlab.toml on disk; commit them (nightlab run refuses to start until they are) and "
+            "check again",
+        )
 
 
 def _short_budget(budget: BudgetConfig, seconds: float) -> BudgetConfig:
@@ -205,6 +221,14 @@ def _budget(replicates: list[Replicate], budget: BudgetConfig, report: CheckRepo
             "[budget] steps/tokens that it reads), otherwise a kept change can buy its gain with compute"
         )
     else:
-        shown = f"trained {max(trained):.1f} s" if trained else f"ran {max(walls):.1f} s in all"
-        detail = f"with a budget of {budget.seconds:g} s a run {shown}"
+        if trained:
+            detail = f"with a budget of {budget.seconds:g} s a run trained {max(trained):.1f} s"
+        else:
+            detail = f"with a budget of {budget.seconds:g} s a run ran {max(walls):.1f} s in all"
+            if max(walls) > budget.seconds:
+                # Start-up or a fixed number of steps: without training_seconds, no telling which.
+                detail += (
+                    " (it prints no training_seconds, so whether it follows NIGHTLAB_BUDGET_SECONDS "
+                    "or trains a fixed amount cannot be told; print it in a summary block)"
+                )
     report.add("budget", not over, detail)
