@@ -271,3 +271,26 @@ def test_check_on_uncommitted_changes_says_they_were_not_checked(tmp_path: Path)
     assert check.returncode == 1
     out = " ".join(check.stdout.split())
     assert "FIX commit: uncommitted changes (train.py): the runs above used the committed files" in out
+
+
+JSON_METRICS = """\
+import json, os, random
+lr = 0.1
+loss = 1.0 + random.Random(int(os.environ["NIGHTLAB_SEED"])).gauss(0, 0.01)
+with open(os.path.join(os.environ["NIGHTLAB_RUN_DIR"], "metrics.json"), "w") as f:
+    json.dump({"val_loss": loss, "steps": 10}, f)
+"""
+
+
+def test_a_json_metric_under_another_name_is_named_with_what_the_file_holds(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", {"train.py": JSON_METRICS}, ["train.py"], [], "python train.py")
+    toml = (root / "nightlab.toml").read_text()
+    toml = toml.replace('name = "val_loss"', 'name = "val_mse"').replace(
+        'source = "regex"', 'source = "json"'
+    )
+    (root / "nightlab.toml").write_text(toml.replace("pattern = 'val loss ([0-9.]+)'\n", ""))
+    git(root, "commit", "-qam", "json metric")
+    check = nightlab("check", str(root), "--seconds", "1")
+    assert check.returncode == 1
+    out = " ".join(check.stdout.split())
+    assert "metric 'val_mse' not found in" in out and "which holds steps, val_loss ([metric] name)" in out

@@ -347,7 +347,11 @@ class ReplicateRunner:
             return frozen
         changed = self.setup.changed() if self.setup is not None else []
         if changed:
-            return "the run changed data the setup command made: " + ", ".join(changed[:5])
+            return (
+                "the run changed data the setup command made: "
+                + ", ".join(changed[:5])
+                + " (setup data is read-only to runs: write new files to $NIGHTLAB_RUN_DIR instead)"
+            )
         if touched:
             return "the run changed files outside its run directory: " + _undeclared(touched)
         return None
@@ -391,7 +395,13 @@ class ReplicateRunner:
         if result.status is RunStatus.OK and value is None:
             result.status = RunStatus.CRASH
             if cfg.source == "json":
-                where = f"{cfg.file} in the run directory"
+                path = run_dir / cfg.file
+                if not path.exists():
+                    where = f"{path}: the run wrote no such file ([metric] file)"
+                elif metrics:
+                    where = f"{path}, which holds {', '.join(sorted(metrics)[:12])} ([metric] name)"
+                else:
+                    where = f"{path}: no number in it (a JSON object of numbers is expected)"
             else:  # the log the pattern was run over, and the pattern, so the mismatch can be seen
                 log_name = EVAL_LOG if self.config.target.evaluate else TRAIN_LOG
                 where = f"{run_dir / log_name}: [metric] pattern {cfg.pattern!r} matched no line"
