@@ -6,11 +6,12 @@ than a silently ignored setting; every error is one line naming the file, table 
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -288,17 +289,23 @@ class Config(_Strict):
         return self
 
 
-def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
+def describe_error(error: Mapping[str, Any], prefix: str = "", model: type[BaseModel] | None = None) -> str:
     """One pydantic error as one line naming the table and key (``[budget] timeout: ...``).
 
     ``prefix`` is the table the error's location is relative to (``agent.llm`` for a kind's
-    settings validated on their own).
+    settings validated on their own). With ``model`` (the one validated), an unknown key also
+    names the closest key its table takes, since most unknown keys are typos of one.
     """
     loc = [*(prefix.split(".") if prefix else []), *(str(p) for p in error.get("loc", ()))]
     msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if error.get("type") == "extra_forbidden":
         where = f"[{'.'.join(loc[:-1])}]" if len(loc) > 1 else "top level"
-        return f"unknown key '{loc[-1]}' in {where}"
+        hint = ""
+        if model is not None:
+            own = [str(p) for p in error.get("loc", ())]
+            close = difflib.get_close_matches(own[-1], known_keys(model, own[:-1]), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown key '{loc[-1]}' in {where}{hint}"
     if loc:
         table, field = ".".join(loc[:-1]), loc[-1]
         where = f"[{table}] {field}" if table else f"[{field}]"
@@ -306,13 +313,41 @@ def describe_error(error: Mapping[str, Any], prefix: str = "") -> str:
     return msg
 
 
+def _as_model(annotation: Any) -> Any:
+    """``X | None`` -> ``X`` where exactly one member is a model; anything else unchanged."""
+    if get_origin(annotation) is dict:
+        return annotation
+    models = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return models[0] if len(models) == 1 else annotation
+
+
+def known_keys(model: type[BaseModel], path: Sequence[str]) -> list[str]:
+    """The keys the table at ``path`` (``["scales", "big", "budget"]``) of ``model`` takes.
+
+    Empty where the path leads to no model (a free-form table): no suggestion beats a wrong one.
+    """
+    current: Any = model
+    for part in path:
+        current = _as_model(current)
+        if get_origin(current) is dict:
+            current = get_args(current)[1]  # ``part`` is a key of the mapping, e.g. a scale's name
+        elif isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            current = current.model_fields[part].annotation
+        else:
+            return []
+    current = _as_model(current)
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
+
+
 def parse_config(data: dict, source: str = CONFIG_NAME) -> Config:
     """Validate a parsed TOML mapping; the first problem becomes a one-line UserError."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        first = describe_error(errors[0])
+        # An unknown key first: a misspelt required key (``editabel``) also reads as the real one
+        # missing, and "Field required" alone would hide the typo that causes it.
+        errors = sorted(exc.errors(), key=lambda error: error.get("type") != "extra_forbidden")
+        first = describe_error(errors[0], model=Config)
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise UserError(f"{source}: {first}{more}") from None
 

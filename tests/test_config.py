@@ -1,0 +1,57 @@
+"""``nightlab.toml`` mistakes as a user meets them: one ``error:`` line naming what to fix, exit 2.
+
+Run through the real CLI (``nightlab check``), since the order of the messages and the line the
+user reads are what these tests pin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import TOY_TOML, make_workspace, nightlab
+
+
+def _error_line(root: Path, *args: str) -> str:
+    res = nightlab(*args, str(root))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+def test_a_typo_in_a_required_key_leads_with_the_unknown_key(tmp_path: Path) -> None:
+    toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy")
+    root = make_workspace(tmp_path / "ws", toml=toml.replace("editable =", "editabel ="))
+    line = _error_line(root, "check")
+    assert "unknown key 'editabel' in [target] (did you mean 'editable'?) (and 1 more)" in line
+    assert "Field required" not in line
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("timeout = 30", "timout = 30", "unknown key 'timout' in [budget] (did you mean 'timeout'?)"),
+        ("[metric]", "[metrics]", "unknown key 'metrics' in top level (did you mean 'metric'?)"),
+        (
+            "[metric]",
+            "[audit]\nmod = 'mark'\n[metric]",
+            "unknown key 'mod' in [audit] (did you mean 'mode'?)",
+        ),
+    ],
+)
+def test_a_typo_in_an_optional_key_suggests_the_known_one(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy")
+    root = make_workspace(tmp_path / "ws", toml=toml.replace(old, new, 1))
+    assert expected in _error_line(root, "check")
+
+
+def test_an_unknown_key_unlike_any_known_one_gets_no_suggestion(tmp_path: Path) -> None:
+    toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy")
+    root = make_workspace(tmp_path / "ws", toml=toml.replace("[budget]", "[budget]\nzzzq = 1"))
+    line = _error_line(root, "check")
+    assert line.endswith("unknown key 'zzzq' in [budget]")
