@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from helpers import TOY_TOML, make_workspace, nightlab
+from nightlab.config import load_config
+
+REGEX_TOML = TOY_TOML.format(evaluate="", source="regex", pattern="{pattern}", policy="greedy")
 
 
 def _error_line(root: Path, *args: str) -> str:
@@ -55,3 +58,40 @@ def test_an_unknown_key_unlike_any_known_one_gets_no_suggestion(tmp_path: Path) 
     root = make_workspace(tmp_path / "ws", toml=toml.replace("[budget]", "[budget]\nzzzq = 1"))
     line = _error_line(root, "check")
     assert line.endswith("unknown key 'zzzq' in [budget]")
+
+
+def test_a_metric_pattern_with_two_groups_is_refused_at_config_time(tmp_path: Path) -> None:
+    root = make_workspace(
+        tmp_path / "ws",
+        source="regex",
+        toml=REGEX_TOML.format(pattern="pattern = '^(val_loss):\\s*([0-9.]+)'"),
+    )
+    line = _error_line(root, "check")
+    assert "pattern has 2 capture groups" in line and "(?:...)" in line
+
+
+def test_a_metric_pattern_with_one_named_group_is_accepted(tmp_path: Path) -> None:
+    toml = REGEX_TOML.format(pattern="pattern = '^(?:val_loss):\\s*(?P<v>[0-9.]+)'")
+    (tmp_path / "nightlab.toml").write_text(toml)
+    assert load_config(tmp_path).metric.pattern == "^(?:val_loss):\\s*(?P<v>[0-9.]+)"
+
+
+@pytest.mark.parametrize(
+    "progress, ok",
+    [
+        ("'step (\\d+): .*val loss ([0-9.]+)'", False),
+        ("'step (?P<step>\\d+): .*val loss ([0-9.]+)'", True),  # the documented form
+        ("'step (\\d+): .*val loss (?P<value>[0-9.]+)'", True),
+    ],
+)
+def test_a_progress_pattern_needs_one_unnamed_group_or_a_named_value(
+    tmp_path: Path, progress: str, ok: bool
+) -> None:
+    toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy")
+    toml = toml.replace('name = "val_loss"', f'name = "val_loss"\nprogress_pattern = {progress}')
+    if ok:
+        (tmp_path / "nightlab.toml").write_text(toml)
+        assert load_config(tmp_path).metric.progress_pattern
+    else:
+        line = _error_line(make_workspace(tmp_path / "ws", toml=toml), "status")
+        assert "progress_pattern has 2 unnamed capture groups" in line and "(?P<value>...)" in line

@@ -99,8 +99,9 @@ class MetricConfig(_Strict):
     # Secondary metric recorded but never shown to agents (the holdout split).
     holdout: str | None = None
     # Intermediate values while a run trains, read from its log when the target writes no
-    # progress file: group 1 around the metric; optional named groups fraction, step, seconds,
-    # tokens place the point in the budget (else the wall time since start, under seconds).
+    # progress file: its only unnamed group (or one named value) around the metric; named groups
+    # fraction, step, seconds, tokens place the point in the budget (else the wall time since
+    # start, under seconds).
     progress_pattern: str | None = None
 
     @model_validator(mode="after")
@@ -116,6 +117,13 @@ class MetricConfig(_Strict):
                 raise ValueError(f"pattern is not a valid regular expression: {exc}") from exc
             if compiled.groups < 1:
                 raise ValueError("pattern needs one capture group around the number")
+            if compiled.groups > 1:
+                # The value is read from group 1, so a second group (around the name, say) would
+                # make a matching log read as "matched no line"; refused here instead.
+                raise ValueError(
+                    f"pattern has {compiled.groups} capture groups; it needs exactly one, around the "
+                    "number: write the others as (?:...)"
+                )
         if self.progress_pattern is not None:
             try:
                 progress = re.compile(self.progress_pattern)
@@ -125,6 +133,15 @@ class MetricConfig(_Strict):
                 raise ValueError(
                     "progress_pattern needs a capture group around the metric: an unnamed one, "
                     "or (?P<value>...), e.g. 'step (?P<step>\\d+): .*val loss ([0-9.]+)'"
+                )
+            unnamed = progress.groups - len(progress.groupindex)
+            if "value" not in progress.groupindex and unnamed > 1:
+                # The metric is the first unnamed group: with two, which one the user meant is a
+                # guess (``step (\d+): val ([0-9.]+)`` would read the step as the metric).
+                raise ValueError(
+                    f"progress_pattern has {unnamed} unnamed capture groups; the metric's must be "
+                    "the only one: write the others as (?:...), or name them (?P<step>...), or "
+                    "name the metric's (?P<value>...)"
                 )
         return self
 
