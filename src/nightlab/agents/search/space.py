@@ -34,10 +34,35 @@ from nightlab.errors import UserError
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
 
 # Knobs that must not move unless the user declares a domain for them: changing the seed only
-# samples noise, and budgets/intervals change what is measured rather than the model.
+# samples noise, and budgets/intervals change what is measured rather than the model. Read on the
+# hint name (the last dotted part).
 _PINNED_BY_DEFAULT = re.compile(
-    r"(SEED|BUDGET|TIMEOUT|UNTIMED|VERBOSE|COMPILE|^EVAL_|^LOG_|^PRINT_|^SAVE_|^CHECKPOINT|_PATH$|_DIR$"
+    r"(SEED|BUDGET|TIMEOUT|UNTIMED|VERBOSE|COMPILE|^LOG_|^PRINT_|^SAVE_|^CHECKPOINT|_PATH$|_DIR$"
     r"|^DEVICE$|^DTYPE$|WANDB|MLFLOW|TENSORBOARD|PROFIL|DEBUG|_LOG$|_ONLY$|WORKERS|^INIT_FROM$|RESUME)"
+)
+# Knobs that size or select the data split or the evaluation: how much is held out (VAL_FRACTION,
+# N_VAL, data.n_val), how it is evaluated (EVAL_ITERS, eval.batch_size, TEST_SIZE), and how much
+# data the model trains on (_DATA_SIZE: N_TRAIN, TRAIN_SIZE, NUM_SAMPLES, DATASET_SIZE). Moving
+# one changes what the metric measures, or buys a better number with more data, so results
+# before and after stop being comparable. Matched on word parts (see _words): INTERVAL,
+# VALUE_DIM and TRAIN_BATCH_SIZE are model or optimiser knobs, and VAL after
+# CLIP/INIT/MIN/MAX/PAD/FILL is a value (Lightning's gradient_clip_val), not validation.
+_EVALUATION = re.compile(
+    r"(^|_)(VALID|VALIDATION|VALIDATE|EVAL|EVALS|EVALUATE|EVALUATION|TEST|TESTS|HOLDOUT|HELDOUT"
+    r"|NVAL|NTEST|SPLIT|SPLITS)(_|$)"
+    r"|(^|(?<!CLIP)(?<!INIT)(?<!MIN)(?<!MAX)(?<!PAD)(?<!FILL)_)VALS?(_|$)"
+)
+_DATA_SIZE = re.compile(
+    r"(^|_)(NTRAIN|SUBSET)(_|$)"
+    r"|(^|_)(N|NUM|NUMBER)_(TRAIN|SAMPLES|EXAMPLES|DATA)(_|$)"
+    r"|(^|_)(LIMIT_)?TRAIN_(SIZE|SAMPLES|EXAMPLES|FRAC|FRACTION|RATIO|PCT|PERCENT|BATCHES)(_|$)"
+    r"|(^|_)(DATASET|DATA)_(SIZE|FRAC|FRACTION|LIMIT|PCT|PERCENT)(_|$)"
+)
+PIN_DEFAULT = "default (seed, logging, paths or device)"
+PIN_BUDGET = "default: the budget (declare a domain in [agent.space] to search it)"
+PIN_MEASURED = (
+    "default: data split or evaluation: changes what is measured "
+    "(declare a domain in [agent.space] to search it)"
 )
 # What a researcher tries first: learning rates, then the batch and the model's shape, then the
 # schedule; everything else after. Only the order of first looks depends on it.
@@ -53,6 +78,27 @@ _PRIORITY = (
 def hint_name(name: str) -> str:
     """The part of a knob's name the hints read, upper case: ``optim.lr`` and ``--lr`` read as ``LR``."""
     return name.rsplit(".", 1)[-1].lstrip("-").upper()
+
+
+def _words(name: str) -> str:
+    """The whole name as upper-case word parts joined by ``_``, for rules that read every part:
+    ``data.n_val`` -> ``DATA_N_VAL``, ``EvalConfig.batches`` -> ``EVAL_CONFIG_BATCHES``."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name.lstrip("-"))
+    return "_".join(part for part in re.split(r"[._\-]+", spaced.upper()) if part)
+
+
+def default_pin(name: str) -> str | None:
+    """Why a knob is pinned unless the user declares a domain for it, or None when it is searched."""
+    words = _words(name)
+    if _EVALUATION.search(words):
+        return PIN_MEASURED  # EVAL_ITERS sizes the evaluation: that, more than a budget
+    if is_budget_name(name):
+        return PIN_BUDGET  # N_TRAIN_STEPS is a budget before a data size
+    if _DATA_SIZE.search(words):
+        return PIN_MEASURED
+    if _PINNED_BY_DEFAULT.search(hint_name(name)):
+        return PIN_DEFAULT
+    return None
 
 
 def priority(name: str) -> float:
@@ -413,11 +459,9 @@ def build_space(
             pinned[name] = "[agent] pin"
             continue
         spec = space_spec.get(name)
-        if spec is None and is_budget_name(name):
-            pinned[name] = "default: the budget (declare a domain in [agent.space] to search it)"
-            continue
-        if spec is None and _PINNED_BY_DEFAULT.search(hint_name(name)):
-            pinned[name] = "default (seed, logging, paths or device)"
+        why_pinned = default_pin(name) if spec is None else None
+        if why_pinned:
+            pinned[name] = why_pinned
             continue
         value = knob.value
         if origin is not None and name in origin and _same_shape(origin[name], value):

@@ -1,0 +1,84 @@
+"""What the search leaves alone by default, and the domains it infers where the obvious range
+is wrong: the data split and the evaluation, checkpoint switches, the script's own choices,
+ratios for which 1.0 is degenerate, and knobs the run command sets."""
+
+from __future__ import annotations
+
+import pytest
+
+from nightlab.agents.search.describe import describe_space
+from nightlab.agents.search.settings import SearchSettings
+from nightlab.agents.search.space import (
+    PIN_BUDGET,
+    PIN_MEASURED,
+    build_space,
+    default_pin,
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "VAL_FRACTION",
+        "val_fraction",
+        "N_VAL",
+        "data.n_val",
+        "data.n_train",
+        "EVAL_ITERS",  # the evaluation's size, more than a budget
+        "eval_interval",
+        "eval.batch_size",
+        "EvalConfig.batches",
+        "TEST_SIZE",
+        "holdout_frac",
+        "valid_every",
+        "limit_val_batches",
+        "NUM_TRAIN",
+        "ntrain",
+        "TRAIN_SIZE",
+        "train_samples",
+        "NUM_SAMPLES",
+        "DATASET_SIZE",
+        "train_split",
+    ],
+)
+def test_the_data_split_and_the_evaluation_are_pinned(name: str) -> None:
+    assert default_pin(name) == PIN_MEASURED
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "INTERVAL",
+        "VALUE_DIM",
+        "TRAIN_BATCH_SIZE",
+        "gradient_clip_val",
+        "INIT_VAL",
+        "N_LAYER",
+        "NUM_HEADS",
+        "WARMUP_RATIO",
+        "EVALUATOR_DIM",
+        "LATEST_WEIGHT",
+        "SAMPLES_PER_TOKEN",
+        "TrainConfig.dropout",
+    ],
+)
+def test_model_knobs_that_only_look_like_data_knobs_are_searched(name: str) -> None:
+    assert default_pin(name) is None
+
+
+def test_a_budget_stays_a_budget() -> None:
+    assert default_pin("max_iters") == PIN_BUDGET
+    assert default_pin("N_TRAIN_STEPS") == PIN_BUDGET  # steps, not a data size
+
+
+def test_data_knobs_show_why_and_a_declared_domain_searches_them() -> None:
+    dataclass = "@dataclass\nclass C:\n    lr: float = 1e-3\n    val_fraction: float = 0.2\n"
+    yaml = "data:\n  n_train: 4096\n  n_val: 1024\n"
+    files = {"train.py": dataclass, "config.yaml": yaml}
+    space = build_space(files, SearchSettings())
+    assert [d.key for d in space.dims] == ["lr"]
+    assert space.pinned == dict.fromkeys(["data.n_train", "data.n_val", "val_fraction"], PIN_MEASURED)
+    table = describe_space(files, SearchSettings())
+    assert "data split or evaluation: changes what is measured" in table
+    declared = SearchSettings(space={"data.n_train": {"low": 1024, "high": 8192}})
+    assert "data.n_train" in [d.key for d in build_space(files, declared).dims]
