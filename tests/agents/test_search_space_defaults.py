@@ -10,6 +10,7 @@ from nightlab.agents.search.describe import describe_space
 from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import (
     PIN_BUDGET,
+    PIN_DEFAULT,
     PIN_MEASURED,
     build_space,
     default_pin,
@@ -82,3 +83,26 @@ def test_data_knobs_show_why_and_a_declared_domain_searches_them() -> None:
     assert "data split or evaluation: changes what is measured" in table
     declared = SearchSettings(space={"data.n_train": {"low": 1024, "high": 8192}})
     assert "data.n_train" in [d.key for d in build_space(files, declared).dims]
+
+
+@pytest.mark.parametrize(
+    ("name", "pinned"),
+    [
+        ("always_save_checkpoint", True),
+        ("SAVE_EVERY", True),
+        ("ckpt_interval", True),
+        ("checkpoint.every", True),
+        ("keep_checkpoints", True),
+        ("saves_per_epoch", True),
+        ("SAVEPOINT_WEIGHT", False),
+        ("USE_BIAS", False),
+    ],
+)
+def test_checkpoint_switches_are_pinned_wherever_the_word_is(name: str, pinned: bool) -> None:
+    assert (default_pin(name) == PIN_DEFAULT) is pinned
+
+
+def test_nanogpt_always_save_checkpoint_is_not_searched() -> None:
+    space = build_space({"train.py": "always_save_checkpoint = True\nbias = False\n"}, SearchSettings())
+    assert [d.key for d in space.dims] == ["bias"]
+    assert space.pinned == {"always_save_checkpoint": PIN_DEFAULT}

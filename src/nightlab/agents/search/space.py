@@ -37,9 +37,14 @@ SPEC_KEYS = {"low", "high", "log", "step", "choices"}
 # samples noise, and budgets/intervals change what is measured rather than the model. Read on the
 # hint name (the last dotted part).
 _PINNED_BY_DEFAULT = re.compile(
-    r"(SEED|BUDGET|TIMEOUT|UNTIMED|VERBOSE|COMPILE|^LOG_|^PRINT_|^SAVE_|^CHECKPOINT|_PATH$|_DIR$"
+    r"(SEED|BUDGET|TIMEOUT|UNTIMED|VERBOSE|COMPILE|^LOG_|^PRINT_|_PATH$|_DIR$"
     r"|^DEVICE$|^DTYPE$|WANDB|MLFLOW|TENSORBOARD|PROFIL|DEBUG|_LOG$|_ONLY$|WORKERS|^INIT_FROM$|RESUME)"
 )
+# Checkpoint switches, on word parts of the whole name (see _words): `always_save_checkpoint`,
+# `ckpt_every`, `checkpoint.interval`. Saving changes what is written, never the model, and a
+# search that flips it spends a run on nothing. Word parts, not substrings: `SAVE` must not
+# catch a name that merely contains the letters.
+_CHECKPOINT = re.compile(r"(^|_)(CHECKPOINT|CKPT)|(^|_)(SAVE[SD]?|SAVING)(_|$)")
 # Knobs that size or select the data split or the evaluation: how much is held out (VAL_FRACTION,
 # N_VAL, data.n_val), how it is evaluated (EVAL_ITERS, eval.batch_size, TEST_SIZE), and how much
 # data the model trains on (_DATA_SIZE: N_TRAIN, TRAIN_SIZE, NUM_SAMPLES, DATASET_SIZE). Moving
@@ -58,7 +63,7 @@ _DATA_SIZE = re.compile(
     r"|(^|_)(LIMIT_)?TRAIN_(SIZE|SAMPLES|EXAMPLES|FRAC|FRACTION|RATIO|PCT|PERCENT|BATCHES)(_|$)"
     r"|(^|_)(DATASET|DATA)_(SIZE|FRAC|FRACTION|LIMIT|PCT|PERCENT)(_|$)"
 )
-PIN_DEFAULT = "default (seed, logging, paths or device)"
+PIN_DEFAULT = "default (seed, logging, checkpoints, paths or device)"
 PIN_BUDGET = "default: the budget (declare a domain in [agent.space] to search it)"
 PIN_MEASURED = (
     "default: data split or evaluation: changes what is measured "
@@ -96,7 +101,7 @@ def default_pin(name: str) -> str | None:
         return PIN_BUDGET  # N_TRAIN_STEPS is a budget before a data size
     if _DATA_SIZE.search(words):
         return PIN_MEASURED
-    if _PINNED_BY_DEFAULT.search(hint_name(name)):
+    if _PINNED_BY_DEFAULT.search(hint_name(name)) or _CHECKPOINT.search(words):
         return PIN_DEFAULT
     return None
 
