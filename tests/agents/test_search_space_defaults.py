@@ -106,3 +106,37 @@ def test_nanogpt_always_save_checkpoint_is_not_searched() -> None:
     space = build_space({"train.py": "always_save_checkpoint = True\nbias = False\n"}, SearchSettings())
     assert [d.key for d in space.dims] == ["bias"]
     assert space.pinned == {"always_save_checkpoint": PIN_DEFAULT}
+
+
+CHOICES = """\
+import argparse
+from dataclasses import dataclass
+from typing import Literal
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--act", choices=["relu", "tanh", "sigmoid"], default="relu")
+parser.add_argument("--width", type=int, choices=[64, 128, 256], default=96)
+parser.add_argument("--scale", type=int, choices=[0.5, 1], default=1)
+
+
+@dataclass
+class Config:
+    optimizer: Literal["sgd", "adam"] = "adam"
+    only: Literal["one"] = "one"
+"""
+
+
+def test_the_scripts_own_choices_are_searched() -> None:
+    space = build_space({"train.py": CHOICES}, SearchSettings())
+    domains = {d.key: d.domain for d in space.dims}
+    assert domains["act"].choices == ("relu", "tanh", "sigmoid")
+    assert domains["act"].origin == "choices in train.py"
+    assert domains["optimizer"].choices == ("sgd", "adam")
+    assert domains["width"].choices == (96, 64, 128, 256)  # the default first when not listed
+    assert domains["scale"].origin == "inferred"  # 0.5 cannot go in an integer knob
+    assert space.pinned == {"only": "one choice in train.py"}
+    assert "choices in train.py" in describe_space({"train.py": CHOICES}, SearchSettings())
+    # a declaration still decides
+    declared = SearchSettings(space={"act": {"choices": ["relu", "gelu"]}})
+    act = next(d for d in build_space({"train.py": CHOICES}, declared).dims if d.key == "act")
+    assert act.domain.choices == ("relu", "gelu") and act.domain.origin == "declared"

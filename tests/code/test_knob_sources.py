@@ -234,3 +234,41 @@ def test_broken_config_files_are_one_line_errors() -> None:
 )  # fmt: skip
 def test_budget_names(name: str, budget: bool) -> None:
     assert is_budget_name(name) is budget
+
+
+CHOICES = """\
+import argparse
+from dataclasses import dataclass
+from typing import Literal
+
+import click
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--act", choices=["relu", "tanh", "sigmoid"], default="relu")
+parser.add_argument("--width", type=int, choices=(64, 128, 256), default=128)
+parser.add_argument("--norm", choices=NORMS, default="layer")  # computed: not readable
+parser.add_argument("-l", "--lr", dest="learning_rate", type=float, default=3e-4)
+
+
+@click.command()
+@click.option("--pool", type=click.Choice(["max", "avg"]), default="max")
+def main(pool): ...
+
+
+@dataclass
+class Config:
+    optimizer: Literal["sgd", "adam"] = "adam"
+    schedule: "typing.Literal['cosine']" = "cosine"  # a string annotation is not read
+    only: Literal["one"] = "one"
+    lr: float = 1e-3
+"""
+
+
+def test_declared_choices_travel_with_the_knob() -> None:
+    knobs = {k.name: k for k in find_knobs(CHOICES)}
+    assert knobs["act"].choices == ("relu", "tanh", "sigmoid")
+    assert knobs["width"].choices == (64, 128, 256)
+    assert knobs["pool"].choices == ("max", "avg")
+    assert knobs["optimizer"].choices == ("sgd", "adam")
+    assert knobs["only"].choices == ("one",)
+    assert knobs["norm"].choices == () and knobs["schedule"].choices == () and knobs["lr"].choices == ()

@@ -329,7 +329,8 @@ def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
     ``*_RATIO``, ``*_FRAC``, ``DROPOUT``, or elements of a tuple between 0 and 1) stay in
     [0, 1], on a ``1 - x`` log scale when close to 1 (betas, EMA decays); integers that are
     powers of two stay powers of two within a factor of four; other positive integers move
-    within a factor of three; booleans flip. Strings need declared choices.
+    within a factor of three; booleans flip. Strings need choices, declared or written in the
+    script.
     """
     if isinstance(value, bool):
         return Domain("choice", choices=(False, True))
@@ -478,6 +479,14 @@ def build_space(
     return Space(knobs=knobs, dims=dims, pinned=pinned)
 
 
+def _fits(choice: Any, value: Any) -> bool:
+    """Whether a script's choice can replace the knob's value without changing its type (an
+    integer knob takes only whole choices: 0.5 in a layer count would not run as written)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return isinstance(choice, int) and not isinstance(choice, bool)
+    return _same_kind(choice, value)
+
+
 def _same_shape(a: Any, b: Any) -> bool:
     if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
         return isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b)
@@ -510,6 +519,14 @@ def _dims_for(knob: Knob, value: Any, spec: Any, source: str) -> tuple[list[Dim]
         return dims, "" if dims else "no element can move"
     if spec is not None:
         return [Dim(knob.name, knob.name, None, _declared_domain(knob.name, spec, value, source))], ""
+    if knob.choices and all(_fits(choice, value) for choice in knob.choices):
+        # The script's own list (argparse choices=, click.Choice, Literal[...]); the current
+        # value first when the list lacks it, so the incumbent stays representable.
+        choices = knob.choices if value in knob.choices else (value, *knob.choices)
+        if len(choices) < 2:
+            return [], f"one choice in {knob.path}"
+        domain = Domain("choice", choices=tuple(choices), origin=f"choices in {knob.path}")
+        return [Dim(knob.name, knob.name, None, domain)], ""
     domain = infer_domain(knob.name, value)
     if domain is None:
         return [], "string: no choices declared"

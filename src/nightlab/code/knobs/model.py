@@ -16,6 +16,10 @@ class Knob:
     file's text. ``text`` is the literal exactly as written, ``comment`` the trailing comment
     without its ``#`` (empty when there is none), ``source`` where it was found (``constant``,
     ``setting``, ``argparse``, ``click``, ``dataclass``, ``yaml``, ``json``, ``toml``).
+
+    ``choices`` are the values the script itself declares the knob may take (argparse
+    ``choices=``, ``click.Choice``, a ``Literal[...]`` annotation), so a string knob can be
+    searched without the user repeating them in nightlab.toml.
     """
 
     name: str
@@ -31,6 +35,7 @@ class Knob:
     comment: str = ""
     path: str = "train.py"
     source: str = "constant"
+    choices: tuple[KnobValue, ...] = ()
 
     @property
     def syntax(self) -> str:

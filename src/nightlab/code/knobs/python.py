@@ -12,6 +12,10 @@
 - ``dataclass``: the default of a field of a ``@dataclass`` class (``lr: float = 3e-4`` or
   ``field(default=3e-4)``).
 
+The values a script declares an option may take travel with the knob as its ``choices``:
+argparse ``choices=[...]``, click ``type=click.Choice([...])``, a field annotated
+``Literal["sgd", "adam"]``. The author wrote them down, so they are the space to search.
+
 A name found twice keeps its first place; the later one is qualified (``TrainConfig.lr`` for a
 field, ``--lr`` for an option), so every knob has one literal and an edit means one thing.
 """
@@ -68,7 +72,7 @@ class _Reader:
         self.found: dict[str, Knob] = {}
 
     def add(self, name: str, node: ast.expr, stmt: ast.AST, source: str, replace: bool = False,
-            qualified: str | None = None) -> None:  # fmt: skip
+            qualified: str | None = None, choices: tuple[KnobValue, ...] = ()) -> None:  # fmt: skip
         parsed = literal(node)
         if parsed is None:
             return
@@ -102,6 +106,7 @@ class _Reader:
             comment=comment,
             path=self.path,
             source=source,
+            choices=choices,
         )
 
 
@@ -139,7 +144,11 @@ def _option(reader: _Reader, call: ast.Call) -> None:
     else:
         return  # a positional argument or a short flag only: no name a person would search
     source = "argparse" if name == "add_argument" else "click"
-    reader.add(knob, default, call, source, qualified=long)
+    choices = next((k.value for k in call.keywords if k.arg == "choices"), None)
+    kind = next((k.value for k in call.keywords if k.arg == "type"), None)
+    if choices is None and isinstance(kind, ast.Call) and _call_name(kind) == "Choice" and kind.args:
+        choices = kind.args[0]  # click.Choice(["relu", "tanh"])
+    reader.add(knob, default, call, source, qualified=long, choices=_choices(choices))
 
 
 def _fields(reader: _Reader, cls: ast.ClassDef) -> None:
@@ -151,7 +160,29 @@ def _fields(reader: _Reader, cls: ast.ClassDef) -> None:
             value = next((k.value for k in value.keywords if k.arg == "default"), None)
             if value is None:
                 continue
-        reader.add(name, value, stmt, "dataclass", qualified=f"{cls.name}.{name}")
+        annotation = stmt.annotation if isinstance(stmt, ast.AnnAssign) else None
+        literal_args = None
+        if isinstance(annotation, ast.Subscript) and _call_name(annotation.value) == "Literal":
+            literal_args = annotation.slice  # Literal["sgd", "adam"]: a tuple, or one constant
+            if not isinstance(literal_args, ast.Tuple):
+                literal_args = ast.Tuple(elts=[literal_args], ctx=ast.Load())
+        reader.add(
+            name, value, stmt, "dataclass", qualified=f"{cls.name}.{name}", choices=_choices(literal_args)
+        )
+
+
+def _choices(node: ast.expr | None) -> tuple[KnobValue, ...]:
+    """The values of a literal list or tuple of scalars; none for anything computed
+    (``choices=range(4)``, ``choices=ACTIVATIONS``), which cannot be read without running it."""
+    if not isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        return ()
+    values = []
+    for element in node.elts:
+        parsed = literal(element)
+        if parsed is None or parsed[0] in ("tuple", "list"):
+            return ()
+        values.append(parsed[1])
+    return tuple(dict.fromkeys(values))
 
 
 def _is_dataclass(decorator: ast.expr) -> bool:
