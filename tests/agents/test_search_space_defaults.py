@@ -14,6 +14,7 @@ from nightlab.agents.search.space import (
     PIN_MEASURED,
     build_space,
     default_pin,
+    infer_domain,
 )
 
 
@@ -140,3 +141,37 @@ def test_the_scripts_own_choices_are_searched() -> None:
     declared = SearchSettings(space={"act": {"choices": ["relu", "gelu"]}})
     act = next(d for d in build_space({"train.py": CHOICES}, declared).dims if d.key == "act")
     assert act.domain.choices == ("relu", "gelu") and act.domain.origin == "declared"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("dropout", 0.0),
+        ("DROPOUT", 0.2),
+        ("attn_drop", 0.1),
+        ("drop_path_rate", 0.1),  # RATE reads as a log knob: a probability all the same
+        ("label_smoothing", 0.0),
+        ("mask_ratio", 0.75),
+    ],
+)
+def test_ratios_degenerate_at_one_stay_below_it(name: str, value: float) -> None:
+    domain = infer_domain(name, value)
+    assert domain is not None and domain.scale == "linear"
+    assert (domain.low, domain.high) == (0.0, 0.9)
+    grid = domain.grid()
+    assert grid is not None and value in grid and max(grid) == 0.9
+    assert domain.from_unit(1.0) == 0.9 and domain.snap(0.3333) == 0.33  # two decimals, as written
+
+
+def test_other_ratios_keep_their_range() -> None:
+    assert infer_domain("WARMUP_RATIO", 0.5).high == 1.0
+    assert infer_domain("beta1", 0.9).scale == "log1m"
+    assert infer_domain("ADAM_BETAS", 0.5, element=True).high == 1.0
+
+
+@pytest.mark.parametrize("name", ["weight_decay", "optim.weight_decay", "WD", "l2"])
+def test_a_weight_decay_that_is_off_searches_what_recipes_use(name: str) -> None:
+    domain = infer_domain(name, 0.0)
+    assert domain is not None and (domain.scale, domain.low, domain.high) == ("linear", 0.0, 0.3)
+    assert infer_domain(name, 0.1).scale == "log"  # a decay that is on moves around its value
+    assert infer_domain("OFFSET", 0.0).high == 1.0  # any other zero as before

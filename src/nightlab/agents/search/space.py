@@ -123,7 +123,20 @@ def is_named(name: str) -> bool:
 
 
 _LOG_HINT = re.compile(r"(LR|LEARNING|RATE|DECAY|WD|EPS|STD|SCALE|CLIP|TEMP|INIT)")
-_RATIO_HINT = re.compile(r"(RATIO|FRAC|DROPOUT|PROB|BETA|MOMENTUM|EMA|SMOOTH|MIX)")
+_RATIO_HINT = re.compile(r"(RATIO|FRAC|DROP|PROB|BETA|MOMENTUM|EMA|SMOOTH|MIX)")
+# Ratios for which 1.0 is degenerate: dropout and drop-path 1.0 drop everything (and scale the
+# survivors by 1/(1-p), a division by zero), label smoothing 1.0 leaves no label, a mask ratio
+# of 1.0 nothing to see. Their domain stops at DEGENERATE_HIGH, 0.9: the highest round value at
+# which a tenth of the signal still gets through; recipes sit at 0-0.5, so nothing useful is cut
+# off, and the endpoint the search likes to try is a value that still trains.
+_DEGENERATE_AT_ONE = re.compile(r"(DROP|SMOOTH|MASK)")
+DEGENERATE_HIGH = 0.9
+# A weight decay at 0 (off) has no scale of its own to search around. Decoupled decay (AdamW, the
+# common case today) is set at 0.01-0.1 in most recipes and up to about 0.3 in a few, so the
+# domain is [0, 0.3]: its first looks land among those values, where [0, 1] spent them on
+# 0.15-0.5 and tried 1.0, beyond any recipe (and, for coupled L2 decay under SGD, ruinous).
+_WEIGHT_DECAY = re.compile(r"(^|_)(DECAY|WD|L2)(_|$)")
+WEIGHT_DECAY_FROM_ZERO = 0.3
 
 
 def _nice_sig(value: float, digits: int = 2) -> float:
@@ -327,10 +340,11 @@ def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
 
     Positive floats move on a log scale within a factor of ten; ratios (names such as
     ``*_RATIO``, ``*_FRAC``, ``DROPOUT``, or elements of a tuple between 0 and 1) stay in
-    [0, 1], on a ``1 - x`` log scale when close to 1 (betas, EMA decays); integers that are
-    powers of two stay powers of two within a factor of four; other positive integers move
-    within a factor of three; booleans flip. Strings need choices, declared or written in the
-    script.
+    [0, 1], on a ``1 - x`` log scale when close to 1 (betas, EMA decays), and below 0.9 in steps
+    of 0.01 when 1 is degenerate (dropout, drop-path, label smoothing, mask ratios); a weight
+    decay at 0 moves in [0, 0.3]; integers that are powers of two stay powers of two within a
+    factor of four; other positive integers move within a factor of three; booleans flip.
+    Strings need choices, declared or written in the script.
     """
     if isinstance(value, bool):
         return Domain("choice", choices=(False, True))
@@ -349,10 +363,14 @@ def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
         if 0.0 <= value <= 1.0 and ratio_named:
             if 0.8 <= value < 1.0:
                 return Domain("log1m", low=0.5, high=1.0 - _nice_sig((1.0 - value) / 10))
+            if not element and _DEGENERATE_AT_ONE.search(hint_name(name)):
+                return Domain("linear", low=0.0, high=max(DEGENERATE_HIGH, value), step=0.01)
             if not log_named or value == 0 or element:
                 return Domain("linear", low=0.0, high=1.0)
         if value > 0:
             return Domain("log", low=_nice_sig(value / 10), high=_nice_sig(value * 10))
+        if value == 0 and _WEIGHT_DECAY.search(hint_name(name)):
+            return Domain("linear", low=0.0, high=WEIGHT_DECAY_FROM_ZERO)
         if value == 0:
             return Domain("linear", low=0.0, high=1.0)
         return Domain("linear", low=3 * value, high=-value)
