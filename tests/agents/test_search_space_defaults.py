@@ -4,8 +4,13 @@ ratios for which 1.0 is degenerate, and knobs the run command sets."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from nightlab.agents.base import AgentSetup
+from nightlab.agents.registry import make_agent
+from nightlab.agents.search.agent import SearchAgent
 from nightlab.agents.search.describe import describe_space
 from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import (
@@ -16,6 +21,8 @@ from nightlab.agents.search.space import (
     default_pin,
     infer_domain,
 )
+from nightlab.config import parse_config
+from nightlab.errors import UserError
 
 
 @pytest.mark.parametrize(
@@ -175,3 +182,36 @@ def test_a_weight_decay_that_is_off_searches_what_recipes_use(name: str) -> None
     assert domain is not None and (domain.scale, domain.low, domain.high) == ("linear", 0.0, 0.3)
     assert infer_domain(name, 0.1).scale == "log"  # a decay that is on moves around its value
     assert infer_domain("OFFSET", 0.0).high == 1.0  # any other zero as before
+
+
+ARGPARSE = """\
+import argparse
+parser = argparse.ArgumentParser()
+parser.add_argument("--lr", type=float, default=3e-3)
+parser.add_argument("--hidden", type=int, default=32)
+parser.add_argument("--batch_size", type=int, default=64)
+"""
+OVERRIDE = "python train.py --lr=0.01 --hidden 64"
+
+
+def test_knobs_the_run_command_sets_are_pinned_declared_or_not() -> None:
+    files = {"train.py": ARGPARSE}
+    declared = SearchSettings(space={"lr": {"low": 1e-4, "high": 1e-1, "log": True}})
+    space = build_space(files, declared, command=OVERRIDE)
+    assert [d.key for d in space.dims] == ["batch_size"]
+    assert space.pinned == {
+        "lr": "set by the run command (`--lr=0.01`): edits cannot change it",
+        "hidden": "set by the run command (`--hidden 64`): edits cannot change it",
+    }
+    assert "set by the run command (`--hidden 64`)" in describe_space(files, declared, command=OVERRIDE)
+    assert [d.key for d in build_space(files, declared).dims] == ["lr", "hidden", "batch_size"]
+
+
+def test_the_agent_built_from_the_config_reads_the_run_command(tmp_path: Path) -> None:
+    config = parse_config(
+        {"target": {"editable": ["train.py"], "run": "python train.py --lr 1 --hidden=2 --batch_size 3"}}
+    )
+    agent = make_agent(AgentSetup(config, tmp_path), kind="search")
+    assert isinstance(agent, SearchAgent) and agent.command == config.target.run
+    with pytest.raises(UserError, match="nothing to search.*set by the run command"):
+        agent.check({"train.py": ARGPARSE})

@@ -264,7 +264,7 @@ class Config:
 """
 
 
-def test_declared_choices_travel_with_the_knob() -> None:
+def test_declared_choices_and_option_spellings_travel_with_the_knob() -> None:
     knobs = {k.name: k for k in find_knobs(CHOICES)}
     assert knobs["act"].choices == ("relu", "tanh", "sigmoid")
     assert knobs["width"].choices == (64, 128, 256)
@@ -272,3 +272,6 @@ def test_declared_choices_travel_with_the_knob() -> None:
     assert knobs["optimizer"].choices == ("sgd", "adam")
     assert knobs["only"].choices == ("one",)
     assert knobs["norm"].choices == () and knobs["schedule"].choices == () and knobs["lr"].choices == ()
+    # the spellings of an option, so `-l 0.01` in a run command is known to set learning_rate
+    assert knobs["learning_rate"].flags == ("-l", "--lr") and knobs["act"].flags == ("--act",)
+    assert knobs["optimizer"].flags == ()

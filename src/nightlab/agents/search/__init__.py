@@ -15,7 +15,7 @@ from nightlab.plugins import Kind
 def _make(settings: SearchSettings, setup: AgentSetup) -> Agent:
     from nightlab.agents.search.agent import SearchAgent
 
-    return SearchAgent(settings)
+    return SearchAgent(settings, command=setup.config.target.run)
 
 
 KINDS = (Kind("search", _make, SearchSettings, "knob search guided by a Gaussian process (no API key)"),)

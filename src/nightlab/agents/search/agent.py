@@ -71,8 +71,9 @@ class SearchAgent(Agent):
 
     name = "search"
 
-    def __init__(self, settings: SearchSettings | None = None) -> None:
+    def __init__(self, settings: SearchSettings | None = None, command: str = "") -> None:
         self.settings = settings if settings is not None else SearchSettings()
+        self.command = command  # [target] run: the knobs it sets on its command line stay pinned
         self.seed = self.settings.seed
         self.max_knobs = self.settings.max_knobs_per_move
         self.entries: dict[int, HistoryEntry] = {}
@@ -92,7 +93,7 @@ class SearchAgent(Agent):
 
     def check(self, files: dict[str, str]) -> None:
         """Refuse to start with nothing to search, saying why and what to do."""
-        problem = why_empty(build_space(files, self.settings), files)
+        problem = why_empty(build_space(files, self.settings, command=self.command), files)
         if problem:
             raise UserError(problem)
 
@@ -128,7 +129,10 @@ class SearchAgent(Agent):
     def _space(self, files: dict[str, str], origin: dict[str, Any]) -> Space:
         fingerprint = (tuple(sorted(files.items())), repr(sorted(origin.items())))
         if self._space_cache is None or self._space_cache[0] != fingerprint:
-            self._space_cache = (fingerprint, build_space(files, self.settings, origin=origin))
+            self._space_cache = (
+                fingerprint,
+                build_space(files, self.settings, origin=origin, command=self.command),
+            )
         return self._space_cache[1]
 
     def _origin(self, files: dict[str, str]) -> dict[str, Any]:

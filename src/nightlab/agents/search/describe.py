@@ -35,12 +35,14 @@ def _where(knob: Knob) -> str:
     return f"{knob.path}:{knob.line}" + ("" if knob.source == "constant" else f" {knob.source}")
 
 
-def describe_space(files: dict[str, str], settings: SearchSettings) -> str:
+def describe_space(files: dict[str, str], settings: SearchSettings, command: str = "") -> str:
     """The table ``nightlab agent show-space`` prints: every knob, its value and its domain.
 
-    The text holds square brackets (``[0.001, 0.1]``, ``[agent.space]``): print it without markup.
+    ``command`` is the run command (``[target] run``), so a knob it sets on its command line
+    shows as pinned, as the search will treat it. The text holds square brackets
+    (``[0.001, 0.1]``, ``[agent.space]``): print it without markup.
     """
-    space = build_space(files, settings)
+    space = build_space(files, settings, command=command)
     empty = why_empty(space, files)
     if empty:
         return empty

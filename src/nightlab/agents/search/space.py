@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from nightlab.agents.search.settings import SearchSettings
-from nightlab.code.knobs import KNOB_SUFFIXES, Knob, find_knobs, is_budget_name
+from nightlab.code.knobs import KNOB_SUFFIXES, Knob, find_knobs, is_budget_name, set_by_command
 from nightlab.errors import UserError
 
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
@@ -451,13 +451,17 @@ def build_space(
     settings: SearchSettings,
     source: str = "nightlab.toml",
     origin: dict[str, Any] | None = None,
+    command: str = "",
 ) -> Space:
     """The space of the editable files' knobs under the search agent's settings.
 
-    ``settings`` holds the declared domains (``space``) and the pins (``pin``). ``origin`` holds the knob values domains are inferred from (the baseline's), so
-    that a domain does not drift as kept changes move the incumbent: ``DEPTH = 3`` infers
-    [1, 9] even once the incumbent's DEPTH is 8, a power of two. A declaration or pin naming no
-    knob, or a malformed declaration, is a :class:`UserError` naming the knob and what is wrong.
+    ``settings`` holds the declared domains (``space``) and the pins (``pin``). ``origin`` holds
+    the knob values domains are inferred from (the baseline's), so that a domain does not drift
+    as kept changes move the incumbent: ``DEPTH = 3`` infers [1, 9] even once the incumbent's
+    DEPTH is 8, a power of two. ``command`` is the run command (``[target] run``): a knob it sets
+    on its command line (``--lr=0.01``) is pinned, declared or not, since the command's value wins
+    over any edit and an experiment on it would measure only noise. A declaration or pin naming
+    no knob, or a malformed declaration, is a :class:`UserError` naming the knob and what is wrong.
     """
     knobs: dict[str, Knob] = {}
     for path in sorted(files):
@@ -476,11 +480,15 @@ def build_space(
             raise UserError(
                 f"{source}: {section} {name}: no such knob in the editable files (knobs: {known})"
             )
+    overridden = set_by_command(command, knobs.values()) if command else {}
     dims: list[Dim] = []
     pinned: dict[str, str] = {}
     for name, knob in knobs.items():
         if name in pins:
             pinned[name] = "[agent] pin"
+            continue
+        if name in overridden:
+            pinned[name] = f"set by the run command (`{overridden[name]}`): edits cannot change it"
             continue
         spec = space_spec.get(name)
         why_pinned = default_pin(name) if spec is None else None

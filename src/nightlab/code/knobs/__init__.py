@@ -6,7 +6,8 @@ or a scalar in a YAML, JSON or TOML config file (:mod:`.files`). :func:`find_kno
 with their exact spans; :func:`set_knobs` rewrites only the literals' text, written the way the
 author wrote them (:mod:`.literal`), so a file keeps every comment, space and line: the diff of an
 experiment is exactly the values that changed, which is what a person reviewing the research
-branch wants to see.
+branch wants to see. :func:`set_by_command` names the knobs a run command overrides on its
+command line (:mod:`.command`), which editing cannot change.
 
 Example::
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 
+from nightlab.code.knobs.command import set_by_command
 from nightlab.code.knobs.files import json_knobs, toml_knobs, yaml_knobs
 from nightlab.code.knobs.literal import format_literal, format_value
 from nightlab.code.knobs.model import Knob, KnobValue
@@ -29,7 +31,7 @@ from nightlab.code.knobs.python import python_knobs
 from nightlab.errors import UserError
 
 __all__ = ["Knob", "KnobValue", "find_knobs", "format_literal", "format_value", "is_budget_name"]
-__all__ += ["knob_values", "set_knobs", "KNOB_SUFFIXES"]
+__all__ += ["knob_values", "set_knobs", "set_by_command", "KNOB_SUFFIXES"]
 
 _READERS = {
     ".py": python_knobs,

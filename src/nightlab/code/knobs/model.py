@@ -19,7 +19,9 @@ class Knob:
 
     ``choices`` are the values the script itself declares the knob may take (argparse
     ``choices=``, ``click.Choice``, a ``Literal[...]`` annotation), so a string knob can be
-    searched without the user repeating them in nightlab.toml.
+    searched without the user repeating them in nightlab.toml. ``flags`` are an option's
+    command-line spellings (``("-l", "--lr")``), so a run command that sets the option can be
+    matched to the knob even when its ``dest`` is another name.
     """
 
     name: str
@@ -36,6 +38,7 @@ class Knob:
     path: str = "train.py"
     source: str = "constant"
     choices: tuple[KnobValue, ...] = ()
+    flags: tuple[str, ...] = ()
 
     @property
     def syntax(self) -> str:

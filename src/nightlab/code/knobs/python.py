@@ -72,7 +72,8 @@ class _Reader:
         self.found: dict[str, Knob] = {}
 
     def add(self, name: str, node: ast.expr, stmt: ast.AST, source: str, replace: bool = False,
-            qualified: str | None = None, choices: tuple[KnobValue, ...] = ()) -> None:  # fmt: skip
+            qualified: str | None = None, choices: tuple[KnobValue, ...] = (),
+            flags: tuple[str, ...] = ()) -> None:  # fmt: skip
         parsed = literal(node)
         if parsed is None:
             return
@@ -107,6 +108,7 @@ class _Reader:
             path=self.path,
             source=source,
             choices=choices,
+            flags=flags,
         )
 
 
@@ -148,7 +150,7 @@ def _option(reader: _Reader, call: ast.Call) -> None:
     kind = next((k.value for k in call.keywords if k.arg == "type"), None)
     if choices is None and isinstance(kind, ast.Call) and _call_name(kind) == "Choice" and kind.args:
         choices = kind.args[0]  # click.Choice(["relu", "tanh"])
-    reader.add(knob, default, call, source, qualified=long, choices=_choices(choices))
+    reader.add(knob, default, call, source, qualified=long, choices=_choices(choices), flags=tuple(flags))
 
 
 def _fields(reader: _Reader, cls: ast.ClassDef) -> None:
