@@ -70,3 +70,64 @@ def test_init_force_never_overwrites_work_git_does_not_hold(tmp_path: Path) -> N
     git(root, "commit", "-qam", "my idea")
     assert nightlab("init", str(root), "--size", "cpu", "--force").returncode == 0  # git holds it now
     assert "my uncommitted idea" in git(root, "show", "HEAD~1:train.py")
+
+
+def _killed_before_its_baseline(root: Path, tag: str) -> None:
+    """What a run killed during its baseline leaves: the last tag run, with an unfinished baseline."""
+    from nightlab.store.ledger import Ledger
+
+    with Ledger(root / ".nightlab" / "ledger.db") as ledger:
+        ledger.add_experiment(kind="baseline", tag=tag, description="baseline")
+        ledger.set_meta("current_tag", tag)
+
+
+def _report_files(root: Path) -> dict[str, tuple[int, bytes]]:
+    """The report files' modification times and contents: equal when nothing wrote them."""
+    state = root / ".nightlab"
+    names = ("results.tsv", "progress.png", "report.html")
+    return {name: ((state / name).stat().st_mtime_ns, (state / name).read_bytes()) for name in names}
+
+
+def test_a_tag_with_no_experiments_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3")])
+    assert nightlab("run", str(root), "--plain", "--tag", "nov30").returncode == 0
+    before = _report_files(root)
+    for command in ("status", "report"):
+        res = nightlab(command, str(root), "--tag", "nosuchtag")
+        assert res.returncode == 2, (command, res.stdout + res.stderr)
+        assert res.stderr.strip() == "error: no experiments under tag 'nosuchtag' (tags: nov30)", command
+        assert "Traceback" not in res.stderr
+    assert _report_files(root) == before
+
+
+def test_views_show_the_newest_tag_with_a_baseline_and_never_blank_its_report(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3")])
+    assert nightlab("run", str(root), "--plain", "--tag", "nov30").returncode == 0
+    _killed_before_its_baseline(root, "dec01")
+    tsv = (root / ".nightlab" / "results.tsv").read_text()
+    report = nightlab("report", str(root))
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert report.stdout.startswith("nightlab nov30:"), report.stdout
+    assert (root / ".nightlab" / "results.tsv").read_text() == tsv  # the same night, redrawn
+    assert json.loads(nightlab("status", str(root), "--json").stdout)["tag"] == "nov30"
+    assert "nightlab status (nov30)" in nightlab("status", str(root), env={"COLUMNS": "200"}).stdout
+    before = _report_files(root)
+    asked = nightlab("report", str(root), "--tag", "dec01")
+    assert asked.returncode == 1, asked.stdout + asked.stderr
+    assert "nightlab dec01:" in asked.stdout and "no baseline yet" in asked.stdout
+    assert "nothing written" in asked.stderr and "Traceback" not in asked.stderr
+    assert _report_files(root) == before
+
+
+def test_view_tag_skips_a_killed_baseline_and_lets_the_dashboard_name_a_new_tag(tmp_path: Path) -> None:
+    from nightlab.research.session import view_tag
+    from nightlab.store.ledger import Ledger
+
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        done = ledger.add_experiment(kind="baseline", tag="nov30", description="baseline")
+        ledger.finish_experiment(done, status="ok", decision="baseline", metric_mean=1.0, n_runs=1)
+        ledger.add_experiment(kind="baseline", tag="dec01", description="baseline")
+        ledger.set_meta("current_tag", "dec01")
+        assert view_tag(ledger, tmp_path) == "nov30"  # dec01's run was killed: no harness holds it
+        assert view_tag(ledger, tmp_path, "dec02", strict=False) == "dec02"
+        assert view_tag(ledger, tmp_path, configured="dec01") == "dec01"

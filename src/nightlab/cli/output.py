@@ -86,10 +86,16 @@ def run_research(
 def write_reports(session: Session, quiet: bool) -> dict[str, Path]:
     """results.tsv, progress.png, the study figures and report.html; ``{label: path}`` of those
     written. A figure that cannot be drawn is skipped (with a warning unless ``quiet``): a
-    plotting problem must never hide the results."""
+    plotting problem must never hide the results.
+
+    Nothing is written for a tag without a baseline (``{}``): the files are the workspace's, not
+    the tag's, and empty ones would replace the report of the night that has results.
+    """
     from nightlab.report.plot import plot_progress
     from nightlab.store.export import export_tsv
 
+    if not session.ledger.research_tags().get(session.tag):
+        return {}
     state = session.workspace.state_dir
     paths: dict[str, Path] = {}
     tsv = state / "results.tsv"

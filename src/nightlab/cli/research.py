@@ -13,6 +13,7 @@ from nightlab.cli.output import (
     DirArg,
     assumed_metric,
     console,
+    err_console,
     print_status_table,
     print_summary,
     run_research,
@@ -120,7 +121,11 @@ def _workers(text: str) -> int | str:
 
 def status(
     directory: Path = DirArg,
-    tag: str = typer.Option(None, "--tag"),
+    tag: str = typer.Option(
+        None,
+        "--tag",
+        help="Research tag to show (default: the last one run; when it has no baseline, the newest that has).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """The experiments so far and the current best."""
@@ -128,7 +133,7 @@ def status(
     from nightlab.store.export import status_dict
     from nightlab.workspace.lock import holder
 
-    session = open_session(directory, tag=tag, must_exist=True)
+    session = open_session(directory, tag=tag, must_exist=True, view=True)
     # An experiment still "running" in the ledger whose harness is gone was interrupted.
     data = status_dict(session.ledger, session.tag, live=holder(session.workspace.state_dir) is not None)
     if as_json:
@@ -139,7 +144,11 @@ def status(
 
 def report(
     directory: Path = DirArg,
-    tag: str = typer.Option(None, "--tag"),
+    tag: str = typer.Option(
+        None,
+        "--tag",
+        help="Research tag to report (default: the last one run; when it has no baseline, the newest that has).",
+    ),
     html: bool = typer.Option(
         False, "--html", help="Also print where the self-contained HTML report is, as a file:// address."
     ),
@@ -148,8 +157,18 @@ def report(
     """Write progress.png, results.tsv and report.html (the dashboard's views in one file), and print the summary."""
     from nightlab.research.session import open_session
 
-    session = open_session(directory, tag=tag, must_exist=True)
+    session = open_session(directory, tag=tag, must_exist=True, view=True)
     paths = write_reports(session, quiet=False)
+    if not paths:
+        print_summary(session)  # its first lines name the tag and say that it has no baseline yet
+        err_console.print(
+            f"nothing written: nightlab/{session.tag} has no baseline yet, and the reports in "
+            f"{session.workspace.state_dir} were left as they were",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     if out is not None:
         from nightlab.report.html import write_html_report
 

@@ -49,26 +49,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _workspace(directory: Path, tag: str | None) -> tuple[Path, object, str]:
-    """The workspace root, its config, and the tag to show: given, configured, last used, today."""
+def _workspace(directory: Path, tag: str | None, strict: bool) -> tuple[Path, object, str]:
+    """The workspace root, its config, and the tag to show (:func:`view_tag`; today's before any
+    run). ``strict``: a tag given must have experiments (the dashboard may be opened for a night
+    that has not started)."""
     from nightlab.config import load_config
     from nightlab.report.dashboard.data import LedgerReader
-    from nightlab.research.session import LEDGER_NAME, default_tag
+    from nightlab.research.session import LEDGER_NAME, default_tag, view_tag
     from nightlab.workspace.git import STATE_DIR
 
     root = Path(directory).resolve()
     if not root.is_dir():
         raise UserError(f"{root}: no such directory; create a workspace with `nightlab init {root}`")
     config = load_config(root)
-    chosen = tag or config.run.tag
     ledger_path = root / STATE_DIR / LEDGER_NAME
-    if not chosen and ledger_path.is_file():
-        reader = LedgerReader(ledger_path)
-        try:
-            chosen = reader.get_meta("current_tag")
-        finally:
-            reader.close()
-    return root, config, chosen or default_tag()
+    if not ledger_path.is_file():
+        return root, config, tag or config.run.tag or default_tag()
+    reader = LedgerReader(ledger_path)
+    try:
+        return root, config, view_tag(reader, root / STATE_DIR, tag, config.run.tag, strict=strict)
+    finally:
+        reader.close()
 
 
 def serve(
@@ -79,7 +80,11 @@ def serve(
         "--host",
         help="Address to listen on; anything but loopback requires the token to read too.",
     ),
-    tag: str = typer.Option(None, "--tag", help="Research tag to show (default: the last one run)."),
+    tag: str = typer.Option(
+        None,
+        "--tag",
+        help="Research tag to show (default: the last one run; when it has no baseline, the newest that has).",
+    ),
     token: str = typer.Option(
         None,
         "--token",
@@ -100,7 +105,7 @@ def serve(
     from nightlab.secrets import secret_values
     from nightlab.workspace.git import STATE_DIR
 
-    root, config, chosen = _workspace(directory, tag)
+    root, config, chosen = _workspace(directory, tag, strict=False)
     if token is not None and len(token) < MIN_TOKEN:
         raise UserError(f"--token: use at least {MIN_TOKEN} characters (or leave it out for a random one)")
     token = token or secrets.token_urlsafe(24)
@@ -168,7 +173,11 @@ def serve(
 def export(
     directory: Path = DirArg,
     to: list[str] = typer.Option(..., "--to", help="mlflow or wandb (repeat for both)."),
-    tag: str = typer.Option(None, "--tag", help="Research tag to export (default: the last one run)."),
+    tag: str = typer.Option(
+        None,
+        "--tag",
+        help="Research tag to export (default: the last one run; when it has no baseline, the newest that has).",
+    ),
     option: list[str] = typer.Option(
         [],
         "--option",
@@ -181,7 +190,7 @@ def export(
     from nightlab.store.trackers.sync import ExportScope, export_tag
     from nightlab.workspace.git import STATE_DIR
 
-    root, config, chosen = _workspace(directory, tag)
+    root, config, chosen = _workspace(directory, tag, strict=True)
     check_trackers(config.trackers)
     overrides: dict[str, dict[str, str]] = {name: {} for name in to}
     for item in option:

@@ -38,7 +38,7 @@ from nightlab.research.tools import SessionTools
 from nightlab.store.ledger import Ledger
 from nightlab.workspace.git import Workspace, run_worktree
 from nightlab.workspace.integrity import FrozenCheck, frozen_paths, hash_paths
-from nightlab.workspace.lock import WorkspaceLock, acquire
+from nightlab.workspace.lock import WorkspaceLock, acquire, holder
 
 LEDGER_NAME = "ledger.db"
 
@@ -141,9 +141,17 @@ def default_tag() -> str:
 
 
 def open_session(
-    root: Path, tag: str | None = None, agent_kind: str | None = None, must_exist: bool = False
+    root: Path,
+    tag: str | None = None,
+    agent_kind: str | None = None,
+    must_exist: bool = False,
+    view: bool = False,
 ) -> Session:
-    """Load config, git and ledger for ``root``; pick the tag (explicit, configured, or last used)."""
+    """Load config, git and ledger for ``root``; pick the tag (explicit, configured, or last used).
+
+    ``view``: for a command that shows a tag rather than researches it (status, report), which
+    picks it with :func:`view_tag`.
+    """
     root = Path(root).resolve()
     if not root.is_dir():
         raise UserError(f"{root}: no such directory; create a workspace with `nightlab init {root}`")
@@ -158,9 +166,44 @@ def open_session(
             f"{root}: no experiments yet (no {ledger_path.relative_to(root)}); start with `nightlab run {root}`"
         )
     ledger = Ledger(ledger_path)
-    chosen = tag or config.run.tag or ledger.get_meta("current_tag") or default_tag()
+    if view:
+        chosen = view_tag(ledger, workspace.state_dir, tag, config.run.tag)
+    else:
+        chosen = tag or config.run.tag or ledger.get_meta("current_tag") or default_tag()
     _check_tag(chosen)
     return Session(root, config, workspace, ledger, chosen)
+
+
+def view_tag(
+    ledger: Ledger,
+    state_dir: Path,
+    tag: str | None = None,
+    configured: str | None = None,
+    strict: bool = True,
+) -> str:
+    """The tag ``status``, ``report``, the dashboard and ``export`` show.
+
+    A tag given (``--tag``) or configured (``[run] tag``) must have experiments when ``strict``:
+    a misspelt one would show an empty table, and ``report`` would write an empty report. Else
+    the last tag run, unless it has no baseline and no harness runs it (a run killed before its
+    baseline): then the newest tag whose baseline stands, so the night that has results is the
+    one shown.
+    """
+    tags = ledger.research_tags()
+    named = tag or configured
+    if named:
+        if strict and named not in tags:
+            where = "" if tag else " ([run] tag in nightlab.toml)"
+            newest = list(reversed(tags))
+            known = ", ".join(newest[:8]) + (", ..." if len(newest) > 8 else "")
+            known = known or "none yet; start with `nightlab run`"
+            raise UserError(f"no experiments under tag '{named}'{where} (tags: {known})")
+        return named
+    last = ledger.get_meta("current_tag")
+    if last is not None and (tags.get(last) or holder(state_dir) is not None):
+        return last
+    based = [name for name, has_baseline in tags.items() if has_baseline]
+    return based[-1] if based else last or default_tag()
 
 
 def check_kinds(config: Config) -> None:

@@ -330,6 +330,17 @@ class Ledger:
         )
         return int(rows[0]["n"])
 
+    def research_tags(self) -> dict[str, bool]:
+        """Each tag with research experiments, least recently active first: whether its baseline
+        stands (finished with a result). Views pick their default tag from it, and name the tags
+        when asked for one that has nothing."""
+        rows = self._read(
+            "SELECT tag, MAX(id) AS last, MAX(decision = 'baseline') AS based FROM experiments "
+            f"WHERE kind IN ({', '.join('?' * len(RESEARCH_KINDS))}) GROUP BY tag ORDER BY last",
+            tuple(RESEARCH_KINDS),
+        )
+        return {row["tag"]: bool(row["based"]) for row in rows}
+
     def consecutive_failures(self, tag: str) -> int:
         """How many of the latest candidates that ran in a row crashed (refused ones do not count)."""
         count, offset = 0, 0
