@@ -33,6 +33,18 @@ def test_agent_show_space_prints_the_search_space(tmp_path: Path) -> None:
     assert "dimension(s) searched" in res.stdout
 
 
+def test_agent_show_space_names_an_editable_glob_that_matches_nothing_as_check_does(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "lab")
+    toml = root / "nightlab.toml"
+    toml.write_text(toml.read_text().replace('editable = ["train.py"]', 'editable = ["trainer.py"]'))
+    expected = "error: nightlab.toml: [target] editable glob 'trainer.py' matches no file in "
+    for args in (["agent", "show-space"], ["check"]):
+        res = nightlab(*args, str(root))
+        assert res.returncode == 2, (args, res.stdout + res.stderr)
+        assert res.stderr.startswith(expected) and "Traceback" not in res.stderr, (args, res.stderr)
+    assert "found no knobs" not in nightlab("agent", "show-space", str(root)).stdout
+
+
 def test_usage_errors_are_one_message_and_exit_2() -> None:
     """(Every mistake, under both ends of the typer range: tests/cli/test_usage.py.)"""
     for args in (["no-such-command"], ["run", "--max-experiments", "-1"], ["init"]):

@@ -158,11 +158,14 @@ def show_space(directory: Path = DirArg) -> None:
     """The knobs the search agent found and the domain it will search for each."""
     from nightlab.agents.registry import AGENTS
     from nightlab.agents.search.describe import describe_space
-    from nightlab.config import load_config
+    from nightlab.config import check_workspace_files, load_config
     from nightlab.paths import match_files
 
     root = Path(directory).resolve()
     config = load_config(root)
+    # The check `check` and `run` make: a glob that matches nothing is the mistake to name, not
+    # an empty search space.
+    check_workspace_files(config, root)
     files = {p: (root / p).read_text() for p in match_files(root, config.target.editable)}
     settings = AGENTS.settings(config.agent, "search")  # [agent.search], whatever kind runs
     typer.echo(describe_space(files, settings))  # a fixed-width table: never re-wrapped
