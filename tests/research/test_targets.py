@@ -294,3 +294,14 @@ def test_a_json_metric_under_another_name_is_named_with_what_the_file_holds(tmp_
     assert check.returncode == 1
     out = " ".join(check.stdout.split())
     assert "metric 'val_mse' not found in" in out and "which holds steps, val_loss ([metric] name)" in out
+
+
+def test_check_does_not_count_a_knob_the_run_command_sets_as_searched(tmp_path: Path) -> None:
+    root = _workspace(
+        tmp_path / "ws", {"train.py": ARGPARSE_TRAIN}, ["train.py"], [], "python train.py --lr=0.2"
+    )
+    check = nightlab("check", str(root), "--seconds", "1")
+    out = " ".join(check.stdout.split())
+    found = re.search(r"knobs: (\d+) searched \(([^)]*)\)", out)
+    assert found, out
+    assert "lr" not in found.group(2).split(", ") and "n_layer" in found.group(2).split(", ")

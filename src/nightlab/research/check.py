@@ -101,7 +101,9 @@ def _short_budget(budget: BudgetConfig, seconds: float) -> BudgetConfig:
 
 def _knobs(session: Session, head: str, report: CheckReport) -> None:
     files = editable_texts(session.config, session.workspace, head)
-    space = build_space(files, AGENTS.settings(session.config.agent, "search"))
+    space = build_space(
+        files, AGENTS.settings(session.config.agent, "search"), command=session.config.target.run
+    )
     problem = why_empty(space, files)
     where = sorted({f"{k.path} ({k.source})" for k in space.knobs.values()})
     searched = ", ".join(d.key for d in space.dims[:12]) + (" ..." if len(space.dims) > 12 else "")
