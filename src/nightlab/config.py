@@ -369,9 +369,26 @@ def parse_config(data: dict, source: str = CONFIG_NAME) -> Config:
         raise UserError(f"{source}: {first}{more}") from None
 
 
+def workspace_root(directory: Path) -> Path:
+    """``directory`` resolved, when it is a directory; else one line saying what to pass instead.
+
+    A file is the common slip (``nightlab check train.py``): the workspace is the folder that
+    holds it, and "no such directory; create one" would send the user to ``init`` for nothing.
+    """
+    root = Path(directory).resolve()
+    if root.is_file():
+        raise UserError(
+            f"{root}: is a file, not a workspace directory; pass the directory that holds "
+            f"{CONFIG_NAME} instead (its parent: {root.parent})"
+        )
+    if not root.is_dir():
+        raise UserError(f"{root}: no such directory; create a workspace with `nightlab init {root}`")
+    return root
+
+
 def load_config(workspace: Path) -> Config:
     """Read and validate ``workspace/nightlab.toml``."""
-    path = Path(workspace) / CONFIG_NAME
+    path = workspace_root(workspace) / CONFIG_NAME
     if not path.is_file():
         raise UserError(f"{path}: not found; create one with `nightlab init DIR` or see docs/CONFIG.md")
     try:

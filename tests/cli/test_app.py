@@ -45,6 +45,27 @@ def test_agent_show_space_names_an_editable_glob_that_matches_nothing_as_check_d
     assert "found no knobs" not in nightlab("agent", "show-space", str(root)).stdout
 
 
+def test_a_file_given_as_the_workspace_names_its_folder(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "lab")
+    script = root / "train.py"
+    expected = f"error: {script}: is a file, not a workspace directory; "
+    plain = ["check", "run", "status", "report", "brief", "recover", "serve", "validate", "ablate"]
+    # (the command, its options after the directory)
+    commands = [([name], []) for name in plain]
+    commands += [(["agent", "show-space"], []), (["try"], ["-m", "x"]), (["export"], ["--to", "mlflow"])]
+    for command, options in commands:
+        res = nightlab(*command, str(script), *options)
+        assert res.returncode == 2, (command, res.stdout + res.stderr)
+        assert res.stderr.startswith(expected) and f"(its parent: {root})" in res.stderr, (
+            command,
+            res.stderr,
+        )
+        assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr, (
+            command,
+            res.stderr,
+        )
+
+
 def test_usage_errors_are_one_message_and_exit_2() -> None:
     """(Every mistake, under both ends of the typer range: tests/cli/test_usage.py.)"""
     for args in (["no-such-command"], ["run", "--max-experiments", "-1"], ["init"]):

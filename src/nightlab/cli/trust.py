@@ -21,15 +21,12 @@ def recover(
     force: bool = typer.Option(False, "--force", help="Rebuild even when the ledger reads fine."),
 ) -> None:
     """Rebuild .nightlab/ledger.db from refs/nightlab/experiments/*, the branch and the run dirs."""
-    from nightlab.config import load_config
-    from nightlab.errors import UserError
+    from nightlab.config import load_config, workspace_root
     from nightlab.store.recover import recover as rebuild
     from nightlab.workspace.git import Workspace
     from nightlab.workspace.lock import acquire
 
-    root = Path(directory).resolve()
-    if not root.is_dir():
-        raise UserError(f"{root}: no such directory")
+    root = workspace_root(directory)
     config = load_config(root)
     lock = acquire(Workspace(root).state_dir)  # never rebuild under a harness writing the ledger
     done = rebuild(root, config, tag=tag, force=force)

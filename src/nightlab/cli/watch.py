@@ -53,14 +53,12 @@ def _workspace(directory: Path, tag: str | None, strict: bool) -> tuple[Path, ob
     """The workspace root, its config, and the tag to show (:func:`view_tag`; today's before any
     run). ``strict``: a tag given must have experiments (the dashboard may be opened for a night
     that has not started)."""
-    from nightlab.config import load_config
+    from nightlab.config import load_config, workspace_root
     from nightlab.report.dashboard.data import LedgerReader
     from nightlab.research.session import LEDGER_NAME, default_tag, view_tag
     from nightlab.workspace.git import STATE_DIR
 
-    root = Path(directory).resolve()
-    if not root.is_dir():
-        raise UserError(f"{root}: no such directory; create a workspace with `nightlab init {root}`")
+    root = workspace_root(directory)
     config = load_config(root)
     ledger_path = root / STATE_DIR / LEDGER_NAME
     if not ledger_path.is_file():

@@ -20,7 +20,7 @@ from pathlib import Path
 from nightlab.agents.base import Agent, AgentSetup
 from nightlab.agents.registry import AGENTS, make_agent
 from nightlab.code.flags import flag_files
-from nightlab.config import Config, check_workspace_files, load_config
+from nightlab.config import Config, check_workspace_files, load_config, workspace_root
 from nightlab.errors import UserError
 from nightlab.events import Event, EventSink
 from nightlab.executor import sandbox
@@ -152,9 +152,7 @@ def open_session(
     ``view``: for a command that shows a tag rather than researches it (status, report), which
     picks it with :func:`view_tag`.
     """
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise UserError(f"{root}: no such directory; create a workspace with `nightlab init {root}`")
+    root = workspace_root(root)
     config = load_config(root)
     if agent_kind:
         config.agent.kind = agent_kind
