@@ -66,6 +66,17 @@ def test_a_file_given_as_the_workspace_names_its_folder(tmp_path: Path) -> None:
         )
 
 
+def test_an_unknown_agent_on_the_command_line_blames_the_option_not_the_config(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "lab")
+    res = nightlab("run", str(root), "--agent", "serach", "--plain")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert (
+        res.stderr.strip()
+        == "error: --agent 'serach': unknown agent (choose from command, llm, replay, search)"
+    )
+    assert not (root / ".nightlab" / "ledger.db").exists()  # nothing started
+
+
 def test_usage_errors_are_one_message_and_exit_2() -> None:
     """(Every mistake, under both ends of the typer range: tests/cli/test_usage.py.)"""
     for args in (["no-such-command"], ["run", "--max-experiments", "-1"], ["init"]):

@@ -153,6 +153,9 @@ def open_session(
     picks it with :func:`view_tag`.
     """
     root = workspace_root(root)
+    if agent_kind and agent_kind not in AGENTS.names():
+        # Named on the command line, so the command line is what to fix, not nightlab.toml.
+        raise UserError(f"--agent '{agent_kind}': unknown agent (choose from {', '.join(AGENTS.names())})")
     config = load_config(root)
     if agent_kind:
         config.agent.kind = agent_kind
