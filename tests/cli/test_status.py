@@ -131,3 +131,12 @@ def test_view_tag_skips_a_killed_baseline_and_lets_the_dashboard_name_a_new_tag(
         assert view_tag(ledger, tmp_path) == "nov30"  # dec01's run was killed: no harness holds it
         assert view_tag(ledger, tmp_path, "dec02", strict=False) == "dec02"
         assert view_tag(ledger, tmp_path, configured="dec01") == "dec01"
+
+
+def test_the_stop_line_and_the_summary_count_experiments_the_same_way(tmp_path: Path) -> None:
+    proposals = [edit("LR = 0.1", "LR = 0.3"), edit("WIDTH = 64", "WIDTH = 128")]
+    root = make_workspace(tmp_path / "ws", proposals=proposals)
+    res = nightlab("run", str(root), "--plain", "-n", "2", env={"COLUMNS": "200"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "stopped: 2 experiments done (--max-experiments 2)" in res.stdout
+    assert "3 total (the baseline and 2 experiments):" in res.stdout

@@ -148,9 +148,10 @@ def test_summary_counts_every_outcome_and_unfinished_ones_as_interrupted(tmp_pat
         ledger.add_experiment(kind="candidate", tag="t", description="in flight")
         live = render_summary(ledger, "t", "val_bpb", "minimize")
         dead = render_summary(ledger, "t", "val_bpb", "minimize", live=False)
-    assert "1 total: baseline 1" in only_baseline  # issue 17: was "1 total:" and nothing after it
-    assert "2 total: baseline 1 · running 1" in live
-    assert "2 total: baseline 1 · interrupted 1" in dead
+    # issue 17: was "1 total:" and nothing after it
+    assert "1 total (the baseline and 0 experiments): baseline 1" in only_baseline
+    assert "2 total (the baseline and 1 experiment): baseline 1 · running 1" in live
+    assert "2 total (the baseline and 1 experiment): baseline 1 · interrupted 1" in dead
 
 
 def test_summary_says_what_share_of_the_runs_wall_time_was_training(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ def run(
         "--max-experiments",
         "-n",
         min=0,
-        help="Stop once the tag has N experiments (earlier runs of the tag count; see --more).",
+        help="Stop once the tag has N experiments after its baseline (earlier runs of the tag count; see --more).",
     ),
     more: int = typer.Option(None, "--more", min=0, help="Run N more experiments than the tag has now."),
     hours: float = typer.Option(None, "--hours", min=0.0, help="Stop proposing after H hours."),

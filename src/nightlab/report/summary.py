@@ -126,7 +126,15 @@ def summary_renderable(
         counts[key] = counts.get(key, 0) + 1
     order = ["baseline", "keep", "discard", "pruned", "crash", "invalid", "skipped", "running", "interrupted"]
     keys = [k for k in order if k in counts] + sorted(k for k in counts if k not in order)
-    overview.add_row("Experiments", f"{len(research)} total: " + " · ".join(f"{k} {counts[k]}" for k in keys))
+    # `-n N` and "stopped: N experiments done" count the experiments after the baseline: the total
+    # says how it is made up, so the two numbers agree at a glance.
+    baselines = sum(e.kind == "baseline" for e in research)
+    made_of = "the baseline" if baselines == 1 else f"{baselines} baselines"
+    after = len(research) - baselines
+    made_of += f" and {after} experiment{'s' * (after != 1)}"
+    overview.add_row(
+        "Experiments", f"{len(research)} total ({made_of}): " + " · ".join(f"{k} {counts[k]}" for k in keys)
+    )
 
     kept = [e for e in research if e.decision == "keep"]
     if not kept:
