@@ -12,15 +12,9 @@ from nightlab.agents.base import AgentSetup
 from nightlab.agents.registry import make_agent
 from nightlab.agents.search.agent import SearchAgent
 from nightlab.agents.search.describe import describe_space
+from nightlab.agents.search.names import PIN_BUDGET, PIN_DEFAULT, PIN_MEASURED, default_pin
 from nightlab.agents.search.settings import SearchSettings
-from nightlab.agents.search.space import (
-    PIN_BUDGET,
-    PIN_DEFAULT,
-    PIN_MEASURED,
-    build_space,
-    default_pin,
-    infer_domain,
-)
+from nightlab.agents.search.space import build_space, infer_domain
 from nightlab.config import parse_config
 from nightlab.errors import UserError
 

@@ -27,100 +27,24 @@ from typing import Any
 
 import numpy as np
 
+from nightlab.agents.search.names import default_pin, hint_name, is_named, priority
 from nightlab.agents.search.settings import SearchSettings
-from nightlab.code.knobs import KNOB_SUFFIXES, Knob, find_knobs, is_budget_name, set_by_command
+from nightlab.code.knobs import KNOB_SUFFIXES, Knob, find_knobs, set_by_command
 from nightlab.errors import UserError
 
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
-
-# Knobs that must not move unless the user declares a domain for them: changing the seed only
-# samples noise, and budgets/intervals change what is measured rather than the model. Read on the
-# hint name (the last dotted part).
-_PINNED_BY_DEFAULT = re.compile(
-    r"(SEED|BUDGET|TIMEOUT|UNTIMED|VERBOSE|COMPILE|^LOG_|^PRINT_|_PATH$|_DIR$"
-    r"|^DEVICE$|^DTYPE$|WANDB|MLFLOW|TENSORBOARD|PROFIL|DEBUG|_LOG$|_ONLY$|WORKERS|^INIT_FROM$|RESUME)"
-)
-# Checkpoint switches, on word parts of the whole name (see _words): `always_save_checkpoint`,
-# `ckpt_every`, `checkpoint.interval`. Saving changes what is written, never the model, and a
-# search that flips it spends a run on nothing. Word parts, not substrings: `SAVE` must not
-# catch a name that merely contains the letters.
-_CHECKPOINT = re.compile(r"(^|_)(CHECKPOINT|CKPT)|(^|_)(SAVE[SD]?|SAVING)(_|$)")
-# Knobs that size or select the data split or the evaluation: how much is held out (VAL_FRACTION,
-# N_VAL, data.n_val), how it is evaluated (EVAL_ITERS, eval.batch_size, TEST_SIZE), and how much
-# data the model trains on (_DATA_SIZE: N_TRAIN, TRAIN_SIZE, NUM_SAMPLES, DATASET_SIZE). Moving
-# one changes what the metric measures, or buys a better number with more data, so results
-# before and after stop being comparable. Matched on word parts (see _words): INTERVAL,
-# VALUE_DIM and TRAIN_BATCH_SIZE are model or optimiser knobs, and VAL after
-# CLIP/INIT/MIN/MAX/PAD/FILL is a value (Lightning's gradient_clip_val), not validation.
-_EVALUATION = re.compile(
-    r"(^|_)(VALID|VALIDATION|VALIDATE|EVAL|EVALS|EVALUATE|EVALUATION|TEST|TESTS|HOLDOUT|HELDOUT"
-    r"|NVAL|NTEST|SPLIT|SPLITS)(_|$)"
-    r"|(^|(?<!CLIP)(?<!INIT)(?<!MIN)(?<!MAX)(?<!PAD)(?<!FILL)_)VALS?(_|$)"
-)
-_DATA_SIZE = re.compile(
-    r"(^|_)(NTRAIN|SUBSET)(_|$)"
-    r"|(^|_)(N|NUM|NUMBER)_(TRAIN|SAMPLES|EXAMPLES|DATA)(_|$)"
-    r"|(^|_)(LIMIT_)?TRAIN_(SIZE|SAMPLES|EXAMPLES|FRAC|FRACTION|RATIO|PCT|PERCENT|BATCHES)(_|$)"
-    r"|(^|_)(DATASET|DATA)_(SIZE|FRAC|FRACTION|LIMIT|PCT|PERCENT)(_|$)"
-)
-PIN_DEFAULT = "default (seed, logging, checkpoints, paths or device)"
-PIN_BUDGET = "default: the budget (declare a domain in [agent.space] to search it)"
-PIN_MEASURED = (
-    "default: data split or evaluation: changes what is measured "
-    "(declare a domain in [agent.space] to search it)"
-)
-# What a researcher tries first: learning rates, then the batch and the model's shape, then the
-# schedule; everything else after. Only the order of first looks depends on it.
-_PRIORITY = (
-    (re.compile(r"DEVICE_BATCH|MICRO_BATCH"), 0.5),  # memory and speed more than quality
-    (re.compile(r"(^|_)(LR|LEARNING_RATE)$"), 3.0),
-    (re.compile(r"BATCH|DEPTH|LAYERS|WIDTH|ASPECT|DIM|HEADS"), 2.0),
-    (re.compile(r"WARMUP|WARMDOWN|COOLDOWN|DECAY|FINAL_LR|SCHEDULE|BETAS|MOMENTUM"), 1.5),
-    (re.compile(r"INIT|STD|SCALE|DROPOUT|CLIP|ACTIVATION|RATIO"), 1.0),
-)
-
-
-def hint_name(name: str) -> str:
-    """The part of a knob's name the hints read, upper case: ``optim.lr`` and ``--lr`` read as ``LR``."""
-    return name.rsplit(".", 1)[-1].lstrip("-").upper()
-
-
-def _words(name: str) -> str:
-    """The whole name as upper-case word parts joined by ``_``, for rules that read every part:
-    ``data.n_val`` -> ``DATA_N_VAL``, ``EvalConfig.batches`` -> ``EVAL_CONFIG_BATCHES``."""
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name.lstrip("-"))
-    return "_".join(part for part in re.split(r"[._\-]+", spaced.upper()) if part)
-
-
-def default_pin(name: str) -> str | None:
-    """Why a knob is pinned unless the user declares a domain for it, or None when it is searched."""
-    words = _words(name)
-    if _EVALUATION.search(words):
-        return PIN_MEASURED  # EVAL_ITERS sizes the evaluation: that, more than a budget
-    if is_budget_name(name):
-        return PIN_BUDGET  # N_TRAIN_STEPS is a budget before a data size
-    if _DATA_SIZE.search(words):
-        return PIN_MEASURED
-    if _PINNED_BY_DEFAULT.search(hint_name(name)) or _CHECKPOINT.search(words):
-        return PIN_DEFAULT
-    return None
-
-
-def priority(name: str) -> float:
-    """How early a knob gets its first look (higher first)."""
-    for pattern, weight in _PRIORITY:
-        if pattern.search(hint_name(name)):
-            return weight
-    return 0.5
-
-
-def is_named(name: str) -> bool:
-    """Whether the knob's name says what kind of knob it is (one :func:`priority` knows).
-
-    The agent's first look moves such a knob by the step its kind is known to tolerate, and a
-    knob of unknown role by a wider one (see ``SearchAgent``)."""
-    return any(pattern.search(hint_name(name)) for pattern, _ in _PRIORITY)
-
+__all__ = [
+    "Dim",
+    "Domain",
+    "Space",
+    "build_space",
+    "canonical",
+    "default_pin",
+    "hint_name",
+    "infer_domain",
+    "is_named",
+    "priority",
+]
 
 _LOG_HINT = re.compile(r"(LR|LEARNING|RATE|DECAY|WD|EPS|STD|SCALE|CLIP|TEMP|INIT)")
 _RATIO_HINT = re.compile(r"(RATIO|FRAC|DROP|PROB|BETA|MOMENTUM|EMA|SMOOTH|MIX)")
