@@ -305,3 +305,15 @@ def test_check_does_not_count_a_knob_the_run_command_sets_as_searched(tmp_path: 
     found = re.search(r"knobs: (\d+) searched \(([^)]*)\)", out)
     assert found, out
     assert "lr" not in found.group(2).split(", ") and "n_layer" in found.group(2).split(", ")
+
+
+def test_show_space_says_which_knobs_the_run_command_sets(tmp_path: Path) -> None:
+    root = _workspace(
+        tmp_path / "ws", {"train.py": ARGPARSE_TRAIN}, ["train.py"], [], "python train.py --lr 0.2"
+    )
+    space = nightlab("agent", "show-space", str(root))
+    assert space.returncode == 0, space.stderr
+    rows = {line.split()[0]: " ".join(line.split()) for line in space.stdout.splitlines() if line.strip()}
+    assert "pinned" in rows["lr"] and "set by the run command (`--lr 0.2`)" in rows["lr"]
+    assert "pinned" not in rows["n_layer"]
+    assert "under [agent.search] (space = {...}, pin = [...])" in " ".join(space.stdout.split())

@@ -168,4 +168,5 @@ def show_space(directory: Path = DirArg) -> None:
     check_workspace_files(config, root)
     files = {p: (root / p).read_text() for p in match_files(root, config.target.editable)}
     settings = AGENTS.settings(config.agent, "search")  # [agent.search], whatever kind runs
-    typer.echo(describe_space(files, settings))  # a fixed-width table: never re-wrapped
+    # A fixed-width table: never re-wrapped. Knobs the run command sets show as pinned.
+    typer.echo(describe_space(files, settings, command=config.target.run))

@@ -76,6 +76,6 @@ def describe_space(files: dict[str, str], settings: SearchSettings, command: str
     searched = len(space.dims)
     lines.append(
         f"{searched} dimension(s) searched, {len(space.pinned)} knob(s) pinned; declare domains, choices "
-        "or pins in nightlab.toml under [agent.space] and [agent] pin"
+        "or pins in nightlab.toml under [agent.search] (space = {...}, pin = [...])"
     )
     return "\n".join(lines)
