@@ -7,7 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from helpers import TOY_TOML, edit, make_workspace, nightlab
+from helpers import TOY_TOML, edit, git, make_workspace, nightlab
 
 # Ignores NIGHTLAB_SEED: every replicate gives exactly the same number.
 FIXED_SEED = """\
@@ -64,6 +64,19 @@ def test_a_script_that_ignores_its_seed_is_named_and_never_read_as_certainty(tmp
     assert any("ignores NIGHTLAB_SEED" in w for w in status["warnings"])
     report = nightlab("report", str(root))
     assert "ignores NIGHTLAB_SEED" in " ".join(report.stdout.split())
+
+
+def test_a_kept_change_remeasured_on_fresh_runs_keeps_the_assumed_noise(tmp_path: Path) -> None:
+    # A fixed seed and [policy] remeasure: the kept change's value and its standard error come
+    # from fresh runs, identical again; the error rests on the assumed noise, never on zero.
+    root = _workspace(tmp_path, FIXED_SEED, [edit("LR = 0.1", "LR = 0.3", "LR 0.1 -> 0.3")])
+    toml = (root / "nightlab.toml").read_text().replace("remeasure = 0", "remeasure = 1")
+    (root / "nightlab.toml").write_text(toml)
+    git(root, "commit", "-qam", "remeasure")
+    assert nightlab("run", str(root), "--plain", "--tag", "t").returncode == 0
+    (row,) = _rows(root)
+    assert row["decision"] == "keep" and "fresh run" in row["reason"]
+    assert row["delta_se"] is not None and row["delta_se"] > 0.005  # 0.0139 * sqrt(2): about 0.02
 
 
 def test_a_declared_noise_sd_is_used_and_named(tmp_path: Path) -> None:

@@ -81,7 +81,10 @@ def remeasured(ledger: Ledger, config: Config, tag: str, row: ExperimentRow, dec
     inc = _reported(ledger, base.id) or ledger.estimate_metrics(base.id)
     delta = config.metric.direction.improvement(mean(fresh), mean(inc))
     floor = noise_floor(ledger.replicate_groups(tag))
-    se = floor.sd * math.sqrt(1 / len(fresh) + 1 / len(inc)) if floor else None
+    # The noise the decision used: measured, or declared/assumed when replicates came out
+    # identical (a script that ignores its seed), never a spread of zero read as certainty.
+    sd, _, _ = noise_for(floor, fresh, inc, config.policy)
+    se = sd * math.sqrt(1 / len(fresh) + 1 / len(inc)) if sd else None
     change = mean(fresh) - mean(inc)
     d = decimals_for(se if se else abs(change) or 1.0)
     spread = f" ± {se:.{d}f}" if se is not None else ""
