@@ -37,7 +37,8 @@ def test_a_kind_table_and_an_older_flat_key_both_reach_the_kind() -> None:
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"kind": "search", "modle": "x"}, "unknown key 'modle' in [agent]"),
+        ({"kind": "search", "modle": "x"}, "unknown key 'modle' in [agent] (did you mean 'model'?)"),
+        ({"kind": "search", "zzzq": 1}, "unknown key 'zzzq' in [agent]"),
         (
             {"kind": "search", "temperature": "hot"},
             "[agent] temperature: Input should be a valid number, unable to parse string as a number",
@@ -46,7 +47,10 @@ def test_a_kind_table_and_an_older_flat_key_both_reach_the_kind() -> None:
             {"kind": "search", "llm": {"temperature": -1}},
             "[agent.llm] temperature: Input should be greater than or equal to 0",
         ),
-        ({"kind": "search", "search": {"pinn": []}}, "unknown key 'pinn' in [agent.search]"),
+        (
+            {"kind": "search", "search": {"pinn": []}},
+            "unknown key 'pinn' in [agent.search] (did you mean 'pin'?)",
+        ),
         ({"kind": "nope"}, "[agent] kind 'nope' is not one of command, llm, replay, search"),
     ],
 )

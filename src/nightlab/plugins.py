@@ -20,6 +20,7 @@ and the key, as for the rest of nightlab.toml.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -123,7 +124,10 @@ class Registry:
             if self._is_kind_table(key, value):
                 self._validate(self.get(key).settings, value, f"{self.part}.{key}")
             elif key not in declared:
-                raise UserError(f"{CONFIG_NAME}: unknown key '{key}' in [{self.part}]")
+                known = ["kind", *declared, *self._kinds, *self.builtin]
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise UserError(f"{CONFIG_NAME}: unknown key '{key}' in [{self.part}]{hint}")
             else:
                 for kind in declared[key]:
                     _check_field(kind.settings, key, value, self.part)
@@ -137,7 +141,9 @@ class Registry:
         try:
             return model.model_validate(raw)
         except ValidationError as exc:
-            first = describe_error(exc.errors()[0], prefix=where)
+            # An unknown key first, with the closest key the table takes: most are typos.
+            errors = sorted(exc.errors(), key=lambda error: error.get("type") != "extra_forbidden")
+            first = describe_error(errors[0], prefix=where, model=model)
             raise UserError(f"{CONFIG_NAME}: {first}") from None
 
     def _load(self, module: str) -> None:

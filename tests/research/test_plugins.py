@@ -156,7 +156,9 @@ def test_the_kind_table_is_validated_like_the_rest_of_nightlab_toml(
     assert output.strip() == "error: nightlab.toml: [agent.tiny] step: Input should be greater than 0"
     root = _workspace(tmp_path / "b", "stepp = 0.2")
     code, output = nightlab_here(monkeypatch, capsys, "run", str(root), "--plain", "--tag", "t")
-    assert code == 2 and output.strip() == "error: nightlab.toml: unknown key 'stepp' in [agent.tiny]"
+    assert code == 2 and output.strip() == (
+        "error: nightlab.toml: unknown key 'stepp' in [agent.tiny] (did you mean 'step'?)"
+    )
     root = _workspace(tmp_path / "c", "step = 0.1", policy="margin", policy_table="margin = 'wide'")
     code, output = nightlab_here(monkeypatch, capsys, "run", str(root), "--plain", "--tag", "t")
     assert code == 2 and "[policy.margin] margin: Input should be a valid number" in output
