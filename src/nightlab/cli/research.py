@@ -168,7 +168,8 @@ def report(
             highlight=False,
             soft_wrap=True,
         )
-        raise typer.Exit(1)
+        # Not an error: a baseline still running (or killed) is a state to show, not a mistake.
+        return
     if out is not None:
         from nightlab.report.html import write_html_report
 
