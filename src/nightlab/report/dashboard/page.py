@@ -14,6 +14,7 @@ import base64
 import hashlib
 import html
 import json
+import math
 import re
 from importlib import resources
 
@@ -39,10 +40,27 @@ def asset(name: str) -> str:
     return (resources.files("nightlab.report.dashboard") / "static" / name).read_text(encoding="utf-8")
 
 
+def json_text(data: object) -> str:
+    """Strict JSON (what a browser's ``JSON.parse`` accepts) for the page and the API. A metric of
+    NaN or infinity (a diverged run) is ``null``: written as ``NaN`` it would break the whole
+    page, and refusing it would lose every other experiment's row with it."""
+    return json.dumps(_finite(data), separators=(",", ":"), default=str, allow_nan=False)
+
+
+def _finite(data: object) -> object:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
+
+
 def script_json(data: object) -> str:
     """JSON that is safe inside ``<script type="application/json">``: no ``<``, ``>`` or ``&`` that
     could close the element or start a comment, whatever an agent wrote in a description."""
-    text = json.dumps(data, separators=(",", ":"), default=str, allow_nan=False)
+    text = json_text(data)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from starlette.staticfiles import StaticFiles
 from nightlab.report.dashboard import control
 from nightlab.report.dashboard.data import View, details, without_holdout
 from nightlab.report.dashboard.live import Watcher
-from nightlab.report.dashboard.page import LIVE_HEADERS, live_page
+from nightlab.report.dashboard.page import LIVE_HEADERS, json_text, live_page
 
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 
@@ -113,7 +112,7 @@ class Hub:
         if key not in self._texts:
             self._texts = {k: v for k, v in self._texts.items() if k[0] == self.watcher.sequence}
             snap = self.watcher.snapshot()
-            self._texts[key] = _dumps(snap if with_holdout else without_holdout(snap))
+            self._texts[key] = json_text(snap if with_holdout else without_holdout(snap))
         return self._texts[key]
 
 
@@ -145,13 +144,9 @@ def _refuse_read(settings: ServeSettings, request: Request) -> Response | None:
     return None
 
 
-def _dumps(data: object) -> str:
-    return json.dumps(data, default=str, allow_nan=False, separators=(",", ":"))
-
-
 def _json(data: object, status: int = 200) -> Response:
     return Response(
-        data if isinstance(data, str) else _dumps(data),
+        data if isinstance(data, str) else json_text(data),
         status_code=status,
         media_type="application/json",
         headers={"Cache-Control": "no-store"},
@@ -220,12 +215,12 @@ def create_app(settings: ServeSettings) -> Starlette:
         async def stream() -> AsyncIterator[dict]:
             try:
                 # The page fetches /api/state when this opens; changes follow here, numbered.
-                yield {"event": "hello", "data": _dumps({"sequence": hub.watcher.sequence})}
+                yield {"event": "hello", "data": json_text({"sequence": hub.watcher.sequence})}
                 while True:
                     patch = await queue.get()
                     yield {
                         "event": "patch",
-                        "data": _dumps(patch if with_holdout else without_holdout(patch)),
+                        "data": json_text(patch if with_holdout else without_holdout(patch)),
                     }
             finally:
                 hub.queues.discard(queue)
