@@ -150,3 +150,32 @@ def test_change_that_does_not_revert_is_reported(tmp_path: Path) -> None:
     assert res.returncode == 2 and "without --scale" in res.stderr
     res = nightlab("ablate", str(root), "--scale", "huge")
     assert res.returncode == 2 and "no [scales.huge]" in res.stderr
+
+
+def _harm(pruned: list[float], full: list[float], floor: list[list[float]]) -> str | None:
+    from types import SimpleNamespace
+
+    from nightlab.studies.ablate import AblationReport, _possible_harm
+    from nightlab.studies.compare import compare
+
+    comparison = compare("val_loss", pruned, full, "minimize", 0.95)
+    interval = comparison.improvement_interval()
+    assert interval is not None and interval[0] <= 0  # not measurably worse: the old rule applied
+    session = SimpleNamespace(tag="t", ledger=SimpleNamespace(replicate_groups=lambda tag: floor))
+    report = AblationReport(
+        tag="t", best_id=1, best_commit="x", metric_name="val_loss", direction="minimize",
+        confidence=0.95, seeds=[1, 2], full_values=full, contributions=[], study="s",
+    )  # fmt: skip
+    return _possible_harm(session, report, comparison, interval, pruned, full)  # type: ignore[arg-type]
+
+
+def test_apply_does_not_drop_a_change_the_few_seeds_cannot_clear() -> None:
+    noise = [[0.146, 0.147], [0.0027, 0.0028]]  # run-to-run sd about 0.0007
+    # Two seeds, one of them wild: "not measurably worse", yet the best is far better with it.
+    why = _harm([0.146, 0.55], [0.0027, 0.0029], noise)
+    assert why is not None and "better with them, more than the run-to-run noise" in why
+    # Level on average, but two seeds of a noisy metric cannot rule out a large loss.
+    why = _harm([1.0, 1.2], [1.1, 1.1], [[1.0, 1.2]])
+    assert why is not None and "more seeds (--seeds N) can tell" in why
+    # Level, and the interval rules out anything beyond the noise: dropping is safe.
+    assert _harm([1.0, 1.003, 0.998], [1.001, 1.0, 0.999], [[1.0, 1.003, 0.998]]) is None

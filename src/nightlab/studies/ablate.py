@@ -25,10 +25,13 @@ from dataclasses import dataclass, field
 
 from nightlab.errors import UserError
 from nightlab.research.session import Session
-from nightlab.stats import mean, sample_sd
+from nightlab.stats import mean, noise_floor, pooled_sd, sample_sd
 from nightlab.studies.compare import MetricComparison, compare
 from nightlab.studies.scales import apply_scale, resolve_scale, scaled_config, set_ref
 from nightlab.studies.study import Arm, RunCallback, SideStudy, study_seeds
+
+# ``--apply`` drops changes only when the interval rules out a loss beyond this many times the noise.
+LOSS_BOUND = 3.0
 
 HELPS = "earns its place"
 DROP = "candidate to drop"
@@ -353,6 +356,9 @@ def _apply(
     if interval is None or interval[0] > 0:
         why = "too few runs to confirm" if interval is None else "the best is measurably better with them"
         return AppliedPrune(pruned_commit, dropped, skipped, comparison, False, f"not applied: {why}")
+    harm = _possible_harm(session, report, comparison, interval, pruned.values, full.values)
+    if harm:
+        return AppliedPrune(pruned_commit, dropped, skipped, comparison, False, f"not applied: {harm}")
     old = workspace.branch_commit(tag)
     if old != report.best_commit:
         return AppliedPrune(pruned_commit, dropped, skipped, comparison, False,
@@ -362,6 +368,40 @@ def _apply(
     return AppliedPrune(
         pruned_commit, dropped, skipped, comparison, True, f"applied: nightlab/{tag} drops {names}", exp_id
     )
+
+
+def _possible_harm(
+    session: Session,
+    report: AblationReport,
+    comparison: MetricComparison,
+    interval: tuple[float, float],
+    pruned: list[float],
+    full: list[float],
+) -> str | None:
+    """Why dropping could cost more than it saves, though the loss is not significant.
+
+    "Not measurably worse" alone has no power with few seeds: at two, an interval spans almost
+    anything, and a change worth 98% of the metric was dropped. So the drop must also look
+    harmless: the best no more than the noise better with the changes (``tolerance``, one
+    run-to-run sd, or the complexity cost saved when larger), and its interval must rule out a
+    loss beyond three times that."""
+    floor = noise_floor(session.ledger.replicate_groups(session.tag))
+    sd = floor.sd if floor is not None and floor.sd > 0 else pooled_sd([pruned, full])[0]
+    cost = sum(c.cost for c in report.drop_candidates)
+    tolerance = max(cost, sd or 0.0)
+    better = comparison.improvement or 0.0  # how much better the best is than the pruned commit
+    if better > tolerance:
+        return (
+            f"the best is {better:.4g} better with them, more than the run-to-run noise "
+            f"({tolerance:.4g}); they are not shown to help, but nothing says they do not"
+        )
+    if interval[1] > LOSS_BOUND * tolerance:
+        return (
+            f"with {len(pruned)} seeds the best may be up to {interval[1]:.4g} better with them "
+            f"({comparison.confidence:.0%} CI), more than {LOSS_BOUND:g}x the noise ({tolerance:.4g}); "
+            "more seeds (--seeds N) can tell"
+        )
+    return None
 
 
 def _record_applied(
