@@ -13,7 +13,7 @@ A script is a list of responses, used in order (a request past its end gets a 50
 or a callable ``(request) -> response`` for servers that answer by content. Responses:
 :class:`Answer` (a completion, optionally after a delay), :class:`Status` (an HTTP error with
 the provider's error body and any headers), :class:`Hang` (say nothing, so the client times
-out). ``api_key`` makes the server reject any other key with 401; ``models`` makes it answer
+out), :class:`Raw` (a body sent as it is: an HTML page, JSON that is no answer). ``api_key`` makes the server reject any other key with 401; ``models`` makes it answer
 404 for any other model, as the real APIs do.
 """
 
@@ -58,7 +58,16 @@ class Hang:
     seconds: float = 30.0
 
 
-Response = Answer | Status | Hang
+@dataclass
+class Raw:
+    """A body sent as given, for a server whose HTTP 200 carries no answer (a proxy's HTML page)."""
+
+    body: str | bytes
+    content_type: str = "application/json"
+    code: int = 200
+
+
+Response = Answer | Status | Hang | Raw
 
 
 @dataclass
@@ -246,6 +255,10 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 server._stopping.wait(response.seconds)
                 self.close_connection = True
                 return
+            if isinstance(response, Raw):
+                data = response.body if isinstance(response.body, bytes) else response.body.encode()
+                self._send_bytes(response.code, data, response.content_type)
+                return
             if isinstance(response, Status):
                 self._send(
                     response.code, server.error_body(response.code, response.message), response.headers
@@ -256,10 +269,14 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             self._send(200, server.success_body(request, response))
 
         def _send(self, code: int, payload: dict, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode()
+            self._send_bytes(code, json.dumps(payload).encode(), "application/json", headers)
+
+        def _send_bytes(
+            self, code: int, data: bytes, content_type: str, headers: dict[str, str] | None = None
+        ) -> None:
             try:
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)

@@ -10,7 +10,7 @@ import time
 import pytest
 from agent_kit import KEY, make_context
 from agent_kit import entry as make_entry
-from fake_servers import Answer, Status, answer_text, block, fake_llm_server
+from fake_servers import Answer, Raw, Status, answer_text, block, fake_llm_server
 
 from nightlab.agents.base import Agent
 from nightlab.agents.llm.agent import MAX_FAILED_ROUNDS, LLMAgent
@@ -219,6 +219,24 @@ def test_an_api_that_stays_down_stops_the_agent_instead_of_crashing(llm_config):
         assert agent.propose(make_context()) is None
     assert len(server.requests) == 3
     assert "gave up after 3 attempts" in agent.stop_reason()
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ("<html>not json", "answered with something that is not JSON: '<html>not json'"),
+        ("{}", "answered without a message: no choices"),
+        ('{"choices": []}', "answered without a message: no choices"),
+    ],
+)
+def test_a_server_answering_no_message_stops_the_agent_without_an_experiment(body, why, llm_config):
+    with fake_llm_server("openai", lambda request: Raw(body)) as server:
+        agent = LLMAgent(llm_config(server, api_retries=2))
+        assert agent.propose(make_context()) is None  # not an invalid proposal counted as a try
+    assert len(server.requests) == 3
+    assert (
+        f"gave up after 3 attempts (BadResponse: the API at {server.base_url} {why})" in agent.stop_reason()
+    )
 
 
 def test_lessons_are_written_before_the_next_proposal_and_shown_after(llm_config):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from agent_kit import KEY, KEY_ENV
-from fake_servers import Answer, Hang, Status, fake_llm_server
+from fake_servers import Answer, Hang, Raw, Status, fake_llm_server
 
 from nightlab.agents.llm.providers import (
     ProviderUnavailable,
@@ -150,6 +150,110 @@ def test_an_unknown_model_stops_with_its_name(protocol, llm_config):
         with pytest.raises(UserError, match="model 'fake-model' is not served") as caught:
             ask(make_model(llm_config(server), FAST))
     assert "\n" not in str(caught.value)
+    assert len(server.requests) == 1
+
+
+NOT_JSON = [
+    Raw("<html>not json"),  # declared JSON, is not
+    Raw("<html><body>502 Bad Gateway</body></html>", content_type="text/html"),  # a proxy's page
+    Raw(b"\x80 not even text"),  # not UTF-8
+]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("body", NOT_JSON, ids=["json-typed", "html-typed", "bytes"])
+def test_a_200_that_is_not_json_is_retried_like_a_server_error(protocol, body, llm_config, caplog):
+    with fake_llm_server(protocol, [body, Answer("fine")]) as server:
+        assert ask(make_model(llm_config(server), FAST)).text == "fine"
+    assert len(server.requests) == 2
+    [warning] = [r.getMessage() for r in caplog.records if "retry 1/" in r.getMessage()]
+    assert f"the API at {server.base_url} answered with something that is not JSON: '" in warning
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_server_that_only_answers_garbage_gives_up_with_one_line_quoting_it(protocol, llm_config):
+    with fake_llm_server(protocol, lambda request: Raw("<html>not json")) as server:
+        with pytest.raises(ProviderUnavailable) as caught:
+            ask(make_model(llm_config(server), FAST))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.endswith(
+        f"gave up after 4 attempts (BadResponse: the API at {server.base_url} answered with "
+        "something that is not JSON: '<html>not json')"
+    )
+    assert len(server.requests) == 4
+
+
+def test_a_long_page_is_shortened_and_an_echoed_key_never_shown(llm_config):
+    def echo(request) -> Raw:
+        return Raw(f"<html>\n  your key {request.headers['authorization']} " + "x" * 500, "text/html")
+
+    with fake_llm_server("openai", echo) as server:
+        with pytest.raises(ProviderUnavailable) as caught:
+            ask(make_model(llm_config(server), FAST))
+    message = str(caught.value)
+    assert KEY not in message
+    assert "not JSON: '<html> your key Bearer <key> xxx" in message and "...')" in message
+    assert len(message) < 300
+
+
+NO_MESSAGE = {
+    "openai": [
+        ("{}", "no choices"),
+        ('{"id": "x", "object": "chat.completion", "choices": []}', "no choices"),
+        ('{"choices": [{"index": 0, "finish_reason": "stop"}]}', "its choice has no message"),
+        (
+            '{"choices": [{"index": 0, "finish_reason": "stop", '
+            '"message": {"role": "assistant", "content": null}}]}',
+            "its message has no content",
+        ),
+        ("null", "the body is null, not a JSON object"),
+        ("[]", "the body is [], not a JSON object"),
+    ],
+    "anthropic": [
+        ("{}", "no content"),
+        ('{"type": "message", "content": [], "stop_reason": "end_turn"}', "no content"),
+        ('{"type": "message", "content": null}', "no content"),
+        ('{"type": "message", "content": "hi"}', "its content is not a list"),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("protocol", "body", "what"),
+    [(protocol, body, what) for protocol, cases in NO_MESSAGE.items() for body, what in cases],
+)
+def test_json_without_a_message_is_a_server_error_not_an_empty_answer(protocol, body, what, llm_config):
+    with fake_llm_server(protocol, [Raw(body), Answer("fine")]) as server:
+        assert ask(make_model(llm_config(server), FAST)).text == "fine"
+    with fake_llm_server(protocol, lambda request: Raw(body)) as server:
+        with pytest.raises(ProviderUnavailable) as caught:
+            ask(make_model(llm_config(server), FAST))
+    assert f"the API at {server.base_url} answered without a message: {what})" in str(caught.value)
+    assert len(server.requests) == 4
+
+
+@pytest.mark.parametrize(
+    ("protocol", "body"),
+    [
+        (
+            "openai",
+            '{"choices": [{"index": 0, "finish_reason": "length", '
+            '"message": {"role": "assistant", "content": null}}], '
+            '"usage": {"prompt_tokens": 7, "completion_tokens": 64}}',
+        ),
+        (
+            "anthropic",
+            '{"type": "message", "content": [], "stop_reason": "max_tokens", '
+            '"usage": {"input_tokens": 7, "output_tokens": 64}}',
+        ),
+    ],
+)
+def test_nothing_said_within_the_output_limit_is_still_the_models_answer(protocol, body, llm_config):
+    # A reasoning model can spend its whole limit thinking: billed, and the agent tells it so.
+    with fake_llm_server(protocol, [Raw(body)]) as server:
+        reply = ask(make_model(llm_config(server), FAST))
+    assert (reply.text, reply.truncated, reply.tokens_in, reply.tokens_out) == ("", True, 7, 64)
     assert len(server.requests) == 1
 
 

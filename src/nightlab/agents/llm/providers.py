@@ -2,7 +2,10 @@
 
 Both official SDKs are used with their built-in retries switched off, so one policy applies to
 every provider: transient failures (429, 5xx, timeouts, connection resets) are retried with
-exponential backoff, honouring ``Retry-After``; a bad key (401/403) or an unknown model (404)
+exponential backoff, honouring ``Retry-After``; so is an HTTP 200 that carries no answer (a
+body that is not JSON, a completion without a message), since a proxy's error page or a server
+half-way through a restart is as passing as a 503 and must never reach the model's answer
+parser as if the model had said nothing; a bad key (401/403) or an unknown model (404)
 stops the run with a one-line :class:`UserError`, because no amount of retrying fixes them.
 
 Keys come from the environment variable named by ``api_key_env`` and live only inside the SDK
@@ -14,6 +17,7 @@ from __future__ import annotations
 import email.utils
 import importlib
 import inspect
+import json
 import logging
 import os
 import random
@@ -89,6 +93,14 @@ class RetryPolicy:
 
 class ProviderUnavailable(Exception):
     """Transient failures outlasted the retry policy; the agent stops cleanly on this."""
+
+
+class BadResponse(Exception):
+    """A server answered (often HTTP 200) with something that is not a chat answer.
+
+    Retried like a 5xx and reported like one when retries run out: it is the server's fault, so
+    it must neither crash the run nor be recorded as an experiment the model spoiled.
+    """
 
 
 class ChatModel(Protocol):
@@ -269,16 +281,68 @@ class _SDKChat:
 
     def complete(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
         return call_with_retries(
-            lambda: self._call(system, messages, max_tokens),
+            lambda: self._checked_call(system, messages, max_tokens),
             self._classify,
             self.retry,
             f"{self.model} via {self.base_url or self.provider}",
         )
 
+    def _checked_call(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
+        """``_call``, with a body the SDK could not read turned into a :class:`BadResponse`.
+
+        Both SDKs let ``json.JSONDecodeError`` escape on a JSON-typed body that is not JSON, hand
+        back the raw text for a body of another type, and raise ``APIResponseValidationError``
+        only under strict validation: all three mean the server sent no answer.
+        """
+        try:
+            return self._call(system, messages, max_tokens)
+        except json.JSONDecodeError as exc:
+            raise BadResponse(self._not_json(exc.doc)) from None
+        except UnicodeDecodeError as exc:
+            raise BadResponse(self._not_json(bytes(exc.object).decode("utf-8", "replace"))) from None
+        except self._sdk.APIResponseValidationError as exc:
+            raise BadResponse(f"{self._where()} answered with an invalid response: {_brief(exc)}") from None
+
+    def _where(self) -> str:
+        return f"the API at {self.base_url}" if self.base_url else f"the {self.provider} API"
+
+    def _not_json(self, body: str) -> str:
+        return f"{self._where()} answered with something that is not JSON: {self._snippet(body)}"
+
+    def _no_message(self, what: str) -> BadResponse:
+        return BadResponse(f"{self._where()} answered without a message: {what}")
+
+    def _parsed(self, response: object) -> Any:  # the SDK's response model
+        """The SDK's response, or a :class:`BadResponse` when it is no JSON object at all.
+
+        The SDKs return a body of a non-JSON content type as its text, and ``null``, a list or
+        a string as themselves: none of them carries an answer.
+        """
+        if isinstance(response, str):
+            raise BadResponse(self._not_json(response))
+        if response is None or isinstance(response, (list, int, float, bool)):
+            raise self._no_message(f"the body is {json.dumps(response)[:40]}, not a JSON object")
+        return response
+
+    def _snippet(self, body: str) -> str:
+        """The start of a body on one line, quoted, with the key blanked should a server echo it."""
+        text = " ".join(body.split())
+        key = str(getattr(self._client, "api_key", "") or "")
+        if len(key) >= 8:
+            text = text.replace(key, "<key>")
+        return repr(text if len(text) <= 60 else text[:57] + "...")
+
     def _classify(self, exc: Exception) -> str | None:
         sdk = self._sdk
         if isinstance(
-            exc, (sdk.APITimeoutError, sdk.APIConnectionError, sdk.RateLimitError, sdk.InternalServerError)
+            exc,
+            (
+                BadResponse,
+                sdk.APITimeoutError,
+                sdk.APIConnectionError,
+                sdk.RateLimitError,
+                sdk.InternalServerError,
+            ),
         ):
             return None
         if isinstance(exc, sdk.APIStatusError):
@@ -298,19 +362,36 @@ class OpenAIChat(_SDKChat):
         # OpenAI's own newer models accept only max_completion_tokens; local servers
         # (vLLM, Ollama, llama.cpp) have long known max_tokens.
         limit = {"max_tokens": max_tokens} if self.base_url else {"max_completion_tokens": max_tokens}
-        response = self._client.chat.completions.create(
-            model=self.model,
-            messages=[{"role": "system", "content": system}, *messages],
-            temperature=self.temperature,
-            **limit,
+        response = self._parsed(
+            self._client.chat.completions.create(
+                model=self.model,
+                messages=[{"role": "system", "content": system}, *messages],
+                temperature=self.temperature,
+                **limit,
+            )
         )
-        choice = response.choices[0] if response.choices else None
-        usage = response.usage
+        choices = getattr(response, "choices", None)
+        if not choices:
+            raise self._no_message("no choices")
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        if message is None:
+            raise self._no_message("its choice has no message")
+        truncated = getattr(choice, "finish_reason", None) == "length"
+        # No content is still the model's answer when it spent its output limit (a reasoning
+        # model that only thought) or refused; otherwise the server left the answer out.
+        if (
+            getattr(message, "content", None) is None
+            and not truncated
+            and not getattr(message, "refusal", None)
+        ):
+            raise self._no_message("its message has no content")
+        usage = getattr(response, "usage", None)
         return Reply(
-            text=(choice.message.content or "") if choice else "",
+            text=message.content or "",
             tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
             tokens_out=int(getattr(usage, "completion_tokens", 0) or 0),
-            truncated=bool(choice and choice.finish_reason == "length"),
+            truncated=truncated,
         )
 
 
@@ -328,15 +409,22 @@ class AnthropicChat(_SDKChat):
         return client
 
     def _call(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
-        response = self._client.messages.create(
-            model=self.model, system=system, messages=messages, max_tokens=max_tokens, **self._sampling
+        response = self._parsed(
+            self._client.messages.create(
+                model=self.model, system=system, messages=messages, max_tokens=max_tokens, **self._sampling
+            )
         )
-        text = "".join(getattr(block, "text", "") for block in response.content)
+        content = getattr(response, "content", None)
+        truncated = getattr(response, "stop_reason", None) == "max_tokens"
+        # An empty list is the model's answer only when the output limit cut it off at once.
+        if not isinstance(content, list) or (not content and not truncated):
+            raise self._no_message("no content" if not content else "its content is not a list")
+        usage = getattr(response, "usage", None)
         return Reply(
-            text=text,
-            tokens_in=int(response.usage.input_tokens or 0),
-            tokens_out=int(response.usage.output_tokens or 0),
-            truncated=response.stop_reason == "max_tokens",
+            text="".join(str(getattr(block, "text", "") or "") for block in content),
+            tokens_in=int(getattr(usage, "input_tokens", 0) or 0),
+            tokens_out=int(getattr(usage, "output_tokens", 0) or 0),
+            truncated=truncated,
         )
 
 
