@@ -275,7 +275,7 @@ def test_more_counts_from_where_the_tag_is(tmp_path: Path) -> None:
     )
     assert nightlab("run", str(root), "--plain", "--tag", "t", "-n", "1").returncode == 0
     again = nightlab("run", str(root), "--plain", "--tag", "t", "-n", "1")
-    assert "1 experiments done (--max-experiments 1)" in " ".join(again.stdout.split())
+    assert "1 experiment done (--max-experiments 1)" in " ".join(again.stdout.split())
     more = nightlab("run", str(root), "--plain", "--tag", "t", "--more", "2")
     assert more.returncode == 0, more.stderr
     assert sum(1 for r in ledger_rows(root) if r["kind"] == "candidate") == 3

@@ -161,7 +161,7 @@ class LogTrimmer:
         self.cut_bytes += max(removed, 0)
         marker = (
             f"\n[nightlab: {self.cut_bytes} bytes cut from the middle of this log to keep it under "
-            f"{self.limit} bytes (log_limit_bytes)]\n"
+            f"{self.limit} bytes ([run] log_limit_mb)]\n"
         ).encode()
         self._marker_len = len(marker)
         os.ftruncate(self._fd, head_end)

@@ -186,7 +186,8 @@ class ResearchLoop:
         limits, done = self._limits, self.ledger.candidate_count(self.tag)
         # The cap counts every candidate of this tag, so a resumed session stops where it would have.
         if limits.max_experiments is not None and done >= limits.max_experiments:
-            return f"{done} experiments done (--max-experiments {limits.max_experiments})"
+            noun = "experiment" if done == 1 else "experiments"
+            return f"{done} {noun} done (--max-experiments {limits.max_experiments})"
         if limits.hours is not None and time.monotonic() - self._started >= limits.hours * 3600:
             return f"time limit of {_duration(limits.hours)} reached"
         if idle and self.should_stop():
