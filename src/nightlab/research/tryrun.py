@@ -196,8 +196,12 @@ def try_working_tree(
             f"nightlab try: {', '.join(deleted)} deleted: an experiment can change files, not delete them"
         )
     texts = {p: t for p, t in edits.items() if t is not None}
+    interrupted = [e.id for e in session.ledger.unfinished(session.tag)]
     loop = build_loop(session, events=events, agent=GivenProposals("try"), check_clean=False)
     loop.prepare()  # the baseline first, on a new tag: the proposal is made against the incumbent
+    finished = _finished_try_of(session, interrupted, texts)
+    if finished is not None:  # the same edits, tried before and interrupted: prepare() just ended it
+        return session, TryOutcome(row=finished)
     incumbent = session.ledger.incumbent(session.tag)
     assert incumbent is not None and incumbent.commit is not None  # prepare() guarantees it
     runs = onto_incumbent(session, texts, incumbent)
@@ -227,6 +231,19 @@ def try_working_tree(
     else:
         outcome.behind = row.decision == "keep" and any(best_texts.get(p) != t for p, t in texts.items())
     return session, outcome
+
+
+def _finished_try_of(session: Session, interrupted: list[int], texts: dict[str, str]) -> ExperimentRow | None:
+    """The interrupted experiment (of ``interrupted``, finished by resuming) whose commit holds
+    exactly the user's edits: a second ``try`` of the same edits is that experiment's result, not
+    a new one skipped as "the same code as #N"."""
+    for exp_id in reversed(interrupted):
+        row = session.ledger.experiment(exp_id)
+        if row.kind != "candidate" or row.commit is None or row.status == "running":
+            continue
+        if session.workspace.read_files(row.commit, list(texts), missing_ok=True) == texts:
+            return row
+    return None
 
 
 def _sync_only(session: Session, edits: dict[str, str | None], events: EventSink | None) -> TryOutcome:
