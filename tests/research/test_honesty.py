@@ -153,3 +153,26 @@ def test_a_change_that_makes_runs_identical_is_not_blamed_on_the_script(tmp_path
     status = json.loads(nightlab("status", str(root), "--json").stdout)
     assert not any("NIGHTLAB_SEED" in w for w in status["warnings"])
     assert status["noise_floor"]["groups"] == 1  # the baseline's replicates only
+
+
+def test_a_tag_refuses_to_continue_under_another_budget_or_metric(tmp_path: Path) -> None:
+    root = make_workspace(
+        tmp_path / "ws",
+        proposals=[edit("LR = 0.1", "LR = 0.3", "LR 0.3"), edit("LR = 0.1", "LR = 0.2", "LR 0.2")],
+    )
+    assert nightlab("run", str(root), "--plain", "--tag", "t", "-n", "1").returncode == 0
+    toml = root / "nightlab.toml"
+    toml.write_text(
+        toml.read_text().replace("seconds = 5", "tokens = 1000").replace("timeout = 30", "timeout = 40")
+    )
+    git(root, "commit", "-qam", "a token budget")
+    again = nightlab("run", str(root), "--plain", "--tag", "t", "-n", "2")
+    assert again.returncode == 2
+    line = again.stderr.strip()
+    assert "\n" not in line and "changed what nightlab/t measures since its baseline" in line, line
+    assert "budget seconds = 5 → tokens = 1000" in line and "--tag NEW" in line
+    toml.write_text(toml.read_text().replace("tokens = 1000", "seconds = 5"))
+    git(root, "commit", "-qam", "the budget back; a longer timeout stays")
+    assert (
+        nightlab("run", str(root), "--plain", "--tag", "t", "-n", "2").returncode == 0
+    )  # timeouts don't measure

@@ -8,6 +8,7 @@ configuration costs a second and one line of output, not a night.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -296,10 +297,58 @@ def start_commit(session: Session, events: EventSink | None = None) -> str:
                 f"in it: run with --tag NEW to research from your checkout",
             )
         )
+    _same_measure(session)
     ledger.set_meta("current_tag", tag)
     ledger.set_meta("metric_name", session.config.metric.name)
     ledger.set_meta("direction", session.config.metric.direction.value)
     return start
+
+
+def measure_of(config: Config) -> dict[str, object]:
+    """What makes two runs comparable, as ``nightlab.toml`` sets it: the training budget and the
+    metric (its name and direction). The timeouts are not in it: they stop a run, not measure it."""
+    budget = config.budget
+    return {
+        "budget": {
+            k: getattr(budget, k) for k in ("seconds", "tokens", "steps", "flops") if getattr(budget, k)
+        },
+        "metric": config.metric.name,
+        "direction": config.metric.direction.value,
+    }
+
+
+def _same_measure(session: Session) -> None:
+    """Refuse to continue a tag whose baseline was measured under another budget or metric: every
+    later candidate would be compared with runs that measured something else. Recorded when the
+    tag's baseline stands (tags older than the record get it on their next run)."""
+    ledger, tag = session.ledger, session.tag
+    key = f"measure:{tag}"
+    now = measure_of(session.config)
+    recorded = ledger.get_meta(key)
+    if recorded is None or ledger.incumbent(tag) is None:
+        ledger.set_meta(key, json.dumps(now, sort_keys=True))
+        return
+    before = json.loads(recorded)
+    if before == json.loads(json.dumps(now, sort_keys=True)):
+        return
+    changed = [
+        f"{name} {_shown(before.get(name))} → {_shown(now.get(name))}"
+        for name in ("budget", "metric", "direction")
+        if before.get(name) != json.loads(json.dumps(now.get(name)))
+    ]
+    raise UserError(
+        f"nightlab.toml changed what nightlab/{tag} measures since its baseline ({'; '.join(changed)}): "
+        f"its results would not be comparable; research under a new tag (--tag NEW), or restore it"
+    )
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, dict):
+        return (
+            ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in value.items())
+            or "none"
+        )
+    return str(value)
 
 
 def warn_about_the_metric(session: Session, events: EventSink | None) -> None:
