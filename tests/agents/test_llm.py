@@ -186,7 +186,9 @@ def test_the_token_cap_stops_the_agent_cleanly(llm_config, caplog):
         assert agent.propose(make_context()) is not None  # the call that crossed the cap still counts
         assert agent.propose(make_context()) is None
     assert len(server.requests) == 1
-    assert "token cap reached: 1200 tokens" in agent.stop_reason()
+    assert (
+        "token cap reached: 1200 tokens" in agent.stop_reason() and not agent.failed()
+    )  # a limit, not a failure
     assert "token cap reached" in caplog.text
 
 
@@ -218,7 +220,7 @@ def test_an_api_that_stays_down_stops_the_agent_instead_of_crashing(llm_config):
         agent = LLMAgent(llm_config(server, api_retries=2))
         assert agent.propose(make_context()) is None
     assert len(server.requests) == 3
-    assert "gave up after 3 attempts" in agent.stop_reason()
+    assert "gave up after 3 attempts" in agent.stop_reason() and agent.failed()
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,12 @@ class Agent(ABC):
         means it simply has nothing left to propose."""
         return None
 
+    def failed(self) -> bool:
+        """Whether that stop is a failure (the API gone, its CLI failing round after round) rather
+        than an end the user set (a cap) or ran into (nothing left): ``nightlab run`` then exits
+        non-zero, so a script running it can tell."""
+        return False
+
     def final_lessons(self) -> dict[int, str]:
         """Called once when the session stops: lessons still owed (experiment id -> one line),
         e.g. about the last experiment, which no later proposal could carry."""

@@ -137,6 +137,9 @@ class CommandAgent(Agent):
             scratch.reset()  # the scratch tree goes back to the incumbent, our files gone
         return proposal, run_dir
 
+    def failed(self) -> bool:
+        return self._stop_reason is not None  # it stops only after failing round after round
+
     def stop_reason(self) -> str | None:
         """Why it stopped: the command failed too many times in a row."""
         return self._stop_reason

@@ -108,6 +108,8 @@ def run(
     write_reports(session, quiet=True)
     console.print(f"stopped: {outcome.stopped_because}")
     print_summary(session)
+    if outcome.agent_failed:  # the results stand; a script running the night can tell it ended early
+        raise typer.Exit(1)
 
 
 def _workers(text: str) -> int | str:

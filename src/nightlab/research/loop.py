@@ -61,6 +61,7 @@ class LoopOutcome:
     experiments_run: int = 0
     stopped_because: str = ""
     best_id: int | None = None
+    agent_failed: bool = False  # the agent stopped on a failure (its API gone), not a limit
 
 
 class ResearchLoop:
@@ -130,6 +131,8 @@ class ResearchLoop:
                 if self.desk.ready:
                     proposal = self.desk.take()
                     if proposal is None:
+                        if why is None:
+                            outcome.agent_failed = self.agent.failed()
                         why = (
                             why
                             or self.agent.stop_reason()

@@ -106,6 +106,7 @@ class LLMAgent(Agent):
         self._failed_rounds = 0
         self.spent = _Spend()
         self._stop_reason: str | None = None
+        self._failed = False  # the stop is the API's failure, not a cap
 
     # -- the Agent protocol -------------------------------------------------------------------
 
@@ -119,7 +120,7 @@ class LLMAgent(Agent):
                 lessons = self._write_lessons(spend)
                 return self._converse(context, spend, lessons)
             except ProviderUnavailable as exc:
-                self._stop(str(exc))
+                self._stop(str(exc), failed=True)
                 return None
 
     def observe(self, entry: HistoryEntry) -> None:
@@ -248,7 +249,9 @@ class LLMAgent(Agent):
             self._failed_rounds += 1
             rounds = self._failed_rounds
         if rounds >= MAX_FAILED_ROUNDS:
-            self._stop(f"{rounds} proposals in a row had no usable answer after retries (last: {error})")
+            self._stop(
+                f"{rounds} proposals in a row had no usable answer after retries (last: {error})", failed=True
+            )
             return None
         return Proposal(
             description=parsed.description if parsed else "unusable answer",
@@ -313,9 +316,13 @@ class LLMAgent(Agent):
             return True
         return False
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: str, failed: bool = False) -> None:
         self._stop_reason = reason
+        self._failed = failed
         log.warning("llm agent stops: %s", reason)
+
+    def failed(self) -> bool:
+        return self._failed
 
     def _meta(self) -> dict:
         """A proposal id unique to this process, so :meth:`observe` knows its own experiments."""
