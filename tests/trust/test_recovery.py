@@ -105,6 +105,8 @@ def test_missing_ledger_says_so_and_recovers(finished: Path) -> None:
     before = _experiments(root)
     for suffix in ("", "-wal", "-shm"):
         (root / ".nightlab" / f"ledger.db{suffix}").unlink(missing_ok=True)
+    shown = nightlab("status", str(root))  # not "no experiments yet; start with nightlab run"
+    assert shown.returncode == 2 and "nightlab recover" in shown.stderr and "start with" not in shown.stderr
     res = nightlab("run", str(root), "--plain", "--tag", "t")
     assert res.returncode == 2
     assert "docs/RECOVERY.md" in res.stderr and "\n" not in res.stderr.strip(), res.stderr

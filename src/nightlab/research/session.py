@@ -164,6 +164,11 @@ def open_session(
     workspace = Workspace(root)
     ledger_path = workspace.state_dir / LEDGER_NAME
     if must_exist and not ledger_path.exists():
+        if workspace.experiment_refs():  # experiments were recorded: the ledger is lost, not unborn
+            raise UserError(
+                f"{root}: {ledger_path.relative_to(root)} is missing, but git holds experiments of "
+                f"nightlab: rebuild the ledger with `nightlab recover {root}` (docs/RECOVERY.md)"
+            )
         raise UserError(
             f"{root}: no experiments yet (no {ledger_path.relative_to(root)}); start with `nightlab run {root}`"
         )
