@@ -317,3 +317,34 @@ def test_show_space_says_which_knobs_the_run_command_sets(tmp_path: Path) -> Non
     assert "pinned" in rows["lr"] and "set by the run command (`--lr 0.2`)" in rows["lr"]
     assert "pinned" not in rows["n_layer"]
     assert "under [agent.search] (space = {...}, pin = [...])" in " ".join(space.stdout.split())
+
+
+STEPS_SCRIPT = """\
+import os, random
+lr = 0.1
+steps = {steps}
+print(f"val loss {{1.0 + random.Random(int(os.environ['NIGHTLAB_SEED'])).gauss(0, 0.01):.4f}}")
+print("---")
+print(f"num_steps: {{steps}}")
+"""
+
+
+@pytest.mark.parametrize(
+    ("steps", "finding"),
+    [
+        ('int(os.environ["NIGHTLAB_BUDGET_STEPS"])', "ok budget: with a budget of 50 steps a run trained 50"),
+        ("1000", "FIX budget: with a budget of 50 steps a run trained 1000: the script does not follow"),
+    ],
+)
+def test_check_compares_a_steps_budget_with_the_steps_a_run_says_it_trained(
+    tmp_path: Path, steps: str, finding: str
+) -> None:
+    script = STEPS_SCRIPT.format(steps=steps)
+    root = _workspace(tmp_path / "ws", {"train.py": script}, ["train.py"], [], "python train.py")
+    toml = (root / "nightlab.toml").read_text().replace("seconds = 5", "steps = 50")
+    (root / "nightlab.toml").write_text(toml)
+    git(root, "commit", "-qam", "a steps budget")
+    check = nightlab("check", str(root))
+    out = " ".join(check.stdout.split())
+    assert finding in out, out
+    assert check.returncode == (0 if finding.startswith("ok") else 1)

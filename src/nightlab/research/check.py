@@ -207,8 +207,26 @@ def _progress(ok: list[Replicate], report: CheckReport) -> None:
         )
 
 
+# What a summary block calls the amount trained, per kind of budget (and the unit it is in).
+_COUNTS: dict[str, tuple[tuple[str, float], ...]] = {
+    "steps": (("num_steps", 1), ("steps", 1), ("total_steps", 1), ("training_steps", 1), ("step", 1)),
+    "tokens": (
+        ("total_tokens", 1),
+        ("tokens", 1),
+        ("num_tokens", 1),
+        ("training_tokens", 1),
+        ("total_tokens_M", 1e6),
+    ),
+    "flops": (("total_flops", 1), ("flops", 1), ("training_flops", 1)),
+}
+# A run may train this share of a steps/tokens/flops budget and still follow it (the last batch
+# or step overshoots; a step count rounds).
+COUNT_LOW, COUNT_HIGH = 0.5, 1.25
+
+
 def _budget(replicates: list[Replicate], budget: BudgetConfig, report: CheckReport) -> None:
     if budget.seconds is None:
+        _counted_budget(replicates, budget, report)
         return
     limit = max(BUDGET_SLACK * budget.seconds, budget.seconds + BUDGET_GRACE_SECONDS)
     timed_out = any(r.result.status is RunStatus.TIMEOUT for r in replicates)
@@ -234,3 +252,42 @@ def _budget(replicates: list[Replicate], budget: BudgetConfig, report: CheckRepo
                     "or trains a fixed amount cannot be told; print it in a summary block)"
                 )
     report.add("budget", not over, detail)
+
+
+def _counted_budget(replicates: list[Replicate], budget: BudgetConfig, report: CheckReport) -> None:
+    """A steps, tokens or FLOPs budget: checked against what the run says it trained, when its
+    summary block says it (``num_steps``, ``total_tokens``, ``total_flops``, ...)."""
+    kind = next((k for k in ("steps", "tokens", "flops") if getattr(budget, k) is not None), None)
+    if kind is None:
+        return
+    limit = float(getattr(budget, kind))
+    env = f"NIGHTLAB_BUDGET_{kind.upper()}"
+    trained = [_reported(r.result.metrics, kind) for r in replicates if r.ok]
+    counts = [t for t in trained if t is not None]
+    if not counts:
+        report.add(
+            "budget",
+            True,
+            f"a budget of {limit:g} {kind} ({env}) not checked: the runs print no count of {kind} "
+            f"trained (print e.g. `{_COUNTS[kind][0][0]}: N` in a summary block after a `---` line)",
+        )
+        return
+    low, high = min(counts), max(counts)
+    if high > COUNT_HIGH * limit or low < COUNT_LOW * limit:
+        report.add(
+            "budget",
+            False,
+            f"with a budget of {limit:g} {kind} a run trained {low:g}"
+            + (f" to {high:g}" if high != low else "")
+            + f": the script does not follow {env}; stop training when it is spent",
+        )
+        return
+    report.add("budget", True, f"with a budget of {limit:g} {kind} a run trained {high:g}")
+
+
+def _reported(metrics: dict[str, float], kind: str) -> float | None:
+    for name, unit in _COUNTS[kind]:
+        value = metrics.get(name)
+        if isinstance(value, (int, float)):
+            return float(value) * unit
+    return None
