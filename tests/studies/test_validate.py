@@ -278,6 +278,13 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
                    "--seeds", "2")  # fmt: skip
     assert res.returncode == 2 and "left no val_loss progress points" in " ".join(res.stderr.split())
     assert "Traceback" not in res.stderr
+    # Without --target the fixed-budget comparison runs first: its verdict is shown, not lost.
+    res = nightlab("validate", str(root), "--a", "main~1", "--b", "main", "--time-to-target", "--seeds", "2")
+    out = " ".join(res.stdout.split())
+    assert res.returncode == 2 and "val_loss" in out and "CI" in out, res.stdout + res.stderr
+    assert (
+        "time to target: the runs left no val_loss progress points" in out and "Traceback" not in res.stderr
+    )
 
 
 # ---- the pieces, without the CLI (fast) ------------------------------------------------------

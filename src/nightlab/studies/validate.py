@@ -38,6 +38,8 @@ from nightlab.types import Direction
 # during research (when the sides are the research branch's start and best; see --margin).
 MARGIN_FRACTION = 0.25
 
+TIME_TO_TARGET = "time to target"  # the key of its failure in ValidationReport.failures
+
 
 @dataclass
 class ValidateOptions:
@@ -216,11 +218,18 @@ def run_validation(
                 f"side A has no successful run at this scale, so there is no target: "
                 f"pass --target, or fix side A ({report.failures.get('A', 'see the run logs')})"
             )
-        report.target = _time_to_target(
-            study, run_config, side_a, side_b, options, target_from_a, seeds, meta, on_run
-        )
-        ids = report.target.experiment_ids
-        report.experiments.update({"A (time to target)": ids[0], "B (time to target)": ids[1]})
+        try:
+            report.target = _time_to_target(
+                study, run_config, side_a, side_b, options, target_from_a, seeds, meta, on_run
+            )
+        except UserError as exc:
+            if not report.comparisons:
+                raise
+            # The fixed-budget verdict stands and is shown; the time to target is what failed.
+            report.failures[TIME_TO_TARGET] = str(exc)
+        else:
+            ids = report.target.experiment_ids
+            report.experiments.update({"A (time to target)": ids[0], "B (time to target)": ids[1]})
     try:
         from nightlab.report.validation import plot_validation
 
