@@ -159,3 +159,9 @@ def test_confirm_keeps_most_large_effects() -> None:
         for _ in range(300)
     )
     assert kept / 300 > 0.8
+
+
+def test_a_change_smaller_than_its_uncertainty_still_shows_which_way_it_went() -> None:
+    # A metric near 0.001 with noise 0.02: three decimals would print the change as +0.000.
+    d = decide(ConfirmPolicy(max_runs=1), [0.00081], [0.001, 0.001], 0.02, MIN)
+    assert d.reason.startswith("Δ −0.0002 ± 0.02"), d.reason

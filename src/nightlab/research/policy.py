@@ -106,9 +106,13 @@ def _runs(n: int) -> str:
 
 
 def _change_text(change: float, se: float | None, scale: float) -> str:
-    """``Δ −0.0042 ± 0.0011``: the raw change of the metric itself (sign as the metric moves)."""
+    """``Δ −0.0042 ± 0.0011``: the raw change of the metric itself (sign as the metric moves).
+
+    Decimals follow the uncertainty; a change smaller than that still shows its own first digit
+    (``Δ −0.00019 ± 0.023``), since ``+0.000`` would hide which way it went."""
     d = decimals_for(se if se else scale)
-    return f"Δ {signed(change, d)}" + (f" ± {se:.{d}f}" if se is not None else "")
+    shown = max(d, decimals_for(abs(change), significant=1)) if change and round(change, d) == 0 else d
+    return f"Δ {signed(change, shown)}" + (f" ± {se:.{d}f}" if se is not None else "")
 
 
 class GreedyPolicy(Policy):
