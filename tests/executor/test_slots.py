@@ -88,3 +88,15 @@ def test_a_run_is_pinned_to_its_slots_cores(tmp_path: Path) -> None:
     assert result.status is RunStatus.OK
     log = (tmp_path / "run" / spec.log_name).read_text()
     assert f"AFFINITY [{core}] 1" in log
+
+
+def test_more_slot_threads_than_cores_is_said_once_in_a_line() -> None:
+    from nightlab.executor.slots import oversubscribed
+
+    crowded = plan_slots(3, cores=[0, 1], gpus=[])
+    warning = oversubscribed(crowded, cores=2)
+    assert (
+        warning is not None and "3 slots with 3 threads in all on 2 cores" in warning and "\n" not in warning
+    )
+    assert oversubscribed(plan_slots(2, cores=[0, 1], gpus=[]), cores=2) is None  # one thread each, pinned
+    assert oversubscribed(plan_slots(1, cores=[0, 1], gpus=[]), cores=2) is None

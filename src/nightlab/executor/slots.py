@@ -61,6 +61,23 @@ def slots_for(config: Config, environ: Mapping[str, str] | None = None) -> list[
     )
 
 
+def oversubscribed(slots: list[Slot], cores: int | None = None) -> str | None:
+    """One line when the CPU slots' threads outnumber the cores: runs then share cores, so each
+    run's speed (and what a seconds budget buys) depends on what the others are doing."""
+    cpu = [s for s in slots if "CUDA_VISIBLE_DEVICES" not in s.env]
+    if len(cpu) < 2:
+        return None
+    threads = sum(int(s.env.get("OMP_NUM_THREADS", "1")) for s in cpu)
+    cores = cores if cores is not None else len(usable_cores())
+    if threads <= cores:
+        return None
+    return (
+        f"{len(cpu)} slots with {threads} threads in all on {cores} cores: runs share cores, so their "
+        "speed depends on each other (a seconds budget buys less); use [run] workers of at most "
+        f"{cores} (or --workers auto)"
+    )
+
+
 def detect_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
     """The GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` when set (empty or ``-1``: none),
     else one per line of ``nvidia-smi -L``, else none."""

@@ -27,7 +27,7 @@ from nightlab.events import Event, EventSink
 from nightlab.executor import sandbox
 from nightlab.executor.base import Executor
 from nightlab.executor.registry import EXECUTORS, make_executor
-from nightlab.executor.slots import Slot, slots_for
+from nightlab.executor.slots import Slot, oversubscribed, slots_for
 from nightlab.paths import is_editable
 from nightlab.research.context import editable_texts
 from nightlab.research.loop import ResearchLoop
@@ -391,6 +391,9 @@ def build_loop(
         session.workspace.ensure_clean()
     start = start_commit(session, events)
     warn_about_the_metric(session, events)
+    crowded = None if session.remote else oversubscribed(session.slots())
+    if crowded:
+        (events or EventSink()).emit(Event("notice", f"warning: {crowded}"))
     agent = agent if agent is not None else session.agent()
     agent.check(editable_texts(session.config, session.workspace, start))  # before setup and baseline
     runner = session.runner(run_worktree(0), start)
