@@ -614,3 +614,39 @@ def test_knobs_sharing_a_line_get_a_whole_file_edit() -> None:
             assert all(edit.search is not None for edit in proposal.edits)
             forms["search/replace"] += 1
     assert forms["whole file"] and forms["search/replace"], forms
+
+
+@pytest.mark.parametrize("state", ["running", "finished"])
+def test_a_near_repeat_of_a_configuration_tried_or_in_flight_is_not_proposed(state: str) -> None:
+    """With two slots, ``LR 0.01 → 0.005`` running in one (or just back, clearly worse), the
+    opening proposed ``LR 0.01 → 0.0051``: the same run again."""
+    from nightlab.agents.search.seen import NEAR
+
+    text = "LR = 0.01  # learning rate\nSTEPS = 100\n"
+    baseline = HistoryEntry(
+        id=1, description="baseline", status="ok", decision="baseline", reason="", metric=1.0,
+        spread=None, runs=2, delta=None,
+    )  # fmt: skip
+    tried = HistoryEntry(
+        id=2, description="LR 0.01 → 0.005", status="running" if state == "running" else "ok",
+        decision="" if state == "running" else "discard", reason="",
+        metric=None if state == "running" else 1.97, spread=None, runs=1, delta=None,
+        meta={"knobs": {"LR": 0.005, "STEPS": 100}, "agent": "search"},
+    )  # fmt: skip
+    other = HistoryEntry(
+        id=3, description="LR 0.01 → 0.02", status="ok", decision="discard", reason="", metric=1.2,
+        spread=None, runs=1, delta=None, meta={"knobs": {"LR": 0.02, "STEPS": 100}, "agent": "search"},
+    )  # fmt: skip
+    space = build_space({"train.py": text}, SearchSettings())
+    near = space.unit({"LR": 0.005, "STEPS": 100})
+    for seed in range(12):
+        agent = SearchAgent(SearchSettings(seed=seed))
+        context = Context(
+            files={"train.py": text}, history=[baseline, other] + ([tried] if state == "finished" else []),
+            metric_name="val_loss", direction=Direction.MINIMIZE, best=1.0, noise=0.01,
+            running=[tried] if state == "running" else [],
+        )  # fmt: skip
+        proposal = agent.propose(context)
+        assert proposal is not None
+        knobs = proposal.meta["knobs"]
+        assert max(abs(space.unit(knobs) - near)) >= NEAR, (seed, proposal.description)

@@ -32,6 +32,7 @@ from scipy.stats import norm
 
 from nightlab.agents.base import Agent
 from nightlab.agents.search.describe import describe_space, why_empty
+from nightlab.agents.search.seen import away_from, running_configs, running_keys
 from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import Space, build_space, canonical
 from nightlab.agents.search.surrogate import GaussianProcess, expected_improvement, failure_probability
@@ -113,12 +114,14 @@ class SearchAgent(Agent):
         centre = space.current()
         trials = self._trials(space, centre, context.direction)
         tried = {space.key(t.config) for t in trials} | set(self.pending) | {space.key(centre)}
-        tried |= _running_keys(space, context)  # proposed before a restart, still running
+        tried |= running_keys(space, context)  # proposed before a restart, still running
         rng = np.random.default_rng([self.seed, len(self.entries), len(self.pending)])
         self._units = {}
         candidates = self._candidates(space, centre, tried, rng)
         if not candidates:
             return None
+        seen = [t.config for t in trials] + list(self.pending.values()) + running_configs(context)
+        candidates = away_from(space, candidates, seen, self._units)
         choice, note, meta_extra = self._choose(space, centre, trials, candidates, context)
         meta_extra["origin"] = _jsonable(origin)
         proposal = self._proposal(space, context.files, centre, choice, note, meta_extra)
@@ -467,16 +470,3 @@ def _same_values(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def _jsonable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
-
-
-def _running_keys(space: Space, context: Context) -> set[tuple]:
-    """The configurations of experiments still running, as keys of ``space``."""
-    keys = set()
-    for entry in context.running:
-        knobs = (entry.meta or {}).get("knobs")
-        if isinstance(knobs, dict):
-            try:
-                keys.add(space.key(knobs))
-            except (KeyError, TypeError, ValueError):
-                continue
-    return keys
