@@ -399,10 +399,27 @@ def load_config(workspace: Path) -> Config:
 
 
 def check_workspace_files(config: Config, root: Path, source: str = CONFIG_NAME) -> None:
-    """Errors a user must fix before a run: globs that match nothing."""
-    for pattern in config.target.editable:
-        if not match_files(root, [pattern]):
-            raise UserError(f"{source}: [target] editable glob '{pattern}' matches no file in {root}")
-    for pattern in config.target.frozen:
-        if not match_files(root, [pattern]):
-            raise UserError(f"{source}: [target] frozen glob '{pattern}' matches no file in {root}")
+    """Errors a user must fix before a run: globs that match nothing (a file git still has but
+    the checkout lost is named as deleted, not blamed on the glob)."""
+    for kind, patterns in (("editable", config.target.editable), ("frozen", config.target.frozen)):
+        for pattern in patterns:
+            if match_files(root, [pattern]):
+                continue
+            if _in_git_head(root, pattern):
+                raise UserError(
+                    f"{pattern} is missing from the checkout ({kind} in {source}), though git has it: "
+                    f"restore it with `git -C {root} checkout -- {pattern}`"
+                )
+            raise UserError(f"{source}: [target] {kind} glob '{pattern}' matches no file in {root}")
+
+
+def _in_git_head(root: Path, path: str) -> bool:
+    """Whether ``path`` (a plain path, not a glob) is a file of the checkout's HEAD commit."""
+    if any(ch in path for ch in "*?["):
+        return False
+    import subprocess
+
+    found = subprocess.run(
+        ["git", "-C", str(root), "cat-file", "-e", f"HEAD:{path}"], capture_output=True, check=False
+    )
+    return found.returncode == 0

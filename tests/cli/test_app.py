@@ -45,6 +45,16 @@ def test_agent_show_space_names_an_editable_glob_that_matches_nothing_as_check_d
     assert "found no knobs" not in nightlab("agent", "show-space", str(root)).stdout
 
 
+def test_an_editable_file_deleted_from_the_checkout_is_named_as_deleted(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "lab")
+    (root / "train.py").unlink()
+    for args in (["try", "-m", "x"], ["run", "--plain"], ["check"]):
+        res = nightlab(args[0], str(root), *args[1:])
+        line = res.stderr.strip()
+        assert res.returncode == 2 and "\n" not in line, (args, res.stdout + res.stderr)
+        assert "train.py is missing from the checkout" in line and "git -C" in line, (args, line)
+
+
 def test_a_file_given_as_the_workspace_names_its_folder(tmp_path: Path) -> None:
     root = make_workspace(tmp_path / "lab")
     script = root / "train.py"

@@ -249,7 +249,8 @@ def _budget(replicates: list[Replicate], budget: BudgetConfig, report: CheckRepo
                 # Start-up or a fixed number of steps: without training_seconds, no telling which.
                 detail += (
                     " (it prints no training_seconds, so whether it follows NIGHTLAB_BUDGET_SECONDS "
-                    "or trains a fixed amount cannot be told; print it in a summary block)"
+                    "or trains a fixed amount cannot be told; print `training_seconds: S` in a summary block, "
+                    "after a `---` line)"
                 )
     report.add("budget", not over, detail)
 
