@@ -348,3 +348,13 @@ def test_check_compares_a_steps_budget_with_the_steps_a_run_says_it_trained(
     out = " ".join(check.stdout.split())
     assert finding in out, out
     assert check.returncode == (0 if finding.startswith("ok") else 1)
+
+
+def test_a_metric_printed_as_nan_is_named_nan_not_an_unmatched_pattern(tmp_path: Path) -> None:
+    script = "lr = 0.1\nprint('step 10: val loss nan')\n"
+    root = _workspace(tmp_path / "ws", {"train.py": script}, ["train.py"], [], "python train.py")
+    check = nightlab("check", str(root), "--seconds", "1")
+    out = " ".join(check.stdout.split())
+    assert check.returncode == 1
+    assert "metric 'val_loss' is NaN (the log says: step 10: val loss nan)" in out, out
+    assert "matched no line" not in out
