@@ -111,6 +111,14 @@ def _workspace(
     return root
 
 
+def _checked(tmp_path: Path, script: str, run: str = "python train.py") -> tuple[int, str]:
+    """`nightlab check --seconds 1` on a workspace of ``script`` alone: its exit code, its output
+    on one line."""
+    root = _workspace(tmp_path / "ws", {"train.py": script}, ["train.py"], [], run)
+    check = nightlab("check", str(root), "--seconds", "1")
+    return check.returncode, " ".join(check.stdout.split()) + check.stderr
+
+
 SHAPES = {
     "exec'd config + flags": (
         {"train.py": NANOGPT_TRAIN, "configurator.py": CONFIGURATOR, "config/small.py": "learning_rate = 0.1\n",
@@ -211,10 +219,8 @@ print(f"val loss {1.0 + random.Random(int(os.environ['NIGHTLAB_SEED'])).gauss(0,
 
 
 def test_check_says_what_share_of_a_run_training_gets_at_the_nights_budget(tmp_path: Path) -> None:
-    root = _workspace(tmp_path / "ws", {"train.py": SLOW_START}, ["train.py"], [], "python train.py")
-    check = nightlab("check", str(root), "--seconds", "1")
-    assert check.returncode == 0, check.stdout + check.stderr
-    out = " ".join(check.stdout.split())
+    code, out = _checked(tmp_path, SLOW_START)
+    assert code == 0, out
     found = re.search(
         r"([\d.]+) s of a run is outside training \(start-up, checkpoints, evaluation\): at the "
         r"night's 5 s budget a run trains about (\d+)% of its time",
@@ -255,10 +261,8 @@ print(f"val loss {1.0 + random.Random(int(os.environ['NIGHTLAB_SEED'])).gauss(0,
 
 
 def test_check_says_when_it_cannot_tell_whether_the_budget_is_followed(tmp_path: Path) -> None:
-    root = _workspace(tmp_path / "ws", {"train.py": FIXED_WORK}, ["train.py"], [], "python train.py")
-    check = nightlab("check", str(root), "--seconds", "1")
-    assert check.returncode == 0, check.stdout + check.stderr
-    out = " ".join(check.stdout.split())
+    code, out = _checked(tmp_path, FIXED_WORK)
+    assert code == 0, out
     assert re.search(
         r"ok budget: with a budget of 1 s a run ran [\d.]+ s in all \(it prints no training_seconds", out
     )
@@ -297,11 +301,7 @@ def test_a_json_metric_under_another_name_is_named_with_what_the_file_holds(tmp_
 
 
 def test_check_does_not_count_a_knob_the_run_command_sets_as_searched(tmp_path: Path) -> None:
-    root = _workspace(
-        tmp_path / "ws", {"train.py": ARGPARSE_TRAIN}, ["train.py"], [], "python train.py --lr=0.2"
-    )
-    check = nightlab("check", str(root), "--seconds", "1")
-    out = " ".join(check.stdout.split())
+    _, out = _checked(tmp_path, ARGPARSE_TRAIN, run="python train.py --lr=0.2")
     found = re.search(r"knobs: (\d+) searched \(([^)]*)\)", out)
     assert found, out
     assert "lr" not in found.group(2).split(", ") and "n_layer" in found.group(2).split(", ")
@@ -351,10 +351,7 @@ def test_check_compares_a_steps_budget_with_the_steps_a_run_says_it_trained(
 
 
 def test_a_metric_printed_as_nan_is_named_nan_not_an_unmatched_pattern(tmp_path: Path) -> None:
-    script = "lr = 0.1\nprint('step 10: val loss nan')\n"
-    root = _workspace(tmp_path / "ws", {"train.py": script}, ["train.py"], [], "python train.py")
-    check = nightlab("check", str(root), "--seconds", "1")
-    out = " ".join(check.stdout.split())
-    assert check.returncode == 1
+    code, out = _checked(tmp_path, "lr = 0.1\nprint('step 10: val loss nan')\n")
+    assert code == 1
     assert "metric 'val_loss' is NaN (the log says: step 10: val loss nan)" in out, out
     assert "matched no line" not in out
