@@ -40,6 +40,21 @@ def read_metrics_json(path: Path) -> dict[str, float]:
     return out
 
 
+_NON_FINITE = re.compile(r"(?<![A-Za-z])[-+]?(nan|inf|infinity)(?![A-Za-z])", re.IGNORECASE)
+
+
+def non_finite_line(log: str, name: str, pattern: str | None) -> str | None:
+    """The last log line that names the metric (its name, or the longest plain words of the
+    pattern: ``val loss`` of ``'val loss ([0-9.]+)'``) and gives it as NaN or infinity."""
+    words = sorted(re.findall(r"(?<!\\)[A-Za-z_][A-Za-z0-9_ ]*[A-Za-z0-9_]", pattern or ""), key=len)
+    labels = [name] + ([words[-1]] if words and len(words[-1]) > 2 else [])
+    for line in reversed(log.splitlines()[-200:]):
+        for label in labels:
+            if label in line and _NON_FINITE.search(line.split(label, 1)[1]):
+                return line.strip()
+    return None
+
+
 def parse_log_metric(text: str, pattern: str) -> float | None:
     """The last match of ``pattern`` (first group) in a log, as a float, or None if absent.
 

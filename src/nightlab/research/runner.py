@@ -11,7 +11,6 @@ beside training in a worktree of its own, asked only once training has ended and
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from nightlab.config import Config
 from nightlab.executor import sandbox
 from nightlab.executor.base import Executor
 from nightlab.executor.slots import Slot
-from nightlab.metrics import MetricsFileError, parse_log_metric, read_metrics_json
+from nightlab.metrics import MetricsFileError, non_finite_line, parse_log_metric, read_metrics_json
 from nightlab.paths import matches
 from nightlab.research.progress import ProgressEvaluator, ProgressReader
 from nightlab.research.pruning import Pruner
@@ -394,7 +393,7 @@ class ReplicateRunner:
             value = parse_log_metric(eval_log if self.config.target.evaluate else log, cfg.pattern)
         holdout = metrics.get(cfg.holdout) if cfg.holdout else None
         if result.status is RunStatus.OK and value is None and cfg.source == "regex":
-            said = _non_finite_line(eval_log if self.config.target.evaluate else log, cfg.name, cfg.pattern)
+            said = non_finite_line(eval_log if self.config.target.evaluate else log, cfg.name, cfg.pattern)
             if said is not None:  # the pattern wants a number; the run printed nan
                 result.status = RunStatus.NAN
                 result.reason = f"metric '{cfg.name}' is NaN (the log says: {said[:120]})"
@@ -420,21 +419,6 @@ class ReplicateRunner:
             result.reason = f"metric '{cfg.name}' is NaN"
             return None, None
         return value, holdout
-
-
-_NON_FINITE = re.compile(r"(?<![A-Za-z])[-+]?(nan|inf|infinity)(?![A-Za-z])", re.IGNORECASE)
-
-
-def _non_finite_line(log: str, name: str, pattern: str | None) -> str | None:
-    """The last log line that names the metric (its name, or the longest plain words of the
-    pattern: ``val loss`` of ``'val loss ([0-9.]+)'``) and gives it as NaN or infinity."""
-    words = sorted(re.findall(r"(?<!\\)[A-Za-z_][A-Za-z0-9_ ]*[A-Za-z0-9_]", pattern or ""), key=len)
-    labels = [name] + ([words[-1]] if words and len(words[-1]) > 2 else [])
-    for line in reversed(log.splitlines()[-200:]):
-        for label in labels:
-            if label in line and _NON_FINITE.search(line.split(label, 1)[1]):
-                return line.strip()
-    return None
 
 
 def _invalid_reason(raw: str) -> str | None:
