@@ -70,7 +70,10 @@ def training_pid(root: Path, known: Collection[int] = (), within: float = 30.0) 
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         for path in (root / ".nightlab" / "runs").glob("*/*/train.pid"):
-            text = path.read_text().strip()
+            try:
+                text = path.read_text().strip()
+            except FileNotFoundError:  # a resumed replicate's old run directory, being replaced
+                continue
             if text and int(text) not in known:
                 return int(text)
         time.sleep(0.05)

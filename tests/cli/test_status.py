@@ -140,3 +140,18 @@ def test_the_stop_line_and_the_summary_count_experiments_the_same_way(tmp_path: 
     assert res.returncode == 0, res.stdout + res.stderr
     assert "stopped: 2 experiments done (--max-experiments 2)" in res.stdout
     assert "3 total (the baseline and 2 experiments):" in res.stdout
+
+
+def test_a_ledger_whose_tables_are_not_written_yet_has_no_tags(tmp_path: Path) -> None:
+    # `nightlab serve` opening the ledger as the first run creates it: no tables yet.
+    import sqlite3
+
+    from nightlab.report.dashboard.data import LedgerReader
+
+    path = tmp_path / "ledger.db"
+    sqlite3.connect(path).close()
+    reader = LedgerReader(path)
+    try:
+        assert reader.research_tags() == {}
+    finally:
+        reader.close()

@@ -499,7 +499,9 @@ def test_the_orphan_sweep_leaves_a_run_to_its_living_watchdog(tmp_path: Path) ->
         assert run.is_running() and run.status() != psutil.STATUS_ZOMBIE
         guard.release()  # the watchdog leaves; the run is an orphan nobody guards now
         psutil.Process(guard.pid).wait(5)
-        assert kill_orphaned_runs() >= 1
+        killed = kill_orphaned_runs()
+        # Failed once in a loaded full suite, not reproduced since: say what became of the run.
+        assert killed >= 1, ("run", run.status() if run.is_running() else f"exited {run.wait(1)}")
         assert run.wait(5) == -signal.SIGKILL
     finally:
         guard.release()

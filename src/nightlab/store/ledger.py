@@ -333,12 +333,16 @@ class Ledger:
     def research_tags(self) -> dict[str, bool]:
         """Each tag with research experiments, least recently active first: whether its baseline
         stands (finished with a result). Views pick their default tag from it, and name the tags
-        when asked for one that has nothing."""
-        rows = self._read(
-            "SELECT tag, MAX(id) AS last, MAX(decision = 'baseline') AS based FROM experiments "
-            f"WHERE kind IN ({', '.join('?' * len(RESEARCH_KINDS))}) GROUP BY tag ORDER BY last",
-            tuple(RESEARCH_KINDS),
-        )
+        when asked for one that has nothing. None yet in a ledger whose tables are still being
+        written (a reader that opened it as the first run started)."""
+        try:
+            rows = self._read(
+                "SELECT tag, MAX(id) AS last, MAX(decision = 'baseline') AS based FROM experiments "
+                f"WHERE kind IN ({', '.join('?' * len(RESEARCH_KINDS))}) GROUP BY tag ORDER BY last",
+                tuple(RESEARCH_KINDS),
+            )
+        except sqlite3.OperationalError:
+            return {}
         return {row["tag"]: bool(row["based"]) for row in rows}
 
     def consecutive_failures(self, tag: str) -> int:
