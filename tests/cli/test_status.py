@@ -155,3 +155,30 @@ def test_a_ledger_whose_tables_are_not_written_yet_has_no_tags(tmp_path: Path) -
         assert reader.research_tags() == {}
     finally:
         reader.close()
+
+
+def test_serve_waits_a_moment_for_a_ledger_the_first_run_is_creating(tmp_path: Path) -> None:
+    import sqlite3
+    import threading
+    import time
+
+    from nightlab.cli.watch import _workspace
+    from nightlab.store.ledger import Ledger
+
+    root = make_workspace(tmp_path / "ws")
+    path = root / ".nightlab" / "ledger.db"
+    path.parent.mkdir(exist_ok=True)
+    sqlite3.connect(path).close()  # the file exists, its tables do not yet
+
+    def first_run() -> None:
+        time.sleep(0.3)
+        ledger = Ledger(path)
+        ledger.set_meta("current_tag", "t")
+        ledger.close()
+
+    creator = threading.Thread(target=first_run)
+    creator.start()
+    try:
+        assert _workspace(root, None, strict=False)[2] == "t"  # the run's tag, not today's
+    finally:
+        creator.join()

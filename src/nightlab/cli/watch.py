@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from nightlab.research.session import Session
 
 MIN_TOKEN = 16
+# A ledger opened as the first run creates it has no tables for a moment: tries, 0.1 s apart.
+LEDGER_READY_TRIES = 50
 
 
 def register(app: typer.Typer) -> None:
@@ -63,11 +66,15 @@ def _workspace(directory: Path, tag: str | None, strict: bool) -> tuple[Path, ob
     ledger_path = root / STATE_DIR / LEDGER_NAME
     if not ledger_path.is_file():
         return root, config, tag or config.run.tag or default_tag()
-    reader = LedgerReader(ledger_path)
-    try:
-        return root, config, view_tag(reader, root / STATE_DIR, tag, config.run.tag, strict=strict)
-    finally:
-        reader.close()
+    for _ in range(LEDGER_READY_TRIES):
+        reader = LedgerReader(ledger_path)
+        try:
+            return root, config, view_tag(reader, root / STATE_DIR, tag, config.run.tag, strict=strict)
+        except sqlite3.OperationalError:  # the first run is creating it: its tables come in a moment
+            time.sleep(0.1)
+        finally:
+            reader.close()
+    return root, config, tag or config.run.tag or default_tag()
 
 
 def serve(
