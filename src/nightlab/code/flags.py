@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightlab.code.knobs import find_knobs
-
-PLACEHOLDER = re.compile(r"\{flags:([^}\s]+)\}")
+from nightlab.code.knobs.command import PLACEHOLDER, command_words
 
 
 def flag_files(command: str) -> list[str]:
@@ -79,11 +78,7 @@ def _key(name: str) -> str:
 def _declared_options(command: str, tree: Path) -> dict[str, Option]:
     """The argparse options declared by the Python scripts the command names, by their dest."""
     found: dict[str, Option] = {}
-    try:
-        words = shlex.split(PLACEHOLDER.sub("", command))
-    except ValueError:  # unbalanced quotes: the shell will say so when it runs
-        return found
-    for word in words:
+    for word in command_words(command):
         path = tree / word
         if not word.endswith(".py") or not path.is_file():
             continue

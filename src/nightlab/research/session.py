@@ -328,19 +328,19 @@ def _same_measure(session: Session) -> None:
     tag's baseline stands (tags older than the record get it on their next run)."""
     ledger, tag = session.ledger, session.tag
     key = f"measure:{tag}"
-    now = measure_of(session.config)
+    text = json.dumps(measure_of(session.config), sort_keys=True)
     recorded = ledger.get_meta(key)
     if recorded is None or ledger.incumbent(tag) is None:
-        ledger.set_meta(key, json.dumps(now, sort_keys=True))
+        ledger.set_meta(key, text)
         return
-    before = json.loads(recorded)
-    if before == json.loads(json.dumps(now, sort_keys=True)):
-        return
+    before, now = json.loads(recorded), json.loads(text)  # compared as the ledger holds them
     changed = [
         f"{name} {_shown(before.get(name))} → {_shown(now.get(name))}"
         for name in ("budget", "metric", "direction")
-        if before.get(name) != json.loads(json.dumps(now.get(name)))
+        if before.get(name) != now.get(name)
     ]
+    if not changed:
+        return
     raise UserError(
         f"nightlab.toml changed what nightlab/{tag} measures since its baseline ({'; '.join(changed)}): "
         f"its results would not be comparable; research under a new tag (--tag NEW), or restore it"

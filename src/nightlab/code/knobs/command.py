@@ -27,8 +27,8 @@ from collections.abc import Iterable
 
 from nightlab.code.knobs.model import Knob
 
-# The placeholder of nightlab.code.flags (which imports this package, so it is not imported here).
-_PLACEHOLDER = re.compile(r"\{flags:[^}\s]+\}")
+# ``{flags:FILE}`` in a run command (expanded by nightlab.code.flags, which imports it from here).
+PLACEHOLDER = re.compile(r"\{flags:([^}\s]+)\}")
 _BARE = re.compile(r"^\+{0,2}([A-Za-z_][\w.\-]*)=")
 
 
@@ -37,8 +37,9 @@ def _key(name: str) -> str:
     return name.strip("-").rsplit(".", 1)[-1].replace("-", "_").upper()
 
 
-def _tokens(command: str) -> list[str]:
-    text = _PLACEHOLDER.sub(" ", command)
+def command_words(command: str) -> list[str]:
+    """The run command's words as the shell splits them, ``{flags:FILE}`` placeholders left out."""
+    text = PLACEHOLDER.sub(" ", command)
     try:
         return shlex.split(text)
     except ValueError:  # an unbalanced quote: the words are still the best guess
@@ -48,7 +49,7 @@ def _tokens(command: str) -> list[str]:
 def set_by_command(command: str, knobs: Iterable[Knob]) -> dict[str, str]:
     """``{knob name: the command's words that set it}`` for every knob the run command sets
     (``{"lr": "--lr=0.01", "hidden": "--hidden 64"}``)."""
-    tokens = _tokens(command)
+    tokens = command_words(command)
     by_key: dict[str, str] = {}  # "LR" -> the words as written, "--lr=0.01"
     spelled: dict[str, str] = {}  # "--lr" or "-l" -> the words as written
     exact: dict[str, str] = {}  # "optim.lr" -> "optim.lr=0.1"
