@@ -193,7 +193,7 @@ def test_a_long_page_is_shortened_and_an_echoed_key_never_shown(llm_config):
             ask(make_model(llm_config(server), FAST))
     message = str(caught.value)
     assert KEY not in message
-    assert "not JSON: '<html> your key Bearer <key> xxx" in message and "...')" in message
+    assert "not JSON: '<html> your key Bearer [redacted] xxx" in message and "...')" in message
     assert len(message) < 300
 
 

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from nightlab.agents.llm.settings import LLMSettings
 from nightlab.errors import UserError
+from nightlab.secrets import redact
 
 log = logging.getLogger("nightlab.agents.llm.agent")
 
@@ -325,11 +326,9 @@ class _SDKChat:
         return response
 
     def _snippet(self, body: str) -> str:
-        """The start of a body on one line, quoted, with the key blanked should a server echo it."""
-        text = " ".join(body.split())
-        key = str(getattr(self._client, "api_key", "") or "")
-        if len(key) >= 8:
-            text = text.replace(key, "<key>")
+        """The start of a body on one line, quoted, with the key (or anything shaped like one)
+        redacted should a server echo it."""
+        text = redact(" ".join(body.split()), [str(getattr(self._client, "api_key", "") or "")])
         return repr(text if len(text) <= 60 else text[:57] + "...")
 
     def _classify(self, exc: Exception) -> str | None:
