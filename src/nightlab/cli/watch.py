@@ -15,7 +15,6 @@ import os
 import secrets
 import signal
 import socket
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -56,6 +55,8 @@ def _workspace(directory: Path, tag: str | None, strict: bool) -> tuple[Path, ob
     """The workspace root, its config, and the tag to show (:func:`view_tag`; today's before any
     run). ``strict``: a tag given must have experiments (the dashboard may be opened for a night
     that has not started)."""
+    import sqlite3  # here, not at the top: `nightlab --help` imports this module
+
     from nightlab.config import load_config, workspace_root
     from nightlab.report.dashboard.data import LedgerReader
     from nightlab.research.session import LEDGER_NAME, default_tag, view_tag

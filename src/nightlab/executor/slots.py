@@ -12,12 +12,15 @@ share a GPU unless ``runs_per_gpu`` says so, and CPU slots get disjoint cores.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import psutil
 
 from nightlab.config import Config
 from nightlab.errors import UserError
@@ -205,12 +208,19 @@ def _ranges(cores: list[int]) -> str:
 
 
 def pin(pid: int, env: Mapping[str, str]) -> None:
-    """Pin process ``pid`` to the cores ``env`` names (:data:`CPUS_VARIABLE`); its children
-    inherit them. Best effort: a core list the OS refuses leaves the run unpinned."""
+    """Pin process ``pid`` to the cores ``env`` names (:data:`CPUS_VARIABLE`); children it
+    starts later inherit them. Those it already started (on a loaded machine the shell can fork
+    the script before this runs) are pinned too. Best effort: a core list the OS refuses, or a
+    process already gone, leaves that process unpinned."""
     text = env.get(CPUS_VARIABLE)
     if not text or not hasattr(os, "sched_setaffinity"):
         return
     try:
-        os.sched_setaffinity(pid, {int(c) for c in text.split(",") if c.strip()})
-    except (OSError, ValueError):
+        cores = {int(c) for c in text.split(",") if c.strip()}
+        os.sched_setaffinity(pid, cores)
+        started = psutil.Process(pid).children(recursive=True)
+    except (OSError, ValueError, psutil.Error):
         return
+    for child in started:
+        with contextlib.suppress(OSError, psutil.Error):
+            child.cpu_affinity(sorted(cores))
