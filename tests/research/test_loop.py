@@ -279,3 +279,7 @@ def test_more_counts_from_where_the_tag_is(tmp_path: Path) -> None:
     more = nightlab("run", str(root), "--plain", "--tag", "t", "--more", "2")
     assert more.returncode == 0, more.stderr
     assert sum(1 for r in ledger_rows(root) if r["kind"] == "candidate") == 3
+    # The stop line names the flag the user gave, not one they did not.
+    assert "3 experiments done (--more 2: 1 before this run)" in " ".join(more.stdout.split())
+    none = nightlab("run", str(root), "--plain", "--tag", "t", "--more", "0")
+    assert "3 experiments done (--more 0: 3 before this run)" in " ".join(none.stdout.split())

@@ -84,9 +84,13 @@ def run(
     session.check_runnable()  # a busy workspace or a missing file: one line, before anything prints
     cfg = session.config
     cap = max_experiments if max_experiments is not None else cfg.run.max_experiments
+    cap_from = "" if max_experiments is not None else f"[run] max_experiments = {cap}"
     if more is not None:
-        cap = session.ledger.candidate_count(session.tag) + more
-    limits = LoopLimits(max_experiments=cap, hours=hours if hours is not None else cfg.run.hours)
+        had = session.ledger.candidate_count(session.tag)
+        cap, cap_from = had + more, f"--more {more}: {had} before this run"
+    limits = LoopLimits(
+        max_experiments=cap, hours=hours if hours is not None else cfg.run.hours, cap_from=cap_from
+    )
     console.print(
         f"nightlab: workspace {session.root}, branch nightlab/{session.tag}, agent {cfg.agent.kind}"
     )

@@ -54,6 +54,7 @@ class LoopLimits:
 
     max_experiments: int | None = None
     hours: float | None = None
+    cap_from: str = ""  # where the cap came from, as the user wrote it (default: --max-experiments N)
 
 
 @dataclass
@@ -190,7 +191,8 @@ class ResearchLoop:
         # The cap counts every candidate of this tag, so a resumed session stops where it would have.
         if limits.max_experiments is not None and done >= limits.max_experiments:
             noun = "experiment" if done == 1 else "experiments"
-            return f"{done} {noun} done (--max-experiments {limits.max_experiments})"
+            source = limits.cap_from or f"--max-experiments {limits.max_experiments}"
+            return f"{done} {noun} done ({source})"
         if limits.hours is not None and time.monotonic() - self._started >= limits.hours * 3600:
             return f"time limit of {_duration(limits.hours)} reached"
         if idle and self.should_stop():
