@@ -258,7 +258,7 @@ def main(pool): ...
 @dataclass
 class Config:
     optimizer: Literal["sgd", "adam"] = "adam"
-    schedule: "typing.Literal['cosine']" = "cosine"  # a string annotation is not read
+    schedule: "typing.Literal['cosine', 'linear']" = "cosine"  # a quoted annotation
     only: Literal["one"] = "one"
     lr: float = 1e-3
 """
@@ -271,7 +271,52 @@ def test_declared_choices_and_option_spellings_travel_with_the_knob() -> None:
     assert knobs["pool"].choices == ("max", "avg")
     assert knobs["optimizer"].choices == ("sgd", "adam")
     assert knobs["only"].choices == ("one",)
-    assert knobs["norm"].choices == () and knobs["schedule"].choices == () and knobs["lr"].choices == ()
+    assert knobs["schedule"].choices == ("cosine", "linear")
+    assert knobs["norm"].choices == () and knobs["lr"].choices == ()
     # the spellings of an option, so `-l 0.01` in a run command is known to set learning_rate
     assert knobs["learning_rate"].flags == ("-l", "--lr") and knobs["act"].flags == ("--act",)
     assert knobs["optimizer"].flags == ()
+
+
+WRAPPED_CHOICES = """\
+from dataclasses import dataclass
+from typing import Annotated, Literal, Optional, Union
+
+OPTIMIZERS = ("adamw", "sgd", "lion")
+Norm = Literal["layer", "rms"]
+ACTIVATION = "gelu"  # MLP activation: relu, gelu or silu
+SCHEDULE = "cosine"  # one of: cosine | linear | constant
+NAME = "gpt"  # the name of the run, gpt or whatever you like
+DATA = "data/owt"  # data/owt or data/shakespeare
+
+parser.add_argument("--optim", default="adamw", choices=OPTIMIZERS)
+
+
+@dataclass
+class Config:
+    pos: Optional[Literal["rope", "learned"]] = "rope"
+    mix: Literal["a", "b"] | None = "b"
+    norm: Norm = "rms"
+    gate: Annotated[Literal["on", "off"], "the MLP gate"] = "on"
+    act: Union[Literal["relu"], Literal["tanh"], None] = "relu"
+"""
+
+
+def test_choices_behind_optional_union_alias_module_names_and_comments() -> None:
+    """Alternatives an author wrote down in other common shapes are read too; a comment that
+    does not list plain words holding the knob's own value gives none."""
+    knobs = {k.name: k for k in find_knobs(WRAPPED_CHOICES)}
+    assert knobs["optim"].choices == ("adamw", "sgd", "lion")
+    assert knobs["pos"].choices == ("rope", "learned")
+    assert knobs["mix"].choices == ("a", "b")
+    assert knobs["norm"].choices == ("layer", "rms")
+    assert knobs["gate"].choices == ("on", "off")
+    assert knobs["act"].choices == ("relu", "tanh")
+    assert knobs["ACTIVATION"].choices == ("relu", "gelu", "silu")
+    assert knobs["SCHEDULE"].choices == ("cosine", "linear", "constant")
+    assert knobs["NAME"].choices == ()  # "whatever you like" is not a value
+    assert knobs["DATA"].choices == ()  # paths are not a list of words
+    yaml = "model:\n  act: relu  # relu, gelu or silu\n  name: gpt  # the model name\n"
+    by_name = {k.name: k for k in find_knobs(yaml, "config.yaml")}
+    assert by_name["model.act"].choices == ("relu", "gelu", "silu")
+    assert by_name["model.name"].choices == ()

@@ -20,9 +20,11 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
+from nightlab.code.knobs.choices import comment_choices
 from nightlab.code.knobs.command import set_by_command
 from nightlab.code.knobs.files import json_knobs, toml_knobs, yaml_knobs
 from nightlab.code.knobs.literal import format_literal, format_value
@@ -52,8 +54,16 @@ def find_knobs(source: str, path: str = "train.py") -> list[Knob]:
     of another kind)."""
     for suffix, reader in _READERS.items():
         if path.endswith(suffix):
-            return reader(source, path)
+            return [_with_comment_choices(k) for k in reader(source, path)]
     return []
+
+
+def _with_comment_choices(knob: Knob) -> Knob:
+    """A string knob whose only list of alternatives is its trailing comment gets them as choices."""
+    if knob.choices or knob.kind != "str":
+        return knob
+    listed = comment_choices(knob.value, knob.comment)
+    return dataclasses.replace(knob, choices=listed) if listed else knob
 
 
 def knob_values(source: str, path: str = "train.py") -> dict[str, KnobValue]:

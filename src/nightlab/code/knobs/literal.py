@@ -211,3 +211,45 @@ def _format_sequence(old_text: str, values: tuple | list) -> str:
     body = ", ".join(items) + ("," if len(items) == 1 else "")
     parenthesised = stripped.startswith("(") or node is None
     return f"({body})" if parenthesised else body
+
+
+def _number(node: ast.expr) -> int | float | None:
+    """A numeric literal, a negated one, or an integer power such as ``2**19``."""
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        inner = _number(node.operand)
+        if inner is None:
+            return None
+        return -inner if isinstance(node.op, ast.USub) else inner
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+        base, exp = node.left, node.right
+        if (
+            isinstance(base, ast.Constant)
+            and isinstance(exp, ast.Constant)
+            and type(base.value) is int
+            and type(exp.value) is int
+            and 0 <= exp.value <= 64
+        ):
+            return base.value**exp.value
+    return None
+
+
+def literal(node: ast.expr) -> tuple[str, KnobValue] | None:
+    """The kind and value of a literal a knob may hold, or None for anything else."""
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, bool):
+            return "bool", node.value
+        if isinstance(node.value, str):
+            return "str", node.value
+    number = _number(node)
+    if number is not None:
+        return ("float" if isinstance(number, float) else "int"), number
+    if isinstance(node, (ast.Tuple, ast.List)) and node.elts:
+        items = [_number(e) for e in node.elts]
+        if any(i is None for i in items):
+            return None
+        if isinstance(node, ast.Tuple):
+            return "tuple", tuple(items)
+        return "list", list(items)
+    return None

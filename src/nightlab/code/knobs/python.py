@@ -12,9 +12,9 @@
 - ``dataclass``: the default of a field of a ``@dataclass`` class (``lr: float = 3e-4`` or
   ``field(default=3e-4)``).
 
-The values a script declares an option may take travel with the knob as its ``choices``:
-argparse ``choices=[...]``, click ``type=click.Choice([...])``, a field annotated
-``Literal["sgd", "adam"]``. The author wrote them down, so they are the space to search.
+The values a script declares an option may take travel with the knob as its ``choices``
+(:mod:`.choices`): argparse ``choices=[...]``, click ``type=click.Choice([...])``, a field
+annotated ``Literal["sgd", "adam"]``. The author wrote them down, so they are the space to search.
 
 A name found twice keeps its first place; the later one is qualified (``TrainConfig.lr`` for a
 field, ``--lr`` for an option), so every knob has one literal and an edit means one thing.
@@ -25,7 +25,8 @@ from __future__ import annotations
 import ast
 import re
 
-from nightlab.code.knobs.literal import KnobValue, LineOffsets, comments_by_line
+from nightlab.code.knobs.choices import annotated_choices, listed_choices
+from nightlab.code.knobs.literal import KnobValue, LineOffsets, comments_by_line, literal
 from nightlab.code.knobs.model import Knob
 from nightlab.errors import UserError
 
@@ -40,6 +41,11 @@ def python_knobs(source: str, path: str) -> list[Knob]:
     except SyntaxError as exc:
         raise UserError(f"{path}: not valid Python ({exc.msg}, line {exc.lineno}); fix the file") from None
     reader = _Reader(source, path)
+    for stmt in tree.body:  # module-level names a choice list or a Literal alias may refer to
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            reader.names[stmt.targets[0].id] = stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+            reader.names[stmt.target.id] = stmt.value
     settings = _leading_block(tree.body)
     for stmt in tree.body:
         name, value = _simple_assignment(stmt)
@@ -70,6 +76,7 @@ class _Reader:
         self.offsets = LineOffsets(source)
         self.comments = comments_by_line(source)
         self.found: dict[str, Knob] = {}
+        self.names: dict[str, ast.expr] = {}
 
     def add(self, name: str, node: ast.expr, stmt: ast.AST, source: str, replace: bool = False,
             qualified: str | None = None, choices: tuple[KnobValue, ...] = (),
@@ -150,7 +157,8 @@ def _option(reader: _Reader, call: ast.Call) -> None:
     kind = next((k.value for k in call.keywords if k.arg == "type"), None)
     if choices is None and isinstance(kind, ast.Call) and _call_name(kind) == "Choice" and kind.args:
         choices = kind.args[0]  # click.Choice(["relu", "tanh"])
-    reader.add(knob, default, call, source, qualified=long, choices=_choices(choices), flags=tuple(flags))
+    listed = listed_choices(choices, reader.names)
+    reader.add(knob, default, call, source, qualified=long, choices=listed, flags=tuple(flags))
 
 
 def _fields(reader: _Reader, cls: ast.ClassDef) -> None:
@@ -163,28 +171,8 @@ def _fields(reader: _Reader, cls: ast.ClassDef) -> None:
             if value is None:
                 continue
         annotation = stmt.annotation if isinstance(stmt, ast.AnnAssign) else None
-        literal_args = None
-        if isinstance(annotation, ast.Subscript) and _call_name(annotation.value) == "Literal":
-            literal_args = annotation.slice  # Literal["sgd", "adam"]: a tuple, or one constant
-            if not isinstance(literal_args, ast.Tuple):
-                literal_args = ast.Tuple(elts=[literal_args], ctx=ast.Load())
-        reader.add(
-            name, value, stmt, "dataclass", qualified=f"{cls.name}.{name}", choices=_choices(literal_args)
-        )
-
-
-def _choices(node: ast.expr | None) -> tuple[KnobValue, ...]:
-    """The values of a literal list or tuple of scalars; none for anything computed
-    (``choices=range(4)``, ``choices=ACTIVATIONS``), which cannot be read without running it."""
-    if not isinstance(node, (ast.List, ast.Tuple, ast.Set)):
-        return ()
-    values = []
-    for element in node.elts:
-        parsed = literal(element)
-        if parsed is None or parsed[0] in ("tuple", "list"):
-            return ()
-        values.append(parsed[1])
-    return tuple(dict.fromkeys(values))
+        allowed = annotated_choices(annotation, reader.names)
+        reader.add(name, value, stmt, "dataclass", qualified=f"{cls.name}.{name}", choices=allowed)
 
 
 def _is_dataclass(decorator: ast.expr) -> bool:
@@ -206,45 +194,3 @@ def _simple_assignment(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
     if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
         return stmt.target.id, stmt.value
     return None, None
-
-
-def _number(node: ast.expr) -> int | float | None:
-    """A numeric literal, a negated one, or an integer power such as ``2**19``."""
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        inner = _number(node.operand)
-        if inner is None:
-            return None
-        return -inner if isinstance(node.op, ast.USub) else inner
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
-        base, exp = node.left, node.right
-        if (
-            isinstance(base, ast.Constant)
-            and isinstance(exp, ast.Constant)
-            and type(base.value) is int
-            and type(exp.value) is int
-            and 0 <= exp.value <= 64
-        ):
-            return base.value**exp.value
-    return None
-
-
-def literal(node: ast.expr) -> tuple[str, KnobValue] | None:
-    """The kind and value of a literal a knob may hold, or None for anything else."""
-    if isinstance(node, ast.Constant):
-        if isinstance(node.value, bool):
-            return "bool", node.value
-        if isinstance(node.value, str):
-            return "str", node.value
-    number = _number(node)
-    if number is not None:
-        return ("float" if isinstance(number, float) else "int"), number
-    if isinstance(node, (ast.Tuple, ast.List)) and node.elts:
-        items = [_number(e) for e in node.elts]
-        if any(i is None for i in items):
-            return None
-        if isinstance(node, ast.Tuple):
-            return "tuple", tuple(items)
-        return "list", list(items)
-    return None
