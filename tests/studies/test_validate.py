@@ -278,6 +278,16 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
                    "--seeds", "2")  # fmt: skip
     assert res.returncode == 2 and "left no val_loss progress points" in " ".join(res.stderr.split())
     assert "Traceback" not in res.stderr
+    # It stops at the first finished run without points (one run, not 2 seeds x 2 sides), and
+    # the study's experiments say why they ended.
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    ended = con.execute(
+        "select e.reason, count(r.id) from experiments e left join runs r on r.experiment_id = e.id "
+        "where e.meta_json like '%time_to_target%' group by e.id"
+    ).fetchall()
+    con.close()
+    assert len(ended) == 2 and sum(n for _, n in ended) == 1, ended
+    assert all("left no val_loss progress points" in reason for reason, _ in ended), ended
     # Without --target the fixed-budget comparison runs first: its verdict is shown, not lost.
     res = nightlab("validate", str(root), "--a", "main~1", "--b", "main", "--time-to-target", "--seeds", "2")
     out = " ".join(res.stdout.split())

@@ -165,11 +165,13 @@ class SideStudy:
                     arm.replicates.append(rep)
                     if on_run is not None:
                         on_run(arm, i, rep)
-        except BaseException:
+        except BaseException as exc:
+            # A study that found it cannot answer (a UserError) says why; anything else was cut off.
+            reason = str(exc) if isinstance(exc, UserError) else "interrupted"
             for arm in arms:
                 if arm.experiment_id is not None:
                     ledger.finish_experiment(
-                        arm.experiment_id, status="crash", reason="interrupted", n_runs=len(arm.replicates)
+                        arm.experiment_id, status="crash", reason=reason, n_runs=len(arm.replicates)
                     )
             raise
         for arm in arms:

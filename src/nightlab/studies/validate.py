@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from nightlab.config import Config
 from nightlab.errors import UserError
+from nightlab.research.runner import Replicate
 from nightlab.research.session import Session
 from nightlab.stats import mean
 from nightlab.studies.compare import MetricComparison, compare
@@ -361,7 +362,21 @@ def _time_to_target(
         "eval_interval": interval,
         "cap": options.cap,
     }
-    study.run([arm_a, arm_b], seeds, study.runner(cap_config, env), run_meta, on_run)
+    no_points = UserError(
+        f"the runs left no {config.metric.name} progress points: the target does not support periodic "
+        "evaluation (NIGHTLAB_EVAL_INTERVAL_SECONDS, scored by [target] progress_evaluate); "
+        "see docs/VALIDATION.md"
+    )
+
+    def first_tells(arm: Arm, i: int, rep: Replicate) -> None:
+        """A finished run without a single point means the target writes none: the runs left
+        would cost their time and show nothing."""
+        if on_run is not None:
+            on_run(arm, i, rep)
+        if rep.result.status.value == "ok" and not read_curve(rep.run_dir, config.metric.name):
+            raise no_points
+
+    study.run([arm_a, arm_b], seeds, study.runner(cap_config, env), run_meta, first_tells)
 
     def crossings(arm: Arm) -> tuple[list[Crossing | None], list[float | None]]:
         out, finals = [], []
@@ -377,11 +392,7 @@ def _time_to_target(
     cross_b, finals_b = crossings(arm_b)
     ok_runs = [c for c, f in zip(cross_a + cross_b, finals_a + finals_b, strict=True) if f is not None]
     if ok_runs and all(c is None for c in ok_runs):
-        raise UserError(
-            f"the runs left no {config.metric.name} progress points: the target does not support periodic "
-            "evaluation (NIGHTLAB_EVAL_INTERVAL_SECONDS, scored by [target] progress_evaluate); "
-            "see docs/VALIDATION.md"
-        )
+        raise no_points
     warnings = _check_claims(
         cross_a + cross_b, finals_a + finals_b, target, direction, arm_a.values + arm_b.values
     )
