@@ -320,3 +320,52 @@ def test_choices_behind_optional_union_alias_module_names_and_comments() -> None
     by_name = {k.name: k for k in find_knobs(yaml, "config.yaml")}
     assert by_name["model.act"].choices == ("relu", "gelu", "silu")
     assert by_name["model.name"].choices == ()
+
+
+SETTINGS_SHAPES = """\
+import os
+from enum import Enum
+
+LR = float(os.environ.get("LR", 3e-4))
+WARMUP = os.getenv("WARMUP", 100)
+BUDGET_S = float(os.environ.get("NIGHTLAB_BUDGET_SECONDS", 300))  # the harness sets it
+config = dict(batch_size=64, act="gelu", optim=dict(betas=(0.9, 0.95)))
+HPARAMS = {"dropout": 0.1, "model": {"width": 256}, 3: 4}
+SIZES = {"small": 64, "large": 128}  # a lookup table, not settings
+
+
+class CFG:
+    weight_decay = 0.1
+    lr = 1e-3  # not LR: names are case-sensitive
+
+
+class Color(Enum):
+    RED = 1
+
+
+class Net:
+    hidden = 128
+"""
+
+
+def test_class_dict_and_environment_default_settings_are_knobs_and_can_be_set() -> None:
+    """Kaggle's `class CFG`, wandb's `config = dict(...)` and environment defaults are where many
+    scripts keep settings; tables, enums and other classes are not settings."""
+    knobs = {k.name: k for k in find_knobs(SETTINGS_SHAPES)}
+    assert {n: (k.value, k.source) for n, k in knobs.items()} == {
+        "LR": (3e-4, "env"),
+        "WARMUP": (100, "env"),
+        "batch_size": (64, "dict"),
+        "act": ("gelu", "dict"),
+        "optim.betas": ((0.9, 0.95), "dict"),
+        "dropout": (0.1, "dict"),
+        "model.width": (256, "dict"),
+        "weight_decay": (0.1, "class"),
+        "lr": (1e-3, "class"),
+    }
+    out = set_knobs(SETTINGS_SHAPES, {"LR": 6e-4, "batch_size": 128, "model.width": 512, "weight_decay": 0.2})
+    assert 'os.environ.get("LR", 6e-4)' in out and "dict(batch_size=128," in out
+    assert '"model": {"width": 512}' in out and "weight_decay = 0.2" in out
+    assert out.replace("6e-4", "3e-4").replace("128,", "64,").replace("512", "256").replace("0.2", "0.1") == (
+        SETTINGS_SHAPES
+    )

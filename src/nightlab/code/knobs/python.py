@@ -10,7 +10,15 @@
 - ``argparse``/``click``: the ``default=`` literal of ``parser.add_argument("--lr", ...)`` or
   ``@click.option("--lr", ...)``, named after the option (``dest=`` when given);
 - ``dataclass``: the default of a field of a ``@dataclass`` class (``lr: float = 3e-4`` or
-  ``field(default=3e-4)``).
+  ``field(default=3e-4)``);
+- ``class``: an attribute of a top-level class named as settings (``class CFG: lr = 1e-3``,
+  ``class TrainConfig(BaseModel)``), the Kaggle and pydantic style; enums are data, not settings;
+- ``dict``: an entry of a top-level dict named as settings (``config = dict(lr=3e-4)``,
+  ``HPARAMS = {"optim": {"lr": 3e-4}}`` gives ``optim.lr``), the wandb style;
+- ``env``: the default of ``os.environ.get("LR", 3e-4)``/``os.getenv(...)`` assigned to a
+  constant or setting, also inside a cast (``float(...)``): it applies whenever the variable is
+  unset, as it is in a run unless the run command sets it. Variables the harness or a launcher
+  sets (``NIGHTLAB_*``, ``OMP_*``, ``RANK``, ...) are not knobs: their defaults never apply.
 
 The values a script declares an option may take travel with the knob as its ``choices``
 (:mod:`.choices`): argparse ``choices=[...]``, click ``type=click.Choice([...])``, a field
@@ -51,10 +59,16 @@ def python_knobs(source: str, path: str) -> list[Knob]:
         name, value = _simple_assignment(stmt)
         if name is None or value is None:
             continue
-        if _CONSTANT.match(name):
-            reader.add(name, value, stmt, "constant", replace=True)
-        elif stmt in settings and _SETTING.match(name) and not name.startswith("_"):
-            reader.add(name, value, stmt, "setting", replace=True)
+        is_setting = stmt in settings and _SETTING.match(name) and not name.startswith("_")
+        if _CONSTANT.match(name) or is_setting:
+            kind = "constant" if _CONSTANT.match(name) else "setting"
+            default = _env_default(value)
+            if default is not None:  # LR = float(os.environ.get("LR", 3e-4))
+                reader.add(name, default, stmt, "env", replace=True)
+            else:
+                reader.add(name, value, stmt, kind, replace=True)
+        if _is_config_name(name):  # config = dict(lr=3e-4, ...) or CONFIG = {"lr": 3e-4}
+            _entries(reader, value, stmt, "", name)
     # In file order, so the first of two knobs with one name keeps the plain name.
     nodes = sorted(
         (n for n in ast.walk(tree) if isinstance(n, (ast.Call, ast.ClassDef))),
@@ -64,7 +78,9 @@ def python_knobs(source: str, path: str) -> list[Knob]:
         if isinstance(node, ast.Call):
             _option(reader, node)
         elif any(_is_dataclass(d) for d in node.decorator_list):
-            _fields(reader, node)
+            _fields(reader, node, "dataclass")
+        elif node in tree.body and _is_config_name(node.name) and not _is_enum(node):
+            _fields(reader, node, "class")  # class CFG: lr = 1e-3 (a namespace of settings)
     return sorted(reader.found.values(), key=lambda k: k.start)
 
 
@@ -161,7 +177,7 @@ def _option(reader: _Reader, call: ast.Call) -> None:
     reader.add(knob, default, call, source, qualified=long, choices=listed, flags=tuple(flags))
 
 
-def _fields(reader: _Reader, cls: ast.ClassDef) -> None:
+def _fields(reader: _Reader, cls: ast.ClassDef, source: str) -> None:
     for stmt in cls.body:
         name, value = _simple_assignment(stmt)
         if name is None or value is None or name.startswith("_"):
@@ -172,7 +188,71 @@ def _fields(reader: _Reader, cls: ast.ClassDef) -> None:
                 continue
         annotation = stmt.annotation if isinstance(stmt, ast.AnnAssign) else None
         allowed = annotated_choices(annotation, reader.names)
-        reader.add(name, value, stmt, "dataclass", qualified=f"{cls.name}.{name}", choices=allowed)
+        reader.add(name, value, stmt, source, qualified=f"{cls.name}.{name}", choices=allowed)
+
+
+# Names that say a dict or a class holds settings: `config`, `train_cfg`, `HPARAMS`, `class CFG`,
+# `class TrainingArguments`. A dict or class of other names (a lookup table, an enum of
+# constants) is not read: its entries are data, not settings.
+_CONFIG_WORD = re.compile(
+    r"(^|_)(CONFIG|CONFIGS|CFG|CONF|HPARAMS|HYPERPARAMS|HYPERPARAMETERS|HP|PARAMS|ARGS|ARGUMENTS"
+    r"|SETTINGS|OPTIONS|OPTS|DEFAULTS)(_|$)"
+)
+# Variables the harness or a launcher sets for every run: a default read from one never applies.
+_SET_BY_HARNESS = re.compile(
+    r"^(NIGHTLAB_|OMP_|MKL_|CUDA_|PYTORCH_|TORCH|MASTER_|WANDB_|HF_)|RANK$|^WORLD_SIZE$"
+)
+
+
+def _is_config_name(name: str) -> bool:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    return bool(_CONFIG_WORD.search(spaced.upper()))
+
+
+def _is_enum(cls: ast.ClassDef) -> bool:
+    return any(_call_name(base).endswith(("Enum", "Flag")) for base in cls.bases)
+
+
+def _entries(reader: _Reader, node: ast.expr, stmt: ast.stmt, prefix: str, owner: str) -> None:
+    """The literal entries of a settings dict, nested dicts as dotted names (``optim.lr``)."""
+    if isinstance(node, ast.Dict):
+        pairs = [
+            (k.value, v) for k, v in zip(node.keys, node.values, strict=True)
+            if isinstance(k, ast.Constant) and isinstance(k.value, str)
+        ]  # fmt: skip
+    elif isinstance(node, ast.Call) and _call_name(node) == "dict" and not node.args:
+        pairs = [(k.arg, k.value) for k in node.keywords if k.arg is not None]
+    else:
+        return
+    for key, value in pairs:
+        name = f"{prefix}{key}"
+        if isinstance(value, ast.Dict) or (isinstance(value, ast.Call) and _call_name(value) == "dict"):
+            _entries(reader, value, stmt, f"{name}.", owner)
+        else:
+            reader.add(name, value, stmt, "dict", qualified=f"{owner}.{name}")
+
+
+def _env_default(node: ast.expr) -> ast.expr | None:
+    """The default of ``os.environ.get("X", default)`` or ``os.getenv("X", default)``, also
+    inside a cast (``float(...)``), unless the harness or a launcher sets ``X`` itself."""
+    while (
+        isinstance(node, ast.Call)
+        and _call_name(node) in ("float", "int", "bool", "str")
+        and len(node.args) == 1
+    ):
+        node = node.args[0]
+    if not isinstance(node, ast.Call) or len(node.args) != 2:
+        return None
+    func = node.func
+    on_environ = (
+        isinstance(func, ast.Attribute) and func.attr == "get" and _call_name(func.value) == "environ"
+    )
+    if not (on_environ or _call_name(node) == "getenv"):
+        return None
+    variable = node.args[0]
+    if not isinstance(variable, ast.Constant) or not isinstance(variable.value, str):
+        return None
+    return None if _SET_BY_HARNESS.search(variable.value) else node.args[1]
 
 
 def _is_dataclass(decorator: ast.expr) -> bool:
