@@ -168,6 +168,24 @@ def test_other_ratios_keep_their_range() -> None:
     assert infer_domain("WARMUP_RATIO", 0.5).high == 1.0
     assert infer_domain("beta1", 0.9).scale == "log1m"
     assert infer_domain("ADAM_BETAS", 0.5, element=True).high == 1.0
+    assert infer_domain("MUON_MOMENTUM_WARMUP", 0.1).high == 1.0  # a share of the budget
+
+
+@pytest.mark.parametrize("name", ["momentum", "optim.momentum", "BETA1", "ema"])
+def test_averaging_coefficients_never_reach_one(name: str) -> None:
+    """Momentum or a beta of 1.0 never moves its average (Adam divides by zero): the search stops
+    at 0.99, whatever the starting value."""
+    domain = infer_domain(name, 0.5)
+    assert domain is not None and (domain.scale, domain.low, domain.high) == ("linear", 0.0, 0.99)
+    assert infer_domain(name, 0.9).scale == "log1m" and infer_domain(name, 0.9).high < 1.0
+
+
+@pytest.mark.parametrize("name", ["gamma", "SCHEDULER_GAMMA", "LR_DECAY_RATE", "discount", "lr_factor"])
+def test_factors_just_below_one_stay_below_it(name: str) -> None:
+    """A scheduler's gamma of 0.95 or a discount of 0.99 above 1 would grow what it shrinks."""
+    domain = infer_domain(name, 0.95)
+    assert domain is not None and domain.scale == "log1m" and domain.low == 0.5 and domain.high < 1.0
+    assert infer_domain(name, 0.1).scale == "log"  # StepLR's gamma of 0.1: a factor of ten either way
 
 
 @pytest.mark.parametrize("name", ["weight_decay", "optim.weight_decay", "WD", "l2"])

@@ -55,6 +55,14 @@ _RATIO_HINT = re.compile(r"(RATIO|FRAC|DROP|PROB|BETA|MOMENTUM|EMA|SMOOTH|MIX)")
 # off, and the endpoint the search likes to try is a value that still trains.
 _DEGENERATE_AT_ONE = re.compile(r"(DROP|SMOOTH|MASK)")
 DEGENERATE_HIGH = 0.9
+# Averaging coefficients (momentum, Adam's betas, an EMA) are degenerate at 1 too: the average
+# never moves (Adam's bias correction divides by zero). Below 0.8 they move in [0, 0.99].
+_AVERAGING = re.compile(r"(^|_)(BETA[12S]?|MOMENTUM|EMA|EMA_DECAY)$")  # the last word: not MOMENTUM_WARMUP
+AVERAGING_HIGH = 0.99
+# Per-step or per-epoch factors just below 1 (a StepLR/ExponentialLR gamma, an RL discount, a
+# decay rate of 0.95): above 1 they would grow what they shrink, so, like betas, they move on a
+# 1 - x scale in [0.5, 1).
+_FACTOR_NEAR_ONE = re.compile(r"(DECAY|GAMMA|DISCOUNT|LAMBDA|ANNEAL|FACTOR)")
 # A weight decay at 0 (off) has no scale of its own to search around. Decoupled decay (AdamW, the
 # common case today) is set at 0.01-0.1 in most recipes and up to about 0.3 in a few, so the
 # domain is [0, 0.3]: its first looks land among those values, where [0, 1] spent them on
@@ -264,8 +272,10 @@ def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
 
     Positive floats move on a log scale within a factor of ten; ratios (names such as
     ``*_RATIO``, ``*_FRAC``, ``DROPOUT``, or elements of a tuple between 0 and 1) stay in
-    [0, 1], on a ``1 - x`` log scale when close to 1 (betas, EMA decays), and below 0.9 in steps
-    of 0.01 when 1 is degenerate (dropout, drop-path, label smoothing, mask ratios); a weight
+    [0, 1], on a ``1 - x`` log scale when close to 1 (betas, EMA decays, and factors such as a
+    scheduler's gamma of 0.95), below 0.9 in steps of 0.01 when 1 is degenerate (dropout,
+    drop-path, label smoothing, mask ratios), below 0.99 for averaging coefficients (momentum,
+    betas) further from 1; a weight
     decay at 0 moves in [0, 0.3]; integers that are powers of two stay powers of two within a
     factor of four; other positive integers move within a factor of three; booleans flip.
     Strings need choices, declared or written in the script.
@@ -284,11 +294,14 @@ def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
     if isinstance(value, float):
         log_named = bool(_LOG_HINT.search(hint_name(name)))
         ratio_named = bool(_RATIO_HINT.search(hint_name(name))) or element
-        if 0.0 <= value <= 1.0 and ratio_named:
+        near_one = ratio_named or (value >= 0.9 and _FACTOR_NEAR_ONE.search(hint_name(name)))
+        if 0.0 <= value <= 1.0 and near_one:
             if 0.8 <= value < 1.0:
                 return Domain("log1m", low=0.5, high=1.0 - _nice_sig((1.0 - value) / 10))
             if not element and _DEGENERATE_AT_ONE.search(hint_name(name)):
                 return Domain("linear", low=0.0, high=max(DEGENERATE_HIGH, value), step=0.01)
+            if not element and value < 1.0 and _AVERAGING.search(hint_name(name)):
+                return Domain("linear", low=0.0, high=AVERAGING_HIGH)
             if not log_named or value == 0 or element:
                 return Domain("linear", low=0.0, high=1.0)
         if value > 0:
