@@ -228,8 +228,9 @@ def test_broken_config_files_are_one_line_errors() -> None:
 
 @pytest.mark.parametrize(
     ("name", "budget"),
-    [("max_iters", True), ("NUM_EPOCHS", True), ("warmup_steps", True), ("total_tokens", True),
-     ("MAX_SEQ_LEN", True), ("schedule.decay_iters", True), ("--max-steps", True),
+    [("max_iters", True), ("NUM_EPOCHS", True), ("total_tokens", True),
+     ("MAX_SEQ_LEN", True), ("schedule.decay_iters", True), ("--max-steps", True), ("max_epochs", True),
+     ("warmup_steps", False), ("WARMUP_ITERS", False), ("max_lr", False), ("max_grad_norm", False),
      ("TOTAL_BATCH_SIZE", False), ("learning_rate", False), ("n_layer", False), ("eval_interval", False)],
 )  # fmt: skip
 def test_budget_names(name: str, budget: bool) -> None:

@@ -45,8 +45,15 @@ _READERS = {
 # The files knobs can live in; any other editable file has none.
 KNOB_SUFFIXES = tuple(_READERS)
 # Names of knobs that are a script's budget rather than its method: the number of iterations,
-# steps, epochs or tokens it trains for. Searching them buys results with compute.
-_BUDGET = re.compile(r"(?:iters?|iterations|steps|epochs)$|^max_|^total_.*tokens$", re.IGNORECASE)
+# steps, epochs or tokens it trains for. Searching them buys results with compute. A warm-up's
+# length is method (nanoGPT's warmup_iters), and a `max_` that names a learning rate, a norm or
+# a clip is a setting's ceiling (OneCycleLR's max_lr, max_grad_norm), not how long training runs.
+_BUDGET = re.compile(
+    r"(?<!warmup_)(?:iters?|iterations|steps|epochs)$"
+    r"|^max_(?!.*(?:lr|learning|norm|grad|clip|momentum|beta|drop|temp|scale|std|decay))"
+    r"|^total_.*tokens$",
+    re.IGNORECASE,
+)
 
 
 def find_knobs(source: str, path: str = "train.py") -> list[Knob]:
