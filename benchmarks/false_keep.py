@@ -132,6 +132,7 @@ def main() -> None:
     policies = {
         "greedy": GreedyPolicy(),
         "confirm (0.95, max_runs 4)": ConfirmPolicy(confidence=0.95, max_runs=4),
+        "confirm (0.95, max_runs 4, futility 0.1)": ConfirmPolicy(confidence=0.95, max_runs=4, futility=0.1),
         "confirm (0.95, max_runs 8)": ConfirmPolicy(confidence=0.95, max_runs=8),
     }
     started = time.perf_counter()

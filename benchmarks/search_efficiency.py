@@ -63,7 +63,9 @@ def make_policy(kind: str, config: Config) -> Policy:
     """The harness's default policy for the search agent; one run per trial for the others."""
     if kind == "search":
         section = config.policy
-        return ConfirmPolicy(section.confidence, section.max_runs, section.complexity_penalty)
+        return ConfirmPolicy(
+            section.confidence, section.max_runs, section.complexity_penalty, section.futility
+        )
     return GreedyPolicy()
 
 

@@ -10,6 +10,7 @@ from scipy import stats as sps
 
 from nightlab.stats import (
     NoiseEstimate,
+    conditional_power,
     mean,
     noise_floor,
     pooled_sd,
@@ -113,3 +114,25 @@ def test_runs_to_settle() -> None:
     assert runs_to_settle(0.5, 1.0, 1, 2, grow="a") is None
     more = runs_to_settle(1.0, 1.0, 1, 50, grow="a")
     assert more is not None and 1 / (1 + more) + 1 / 50 <= (1 / 2.486) ** 2 + 1e-9
+
+
+def test_conditional_power_matches_a_simulation_of_the_remaining_runs() -> None:
+    """The chance a comparison ends significant if the runs to come average what the runs so far
+    did, against drawing those runs: 2 of 4 runs in, incumbent mean fixed on 3 runs."""
+    import random
+
+    gain, n, n_other, sd, final, critical = 0.007, 2, 3, 0.005, 4, 2.0
+    predicted = conditional_power(gain, n, n_other, sd, final, 0.0, critical)
+    rng = random.Random(3)
+    se = sd * (1 / final + 1 / n_other) ** 0.5
+    hits = 0
+    trials = 20000
+    for _ in range(trials):
+        rest = [rng.gauss(gain, sd) for _ in range(final - n)]
+        total = (gain * n + sum(rest)) / final
+        hits += total >= critical * se
+    assert 0.05 < predicted < 0.95
+    assert abs(hits / trials - predicted) < 0.015
+    # more of the same gain can only help; a larger threshold can only hurt
+    assert conditional_power(2 * gain, n, n_other, sd, final, 0.0, critical) > predicted
+    assert conditional_power(gain, n, n_other, sd, final, 0.002, critical) < predicted

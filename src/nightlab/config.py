@@ -179,6 +179,10 @@ class PolicySection(KindSection):
     # The confidence of keep decisions, and of the intervals `validate` and `ablate` report.
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     max_runs: int = Field(default=4, ge=1)  # replicates of one candidate, first run included
+    # Futility stopping: a candidate that looks better but whose chance of becoming significant
+    # within max_runs runs (if its later runs gain what its first did) is below this is discarded
+    # instead of confirmed; 0: off. Only ever discards, so the false-keep bound is unchanged.
+    futility: float = Field(default=0.1, ge=0, lt=1)
     # Fresh replicates of a kept change before it becomes the incumbent: its recorded value and
     # improvement rest on them, not on the runs that selected it (the winner's curse); 0: off.
     remeasure: int = Field(default=2, ge=0)

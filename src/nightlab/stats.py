@@ -62,6 +62,21 @@ def t_quantile(q: float, df: float) -> float:
     return float(special.stdtrit(df, q))
 
 
+def conditional_power(
+    gain: float, n: int, n_other: int, sd: float, n_final: int, threshold: float, critical: float
+) -> float:
+    """The chance that a comparison now at ``gain`` (mean of ``n`` runs minus the mean of
+    ``n_other`` fixed runs, run-to-run ``sd``) ends at least ``critical`` standard errors above
+    ``threshold`` once ``n_final`` runs are in, if the runs still to come average ``gain`` as
+    those so far did (the "current trend" of group-sequential futility rules)."""
+    if n_final <= n or sd <= 0:
+        return 1.0 if gain - threshold >= critical * sd * math.sqrt(1 / max(n, 1) + 1 / n_other) else 0.0
+    se_final = sd * math.sqrt(1.0 / n_final + 1.0 / n_other)
+    need = (n_final * (threshold + critical * se_final) - n * gain) / (n_final - n)  # the rest's mean
+    spread = sd / math.sqrt(n_final - n)
+    return float(special.ndtr((gain - need) / spread))
+
+
 @dataclass(frozen=True)
 class NoiseEstimate:
     """The run-to-run standard deviation of the metric and how much evidence backs it.

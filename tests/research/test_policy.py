@@ -165,3 +165,37 @@ def test_a_change_smaller_than_its_uncertainty_still_shows_which_way_it_went() -
     # A metric near 0.001 with noise 0.02: three decimals would print the change as +0.000.
     d = decide(ConfirmPolicy(max_runs=1), [0.00081], [0.001, 0.001], 0.02, MIN)
     assert d.reason.startswith("Δ −0.0002 ± 0.02"), d.reason
+
+
+def test_futility_discards_a_gain_too_small_for_max_runs_to_show() -> None:
+    """A candidate ahead by a tenth of the noise after one run would need luck to become
+    significant within 4 runs: with futility on it is discarded at once, saying why, where
+    without it the policy spends 3 more runs; a gain that can become significant is confirmed."""
+    incumbent = [1.000, 1.002]
+    small = [0.9998]  # 0.0003 better than the incumbent's mean, noise sd 0.002
+    off = decide(ConfirmPolicy(futility=0.0), small, incumbent, 0.002, MIN, noise_df=10)
+    on = decide(ConfirmPolicy(futility=0.1), small, incumbent, 0.002, MIN, noise_df=10)
+    assert off.action == "confirm"
+    assert on.action == "discard" and "too small to become significant in 4 runs" in on.reason, on.reason
+    assert on.delta == off.delta and on.p_value == off.p_value
+    promising = decide(ConfirmPolicy(futility=0.1), [0.997], incumbent, 0.002, MIN, noise_df=10)
+    assert promising.action == "confirm"
+    assert make_policy(PolicySection()).futility == 0.1  # on by default in the harness
+
+
+def test_futility_only_ever_turns_a_confirm_into_a_discard() -> None:
+    """Whatever the evidence, the keep boundary is the same with and without futility stopping,
+    so the false-keep bound of the sequential test is untouched."""
+    rng = random.Random(7)
+    changed = 0
+    for _ in range(3000):
+        n = rng.randint(1, 3)
+        incumbent = [rng.gauss(1.0, 0.01) for _ in range(rng.randint(1, 4))]
+        candidate = [rng.gauss(1.0 - rng.uniform(0, 0.02), 0.01) for _ in range(n)]
+        args = (candidate, incumbent, 0.01, MIN)
+        plain = decide(ConfirmPolicy(futility=0.0), *args, noise_df=8)
+        futile = decide(ConfirmPolicy(futility=0.3), *args, noise_df=8)
+        if plain.action != futile.action:
+            assert (plain.action, futile.action) == ("confirm", "discard")
+            changed += 1
+    assert changed > 100  # the rule does act

@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -26,7 +27,7 @@ from typing import Literal
 from nightlab.config import PolicySection
 from nightlab.formatting import decimals_for, signed
 from nightlab.plugins import Kind, Registry, Settings
-from nightlab.stats import NoiseEstimate, mean, pooled_test, t_sf
+from nightlab.stats import Comparison, NoiseEstimate, conditional_power, mean, pooled_test, t_quantile, t_sf
 from nightlab.types import Direction
 
 Action = Literal["keep", "discard", "confirm"]
@@ -164,6 +165,11 @@ class ConfirmPolicy(Policy):
     but need the joint law of the looks, which a noise floor that keeps being re-estimated and
     a complexity penalty make awkward; Bonferroni is simple and never optimistic.)
 
+    Futility (``futility``, conditional power): a candidate that looks better but could only
+    become significant by ``max_runs`` with luck (its chance, if its later runs gain what its
+    runs so far did, is below ``futility``) is discarded at once rather than confirmed. The
+    confirmation runs it saves go to new candidates; the keep boundary is unchanged.
+
     ``noise_df`` is optional for callers that only know an sd; then the floor is trusted as if
     it came from the incumbent's own replicates alone (df = n_incumbent - 1, at least 1), which
     is conservative.
@@ -171,14 +177,23 @@ class ConfirmPolicy(Policy):
 
     name = "confirm"
 
-    def __init__(self, confidence: float = 0.95, max_runs: int = 4, complexity_penalty: float = 0.0) -> None:
+    def __init__(
+        self,
+        confidence: float = 0.95,
+        max_runs: int = 4,
+        complexity_penalty: float = 0.0,
+        futility: float = 0.0,
+    ) -> None:
         if not 0.5 < confidence < 1:
             raise ValueError("confidence must be between 0.5 and 1")
         if max_runs < 1:
             raise ValueError("max_runs must be at least 1")
+        if not 0 <= futility < 1:
+            raise ValueError("futility must be at least 0 and below 1")
         self.confidence = confidence
         self.max_runs = max_runs
         self.complexity_penalty = complexity_penalty
+        self.futility = futility
 
     @property
     def alpha(self) -> float:
@@ -225,6 +240,16 @@ class ConfirmPolicy(Policy):
         stats_text = f"{_runs(n)}, {_p(p)}{cost}"
         if p <= level:
             return Decision("keep", f"{text} ({stats_text}), kept", improvement, se, p)
+        chance = self._chance(improvement, len(a), len(b), test, penalty)
+        if can_confirm and chance < self.futility:
+            return Decision(
+                "discard",
+                f"{text} ({stats_text}), too small to become significant in {self.max_runs} runs "
+                f"(a {chance:.0%} chance if it holds), discarded",
+                improvement,
+                se,
+                p,
+            )
         if can_confirm:
             return Decision(
                 "confirm",
@@ -234,6 +259,16 @@ class ConfirmPolicy(Policy):
                 p,
             )
         return Decision("discard", f"{text} ({stats_text}), not significant, discarded", improvement, se, p)
+
+    def _chance(self, improvement: float, n: int, n_inc: int, test: Comparison, penalty: float) -> float:
+        """Conditional power: how likely the last look keeps the candidate if its later runs
+        gain what its runs so far did. Futility stopping (``futility``) discards a candidate
+        whose chance is below it, instead of spending runs on a gain too small for ``max_runs``
+        runs to show; it only ever discards, so the false-keep bound is untouched."""
+        sd = test.se / math.sqrt(1.0 / n + 1.0 / n_inc)
+        df = test.df + (self.max_runs - n)
+        critical = t_quantile(1.0 - self.look_alpha(self.max_runs), df)
+        return conditional_power(improvement, n, n_inc, sd, self.max_runs, penalty, critical)
 
     def _noise(self, noise_sd: float | None, noise_df: int | None, n_incumbent: int) -> NoiseEstimate | None:
         if noise_sd is None:
@@ -311,7 +346,7 @@ KINDS = (
     Kind(
         "confirm",
         lambda settings, section: ConfirmPolicy(
-            section.confidence, section.max_runs, section.complexity_penalty
+            section.confidence, section.max_runs, section.complexity_penalty, section.futility
         ),
         Settings,
         "keep only a significant improvement, confirming with more runs (noise-aware)",
