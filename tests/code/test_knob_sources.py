@@ -329,6 +329,8 @@ from enum import Enum
 
 LR = float(os.environ.get("LR", 3e-4))
 WARMUP = os.getenv("WARMUP", 100)
+BATCH = int(os.getenv("BATCH", "64"))  # environment values are strings
+RUN_NAME = os.getenv("RUN_NAME", "base")
 BUDGET_S = float(os.environ.get("NIGHTLAB_BUDGET_SECONDS", 300))  # the harness sets it
 config = dict(batch_size=64, act="gelu", optim=dict(betas=(0.9, 0.95)))
 HPARAMS = {"dropout": 0.1, "model": {"width": 256}, 3: 4}
@@ -356,6 +358,8 @@ def test_class_dict_and_environment_default_settings_are_knobs_and_can_be_set() 
     assert {n: (k.value, k.source) for n, k in knobs.items()} == {
         "LR": (3e-4, "env"),
         "WARMUP": (100, "env"),
+        "BATCH": (64, "env"),
+        "RUN_NAME": ("base", "env"),
         "batch_size": (64, "dict"),
         "act": ("gelu", "dict"),
         "optim.betas": ((0.9, 0.95), "dict"),
@@ -364,8 +368,10 @@ def test_class_dict_and_environment_default_settings_are_knobs_and_can_be_set() 
         "weight_decay": (0.1, "class"),
         "lr": (1e-3, "class"),
     }
+    assert knobs["BATCH"].kind == "int" and knobs["BATCH"].text == '"64"'
     out = set_knobs(SETTINGS_SHAPES, {"LR": 6e-4, "batch_size": 128, "model.width": 512, "weight_decay": 0.2})
     assert 'os.environ.get("LR", 6e-4)' in out and "dict(batch_size=128," in out
+    assert 'int(os.getenv("BATCH", 32))' in set_knobs(SETTINGS_SHAPES, {"BATCH": 32})
     assert '"model": {"width": 512}' in out and "weight_decay = 0.2" in out
     assert out.replace("6e-4", "3e-4").replace("128,", "64,").replace("512", "256").replace("0.2", "0.1") == (
         SETTINGS_SHAPES

@@ -31,6 +31,7 @@ field, ``--lr`` for an option), so every knob has one literal and an edit means 
 from __future__ import annotations
 
 import ast
+import math
 import re
 
 from nightlab.code.knobs.choices import annotated_choices, listed_choices
@@ -234,12 +235,18 @@ def _entries(reader: _Reader, node: ast.expr, stmt: ast.stmt, prefix: str, owner
 
 def _env_default(node: ast.expr) -> ast.expr | None:
     """The default of ``os.environ.get("X", default)`` or ``os.getenv("X", default)``, also
-    inside a cast (``float(...)``), unless the harness or a launcher sets ``X`` itself."""
+    inside a cast (``float(...)``), unless the harness or a launcher sets ``X`` itself.
+
+    Environment values are strings, so a default is often one too: ``int(os.getenv("BATCH",
+    "64"))``. Under an ``int``/``float`` cast such a string is read as the number it holds (a
+    knob that can be searched); setting it writes the number bare, which the cast accepts."""
+    cast = None
     while (
         isinstance(node, ast.Call)
         and _call_name(node) in ("float", "int", "bool", "str")
         and len(node.args) == 1
     ):
+        cast = cast or _call_name(node)
         node = node.args[0]
     if not isinstance(node, ast.Call) or len(node.args) != 2:
         return None
@@ -252,7 +259,22 @@ def _env_default(node: ast.expr) -> ast.expr | None:
     variable = node.args[0]
     if not isinstance(variable, ast.Constant) or not isinstance(variable.value, str):
         return None
-    return None if _SET_BY_HARNESS.search(variable.value) else node.args[1]
+    if _SET_BY_HARNESS.search(variable.value):
+        return None
+    default = node.args[1]
+    if cast in ("int", "float") and isinstance(default, ast.Constant) and isinstance(default.value, str):
+        number = _as_number(default.value, int if cast == "int" else float)
+        if number is not None:  # the same span, read as the number it spells
+            return ast.copy_location(ast.Constant(value=number), default)
+    return default
+
+
+def _as_number(text: str, kind: type) -> int | float | None:
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _is_dataclass(decorator: ast.expr) -> bool:
