@@ -111,3 +111,7 @@ def test_text_the_configured_metric_pattern_reads_is_flagged() -> None:
     )
     assert flags(base + 'import atexit\natexit.register(lambda: print(f"step 9: val loss {0.1:.4f}"))\n')
     assert flags(base + 'print("validation loss is low")\n') == []
+    # The script's own formatted print does not license a constant that reads the same: the
+    # placeholder stands for "0.5", and a fixed "val loss 0.5" is still a made-up value.
+    assert flags('print("step 1: val loss 0.5")\n')[0].startswith("train.py: prints text the metric pattern")
+    assert flags('print(f"step 1: val loss {0.5}")\n')  # a constant placeholder is a constant too

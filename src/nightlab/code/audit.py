@@ -106,7 +106,7 @@ def audit_change(before: dict[str, str], after: dict[str, str], config: Config) 
                     added.remove(text)
             if added:
                 reasons.append(
-                    f"{path}: prints text the metric pattern reads ({added[0][:80]!r} matches "
+                    f"{path}: prints text the metric pattern reads ({added[0][1][:80]!r} matches "
                     f"[metric] pattern {config.metric.pattern!r})"
                 )
         new_env, old_env = _env_hits(new, allowed_env), _env_hits(old, allowed_env)
@@ -123,25 +123,50 @@ def _metric_pattern(config: Config) -> re.Pattern[str] | None:
     return re.compile(config.metric.pattern, re.MULTILINE)
 
 
-def _metric_texts(source: str, pattern: re.Pattern[str]) -> list[str]:
-    """The string literals of a Python file that the metric pattern would read if printed.
+def _metric_texts(source: str, pattern: re.Pattern[str]) -> list[tuple[str, str]]:
+    """The string literals of a Python file that the metric pattern would read if printed, each
+    as ``(kind, text)``: ``constant`` for a fixed text, ``computed`` for an f-string with a
+    computed placeholder.
 
-    f-strings are read with every placeholder as a number (``f"val loss {x:.4f}"`` is
-    ``"val loss 0.5"``), so a formatted print of a made-up value is found as well as a
-    constant one; a file that does not parse yields nothing (screening refuses it anyway).
+    f-strings are read with every computed placeholder as a number (``f"val loss {x:.4f}"`` is
+    ``"val loss 0.5"``), so a formatted print of a made-up value is found as well as a constant
+    one. The kind keeps the two apart: the script's own ``f"val_loss: {loss}"`` does not license
+    a new constant ``"val_loss: 0.5"`` that happens to read the same. A file that does not
+    parse yields nothing (screening refuses it anyway).
     """
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return []
-    texts = []
+    texts: list[tuple[str, str]] = []
+    inside_fstrings: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
-            parts = [v.value if isinstance(v, ast.Constant) else "0.5" for v in node.values]
-            texts.append("".join(str(p) for p in parts))
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            texts.append(node.value)
-    return [t for t in texts if pattern.search(t) or pattern.search(t.strip())]
+            computed, parts = False, []
+            for value in node.values:
+                inside_fstrings.add(id(value))
+                if isinstance(value, ast.Constant):
+                    parts.append(str(value.value))
+                elif _constant_placeholder(value):
+                    parts.append(str(value.value.value))  # f"val_loss: {0.5}" is a constant
+                else:
+                    computed = True
+                    parts.append("0.5")
+            texts.append(("computed" if computed else "constant", "".join(parts)))
+        elif (
+            isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in inside_fstrings
+        ):
+            texts.append(("constant", node.value))
+    return [(kind, t) for kind, t in texts if pattern.search(t) or pattern.search(t.strip())]
+
+
+def _constant_placeholder(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.FormattedValue)
+        and isinstance(node.value, ast.Constant)
+        and node.conversion == -1
+        and node.format_spec is None
+    )
 
 
 def _first_new_line(pattern: re.Pattern[str], old: str, new: str) -> str:
