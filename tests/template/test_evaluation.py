@@ -70,6 +70,25 @@ class PeeksAcrossRows(Bigram):
         return emb + emb.mean(dim=(0, 1), keepdim=True)
 
 
+class PeeksWithAHugeOffset(Bigram):
+    """Cheats and hides it: a constant added to every logit changes no prediction, but made the
+    old check's tolerance (relative to the largest logit) a hundred wide."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return PeeksAhead.forward(self, idx) * 6.0 + 1e5
+
+
+class PeeksAlmostEverywhere(Bigram):
+    """Cheats at nine positions in ten: the old check's two fixed cells could be steered around;
+    secret positions cannot."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        nxt = torch.cat([idx[:, 1:], idx[:, :1]], dim=1)
+        where = (torch.arange(idx.shape[1]) % 10 != 0).float()[None, :, None]
+        peek = nn.functional.one_hot(nxt, self.table.num_embeddings).float()
+        return self.table(idx) + 5.0 * peek * where
+
+
 class WrongVocab(Bigram):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.table(idx)[..., :100]
@@ -116,7 +135,11 @@ def test_evaluator_matches_a_direct_computation(tpl: SimpleNamespace) -> None:
     assert json.loads((run_dir / "metrics.json").read_text())["val_bpb"] == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("model", [PeeksAhead(), PeeksAcrossRows()], ids=["future-token", "other-rows"])
+@pytest.mark.parametrize(
+    "model",
+    [PeeksAhead(), PeeksAcrossRows(), PeeksWithAHugeOffset(), PeeksAlmostEverywhere()],
+    ids=["future-token", "other-rows", "huge-offset", "most-positions"],
+)
 def test_causality_check_rejects_a_model_that_looks_ahead(tpl: SimpleNamespace, model: nn.Module) -> None:
     _export(tpl, model)
     run_dir = tpl.data.get_run_dir()
@@ -132,6 +155,49 @@ def test_causality_check_passes_a_causal_model(tpl: SimpleNamespace) -> None:
         tpl.evaluation.causality_violation(_loaded(tpl), tpl.data.load_split("val"), torch.device("cpu"))
         is None
     )
+
+
+def test_an_export_that_would_run_code_when_loaded_is_invalid_and_runs_nothing(
+    tpl: SimpleNamespace, tmp_path: Path
+) -> None:
+    """torch.export.load unpickles weights an archive marks use_pickle (weights_only=False): a
+    train.py that rewrites its export could run code in the frozen evaluation and write any
+    verdict. The archive check refuses it; the loader refuses every unpickling path even when
+    the check is passed (the second half), and nothing the pickle carries runs."""
+    import io
+    import zipfile
+
+    export = _export(tpl, Bigram())
+    run_dir = tpl.data.get_run_dir()
+    sentinel = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # noqa: ANN204
+            return (exec, (f"open({str(sentinel)!r}, 'w').write('ran')",))
+
+    names = zipfile.ZipFile(export).namelist()
+    config_name = next(n for n in names if n.endswith("weights/model_weights_config.json"))
+    with zipfile.ZipFile(export) as archive:
+        contents = {n: archive.read(n) for n in names}
+    config = json.loads(contents[config_name])
+    meta = next(iter(config["config"].values()))
+    meta["use_pickle"] = True
+    buffer = io.BytesIO()
+    torch.save(Payload(), buffer)
+    contents[config_name.rsplit("/", 1)[0] + "/" + meta["path_name"]] = buffer.getvalue()
+    contents[config_name] = json.dumps(config, indent=4).encode()  # spelt differently than torch does
+    with zipfile.ZipFile(export, "w") as archive:
+        for name, data in contents.items():
+            archive.writestr(name, data)
+    assert evaluate(tpl, run_dir) == 5
+    verdict = json.loads((run_dir / "metrics.json").read_text())
+    assert verdict == {"invalid": "the export holds pickled entries (" + config_name + ")"}
+    assert not sentinel.exists()
+    # The loader's own guard, without the archive check: every unpickling path is refused.
+    with tpl.evaluation._no_unpickling(), pytest.raises(tpl.evaluation.UnsafeExport):
+        torch.export.load(str(export))
+    assert not sentinel.exists()
+    assert torch.load is not None and "safe_load" not in repr(torch.load)  # restored afterwards
 
 
 def _loaded(tpl: SimpleNamespace) -> nn.Module:

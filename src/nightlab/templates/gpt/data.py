@@ -47,7 +47,7 @@ TOKENIZER_TRAIN_CHARS = 300000000  # characters of train text the BPE tokenizer 
 # Fixed for every size.
 DEFAULT_SEED = 42  # NIGHTLAB_SEED when unset
 LOSS_EXPLODE_FACTOR = 3.0  # a loss above this many times ln(VOCAB_SIZE) has exploded
-CAUSAL_TRIALS = 2  # perturbations tried by the causality check
+CAUSAL_TRIALS = 4  # row-wise perturbations tried by the causality check (each checks every row)
 EXPORT_FILE = "model.pt2"  # torch.export program, in the run dir
 EXPORT_META = "model.json"  # what the evaluator needs besides the program
 METRICS_FILE = "metrics.json"  # written by `python evaluation.py` only

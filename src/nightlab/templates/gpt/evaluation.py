@@ -72,6 +72,79 @@ T_IMPORT = time.perf_counter()  # eval_seconds counts from here (loading the mod
 HERE = "evaluation.py"  # the name this file's errors start with
 
 
+class UnsafeExport(Exception):
+    """The export asks its loader to run code: a pickle, a custom object or a compiled library."""
+
+
+def load_program(path: Path) -> torch.nn.Module:
+    """The torch.export program at ``path``, loaded without running any code it carries.
+
+    train.py writes the export, so it is untrusted input, and torch.export.load unpickles any
+    weight or constant its archive marks ``use_pickle`` (with ``weights_only=False``), unpickles
+    custom objects, and loads compiled AOTInductor libraries: a forged archive would run its own
+    code here, in the frozen evaluation, and could write any verdict. What the template's
+    harness writes needs none of that, so the archive is checked first (no compiled library, no
+    pickled entry in any payload config) and loaded with every unpickling path refused: a forged
+    archive is an invalid model, never code that runs.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if "/aotinductor/" in f"/{name}" or name.endswith((".so", ".dll", ".dylib")):
+                    raise UnsafeExport(f"the export holds a compiled library ({name})")
+                if name.endswith("_config.json") and '"use_pickle": true' in _compact(archive.read(name)):
+                    raise UnsafeExport(f"the export holds pickled entries ({name})")
+    except zipfile.BadZipFile as exc:
+        raise UnsafeExport(f"the export is not a torch.export archive ({exc})") from None
+    with _no_unpickling():
+        return torch.export.load(str(path)).module()
+
+
+def _compact(raw: bytes) -> str:
+    try:
+        return json.dumps(json.loads(raw), separators=(", ", ": "))
+    except ValueError as exc:
+        raise UnsafeExport(f"the export holds unreadable metadata ({exc})") from None
+
+
+class _no_unpickling:
+    """Within it, torch.load only in weights_only mode, and no pickle.loads or custom-object load."""
+
+    def __enter__(self) -> None:
+        import pickle
+
+        from torch.export.pt2_archive import _package
+
+        self.saved = (torch.load, _package.pickle, torch._C._pickle_load_obj)
+        plain_load = torch.load
+
+        def safe_load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if kwargs.get("weights_only") is False:
+                raise UnsafeExport("the export asks for a pickle to be loaded")
+            kwargs["weights_only"] = True
+            return plain_load(*args, **kwargs)
+
+        def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            raise UnsafeExport("the export asks for a pickle to be loaded")
+
+        class _Refusing:
+            def __getattr__(self, name: str):  # noqa: ANN204
+                if name.startswith("load") or name == "Unpickler":
+                    return refuse
+                return getattr(pickle, name)
+
+        torch.load = safe_load
+        _package.pickle = _Refusing()
+        torch._C._pickle_load_obj = refuse
+
+    def __exit__(self, *exc: object) -> None:
+        from torch.export.pt2_archive import _package
+
+        torch.load, _package.pickle, torch._C._pickle_load_obj = self.saved
+
+
 def _eval_device(meta: dict) -> torch.device:
     if meta["device"] == "cuda":
         if not torch.cuda.is_available():
@@ -151,28 +224,55 @@ class InvalidModel(Exception):
     """The exported model breaks a rule of the evaluation (causality, output shape, finiteness)."""
 
 
-def causality_violation(model: torch.nn.Module, tokens: np.ndarray, device: torch.device) -> str | None:
+def causality_violation(
+    model: torch.nn.Module, tokens: np.ndarray, device: torch.device, low_precision: bool = False
+) -> str | None:
     """None if predictions at position t depend only on tokens 0..t of their own row.
 
-    Each trial keeps the prefix 0..t of one row, replaces everything else in the batch (the rest of
-    that row and all other rows, which hold the following val text) by random tokens, and compares
-    the logits at positions 0..t with those of the untouched batch.
+    A leak can only be seen where the tokens it reads change while the positions it feeds are
+    compared, so the check samples positions, and the samples are secret: drawn from the
+    operating system's randomness at each evaluation, never from a seed train.py could read in
+    this frozen file and steer around. Each row-wise trial keeps a random prefix 0..t_r of every
+    row, replaces the rest of each row by random tokens, and compares the prefixes' predictions
+    (CAUSAL_TRIALS x EVAL_BATCH_SIZE positions in all); the cross-row trial keeps a prefix of one
+    row and replaces every other row entirely (a row must not see the batch).
+
+    Predictions are compared as log-probabilities (floored at -30, where probability ends), not
+    raw logits: a constant added to every logit changes no prediction, and must not widen the
+    tolerance either. The tolerance is float32 rounding (bfloat16's under autocast or on a GPU).
     """
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
     x = _rows(tokens, 0, EVAL_BATCH_SIZE, device)[:, :-1]
-    base = _forward(model, x)
-    problem = _check_logits(base)
+    logits = _forward(model, x)
+    problem = _check_logits(logits)
     if problem:
         raise InvalidModel(problem)
-    tol = 1e-3 * (1.0 + base.abs().max().item())
-    for t in [SEQ_LEN // 2, *rng.integers(SEQ_LEN - 1, size=CAUSAL_TRIALS)][:CAUSAL_TRIALS]:
-        row = int(rng.integers(EVAL_BATCH_SIZE))
-        other = torch.from_numpy(rng.integers(0, VOCAB_SIZE, size=x.shape)).to(device)
-        other[row, : t + 1] = x[row, : t + 1]
-        diff = (_forward(model, other)[row, : t + 1] - base[row, : t + 1]).abs().max().item()
-        if not diff <= tol:
-            return f"logits at positions <= {t} changed by {diff:.3g} when only later tokens or other rows changed"
+    base = _log_probs(logits)
+    tol = (1e-3 if low_precision else 1e-4) * (1.0 + base.abs().max().item())
+    positions = torch.arange(SEQ_LEN, device=device)[None, :]
+    for _ in range(CAUSAL_TRIALS):
+        cut = torch.from_numpy(rng.integers(0, SEQ_LEN - 1, size=EVAL_BATCH_SIZE)).to(device)
+        keep = positions <= cut[:, None]
+        noise = torch.from_numpy(rng.integers(0, VOCAB_SIZE, size=x.shape)).to(device)
+        changed = _log_probs(_forward(model, torch.where(keep, x, noise)))
+        diff = ((changed - base).abs().amax(dim=-1) * keep).amax(dim=1)
+        worst = int(diff.argmax())
+        if not diff[worst].item() <= tol:
+            return (
+                f"predictions at positions <= {int(cut[worst])} changed by {diff[worst].item():.3g} "
+                "when only later tokens changed"
+            )
+    row, t = int(rng.integers(EVAL_BATCH_SIZE)), int(rng.integers(SEQ_LEN - 1))
+    other = torch.from_numpy(rng.integers(0, VOCAB_SIZE, size=x.shape)).to(device)
+    other[row, : t + 1] = x[row, : t + 1]
+    diff = (_log_probs(_forward(model, other))[row, : t + 1] - base[row, : t + 1]).abs().max().item()
+    if not diff <= tol:
+        return f"predictions at positions <= {t} changed by {diff:.3g} when only other rows changed"
     return None
+
+
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.float(), dim=-1).clamp(min=-30.0)
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -209,13 +309,19 @@ def _evaluate(run_dir: Path, started: float) -> int:
     meta = json.loads(meta_path.read_text())
     device = _eval_device(meta)
     warnings.filterwarnings("ignore", message="The given buffer is not writable")  # torch.export.load
-    model = torch.export.load(str(run_dir / EXPORT_FILE)).module()
+    try:
+        model = load_program(run_dir / EXPORT_FILE)
+    except UnsafeExport as exc:
+        _write_metrics(run_dir, {"invalid": str(exc)})
+        print(f"invalid: {exc}")
+        return EXIT_INVALID
     if meta.get("autocast") == "bfloat16":
         model = _Autocast(model)
     token_bytes = get_tokenizer().token_bytes
     val, holdout = load_split("val"), load_split("holdout")
     try:
-        problem = causality_violation(model, val, device)
+        low_precision = meta.get("autocast") == "bfloat16" or device.type != "cpu"
+        problem = causality_violation(model, val, device, low_precision)
         if problem:
             raise InvalidModel(f"model is not causal: {problem}")
         val_bpb, n_tokens = bits_per_byte(model, val, token_bytes, device)
@@ -289,6 +395,19 @@ class _NewLines:
         return [line.decode("utf-8", errors="replace") for line in lines if line.strip()]
 
 
+def signed(point: dict) -> dict:
+    """``point`` with an HMAC of its content under NIGHTLAB_PROGRESS_KEY, the key nightlab gives
+    this process and not the training process (which can write the same file): nightlab drops
+    a point without a valid signature and makes the run invalid. Unchanged without a key."""
+    import hmac
+
+    key = os.environ.get("NIGHTLAB_PROGRESS_KEY")
+    if not key:
+        return point
+    body = json.dumps(point, sort_keys=True).encode()
+    return {**point, "sig": hmac.new(key.encode(), body, "sha256").hexdigest()}
+
+
 class _Follower:
     """Scores checkpoints one by one; holds the program of the latest traced one in memory."""
 
@@ -323,7 +442,7 @@ class _Follower:
             shutil.rmtree(folder, ignore_errors=True)
         scored = {key: record[key] for key in RECORD_KEYS if key in record}
         with (self.run_dir / PROGRESS_EVAL_FILE).open("a") as fh:
-            fh.write(json.dumps({**scored, "val_bpb": value}) + "\n")
+            fh.write(json.dumps(signed({**scored, "val_bpb": value})) + "\n")
         print(
             f"progress: {name} | step {record.get('step')} | val_bpb {value:.6f} | "
             f"scored in {time.perf_counter() - started:.2f} s",
@@ -352,7 +471,10 @@ class _Follower:
             weights = torch.load(folder / WEIGHTS_FILE, map_location=device, weights_only=True)
             program.load_state_dict(weights, strict=True)
         else:
-            program = torch.export.load(str(folder / EXPORT_FILE)).module()
+            try:
+                program = load_program(folder / EXPORT_FILE)
+            except UnsafeExport as exc:
+                raise InvalidModel(str(exc)) from None
             self.programs = {name: program}  # the weights that follow belong to this program
         model = _Autocast(program) if meta.get("autocast") == "bfloat16" else program
         return model, device
