@@ -46,6 +46,10 @@ class TargetConfig(_Strict):
     # data) is then paid beside training instead of after it. Only under the sandbox; else, or
     # when it cannot, `evaluate` runs as usual.
     warm_evaluate: bool = False
+    # The progress evaluator signs its points with the key nightlab hands it (and only it) in
+    # NIGHTLAB_PROGRESS_KEY, so a point the training process wrote into progress.eval.jsonl is
+    # known for a forgery (the run is invalid) rather than taken for the frozen evaluator's.
+    progress_signed: bool = False
     # Globs of files a run may write in its worktree (checkpoints, samples); they are moved into
     # the run directory (outputs/) after the run. Anything else it writes makes the run invalid.
     outputs: list[str] = Field(default_factory=list)
@@ -54,6 +58,8 @@ class TargetConfig(_Strict):
     def _warm_needs_both(self) -> TargetConfig:
         if self.warm_evaluate and not (self.evaluate and self.progress_evaluate):
             raise ValueError("warm_evaluate = true needs both evaluate and progress_evaluate")
+        if self.progress_signed and not self.progress_evaluate:
+            raise ValueError("progress_signed = true needs progress_evaluate")
         return self
 
 

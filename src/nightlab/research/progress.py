@@ -18,6 +18,7 @@ the same budget in steps still line up).
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 import threading
@@ -73,8 +74,13 @@ class _Tail:
 class ProgressReader:
     """Reads a run's progress points as they appear (see the module docstring)."""
 
-    def __init__(self, run_dir: Path, config: Config) -> None:
+    def __init__(self, run_dir: Path, config: Config, key: str | None = None) -> None:
         self.config = config
+        # With a key (``[target] progress_signed``) the evaluator's points must carry its
+        # signature, and the run's own lines carry no metric: the training process writes both
+        # files, so only a signature says the frozen evaluator scored a point.
+        self.key = key
+        self.forged = 0  # evaluator-file lines without a valid signature
         self.metric = config.metric.name
         self._eval = _Tail(run_dir / EVAL_PROGRESS_FILE)
         self._own = _Tail(run_dir / PROGRESS_FILE)
@@ -88,6 +94,11 @@ class ProgressReader:
         """Every point with a metric value so far, ordered by ``x``."""
         for source, tail in (("eval", self._eval), ("own", self._own)):
             for line in tail.lines():
+                if self.key is not None and source == "own":
+                    continue  # the training process's own claims of its metric are not evidence
+                if self.key is not None and not _signed_by(self.key, line):
+                    self.forged += bool(line.strip())
+                    continue
                 point = self._from_json(line)
                 if point is not None and point.value is not None:
                     self._points[(source, point.x)] = point
@@ -147,6 +158,19 @@ class ProgressReader:
         else:
             return None
         return Point(x, value, _int(step), seconds, _int(tokens))
+
+
+def _signed_by(key: str, line: str) -> bool:
+    """Whether ``line`` is a JSON object whose ``sig`` is the HMAC-SHA256 of the rest under ``key``."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return False
+    if not isinstance(data, dict) or not isinstance(data.get("sig"), str):
+        return False
+    claimed = data.pop("sig")
+    body = json.dumps(data, sort_keys=True).encode()
+    return hmac.compare_digest(claimed, hmac.new(key.encode(), body, "sha256").hexdigest())
 
 
 def value_at(points: list[Point], x: float, tolerance: float = 0.05) -> float | None:

@@ -11,6 +11,7 @@ beside training in a worktree of its own, asked only once training has ended and
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import time
 from dataclasses import dataclass
@@ -159,10 +160,11 @@ class ReplicateRunner:
         spec = self._spec(
             self.config.target.run, tree, run_dir, seed, self.config.budget.timeout, TRAIN_LOG, slot
         )
-        reader = ProgressReader(run_dir, self.config)
+        key = secrets.token_hex(16) if self.config.target.progress_signed else None
+        reader = ProgressReader(run_dir, self.config, key)
         if pruner is not None:
             spec.stop_when = lambda: pruner.should_stop(reader.points())
-        companion, stamps = self._progress_evaluator(name, commit, run_dir, seed, slot)
+        companion, stamps = self._progress_evaluator(name, commit, run_dir, seed, slot, key)
         try:
             result = self.executor.run(spec)
         except BaseException:
@@ -193,6 +195,10 @@ class ReplicateRunner:
                 problem = f"the progress evaluator's worktree changed during the run: {shown}"
         points = reader.points()  # the evaluator has scored them all
         result.progress = [p.to_dict() for p in points]
+        if reader.forged and not problem:
+            problem = (
+                f"{reader.forged} progress point(s) the frozen evaluator did not sign (forged by the run)"
+            )
         if result.status is RunStatus.PRUNED and result.training_seconds is None:
             # Stopped before its summary: it trained at least until its last checkpoint said.
             trained = [p.seconds for p in points if p.seconds is not None]
@@ -222,7 +228,7 @@ class ReplicateRunner:
         return tree
 
     def _progress_evaluator(
-        self, name: str, commit: str, run_dir: Path, seed: int, slot: Slot | None
+        self, name: str, commit: str, run_dir: Path, seed: int, slot: Slot | None, key: str | None = None
     ) -> tuple[ProgressEvaluator | None, dict[str, Stamp] | None]:
         """The frozen progress evaluator beside the training process, when the target has one,
         and (when it may do the final evaluation) the stamps of its worktree.
@@ -243,6 +249,8 @@ class ReplicateRunner:
         # Training, the checkpoints left after it, and (warm) the final evaluation.
         timeout = self.config.budget.timeout + self.config.budget.evaluate_timeout * (2 if warm else 1)
         spec = self._spec(command, tree, run_dir, seed, timeout, PROGRESS_EVAL_LOG, slot)
+        if key is not None:  # the evaluator's only: the training process's spec never has it
+            spec.env["NIGHTLAB_PROGRESS_KEY"] = key
         stamps = None
         if warm:
             spec.env[WARM_VARIABLE] = "1"
