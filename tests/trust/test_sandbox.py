@@ -158,6 +158,7 @@ def test_session_in_the_sandbox(outside_tmp: Path, listener: socket.socket) -> N
     )
     res = run_session(root, env={"OPENAI_API_KEY": PLANTED_KEY})
     assert "warning" not in res.stderr
+    assert "the workspace lies in" not in res.stdout  # out of /tmp: nothing to warn about
     rows = ledger_rows(root)
     assert rows["baseline"]["decision"] == "baseline", rows["baseline"]["reason"]
     net = rows["send the results home"]
@@ -184,3 +185,13 @@ def test_wrapped_command_cannot_signal_the_harness() -> None:
     )
     control = subprocess.run(probe, shell=True, capture_output=True, text=True)
     assert control.stdout.strip() == "signalled"
+
+
+@needs_sandbox
+def test_a_workspace_in_scratch_space_is_named_at_the_start(tmp_path: Path) -> None:
+    """/tmp is writable to every sandboxed run (torch needs scratch space), so a workspace there
+    is not protected: its .git and ledger are in reach. The night says so before it starts."""
+    root = trust_workspace(tmp_path / "ws", [attack("harmless", "pass")], sandbox="required")
+    res = run_session(root, "-n", "0")
+    out = " ".join(res.stdout.split())
+    assert "warning: the workspace lies in /tmp, which the sandbox leaves writable to runs" in out, out

@@ -380,3 +380,28 @@ def test_many_experiments_stay_fast_and_leave_nothing_behind(repo: Path) -> None
     assert len(ws.experiment_refs()) == count
     assert sorted(p.name for p in ws.state_dir.iterdir()) == ["worktrees"]  # no temporary indexes left
     assert git(repo, "worktree", "list").count("\n") == 1  # one worktree, reused
+
+
+def test_nightlabs_git_commands_run_no_hook_or_fsmonitor_the_repository_names(tmp_path: Path) -> None:
+    """A training script that can write the repository's .git/config (a workspace in /tmp, which
+    the sandbox leaves writable) could name a program for git to run: a file-system monitor or a
+    hook would then run outside the sandbox the next time nightlab commits. nightlab's git
+    commands switch both off."""
+    from helpers import edit, make_workspace, nightlab
+
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.2")])
+    ran = tmp_path / "ran"
+    program = tmp_path / "program.sh"
+    program.write_text(f'#!/bin/sh\necho "$0 $*" >> {ran}\n')
+    program.chmod(program.stat().st_mode | stat.S_IEXEC)
+    subprocess.run(["git", "config", "core.fsmonitor", str(program)], cwd=root, check=True)
+    hooks = root / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    for hook in ("pre-commit", "post-commit", "post-checkout", "reference-transaction"):
+        (hooks / hook).write_text(program.read_text())
+        (hooks / hook).chmod(0o755)
+    res = nightlab("run", str(root), "--plain", "-n", "1")
+    assert res.returncode == 0, res.stderr
+    assert not ran.exists(), ran.read_text()
+    subprocess.run(["git", "status"], cwd=root, capture_output=True)  # the user's own git does run it
+    assert ran.exists()

@@ -371,6 +371,23 @@ def warn_about_the_metric(session: Session, events: EventSink | None) -> None:
     (events or EventSink()).emit(Event("notice", f"warning: {message}"))
 
 
+def exposed_workspace(session: Session) -> str | None:
+    """Why the sandbox cannot protect this workspace, when it lies in the scratch space it
+    leaves writable to every run (``/tmp``, ``/dev/shm``): a run could then change the
+    repository's ``.git`` (its config names programs git runs) or the ledger, unseen."""
+    if sandbox.check(session.config.run.sandbox) is None:
+        return None  # no sandbox at all: said once elsewhere
+    root = session.root.resolve()
+    for scratch in sandbox.SCRATCH:
+        if root.is_relative_to(Path(scratch).resolve()):
+            return (
+                f"the workspace lies in {scratch}, which the sandbox leaves writable to runs: a run "
+                f"could change its repository (.git) or ledger; keep workspaces out of {scratch} for "
+                "unattended nights (docs/SECURITY.md)"
+            )
+    return None
+
+
 def build_loop(
     session: Session,
     events: EventSink | None = None,
@@ -392,8 +409,9 @@ def build_loop(
     start = start_commit(session, events)
     warn_about_the_metric(session, events)
     crowded = None if session.remote else oversubscribed(session.slots())
-    if crowded:
-        (events or EventSink()).emit(Event("notice", f"warning: {crowded}"))
+    for problem in (crowded, None if session.remote else exposed_workspace(session)):
+        if problem:
+            (events or EventSink()).emit(Event("notice", f"warning: {problem}"))
     agent = agent if agent is not None else session.agent()
     agent.check(editable_texts(session.config, session.workspace, start))  # before setup and baseline
     runner = session.runner(run_worktree(0), start)

@@ -28,6 +28,13 @@ REDIRECTING_VARS = frozenset(
 )
 
 
+# Settings that make git run programs of the repository's choosing: a hook, a file-system
+# monitor. nightlab's own git commands never want them, and a training script that could write
+# the repository's .git/config (a workspace in /tmp, which the sandbox leaves writable) would
+# otherwise run code outside the sandbox the next time nightlab commits or checks out.
+HARDENING = ("-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null")
+
+
 class GitError(UserError):
     """A git command failed (disk full, permissions, a lock held by another program, ...)."""
 
@@ -52,7 +59,12 @@ def run_git(
 ) -> subprocess.CompletedProcess[bytes]:
     try:
         proc = subprocess.run(
-            ["git", *args], cwd=cwd, input=input, env=git_env(env), capture_output=True, check=False
+            ["git", *HARDENING, *args],
+            cwd=cwd,
+            input=input,
+            env=git_env(env),
+            capture_output=True,
+            check=False,
         )
     except FileNotFoundError:
         raise UserError("git is not installed or not on PATH: install git first") from None
