@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
 from nightlab.config import PolicySection
-from nightlab.research.policy import ConfirmPolicy, Decision, Evidence, GreedyPolicy, Policy, make_policy
+from nightlab.research.policy import (
+    ConfirmPolicy,
+    Decision,
+    Evidence,
+    GreedyPolicy,
+    Policy,
+    make_policy,
+    review,
+)
 from nightlab.types import Direction
 
 MIN, MAX = Direction.MINIMIZE, Direction.MAXIMIZE
@@ -199,3 +208,21 @@ def test_futility_only_ever_turns_a_confirm_into_a_discard() -> None:
             assert (plain.action, futile.action) == ("confirm", "discard")
             changed += 1
     assert changed > 100  # the rule does act
+
+
+def test_time_a_script_does_not_report_as_training_is_flagged() -> None:
+    """A script that under-reports its own training clock (5x the training, 1x reported) looks
+    no slower by the training time it prints; the wall time says otherwise, and the reason says so."""
+    section = PolicySection()
+    evidence = Evidence(
+        [0.5], [1.0, 1.0], MIN, noise_sd=0.01, noise_df=10,
+        candidate_seconds=8.0, incumbent_seconds=8.0, candidate_wall=45.4, incumbent_wall=13.3,
+    )  # fmt: skip
+    decision = review(Decision("keep", "Δ −0.5, kept", 0.5, 0.01, 0.001), evidence, section)
+    assert decision.action == "keep"
+    assert decision.reason.endswith(
+        "its runs take 3.4x the incumbent's wall time (45.4 s against 13.3 s), 32.1 s more outside "
+        "the training time they report"
+    )
+    honest = replace(evidence, candidate_wall=14.0)  # a second more to export a bigger model
+    assert review(Decision("keep", "kept", 0.5, 0.01, 0.001), honest, section).reason == "kept"

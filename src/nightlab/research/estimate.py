@@ -50,6 +50,8 @@ def evidence_for(
         noise_note=note,
         candidate_seconds=ledger.seconds_per_run(row.id),
         incumbent_seconds=ledger.seconds_per_run(base.id),
+        candidate_wall=ledger.seconds_per_run(row.id, wall=True),
+        incumbent_wall=ledger.seconds_per_run(base.id, wall=True),
     )
 
 

@@ -57,6 +57,9 @@ class Evidence:
     # Mean seconds per run (training time when the script reports it, else wall time).
     candidate_seconds: float | None = None
     incumbent_seconds: float | None = None
+    # Mean wall seconds per run: what a script's own report of its training time cannot hide.
+    candidate_wall: float | None = None
+    incumbent_wall: float | None = None
 
     def __post_init__(self) -> None:
         if not self.candidate or not self.incumbent:
@@ -330,7 +333,32 @@ def review(decision: Decision, evidence: Evidence, section: PolicySection) -> De
                 decision, action="discard", reason=f"{reason}; {slower}: refused ([policy] refuse_slower)"
             )
         reason += f"; {slower}"
+    hidden = _unreported_time(evidence, section)
+    if hidden:
+        reason += f"; {hidden}"
     return replace(decision, reason=reason)
+
+
+def _unreported_time(evidence: Evidence, section: PolicySection) -> str:
+    """A flag when the candidate's runs take clearly longer in wall time than the incumbent's
+    while the training time they report does not say so: time spent outside what the script
+    calls training (a script that under-reports its own clock trains past its budget unseen)."""
+    cand_wall, inc_wall = evidence.candidate_wall, evidence.incumbent_wall
+    cand_trained, inc_trained = evidence.candidate_seconds, evidence.incumbent_seconds
+    if cand_wall is None or not inc_wall or cand_trained is None or inc_trained is None:
+        return ""
+    if (cand_wall, inc_wall) == (cand_trained, inc_trained):
+        return ""  # no separate training time reported: the wall time is all there is
+    extra = (cand_wall - cand_trained) - (inc_wall - inc_trained)
+    ratio = cand_wall / inc_wall
+    if ratio <= section.slower_ratio or extra < max(
+        MIN_SLOWER_SECONDS, (section.slower_ratio - 1) * inc_wall
+    ):
+        return ""
+    return (
+        f"its runs take {ratio:.1f}x the incumbent's wall time ({cand_wall:.1f} s against "
+        f"{inc_wall:.1f} s), {extra:.1f} s more outside the training time they report"
+    )
 
 
 POLICIES = Registry("policy", {"confirm": __name__, "greedy": __name__}, "nightlab.policies")

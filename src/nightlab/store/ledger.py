@@ -302,13 +302,14 @@ class Ledger:
             out["holdout_mean"] = mean(holdouts)
         return out
 
-    def seconds_per_run(self, experiment_id: int) -> float | None:
-        """Mean seconds of the ok replicates: training time when every one reports it, else wall time."""
+    def seconds_per_run(self, experiment_id: int, wall: bool = False) -> float | None:
+        """Mean seconds of the ok replicates: training time when every one reports it, else (or
+        with ``wall``) wall time."""
         runs = self.ok_runs(experiment_id)
         if not runs:
             return None
         training = [r.training_seconds for r in runs]
-        if all(t is not None and t > 0 for t in training):
+        if not wall and all(t is not None and t > 0 for t in training):
             return mean([t for t in training if t is not None])
         walls = [r.total_seconds for r in runs if r.total_seconds is not None]
         return mean(walls) if walls else None
