@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +194,17 @@ def test_not_found_in_a_large_file_is_fast_and_points_to_the_right_place() -> No
     with pytest.raises(EditError, match="The closest lines in train.py are 1501-1512:"):
         apply(Edit(path="train.py", search=search, replace="x"), files={"train.py": text})
     assert time.perf_counter() - start < 10  # ~0.5 s; a per-window difflib ratio took minutes
+
+
+def test_a_syntax_error_quotes_the_line_of_the_text_checked_not_the_file_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python fills a SyntaxError's line by reading the file name from disk for some errors: run
+    from a workspace, that was the user's train.py, so the agent was told the wrong line."""
+    (tmp_path / "train.py").write_text("LR = 0.1  # learning rate\nSTEPS = 50\n")
+    monkeypatch.chdir(tmp_path)
+    assert (
+        python_syntax_error("train.py", "LR = 0.1\nSTEPS = = 60\n")
+        == "train.py line 2: invalid syntax: STEPS = = 60"
+    )
+    assert python_syntax_error("train.py", "a = 1\nb = (2,\n").endswith("was never closed: b = (2,")

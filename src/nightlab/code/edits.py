@@ -247,7 +247,10 @@ def python_syntax_error(path: str, text: str) -> str | None:
     try:
         compile(text, path, "exec", dont_inherit=True)
     except SyntaxError as exc:
-        line = (exc.text or "").strip()
+        # The line from the text checked: Python fills exc.text for some errors by reading
+        # ``path`` from disk, which is the current directory's file, not this proposal's.
+        lines = text.splitlines()
+        line = lines[exc.lineno - 1].strip() if exc.lineno and 0 < exc.lineno <= len(lines) else ""
         where = f"line {exc.lineno}" if exc.lineno else "(unknown line)"
         return f"{path} {where}: {exc.msg}" + (f": {line}" if line else "")
     except ValueError as exc:  # e.g. a NUL byte in the source
