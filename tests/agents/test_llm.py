@@ -173,7 +173,8 @@ def test_retries_exhausted_gives_an_invalid_proposal_then_stops(llm_config, capl
         assert len(server.requests) == 2
         for _ in range(2, MAX_FAILED_ROUNDS + 1):
             last = agent.propose(make_context())
-        assert last is None
+        # The round that makes it stop is still an invalid proposal to record, with its cost.
+        assert last is not None and last.refused and last.cost.attempts == 2
         assert "in a row had no usable answer" in agent.stop_reason()
         asked = len(server.requests)
         assert agent.propose(make_context()) is None  # stopped: no more calls
@@ -353,3 +354,14 @@ def test_an_empty_answer_is_retried_without_sending_an_empty_turn(llm_config):
         proposal = LLMAgent(llm_config(server)).propose(make_context())
     assert proposal.description == "raise LR 0.01 -> 0.03"
     assert all(m["content"] for m in server.requests[1].messages)
+
+
+def test_a_runaway_answer_is_repeated_shortened_in_the_retry(llm_config):
+    """One unusable 1 MB answer must not make the round's next requests 1 MB, then 2 MB larger."""
+    huge = "x" * 1_000_000
+    with fake_llm_server("openai", [Answer(huge), Answer(huge), Answer(GOOD)]) as server:
+        agent = LLMAgent(llm_config(server, retries=2, lessons=False, context_chars=40_000))
+        assert agent.propose(make_context()).description
+    sizes = [len(json.dumps(r.messages)) for r in server.requests]
+    assert len(sizes) == 3 and max(sizes) < 60_000, sizes
+    assert "characters, left out]" in server.requests[1].messages[-2]["content"]

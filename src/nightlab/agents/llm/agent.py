@@ -201,7 +201,9 @@ class LLMAgent(Agent):
                     )
                 log.info("attempt %d: answer not usable: %s", attempt, error)
                 # Anthropic refuses an empty turn; the model still needs to see that it said nothing.
-                messages.append({"role": "assistant", "content": reply.text or "(empty answer)"})
+                messages.append(
+                    {"role": "assistant", "content": _echoed(reply.text, self.config.context_chars)}
+                )
                 messages.append({"role": "user", "content": _feedback(error)})
                 continue
             with self._lock:
@@ -244,7 +246,8 @@ class LLMAgent(Agent):
     def _give_up(
         self, parsed: ParsedAnswer | None, error: str, spend: _Spend, lessons: dict[int, str]
     ) -> Proposal | None:
-        """Retries ran out: hand the loop an invalid proposal to record, or stop after too many."""
+        """Retries ran out: hand the loop an invalid proposal to record; after too many in a row,
+        stop proposing (the last one is still recorded, with what it cost)."""
         with self._lock:
             self._failed_rounds += 1
             rounds = self._failed_rounds
@@ -252,7 +255,6 @@ class LLMAgent(Agent):
             self._stop(
                 f"{rounds} proposals in a row had no usable answer after retries (last: {error})", failed=True
             )
-            return None
         return Proposal(
             description=parsed.description if parsed else "unusable answer",
             hypothesis=parsed.hypothesis if parsed else "",
@@ -340,6 +342,17 @@ class LLMAgent(Agent):
             model=self._model_name,
             attempts=attempts,
         )
+
+
+def _echoed(text: str, context_chars: int) -> str:
+    """An unusable answer as the retry conversation repeats it: bounded, so one runaway answer
+    cannot make every later request of the round larger than the prompt budget."""
+    if not text:
+        return "(empty answer)"
+    limit = max(2000, context_chars // 4)
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[... the rest of this answer, {len(text) - limit} characters, left out]"
 
 
 def _feedback(error: str) -> str:
