@@ -129,6 +129,7 @@ class FakeLLMServer:
         self.api_key = api_key
         self.models = set(models) if models else None
         self.requests: list[Request] = []
+        self.key_checks = 0  # GET /v1/models calls (the key check before a night)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -227,6 +228,19 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
             pass
+
+        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+            """``GET /v1/models`` (the key check before a night), not counted in ``requests``."""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            if self.path.split("?")[0] != "/v1/models":
+                self._send(404, server.error_body(404, f"no route {self.path}"))
+            elif server.api_key is not None and server._key_of(headers) != server.api_key:
+                server.key_checks += 1
+                self._send(401, server.error_body(401, "invalid api key"))
+            else:
+                server.key_checks += 1
+                listed = [{"id": m, "object": "model", "type": "model"} for m in (server.models or ["fake"])]
+                self._send(200, {"object": "list", "data": listed, "has_more": False})
 
         def do_POST(self) -> None:  # noqa: N802 - stdlib name
             length = int(self.headers.get("Content-Length", "0") or 0)

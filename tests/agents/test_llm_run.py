@@ -91,3 +91,30 @@ def test_nightlab_run_with_the_llm_agent_records_decisions_tokens_cost_and_lesso
     ]
     assert not any(KEY in json.dumps(m) for m in metas + costs + proposals)
     assert KEY not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_a_rejected_key_stops_the_night_before_the_baseline_trains(tmp_path, protocol):
+    """The key is checked by listing the server's models before the setup and the baseline: a
+    401 there is one line and exit 2, with nothing trained (it used to cost the baseline's runs)."""
+    with fake_llm_server(protocol, SCRIPT, api_key=KEY) as server:
+        agent = (
+            f'kind = "llm"\nprovider = "{protocol}"\nmodel = "fake-model"\nbase_url = "{server.base_url}"\n'
+            'api_key_env = "RUN_TEST_KEY"\nbackoff = 0.05\npipeline = false'
+        )
+        toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy").replace(
+            'kind = "replay"\nfile = "proposals.jsonl"', agent
+        )
+        root = make_workspace(Path(tmp_path / "ws"), toml=toml)
+        result = nightlab("run", str(root), "--max-experiments", "3", env={"RUN_TEST_KEY": "sk-wrong"})
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "was rejected" in result.stderr and "HTTP 401" in result.stderr
+        assert "Traceback" not in result.stderr and "sk-wrong" not in result.stderr
+        assert server.key_checks == 1 and server.requests == []  # no completion asked for
+        ok = nightlab("run", str(root), "--max-experiments", "1", env={"RUN_TEST_KEY": KEY})
+        assert ok.returncode == 0, ok.stderr
+        assert server.key_checks == 2
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    runs = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    con.close()
+    assert runs >= 2  # the baseline trained only once the key was right

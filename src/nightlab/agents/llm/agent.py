@@ -110,6 +110,13 @@ class LLMAgent(Agent):
 
     # -- the Agent protocol -------------------------------------------------------------------
 
+    def check(self, files: dict[str, str]) -> None:
+        """Before the setup and the baseline: a key the server rejects stops the night now, not
+        after the baseline has trained (minutes at the gpu size) and the first proposal is asked."""
+        check_key = getattr(self.model, "check_key", None)
+        if check_key is not None:  # the SDK models; a test's stand-in model has none
+            check_key()
+
     def propose(self, context: Context) -> Proposal | None:
         """The next experiment, or None when a cap is reached or the API is gone (see stop_reason)."""
         with self._propose_lock:

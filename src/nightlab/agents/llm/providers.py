@@ -288,6 +288,21 @@ class _SDKChat:
             f"{self.model} via {self.base_url or self.provider}",
         )
 
+    def check_key(self) -> None:
+        """Refuse a rejected key before the night starts (a UserError), by listing the server's
+        models: free, and served by OpenAI, Anthropic and the common local servers. Only a 401
+        or 403 counts; any other answer (a server without the endpoint, one that is down for a
+        moment) is left for the first proposal to meet, with its retries."""
+        try:
+            self._client.with_options(timeout=min(self.retry.timeout, 15.0)).models.list()
+        except self._sdk.APIStatusError as exc:
+            status = getattr(exc, "status_code", None)
+            if status in (401, 403):
+                message = _fatal_message(self.provider, status, self.model, self.base_url, self.key_env)
+                raise UserError(message or f"the key was rejected (HTTP {status})") from None
+        except Exception as exc:  # noqa: BLE001 - anything else is the first proposal's to meet
+            log.debug("key check skipped: %s", _brief(exc))
+
     def _checked_call(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
         """``_call``, with a body the SDK could not read turned into a :class:`BadResponse`.
 
