@@ -9,7 +9,8 @@ with click 8.1, up to typer 0.29 with the click it bundles; tests/cli/test_usage
   ``error: ...`` and one ``usage: ...`` line, exit code 2;
 * SIGINT (Ctrl-C) or SIGTERM (``kill``, a scheduler's stop): the run in flight is killed with its
   process tree, one ``interrupted:`` line, exit code 130 or 143; the interrupted experiment is
-  run again by the next ``nightlab run`` (or ``try``); a second signal exits at once;
+  run again by the next ``nightlab run`` (or ``try``); a command that trains nothing (``export``,
+  ``status``...) says what it stopped instead; a second signal exits at once;
 * ``nightlab`` alone, like ``nightlab agent`` alone, prints the help and exits 0.
 """
 
@@ -118,10 +119,7 @@ def main() -> None:
         sys.exit(2)
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        _error_line(
-            f"interrupted ({signal.Signals(signum).name}): the training in flight was stopped with its "
-            "processes; everything recorded is safe, and `nightlab run` repeats an interrupted experiment"
-        )
+        _error_line(f"interrupted ({signal.Signals(signum).name}): {_interrupted_note(sys.argv[1:])}")
         sys.exit(128 + signum)
     except Exception as exc:  # click's own exceptions, whichever copy of click raised them
         _click_ending(exc)
@@ -130,6 +128,25 @@ def main() -> None:
         raise
     # typer hands back the code of an explicit exit (--version, help) in non-standalone mode.
     sys.exit(returned if isinstance(returned, int) else 0)
+
+
+# What an interrupt leaves behind, for the commands that train nothing; every other command may
+# have had a training run in flight.
+_TRAINS_NOTHING = {
+    "export": "the export stopped; what was sent stays in the tracker, and `nightlab export` again "
+    "sends only what is missing",
+    **dict.fromkeys(("status", "report", "serve", "init", "brief", "recover", "agent"), "stopped"),
+}
+
+
+def _interrupted_note(args: list[str]) -> str:
+    """The rest of the ``interrupted`` line, fit for the command that was running."""
+    command = next((a for a in args if not a.startswith("-")), "")
+    return _TRAINS_NOTHING.get(
+        command,
+        "the training in flight was stopped with its processes; everything recorded is safe, and "
+        "`nightlab run` repeats an interrupted experiment",
+    )
 
 
 def _error_line(text: str) -> None:

@@ -193,7 +193,7 @@ def export(
 ) -> None:
     """Send every finished experiment to MLflow or Weights & Biases (each once: exporting again sends what is new)."""
     from nightlab.store.trackers.registry import TrackerTarget, check_trackers, make_tracker
-    from nightlab.store.trackers.sync import ExportScope, export_tag
+    from nightlab.store.trackers.sync import ExportScope, export_tag, failure_line
     from nightlab.workspace.git import STATE_DIR
 
     root, config, chosen = _workspace(directory, tag, strict=True)
@@ -221,8 +221,17 @@ def export(
         scope = ExportScope(ledger, chosen, config.metric.name, config.metric.direction.value, target)
         for name in to:
             tracker = make_tracker(config.trackers, name, target, overrides[name])
-            sent = export_tag(scope, tracker)
             where = getattr(tracker, "uri", None) or getattr(tracker, "mode", "")
+            try:
+                with _bounded_retries(name):
+                    sent = export_tag(scope, tracker)
+            except UserError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a client's failure: one line, not its traceback
+                raise ExportFailed(
+                    f"{failure_line(name, exc)}" + (f" [{where}]" if where else "") + "; what was sent "
+                    f"stays, and `nightlab export --to {name}` again sends the rest"
+                ) from None
             console.print(
                 f"{name}: {sent} experiment{'s' if sent != 1 else ''} of nightlab/{chosen} sent"
                 + (f" ({where})" if where else ""),
@@ -232,6 +241,32 @@ def export(
             )
     finally:
         ledger.close()
+
+
+class ExportFailed(UserError):
+    """The tracker failed after nightlab checked what it could (a server answering with errors,
+    refused credentials): exit code 1, since it may not be the user's input."""
+
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def _bounded_retries(name: str) -> Iterator[None]:
+    """MLflow's retry variables, bounded for one export where the user has not set them
+    (``EXPORT_HTTP_LIMITS``), put back afterwards. Safe here: export starts no training run
+    that would inherit them."""
+    if name != "mlflow":
+        yield
+        return
+    from nightlab.store.trackers.mlflow import EXPORT_HTTP_LIMITS
+
+    added = [key for key in EXPORT_HTTP_LIMITS if key not in os.environ]
+    os.environ.update({key: EXPORT_HTTP_LIMITS[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 @dataclass
@@ -266,7 +301,9 @@ def run_hooks(session: Session) -> Iterator[RunHooks]:
         trackers = [make_tracker(cfg.trackers, name, target) for name in cfg.trackers.live]
         scope = ExportScope(session.ledger, session.tag, cfg.metric.name, cfg.metric.direction.value, target)
         live = LiveExport(
-            scope, trackers, warn=lambda line: err_console.print(line, markup=False, highlight=False)
+            scope,
+            trackers,
+            warn=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True),
         )
         events.subscribe(live.on_event)
         live.start()

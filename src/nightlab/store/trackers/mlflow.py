@@ -9,12 +9,22 @@ nightlab.toml.
 
 A run carries its experiment id and tag as tags, so exporting again finds what is there and
 sends only what is not.
+
+A tracking server nobody answers costs MLflow's client minutes before it gives up (7 retries
+with a backoff factor of 2, about four minutes, each try waiting up to 120 s): so before the
+first request, :meth:`MlflowTracker.open_session` opens one TCP connection to the server with a
+short timeout (:data:`CONNECT_SECONDS`), and a refused or silent one is one line naming the
+address and what to fix (:class:`TrackerUnreachable`). ``nightlab export`` also bounds MLflow's
+retries (:data:`EXPORT_HTTP_LIMITS`) for a server that answers with errors.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import urllib.parse
+import urllib.request
 from typing import Any
 
 from nightlab.errors import UserError
@@ -23,6 +33,21 @@ from nightlab.store.trackers.records import ExperimentRecord, SessionRecord
 from nightlab.store.trackers.registry import Tracker, TrackerTarget
 
 BATCH = 100  # MLflow takes at most 100 params, 100 tags and 1000 metrics per log_batch
+# Seconds to wait for the tracking server to accept a connection before the first request.
+CONNECT_SECONDS = 5.0
+# MLflow's retry variables as ``nightlab export`` sets them where the user has not: a server that
+# answers with errors (500, 503, 429) is given up on after seconds (~7 s of backoff), not four
+# minutes; exporting again sends what is missing. Not set for ``[trackers] live``: those
+# variables would reach the training runs, and the live export runs on its own thread anyway.
+EXPORT_HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+class TrackerUnreachable(UserError):
+    """The tracking server does not accept connections: its address is the user's to fix."""
 
 
 class MlflowSettings(Settings):
@@ -63,6 +88,7 @@ class MlflowTracker(Tracker):
 
     # -- session -------------------------------------------------------------------------
     def open_session(self, session: SessionRecord) -> None:
+        check_reachable(self.uri)
         found = self.client.get_experiment_by_name(self.experiment_name)
         if found is None:
             self.experiment_id = self.client.create_experiment(
@@ -164,6 +190,28 @@ class MlflowTracker(Tracker):
         tags = [E.RunTag("best_experiment", str(session.best_id or ""))]
         self.client.log_batch(self.parent_id, metrics=metrics, tags=tags)
         self.client.set_terminated(self.parent_id, status="FINISHED")
+
+
+def check_reachable(uri: str, timeout: float = CONNECT_SECONDS) -> None:
+    """Raise :class:`TrackerUnreachable` when ``uri`` is an http(s) server that refuses or does not
+    answer a TCP connection within ``timeout``. Other stores (sqlite, files, databricks) and a
+    server reached through a proxy (``HTTPS_PROXY``...) are left to MLflow's client."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(parts.hostname):
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else getattr(exc, "strerror", None) or str(exc)
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # no user:password
+        raise TrackerUnreachable(
+            f"mlflow: cannot reach the tracking server {shown} ({reason}): start it, or point "
+            "tracking_uri ([trackers.mlflow] in nightlab.toml, -o tracking_uri=..., or "
+            "MLFLOW_TRACKING_URI) at one that runs"
+        ) from None
 
 
 def _quote(text: str) -> str:

@@ -13,12 +13,15 @@ with the usual one-line errors; ``[trackers] live = ["NAME", ...]`` sends every 
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nightlab.config import KindSection, TrackersSection
+from pydantic import ValidationError
+
+from nightlab.config import KindSection, TrackersSection, describe_error
 from nightlab.errors import UserError
 from nightlab.paths import CONFIG_NAME
 from nightlab.plugins import Registry, Settings
@@ -65,11 +68,31 @@ class Tracker(ABC):
 def tracker_settings(
     section: TrackersSection, name: str, overrides: dict[str, Any] | None = None
 ) -> Settings:
-    """The validated settings of tracker ``name``: its ``[trackers.NAME]`` table, then ``overrides``."""
-    TRACKERS.get(name)
+    """The validated settings of tracker ``name``: its ``[trackers.NAME]`` table, then ``overrides``.
+
+    The table is validated on its own first, so that its errors name nightlab.toml and the
+    overrides' errors name ``-o`` (``nightlab export -o KEY=VALUE``), where each came from.
+    """
+    kind = TRACKERS.get(name)
     table = dict((section.model_extra or {}).get(name) or {})
-    table.update(overrides or {})
-    return TRACKERS.settings(KindSection(kind=name, **{name: table}), name)
+    settings = TRACKERS.settings(KindSection(kind=name, **{name: table}), name)
+    if not overrides:
+        return settings
+    fields = kind.settings.model_fields
+    for key in overrides:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UserError(
+                f"-o {name}.{key}: the {name} tracker has no setting '{key}' "
+                f"({hint}it takes {', '.join(sorted(fields))})"
+            )
+    try:
+        return kind.settings.model_validate({**table, **overrides})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in error.get("loc", ())) or "?"
+        raise UserError(f"-o {name}.{key}: {describe_error({**error, 'loc': ()})}") from None
 
 
 def check_trackers(section: TrackersSection) -> None:

@@ -4,16 +4,22 @@
 the tracker (so running it twice sends nothing twice). :class:`LiveExport` is ``[trackers]
 live``: a background thread, woken by each decision the loop emits, that sends what finished
 since its last pass. A tracker that fails (a server down, a network gone) costs one warning
-line and a retry at the next decision; it never stops or slows the research.
+line and a retry at the next decision (from the start: the tracker's session is opened again,
+which for MLflow first checks in seconds that the server answers); it never stops or slows the
+research. Nor does it hold up the end of the run: the last pass runs on the tracker thread, and
+:meth:`LiveExport.close` waits for it at most :data:`CLOSE_SECONDS`, then says what was left
+(``nightlab export`` sends it later).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nightlab.errors import UserError
 from nightlab.events import Event
 from nightlab.secrets import secret_values
 from nightlab.store.ledger import Ledger
@@ -24,6 +30,11 @@ from nightlab.store.trackers.records import (
     session_record,
 )
 from nightlab.store.trackers.registry import Tracker, TrackerTarget
+
+# How long the end of ``nightlab run`` waits for the live trackers' last pass and close.
+CLOSE_SECONDS = 30.0
+# The most of a client's error message quoted in a warning or an error line.
+MAX_DETAIL = 300
 
 
 @dataclass
@@ -47,9 +58,9 @@ def export_tag(
     """Send every finished experiment of the scope's tag that the tracker lacks; how many were sent."""
     secrets = secret_values(os.environ)
     tracker.open_session(scope.session())
-    done = tracker.exported()
     sent = 0
     try:
+        done = tracker.exported()
         for e in finished_research(scope.ledger, scope.tag):
             if e.id in done:
                 continue
@@ -59,9 +70,24 @@ def export_tag(
             sent += 1
             if on_experiment is not None:
                 on_experiment(e.id)
-    finally:
-        tracker.close(scope.session())
+    except BaseException:
+        # Close what was sent, but the failure is the news: a close that fails too (the same
+        # server down) must not replace it.
+        with contextlib.suppress(Exception):
+            tracker.close(scope.session())
+        raise
+    tracker.close(scope.session())
     return sent
+
+
+def failure_line(name: str, exc: Exception) -> str:
+    """What went wrong with tracker ``name``, on one line: a client's exception can run to many
+    (MLflow's quotes the whole urllib3 chain), and what to fix comes first when nightlab knows it."""
+    if isinstance(exc, UserError):
+        return " ".join(str(exc).split())
+    detail = " ".join(str(exc).split())
+    detail = detail if len(detail) <= MAX_DETAIL else detail[: MAX_DETAIL - 3] + "..."
+    return f"{name} export failed ({type(exc).__name__}: {detail})"
 
 
 class LiveExport:
@@ -79,6 +105,7 @@ class LiveExport:
         self._done: dict[str, set[int]] = {}
         self._warned: set[str] = set()
         self._secrets = secret_values(os.environ)
+        # A daemon: one stuck on a server that never answers must not keep the process alive.
         self._thread = threading.Thread(target=self._run, name="nightlab-trackers", daemon=True)
 
     def start(self) -> None:
@@ -94,6 +121,7 @@ class LiveExport:
             self._wake.clear()
             if not self._stop.is_set():
                 self.sync()
+        self._finish()
 
     def sync(self) -> None:
         """One pass: every tracker gets what finished since its last pass."""
@@ -116,21 +144,40 @@ class LiveExport:
                     tracker.log(record)
                     done.add(e.id)
             except Exception as exc:  # noqa: BLE001 - a tracker must never stop the research
-                message = (
-                    f"warning: {tracker.name} export failed ({type(exc).__name__}: {exc}); retrying later"
-                )
-                if message not in self._warned:
-                    self._warned.add(message)
-                    self.warn(message)
+                self._done.pop(tracker.name, None)  # the next pass opens the session afresh
+                self._warn_once(tracker.name, exc, "retrying at the next decision")
 
-    def close(self) -> None:
-        """Stop the thread, send what is left, and close every tracker."""
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=60)
+    def _warn_once(self, name: str, exc: Exception, then: str) -> None:
+        """One line per tracker and kind of failure, however often it fails the same way."""
+        key = f"{name}: {type(exc).__name__}"
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        self.warn(f"warning: {failure_line(name, exc)}; {then}")
+
+    def _finish(self) -> None:
+        """The last pass, then every tracker whose session is open is closed."""
         self.sync()
         for tracker in self.trackers:
+            if tracker.name not in self._done:  # never reached: nothing to close
+                continue
             try:
                 tracker.close(self.scope.session())
             except Exception as exc:  # noqa: BLE001 - the research is over; say so and go on
-                self.warn(f"warning: {tracker.name} could not be closed ({type(exc).__name__}: {exc})")
+                self._warn_once(tracker.name, exc, "its summary was not updated")
+
+    def close(self, wait: float = CLOSE_SECONDS) -> None:
+        """Stop the thread after its last pass, waiting at most ``wait`` seconds for it."""
+        self._stop.set()
+        self._wake.set()
+        if not self._thread.is_alive():
+            if self._thread.ident is None:  # never started: the last pass here
+                self._finish()
+            return
+        self._thread.join(timeout=wait)
+        if self._thread.is_alive():
+            names = ", ".join(t.name for t in self.trackers)
+            self.warn(
+                f"warning: {names} still sending after {wait:.0f} s; not waiting longer: "
+                f"`nightlab export --to NAME` sends what is missing"
+            )
