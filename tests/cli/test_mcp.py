@@ -36,10 +36,10 @@ def data_of(result):
     return json.loads(text_of(result))
 
 
-async def session_run(root: Path, steps) -> None:
+async def session_run(root: Path, steps, *options: str) -> None:
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "nightlab.cli", "mcp", str(root)],
+        args=["-m", "nightlab.cli", "mcp", str(root), *options],
         env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")},
     )
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
@@ -117,3 +117,65 @@ def test_an_mcp_client_reads_the_state_runs_experiments_and_reads_the_report(tmp
     con.close()
     assert agents == ["mcp", "mcp", "mcp"]
     assert (root / "train.py").read_text().count(LR_OLD) == 1  # the user's files are never written
+
+
+def test_tool_argument_errors_are_one_line_naming_the_argument(tmp_path):
+    root = make_workspace(tmp_path / "ws")
+    calls = {
+        "no path": ("read_file", {}),
+        "path a number": ("read_file", {"path": 5}),
+        "long path": ("read_file", {"path": "x" * 100_000}),
+        "no arguments": ("run_experiment", {}),
+        "edits a string": ("run_experiment", {"description": "d", "edits": "LR=0.2"}),
+        "edit a string": ("run_experiment", {"description": "d", "edits": ["x"]}),
+        "limit a word": ("history", {"limit": "abc"}),
+        "limit negative": ("history", {"limit": -1}),
+        "limit zero": ("history", {"limit": 0}),
+    }
+    seen: dict = {}
+
+    async def steps(session: ClientSession) -> None:
+        for label, (tool, arguments) in calls.items():
+            seen[label] = await session.call_tool(tool, arguments)
+
+    anyio.run(session_run, root, steps)
+
+    for label, result in seen.items():
+        text = text_of(result)
+        assert is_error(result), label
+        assert "\n" not in text.strip() and "pydantic" not in text and len(text) < 300, (label, text)
+    assert text_of(seen["no path"]).endswith(
+        "read_file: 'path' is missing (the tool's input schema lists its arguments)"
+    )
+    assert "read_file: 'path' should be a string" in text_of(seen["path a number"])
+    assert "xxx... (100000 characters) is not an editable file (editable: train.py)" in text_of(
+        seen["long path"]
+    )
+    assert "run_experiment: 'description' is missing; 'edits' is missing" in text_of(seen["no arguments"])
+    assert "'edits' should be a list" in text_of(seen["edits a string"])
+    assert "'edits.0' should be an object" in text_of(seen["edit a string"])
+    assert "history: 'limit' should be a whole number" in text_of(seen["limit a word"])
+    assert "history: limit -1: give 1 or more" in text_of(seen["limit negative"])
+    assert "history: limit 0: give 1 or more" in text_of(seen["limit zero"])
+    assert not (root / ".nightlab" / "runs").exists()  # no argument error cost a baseline
+
+
+def test_a_tag_becomes_the_last_used_only_once_something_is_recorded_under_it(tmp_path):
+    root = make_workspace(tmp_path / "ws")
+    tags: list[str] = []
+
+    async def state(session: ClientSession) -> None:
+        tags.append(data_of(await session.call_tool("state", {}))["tag"])
+
+    async def nothing(session: ClientSession) -> None:
+        await session.list_tools()
+
+    anyio.run(session_run, root, state, "--tag", "first")  # its baseline is recorded
+    anyio.run(session_run, root, nothing, "--tag", "typo")  # opened and left: nothing recorded
+    anyio.run(session_run, root, state)  # no --tag: the last used
+    assert tags == ["first", "first"]
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    recorded = {r[0] for r in con.execute("SELECT DISTINCT tag FROM experiments")}
+    current = con.execute("SELECT value FROM meta WHERE key = 'current_tag'").fetchone()[0]
+    con.close()
+    assert recorded == {"first"} and current == "first"

@@ -6,6 +6,10 @@ for experiments; nightlab trains, evaluates, decides and records each one exactl
 (SEARCH/REPLACE pairs or whole files) applied to the incumbent of the research branch.
 
 stdout carries the protocol, so nothing here prints; progress goes to stderr.
+
+Every error a client gets is one line it can act on, as a model reads it: arguments that do not
+match a tool's schema name the argument and what it takes (not the SDK's pydantic dump with its
+links), and what a client sent is echoed only in short (:data:`MAX_ECHO`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from nightlab.errors import UserError
 from nightlab.paths import is_editable, normalize
@@ -26,6 +32,20 @@ try:  # mcp 2.x renamed FastMCP to MCPServer
 except ImportError:  # pragma: no cover - mcp 1.x
     from mcp.server.fastmcp import FastMCP as MCPServer
     from mcp.server.fastmcp.exceptions import ToolError
+
+# The most characters of a client's input quoted back in an error.
+MAX_ECHO = 80
+# What an argument of each pydantic error type should be, in a model's words.
+EXPECTED = {
+    "string_type": "a string",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "list_type": "a list",
+    "dict_type": "an object",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+}
 
 INSTRUCTIONS = """\
 nightlab runs machine-learning experiments for you under a fixed budget and keeps a change only
@@ -63,9 +83,9 @@ class Harness:
             return state_dict(self.session)
 
     def read_file(self, path: str) -> str:
+        clean = _editable(self.session, path)  # before the baseline: a wrong path costs nothing
         with self._lock:
             self._prepare()
-            clean = _editable(self.session, path)
             best = self.session.ledger.incumbent(self.session.tag)
             assert best is not None and best.commit is not None
             texts = self.session.workspace.read_files(best.commit, [clean], missing_ok=True)
@@ -73,9 +93,13 @@ class Harness:
                 raise UserError(f"{clean} does not exist in the best code (#{best.id})")
             return texts[clean]
 
-    def history(self, limit: int | None) -> list[dict]:
+    def history(self, limit: int) -> list[dict]:
         from nightlab.research.tryrun import history_rows
 
+        if limit < 1:
+            raise UserError(
+                f"history: limit {limit}: give 1 or more, the number of recent experiments to show"
+            )
         with self._lock:
             self._prepare()
             return history_rows(self.session, limit)
@@ -111,11 +135,13 @@ class Harness:
 
 
 def _editable(session: Session, path: str) -> str:
+    editable = session.config.target.editable
+    if len(path) > MAX_ECHO:  # no file of a workspace is named like this: say so without echoing it
+        raise UserError(f"{shorten(path)} is not an editable file (editable: {', '.join(editable)})")
     try:
         clean = normalize(path)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    editable = session.config.target.editable
     if not is_editable(clean, editable, session.config.target.frozen):
         raise UserError(f"{clean} is not an editable file (editable: {', '.join(editable)})")
     return clean
@@ -130,8 +156,29 @@ def _edit(data: dict[str, Any], number: int) -> Edit:
     if isinstance(data.get("search"), str) and isinstance(data.get("replace"), str):
         return Edit(path=data["path"], search=data["search"], replace=data["replace"])
     raise UserError(
-        f"edit {number} ({data['path']}): give 'search' and 'replace', or 'content' for a whole file"
+        f"edit {number} ({shorten(data['path'])}): give 'search' and 'replace', or 'content' for a whole file"
     )
+
+
+def shorten(text: str, limit: int = MAX_ECHO) -> str:
+    """``text`` as an error quotes it: whole when short, else its start and its length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20]}... ({len(text)} characters)"
+
+
+def argument_error(tool: str, exc: ValidationError) -> str:
+    """A tool's arguments that fail its schema, as one line naming each argument and what it takes."""
+    problems = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error.get("loc", ())) or "arguments"
+        kind = str(error.get("type", ""))
+        if kind == "missing":
+            problems.append(f"'{name}' is missing")
+            continue
+        expected = EXPECTED.get(kind) or str(error.get("msg", "invalid")).removeprefix("Input should be ")
+        problems.append(f"'{name}' should be {expected}")
+    return f"{tool}: {'; '.join(problems)} (the tool's input schema lists its arguments)"
 
 
 def _stderr_printer(event) -> None:
@@ -142,7 +189,7 @@ def _stderr_printer(event) -> None:
 def build_server(root: Path, tag: str | None = None) -> MCPServer:
     """The MCP server with its five tools, bound to the workspace at ``root``."""
     harness = Harness(root, tag)
-    server = MCPServer("nightlab", instructions=INSTRUCTIONS)
+    server = _Server("nightlab", instructions=INSTRUCTIONS)
 
     @server.tool()
     def state() -> dict:
@@ -158,8 +205,9 @@ def build_server(root: Path, tag: str | None = None) -> MCPServer:
     @server.tool()
     def history(limit: int = 50) -> list[dict]:
         """Finished experiments, oldest first: description, metric, improvement over the best of the
-        time (> 0 is better), runs, status, decision and reason. `limit` keeps the most recent."""
-        return _guard(lambda: harness.history(limit if limit > 0 else None))
+        time (> 0 is better), runs, status, decision and reason. `limit` (1 or more) keeps the most
+        recent."""
+        return _guard(lambda: harness.history(limit))
 
     @server.tool()
     def run_experiment(description: str, edits: list[dict[str, Any]], hypothesis: str = "") -> str:
@@ -176,6 +224,19 @@ def build_server(root: Path, tag: str | None = None) -> MCPServer:
         return _guard(harness.report)
 
     return server
+
+
+class _Server(MCPServer):
+    """The SDK's server, with arguments that fail a tool's schema reported in one line."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], *rest: Any, **options: Any) -> Any:
+        try:
+            return await super().call_tool(name, arguments, *rest, **options)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if type(exc) is ToolError and isinstance(cause, ValidationError):
+                raise ToolError(argument_error(name, cause)) from cause
+            raise
 
 
 def _guard(call):

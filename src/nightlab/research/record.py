@@ -110,6 +110,10 @@ class Recorder:
             diff="",
             code_hash=code_hash,
         )
+        # The tag is the last used only now that something is recorded under it: a harness
+        # opened on a misspelt --tag and left (an MCP server never called, a run stopped
+        # before its baseline) must not make the next plain command research that tag.
+        self.ledger.set_meta("current_tag", self.tag)
         self.workspace.set_experiment_ref(exp_id, start_commit)
         return self.ledger.experiment(exp_id)
 

@@ -303,7 +303,8 @@ def start_commit(session: Session, events: EventSink | None = None) -> str:
             )
         )
     _same_measure(session)
-    ledger.set_meta("current_tag", tag)
+    if tag in ledger.research_tags():  # a new tag becomes the last used with its baseline's row
+        ledger.set_meta("current_tag", tag)
     ledger.set_meta("metric_name", session.config.metric.name)
     ledger.set_meta("direction", session.config.metric.direction.value)
     return start
