@@ -162,7 +162,7 @@ def test_finish_of_an_invalid_model_exits_5_with_a_status_line(workspace: Path, 
     (workspace / "fake_train.py").write_text(FINISH_SCRIPT)
     proc = run_script(workspace, "fake_train.py", "peek")
     assert proc.returncode == 5, proc.stdout + proc.stderr
-    assert re.search(r"^status: invalid \(model is not causal: logits at positions", proc.stdout, re.M)
+    assert re.search(r"^status: invalid \(model is not causal: predictions at positions", proc.stdout, re.M)
     assert "returned" not in proc.stdout
 
 
