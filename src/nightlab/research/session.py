@@ -375,9 +375,12 @@ def warn_about_the_metric(session: Session, events: EventSink | None) -> None:
 def exposed_workspace(session: Session) -> str | None:
     """Why the sandbox cannot protect this workspace, when it lies in the scratch space it
     leaves writable to every run (``/tmp``, ``/dev/shm``): a run could then change the
-    repository's ``.git`` (its config names programs git runs) or the ledger, unseen."""
-    if sandbox.check(session.config.run.sandbox) is None:
-        return None  # no sandbox at all: said once elsewhere
+    repository's ``.git`` (its config names programs git runs) or the ledger, unseen. Said when
+    the user asked for the sandbox (``sandbox = "required"``), whose protection they count on;
+    with the default ``auto`` the docs say it, and a scratch workspace (a test's, a demo's) is
+    not told on every command."""
+    if session.config.run.sandbox != "required" or sandbox.check("required") is None:
+        return None
     root = session.root.resolve()
     for scratch in sandbox.SCRATCH:
         if root.is_relative_to(Path(scratch).resolve()):
