@@ -53,6 +53,17 @@ class TargetConfig(_Strict):
     # Globs of files a run may write in its worktree (checkpoints, samples); they are moved into
     # the run directory (outputs/) after the run. Anything else it writes makes the run invalid.
     outputs: list[str] = Field(default_factory=list)
+    # Files (globs; ~, ${NAME} and ${NAME:-default} expanded; may lie outside the workspace) the
+    # training process must not read, such as val and holdout data: under the sandbox they are
+    # empty in its view, while the evaluation commands read them (nightlab.executor.sandbox).
+    private: list[str] = Field(default_factory=list)
+
+    @field_validator("private")
+    @classmethod
+    def _no_empty_private(cls, value: list[str]) -> list[str]:
+        if any(not p.strip() for p in value):
+            raise ValueError("private holds an empty pattern")
+        return value
 
     @model_validator(mode="after")
     def _warm_needs_both(self) -> TargetConfig:

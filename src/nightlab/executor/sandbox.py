@@ -20,6 +20,14 @@ The wrapped command is::
 
     unshare -rn -- PYTHON -I -S .../nightlab/sandbox.py --write DIR ... -- /bin/sh -c 'COMMAND'
 
+A training command whose target declares private files (``[target] private``: val and holdout
+data, which only the evaluation may read) also gets **a mount namespace** (``unshare -rnm``): the
+launcher mounts ``/dev/null`` over each private file (an empty read-only tmpfs over a folder),
+checks that each now reads empty, then enters a nested user and mount namespace, in which the
+kernel locks those mounts (``MNT_LOCKED``: they cannot be unmounted, nor the folder above them
+bind-mounted without them); Landlock then refuses every mount call. The evaluation commands are
+wrapped without hiding, so they read the same files.
+
 The launcher restricts itself and then ``exec``s the command, so the process tree, the pid the
 executor watches and its limits are the same as without the sandbox. ``[run] sandbox`` chooses:
 ``auto`` (use it where it works, otherwise one warning and the run goes on unsandboxed),
@@ -30,12 +38,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import glob
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +74,10 @@ _REFER = 1 << 13  # ABI 2: renames and links across folders
 _TRUNCATE = 1 << 14  # ABI 3
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
 _SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
+
+# Hiding private files (include/uapi/linux/sched.h, mount.h).
+_CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND = 1, 2, 4, 8, 4096
 
 # Where a run may always write: scratch space torch, the tokenizers and Python itself need.
 SCRATCH = ("/tmp", "/dev/shm")
@@ -178,8 +192,63 @@ def check(mode: str) -> SandboxSupport | None:
     return None
 
 
-def wrap(command: str, writable: Sequence[Path], mode: str) -> str:
-    """``command`` confined per ``mode``: no network, writes only beneath ``writable`` and scratch."""
+_VARIABLE = re.compile(r"\$\{(\w+)(:-([^}]*))?\}")
+
+
+def private_files(patterns: Sequence[str], root: Path, env: Mapping[str, str] | None = None) -> list[Path]:
+    """The files (and folders) ``[target] private`` names now, resolved (symlinks followed).
+
+    A pattern is a glob (``**`` spans folders); ``${NAME}`` and ``${NAME:-default}`` are taken
+    from ``env`` over this process's environment (a pattern whose variable is unset and has no
+    default names nothing), then ``~`` is expanded; a relative pattern is relative to ``root``.
+    """
+    if not patterns:
+        return []
+    values = {**os.environ, **(env or {})}
+    found: dict[str, None] = {}
+    for pattern in patterns:
+        missing = False
+
+        def value(match: re.Match[str]) -> str:
+            nonlocal missing
+            text = values.get(match[1]) or (match[3] if match[2] else None)
+            missing = missing or text is None
+            return text or ""
+
+        text = os.path.expanduser(_VARIABLE.sub(value, pattern))
+        if missing or not text:
+            continue
+        for name in sorted(glob.glob(os.path.join(root, text), recursive=True)):
+            found.setdefault(os.path.realpath(name))
+    return [Path(name) for name in found]
+
+
+def hiding_problem(mode: str, private: Sequence[str]) -> str | None:
+    """Why the training process will be able to read the ``[target] private`` files, in one line
+    for the start of a night; None when they will be hidden (or none are declared). With
+    ``sandbox = "required"`` a :class:`~nightlab.errors.UserError` instead: the user counts on it."""
+    if not private:
+        return None
+    support = None if mode == "off" else check(mode)
+    if support is not None and support.netns:
+        return None
+    if mode == "off":
+        why = 'the sandbox is off ([run] sandbox = "off")'
+    elif support is None:
+        why = "there is no sandbox"
+    else:
+        why = "hiding them needs user namespaces (`unshare -rm`), which this machine does not allow"
+    problem = f"the training process can read the [target] private files (val and holdout data): {why}"
+    if mode == "required":
+        from nightlab.errors import UserError
+
+        raise UserError(f'nightlab.toml: [run] sandbox = "required" but {problem}')
+    return problem
+
+
+def wrap(command: str, writable: Sequence[Path], mode: str, hide: Sequence[Path] = ()) -> str:
+    """``command`` confined per ``mode``: no network, writes only beneath ``writable`` and scratch,
+    and (where user namespaces allow) the files and folders in ``hide`` empty in its view."""
     support = check(mode)
     if support is None:
         return command
@@ -190,12 +259,43 @@ def wrap(command: str, writable: Sequence[Path], mode: str) -> str:
         launcher += ["--write", str(Path(path).resolve())]
     if not support.netns:
         launcher.append("--deny-tcp")
+    hidden = bool(hide) and support.netns  # without user namespaces: hiding_problem() says so
+    for path in hide if hidden else ():
+        launcher += ["--hide", str(path)]
     inner = ["/bin/sh", "-c", command]
-    words = (["unshare", "-rn", "--"] if support.netns else []) + launcher + ["--"] + inner
-    return shlex.join(words)
+    unshare = ["unshare", "-rnm" if hidden else "-rn", "--"] if support.netns else []
+    return shlex.join(unshare + launcher + ["--"] + inner)
 
 
 # ---------------------------------------------------------------------------------- the launcher
+def hide_paths(paths: Sequence[str]) -> None:
+    """Make ``paths`` empty in this mount namespace for good (root in a fresh user namespace, as
+    under ``unshare -rm``): ``/dev/null`` over a file, an empty read-only tmpfs over a folder,
+    each checked; then a nested user and mount namespace, which locks the mounts. Raises OSError."""
+    libc = _libc()
+    null = os.stat("/dev/null").st_rdev
+    for path in paths:
+        if not os.path.lexists(path):
+            continue  # gone since the harness listed it (or under a folder hidden already)
+        folder = os.path.isdir(path)
+        if folder:
+            flags = _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+            done = libc.mount(b"nightlab-private", path.encode(), b"tmpfs", flags, b"size=4k,mode=0555")
+        else:
+            done = libc.mount(b"/dev/null", path.encode(), None, _MS_BIND, None)
+        if done != 0:
+            raise OSError(ctypes.get_errno(), f"cannot hide {path}")
+        now = os.stat(path)
+        if os.listdir(path) if folder else now.st_rdev != null:  # checked, not assumed
+            raise OSError(f"{path} is still readable after hiding it")
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "cannot enter a nested user namespace to lock the mounts")
+    # The same identity as before (root of the user namespace): one id, mapped to itself.
+    for name, text in (("setgroups", "deny"), ("uid_map", "0 0 1"), ("gid_map", "0 0 1")):
+        with open(f"/proc/self/{name}", "w") as handle:
+            handle.write(text)
+
+
 def restrict(writable: Sequence[str], deny_tcp: bool, scope: bool = True) -> None:
     """Confine this process and its future children (Landlock); raises OSError when refused."""
     abi = landlock_abi()
@@ -246,7 +346,8 @@ def _add_path_rule(libc: ctypes.CDLL, ruleset: int, path: str, rights: int) -> N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python sandbox.py --write DIR ... [--deny-tcp] -- PROGRAM ARGS``: confine, then exec."""
+    """``python sandbox.py --write DIR ... [--hide PATH ...] [--deny-tcp] -- PROGRAM ARGS``: hide,
+    confine, then exec."""
     args = list(sys.argv[1:] if argv is None else argv)
     if "--" not in args:
         print("usage: python sandbox.py --write DIR ... [--deny-tcp] -- PROGRAM ARGS", file=sys.stderr)
@@ -254,6 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = args.index("--")
     options, program = args[:split], args[split + 1 :]
     writable = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--write"]
+    private = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--hide"]
+    try:
+        if private:
+            hide_paths(private)
+    except OSError as exc:
+        print(f"nightlab sandbox: cannot hide the private files ({exc}); not started", file=sys.stderr)
+        return 126
     try:
         restrict(writable, deny_tcp="--deny-tcp" in options, scope="--no-scope" not in options)
     except OSError as exc:

@@ -120,9 +120,11 @@ class ReplicateRunner:
         if self.config.target.evaluate:
             # The template's train.py then skips its own in-process evaluation.
             env["NIGHTLAB_EVAL_SEPARATE"] = "1"
+        # The optional sandbox: no network, writes only to the worktree and the run directory,
+        # and for the training process (only) the [target] private files empty.
+        hide = sandbox.private_files(self.config.target.private, cwd, env) if log == TRAIN_LOG else []
         return RunSpec(
-            # The optional sandbox: no network, writes only to the worktree and the run directory.
-            command=sandbox.wrap(expand_flags(command, cwd), [cwd, run_dir], self.config.run.sandbox),
+            command=sandbox.wrap(expand_flags(command, cwd), [cwd, run_dir], self.config.run.sandbox, hide),
             cwd=cwd,
             run_dir=run_dir,
             seed=seed,

@@ -413,7 +413,8 @@ def build_loop(
     start = start_commit(session, events)
     warn_about_the_metric(session, events)
     crowded = None if session.remote else oversubscribed(session.slots())
-    for problem in (crowded, None if session.remote else exposed_workspace(session)):
+    hidden = sandbox.hiding_problem(session.config.run.sandbox, session.config.target.private)
+    for problem in (crowded, None if session.remote else exposed_workspace(session), hidden):
         if problem:
             (events or EventSink()).emit(Event("notice", f"warning: {problem}"))
     agent = agent if agent is not None else session.agent()
