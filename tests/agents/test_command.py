@@ -174,6 +174,11 @@ def test_a_cli_that_exits_0_without_editing_is_a_failed_round_not_an_experiment(
     # The baseline stands and the summary is printed; the exit says the night ended on a failure.
     assert result.returncode == 1, result.stderr
     assert "the command agent failed 3 times in a row" in " ".join(result.stdout.split())
+    # Each failed round said so at once, with its log (not only the last, at the end).
+    rounds = [line for line in result.stderr.splitlines() if line.startswith("command agent: round")]
+    assert len(rounds) == 3 and all(
+        "changed no editable file" in line and "agent.log" in line for line in rounds
+    )
     con = sqlite3.connect(root / ".nightlab" / "ledger.db")
     assert con.execute("SELECT COUNT(*) FROM experiments WHERE kind = 'candidate'").fetchone()[0] == 0
     con.close()

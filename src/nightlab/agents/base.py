@@ -27,6 +27,7 @@ Example, an agent that always proposes the same edit::
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,12 @@ class Agent(ABC):
         non-zero, so a script running it can tell."""
         return False
 
+    def interrupt(self) -> None:  # noqa: B027 - an optional hook
+        """Called from the loop's thread when nightlab stops at once (Ctrl-C, SIGTERM, an error)
+        while :meth:`propose` may still be running on the desk's thread: stop what it runs (a
+        coding CLI and its processes) so the process can exit now rather than at its timeout.
+        ``propose`` may then raise; it is never called again. Must be quick and thread-safe."""
+
     def final_lessons(self) -> dict[int, str]:
         """Called once when the session stops: lessons still owed (experiment id -> one line),
         e.g. about the last experiment, which no later proposal could carry."""
@@ -93,8 +100,11 @@ class Scratch(Protocol):
         """Files changed, created or deleted since the checkout (relative POSIX paths)."""
         ...
 
-    def reset(self) -> None:
-        """Back to the commit: every change undone, every new file removed."""
+    def reset(self, keep: Path) -> list[str]:
+        """Back to the commit: every change undone, every new file removed. Also undoes, where
+        safe, what the round did outside the checkout (a branch it created, a file it wrote in
+        the user's checkout; a changed file is moved under ``keep`` first) and returns one line
+        per such thing, undone or not."""
         ...
 
 
@@ -105,8 +115,9 @@ class AgentTools(Protocol):
         """The agent's own checkout of ``commit`` (never the user's tree, never a run's)."""
         ...
 
-    def run(self, spec: RunSpec) -> RunResult:
-        """Run a command to its end or its timeout; its whole process tree is killed either way."""
+    def run(self, spec: RunSpec, stop: threading.Event | None = None) -> RunResult:
+        """Run a command to its end or its timeout; its whole process tree is killed either way.
+        Setting ``stop`` kills it at once, and ``run`` then raises instead of returning."""
         ...
 
     def log_dir(self) -> Path:

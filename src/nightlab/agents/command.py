@@ -10,8 +10,10 @@ description says which files changed by how many lines.
 
 The command runs with the user's full environment, secrets included: a coding CLI needs its own
 API key (``ANTHROPIC_API_KEY`` for Claude Code). Training runs never get them. ``[agent] timeout``
-bounds it; the whole process tree is killed at the deadline (the session's process runner does it:
-the agent itself runs nothing and drives no git, see :class:`~nightlab.agents.base.AgentTools`).
+bounds it; the whole process tree is killed at the deadline, or at once when nightlab is
+interrupted (the session's process runner does it: the agent itself runs nothing and drives no
+git, see :class:`~nightlab.agents.base.AgentTools`; the same tools undo, where safe, what a CLI
+did outside its checkout: a branch it created, a write to the user's checkout).
 
 Example ``nightlab.toml``::
 
@@ -23,8 +25,10 @@ Example ``nightlab.toml``::
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +55,10 @@ TOOL_FILES = (".aider",)
 # is clearly not working (a missing key, a wrong flag): stop instead of filling the ledger.
 MAX_FAILED_ROUNDS = 3
 LOG_TAIL_CHARS = 3000
+# Where the changed copies of files a round wrote in the user's checkout go (in its log folder).
+DISPLACED_DIR = "checkout"
+
+log = logging.getLogger("nightlab.agents.command")
 
 INSTRUCTIONS = """\
 # nightlab: your task
@@ -100,6 +108,7 @@ class CommandAgent(Agent):
         self._stop_reason: str | None = None
         self._failed_rounds = 0
         self._count = 0
+        self._interrupted = threading.Event()  # nightlab is stopping: kill the CLI now
 
     # -- the Agent interface ------------------------------------------------------------------
     def propose(self, context: Context) -> Proposal | None:
@@ -115,13 +124,25 @@ class CommandAgent(Agent):
                 self._failed_rounds = 0
                 return proposal
             self._failed_rounds += 1
+            # Said at once: with the default timeout a failing CLI could otherwise be silent
+            # for half an hour per round.
+            log.warning(
+                "command agent: round %d: %s; no experiment (log: %s)",
+                self._count,
+                proposal.refused,
+                run_dir / "agent.log",
+            )
             if self._failed_rounds >= MAX_FAILED_ROUNDS:
                 self._stop_reason = (
                     f"the command agent failed {self._failed_rounds} times in a row "
-                    f"(last: {proposal.refused or 'it changed no editable file'}); "
-                    f"see {run_dir / 'agent.log'}"
+                    f"(last: {proposal.refused}); see {run_dir / 'agent.log'}"
                 )
         return None
+
+    def interrupt(self) -> None:
+        """nightlab is stopping (Ctrl-C, SIGTERM): the CLI's process tree is killed now, and the
+        round in progress raises instead of proposing."""
+        self._interrupted.set()
 
     def _round(self, context: Context) -> tuple[Proposal, Path]:
         """One run of the command on a fresh checkout of the incumbent."""
@@ -134,7 +155,13 @@ class CommandAgent(Agent):
             result = self._run(tree, run_dir)
             proposal = self._proposal(tree, context, scratch.changed(), ours, result, run_dir)
         finally:
-            scratch.reset()  # the scratch tree goes back to the incumbent, our files gone
+            # The scratch tree goes back to the incumbent, our files gone; and what the CLI did
+            # beyond it (a branch, a write to the user's checkout) is undone where safe.
+            beyond = scratch.reset(run_dir / DISPLACED_DIR)
+            for line in beyond:
+                log.warning("command agent: round %d: the command %s", self._count, line)
+        if beyond:
+            proposal.meta["outside_checkout"] = beyond
         return proposal, run_dir
 
     def failed(self) -> bool:
@@ -176,7 +203,7 @@ class CommandAgent(Agent):
             log_name="agent.log",
             allow_env=list(os.environ),  # the CLI needs its own key; see the module docstring
         )
-        return self.tools.run(spec)
+        return self.tools.run(spec, self._interrupted)
 
     def _proposal(
         self,
@@ -204,27 +231,49 @@ class CommandAgent(Agent):
                 f"{hypothesis}\n\n(The command also changed {', '.join(outside)}, outside the editable "
                 "files; those changes were reverted.)"
             ).strip()
+        status, ending = self._ending(result)
         meta: dict = {
             "command": self.command,
             "exit_code": result.exit_code,
-            "status": result.status.value,
+            "status": status,
             "seconds": round(result.total_seconds, 1),
             "log": str(run_dir / "agent.log"),
         }
+        if ending:
+            meta["reason"] = ending
         if outside:
             meta["reverted"] = outside
         refused = None
-        if result.status is RunStatus.TIMEOUT:
-            refused = f"the command timed out after {self.timeout:g} s ([agent] timeout)"
+        deleted = [p.removesuffix(" (deleted)") for p in outside if p.endswith(" (deleted)")]
+        if status == "timeout":
+            refused = f"the command {ending}"
             edits = []  # a half-finished edit is not an experiment
-        elif result.status is not RunStatus.OK and not edits:
+        elif edits:
+            pass  # an error exit with edits in place (a CLI out of turns) still proposes them
+        elif deleted:
+            refused = f"the command deleted {', '.join(deleted)} (nightlab proposes changes, not deletions)"
+        elif status != "ok":
             tail = log_text[-300:].strip().replace("\n", " | ")
-            refused = f"the command failed ({result.reason or result.status.value}): {tail}"
-        # An error exit with edits in place (e.g. a CLI that ran out of turns) still proposes them.
+            refused = f"the command {ending}: {tail}" if tail else f"the command {ending}"
+        else:
+            refused = "the command changed no editable file"
         meta["changed"] = [e.path for e in edits]
         return Proposal(
             description=description, edits=edits, hypothesis=hypothesis, meta=meta, refused=refused
         )
+
+    def _ending(self, result: RunResult) -> tuple[str, str]:
+        """How the CLI ended, as the agent's own words: ``ok``, ``timeout``, ``error`` (an exit
+        code) or ``killed``, and a phrase for the reason. Not the training run's statuses: a
+        CLI's exit code 3 is an error, not a NaN loss."""
+        code = result.exit_code
+        if result.status is RunStatus.TIMEOUT:
+            return "timeout", f"timed out after {self.timeout:g} s ([agent] timeout)"
+        if code == 0:
+            return "ok", ""
+        if code is not None and code > 0:
+            return "error", f"exited with code {code}"
+        return "killed", f"was killed ({result.reason or 'no exit code'})"
 
     def _edits(
         self, tree: Path, context: Context, changed: list[str], ours: set[str]

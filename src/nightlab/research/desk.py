@@ -79,6 +79,12 @@ class AgentDesk:
         for entry in pending:
             self.agent.observe(entry)
 
+    def interrupt(self) -> None:
+        """nightlab is stopping at once: the agent stops what its proposal in progress runs (a
+        coding CLI), so the process is not kept alive by the desk's thread until it ends."""
+        if self.asked is not None and not self.asked.done():
+            self.agent.interrupt()
+
     def close(self) -> None:
         """Stop waiting for a proposal in progress (it finishes on its own) and deliver the queue."""
         if self.asked is not None:

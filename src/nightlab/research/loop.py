@@ -414,7 +414,8 @@ class ResearchLoop:
 
 class _Dispatching:
     """The dispatcher for one ``run``: its slots' worktrees made here, on this thread; on any
-    exception (Ctrl-C included) the runs in flight are killed before the slots are released."""
+    exception (Ctrl-C included) the runs in flight are killed before the slots are released,
+    and so is what the agent runs for a proposal in progress (a coding CLI)."""
 
     def __init__(self, loop: ResearchLoop) -> None:
         self.loop = loop
@@ -429,6 +430,8 @@ class _Dispatching:
         return self.slots
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None:
+            self.loop.desk.interrupt()
         if self.slots is None:
             return
         stop = getattr(getattr(self.loop.runner, "executor", None), "stop", None)

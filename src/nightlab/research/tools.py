@@ -4,33 +4,137 @@ Agents run nothing and drive no git themselves (DESIGN.md). A coding CLI still h
 files somewhere and run under a deadline; this is where it gets both, from the same worktree
 management the runs use and the same process handling the executor uses, so its process tree
 is killed at the deadline exactly as a training run's is.
+
+A CLI is not confined to its checkout: a worktree shares its branches with the user's
+repository, and a CLI may write anywhere the user can. So the scratch checkout also notes what
+the user's side looked like when it was lent and, when it is reset, undoes what the round did
+there where that is safe (see :class:`Outside`), and says so in one line each.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nightlab.executor.process import Limits, run_process
 from nightlab.types import RunResult, RunSpec
-from nightlab.workspace.git import AGENT_WORKTREE, Workspace
+from nightlab.workspace.git import AGENT_WORKTREE, BRANCH_PREFIX, Workspace
 
 # A coding CLI asked to stop gets two seconds before SIGKILL: it holds no training state.
 AGENT_LIMITS = Limits(grace_seconds=2.0)
+# The refs a round may create in the shared repository; the loop's own branches are not the CLI's.
+_REF_SPACES = ("refs/heads/", "refs/tags/")
+_OURS = f"refs/heads/{BRANCH_PREFIX}"
+
+
+@dataclass
+class Outside:
+    """The user's side of the repository when a scratch checkout was lent: its branches and
+    tags, its checkout's HEAD, and each uncommitted path of its checkout (status and stat).
+
+    :meth:`undo` compares it with the present. Refs the round created are deleted (their commit
+    is named, so nothing is lost). Files it changed in the user's checkout are restored from
+    ``HEAD`` only when the checkout was clean and at the same commit before the round, their
+    changed copies moved to ``keep`` first; a checkout that held uncommitted work is only
+    reported, because a user's own edit made meanwhile cannot be told from the CLI's.
+    """
+
+    workspace: Workspace
+    refs: dict[str, str] = field(default_factory=dict)
+    head: str = ""
+    dirty: dict[str, tuple] = field(default_factory=dict)
+
+    @classmethod
+    def now(cls, workspace: Workspace) -> Outside:
+        return cls(workspace, _refs(workspace), workspace.head_commit(), _dirty(workspace))
+
+    def undo(self, keep: Path) -> list[str]:
+        """Undo what changed since :meth:`now` where safe; one line per thing found, each
+        saying what the round did ("created the branch x: deleted (...)")."""
+        notes = self._drop_new_refs()
+        note = self._restore_checkout(keep)
+        return notes + ([note] if note else [])
+
+    def _drop_new_refs(self) -> list[str]:
+        dropped = []
+        for ref, sha in sorted(_refs(self.workspace).items()):
+            if ref in self.refs or ref.startswith(_OURS):
+                continue
+            self.workspace.git("update-ref", "-d", ref, sha, check=False)  # only if still there
+            kind, name = ("branch", ref[11:]) if ref.startswith("refs/heads/") else ("tag", ref[10:])
+            again = f"git branch {name} {sha[:12]}" if kind == "branch" else f"git tag {name} {sha[:12]}"
+            dropped.append(f"created the {kind} {name}: deleted (`{again}` brings it back)")
+        return dropped
+
+    def _restore_checkout(self, keep: Path) -> str | None:
+        now = _dirty(self.workspace)
+        changed = sorted(p for p in {*now, *self.dirty} if now.get(p) != self.dirty.get(p))
+        moved = self.workspace.head_commit() != self.head
+        if not changed and not moved:
+            return None
+        root = self.workspace.root
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        what = f"changed your checkout {root} ({shown or 'its HEAD'})"
+        if self.dirty or moved:
+            why = "it held uncommitted work before the round" if self.dirty else "its HEAD moved"
+            return f"{what}: left as it is, since {why}; `git status` there shows it"
+        for path in changed:
+            self._put_back(path, keep)
+        return f"{what}: restored; the changed copies are in {keep}"
+
+    def _put_back(self, path: str, keep: Path) -> None:
+        """``path`` as ``HEAD`` has it (or gone, when ``HEAD`` lacks it); the changed copy kept."""
+        target = self.workspace.root / path
+        if target.is_file() or target.is_symlink():
+            saved = keep / path
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(target, saved)
+        in_head = bool(self.workspace.git("ls-tree", "HEAD", "--", path).strip())
+        if in_head or self.workspace.git("ls-files", "--", path).strip():
+            self.workspace.git("rm", "-q", "--cached", "--ignore-unmatch", "--", path)
+        if in_head:
+            self.workspace.git("checkout", "HEAD", "--", path)
+
+
+def _refs(workspace: Workspace) -> dict[str, str]:
+    out = workspace.git("for-each-ref", "--format=%(refname) %(objectname)", *_REF_SPACES)
+    return dict(line.rsplit(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def _dirty(workspace: Workspace) -> dict[str, tuple]:
+    """Each uncommitted path of the user's checkout: its status code and what ``lstat`` says
+    (a write changes the size or the time), so a second change to a dirty file is seen too."""
+    out = workspace.git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames")
+    found: dict[str, tuple] = {}
+    for entry in out.split("\0"):
+        if len(entry) > 3:
+            try:
+                st = os.lstat(workspace.root / entry[3:])
+                stat: tuple = (st.st_size, st.st_mtime_ns, st.st_mode)
+            except OSError:
+                stat = ()
+            found[entry[3:]] = (entry[:2], *stat)
+    return found
 
 
 @dataclass
 class ScratchCheckout:
-    """The agent's worktree, checked out at one commit."""
+    """The agent's worktree, checked out at one commit, and the user's side as it was then."""
 
     workspace: Workspace
     path: Path
+    commit: str
+    outside: Outside
 
     def changed(self) -> list[str]:
         return self.workspace.modified_tracked_files(self.path)
 
-    def reset(self) -> None:
-        self.workspace.restore(self.path)
+    def reset(self, keep: Path) -> list[str]:
+        self.workspace.checkout(self.path, self.commit)  # off any branch the CLI checked out
+        return self.outside.undo(keep)
 
 
 class SessionTools:
@@ -42,10 +146,10 @@ class SessionTools:
     def scratch(self, commit: str) -> ScratchCheckout:
         tree = self.workspace.worktree(AGENT_WORKTREE)
         self.workspace.checkout(tree, commit)
-        return ScratchCheckout(self.workspace, tree)
+        return ScratchCheckout(self.workspace, tree, commit, Outside.now(self.workspace))
 
-    def run(self, spec: RunSpec) -> RunResult:
-        return run_process(spec, AGENT_LIMITS)
+    def run(self, spec: RunSpec, stop: threading.Event | None = None) -> RunResult:
+        return run_process(spec, AGENT_LIMITS, stop=stop)
 
     def log_dir(self) -> Path:
         return self.workspace.state_dir / "agent"
