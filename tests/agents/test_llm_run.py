@@ -48,17 +48,22 @@ SCRIPT = [
 ]
 
 
+def _llm_workspace(tmp_path: Path, server, protocol: str, extra: str = "") -> Path:  # noqa: ANN001
+    """The toy workspace with the llm agent pointed at ``server``."""
+    agent = (
+        f'kind = "llm"\nprovider = "{protocol}"\nmodel = "fake-model"\nbase_url = "{server.base_url}"\n'
+        f'api_key_env = "RUN_TEST_KEY"\nbackoff = 0.05\npipeline = false\n{extra}'
+    )
+    toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy").replace(
+        'kind = "replay"\nfile = "proposals.jsonl"', agent
+    )
+    return make_workspace(Path(tmp_path / "ws"), toml=toml)
+
+
 @pytest.mark.slow
 def test_nightlab_run_with_the_llm_agent_records_decisions_tokens_cost_and_lessons(tmp_path):
     with fake_llm_server("openai", SCRIPT, api_key=KEY) as server:
-        agent = (
-            f'kind = "llm"\nprovider = "openai"\nmodel = "fake-model"\nbase_url = "{server.base_url}"\n'
-            'api_key_env = "RUN_TEST_KEY"\nbackoff = 0.05\npipeline = false\nprices = { "fake-model" = [1.0, 2.0] }'
-        )
-        toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy").replace(
-            'kind = "replay"\nfile = "proposals.jsonl"', agent
-        )
-        root = make_workspace(Path(tmp_path / "ws"), toml=toml)
+        root = _llm_workspace(tmp_path, server, "openai", 'prices = { "fake-model" = [1.0, 2.0] }')
         result = nightlab("run", str(root), "--max-experiments", "3", env={"RUN_TEST_KEY": KEY})
     assert result.returncode == 0, result.stderr
     assert len(server.requests) == len(SCRIPT)
@@ -98,14 +103,7 @@ def test_a_rejected_key_stops_the_night_before_the_baseline_trains(tmp_path, pro
     """The key is checked by listing the server's models before the setup and the baseline: a
     401 there is one line and exit 2, with nothing trained (it used to cost the baseline's runs)."""
     with fake_llm_server(protocol, SCRIPT, api_key=KEY) as server:
-        agent = (
-            f'kind = "llm"\nprovider = "{protocol}"\nmodel = "fake-model"\nbase_url = "{server.base_url}"\n'
-            'api_key_env = "RUN_TEST_KEY"\nbackoff = 0.05\npipeline = false'
-        )
-        toml = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy").replace(
-            'kind = "replay"\nfile = "proposals.jsonl"', agent
-        )
-        root = make_workspace(Path(tmp_path / "ws"), toml=toml)
+        root = _llm_workspace(tmp_path, server, protocol)
         result = nightlab("run", str(root), "--max-experiments", "3", env={"RUN_TEST_KEY": "sk-wrong"})
         assert result.returncode == 2, result.stdout + result.stderr
         assert "was rejected" in result.stderr and "HTTP 401" in result.stderr
