@@ -243,8 +243,10 @@ class ConfirmPolicy(Policy):
         stats_text = f"{_runs(n)}, {_p(p)}{cost}"
         if p <= level:
             return Decision("keep", f"{text} ({stats_text}), kept", improvement, se, p)
-        chance = self._chance(improvement, len(a), len(b), test, penalty)
-        if can_confirm and chance < self.futility:
+        chance = (
+            self._chance(improvement, len(a), len(b), test, penalty) if can_confirm and self.futility else 1.0
+        )
+        if chance < self.futility:
             return Decision(
                 "discard",
                 f"{text} ({stats_text}), too small to become significant in {self.max_runs} runs "

@@ -50,19 +50,16 @@ def python_knobs(source: str, path: str) -> list[Knob]:
     except SyntaxError as exc:
         raise UserError(f"{path}: not valid Python ({exc.msg}, line {exc.lineno}); fix the file") from None
     reader = _Reader(source, path)
-    for stmt in tree.body:  # module-level names a choice list or a Literal alias may refer to
-        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-            reader.names[stmt.targets[0].id] = stmt.value
-        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-            reader.names[stmt.target.id] = stmt.value
     settings = _leading_block(tree.body)
     for stmt in tree.body:
         name, value = _simple_assignment(stmt)
         if name is None or value is None:
             continue
-        is_setting = stmt in settings and _SETTING.match(name) and not name.startswith("_")
-        if _CONSTANT.match(name) or is_setting:
-            kind = "constant" if _CONSTANT.match(name) else "setting"
+        reader.names[name] = value  # what a choice list or a Literal alias may refer to
+        kind = "constant" if _CONSTANT.match(name) else None
+        if kind is None and stmt in settings and _SETTING.match(name) and not name.startswith("_"):
+            kind = "setting"
+        if kind is not None:
             default = _env_default(value)
             if default is not None:  # LR = float(os.environ.get("LR", 3e-4))
                 reader.add(name, default, stmt, "env", replace=True)

@@ -94,7 +94,7 @@ def load_program(path: Path) -> torch.nn.Module:
             for name in archive.namelist():
                 if "/aotinductor/" in f"/{name}" or name.endswith((".so", ".dll", ".dylib")):
                     raise UnsafeExport(f"the export holds a compiled library ({name})")
-                if name.endswith("_config.json") and '"use_pickle": true' in _compact(archive.read(name)):
+                if name.endswith("_config.json") and _asks_for_pickle(archive.read(name)):
                     raise UnsafeExport(f"the export holds pickled entries ({name})")
     except zipfile.BadZipFile as exc:
         raise UnsafeExport(f"the export is not a torch.export archive ({exc})") from None
@@ -102,11 +102,21 @@ def load_program(path: Path) -> torch.nn.Module:
         return torch.export.load(str(path)).module()
 
 
-def _compact(raw: bytes) -> str:
+def _asks_for_pickle(raw: bytes) -> bool:
+    """Whether a payload config marks any entry ``use_pickle`` (at any depth)."""
     try:
-        return json.dumps(json.loads(raw), separators=(", ", ": "))
+        pending = [json.loads(raw)]
     except ValueError as exc:
         raise UnsafeExport(f"the export holds unreadable metadata ({exc})") from None
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            if item.get("use_pickle") not in (None, False):
+                return True
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 class _no_unpickling:
