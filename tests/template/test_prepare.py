@@ -165,6 +165,46 @@ def test_prepare_default_builds_all_splits_fast_and_is_idempotent(
     assert (tpl.data.token_dir() / "train.bin").stat().st_mtime_ns == before
 
 
+def test_synthetic_val_and_holdout_come_from_a_secret_key_kept_across_rebuilds(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training script that reads corpus.py cannot regenerate the val split: its documents
+    depend on a key drawn at random by the first preparation (private, like val.bin), which every
+    later rebuild of the cache reuses, so val stays the same for a whole night."""
+    set_constants(workspace / "data.py", SYNTHETIC_TRAIN_BYTES=200000, EVAL_TOKENS=2048)
+    monkeypatch.setenv("NIGHTLAB_CACHE", str(tmp_path / "keyed-cache"))
+    tpl = import_template(workspace, monkeypatch)
+    import corpus
+
+    tpl.prepare.ensure_data()
+    key_file = tpl.data.dataset_dir() / tpl.data.EVAL_KEY_FILE
+    key = int(key_file.read_text())
+    assert key.bit_length() > 64  # drawn from os.urandom, not a constant
+    val = np.fromfile(tpl.data.token_dir() / "val.bin", dtype=np.uint16).astype(np.uint8).tobytes()
+    keyed = corpus.document("val", 0, key).encode()[:300]
+    assert keyed in val
+    assert corpus.document("val", 0).encode()[:300] not in val  # the fixed seeds alone do not give it
+    assert corpus.document("holdout", 0, key).encode()[:300] not in val
+    assert corpus.document("train", 5, key) == corpus.document("train", 5)  # train needs no key
+
+    # Another EVAL_TOKENS rebuilds the files: same key, same val documents.
+    set_constants(workspace / "data.py", EVAL_TOKENS=4096)
+    tpl = import_template(workspace, monkeypatch)
+    assert not tpl.data.data_ready()
+    tpl.prepare.ensure_data()
+    assert int(key_file.read_text()) == key
+    again = np.fromfile(tpl.data.token_dir() / "val.bin", dtype=np.uint16).astype(np.uint8).tobytes()
+    assert len(again) > len(val) and again.startswith(val[:2048])
+
+    # A key file that is not a number: one line that says what to do.
+    key_file.write_text("garbage")
+    set_constants(workspace / "data.py", EVAL_TOKENS=2048)
+    tpl = import_template(workspace, monkeypatch)
+    with pytest.raises(SystemExit) as stop:
+        tpl.prepare.ensure_data()
+    assert stop.value.code == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Tokenizers
 

@@ -156,7 +156,7 @@ def test_where_the_files_cannot_be_hidden_a_night_says_so_or_refuses(monkeypatch
 
 READ_VAL = """
 def _peek_at_the_evaluation_data() -> None:
-    for p in sorted(data.token_dir().glob("*.bin")):
+    for p in [*sorted(data.token_dir().glob("*.bin")), data.dataset_dir() / "eval.key"]:
         with open(p, "rb") as f:
             print(f"peek {p.name} {len(f.read())}", flush=True)
 
@@ -193,6 +193,7 @@ def test_the_gpt_templates_training_cannot_read_val_and_holdout(tmp_path: Path) 
     log = (run_dir / "run.log").read_text()
     peeks = dict(re.findall(r"(?m)^peek (\S+) (\d+)$", log))
     assert peeks["val.bin"] == "0" and peeks["holdout.bin"] == "0", log
+    assert peeks["eval.key"] == "0", log  # what would regenerate them (corpus.py) is hidden too
     assert int(peeks["train.bin"]) > 0, log
     # The evaluation read them: the run was measured, on val and on holdout.
     assert row["status"] == "ok", row["reason"]

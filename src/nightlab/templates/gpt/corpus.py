@@ -14,8 +14,14 @@ every range of context it can use:
 
 The lexicon comes from one fixed seed shared by all splits; each document comes from its own
 seed, derived from the split, so train / val / holdout never share a document. Everything is
-deterministic: the same split and document index always give the same text, whatever the
+deterministic: the same split, document index and key always give the same text, whatever the
 Python version or machine (only ``random.Random`` seeded with ints is used).
+
+The val and holdout documents also depend on a key: prepare.py draws it at random the first time
+it builds the data cache and keeps it there, hidden from training like val.bin (``[target]
+private``). With fixed seeds alone, a training script could regenerate the val split from this
+file and memorise it; with the key it can only generate more documents of the same language,
+which is what the train split already is.
 """
 
 from __future__ import annotations
@@ -226,21 +232,24 @@ class _Document:
 _LEXICON: Lexicon | None = None
 
 
-def document(split: str, index: int) -> str:
-    """The ``index``-th document of ``split``: a pure function of its arguments."""
+def document(split: str, index: int, key: int = 0) -> str:
+    """The ``index``-th document of ``split``: a pure function of its arguments (``key`` changes
+    the val and holdout documents only; the train split is the same for every key)."""
     global _LEXICON
     if _LEXICON is None:
         _LEXICON = Lexicon()
-    rng = random.Random(SPLIT_SEEDS[split] * 1_000_003 + index)
-    return _Document(_LEXICON, rng).text()
+    seed = SPLIT_SEEDS[split] * 1_000_003 + index
+    if split != "train":
+        seed += key << 64  # above every index: distinct keys never share a document seed
+    return _Document(_LEXICON, random.Random(seed)).text()
 
 
-def generate(split: str, min_bytes: int) -> list[str]:
+def generate(split: str, min_bytes: int, key: int = 0) -> list[str]:
     """Documents of ``split`` in order until their UTF-8 size reaches ``min_bytes``."""
     docs: list[str] = []
     total = 0
     while total < min_bytes:
-        doc = document(split, len(docs))
+        doc = document(split, len(docs), key)
         docs.append(doc)
         total += len(doc) + len(DOC_SEPARATOR)
     return docs

@@ -56,6 +56,7 @@ EXIT_BAD_INPUT, EXIT_NAN, EXIT_OOM, EXIT_INVALID = 2, 3, 4, 5
 
 SPLITS = ("train", "val", "holdout")
 PREPARE_COMMAND = "python prepare.py"  # prepares whatever DATASET names
+EVAL_KEY_FILE = "eval.key"  # the synthetic corpus's val/holdout key (prepare.py), private like val.bin
 
 # Progress while a run trains: checkpoints the training process leaves, scored beside it by
 # `python evaluation.py --follow` on a val prefix (the training process never reads val).
@@ -118,7 +119,11 @@ def cache_dir() -> Path:
 def dataset_dir(dataset: str | None = None) -> Path:
     """One folder per dataset; a path gets a name from its absolute location."""
     dataset = dataset or DATASET
-    if dataset == "synthetic" or re.fullmatch(r"[a-z][a-z0-9-]*", dataset):
+    if dataset == "synthetic":
+        # Its val and holdout depend on a secret key since v2 (corpus.py): a folder of its own, so
+        # workspaces made before (fixed val documents) and after never rebuild each other's files.
+        return cache_dir() / "synthetic-v2"
+    if re.fullmatch(r"[a-z][a-z0-9-]*", dataset):
         return cache_dir() / dataset
     resolved = str(Path(dataset).expanduser().resolve())
     return cache_dir() / f"data-{hashlib.sha1(resolved.encode()).hexdigest()[:12]}"

@@ -26,6 +26,7 @@ import numpy as np
 from data import (
     DATASET,
     DOWNLOAD_SHARDS,
+    EVAL_KEY_FILE,
     EVAL_TOKENS,
     SEQ_LEN,
     SPLITS,
@@ -72,13 +73,38 @@ def synthetic_documents() -> Iterator[tuple[str, str]]:
         yield "train", text
     # A byte is at most one token; a BPE token of this corpus is well under 8 bytes.
     needed = (EVAL_TOKENS + SEQ_LEN + 1) * (1 if TOKENIZER == "byte" else 8)
+    key = eval_key()
     for split in ("val", "holdout"):
         size, index = 0, 0
         while size < needed:
-            text = corpus.document(split, index)
+            text = corpus.document(split, index, key)
             size += len(text.encode("utf-8"))
             index += 1
             yield split, text
+
+
+def eval_key() -> int:
+    """The synthetic corpus's secret key for val and holdout (corpus.py): drawn at random the first
+    time, then read back, so every rebuild (another EVAL_TOKENS, tokenizer) writes the same val
+    documents and runs of one night stay comparable. Training cannot read it under the sandbox:
+    the template lists it in `[target] private`."""
+    path = dataset_dir("synthetic") / EVAL_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tmp.write_text(f"{int.from_bytes(os.urandom(16), 'big')}\n")
+        try:
+            os.link(tmp, path)  # two first preparations at once: the first key wins, both use it
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    try:
+        return int(path.read_text())
+    except ValueError:
+        raise fail(
+            f"{path} is not a key written by prepare.py; delete its folder and prepare again", 1, HERE
+        ) from None
 
 
 def build_splits(
