@@ -80,6 +80,33 @@ def test_branches_and_tags_the_cli_created_are_deleted_and_others_kept(tmp_path,
     assert any("round 1: the command created the branch mybranch" in line for line in _say(caplog))
 
 
+def test_branches_and_tags_the_cli_moved_or_deleted_are_put_back(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    root = workspace_with(
+        tmp_path,
+        f"{LR_SED}\n"
+        "git -c user.name=cli -c user.email=cli@x commit -qam 'lr'\n"
+        "git branch -f feature HEAD\n"  # a user's branch, moved onto the CLI's commit
+        "git tag -d release\n"  # a user's tag, deleted
+        "git branch -D scratchpad\n",  # a user's branch, deleted
+    )
+    for name in ("feature", "scratchpad"):
+        git(root, "branch", name)
+    git(root, "tag", "release")
+    before = git(root, "for-each-ref", "--format=%(refname) %(objectname)")
+    proposal = command_agent(root).propose(context_of(root))
+    assert [e.path for e in proposal.edits] == ["train.py"]
+    assert git(root, "for-each-ref", "--format=%(refname) %(objectname)") == before
+    notes = proposal.meta["outside_checkout"]
+    assert [n.split(":")[0].split(" from ")[0] for n in notes] == [
+        "moved the branch feature",
+        "deleted the branch scratchpad",
+        "deleted the tag release",
+    ], notes
+    assert "put back (`git branch -f feature " in notes[0] and "restored at" in notes[1]
+    assert any("round 1: the command moved the branch feature" in line for line in _say(caplog))
+
+
 def test_a_write_to_a_clean_user_checkout_is_restored_and_the_copy_kept(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     root = workspace_with(tmp_path, "")

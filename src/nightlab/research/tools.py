@@ -36,7 +36,10 @@ class Outside:
     tags, its checkout's HEAD, and each uncommitted path of its checkout (status and stat).
 
     :meth:`undo` compares it with the present. Refs the round created are deleted (their commit
-    is named, so nothing is lost). Files it changed in the user's checkout are restored from
+    is named, so nothing is lost); refs it moved or deleted are put back where they were, unless
+    a worktree has that branch checked out (moving it would make that checkout look changed:
+    reported instead). The loop's own ``nightlab/`` branches are the loop's: it may advance them
+    during a round (pipelining), and it sets them from the ledger at each keep. Files it changed in the user's checkout are restored from
     ``HEAD`` only when the checkout was clean and at the same commit before the round, their
     changed copies moved to ``keep`` first; a checkout that held uncommitted work is only
     reported, because a user's own edit made meanwhile cannot be told from the CLI's.
@@ -54,7 +57,7 @@ class Outside:
     def undo(self, keep: Path) -> list[str]:
         """Undo what changed since :meth:`now` where safe; one line per thing found, each
         saying what the round did ("created the branch x: deleted (...)")."""
-        notes = self._drop_new_refs()
+        notes = self._drop_new_refs() + self._put_back_refs()
         note = self._restore_checkout(keep)
         return notes + ([note] if note else [])
 
@@ -68,6 +71,34 @@ class Outside:
             again = f"git branch {name} {sha[:12]}" if kind == "branch" else f"git tag {name} {sha[:12]}"
             dropped.append(f"created the {kind} {name}: deleted (`{again}` brings it back)")
         return dropped
+
+    def _put_back_refs(self) -> list[str]:
+        notes = []
+        now = _refs(self.workspace)
+        checked_out = _checked_out(self.workspace)
+        for ref, sha in sorted(self.refs.items()):
+            if now.get(ref) == sha or ref.startswith(_OURS):
+                continue
+            kind, name = ("branch", ref[11:]) if ref.startswith("refs/heads/") else ("tag", ref[10:])
+            moved = now.get(ref)
+            did = (
+                f"moved the {kind} {name} from {sha[:12]} to {moved[:12]}"
+                if moved
+                else f"deleted the {kind} {name}"
+            )
+            if ref in checked_out:
+                notes.append(f"{did}: left as it is, since a checkout has it; `git reflog {name}` shows it")
+                continue
+            # Compare-and-swap: a ref that changed again meanwhile is left as it is.
+            self.workspace.git("update-ref", ref, sha, moved or "", check=False)
+            if _refs(self.workspace).get(ref) != sha:
+                notes.append(f"{did}: could not put it back; `git reflog {name}` shows it")
+            elif moved:
+                again = f"git {'branch' if kind == 'branch' else 'tag'} -f {name} {moved[:12]}"
+                notes.append(f"{did}: put back (`{again}` redoes it)")
+            else:
+                notes.append(f"{did}: restored at {sha[:12]}")
+        return notes
 
     def _restore_checkout(self, keep: Path) -> str | None:
         now = _dirty(self.workspace)
@@ -102,6 +133,12 @@ class Outside:
 def _refs(workspace: Workspace) -> dict[str, str]:
     out = workspace.git("for-each-ref", "--format=%(refname) %(objectname)", *_REF_SPACES)
     return dict(line.rsplit(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def _checked_out(workspace: Workspace) -> set[str]:
+    """The branches some worktree of the repository has checked out (``refs/heads/...``)."""
+    listing = workspace.git("worktree", "list", "--porcelain")
+    return {line[len("branch ") :] for line in listing.splitlines() if line.startswith("branch ")}
 
 
 def _dirty(workspace: Workspace) -> dict[str, tuple]:
