@@ -16,6 +16,13 @@ Spending is tracked per proposal (its ``cost``: tokens in and out, dollars) and 
 ``max_total_tokens`` or ``max_cost`` is reached, or the API stays unreachable after all
 retries, :meth:`propose` returns None and :meth:`stop_reason` says why.
 
+Ctrl-C or SIGTERM while a request is in flight (:meth:`LLMAgent.interrupt`): neither SDK can
+cancel a read from another thread (closing the client does not end it), and the loop's desk
+thread is one the interpreter waits for at exit, so the process would live until
+``request_timeout`` ran out. Each request therefore runs on a daemon thread of its own, which
+the exit does not wait for; the proposal waiting on it raises :class:`ProposalAbandoned` at
+once, so nothing half-made reaches the ledger.
+
 Example (a local vLLM server)::
 
     agent = LLMAgent(LLMSettings(provider="openai", model="Qwen/Qwen2.5-Coder-32B",
@@ -54,6 +61,10 @@ log = logging.getLogger("nightlab.agents.llm.agent")
 MAX_FAILED_ROUNDS = 5
 LESSON_TOKENS = 80
 LESSONS_PER_CALL = 5
+
+
+class ProposalAbandoned(Exception):
+    """The proposal in progress was given up because nightlab is stopping (see interrupt)."""
 
 
 @dataclass
@@ -107,6 +118,8 @@ class LLMAgent(Agent):
         self.spent = _Spend()
         self._stop_reason: str | None = None
         self._failed = False  # the stop is the API's failure, not a cap
+        self._interrupted = threading.Event()  # nightlab is stopping: abandon the request in flight
+        self._waiting: threading.Event | None = None  # set to wake the wait for the request in flight
 
     # -- the Agent protocol -------------------------------------------------------------------
 
@@ -157,6 +170,17 @@ class LLMAgent(Agent):
                     )
                 )
 
+    def interrupt(self) -> None:
+        """nightlab is stopping (Ctrl-C, SIGTERM): the request in flight is abandoned at once, on
+        whichever thread waits for it, and every later one is refused; the proposal in progress
+        raises :class:`ProposalAbandoned` instead of returning. Spending already answered stays
+        in :attr:`spent`."""
+        self._interrupted.set()
+        with self._lock:
+            waiting = self._waiting
+        if waiting is not None:
+            waiting.set()
+
     # -- public helpers for the loop ----------------------------------------------------------
 
     @property
@@ -193,7 +217,7 @@ class LLMAgent(Agent):
         for attempt in range(1, self.config.retries + 2):
             if self._over_cap():
                 return None
-            reply = self.model.complete(prompt.system, messages, self.config.max_output_tokens)
+            reply = self._complete(prompt.system, messages, self.config.max_output_tokens)
             self._account(spend, reply)
             parsed = None  # an invalid proposal carries the last answer's edits, never an older one's
             try:
@@ -287,9 +311,7 @@ class LLMAgent(Agent):
             "Answer only with lines of the form '#<id>: <lesson>'."
         )
         try:
-            reply = self.model.complete(
-                system, [{"role": "user", "content": prompt}], LESSON_TOKENS * len(owed)
-            )
+            reply = self._complete(system, [{"role": "user", "content": prompt}], LESSON_TOKENS * len(owed))
         except ProviderUnavailable as exc:
             log.warning("no lessons written: %s", exc)
             return {}
@@ -301,6 +323,38 @@ class LLMAgent(Agent):
             if e.id in found:
                 e.lesson = found[e.id]
         return found
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _complete(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
+        """``model.complete`` on a daemon thread, waited for until it ends or :meth:`interrupt`
+        gives it up (see the module docstring: an abandoned read must not keep the process)."""
+        done = threading.Event()
+        outcome: list[Reply | BaseException] = []
+
+        def call() -> None:
+            try:
+                outcome.append(self.model.complete(system, messages, max_tokens))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        with self._lock:
+            self._waiting = done
+        try:
+            if self._interrupted.is_set():
+                raise ProposalAbandoned("nightlab is stopping: no further model request")
+            threading.Thread(target=call, name="nightlab-llm-request", daemon=True).start()
+            done.wait()
+        finally:
+            with self._lock:
+                self._waiting = None
+        if not outcome:  # woken by interrupt(): the request is left to its daemon thread
+            raise ProposalAbandoned("nightlab is stopping: the model request in flight was abandoned")
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
 
     # -- spending -----------------------------------------------------------------------------
 
