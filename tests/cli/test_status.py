@@ -182,3 +182,19 @@ def test_serve_waits_a_moment_for_a_ledger_the_first_run_is_creating(tmp_path: P
         assert _workspace(root, None, strict=False)[2] == "t"  # the run's tag, not today's
     finally:
         creator.join()
+
+
+def test_status_json_has_each_experiments_agent_hypothesis_and_meta(tmp_path: Path) -> None:
+    """What the report shows of a proposal is in the JSON too; the keys before them are unchanged."""
+    proposal = {**edit("LR = 0.1", "LR = 0.3", "LR up"), "hypothesis": "LR is below its optimum"}
+    root = make_workspace(tmp_path / "ws", proposals=[proposal])
+    assert nightlab("run", str(root), "--plain").returncode == 0
+    data = json.loads(nightlab("status", str(root), "--json").stdout)
+    baseline, kept = data["experiments"]
+    assert (kept["agent"], kept["hypothesis"]) == ("replay", "LR is below its optimum")
+    assert kept["meta"]["replay_line"] == 1  # the agent's own note, as the ledger keeps it
+    assert isinstance(baseline["meta"], dict) and not baseline["hypothesis"]
+    assert data["best"]["hypothesis"] == "LR is below its optimum"
+    before = {"id", "kind", "commit", "status", "decision", "metric", "spread", "runs", "delta"}
+    before |= {"improvement", "delta_se", "p_value", "description", "reason", "audit"}
+    assert before | {"created_at", "finished_at"} <= set(kept)

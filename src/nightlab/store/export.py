@@ -118,6 +118,13 @@ def _summary(ledger: Ledger, e: ExperimentRow, live: bool, sign: float) -> dict:
         "p_value": e.p_value,
         "description": e.description,
         "reason": e.reason,
+        # What the report and the dashboard show beside the description: which agent proposed
+        # it, why it should help, and what the agent and the loop noted (its proposal id, the
+        # files hash, a pruned run's evidence, a coding CLI's status and log). Agents see the
+        # same meta in their history, so nothing here is new to them.
+        "agent": e.agent,
+        "hypothesis": e.hypothesis,
+        "meta": e.meta if isinstance(e.meta, dict) else {},
         # Why the diff audit flagged it ([audit] mode = "mark"); None when it was not flagged.
         "audit": e.meta.get("audit") if isinstance(e.meta, dict) else None,
         "created_at": e.created_at,
