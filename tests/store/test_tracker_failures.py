@@ -8,6 +8,7 @@ the exit code, and a run that ends when its research does.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import signal
@@ -106,6 +107,32 @@ def test_export_to_a_server_answering_errors_gives_up_in_seconds_on_one_line(
     assert _Failing.calls >= 2  # MLflow's client retried: bounded, not switched off
 
 
+@contextlib.contextmanager
+def _silent_server() -> Iterator[str]:
+    """A loopback port that accepts connections (the kernel does, from its backlog) and never
+    sends a byte: a hung server, or a port forward to nothing."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        yield f"http://127.0.0.1:{silent.getsockname()[1]}"
+
+
+def test_export_to_a_server_that_never_answers_fails_in_seconds_on_one_line(night: Path) -> None:
+    """It used to cost MLflow's client two minutes (30 s a try, three retries) before failing."""
+    with _silent_server() as uri:
+        started = time.monotonic()
+        res = nightlab("export", str(night), "--to", "mlflow", "-o", f"tracking_uri={uri}", timeout=SECONDS)
+        took = time.monotonic() - started
+    assert took < 15, f"{took:.1f} s"  # the probe's 5 s and the start-up
+    assert res.returncode == 2  # the address is the user's to fix, as for a server that is down
+    line = _one_line(res.stderr)
+    assert line.startswith(
+        f"error: mlflow: cannot reach the tracking server {uri} (it accepts connections but sent no "
+        "answer within 5 s): "
+    ), line
+    assert "MLFLOW_TRACKING_URI" in line
+
+
 def test_an_unknown_option_names_the_option_not_the_file(night: Path) -> None:
     res = nightlab("export", str(night), "--to", "mlflow", "-o", "bogus=1")
     assert res.returncode == 2
@@ -154,3 +181,23 @@ def test_a_live_tracker_that_is_down_neither_stops_nor_holds_up_the_run(tmp_path
     assert len(warnings) == 1, res.stderr  # one line however many passes failed
     assert warnings[0].startswith(f"warning: mlflow: cannot reach the tracking server {uri}")
     assert "Traceback" not in res.stderr
+
+
+def test_a_live_tracker_that_never_answers_neither_stops_nor_holds_up_the_run(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws", proposals=PROPOSALS)
+    with _silent_server() as uri:
+        toml = root / "nightlab.toml"
+        toml.write_text(
+            toml.read_text() + f'[trackers]\nlive = ["mlflow"]\n[trackers.mlflow]\ntracking_uri = "{uri}"\n'
+        )
+        git(root, "commit", "-qam", "live mlflow")
+        started = time.monotonic()
+        res = nightlab("run", str(root), "--plain", timeout=SECONDS * 2)
+        took = time.monotonic() - started
+    assert took < 45, f"{took:.1f} s"  # the end waits for the last pass at most 30 s
+    assert res.returncode == 0, res.stderr
+    assert "kept" in res.stdout or "discarded" in res.stdout  # the research went on
+    warnings = [line for line in res.stderr.splitlines() if "mlflow" in line]
+    assert len(warnings) == 1, res.stderr  # one line however many passes failed
+    assert warnings[0].startswith(f"warning: mlflow: cannot reach the tracking server {uri} (it accepts")
+    assert "still sending" not in res.stderr and "Traceback" not in res.stderr

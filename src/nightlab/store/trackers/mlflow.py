@@ -13,9 +13,12 @@ sends only what is not.
 A tracking server nobody answers costs MLflow's client minutes before it gives up (7 retries
 with a backoff factor of 2, about four minutes, each try waiting up to 120 s): so before the
 first request, :meth:`MlflowTracker.open_session` opens one TCP connection to the server with a
-short timeout (:data:`CONNECT_SECONDS`), and a refused or silent one is one line naming the
-address and what to fix (:class:`TrackerUnreachable`). ``nightlab export`` also bounds MLflow's
-retries (:data:`EXPORT_HTTP_LIMITS`) for a server that answers with errors.
+short timeout (:data:`CONNECT_SECONDS`), then sends one GET to its REST API and waits at most
+:data:`REPLY_SECONDS` for any answer (an error status counts: the server is there). A refused
+connection, or one accepted and never answered (a hung server, a port forward to nothing, the
+wrong service), is one line naming the address and what to fix (:class:`TrackerUnreachable`),
+in seconds. ``nightlab export`` also bounds MLflow's retries (:data:`EXPORT_HTTP_LIMITS`) for a
+server that answers with errors.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
+import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
@@ -35,6 +40,11 @@ from nightlab.store.trackers.registry import Tracker, TrackerTarget
 BATCH = 100  # MLflow takes at most 100 params, 100 tags and 1000 metrics per log_batch
 # Seconds to wait for the tracking server to accept a connection before the first request.
 CONNECT_SECONDS = 5.0
+# Seconds to wait for the server's first answer to the probe: an MLflow server answers a search
+# of one experiment in milliseconds; MLflow's own client would wait 120 s, seven times.
+REPLY_SECONDS = 5.0
+# What the probe asks: read-only, answered by every MLflow server since 1.x (any status will do).
+PROBE_PATH = "/api/2.0/mlflow/experiments/search?max_results=1"
 # MLflow's retry variables as ``nightlab export`` sets them where the user has not: a server that
 # answers with errors (500, 503, 429) is given up on after seconds (~7 s of backoff), not four
 # minutes; exporting again sends what is missing. Not set for ``[trackers] live``: those
@@ -192,26 +202,56 @@ class MlflowTracker(Tracker):
         self.client.set_terminated(self.parent_id, status="FINISHED")
 
 
-def check_reachable(uri: str, timeout: float = CONNECT_SECONDS) -> None:
-    """Raise :class:`TrackerUnreachable` when ``uri`` is an http(s) server that refuses or does not
-    answer a TCP connection within ``timeout``. Other stores (sqlite, files, databricks) and a
-    server reached through a proxy (``HTTPS_PROXY``...) are left to MLflow's client."""
+def check_reachable(uri: str, timeout: float = CONNECT_SECONDS, reply: float = REPLY_SECONDS) -> None:
+    """Raise :class:`TrackerUnreachable` when ``uri`` is an http(s) server that refuses a TCP
+    connection within ``timeout``, or accepts it and sends no answer to one GET of its REST API
+    within ``reply`` seconds. Other stores (sqlite, files, databricks) and a server reached
+    through a proxy (``HTTPS_PROXY``...) are left to MLflow's client."""
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return
     if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(parts.hostname):
         return
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # no user:password
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         socket.create_connection((parts.hostname, port), timeout=timeout).close()
     except (OSError, ValueError) as exc:
         reason = "no answer" if isinstance(exc, TimeoutError) else getattr(exc, "strerror", None) or str(exc)
-        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # no user:password
-        raise TrackerUnreachable(
-            f"mlflow: cannot reach the tracking server {shown} ({reason}): start it, or point "
-            "tracking_uri ([trackers.mlflow] in nightlab.toml, -o tracking_uri=..., or "
-            "MLFLOW_TRACKING_URI) at one that runs"
-        ) from None
+        raise _unreachable(shown, reason) from None
+    if not _answers(shown, reply):
+        raise _unreachable(shown, f"it accepts connections but sent no answer within {reply:g} s")
+
+
+def _answers(uri: str, seconds: float) -> bool:
+    """Whether the server at ``uri`` answers one GET within ``seconds``: any HTTP status, or any
+    failure that is not a timeout (those are MLflow's client's to report, with its own words).
+    No credentials are sent, and a certificate is not checked: only the silence is looked for."""
+    request = urllib.request.Request(uri.rstrip("/") + PROBE_PATH, method="GET")
+    tls = ssl.create_default_context()
+    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+    opener = urllib.request.build_opener(  # no proxy: check_reachable returned where one applies
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=tls)
+    )
+    try:
+        with opener.open(request, timeout=seconds):
+            return True
+    except urllib.error.HTTPError:
+        return True  # a status: the server is there
+    except urllib.error.URLError as exc:
+        return not isinstance(exc.reason, TimeoutError)
+    except TimeoutError:
+        return False
+    except (OSError, ValueError):  # a reset, a server that speaks no HTTP: MLflow's to report
+        return True
+
+
+def _unreachable(shown: str, reason: str) -> TrackerUnreachable:
+    return TrackerUnreachable(
+        f"mlflow: cannot reach the tracking server {shown} ({reason}): start it, or point "
+        "tracking_uri ([trackers.mlflow] in nightlab.toml, -o tracking_uri=..., or "
+        "MLFLOW_TRACKING_URI) at one that runs"
+    )
 
 
 def _quote(text: str) -> str:
