@@ -107,6 +107,26 @@ class BudgetConfig(_Strict):
         return out
 
 
+# Words of a metric's name (split at '_', '-', '.', '/', '@', digits kept) that mean higher is
+# better, and words that mean lower is better (which win: "top1_error" is an error).
+_SCORE_WORDS = frozenset(
+    "acc accuracy top1 top5 f1 fscore auc auroc auprc ap map miou iou dice bleu rouge rougel chrf "
+    "meteor precision recall psnr ssim reward return r2 em correct pass win".split()
+)
+_LOSS_WORDS = frozenset(
+    "loss error err errors perplexity ppl bpb bpc nll wer cer mse mae rmse fid latency time "
+    "seconds regret distance".split()
+)
+
+
+def looks_like_a_score(name: str) -> bool:
+    """Whether a metric named ``name`` is, by its words, one where higher is better."""
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+    words = set(re.split(r"[^a-z0-9]+", spaced)) - {""}
+    words |= {w.rstrip("0123456789") for w in words}  # bleu4, acc1
+    return bool(words & _SCORE_WORDS) and not words & _LOSS_WORDS
+
+
 class MetricConfig(_Strict):
     name: str = "val_bpb"
     direction: Direction = Direction.MINIMIZE
@@ -160,6 +180,18 @@ class MetricConfig(_Strict):
                     "the only one: write the others as (?:...), or name them (?P<step>...), or "
                     "name the metric's (?P<value>...)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _direction_for_a_score(self) -> MetricConfig:
+        # Minimising an accuracy makes every night worse while looking like research: found from
+        # outside, a night kept four changes that took a classifier from 76% to 17%. A name that
+        # reads as a score must say its direction; one that reads as a loss or error need not.
+        if "direction" not in self.model_fields_set and looks_like_a_score(self.name):
+            raise ValueError(
+                f"'{self.name}' reads as a score where higher is better, but direction defaults to "
+                '"minimize": set direction = "maximize" (or "minimize" if lower is better)'
+            )
         return self
 
 
