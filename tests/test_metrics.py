@@ -23,6 +23,19 @@ def test_read_metrics_json_that_is_not_an_object_has_no_metrics(tmp_path: Path, 
     assert read_metrics_json(path) == {}
 
 
+def test_read_metrics_json_of_json_lines_takes_each_names_last_number(tmp_path: Path) -> None:
+    """A log of evaluations, one JSON object per line (found from outside: such a file was
+    refused as holding 'no number'); a line cut off by a killed writer is skipped."""
+    path = tmp_path / "log.jsonl"
+    path.write_text(
+        '{"step": 10, "val_loss": 1.5, "lr": 0.001}\n'
+        '{"step": 20, "train_loss": 1.1}\n'
+        '{"step": 30, "val_loss": 1.25, "note": "x"}\n'
+        '{"step": 40, "val_lo'
+    )
+    assert read_metrics_json(path) == {"step": 30.0, "val_loss": 1.25, "lr": 0.001, "train_loss": 1.1}
+
+
 def test_read_metrics_json_missing_file_has_no_metrics(tmp_path: Path) -> None:
     assert read_metrics_json(tmp_path / "metrics.json") == {}
 

@@ -19,25 +19,50 @@ class MetricsFileError(ValueError):
 def read_metrics_json(path: Path) -> dict[str, float]:
     """Numbers from a ``metrics.json``; non-numeric entries are kept out of the metric dict.
 
+    The file may also be JSON lines (``{"step": 10, "val_loss": 1.23}`` per evaluation, as many
+    training scripts log): each name then takes the last number any line gave it.
     A missing file, or JSON that is not an object, gives ``{}`` (the caller then reports the
     metric as not found). A file that cannot be read or parsed raises :class:`MetricsFileError`,
     so the caller can say why the run has no metric.
     """
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # not UTF-8
         raise MetricsFileError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        return {}
+    except OSError as exc:
+        raise MetricsFileError(f"{path}: cannot be read ({exc})") from exc
+    try:
+        objects = [json.loads(text)]
+    except ValueError as exc:
+        objects = _json_lines(text)
+        if not objects:
+            raise MetricsFileError(f"{path}: not valid JSON, nor JSON lines ({exc})") from exc
     out: dict[str, float] = {}
-    for key, value in data.items():
-        if isinstance(value, bool):
+    for data in objects:  # JSON lines (a log of evaluations): each name's last number counts
+        if not isinstance(data, dict):
             continue
-        if isinstance(value, (int, float)):
-            out[str(key)] = float(value)
+        for key, value in data.items():
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)):
+                out[str(key)] = float(value)
     return out
+
+
+def _json_lines(text: str) -> list[object]:
+    """The lines of ``text`` that parse as JSON objects, in order (a trailing line cut off by a
+    killed writer is skipped); empty when no line does."""
+    found: list[object] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+    return found
 
 
 _NON_FINITE = re.compile(r"(?<![A-Za-z])[-+]?(nan|inf|infinity)(?![A-Za-z])", re.IGNORECASE)
