@@ -68,7 +68,9 @@ def test_init_force_never_overwrites_work_git_does_not_hold(tmp_path: Path) -> N
     assert "\n" not in line and "--force would overwrite train.py" in line and "git add -A" in line, line
     assert train.read_text().endswith("# my uncommitted idea\n")
     git(root, "commit", "-qam", "my idea")
-    assert nightlab("init", str(root), "--size", "cpu", "--force").returncode == 0  # git holds it now
+    res = nightlab("init", str(root), "--size", "cpu", "--force")
+    assert res.returncode == 0  # git holds it now, and the output names what it replaced
+    assert "replaced train.py with the template's; your versions are in git" in res.stdout, res.stdout
     assert "my uncommitted idea" in git(root, "show", "HEAD~1:train.py")
 
 

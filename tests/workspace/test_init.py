@@ -172,6 +172,7 @@ def test_init_refuses_a_non_empty_directory_unless_forced(tmp_path: Path) -> Non
     (root / "notes.txt").write_text("mine\n")
     res = nightlab("init", str(root))
     assert res.returncode == 2 and "not empty" in res.stderr and "--force" in res.stderr
+    assert "own training script" in res.stderr and "nightlab.toml" in res.stderr  # no init needed
     assert nightlab("init", str(root), "--size", "cpu", "--force").returncode == 0
     assert (root / "notes.txt").read_text() == "mine\n"
     assert (root / "train.py").is_file()

@@ -42,8 +42,11 @@ def init(
     """Create a research workspace: a git repository with the template's files and a first commit."""
     from nightlab.workspace.init import init_workspace
 
-    used = init_workspace(directory, template=template, size=size, force=force, dataset=dataset)
+    used, replaced = init_workspace(directory, template=template, size=size, force=force, dataset=dataset)
     console.print(f"created {directory} ({template}{', ' + used + ' size' if used else ''})")
+    if replaced:
+        shown = ", ".join(replaced[:8]) + (f" and {len(replaced) - 8} more" if len(replaced) > 8 else "")
+        console.print(f"replaced {shown} with the template's; your versions are in git (git log -p -- FILE)")
     console.print(f"next: nightlab run {directory}")
 
 

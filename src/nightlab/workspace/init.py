@@ -210,8 +210,9 @@ def init_workspace(
     size: str | None = None,
     force: bool = False,
     dataset: str | None = None,
-) -> str:
-    """Write the template into ``directory`` and make the first commit; returns the size used.
+) -> tuple[str, list[str]]:
+    """Write the template into ``directory`` and make the first commit; returns the size used
+    and the files of ``directory`` that ``force`` replaced (their old content is in git).
 
     ``dataset`` (a name or a path) sets the template's ``DATASET`` constant, after the size's
     constants; a template without one is a :class:`UserError`.
@@ -226,7 +227,11 @@ def init_workspace(
             f"--size '{size}' unknown for template {template}; choose one of {', '.join(sorted(sizes))}"
         )
     if directory.exists() and any(directory.iterdir()) and not force:
-        raise UserError(f"{directory} is not empty; choose a new directory or pass --force to write into it")
+        raise UserError(
+            f"{directory} is not empty; choose a new directory for the {template} template, or pass --force "
+            "to write it over what is there (for your own training script, no init is needed: write a "
+            "nightlab.toml beside it, docs/ARBITRARY_TARGETS.md)"
+        )
     if shutil.which("git") is None:
         raise UserError("git not found on PATH; nightlab keeps every experiment in git, so install git first")
 
@@ -239,8 +244,14 @@ def init_workspace(
         files = apply_size(files, sizes, size)
     if dataset is not None:
         files = apply_dataset(files, dataset, template)
+    replaced: list[str] = []
     if force:
         _refuse_to_lose(directory, files)
+        replaced = [
+            r
+            for r, text in files.items()
+            if (directory / r).is_file() and (directory / r).read_text(errors="replace") != text
+        ]
     directory.mkdir(parents=True, exist_ok=True)
     for rel, text in files.items():
         target = directory / rel
@@ -256,4 +267,4 @@ def init_workspace(
     clean = subprocess.run(["git", "status", "--porcelain"], cwd=directory, capture_output=True, text=True)
     if clean.returncode != 0 or clean.stdout.strip():  # --force over identical files: nothing to commit
         commit_all(directory, f"nightlab init ({label})")
-    return size or ""
+    return size or "", replaced
