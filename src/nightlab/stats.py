@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 from scipy import special
 
+# A spread this small relative to the metric is zero (identical results, not a measured noise).
+ZERO_SPREAD = 1e-9
+
 # Beyond this many extra runs a difference is "not settleable" in practice.
 _MAX_RUNS = 100_000
 

@@ -60,10 +60,15 @@ def test_a_script_that_ignores_its_seed_is_named_and_never_read_as_certainty(tmp
     # Identical replicates would make a 0.004 gain "certain"; with the assumed 1% noise it is not.
     assert small["decision"] == "discard"
     assert large["decision"] == "keep" and "noise sd 0.0139 assumed (1% of the incumbent" in large["reason"]
+    assert "noise sd 0.0139 assumed" in small["reason"]  # a discard says what it rested on too
     status = json.loads(nightlab("status", str(root), "--json").stdout)
     assert any("ignores NIGHTLAB_SEED" in w for w in status["warnings"])
+    table = nightlab("status", str(root), env={"COLUMNS": "200"})
+    assert "warning: " in table.stdout and "ignores NIGHTLAB_SEED" in " ".join(table.stdout.split())
     report = nightlab("report", str(root))
-    assert "ignores NIGHTLAB_SEED" in " ".join(report.stdout.split())
+    said = " ".join(report.stdout.split())
+    assert "ignores NIGHTLAB_SEED" in said and "Noise floor not measurable" in said, said
+    assert "sd 0.000000" not in said and "Warning" not in report.stderr  # no matplotlib warning either
 
 
 def test_a_kept_change_remeasured_on_fresh_runs_keeps_the_assumed_noise(tmp_path: Path) -> None:

@@ -178,3 +178,5 @@ def print_status_table(data: dict, metric_name: str) -> None:
             markup=False,
             highlight=False,
         )
+    for text in data.get("warnings") or []:  # what makes the night less honest than it looks
+        console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)

@@ -100,7 +100,7 @@ def _draw(ax, points, kept, direction: Direction, noise, n_total: int) -> None: 
     baseline = kept[0][1] if kept else points[0][1]
     best = max((direction.of(m) for _, m, _ in kept), default=direction.of(baseline)).number
     sign = direction.sign  # for the axis limits: which way "better" points
-    spread = abs(best - baseline) or (noise.sd * 4 if noise else abs(baseline) * 0.01 or 1.0)
+    spread = abs(best - baseline) or (noise.sd * 4 if noise and noise.sd > 0 else abs(baseline) * 0.01 or 1.0)
     margin = spread * 0.15 + (noise.sd if noise else 0.0)
     # Limits in "worse" and "better" directions; for a minimised metric worse is up.
     worse_edge = baseline - sign * margin

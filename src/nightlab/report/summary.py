@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nightlab.formatting import fixed, signed
-from nightlab.stats import noise_floor
+from nightlab.stats import ZERO_SPREAD, noise_floor
 from nightlab.store.export import holdout_checks, warnings
 from nightlab.store.recorded import read_slot, recorded_run_dir
 from nightlab.types import Direction
@@ -102,12 +102,14 @@ def summary_renderable(
         pct = f" ({signed(100 * change / abs(baseline.metric_mean), 2)}%)" if baseline.metric_mean else ""
         overview.add_row("Improvement", f"{signed(change)}{pct}, {better} is better")
     noise = noise_floor(ledger.replicate_groups(tag))
-    overview.add_row(
-        "Noise floor",
-        f"sd {noise.sd:.6f} per run ({noise.df} df from {noise.groups} replicate groups)"
-        if noise
-        else "not measured",
-    )
+    if noise and noise.sd <= ZERO_SPREAD * (abs(baseline.metric_mean or 0.0) or 1.0):
+        # A spread of zero is a script that ignores its seed, never certainty (policy.noise_for).
+        floor = "not measurable: replicates with different seeds gave identical results; decisions use [policy] noise_sd, else 1% of the incumbent"
+    elif noise:
+        floor = f"sd {noise.sd:.6f} per run ({noise.df} df from {noise.groups} replicate groups)"
+    else:
+        floor = "not measured"
+    overview.add_row("Noise floor", floor)
     slots = _slots(ledger, research)
     if slots:
         overview.add_row("Slots", slots)

@@ -27,7 +27,16 @@ from typing import Literal
 from nightlab.config import PolicySection
 from nightlab.formatting import decimals_for, signed
 from nightlab.plugins import Kind, Registry, Settings
-from nightlab.stats import Comparison, NoiseEstimate, conditional_power, mean, pooled_test, t_quantile, t_sf
+from nightlab.stats import (
+    ZERO_SPREAD,
+    Comparison,
+    NoiseEstimate,
+    conditional_power,
+    mean,
+    pooled_test,
+    t_quantile,
+    t_sf,
+)
 from nightlab.types import Direction
 
 Action = Literal["keep", "discard", "confirm"]
@@ -286,8 +295,6 @@ class ConfirmPolicy(Policy):
 
 # Assumed run-to-run sd, as a share of the incumbent's value, when replicates are identical.
 DEFAULT_NOISE_SHARE = 0.01
-# A spread this small relative to the metric is zero (identical results, not a measured noise).
-ZERO_SPREAD = 1e-9
 # Runs must differ by at least this much before one counts as slower (start-up jitter aside).
 MIN_SLOWER_SECONDS = 1.0
 
@@ -323,9 +330,9 @@ def review(decision: Decision, evidence: Evidence, section: PolicySection) -> De
     """What every policy's keep or confirm gets on top: how the noise was obtained when it was
     not measured, and a flag (or, with ``refuse_slower``, a refusal) when the candidate's runs
     take clearly longer than the incumbent's, so a gain bought with compute is seen."""
-    if decision.action == "discard":
-        return decision
     reason = decision.reason + (f"; {evidence.noise_note}" if evidence.noise_note else "")
+    if decision.action == "discard":  # an assumed noise decides discards too: said there as well
+        return replace(decision, reason=reason)
     cand, inc = evidence.candidate_seconds, evidence.incumbent_seconds
     if cand and inc and cand / inc > section.slower_ratio and cand - inc >= MIN_SLOWER_SECONDS:
         ratio = cand / inc
