@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from nightlab.executor.outcome import Kill, classify
+from nightlab.executor.outcome import Kill, classify, crash_reason
 from nightlab.executor.summary import (
     exception_line,
     last_status,
@@ -124,3 +124,18 @@ def test_classify_rules() -> None:
     kill = Kill(RunStatus.TIMEOUT, "killed after 3 s timeout")
     assert classify(-15, "status: nan", kill) == (RunStatus.TIMEOUT, "killed after 3 s timeout")
     assert len(classify(1, "x" * 5000)[1]) <= 300
+
+
+def test_a_crash_inside_a_drawn_frame_is_told_by_its_message_not_the_frame() -> None:
+    """typer and click print their usage errors in a rich panel: the reason was '╰───╯' (found
+    from outside); now the message inside the frame."""
+    log = (
+        "Usage: train.py [OPTIONS]\n"
+        "Try 'train.py --help' for help.\n"
+        "╭─ Error ─────────────────────────────────────────╮\n"
+        "│ No such option: --grad_clip Did you mean --grad-clip? │\n"
+        "╰─────────────────────────────────────────────────╯\n"
+    )
+    assert crash_reason(2, log) == "exit code 2: No such option: --grad_clip Did you mean --grad-clip?"
+    assert crash_reason(1, "step 1\n=====\n\n") == "exit code 1: step 1"
+    assert crash_reason(1, "") == "exit code 1"

@@ -119,11 +119,18 @@ def exception_line(text: str) -> str | None:
     return None
 
 
+# Frames drawn around a message (rich's error panels, which click and typer print): U+2500-U+257F.
+_FRAME = "".join(chr(c) for c in range(0x2500, 0x2580)) + " \t|+"
+
+
 def last_line(text: str) -> str:
-    """The last non-empty line, stripped ("" for an empty log)."""
+    """The last line that says something, stripped ("" for an empty log): a line of a frame
+    drawn around a message (``╰────╯``) says nothing, and a framed line (``│ No such option:
+    --lr │``) is read without its frame, so a crash of a typer script is not told as ``╰───╯``."""
     for line in reversed(visible_lines(text)):
-        if line.strip():
-            return line.strip()
+        inner = line.strip().strip(_FRAME)
+        if any(ch.isalnum() for ch in inner):
+            return inner
     return ""
 
 
