@@ -195,6 +195,43 @@ def test_check_refuses_a_fixed_seed_and_an_ignored_budget(tmp_path: Path, train:
     assert finding in out and "fix what is marked FIX" in out
 
 
+SEED_OPTION_ARGS = """\
+import argparse
+def parse():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=1337)
+    return parser.parse_args()
+"""
+SEED_OPTION_TRAIN = """\
+import random
+from args import parse
+a = parse()
+print(f"val loss {1.0 + random.Random(a.seed).gauss(0, 0.01) + a.lr:.4f}")
+"""
+
+
+@pytest.mark.parametrize(
+    ("run", "fix"),
+    [
+        (
+            "python train.py",
+            'pass it to the script\'s own option: run = "python train.py --seed $NIGHTLAB_SEED"',
+        ),
+        ("python train.py --seed 7", "the run command sets --seed to a fixed value: give it $NIGHTLAB_SEED"),
+    ],
+)
+def test_check_names_the_scripts_own_seed_option_as_the_fix(tmp_path: Path, run: str, fix: str) -> None:
+    """train.py frozen, its options in an editable file: the code edit the check used to suggest
+    could not be made; the script's --seed option is the fix (found from outside)."""
+    files = {"train.py": SEED_OPTION_TRAIN, "args.py": SEED_OPTION_ARGS}
+    root = _workspace(tmp_path / "ws", files, ["args.py"], ["train.py"], run)
+    check = nightlab("check", str(root), "--seconds", "1")
+    out = " ".join(check.stdout.split())
+    assert check.returncode == 1 and "FIX seed: seeds 1 and 2 gave the identical" in out, out
+    assert fix in out and "torch.manual_seed" not in out, out
+
+
 def test_a_script_with_no_knobs_stops_before_anything_runs(tmp_path: Path) -> None:
     train = 'import os\nprint("val loss", 1.0 + int(os.environ["NIGHTLAB_SEED"]) * 0)\n'
     root = _workspace(tmp_path / "ws", {"train.py": train}, ["train.py"], [], "python train.py")

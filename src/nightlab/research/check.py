@@ -15,11 +15,13 @@ says what is wrong and how to fix it; the night is honest only when every one pa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from nightlab.agents.registry import AGENTS
 from nightlab.agents.search.describe import why_empty
 from nightlab.agents.search.space import build_space
+from nightlab.code.knobs import find_knobs
 from nightlab.config import BudgetConfig
 from nightlab.executor import sandbox
 from nightlab.research.context import editable_texts
@@ -72,6 +74,26 @@ def check_target(session: Session, seconds: float) -> CheckReport:
     _runs(session, replicates, budget, report)
     _uncommitted(session, report)
     return report
+
+
+def _seed_fix(session: Session) -> str:
+    """How to get the seed into the script: through its own seed option where it has one (a
+    frozen train.py with an editable arguments file cannot take the code edit), else in code."""
+    run = session.config.target.run
+    files = editable_texts(session.config, session.workspace, session.workspace.head_commit())
+    for path, text in files.items():
+        for knob in find_knobs(text, path):
+            if not re.search(r"(?:^|[._])seed$", knob.name, re.IGNORECASE):
+                continue
+            flag = max((f for f in knob.flags if f.startswith("--")), key=len, default=None)
+            if flag is None and knob.source == "dataclass":  # parsed into options by the script's parser
+                flag = f"--{knob.name}"
+            if flag is None:
+                continue
+            if re.search(rf"(?:^|\s){re.escape(flag)}(?:[=\s]|$)", run):
+                return f"the run command sets {flag} to a fixed value: give it $NIGHTLAB_SEED instead"
+            return f'pass it to the script\'s own option: run = "{run} {flag} $NIGHTLAB_SEED"'
+    return "seed its random generators from it (e.g. torch.manual_seed(int(os.environ['NIGHTLAB_SEED'])))"
 
 
 def _uncommitted(session: Session, report: CheckReport) -> None:
@@ -134,8 +156,7 @@ def _runs(session: Session, replicates: list[Replicate], budget: BudgetConfig, r
         same = len(set(values)) == 1
         detail = (
             f"seeds {SEEDS[0]} and {SEEDS[1]} gave the identical {values[0]:.6g}: the script ignores "
-            "NIGHTLAB_SEED; seed its random generators from it (e.g. torch.manual_seed(int(os.environ"
-            "['NIGHTLAB_SEED']))), or declare [policy] noise_sd"
+            f"NIGHTLAB_SEED; {_seed_fix(session)}, or declare [policy] noise_sd"
             if same
             else f"two seeds gave two results (a difference of {abs(values[0] - values[1]):.3g})"
         )
