@@ -59,6 +59,10 @@ def test_try_keeps_a_better_edit_and_never_writes_the_users_files_unasked(tmp_pa
     result = block(worse.stdout)
     assert result["decision"] == "discard"
     assert f"vs #{kept_id(root)}" in result["delta"]
+    # The incumbent's value in the runs compared, so delta and the best line can be reconciled.
+    compared = float(result["delta"].split(" at ")[1].split()[0])
+    change = float(result["delta"].split()[0])
+    assert float(result["val_loss"].split()[0]) == pytest.approx(compared + change, abs=2e-6)
     assert "not kept: your edits are left in your files" in worse.stdout
     assert train.read_text() == worse_text
     assert git(root, "rev-parse", f"nightlab/{experiments(root)[-1]['tag']}") == branch

@@ -315,10 +315,15 @@ def result_block(session: Session, row: ExperimentRow) -> str:
         direction = session.config.metric.direction
         se = f" ± {row.delta_se:.6f}" if row.delta_se is not None else ""
         better = "lower" if direction is Direction.MINIMIZE else "higher"
+        change = direction.sign * row.delta
+        # The incumbent's value on the runs it was compared with: ``best`` below may come from
+        # other (fresh) runs of it, and the two must be reconcilable by reading.
+        against = f" at {row.metric_mean - change:.6f}" if row.metric_mean is not None else ""
         lines.append(
             (
                 "delta",
-                f"{direction.sign * row.delta:+.6f}{se} ({metric} change vs #{row.incumbent_id}, {better} is better)",
+                f"{change:+.6f}{se} ({metric} change vs #{row.incumbent_id}{against} in the runs compared, "
+                f"{better} is better)",
             )
         )
         lines.append(("improvement", f"{row.delta:+.6f} (> 0 is better)"))
