@@ -108,6 +108,9 @@ def test_dirty_tree_is_refused_naming_the_files(repo: Path) -> None:
     assert message.startswith("workspace has uncommitted changes (")
     assert "train.py" in message and "notes.txt" in message and "out.log" not in message
     assert message.endswith("commit or stash them first")
+    git(repo, "checkout", "--", "train.py")  # only a new file left: a log beside the script, often
+    with pytest.raises(UserError, match=r"untracked files \(notes.txt\), which the runs would not see"):
+        ws.ensure_clean()
 
 
 def test_dirty_message_names_at_most_five_files(repo: Path) -> None:

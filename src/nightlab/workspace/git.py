@@ -126,6 +126,12 @@ class Workspace:
         dirty = self.dirty_files()
         if dirty:
             shown = ", ".join(dirty[:5]) + (f", and {len(dirty) - 5} more" if len(dirty) > 5 else "")
+            tracked = run_git(["status", "--porcelain=v1", "-z", "--untracked-files=no"], self.root).stdout
+            if not tracked.strip(b"\0"):  # only new files: a log or notes beside the script, often
+                raise UserError(
+                    f"workspace has untracked files ({shown}), which the runs would not see (they start "
+                    "from commits): commit them, or list them in .gitignore"
+                )
             raise UserError(f"workspace has uncommitted changes ({shown}): commit or stash them first")
 
     def head_commit(self) -> str:
