@@ -34,9 +34,12 @@ import ast
 import math
 import re
 
+from nightlab.code.knobs.absl import absl_flag, config_dict_knobs
 from nightlab.code.knobs.choices import annotated_choices, listed_choices
-from nightlab.code.knobs.literal import KnobValue, LineOffsets, comments_by_line, literal
+from nightlab.code.knobs.entry import click_parameter, entry_knobs
+from nightlab.code.knobs.literal import KnobValue
 from nightlab.code.knobs.model import Knob
+from nightlab.code.knobs.reader import Reader, call_name, keyword, simple_assignment, string_args
 from nightlab.errors import UserError
 
 _CONSTANT = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -49,10 +52,10 @@ def python_knobs(source: str, path: str) -> list[Knob]:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
         raise UserError(f"{path}: not valid Python ({exc.msg}, line {exc.lineno}); fix the file") from None
-    reader = _Reader(source, path)
+    reader = Reader(source, path)
     settings = _leading_block(tree.body)
     for stmt in tree.body:
-        name, value = _simple_assignment(stmt)
+        name, value = simple_assignment(stmt)
         if name is None or value is None:
             continue
         reader.names[name] = value  # what a choice list or a Literal alias may refer to
@@ -75,62 +78,14 @@ def python_knobs(source: str, path: str) -> list[Knob]:
     for node in nodes:
         if isinstance(node, ast.Call):
             _option(reader, node)
+            absl_flag(reader, node)
         elif any(_is_dataclass(d) for d in node.decorator_list):
             _fields(reader, node, "dataclass")
         elif node in tree.body and _is_config_name(node.name) and not _is_enum(node):
             _fields(reader, node, "class")  # class CFG: lr = 1e-3 (a namespace of settings)
+    config_dict_knobs(reader, tree)  # def get_config(): config = ConfigDict(); config.lr = 0.05
+    entry_knobs(reader, tree)  # fire.Fire(main), @app.command(), main() under __main__
     return sorted(reader.found.values(), key=lambda k: k.start)
-
-
-class _Reader:
-    """Turns literal nodes into knobs with their exact source spans and trailing comments."""
-
-    def __init__(self, source: str, path: str) -> None:
-        self.source, self.path = source, path
-        self.offsets = LineOffsets(source)
-        self.comments = comments_by_line(source)
-        self.found: dict[str, Knob] = {}
-        self.names: dict[str, ast.expr] = {}
-
-    def add(self, name: str, node: ast.expr, stmt: ast.AST, source: str, replace: bool = False,
-            qualified: str | None = None, choices: tuple[KnobValue, ...] = (),
-            flags: tuple[str, ...] = ()) -> None:  # fmt: skip
-        parsed = literal(node)
-        if parsed is None:
-            return
-        if name in self.found and not replace:
-            if qualified is None or qualified in self.found:
-                return
-            name = qualified
-        kind, value = parsed
-        start = self.offsets.offset(node.lineno, node.col_offset)
-        end = self.offsets.offset(node.end_lineno or node.lineno, node.end_col_offset or 0)
-        end_line = node.end_lineno or node.lineno
-        end_col = end - self.offsets.line_start(end_line)
-        stmt_end = getattr(stmt, "end_lineno", None) or end_line
-        comment = ""
-        for col, text in self.comments.get(stmt_end, []):
-            if stmt_end != end_line or col >= end_col:
-                comment = text
-                break
-        self.found.pop(name, None)  # a re-assignment moves the knob to its last position
-        self.found[name] = Knob(
-            name=name,
-            value=value,
-            kind=kind,
-            text=self.source[start:end],
-            line=node.lineno,
-            col=start - self.offsets.line_start(node.lineno),
-            end_line=end_line,
-            end_col=end_col,
-            start=start,
-            end=end,
-            comment=comment,
-            path=self.path,
-            source=source,
-            choices=choices,
-            flags=flags,
-        )
 
 
 def _leading_block(body: list[ast.stmt]) -> set[ast.stmt]:
@@ -148,45 +103,64 @@ def _leading_block(body: list[ast.stmt]) -> set[ast.stmt]:
     return block
 
 
-def _option(reader: _Reader, call: ast.Call) -> None:
+def _option(reader: Reader, call: ast.Call) -> None:
     """``add_argument("--lr", default=...)`` or ``click.option("--lr", default=...)``."""
-    func = call.func
-    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    name = call_name(call)
     if name not in ("add_argument", "option"):
         return
-    default = next((k.value for k in call.keywords if k.arg == "default"), None)
+    default = keyword(call, "default")
     if default is None:
         return
-    flags = [a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-    dest = next((k.value for k in call.keywords if k.arg == "dest"), None)
+    source = "argparse" if name == "add_argument" else "click"
+    if source == "click":  # "--use-bn/--no-use-bn" is two spellings of one option `use_bn`
+        knob, spellings = click_parameter(string_args(call))
+        flags = list(spellings)
+    else:
+        flags = string_args(call)
+        knob = None
+    dest = keyword(call, "dest")
     long = next((f for f in flags if f.startswith("--")), None)
     if isinstance(dest, ast.Constant) and isinstance(dest.value, str):
         knob = dest.value
-    elif long is not None:
+    elif knob is None and long is not None:
         knob = long[2:].replace("-", "_")
-    else:
+    if knob is None:
         return  # a positional argument or a short flag only: no name a person would search
-    source = "argparse" if name == "add_argument" else "click"
-    choices = next((k.value for k in call.keywords if k.arg == "choices"), None)
-    kind = next((k.value for k in call.keywords if k.arg == "type"), None)
-    if choices is None and isinstance(kind, ast.Call) and _call_name(kind) == "Choice" and kind.args:
+    choices = keyword(call, "choices")
+    kind = keyword(call, "type")
+    if choices is None and isinstance(kind, ast.Call) and call_name(kind) == "Choice" and kind.args:
         choices = kind.args[0]  # click.Choice(["relu", "tanh"])
     listed = listed_choices(choices, reader.names)
     reader.add(knob, default, call, source, qualified=long, choices=listed, flags=tuple(flags))
 
 
-def _fields(reader: _Reader, cls: ast.ClassDef, source: str) -> None:
+def _fields(reader: Reader, cls: ast.ClassDef, source: str) -> None:
     for stmt in cls.body:
-        name, value = _simple_assignment(stmt)
+        name, value = simple_assignment(stmt)
         if name is None or value is None or name.startswith("_"):
             continue
-        if isinstance(value, ast.Call) and _call_name(value) == "field":
-            value = next((k.value for k in value.keywords if k.arg == "default"), None)
+        listed: tuple[KnobValue, ...] = ()
+        if isinstance(value, ast.Call) and call_name(value) == "field":
+            # HfArgumentParser's way: field(default="linear", metadata={"choices": [...]})
+            listed = _metadata_choices(keyword(value, "metadata"), reader.names)
+            value = keyword(value, "default")
             if value is None:
                 continue
         annotation = stmt.annotation if isinstance(stmt, ast.AnnAssign) else None
-        allowed = annotated_choices(annotation, reader.names)
+        allowed = annotated_choices(annotation, reader.names) or listed
         reader.add(name, value, stmt, source, qualified=f"{cls.name}.{name}", choices=allowed)
+
+
+def _metadata_choices(metadata: ast.expr | None, names: dict[str, ast.expr]) -> tuple[KnobValue, ...]:
+    """The ``"choices"`` list of a field's ``metadata={...}`` (as transformers' argument
+    dataclasses declare them, and as ``HfArgumentParser`` passes them on to argparse)."""
+    if isinstance(metadata, ast.Dict):
+        for key, value in zip(metadata.keys, metadata.values, strict=True):
+            if isinstance(key, ast.Constant) and key.value == "choices":
+                return listed_choices(value, names)
+    elif isinstance(metadata, ast.Call) and call_name(metadata) == "dict":
+        return listed_choices(keyword(metadata, "choices"), names)
+    return ()
 
 
 # Names that say a dict or a class holds settings: `config`, `train_cfg`, `HPARAMS`, `class CFG`,
@@ -208,23 +182,23 @@ def _is_config_name(name: str) -> bool:
 
 
 def _is_enum(cls: ast.ClassDef) -> bool:
-    return any(_call_name(base).endswith(("Enum", "Flag")) for base in cls.bases)
+    return any(call_name(base).endswith(("Enum", "Flag")) for base in cls.bases)
 
 
-def _entries(reader: _Reader, node: ast.expr, stmt: ast.stmt, prefix: str, owner: str) -> None:
+def _entries(reader: Reader, node: ast.expr, stmt: ast.stmt, prefix: str, owner: str) -> None:
     """The literal entries of a settings dict, nested dicts as dotted names (``optim.lr``)."""
     if isinstance(node, ast.Dict):
         pairs = [
             (k.value, v) for k, v in zip(node.keys, node.values, strict=True)
             if isinstance(k, ast.Constant) and isinstance(k.value, str)
         ]  # fmt: skip
-    elif isinstance(node, ast.Call) and _call_name(node) == "dict" and not node.args:
+    elif isinstance(node, ast.Call) and call_name(node) == "dict" and not node.args:
         pairs = [(k.arg, k.value) for k in node.keywords if k.arg is not None]
     else:
         return
     for key, value in pairs:
         name = f"{prefix}{key}"
-        if isinstance(value, ast.Dict) or (isinstance(value, ast.Call) and _call_name(value) == "dict"):
+        if isinstance(value, ast.Dict) or (isinstance(value, ast.Call) and call_name(value) == "dict"):
             _entries(reader, value, stmt, f"{name}.", owner)
         else:
             reader.add(name, value, stmt, "dict", qualified=f"{owner}.{name}")
@@ -240,18 +214,16 @@ def _env_default(node: ast.expr) -> ast.expr | None:
     cast = None
     while (
         isinstance(node, ast.Call)
-        and _call_name(node) in ("float", "int", "bool", "str")
+        and call_name(node) in ("float", "int", "bool", "str")
         and len(node.args) == 1
     ):
-        cast = cast or _call_name(node)
+        cast = cast or call_name(node)
         node = node.args[0]
     if not isinstance(node, ast.Call) or len(node.args) != 2:
         return None
     func = node.func
-    on_environ = (
-        isinstance(func, ast.Attribute) and func.attr == "get" and _call_name(func.value) == "environ"
-    )
-    if not (on_environ or _call_name(node) == "getenv"):
+    on_environ = isinstance(func, ast.Attribute) and func.attr == "get" and call_name(func.value) == "environ"
+    if not (on_environ or call_name(node) == "getenv"):
         return None
     variable = node.args[0]
     if not isinstance(variable, ast.Constant) or not isinstance(variable.value, str):
@@ -276,20 +248,4 @@ def _as_number(text: str, kind: type) -> int | float | None:
 
 def _is_dataclass(decorator: ast.expr) -> bool:
     target = decorator.func if isinstance(decorator, ast.Call) else decorator
-    return _call_name(target) == "dataclass"
-
-
-def _call_name(node: ast.expr) -> str:
-    if isinstance(node, ast.Call):
-        node = node.func
-    if isinstance(node, ast.Attribute):
-        return node.attr
-    return node.id if isinstance(node, ast.Name) else ""
-
-
-def _simple_assignment(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
-    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-        return stmt.targets[0].id, stmt.value
-    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-        return stmt.target.id, stmt.value
-    return None, None
+    return call_name(target) == "dataclass"

@@ -1,0 +1,286 @@
+"""Knobs in the defaults of the function a script runs: ``def main(lr=3e-3, hidden=32)``.
+
+A script whose settings are its entry function's keyword defaults has no other place to edit
+them. Those defaults are knobs only where they are *live*, where the function is called without
+a value for them, since a default the caller always overrides is a dead knob and an experiment
+on it measures only noise. The entry functions read:
+
+- ``fire``: the function given to ``fire.Fire(main)``; with ``fire.Fire()`` and no argument,
+  the one public module-level function nothing in the file calls or names (Fire exposes every
+  function then, and the command picks one: with several, which one runs cannot be read);
+- ``typer``/``click``: a function decorated ``@app.command()`` or ``@click.command()``, and one
+  given to ``typer.run(main)``. typer reads each parameter's default, also out of
+  ``typer.Option(2e-3, ...)``/``typer.Argument(...)`` (and of ``Annotated[float,
+  typer.Option()] = 2e-3``). A parameter a ``@click.option``/``@click.argument`` decorator
+  declares is left to :mod:`.python`, which reads the option's own ``default=``: click always
+  passes it, so the Python default is dead;
+- ``main``: a module-level function called with no value for the parameter under
+  ``if __name__ == "__main__":`` (``main()``, ``sys.exit(main())``), keyword-only ones included;
+- ``constructor``: an ``__init__`` default of a class defined in a file that has one of the entry
+  functions above, where every instantiation of the class in the file leaves it out
+  (``model = Net(vocab)`` for ``def __init__(self, vocab, hidden=64)``). A class instantiated
+  only in another file is not read: whether that file passes the value cannot be seen here.
+
+Conservative on purpose: a parameter any call in the file passes (by position or keyword) is not
+a knob; a function called with ``*args``/``**kwargs`` (``main(**vars(args))``), named other than
+in a call (``partial(main, ...)``, ``mp.spawn(main, ...)``), or wrapped in a decorator that may
+supply arguments (``@hydra.main``) gives none.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from nightlab.code.knobs.choices import annotated_choices
+from nightlab.code.knobs.reader import Reader, call_name, keyword, string_args
+
+_FUNCTION = (ast.FunctionDef, ast.AsyncFunctionDef)
+_Function = ast.FunctionDef | ast.AsyncFunctionDef
+# Decorators of a typer or click command that supply no argument the function's defaults would
+# lose to (options and arguments are read one by one: see _declared_by_click).
+_COMMAND_DECORATORS = {"command", "option", "argument", "pass_context", "pass_obj", "version_option",
+                       "help_option", "password_option", "confirmation_option"}  # fmt: skip
+
+
+def click_parameter(decls: list[str]) -> tuple[str | None, tuple[str, ...]]:
+    """The parameter a click option's declarations name, and its command-line spellings.
+
+    click takes a bare identifier (``click.option("--batch-size", "bs")``) as the name, else the
+    first long option with its dashes made underscores; ``"--use-bn/--no-use-bn"`` is a boolean
+    flag's two spellings of one parameter, ``use_bn``. None: only a short option, no name a
+    person would search."""
+    spellings: list[str] = []
+    name = None
+    for decl in decls:
+        if decl.isidentifier():
+            name = name or decl
+            continue
+        spellings += [part.strip() for part in decl.split("/") if part.strip()]
+    if name is None:
+        on = [d.split("/")[0].strip() for d in decls if not d.isidentifier()]
+        long = next((d for d in on if d.startswith("--")), None)
+        name = long[2:].replace("-", "_").lower() if long else None
+    return name, tuple(spellings)
+
+
+def entry_knobs(reader: Reader, tree: ast.Module) -> None:
+    """Add the live defaults of the file's entry functions, then of the constructors of its
+    classes (see the module docstring)."""
+    functions = {s.name: s for s in tree.body if isinstance(s, _FUNCTION)}
+    uses = _Uses(tree)
+    found = False
+    for name, how in _entries(tree, functions, uses).items():
+        function = functions[name]
+        if not _decorators_allow(function, how):
+            continue
+        passed = uses.passed(name, len(function.args.posonlyargs) + len(function.args.args))
+        if passed is None:
+            continue
+        declared = _declared_by_click(function)
+        for param, default, key in _defaults(function):
+            if param.arg in passed or key in passed or param.arg in declared:
+                continue
+            _parameter(reader, function.name, param, default, how)
+            found = True
+    if not found:
+        return  # a module without an entry function is a library: its classes' callers are elsewhere
+    for cls in (s for s in tree.body if isinstance(s, ast.ClassDef)):
+        init = next((s for s in cls.body if isinstance(s, _FUNCTION) and s.name == "__init__"), None)
+        if init is None or not uses.calls.get(cls.name) or init.decorator_list:
+            continue
+        passed = uses.passed(cls.name, len(init.args.posonlyargs) + len(init.args.args) - 1)
+        if passed is None or cls.name in uses.subclassed:
+            continue
+        for param, default, key in _defaults(init, skip=1):
+            if param.arg not in passed and key not in passed:
+                _parameter(reader, cls.name, param, default, "constructor")
+
+
+class _Uses:
+    """How each module-level name is used in the file: the calls to it, and whether anything
+    else names it (then what it is called with cannot be read)."""
+
+    def __init__(self, tree: ast.Module) -> None:
+        self.calls: dict[str, list[ast.Call]] = {}
+        self.other: set[str] = set()
+        self.subclassed: set[str] = set()
+        callees: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                if isinstance(node.func, ast.Name):
+                    self.calls.setdefault(node.func.id, []).append(node)
+                    callees.add(id(node.func))
+                if _registers(node):  # fire.Fire(main), typer.run(main): the entry itself
+                    callees.update(id(a) for a in node.args[:1])
+            elif isinstance(node, ast.ClassDef):
+                self.subclassed.update(b.id for b in node.bases if isinstance(b, ast.Name))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in callees:
+                self.other.add(node.id)
+
+    def passed(self, name: str, positional: int) -> set[str] | None:
+        """The parameters of ``name`` some call passes, by keyword or by position (``"#0"``,
+        ``"#1"``, ...); None when a call's arguments cannot be read (``*args``, ``**kwargs``, more
+        of them than the ``positional`` parameters) or the name is used otherwise."""
+        if name in self.other:
+            return None
+        passed: set[str] = set()
+        for call in self.calls.get(name, []):
+            if any(isinstance(a, ast.Starred) for a in call.args) or any(
+                k.arg is None for k in call.keywords
+            ):
+                return None
+            if len(call.args) > positional:
+                return None  # more arguments than parameters: a name the file binds to another thing
+            passed.update(f"#{i}" for i in range(len(call.args)))
+            passed.update(k.arg for k in call.keywords if k.arg)
+        return passed
+
+
+def _registers(call: ast.Call) -> bool:
+    """``fire.Fire(f)`` or ``typer.run(f)``: a call that hands ``f`` to a command-line parser."""
+    func = call.func
+    if call_name(call) == "Fire":
+        return True
+    return isinstance(func, ast.Attribute) and func.attr == "run" and call_name(func.value) == "typer"
+
+
+def _entries(tree: ast.Module, functions: dict[str, _Function], uses: _Uses) -> dict[str, str]:
+    """``{function name: how it is run}`` for the file's entry functions."""
+    found: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not _registers(node):
+            continue
+        how = "fire" if call_name(node) == "Fire" else "typer"
+        target = node.args[0] if node.args else keyword(node, "component")
+        if isinstance(target, ast.Name) and target.id in functions:
+            found.setdefault(target.id, how)
+        elif target is None and how == "fire":
+            idle = [
+                n for n in functions if not n.startswith("_") and n not in uses.calls and n not in uses.other
+            ]
+            if len(idle) == 1:
+                found.setdefault(idle[0], how)
+    cli = "typer" if _imports(tree, "typer") else "click" if _imports(tree, "click") else ""
+    for name, function in functions.items():
+        if cli and any(call_name(d) == "command" for d in function.decorator_list):
+            found.setdefault(name, cli)
+    for stmt in tree.body:
+        if _is_main_guard(stmt):
+            for node in ast.walk(stmt):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id in functions
+                ):
+                    found.setdefault(node.func.id, "main")
+    return found
+
+
+def _imports(tree: ast.Module, module: str) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == module for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == module:
+            return True
+    return False
+
+
+def _is_main_guard(stmt: ast.stmt) -> bool:
+    """``if __name__ == "__main__":``"""
+    if not isinstance(stmt, ast.If) or not isinstance(stmt.test, ast.Compare):
+        return False
+    parts = [stmt.test.left, *stmt.test.comparators]
+    names = {p.id for p in parts if isinstance(p, ast.Name)}
+    strings = {p.value for p in parts if isinstance(p, ast.Constant)}
+    return names == {"__name__"} and strings == {"__main__"}
+
+
+def _decorators_allow(function: _Function, how: str) -> bool:
+    """A command's own decorators supply nothing its defaults lose to; any other decorator
+    (``@hydra.main``, a wrapper) may, so the function is left out."""
+    if how in ("typer", "click"):
+        return all(call_name(d) in _COMMAND_DECORATORS for d in function.decorator_list)
+    return not function.decorator_list
+
+
+def _declared_by_click(function: _Function) -> set[str]:
+    """The parameters ``@click.option``/``@click.argument`` decorators declare."""
+    declared: set[str] = set()
+    for decorator in function.decorator_list:
+        if isinstance(decorator, ast.Call) and call_name(decorator) in ("option", "argument"):
+            decls = string_args(decorator)
+            if call_name(decorator) == "argument":
+                declared.update(d.replace("-", "_").lower() for d in decls[:1])
+            else:
+                name, _ = click_parameter(decls)
+                declared.update([name] if name else [])
+    return declared
+
+
+def _defaults(function: _Function, skip: int = 0) -> list[tuple[ast.arg, ast.expr, str]]:
+    """``(parameter, default, key)`` for each parameter with a default, in order: ``key`` is
+    ``"#i"`` for the i-th positional parameter (counting after ``skip``, the ``self`` a
+    constructor call never passes), as :meth:`_Uses.passed` names a positional argument."""
+    args = function.args
+    positional = [*args.posonlyargs, *args.args]
+    first = len(positional) - len(args.defaults)
+    found = [
+        (a, d, f"#{first + i - skip}")
+        for i, (a, d) in enumerate(zip(positional[first:], args.defaults, strict=True))
+    ]
+    found += [(a, d, "") for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None]
+    return found
+
+
+def _parameter(reader: Reader, owner: str, param: ast.arg, default: ast.expr, how: str) -> None:
+    """One parameter's default as a knob, out of ``typer.Option(default, ...)`` when it is one."""
+    annotation = param.annotation
+    declared = _annotated_parameter(annotation)  # Annotated[float, typer.Option("--lr")]
+    names = [s for s in string_args(declared) if s.startswith("-")] if declared else []
+    positional = declared is not None and call_name(declared) == "Argument"
+    if isinstance(default, ast.Call) and call_name(default) in ("Option", "Argument"):
+        # typer.Option(48, "--width", "-w"): the first argument is the default, the rest names.
+        positional = call_name(default) == "Argument"
+        value = keyword(default, "default")
+        rest = default.args
+        if value is None and default.args:
+            value, rest = default.args[0], default.args[1:]
+        names += [a.value for a in rest if isinstance(a, ast.Constant) and str(a.value).startswith("-")]
+        if value is None:
+            return
+        default = value
+    flags = _spellings(param, names, how, positional, default)
+    choices = annotated_choices(annotation, reader.names)
+    reader.add(
+        param.arg, default, default, how, qualified=f"{owner}.{param.arg}", choices=choices, flags=flags
+    )
+
+
+def _annotated_parameter(annotation: ast.expr | None) -> ast.Call | None:
+    """The ``typer.Option(...)``/``typer.Argument(...)`` inside ``Annotated[T, ...]``, if any."""
+    if not isinstance(annotation, ast.Subscript) or call_name(annotation.value) != "Annotated":
+        return None
+    members = annotation.slice.elts if isinstance(annotation.slice, ast.Tuple) else []
+    for member in members[1:]:
+        if isinstance(member, ast.Call) and call_name(member) in ("Option", "Argument"):
+            return member
+    return None
+
+
+def _spellings(
+    param: ast.arg, names: list[str], how: str, positional: bool, default: ast.expr
+) -> tuple[str, ...]:
+    """How the command line sets the parameter: fire takes ``--name``; typer and click the
+    declared names, else the name with dashes (``--grad-clip``), a boolean both ``--x`` and
+    ``--no-x``. A function called from the script itself has none."""
+    if how == "fire":
+        return (f"--{param.arg}",)
+    if how not in ("typer", "click") or positional:
+        return ()
+    if names:
+        return tuple(part for n in names for part in n.split("/") if part)
+    option = "--" + param.arg.replace("_", "-")
+    if isinstance(default, ast.Constant) and isinstance(default.value, bool):
+        return (option, "--no-" + option[2:])
+    return (option,)

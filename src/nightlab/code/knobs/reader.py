@@ -1,0 +1,102 @@
+"""What every reader of Python knobs shares: turning a literal node into a :class:`Knob` with its
+exact span and trailing comment, and the small questions asked of an ``ast`` node.
+
+The knobs of one file come from several readers (:mod:`.python` for constants, settings, options
+and fields; :mod:`.entry` for the defaults of the function a script runs; :mod:`.absl` for absl
+flags and ml_collections configs). They share one :class:`Reader`, so a name taken by one is
+qualified by the next, and every knob is built the same way whatever found it.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from nightlab.code.knobs.literal import KnobValue, LineOffsets, comments_by_line, literal
+from nightlab.code.knobs.model import Knob
+
+
+class Reader:
+    """Turns literal nodes into knobs with their exact source spans and trailing comments.
+
+    ``found`` holds the knobs by name; ``names`` the module's top-level assignments, which a
+    choice list or a ``Literal`` alias may refer to."""
+
+    def __init__(self, source: str, path: str) -> None:
+        self.source, self.path = source, path
+        self.offsets = LineOffsets(source)
+        self.comments = comments_by_line(source)
+        self.found: dict[str, Knob] = {}
+        self.names: dict[str, ast.expr] = {}
+
+    def add(self, name: str, node: ast.expr, stmt: ast.AST, source: str, replace: bool = False,
+            qualified: str | None = None, choices: tuple[KnobValue, ...] = (),
+            flags: tuple[str, ...] = ()) -> None:  # fmt: skip
+        """A knob for ``node``'s literal (nothing for any other expression).
+
+        A name already taken keeps its knob unless ``replace`` (a re-assignment of a constant);
+        the newcomer then takes ``qualified`` when that is free. The trailing comment is the one
+        on the last line of ``stmt``, after the literal."""
+        parsed = literal(node)
+        if parsed is None:
+            return
+        if name in self.found and not replace:
+            if qualified is None or qualified in self.found:
+                return
+            name = qualified
+        kind, value = parsed
+        start = self.offsets.offset(node.lineno, node.col_offset)
+        end = self.offsets.offset(node.end_lineno or node.lineno, node.end_col_offset or 0)
+        end_line = node.end_lineno or node.lineno
+        end_col = end - self.offsets.line_start(end_line)
+        stmt_end = getattr(stmt, "end_lineno", None) or end_line
+        comment = ""
+        for col, text in self.comments.get(stmt_end, []):
+            if stmt_end != end_line or col >= end_col:
+                comment = text
+                break
+        self.found.pop(name, None)  # a re-assignment moves the knob to its last position
+        self.found[name] = Knob(
+            name=name,
+            value=value,
+            kind=kind,
+            text=self.source[start:end],
+            line=node.lineno,
+            col=start - self.offsets.line_start(node.lineno),
+            end_line=end_line,
+            end_col=end_col,
+            start=start,
+            end=end,
+            comment=comment,
+            path=self.path,
+            source=source,
+            choices=choices,
+            flags=flags,
+        )
+
+
+def call_name(node: ast.expr) -> str:
+    """The last part of a called or named thing: ``field`` for ``dataclasses.field(...)``."""
+    if isinstance(node, ast.Call):
+        node = node.func
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def simple_assignment(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
+    """``(name, value)`` of ``name = value`` or ``name: T = value``; ``(None, None)`` otherwise."""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        return stmt.targets[0].id, stmt.value
+    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+        return stmt.target.id, stmt.value
+    return None, None
+
+
+def keyword(call: ast.Call, name: str) -> ast.expr | None:
+    """The value of a call's keyword argument ``name``, or None."""
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def string_args(call: ast.Call) -> list[str]:
+    """The call's positional arguments that are string literals, in order."""
+    return [a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
