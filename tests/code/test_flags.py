@@ -50,3 +50,70 @@ def test_a_switch_left_at_its_default_is_left_out(tmp_path: Path) -> None:
     (tmp_path / "flags.yaml").write_text("no-shuffle: false\nuse_amp: true\n")
     command = expand_flags("python train.py {flags:flags.yaml} --seed 1", tmp_path)
     assert command == "python train.py  --seed 1"
+
+
+TYPER_SCRIPT = """\
+import json
+from typing import Annotated
+import typer
+
+app = typer.Typer()
+
+
+@app.command()
+def train(
+    grad_clip: float = typer.Option(1.0),
+    batch_size: Annotated[int, typer.Option("--bs")] = 64,
+    use_bn: bool = False,
+    fast: Annotated[bool, typer.Option("--fast")] = False,
+):
+    print(json.dumps(dict(grad_clip=grad_clip, batch_size=batch_size, use_bn=use_bn, fast=fast)))
+
+
+if __name__ == "__main__":
+    app()
+"""
+
+CLICK_SCRIPT = """\
+import json
+import click
+
+
+@click.command()
+@click.option("--grad-clip", default=1.0)
+@click.option("--use-bn/--no-use-bn", default=True)
+@click.option("--amp", is_flag=True)
+@click.option("--hidden-size", "width", default=64)
+def train(grad_clip, use_bn, amp, width):
+    print(json.dumps(dict(grad_clip=grad_clip, use_bn=use_bn, amp=amp, width=width)))
+
+
+if __name__ == "__main__":
+    train()
+"""
+
+
+def _ran(tmp_path: Path, script: str, flags: str) -> tuple[str, dict]:
+    (tmp_path / "train.py").write_text(script)
+    (tmp_path / "flags.toml").write_text(flags)
+    command = expand_flags(f"{shlex.quote(sys.executable)} train.py {{flags:flags.toml}}", tmp_path)
+    parsed = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr  # "No such option: --grad_clip" before
+    return command.split("train.py", 1)[1].strip(), json.loads(parsed.stdout)
+
+
+def test_a_typer_command_gets_its_dashed_options_and_boolean_pairs(tmp_path: Path) -> None:
+    flags = "grad_clip = 0.5\nbatch_size = 32\nuse_bn = true\nfast = true\n"
+    words, values = _ran(tmp_path, TYPER_SCRIPT, flags)
+    assert words == "--grad-clip=0.5 --bs=32 --use-bn --fast"
+    assert values == {"grad_clip": 0.5, "batch_size": 32, "use_bn": True, "fast": True}
+    words, values = _ran(tmp_path, TYPER_SCRIPT, "use_bn = false\nfast = false\n")
+    assert words == "--no-use-bn"
+    assert values["use_bn"] is False and values["fast"] is False
+
+
+def test_a_click_command_gets_its_declared_options_and_switches(tmp_path: Path) -> None:
+    flags = "grad_clip = 0.5\nuse_bn = false\namp = true\nwidth = 32\n"
+    words, values = _ran(tmp_path, CLICK_SCRIPT, flags)
+    assert words == "--grad-clip=0.5 --no-use-bn --amp --hidden-size=32"
+    assert values == {"grad_clip": 0.5, "use_bn": False, "amp": True, "width": 32}

@@ -14,11 +14,13 @@ in the experiment (each value shell-quoted; booleans as ``True``/``False``, as a
 that evaluates ``--key=value`` literals expects). The file's values are knobs like any other
 (:mod:`nightlab.code.knobs`).
 
-When a Python script named in the command declares the flag with argparse, the flag is written
-the way that parser accepts it: under its own option string (``batch_size`` becomes
-``--batch-size`` when that is what ``add_argument`` declares), and a switch
-(``action="store_true"``/``"store_false"``, ``BooleanOptionalAction``) as the bare option when its
-value asks for it and left out when not, since argparse refuses ``--switch=True``.
+When a Python script named in the command declares the flag with argparse, click or typer, the
+flag is written the way that parser accepts it: under its own option string (``batch_size``
+becomes ``--batch-size`` when that is what ``add_argument`` or ``@click.option`` declares, and
+always for a typer parameter, which typer spells with dashes), and a switch
+(``action="store_true"``/``"store_false"``, ``BooleanOptionalAction``, click's ``is_flag`` and
+``--x/--no-x``, a typer boolean) as the bare option its value asks for, or left out when it asks
+for none, since these parsers refuse ``--switch=True``. absl and fire take ``--key=value`` as is.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from pathlib import Path
 
 from nightlab.code.knobs import find_knobs
 from nightlab.code.knobs.command import PLACEHOLDER, command_words
+from nightlab.code.knobs.entry import click_parameter
+from nightlab.code.knobs.reader import call_name, keyword, string_args
 
 
 def flag_files(command: str) -> list[str]:
@@ -53,10 +57,13 @@ def expand_flags(command: str, tree: Path) -> str:
 
 @dataclass(frozen=True)
 class Option:
-    """How a script's argparse declares one flag: its long option string and its action."""
+    """How a script declares one flag: its long option string and its action (argparse's
+    ``store``, ``store_true``, ``store_false``, ``BooleanOptionalAction``; ``pair`` for click's and
+    typer's ``--x/--no-x``, whose ``off`` spelling is its own)."""
 
     flag: str
     action: str = "store"
+    off: str = ""
 
 
 def _flag(name: str, value: object, option: Option | None) -> str | None:
@@ -68,6 +75,8 @@ def _flag(name: str, value: object, option: Option | None) -> str | None:
         return option.flag if on else None
     if option.action == "BooleanOptionalAction" and isinstance(value, bool):
         return option.flag if value else "--no-" + option.flag[2:]
+    if option.action == "pair" and isinstance(value, bool):
+        return option.flag if value else option.off
     return f"{option.flag}={_text(value)}"
 
 
@@ -76,21 +85,65 @@ def _key(name: str) -> str:
 
 
 def _declared_options(command: str, tree: Path) -> dict[str, Option]:
-    """The argparse options declared by the Python scripts the command names, by their dest."""
+    """The options declared by the Python scripts the command names (argparse, click and typer),
+    by their parameter's name."""
     found: dict[str, Option] = {}
     for word in command_words(command):
         path = tree / word
         if not word.endswith(".py") or not path.is_file():
             continue
+        text = path.read_text(errors="replace")
         try:
-            module = ast.parse(path.read_text(errors="replace"))
+            module = ast.parse(text)
         except (SyntaxError, ValueError):
             continue
         for node in ast.walk(module):
             if isinstance(node, ast.Call):
-                option = _add_argument(node)
+                option = _add_argument(node) or _click_option(node)
                 if option is not None:
                     found.setdefault(option[0], option[1])
+        for name, option in _typer_options(text, word):
+            found.setdefault(name, option)
+    return found
+
+
+def _click_option(call: ast.Call) -> tuple[str, Option] | None:
+    """``(parameter, Option)`` of a ``@click.option("--batch-size", ...)`` decorator: click takes
+    ``--batch-size``, never ``--batch_size``; ``--x/--no-x`` and ``is_flag=True`` are switches
+    that take no value."""
+    if call_name(call) != "option":
+        return None
+    decls = string_args(call)
+    name, spellings = click_parameter(decls)
+    long = next((s for s in spellings if s.startswith("--")), None)
+    if name is None or long is None:
+        return None
+    pair = next((d.split("/", 1) for d in decls if "/" in d), None)
+    if pair and pair[0].strip().startswith("--") and pair[1].strip():
+        return _key(name), Option(flag=pair[0].strip(), action="pair", off=pair[1].strip())
+    is_flag = keyword(call, "is_flag")
+    if isinstance(is_flag, ast.Constant) and is_flag.value is True:
+        return _key(name), Option(flag=long, action="store_true")
+    return _key(name), Option(flag=long)
+
+
+def _typer_options(text: str, path: str) -> list[tuple[str, Option]]:
+    """The options of a typer command's parameters, from their knobs' spellings: the parameter
+    ``grad_clip`` is ``--grad-clip`` (or the name ``typer.Option("--clip")`` declares), and a
+    boolean ``--x/--no-x`` unless it declares a single name."""
+    found = []
+    for knob in find_knobs(text, path):
+        long = next((f for f in knob.flags if f.startswith("--")), None)
+        if knob.source != "typer" or long is None:
+            continue
+        off = next((f for f in knob.flags if f.startswith("--") and f != long), "")
+        if knob.kind == "bool":
+            option = (
+                Option(flag=long, action="pair", off=off) if off else Option(flag=long, action="store_true")
+            )
+        else:
+            option = Option(flag=long)
+        found += [(_key(knob.name), option), (_key(long), option)]
     return found
 
 
