@@ -14,7 +14,9 @@ tracked three ways, and everything found is killed at the end:
 
 Only processes of the same user created after the run started are considered; nightlab never
 signals itself. A process that clears its environment, closes its descendants' fds and
-double-forks between two samples escapes all three; stopping that needs a sandbox (cgroup).
+double-forks between two samples escapes all three; under the sandbox the launcher, a child
+subreaper that stays the command's parent, kills it (``reaper.py``), and the main process is
+then the harness's shell above the launcher, whose exit status is the command's.
 """
 
 from __future__ import annotations
