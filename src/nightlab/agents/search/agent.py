@@ -36,7 +36,14 @@ from nightlab.agents.search.seen import away_from, running_configs, running_keys
 from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import Space, build_space, canonical
 from nightlab.agents.search.surrogate import GaussianProcess, expected_improvement, failure_probability
-from nightlab.code.knobs import format_literal, set_knobs
+from nightlab.code.knobs import (
+    HYDRA_SOURCE,
+    KnobChange,
+    apply_changes,
+    find_all_knobs,
+    format_literal,
+    plan_changes,
+)
 from nightlab.errors import UserError
 from nightlab.types import Context, Direction, Edit, HistoryEntry, Proposal
 
@@ -148,7 +155,7 @@ class SearchAgent(Agent):
                 if isinstance(meta.get(key), dict):
                     return meta[key]
         # No proposal of ours yet: the incumbent is the baseline unless someone else kept a change.
-        return build_space(files, self.settings).current()
+        return build_space(files, self.settings, command=self.command).current()
 
     def _trials(self, space: Space, centre: dict[str, Any], direction: Direction) -> list[Trial]:
         """Every past experiment with known knob values, the baseline included."""
@@ -382,44 +389,52 @@ class SearchAgent(Agent):
         changed = [
             name for name in space.knobs if not _same_values({name: centre[name]}, {name: config[name]})
         ]
-        parts, edits = [], []
-        for name in changed:
-            knob = space.knobs[name]
-            parts.append(f"{name} {knob.text} → {format_literal(knob.text, config[name])}")
-        by_file: dict[str, dict[str, Any]] = {}
-        for name in changed:
-            by_file.setdefault(space.knobs[name].path, {})[name] = config[name]
-        for path, values in by_file.items():
-            edits.extend(_edits(files[path], path, values, space))
+        # A Hydra group switch moves the other values to the newly selected option file.
+        plan = plan_changes(files, {name: config[name] for name in changed}, self.command)
+        parts = [f"{c.knob.name} {c.knob.text} → {_written(c)}" for c in plan]
+        by_file: dict[str, list[KnobChange]] = {}
+        for change in plan:
+            by_file.setdefault(change.knob.path, []).append(change)
+        edits = [edit for path, group in by_file.items() for edit in _edits(files[path], path, group)]
+        if any(c.knob.source == HYDRA_SOURCE for c in plan):  # record the values the run will read
+            ran = find_all_knobs({**files, **apply_changes(files, plan)}, self.command).knobs
+            dropped = {n: centre[n] for n in changed if n not in {c.knob.name for c in plan}}
+            config = {**config, **dropped, **{k.name: k.value for k in ran}}
         description = ", ".join(parts)
         meta = {
             "agent": "search",
             "knobs": _jsonable(config),
             "base": _jsonable(centre),
-            "changed": changed,
+            "changed": [c.knob.name for c in plan],
             **extra,
         }
         return Proposal(description=description, hypothesis=f"{description}: {note}", edits=edits, meta=meta)
 
 
-def _edits(text: str, path: str, values: dict[str, Any], space: Space) -> list[Edit]:
+def _written(change: KnobChange) -> str:
+    """A new value as the description shows it: a Hydra option by its name (``sgd``)."""
+    return (
+        change.text if change.knob.source == HYDRA_SOURCE else format_literal(change.knob.text, change.value)
+    )
+
+
+def _edits(text: str, path: str, changes: list[KnobChange]) -> list[Edit]:
     """One SEARCH/REPLACE per changed statement (its whole lines), so the proposal reads like a
     patch; the whole file when a statement's lines are not unique or are shared with another."""
-    new_text = set_knobs(text, values, path)
+    whole = [Edit(path=path, replace=apply_changes({path: text}, changes)[path])]
     lines = text.splitlines(keepends=True)
-    spans = sorted((space.knobs[name].line, space.knobs[name].end_line, name) for name in values)
     edits = []
-    for i, (first, last, name) in enumerate(spans):
-        if i and first <= spans[i - 1][1]:
-            return [Edit(path=path, replace=new_text)]
+    spans = sorted(changes, key=lambda c: c.knob.start)
+    for i, change in enumerate(spans):
+        first, last = change.knob.line, change.knob.end_line
+        if i and first <= spans[i - 1].knob.end_line:
+            return whole
+        offset = len("".join(lines[: first - 1]))
         old = "".join(lines[first - 1 : last])
-        try:
-            new = set_knobs(old, {name: values[name]}, path)
-        except UserError:  # the lines are not a statement on their own
-            return [Edit(path=path, replace=new_text)]
+        start, end = change.knob.start - offset, change.knob.end - offset
         if text.count(old) != 1:
-            return [Edit(path=path, replace=new_text)]
-        edits.append(Edit(path=path, search=old, replace=new))
+            return whole
+        edits.append(Edit(path=path, search=old, replace=old[:start] + change.text + old[end:]))
     return edits
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from nightlab.agents.search.names import default_pin, hint_name, is_named, priority
 from nightlab.agents.search.settings import SearchSettings
-from nightlab.code.knobs import KNOB_SUFFIXES, Knob, find_knobs, set_by_command
+from nightlab.code.knobs import Knob, find_all_knobs, set_by_command
 from nightlab.errors import UserError
 
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
@@ -400,14 +400,8 @@ def build_space(
     over any edit and an experiment on it would measure only noise. A declaration or pin naming
     no knob, or a malformed declaration, is a :class:`UserError` naming the knob and what is wrong.
     """
-    knobs: dict[str, Knob] = {}
-    for path in sorted(files):
-        if not path.endswith(KNOB_SUFFIXES):
-            continue
-        for knob in find_knobs(files[path], path):
-            if knob.name in knobs:
-                continue  # the first editable file that defines a name owns it
-            knobs[knob.name] = knob
+    found = find_all_knobs(files, command)  # a name two files give is qualified by the second
+    knobs: dict[str, Knob] = {knob.name: knob for knob in found.knobs}
     space_spec: dict[str, Any] = dict(settings.space)
     pins = list(settings.pin)
     known = ", ".join(knobs) or "none found"
@@ -433,8 +427,13 @@ def build_space(
             pinned[name] = why_pinned
             continue
         value = knob.value
-        if origin is not None and name in origin and _same_shape(origin[name], value):
-            value = origin[name]
+        if (
+            origin
+            and name in origin
+            and _same_shape(origin[name], value)
+            and found.same_selection(name, origin)
+        ):
+            value = origin[name]  # not when it was another Hydra option file's (Adam's lr for SGD)
         new_dims, why = _dims_for(knob, value, spec, source)
         if why:
             pinned[name] = why

@@ -23,10 +23,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from dataclasses import dataclass, field
 
 from nightlab.code.knobs.choices import comment_choices
 from nightlab.code.knobs.command import set_by_command
 from nightlab.code.knobs.files import json_knobs, toml_knobs, yaml_knobs
+from nightlab.code.knobs.hydra import HYDRA_SOURCE, hydra_layouts
 from nightlab.code.knobs.literal import format_literal, format_value
 from nightlab.code.knobs.model import Knob, KnobValue
 from nightlab.code.knobs.python import python_knobs
@@ -34,6 +36,15 @@ from nightlab.errors import UserError
 
 __all__ = ["Knob", "KnobValue", "find_knobs", "format_literal", "format_value", "is_budget_name"]
 __all__ += ["knob_values", "set_knobs", "set_by_command", "KNOB_SUFFIXES"]
+__all__ += [
+    "HYDRA_SOURCE",
+    "EditableKnobs",
+    "KnobChange",
+    "find_all_knobs",
+    "plan_changes",
+    "apply_changes",
+    "set_all_knobs",
+]
 
 _READERS = {
     ".py": python_knobs,
@@ -92,19 +103,25 @@ def set_knobs(source: str, values: dict[str, KnobValue], path: str = "train.py")
     script would then run with a type its author never wrote.
     """
     knobs = {k.name: k for k in find_knobs(source, path)}
-    unknown = [name for name in values if name not in knobs]
-    if unknown:
-        known = ", ".join(knobs) or "none"
-        raise UserError(f"{path}: no knob named {', '.join(unknown)} (knobs found: {known})")
-    for name, value in values.items():
-        problem = _incompatible(knobs[name], value)
-        if problem:
-            raise UserError(f"{path}: {name} is {problem}; cannot set it to {value!r}")
+    _check(knobs, values, path)
     out = source
     for knob in sorted((knobs[n] for n in values), key=lambda k: k.start, reverse=True):
         new_text = format_value(knob.text, values[knob.name], knob.syntax)
         out = out[: knob.start] + new_text + out[knob.end :]
     return out
+
+
+def _check(knobs: dict[str, Knob], values: dict[str, KnobValue], where: str) -> None:
+    """Raise :class:`UserError` for a name that is not among ``knobs`` or a value its knob
+    cannot take."""
+    unknown = [name for name in values if name not in knobs]
+    if unknown:
+        known = ", ".join(knobs) or "none"
+        raise UserError(f"{where}: no knob named {', '.join(unknown)} (knobs found: {known})")
+    for name, value in values.items():
+        problem = _incompatible(knobs[name], value)
+        if problem:
+            raise UserError(f"{where}: {name} is {problem}; cannot set it to {value!r}")
 
 
 def _is_number(value: object) -> bool:
@@ -114,6 +131,8 @@ def _is_number(value: object) -> bool:
 def _incompatible(knob: Knob, value: object) -> str:
     """Why ``value`` cannot replace ``knob``'s literal ("" when it can): the kind must stay."""
     what = f"a {knob.kind} knob ({knob.text})"
+    if knob.source == HYDRA_SOURCE and value not in knob.choices:
+        return f"a Hydra group with the options {', '.join(map(str, knob.choices))} ({knob.text})"
     if knob.kind == "bool":
         return "" if isinstance(value, bool) else what
     if knob.kind == "str":
@@ -122,3 +141,142 @@ def _incompatible(knob: Knob, value: object) -> str:
         return "" if _is_number(value) else what
     ok = isinstance(value, (tuple, list)) and len(value) > 0 and all(_is_number(v) for v in value)
     return "" if ok else what
+
+
+# -- several files at once -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class EditableKnobs:
+    """The knobs of all the editable files, each under a name of its own.
+
+    ``selected_by`` maps a knob that comes from a Hydra group's option file to the group choices
+    that selected that file (``{"optim.lr": (("optim", "sgd"),)}``).
+    """
+
+    knobs: list[Knob]
+    selected_by: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+
+    def same_selection(self, name: str, values: dict[str, KnobValue]) -> bool:
+        """Whether ``values`` (another version's knobs, such as the baseline's) select the same
+        option files as here for knob ``name``: only then is its value there the same setting's
+        (the baseline's Adam ``optim.lr`` says nothing of the scale of SGD's)."""
+        return all(values.get(group, option) == option for group, option in self.selected_by.get(name, ()))
+
+
+def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
+    """The knobs of the editable ``files`` (path -> text) together, in path order.
+
+    Hydra config trees are read as Hydra composes them (:mod:`.hydra`; ``command`` is the run
+    command, whose group overrides select options); every other file by itself. A name two
+    files give is kept by the first (in path order: what the search has always called it) and
+    qualified by the file for the others, ``conf/b.yaml:lr`` (for a Hydra knob, by its primary
+    config, since its own file changes with the selection), so none is dropped.
+    """
+    layouts = {layout.primary: layout for layout in hydra_layouts(files, command)}
+    owned = {path for layout in layouts.values() for path in layout.files}
+    found: dict[str, Knob] = {}
+    selected_by: dict[str, tuple[tuple[str, str], ...]] = {}
+    for path in sorted(files):
+        if path in layouts:
+            layout = layouts[path]
+            renamed = {name: _unique(name, path, found) for name in layout.knobs}
+            for name, knob in layout.knobs.items():
+                found[renamed[name]] = _with_comment_choices(dataclasses.replace(knob, name=renamed[name]))
+                if name in layout.selected_by:
+                    selected_by[renamed[name]] = tuple((renamed[g], o) for g, o in layout.selected_by[name])
+        elif path not in owned:
+            for knob in find_knobs(files[path], path):
+                name = _unique(knob.name, path, found)
+                found[name] = knob if name == knob.name else dataclasses.replace(knob, name=name)
+    return EditableKnobs(list(found.values()), selected_by)
+
+
+def _unique(name: str, path: str, taken: dict[str, Knob]) -> str:
+    if name not in taken:
+        return name
+    qualified, n = f"{path}:{name}", 2
+    while qualified in taken:
+        qualified, n = f"{path}:{name}#{n}", n + 1
+    return qualified
+
+
+@dataclass(frozen=True)
+class KnobChange:
+    """One literal to rewrite: the knob, located in its file's text as given, the new value and
+    the text that replaces the literal."""
+
+    knob: Knob
+    value: KnobValue
+    text: str
+
+
+def plan_changes(files: dict[str, str], values: dict[str, KnobValue], command: str = "") -> list[KnobChange]:
+    """Where each of ``values`` (knob name -> new value) lands in the editable ``files``.
+
+    A Hydra group choice is applied first (an outer group before the groups its option files
+    hold), and every other value then goes to the file that choice selects: ``{"optim": "sgd",
+    "optim.lr": 0.1}`` rewrites ``optim: adam`` in the defaults list and ``lr`` in
+    ``optim/sgd.yaml``, the file the run will load, not ``adam.yaml``. A value for a knob the
+    newly selected file lacks (``optim.betas`` once SGD is chosen) is left out: there is nothing
+    it could set. Raises :class:`UserError` as :func:`set_knobs` does.
+    """
+    found = find_all_knobs(files, command)
+    knobs = {k.name: k for k in found.knobs}
+    _check(knobs, values, "the editable files")
+    current, splices, changes = dict(files), {}, []
+    pending = [name for name in values if knobs[name].source == HYDRA_SOURCE]
+    while pending:
+        waiting = set(pending)
+        ready = [
+            n
+            for n in pending
+            if n in knobs and not any(g in waiting for g, _ in found.selected_by.get(n, ()) if g != n)
+        ]
+        changes += [_change(knobs[name], values[name], files, splices) for name in ready]
+        for knob in sorted((knobs[n] for n in ready), key=lambda k: k.start, reverse=True):
+            text = format_value(knob.text, values[knob.name], "yaml")
+            current[knob.path] = current[knob.path][: knob.start] + text + current[knob.path][knob.end :]
+            splices.setdefault(knob.path, []).append((knob.start, knob.end - knob.start, len(text)))
+        pending = [n for n in pending if n not in ready and n in knobs] if ready else []
+        found = find_all_knobs(current, command)
+        knobs = {k.name: k for k in found.knobs}
+    rest = {name: value for name, value in values.items() if name not in {c.knob.name for c in changes}}
+    rest = {name: value for name, value in rest.items() if name in knobs}
+    _check(knobs, rest, "the editable files")
+    changes += [_change(knobs[name], value, files, splices) for name, value in rest.items()]
+    return changes
+
+
+def _change(
+    knob: Knob, value: KnobValue, files: dict[str, str], splices: dict[str, list[tuple[int, int, int]]]
+) -> KnobChange:
+    """The change of ``knob`` (found after the ``splices`` made so far), located in ``files``."""
+    syntax = "yaml" if knob.source == HYDRA_SOURCE else knob.syntax
+    text = format_value(knob.text, value, syntax)
+    start, end = knob.start, knob.end
+    for at, old, new in reversed(splices.get(knob.path, [])):
+        if start >= at + new:
+            start, end = start - new + old, end - new + old
+    if (start, end) != (knob.start, knob.end):
+        source = files[knob.path]
+        line, end_line = source.count("\n", 0, start) + 1, source.count("\n", 0, end) + 1
+        col = start - (source.rfind("\n", 0, start) + 1)
+        end_col = end - (source.rfind("\n", 0, end) + 1)
+        knob = dataclasses.replace(
+            knob, start=start, end=end, line=line, col=col, end_line=end_line, end_col=end_col
+        )
+    return KnobChange(knob, value, text)
+
+
+def apply_changes(files: dict[str, str], changes: list[KnobChange]) -> dict[str, str]:
+    """The new text of every file ``changes`` touch (each literal replaced, nothing else)."""
+    out: dict[str, str] = {}
+    for change in sorted(changes, key=lambda c: c.knob.start, reverse=True):
+        path = change.knob.path
+        text = out.get(path, files[path])
+        out[path] = text[: change.knob.start] + change.text + text[change.knob.end :]
+    return out
+
+
+def set_all_knobs(files: dict[str, str], values: dict[str, KnobValue], command: str = "") -> dict[str, str]:
+    """The new text of every editable file that setting ``values`` changes (see :func:`plan_changes`)."""
+    return apply_changes(files, plan_changes(files, values, command))

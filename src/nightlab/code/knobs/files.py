@@ -25,9 +25,12 @@ _TOML_KEY = re.compile(
 )
 
 
-def _knob(
+def scalar_knob(
     name: str, value: KnobValue, text: str, start: int, end: int, path: str, source: str
 ) -> Knob | None:
+    """The knob whose literal is ``text[start:end]``, with its line, column and trailing comment;
+    None for a value that is not a knob (a list, a null, a multi-line string). Shared with the
+    Hydra reader, whose defaults-list entries are literals of the same files."""
     kind = _kind(value)
     if kind is None:
         return None
@@ -88,8 +91,8 @@ def yaml_knobs(text: str, path: str) -> list[Knob]:
     for name, mapping, key, flow in _yaml_scalars(data, ""):
         line, col = mapping.lc.value(key)
         start = offsets.line_start(line + 1) + col
-        end = _scalar_end(text, start, flow)
-        knob = _knob(name, _native(mapping[key]), text, start, end, path, "yaml")
+        end = scalar_end(text, start, flow)
+        knob = scalar_knob(name, _native(mapping[key]), text, start, end, path, "yaml")
         if knob is not None:
             found.append(knob)
     return found
@@ -111,7 +114,7 @@ def _yaml_scalars(node: object, prefix: str) -> Iterator[tuple[str, object, obje
             yield name, node, key, flow
 
 
-def _scalar_end(text: str, start: int, flow: bool) -> int:
+def scalar_end(text: str, start: int, flow: bool) -> int:
     """Where the scalar starting at ``start`` ends: its closing quote, or the end of a plain
     scalar (before a comment, and in a flow mapping before ``,`` ``}`` ``]``)."""
     if text[start] in "\"'":
@@ -196,7 +199,7 @@ class _JsonSpans:
                 i = _skip(text, i + 1)
         value, end = self.decoder.raw_decode(text, i)
         if record and name:
-            knob = _knob(name, value, text, i, end, self.path, "json")
+            knob = scalar_knob(name, value, text, i, end, self.path, "json")
             if knob is not None:
                 self.found.append(knob)
         return end
@@ -222,11 +225,13 @@ def toml_knobs(text: str, path: str) -> list[Knob]:
             table = _toml_key_path(header.group(1))
         elif table is not None and (key := _TOML_KEY.match(line)):
             start = offset + key.end()
-            end = _scalar_end(text, start, flow=False)
+            end = scalar_end(text, start, flow=False)
             names = table + _toml_key_path(key.group(1))
             value = _lookup(doc, names)
             knob = (
-                _knob(".".join(names), value, text, start, end, path, "toml") if value is not None else None
+                scalar_knob(".".join(names), value, text, start, end, path, "toml")
+                if value is not None
+                else None
             )
             if knob is not None:
                 found.append(knob)
