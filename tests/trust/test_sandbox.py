@@ -45,6 +45,20 @@ def listener() -> Iterator[socket.socket]:
         server.close()
 
 
+@pytest.fixture
+def unix_listener(tmp_path: Path) -> Iterator[socket.socket]:
+    """A unix socket with a path, as a tmux server, the user's D-Bus or Docker listen on: a run
+    that reaches one can have a command started outside the sandbox."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "server.sock"))
+    server.listen(8)
+    server.settimeout(0.2)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 def _connections(server: socket.socket) -> int:
     count = 0
     while True:
@@ -124,11 +138,50 @@ def test_wrapped_command_cannot_connect_or_write_outside(
         pth.unlink(missing_ok=True)
 
 
+CONNECT_UNIX = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_UNIX)\n"
+    "try:\n"
+    "    s.connect(sys.argv[1]); print('connected')\n"
+    "except OSError as exc:\n"
+    "    print('no-connect', exc.errno)\n"
+)
+
+
+@needs_sandbox
+@pytest.mark.skipif(not SUPPORT.netns, reason="hiding sockets needs user namespaces")
+def test_a_training_command_cannot_reach_the_machines_unix_sockets(
+    tmp_path: Path, unix_listener: socket.socket
+) -> None:
+    """The network namespace keeps a run off TCP and abstract sockets, not off a socket with a
+    path (found from outside): the training command finds /dev/null there; the evaluation (given
+    no ``hide``) and an unwrapped command still connect, so the probe can succeed."""
+    path = unix_listener.getsockname()
+    assert path in sandbox.unix_sockets()
+    script = tmp_path / "connect.py"
+    script.write_text(CONNECT_UNIX)
+    command = f"{sys.executable} {script} {path}"
+    work = tmp_path / "work"
+    work.mkdir()
+    training = subprocess.run(
+        sandbox.wrap(command, [work], "required", hide=[]), shell=True, capture_output=True, text=True
+    )
+    assert training.stdout.split() == ["no-connect", "111"], training.stdout + training.stderr
+    assert _connections(unix_listener) == 0
+    for control in (sandbox.wrap(command, [work], "required"), command):
+        done = subprocess.run(control, shell=True, capture_output=True, text=True)
+        assert done.stdout.split() == ["connected"], done.stdout + done.stderr
+    assert _connections(unix_listener) == 2
+
+
 @needs_sandbox
 @pytest.mark.slow
-def test_session_in_the_sandbox(outside_tmp: Path, listener: socket.socket) -> None:
+def test_session_in_the_sandbox(
+    outside_tmp: Path, listener: socket.socket, unix_listener: socket.socket
+) -> None:
     """Through the CLI: the baseline (training and evaluation) works confined; the attacks fail."""
     port = listener.getsockname()[1]
+    unix_server, sock_path = unix_listener, unix_listener.getsockname()
     victim = outside_tmp / "victim.txt"
     steal = (
         "import re\n"
@@ -152,6 +205,10 @@ def test_session_in_the_sandbox(outside_tmp: Path, listener: socket.socket) -> N
             ),
             attack("write outside the experiment", f"open({str(victim)!r}, 'w').write('owned')"),
             attack("read the key from the harness's environment", steal),
+            attack(
+                "start a command outside through a unix socket",
+                f"import socket\nsocket.socket(socket.AF_UNIX).connect({str(sock_path)!r})",
+            ),
         ],
         sandbox="required",
         audit="off",
@@ -169,6 +226,10 @@ def test_session_in_the_sandbox(outside_tmp: Path, listener: socket.socket) -> N
     assert not victim.exists()
     key = rows["read the key from the harness's environment"]
     assert key["decision"] == "crash" and "no key in any ancestor" in key["reason"], key["reason"]
+    if SUPPORT.netns:  # a socket with a path is out of reach only with user namespaces
+        unix = rows["start a command outside through a unix socket"]
+        assert unix["decision"] == "crash" and "Connection refused" in unix["reason"], unix["reason"]
+        assert _connections(unix_server) == 0
     assert_never_kept(root)
     assert_clean(root)
 

@@ -85,6 +85,7 @@ _SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 
 # Hiding private files (include/uapi/linux/sched.h, mount.h).
 _CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
+MAX_HIDDEN_SOCKETS = 1024  # a desktop has a few hundred; each is one mount at a run's start
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND = 1, 2, 4, 8, 4096
 
 # Where a run may always write: scratch space torch, the tokenizers and Python itself need.
@@ -254,9 +255,28 @@ def hiding_problem(mode: str, private: Sequence[str]) -> str | None:
     return problem
 
 
-def wrap(command: str, writable: Sequence[Path], mode: str, hide: Sequence[Path] = ()) -> str:
-    """``command`` confined per ``mode``: no network, writes only beneath ``writable`` and scratch,
-    and (where user namespaces allow) the files and folders in ``hide`` empty in its view."""
+def unix_sockets(table: str = "/proc/net/unix") -> list[str]:
+    """The machine's bound unix sockets that have a path (the network namespace keeps a run off
+    abstract ones, not these): a tmux server, the user's D-Bus (``systemd-run --user``), Docker's
+    or an X server's socket would each run a command outside the sandbox. NVIDIA's (persistence
+    daemon, MPS) stay: CUDA may need them."""
+    try:
+        with open(table) as handle:
+            lines = handle.read().splitlines()[1:]
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split(None, 7)
+        if len(fields) == 8 and fields[7].startswith("/") and "nvidia" not in fields[7]:
+            found.append(fields[7])
+    return list(dict.fromkeys(found))[:MAX_HIDDEN_SOCKETS]
+
+
+def wrap(command: str, writable: Sequence[Path], mode: str, hide: Sequence[Path] | None = None) -> str:
+    """``command`` confined per ``mode``: no network, writes only beneath ``writable`` and scratch.
+    ``hide`` (given for a training command, even empty): where user namespaces allow, those files
+    and folders empty in its view, and the machine's unix sockets gone (:func:`unix_sockets`)."""
     support = check(mode)
     if support is None:
         return command
@@ -267,20 +287,28 @@ def wrap(command: str, writable: Sequence[Path], mode: str, hide: Sequence[Path]
         launcher += ["--write", str(Path(path).resolve())]
     if not support.netns:
         launcher.append("--deny-tcp")
-    hidden = bool(hide) and support.netns  # without user namespaces: hiding_problem() says so
-    for path in hide if hidden else ():
+    sockets = unix_sockets() if hide is not None and support.netns else []
+    hidden = bool(hide or sockets) and support.netns  # without user namespaces: hiding_problem() says so
+    for path in (hide or ()) if hidden else ():
         launcher += ["--hide", str(path)]
+    for path in sockets:
+        launcher += ["--hide-socket", path]
     inner = ["/bin/sh", "-c", command]
     unshare = ["unshare", "-rnm" if hidden else "-rn", "--"] if support.netns else []
     return shlex.join(unshare + launcher + ["--"] + inner)
 
 
 # ---------------------------------------------------------------------------------- the launcher
-def hide_paths(paths: Sequence[str]) -> None:
+def hide_paths(paths: Sequence[str], sockets: Sequence[str] = ()) -> None:
     """Make ``paths`` empty in this mount namespace for good (root in a fresh user namespace, as
     under ``unshare -rm``): ``/dev/null`` over a file, an empty read-only tmpfs over a folder,
-    each checked; then a nested user and mount namespace, which locks the mounts. Raises OSError."""
+    each checked; ``/dev/null`` over each of ``sockets`` as well, where it can be (a connect then
+    finds no socket); then a nested user and mount namespace, which locks the mounts. Raises
+    OSError when a path cannot be hidden (a socket that cannot is left: best effort)."""
     libc = _libc()
+    for path in sockets:
+        if os.path.lexists(path) and not os.path.isdir(path):
+            libc.mount(b"/dev/null", path.encode(), None, _MS_BIND, None)
     null = os.stat("/dev/null").st_rdev
     for path in paths:
         if not os.path.lexists(path):
@@ -364,10 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     options, program = args[:split], args[split + 1 :]
     writable = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--write"]
     private = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--hide"]
+    sockets = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--hide-socket"]
     reaper = _load_reaper()  # before Landlock, which would keep its bytecode from being cached
     try:
-        if private:
-            hide_paths(private)
+        if private or sockets:
+            hide_paths(private, sockets)
     except OSError as exc:
         print(f"nightlab sandbox: cannot hide the private files ({exc}); not started", file=sys.stderr)
         return 126

@@ -121,8 +121,8 @@ class ReplicateRunner:
             # The template's train.py then skips its own in-process evaluation.
             env["NIGHTLAB_EVAL_SEPARATE"] = "1"
         # The optional sandbox: no network, writes only to the worktree and the run directory,
-        # and for the training process (only) the [target] private files empty.
-        hide = sandbox.private_files(self.config.target.private, cwd, env) if log == TRAIN_LOG else []
+        # and for the training process (only) the [target] private files and unix sockets gone.
+        hide = sandbox.private_files(self.config.target.private, cwd, env) if log == TRAIN_LOG else None
         return RunSpec(
             command=sandbox.wrap(expand_flags(command, cwd), [cwd, run_dir], self.config.run.sandbox, hide),
             cwd=cwd,
