@@ -144,6 +144,12 @@ def test_missing_cwd_is_a_user_error(tmp_path: Path) -> None:
             "CUDA out of memory",
         ),
         ("kill -9 $$", RunStatus.OOM, "SIGKILL"),
+        # The trainer is the shell's child (dash does not exec it): its SIGKILL reaches us as 137.
+        (
+            "python3 -c 'import os, signal; os.kill(os.getpid(), signal.SIGKILL)'; exit $?",
+            RunStatus.OOM,
+            "137",
+        ),
         ("echo 'invalid: budget ignored'; exit 5", RunStatus.INVALID, "invalid: budget ignored"),
         ("echo 'no reason'; exit 5", RunStatus.CRASH, "exit code 5: no reason"),
         ("kill -SEGV $$", RunStatus.CRASH, "killed by SIGSEGV"),

@@ -94,4 +94,10 @@ def classify(exit_code: int | None, log_text: str, kill: Kill | None = None) -> 
             return RunStatus.OOM, _one_line(lines[-1])
     if exit_code == -signal.SIGKILL:
         return RunStatus.OOM, "killed by SIGKILL that nightlab did not send (likely the kernel OOM killer)"
+    if exit_code == 128 + signal.SIGKILL and exception_line(log_text) is None:
+        # The shell that runs the command (dash does not exec it) reports its child's SIGKILL so.
+        return RunStatus.OOM, (
+            "exit code 137: the training process was killed by SIGKILL that nightlab did not send "
+            "(likely the kernel OOM killer)"
+        )
     return RunStatus.CRASH, _one_line(crash_reason(exit_code, log_text))
