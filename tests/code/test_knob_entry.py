@@ -203,3 +203,11 @@ def test_a_name_taken_by_another_knob_is_qualified_with_the_function() -> None:
     knobs = _knobs(source)
     assert list(knobs) == ["LR", "lr", "main.lr"]
     _only_literal_changed(source, "main.lr", 0.01, "1e-2")
+
+
+def test_a_class_the_entry_function_builds_counts_even_when_the_entry_has_no_defaults() -> None:
+    source = "class Net:\n    def __init__(self, hidden=64):\n        pass\n\n\ndef main():\n    Net()\n\n\nmain()\n"
+    assert list(_knobs(source)) == ["hidden"]  # a bare main() ends the script: it runs
+    guarded = source.replace("\nmain()\n", '\nif __name__ == "__main__":\n    main()\n')
+    assert list(_knobs(guarded)) == ["hidden"]
+    assert _knobs(source.replace("\nmain()\n", "\n")) == {}  # nothing runs main: a library

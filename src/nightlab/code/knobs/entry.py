@@ -15,7 +15,8 @@ on it measures only noise. The entry functions read:
   declares is left to :mod:`.python`, which reads the option's own ``default=``: click always
   passes it, so the Python default is dead;
 - ``main``: a module-level function called with no value for the parameter under
-  ``if __name__ == "__main__":`` (``main()``, ``sys.exit(main())``), keyword-only ones included;
+  ``if __name__ == "__main__":`` (``main()``, ``sys.exit(main())``) or in a statement of its own
+  at the top level of the script, keyword-only parameters included;
 - ``constructor``: an ``__init__`` default of a class defined in a file that has one of the entry
   functions above, where every instantiation of the class in the file leaves it out
   (``model = Net(vocab)`` for ``def __init__(self, vocab, hidden=64)``). A class instantiated
@@ -68,8 +69,8 @@ def entry_knobs(reader: Reader, tree: ast.Module) -> None:
     classes (see the module docstring)."""
     functions = {s.name: s for s in tree.body if isinstance(s, _FUNCTION)}
     uses = _Uses(tree)
-    found = False
-    for name, how in _entries(tree, functions, uses).items():
+    entries = _entries(tree, functions, uses)
+    for name, how in entries.items():
         function = functions[name]
         if not _decorators_allow(function, how):
             continue
@@ -81,9 +82,8 @@ def entry_knobs(reader: Reader, tree: ast.Module) -> None:
             if param.arg in passed or key in passed or param.arg in declared:
                 continue
             _parameter(reader, function.name, param, default, how)
-            found = True
-    if not found:
-        return  # a module without an entry function is a library: its classes' callers are elsewhere
+    if not entries:
+        return  # a module that runs nothing is a library: its classes' callers are elsewhere
     for cls in (s for s in tree.body if isinstance(s, ast.ClassDef)):
         init = next((s for s in cls.body if isinstance(s, _FUNCTION) and s.name == "__init__"), None)
         if init is None or not uses.calls.get(cls.name) or init.decorator_list:
@@ -166,7 +166,8 @@ def _entries(tree: ast.Module, functions: dict[str, _Function], uses: _Uses) -> 
         if cli and any(call_name(d) == "command" for d in function.decorator_list):
             found.setdefault(name, cli)
     for stmt in tree.body:
-        if _is_main_guard(stmt):
+        # Under `if __name__ == "__main__":`, or a bare `main()` statement ending a script.
+        if _is_main_guard(stmt) or (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
             for node in ast.walk(stmt):
                 if (
                     isinstance(node, ast.Call)
