@@ -87,8 +87,8 @@ def hydra_layouts(files: dict[str, str], command: str = "") -> list[Layout]:
     """The Hydra apps among ``files`` (path -> text), read as Hydra composes them.
 
     A primary config is a ``.yaml`` file with a top-level ``defaults:`` list of which at least one
-    entry names a file present in ``files``; a file inside the folder of a primary already found
-    is one of its configs, not another primary. ``command`` is the run command: its Hydra group
+    entry names a file present in ``files``, and that no other primary includes; a file inside
+    the folder of a primary already found is one of its configs, not another primary. ``command`` is the run command: its Hydra group
     overrides select options as they would at run time. Files of no layout are plain YAML.
     """
     yaml_paths = sorted((p for p in files if p.endswith(".yaml")), key=lambda p: (p.count("/"), p))
@@ -100,7 +100,8 @@ def hydra_layouts(files: dict[str, str], command: str = "") -> list[Layout]:
         defaults = _defaults(files[path], path)
         if defaults and any(_resolves(d, root, files) for d in defaults):
             layouts.append(_Composer(files, root, path, command).compose())
-    return layouts
+    # A config another one includes (``- base``) is part of that app, not an app of its own.
+    return [lay for lay in layouts if not any(lay.primary in o.files for o in layouts if o is not lay)]
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -273,7 +274,8 @@ class _Composer:
         self.layout.files.update(f"{folder}/{name}.yaml" for name in options)
         decisive = overrides.get(key, entry)
         option = self.chosen.get(key, decisive.option)
-        if decisive.knob is not None and (key not in self.chosen or re.fullmatch(r"\w+", key)):
+        plain = key not in self.chosen or re.fullmatch(r"\w+", key)  # the command's is pinned by name
+        if decisive.knob is not None and options and plain:
             knob = dataclasses.replace(decisive.knob, name=key, choices=options)
             self.groups[key] = knob
             if chain:
