@@ -211,3 +211,14 @@ def test_a_class_the_entry_function_builds_counts_even_when_the_entry_has_no_def
     guarded = source.replace("\nmain()\n", '\nif __name__ == "__main__":\n    main()\n')
     assert list(_knobs(guarded)) == ["hidden"]
     assert _knobs(source.replace("\nmain()\n", "\n")) == {}  # nothing runs main: a library
+
+
+def test_fire_component_by_keyword_and_a_subclassed_class() -> None:
+    assert list(_knobs(FIRE.replace("fire.Fire(main)", "fire.Fire(component=main)")))[:1] == ["lr"]
+    source = (
+        "class Net:\n    def __init__(self, hidden=64):\n        pass\n\n\n"
+        "class Big(Net):\n    def __init__(self):\n        super().__init__(hidden=512)\n\n\n"
+        'def main():\n    Net()\n\n\nif __name__ == "__main__":\n    main()\n'
+    )
+    assert list(_knobs(source.replace("class Big(Net)", "class Big"))) == ["hidden"]
+    assert _knobs(source) == {}  # a subclass may pass the value on: left out

@@ -89,7 +89,7 @@ def entry_knobs(reader: Reader, tree: ast.Module) -> None:
         if init is None or not uses.calls.get(cls.name) or init.decorator_list:
             continue
         passed = uses.passed(cls.name, len(init.args.posonlyargs) + len(init.args.args) - 1)
-        if passed is None or cls.name in uses.subclassed:
+        if passed is None:  # also a class subclassed in the file (its name is a base)
             continue
         for param, default, key in _defaults(init, skip=1):
             if param.arg not in passed and key not in passed:
@@ -98,12 +98,12 @@ def entry_knobs(reader: Reader, tree: ast.Module) -> None:
 
 class _Uses:
     """How each module-level name is used in the file: the calls to it, and whether anything
-    else names it (then what it is called with cannot be read)."""
+    else names it (a base class, an argument, an annotation: then what it is called with cannot
+    be read, and its defaults are left out)."""
 
     def __init__(self, tree: ast.Module) -> None:
         self.calls: dict[str, list[ast.Call]] = {}
         self.other: set[str] = set()
-        self.subclassed: set[str] = set()
         callees: set[int] = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
@@ -111,9 +111,7 @@ class _Uses:
                     self.calls.setdefault(node.func.id, []).append(node)
                     callees.add(id(node.func))
                 if _registers(node):  # fire.Fire(main), typer.run(main): the entry itself
-                    callees.update(id(a) for a in node.args[:1])
-            elif isinstance(node, ast.ClassDef):
-                self.subclassed.update(b.id for b in node.bases if isinstance(b, ast.Name))
+                    callees.update(id(a) for a in [*node.args[:1], *[k.value for k in node.keywords]])
         for node in ast.walk(tree):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in callees:
                 self.other.add(node.id)
