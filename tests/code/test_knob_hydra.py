@@ -208,6 +208,7 @@ def test_the_search_never_edits_an_option_file_hydra_does_not_load(start: str) -
     history = [entry(1, best, "baseline")]
     agent.observe(history[0])
     touched: set[str] = set()
+    switched = 0
     for i in range(2, 26):
         context = Context(files, list(history), "val_loss", Direction("minimize"), best, 0.003)
         proposal = agent.propose(context)
@@ -222,13 +223,16 @@ def test_the_search_never_edits_an_option_file_hydra_does_not_load(start: str) -
             )
             touched.add(edit.path)
         assert proposal.meta["knobs"]["optim.lr"] == float(cfg["optim"]["lr"])  # what the run reads
+        if "optim" in proposal.meta["changed"]:  # a switch keeps the new file's own values
+            assert not any(name.startswith("optim.") for name in proposal.meta["changed"])
+            switched += 1
         metric = loss(cfg)
         decision = "keep" if metric < best else "discard"
         if decision == "keep":
             files, best = new, metric
         history.append(entry(i, metric, decision, proposal.meta, proposal.description))
         agent.observe(history[-1])
-    assert f"conf/optim/{start}.yaml" in touched or "conf/config.yaml" in touched
+    assert f"conf/optim/{start}.yaml" in touched and switched
 
 
 def test_a_proposal_switching_the_optimizer_records_the_new_files_values() -> None:
@@ -246,6 +250,16 @@ def test_a_proposal_switching_the_optimizer_records_the_new_files_values() -> No
     switched = {**APP, **set_all_knobs(APP, {"optim": "sgd"})}
     lr = next(d for d in build_space(switched, SearchSettings(), origin=centre).dims if d.knob == "optim.lr")
     assert lr.domain.low <= 0.05 <= lr.domain.high
+    # With the other option files' first values kept beside the baseline's (as the agent keeps
+    # them), SGD's lr domain stays the one of its own first value as kept changes move it.
+    origin = {**centre, **space.found.origins()}
+    assert origin["optim=sgd:optim.lr"] == 0.05 and origin["optim=sgd:optim.momentum"] == 0.9
+    moved = {**switched, **set_all_knobs(switched, {"optim.lr": 0.4})}
+    kept = next(d for d in build_space(moved, SearchSettings(), origin=origin).dims if d.knob == "optim.lr")
+    drifted = next(
+        d for d in build_space(moved, SearchSettings(), origin=centre).dims if d.knob == "optim.lr"
+    )
+    assert kept.domain == lr.domain != drifted.domain
 
 
 # -- end to end ----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from scipy.stats import norm
 
 from nightlab.agents.base import Agent
 from nightlab.agents.search.describe import describe_space, why_empty
+from nightlab.agents.search.groups import GroupSwitches
 from nightlab.agents.search.seen import away_from, running_configs, running_keys
 from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import Space, build_space, canonical
@@ -155,7 +156,8 @@ class SearchAgent(Agent):
                 if isinstance(meta.get(key), dict):
                     return meta[key]
         # No proposal of ours yet: the incumbent is the baseline unless someone else kept a change.
-        return build_space(files, self.settings, command=self.command).current()
+        space = build_space(files, self.settings, command=self.command)
+        return {**space.current(), **(space.found.origins() if space.found else {})}
 
     def _trials(self, space: Space, centre: dict[str, Any], direction: Direction) -> list[Trial]:
         """Every past experiment with known knob values, the baseline included."""
@@ -211,6 +213,7 @@ class SearchAgent(Agent):
         u0 = [d.domain.to_unit(v) for d, v in zip(space.dims, current, strict=True)]
         base_key = [canonical(v) for v in current]
         widths = np.arange(1, min(self.max_knobs, n_dims) + 1)
+        switches = GroupSwitches(space)
         out: dict[tuple, dict[str, Any]] = {}
         for attempt in range(4):
             n = N_CANDIDATES
@@ -228,6 +231,7 @@ class SearchAgent(Agent):
                     changes[i] = self._moved(
                         space.dims[i].domain, current[i], u0[i], jumps[c, i], picks[c, i]
                     )
+                changes = switches.settle(changes)
                 key = list(base_key)
                 for i, value in changes.items():
                     key[i] = canonical(value)

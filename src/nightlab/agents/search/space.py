@@ -29,7 +29,7 @@ import numpy as np
 
 from nightlab.agents.search.names import default_pin, hint_name, is_named, priority
 from nightlab.agents.search.settings import SearchSettings
-from nightlab.code.knobs import Knob, find_all_knobs, set_by_command
+from nightlab.code.knobs import EditableKnobs, Knob, find_all_knobs, set_by_command
 from nightlab.errors import UserError
 
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
@@ -213,6 +213,7 @@ class Space:
     knobs: dict[str, Knob]
     dims: list[Dim]
     pinned: dict[str, str] = field(default_factory=dict)  # knob -> why
+    found: EditableKnobs | None = None  # the knobs as read, Hydra selections included
 
     def current(self) -> dict[str, Any]:
         return {name: knob.value for name, knob in self.knobs.items()}
@@ -426,19 +427,14 @@ def build_space(
         if why_pinned:
             pinned[name] = why_pinned
             continue
-        value = knob.value
-        if (
-            origin
-            and name in origin
-            and _same_shape(origin[name], value)
-            and found.same_selection(name, origin)
-        ):
-            value = origin[name]  # not when it was another Hydra option file's (Adam's lr for SGD)
+        value, before = knob.value, found.origin(name, origin or {})  # from this knob's own file
+        if before is not None and _same_shape(before, value):
+            value = before
         new_dims, why = _dims_for(knob, value, spec, source)
         if why:
             pinned[name] = why
         dims.extend(new_dims)
-    return Space(knobs=knobs, dims=dims, pinned=pinned)
+    return Space(knobs=knobs, dims=dims, pinned=pinned, found=found)
 
 
 def _fits(choice: Any, value: Any) -> bool:

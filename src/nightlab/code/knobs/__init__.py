@@ -154,12 +154,44 @@ class EditableKnobs:
 
     knobs: list[Knob]
     selected_by: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict, repr=False)
+    command: str = ""
 
-    def same_selection(self, name: str, values: dict[str, KnobValue]) -> bool:
-        """Whether ``values`` (another version's knobs, such as the baseline's) select the same
-        option files as here for knob ``name``: only then is its value there the same setting's
-        (the baseline's Adam ``optim.lr`` says nothing of the scale of SGD's)."""
-        return all(values.get(group, option) == option for group, option in self.selected_by.get(name, ()))
+    def values_if(self, group: str, option: KnobValue) -> dict[str, KnobValue]:
+        """The values of the knobs that ``option`` of the Hydra group ``group`` would give once
+        selected (``values_if("optim", "sgd")["optim.lr"]`` is sgd.yaml's lr): what a run that
+        switches to it reads, so a move can be recorded, and compared, as what it runs."""
+        after = self._switched(group, option)
+        return {k.name: k.value for k in after.knobs if (group, option) in after.selected_by.get(k.name, ())}
+
+    def _switched(self, group: str, option: KnobValue) -> EditableKnobs:
+        changed = set_all_knobs(self.files, {group: option}, self.command)
+        return find_all_knobs({**self.files, **changed}, self.command)
+
+    def origins(self) -> dict[str, KnobValue]:
+        """The values every other option file of every group holds, under names qualified by the
+        choices that select it (``"optim=sgd:optim.lr"``): kept with the baseline's values, they
+        let a knob's domain be inferred from its own file's first value once the search switches
+        to it, rather than from whatever the incumbent holds by then."""
+        out: dict[str, KnobValue] = {}
+        for knob in self.knobs:
+            for option in knob.choices if knob.source == HYDRA_SOURCE else ():
+                if option != knob.value:
+                    after = self._switched(knob.name, option)
+                    chains = after.selected_by
+                    out.update(
+                        {_qualified(chains[k.name], k.name): k.value for k in after.knobs if k.name in chains}
+                    )
+        return out
+
+    def origin(self, name: str, origin: dict[str, KnobValue]) -> KnobValue | None:
+        """Knob ``name``'s value in ``origin`` (a version's values and :meth:`origins`, such as the
+        baseline's), read from the option file selected here: None when it has none. The
+        baseline's Adam ``optim.lr`` says nothing of the scale of SGD's."""
+        chain = self.selected_by.get(name, ())
+        if all(origin.get(group, option) == option for group, option in chain):
+            return origin.get(name)
+        return origin.get(_qualified(chain, name))
 
 
 def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
@@ -187,7 +219,11 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
             for knob in find_knobs(files[path], path):
                 name = _unique(knob.name, path, found)
                 found[name] = knob if name == knob.name else dataclasses.replace(knob, name=name)
-    return EditableKnobs(list(found.values()), selected_by)
+    return EditableKnobs(list(found.values()), selected_by, files, command)
+
+
+def _qualified(chain: tuple[tuple[str, str], ...], name: str) -> str:
+    return ",".join(f"{group}={option}" for group, option in chain) + ":" + name
 
 
 def _unique(name: str, path: str, taken: dict[str, Knob]) -> str:
@@ -240,10 +276,15 @@ def plan_changes(files: dict[str, str], values: dict[str, KnobValue], command: s
         found = find_all_knobs(current, command)
         knobs = {k.name: k for k in found.knobs}
     rest = {name: value for name, value in values.items() if name not in {c.knob.name for c in changes}}
-    rest = {name: value for name, value in rest.items() if name in knobs}
+    if changes:  # after a switch: what the new file lacks, or already holds, is no edit
+        rest = {n: v for n, v in rest.items() if n in knobs and not _holds(knobs[n], v)}
     _check(knobs, rest, "the editable files")
     changes += [_change(knobs[name], value, files, splices) for name, value in rest.items()]
     return changes
+
+
+def _holds(knob: Knob, value: KnobValue) -> bool:
+    return knob.value == value and isinstance(knob.value, bool) == isinstance(value, bool)
 
 
 def _change(
