@@ -137,6 +137,11 @@ def test_self_order_override_and_the_run_command_decide_who_owns_a_name() -> Non
         command="python t.py optim=sgd",
     )
     assert "set by the run command" in space.pinned["optim"]
+    fast = {"conf/config.yaml": "defaults:\n  - optim: adam\n  - _self_\nepochs: 5\n", **group}
+    fast["conf/exp/fast.yaml"] = "# @package _global_\nepochs: 2\n"
+    assert knobs_of(fast, "python t.py +exp=fast")["epochs"].path == "conf/exp/fast.yaml"
+    assert knobs_of(fast)["epochs"].path == "conf/config.yaml"  # not selected: not a knob
+    assert list(knobs_of(fast, "python t.py ~optim")) == ["epochs"]
 
 
 def test_plain_yaml_keeps_its_knobs_and_a_name_two_files_give_is_qualified() -> None:

@@ -9,6 +9,13 @@ experiment is exactly the values that changed, which is what a person reviewing 
 branch wants to see. :func:`set_by_command` names the knobs a run command overrides on its
 command line (:mod:`.command`), which editing cannot change.
 
+A training script's editable files are read together by :func:`find_all_knobs`: a Hydra config
+tree as Hydra composes it (:mod:`.hydra`: the defaults list's group choices are knobs, and only
+the selected option files give knobs, named by their package), every other file by itself, and
+a name two files give qualified by the second file rather than dropped. :func:`plan_changes` and
+:func:`set_all_knobs` write values into those files, a group switch first, so a value of the
+switched group lands in the option file the run will load.
+
 Example::
 
     >>> src = "LR = 3e-4  # peak\\nDEPTH = 4\\n"
@@ -214,7 +221,9 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
             for name, knob in layout.knobs.items():
                 found[renamed[name]] = _with_comment_choices(dataclasses.replace(knob, name=renamed[name]))
                 if name in layout.selected_by:
-                    selected_by[renamed[name]] = tuple((renamed[g], o) for g, o in layout.selected_by[name])
+                    selected_by[renamed[name]] = tuple(
+                        (renamed.get(g, g), o) for g, o in layout.selected_by[name]
+                    )
         elif path not in owned:
             for knob in find_knobs(files[path], path):
                 name = _unique(knob.name, path, found)

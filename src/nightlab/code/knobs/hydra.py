@@ -266,12 +266,12 @@ class _Composer:
     def _group(self, entry: _Default, package: str, group: str, chain: Chain, overrides: dict) -> None:
         key = self._key(entry, group)
         target = key.split("@")[0]
-        if key in self.removed or key in self.seen or target.split("/")[0] == "hydra":
-            return  # removed by the command, appended by it but already listed, or Hydra's own
-        self.seen.add(key)
         folder = posixpath.join(self.root, target)
         options = _options(self.files, folder)
         self.layout.files.update(f"{folder}/{name}.yaml" for name in options)
+        if key in self.removed or key in self.seen or target.split("/")[0] == "hydra":
+            return  # removed by the command, appended by it but already listed, or Hydra's own
+        self.seen.add(key)
         decisive = overrides.get(key, entry)
         option = self.chosen.get(key, decisive.option)
         plain = key not in self.chosen or re.fullmatch(r"\w+", key)  # the command's is pinned by name
