@@ -219,8 +219,8 @@ def test_domains_come_from_the_baseline_not_the_incumbent() -> None:
 @pytest.mark.parametrize(
     ("space", "pin", "message"),
     [
-        ({"DEPHT": {"low": 1, "high": 4}}, [], r"\[agent.space\] DEPHT: no such knob"),
-        ({}, ["LR_MAX"], r"\[agent\] pin LR_MAX: no such knob"),
+        ({"DEPHT": {"low": 1, "high": 4}}, [], r"\[agent.search\] space: DEPHT: no such knob"),
+        ({}, ["LR_MAX"], r"\[agent.search\] pin: LR_MAX: no such knob"),
         ({"LEARNING_RATE": 0.01}, [], r"LEARNING_RATE: expected a table"),
         (
             {"LEARNING_RATE": {"low": 0.1, "high": 0.01}},

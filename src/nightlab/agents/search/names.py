@@ -45,10 +45,10 @@ _DATA_SIZE = re.compile(
     r"|(^|_)(DATASET|DATA)_(SIZE|FRAC|FRACTION|LIMIT|PCT|PERCENT)(_|$)"
 )
 PIN_DEFAULT = "default (seed, logging, checkpoints, paths or device)"
-PIN_BUDGET = "default: the budget (declare a domain in [agent.space] to search it)"
+PIN_BUDGET = "default: the budget (declare a domain in [agent.search] space to search it)"
 PIN_MEASURED = (
     "default: data split or evaluation: changes what is measured "
-    "(declare a domain in [agent.space] to search it)"
+    "(declare a domain in [agent.search] space to search it)"
 )
 # What a researcher tries first: learning rates, then the batch and the model's shape, then the
 # schedule; everything else after. Only the order of first looks depends on it.

@@ -316,7 +316,7 @@ def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
 
 
 def _declared_domain(name: str, spec: Any, value: Any, source: str) -> Domain:
-    where = f"{source}: [agent.space] {name}"
+    where = f"{source}: [agent.search] space: {name}"
     if not isinstance(spec, dict):
         raise UserError(
             f"{where}: expected a table such as {{low = 0.01, high = 0.1, log = true}} or {{choices = [...]}}"
@@ -408,7 +408,7 @@ def build_space(
     known = ", ".join(knobs) or "none found"
     for name in list(space_spec) + pins:
         if name not in knobs:
-            section = "[agent.space]" if name in space_spec else "[agent] pin"
+            section = "[agent.search] space:" if name in space_spec else "[agent.search] pin:"
             raise UserError(
                 f"{source}: {section} {name}: no such knob in the editable files (knobs: {known})"
             )
@@ -417,7 +417,7 @@ def build_space(
     pinned: dict[str, str] = {}
     for name, knob in knobs.items():
         if name in pins:
-            pinned[name] = "[agent] pin"
+            pinned[name] = "[agent.search] pin"
             continue
         if name in overridden:
             pinned[name] = f"set by the run command (`{overridden[name]}`): edits cannot change it"
@@ -458,7 +458,7 @@ def _dims_for(knob: Knob, value: Any, spec: Any, source: str) -> tuple[list[Dim]
         elif isinstance(spec, list):
             if len(spec) != len(value):
                 raise UserError(
-                    f"{source}: [agent.space] {knob.name}: {len(spec)} entries for a knob with "
+                    f"{source}: [agent.search] space: {knob.name}: {len(spec)} entries for a knob with "
                     f"{len(value)} elements; give one table per element, or one table for all"
                 )
             specs = spec
