@@ -28,6 +28,7 @@ LEAVES = {
     "formatting",
     "plugins",
     "secrets",
+    "safefile",
 }
 # Which parts each part may import (besides the leaves and itself). Arrows point down:
 # cli uses everything, nothing uses cli; agents get what they need through the context and the
@@ -50,9 +51,10 @@ LEAF_ALLOWED = {
     "paths": set(),
     "formatting": set(),
     "secrets": set(),
+    "safefile": set(),
     "stats": set(),
     "events": set(),
-    "metrics": {"errors"},
+    "metrics": {"errors", "safefile"},
     "config": {"errors", "paths", "types"},
     "plugins": {"config", "errors", "paths"},
 }

@@ -11,6 +11,8 @@ import json
 import re
 from pathlib import Path
 
+from nightlab.safefile import read_bytes
+
 
 class MetricsFileError(ValueError):
     """A ``metrics.json`` that exists but cannot be read as JSON; the message names the file."""
@@ -26,7 +28,7 @@ def read_metrics_json(path: Path) -> dict[str, float]:
     so the caller can say why the run has no metric.
     """
     try:
-        text = path.read_text()
+        text = read_bytes(path).decode()  # a symlink or FIFO the run left: an OSError, never followed
     except FileNotFoundError:
         return {}
     except ValueError as exc:  # not UTF-8

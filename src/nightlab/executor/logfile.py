@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nightlab.paths import walk_stats
+from nightlab.safefile import new_file, open_read
 from nightlab.secrets import redact
 
 _MB = 1024 * 1024
@@ -30,9 +31,10 @@ class Pausable(Protocol):
 
 
 def read_end(path: Path, size: int) -> str:
-    """The last ``size`` bytes of a file as text (starting at a line boundary when cut)."""
+    """The last ``size`` bytes of a file as text (starting at a line boundary when cut); "" when
+    it is not a regular file: a run may have left a symlink or FIFO under its log's name."""
     try:
-        with open(path, "rb") as handle:
+        with open_read(path) as handle:
             end = handle.seek(0, os.SEEK_END)
             start = max(0, end - size)
             handle.seek(start)
@@ -48,8 +50,9 @@ def read_end(path: Path, size: int) -> str:
 
 def _blocks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
     """The file in blocks of about ``size`` bytes that end at a line break where there is one,
-    so a secret (never spanning lines) is never split between two blocks."""
-    with open(path, "rb") as handle:
+    so a secret (never spanning lines) is never split between two blocks. Raises OSError when
+    ``path`` is not a regular file (never follows a link a run planted, never blocks on a FIFO)."""
+    with open_read(path) as handle:
         rest = b""
         while True:
             data = handle.read(size)
@@ -80,13 +83,33 @@ def redact_file(path: Path, secrets: list[str]) -> bool:
         if all(clean(block) == block for block in _blocks(path)):
             return False
         tmp = path.with_name(path.name + ".redacting")
-        with open(tmp, "wb") as out:
+        with os.fdopen(new_file(tmp), "wb") as out:  # never through a link the run left there
             for block in _blocks(path):
                 out.write(clean(block))
         os.replace(tmp, path)
     except OSError:
         return False
     return True
+
+
+def read_log(path: Path) -> str:
+    """The whole text of a log or metrics file the run could have written; "" when it is gone or
+    not a regular file (see :mod:`nightlab.safefile`)."""
+    try:
+        with open_read(path) as handle:
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def read_from(path: Path, offset: int) -> str:
+    """The text of ``path`` from byte ``offset`` on ("" when it is gone or not a regular file)."""
+    try:
+        with open_read(path) as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def directory_usage(path: Path) -> int:

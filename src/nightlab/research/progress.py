@@ -29,6 +29,7 @@ from pathlib import Path
 from nightlab.config import Config, metric_group
 from nightlab.executor.process import RunInterrupted, run_process
 from nightlab.metrics import EVAL_PROGRESS_FILE, PROGRESS_FILE
+from nightlab.safefile import create_new, open_read
 from nightlab.types import TRAIN_LOG, RunResult, RunSpec
 
 DONE_FILE = "progress.done"  # created when training has ended: the evaluator finishes and exits
@@ -61,7 +62,7 @@ class _Tail:
 
     def lines(self) -> list[str]:
         try:
-            with self.path.open("rb") as fh:
+            with open_read(self.path) as fh:  # not through a link, never blocking on a FIFO
                 fh.seek(self.offset)
                 data = fh.read()
         except OSError:
@@ -237,8 +238,8 @@ class ProgressEvaluator:
         ``timeout`` seconds, then stop it; its result, None when it had to be stopped."""
         run_dir = Path(self.spec.run_dir)
         if final:
-            (run_dir / FINAL_FILE).touch()  # before progress.done: it looks for it once done
-        (run_dir / DONE_FILE).touch()
+            create_new(run_dir / FINAL_FILE)  # before progress.done: it looks for it once done
+        create_new(run_dir / DONE_FILE)  # never `touch`: a link the run left would create its target
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._stop.set()

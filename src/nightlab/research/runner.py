@@ -22,12 +22,15 @@ from nightlab.code.flags import expand_flags
 from nightlab.config import Config
 from nightlab.executor import sandbox
 from nightlab.executor.base import Executor
+from nightlab.executor.logfile import read_from, read_log
 from nightlab.executor.slots import Slot
 from nightlab.metrics import MetricsFileError, non_finite_line, parse_log_metric, read_metrics_json
 from nightlab.paths import matches
 from nightlab.research.progress import ProgressEvaluator, ProgressReader
 from nightlab.research.pruning import Pruner
+from nightlab.research.rundir import remove_special
 from nightlab.research.setup import SetupData
+from nightlab.safefile import is_regular
 from nightlab.store.backup import save_replicate
 from nightlab.store.recorded import SLOT_FILE
 from nightlab.types import EVAL_LOG, TRAIN_LOG, RunResult, RunSpec, RunStatus
@@ -173,11 +176,10 @@ class ReplicateRunner:
             if companion is not None:
                 companion.finish(self.config.budget.evaluate_timeout)
             raise
-        result.seed = seed
-        eval_log = ""
+        result.seed, eval_log, planted = seed, "", remove_special(run_dir)  # before anything reads it
         # Audit (and restore) before the evaluation, so nothing the training left behind in the
         # worktree (a patched prepare.py, a sitecustomize.py, a .pth or .pyc) reaches it.
-        problem = self._audit(tree, run_dir)
+        problem = self._audit(tree, run_dir) or planted
         evaluated_in = tree
         if not problem and result.status is RunStatus.OK and self.config.target.evaluate:
             warm = self._evaluate_warm(companion, run_dir, result) if companion is not None else None
@@ -319,8 +321,7 @@ class ReplicateRunner:
             slot,
         )
         ev = self.executor.run(spec)
-        log_text = (run_dir / EVAL_LOG).read_text(errors="replace") if (run_dir / EVAL_LOG).exists() else ""
-        return self._merge_evaluation(train, ev, seed), log_text
+        return self._merge_evaluation(train, ev, seed), read_log(run_dir / EVAL_LOG)
 
     @staticmethod
     def _merge_evaluation(train: RunResult, ev: RunResult, seed: int | None) -> RunResult:
@@ -375,6 +376,8 @@ class ReplicateRunner:
             return
         for rel in self.workspace.new_files(tree):
             if matches(rel, outputs) and not rel.endswith(NEVER_OUTPUTS) and not matches(rel, self._keep):
+                if not is_regular(tree / rel):  # a link or FIFO stays: the audit reports it
+                    continue
                 destination = run_dir / OUTPUTS_DIR / rel
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(tree / rel), destination)
@@ -387,7 +390,7 @@ class ReplicateRunner:
         if cfg.source == "json":
             path = run_dir / cfg.file
             if path.exists():
-                raw = path.read_text(errors="replace")
+                raw = read_log(path)
                 if '"invalid"' in raw and result.status is not RunStatus.INVALID:
                     result.status = RunStatus.INVALID
                     result.reason = _invalid_reason(raw) or result.reason
@@ -398,7 +401,7 @@ class ReplicateRunner:
         result.metrics.update(metrics)
         value: float | None = metrics.get(cfg.name)
         if cfg.source == "regex" and cfg.pattern:
-            log = (run_dir / TRAIN_LOG).read_text(errors="replace") if (run_dir / TRAIN_LOG).exists() else ""
+            log = read_log(run_dir / TRAIN_LOG)
             # With an evaluate step, only the evaluation's own output counts, never the trainer's.
             value = parse_log_metric(eval_log if self.config.target.evaluate else log, cfg.pattern)
         holdout = metrics.get(cfg.holdout) if cfg.holdout else None
@@ -478,16 +481,6 @@ def write_slot(run_dir: Path, slot: Slot | None) -> None:
 def evaluator_worktree(name: str) -> str:
     """The worktree the progress evaluator of worktree ``name``'s runs works in."""
     return f"{name}-eval"
-
-
-def read_from(path: Path, offset: int) -> str:
-    """The text of ``path`` from byte ``offset`` on ("" when it is gone)."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            return handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 def progress_every(config: Config) -> float | None:

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from nightlab.safefile import read_bytes
 from nightlab.store.schema import EXPERIMENT_COLUMNS, ExperimentRow
 from nightlab.types import RunResult, RunStatus
 
@@ -118,7 +119,7 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 
 def _read(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8", errors="surrogateescape"))
+        data = json.loads(read_bytes(path).decode("utf-8", errors="surrogateescape"))  # never via a link
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

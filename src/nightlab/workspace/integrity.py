@@ -16,6 +16,11 @@ from pathlib import Path
 
 from nightlab.config import Config
 from nightlab.paths import CONFIG_NAME, match_files, walk_stats
+from nightlab.safefile import NotRegularFile, open_read
+
+# The hash of a frozen file that is now a symlink, FIFO, socket or device: never read (a FIFO
+# would block the harness forever, a link to /dev/zero fill its memory), always a change.
+NOT_REGULAR = "not a regular file"
 
 
 def frozen_paths(config: Config, root: Path) -> list[str]:
@@ -30,12 +35,21 @@ def hash_paths(root: Path, paths: Iterable[str]) -> dict[str, str]:
     """sha256 of each file under ``root``, by relative path.
 
     ``"missing"`` when there is no file to read (gone, a directory now, or a parent that became a
-    file), so deleting or replacing a frozen file counts as a change rather than a crash.
+    file), :data:`NOT_REGULAR` for a symlink, FIFO or device (a run may plant one in its worktree;
+    it is never followed or opened for reading), so deleting or replacing a frozen file counts as
+    a change rather than a crash or a hang.
     """
     out: dict[str, str] = {}
     for rel in paths:
+        path = Path(root) / rel
         try:
-            out[rel] = hashlib.sha256((Path(root) / rel).read_bytes()).hexdigest()
+            digest = hashlib.sha256()
+            with open_read(path) as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023 (used at once)
+                    digest.update(block)
+            out[rel] = digest.hexdigest()
+        except NotRegularFile:
+            out[rel] = "missing" if path.is_dir() and not path.is_symlink() else NOT_REGULAR
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             out[rel] = "missing"
     return out
@@ -52,10 +66,14 @@ class FrozenCheck:
         return [rel for rel, digest in self.expected.items() if actual.get(rel) != digest]
 
     def describe(self, root: Path) -> str | None:
-        bad = self.violations(root)
+        actual = hash_paths(root, sorted(self.expected))
+        bad = [rel for rel, digest in self.expected.items() if actual.get(rel) != digest]
         if not bad:
             return None
-        return "frozen file changed during the run: " + ", ".join(bad)
+        named = [
+            f"{rel} (no longer a regular file)" if actual.get(rel) == NOT_REGULAR else rel for rel in bad
+        ]
+        return "frozen file changed during the run: " + ", ".join(named)
 
 
 Stamp = tuple[int, int]  # (inode, ctime in ns)
