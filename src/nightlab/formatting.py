@@ -8,6 +8,7 @@ negative sign is always the minus sign, never a hyphen that looks like a dash).
 from __future__ import annotations
 
 import math
+import re
 
 MISSING = "—"
 
@@ -38,3 +39,33 @@ def decimals_for(
     if not scale or not math.isfinite(scale):
         return default
     return min(high, max(low, significant - 1 - math.floor(math.log10(abs(scale)))))
+
+
+# What a terminal acts on rather than shows, in text a run or an agent wrote (a log line, a
+# reason, a description). Escape sequences first, whole: CSI (``ESC [`` ... final byte), OSC
+# (``ESC ]`` up to BEL or ST; one left unterminated loses only its introducer, never the lines
+# after it), DCS/SOS/PM/APC (``ESC P``/``X``/``^``/``_`` up to ST), any other ``ESC x``, and the
+# 8-bit CSI (0x9B) and OSC (0x9D); then :data:`_CONTROL` takes each control character left.
+_ESCAPE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?"
+    r"|\x1b\][^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)"
+    r"|\x1b[PX^_][^\x1b\x9c\n]*(?:\x1b\\|\x9c)"
+    r"|\x1b[ -/]*[0-~]?"
+    r"|\x9b[0-?]*[ -/]*[@-~]?"
+    r"|\x9d[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: object, allow: str = "") -> str:
+    """``text`` fit to print on a terminal: escape sequences removed and every other C0/C1
+    control character with them, except those in ``allow`` (``"\\n"`` for text meant to span
+    lines; a tab not allowed becomes a space). For what is printed, never for what is stored:
+    the ledger keeps what the run said, and JSON output escapes control characters itself."""
+    text = str(text)
+    if "\n" in allow:
+        text = text.replace("\r\n", "\n")
+    text = _ESCAPE.sub("", text)
+    if "\t" not in allow:
+        text = text.replace("\t", " ")
+    return _CONTROL.sub(lambda m: m.group() if m.group() in allow else "", text)

@@ -72,6 +72,7 @@ def try_command(
     from nightlab.config import load_config
     from nightlab.errors import UserError
     from nightlab.events import EventSink
+    from nightlab.formatting import terminal_safe
     from nightlab.research.tryrun import result_block, try_working_tree
 
     if message is None and not sync:
@@ -90,7 +91,8 @@ def try_command(
     best_name = f"#{best.id}" if best else "-"
     row = outcome.row
     if row is not None:
-        typer.echo(result_block(session, row), nl=False)
+        # The description, hypothesis and reason are agent- and run-written: no escapes reach the terminal.
+        typer.echo(terminal_safe(result_block(session, row), allow="\n"), nl=False)
     if row is None:
         what = ", ".join(outcome.synced) or "nothing to change"
         typer.echo(f"synced: the best code ({best_name} on {branch}) is in your checkout ({what})")

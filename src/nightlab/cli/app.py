@@ -150,7 +150,9 @@ def _interrupted_note(args: list[str]) -> str:
 
 
 def _error_line(text: str) -> None:
-    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+    from nightlab.formatting import terminal_safe  # an error may quote a run's log or an agent
+
+    err_console.print(terminal_safe(text, allow="\n"), markup=False, highlight=False, soft_wrap=True)
 
 
 def _click_ending(exc: Exception) -> None:

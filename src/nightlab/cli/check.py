@@ -21,6 +21,7 @@ def check_command(
 ) -> None:
     """Would a night be honest? Setup, then two short runs with two seeds: knobs, metric, seed,
     budget, files written, time. Exit 0 only when every check passes."""
+    from nightlab.formatting import terminal_safe
     from nightlab.research.check import check_target
     from nightlab.research.session import open_session
 
@@ -31,7 +32,9 @@ def check_command(
     report = check_target(session, seconds)
     for finding in report.findings:
         mark = Text("ok  ", style="green") if finding.ok else Text("FIX ", style="bold red")
-        console.print(Text.assemble(mark, Text(f"{finding.what}: ", style="bold"), Text(finding.detail)))
+        # A finding's detail quotes the run (its log, its errors): shown, never obeyed by the terminal.
+        what, detail = terminal_safe(finding.what), terminal_safe(finding.detail, allow="\n")
+        console.print(Text.assemble(mark, Text(f"{what}: ", style="bold"), Text(detail)))
     if report.honest:
         console.print(f"a night on this target would be honest: nightlab run {directory}")
         return

@@ -183,7 +183,9 @@ def argument_error(tool: str, exc: ValidationError) -> str:
 
 def _stderr_printer(event) -> None:
     if event.kind in ("run", "run_done", "decision", "resume"):
-        print(f"nightlab: {event.message}", file=sys.stderr, flush=True)
+        from nightlab.formatting import terminal_safe  # stderr is often the user's terminal
+
+        print(f"nightlab: {terminal_safe(event.message)}", file=sys.stderr, flush=True)
 
 
 def build_server(root: Path, tag: str | None = None) -> MCPServer:

@@ -111,14 +111,18 @@ def write_reports(session: Session, quiet: bool) -> dict[str, Path]:
         )
     except Exception as exc:  # noqa: BLE001 - a plotting problem must not hide the results
         if not quiet:
-            err_console.print(f"warning: could not draw progress.png ({exc})")
+            err_console.print(f"warning: could not draw progress.png ({exc})", markup=False, highlight=False)
     try:  # validate/ablate figures (validation.png, ablation.png), when those studies ran
         from nightlab.report.validation import write_study_plots
 
         paths.update(write_study_plots(session.ledger, state, session.config))
     except Exception as exc:  # noqa: BLE001 - a plotting problem must not hide the results
         if not quiet:
-            err_console.print(f"warning: could not draw the validation/ablation figures ({exc})")
+            err_console.print(
+                f"warning: could not draw the validation/ablation figures ({exc})",
+                markup=False,
+                highlight=False,
+            )
     try:
         from nightlab.report.html import write_html_report
 
@@ -132,51 +136,57 @@ def write_reports(session: Session, quiet: bool) -> dict[str, Path]:
 
 def print_summary(session: Session, console: Console = console) -> None:
     """The research summary as plain text (descriptions are agent-written: never rich markup)."""
+    from nightlab.formatting import terminal_safe
     from nightlab.report.summary import render_summary
     from nightlab.workspace.lock import holder
 
     cfg = session.config
     live = holder(session.workspace.state_dir) is not None
     text = render_summary(session.ledger, session.tag, cfg.metric.name, cfg.metric.direction, live=live)
-    console.print(text, markup=False, highlight=False)
+    console.print(terminal_safe(text, allow="\n"), markup=False, highlight=False)
 
 
 def print_status_table(data: dict, metric_name: str) -> None:
-    """``nightlab status``: one row per experiment of the ledger's status dict, then the best."""
+    """``nightlab status``: one row per experiment of the ledger's status dict, then the best.
+    Run- and agent-written text (reasons, descriptions, warnings) goes through
+    :func:`~nightlab.formatting.terminal_safe`: rich passes escape sequences through as they are."""
     from rich.table import Table
     from rich.text import Text
 
     from nightlab.formatting import fixed
+    from nightlab.formatting import terminal_safe as safe
 
-    table = Table(title=f"nightlab status ({data.get('tag', '')})")
+    table = Table(title=Text(f"nightlab status ({safe(data.get('tag', ''))})"))
     for col in ("id", "status", "decision", metric_name, "±", "runs", "description", "reason"):
         table.add_column(col, overflow="fold")
     for e in data.get("experiments", []):
         metric = e.get("metric")
         spread = e.get("spread")
         table.add_row(
-            str(e.get("id")),
-            str(e.get("status")),
-            str(e.get("decision") or ""),
+            safe(e.get("id")),
+            safe(e.get("status")),
+            safe(e.get("decision") or ""),
             f"{metric:.6f}" if isinstance(metric, (int, float)) else "-",
             f"{spread:.4f}" if isinstance(spread, (int, float)) else "",
             str(e.get("runs") or 0),
             # Agent-written text goes in as Text: a str would be parsed for [markup].
-            Text(str(e.get("description") or "")),
-            Text(str(e.get("reason") or "") + "".join(f" (audit: {a})" for a in e.get("audit") or [])),
+            Text(safe(e.get("description") or "")),
+            Text(safe(str(e.get("reason") or "") + "".join(f" (audit: {a})" for a in e.get("audit") or []))),
         )
     console.print(table)
     for run in data.get("running") or []:
         where = f"slot {run['slot']} ({run['device']})" if run.get("slot") is not None else "running"
         since = f" since {run['started_at']}" if run.get("started_at") else ""
         line = f"{where}: #{run['experiment']} run {run['replicate'] + 1}{since}: {run['description']}"
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.print(safe(line), markup=False, highlight=False, soft_wrap=True)
     best = data.get("best")
     if best:
         console.print(
-            f"best: #{best.get('id')} {metric_name} {fixed(best.get('metric'))} ({best.get('description')})",
+            safe(
+                f"best: #{best.get('id')} {metric_name} {fixed(best.get('metric'))} ({best.get('description')})"
+            ),
             markup=False,
             highlight=False,
         )
     for text in data.get("warnings") or []:  # what makes the night less honest than it looks
-        console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"warning: {safe(text)}", markup=False, highlight=False, soft_wrap=True)

@@ -19,6 +19,7 @@ from nightlab.cli.output import (
     run_research,
     write_reports,
 )
+from nightlab.formatting import terminal_safe
 
 
 def register(app: typer.Typer) -> None:
@@ -113,7 +114,7 @@ def run(
             wants_quiet=hooks.wants_quiet,
         )
     write_reports(session, quiet=True)
-    console.print(f"stopped: {outcome.stopped_because}")
+    console.print(f"stopped: {terminal_safe(outcome.stopped_because)}", markup=False, highlight=False)
     print_summary(session)
     if outcome.agent_failed:  # the results stand; a script running the night can tell it ended early
         raise typer.Exit(1)

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from nightlab.cli.output import console, err_console
 from nightlab.formatting import decimals_for, fixed, signed
+from nightlab.formatting import terminal_safe as safe
 
 if TYPE_CHECKING:  # imported when a command runs: `nightlab --help` stays fast
     from nightlab.research.runner import Replicate
@@ -45,7 +46,7 @@ def _progress(quiet: bool):  # noqa: ANN202 - a RunCallback
             return
         r = rep.result
         value = f"{rep.metric:.6g}" if rep.metric is not None else "-"
-        why = f" ({r.reason})" if r.status.failed and r.reason else ""
+        why = f" ({safe(r.reason)})" if r.status.failed and r.reason else ""  # the run's own words
         err_console.print(
             f"  {arm.label}, seed {index + 1}: {r.status.value} {value} in {r.total_seconds:.1f}s{why}",
             **_PATH,
@@ -128,7 +129,7 @@ def _print_validation(report: ValidationReport) -> None:
     if report.comparisons:
         console.print(table)
         for c in report.comparisons:
-            console.print(f"{c.name}: {c.verdict}, {c.note}", **_PATH)
+            console.print(safe(f"{c.name}: {c.verdict}, {c.note}"), **_PATH)
     if report.research_gain is not None:
         console.print(f"gain measured during research: {report.research_gain:.6g}", **_PATH)
     if report.target is not None:
@@ -148,9 +149,9 @@ def _print_validation(report: ValidationReport) -> None:
             )
             console.print(f"  {sp.quantity}: {sp.text}{ci}", **_PATH)
         for warning in t.warnings:
-            console.print(f"  warning: {warning}", **_PATH)
+            console.print(f"  warning: {safe(warning)}", **_PATH)
     for side, text in report.failures.items():
-        console.print(f"{side}: {text}", **_PATH)
+        console.print(safe(f"{side}: {text}", allow="\n"), **_PATH)
     if report.plot:
         console.print(f"plot: {report.plot}", **_PATH)
 
@@ -201,7 +202,7 @@ def _print_ablation(report: AblationReport) -> None:
     for c in report.contributions:
         interval = c.interval
         table.add_row(
-            Text(f"#{c.change.experiment_id} {c.change.description}"),
+            Text(safe(f"#{c.change.experiment_id} {c.change.description}")),
             signed(c.value, digits),
             "—" if interval is None else f"{signed(interval[0], digits)} … {signed(interval[1], digits)}",
             "—" if c.comparison is None or c.comparison.p_value is None else f"{c.comparison.p_value:.2g}",
@@ -224,8 +225,8 @@ def _print_ablation(report: AblationReport) -> None:
     else:
         console.print("every measured change earns its place")
     if report.applied is not None:
-        console.print(report.applied.reason, **_PATH)
+        console.print(safe(report.applied.reason, allow="\n"), **_PATH)
     for note in report.notes:
-        console.print(note, **_PATH)
+        console.print(safe(note, allow="\n"), **_PATH)
     if report.plot:
         console.print(f"plot: {report.plot}", **_PATH)

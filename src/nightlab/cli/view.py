@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nightlab.events import Event
+from nightlab.formatting import terminal_safe
 
 
 class RunView:
@@ -32,14 +33,16 @@ class RunView:
         self.recent: list[str] = []
 
     def on_event(self, event: Event) -> None:
+        # Messages carry run- and agent-written text (descriptions, reasons): shown, never obeyed.
+        message = terminal_safe(event.message, allow="\n")
         if event.kind == "run":
-            self.running[(event.experiment_id, event.replicate)] = (event.message, time.monotonic())
+            self.running[(event.experiment_id, event.replicate)] = (message, time.monotonic())
         elif event.kind == "run_done":
             self.running.pop((event.experiment_id, event.replicate), None)
-            self._remember(event.message)
+            self._remember(message)
         elif event.kind in ("decision", "confirm", "resume", "notice"):
-            self.last_decision = event.message
-            self._remember(event.message)
+            self.last_decision = message
+            self._remember(message)
             outcome = event.data.get("outcome")
             if outcome:
                 self.counts[outcome] += 1
@@ -60,13 +63,14 @@ class RunView:
             elapsed = time.monotonic() - started
             filled = min(20, int(20 * elapsed / max(limit, 1e-9)))
             bar = "█" * filled + "░" * (20 - filled)
-            grid.add_row("running", f"{line}\n{bar} {elapsed:5.0f}s / {limit:g}s {label}")
+            # Text, not str: a str cell is parsed for [markup], and these lines hold descriptions.
+            grid.add_row("running", Text(f"{line}\n{bar} {elapsed:5.0f}s / {limit:g}s {label}"))
         if not self.running:
             grid.add_row("running", "-")
         grid.add_row(f"best {self.metric_name}", self.best)
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "-"
         grid.add_row("outcomes", counts)
-        grid.add_row("last decision", self.last_decision)
+        grid.add_row("last decision", Text(self.last_decision))
         recent = Text("\n".join(self.recent), style="dim")
         return Panel(Group(grid, recent), title="nightlab", border_style="cyan")
 
@@ -87,10 +91,12 @@ class LiveView:
 
 
 def plain_printer(console: Console):
-    """For logs and CI: one timestamped line per event."""
+    """For logs and CI: one timestamped line per event (escape sequences and control characters
+    of the run- and agent-written text taken out: :func:`~nightlab.formatting.terminal_safe`)."""
 
     def emit(event: Event) -> None:
         if event.kind in ("run", "run_done", "decision", "confirm", "resume", "notice"):
-            console.print(f"[{time.strftime('%H:%M:%S')}] {event.message}", markup=False, highlight=False)
+            message = terminal_safe(event.message, allow="\n")
+            console.print(f"[{time.strftime('%H:%M:%S')}] {message}", markup=False, highlight=False)
 
     return emit

@@ -25,6 +25,7 @@ import typer
 
 from nightlab.cli.output import DirArg, console, err_console
 from nightlab.errors import UserError
+from nightlab.formatting import terminal_safe
 
 if TYPE_CHECKING:
     from nightlab.events import EventSink
@@ -303,7 +304,9 @@ def run_hooks(session: Session) -> Iterator[RunHooks]:
         live = LiveExport(
             scope,
             trackers,
-            warn=lambda line: err_console.print(line, markup=False, highlight=False, soft_wrap=True),
+            warn=lambda line: err_console.print(
+                terminal_safe(line), markup=False, highlight=False, soft_wrap=True
+            ),
         )
         events.subscribe(live.on_event)
         live.start()
