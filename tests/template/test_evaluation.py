@@ -274,3 +274,56 @@ def test_checkpoints_are_scored_at_low_priority_and_the_final_evaluation_is_not(
     thread.join()
     assert seen["thread"] == min(19, before + tpl.evaluation.FOLLOW_NICE)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # this thread: unchanged
+
+
+class CountsItsCalls(Bigram):
+    """Causal for its first calls (the causality check's), then looks ahead: a buffer it writes
+    while it runs persists across calls of the loaded program (found from outside: 0.013 bpb)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        self.calls.add_(1)
+        ahead = nn.functional.one_hot(torch.roll(idx, -1, 1), 256).float()
+        return self.table(idx) + 40.0 * (self.calls > 6).float() * ahead
+
+
+class ReadsAFile(Bigram):
+    """Reads a file when the evaluator runs it (found from outside: val.bin and holdout.bin,
+    which the training process cannot read, memorised at evaluation time: 0.68 bpb)."""
+
+    path = ""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        bias = torch.from_file(self.path, shared=False, size=256, dtype=torch.uint8).float()
+        return self.table(idx) + bias
+
+
+def test_a_program_that_keeps_state_or_reads_files_when_run_is_invalid(
+    tpl: SimpleNamespace, tmp_path: Path
+) -> None:
+    _export(tpl, CountsItsCalls())
+    run_dir = tpl.data.get_run_dir()
+    assert evaluate(tpl, run_dir) == 5
+    reason = json.loads((run_dir / "metrics.json").read_text())["invalid"]
+    assert reason == "the exported program changes its own state when it runs (aten.add_.Tensor)"
+    (run_dir / "metrics.json").unlink()
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(bytes(range(256)))
+    ReadsAFile.path = str(secret)
+
+    def shape(filename, shared=None, size=0, *, dtype=None, layout=None, device=None, pin_memory=None):  # noqa: ANN001, ANN202
+        return torch.empty(size, dtype=dtype, device="meta")
+
+    lib = torch.library.Library("aten", "IMPL")  # what the attack did: a shape for export to trace
+    lib.impl("from_file", shape, "Meta")
+    try:
+        _export(tpl, ReadsAFile())
+    finally:
+        lib._destroy()
+    assert evaluate(tpl, run_dir) == 5
+    reason = json.loads((run_dir / "metrics.json").read_text())["invalid"]
+    assert reason == "the exported program calls aten.from_file.default, which is not tensor maths"

@@ -170,3 +170,27 @@ def test_finish_of_an_invalid_model_exits_5_with_a_status_line(workspace: Path, 
 def test_cuda_train_loader(tpl: SimpleNamespace) -> None:
     x, y = next(tpl.harness.make_train_loader(4, 32, device="cuda", seed=0))
     assert x.is_cuda and y.is_cuda and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_a_budget_count_train_py_under_reports_is_caught_by_the_harness(
+    tpl: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.py reports what it trained to the budget; dividing its FLOPs per token by 4 trained
+    4x the budget and was kept (found from outside). The harness's own counts catch it."""
+    harness = tpl.harness
+    model = torch.nn.Sequential(
+        torch.nn.Embedding(256, 16), torch.nn.Linear(16, 32), torch.nn.Linear(32, 256)
+    )
+    per_token = 6 * (16 * 32 + 32 * 256)  # the embedding table is a lookup: not counted
+    monkeypatch.setitem(harness.SERVED, "tokens", 10_000)
+    monkeypatch.setitem(harness.SERVED, "batch", 512)
+    monkeypatch.setitem(harness.REPORTED, "tokens", None)
+    budget = harness.Budget(flops=1e9)
+    assert "never asked the budget" in harness.budget_overspent(model, budget)
+    budget.progress(1.0, 10_000, 5, 1.2 * per_token * 10_000)  # honest: attention on top
+    assert harness.budget_overspent(model, budget) is None
+    budget.progress(1.0, 10_000, 5, per_token * 10_000 / 4)
+    assert "under-counts what it trains" in harness.budget_overspent(model, budget)
+    budget.progress(1.0, 4_000, 5, 1.2 * per_token * 4_000)
+    assert "served 10,000 tokens but train.py counted 4,000" in harness.budget_overspent(model, budget)
+    assert harness.budget_overspent(model, harness.Budget(seconds=5)) is None  # its own clock

@@ -102,7 +102,17 @@ def _batches(
             if pin:
                 chunk = chunk.pin_memory()
             chunk = chunk.to(device, non_blocking=pin)
+            SERVED["tokens"] += batch_size * seq_len
+            SERVED["batch"] = max(SERVED["batch"], batch_size * seq_len)
             yield chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+
+
+# What the train loaders handed out in this process, and the last count train.py reported to
+# the budget: finish() checks the one against the other (budget_overspent).
+SERVED = {"tokens": 0, "batch": 0}
+REPORTED: dict[str, float | None] = {"tokens": None, "flops": None}
+# Batches a loader may hand out beyond what training counts: a warm-up step, a prefetch queue.
+SERVED_SLACK_BATCHES = 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +147,7 @@ class Budget:
 
     def progress(self, training_seconds: float, tokens: int, steps: int, flops: float | None = None) -> float:
         """Fraction of the budget used, in [0, 1]: the furthest-along of the set budgets."""
+        REPORTED["tokens"], REPORTED["flops"] = tokens, flops
         if self.flops and flops is None:
             raise fail(
                 "NIGHTLAB_BUDGET_FLOPS is set but train.py passes no FLOPs count to "
@@ -349,6 +360,10 @@ def finish(model: torch.nn.Module, checkpoints: Checkpoints | None = None) -> fl
             f"progress: {checkpoints.count} checkpoints in {checkpoints.seconds:.2f} s (not training time)",
             flush=True,
         )
+    overspent = budget_overspent(model, get_budget())
+    if overspent:
+        print(f"status: invalid ({overspent})", flush=True)
+        raise SystemExit(EXIT_INVALID)
     export_model(model, reuse=checkpoints.program if checkpoints is not None else None)
     if os.environ.get("NIGHTLAB_EVAL_SEPARATE", "0") not in ("", "0"):
         return None
@@ -372,6 +387,40 @@ def finish(model: torch.nn.Module, checkpoints: Checkpoints | None = None) -> fl
         f"evaluation: {metrics['eval_seconds']:.1f}s in a separate process, {metrics['eval_tokens']:,} val tokens"
     )
     return metrics["val_bpb"]
+
+
+def budget_overspent(model: torch.nn.Module, budget: Budget) -> str | None:
+    """Why the count train.py reports to a tokens or FLOPs budget cannot be right, or None.
+
+    The budget stops training on what train.py says it trained. One that under-reports (its
+    FLOPs per token divided by 4: found from outside, kept after training 4x the budget) is
+    caught here against the harness's own counts: the tokens the train loaders served (data
+    train.py reads some other way is not seen), and a lower bound of the model's FLOPs per
+    token, 6 per weight of every matrix it trains (embedding tables aside, attention not
+    counted). Per token, so a step's size or a warm-up step does not matter.
+    """
+    served, batch = SERVED["tokens"], SERVED["batch"]
+    if not (budget.tokens or budget.flops) or not served:
+        return None
+    tokens, flops = REPORTED["tokens"], REPORTED["flops"]
+    if tokens is None:
+        return f"train.py never asked the budget whether to stop, and its loaders served {served:,} tokens"
+    if served - SERVED_SLACK_BATCHES * batch > tokens:
+        return f"the train loaders served {served:,} tokens but train.py counted {tokens:,}"
+    if budget.flops and flops is not None and tokens > 0:
+        weights = sum(
+            p.numel()
+            for module in model.modules()
+            if not isinstance(module, torch.nn.Embedding)
+            for p in module.parameters(recurse=False)
+            if p.dim() >= 2
+        )
+        if flops < 0.99 * 6 * weights * tokens:
+            return (
+                f"train.py counted {flops / tokens:.4g} FLOPs per token, but its {weights:,} matrix "
+                f"weights alone take {6 * weights:.4g}: it under-counts what it trains"
+            )
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
