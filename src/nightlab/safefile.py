@@ -3,7 +3,7 @@
 The harness runs unsandboxed, but the training process may write in its run directory and its
 worktree. A path there may therefore be a symlink to a private file (a data cache's key, the
 harness's ``/proc/self/environ``), a FIFO that blocks the first ``open`` or ``read`` forever, or a
-link to ``/dev/zero`` that never ends (attacks A20-A22, docs/SECURITY.md). Every read or write of
+link to ``/dev/zero`` that never ends (docs/SECURITY.md: planted files). Every read or write of
 such a path by name goes through here: the last component is opened with ``O_NOFOLLOW`` and
 ``O_NONBLOCK`` (a FIFO opens at once instead of waiting for a writer), and the descriptor must be
 a regular file before a byte is read. :func:`special_entries` finds what a run left that is not

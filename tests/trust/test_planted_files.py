@@ -2,8 +2,8 @@
 
 The training process may write its run directory and its worktree; the harness reads both right
 after it. A symlink there must never make the harness read a private file into the ledger, create
-a file outside, or copy its environment; a FIFO must never hang it (attacks A20-A22,
-docs/SECURITY.md). The session runs through the real CLI, git and processes on the toy target.
+a file outside, or copy its environment; a FIFO must never hang it (docs/SECURITY.md:
+planted files). The session runs through the real CLI, git and processes on the toy target.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ read a file the sandbox hid from the run (a data cache's key into the ledger), w
 file outside (``progress.final`` -> anywhere), or copy its own environment (``/proc/self/environ``);
 a FIFO or device could hang it. :func:`remove_special` runs as soon as the process has ended,
 before anything reads its outputs: it removes every such entry and says what the run left, which
-makes the run invalid (attacks A20-A22, docs/SECURITY.md).
+makes the run invalid (docs/SECURITY.md: planted files).
 """
 
 from __future__ import annotations
@@ -33,6 +33,6 @@ def remove_special(run_dir: Path) -> str | None:
         return "the run left too many entries in its run directory to check them"
     if not found:
         return None
-    shown = ", ".join(description for _, description in found[:SHOWN])
+    shown = ", ".join(f"a {description}" for _, description in found[:SHOWN])
     more = f" and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
-    return f"the run left a {shown}{more}: not allowed in the run directory (regular files only)"
+    return f"the run left {shown}{more}: not allowed in the run directory (regular files only)"
