@@ -51,7 +51,7 @@ LEAF_ALLOWED = {
     "paths": set(),
     "formatting": set(),
     "secrets": set(),
-    "safefile": set(),
+    "safefile": {"paths"},
     "stats": set(),
     "events": set(),
     "metrics": {"errors", "safefile"},

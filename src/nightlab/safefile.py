@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from nightlab.paths import walk_stats
+
 # Entries of a run directory looked at, at most: a run that leaves more is flagged for that.
 WALK_CAP = 20_000
 
@@ -113,27 +115,13 @@ def special_entries(root: Path | str, cap: int = WALK_CAP) -> tuple[list[tuple[s
     """Entries under ``root`` that are neither regular files nor folders, as (relative path,
     description), and whether the walk stopped at ``cap`` entries. Links are never followed."""
     found: list[tuple[str, str]] = []
-    stack, seen = [str(root)], 0
-    while stack:
-        current = stack.pop()
-        try:
-            entries = list(os.scandir(current))
-        except OSError:
-            continue
-        for entry in entries:
-            seen += 1
-            if seen > cap:
-                return found, True
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                stack.append(entry.path)
-            elif not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
-                # A hard link is a regular file that is also another file (a private one?).
-                rel = os.path.relpath(entry.path, root)
-                found.append((rel, _describe(rel, entry.path, info.st_mode, info.st_nlink)))
+    for seen, (path, info) in enumerate(walk_stats(root), start=1):
+        if seen > cap:
+            return found, True
+        if not stat.S_ISDIR(info.st_mode) and (not stat.S_ISREG(info.st_mode) or info.st_nlink > 1):
+            # A hard link is a regular file that is also another file (a private one?).
+            rel = os.path.relpath(path, root)
+            found.append((rel, _describe(rel, path, info.st_mode, info.st_nlink)))
     return found, False
 
 
