@@ -124,3 +124,31 @@ def test_remove_special_names_and_removes_what_is_not_a_regular_file(tmp_path: P
     assert "symlink sub/environ -> /proc/self/environ" in reason and "FIFO pipe" in reason
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["ok.txt", "sub"]
     assert remove_special(tmp_path) is None
+
+
+def test_a_link_to_a_file_beside_it_is_removed_without_making_the_run_invalid(tmp_path: Path) -> None:
+    """Checkpointing scripts link ``latest.pt`` to their newest step: harmless, removed quietly.
+    A relative link that climbs out, or one to a link, still makes the run invalid."""
+    from nightlab.research.rundir import drop_inner_link
+
+    run_dir = tmp_path / "run"
+    (run_dir / "ckpt").mkdir(parents=True)
+    (run_dir / "ckpt" / "step_100.pt").write_bytes(b"weights")
+    (run_dir / "ckpt" / "latest.pt").symlink_to("step_100.pt")
+    (run_dir / "ckpt_dir").symlink_to("ckpt")
+    assert remove_special(run_dir) is None
+    assert sorted(p.name for p in run_dir.rglob("*")) == ["ckpt", "step_100.pt"]
+    (tmp_path / "outside.txt").write_text("secret")
+    (run_dir / "up").symlink_to("../outside.txt")
+    reason = remove_special(run_dir)
+    assert reason is not None and "symlink up -> ../outside.txt" in reason
+    assert (tmp_path / "outside.txt").read_text() == "secret"
+
+    tree = tmp_path / "tree"
+    (tree / "out").mkdir(parents=True)
+    (tree / "out" / "step_1.pt").write_bytes(b"w")
+    (tree / "out" / "last.pt").symlink_to("step_1.pt")
+    (tree / "out" / "key").symlink_to("/etc/hostname")
+    drop_inner_link(tree, "out/last.pt")
+    drop_inner_link(tree, "out/key")
+    assert not (tree / "out" / "last.pt").is_symlink() and (tree / "out" / "key").is_symlink()

@@ -12,6 +12,7 @@ makes the run invalid (docs/SECURITY.md: planted files).
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from nightlab.safefile import special_entries
@@ -29,6 +30,9 @@ def remove_special(run_dir: Path) -> str | None:
             os.unlink(run_dir / rel)  # unlink never follows: the link itself goes, not its target
         except OSError:
             pass
+    # A checkpointing script's own link to a file beside it (``latest.pt -> step_100.pt``) is
+    # removed like any link, but says nothing bad about the run: it is not made invalid for it.
+    found = [(rel, what) for rel, what in found if not inner_link(run_dir, what)]
     if capped:
         return "the run left too many entries in its run directory to check them"
     if not found:
@@ -36,3 +40,35 @@ def remove_special(run_dir: Path) -> str | None:
     shown = ", ".join(f"a {description}" for _, description in found[:SHOWN])
     more = f" and {len(found) - SHOWN} more" if len(found) > SHOWN else ""
     return f"the run left {shown}{more}: not allowed in the run directory (regular files only)"
+
+
+def inner_link(root: Path, description: str) -> bool:
+    """Whether a described entry (:func:`nightlab.safefile.special_entries`) was a symlink to a
+    plain file or folder inside ``root``: ``symlink latest.pt -> step_100.pt``."""
+    if not description.startswith("symlink ") or " -> " not in description:
+        return False
+    rel, target = description[len("symlink ") :].split(" -> ", 1)
+    if os.path.isabs(target):
+        return False
+    resolved = os.path.normpath(os.path.join(root, os.path.dirname(rel), target))
+    inside = os.path.commonpath([os.path.realpath(root), os.path.realpath(resolved)]) == os.path.realpath(
+        root
+    )
+    try:
+        mode = os.lstat(resolved).st_mode
+    except OSError:
+        return False
+    return inside and (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def drop_inner_link(root: Path, rel: str) -> None:
+    """Remove ``root/rel`` when it is a symlink to a plain file or folder inside ``root`` (a
+    declared output such as ``checkpoints/last.pt -> step_100.pt``); anything else stays, for
+    the audit to report."""
+    path = root / rel
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return
+    if inner_link(root, f"symlink {rel} -> {target}"):
+        path.unlink()

@@ -28,7 +28,7 @@ from nightlab.metrics import MetricsFileError, non_finite_line, parse_log_metric
 from nightlab.paths import matches
 from nightlab.research.progress import ProgressEvaluator, ProgressReader
 from nightlab.research.pruning import Pruner
-from nightlab.research.rundir import remove_special
+from nightlab.research.rundir import drop_inner_link, remove_special
 from nightlab.research.setup import SetupData
 from nightlab.safefile import is_regular
 from nightlab.store.backup import save_replicate
@@ -376,7 +376,8 @@ class ReplicateRunner:
             return
         for rel in self.workspace.new_files(tree):
             if matches(rel, outputs) and not rel.endswith(NEVER_OUTPUTS) and not matches(rel, self._keep):
-                if not is_regular(tree / rel):  # a link or FIFO stays: the audit reports it
+                if not is_regular(tree / rel):  # a link inside goes; another, or a FIFO, the audit reports
+                    drop_inner_link(tree, rel)
                     continue
                 destination = run_dir / OUTPUTS_DIR / rel
                 destination.parent.mkdir(parents=True, exist_ok=True)
