@@ -111,6 +111,11 @@ def make_workspace(
         ".gitignore": "run/\n",
     }
     files.update(extra_files or {})
+    return committed_repo(root, files)
+
+
+def committed_repo(root: Path, files: dict[str, str]) -> Path:
+    """``files`` written under ``root`` (folders made) and committed as a new git repository."""
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
@@ -118,6 +123,36 @@ def make_workspace(
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "initial")
     return root
+
+
+# A user's own script as the target: the metric read from a `val loss X` line of its log.
+SCRIPT_TOML = """\
+[target]
+editable = {editable}
+frozen = {frozen}
+run = "{run}"
+{extra}
+[budget]
+seconds = 5
+timeout = 60
+[metric]
+name = "val_loss"
+direction = "minimize"
+source = "regex"
+pattern = 'val loss ([0-9.]+)'
+[agent]
+kind = "search"
+[policy]
+kind = "greedy"
+"""
+
+
+def script_workspace(
+    root: Path, files: dict[str, str], editable: list[str], frozen: list[str], run: str, extra: str = ""
+) -> Path:
+    """A committed workspace around a user's script (:data:`SCRIPT_TOML`)."""
+    toml = SCRIPT_TOML.format(editable=json.dumps(editable), frozen=json.dumps(frozen), run=run, extra=extra)
+    return committed_repo(root, {**files, "nightlab.toml": toml})
 
 
 def edit(search: str, replace: str, description: str | None = None, path: str = "train.py") -> dict:

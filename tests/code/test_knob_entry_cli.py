@@ -9,31 +9,11 @@ only has to turn the values into a metric.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
-from helpers import git, nightlab
+from helpers import git, nightlab, script_workspace
 from nightlab.code.knobs import find_knobs, set_knobs
-
-TOML = """\
-[target]
-editable = {editable}
-frozen = {frozen}
-run = "python train.py --seed=$NIGHTLAB_SEED"
-[budget]
-seconds = 5
-timeout = 60
-[metric]
-name = "val_loss"
-direction = "minimize"
-source = "regex"
-pattern = 'val loss ([0-9.]+)'
-[agent]
-kind = "search"
-[policy]
-kind = "greedy"
-"""
 
 FIRE_STUB = """\
 import ast
@@ -129,14 +109,7 @@ def get_config():
 
 def _workspace(root: Path, files: dict[str, str], editable: list[str]) -> Path:
     frozen = sorted(set(files) - set(editable))
-    files = {**files, "nightlab.toml": TOML.format(editable=json.dumps(editable), frozen=json.dumps(frozen))}
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "initial")
-    return root
+    return script_workspace(root, files, editable, frozen, "python train.py --seed=$NIGHTLAB_SEED")
 
 
 def _space(root: Path) -> dict[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import git, nightlab
+from helpers import nightlab, script_workspace
 from nightlab.agents.search.agent import SearchAgent
 from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import build_space
@@ -287,35 +287,13 @@ noise = random.Random(int(os.environ.get("NIGHTLAB_SEED", "0"))).gauss(0, 0.001)
 print(f"optim={name} lr={lr}")
 print(f"val loss {({'adam': 1.0, 'sgd': 0.8}[name] + math.log10(lr / best) ** 2 + noise):.4f}")
 """
-TOML = """\
-[target]
-editable = ["conf/**/*.yaml"]
-frozen = ["train.py"]
-run = "python train.py"
-[budget]
-seconds = 5
-timeout = 60
-[metric]
-name = "val_loss"
-direction = "minimize"
-source = "regex"
-pattern = 'val loss ([0-9.]+)'
-[agent]
-kind = "search"
-[policy]
-kind = "greedy"
-"""
 
 
 @pytest.mark.slow
 def test_show_space_and_a_try_through_the_cli(tmp_path: Path) -> None:
     root = tmp_path / "hydra_app"
-    for rel, text in {**APP, "train.py": TRAIN, "nightlab.toml": TOML, ".gitignore": "run/\n"}.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "initial")
+    files = {**APP, "train.py": TRAIN, ".gitignore": "run/\n"}
+    script_workspace(root, files, ["conf/**/*.yaml"], ["train.py"], "python train.py")
 
     shown = nightlab("agent", "show-space", str(root))
     assert shown.returncode == 0, shown.stderr

@@ -4,34 +4,13 @@ config; and the scripts `nightlab check` must refuse (a fixed seed, an ignored b
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from helpers import git, nightlab
-
-TOML = """\
-[target]
-editable = {editable}
-frozen = {frozen}
-run = "{run}"
-{extra}
-[budget]
-seconds = 5
-timeout = 60
-[metric]
-name = "val_loss"
-direction = "minimize"
-source = "regex"
-pattern = 'val loss ([0-9.]+)'
-[agent]
-kind = "search"
-[policy]
-kind = "greedy"
-"""
+from helpers import git, nightlab, script_workspace
 
 LOSS = "1.0 + 10 * (float(lr) - 0.3) ** 2 + abs(int(n_layer) - 8) / 100 + random.Random(seed).gauss(0, 0.002)"
 
@@ -99,16 +78,7 @@ print(f"val loss {{{LOSS}:.4f}}")
 def _workspace(
     root: Path, files: dict[str, str], editable: list[str], frozen: list[str], run: str, extra: str = ""
 ) -> Path:
-    root.mkdir(parents=True)
-    toml = TOML.format(editable=json.dumps(editable), frozen=json.dumps(frozen), run=run, extra=extra)
-    files = {**files, "nightlab.toml": toml}
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "initial")
-    return root
+    return script_workspace(root, files, editable, frozen, run, extra)
 
 
 def _checked(tmp_path: Path, script: str, run: str = "python train.py") -> tuple[int, str]:
