@@ -25,14 +25,15 @@ def remove_special(run_dir: Path) -> str | None:
     """Remove every symlink, FIFO, socket or device under ``run_dir``; the one-line reason the
     run is invalid when there was any (or when it left too many entries to look at), else None."""
     found, capped = special_entries(run_dir)
+    # A checkpointing script's own link to a file beside it (``latest.pt -> step_100.pt``) is
+    # removed like any link, but says nothing bad about the run: it is not made invalid for it.
+    harmless = {rel for rel, _ in found if inner_link(run_dir, rel)}
     for rel, _ in found:
         try:
             os.unlink(run_dir / rel)  # unlink never follows: the link itself goes, not its target
         except OSError:
             pass
-    # A checkpointing script's own link to a file beside it (``latest.pt -> step_100.pt``) is
-    # removed like any link, but says nothing bad about the run: it is not made invalid for it.
-    found = [(rel, what) for rel, what in found if not inner_link(run_dir, what)]
+    found = [(rel, what) for rel, what in found if rel not in harmless]
     if capped:
         return "the run left too many entries in its run directory to check them"
     if not found:
@@ -42,33 +43,27 @@ def remove_special(run_dir: Path) -> str | None:
     return f"the run left {shown}{more}: not allowed in the run directory (regular files only)"
 
 
-def inner_link(root: Path, description: str) -> bool:
-    """Whether a described entry (:func:`nightlab.safefile.special_entries`) was a symlink to a
-    plain file or folder inside ``root``: ``symlink latest.pt -> step_100.pt``."""
-    if not description.startswith("symlink ") or " -> " not in description:
+def inner_link(root: Path, rel: str) -> bool:
+    """Whether ``root/rel`` is a relative symlink to a plain file or folder inside ``root``
+    (``latest.pt -> step_100.pt``); a chain of links, or one that climbs out, is not."""
+    try:
+        target = os.readlink(root / rel)
+    except OSError:
         return False
-    rel, target = description[len("symlink ") :].split(" -> ", 1)
     if os.path.isabs(target):
         return False
     resolved = os.path.normpath(os.path.join(root, os.path.dirname(rel), target))
-    inside = os.path.commonpath([os.path.realpath(root), os.path.realpath(resolved)]) == os.path.realpath(
-        root
-    )
+    base = os.path.realpath(root)
     try:
         mode = os.lstat(resolved).st_mode
     except OSError:
         return False
+    inside = os.path.commonpath([base, os.path.realpath(resolved)]) == base
     return inside and (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def drop_inner_link(root: Path, rel: str) -> None:
-    """Remove ``root/rel`` when it is a symlink to a plain file or folder inside ``root`` (a
-    declared output such as ``checkpoints/last.pt -> step_100.pt``); anything else stays, for
-    the audit to report."""
-    path = root / rel
-    try:
-        target = os.readlink(path)
-    except OSError:
-        return
-    if inner_link(root, f"symlink {rel} -> {target}"):
-        path.unlink()
+    """Remove ``root/rel`` when it is such a link (a declared output such as
+    ``checkpoints/last.pt -> step_100.pt``); anything else stays, for the audit to report."""
+    if inner_link(root, rel):
+        (root / rel).unlink()
