@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from agent_kit import TRAIN
 
-from nightlab.agents.llm.answer import AnswerError, parse_answer
+from nightlab.agents.llm.answer import AnswerError, parse_answer, without_reasoning
 from nightlab.code.edits import apply_edits
 
 GOOD = """\
@@ -158,3 +158,43 @@ def test_the_hypothesis_stops_at_a_path_line_without_a_blank_line_before_it():
     parsed = parse_answer(text)
     assert parsed.hypothesis == "because it is so"
     assert parsed.edits[0].path == "train.py"
+
+
+DRAFT = """\
+Description: lower LR 0.01 -> 0.005
+train.py
+<<<<<<< SEARCH
+LR = 0.01  # learning rate
+=======
+LR = 0.005  # learning rate
+>>>>>>> REPLACE
+Hmm, no: the loss barely moves, so the rate is too low, not too high.
+"""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"<think>\n{DRAFT}</think>\n\n{GOOD}",  # Ollama / llama.cpp without a reasoning parser
+        f"  <THINKING>{DRAFT}</THINKING>\n{GOOD}",
+        f"{DRAFT}</think>\n{GOOD}",  # the chat template opened the block in the prompt (DeepSeek-R1)
+        f"<think>first thoughts</think>\n<think>\n{DRAFT}</think>\n{GOOD}",
+    ],
+)
+def test_a_reasoning_models_thoughts_and_their_draft_blocks_are_not_proposed(text):
+    parsed = parse_answer(text, ["train.py"])
+    assert parsed.description == "raise LR 0.01 -> 0.03"
+    assert len(parsed.edits) == 1
+    new = apply_edits({"train.py": TRAIN}, parsed.edits, ["train.py"])
+    assert "LR = 0.03  # learning rate" in new["train.py"]
+
+
+def test_an_answer_that_ends_inside_its_reasoning_says_so():
+    with pytest.raises(AnswerError, match="ended inside its <think> reasoning"):
+        parse_answer(f"<think>\n{DRAFT}", ["train.py"])
+    assert without_reasoning(f"<think>\n{DRAFT}", strict=False) == ""
+
+
+def test_a_think_tag_later_in_an_answer_is_not_taken_for_reasoning():
+    text = GOOD.replace("far too low,", "far too low (see <think> in the notes),")
+    assert parse_answer(text, ["train.py"]).hypothesis.startswith("the baseline learning rate")

@@ -365,3 +365,25 @@ def test_a_runaway_answer_is_repeated_shortened_in_the_retry(llm_config):
     sizes = [len(json.dumps(r.messages)) for r in server.requests]
     assert len(sizes) == 3 and max(sizes) < 60_000, sizes
     assert "characters, left out]" in server.requests[1].messages[-2]["content"]
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_a_reasoning_models_inline_thoughts_are_left_out_of_the_proposal_and_the_retry(protocol, llm_config):
+    """Qwen3 or DeepSeek-R1 behind Ollama or llama.cpp without a reasoning parser: the answer
+    starts with <think>...</think>, draft description and draft block included."""
+    draft = answer_text(
+        "lower LR 0.01 -> 0.005",
+        "too high",
+        block("train.py", "LR = 0.01  # learning rate", "LR = 0.005  # learning rate"),
+    )
+    only_thoughts = f"<think>\n{draft}\nstill thinking"
+    answers = [Answer(only_thoughts, truncated=True), Answer(f"<think>\n{draft}\n</think>\n\n{GOOD}")]
+    with fake_llm_server(protocol, answers) as server:
+        proposal = LLMAgent(llm_config(server, max_output_tokens=300)).propose(make_context())
+    assert proposal.description == "raise LR 0.01 -> 0.03"
+    new = apply_edits({"train.py": make_context().files["train.py"]}, proposal.edits, ["train.py"])
+    assert "LR = 0.03  # learning rate" in new["train.py"]
+    retry = server.requests[1]
+    assert "ended inside its <think> reasoning" in retry.last_user_text
+    assert "cut off at 300 tokens" in retry.last_user_text
+    assert "lower LR" not in json.dumps(retry.messages)  # the thoughts are not sent back

@@ -39,7 +39,7 @@ import uuid
 from dataclasses import dataclass
 
 from nightlab.agents.base import Agent
-from nightlab.agents.llm.answer import ParsedAnswer, parse_answer
+from nightlab.agents.llm.answer import ParsedAnswer, parse_answer, without_reasoning
 from nightlab.agents.llm.prompt import build_prompt
 from nightlab.agents.llm.providers import (
     ChatModel,
@@ -233,7 +233,12 @@ class LLMAgent(Agent):
                 log.info("attempt %d: answer not usable: %s", attempt, error)
                 # Anthropic refuses an empty turn; the model still needs to see that it said nothing.
                 messages.append(
-                    {"role": "assistant", "content": _echoed(reply.text, self.config.context_chars)}
+                    {
+                        "role": "assistant",
+                        "content": _echoed(
+                            without_reasoning(reply.text, strict=False), self.config.context_chars
+                        ),
+                    }
                 )
                 messages.append({"role": "user", "content": _feedback(error)})
                 continue
@@ -316,7 +321,7 @@ class LLMAgent(Agent):
             log.warning("no lessons written: %s", exc)
             return {}
         self._account(spend, reply)
-        found = _parse_lessons(reply.text, [e.id for e in owed])
+        found = _parse_lessons(without_reasoning(reply.text, strict=False), [e.id for e in owed])
         with self._lock:
             self._lessons.update(found)
         for e in owed:  # the loop's own objects, for a loop that saves entry.lesson

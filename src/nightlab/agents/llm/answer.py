@@ -13,7 +13,11 @@ The answer format (the protocol the prompt teaches)::
     >>>>>>> REPLACE
 
 A block whose SEARCH part is empty replaces the whole file. Models wrap blocks in code fences,
-bold the path or prefix it with ``File:``; all of that is tolerated. Anything that cannot be
+bold the path or prefix it with ``File:``; all of that is tolerated. A reasoning model served
+without a reasoning parser (Ollama, llama.cpp, LM Studio with Qwen3 or DeepSeek-R1) puts its
+thoughts in the answer as ``<think>...</think>``, often with draft descriptions and draft
+blocks: they are left out before parsing (:func:`without_reasoning`), so only the answer after
+them is proposed. Anything that cannot be
 understood raises :class:`AnswerError` with a message the model can act on (which block, what
 is missing), because that message goes straight back into the conversation.
 """
@@ -33,6 +37,8 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 _DESCRIPTION = re.compile(r"^[\s*_#>-]*description[\s*_]*:[\s*_]*(.*)$", re.IGNORECASE)
 _HYPOTHESIS = re.compile(r"^[\s*_#>-]*hypothesis[\s*_]*:[\s*_]*(.*)$", re.IGNORECASE)
 _PATH_PREFIX = re.compile(r"^(?:#+\s*)?(?:file(?:name)?|path)\s*:\s*", re.IGNORECASE)
+_THOUGHT_OPEN = re.compile(r"\A\s*<(think|thinking|reasoning)>", re.IGNORECASE)
+_THOUGHT_CLOSE = re.compile(r"</(think|thinking|reasoning)>", re.IGNORECASE)
 
 MAX_DESCRIPTION = 200
 
@@ -56,7 +62,7 @@ def parse_answer(text: str, editable_paths: list[str] | None = None) -> ParsedAn
     ``editable_paths`` (the editable files by name) lets a block without a path line belong to
     the only editable file, which small models often leave out.
     """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = without_reasoning(text).replace("\r\n", "\n").replace("\r", "\n").split("\n")
     description = _description(lines)
     hypothesis = _hypothesis(lines)
     edits = _blocks(lines, editable_paths or [])
@@ -66,6 +72,31 @@ def parse_answer(text: str, editable_paths: list[str] | None = None) -> ParsedAn
             "'<<<<<<< SEARCH', the exact old lines, '=======', the new lines, '>>>>>>> REPLACE'"
         )
     return ParsedAnswer(description=description, hypothesis=hypothesis, edits=edits)
+
+
+def without_reasoning(text: str, strict: bool = True) -> str:
+    """The answer without the reasoning a model wrote before it.
+
+    Leading ``<think>``/``<thinking>``/``<reasoning>`` blocks are dropped, and so is everything
+    before a first closing tag that has no opening one (chat templates that open the block in
+    the prompt, as DeepSeek-R1's does). An answer that ends inside its reasoning has nothing to
+    propose: with ``strict`` that raises :class:`AnswerError`, else it gives ``""``.
+    """
+    rest = text
+    while opened := _THOUGHT_OPEN.match(rest):
+        closing = re.compile(rf"</{opened.group(1)}>", re.IGNORECASE).search(rest, opened.end())
+        if closing is None:
+            if strict:
+                raise AnswerError(
+                    f"your answer ended inside its <{opened.group(1)}> reasoning, with no answer "
+                    "after it: think more briefly, then give the Description line and the blocks"
+                )
+            return ""
+        rest = rest[closing.end() :]
+    closing = _THOUGHT_CLOSE.search(rest)
+    if closing is not None and not re.search(r"<(think|thinking|reasoning)>", rest[: closing.start()], re.I):
+        rest = rest[closing.end() :]
+    return rest.lstrip("\n")
 
 
 def _description(lines: list[str]) -> str:
