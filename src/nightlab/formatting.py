@@ -69,3 +69,17 @@ def terminal_safe(text: object, allow: str = "") -> str:
     if "\t" not in allow:
         text = text.replace("\t", " ")
     return _CONTROL.sub(lambda m: m.group() if m.group() in allow else "", text)
+
+
+def with_status(status: str, reason: str | None) -> str:
+    """``"invalid: the run left a symlink ..."``: a failure's reason led by its status, once.
+
+    A script's own verdict (``status: invalid (overspent)``) and an evaluation's ``invalid: ...``
+    line come back as reasons that already say their status; leading them with it again would
+    read ``invalid: invalid: overspent``."""
+    reason = (reason or "").strip()
+    if not reason:
+        return status
+    if reason.lower().startswith(f"{status.lower()}:"):
+        return reason
+    return f"{status}: {reason}"

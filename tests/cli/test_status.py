@@ -203,3 +203,25 @@ def test_status_json_has_each_experiments_agent_hypothesis_and_meta(tmp_path: Pa
     before = {"id", "kind", "commit", "status", "decision", "metric", "spread", "runs", "delta"}
     before |= {"improvement", "delta_se", "p_value", "description", "reason", "audit"}
     assert before | {"created_at", "finished_at"} <= set(kept)
+
+
+def test_a_run_that_declares_itself_invalid_has_its_status_named_once(tmp_path: Path) -> None:
+    """The GPT harness ends an overspent run with ``status: invalid (...)``: the reason the run
+    gives already says ``invalid``, and the experiment's reason must not say it twice."""
+    train = "import sys\nLR = 0.1\nprint('status: invalid (spent 3x its FLOPs budget)')\nsys.exit(5)\n"
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3")], train=train)
+    res = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "(invalid: spent 3x its FLOPs budget)" in res.stderr, res.stderr
+    [baseline] = json.loads(nightlab("status", str(root), "--json").stdout)["experiments"]
+    assert (baseline["status"], baseline["reason"]) == ("invalid", "invalid: spent 3x its FLOPs budget")
+
+
+def test_a_reason_is_led_by_its_status_exactly_once() -> None:
+    from nightlab.formatting import with_status
+
+    assert with_status("invalid", "invalid: overspent") == "invalid: overspent"
+    assert with_status("invalid", "Invalid: overspent") == "Invalid: overspent"
+    assert with_status("invalid", "frozen file changed: data.py") == "invalid: frozen file changed: data.py"
+    assert with_status("crash", "") == "crash" and with_status("crash", None) == "crash"
+    assert with_status("oom", "invalidated cache") == "oom: invalidated cache"

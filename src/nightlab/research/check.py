@@ -24,6 +24,7 @@ from nightlab.agents.search.space import build_space
 from nightlab.code.knobs import find_knobs
 from nightlab.config import BudgetConfig
 from nightlab.executor import sandbox
+from nightlab.formatting import with_status
 from nightlab.research.context import editable_texts
 from nightlab.research.runner import WARM_METRIC, Replicate
 from nightlab.research.session import Session
@@ -140,8 +141,8 @@ def _runs(session: Session, replicates: list[Replicate], budget: BudgetConfig, r
     config = session.config
     failed = [r for r in replicates if r.result.status is not RunStatus.OK]
     for rep in failed:
-        reason = rep.result.reason or rep.result.status.value
-        report.add("run", False, f"{rep.result.status.value}: {reason} (log: {rep.run_dir / TRAIN_LOG})")
+        reason = with_status(rep.result.status.value, rep.result.reason)
+        report.add("run", False, f"{reason} (log: {rep.run_dir / TRAIN_LOG})")
     ok = [r for r in replicates if r.ok]
     if len(failed) == len(replicates):
         return

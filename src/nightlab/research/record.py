@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from nightlab.agents.base import Agent
 from nightlab.config import Config
 from nightlab.events import Event, EventSink
+from nightlab.formatting import with_status
 from nightlab.research.policy import Decision
 from nightlab.research.screen import Change, Refusal
 from nightlab.stats import mean, sample_sd
@@ -212,7 +213,7 @@ class Recorder:
     def failed(self, row: ExperimentRow, run: RunRow, n_runs: int) -> str:
         """A replicate that failed ends the experiment (crash, or invalid); returns the reason."""
         decision = {"invalid": "invalid", "pruned": "discard"}.get(run.status, "crash")
-        reason = f"{run.status}: {run.reason}" if run.reason else run.status
+        reason = with_status(run.status, run.reason)
         self.ledger.finish_experiment(
             row.id, status=run.status, decision=decision, reason=reason, n_runs=n_runs
         )

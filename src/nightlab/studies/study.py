@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from nightlab.config import Config
 from nightlab.errors import UserError
+from nightlab.formatting import with_status
 from nightlab.research.runner import Replicate, ReplicateRunner
 from nightlab.research.session import Session
 from nightlab.stats import mean, sample_sd
@@ -66,7 +67,7 @@ class Arm:
         if not bad:
             return ""
         last = bad[-1].result
-        why = f"{last.status.value}: {last.reason}" if last.reason else last.status.value
+        why = with_status(last.status.value, last.reason)
         return f"{len(bad)} of {len(self.replicates)} runs failed ({why})"
 
 
