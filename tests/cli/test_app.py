@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import make_workspace, nightlab
 
 SRC = Path(__file__).parents[2] / "src" / "nightlab"
@@ -31,6 +33,29 @@ def test_agent_show_space_prints_the_search_space(tmp_path: Path) -> None:
     rows = {line.split()[0]: line for line in res.stdout.splitlines() if line.strip()}
     assert {"LR", "WIDTH", "NOISE"} <= set(rows) and "train.py" in rows["LR"]
     assert "dimension(s) searched" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("train", "problem"),
+    [
+        (
+            'import os\nprint("val_loss", 1.0)\n',
+            "the search agent found no knobs in the editable files (train.py)",
+        ),
+        ("LR = 0.1\n", "the search agent has nothing to search: every knob is pinned or has no domain (LR"),
+    ],
+)
+def test_agent_show_space_with_nothing_to_search_says_so_and_exits_2_as_run_does(
+    tmp_path: Path, train: str, problem: str
+) -> None:
+    root = make_workspace(tmp_path / "lab", train=train)
+    if train.startswith("LR"):
+        toml = root / "nightlab.toml"
+        toml.write_text(toml.read_text() + '[agent.search]\npin = ["LR"]\n')
+    res = nightlab("agent", "show-space", str(root))
+    assert res.returncode == 2 and res.stdout == "", res.stdout + res.stderr
+    line = res.stderr.strip()
+    assert "\n" not in line and line.startswith(f"error: {problem}"), line
 
 
 def test_agent_show_space_names_an_editable_glob_that_matches_nothing_as_check_does(tmp_path: Path) -> None:

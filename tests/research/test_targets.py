@@ -210,7 +210,7 @@ def test_a_script_with_no_knobs_stops_before_anything_runs(tmp_path: Path) -> No
     assert "the search agent found no knobs in the editable files (train.py)" in result.stderr
     assert not (root / ".nightlab" / "runs").exists()
     space = nightlab("agent", "show-space", str(root))
-    assert "found no knobs" in " ".join(space.stdout.split())
+    assert space.returncode == 2 and "found no knobs" in " ".join(space.stderr.split())
 
 
 SLOW_START = """\

@@ -157,10 +157,13 @@ def mcp_command(
 
 
 def show_space(directory: Path = DirArg) -> None:
-    """The knobs the search agent found and the domain it will search for each."""
+    """The knobs the search agent found and the domain it will search for each. Exit 2 when
+    there is nothing to search, as `nightlab run` then refuses to start."""
     from nightlab.agents.registry import AGENTS
-    from nightlab.agents.search.describe import describe_space
+    from nightlab.agents.search.describe import describe_space, why_empty
+    from nightlab.agents.search.space import build_space
     from nightlab.config import check_workspace_files, load_config
+    from nightlab.errors import UserError
     from nightlab.paths import match_files
 
     root = Path(directory).resolve()
@@ -170,5 +173,8 @@ def show_space(directory: Path = DirArg) -> None:
     check_workspace_files(config, root)
     files = {p: (root / p).read_text() for p in match_files(root, config.target.editable)}
     settings = AGENTS.settings(config.agent, "search")  # [agent.search], whatever kind runs
+    empty = why_empty(build_space(files, settings, command=config.target.run), files)
+    if empty:  # not a table with no rows: the run would refuse for the same reason
+        raise UserError(empty)
     # A fixed-width table: never re-wrapped. Knobs the run command sets show as pinned.
     typer.echo(describe_space(files, settings, command=config.target.run))
