@@ -376,8 +376,66 @@ def test_scale_constants_must_exist(tmp_path: Path) -> None:
 
     files = {"train.py": "DEPTH = 4  # layers\nLR = 0.1\n", "notes.md": "DEPTH = 4"}
     assert scaled_files(files, {"DEPTH": 12}, "big") == {"train.py": "DEPTH = 12  # layers\nLR = 0.1\n"}
-    with pytest.raises(UserError, match=r"\[scales.big\] constants: WIDTH"):
+    with pytest.raises(UserError, match=r"\[scales.big\] constants: WIDTH is not a knob .*DEPTH, LR"):
         scaled_files(files, {"WIDTH": 2}, "big")
+
+
+CONFIG_YAML = "model:\n  n_layer: 2   # layers\n  width: 64\noptim:\n  lr: 0.01\n"
+YAML_SCRIPT = """\
+import os, random, yaml
+cfg = yaml.safe_load(open("config.yaml"))
+noise = random.Random(int(os.environ["NIGHTLAB_SEED"])).gauss(0, 0.01)
+print("val loss", abs(cfg["optim"]["lr"] - 0.03) * 10 + 2.0 / cfg["model"]["n_layer"] + noise)
+"""
+
+
+def test_a_scale_sets_knobs_of_config_files_by_their_names_as_show_space_gives_them() -> None:
+    """Sizes kept in config.yaml (not UPPER_CASE constants of a .py file) were refused as "not
+    a constant of the editable files"; TOML reads ``model.n_layer = 4`` as a nested table."""
+    from nightlab.errors import UserError
+    from nightlab.studies.scales import scaled_files
+
+    files = {"config.yaml": CONFIG_YAML, "train.py": "LR = 0.1\n"}
+    want = {"config.yaml": CONFIG_YAML.replace("n_layer: 2", "n_layer: 8")}
+    assert scaled_files(files, {"model": {"n_layer": 8}}, "big") == want  # { model.n_layer = 8 }
+    assert scaled_files(files, {"n_layer": 8}, "big") == want  # the one knob it can mean
+    assert scaled_files(files, {"model.n_layer": 2}, "big") == {}  # already so: no commit
+    with pytest.raises(UserError, match=r"\[scales.big\] constants: model.n_layer is an? int knob"):
+        scaled_files(files, {"n_layer": "deep"}, "big")
+    with pytest.raises(UserError, match=r"run command sets model.n_layer \(model.n_layer=4\)"):
+        scaled_files(files, {"n_layer": 8}, "big", "python train.py model.n_layer=4")
+    hydra = {
+        "conf/config.yaml": "defaults:\n  - model: small\n  - _self_\nlr: 0.1\n",
+        "conf/model/small.yaml": "n_layer: 2\n",
+        "conf/model/large.yaml": "n_layer: 12\n",
+        "train.py": "import hydra\n@hydra.main(config_path='conf', config_name='config')\ndef main(cfg):\n    pass\n",
+    }
+    assert scaled_files(hydra, {"model": "large", "n_layer": 24}, "big", "python train.py") == {
+        "conf/config.yaml": hydra["conf/config.yaml"].replace("model: small", "model: large"),
+        "conf/model/large.yaml": "n_layer: 24\n",  # the option file the switched run loads
+    }
+    two = {"a.yaml": "model:\n  lr: 1.0\n", "b.yaml": "optim:\n  lr: 2.0\n"}
+    with pytest.raises(UserError, match=r"lr could be model.lr or optim.lr; write the whole name"):
+        scaled_files(two, {"lr": 0.5}, "big")
+
+
+def test_validate_at_a_scale_of_a_scripts_yaml_config(tmp_path: Path) -> None:
+    from helpers import script_workspace
+
+    root = script_workspace(
+        tmp_path / "ws",
+        {"train.py": YAML_SCRIPT, "config.yaml": CONFIG_YAML},
+        ["config.yaml"],
+        ["train.py"],
+        "python train.py",
+        extra="[scales.big]\nconstants = { model.n_layer = 4 }\n",
+    )
+    (root / "config.yaml").write_text(CONFIG_YAML.replace("lr: 0.01", "lr: 0.03"))
+    git(root, "commit", "-qam", "lr 0.03")
+    out = validate_json(root, "--scale", "big", "--a", "HEAD~1", "--b", "HEAD", "--seeds", "2")
+    # At 4 layers: A = 0.2 + 0.5, B = 0.5 (plus noise); at the research's 2 layers A would be 1.2.
+    means = {side: out["metrics"][0][f"mean_{side}"] for side in ("a", "b")}
+    assert means["a"] == pytest.approx(0.7, abs=0.05) and means["b"] == pytest.approx(0.5, abs=0.05), out
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Named scales: the same training code at another size, without touching the research branch.
 
-``[scales.NAME]`` in nightlab.toml overrides constants of the editable files (``DEPTH = 12``)
+``[scales.NAME]`` in nightlab.toml overrides knobs of the editable files (``DEPTH = 12``, or
+``n_layer``, ``model = "big"`` for a Hydra group: any name ``nightlab show-space`` lists)
 and, optionally, the budget. A research session tunes at a small, cheap scale; ``nightlab
 validate --scale big`` then checks that the kept changes still help at the size that matters.
 Applying a scale makes a *new* commit on top of the one to scale (the research branch and the
@@ -15,7 +16,7 @@ Example::
 
 from __future__ import annotations
 
-from nightlab.code.knobs import knob_values, set_knobs
+from nightlab.code.knobs import KNOB_SUFFIXES, Knob, find_all_knobs, set_all_knobs, set_by_command
 from nightlab.config import Config, ScaleConfig
 from nightlab.errors import UserError
 from nightlab.paths import editable_files
@@ -47,33 +48,63 @@ def editable_paths(workspace: Workspace, config: Config, commit: str) -> list[st
     return editable_files(workspace.list_files(commit), config.target.editable, config.target.frozen)
 
 
-def scaled_files(files: dict[str, str], constants: dict[str, object], scale_name: str) -> dict[str, str]:
-    """The files whose texts change under ``constants`` (every file that defines a constant).
+def scaled_files(
+    files: dict[str, str], constants: dict[str, object], scale_name: str, command: str = ""
+) -> dict[str, str]:
+    """The files whose texts change under ``constants`` (knob name -> value).
 
-    A constant no editable file defines is an error naming the scale, so a typo such as
-    ``DEPHT = 12`` fails before hours of runs, not after.
+    A scale names knobs as the search does (``nightlab show-space``): an UPPER_CASE constant, a
+    lowercase setting, an argparse or dataclass default, a scalar of a YAML/JSON/TOML config, a
+    Hydra group's choice or a selected option file's value (``model = "big"``, ``optim.lr``), so
+    a script whose sizes live in ``config.yaml`` scales like train.py's constants. A name no
+    editable file defines is an error naming the scale, so a typo such as ``DEPHT = 12`` fails
+    before hours of runs, not after; so is one the run ``command`` sets on its command line,
+    which would override the edit without a word.
     """
-    changed: dict[str, str] = {}
-    found: set[str] = set()
-    for path, text in files.items():
-        if not path.endswith(".py"):
-            continue
-        present = knob_values(text, path)
-        mine = {k: v for k, v in constants.items() if k in present}
-        if not mine:
-            continue
-        found.update(mine)
-        new_text = set_knobs(text, mine, path)
-        if new_text != text:
-            changed[path] = new_text
-    missing = [k for k in constants if k not in found]
-    if missing:
-        where = ", ".join(files) or "no editable file"
+    readable = {path: text for path, text in files.items() if path.endswith(KNOB_SUFFIXES)}
+    where = f"nightlab.toml: [scales.{scale_name}] constants"
+    known = {knob.name: knob for knob in find_all_knobs(readable, command).knobs}
+    constants = {_knob_name(name, known, where): value for name, value in _flat(constants).items()}
+    on_command = set_by_command(command, [known[k] for k in constants]) if command else {}
+    if on_command:
+        words = ", ".join(f"{name} ({shown})" for name, shown in on_command.items())
         raise UserError(
-            f"nightlab.toml: [scales.{scale_name}] constants: {', '.join(missing)} is not a constant "
-            f"of the editable files ({where})"
+            f"{where}: the run command sets {words}, which would override the scale's value; "
+            "take it off [target] run"
         )
-    return changed
+    try:
+        changed = set_all_knobs(readable, dict(constants), command)  # type: ignore[arg-type]
+    except UserError as exc:  # a value of the wrong kind ("an int knob (4); cannot set it to 'x'")
+        raise UserError(f"{where}: {str(exc).removeprefix('the editable files: ')}") from None
+    return {path: text for path, text in changed.items() if text != files[path]}
+
+
+def _flat(constants: dict[str, object], prefix: str = "") -> dict[str, object]:
+    """TOML reads ``{ model.n_layer = 4 }`` as a nested table; the knob is ``model.n_layer``."""
+    out: dict[str, object] = {}
+    for key, value in constants.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _knob_name(name: str, known: dict[str, Knob], where: str) -> str:
+    """``name`` as a knob of the editable files: itself, or the one knob it ends (``n_layer`` for
+    ``model.n_layer`` of config.yaml, as a user who wrote the YAML thinks of it)."""
+    if name in known:
+        return name
+    ends = [k for k in known if k.endswith((f".{name}", f":{name}"))]
+    if len(ends) == 1:
+        return ends[0]
+    if ends:
+        raise UserError(f"{where}: {name} could be {' or '.join(ends)}; write the whole name")
+    listed = ", ".join(known) if len(known) <= 12 else ", ".join(list(known)[:12]) + ", ..."
+    raise UserError(
+        f"{where}: {name} is not a knob of the editable files (knobs: {listed or 'none'}; "
+        "`nightlab agent show-space` lists them)"
+    )
 
 
 def apply_scale(
@@ -84,10 +115,10 @@ def apply_scale(
         return commit
     paths = editable_paths(workspace, config, commit)
     files = workspace.read_files(commit, paths)
-    changed = scaled_files(files, dict(scale.constants), scale_name or "?")
+    changed = scaled_files(files, dict(scale.constants), scale_name or "?", config.target.run)
     if not changed:  # the commit already has the scale's values
         return commit
-    shown = ", ".join(f"{k}={v!r}" for k, v in scale.constants.items())
+    shown = ", ".join(f"{k}={v!r}" for k, v in _flat(dict(scale.constants)).items())
     return workspace.commit_files(commit, changed, f"nightlab scale {scale_name}: {shown}")
 
 
