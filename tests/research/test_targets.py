@@ -269,10 +269,16 @@ print(f"val loss {1.0 + random.Random(int(os.environ['NIGHTLAB_SEED'])).gauss(0,
 
 def test_check_says_when_it_cannot_tell_whether_the_budget_is_followed(tmp_path: Path) -> None:
     code, out = _checked(tmp_path, FIXED_WORK)
-    assert code == 0, out
+    assert code == 0, out  # nothing to fix, but not a pass either: marked ??, not ok
     assert re.search(
-        r"ok budget: with a budget of 1 s a run ran [\d.]+ s in all \(it prints no training_seconds", out
-    )
+        r"\?\? budget: with a budget of 1 s a run ran [\d.]+ s in all, within the 31 s allowed for "
+        r"start-up and evaluation; whether it trains for NIGHTLAB_BUDGET_SECONDS or a fixed amount "
+        r"was not checked: it prints no training_seconds",
+        out,
+    ), out
+    assert "ok budget" not in out
+    assert "nothing to fix, but not everything was checked (budget: see ??)" in out, out
+    assert "would be honest: nightlab run" not in out
 
 
 def test_check_on_uncommitted_changes_says_they_were_not_checked(tmp_path: Path) -> None:
@@ -341,12 +347,20 @@ print(f"num_steps: {{steps}}")
     [
         ('int(os.environ["NIGHTLAB_BUDGET_STEPS"])', "ok budget: with a budget of 50 steps a run trained 50"),
         ("1000", "FIX budget: with a budget of 50 steps a run trained 1000: the script does not follow"),
+        (
+            None,  # no num_steps line: nothing to compare the budget with
+            "?? budget: a budget of 50 steps (NIGHTLAB_BUDGET_STEPS) was not checked, only the 60 s "
+            "timeout: the runs print no count of steps trained",
+        ),
     ],
 )
 def test_check_compares_a_steps_budget_with_the_steps_a_run_says_it_trained(
-    tmp_path: Path, steps: str, finding: str
+    tmp_path: Path, steps: str | None, finding: str
 ) -> None:
-    script = STEPS_SCRIPT.format(steps=steps)
+    script = STEPS_SCRIPT.format(steps=steps or "1000")
+    if steps is None:
+        script = script.replace('print(f"num_steps: {steps}")\n', "")
+        assert "num_steps" not in script
     root = _workspace(tmp_path / "ws", {"train.py": script}, ["train.py"], [], "python train.py")
     toml = (root / "nightlab.toml").read_text().replace("seconds = 5", "steps = 50")
     (root / "nightlab.toml").write_text(toml)
@@ -354,7 +368,8 @@ def test_check_compares_a_steps_budget_with_the_steps_a_run_says_it_trained(
     check = nightlab("check", str(root))
     out = " ".join(check.stdout.split())
     assert finding in out, out
-    assert check.returncode == (0 if finding.startswith("ok") else 1)
+    assert check.returncode == (1 if finding.startswith("FIX") else 0)
+    assert ("not everything was checked" in out) is finding.startswith("??"), out
 
 
 def test_a_metric_printed_as_nan_is_named_nan_not_an_unmatched_pattern(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ def check_command(
     seconds: float = typer.Option(10.0, "--seconds", min=1.0, help="Training seconds per check run."),
 ) -> None:
     """Would a night be honest? Setup, then two short runs with two seeds: knobs, metric, seed,
-    budget, files written, time. Exit 0 only when every check passes."""
+    budget, files written, time. Exit 0 when nothing is marked FIX (?? marks what could not
+    be checked)."""
     from nightlab.formatting import terminal_safe
     from nightlab.research.check import check_target
     from nightlab.research.session import open_session
@@ -31,10 +32,21 @@ def check_command(
     console.print(f"checking {session.root}: setup, then 2 runs of {short} with seeds 1 and 2 ...")
     report = check_target(session, seconds)
     for finding in report.findings:
-        mark = Text("ok  ", style="green") if finding.ok else Text("FIX ", style="bold red")
+        if not finding.ok:
+            mark = Text("FIX ", style="bold red")
+        elif finding.checked:
+            mark = Text("ok  ", style="green")
+        else:  # nothing failed because nothing could be seen: not a pass
+            mark = Text("??  ", style="yellow")
         # A finding's detail quotes the run (its log, its errors): shown, never obeyed by the terminal.
         what, detail = terminal_safe(finding.what), terminal_safe(finding.detail, allow="\n")
         console.print(Text.assemble(mark, Text(f"{what}: ", style="bold"), Text(detail)))
+    if report.honest and report.unchecked:
+        console.print(
+            f"nothing to fix, but not everything was checked ({', '.join(report.unchecked)}: see ??); "
+            f"a night on this target would be honest as far as checked: nightlab run {directory}"
+        )
+        return
     if report.honest:
         console.print(f"a night on this target would be honest: nightlab run {directory}")
         return

@@ -7,7 +7,9 @@ says what is wrong and how to fix it; the night is honest only when every one pa
 - knobs: what the search agent would search, and where it found it;
 - the metric: parsed from where the configuration says (or the log lines where it was expected);
 - the seed: two seeds give two results (identical results mean ``NIGHTLAB_SEED`` is ignored);
-- the budget: a run trains about as long as ``NIGHTLAB_BUDGET_SECONDS`` says, not longer;
+- the budget: a run trains about as long as ``NIGHTLAB_BUDGET_SECONDS`` says, not longer (or the
+  steps, tokens or FLOPs its summary block says it trained); where the run does not say how
+  much it trained, the finding says it was not checked;
 - the worktree: the run writes nothing outside its run directory and declared outputs;
 - time: per run, per evaluation when there is one, and the share of a run's time that training
   gets (at the night's budget).
@@ -40,11 +42,15 @@ BUDGET_GRACE_SECONDS = 30.0
 
 @dataclass
 class Finding:
-    """One line of the check: what was looked at, whether it passed, and the fix when not."""
+    """One line of the check: what was looked at, whether it passed, and the fix when not.
+
+    ``checked`` is False for a finding that fails nothing only because what it looks at could
+    not be seen (a budget the runs print no count of): not a pass, and the report says so."""
 
     what: str
     ok: bool
     detail: str
+    checked: bool = True
 
 
 @dataclass
@@ -55,8 +61,13 @@ class CheckReport:
     def honest(self) -> bool:
         return all(f.ok for f in self.findings)
 
-    def add(self, what: str, ok: bool, detail: str) -> None:
-        self.findings.append(Finding(what, ok, detail))
+    @property
+    def unchecked(self) -> list[str]:
+        """What could not be checked (``budget``), in the order found."""
+        return [f.what for f in self.findings if f.ok and not f.checked]
+
+    def add(self, what: str, ok: bool, detail: str, checked: bool = True) -> None:
+        self.findings.append(Finding(what, ok, detail, checked))
 
 
 def check_target(session: Session, seconds: float) -> CheckReport:
@@ -255,6 +266,7 @@ def _budget(replicates: list[Replicate], budget: BudgetConfig, report: CheckRepo
     trained = [r.result.training_seconds for r in replicates if r.result.training_seconds is not None]
     walls = [r.result.total_seconds for r in replicates]
     over = timed_out or max(walls) > limit or any(t > 1.5 * budget.seconds + 2 for t in trained)
+    checked = True
     if over:
         detail = (
             f"with a budget of {budget.seconds:g} s a run took {max(walls):.0f} s"
@@ -262,19 +274,20 @@ def _budget(replicates: list[Replicate], budget: BudgetConfig, report: CheckRepo
             + ": the script ignores NIGHTLAB_BUDGET_SECONDS; stop training when it is spent (or use "
             "[budget] steps/tokens that it reads), otherwise a kept change can buy its gain with compute"
         )
+    elif trained:
+        detail = f"with a budget of {budget.seconds:g} s a run trained {max(trained):.1f} s"
+    elif max(walls) <= budget.seconds:
+        detail = f"with a budget of {budget.seconds:g} s a run ran {max(walls):.1f} s in all, within it"
     else:
-        if trained:
-            detail = f"with a budget of {budget.seconds:g} s a run trained {max(trained):.1f} s"
-        else:
-            detail = f"with a budget of {budget.seconds:g} s a run ran {max(walls):.1f} s in all"
-            if max(walls) > budget.seconds:
-                # Start-up or a fixed number of steps: without training_seconds, no telling which.
-                detail += (
-                    " (it prints no training_seconds, so whether it follows NIGHTLAB_BUDGET_SECONDS "
-                    "or trains a fixed amount cannot be told; print `training_seconds: S` in a summary block, "
-                    "after a `---` line)"
-                )
-    report.add("budget", not over, detail)
+        # Start-up or a fixed amount of training: without training_seconds, no telling which.
+        checked = False
+        detail = (
+            f"with a budget of {budget.seconds:g} s a run ran {max(walls):.1f} s in all, within the "
+            f"{limit:g} s allowed for start-up and evaluation; whether it trains for "
+            "NIGHTLAB_BUDGET_SECONDS or a fixed amount was not checked: it prints no training_seconds "
+            "(print `training_seconds: S` in a summary block, after a `---` line)"
+        )
+    report.add("budget", not over, detail, checked)
 
 
 def _counted_budget(replicates: list[Replicate], budget: BudgetConfig, report: CheckReport) -> None:
@@ -291,8 +304,10 @@ def _counted_budget(replicates: list[Replicate], budget: BudgetConfig, report: C
         report.add(
             "budget",
             True,
-            f"a budget of {limit:g} {kind} ({env}) not checked: the runs print no count of {kind} "
-            f"trained (print e.g. `{_COUNTS[kind][0][0]}: N` in a summary block after a `---` line)",
+            f"a budget of {limit:g} {kind} ({env}) was not checked, only the {budget.timeout:g} s "
+            f"timeout: the runs print no count of {kind} trained (print e.g. "
+            f"`{_COUNTS[kind][0][0]}: N` in a summary block after a `---` line)",
+            checked=False,
         )
         return
     low, high = min(counts), max(counts)
