@@ -455,3 +455,47 @@ def test_a_time_to_target_run_gets_every_kind_of_budget_times_the_cap(budget: di
         k: v * 2 for k, v in budget.items()
     }
     assert capped.timeout == 400
+
+
+LOG_CURVE_SCRIPT = """\
+import os
+LR = 0.01
+# A simulated clock: the loss falls faster with LR 0.03; printed every 0.1 s of "training".
+t, loss, seed = 0.0, 3.0, int(os.environ["NIGHTLAB_SEED"])
+while t < 2.0:
+    t += 0.1
+    loss = 1.0 + 2.0 * (1.0 - LR * 10) ** (t * 10) + seed % 7 * 1e-4
+    print(f"t {t:.2f} val loss {loss:.4f}")
+print(f"val loss {loss:.4f}")
+"""
+
+
+def test_time_to_target_of_a_script_that_only_prints_its_metric(tmp_path: Path) -> None:
+    """A script that knows nothing of the protocol but prints `t SECONDS val loss X` lines: its
+    log's points, read by [metric] progress_pattern, are the curve (they were ignored: "the runs
+    left no val_loss progress points")."""
+    from helpers import script_workspace
+
+    root = script_workspace(
+        tmp_path / "ws", {"train.py": LOG_CURVE_SCRIPT}, ["train.py"], [], "python train.py",
+        extra="",
+    )  # fmt: skip
+    toml = (
+        (root / "nightlab.toml")
+        .read_text()
+        .replace(
+            "pattern = 'val loss ([0-9.]+)'",
+            "pattern = '^val loss ([0-9.]+)'\nprogress_pattern = 't (?P<seconds>[0-9.]+) val loss ([0-9.]+)'",
+        )
+    )
+    (root / "nightlab.toml").write_text(toml)
+    git(root, "commit", "-qam", "progress pattern")
+    (root / "train.py").write_text(LOG_CURVE_SCRIPT.replace("LR = 0.01", "LR = 0.03"))
+    git(root, "commit", "-qam", "LR 0.03")
+    args = ("--a", "HEAD~1", "--b", "HEAD", "--seeds", "2", "--target", "1.5", "--eval-interval", "0.5")
+    ttt = validate_json(root, "--time-to-target", *args)["time_to_target"]
+    assert all(r["reached"] for r in ttt["a"] + ttt["b"]), ttt
+    # 1 + 2 * 0.9^(10 t) = 1.5 at t = 1.32 s; 1 + 2 * 0.7^(10 t) = 1.5 at t = 0.39 s
+    assert [round(r["seconds"], 1) for r in ttt["a"]] == [1.3, 1.3]
+    assert [round(r["seconds"], 1) for r in ttt["b"]] == [0.4, 0.4]
+    assert ttt["time"]["change"] == pytest.approx(0.39 / 1.32 - 1, abs=0.05)

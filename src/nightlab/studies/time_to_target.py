@@ -13,6 +13,12 @@ evaluation.py; any script may):
   ``maximize``): once a checkpoint reaches X the evaluator creates ``$NIGHTLAB_RUN_DIR/stop``;
   training stops at its next step, then finishes as usual (export, frozen evaluation).
 
+A script that does none of this but prints its validation metric as it trains is read through
+``[metric] progress_pattern`` with a ``seconds`` group (``t (?P<seconds>[0-9.]+) val loss
+([0-9.]+)``): after each run its log's points become the run's ``curve.jsonl``
+(:func:`curve_from_log`). Such a script does not stop at the target, so its runs train to the
+cap.
+
 The harness reads the curve, finds where it first crosses the target (interpolating between
 the two evaluations around the crossing), and compares the two sides' times: a speedup in the
 style "2.02 h → 1.80 h, −11%". The final frozen evaluation of each run is kept beside it, so a
@@ -21,11 +27,14 @@ curve that claims the target while the frozen evaluation disagrees is flagged, n
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nightlab.config import BudgetConfig
-from nightlab.metrics import read_curve_points
+from nightlab import safefile
+from nightlab.config import BudgetConfig, MetricConfig, metric_group
+from nightlab.metrics import LEGACY_CURVE_FILE, read_curve_points
 from nightlab.stats import mean, welch
 from nightlab.types import Direction
 
@@ -96,6 +105,44 @@ def read_curve(run_dir: Path, metric_name: str) -> list[CurvePoint]:
         if "seconds" in p
     ]
     return sorted(points, key=lambda p: p.training_seconds)
+
+
+def curve_from_log(run_dir: Path, metric: MetricConfig, log_name: str) -> int:
+    """Write the points ``[metric] progress_pattern`` finds in the run's log (its ``seconds``
+    group, the metric, and ``tokens``/``step`` when the pattern names them) as the run's
+    ``curve.jsonl``, once the run has ended, so the study, the report and the dashboard read one
+    curve. Nothing when the pattern has no ``seconds`` group (time to target is in training
+    seconds), or the run already has a curve. Returns the number of points written."""
+    if not metric.progress_pattern or read_curve_points(run_dir, metric.name):
+        return 0
+    pattern = re.compile(metric.progress_pattern)
+    group = metric_group(pattern)
+    if group is None or "seconds" not in pattern.groupindex:
+        return 0
+    try:
+        log = safefile.read_text(Path(run_dir) / log_name)
+    except OSError:
+        return 0
+    lines = []
+    for found in filter(None, map(pattern.search, log.splitlines())):
+        numbers = {k: _number(v) for k, v in found.groupdict().items() if k in ("seconds", "tokens", "step")}
+        value = _number(found.group(group))
+        if value is not None and numbers.get("seconds") is not None:
+            point = {k: v for k, v in numbers.items() if v is not None}
+            lines.append(json.dumps({**point, metric.name: value}))
+    if lines:
+        fd = safefile.new_file(Path(run_dir) / LEGACY_CURVE_FILE)
+        with open(fd, "w") as out:
+            out.write("\n".join(lines) + "\n")
+    return len(lines)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        number = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and number == number and abs(number) != float("inf") else None
 
 
 def crossing(points: list[CurvePoint], target: float, direction: Direction | str) -> Crossing | None:

@@ -28,12 +28,13 @@ from nightlab.studies.time_to_target import (
     Speedup,
     capped_budget,
     crossing,
+    curve_from_log,
     default_interval,
     protocol_env,
     read_curve,
     speedup,
 )
-from nightlab.types import Direction
+from nightlab.types import TRAIN_LOG, Direction
 
 # "Does not transfer" means the gain at scale is below this fraction of the gain measured
 # during research (when the sides are the research branch's start and best; see --margin).
@@ -364,13 +365,14 @@ def _time_to_target(
     }
     no_points = UserError(
         f"the runs left no {config.metric.name} progress points: the target does not support periodic "
-        "evaluation (NIGHTLAB_EVAL_INTERVAL_SECONDS, scored by [target] progress_evaluate); "
-        "see docs/VALIDATION.md"
+        "evaluation (NIGHTLAB_EVAL_INTERVAL_SECONDS, scored by [target] progress_evaluate), nor "
+        "prints it for [metric] progress_pattern with a (?P<seconds>...) group; see docs/VALIDATION.md"
     )
 
     def first_tells(arm: Arm, i: int, rep: Replicate) -> None:
         """A finished run without a single point means the target writes none: the runs left
         would cost their time and show nothing."""
+        curve_from_log(rep.run_dir, config.metric, TRAIN_LOG)
         if on_run is not None:
             on_run(arm, i, rep)
         if rep.result.status.value == "ok" and not read_curve(rep.run_dir, config.metric.name):
