@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+from pathlib import Path
 
-from nightlab.code.knobs import find_knobs, set_knobs
+from nightlab.agents.search.settings import SearchSettings
+from nightlab.agents.search.space import build_space
+from nightlab.code.knobs import find_all_knobs, find_knobs, set_all_knobs, set_knobs
 from nightlab.code.knobs.model import Knob
 
 FIRE = """\
@@ -222,3 +227,100 @@ def test_fire_component_by_keyword_and_a_subclassed_class() -> None:
     )
     assert list(_knobs(source.replace("class Big(Net)", "class Big"))) == ["hidden"]
     assert _knobs(source) == {}  # a subclass may pass the value on: left out
+
+
+FIRE_CLASS = """\
+import fire
+
+
+class Trainer:
+    def __init__(self, lr=0.01, momentum=0.0, seed=0):
+        self.lr, self.momentum = lr, momentum
+
+    def train(self, epochs=5, batch_size=10):
+        print(f"lr {self.lr} momentum {self.momentum} batch {batch_size}")
+
+    def evaluate(self, split="val"):
+        pass
+
+
+if __name__ == "__main__":
+    fire.Fire(Trainer)
+"""
+# A stand-in for fire (not a dependency of nightlab): flags go to __init__ or the method by name.
+FIRE_CLASS_STUB = """\
+import ast
+import inspect
+import sys
+
+
+def Fire(component):
+    words = sys.argv[1:]
+    method = next((w for w in words if not w.startswith("--")), None)
+    flags = dict(w[2:].split("=", 1) for w in words if w.startswith("--"))
+    init = inspect.signature(component).parameters
+    obj = component(**{k: ast.literal_eval(v) for k, v in flags.items() if k in init})
+    if method:
+        getattr(obj, method)(**{k: ast.literal_eval(v) for k, v in flags.items() if k not in init})
+"""
+
+
+def test_fire_on_a_class_reads_init_and_the_method_the_command_calls(tmp_path: Path) -> None:
+    def knobs(command: str, source: str = FIRE_CLASS) -> dict[str, Knob]:
+        return {k.name: k for k in find_all_knobs({"train.py": source}, command).knobs}
+
+    found = knobs("python train.py train --seed=$NIGHTLAB_SEED")
+    assert list(found) == ["lr", "momentum", "seed", "epochs", "batch_size"]
+    assert {k.source for k in found.values()} == {"fire"} and found["batch_size"].flags == ("--batch_size",)
+    assert list(knobs("python train.py --lr=0.1 evaluate")) == ["lr", "momentum", "seed", "split"]
+    assert list(knobs("python other.py train")) == ["lr", "momentum", "seed"]  # no method of this file
+    assert list(_knobs(FIRE_CLASS)) == ["lr", "momentum", "seed"]  # read alone: the command is unknown
+    built = FIRE_CLASS.replace("    fire.Fire(Trainer)", "    Trainer(momentum=0.9)\n    fire.Fire(Trainer)")
+    assert "momentum" not in knobs("python train.py train", built)  # a call in the file passes it
+    command = "python train.py train"
+    changed = set_all_knobs({"train.py": FIRE_CLASS}, {"lr": 0.05, "batch_size": 32}, command)
+    (tmp_path / "train.py").write_text(changed["train.py"])
+    (tmp_path / "fire.py").write_text(FIRE_CLASS_STUB)
+    run = subprocess.run([sys.executable, "train.py", "train"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.stdout.strip() == "lr 0.05 momentum 0.0 batch 32", run.stderr
+
+
+JSONARGPARSE_CLI = """\
+from jsonargparse import CLI
+
+
+def main(lr: float = 0.01, momentum: float = 0.0, epochs: int = 5):
+    print(f"lr {lr} momentum {momentum}")
+
+
+if __name__ == "__main__":
+    CLI(main)
+"""
+# A stand-in for jsonargparse's CLI (not a dependency of nightlab): `--key value` into keywords.
+JSONARGPARSE_STUB = """\
+import ast
+import sys
+
+
+def CLI(component):
+    words = sys.argv[1:]
+    component(**{k[2:]: ast.literal_eval(v) for k, v in zip(words[::2], words[1::2])})
+
+
+auto_cli = CLI
+"""
+
+
+def test_jsonargparse_cli_and_auto_cli_read_the_function_defaults(tmp_path: Path) -> None:
+    for source in (JSONARGPARSE_CLI, JSONARGPARSE_CLI.replace("CLI", "auto_cli")):
+        knobs = _knobs(source)
+        assert list(knobs) == ["lr", "momentum", "epochs"]
+        assert knobs["lr"].source == "jsonargparse" and knobs["lr"].flags == ("--lr",)
+    space = build_space({"train.py": JSONARGPARSE_CLI}, SearchSettings(), command="python train.py --lr 0.1")
+    assert "set by the run command" in space.pinned["lr"]
+    (tmp_path / "train.py").write_text(set_knobs(JSONARGPARSE_CLI, {"momentum": 0.5}))
+    (tmp_path / "jsonargparse.py").write_text(JSONARGPARSE_STUB)
+    run = subprocess.run(
+        [sys.executable, "train.py", "--lr", "0.1"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert run.stdout.strip() == "lr 0.1 momentum 0.5", run.stderr

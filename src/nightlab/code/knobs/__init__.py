@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 import re
@@ -74,9 +75,14 @@ _BUDGET = re.compile(
 )
 
 
-def find_knobs(source: str, path: str = "train.py") -> list[Knob]:
+def find_knobs(
+    source: str, path: str = "train.py", command: str = "", others: dict[str, ast.Module] | None = None
+) -> list[Knob]:
     """Every knob of the file ``path`` whose text is ``source``, in file order (none for a file
-    of another kind)."""
+    of another kind). A Python file also reads the run ``command`` and the ``others`` editable
+    Python files, parsed, that may build its classes (see :mod:`.callers`)."""
+    if path.endswith(".py"):
+        return [_with_comment_choices(k) for k in python_knobs(source, path, command, others)]
     for suffix, reader in _READERS.items():
         if path.endswith(suffix):
             return [_with_comment_choices(k) for k in reader(source, path)]
@@ -212,6 +218,7 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
     """
     layouts = {layout.primary: layout for layout in hydra_layouts(files, command)}
     owned = {path for layout in layouts.values() for path in layout.files}
+    trees = _python_trees(files)
     found: dict[str, Knob] = {}
     selected_by: dict[str, tuple[tuple[str, str], ...]] = {}
     for path in sorted(files):
@@ -225,10 +232,23 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
                         (renamed.get(g, g), o) for g, o in layout.selected_by[name]
                     )
         elif path not in owned:
-            for knob in find_knobs(files[path], path):
+            for knob in find_knobs(files[path], path, command, trees):
                 name = _unique(knob.name, path, found)
                 found[name] = knob if name == knob.name else dataclasses.replace(knob, name=name)
     return EditableKnobs(list(found.values()), selected_by, files, command)
+
+
+def _python_trees(files: dict[str, str]) -> dict[str, ast.Module]:
+    """The editable Python files that parse, as trees: where a file's classes may be built (a
+    file that does not parse is reported when its own knobs are read)."""
+    trees: dict[str, ast.Module] = {}
+    for path, text in files.items():
+        if path.endswith(".py"):
+            try:
+                trees[path] = ast.parse(text, filename=path)
+            except SyntaxError:
+                continue
+    return trees
 
 
 def _qualified(chain: tuple[tuple[str, str], ...], name: str) -> str:

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import ast
 
+from nightlab.code.knobs.callers import passed_by
 from nightlab.code.knobs.choices import annotated_choices
+from nightlab.code.knobs.command import command_words
 from nightlab.code.knobs.reader import Reader, call_name, keyword, string_args
 
 _FUNCTION = (ast.FunctionDef, ast.AsyncFunctionDef)
@@ -78,22 +80,88 @@ def entry_knobs(reader: Reader, tree: ast.Module) -> None:
         if passed is None:
             continue
         declared = _declared_by_click(function)
-        for param, default, key in _defaults(function):
+        for param, default, key in parameter_defaults(function):
             if param.arg in passed or key in passed or param.arg in declared:
                 continue
             _parameter(reader, function.name, param, default, how)
-    if not entries:
-        return  # a module that runs nothing is a library: its classes' callers are elsewhere
-    for cls in (s for s in tree.body if isinstance(s, ast.ClassDef)):
-        init = next((s for s in cls.body if isinstance(s, _FUNCTION) and s.name == "__init__"), None)
-        if init is None or not uses.calls.get(cls.name) or init.decorator_list:
-            continue
-        passed = uses.passed(cls.name, len(init.args.posonlyargs) + len(init.args.args) - 1)
-        if passed is None:  # also a class subclassed in the file (its name is a base)
-            continue
-        for param, default, key in _defaults(init, skip=1):
+    classes = {s.name: s for s in tree.body if isinstance(s, ast.ClassDef)}
+    commands = _class_entries(tree, classes)
+    for name, how in commands.items():
+        _command_class(reader, classes[name], how, uses)
+    for cls in classes.values():
+        if cls.name not in commands:
+            _constructor(reader, cls, uses, bool(entries or commands))
+
+
+def _class_entries(tree: ast.Module, classes: dict[str, ast.ClassDef]) -> dict[str, str]:
+    """``{class name: how it is run}`` for a class handed to a command-line parser itself:
+    ``fire.Fire(Trainer)``, jsonargparse's ``CLI(Trainer)``/``auto_cli(Trainer)``."""
+    found: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _registers(node):
+            target = node.args[0] if node.args else keyword(node, "component")
+            if isinstance(target, ast.Name) and target.id in classes:
+                found.setdefault(target.id, _how(node))
+    return found
+
+
+def _command_class(reader: Reader, cls: ast.ClassDef, how: str, uses: _Uses) -> None:
+    """A class a parser builds from the command line (``fire.Fire(Trainer)``): its
+    ``__init__`` defaults, and those of the method the run command calls (``python train.py
+    train``), both spelled ``--name``. A default a call in the file passes is still left out."""
+    init = _method(cls, "__init__")
+    if init is not None and not init.decorator_list:
+        positional = len(init.args.posonlyargs) + len(init.args.args) - 1
+        passed = uses.passed(cls.name, positional)
+        for param, default, key in parameter_defaults(init, skip=1) if passed is not None else []:
             if param.arg not in passed and key not in passed:
-                _parameter(reader, cls.name, param, default, "constructor")
+                _parameter(reader, cls.name, param, default, how)
+    name = _called_method(reader.command, reader.path, cls)
+    method = _method(cls, name) if name else None
+    if method is None:
+        return
+    static = [call_name(d) for d in method.decorator_list]
+    if any(d not in ("staticmethod", "classmethod") for d in static):
+        return  # a wrapper may supply arguments
+    for param, default, _ in parameter_defaults(method, skip=0 if "staticmethod" in static else 1):
+        _parameter(reader, f"{cls.name}.{method.name}", param, default, how)
+
+
+def _method(cls: ast.ClassDef, name: str) -> _Function | None:
+    return next((s for s in cls.body if isinstance(s, _FUNCTION) and s.name == name), None)
+
+
+def _called_method(command: str, path: str, cls: ast.ClassDef) -> str:
+    """The public method of ``cls`` the run command names after the script ``path``
+    (``python train.py --lr=0.1 train`` calls ``train``); "" when it names none or runs another
+    script: the class alone is then built and nothing of its methods runs."""
+    words = command_words(command)
+    at = next((i for i, w in enumerate(words) if w == path or w.endswith("/" + path)), None)
+    methods = {s.name for s in cls.body if isinstance(s, _FUNCTION) and not s.name.startswith("_")}
+    if at is None:
+        return ""
+    return next((w for w in words[at + 1 :] if w in methods), "")
+
+
+def _constructor(reader: Reader, cls: ast.ClassDef, uses: _Uses, runs: bool) -> None:
+    """The ``__init__`` defaults of ``cls`` that every call building it leaves out: calls in this
+    file count when it runs something (``runs``; a library's own calls may never run), calls in
+    the other editable files always (``from model import Net`` and ``Net(vocab)`` in train.py)."""
+    init = next((s for s in cls.body if isinstance(s, _FUNCTION) and s.name == "__init__"), None)
+    if init is None or init.decorator_list or cls.name in uses.other:
+        return  # also a class subclassed in the file (its name is a base)
+    outside, named = reader.callers.calls(cls.name) if reader.callers is not None else ([], False)
+    local = uses.calls.get(cls.name, [])
+    if named or not (outside or (runs and local)):
+        return
+    positional = len(init.args.posonlyargs) + len(init.args.args) - 1
+    passed = uses.passed(cls.name, positional)
+    elsewhere = passed_by(outside, [f"#{i}" for i in range(positional)])
+    if passed is None or elsewhere is None:
+        return
+    for param, default, key in parameter_defaults(init, skip=1):
+        if not {param.arg, key} & (passed | elsewhere):
+            _parameter(reader, cls.name, param, default, "constructor")
 
 
 class _Uses:
@@ -136,11 +204,17 @@ class _Uses:
 
 
 def _registers(call: ast.Call) -> bool:
-    """``fire.Fire(f)`` or ``typer.run(f)``: a call that hands ``f`` to a command-line parser."""
+    """``fire.Fire(f)``, ``typer.run(f)``, jsonargparse's ``CLI(f)``/``auto_cli(f)``: a call that
+    hands ``f`` to a command-line parser."""
     func = call.func
-    if call_name(call) == "Fire":
+    if call_name(call) in ("Fire", "CLI", "auto_cli"):
         return True
     return isinstance(func, ast.Attribute) and func.attr == "run" and call_name(func.value) == "typer"
+
+
+def _how(call: ast.Call) -> str:
+    """The parser a registering call names: ``fire``, ``jsonargparse`` or ``typer``."""
+    return {"Fire": "fire", "CLI": "jsonargparse", "auto_cli": "jsonargparse"}.get(call_name(call), "typer")
 
 
 def _entries(tree: ast.Module, functions: dict[str, _Function], uses: _Uses) -> dict[str, str]:
@@ -149,7 +223,7 @@ def _entries(tree: ast.Module, functions: dict[str, _Function], uses: _Uses) -> 
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call) or not _registers(node):
             continue
-        how = "fire" if call_name(node) == "Fire" else "typer"
+        how = _how(node)
         target = node.args[0] if node.args else keyword(node, "component")
         if isinstance(target, ast.Name) and target.id in functions:
             found.setdefault(target.id, how)
@@ -217,7 +291,7 @@ def _declared_by_click(function: _Function) -> set[str]:
     return declared
 
 
-def _defaults(function: _Function, skip: int = 0) -> list[tuple[ast.arg, ast.expr, str]]:
+def parameter_defaults(function: _Function, skip: int = 0) -> list[tuple[ast.arg, ast.expr, str]]:
     """``(parameter, default, key)`` for each parameter with a default, in order: ``key`` is
     ``"#i"`` for the i-th positional parameter (counting after ``skip``, the ``self`` a
     constructor call never passes), as :meth:`_Uses.passed` names a positional argument."""
@@ -273,7 +347,7 @@ def _spellings(
     """How the command line sets the parameter: fire takes ``--name``; typer and click the
     declared names, else the name with dashes (``--grad-clip``), a boolean both ``--x`` and
     ``--no-x``. A function called from the script itself has none."""
-    if how == "fire":
+    if how in ("fire", "jsonargparse"):
         return (f"--{param.arg}",)
     if how not in ("typer", "click") or positional:
         return ()

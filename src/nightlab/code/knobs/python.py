@@ -35,6 +35,7 @@ import math
 import re
 
 from nightlab.code.knobs.absl import absl_flag, config_dict_knobs
+from nightlab.code.knobs.callers import Callers, passed_by
 from nightlab.code.knobs.choices import annotated_choices, listed_choices
 from nightlab.code.knobs.entry import click_parameter, entry_knobs
 from nightlab.code.knobs.literal import KnobValue
@@ -46,13 +47,22 @@ _CONSTANT = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _SETTING = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def python_knobs(source: str, path: str) -> list[Knob]:
-    """Every knob of a Python file, in file order."""
+def python_knobs(
+    source: str, path: str, command: str = "", others: dict[str, ast.Module] | None = None
+) -> list[Knob]:
+    """Every knob of a Python file, in file order.
+
+    ``command`` is the run command and ``others`` the other editable Python files (parsed): a
+    class of this file built there passes some of its defaults, which are then no knobs."""
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
         raise UserError(f"{path}: not valid Python ({exc.msg}, line {exc.lineno}); fix the file") from None
-    reader = Reader(source, path)
+    reader = Reader(source, path, command, Callers(path, others) if others else None)
+    local: dict[str, list[ast.Call]] = {}  # the file's own calls of a plain name: TrainConfig(...)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            local.setdefault(node.func.id, []).append(node)
     settings = _leading_block(tree.body)
     for stmt in tree.body:
         name, value = simple_assignment(stmt)
@@ -80,9 +90,10 @@ def python_knobs(source: str, path: str) -> list[Knob]:
             _option(reader, node)
             absl_flag(reader, node)
         elif any(_is_dataclass(d) for d in node.decorator_list):
-            _fields(reader, node, "dataclass")
+            _fields(reader, node, "dataclass", _builders(reader, node, tree, local))
         elif node in tree.body and _is_config_name(node.name) and not _is_enum(node):
-            _fields(reader, node, "class")  # class CFG: lr = 1e-3 (a namespace of settings)
+            # class CFG: lr = 1e-3 (a namespace of settings)
+            _fields(reader, node, "class", _builders(reader, node, tree, local))
     config_dict_knobs(reader, tree)  # def get_config(): config = ConfigDict(); config.lr = 0.05
     entry_knobs(reader, tree)  # fire.Fire(main), @app.command(), main() under __main__
     return sorted(reader.found.values(), key=lambda k: k.start)
@@ -134,10 +145,26 @@ def _option(reader: Reader, call: ast.Call) -> None:
     reader.add(knob, default, call, source, qualified=long, choices=listed, flags=tuple(flags))
 
 
-def _fields(reader: Reader, cls: ast.ClassDef, source: str) -> None:
+def _builders(
+    reader: Reader, cls: ast.ClassDef, tree: ast.Module, local: dict[str, list[ast.Call]]
+) -> list[ast.Call]:
+    """The calls that build a top-level class, in this file and in the other editable ones."""
+    if cls not in tree.body:
+        return []
+    calls = list(local.get(cls.name, []))
+    return calls + (reader.callers.calls(cls.name)[0] if reader.callers is not None else [])
+
+
+def _fields(reader: Reader, cls: ast.ClassDef, source: str, calls: list[ast.Call]) -> None:
+    """The fields' defaults, but those a call that builds the class passes (``calls``, in this
+    file or another editable one: ``TrainConfig(noise=0.2)``), and none when such a call's
+    arguments cannot be read (``TrainConfig(**overrides)``): those defaults never apply."""
+    passed = passed_by(calls, _init_fields(cls))
+    if passed is None:
+        return
     for stmt in cls.body:
         name, value = simple_assignment(stmt)
-        if name is None or value is None or name.startswith("_"):
+        if name is None or value is None or name.startswith("_") or name in passed:
             continue
         listed: tuple[KnobValue, ...] = ()
         if isinstance(value, ast.Call) and call_name(value) == "field":
@@ -149,6 +176,22 @@ def _fields(reader: Reader, cls: ast.ClassDef, source: str) -> None:
         annotation = stmt.annotation if isinstance(stmt, ast.AnnAssign) else None
         allowed = annotated_choices(annotation, reader.names) or listed
         reader.add(name, value, stmt, source, qualified=f"{cls.name}.{name}", choices=allowed)
+
+
+def _init_fields(cls: ast.ClassDef) -> list[str]:
+    """The fields a dataclass's ``__init__`` takes by position, in order: annotated class
+    attributes, but ``ClassVar`` ones and ``field(init=False)``."""
+    names: list[str] = []
+    for stmt in cls.body:
+        if not isinstance(stmt, ast.AnnAssign) or not isinstance(stmt.target, ast.Name):
+            continue
+        if "ClassVar" in ast.unparse(stmt.annotation):
+            continue
+        init = keyword(stmt.value, "init") if isinstance(stmt.value, ast.Call) else None
+        if isinstance(init, ast.Constant) and init.value is False:
+            continue
+        names.append(stmt.target.id)
+    return names
 
 
 def _metadata_choices(metadata: ast.expr | None, names: dict[str, ast.expr]) -> tuple[KnobValue, ...]:

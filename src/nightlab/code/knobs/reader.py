@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 
+from nightlab.code.knobs.callers import Callers
 from nightlab.code.knobs.literal import KnobValue, LineOffsets, comments_by_line, literal
 from nightlab.code.knobs.model import Knob
 
@@ -19,10 +20,13 @@ class Reader:
     """Turns literal nodes into knobs with their exact source spans and trailing comments.
 
     ``found`` holds the knobs by name; ``names`` the module's top-level assignments, which a
-    choice list or a ``Literal`` alias may refer to."""
+    choice list or a ``Literal`` alias may refer to. ``command`` is the run command (which
+    method ``fire.Fire(Trainer)`` calls is on it: "" when unknown) and ``callers`` the calls to
+    the file's classes from the other editable files (None when the file is read alone)."""
 
-    def __init__(self, source: str, path: str) -> None:
+    def __init__(self, source: str, path: str, command: str = "", callers: Callers | None = None) -> None:
         self.source, self.path = source, path
+        self.command, self.callers = command, callers
         self.offsets = LineOffsets(source)
         self.comments = comments_by_line(source)
         self.found: dict[str, Knob] = {}
