@@ -41,6 +41,7 @@ from nightlab.code.knobs.entry import click_parameter, entry_knobs
 from nightlab.code.knobs.literal import KnobValue
 from nightlab.code.knobs.model import Knob
 from nightlab.code.knobs.reader import Reader, call_name, keyword, simple_assignment, string_args
+from nightlab.code.knobs.signatures import signature_knobs
 from nightlab.errors import UserError
 
 _CONSTANT = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -96,6 +97,7 @@ def python_knobs(
             _fields(reader, node, "class", _builders(reader, node, tree, local))
     config_dict_knobs(reader, tree)  # def get_config(): config = ConfigDict(); config.lr = 0.05
     entry_knobs(reader, tree)  # fire.Fire(main), @app.command(), main() under __main__
+    signature_knobs(reader, tree)  # jsonargparse: parser.add_class_arguments(Optim, "optim")
     return sorted(reader.found.values(), key=lambda k: k.start)
 
 
