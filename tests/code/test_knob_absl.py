@@ -135,3 +135,20 @@ def test_a_click_boolean_flag_pair_is_one_knob_named_after_its_on_spelling() -> 
     assert list(knobs) == ["use_bn"]
     assert knobs["use_bn"].flags == ("--use-bn", "--no-use-bn")
     _only_literal_changed(source, "use_bn", True, "True")
+
+
+def test_multi_number_flags_are_list_knobs_and_string_lists_are_left_out() -> None:
+    source = ABSL.replace(
+        'flags.DEFINE_list("layers", "64,64", "Widths.")',
+        'flags.DEFINE_list("layers", ["64", "64"], "Widths.")\n'
+        'flags.DEFINE_multi_string("augment", ["flip"], "Augmentations.")\n'
+        'flags.DEFINE_multi_integer("hidden", [64, 32], "Width per layer.")\n'
+        'flags.DEFINE_multi_float("dropouts", 0.1, "Dropout per layer.")',
+    )
+    knobs = {k.name: k for k in find_knobs(source, "train.py")}
+    assert "layers" not in knobs and "augment" not in knobs  # strings the script parses
+    hidden = knobs["hidden"]
+    assert (hidden.kind, hidden.value, hidden.flags) == ("list", [64, 32], ("--hidden",))
+    assert knobs["dropouts"].value == 0.1  # one value, as absl also takes it
+    out = set_knobs(source, {"hidden": [128, 32]})
+    assert out == source.replace("[64, 32]", "[128, 32]")

@@ -4,7 +4,11 @@
   ``DEFINE_string``, ``DEFINE_bool``/``DEFINE_boolean`` and ``DEFINE_enum("act", "relu",
   ["relu", "gelu"], ...)``, whose list is the knob's choices; the ``name=``/``default=``/
   ``enum_values=`` keyword forms too. The knob is named after the flag (``FLAGS.lr`` reads it)
-  and spelled ``--lr`` on the command line (a boolean also ``--nolr``);
+  and spelled ``--lr`` on the command line (a boolean also ``--nolr``). ``DEFINE_multi_integer``
+  and ``DEFINE_multi_float`` with a list of numbers (``[64, 64]``, one value per layer) are a list
+  knob, searched element by element as any list of numbers; ``DEFINE_list`` and
+  ``DEFINE_multi_string`` are left out: their values are strings the script parses (``["32",
+  "64"]``, ``"32,64"``), which give no number to search and no choices to pick from;
 - ``ml_collections``: the literals a config function assigns into a ``ConfigDict``
   (``config = ml_collections.ConfigDict()``, ``config.learning_rate = 0.05``,
   ``config.model = ConfigDict()``, ``config.model.hidden = 64``): knobs ``learning_rate`` and
@@ -25,9 +29,10 @@ from nightlab.code.knobs.choices import listed_choices
 from nightlab.code.knobs.literal import literal
 from nightlab.code.knobs.reader import Reader, call_name, keyword
 
-# The absl definitions of one scalar flag, and where each takes its default among its positional
-# arguments (after the name). Lists (DEFINE_list, DEFINE_multi_*) and enum classes are left out.
-_DEFINES = {"DEFINE_float", "DEFINE_integer", "DEFINE_string", "DEFINE_bool", "DEFINE_boolean", "DEFINE_enum"}
+# The absl definitions whose default is a knob: one scalar, or (multi_integer, multi_float) a list
+# of numbers. Lists of strings (DEFINE_list, DEFINE_multi_string) and enum classes are left out.
+_DEFINES = {"DEFINE_float", "DEFINE_integer", "DEFINE_string", "DEFINE_bool", "DEFINE_boolean", "DEFINE_enum",
+            "DEFINE_multi_integer", "DEFINE_multi_float"}  # fmt: skip
 _CONFIG_DICT = {"ConfigDict", "FrozenConfigDict"}
 
 
