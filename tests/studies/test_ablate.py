@@ -179,3 +179,43 @@ def test_apply_does_not_drop_a_change_the_few_seeds_cannot_clear() -> None:
     assert why is not None and "more seeds (--seeds N) can tell" in why
     # Level, and the interval rules out anything beyond the noise: dropping is safe.
     assert _harm([1.0, 1.003, 0.998], [1.001, 1.0, 0.999], [[1.0, 1.003, 0.998]]) is None
+
+
+def test_a_knob_move_that_git_cannot_revert_is_left_out_by_its_knobs(tmp_path: Path) -> None:
+    """The search agent's kept changes are knob moves on neighbouring lines, the learning rate in
+    most of them: git's revert of the older one conflicts. Its knobs the best still holds are set
+    back instead, and the ablation says which it left as the best has them."""
+    first = edit(
+        "LEARNING_RATE = 0.01  # peak learning rate (best: 0.03 * sqrt(BATCH_SIZE / 256))\n"
+        "WEIGHT_DECAY = 0.1",
+        "LEARNING_RATE = 0.015  # peak learning rate (best: 0.03 * sqrt(BATCH_SIZE / 256))\n"
+        "WEIGHT_DECAY = 0.02",
+        "WEIGHT_DECAY 0.1 → 0.02, LEARNING_RATE 0.01 → 0.015",
+    )
+    second = edit(
+        "LEARNING_RATE = 0.015  # peak learning rate (best: 0.03 * sqrt(BATCH_SIZE / 256))\n"
+        "WEIGHT_DECAY = 0.02  # AdamW weight decay (best: 0.02)\nDEPTH = 3",
+        "LEARNING_RATE = 0.016  # peak learning rate (best: 0.03 * sqrt(BATCH_SIZE / 256))\n"
+        "WEIGHT_DECAY = 0.02  # AdamW weight decay (best: 0.02)\nDEPTH = 6",
+        "DEPTH 3 → 6, LEARNING_RATE 0.015 → 0.016",
+    )
+    root = synthetic_workspace(tmp_path / "ws", [first, second], "greedy")
+    res = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert res.returncode == 0, res.stderr + res.stdout
+    best = git(root, "rev-parse", "nightlab/t")
+    first_commit = git(root, "rev-parse", "nightlab/t~1")
+    from nightlab.workspace.git import Workspace
+
+    assert Workspace(root).revert_commit_onto(first_commit, best) is None  # git cannot: the precondition
+    res = nightlab("ablate", str(root), "--json", "--seeds", "2")
+    assert res.returncode == 0, res.stderr + res.stdout
+    data = json.loads(res.stdout)
+    changes = {c["description"]: c for c in data["changes"]}
+    left_out = changes["WEIGHT_DECAY 0.1 → 0.02, LEARNING_RATE 0.01 → 0.015"]
+    assert left_out["status"] in ("earns its place", "candidate to drop")  # measured, not "does not revert"
+    text = git(root, "show", f"{left_out['variant_commit']}:train.py")
+    assert "WEIGHT_DECAY = 0.1  #" in text and "LEARNING_RATE = 0.016  #" in text and "DEPTH = 6  #" in text
+    assert git(root, "rev-parse", f"{left_out['variant_commit']}~1") == best
+    assert any("WEIGHT_DECAY set back" in n and "LEARNING_RATE moved again" in n for n in data["notes"])
+    # Weight decay 0.1 -> 0.02 is worth 0.0244 on this target: the best without it is that much worse.
+    assert left_out["ci"][0] < 0.0244 < left_out["ci"][1]

@@ -3,7 +3,9 @@
 A night of research keeps changes one after another, each judged against the code of its
 time. Later changes can make earlier ones redundant, and a lucky keep can slip through. The
 ablation leaves each kept change out of the best alone (``git`` reverts that commit on top of
-the best; a change that later ones built on may not revert cleanly, which is reported), runs
+the best; a change of knob values only that does not revert cleanly, because later ones moved
+neighbouring lines, has its knobs set back instead (:mod:`.knob_revert`); any other change that
+does not revert cleanly is reported), runs
 every variant and the best itself with the same seeds, and measures each change's
 contribution: how much worse the best gets without it, with a confidence interval.
 
@@ -27,7 +29,8 @@ from nightlab.errors import UserError
 from nightlab.research.session import Session
 from nightlab.stats import mean, noise_floor, pooled_sd, sample_sd
 from nightlab.studies.compare import MetricComparison, compare
-from nightlab.studies.scales import apply_scale, resolve_scale, scaled_config, set_ref
+from nightlab.studies.knob_revert import revert_knobs_onto
+from nightlab.studies.scales import apply_scale, editable_paths, resolve_scale, scaled_config, set_ref
 from nightlab.studies.study import Arm, RunCallback, SideStudy, study_seeds
 
 # ``--apply`` drops changes only when the interval rules out a loss beyond this many times the noise.
@@ -231,8 +234,11 @@ def run_ablation(
     arms = [full]
     contributions: list[Contribution] = []
     variants: dict[int, Arm] = {}
+    notes: list[str] = []
     for change in changes:
         variant = workspace.revert_commit_onto(change.commit, best.commit)
+        if variant is None:  # knob moves on neighbouring lines: leave out its knobs by value
+            variant = _knob_variant(session, change, best.commit, notes)
         if variant is None:
             contributions.append(Contribution(change, NO_REVERT))
             continue
@@ -289,6 +295,7 @@ def run_ablation(
         contributions=contributions,
         study=study.study_id,
         scale=scale,
+        notes=notes,
     )
     if full.failures:
         report.notes.append(f"the best itself: {full.failure_summary()}")
@@ -310,6 +317,28 @@ def run_ablation(
     return report
 
 
+def _knob_variant(session: Session, change: KeptChange, head: str, notes: list[str]) -> str | None:
+    """``head`` without ``change``'s knob moves (:mod:`nightlab.studies.knob_revert`), noting
+    which of its knobs a later kept change moved again (those stay as ``head`` has them)."""
+    config, workspace = session.config, session.workspace
+    paths = editable_paths(workspace, config, head)
+    knobs = revert_knobs_onto(workspace, change.commit, head, paths, config.target.run)
+    if knobs is None:
+        return None
+    if knobs.commit is None:
+        notes.append(
+            f"#{change.experiment_id}: every knob it moved ({', '.join(knobs.kept)}) was moved again by a "
+            "later kept change: nothing of it is left in the best to leave out"
+        )
+        return None
+    again = f"; {', '.join(knobs.kept)} moved again by a later kept change, left as the best has it"
+    notes.append(
+        f"#{change.experiment_id}: left out by its knobs ({', '.join(knobs.reverted)} set back), "
+        f"not by git{again if knobs.kept else ''}"
+    )
+    return knobs.commit
+
+
 def _apply(
     session: Session,
     study: SideStudy,
@@ -326,6 +355,8 @@ def _apply(
     head, dropped, skipped = report.best_commit, [], []
     for c in sorted(candidates, key=lambda c: -c.change.experiment_id):  # newest first: fewer conflicts
         reverted = workspace.revert_commit_onto(c.change.commit, head)
+        if reverted is None:
+            reverted = _knob_variant(session, c.change, head, [])
         if reverted is None:
             skipped.append(c.change.experiment_id)
             continue
