@@ -235,6 +235,8 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
             for knob in find_knobs(files[path], path, command, trees):
                 name = _unique(knob.name, path, found)
                 found[name] = knob if name == knob.name else dataclasses.replace(knob, name=name)
+                if knob.selected_by:  # a field of a Hydra structured config's group option
+                    selected_by[name] = knob.selected_by
     return EditableKnobs(list(found.values()), selected_by, files, command)
 
 
@@ -298,7 +300,7 @@ def plan_changes(files: dict[str, str], values: dict[str, KnobValue], command: s
         ]
         changes += [_change(knobs[name], values[name], files, splices) for name in ready]
         for knob in sorted((knobs[n] for n in ready), key=lambda k: k.start, reverse=True):
-            text = format_value(knob.text, values[knob.name], "yaml")
+            text = format_value(knob.text, values[knob.name], _group_syntax(knob))
             current[knob.path] = current[knob.path][: knob.start] + text + current[knob.path][knob.end :]
             splices.setdefault(knob.path, []).append((knob.start, knob.end - knob.start, len(text)))
         pending = [n for n in pending if n not in ready and n in knobs] if ready else []
@@ -312,6 +314,12 @@ def plan_changes(files: dict[str, str], values: dict[str, KnobValue], command: s
     return changes
 
 
+def _group_syntax(knob: Knob) -> str:
+    """How a Hydra group's option is written: a YAML scalar in a defaults list, a Python string
+    in a structured config's (``{"optim": "adam"}``)."""
+    return "python" if knob.path.endswith(".py") else "yaml"
+
+
 def _holds(knob: Knob, value: KnobValue) -> bool:
     return knob.value == value and isinstance(knob.value, bool) == isinstance(value, bool)
 
@@ -320,7 +328,7 @@ def _change(
     knob: Knob, value: KnobValue, files: dict[str, str], splices: dict[str, list[tuple[int, int, int]]]
 ) -> KnobChange:
     """The change of ``knob`` (found after the ``splices`` made so far), located in ``files``."""
-    syntax = "yaml" if knob.source == HYDRA_SOURCE else knob.syntax
+    syntax = _group_syntax(knob) if knob.source == HYDRA_SOURCE else knob.syntax
     text = format_value(knob.text, value, syntax)
     start, end = knob.start, knob.end
     for at, old, new in reversed(splices.get(knob.path, [])):

@@ -22,7 +22,10 @@ class Knob:
     ``choices=``, ``click.Choice``, a ``Literal[...]`` annotation), so a string knob can be
     searched without the user repeating them in nightlab.toml. ``flags`` are an option's
     command-line spellings (``("-l", "--lr")``), so a run command that sets the option can be
-    matched to the knob even when its ``dest`` is another name.
+    matched to the knob even when its ``dest`` is another name. ``selected_by`` are the Hydra
+    group choices that select the config a knob belongs to (``(("optim", "adam"),)`` for a field of
+    the structured config stored as ``optim/adam``): its value means something else once one of
+    them changes (a YAML tree's are kept beside the knobs, in ``EditableKnobs.selected_by``).
     """
 
     name: str
@@ -40,6 +43,7 @@ class Knob:
     source: str = "constant"
     choices: tuple[KnobValue, ...] = ()
     flags: tuple[str, ...] = ()
+    selected_by: tuple[tuple[str, str], ...] = ()
 
     @property
     def syntax(self) -> str:

@@ -38,10 +38,12 @@ from nightlab.code.knobs.absl import absl_flag, config_dict_knobs
 from nightlab.code.knobs.callers import Callers, passed_by
 from nightlab.code.knobs.choices import annotated_choices, listed_choices
 from nightlab.code.knobs.entry import click_parameter, entry_knobs
+from nightlab.code.knobs.hydra import HYDRA_SOURCE
 from nightlab.code.knobs.literal import KnobValue
 from nightlab.code.knobs.model import Knob
 from nightlab.code.knobs.reader import Reader, call_name, keyword, simple_assignment, string_args
 from nightlab.code.knobs.signatures import signature_knobs
+from nightlab.code.knobs.structured import Placement, placements
 from nightlab.errors import UserError
 
 _CONSTANT = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -60,6 +62,7 @@ def python_knobs(
     except SyntaxError as exc:
         raise UserError(f"{path}: not valid Python ({exc.msg}, line {exc.lineno}); fix the file") from None
     reader = Reader(source, path, command, Callers(path, others) if others else None)
+    placed, group_choices = placements(tree, command)  # Hydra structured configs
     local: dict[str, list[ast.Call]] = {}  # the file's own calls of a plain name: TrainConfig(...)
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
@@ -91,10 +94,14 @@ def python_knobs(
             _option(reader, node)
             absl_flag(reader, node)
         elif any(_is_dataclass(d) for d in node.decorator_list):
-            _fields(reader, node, "dataclass", _builders(reader, node, tree, local))
+            place = placed.get(node.name) if node in tree.body else None
+            if place is None or place.prefix is not None:  # None: an option the run does not select
+                _fields(reader, node, "dataclass", _builders(reader, node, tree, local), place)
         elif node in tree.body and _is_config_name(node.name) and not _is_enum(node):
             # class CFG: lr = 1e-3 (a namespace of settings)
             _fields(reader, node, "class", _builders(reader, node, tree, local))
+    for choice in group_choices:  # defaults: [{"optim": "adam"}]: the group's choice
+        reader.add(choice.group, choice.node, choice.stmt, HYDRA_SOURCE, choices=choice.options)
     config_dict_knobs(reader, tree)  # def get_config(): config = ConfigDict(); config.lr = 0.05
     entry_knobs(reader, tree)  # fire.Fire(main), @app.command(), main() under __main__
     signature_knobs(reader, tree)  # jsonargparse: parser.add_class_arguments(Optim, "optim")
@@ -157,13 +164,18 @@ def _builders(
     return calls + (reader.callers.calls(cls.name)[0] if reader.callers is not None else [])
 
 
-def _fields(reader: Reader, cls: ast.ClassDef, source: str, calls: list[ast.Call]) -> None:
+def _fields(
+    reader: Reader, cls: ast.ClassDef, source: str, calls: list[ast.Call], place: Placement | None = None
+) -> None:
     """The fields' defaults, but those a call that builds the class passes (``calls``, in this
     file or another editable one: ``TrainConfig(noise=0.2)``), and none when such a call's
-    arguments cannot be read (``TrainConfig(**overrides)``): those defaults never apply."""
+    arguments cannot be read (``TrainConfig(**overrides)``): those defaults never apply. A class
+    a Hydra ConfigStore places (``place``) names its fields as Hydra does (``optim.lr``)."""
     passed = passed_by(calls, _init_fields(cls))
     if passed is None:
         return
+    prefix = place.prefix or "" if place is not None else ""
+    chain = place.selected_by if place is not None else ()
     for stmt in cls.body:
         name, value = simple_assignment(stmt)
         if name is None or value is None or name.startswith("_") or name in passed:
@@ -177,7 +189,10 @@ def _fields(reader: Reader, cls: ast.ClassDef, source: str, calls: list[ast.Call
                 continue
         annotation = stmt.annotation if isinstance(stmt, ast.AnnAssign) else None
         allowed = annotated_choices(annotation, reader.names) or listed
-        reader.add(name, value, stmt, source, qualified=f"{cls.name}.{name}", choices=allowed)
+        qualified = f"{cls.name}.{name}"
+        reader.add(
+            prefix + name, value, stmt, source, qualified=qualified, choices=allowed, selected_by=chain
+        )
 
 
 def _init_fields(cls: ast.ClassDef) -> list[str]:

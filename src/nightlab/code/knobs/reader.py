@@ -34,7 +34,7 @@ class Reader:
 
     def add(self, name: str, node: ast.expr, stmt: ast.AST, source: str, replace: bool = False,
             qualified: str | None = None, choices: tuple[KnobValue, ...] = (),
-            flags: tuple[str, ...] = ()) -> None:  # fmt: skip
+            flags: tuple[str, ...] = (), selected_by: tuple[tuple[str, str], ...] = ()) -> None:  # fmt: skip
         """A knob for ``node``'s literal (nothing for any other expression).
 
         A name already taken keeps its knob unless ``replace`` (a re-assignment of a constant);
@@ -75,6 +75,7 @@ class Reader:
             source=source,
             choices=choices,
             flags=flags,
+            selected_by=selected_by,
         )
 
 
