@@ -387,3 +387,27 @@ def test_a_reasoning_models_inline_thoughts_are_left_out_of_the_proposal_and_the
     assert "ended inside its <think> reasoning" in retry.last_user_text
     assert "cut off at 300 tokens" in retry.last_user_text
     assert "lower LR" not in json.dumps(retry.messages)  # the thoughts are not sent back
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_a_lesson_call_a_reasoning_model_spent_thinking_is_asked_again_at_the_answer_limit(
+    protocol, llm_config
+):
+    """gpt-5 or o3 count hidden reasoning against the output limit: at the lessons' short one
+    they can end cut off with nothing written, and no lesson was ever kept."""
+    lesson = "#1: LR 0.03 helped; try 0.1 next."
+    answers = [
+        Answer(GOOD),
+        Answer("", 300, 400, truncated=True),
+        Answer(lesson, 300, 900),
+        Answer(WIDER, 1000, 500),
+    ]
+    with fake_llm_server(protocol, answers) as server:
+        agent = LLMAgent(llm_config(server, max_output_tokens=5000))
+        done = own_entry(agent.propose(make_context()), 1, decision="keep", delta=0.004)
+        agent.observe(done)
+        second = agent.propose(make_context(history=[done]))
+    limits = [r.body.get("max_tokens", r.body.get("max_completion_tokens")) for r in server.requests]
+    assert limits == [5000, 80, 5000, 5000]
+    assert second.lessons == {1: "LR 0.03 helped; try 0.1 next."}
+    assert second.cost.tokens_out == 400 + 900 + 500  # both lesson calls are counted

@@ -315,13 +315,23 @@ class LLMAgent(Agent):
             "words, that future experiments should know (what worked, what failed and why). "
             "Answer only with lines of the form '#<id>: <lesson>'."
         )
-        try:
-            reply = self._complete(system, [{"role": "user", "content": prompt}], LESSON_TOKENS * len(owed))
-        except ProviderUnavailable as exc:
-            log.warning("no lessons written: %s", exc)
-            return {}
-        self._account(spend, reply)
-        found = _parse_lessons(without_reasoning(reply.text, strict=False), [e.id for e in owed])
+        ids = [e.id for e in owed]
+        found: dict[int, str] = {}
+        # A reasoning model (gpt-5, o3) spends hidden tokens before it writes: at the short limit
+        # it can be cut off with nothing written. Then once more at the answer's own limit.
+        limits = dict.fromkeys(
+            (LESSON_TOKENS * len(owed), max(LESSON_TOKENS * len(owed), self.config.max_output_tokens))
+        )
+        for limit in limits:
+            try:
+                reply = self._complete(system, [{"role": "user", "content": prompt}], limit)
+            except ProviderUnavailable as exc:
+                log.warning("no lessons written: %s", exc)
+                return {}
+            self._account(spend, reply)
+            found = _parse_lessons(without_reasoning(reply.text, strict=False), ids)
+            if found or not reply.truncated or self._over_cap(quiet=True):
+                break
         with self._lock:
             self._lessons.update(found)
         for e in owed:  # the loop's own objects, for a loop that saves entry.lesson
