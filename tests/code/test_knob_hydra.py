@@ -322,3 +322,24 @@ def test_show_space_and_a_try_through_the_cli(tmp_path: Path) -> None:
     rows = {line.split()[0]: line for line in shown.stdout.splitlines() if line.strip()}
     assert "conf/optim/sgd.yaml:2" in rows["optim.lr"] and "0.02" in rows["optim.lr"]
     assert "optim.momentum" in rows and "adam.yaml" not in shown.stdout
+
+
+def test_yml_configs_are_hydra_configs_where_the_defaults_list_names_them_so() -> None:
+    # Hydra loads optim/adam.yml only for `- optim: adam.yml` (a bare `adam` means adam.yaml).
+    app = {
+        "conf/config.yml": "defaults:\n  - optim: adam.yml\n  - _self_\nepochs: 3\n",
+        "conf/optim/adam.yml": "lr: 0.001\n",
+        "conf/optim/sgd.yml": "lr: 0.05\nmomentum: 0.9\n",
+    }
+    knobs = knobs_of(app)
+    assert (knobs["optim"].value, knobs["optim"].choices) == ("adam.yml", ("adam.yml", "sgd.yml"))
+    assert knobs["optim.lr"].path == "conf/optim/adam.yml" and "optim.momentum" not in knobs
+    out = set_all_knobs(app, {"optim": "sgd.yml", "optim.lr": 0.1})
+    assert out == {
+        "conf/config.yml": app["conf/config.yml"].replace("adam.yml", "sgd.yml"),
+        "conf/optim/sgd.yml": "lr: 0.1\nmomentum: 0.9\n",
+    }
+    # `- optim: adam` makes Hydra look for adam.yaml: adam.yml's lr is never loaded, no knob.
+    bare = {**app, "conf/config.yml": "defaults:\n  - optim: adam\nepochs: 3\n"}
+    assert "optim.lr" not in knobs_of(bare) and "conf/optim/adam.yml:lr" not in knobs_of(bare)
+    assert knobs_of(bare)["optim"].choices == ("adam.yml", "sgd.yml")  # the names Hydra loads

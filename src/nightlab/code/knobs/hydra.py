@@ -27,7 +27,9 @@ Supported: nested groups (``model/encoder: small``, and ``encoder: small`` in ``
 overrides (``optim=sgd``, ``+group=option``, ``~group``: the command's selection is what runs).
 Skipped without a knob: mandatory options (``???``), ``null``, lists of options, interpolated
 options, groups of Hydra's own (``hydra/...``), values ``???`` and ``${...}``, and the ``hydra:``
-section of a config (the app's runtime, not its method). Only ``.yaml`` files are Hydra configs.
+section of a config (the app's runtime, not its method). A ``.yml`` file is a config only where
+a defaults list names it with its suffix (``- optim: adam.yml``), as Hydra loads it (below
+``version_base="1.2"``; a bare ``adam`` always means ``adam.yaml``).
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def hydra_layouts(files: dict[str, str], command: str = "") -> list[Layout]:
     the folder of a primary already found is one of its configs, not another primary. ``command`` is the run command: its Hydra group
     overrides select options as they would at run time. Files of no layout are plain YAML.
     """
-    yaml_paths = sorted((p for p in files if p.endswith(".yaml")), key=lambda p: (p.count("/"), p))
+    yaml_paths = sorted((p for p in files if p.endswith((".yaml", ".yml"))), key=lambda p: (p.count("/"), p))
     layouts: list[Layout] = []
     for path in yaml_paths:
         root = posixpath.dirname(path)
@@ -112,15 +114,25 @@ def _inside(path: str, folder: str) -> bool:
 
 def _resolves(entry: _Default, root: str, files: dict[str, str]) -> bool:
     if entry.kind == "config":
-        return posixpath.join(root, entry.target.lstrip("/")) + ".yaml" in files
+        return _file(posixpath.join(root, entry.target.lstrip("/"))) in files
     return entry.kind == "group" and bool(_options(files, posixpath.join(root, entry.target.lstrip("/"))))
 
 
 def _options(files: dict[str, str], folder: str) -> tuple[str, ...]:
-    """The option names of a group folder: its ``.yaml`` files' stems, sorted."""
+    """The option names of a group folder as a defaults list names them, sorted: a ``.yaml``
+    file's stem (``adam``), a ``.yml`` file's whole name (``adam.yml``, see :func:`_file`)."""
     prefix = folder.rstrip("/") + "/"
     found = {p[len(prefix) : -len(".yaml")] for p in files if p.startswith(prefix) and p.endswith(".yaml")}
+    found |= {p[len(prefix) :] for p in files if p.startswith(prefix) and p.endswith(".yml")}
     return tuple(sorted(name for name in found if "/" not in name))
+
+
+def _file(name: str) -> str:
+    """The file Hydra loads for a config name: ``name.yaml``, or the name itself when it ends in
+    ``.yaml`` or ``.yml``. Hydra never looks for ``adam.yml`` when a defaults list says ``adam``;
+    it loads it (with a deprecation warning, and only under a ``version_base`` below 1.2) when
+    the list says ``adam.yml``."""
+    return name if name.endswith((".yaml", ".yml")) else name + ".yaml"
 
 
 def _defaults(text: str, path: str) -> list[_Default] | None:
@@ -208,7 +220,7 @@ class _Composer:
         self.seen: set[str] = set()  # the groups already composed
         self.chosen, self.removed, self.added = _command_choices(command)
         for path in files:  # every file that declares a package is a config of the tree
-            if path.endswith(".yaml") and _inside(path, root) and _header(files[path]) is not None:
+            if path.endswith((".yaml", ".yml")) and _inside(path, root) and _header(files[path]) is not None:
                 self.layout.files.add(path)
 
     def compose(self) -> Layout:
@@ -257,7 +269,7 @@ class _Composer:
 
     def _config(self, entry: _Default, package: str, group: str, chain: Chain, overrides: dict) -> None:
         target = _absolute(entry.target, group)
-        path = posixpath.join(self.root, target) + ".yaml"
+        path = _file(posixpath.join(self.root, target))
         if path not in self.files:
             return
         folder, name = posixpath.split(target)
@@ -268,7 +280,7 @@ class _Composer:
         target = key.split("@")[0]
         folder = posixpath.join(self.root, target)
         options = _options(self.files, folder)
-        self.layout.files.update(f"{folder}/{name}.yaml" for name in options)
+        self.layout.files.update(_file(f"{folder}/{name}") for name in options)
         if key in self.removed or key in self.seen or target.split("/")[0] == "hydra":
             return  # removed by the command, appended by it but already listed, or Hydra's own
         self.seen.add(key)
@@ -280,7 +292,7 @@ class _Composer:
             self.groups[key] = knob
             if chain:
                 self.layout.selected_by[key] = chain
-        path = f"{folder}/{option}.yaml"
+        path = _file(f"{folder}/{option}")
         if not option or path not in self.files:
             return  # a mandatory or null option, or a file not among the editable ones
         package = self._package(entry, package, target, option, path)
