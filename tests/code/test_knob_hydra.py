@@ -343,3 +343,19 @@ def test_yml_configs_are_hydra_configs_where_the_defaults_list_names_them_so() -
     bare = {**app, "conf/config.yml": "defaults:\n  - optim: adam\nepochs: 3\n"}
     assert "optim.lr" not in knobs_of(bare) and "conf/optim/adam.yml:lr" not in knobs_of(bare)
     assert knobs_of(bare)["optim"].choices == ("adam.yml", "sgd.yml")  # the names Hydra loads
+
+
+def test_a_nested_group_the_run_command_selects_gives_the_selected_files_values() -> None:
+    # /tmp/knobs_np/hydra_cmd: mlp.yaml lists `- encoder: large`; the command picks small.
+    app = {
+        **APP,
+        "conf/model/mlp.yaml": "defaults:\n  - encoder: large\nhidden_dim: 64\n",
+        "conf/model/encoder/large.yaml": "width: 64\n",
+        "conf/model/encoder/small.yaml": "width: 16\n",
+    }
+    command = "python train.py optim=sgd model/encoder=small"
+    knobs = knobs_of(app, command)
+    assert knobs["model.encoder.width"].path == "conf/model/encoder/small.yaml"
+    assert knobs["optim.lr"].path == "conf/optim/sgd.yaml" and "model/encoder" not in knobs
+    out = set_all_knobs(app, {"model.encoder.width": 32, "optim.lr": 0.1}, command)
+    assert set(out) == {"conf/model/encoder/small.yaml", "conf/optim/sgd.yaml"}

@@ -1,4 +1,4 @@
-"""Knobs in the defaults of the function a script runs: ``def main(lr=3e-3, hidden=32)``.
+"""Knobs in the defaults of the function (or class) a script runs: ``def main(lr=3e-3, hidden=32)``.
 
 A script whose settings are its entry function's keyword defaults has no other place to edit
 them. Those defaults are knobs only where they are *live*, where the function is called without
@@ -7,7 +7,12 @@ on it measures only noise. The entry functions read:
 
 - ``fire``: the function given to ``fire.Fire(main)``; with ``fire.Fire()`` and no argument,
   the one public module-level function nothing in the file calls or names (Fire exposes every
-  function then, and the command picks one: with several, which one runs cannot be read);
+  function then, and the command picks one: with several, which one runs cannot be read). A
+  class given to it (``fire.Fire(Trainer)``) gives its ``__init__`` defaults and those of the
+  method the run command names (``python train.py train``): without a method, Fire only builds
+  the class;
+- ``jsonargparse``: the function (or class, as for fire) given to ``CLI(main)`` or
+  ``auto_cli(main)``, spelled ``--lr``;
 - ``typer``/``click``: a function decorated ``@app.command()`` or ``@click.command()``, and one
   given to ``typer.run(main)``. typer reads each parameter's default, also out of
   ``typer.Option(2e-3, ...)``/``typer.Argument(...)`` (and of ``Annotated[float,
@@ -17,10 +22,11 @@ on it measures only noise. The entry functions read:
 - ``main``: a module-level function called with no value for the parameter under
   ``if __name__ == "__main__":`` (``main()``, ``sys.exit(main())``) or in a statement of its own
   at the top level of the script, keyword-only parameters included;
-- ``constructor``: an ``__init__`` default of a class defined in a file that has one of the entry
-  functions above, where every instantiation of the class in the file leaves it out
-  (``model = Net(vocab)`` for ``def __init__(self, vocab, hidden=64)``). A class instantiated
-  only in another file is not read: whether that file passes the value cannot be seen here.
+- ``constructor``: an ``__init__`` default of a class that every instantiation leaves out
+  (``model = Net(vocab)`` for ``def __init__(self, vocab, hidden=64)``): in this file when it
+  has one of the entry functions above, and in the other editable files, which the reader's
+  :class:`~.callers.Callers` holds (``from model import Net`` in train.py). A class built only in
+  a frozen file is not read: whether that file passes the value cannot be seen.
 
 Conservative on purpose: a parameter any call in the file passes (by position or keyword) is not
 a knob; a function called with ``*args``/``**kwargs`` (``main(**vars(args))``), named other than

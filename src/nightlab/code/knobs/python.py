@@ -10,7 +10,9 @@
 - ``argparse``/``click``: the ``default=`` literal of ``parser.add_argument("--lr", ...)`` or
   ``@click.option("--lr", ...)``, named after the option (``dest=`` when given);
 - ``dataclass``: the default of a field of a ``@dataclass`` class (``lr: float = 3e-4`` or
-  ``field(default=3e-4)``);
+  ``field(default=3e-4)``) that no call building the class passes, in this file or another
+  editable one (:mod:`.callers`); a class stored in a Hydra ``ConfigStore`` names its fields where
+  Hydra places them, and a group option the run does not select gives none (:mod:`.structured`);
 - ``class``: an attribute of a top-level class named as settings (``class CFG: lr = 1e-3``,
   ``class TrainConfig(BaseModel)``), the Kaggle and pydantic style; enums are data, not settings;
 - ``dict``: an entry of a top-level dict named as settings (``config = dict(lr=3e-4)``,
