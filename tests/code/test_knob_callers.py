@@ -72,6 +72,8 @@ def test_positional_and_unreadable_calls_through_any_import() -> None:
     relative = "from .config import TrainConfig as TC\n\ncfg = TC(momentum=0.9)\n"
     found = _where({"pkg/config.py": CONFIG, "pkg/train.py": relative, "other/config.py": "lr = 1\n"})
     assert "momentum" not in found and "noise" in found
+    module = "from . import config\n\ncfg = config.TrainConfig(noise=0.3)\n"
+    assert "noise" not in _where({"pkg/config.py": CONFIG, "pkg/train.py": module})
     # The same rule in the file itself: the argparse default is the knob, not the dead field.
     local = CONFIG + "import argparse\np = argparse.ArgumentParser()\np.add_argument('--lr', default=0.3)\n"
     local += "cfg = TrainConfig(lr=p.parse_args().lr)\n"

@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nightlab.agents.search.agent import SearchAgent
 from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import build_space
-from nightlab.code.knobs import find_all_knobs, set_all_knobs
+from nightlab.code.knobs import apply_changes, find_all_knobs, plan_changes, set_all_knobs
 
 TRAIN = """\
 from dataclasses import dataclass, field
@@ -149,3 +150,16 @@ def test_a_switch_edits_the_choice_and_the_new_options_class_and_the_run_sees_bo
         [sys.executable, "train.py", "dropout=0.2"], cwd=tmp_path, capture_output=True, text=True
     )
     assert run.stdout.strip() == "SGDConfig lr 0.1 batch 32 dropout 0.2", run.stderr
+
+
+def test_the_search_agent_switches_the_group_and_records_the_new_classs_values() -> None:
+    files = {"train.py": TRAIN}
+    agent = SearchAgent(SearchSettings())
+    space = build_space(files, SearchSettings())
+    centre = space.current()
+    only = agent._proposal(space, files, centre, {**centre, "optim": "sgd"}, "", {})
+    assert only.meta["knobs"]["optim.lr"] == 0.05 and only.meta["knobs"]["optim.momentum"] == 0.5
+    both = agent._proposal(space, files, centre, {**centre, "optim": "sgd", "optim.lr": 0.1}, "", {})
+    after = apply_changes(files, plan_changes(files, {"optim": "sgd", "optim.lr": 0.1}))["train.py"]
+    assert both.meta["changed"] == ["optim", "optim.lr"] and "lr: float = 0.1\n    momentum" in after
+    assert space.found.origins()["optim=sgd:optim.lr"] == 0.05  # SGD's own first value

@@ -33,6 +33,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from nightlab.code.knobs.callers import FileIndex
 from nightlab.code.knobs.choices import comment_choices
 from nightlab.code.knobs.command import set_by_command
 from nightlab.code.knobs.files import json_knobs, toml_knobs, yaml_knobs
@@ -76,11 +77,11 @@ _BUDGET = re.compile(
 
 
 def find_knobs(
-    source: str, path: str = "train.py", command: str = "", others: dict[str, ast.Module] | None = None
+    source: str, path: str = "train.py", command: str = "", others: dict[str, FileIndex] | None = None
 ) -> list[Knob]:
     """Every knob of the file ``path`` whose text is ``source``, in file order (none for a file
     of another kind). A Python file also reads the run ``command`` and the ``others`` editable
-    Python files, parsed, that may build its classes (see :mod:`.callers`)."""
+    Python files, indexed, that may build its classes (see :mod:`.callers`)."""
     if path.endswith(".py"):
         return [_with_comment_choices(k) for k in python_knobs(source, path, command, others)]
     for suffix, reader in _READERS.items():
@@ -240,14 +241,14 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
     return EditableKnobs(list(found.values()), selected_by, files, command)
 
 
-def _python_trees(files: dict[str, str]) -> dict[str, ast.Module]:
-    """The editable Python files that parse, as trees: where a file's classes may be built (a
+def _python_trees(files: dict[str, str]) -> dict[str, FileIndex]:
+    """The editable Python files that parse, indexed: where a file's classes may be built (a
     file that does not parse is reported when its own knobs are read)."""
-    trees: dict[str, ast.Module] = {}
+    trees: dict[str, FileIndex] = {}
     for path, text in files.items():
         if path.endswith(".py"):
             try:
-                trees[path] = ast.parse(text, filename=path)
+                trees[path] = FileIndex(path, ast.parse(text, filename=path))
             except SyntaxError:
                 continue
     return trees

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 import posixpath
 
-__all__ = ["Callers", "passed_by", "module_of"]
+__all__ = ["Callers", "FileIndex", "passed_by", "module_of"]
 
 
 def module_of(path: str) -> str:
@@ -46,15 +46,65 @@ def passed_by(calls: list[ast.Call], positional: list[str]) -> set[str] | None:
     return passed
 
 
+class FileIndex:
+    """One editable Python file, read once for every other file's questions: its imports, the
+    calls of plain and dotted names, and how often each such name is loaded at all (outside type
+    annotations, which build nothing and pass nothing). Each file's classes are asked about
+    against every other file, so walking the trees for each question would cost files × classes
+    walks of whole trees."""
+
+    def __init__(self, path: str, tree: ast.Module) -> None:
+        self.path, self.tree = path, tree
+        self.imports: list[ast.Import | ast.ImportFrom] = []
+        self.calls: dict[tuple[str, str], list[ast.Call]] = {}  # ("", "Net") or ("model", "Net")
+        self.loads: dict[tuple[str, str], int] = {}
+        hinted = _annotations(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                self.imports.append(node)
+            elif isinstance(node, ast.Call):
+                key = _key(node.func)
+                if key is not None:
+                    self.calls.setdefault(key, []).append(node)
+            elif isinstance(node, (ast.Name, ast.Attribute)) and id(node) not in hinted:
+                key = _key(node)
+                if key is not None and isinstance(node.ctx, ast.Load):
+                    self.loads[key] = self.loads.get(key, 0) + 1
+
+
 class Callers:
     """The calls to one file's top-level names made in the other editable Python files.
 
-    ``others`` maps each other editable file to its parsed tree (unparsable files are left out
-    by the caller). :meth:`calls` answers for one class name."""
+    ``others`` maps each editable Python file to its :class:`FileIndex` (unparsable files are
+    left out by the caller). :meth:`calls` answers for one class name."""
 
-    def __init__(self, path: str, others: dict[str, ast.Module]) -> None:
+    def __init__(self, path: str, others: dict[str, FileIndex]) -> None:
         self.path, self.module = path, module_of(path)
-        self.others = {p: t for p, t in others.items() if p != path}
+        # Each other file that imports this module: the names it imports from it (name -> local
+        # names) and the names it binds the module to.
+        self.imports: list[tuple[FileIndex, dict[str, set[str]], set[str]]] = []
+        for other, index in others.items():
+            if other == path:
+                continue
+            names: dict[str, set[str]] = {}
+            through: set[str] = set()
+            for node in index.imports:
+                if isinstance(node, ast.Import):
+                    through.update(
+                        alias.asname or alias.name for alias in node.names if alias.name == self.module
+                    )
+                elif self._resolves(other, node) == self.module:
+                    for alias in node.names:
+                        names.setdefault(alias.name, set()).add(alias.asname or alias.name)
+                else:  # from . import config; from pkg import config
+                    package = self._resolves(other, node)
+                    through.update(
+                        alias.asname or alias.name
+                        for alias in node.names
+                        if ".".join(filter(None, [package, alias.name])) == self.module
+                    )
+            if names or through:
+                self.imports.append((index, names, through))
 
     def calls(self, name: str) -> tuple[list[ast.Call], bool]:
         """``(calls, other)``: every call that builds ``name`` in the other files, and whether
@@ -62,46 +112,14 @@ class Callers:
         there cannot be read)."""
         found: list[ast.Call] = []
         other = False
-        for path, tree in self.others.items():
-            direct, through = self._bindings(path, tree, name)
-            if not direct and not through:
-                continue
-            counted = _annotations(tree)  # `cfg: TrainConfig` builds nothing and passes nothing
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Call) and self._builds(node.func, direct, through, name):
-                    found.append(node)
-                    counted.add(id(node.func))
-                    counted.update(id(n) for n in ast.walk(node.func))
-            for node in ast.walk(tree):
-                if id(node) in counted:
-                    continue
-                if isinstance(node, ast.Name) and node.id in direct and isinstance(node.ctx, ast.Load):
-                    other = True
-                elif isinstance(node, ast.Attribute) and node.attr == name and _root(node.value) in through:
-                    other = True
+        for index, names, through in self.imports:
+            direct = names.get(name, set()) | ({name} if "*" in names else set())
+            keys = [("", local) for local in direct] + [(module, name) for module in through]
+            for key in keys:
+                built = index.calls.get(key, [])
+                found += built
+                other = other or index.loads.get(key, 0) > len(built)
         return found, other
-
-    @staticmethod
-    def _builds(func: ast.expr, direct: set[str], through: set[str], name: str) -> bool:
-        if isinstance(func, ast.Name):
-            return func.id in direct
-        return isinstance(func, ast.Attribute) and func.attr == name and _root(func.value) in through
-
-    def _bindings(self, path: str, tree: ast.Module, name: str) -> tuple[set[str], set[str]]:
-        """The names ``path`` binds to the class (``TrainConfig``, ``TC``) and to its module
-        (``config``, ``pkg.config`` as a dotted name)."""
-        direct: set[str] = set()
-        through: set[str] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and self._resolves(path, node) == self.module:
-                for alias in node.names:
-                    if alias.name in (name, "*"):
-                        direct.add(alias.asname or name)
-            elif isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.name == self.module:
-                        through.add(alias.asname or alias.name)
-        return direct, through
 
     @staticmethod
     def _resolves(path: str, node: ast.ImportFrom) -> str:
@@ -111,7 +129,7 @@ class Callers:
             return node.module or ""
         package = module_of(posixpath.dirname(path) + "/__init__.py") if "/" in path else ""
         parts = package.split(".") if package else []
-        parts = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+        parts = parts[: max(0, len(parts) - (node.level - 1))]
         return ".".join([*parts, *([node.module] if node.module else [])])
 
 
@@ -130,12 +148,17 @@ def _annotations(tree: ast.Module) -> set[int]:
     return found
 
 
-def _root(node: ast.expr) -> str:
-    """``pkg.config`` for the expression ``pkg.config``; "" for anything but names and attributes."""
+def _key(node: ast.expr) -> tuple[str, str] | None:
+    """``("", "Net")`` for the name ``Net``, ``("pkg.model", "Net")`` for ``pkg.model.Net``;
+    None for anything else (a call's result, a subscript)."""
+    if isinstance(node, ast.Name):
+        return "", node.id
     parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name):
-        return ""
-    return ".".join([node.id, *reversed(parts)])
+    inner = node
+    while isinstance(inner, ast.Attribute):
+        parts.append(inner.attr)
+        inner = inner.value
+    if not isinstance(inner, ast.Name) or not parts:
+        return None
+    dotted = [inner.id, *reversed(parts)]
+    return ".".join(dotted[:-1]), dotted[-1]

@@ -37,7 +37,7 @@ import math
 import re
 
 from nightlab.code.knobs.absl import absl_flag, config_dict_knobs
-from nightlab.code.knobs.callers import Callers, passed_by
+from nightlab.code.knobs.callers import Callers, FileIndex, passed_by
 from nightlab.code.knobs.choices import annotated_choices, listed_choices
 from nightlab.code.knobs.entry import click_parameter, entry_knobs
 from nightlab.code.knobs.hydra import HYDRA_SOURCE
@@ -53,14 +53,15 @@ _SETTING = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def python_knobs(
-    source: str, path: str, command: str = "", others: dict[str, ast.Module] | None = None
+    source: str, path: str, command: str = "", others: dict[str, FileIndex] | None = None
 ) -> list[Knob]:
     """Every knob of a Python file, in file order.
 
-    ``command`` is the run command and ``others`` the other editable Python files (parsed): a
+    ``command`` is the run command and ``others`` the other editable Python files (indexed): a
     class of this file built there passes some of its defaults, which are then no knobs."""
     try:
-        tree = ast.parse(source, filename=path)
+        mine = (others or {}).get(path)  # parsed already when the editable files are read together
+        tree = mine.tree if mine is not None else ast.parse(source, filename=path)
     except SyntaxError as exc:
         raise UserError(f"{path}: not valid Python ({exc.msg}, line {exc.lineno}); fix the file") from None
     reader = Reader(source, path, command, Callers(path, others) if others else None)
