@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from nightlab.errors import UserError
-from nightlab.metrics import MetricsFileError, parse_log_metric, read_metrics_json
+from nightlab.metrics import (
+    MetricsFileError,
+    parse_log_metric,
+    read_curve_points,
+    read_metrics_json,
+    scores_dir,
+)
 
 
 def test_read_metrics_json_keeps_numbers_only(tmp_path: Path) -> None:
@@ -60,3 +66,17 @@ def test_parse_log_metric_takes_the_last_match() -> None:
     log = "val_bpb: 2.0\nstep 10\nval_bpb: 1.5\nval_bpb: n/a\n"
     assert parse_log_metric(log, r"^val_bpb:\s*(\S+)") == 1.5
     assert parse_log_metric("nothing here", r"^val_bpb:\s*(\S+)") is None
+
+
+def test_a_run_still_training_shows_the_scores_beside_its_run_directory(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "0001" / "0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "progress.eval.jsonl").write_text('{"seconds": 1, "val_bpb": 9.0}\n')  # what training wrote
+    assert read_curve_points(run_dir, "val_bpb") == [{"value": 9.0, "seconds": 1.0}]
+    scores = scores_dir(run_dir)
+    assert scores == tmp_path / "runs" / "0001" / "0.scores"  # not a replicate's folder (not a number)
+    scores.mkdir()
+    (scores / "progress.eval.jsonl").write_text(
+        '{"seconds": 2, "val_bpb": 3.0, "sig": "x"}\n{"invalid": "no"}\n'
+    )
+    assert read_curve_points(run_dir, "val_bpb") == [{"value": 3.0, "seconds": 2.0}]

@@ -103,18 +103,29 @@ def parse_log_metric(text: str, pattern: str) -> float | None:
 EVAL_PROGRESS_FILE = "progress.eval.jsonl"
 PROGRESS_FILE = "progress.jsonl"
 LEGACY_CURVE_FILE = "curve.jsonl"
+# While a run trains, its progress evaluator writes its scores in a folder beside the run
+# directory that the training process cannot see (a val oracle otherwise); moved in at the end.
+SCORES_SUFFIX = ".scores"
+
+
+def scores_dir(run_dir: Path) -> Path:
+    """The folder beside ``run_dir`` where its progress evaluator's scores are while it trains."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(run_dir.name + SCORES_SUFFIX)
 
 
 def read_curve_points(run_dir: Path, metric_name: str) -> list[dict[str, float]]:
     """The metric of a run at its checkpoints, oldest first: dicts with ``value`` and whichever of
     ``seconds`` (training seconds), ``tokens``, ``step``, ``fraction`` the line gave.
 
-    Read from the progress evaluator's file when there is one, else from the run's own progress
-    lines that carry the metric, else from ``curve.jsonl`` (runs recorded before progress files);
-    lines without a finite metric are skipped.
+    Read from the progress evaluator's file when there is one (beside the run directory while
+    it trains, :func:`scores_dir`), else from the run's own progress lines that carry the metric,
+    else from ``curve.jsonl`` (runs recorded before progress files); lines without a finite
+    metric are skipped.
     """
-    for name in (EVAL_PROGRESS_FILE, PROGRESS_FILE, LEGACY_CURVE_FILE):
-        path = Path(run_dir) / name
+    live = scores_dir(run_dir) / EVAL_PROGRESS_FILE  # a run still training: its scores so far
+    files = [live, *(Path(run_dir) / name for name in (EVAL_PROGRESS_FILE, PROGRESS_FILE, LEGACY_CURVE_FILE))]
+    for path in files:
         if not path.is_file():
             continue
         points = []

@@ -8,6 +8,7 @@ tiny models of their own; the evaluator always runs as its own process, as night
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
 import os
@@ -233,6 +234,94 @@ def test_the_evaluator_scores_checkpoints_skips_broken_ones_and_cleans_up(
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (folder / "progress").exists() and outside.is_dir()  # its own files only
     assert (folder / "progress.jsonl").exists() and not (folder / "stop").exists()
+
+
+class Peeking(nn.Module):
+    """A bigram that also reads the next token when its gate buffer is on: causal while it is 0.
+
+    The gate is a weight of the checkpoint (a persistent buffer), so the program traced at the
+    first checkpoint is the same for every later one: only their weights switch the look-ahead on.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Embedding(256, 256)
+        self.register_buffer("gate", torch.zeros(()))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        ahead = nn.functional.one_hot(torch.roll(idx, -1, dims=1), 256).float()
+        return self.table(idx) + self.gate * 30.0 * ahead
+
+
+def test_a_checkpoint_whose_weights_look_ahead_is_refused_and_nothing_after_it_is_scored(
+    workspace: Path, tpl: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NIGHTLAB_PROGRESS_EVERY", "0.25")
+    tpl.prepare.ensure_data()
+    torch.manual_seed(0)
+    model = Peeking()
+    checkpoints = tpl.harness.Checkpoints(steps_budget(tpl, 8))
+    for step, gate in ((2, 0.0), (4, 1.0), (6, 0.0)):  # the second checkpoint looks ahead
+        model.gate.fill_(gate)
+        checkpoints.after_step(model, 1.0 * step, 10 * step, step)
+    formats = [
+        json.loads((run_dir() / f"progress/000{i}/model.json").read_text())["format"] for i in (1, 2, 3)
+    ]
+    assert formats == ["torch.export", "weights", "weights"]  # one program: only the weights differ
+    (run_dir() / "progress.done").touch()
+    scores = tmp_path / "scores"  # where nightlab has it write: out of the training process's sight
+    scores.mkdir()
+    env = {
+        "NIGHTLAB_PROGRESS_EVERY": "0.25",
+        "NIGHTLAB_SCORES_DIR": str(scores),
+        "NIGHTLAB_PROGRESS_KEY": "k",
+    }
+    proc = run_script(workspace, "evaluation.py", "--follow", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (run_dir() / "progress.eval.jsonl").exists()
+    first, refused = lines(scores / "progress.eval.jsonl")  # nothing for the third
+    assert first["export"] == "progress/0001" and first["val_bpb"] > 1.0
+    assert refused["export"] == "progress/0002" and "val_bpb" not in refused
+    assert refused["invalid"].startswith(
+        "checkpoint progress/0002 (step 4): model is not causal: predictions"
+    )
+    for point in (first, refused):  # signed: the harness takes the refusal as the evaluator's
+        body = json.dumps({k: v for k, v in point.items() if k != "sig"}, sort_keys=True).encode()
+        assert point["sig"] == hmac.new(b"k", body, "sha256").hexdigest()
+    assert "progress: progress/0003 not scored (an earlier checkpoint was refused)" in proc.stdout
+    assert not (run_dir() / "progress").exists() and "Traceback" not in proc.stdout + proc.stderr
+
+
+class Counting(Peeking):
+    """Causal, but keeps a count of its calls in a buffer it writes as it runs (state between calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        self.calls.add_(1)
+        return self.table(idx)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [(Peeking, "model is not causal: predictions"), (Counting, "the exported program changes its own state")],
+    ids=["looks-ahead", "keeps-state"],
+)
+def test_a_checkpoint_program_that_fails_the_final_exports_checks_is_refused(
+    workspace: Path, tpl: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, make: type, reason: str
+) -> None:
+    monkeypatch.setenv("NIGHTLAB_PROGRESS_EVERY", "0.5")
+    tpl.prepare.ensure_data()
+    model = make()
+    model.gate.fill_(1.0)  # traced looking ahead (Peeking): the first checkpoint's program itself
+    tpl.harness.Checkpoints(steps_budget(tpl, 4)).after_step(model, 2.0, 20, 2)
+    (run_dir() / "progress.done").touch()
+    proc = run_script(workspace, "evaluation.py", "--follow", env={"NIGHTLAB_PROGRESS_EVERY": "0.5"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (refused,) = lines(run_dir() / "progress.eval.jsonl")  # by hand: in the run directory
+    assert refused["invalid"].startswith(f"checkpoint progress/0001 (step 2): {reason}"), refused
 
 
 def test_the_evaluator_creates_the_stop_file_at_the_target(

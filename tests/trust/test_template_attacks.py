@@ -1,8 +1,9 @@
 """Attacks on the real GPT template, at a tiny size and a three-step budget (slow: real torch runs).
 
 The toy target cannot show these: a model that looks ahead (the frozen evaluation's causality
-check makes it invalid, exit code 5) and the evaluation itself working inside the sandbox
-while it reads the data cache.
+check makes it invalid, exit code 5), also only in the progress checkpoints (the progress
+evaluator checks each), and the evaluation itself working inside the sandbox while it reads the
+data cache.
 """
 
 from __future__ import annotations
@@ -70,5 +71,55 @@ def test_non_causal_model_is_invalid(tmp_path: Path) -> None:
     run_dir = root / ".nightlab" / "runs" / f"{row['id']:04d}" / "0"
     verdict = json.loads((run_dir / "metrics.json").read_text())
     assert verdict.get("causal") is False and "invalid" in verdict
+    assert_never_kept(root)
+    assert_clean(root)
+
+
+# Look ahead only while a progress checkpoint is traced: the final export (traced again, since the
+# checkpoint's program no longer computes what the model does) is causal, the curve is not.
+PEEK_EDITS = [
+    {
+        "path": "train.py",
+        "search": "class Attention(nn.Module):",
+        "replace": "PEEK = [False]\n\n\nclass Attention(nn.Module):",
+    },
+    {"path": "train.py", "search": "is_causal=True", "replace": "is_causal=not PEEK[0]"},
+    {
+        "path": "train.py",
+        "search": "mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)",
+        "replace": "mask = ((i[None, :] <= i[:, None]) | PEEK[0]) & (i[:, None] - i[None, :] < self.window)",
+    },
+    {
+        "path": "train.py",
+        "search": "        if checkpoints.after_step(model, training_seconds, tokens, step, flops_per_token * tokens):\n",
+        "replace": (
+            "        PEEK[0] = True\n"
+            "        stop = checkpoints.after_step(model, training_seconds, tokens, step, flops_per_token * tokens)\n"
+            "        PEEK[0] = False\n"
+            "        if stop:\n"
+        ),
+    },
+]
+
+
+@pytest.mark.slow
+def test_checkpoints_that_look_ahead_make_the_run_invalid(tmp_path: Path) -> None:
+    root = _tiny_template(
+        tmp_path / "ws", [{"description": "checkpoints that look ahead", "edits": PEEK_EDITS}]
+    )
+    env = {"NIGHTLAB_CACHE": str(tmp_path / "cache")}
+    res = nightlab("run", str(root), "--plain", "--tag", "t", env=env, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = ledger_rows(root)
+    assert rows["baseline"]["decision"] == "baseline", rows["baseline"]["reason"]
+    row = rows["checkpoints that look ahead"]
+    assert row["status"] == "invalid" and row["decision"] == "invalid", row["reason"]
+    assert row["reason"].startswith(
+        "invalid: progress evaluator: checkpoint progress/0001 (step 1): model is not causal: predictions at"
+    ), row["reason"]
+    run_dir = root / ".nightlab" / "runs" / f"{row['id']:04d}" / "0"
+    log = (run_dir / "progress_eval.log").read_text()
+    assert "progress: progress/0001 refused: model is not causal" in log, log
+    assert "val_bpb" not in (run_dir / "progress.eval.jsonl").read_text()  # no point was scored
     assert_never_kept(root)
     assert_clean(root)

@@ -3,7 +3,10 @@
 Three sources, read incrementally (each poll reads only what was appended since the last):
 
 - ``progress.eval.jsonl``: points a frozen progress evaluator scored from the run's checkpoints
-  (``[target] progress_evaluate``), so the training process never holds validation data;
+  (``[target] progress_evaluate``), so the training process never holds validation data; written
+  in a folder beside the run directory the training process cannot see (``scores``), or (an
+  evaluator that ignores ``NIGHTLAB_SCORES_DIR``) in the run directory. A line with ``invalid``
+  is the evaluator refusing a checkpoint (a model that looks ahead): the run is invalid;
 - ``progress.jsonl``: the run's own progress lines, which carry the metric when the target
   evaluates itself, and the budget share (``fraction``), steps, seconds and tokens;
 - the run's log read with ``[metric] progress_pattern`` (``step 500: ... val loss 1.234``), for
@@ -23,6 +26,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -75,15 +79,20 @@ class _Tail:
 class ProgressReader:
     """Reads a run's progress points as they appear (see the module docstring)."""
 
-    def __init__(self, run_dir: Path, config: Config, key: str | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, config: Config, key: str | None = None, scores: Path | None = None
+    ) -> None:
         self.config = config
         # With a key (``[target] progress_signed``) the evaluator's points must carry its
         # signature, and the run's own lines carry no metric: the training process writes both
         # files, so only a signature says the frozen evaluator scored a point.
         self.key = key
         self.forged = 0  # evaluator-file lines without a valid signature
+        self.refused: str | None = None  # why the evaluator refused a checkpoint (the first one)
         self.metric = config.metric.name
-        self._eval = _Tail(run_dir / EVAL_PROGRESS_FILE)
+        self._evals = [
+            _Tail(folder / EVAL_PROGRESS_FILE) for folder in (scores, run_dir) if folder is not None
+        ]
         self._own = _Tail(run_dir / PROGRESS_FILE)
         self._log = _Tail(run_dir / TRAIN_LOG)
         self._pattern = re.compile(config.metric.progress_pattern) if config.metric.progress_pattern else None
@@ -93,13 +102,15 @@ class ProgressReader:
 
     def points(self) -> list[Point]:
         """Every point with a metric value so far, ordered by ``x``."""
-        for source, tail in (("eval", self._eval), ("own", self._own)):
+        for source, tail in (*(("eval", t) for t in self._evals), ("own", self._own)):
             for line in tail.lines():
                 if self.key is not None and source == "own":
                     continue  # the training process's own claims of its metric are not evidence
                 if self.key is not None and not _signed_by(self.key, line):
                     self.forged += bool(line.strip())
                     continue
+                if source == "eval" and self.refused is None:
+                    self.refused = _refusal(line)
                 point = self._from_json(line)
                 if point is not None and point.value is not None:
                     self._points[(source, point.x)] = point
@@ -160,6 +171,25 @@ class ProgressReader:
             return None
         return Point(x, value, _int(step), seconds, _int(tokens))
 
+    def stop_reason(self, should_stop: Callable[[list[Point]], str | None] | None) -> str | None:
+        """Why the run should stop now: the evaluator refused a checkpoint (the run is invalid
+        whatever it does next), or ``should_stop`` (the pruner's) finds its curve hopeless; None
+        to let it go on."""
+        points = self.points()
+        if self.refused is not None:
+            return f"progress evaluator: {self.refused}"
+        return should_stop(points) if should_stop is not None else None
+
+
+def _refusal(line: str) -> str | None:
+    """The evaluator's reason on a line that refuses a checkpoint (``{"invalid": ...}``), else None."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    reason = data.get("invalid") if isinstance(data, dict) else None
+    return str(reason)[:500] if reason else None
+
 
 def _signed_by(key: str, line: str) -> bool:
     """Whether ``line`` is a JSON object whose ``sig`` is the HMAC-SHA256 of the rest under ``key``."""
@@ -213,9 +243,11 @@ class ProgressEvaluator:
     exits (``progress.final``), with its imports and data already loaded.
     """
 
-    def __init__(self, spec: RunSpec, warm: bool = False) -> None:
+    def __init__(self, spec: RunSpec, warm: bool = False, run_dir: Path | None = None) -> None:
         self.spec = spec
         self.tree = Path(spec.cwd)  # its worktree
+        # The run's directory, where the markers go; ``spec.run_dir`` holds its log and scores.
+        self.run_dir = Path(run_dir or spec.run_dir)
         self.warm = warm
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nightlab-progress-eval", daemon=True)
@@ -236,7 +268,7 @@ class ProgressEvaluator:
     def finish(self, timeout: float, final: bool = False) -> RunResult | None:
         """Tell it training has ended (``final``: and to run the final evaluation), wait up to
         ``timeout`` seconds, then stop it; its result, None when it had to be stopped."""
-        run_dir = Path(self.spec.run_dir)
+        run_dir = self.run_dir
         if final:
             create_new(run_dir / FINAL_FILE)  # before progress.done: it looks for it once done
         create_new(run_dir / DONE_FILE)  # never `touch`: a link the run left would create its target
@@ -246,3 +278,12 @@ class ProgressEvaluator:
             self._thread.join()
             return None
         return self.result
+
+
+def progress_every(config: Config) -> float | None:
+    """The share of the budget between progress checkpoints: fine enough for every pruning point
+    (``[policy] prune_at``); None when the policy does not prune."""
+    if not config.policy.prune or not config.policy.prune_at:
+        return None
+    points = sorted({0.0, *config.policy.prune_at})
+    return min(b - a for a, b in zip(points, points[1:], strict=False))

@@ -7,18 +7,30 @@ file outside (``progress.final`` -> anywhere), or copy its own environment (``/p
 a FIFO or device could hang it. :func:`remove_special` runs as soon as the process has ended,
 before anything reads its outputs: it removes every such entry and says what the run left, which
 makes the run invalid (docs/SECURITY.md: planted files).
+
+Beside it, the folder the progress evaluator writes its scores in while the run trains
+(:func:`prepare_scores`), which the training process cannot see, and :func:`merge_scores`, which
+moves them into the run directory once nothing of the run is left.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import stat
+from datetime import datetime, timezone
 from pathlib import Path
 
+from nightlab.executor.slots import Slot
+from nightlab.metrics import scores_dir
 from nightlab.safefile import special_entries
+from nightlab.store.recorded import SLOT_FILE
 
 # Entries a reason names before "and N more".
 SHOWN = 3
+# Where nightlab tells a progress evaluator to write its scores (``progress.eval.jsonl``).
+SCORES_VARIABLE = "NIGHTLAB_SCORES_DIR"
 
 
 def remove_special(run_dir: Path) -> str | None:
@@ -67,3 +79,54 @@ def drop_inner_link(root: Path, rel: str) -> None:
     ``checkpoints/last.pt -> step_100.pt``); anything else stays, for the audit to report."""
     if inner_link(root, rel):
         (root / rel).unlink()
+
+
+def fresh_run_dir(run_dir: Path, slot: Slot | None) -> Path:
+    """``run_dir`` emptied (a replicate interrupted by a crash of the harness starts afresh),
+    with the record of the slot it runs in."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    shutil.rmtree(scores_dir(run_dir), ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    write_slot(run_dir, slot)
+    return run_dir
+
+
+def write_slot(run_dir: Path, slot: Slot | None) -> None:
+    """Where a replicate runs and since when, beside its log: what `nightlab status` and the live
+    view show for each slot while it runs (:func:`nightlab.store.recorded.read_slot`)."""
+    if slot is None:
+        return
+    record = {**slot.to_dict(), "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (run_dir / SLOT_FILE).write_text(json.dumps(record))
+
+
+def prepare_scores(run_dir: Path) -> Path:
+    """An empty folder beside ``run_dir`` for the progress evaluator's scores and log.
+
+    In the run directory the training process could read them while it trains (its checkpoints'
+    val scores: a validation oracle to adapt to). Here, under the sandbox, it cannot: the folder
+    exists before training starts, so it is hidden from the training process as the private files
+    are (an empty, read-only, locked folder in its view), and Landlock keeps it from writing there.
+    """
+    folder = scores_dir(run_dir).resolve()  # absolute: the sandbox's launcher mounts over it
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def merge_scores(run_dir: Path) -> None:
+    """Move the files of the scores folder (the evaluator's scores and log) into ``run_dir``,
+    replacing whatever the run left under those names, and remove the folder: once the run and
+    its evaluator have ended, the run directory holds the record every reader looks in."""
+    folder = scores_dir(run_dir)
+    if not folder.is_dir():
+        return
+    for source in sorted(folder.iterdir()):
+        target = run_dir / source.name
+        if not source.is_file() or source.is_symlink():
+            continue
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(source, target)  # replaces a file or a link itself, never what a link names
+    shutil.rmtree(folder, ignore_errors=True)

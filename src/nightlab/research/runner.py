@@ -10,12 +10,10 @@ beside training in a worktree of its own, asked only once training has ended and
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from nightlab.code.flags import expand_flags
@@ -26,13 +24,19 @@ from nightlab.executor.logfile import read_from, read_log
 from nightlab.executor.slots import Slot
 from nightlab.metrics import MetricsFileError, non_finite_line, parse_log_metric, read_metrics_json
 from nightlab.paths import matches
-from nightlab.research.progress import ProgressEvaluator, ProgressReader
+from nightlab.research.progress import ProgressEvaluator, ProgressReader, progress_every
 from nightlab.research.pruning import Pruner
-from nightlab.research.rundir import drop_inner_link, remove_special
+from nightlab.research.rundir import (
+    SCORES_VARIABLE,
+    drop_inner_link,
+    fresh_run_dir,
+    merge_scores,
+    prepare_scores,
+    remove_special,
+)
 from nightlab.research.setup import SetupData
 from nightlab.safefile import is_regular
 from nightlab.store.backup import save_replicate
-from nightlab.store.recorded import SLOT_FILE
 from nightlab.types import EVAL_LOG, TRAIN_LOG, RunResult, RunSpec, RunStatus
 from nightlab.workspace.git import Workspace, run_worktree
 from nightlab.workspace.integrity import FrozenCheck, Stamp, changed_entries, tree_stamps
@@ -113,6 +117,7 @@ class ReplicateRunner:
         timeout: float,
         log: str,
         slot: Slot | None = None,
+        scores: Path | None = None,
     ) -> RunSpec:
         env = dict(self.config.target.env)
         env.update(self.config.budget.env())
@@ -126,8 +131,14 @@ class ReplicateRunner:
         # The optional sandbox: no network, writes only to the worktree and the run directory,
         # and for the training process (only) the [target] private files and unix sockets gone.
         hide = sandbox.private_files(self.config.target.private, cwd, env) if log == TRAIN_LOG else None
+        # The progress evaluator's scores folder: its to write, hidden from the training process.
+        extra = [] if scores is None else [scores]
+        if hide is not None:
+            hide, extra = hide + extra, []
         return RunSpec(
-            command=sandbox.wrap(expand_flags(command, cwd), [cwd, run_dir], self.config.run.sandbox, hide),
+            command=sandbox.wrap(
+                expand_flags(command, cwd), [cwd, run_dir, *extra], self.config.run.sandbox, hide
+            ),
             cwd=cwd,
             run_dir=run_dir,
             seed=seed,
@@ -162,14 +173,15 @@ class ReplicateRunner:
             save_replicate(run_dir, result, None, None)
             return Replicate(result, None, None, run_dir)
 
+        scores = prepare_scores(run_dir) if self.config.target.progress_evaluate else None
         spec = self._spec(
-            self.config.target.run, tree, run_dir, seed, self.config.budget.timeout, TRAIN_LOG, slot
+            self.config.target.run, tree, run_dir, seed, self.config.budget.timeout, TRAIN_LOG, slot, scores
         )
         key = secrets.token_hex(16) if self.config.target.progress_signed else None
-        reader = ProgressReader(run_dir, self.config, key)
-        if pruner is not None:
-            spec.stop_when = lambda: pruner.should_stop(reader.points())
-        companion, stamps = self._progress_evaluator(name, commit, run_dir, seed, slot, key)
+        reader = ProgressReader(run_dir, self.config, key, scores)
+        if pruner is not None or scores is not None:  # a checkpoint refused ends the run at once
+            spec.stop_when = lambda: reader.stop_reason(pruner.should_stop if pruner else None)
+        companion, stamps = self._progress_evaluator(name, commit, run_dir, seed, slot, key, scores)
         try:
             result = self.executor.run(spec)
         except BaseException:
@@ -179,7 +191,7 @@ class ReplicateRunner:
         result.seed, eval_log, planted = seed, "", remove_special(run_dir)  # before anything reads it
         # Audit (and restore) before the evaluation, so nothing the training left behind in the
         # worktree (a patched prepare.py, a sitecustomize.py, a .pth or .pyc) reaches it.
-        problem = self._audit(tree, run_dir) or planted
+        problem = self._audit(tree, run_dir) or planted or reader.stop_reason(None)
         evaluated_in = tree
         if not problem and result.status is RunStatus.OK and self.config.target.evaluate:
             warm = self._evaluate_warm(companion, run_dir, result) if companion is not None else None
@@ -199,6 +211,8 @@ class ReplicateRunner:
                 problem = f"the progress evaluator's worktree changed during the run: {shown}"
         points = reader.points()  # the evaluator has scored them all
         result.progress = [p.to_dict() for p in points]
+        if reader.refused and not problem:  # a checkpoint failed the final export's checks
+            problem = f"progress evaluator: {reader.refused}"
         if reader.forged and not problem:
             problem = (
                 f"{reader.forged} progress point(s) the frozen evaluator did not sign (forged by the run)"
@@ -210,6 +224,7 @@ class ReplicateRunner:
         if problem:
             result.status = RunStatus.INVALID
             result.reason = problem
+        merge_scores(run_dir)  # the evaluator has ended: its scores and log join the run's record
         metric, holdout = self._read_metric(run_dir, result, eval_log)
         save_replicate(run_dir, result, metric, holdout)  # what `nightlab recover` reads back
         return Replicate(result, metric, holdout, run_dir)
@@ -232,7 +247,14 @@ class ReplicateRunner:
         return tree
 
     def _progress_evaluator(
-        self, name: str, commit: str, run_dir: Path, seed: int, slot: Slot | None, key: str | None = None
+        self,
+        name: str,
+        commit: str,
+        run_dir: Path,
+        seed: int,
+        slot: Slot | None,
+        key: str | None = None,
+        scores: Path | None = None,
     ) -> tuple[ProgressEvaluator | None, dict[str, Stamp] | None]:
         """The frozen progress evaluator beside the training process, when the target has one,
         and (when it may do the final evaluation) the stamps of its worktree.
@@ -241,7 +263,8 @@ class ReplicateRunner:
         process can write there only where the workspace lies in scratch space (``/tmp``); and
         for a warm evaluator, whose verdict is the final metric, any write there during the run
         (even one undone before the audit, to swap its code while it loaded) shows in the
-        worktree's stamps and makes the run invalid. Its Python writes no bytecode there.
+        worktree's stamps and makes the run invalid. Its Python writes no bytecode there. Its log
+        and its scores go to ``scores``, beside the run directory, which training cannot see.
         """
         command = self.config.target.progress_evaluate
         if not command:
@@ -252,7 +275,10 @@ class ReplicateRunner:
         warm = self._warm_possible()
         # Training, the checkpoints left after it, and (warm) the final evaluation.
         timeout = self.config.budget.timeout + self.config.budget.evaluate_timeout * (2 if warm else 1)
-        spec = self._spec(command, tree, run_dir, seed, timeout, PROGRESS_EVAL_LOG, slot)
+        spec = self._spec(command, tree, run_dir, seed, timeout, PROGRESS_EVAL_LOG, slot, scores)
+        if scores is not None:  # NIGHTLAB_RUN_DIR stays the run's: the checkpoints and markers
+            spec.run_dir, spec.env["NIGHTLAB_RUN_DIR"] = scores, str(run_dir.resolve())
+            spec.env[SCORES_VARIABLE] = str(scores.resolve())
         if key is not None:  # the evaluator's only: the training process's spec never has it
             spec.env["NIGHTLAB_PROGRESS_KEY"] = key
         stamps = None
@@ -260,7 +286,7 @@ class ReplicateRunner:
             spec.env[WARM_VARIABLE] = "1"
             spec.env["PYTHONDONTWRITEBYTECODE"] = "1"
             stamps = tree_stamps(tree)
-        return ProgressEvaluator(spec, warm=warm), stamps
+        return ProgressEvaluator(spec, warm=warm, run_dir=run_dir), stamps
 
     def _warm_possible(self) -> bool:
         """The final evaluation may be left to the progress evaluator: asked for, and the sandbox
@@ -286,7 +312,7 @@ class ReplicateRunner:
         eval_log = run_dir / EVAL_LOG
         eval_log.unlink(missing_ok=True)  # the dashboard shows it from now on: "evaluating"
         eval_log.write_text(f"# the final evaluation, by the warm progress evaluator ({PROGRESS_EVAL_LOG})\n")
-        log = run_dir / PROGRESS_EVAL_LOG
+        log = Path(companion.spec.run_dir) / PROGRESS_EVAL_LOG  # the scores folder
         offset = log.stat().st_size if log.exists() else 0
         started = time.perf_counter()
         ev = companion.finish(self.config.budget.evaluate_timeout, final=True)
@@ -460,34 +486,6 @@ def _undeclared(paths: list[str]) -> str:
     )
 
 
-def fresh_run_dir(run_dir: Path, slot: Slot | None) -> Path:
-    """``run_dir`` emptied (a replicate interrupted by a crash of the harness starts afresh),
-    with the record of the slot it runs in."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    write_slot(run_dir, slot)
-    return run_dir
-
-
-def write_slot(run_dir: Path, slot: Slot | None) -> None:
-    """Where a replicate runs and since when, beside its log: what `nightlab status` and the live
-    view show for each slot while it runs (:func:`nightlab.store.recorded.read_slot`)."""
-    if slot is None:
-        return
-    record = {**slot.to_dict(), "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    (run_dir / SLOT_FILE).write_text(json.dumps(record))
-
-
 def evaluator_worktree(name: str) -> str:
     """The worktree the progress evaluator of worktree ``name``'s runs works in."""
     return f"{name}-eval"
-
-
-def progress_every(config: Config) -> float | None:
-    """The share of the budget between progress checkpoints: fine enough for every pruning point
-    (``[policy] prune_at``); None when the policy does not prune."""
-    if not config.policy.prune or not config.policy.prune_at:
-        return None
-    points = sorted({0.0, *config.policy.prune_at})
-    return min(b - a for a, b in zip(points, points[1:], strict=False))

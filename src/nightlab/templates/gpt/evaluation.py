@@ -13,7 +13,11 @@ process: it scores each checkpoint the run leaves (progress.jsonl) on a val pref
 result to progress.eval.jsonl, creates the stop file once NIGHTLAB_TARGET_METRIC is reached, and
 ends when nightlab creates progress.done. It never reads holdout while training runs, and the
 training process never reads val: the checkpoints cross between them as torch.export programs and
-weight files. Started with NIGHTLAB_WARM_EVALUATE=1 it also waits without checkpoints, and when
+weight files. Every checkpoint passes the checks the final export does (the program's graph, and
+causality with that checkpoint's weights) or is refused: an invalid line in progress.eval.jsonl,
+which makes the run invalid. Under nightlab that file is written in NIGHTLAB_SCORES_DIR, a folder
+the training process cannot see (the scores would otherwise be a val oracle it reads while it
+trains); by hand, in the run directory. Started with NIGHTLAB_WARM_EVALUATE=1 it also waits without checkpoints, and when
 nightlab has created progress.final (after training ended and passed its audit) it runs the final
 evaluation above in this process, already warm: torch imported, data and tokenizer loaded.
 """
@@ -68,6 +72,7 @@ from data import (
     load_split,
 )
 
+SCORES_VARIABLE = "NIGHTLAB_SCORES_DIR"  # where nightlab has the progress evaluator write its scores
 T_IMPORT = time.perf_counter()  # eval_seconds counts from here (loading the model included)
 HERE = "evaluation.py"  # the name this file's errors start with
 
@@ -471,11 +476,17 @@ class _Follower:
 
     def __init__(self, run_dir: Path, target: _Target) -> None:
         self.run_dir, self.target = run_dir, target
+        # Where the scores go: nightlab's folder out of the training process's sight, else the run dir.
+        self.scores = Path(os.environ.get(SCORES_VARIABLE) or run_dir)
         self.progress_dir = (run_dir / PROGRESS_DIR).resolve()
-        self.val = load_split("val")[: PROGRESS_EVAL_TOKENS + 1]  # never holdout
+        val = load_split("val")  # never holdout
+        self.val = val[: PROGRESS_EVAL_TOKENS + 1]
+        # The causality check's rows: the first batch of val, as the final evaluation checks.
+        self.check_rows = val[: EVAL_BATCH_SIZE * SEQ_LEN + 1]
         self.token_bytes = get_tokenizer().token_bytes
         self.programs: dict[str, torch.nn.Module] = {}  # checkpoint name -> its loaded program
         self.stopped = (run_dir / STOP_FILE).exists()
+        self.refused = False  # a checkpoint failed a check: the run is invalid, nothing more is scored
 
     def handle(self, line: str) -> None:
         """Score one line of progress.jsonl; anything wrong with it is one line in the log."""
@@ -488,19 +499,29 @@ class _Follower:
                 f"progress: skipped a line of {PROGRESS_FILE} ({exc.__class__.__name__}: {exc})", flush=True
             )
             return
+        scored = {key: record[key] for key in RECORD_KEYS if key in record}
         started = time.perf_counter()
         try:
-            model, device = self._load(name, folder)
+            if self.refused:
+                print(f"progress: {name} not scored (an earlier checkpoint was refused)", flush=True)
+                return
+            model, device, low_precision = self._load(name, folder)
+            # The checks the final export gets, with this checkpoint's weights: a look-ahead the
+            # weights switch on (a gate buffer) shows only in the checkpoints that carry them.
+            problem = causality_violation(model, self.check_rows, device, low_precision)
+            if problem:
+                raise UnsafeExport(f"model is not causal: {problem}")
             value, _ = bits_per_byte(model, self.val, self.token_bytes, device)
+        except UnsafeExport as exc:
+            self._refuse(name, scored, f"{exc}")
+            return
         except Exception as exc:  # a half-written or broken checkpoint never stops the evaluator
             first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
             print(f"progress: {name} skipped ({exc.__class__.__name__}: {first})", flush=True)
             return
         finally:  # loaded or unusable, its files can go (a loaded program stays in memory)
             shutil.rmtree(folder, ignore_errors=True)
-        scored = {key: record[key] for key in RECORD_KEYS if key in record}
-        with (self.run_dir / PROGRESS_EVAL_FILE).open("a") as fh:
-            fh.write(json.dumps(signed({**scored, "val_bpb": value})) + "\n")
+        self._write({**scored, "val_bpb": value})
         print(
             f"progress: {name} | step {record.get('step')} | val_bpb {value:.6f} | "
             f"scored in {time.perf_counter() - started:.2f} s",
@@ -513,13 +534,30 @@ class _Follower:
                 f"progress: target {self.target.value:g} reached at {name}: {STOP_FILE} created", flush=True
             )
 
+    def _refuse(self, name: str, scored: dict, reason: str) -> None:
+        """Record (signed) that checkpoint ``name`` failed a check: nightlab makes the run invalid
+        with this reason, as it does for a final export that fails it."""
+        self.refused = True
+        step = f" (step {scored['step']})" if "step" in scored else ""
+        self._write({**scored, "invalid": f"checkpoint {name}{step}: {reason}"})
+        print(f"progress: {name} refused: {reason}", flush=True)
+
+    def _write(self, point: dict) -> None:
+        with (self.scores / PROGRESS_EVAL_FILE).open("a") as fh:
+            fh.write(json.dumps(signed(point)) + "\n")
+
     def _folder(self, name: str) -> Path:
         folder = (self.run_dir / name).resolve()
         if folder.parent != self.progress_dir:  # never load (or delete) anything outside progress/
             raise ValueError(f"export {name!r} is not a folder of {PROGRESS_DIR}/")
         return folder
 
-    def _load(self, name: str, folder: Path) -> tuple[torch.nn.Module, torch.device]:
+    def _load(self, name: str, folder: Path) -> tuple[torch.nn.Module, torch.device, bool]:
+        """The checkpoint's model, its device, and whether it computes in low precision.
+
+        A program is checked once, when it is loaded (``load_program``: the graph check, which
+        reads the graph and never the weights); the weight files that follow are loaded into it
+        and change no op of it. UnsafeExport when the program is refused."""
         meta = json.loads((folder / EXPORT_META).read_text())
         device = _eval_device(meta)
         if meta.get("format") == "weights":
@@ -529,13 +567,10 @@ class _Follower:
             weights = torch.load(folder / WEIGHTS_FILE, map_location=device, weights_only=True)
             program.load_state_dict(weights, strict=True)
         else:
-            try:
-                program = load_program(folder / EXPORT_FILE)
-            except UnsafeExport as exc:
-                raise InvalidModel(str(exc)) from None
+            program = load_program(folder / EXPORT_FILE)
             self.programs = {name: program}  # the weights that follow belong to this program
         model = _Autocast(program) if meta.get("autocast") == "bfloat16" else program
-        return model, device
+        return model, device, meta.get("autocast") == "bfloat16" or device.type != "cpu"
 
 
 def follow(run_dir: Path) -> int:
