@@ -1,6 +1,7 @@
-"""End to end with the real CLI: a fire script whose settings are ``main()``'s defaults and an
-absl script with an ml_collections config show their knobs in ``nightlab agent show-space``, and
-the search agent's experiment edits one of those literals and nothing else.
+"""End to end with the real CLI: a fire script whose settings are ``main()``'s defaults, a fire
+class (``__init__`` and the method the command calls) and an absl script with an ml_collections
+config show their knobs in ``nightlab agent show-space``, and the search agent's experiment edits
+one of those literals and nothing else (and the run sees it).
 
 fire, absl and ml_collections are not nightlab's dependencies, so each workspace carries a frozen
 stand-in of the few names its script uses: the knobs are read from the source alone, and the run
@@ -13,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from helpers import git, nightlab, script_workspace
-from nightlab.code.knobs import find_knobs, set_knobs
+from nightlab.code.knobs import find_all_knobs, find_knobs, set_knobs
 
 FIRE_STUB = """\
 import ast
@@ -176,3 +177,62 @@ def test_an_absl_script_and_its_config_function_are_searched(tmp_path: Path) -> 
     assert "configs/default.py:9 ml_collections" in rows["model.hidden"]
     assert "the budget" in rows["num_epochs"]
     _one_experiment_edits_only_knob_literals(root, editable)
+
+
+FIRE_CLASS_TRAIN = """\
+import random
+import fire
+
+
+class Trainer:
+    def __init__(self, lr=0.1, seed=0):
+        self.lr, self.seed = lr, seed
+
+    def train(self, batch_size=16, epochs=3):
+        noise = random.Random(self.seed).gauss(0, 0.002)
+        loss = 1.0 + 10 * (self.lr - 0.3) ** 2 + abs(batch_size - 64) / 1000 + noise
+        print(f"ran lr={self.lr} batch_size={batch_size}")
+        print(f"val loss {loss:.4f}")
+
+
+if __name__ == "__main__":
+    fire.Fire(Trainer)
+"""
+# fire's class handling as far as the script uses it: flags to __init__ or the named method.
+FIRE_CLASS_STUB = """\
+import ast
+import inspect
+import sys
+
+
+def Fire(component):
+    words = sys.argv[1:]
+    method = next(w for w in words if not w.startswith("--"))
+    flags = {k: ast.literal_eval(v) for k, v in (w[2:].split("=", 1) for w in words if w.startswith("--"))}
+    init = inspect.signature(component).parameters
+    obj = component(**{k: v for k, v in flags.items() if k in init})
+    getattr(obj, method)(**{k: v for k, v in flags.items() if k not in init})
+"""
+
+
+def test_a_fire_class_is_searched_and_the_run_sees_the_edit(tmp_path: Path) -> None:
+    command = "python train.py train --seed=$NIGHTLAB_SEED"
+    files = {"train.py": FIRE_CLASS_TRAIN, "fire.py": FIRE_CLASS_STUB}
+    root = script_workspace(tmp_path / "ws", files, ["train.py"], ["fire.py"], command)
+    rows = _space(root)
+    assert "train.py:6 fire" in rows["lr"] and "train.py:9 fire" in rows["batch_size"]
+    assert "the budget" in rows["epochs"] and "set by the run command" in rows["seed"]
+    result = nightlab("run", str(root), "--plain", "--tag", "t", "-n", "1")
+    assert result.returncode == 0, result.stderr + result.stdout
+    con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+    commit, log = con.execute(
+        "SELECT e.[commit], r.log_tail FROM experiments e JOIN runs r ON r.experiment_id = e.id"
+        " WHERE e.kind = 'candidate'"
+    ).fetchone()
+    con.close()
+    ran = {
+        k.name: k.value
+        for k in find_all_knobs({"train.py": git(root, "show", f"{commit}:train.py")}, command).knobs
+    }
+    assert ran != {"lr": 0.1, "seed": 0, "batch_size": 16, "epochs": 3}  # the experiment moved one
+    assert f"ran lr={ran['lr']} batch_size={ran['batch_size']}" in log
