@@ -316,6 +316,11 @@ def test_jsonargparse_cli_and_auto_cli_read_the_function_defaults(tmp_path: Path
         knobs = _knobs(source)
         assert list(knobs) == ["lr", "momentum", "epochs"]
         assert knobs["lr"].source == "jsonargparse" and knobs["lr"].flags == ("--lr",)
+    files = JSONARGPARSE_CLI.replace(
+        "CLI(main)", 'CLI(main, parser_kwargs={"default_config_files": ["c.yaml"]})'
+    )
+    assert _knobs(files) == {}  # c.yaml's values win over main's defaults, and are not in the source
+    assert find_all_knobs({"train.py": JSONARGPARSE_CLI}, "python train.py --config=c.yaml").knobs == []
     space = build_space({"train.py": JSONARGPARSE_CLI}, SearchSettings(), command="python train.py --lr 0.1")
     assert "set by the run command" in space.pinned["lr"]
     (tmp_path / "train.py").write_text(set_knobs(JSONARGPARSE_CLI, {"momentum": 0.5}))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import build_space
-from nightlab.code.knobs import find_knobs, set_knobs
+from nightlab.code.knobs import find_all_knobs, find_knobs, set_knobs
 
 TRAIN = """\
 from jsonargparse import ArgumentParser
@@ -94,7 +94,7 @@ def test_each_added_signature_gives_its_defaults_under_its_nested_key() -> None:
 
 
 def test_what_overrides_the_defaults_is_left_out() -> None:
-    main = '    parser = ArgumentParser()\n'
+    main = "    parser = ArgumentParser()\n"
     preset = TRAIN.replace(main, main + '    parser.set_defaults({"train.noise": 0.3}, act="gelu")\n')
     assert "train.noise" not in _knobs(preset) and "optim.lr" in _knobs(preset)
     assert "train.batch_size" not in _knobs(TRAIN.replace("**cfg.train)", "batch_size=4, **cfg.train)"))
@@ -103,6 +103,8 @@ def test_what_overrides_the_defaults_is_left_out() -> None:
     files = TRAIN.replace("ArgumentParser()", 'ArgumentParser(default_config_files=["train.yaml"])')
     assert _knobs(files) == {}  # the config file's values win, and they are not in the source
     assert _knobs(TRAIN.replace("from jsonargparse import", "from mylib import")) == {}
+    command = {k.name for k in find_all_knobs({"train.py": TRAIN}, "python train.py --config exp.yaml").knobs}
+    assert command == set()  # the file the command passes overrides what it sets
 
 
 def test_an_edit_reaches_the_run(tmp_path: Path) -> None:

@@ -78,9 +78,10 @@ def entry_knobs(reader: Reader, tree: ast.Module) -> None:
     functions = {s.name: s for s in tree.body if isinstance(s, _FUNCTION)}
     uses = _Uses(tree)
     entries = _entries(tree, functions, uses)
+    unread = config_files_override(tree, reader.command)
     for name, how in entries.items():
         function = functions[name]
-        if not _decorators_allow(function, how):
+        if not _decorators_allow(function, how) or (how == "jsonargparse" and unread):
             continue
         passed = uses.passed(name, len(function.args.posonlyargs) + len(function.args.args))
         if passed is None:
@@ -93,10 +94,28 @@ def entry_knobs(reader: Reader, tree: ast.Module) -> None:
     classes = {s.name: s for s in tree.body if isinstance(s, ast.ClassDef)}
     commands = _class_entries(tree, classes)
     for name, how in commands.items():
-        _command_class(reader, classes[name], how, uses)
+        if not (how == "jsonargparse" and unread):
+            _command_class(reader, classes[name], how, uses)
     for cls in classes.values():
         if cls.name not in commands:
             _constructor(reader, cls, uses, bool(entries or commands))
+
+
+def config_files_override(tree: ast.Module, command: str) -> bool:
+    """Whether a jsonargparse parser of the file reads config files, whose values win over the
+    signature's defaults: ``default_config_files`` given to a parser or to ``CLI`` (also inside
+    ``parser_kwargs={...}``), or ``--config`` on the run command. What they hold is not in the
+    source, so no default of that parser is a knob."""
+    if any(w == "--config" or w.startswith("--config=") for w in command_words(command)):
+        return True
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and keyword(node, "default_config_files") is not None:
+            return True
+        if isinstance(node, ast.Dict) and any(
+            isinstance(k, ast.Constant) and k.value == "default_config_files" for k in node.keys
+        ):
+            return True
+    return False
 
 
 def _class_entries(tree: ast.Module, classes: dict[str, ast.ClassDef]) -> dict[str, str]:

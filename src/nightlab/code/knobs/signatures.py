@@ -10,8 +10,9 @@ the parameter (``optim.lr``, set by ``--optim.lr``), or the parameter alone with
 
 Left out, since their defaults do not apply: parameters in ``skip={...}``, keys the file's
 ``parser.set_defaults(...)`` sets, a parameter a direct call passes by name, and every parameter
-of a parser that reads a default config file (``ArgumentParser(default_config_files=[...])``)
-or whose ``set_defaults`` cannot be read: what those files or values hold is not in the source.
+of a parser that reads config files (``ArgumentParser(default_config_files=[...])``, ``--config``
+on the run command) or whose ``set_defaults`` cannot be read: what those files or values hold is
+not in the source.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import ast
 
 from nightlab.code.knobs.choices import annotated_choices
-from nightlab.code.knobs.entry import parameter_defaults
+from nightlab.code.knobs.entry import config_files_override, parameter_defaults
 from nightlab.code.knobs.reader import Reader, call_name, keyword
 
 _ADDERS = {"add_function_arguments": 0, "add_class_arguments": 0, "add_method_arguments": 1}
@@ -27,7 +28,7 @@ _ADDERS = {"add_function_arguments": 0, "add_class_arguments": 0, "add_method_ar
 
 def signature_knobs(reader: Reader, tree: ast.Module) -> None:
     """Add the live defaults of every function or class a jsonargparse parser of the file reads."""
-    if not _imports_jsonargparse(tree) or _reads_config_files(tree):
+    if not _imports_jsonargparse(tree) or config_files_override(tree, reader.command):
         return
     preset = _preset(tree)
     if preset is None:
@@ -115,14 +116,6 @@ def _passed_by_name(tree: ast.Module, name: str) -> set[str]:
         for k in node.keywords
         if k.arg
     }
-
-
-def _reads_config_files(tree: ast.Module) -> bool:
-    """Whether a parser of the file reads default config files, whose values win over defaults."""
-    return any(
-        isinstance(node, ast.Call) and keyword(node, "default_config_files") is not None
-        for node in ast.walk(tree)
-    )
 
 
 def _imports_jsonargparse(tree: ast.Module) -> bool:
