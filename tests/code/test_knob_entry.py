@@ -277,6 +277,8 @@ def test_fire_on_a_class_reads_init_and_the_method_the_command_calls(tmp_path: P
     assert list(_knobs(FIRE_CLASS)) == ["lr", "momentum", "seed"]  # read alone: the command is unknown
     built = FIRE_CLASS.replace("    fire.Fire(Trainer)", "    Trainer(momentum=0.9)\n    fire.Fire(Trainer)")
     assert "momentum" not in knobs("python train.py train", built)  # a call in the file passes it
+    instance = FIRE_CLASS.replace("fire.Fire(Trainer)", "fire.Fire(Trainer(seed=1))")
+    assert list(knobs("python train.py train", instance)) == ["lr", "momentum", "epochs", "batch_size"]
     command = "python train.py train"
     changed = set_all_knobs({"train.py": FIRE_CLASS}, {"lr": 0.05, "batch_size": 32}, command)
     (tmp_path / "train.py").write_text(changed["train.py"])

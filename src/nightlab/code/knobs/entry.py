@@ -120,11 +120,14 @@ def config_files_override(tree: ast.Module, command: str) -> bool:
 
 def _class_entries(tree: ast.Module, classes: dict[str, ast.ClassDef]) -> dict[str, str]:
     """``{class name: how it is run}`` for a class handed to a command-line parser itself:
-    ``fire.Fire(Trainer)``, jsonargparse's ``CLI(Trainer)``/``auto_cli(Trainer)``."""
+    ``fire.Fire(Trainer)``, jsonargparse's ``CLI(Trainer)``/``auto_cli(Trainer)``, or an instance
+    of it (``fire.Fire(Trainer(lr=0.1))``: that call's arguments count as any call's)."""
     found: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and _registers(node):
             target = node.args[0] if node.args else keyword(node, "component")
+            if isinstance(target, ast.Call):  # fire.Fire(Trainer(lr=0.1)): an instance, built here
+                target = target.func
             if isinstance(target, ast.Name) and target.id in classes:
                 found.setdefault(target.id, _how(node))
     return found
