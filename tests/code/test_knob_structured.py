@@ -163,3 +163,29 @@ def test_the_search_agent_switches_the_group_and_records_the_new_classs_values()
     after = apply_changes(files, plan_changes(files, {"optim": "sgd", "optim.lr": 0.1}))["train.py"]
     assert both.meta["changed"] == ["optim", "optim.lr"] and "lr: float = 0.1\n    momentum" in after
     assert space.found.origins()["optim=sgd:optim.lr"] == 0.05  # SGD's own first value
+
+
+def test_dataclasses_in_one_file_stored_from_another() -> None:
+    # config.py holds the dataclasses; train.py stores them, as a ConfigStore app split in two.
+    config = TRAIN.split("\n\ncs = ConfigStore.instance()")[0] + "\n"
+    stores = TRAIN.split("\n\ncs = ConfigStore.instance()")[1]
+    main = "import hydra\nimport config\nfrom hydra.core.config_store import ConfigStore\n"
+    main += "from config import TrainConfig as TC\n\ncs = ConfigStore.instance()" + stores
+    main = main.replace("node=TrainConfig", "node=TC").replace("node=AdamConfig", "node=config.AdamConfig")
+    main = main.replace("node=SGDConfig", "node=config.SGDConfig")
+    files = {"config.py": config, "train.py": main}
+    knobs = {k.name: k.path for k in find_all_knobs(files, "python train.py optim=sgd").knobs}
+    assert knobs == {
+        "optim.lr": "config.py",
+        "optim.momentum": "config.py",
+        "data.batch_size": "config.py",
+        "optim": "config.py",
+        "dropout": "config.py",
+    }
+    out = set_all_knobs(files, {"optim": "sgd", "optim.lr": 0.2})
+    assert set(out) == {"config.py"} and '{"optim": "sgd"}' in out["config.py"]
+    assert "lr: float = 0.2\n    momentum" in out["config.py"]
+    # Read alone, config.py has no store: its dataclasses are plain ones, as before.
+    assert {"lr", "SGDConfig.lr", "batch_size"} <= {
+        k.name for k in find_all_knobs({"config.py": config}).knobs
+    }

@@ -41,6 +41,7 @@ from nightlab.code.knobs.hydra import HYDRA_SOURCE, hydra_layouts
 from nightlab.code.knobs.literal import format_literal, format_value
 from nightlab.code.knobs.model import Knob, KnobValue
 from nightlab.code.knobs.python import python_knobs
+from nightlab.code.knobs.structured import Found, placements
 from nightlab.errors import UserError
 
 __all__ = ["Knob", "KnobValue", "find_knobs", "format_literal", "format_value", "is_budget_name"]
@@ -77,13 +78,18 @@ _BUDGET = re.compile(
 
 
 def find_knobs(
-    source: str, path: str = "train.py", command: str = "", others: dict[str, FileIndex] | None = None
+    source: str,
+    path: str = "train.py",
+    command: str = "",
+    others: dict[str, FileIndex] | None = None,
+    stored: Found | None = None,
 ) -> list[Knob]:
     """Every knob of the file ``path`` whose text is ``source``, in file order (none for a file
     of another kind). A Python file also reads the run ``command`` and the ``others`` editable
-    Python files, indexed, that may build its classes (see :mod:`.callers`)."""
+    Python files, indexed, that may build its classes (see :mod:`.callers`), and where a Hydra
+    ConfigStore of those files places its dataclasses (``stored``, :mod:`.structured`)."""
     if path.endswith(".py"):
-        return [_with_comment_choices(k) for k in python_knobs(source, path, command, others)]
+        return [_with_comment_choices(k) for k in python_knobs(source, path, command, others, stored)]
     for suffix, reader in _READERS.items():
         if path.endswith(suffix):
             return [_with_comment_choices(k) for k in reader(source, path)]
@@ -220,6 +226,7 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
     layouts = {layout.primary: layout for layout in hydra_layouts(files, command)}
     owned = {path for layout in layouts.values() for path in layout.files}
     trees = _python_trees(files)
+    stored = placements({p: index.tree for p, index in trees.items()}, command)
     found: dict[str, Knob] = {}
     selected_by: dict[str, tuple[tuple[str, str], ...]] = {}
     for path in sorted(files):
@@ -233,7 +240,7 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
                         (renamed.get(g, g), o) for g, o in layout.selected_by[name]
                     )
         elif path not in owned:
-            for knob in find_knobs(files[path], path, command, trees):
+            for knob in find_knobs(files[path], path, command, trees, stored.get(path, ({}, []))):
                 name = _unique(knob.name, path, found)
                 found[name] = knob if name == knob.name else dataclasses.replace(knob, name=name)
                 if knob.selected_by:  # a field of a Hydra structured config's group option

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 import posixpath
 
-__all__ = ["Callers", "FileIndex", "passed_by", "module_of"]
+__all__ = ["Callers", "FileIndex", "import_source", "passed_by", "module_of"]
 
 
 def module_of(path: str) -> str:
@@ -93,11 +93,11 @@ class Callers:
                     through.update(
                         alias.asname or alias.name for alias in node.names if alias.name == self.module
                     )
-                elif self._resolves(other, node) == self.module:
+                elif import_source(other, node) == self.module:
                     for alias in node.names:
                         names.setdefault(alias.name, set()).add(alias.asname or alias.name)
                 else:  # from . import config; from pkg import config
-                    package = self._resolves(other, node)
+                    package = import_source(other, node)
                     through.update(
                         alias.asname or alias.name
                         for alias in node.names
@@ -121,16 +121,16 @@ class Callers:
                 other = other or index.loads.get(key, 0) > len(built)
         return found, other
 
-    @staticmethod
-    def _resolves(path: str, node: ast.ImportFrom) -> str:
-        """The module an ``from X import ...`` statement of file ``path`` names, relative
-        imports resolved against the file's package."""
-        if not node.level:
-            return node.module or ""
-        package = module_of(posixpath.dirname(path) + "/__init__.py") if "/" in path else ""
-        parts = package.split(".") if package else []
-        parts = parts[: max(0, len(parts) - (node.level - 1))]
-        return ".".join([*parts, *([node.module] if node.module else [])])
+
+def import_source(path: str, node: ast.ImportFrom) -> str:
+    """The module a ``from X import ...`` statement of file ``path`` names, relative imports
+    resolved against the file's package."""
+    if not node.level:
+        return node.module or ""
+    package = module_of(posixpath.dirname(path) + "/__init__.py") if "/" in path else ""
+    parts = package.split(".") if package else []
+    parts = parts[: max(0, len(parts) - (node.level - 1))]
+    return ".".join([*parts, *([node.module] if node.module else [])])
 
 
 def _annotations(tree: ast.Module) -> set[int]:

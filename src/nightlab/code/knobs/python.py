@@ -45,7 +45,7 @@ from nightlab.code.knobs.literal import KnobValue
 from nightlab.code.knobs.model import Knob
 from nightlab.code.knobs.reader import Reader, call_name, keyword, simple_assignment, string_args
 from nightlab.code.knobs.signatures import signature_knobs
-from nightlab.code.knobs.structured import Placement, placements
+from nightlab.code.knobs.structured import Found, Placement, placements
 from nightlab.errors import UserError
 
 _CONSTANT = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -53,19 +53,28 @@ _SETTING = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def python_knobs(
-    source: str, path: str, command: str = "", others: dict[str, FileIndex] | None = None
+    source: str,
+    path: str,
+    command: str = "",
+    others: dict[str, FileIndex] | None = None,
+    stored: Found | None = None,
 ) -> list[Knob]:
     """Every knob of a Python file, in file order.
 
     ``command`` is the run command and ``others`` the other editable Python files (indexed): a
-    class of this file built there passes some of its defaults, which are then no knobs."""
+    class of this file built there passes some of its defaults, which are then no knobs.
+    ``stored`` is where a Hydra ConfigStore of those files places this file's dataclasses
+    (:func:`~.structured.placements`); read from this file alone when not given."""
     try:
         mine = (others or {}).get(path)  # parsed already when the editable files are read together
         tree = mine.tree if mine is not None else ast.parse(source, filename=path)
     except SyntaxError as exc:
         raise UserError(f"{path}: not valid Python ({exc.msg}, line {exc.lineno}); fix the file") from None
     reader = Reader(source, path, command, Callers(path, others) if others else None)
-    placed, group_choices = placements(tree, command)  # Hydra structured configs
+    # Hydra structured configs: placed across the editable files when they are read together.
+    placed, group_choices = (
+        stored if stored is not None else placements({path: tree}, command).get(path, ({}, []))
+    )
     local: dict[str, list[ast.Call]] = {}  # the file's own calls of a plain name: TrainConfig(...)
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):

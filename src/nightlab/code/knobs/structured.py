@@ -20,7 +20,9 @@ placed as Hydra composes them (:func:`placements`):
   (``optim``), whose choices are the group's stored options, written back in place, and a switch
   moves the option knobs to the newly selected class as a YAML group switch does.
 
-Classes of no store are read as plain dataclasses. Only literal ``store`` arguments are read.
+The editable files are read together: the dataclasses may live in ``config.py`` and the stores
+in ``train.py`` (``from config import TrainConfig``, ``node=config.AdamConfig``). Classes of no
+store are read as plain dataclasses. Only literal ``store`` arguments are read.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import ast
 import re
 from dataclasses import dataclass
 
+from nightlab.code.knobs.callers import import_source, module_of
 from nightlab.code.knobs.command import command_words
 from nightlab.code.knobs.reader import call_name, keyword
 
@@ -59,91 +62,139 @@ class GroupChoice:
 @dataclass(frozen=True)
 class _Store:
     name: str
-    node: str
+    node: tuple[str, str]  # (path, class name)
     group: str
     package: str | None
 
 
-def placements(tree: ast.Module, command: str) -> tuple[dict[str, Placement], list[GroupChoice]]:
-    """``({class name: placement}, group choices)`` for the file's ConfigStore (empty without one)."""
-    classes = {s.name: s for s in tree.body if isinstance(s, ast.ClassDef) and _is_dataclass(s)}
-    stores = [s for s in (_store(n, classes) for n in ast.walk(tree) if isinstance(n, ast.Call)) if s]
+Ref = tuple[str, str]  # a class: (the file that defines it, its name)
+Found = tuple[dict[str, Placement], list[GroupChoice]]
+
+
+def placements(trees: dict[str, ast.Module], command: str) -> dict[str, Found]:
+    """``{path: ({class name: placement}, group choices)}`` for the editable Python files' Hydra
+    ConfigStore, read together: the stores may be in train.py and the dataclasses in config.py
+    (``from config import TrainConfig``). Files without a placed class are left out."""
+    space = _Classes(trees)
+    stores = [s for path, tree in trees.items() for s in _stores(path, tree, space)]
+    out: dict[str, Found] = {}
     if not stores:
-        return {}, []
-    named = _config_name(tree)
+        return out
+    named = next((n for n in (_config_name(t) for t in trees.values()) if n is not None), None)
     roots = [s for s in stores if not s.group and (named is None or s.name == named)]
     options: dict[str, dict[str, _Store]] = {}
     for store in stores:
         if store.group:
             options.setdefault(store.group, {})[store.name] = store
-    placed: dict[str, Placement] = {}
-    choices: list[GroupChoice] = []
+    placed: dict[Ref, Placement] = {}
     chosen = _command_choices(command, set(options))
     for root in roots:
-        _place(classes, root.node, (root.package + ".") if root.package else "", (), placed)
-        for group, node, stmt in _defaults_list(classes[root.node]):
+        _place(space, root.node, (root.package + ".") if root.package else "", (), placed)
+        for group, node, stmt in _defaults_list(space.classes[root.node]):
             if group in options:
-                choices.append(GroupChoice(group, node, stmt, tuple(sorted(options[group]))))
+                choice = GroupChoice(group, node, stmt, tuple(sorted(options[group])))
+                out.setdefault(root.node[0], ({}, []))[1].append(choice)
                 chosen.setdefault(group, node.value)
     for group, stored in options.items():
         for name, store in stored.items():
             if chosen.get(group) == name:
                 package = store.package if store.package is not None else group.replace("/", ".")
                 prefix = "" if package == "_global_" else package + "."
-                _place(classes, store.node, prefix, ((group, name),), placed)
+                _place(space, store.node, prefix, ((group, name),), placed)
     for stored in options.values():
         for store in stored.values():
             placed.setdefault(store.node, Placement(None))
-    return placed, choices
+    for (path, name), place in placed.items():
+        out.setdefault(path, ({}, []))[0][name] = place
+    return out
+
+
+class _Classes:
+    """The dataclasses of the editable files, and what a name means in a file: a class it
+    defines, or one it imports from another editable file (``from config import TrainConfig as
+    TC``, ``import config`` then ``config.TrainConfig``)."""
+
+    def __init__(self, trees: dict[str, ast.Module]) -> None:
+        self.classes: dict[Ref, ast.ClassDef] = {
+            (path, s.name): s
+            for path, tree in trees.items()
+            for s in tree.body
+            if isinstance(s, ast.ClassDef) and _is_dataclass(s)
+        }
+        paths = {module_of(p): p for p in trees}
+        self.names: dict[str, dict[str, Ref]] = {}  # path -> local name -> class
+        self.modules: dict[str, dict[str, str]] = {}  # path -> local module name -> its path
+        for path, tree in trees.items():
+            names = self.names.setdefault(path, {})
+            modules = self.modules.setdefault(path, {})
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and import_source(path, node) in paths:
+                    source = paths[import_source(path, node)]
+                    names.update({a.asname or a.name: (source, a.name) for a in node.names})
+                elif isinstance(node, ast.Import):
+                    modules.update({a.asname or a.name: paths[a.name] for a in node.names if a.name in paths})
+
+    def lookup(self, path: str, node: ast.expr) -> Ref | None:
+        """The dataclass ``node`` (``TrainConfig``, ``config.TrainConfig``) names in ``path``."""
+        ref: Ref | None = None
+        if isinstance(node, ast.Name):
+            ref = (
+                (path, node.id) if (path, node.id) in self.classes else self.names.get(path, {}).get(node.id)
+            )
+        elif isinstance(node, ast.Attribute):
+            module = self.modules.get(path, {}).get(ast.unparse(node.value))
+            ref = (module, node.attr) if module else None
+        return ref if ref in self.classes else None
 
 
 def _place(
-    classes: dict[str, ast.ClassDef],
-    name: str,
-    prefix: str,
-    chain: tuple[tuple[str, str], ...],
-    placed: dict[str, Placement],
+    space: _Classes, ref: Ref, prefix: str, chain: tuple[tuple[str, str], ...], placed: dict[Ref, Placement]
 ) -> None:
-    """Place class ``name`` at ``prefix``, and the dataclasses its fields hold below it."""
-    if name in placed or name not in classes:
+    """Place class ``ref`` at ``prefix``, and the dataclasses its fields hold below it."""
+    if ref in placed or ref not in space.classes:
         return
-    placed[name] = Placement(prefix, chain)
-    for stmt in classes[name].body:
+    placed[ref] = Placement(prefix, chain)
+    for stmt in space.classes[ref].body:
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
             inner = _nested(stmt.value)
-            if inner in classes:
-                _place(classes, inner, f"{prefix}{stmt.target.id}.", chain, placed)
+            found = space.lookup(ref[0], inner) if inner is not None else None
+            if found is not None:
+                _place(space, found, f"{prefix}{stmt.target.id}.", chain, placed)
 
 
-def _nested(value: ast.expr) -> str:
-    """The dataclass a field's default builds: ``field(default_factory=X)``, ``X()``, or a
-    ``lambda: X()`` factory."""
+def _nested(value: ast.expr) -> ast.expr | None:
+    """The class a field's default builds: ``field(default_factory=X)``, ``X()``, or a
+    ``lambda: X()`` factory (``X`` also dotted, ``config.X``)."""
     if isinstance(value, ast.Call) and call_name(value) == "field":
         factory = keyword(value, "default_factory")
         if isinstance(factory, ast.Lambda):
             factory = factory.body
         if isinstance(factory, ast.Call):
             factory = factory.func
-        return factory.id if isinstance(factory, ast.Name) else ""
-    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
-        return value.func.id
-    return ""
+        return factory
+    return value.func if isinstance(value, ast.Call) else None
 
 
-def _store(call: ast.Call, classes: dict[str, ast.ClassDef]) -> _Store | None:
-    """A ``cs.store(name=..., node=SomeDataclass, group=..., package=...)`` call with literals."""
-    if call_name(call) != "store":
-        return None
-    params = ("name", "node", "group", "package")
-    given = {p: call.args[i] for i, p in enumerate(params) if i < len(call.args)}
-    given.update({k.arg: k.value for k in call.keywords if k.arg in params})
-    node = given.get("node")
-    if isinstance(node, ast.Call):  # node=TrainConfig()
-        node = node.func
-    texts = {p: v.value for p, v in given.items() if isinstance(v, ast.Constant) and isinstance(v.value, str)}
-    if not isinstance(node, ast.Name) or node.id not in classes or "name" not in texts:
-        return None
-    return _Store(texts["name"], node.id, texts.get("group", ""), texts.get("package"))
+def _stores(path: str, tree: ast.Module, space: _Classes) -> list[_Store]:
+    """The file's ``cs.store(name=..., node=SomeDataclass, group=..., package=...)`` calls whose
+    arguments are literals and whose node is a dataclass of the editable files."""
+    found = []
+    for call in ast.walk(tree):
+        if not isinstance(call, ast.Call) or call_name(call) != "store":
+            continue
+        params = ("name", "node", "group", "package")
+        given = {p: call.args[i] for i, p in enumerate(params) if i < len(call.args)}
+        given.update({k.arg: k.value for k in call.keywords if k.arg in params})
+        node = given.get("node")
+        if isinstance(node, ast.Call):  # node=TrainConfig()
+            node = node.func
+        texts = {
+            p: v.value for p, v in given.items() if isinstance(v, ast.Constant) and isinstance(v.value, str)
+        }
+        ref = space.lookup(path, node) if node is not None else None
+        if ref is not None and "name" in texts:
+            found.append(_Store(texts["name"], ref, texts.get("group", ""), texts.get("package")))
+    return found
 
 
 def _config_name(tree: ast.Module) -> str | None:
