@@ -78,7 +78,10 @@ def entry_knobs(reader: Reader, tree: ast.Module) -> None:
     functions = {s.name: s for s in tree.body if isinstance(s, _FUNCTION)}
     uses = _Uses(tree)
     entries = _entries(tree, functions, uses)
-    unread = config_files_override(tree, reader.command)
+    classes = {s.name: s for s in tree.body if isinstance(s, ast.ClassDef)}
+    commands = _class_entries(tree, classes)
+    jsonargparse = "jsonargparse" in {*entries.values(), *commands.values()}
+    unread = jsonargparse and config_files_override(tree, reader.command)
     for name, how in entries.items():
         function = functions[name]
         if not _decorators_allow(function, how) or (how == "jsonargparse" and unread):
@@ -91,8 +94,6 @@ def entry_knobs(reader: Reader, tree: ast.Module) -> None:
             if param.arg in passed or key in passed or param.arg in declared:
                 continue
             _parameter(reader, function.name, param, default, how)
-    classes = {s.name: s for s in tree.body if isinstance(s, ast.ClassDef)}
-    commands = _class_entries(tree, classes)
     for name, how in commands.items():
         if not (how == "jsonargparse" and unread):
             _command_class(reader, classes[name], how, uses)
