@@ -17,9 +17,10 @@ weight files. Every checkpoint passes the checks the final export does (the prog
 causality with that checkpoint's weights) or is refused: an invalid line in progress.eval.jsonl,
 which makes the run invalid. Under nightlab that file is written in NIGHTLAB_SCORES_DIR, a folder
 the training process cannot see (the scores would otherwise be a val oracle it reads while it
-trains); by hand, in the run directory. Started with NIGHTLAB_WARM_EVALUATE=1 it also waits without checkpoints, and when
-nightlab has created progress.final (after training ended and passed its audit) it runs the final
-evaluation above in this process, already warm: torch imported, data and tokenizer loaded.
+trains); by hand, in the run directory. Started with NIGHTLAB_WARM_EVALUATE=1 it also waits
+without checkpoints, and when nightlab has created progress.final (after training ended and
+passed its audit) it runs the final evaluation above in this process, already warm: torch
+imported, data and tokenizer loaded.
 """
 
 from __future__ import annotations
