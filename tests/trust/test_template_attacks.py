@@ -29,7 +29,8 @@ CAUSAL_EDITS = [
 ]
 
 
-def _tiny_template(root: Path, proposals: list[dict]) -> Path:
+def _tiny_template(root: Path, proposals: list[dict], prune: bool = True) -> Path:
+    """The cpu template at a tiny size and a three-step budget; ``prune``: with progress checkpoints."""
     res = nightlab("init", str(root), "--size", "cpu")
     assert res.returncode == 0, res.stdout + res.stderr
     toml = (root / "nightlab.toml").read_text()
@@ -37,6 +38,8 @@ def _tiny_template(root: Path, proposals: list[dict]) -> Path:
     toml = re.sub(r"(?m)^timeout = .*$", "timeout = 300", toml)
     toml = toml.replace('kind = "search"', 'kind = "replay"\nfile = "proposals.jsonl"')
     toml = toml.replace('kind = "confirm"', 'kind = "greedy"\nbaseline_runs = 1\nmax_runs = 1\nremeasure = 0')
+    if not prune:  # no checkpoints: the final evaluation is the first to see the model
+        toml = toml.replace("remeasure = 0", "remeasure = 0\nprune = false")
     toml += '\n[run]\nsandbox = "auto"\n'
     (root / "nightlab.toml").write_text(toml)
     train = (root / "train.py").read_text()
@@ -59,6 +62,7 @@ def test_non_causal_model_is_invalid(tmp_path: Path) -> None:
     root = _tiny_template(
         tmp_path / "ws",
         [{"description": "attention that looks ahead", "edits": CAUSAL_EDITS}],
+        prune=False,  # with checkpoints, the first one is refused before (the test below)
     )
     env = {"NIGHTLAB_CACHE": str(tmp_path / "cache")}
     res = nightlab("run", str(root), "--plain", "--tag", "t", env=env, timeout=900)
