@@ -121,3 +121,136 @@ def test_a_metric_named_as_a_loss_keeps_the_default_direction(tmp_path: Path, na
         f'[target]\nrun = "python train.py"\neditable = ["train.py"]\n[metric]\nname = "{name}"\n'
     )
     assert load_config(tmp_path).metric.direction.value == "minimize"
+
+
+def _problem(toml: str, root: Path) -> str:
+    """The one line nightlab.toml's checks give for ``toml`` (the tables, then the kinds' and
+    trackers' settings, as `nightlab run` checks them before anything runs); '' when none."""
+    from nightlab.research.session import check_kinds
+    from nightlab.store.trackers.registry import check_trackers
+
+    (root / "nightlab.toml").write_text(toml)
+    try:
+        config = load_config(root)
+        check_kinds(config)
+        check_trackers(config.trackers)
+    except UserError as exc:
+        return str(exc)
+    return ""
+
+
+BASE = TOY_TOML.format(evaluate="", source="json", pattern="", policy="greedy")
+
+
+def _with(table: str, line: str) -> str:
+    """BASE with ``line`` in ``[table]``, in place of the key's own line there (the table added
+    when BASE has none)."""
+    header, key = f"[{table}]", line.split("=")[0].strip()
+    lines, current, out = BASE.splitlines(), "", []
+    for text in lines:
+        current = text if text.startswith("[") else current
+        if current == header and text.split("=")[0].strip() == key:
+            continue
+        out.append(text)
+        if text == header:
+            out.append(line)
+    return "\n".join(out) + "\n" + ("" if header in lines else f"{header}\n{line}\n")
+
+
+# Values pydantic's lax mode took (or that ended in a traceback), each refused with the key named.
+LAX = [
+    ("target", 'run = "   "', "[target] run: is empty"),  # was an IndexError traceback
+    ("target", 'evaluate = ""', "[target] evaluate: is empty"),
+    ("target", 'setup = " "', "[target] setup: is empty"),
+    ("target", 'outputs = [""]', "[target] outputs: holds an empty string"),
+    ("target", 'private = ["a", " "]', "[target] private: holds an empty string"),
+    ("target", 'env = { NIGHTLAB_SEED = "3" }', "[target] env: NIGHTLAB_SEED is nightlab's to set"),
+    ("target", 'env = { "A B" = "x" }', "[target] env: 'A B' is not an environment variable name"),
+    ("budget", "steps = true", "[budget] steps: true is not a number"),
+    ("budget", "flops = inf", "[budget] flops: Input should be a finite number"),
+    ("budget", "evaluate_timeout = nan", "[budget] evaluate_timeout: Input should be a finite number"),
+    (
+        "metric",
+        'file = "/etc/passwd"',
+        "[metric] file: '/etc/passwd': a file the run writes in its run directory",
+    ),
+    ("metric", 'file = "../metrics.json"', "[metric] file: '../metrics.json': a file the run writes"),
+    ("metric", 'holdout = ""', "[metric] holdout: is empty"),
+    ("agent", 'pipeline = "yes"', '[agent] pipeline: "yes" is not a boolean: write true or false'),
+    ("policy", "prune = 1", "[policy] prune: 1 is not a boolean"),
+    ("policy", "max_runs = true", "[policy] max_runs: true is not a number"),
+    ("policy", "noise_sd = inf", "[policy] noise_sd: Input should be a finite number"),
+    ("run", "log_limit_mb = inf", "[run] log_limit_mb: Input should be a finite number"),  # was a traceback
+    ("run", "workers = true", "[run] workers: true is not a number"),
+    ("run", "seed = -1", "[run] seed: Input should be greater than or equal to 0"),
+    ("run", 'tag = "a b"', "[run] tag: 'a b': use letters, digits"),  # it named --tag, never given
+    ("run", 'tag = "nightly.lock"', "[run] tag: 'nightly.lock': use letters"),
+    ("run", 'allow_env = ["HF TOKEN"]', "[run] allow_env: 'HF TOKEN' is not an environment variable name"),
+    ("audit", 'patterns = [""]', "[audit] patterns: holds an empty string"),  # matched every line
+    ("agent.search", "seed = true", "[agent.search] seed: true is not a number"),
+    ("agent.search", 'pin = [""]', "[agent.search] pin: holds an empty string"),
+    ("pruner.incumbent", "startup = false", "[pruner.incumbent] startup: false is not a number"),
+    ("executor.ray", "num_cpus = inf", "[executor.ray] num_cpus: Input should be a finite number"),
+    ("trackers.mlflow", 'tracking_uri = "  "', "[trackers.mlflow] tracking_uri: is empty"),  # a traceback
+]
+
+
+@pytest.mark.parametrize(("table", "line", "expected"), LAX, ids=[f"{t}.{line}" for t, line, _ in LAX])
+def test_what_pydantic_would_let_through_is_refused_naming_the_key(
+    tmp_path: Path, table: str, line: str, expected: str
+) -> None:
+    toml = _with(table, line)
+    if table == "executor.ray":
+        toml = _with("executor", 'kind = "ray"').replace("[executor.ray]", "") + f"[executor.ray]\n{line}\n"
+    if table == "pruner.incumbent":
+        toml = toml.replace("[pruner.incumbent]", '[pruner]\nkind = "incumbent"\n[pruner.incumbent]')
+    if table == "agent.search":
+        toml = toml.replace('kind = "replay"\nfile = "proposals.jsonl"', 'kind = "search"')
+    problem = _problem(toml, tmp_path)
+    assert expected in problem and "nightlab.toml" in problem, problem
+    assert "\n" not in problem
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['tag = "nightly/dec-01"', "seed = 7", 'workers = "auto"', "futility = 0", 'allow_env = ["HF_TOKEN"]'],
+)
+def test_values_a_user_means_are_still_taken(tmp_path: Path, line: str) -> None:
+    table = "policy" if line.startswith("futility") else "run"
+    assert _problem(_with(table, line), tmp_path) == ""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            'frozen = ["evaluate.py"]',
+            'frozen = ["evaluate.py", "train.py"]',
+            "[target] train.py is both editable and frozen",
+        ),
+        (
+            'editable = ["train.py"]',
+            'editable = ["train.py", "nightlab.toml"]',
+            "[target] editable names nightlab.toml",
+        ),
+        (
+            'editable = ["train.py"]',
+            'editable = ["*.py"]\nfrozen = ["*.py"]',
+            "every file the editable globs match is frozen",
+        ),
+    ],
+)
+def test_an_editable_file_that_could_never_be_edited_is_named(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    toml = BASE.replace('frozen = ["evaluate.py"]\n', "") if "frozen" in new and "editable" in new else BASE
+    root = make_workspace(tmp_path / "ws", toml=toml.replace(old, new, 1))
+    assert expected in _error_line(root, "check")
+
+
+def test_editable_everything_with_frozen_files_is_still_a_target(tmp_path: Path) -> None:
+    """Frozen wins over a glob, and nightlab.toml is never editable: `*` is fine."""
+    root = make_workspace(tmp_path / "ws", toml=BASE.replace('editable = ["train.py"]', 'editable = ["*"]'))
+    from nightlab.config import check_workspace_files
+
+    check_workspace_files(load_config(root), root)

@@ -27,15 +27,16 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from nightlab.config import KindSection, describe_error
+from nightlab.config import KindSection, TomlModel, describe_error
 from nightlab.errors import UserError
 from nightlab.paths import CONFIG_NAME
 
 
-class Settings(BaseModel):
-    """The base of every kind's settings model: unknown keys are errors, types are checked."""
+class Settings(TomlModel):
+    """The base of every kind's settings model: unknown keys are errors, types are checked as
+    for the rest of nightlab.toml (no ``true`` for a number, no empty strings, no infinity)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

@@ -1,22 +1,23 @@
 """``nightlab.toml`` -> validated models.
 
 Every table forbids unknown keys, so a typo (``timout = 60``) is an error naming the key rather
-than a silently ignored setting; every error is one line naming the file, table and field.
+than a silently ignored setting; what pydantic's lax mode would let through (``true`` for a
+number, an empty string, infinity) is refused too (:mod:`nightlab.config.strict`); every error is
+one line naming the file, table and field.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nightlab.config.strict import TomlModel, check_env_names, describe_error, valid_tag
 from nightlab.errors import UserError
-from nightlab.paths import CONFIG_NAME, match_files
+from nightlab.paths import CONFIG_NAME, editable_files, match_files, matches
 from nightlab.types import Direction
 
 if sys.version_info >= (3, 11):
@@ -25,8 +26,15 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 
-class _Strict(BaseModel):
+class _Strict(TomlModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# What nightlab gives each run itself: the seed and run directory a run must not choose, the key
+# only the progress evaluator holds, the tag its process tree is found and killed by.
+_RUN_VARIABLES = frozenset(
+    f"NIGHTLAB_{name}" for name in ("SEED", "RUN_DIR", "PROGRESS_KEY", "PROCESS_TAG", "SCORES_DIR")
+)
 
 
 class TargetConfig(_Strict):
@@ -58,11 +66,15 @@ class TargetConfig(_Strict):
     # empty in its view, while the evaluation commands read them (nightlab.executor.sandbox).
     private: list[str] = Field(default_factory=list)
 
-    @field_validator("private")
+    @field_validator("env")
     @classmethod
-    def _no_empty_private(cls, value: list[str]) -> list[str]:
-        if any(not p.strip() for p in value):
-            raise ValueError("private holds an empty pattern")
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        check_env_names(list(value))
+        ours = sorted(n for n in value if n in _RUN_VARIABLES or n.startswith("NIGHTLAB_BUDGET_"))
+        if ours:
+            raise ValueError(
+                f"{ours[0]} is nightlab's to set for each run ([budget] for a budget); remove it"
+            )
         return value
 
     @model_validator(mode="after")
@@ -141,6 +153,14 @@ class MetricConfig(_Strict):
     # start, under seconds).
     progress_pattern: str | None = None
 
+    @field_validator("file")
+    @classmethod
+    def _in_the_run_dir(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if path.is_absolute() or ".." in path.parts or value.startswith("~"):
+            raise ValueError(f"'{value}': a file the run writes in its run directory, e.g. metrics.json")
+        return value
+
     @model_validator(mode="after")
     def _pattern_for_regex(self) -> MetricConfig:
         if self.source == "regex":
@@ -204,7 +224,7 @@ def metric_group(pattern: re.Pattern[str]) -> int | str | None:
     return next((i for i in range(1, pattern.groups + 1) if i not in named), None)
 
 
-class KindSection(BaseModel):
+class KindSection(TomlModel):
     """A table whose ``kind`` picks a pluggable part (:mod:`nightlab.plugins`).
 
     Only the part's common keys are fields here; the keys of the kinds (``[agent.llm] model``,
@@ -269,7 +289,7 @@ class PrunerSection(KindSection):
     kind: str = "incumbent"
 
 
-class TrackersSection(BaseModel):
+class TrackersSection(TomlModel):
     """``[trackers]``: ``live`` names the trackers (``mlflow``, ``wandb``) every experiment is sent
     to while ``nightlab run`` runs; ``[trackers.NAME]`` tables hold each one's settings, checked
     by nightlab.store.trackers like ``[agent.NAME]``. Never keys: the clients read them from the
@@ -286,7 +306,8 @@ class RunConfig(_Strict):
     # Secret-looking environment variables the training command may still see, by name.
     allow_env: list[str] = Field(default_factory=list)
     max_consecutive_crashes: int = Field(default=5, ge=1)
-    seed: int = 0
+    # Every run's NIGHTLAB_SEED is seed + 1000 * experiment + replicate: never negative (numpy refuses).
+    seed: int = Field(default=0, ge=0)
     # Resource limits for each run; hitting one ends the run with a clear status (oom / crash).
     memory_limit_mb: float | None = Field(default=None, gt=0)
     log_limit_mb: float = Field(default=50, gt=0)
@@ -304,6 +325,21 @@ class RunConfig(_Strict):
     # Threads each run may use (OMP/MKL/... variables), pinned to its own cores where they fit;
     # unset: the cores divided by workers once there are several, else the script decides.
     threads_per_run: int | None = Field(default=None, ge=1)
+
+    @field_validator("tag")
+    @classmethod
+    def _a_branch_name(cls, value: str | None) -> str | None:
+        if value is not None and not valid_tag(value):
+            raise ValueError(
+                f"'{value}': use letters, digits, '-', '_' or '/' (it names the branch nightlab/<tag>)"
+            )
+        return value
+
+    @field_validator("allow_env")
+    @classmethod
+    def _allowed_names(cls, value: list[str]) -> list[str]:
+        check_env_names(value)
+        return value
 
     @field_validator("workers")
     @classmethod
@@ -359,56 +395,6 @@ class Config(_Strict):
         return self
 
 
-def describe_error(error: Mapping[str, Any], prefix: str = "", model: type[BaseModel] | None = None) -> str:
-    """One pydantic error as one line naming the table and key (``[budget] timeout: ...``).
-
-    ``prefix`` is the table the error's location is relative to (``agent.llm`` for a kind's
-    settings validated on their own). With ``model`` (the one validated), an unknown key also
-    names the closest key its table takes, since most unknown keys are typos of one.
-    """
-    loc = [*(prefix.split(".") if prefix else []), *(str(p) for p in error.get("loc", ()))]
-    msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    if error.get("type") == "extra_forbidden":
-        where = f"[{'.'.join(loc[:-1])}]" if len(loc) > 1 else "top level"
-        hint = ""
-        if model is not None:
-            own = [str(p) for p in error.get("loc", ())]
-            close = difflib.get_close_matches(own[-1], known_keys(model, own[:-1]), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"unknown key '{loc[-1]}' in {where}{hint}"
-    if loc:
-        table, field = ".".join(loc[:-1]), loc[-1]
-        where = f"[{table}] {field}" if table else f"[{field}]"
-        return f"{where}: {msg}"
-    return msg
-
-
-def _as_model(annotation: Any) -> Any:
-    """``X | None`` -> ``X`` where exactly one member is a model; anything else unchanged."""
-    if get_origin(annotation) is dict:
-        return annotation
-    models = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-    return models[0] if len(models) == 1 else annotation
-
-
-def known_keys(model: type[BaseModel], path: Sequence[str]) -> list[str]:
-    """The keys the table at ``path`` (``["scales", "big", "budget"]``) of ``model`` takes.
-
-    Empty where the path leads to no model (a free-form table): no suggestion beats a wrong one.
-    """
-    current: Any = model
-    for part in path:
-        current = _as_model(current)
-        if get_origin(current) is dict:
-            current = get_args(current)[1]  # ``part`` is a key of the mapping, e.g. a scale's name
-        elif isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
-            current = current.model_fields[part].annotation
-        else:
-            return []
-    current = _as_model(current)
-    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []
-
-
 def parse_config(data: dict, source: str = CONFIG_NAME) -> Config:
     """Validate a parsed TOML mapping; the first problem becomes a one-line UserError."""
     try:
@@ -453,7 +439,8 @@ def load_config(workspace: Path) -> Config:
 
 def check_workspace_files(config: Config, root: Path, source: str = CONFIG_NAME) -> None:
     """Errors a user must fix before a run: globs that match nothing (a file git still has but
-    the checkout lost is named as deleted, not blamed on the glob)."""
+    the checkout lost is named as deleted, not blamed on the glob), a file both editable and
+    frozen, nightlab.toml made editable."""
     for kind, patterns in (("editable", config.target.editable), ("frozen", config.target.frozen)):
         for pattern in patterns:
             if match_files(root, [pattern]):
@@ -464,6 +451,28 @@ def check_workspace_files(config: Config, root: Path, source: str = CONFIG_NAME)
                     f"restore it with `git -C {root} checkout -- {pattern}`"
                 )
             raise UserError(f"{source}: [target] {kind} glob '{pattern}' matches no file in {root}")
+    # Frozen wins over editable, and nightlab.toml is never editable (paths.is_editable): a glob
+    # may take them in, but a file named as editable that is not, or nothing left, is a mistake.
+    for pattern in config.target.editable:
+        name = pattern.replace("\\", "/").removeprefix("./")
+        if any(ch in name for ch in "*?["):
+            continue
+        if name == CONFIG_NAME:
+            raise UserError(
+                f"{source}: [target] editable names {CONFIG_NAME}, which is never editable (the agent "
+                "must not change its own rules): remove it"
+            )
+        if matches(name, config.target.frozen):
+            raise UserError(
+                f"{source}: [target] {name} is both editable and frozen (frozen wins): take it out of one list"
+            )
+    if not editable_files(
+        match_files(root, config.target.editable), config.target.editable, config.target.frozen
+    ):
+        raise UserError(
+            f"{source}: [target] every file the editable globs match is frozen or {CONFIG_NAME}: "
+            "the agent would have nothing to edit"
+        )
 
 
 def _in_git_head(root: Path, path: str) -> bool:

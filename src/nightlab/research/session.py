@@ -21,7 +21,7 @@ from pathlib import Path
 from nightlab.agents.base import Agent, AgentSetup
 from nightlab.agents.registry import AGENTS, make_agent
 from nightlab.code.flags import flag_files
-from nightlab.config import Config, check_workspace_files, load_config, workspace_root
+from nightlab.config import Config, check_workspace_files, load_config, valid_tag, workspace_root
 from nightlab.errors import UserError
 from nightlab.events import Event, EventSink
 from nightlab.executor import sandbox
@@ -154,6 +154,8 @@ def open_session(
     picks it with :func:`view_tag`.
     """
     root = workspace_root(root)
+    if tag is not None:
+        check_tag(tag)  # before anything is read or made: an empty --tag is no default either
     if agent_kind and agent_kind not in AGENTS.names():
         # Named on the command line, so the command line is what to fix, not nightlab.toml.
         raise UserError(f"--agent '{agent_kind}': unknown agent (choose from {', '.join(AGENTS.names())})")
@@ -177,7 +179,7 @@ def open_session(
         chosen = view_tag(ledger, workspace.state_dir, tag, config.run.tag)
     else:
         chosen = tag or config.run.tag or ledger.get_meta("current_tag") or default_tag()
-    _check_tag(chosen)
+    check_tag(chosen)
     return Session(root, config, workspace, ledger, chosen)
 
 
@@ -221,8 +223,9 @@ def check_kinds(config: Config) -> None:
     PRUNERS.check(config.pruner)
 
 
-def _check_tag(tag: str) -> None:
-    if not tag or any(c in tag for c in " ~^:?*[\\") or tag.startswith(("-", "/")) or ".." in tag:
+def check_tag(tag: str) -> None:
+    """One line naming ``--tag`` when ``tag`` cannot name the branch ``nightlab/<tag>``."""
+    if not valid_tag(tag):
         raise UserError(
             f"--tag '{tag}': use letters, digits, '-', '_' or '/' (it names the branch nightlab/<tag>)"
         )
