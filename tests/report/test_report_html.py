@@ -30,3 +30,19 @@ def test_report_html_is_self_contained_escaped_and_redacted(tmp_path: Path) -> N
     assert [e["id"] for e in data["snapshot"]["experiments"]] == [1, 2, 3]  # baseline and two candidates
     assert sorted(data["details"]) == ["1", "2", "3"] and "+LR = 0.3" in data["details"]["2"]["diff"]
     assert "report: " in res.stdout
+
+
+def test_report_out_elsewhere_embeds_the_workspaces_plot_not_a_file_beside_it(tmp_path: Path) -> None:
+    import base64
+
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3")])
+    assert nightlab("run", str(root), "--plain").returncode == 0
+    elsewhere = tmp_path / "shared"
+    elsewhere.mkdir()
+    stranger = b"\x89PNG not this workspace's plot"
+    (elsewhere / "progress.png").write_bytes(stranger)
+    res = nightlab("report", str(root), "--out", str(elsewhere / "night.html"))
+    assert res.returncode == 0, res.stderr
+    page = (elsewhere / "night.html").read_text()
+    ours = base64.b64encode((root / ".nightlab" / "progress.png").read_bytes()).decode()
+    assert ours in page and base64.b64encode(stranger).decode() not in page

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from nightlab.cli.output import DirArg, console
+from nightlab.cli.output import DirArg, console, finite
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
 
 def check_command(
     directory: Path = DirArg,
-    seconds: float = typer.Option(10.0, "--seconds", min=1.0, help="Training seconds per check run."),
+    seconds: float = typer.Option(
+        10.0, "--seconds", min=1.0, callback=finite, help="Training seconds per check run."
+    ),
 ) -> None:
     """Would a night be honest? Setup, then two short runs with two seeds: knobs, metric, seed,
     budget, files written, time. Exit 0 when nothing is marked FIX (?? marks what could not

@@ -36,7 +36,7 @@ def prepare_demo_workspace(directory: Path, console: Console) -> None:
     if (directory / "nightlab.toml").exists():
         console.print(f"reusing {directory} (delete it to start the demo afresh)")
         return
-    if directory.exists() and any(directory.iterdir()):
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise UserError(
             f"{directory} exists and is not a nightlab workspace; remove it or pass --dir elsewhere"
         )

@@ -9,6 +9,7 @@ top, so ``nightlab --help`` stays fast; everything else is imported when a comma
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,21 @@ console = Console()
 err_console = Console(stderr=True)
 
 DirArg = typer.Argument(Path("."), help="The research workspace (a git repository with nightlab.toml).")
+
+
+def finite(value: float | None) -> float | None:
+    """An option's callback: infinity and NaN are no number of hours, seconds or metric units
+    (typer's ``min=`` lets infinity through, and a bare float option NaN too)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value:g} is not a finite number")
+    return value
+
+
+def positive(value: float | None) -> float | None:
+    """An option's callback: a finite number above 0."""
+    if finite(value) is not None and value <= 0:  # type: ignore[operator]
+        raise typer.BadParameter(f"{value:g}: give a number above 0")
+    return value
 
 
 def help_when_bare(ctx: typer.Context) -> None:

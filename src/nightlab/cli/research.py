@@ -14,6 +14,8 @@ from nightlab.cli.output import (
     assumed_metric,
     console,
     err_console,
+    finite,
+    positive,
     print_status_table,
     print_summary,
     run_research,
@@ -61,7 +63,9 @@ def run(
         help="Stop once the tag has N experiments after its baseline (earlier runs of the tag count; see --more).",
     ),
     more: int = typer.Option(None, "--more", min=0, help="Run N more experiments than the tag has now."),
-    hours: float = typer.Option(None, "--hours", min=0.0, help="Stop proposing after H hours."),
+    hours: float = typer.Option(
+        None, "--hours", min=0.0, callback=finite, help="Stop proposing after H hours."
+    ),
     agent: str = typer.Option(
         None,
         "--agent",
@@ -165,8 +169,11 @@ def report(
     out: Path = typer.Option(None, "--out", help="Write the HTML report here too (implies --html)."),
 ) -> None:
     """Write progress.png, results.tsv and report.html (the dashboard's views in one file), and print the summary."""
+    from nightlab.errors import UserError
     from nightlab.research.session import open_session
 
+    if out is not None and out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give the report's file name, e.g. {out / 'report.html'}")
     session = open_session(directory, tag=tag, must_exist=True, view=True)
     paths = write_reports(session, quiet=False)
     if not paths:
@@ -183,7 +190,15 @@ def report(
     if out is not None:
         from nightlab.report.html import write_html_report
 
-        paths["report"] = write_html_report(session.ledger, session.tag, session.config.metric, out.resolve())
+        try:
+            paths["report"] = write_html_report(
+                session.ledger, session.tag, session.config.metric, out.resolve()
+            )
+        except OSError as exc:  # a folder that cannot be made or written: the workspace's reports stand
+            raise UserError(
+                f"--out {out}: cannot write the report there ({exc.strerror}); the workspace's reports "
+                f"are in {session.workspace.state_dir}"
+            ) from None
     print_summary(session)
     for label, path in paths.items():
         console.print(f"{label}: {path}", markup=False, highlight=False, soft_wrap=True)
@@ -195,7 +210,7 @@ def report(
 
 def demo(
     directory: Path = typer.Option(Path("nightlab-demo"), "--dir", help="Where the demo workspace goes."),
-    minutes: float = typer.Option(10.0, "--minutes", help="About how long to research."),
+    minutes: float = typer.Option(10.0, "--minutes", callback=positive, help="About how long to research."),
 ) -> None:
     """The demo: a cpu-size GPT workspace, the offline search agent for ~10 minutes, a report."""
     from nightlab.cli.demo import run_demo

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from nightlab.cli.output import console, err_console
+from nightlab.cli.output import console, err_console, finite
 from nightlab.formatting import decimals_for, fixed, signed
 from nightlab.formatting import terminal_safe as safe
 
@@ -67,18 +67,28 @@ def validate(
     seeds: int = typer.Option(3, "--seeds", min=2, help="Runs per side (same seeds for both)."),
     tag: str = typer.Option(None, "--tag", help="Research branch nightlab/<tag> (default: last used)."),
     margin: float = typer.Option(
-        None, "--margin", help="Smallest gain that matters, metric units (default: 1/4 of the research gain)."
+        None,
+        "--margin",
+        min=0.0,
+        callback=finite,
+        help="Smallest gain that matters, metric units (default: 1/4 of the research gain).",
     ),
     time_to_target: bool = typer.Option(
         False, "--time-to-target", help="Also measure each side's training time to reach a target value."
     ),
     target: float = typer.Option(
-        None, "--target", help="The target value (default: side A's mean at the budget)."
+        None, "--target", callback=finite, help="The target value (default: side A's mean at the budget)."
     ),
     eval_interval: float = typer.Option(
-        None, "--eval-interval", min=0.0, help="Seconds of training between periodic evaluations (curves)."
+        None,
+        "--eval-interval",
+        min=0.0,
+        callback=finite,
+        help="Seconds of training between periodic evaluations (curves).",
     ),
-    cap: float = typer.Option(2.0, "--cap", help="Time-to-target runs stop at this multiple of the budget."),
+    cap: float = typer.Option(
+        2.0, "--cap", callback=finite, help="Time-to-target runs stop at this multiple of the budget."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Compare two commits at a named scale, interleaved runs with shared seeds; a verdict per metric."""

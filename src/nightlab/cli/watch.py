@@ -60,10 +60,12 @@ def _workspace(directory: Path, tag: str | None, strict: bool) -> tuple[Path, ob
 
     from nightlab.config import load_config, workspace_root
     from nightlab.report.dashboard.data import LedgerReader
-    from nightlab.research.session import LEDGER_NAME, default_tag, view_tag
+    from nightlab.research.session import LEDGER_NAME, check_tag, default_tag, view_tag
     from nightlab.workspace.git import STATE_DIR
 
     root = workspace_root(directory)
+    if tag is not None:
+        check_tag(tag)
     config = load_config(root)
     ledger_path = root / STATE_DIR / LEDGER_NAME
     if not ledger_path.is_file():

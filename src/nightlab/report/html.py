@@ -89,11 +89,11 @@ def render_html(
 
 
 def write_html_report(ledger: Ledger, tag: str, metric: MetricConfig, path: Path) -> Path:
-    """Write the self-contained report to ``path`` (embedding progress.png beside it, for readers
-    without JavaScript, when present); the run directories are those beside the ledger."""
-    page = render_html(
-        ledger, tag, metric.name, metric.direction, path.parent / "progress.png", ledger.path.parent
-    )
+    """Write the self-contained report to ``path`` (embedding the progress.png beside the ledger,
+    for readers without JavaScript, when present: never a file that happens to lie beside
+    ``path``); the run directories are those beside the ledger."""
+    reports = ledger.path.parent
+    page = render_html(ledger, tag, metric.name, metric.direction, reports / "progress.png", reports)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(page, encoding="utf-8")

@@ -218,6 +218,8 @@ def init_workspace(
     constants; a template without one is a :class:`UserError`.
     """
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory} is a file, not a folder: give the folder to create the workspace in")
     src = template_dir(template)
     sizes_path = src / SIZES_FILE
     sizes = tomllib.loads(sizes_path.read_text()) if sizes_path.is_file() else {}
