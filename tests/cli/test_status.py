@@ -225,3 +225,24 @@ def test_a_reason_is_led_by_its_status_exactly_once() -> None:
     assert with_status("invalid", "frozen file changed: data.py") == "invalid: frozen file changed: data.py"
     assert with_status("crash", "") == "crash" and with_status("crash", None) == "crash"
     assert with_status("oom", "invalidated cache") == "oom: invalidated cache"
+
+
+def test_a_lost_or_emptied_ledger_is_never_started_afresh_over_the_nights_records(tmp_path: Path) -> None:
+    """A new ledger would number experiments from 1 again, over runs/0001/experiment.json, the
+    record `recover` rebuilds experiment 1 from: every command refuses and names `recover`."""
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3")])
+    assert nightlab("run", str(root), "--plain", "--tag", "t").returncode == 0
+    record = root / ".nightlab" / "runs" / "0001" / "experiment.json"
+    kept = record.read_text()
+    ledger = root / ".nightlab" / "ledger.db"
+    for lose, state in ((lambda: ledger.write_bytes(b""), "empty"), (ledger.unlink, "missing")):
+        lose()
+        for args in (["run", "--plain", "--tag", "u"], ["status"], ["report"], ["try", "--sync"]):
+            res = nightlab(args[0], str(root), *args[1:])
+            line = res.stderr.strip()
+            assert res.returncode == 2 and "\n" not in line, (args, res.stdout + res.stderr)
+            assert f".nightlab/ledger.db is {state}, but git holds experiments" in line, (args, line)
+            assert f"`nightlab recover {root}`" in line, (args, line)
+        assert record.read_text() == kept
+    assert nightlab("recover", str(root)).returncode == 0
+    assert json.loads(nightlab("status", str(root), "--json").stdout)["tag"] == "t"

@@ -165,12 +165,15 @@ def open_session(
     check_kinds(config)
     workspace = Workspace(root)
     ledger_path = workspace.state_dir / LEDGER_NAME
+    lost = "missing" if not ledger_path.exists() else "empty" if ledger_path.stat().st_size == 0 else ""
+    if lost and workspace.experiment_refs():
+        # Experiments were recorded: the ledger is lost, not unborn. A new one would number its
+        # experiments from 1 again, over the records `recover` rebuilds the old ones from.
+        raise UserError(
+            f"{root}: {ledger_path.relative_to(root)} is {lost}, but git holds experiments of "
+            f"nightlab: rebuild the ledger with `nightlab recover {root}` (docs/RECOVERY.md)"
+        )
     if must_exist and not ledger_path.exists():
-        if workspace.experiment_refs():  # experiments were recorded: the ledger is lost, not unborn
-            raise UserError(
-                f"{root}: {ledger_path.relative_to(root)} is missing, but git holds experiments of "
-                f"nightlab: rebuild the ledger with `nightlab recover {root}` (docs/RECOVERY.md)"
-            )
         raise UserError(
             f"{root}: no experiments yet (no {ledger_path.relative_to(root)}); start with `nightlab run {root}`"
         )
