@@ -254,3 +254,18 @@ def test_editable_everything_with_frozen_files_is_still_a_target(tmp_path: Path)
     from nightlab.config import check_workspace_files
 
     check_workspace_files(load_config(root), root)
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("", "[target]: missing, and required (docs/CONFIG.md lists every key)"),  # "Field required"
+        (
+            '[target]\neditable = ["train.py"]\n',
+            "[target] run: missing, and required (docs/CONFIG.md lists every key)",
+        ),
+    ],
+)
+def test_a_missing_table_or_key_is_named_as_missing(tmp_path: Path, toml: str, expected: str) -> None:
+    problem = _problem(toml, tmp_path)
+    assert problem.endswith(expected) and "Field required" not in problem, problem

@@ -99,6 +99,8 @@ def describe_error(error: Mapping[str, Any], prefix: str = "", model: type[BaseM
     """
     loc = [*(prefix.split(".") if prefix else []), *(str(p) for p in error.get("loc", ()))]
     msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if error.get("type") == "missing":  # pydantic's "Field required" says neither which nor where
+        msg = "missing, and required (docs/CONFIG.md lists every key)"
     if error.get("type") == "extra_forbidden":
         where = f"[{'.'.join(loc[:-1])}]" if len(loc) > 1 else "top level"
         hint = ""
