@@ -269,3 +269,9 @@ def test_editable_everything_with_frozen_files_is_still_a_target(tmp_path: Path)
 def test_a_missing_table_or_key_is_named_as_missing(tmp_path: Path, toml: str, expected: str) -> None:
     problem = _problem(toml, tmp_path)
     assert problem.endswith(expected) and "Field required" not in problem, problem
+
+
+def test_a_nightlab_toml_that_is_a_folder_is_named_as_one(tmp_path: Path) -> None:
+    (tmp_path / "nightlab.toml").mkdir()
+    with pytest.raises(UserError, match=r"nightlab.toml: is a folder; nightlab.toml must be a file"):
+        load_config(tmp_path)

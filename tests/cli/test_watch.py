@@ -113,3 +113,18 @@ def test_report_html_prints_a_file_address(tmp_path: Path) -> None:
 def test_loopback_addresses() -> None:
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.8.9.1", "localhost", "::1", "[::1]"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.4", "::", "example.org"))
+
+
+def test_serve_and_export_name_a_corrupt_ledger_as_status_does(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws")
+    (root / ".nightlab").mkdir()
+    (root / ".nightlab" / "ledger.db").write_text("not a database\n")  # a traceback before
+    expected = f"error: ledger {root}/.nightlab/ledger.db is corrupt (file is not a database): rebuild it"
+    for args in (
+        ["serve", str(root), "--port", "0"],
+        ["export", str(root), "--to", "mlflow"],
+        ["status", str(root)],
+    ):
+        res = nightlab(*args, timeout=60)
+        assert res.returncode == 2 and res.stderr.startswith(expected), (args, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)

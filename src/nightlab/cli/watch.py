@@ -76,6 +76,11 @@ def _workspace(directory: Path, tag: str | None, strict: bool) -> tuple[Path, ob
             return root, config, view_tag(reader, root / STATE_DIR, tag, config.run.tag, strict=strict)
         except sqlite3.OperationalError:  # the first run is creating it: its tables come in a moment
             time.sleep(0.1)
+        except sqlite3.DatabaseError as exc:  # not a database at all: what `run` and `status` say
+            raise UserError(
+                f"ledger {ledger_path} is corrupt ({exc}): rebuild it with `nightlab recover {root}` "
+                "(docs/RECOVERY.md)"
+            ) from None
         finally:
             reader.close()
     return root, config, tag or config.run.tag or default_tag()

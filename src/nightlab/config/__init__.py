@@ -428,6 +428,8 @@ def workspace_root(directory: Path) -> Path:
 def load_config(workspace: Path) -> Config:
     """Read and validate ``workspace/nightlab.toml``."""
     path = workspace_root(workspace) / CONFIG_NAME
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; nightlab.toml must be a file (docs/CONFIG.md)")
     if not path.is_file():
         raise UserError(f"{path}: not found; create one with `nightlab init DIR` or see docs/CONFIG.md")
     try:
