@@ -167,3 +167,60 @@ def test_nothing_outside_cli_imports_it_and_cli_has_no_cycles() -> None:
 
     cycles = [name for name in graph if reaches(name, name, set())]
     assert cycles == [], graph
+
+
+def test_a_permission_refused_is_one_line_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A workspace of another user (or a .nightlab made read-only): `recover` met a
+    PermissionError on harness.lock and printed its traceback."""
+    import errno
+    import signal
+
+    from nightlab.cli import app as cli_app
+
+    root = make_workspace(tmp_path / "lab")
+    lock = root / ".nightlab" / "harness.lock"
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(lock))
+
+    monkeypatch.setattr("nightlab.workspace.lock.acquire", refused)
+    monkeypatch.setattr(sys, "argv", ["nightlab", "recover", str(root)])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as ended:
+            cli_app.main()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"error: {lock}: Permission denied; fix its permissions, or run nightlab as the user who owns the "
+        "workspace"
+    ), err
+
+
+def test_a_repository_of_another_user_is_named_as_such_not_as_no_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What git answers in a repository another user owns: it is a repository, and the fix is
+    not `git init` (which would make a second one)."""
+    from nightlab.errors import UserError
+    from nightlab.workspace import git as workspace_git
+
+    root = make_workspace(tmp_path / "lab")
+    refusal = (
+        f"fatal: detected dubious ownership in repository at '{root}'\n"
+        "To add an exception for this directory, call:\n\n"
+        f"\tgit config --global --add safe.directory {root}\n"
+    )
+    answer = subprocess.CompletedProcess(["git"], 128, stdout=b"", stderr=refusal.encode())
+    monkeypatch.setattr(workspace_git, "run_git", lambda *args, **kwargs: answer)
+    with pytest.raises(UserError) as caught:
+        workspace_git.Workspace(root)
+    assert str(caught.value) == (
+        f"{root} belongs to another user, and git refuses to work in it (dubious ownership): run nightlab "
+        f"as its owner, or trust it with `git config --global --add safe.directory {root}`"
+    )

@@ -108,6 +108,13 @@ def main() -> None:
         _error_line(f"error: {exc}")
         sys.exit(exc.exit_code)
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):  # a workspace of another user, a file made read-only
+            where = f"{exc.filename}: " if exc.filename else ""
+            _error_line(
+                f"error: {where}{exc.strerror}; fix its permissions, or run nightlab as the user who owns "
+                "the workspace"
+            )
+            sys.exit(2)
         # A full disk or a read-only .nightlab: one line; what was recorded before is intact.
         if exc.errno not in _DISK_ERRNOS:
             raise

@@ -77,6 +77,11 @@ class Workspace:
             ["rev-parse", "--is-bare-repository", "--git-common-dir", "--show-toplevel"], root, check=False
         )
         if probe.returncode != 0:
+            if "dubious ownership" in decode(probe.stderr):  # a repository of another user: git says so
+                raise UserError(
+                    f"{root} belongs to another user, and git refuses to work in it (dubious ownership): "
+                    f"run nightlab as its owner, or trust it with `git config --global --add safe.directory {root}`"
+                )
             raise UserError(f"{root} is not a git repository: run `git init` there, or `nightlab init DIR`")
         lines = decode(probe.stdout).splitlines()
         if lines[0] == "true" or len(lines) < 3:
