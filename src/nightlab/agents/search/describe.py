@@ -21,7 +21,8 @@ def why_empty(space: Space, files: dict[str, str]) -> str | None:
         return (
             f"the search agent found no knobs in the editable files ({names}): it searches literal "
             "settings (constants and the leading settings of Python files, argparse/click defaults, "
-            "dataclass fields, YAML/JSON/TOML values); see docs/ARBITRARY_TARGETS.md, or use another "
+            "dataclass fields, arguments of optimizer, scheduler, layer and DataLoader calls, "
+            "YAML/JSON/TOML values); see docs/ARBITRARY_TARGETS.md, or use another "
             "agent (--agent llm)"
         )
     pinned = ", ".join(f"{k} ({why})" for k, why in list(space.pinned.items())[:6])

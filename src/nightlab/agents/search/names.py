@@ -61,9 +61,20 @@ _PRIORITY = (
 )
 
 
+# Last name parts that say nothing of a knob's role alone: PyTorch's dropout `p` and Keras's
+# `rate` (`Dropout.p`, `attn_drop.p`, `Dropout.rate`). The part before them says it.
+_ROLELESS = re.compile(r"^([A-Z]|RATE)$")
+
+
 def hint_name(name: str) -> str:
-    """The part of a knob's name the hints read, upper case: ``optim.lr`` and ``--lr`` read as ``LR``."""
-    return name.rsplit(".", 1)[-1].lstrip("-").upper()
+    """The part of a knob's name the hints read, upper case: ``optim.lr`` and ``--lr`` read as
+    ``LR``; a last part that says nothing alone (``Dropout.p``) with the part before it,
+    ``DROPOUT_P``, so that a dropout is searched as one."""
+    parts = name.lstrip("-").rsplit(".", 2)
+    last = parts[-1].upper()
+    if len(parts) > 1 and _ROLELESS.match(last):
+        return f"{parts[-2].upper()}_{last}"
+    return last
 
 
 def _words(name: str) -> str:

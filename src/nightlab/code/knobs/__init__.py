@@ -1,7 +1,8 @@
 """The knobs of a training script, found where people keep them, and rewritten in place.
 
 A knob is one literal in an editable file: an UPPER_CASE constant or a lowercase setting of a
-Python script (:mod:`.python`, which also reads argparse/click defaults and dataclass fields),
+Python script (:mod:`.python`, which also reads argparse/click defaults and dataclass fields,
+and :mod:`.calls`, the literal arguments of optimizer, scheduler, layer and DataLoader calls),
 or a scalar in a YAML, JSON or TOML config file (:mod:`.files`). :func:`find_knobs` reads them
 with their exact spans; :func:`set_knobs` rewrites only the literals' text, written the way the
 author wrote them (:mod:`.literal`), so a file keeps every comment, space and line: the diff of an

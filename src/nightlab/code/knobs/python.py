@@ -22,6 +22,9 @@
   unset, as it is in a run unless the run command sets it. Variables the harness or a launcher
   sets (``NIGHTLAB_*``, ``OMP_*``, ``RANK``, ...) are not knobs: their defaults never apply.
 
+The literal arguments of calls to well-known training APIs (``torch.optim.AdamW(params,
+lr=3e-4)``, ``nn.Dropout(0.1)``) are read last, by :mod:`.calls`.
+
 The values a script declares an option may take travel with the knob as its ``choices``
 (:mod:`.choices`): argparse ``choices=[...]``, click ``type=click.Choice([...])``, a field
 annotated ``Literal["sgd", "adam"]``. The author wrote them down, so they are the space to search.
@@ -38,6 +41,7 @@ import re
 
 from nightlab.code.knobs.absl import absl_flag, config_dict_knobs
 from nightlab.code.knobs.callers import Callers, FileIndex, passed_by
+from nightlab.code.knobs.calls import call_knobs
 from nightlab.code.knobs.choices import annotated_choices, listed_choices
 from nightlab.code.knobs.entry import click_parameter, entry_knobs
 from nightlab.code.knobs.hydra import HYDRA_SOURCE
@@ -117,6 +121,7 @@ def python_knobs(
     config_dict_knobs(reader, tree)  # def get_config(): config = ConfigDict(); config.lr = 0.05
     entry_knobs(reader, tree)  # fire.Fire(main), @app.command(), main() under __main__
     signature_knobs(reader, tree)  # jsonargparse: parser.add_class_arguments(Optim, "optim")
+    call_knobs(reader, tree)  # torch.optim.AdamW(params, lr=3e-4), nn.Dropout(0.1), ...
     return sorted(reader.found.values(), key=lambda k: k.start)
 
 

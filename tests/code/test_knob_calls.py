@@ -1,0 +1,211 @@
+"""Literal arguments of calls to well-known training APIs are knobs: ``lr=3e-4`` in
+``torch.optim.AdamW(...)``, ``nn.Dropout(0.1)``, ``DataLoader(ds, batch_size=64)``,
+``TrainingArguments(learning_rate=5e-5)``. The most common shape of a plain PyTorch or Hugging
+Face script had no knob at all; settings of the program (``print(flush=True)``, ``num_workers``,
+``output_dir``) and values that are not literals stay out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from nightlab.code.knobs import find_all_knobs, find_knobs, set_knobs
+
+PLAIN = """\
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import TrainingArguments
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.1)
+
+
+def main(model, ds, steps):
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.1)
+    loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=4)
+    args = TrainingArguments(output_dir="out", learning_rate=5e-5, per_device_train_batch_size=16,
+                             num_train_epochs=3, warmup_ratio=0.1, logging_steps=10)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+    loss = nn.CrossEntropyLoss(label_smoothing=0.1)
+    print("step", flush=True)
+    open("log.txt", "w", encoding="utf-8")
+"""
+
+
+def _values(source: str) -> dict[str, object]:
+    return {k.name: k.value for k in find_knobs(source)}
+
+
+def test_the_plain_script_has_knobs_named_by_callee_and_parameter() -> None:
+    assert _values(PLAIN) == {
+        "Dropout.p": 0.1,
+        "AdamW.lr": 3e-4,
+        "AdamW.weight_decay": 0.1,
+        "AdamW.betas": (0.9, 0.95),
+        "OneCycleLR.max_lr": 1e-3,
+        "OneCycleLR.pct_start": 0.1,
+        "DataLoader.batch_size": 64,
+        "TrainingArguments.learning_rate": 5e-5,
+        "TrainingArguments.per_device_train_batch_size": 16,
+        "TrainingArguments.num_train_epochs": 3,  # a budget: the search pins it by name
+        "TrainingArguments.warmup_ratio": 0.1,
+        "clip_grad_norm_.max_norm": 1.0,
+        "CrossEntropyLoss.label_smoothing": 0.1,
+    }  # not shuffle, num_workers, output_dir, logging_steps, flush, encoding, nor total_steps=steps
+    assert {k.source for k in find_knobs(PLAIN)} == {"call"}
+
+
+def test_values_that_are_not_literals_and_calls_of_other_apis_are_no_knobs() -> None:
+    source = """\
+import argparse
+import torch
+
+LR = 3e-4
+p = argparse.ArgumentParser()
+p.add_argument("--wd", type=float, default=0.01)
+args = p.parse_args()
+opt = torch.optim.AdamW(params, lr=LR, weight_decay=args.wd, eps=1e-8 * 10)
+sorted(xs, reverse=True)
+round(1.5, ndigits=2)
+"""
+    assert _values(source) == {"LR": 3e-4, "wd": 0.01}  # the variables' own definitions
+    # A class of the script's own that is called AdamW or Trainer is not the library's.
+    own = "class AdamW:\n    def __init__(self, lr=0.1):\n        pass\n\n\nclass Trainer:\n    pass\n\n"
+    own += "opt = AdamW(lr=0.5)\nt = Trainer(max_epochs=3)\n"
+    assert _values(own) == {}
+    # Not imported at all: `optim` could be anything.
+    assert _values("opt = optim.SGD(params, lr=0.1)\n") == {}
+
+
+def test_import_forms_and_the_certain_positional_arguments() -> None:
+    source = """\
+from torch import nn, optim
+from torch.optim import AdamW as Opt
+from torch.optim.lr_scheduler import StepLR
+from torch.nn.utils import clip_grad_norm_
+import torch.utils.data as tud
+import optax
+from tensorflow import keras
+
+sgd = optim.SGD(params, 0.1, momentum=0)
+adamw = Opt(params, 1e-3)
+sched = StepLR(sgd, 30, 0.5)
+layer = nn.TransformerEncoder(nn.TransformerEncoderLayer(64, 4, dim_feedforward=256), 2)
+clip_grad_norm_(params, 0.5)
+loader = tud.DataLoader(ds, 32)
+tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-4, b1=0.9))
+model.compile(optimizer=keras.optimizers.Adam(1e-3))
+model.fit(x, y, batch_size=128, epochs=5, verbose=2)
+"""
+    assert _values(source) == {
+        "SGD.lr": 0.1,
+        "SGD.momentum": 0.0,  # an integer where the API takes a float: searched as one
+        "AdamW.lr": 1e-3,  # the API's name, not the alias
+        "StepLR.step_size": 30,
+        "StepLR.gamma": 0.5,
+        "TransformerEncoderLayer.nhead": 4,  # not d_model (64): it must match the model
+        "TransformerEncoderLayer.dim_feedforward": 256,
+        "TransformerEncoder.num_layers": 2,
+        "clip_grad_norm_.max_norm": 0.5,
+        "DataLoader.batch_size": 32,
+        "clip_by_global_norm.max_norm": 1.0,
+        "adamw.learning_rate": 3e-4,
+        "adamw.b1": 0.9,
+        "Adam.learning_rate": 1e-3,
+        "fit.batch_size": 128,  # Keras's Model.fit, in a file that imports Keras
+        "fit.epochs": 5,
+    }
+    # Without Keras, `.fit(batch_size=...)` is anybody's method; a starred argument ends the
+    # positions that can be read.
+    assert _values("model.fit(x, batch_size=128)\n") == {}
+    assert _values("import torch\nopt = torch.optim.SGD(*groups, 0.1)\n") == {}
+
+
+def test_sizes_tied_to_the_data_or_the_model_are_no_knobs() -> None:
+    source = """\
+from torch import nn
+
+emb = nn.Embedding(50257, 768)
+head = nn.Linear(768, 10)
+rnn = nn.LSTM(input_size=32, hidden_size=64, num_layers=2, dropout=0.2, bidirectional=True)
+attn = nn.MultiheadAttention(embed_dim=64, num_heads=4)
+"""
+    assert _values(source) == {"LSTM.num_layers": 2, "LSTM.dropout": 0.2, "MultiheadAttention.num_heads": 4}
+
+
+def test_a_name_two_calls_give_is_qualified_by_what_each_builds() -> None:
+    source = """\
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        self.drop = nn.Dropout(0.1)
+        self.resid_drop = nn.Dropout(p=0.2)
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        self.drop = nn.Dropout(0.3)
+        self.net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.4), nn.Dropout(0.5))
+
+
+train_loader = DataLoader(train, batch_size=64)
+val_loader = DataLoader(val, batch_size=256)
+"""
+    assert list(_values(source)) == [
+        "Attention.drop.p",
+        "resid_drop.p",
+        "MLP.drop.p",
+        "MLP.Dropout#1.p",
+        "MLP.Dropout#2.p",
+        "train_loader.batch_size",
+        "val_loader.batch_size",  # which the search pins: it sizes the evaluation
+    ]
+    # Across files, the second file's knob is qualified by its path, as for every other reader.
+    two = {
+        "a.py": "import torch\nopt = torch.optim.SGD(p, lr=0.1)\n",
+        "b.py": "import torch\nopt = torch.optim.SGD(p, lr=0.2)\n",
+    }
+    assert [k.name for k in find_all_knobs(two).knobs] == ["SGD.lr", "b.py:SGD.lr"]
+
+
+def test_rewriting_touches_only_the_literal_in_its_style() -> None:
+    changed = set_knobs(
+        PLAIN,
+        {"AdamW.lr": 0.001, "AdamW.betas": (0.85, 0.99), "Dropout.p": 0.25, "DataLoader.batch_size": 128},
+    )
+    expected = (
+        PLAIN.replace("lr=3e-4", "lr=1e-3")
+        .replace("betas=(0.9, 0.95)", "betas=(0.85, 0.99)")
+        .replace("nn.Dropout(0.1)", "nn.Dropout(0.25)")
+        .replace("batch_size=64", "batch_size=128")
+    )
+    assert changed == expected
+    assert _values(changed)["AdamW.lr"] == 0.001
+    zero = "import torch\nopt = torch.optim.SGD(p, lr=0.1, momentum=0)  # plain SGD\n"
+    assert set_knobs(zero, {"SGD.momentum": 0.9}) == zero.replace("momentum=0)", "momentum=0.9)")
+
+
+def test_an_edit_reaches_the_call(tmp_path: Path) -> None:
+    """The literal the search rewrites is the value the library receives (a stand-in
+    ``torch.optim`` that prints what it is given)."""
+    (tmp_path / "torch" / "optim").mkdir(parents=True)
+    (tmp_path / "torch" / "__init__.py").write_text("from torch import optim\n")
+    (tmp_path / "torch" / "optim" / "__init__.py").write_text(
+        "def AdamW(params, lr=0.001, betas=(0.9, 0.999)):\n    print('lr', lr, 'betas', betas)\n"
+    )
+    script = "import torch\n\ntorch.optim.AdamW([], lr=3e-4, betas=(0.9, 0.95))\n"
+    edited = set_knobs(script, {"AdamW.lr": 0.002, "AdamW.betas": (0.8, 0.9)})
+    (tmp_path / "train.py").write_text(edited)
+    out = subprocess.run(
+        [sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "lr 0.002 betas (0.8, 0.9)"
