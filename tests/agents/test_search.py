@@ -249,7 +249,7 @@ def test_domains_come_from_the_baseline_not_the_incumbent() -> None:
         (
             {"ACTIVATION": {"choices": ["gelu", 3]}},
             [],
-            r"ACTIVATION: choice 3 is a int but the knob is a str",
+            r"ACTIVATION: choice 3 is an int but the knob is a str",
         ),
         ({"ACTIVATION": {"low": 0, "high": 1}}, [], r"ACTIVATION: a str knob needs choices"),
         (

@@ -186,7 +186,7 @@ def test_unknown_knob_is_a_user_error() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("DEPTH", "big", r"DEPTH is a int knob \(8\); cannot set it to 'big'"),
+        ("DEPTH", "big", r"DEPTH is an int knob \(8\); cannot set it to 'big'"),
         ("WINDOW_PATTERN", 3, r"WINDOW_PATTERN is a str knob"),
         ("MATRIX_LR", float("nan"), r"MATRIX_LR is a float knob"),
         ("MATRIX_LR", True, r"MATRIX_LR is a float knob"),

@@ -400,7 +400,7 @@ def test_a_scale_sets_knobs_of_config_files_by_their_names_as_show_space_gives_t
     assert scaled_files(files, {"model": {"n_layer": 8}}, "big") == want  # { model.n_layer = 8 }
     assert scaled_files(files, {"n_layer": 8}, "big") == want  # the one knob it can mean
     assert scaled_files(files, {"model.n_layer": 2}, "big") == {}  # already so: no commit
-    with pytest.raises(UserError, match=r"\[scales.big\] constants: model.n_layer is an? int knob"):
+    with pytest.raises(UserError, match=r"\[scales.big\] constants: model.n_layer is an int knob"):
         scaled_files(files, {"n_layer": "deep"}, "big")
     with pytest.raises(UserError, match=r"run command sets model.n_layer \(model.n_layer=4\)"):
         scaled_files(files, {"n_layer": 8}, "big", "python train.py model.n_layer=4")

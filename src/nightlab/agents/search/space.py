@@ -335,8 +335,8 @@ def _declared_domain(name: str, spec: Any, value: Any, source: str) -> Domain:
         for choice in choices:
             if not _same_kind(choice, value):
                 raise UserError(
-                    f"{where}: choice {choice!r} is a {type(choice).__name__} but the knob is "
-                    f"a {type(value).__name__} ({value!r})"
+                    f"{where}: choice {choice!r} is {_a(type(choice).__name__)} but the knob is "
+                    f"{_a(type(value).__name__)} ({value!r})"
                 )
         uniq = tuple(dict.fromkeys(choices))
         if value not in uniq:  # the incumbent must be representable
@@ -491,3 +491,7 @@ def _dims_for(knob: Knob, value: Any, spec: Any, source: str) -> tuple[list[Dim]
     if domain is None:
         return [], "string: no choices declared"
     return [Dim(knob.name, knob.name, None, domain)], ""
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"

@@ -151,7 +151,8 @@ def _is_number(value: object) -> bool:
 
 def _incompatible(knob: Knob, value: object) -> str:
     """Why ``value`` cannot replace ``knob``'s literal ("" when it can): the kind must stay."""
-    what = f"a {knob.kind} knob ({knob.text})"
+    article = "an" if knob.kind[:1] in "aeiou" else "a"
+    what = f"{article} {knob.kind} knob ({knob.text})"
     if knob.source == HYDRA_SOURCE and value not in knob.choices:
         return f"a Hydra group with the options {', '.join(map(str, knob.choices))} ({knob.text})"
     if knob.kind == "bool":
