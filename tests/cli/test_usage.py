@@ -184,3 +184,34 @@ def test_a_file_where_a_new_folder_goes_and_an_unwritable_report_are_one_line(tm
         assert res.returncode == 2 and len(lines) == 1, (args, res.stdout + res.stderr)
         assert lines[0].startswith(f"error: {named}") and "Traceback" not in res.stderr, (args, lines)
     assert (root / ".nightlab" / "report.html").is_file()
+
+
+# A signal that lands while the command still imports typer: sent from inside the import, so it
+# arrives there every time (a timer would race the machine's speed).
+INTERRUPTED_IMPORT = """
+import builtins, os, signal, sys
+sys.argv = ["nightlab", *sys.argv[1:]]
+real_import = builtins.__import__
+def importing(name, *args, **kwargs):
+    if name == "typer":
+        builtins.__import__ = real_import
+        os.kill(os.getpid(), signal.{sig})
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = importing
+from nightlab.cli.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_the_command_starts_is_one_line_not_a_traceback(
+    tmp_path: Path, sig: str, code: int
+) -> None:
+    """Ctrl-C in the first half second of `nightlab status` printed a KeyboardInterrupt
+    traceback from inside typer's import."""
+    res = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_IMPORT.format(sig=sig), "status", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert res.returncode == code, res.stderr
+    assert res.stderr == f"interrupted ({sig}): stopped while starting; nothing was done\n"

@@ -1,5 +1,5 @@
 """``python -m nightlab.cli``: the same entry point as the ``nightlab`` command."""
 
-from nightlab.cli.app import main
+from nightlab.cli.entry import main
 
 main()
