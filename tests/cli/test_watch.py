@@ -85,10 +85,15 @@ def test_serve_beyond_loopback_says_reading_needs_the_token(tmp_path: Path) -> N
 
 def test_serve_usage_errors_are_one_line(tmp_path: Path) -> None:
     root = make_workspace(tmp_path / "ws")
-    res = nightlab("serve", str(root), "--token", "short")
-    assert res.returncode == 2 and res.stderr.strip() == (
-        "error: --token: use at least 16 characters (or leave it out for a random one)"
+    expected = (
+        "error: --token (or NIGHTLAB_DASHBOARD_TOKEN): use at least 16 characters (or leave it out for a "
+        "random one)"
     )
+    res = nightlab("serve", str(root), "--token", "short")
+    assert res.returncode == 2 and res.stderr.strip() == expected
+    # The same token from the environment: the message names where else it may have come from.
+    res = nightlab("serve", str(root), env={"NIGHTLAB_DASHBOARD_TOKEN": "short"})
+    assert res.returncode == 2 and res.stderr.strip() == expected
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

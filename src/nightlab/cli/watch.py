@@ -121,7 +121,10 @@ def serve(
 
     root, config, chosen = _workspace(directory, tag, strict=False)
     if token is not None and len(token) < MIN_TOKEN:
-        raise UserError(f"--token: use at least {MIN_TOKEN} characters (or leave it out for a random one)")
+        raise UserError(
+            f"--token (or NIGHTLAB_DASHBOARD_TOKEN): use at least {MIN_TOKEN} characters (or leave it out "
+            "for a random one)"
+        )
     token = token or secrets.token_urlsafe(24)
     loopback = is_loopback(host)
     try:
