@@ -215,3 +215,15 @@ def test_a_signal_while_the_command_starts_is_one_line_not_a_traceback(
     )  # fmt: skip
     assert res.returncode == code, res.stderr
     assert res.stderr == f"interrupted ({sig}): stopped while starting; nothing was done\n"
+
+
+def test_an_unknown_scale_is_the_only_line_validate_and_ablate_print(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3")])
+    assert nightlab("run", str(root), "--plain", "--tag", "t").returncode == 0
+    for command in ("validate", "ablate"):
+        res = nightlab(command, str(root), "--scale", "big")
+        assert res.returncode == 2, (command, res.stdout + res.stderr)
+        assert res.stderr.splitlines() == [
+            "error: nightlab.toml: no [scales.big] table (scales: none defined); add one, e.g. [scales.big] "
+            "constants = { DEPTH = 12 }"
+        ], (command, res.stderr)  # the "nightlab validate: ..." header came first

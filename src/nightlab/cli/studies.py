@@ -93,10 +93,12 @@ def validate(
 ) -> None:
     """Compare two commits at a named scale, interleaved runs with shared seeds; a verdict per metric."""
     from nightlab.research.session import open_session
+    from nightlab.studies.scales import resolve_scale
     from nightlab.studies.validate import TIME_TO_TARGET, ValidateOptions, run_validation
 
     session = open_session(directory, tag=tag)
     session.check_runnable()  # the workspace lock first: a busy workspace is one line, nothing done
+    resolve_scale(session.config, scale)  # an unknown --scale is the one line, before the header
     options = ValidateOptions(
         scale=scale, a=a, b=b, seeds=seeds, margin=margin, time_to_target=time_to_target,
         target=target, eval_interval=eval_interval or None, cap=cap,
@@ -183,9 +185,11 @@ def ablate(
     """Leave each kept change out of the best; report each one's contribution and what to drop."""
     from nightlab.research.session import open_session
     from nightlab.studies.ablate import run_ablation
+    from nightlab.studies.scales import resolve_scale
 
     session = open_session(directory, tag=tag, must_exist=True)
     session.check_runnable()  # the workspace lock first: a busy workspace is one line, nothing done
+    resolve_scale(session.config, scale)  # an unknown --scale is the one line, before the header
     if not as_json:
         where = f", scale {scale}" if scale else ""
         err_console.print(f"nightlab ablate: {session.root}, nightlab/{session.tag}, {seeds} seeds{where}")
