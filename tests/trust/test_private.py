@@ -89,7 +89,7 @@ def test_private_patterns_expand_variables_home_and_globs(tmp_path: Path, monkey
     assert sandbox.private_files(["${NIGHTLAB_NO_SUCH_VARIABLE}/**/train.bin"], work) == []
     (work / "link.bin").symlink_to(train)
     assert sandbox.private_files(["link.bin"], work) == [train]  # relative to the run, resolved
-    with pytest.raises(ValueError, match="empty pattern"):
+    with pytest.raises(ValueError, match="holds an empty string"):
         TargetConfig(editable=["a.py"], run="x", private=[" "])
 
 
