@@ -140,6 +140,27 @@ def test_try_after_a_run_applies_the_users_edit_onto_the_kept_changes(tmp_path):
     assert refused.returncode == 2 and "not in git yet" in refused.stderr
     assert "LR = 0.2" in train.read_text()
 
+    # The advice, followed: drop the edit, sync, redo it on the best code. The edit is measured
+    # from the synced code (it was refused again, as a change of every line the sync brought in).
+    git(root, "checkout", "--", "train.py")
+    assert nightlab("try", "--sync", "--tag", "t", str(root)).returncode == 0
+    replace_in(train, "LR = 0.3  # learning rate: best at 0.3", "LR = 0.25  # learning rate: best at 0.3")
+    redone = nightlab("try", "-m", "LR 0.25", "--tag", "t", str(root))
+    assert redone.returncode == 0, redone.stdout + redone.stderr
+    row = experiments(root)[-1]
+    changed = [
+        line for line in row["diff"].splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")
+    ]
+    assert changed == ["-LR = 0.3  # learning rate: best at 0.3", "+LR = 0.25  # learning rate: best at 0.3"]
+    # A synced file put back to the checkout's code and edited there is measured from the
+    # checkout, as before: the best code's LR stays, it is not reverted by the old line.
+    git(root, "checkout", "--", "train.py")
+    replace_in(train, "rng = random.Random(seed)", "rng = random.Random(seed + 1)")
+    back = nightlab("try", "-m", "another seed stream", "--tag", "t", str(root))
+    assert back.returncode == 0, back.stdout + back.stderr
+    ran = git(root, "show", f"{experiments(root)[-1]['commit']}:train.py")
+    assert "LR = 0.3  #" in ran and "random.Random(seed + 1)" in ran
+
 
 def kept_id(root: Path) -> int:
     return max(r["id"] for r in experiments(root) if r["decision"] == "keep")

@@ -12,6 +12,8 @@ The loop itself never reads the user's tree; only this module does, and only the
 
 from __future__ import annotations
 
+import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +90,9 @@ def onto_incumbent(session: Session, edits: dict[str, str], incumbent: Experimen
 
     The user's checkout may be behind the best code (a ``nightlab run`` kept changes since), so
     their files are not the experiment: their *edit* is, the difference between their files and
-    their checkout's commit. Each file is merged three ways (the checkout's version as the base,
+    what they started from: their checkout's commit, or the best code ``try --sync`` last wrote
+    into their files (whichever their file is closer to: an edit made after a sync is measured
+    from the synced code, not as a change of every line the sync brought in). Each file is merged three ways (the checkout's version as the base,
     the incumbent's and the user's as the two sides), which applies that edit onto the best code
     and takes an edit already in the best code as applied. An edit that changes lines the best
     code changed too is refused, naming the file and the line.
@@ -96,22 +100,45 @@ def onto_incumbent(session: Session, edits: dict[str, str], incumbent: Experimen
     assert incumbent.commit is not None
     workspace = session.workspace
     paths = list(edits)
-    base = workspace.read_files(workspace.head_commit(), paths, missing_ok=True)
+    checkout = workspace.read_files(workspace.head_commit(), paths, missing_ok=True)
+    synced = _synced_files(session, paths)
     best = workspace.read_files(incumbent.commit, paths, missing_ok=True)
     merged: dict[str, str] = {}
     for path, theirs in edits.items():
-        if path not in best or best[path] == base.get(path) or best[path] == theirs:
+        bases = [text for text in (checkout.get(path), synced.get(path)) if text is not None]
+        base = min(bases, key=lambda text: _distance(text, theirs)) if bases else None
+        if path not in best or best[path] == base or best[path] == theirs:
             merged[path] = theirs  # the best code has this file as the checkout does: nothing to merge
             continue
-        text, conflict = _merge3(best[path], base.get(path, ""), theirs)
+        text, conflict = _merge3(best[path], base or "", theirs)
         if conflict is not None:
             raise UserError(
                 f"nightlab try: your edit of {path} does not apply to the best code (#{incumbent.id}): "
-                f"it changes lines the best code changed too ({conflict}); bring the best code into your "
-                f"checkout with `nightlab try --sync {session.root}`, redo the edit there and try again"
+                f"it changes lines the best code changed too ({conflict}); put it aside (git checkout -- "
+                f"{shlex.quote(path)}), bring the best code in with `nightlab try --sync "
+                f"{shlex.quote(str(session.root))}`, redo the edit there and try again"
             )
         merged[path] = text
     return merged
+
+
+SYNC_RECORD = "try-synced.json"  # in the state dir: the commit `try --sync` last wrote into the checkout
+
+
+def _synced_files(session: Session, paths: list[str]) -> dict[str, str]:
+    """The files as the last ``try --sync`` wrote them ({} when there was none, or its commit is gone)."""
+    record = session.workspace.state_dir / SYNC_RECORD
+    try:
+        commit = str(json.loads(record.read_text())["commit"])
+        return session.workspace.read_files(commit, paths, missing_ok=True)
+    except (OSError, ValueError, KeyError, TypeError, UserError):
+        return {}
+
+
+def _distance(base: str, theirs: str) -> int:
+    """How many lines of ``base`` an edit to ``theirs`` changes (a smaller edit is the likelier one)."""
+    changes = _changes(base.splitlines(keepends=True), theirs.splitlines(keepends=True))
+    return sum(max(i2 - i1, len(new)) for i1, i2, new, _ in changes)
 
 
 def _merge3(ours: str, base: str, theirs: str) -> tuple[str, str | None]:
@@ -298,6 +325,7 @@ def _write_best(session: Session, commit: str, also: list[str]) -> list[str]:
         elif path not in texts and current is not None:
             target.unlink()
             written.append(path)
+    (workspace.state_dir / SYNC_RECORD).write_text(json.dumps({"commit": commit}) + "\n")
     return written
 
 
