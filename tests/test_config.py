@@ -188,6 +188,11 @@ LAX = [
     ("run", 'allow_env = ["HF TOKEN"]', "[run] allow_env: 'HF TOKEN' is not an environment variable name"),
     ("audit", 'patterns = [""]', "[audit] patterns: holds an empty string"),  # matched every line
     ("agent.search", "seed = true", "[agent.search] seed: true is not a number"),
+    (
+        "agent.search",
+        "seed = -1",
+        "[agent.search] seed: Input should be greater than or equal to 0",
+    ),  # numpy refused it later
     ("agent.search", 'pin = [""]', "[agent.search] pin: holds an empty string"),
     ("pruner.incumbent", "startup = false", "[pruner.incumbent] startup: false is not a number"),
     ("executor.ray", "num_cpus = inf", "[executor.ray] num_cpus: Input should be a finite number"),

@@ -14,5 +14,5 @@ class SearchSettings(Settings):
     space: dict[str, Any] = Field(default_factory=dict)
     # Knobs never moved (e.g. a batch split that only changes speed and memory).
     pin: list[str] = Field(default_factory=list)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)  # numpy takes no negative seed
     max_knobs_per_move: int = Field(default=2, ge=1)
