@@ -27,7 +27,7 @@ import ast
 
 from nightlab.code.knobs.choices import listed_choices
 from nightlab.code.knobs.literal import literal
-from nightlab.code.knobs.reader import Reader, call_name, keyword
+from nightlab.code.knobs.reader import Reader, call_name, dotted_path, keyword
 
 # The absl definitions whose default is a knob: one scalar, or (multi_integer, multi_float) a list
 # of numbers. Lists of strings (DEFINE_list, DEFINE_multi_string) and enum classes are left out.
@@ -94,7 +94,7 @@ class _ConfigScope:
             else:
                 self.roots.discard(target.id)  # rebound to something else
             return
-        path = _path(target)
+        path = dotted_path(target)
         if path is None or path[0] not in self.roots or len(path) < 2:
             return
         root, name = path[0], ".".join(path[1:])
@@ -142,14 +142,3 @@ def _pairs(node: ast.expr | None) -> list[tuple[str, ast.expr]]:
     if isinstance(node, ast.Call) and call_name(node) == "dict" and not node.args:
         return [(k.arg, k.value) for k in node.keywords if k.arg is not None]
     return []
-
-
-def _path(node: ast.expr) -> list[str] | None:
-    """``["config", "model", "hidden"]`` for ``config.model.hidden``; None for anything else."""
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name):
-        return None
-    return [node.id, *reversed(parts)]

@@ -46,7 +46,7 @@ import ast
 from dataclasses import dataclass
 
 from nightlab.code.knobs.literal import literal
-from nightlab.code.knobs.reader import Reader
+from nightlab.code.knobs.reader import Reader, dotted_path
 
 SOURCE = "call"
 
@@ -255,23 +255,13 @@ def _target_name(node: ast.expr) -> str:
     return node.attr if isinstance(node, ast.Attribute) else ""
 
 
-def _dotted(node: ast.expr) -> list[str] | None:
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name):
-        return None
-    return [node.id, *reversed(parts)]
-
-
 def _family(func: ast.expr, bound: dict[str, str], keras: bool) -> tuple[Family, str] | None:
     """The family of a callee and its name as the API spells it, or None for any other call."""
     if isinstance(func, ast.Attribute) and func.attr in _METHODS:
         return _METHODS[func.attr], func.attr
     if isinstance(func, ast.Attribute) and func.attr == "fit" and keras:
         return _KERAS_FIT, "fit"
-    parts = _dotted(func)
+    parts = dotted_path(func)
     if parts is None or parts[0] not in bound:
         return None
     path = ".".join([bound[parts[0]], *parts[1:]])

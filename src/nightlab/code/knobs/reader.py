@@ -88,6 +88,17 @@ def call_name(node: ast.expr) -> str:
     return node.id if isinstance(node, ast.Name) else ""
 
 
+def dotted_path(node: ast.expr) -> list[str] | None:
+    """``["config", "model", "hidden"]`` for ``config.model.hidden``; None for anything else."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return [node.id, *reversed(parts)]
+
+
 def simple_assignment(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
     """``(name, value)`` of ``name = value`` or ``name: T = value``; ``(None, None)`` otherwise."""
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
