@@ -28,12 +28,11 @@ curve that claims the target while the frozen evaluation disagrees is flagged, n
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from nightlab import safefile
-from nightlab.config import BudgetConfig, MetricConfig, metric_group
+from nightlab.config import BudgetConfig, Config
 from nightlab.metrics import LEGACY_CURVE_FILE, read_curve_points
 from nightlab.stats import mean, welch
 from nightlab.types import Direction
@@ -107,42 +106,24 @@ def read_curve(run_dir: Path, metric_name: str) -> list[CurvePoint]:
     return sorted(points, key=lambda p: p.training_seconds)
 
 
-def curve_from_log(run_dir: Path, metric: MetricConfig, log_name: str) -> int:
-    """Write the points ``[metric] progress_pattern`` finds in the run's log (its ``seconds``
-    group, the metric, and ``tokens``/``step`` when the pattern names them) as the run's
+def curve_from_log(run_dir: Path, config: Config) -> int:
+    """Write the points ``[metric] progress_pattern`` finds in the run's log (read as pruning
+    reads them, :class:`~nightlab.research.progress.ProgressReader`) as the run's
     ``curve.jsonl``, once the run has ended, so the study, the report and the dashboard read one
-    curve. Nothing when the pattern has no ``seconds`` group (time to target is in training
-    seconds), or the run already has a curve. Returns the number of points written."""
+    curve. Only points with training seconds (the pattern's ``seconds`` group) count: time to
+    target is in training seconds. Nothing when the run already has a curve. Returns the number
+    of points written."""
+    from nightlab.research.progress import ProgressReader
+
+    metric = config.metric
     if not metric.progress_pattern or read_curve_points(run_dir, metric.name):
         return 0
-    pattern = re.compile(metric.progress_pattern)
-    group = metric_group(pattern)
-    if group is None or "seconds" not in pattern.groupindex:
-        return 0
-    try:
-        log = safefile.read_text(Path(run_dir) / log_name)
-    except OSError:
-        return 0
-    lines = []
-    for found in filter(None, map(pattern.search, log.splitlines())):
-        numbers = {k: _number(v) for k, v in found.groupdict().items() if k in ("seconds", "tokens", "step")}
-        value = _number(found.group(group))
-        if value is not None and numbers.get("seconds") is not None:
-            point = {k: v for k, v in numbers.items() if v is not None}
-            lines.append(json.dumps({**point, metric.name: value}))
+    points = [p for p in ProgressReader(Path(run_dir), config).points() if p.seconds is not None]
+    lines = [json.dumps({**p.to_dict(), metric.name: p.value}) for p in points if p.value is not None]
     if lines:
-        fd = safefile.new_file(Path(run_dir) / LEGACY_CURVE_FILE)
-        with open(fd, "w") as out:
+        with open(safefile.new_file(Path(run_dir) / LEGACY_CURVE_FILE), "w") as out:
             out.write("\n".join(lines) + "\n")
     return len(lines)
-
-
-def _number(text: str | None) -> float | None:
-    try:
-        number = float(text) if text is not None else None
-    except ValueError:
-        return None
-    return number if number is not None and number == number and abs(number) != float("inf") else None
 
 
 def crossing(points: list[CurvePoint], target: float, direction: Direction | str) -> Crossing | None:

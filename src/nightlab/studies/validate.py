@@ -34,7 +34,7 @@ from nightlab.studies.time_to_target import (
     read_curve,
     speedup,
 )
-from nightlab.types import TRAIN_LOG, Direction
+from nightlab.types import Direction
 
 # "Does not transfer" means the gain at scale is below this fraction of the gain measured
 # during research (when the sides are the research branch's start and best; see --margin).
@@ -372,7 +372,7 @@ def _time_to_target(
     def first_tells(arm: Arm, i: int, rep: Replicate) -> None:
         """A finished run without a single point means the target writes none: the runs left
         would cost their time and show nothing."""
-        curve_from_log(rep.run_dir, config.metric, TRAIN_LOG)
+        curve_from_log(rep.run_dir, config)
         if on_run is not None:
             on_run(arm, i, rep)
         if rep.result.status.value == "ok" and not read_curve(rep.run_dir, config.metric.name):
