@@ -1,7 +1,7 @@
 """Named scales: the same training code at another size, without touching the research branch.
 
 ``[scales.NAME]`` in nightlab.toml overrides knobs of the editable files (``DEPTH = 12``, or
-``n_layer``, ``model = "big"`` for a Hydra group: any name ``nightlab show-space`` lists)
+``n_layer``, ``model = "big"`` for a Hydra group: any name ``nightlab agent show-space`` lists)
 and, optionally, the budget. A research session tunes at a small, cheap scale; ``nightlab
 validate --scale big`` then checks that the kept changes still help at the size that matters.
 Applying a scale makes a *new* commit on top of the one to scale (the research branch and the
@@ -53,7 +53,7 @@ def scaled_files(
 ) -> dict[str, str]:
     """The files whose texts change under ``constants`` (knob name -> value).
 
-    A scale names knobs as the search does (``nightlab show-space``): an UPPER_CASE constant, a
+    A scale names knobs as the search does (``nightlab agent show-space``): an UPPER_CASE constant, a
     lowercase setting, an argparse or dataclass default, a scalar of a YAML/JSON/TOML config, a
     Hydra group's choice or a selected option file's value (``model = "big"``, ``optim.lr``), so
     a script whose sizes live in ``config.yaml`` scales like train.py's constants. A name no
