@@ -12,6 +12,9 @@ HAVE_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev
 TORCH_SPEC ?= $(if $(HAVE_GPU),torch>=2.4,torch==2.13.0)
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+# Test processes: one per core, at most 4 (each test may train with every core itself). The
+# suite takes about 15 minutes on a 2-core machine this way, 27 in one process (docs/BENCHMARKS.md).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ "$$n" -gt 4 ] && n=4; echo $$n)
 # The browser tests (tests/report/test_dashboard_browser.py) drive Debian's chromium through
 # Playwright's Python package; nothing here ever downloads a browser build.
 CHROMIUM ?= /usr/bin/chromium
@@ -32,7 +35,7 @@ run: install
 	$(VENV)/bin/nightlab demo
 
 test: install browsers
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # Says which browser the browser tests use, or plainly that they will be skipped.
 browsers:
@@ -40,7 +43,7 @@ browsers:
 	else echo "browser tests: SKIPPED, no chromium at $(CHROMIUM) (apt-get install chromium, or make CHROMIUM=/path)"; fi
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
