@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -14,11 +15,15 @@ import pytest
 def outside_tmp() -> Iterator[Path]:
     """A folder outside /tmp (which the sandbox leaves writable for torch): under the home folder."""
     base = Path.home() / ".cache" / "nightlab-trust-tests" / uuid.uuid4().hex[:12]
-    base.mkdir(parents=True)
+    for _ in range(5):  # a test in another worker may remove the shared parent meanwhile
+        try:
+            base.mkdir(parents=True)
+            break
+        except FileNotFoundError:
+            continue
     try:
         yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
-        with_parent = base.parent
-        if with_parent.is_dir() and not any(with_parent.iterdir()):
-            with_parent.rmdir()
+        with contextlib.suppress(OSError):  # not empty: another worker's folder is in it
+            base.parent.rmdir()
