@@ -241,6 +241,46 @@ def test_read_only_run_directory_is_one_line_and_harmless(tmp_path: Path) -> Non
     assert [r["description"] for r in _experiments(root)][1:] == [p["description"] for p in PROPOSALS]
 
 
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@needs_userns
+def test_status_and_report_read_a_read_only_workspace_and_write_nothing_there(tmp_path: Path) -> None:
+    """An archived night (a read-only copy, another user's folder): ``status`` shows it, ``report``
+    writes its HTML only where ``--out`` says, and the workspace is left byte for byte."""
+    root = make_workspace(tmp_path / "ws", proposals=PROPOSALS)
+    assert nightlab("run", str(root), "--plain", "--tag", "t", "-n", "1").returncode == 0
+    want = json.loads(nightlab("status", str(root), "--json").stdout)
+    before = _tree(root)
+    read_only = 'mount --bind "$ROOT" "$ROOT" && mount -o remount,bind,ro "$ROOT" && $NIGHTLAB '
+    shown = _in_mount_namespace(read_only + 'status "$ROOT" --json', ROOT=str(root))
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == want
+    refused = _in_mount_namespace(read_only + 'report "$ROOT"', ROOT=str(root))
+    line = refused.stderr.strip()
+    assert refused.returncode == 2 and "\n" not in line and "read-only: give --out" in line, line
+    out = tmp_path / "elsewhere" / "night.html"
+    written = _in_mount_namespace(read_only + 'report "$ROOT" --out "$OUT"', ROOT=str(root), OUT=str(out))
+    assert written.returncode == 0, written.stderr
+    assert f"report: {out}" in written.stdout and "LR 0.1 -&gt; 0.3" in out.read_text()
+    assert _tree(root) == before
+    # A night killed before SQLite folded its last commits into the file.
+    db = root / ".nightlab" / "ledger.db"
+    last_write = (
+        "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA wal_autocheckpoint = 0'); "
+        "c.execute(\"INSERT INTO meta VALUES ('late', 'commit')\"); c.commit(); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", last_write, str(db)], check=True)
+    assert db.with_name("ledger.db-wal").stat().st_size > 0
+    # With its WAL index beside it SQLite reads those commits read-only; without it, it cannot.
+    assert _in_mount_namespace(read_only + 'status "$ROOT"', ROOT=str(root)).returncode == 0
+    db.with_name("ledger.db-shm").unlink()
+    stale = _in_mount_namespace(read_only + 'status "$ROOT"', ROOT=str(root))
+    line = stale.stderr.strip()
+    assert stale.returncode == 2 and "\n" not in line and "last writes are in ledger.db-wal" in line, line
+
+
 @needs_userns
 @pytest.mark.slow
 def test_full_disk_is_one_line_and_harmless(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -22,6 +23,9 @@ from nightlab.cli.output import (
     write_reports,
 )
 from nightlab.formatting import terminal_safe
+
+if TYPE_CHECKING:
+    from nightlab.research.session import Session
 
 
 def register(app: typer.Typer) -> None:
@@ -175,6 +179,8 @@ def report(
     if out is not None and out.is_dir():
         raise UserError(f"--out {out}: is a folder; give the report's file name, e.g. {out / 'report.html'}")
     session = open_session(directory, tag=tag, must_exist=True, view=True)
+    if session.ledger.read_only:
+        return report_read_only(session, out)
     paths = write_reports(session, quiet=False)
     if not paths:
         print_summary(session)  # its first lines name the tag and say that it has no baseline yet
@@ -206,6 +212,29 @@ def report(
         console.print(
             f"open: {paths['report'].resolve().as_uri()}", markup=False, highlight=False, soft_wrap=True
         )
+
+
+def report_read_only(session: Session, out: Path | None) -> None:
+    """``report`` on a workspace it cannot write: the summary, and the HTML report only where
+    ``--out`` puts it (results.tsv and the figures belong in the workspace, which stays as it is)."""
+    from nightlab.errors import UserError
+    from nightlab.report.html import write_html_report
+
+    where = session.workspace.state_dir
+    if out is None:
+        raise UserError(
+            f"{where} is read-only: give --out FILE to write the report elsewhere "
+            "(`nightlab status` shows the table)"
+        )
+    if not session.ledger.research_tags().get(session.tag):
+        raise UserError(f"nothing to report: nightlab/{session.tag} has no baseline yet")
+    try:
+        written = write_html_report(session.ledger, session.tag, session.config.metric, out.resolve())
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write the report there ({exc.strerror})") from None
+    print_summary(session)
+    console.print(f"report: {written}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"open: {written.resolve().as_uri()}", markup=False, highlight=False, soft_wrap=True)
 
 
 def demo(

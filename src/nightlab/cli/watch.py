@@ -71,8 +71,9 @@ def _workspace(directory: Path, tag: str | None, strict: bool) -> tuple[Path, ob
     if not ledger_path.is_file():
         return root, config, tag or config.run.tag or default_tag()
     for _ in range(LEDGER_READY_TRIES):
-        reader = LedgerReader(ledger_path)
+        reader: LedgerReader | None = None
         try:
+            reader = LedgerReader(ledger_path)
             return root, config, view_tag(reader, root / STATE_DIR, tag, config.run.tag, strict=strict)
         except sqlite3.OperationalError:  # the first run is creating it: its tables come in a moment
             time.sleep(0.1)
@@ -82,7 +83,8 @@ def _workspace(directory: Path, tag: str | None, strict: bool) -> tuple[Path, ob
                 "(docs/RECOVERY.md)"
             ) from None
         finally:
-            reader.close()
+            if reader is not None:
+                reader.close()
     return root, config, tag or config.run.tag or default_tag()
 
 

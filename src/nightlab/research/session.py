@@ -177,7 +177,7 @@ def open_session(
         raise UserError(
             f"{root}: no experiments yet (no {ledger_path.relative_to(root)}); start with `nightlab run {root}`"
         )
-    ledger = Ledger(ledger_path)
+    ledger = Ledger(ledger_path, read_only_ok=view)
     if view:
         chosen = view_tag(ledger, workspace.state_dir, tag, config.run.tag)
     else:

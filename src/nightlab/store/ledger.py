@@ -44,6 +44,7 @@ from nightlab.store.schema import (
     experiment_from_row,
     is_write_problem,
     now,
+    open_read_only,
     open_schema,
 )
 from nightlab.types import HistoryEntry, RunResult
@@ -56,9 +57,13 @@ class Ledger:
     git but a fresh ledger knows the ledger was lost (see docs/RECOVERY.md).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only_ok: bool = False) -> None:
+        """``read_only_ok``: a command that only reads (status, report, the dashboard) still opens
+        a ledger it cannot write (a workspace copied read-only, an archive, another user's night):
+        ``read_only`` then says so, and every write raises."""
         self.path = Path(path)
         self._lock = threading.Lock()
+        self.read_only = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -77,6 +82,10 @@ class Ledger:
             open_schema(self._conn, self.path)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
+            if is_write_problem(exc) and read_only_ok and self.path.is_file():
+                self._conn = open_read_only(self.path)
+                self.read_only = True
+                return
             if is_write_problem(exc):
                 raise UserError(
                     f"ledger {self.path}: cannot write ({exc}); free disk space or fix permissions"

@@ -132,6 +132,64 @@ def open_schema(conn: sqlite3.Connection, path: Path) -> None:
         raise
 
 
+def open_read_only(path: Path, check: bool = True) -> sqlite3.Connection:
+    """A connection that never writes ``path``: for readers beside a live night (the dashboard)
+    and for a ledger whose file or folder is read-only.
+
+    ``mode=ro`` first, which sees a live writer's commits; when SQLite cannot even make the WAL
+    index beside the file (a read-only folder), ``immutable=1``, which reads the file as it is
+    (nobody can be writing it there). ``check``: the integrity check and the schema version,
+    which must be this nightlab's (no migration without write access).
+    """
+    from urllib.parse import quote
+
+    last: sqlite3.Error | None = None
+    for flags in ("mode=ro", "mode=ro&immutable=1"):
+        wal = path.with_name(path.name + "-wal")
+        if "immutable" in flags and wal.is_file() and wal.stat().st_size > 0:
+            # Immutable reads skip the WAL: the night's last commits would silently be missing.
+            message = (
+                f"ledger {path}: its last writes are in {wal.name}, which SQLite reads only with "
+                "write access to that folder; copy the workspace somewhere writable"
+            )
+            raise UserError(message) if check else sqlite3.OperationalError(message)
+        conn = sqlite3.connect(
+            f"file:{quote(str(path.resolve()))}?{flags}",
+            uri=True,
+            timeout=30,
+            check_same_thread=False,
+            isolation_level=None,
+        )
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            conn.execute("PRAGMA schema_version").fetchone()  # the first read: opens the WAL index
+            if not check:
+                return conn  # a reader beside a first run handles missing tables itself
+            if (problem := conn.execute("PRAGMA quick_check").fetchone()[0]) != "ok":
+                raise sqlite3.DatabaseError(problem)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            last = exc
+            if is_write_problem(exc):
+                continue
+            if not check:
+                raise
+            raise UserError(f"ledger {path} is corrupt or unreadable ({exc})") from None
+        version = int(row[0]) if row else 0
+        if version != SCHEMA_VERSION:
+            conn.close()
+            raise UserError(
+                f"ledger {path} is read-only here and has schema version {version}, not "
+                f"{SCHEMA_VERSION}: open it once with write access (or upgrade nightlab)"
+            )
+        return conn
+    if not check and last is not None:
+        raise last
+    raise UserError(f"ledger {path}: cannot read it ({last}); fix its permissions")
+
+
 def migrate(conn: sqlite3.Connection, version: int) -> None:
     """Bring a ledger written by an older nightlab up to SCHEMA_VERSION, in place."""
     for target in sorted(MIGRATIONS):

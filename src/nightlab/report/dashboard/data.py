@@ -24,7 +24,7 @@ from nightlab.stats import mean, noise_floor
 from nightlab.store.export import holdout_checks
 from nightlab.store.ledger import Ledger
 from nightlab.store.recorded import read_slot, recorded_run_dir
-from nightlab.store.schema import ExperimentRow, experiment_from_row
+from nightlab.store.schema import ExperimentRow, experiment_from_row, open_read_only
 from nightlab.studies.time_to_target import read_curve
 from nightlab.types import Direction
 
@@ -55,11 +55,8 @@ class LedgerReader(Ledger):
         self.path = Path(path)
         self._lock = threading.Lock()
         self.created = False
-        self._conn = sqlite3.connect(
-            f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
-        )
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA busy_timeout = 5000")
+        self.read_only = True
+        self._conn = open_read_only(self.path, check=False)
 
     def data_version(self) -> int:
         """SQLite's counter of commits by other connections: unchanged means nothing to re-read."""
