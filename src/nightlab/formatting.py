@@ -55,17 +55,28 @@ _ESCAPE = re.compile(
     r"|\x9d[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)"
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Characters a reader cannot see that change what they see: the bidirectional controls of
+# "Trojan Source" (CVE-2021-42574: code that reads one way and runs another) and the zero-width
+# ones. Shown as <U+XXXX> wherever text is printed, and flagged by the diff audit.
+INVISIBLE = re.compile("[\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def show_invisible(text: str) -> str:
+    """``text`` with each invisible or direction-changing character written as ``<U+XXXX>``."""
+    return INVISIBLE.sub(lambda m: f"<U+{ord(m.group()):04X}>", text)
 
 
 def terminal_safe(text: object, allow: str = "") -> str:
     """``text`` fit to print on a terminal: escape sequences removed and every other C0/C1
     control character with them, except those in ``allow`` (``"\\n"`` for text meant to span
-    lines; a tab not allowed becomes a space). For what is printed, never for what is stored:
+    lines; a tab not allowed becomes a space); invisible and direction-changing characters
+    shown as ``<U+202E>``. For what is printed, never for what is stored:
     the ledger keeps what the run said, and JSON output escapes control characters itself."""
     text = str(text)
     if "\n" in allow:
         text = text.replace("\r\n", "\n")
     text = _ESCAPE.sub("", text)
+    text = show_invisible(text)
     if "\t" not in allow:
         text = text.replace("\t", " ")
     return _CONTROL.sub(lambda m: m.group() if m.group() in allow else "", text)

@@ -50,6 +50,13 @@ def test_c1_and_other_controls_go_newlines_only_when_allowed() -> None:
     assert terminal_safe(text) == text
 
 
+def test_invisible_and_direction_characters_are_shown_by_their_code_point() -> None:
+    # A right-to-left override would make the rest of a printed diff line read backwards.
+    assert terminal_safe("LR = 0.1 # \u202e}\u2066x\u2069") == "LR = 0.1 # <U+202E>}<U+2066>x<U+2069>"
+    assert terminal_safe("zero\u200bwidth\ufeff") == "zero<U+200B>width<U+FEFF>"
+    assert terminal_safe("שלום عربي") == "שלום عربي"  # right-to-left text itself is text
+
+
 @pytest.mark.slow
 def test_run_status_and_try_print_no_escapes_from_the_log_or_the_agent(tmp_path: Path) -> None:
     root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.5", RED)], train=OOM_TRAIN)

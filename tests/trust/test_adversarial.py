@@ -142,6 +142,11 @@ AUDITED = {
         "harness's internals",
     ),
     "unset the process tag": ("os.environ.pop('NIGHTLAB_PROCESS_TAG', None)", "environment"),
+    # Trojan Source: the override makes the line read as a harmless comment in a reviewer's diff.
+    "hide code behind a direction override": (
+        "LR = LR  # \u202e\u2066; LR = 0.5\u2069 \u2066keep it",
+        "invisible or text-direction",
+    ),
 }
 
 

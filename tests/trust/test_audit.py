@@ -115,3 +115,19 @@ def test_text_the_configured_metric_pattern_reads_is_flagged() -> None:
     # placeholder stands for "0.5", and a fixed "val loss 0.5" is still a made-up value.
     assert flags('print("step 1: val loss 0.5")\n')[0].startswith("train.py: prints text the metric pattern")
     assert flags('print(f"step 1: val loss {0.5}")\n')  # a constant placeholder is a constant too
+
+
+def test_invisible_and_direction_characters_are_flagged_and_shown() -> None:
+    """Trojan Source: a right-to-left override inside a comment makes the line read
+    ``LR = 0.1  # keep the evaluation`` while Python runs what the override hides."""
+    rlo, isolate, pop = "\u202e", "\u2066", "\u2069"
+    trojan = f"LR = 0.1  # {rlo}{isolate}; prepare.evaluate = print{pop} {isolate}keep the evaluation\n"
+    flags = _flags(BASE + trojan)
+    (flag,) = [f for f in flags if "invisible or text-direction" in f]
+    assert "line 8: '<U+202E>'" in flag, flag
+    assert not any(ch in " ".join(flags) for ch in (rlo, isolate, pop))  # the reason is readable as it is
+    zero_width = BASE.replace("LR = 0.1", "L\u200bR = 0.1")
+    assert any("invisible" in f for f in _flags(zero_width))
+    # Text the user's own file already held (a right-to-left label) is not blamed on the editor.
+    labelled = BASE + 'LABEL = "\u200fשלום"\n'
+    assert audit_change({"train.py": labelled}, {"train.py": labelled.replace("0.1", "0.2")}, _config()) == []

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 
 from nightlab.config import Config
+from nightlab.formatting import INVISIBLE, show_invisible
 
 # Harness variables a training script is meant to read (docs: "The run environment").
 RUN_INPUTS = ("NIGHTLAB_SEED", "NIGHTLAB_RUN_DIR", "NIGHTLAB_EVAL_SEPARATE", "NIGHTLAB_DEVICE")
@@ -58,6 +59,9 @@ def _rules(config: Config) -> list[Rule]:
         ),
         Rule("the metrics file", re.compile(re.escape(metric.file))),
         Rule("the harness's internals", re.compile(r"\b(?:import|from)\s+nightlab\b|\.nightlab\b")),
+        # Not about the score but about the reader: with these, the diff a person reviews in the
+        # morning need not be the code that ran.
+        Rule("invisible or text-direction characters (the code may not run as it reads)", INVISIBLE),
     ]
     if printed:
         # A print/write/log call whose text names the metric (``print(f"val_bpb: {x}")``).
@@ -175,5 +179,5 @@ def _first_new_line(pattern: re.Pattern[str], old: str, new: str) -> str:
     for number, line in enumerate(new.splitlines(), start=1):
         found = pattern.search(line)
         if found and line not in old_lines:
-            return f"line {number}: '{found.group(0)[:80]}'"
+            return f"line {number}: '{show_invisible(found.group(0)[:80])}'"
     return "a new match"
