@@ -204,6 +204,25 @@ def test_the_cost_cap_counts_spending_from_before_a_restart(llm_config):
     assert agent.stop_reason().startswith("cost cap reached: $0.0500")
 
 
+def test_spending_without_a_proposal_goes_to_the_loop_and_counts_after_a_restart(llm_config):
+    """A conversation that ends in no proposal (here the cap, reached after an unusable answer)
+    cost tokens that no experiment will carry: the loop takes them (``unreturned_cost``, once)
+    for the tag's record, and the next process inherits them toward its caps."""
+    unusable = answer_text("typo", "x", block("train.py", "NOT IN THE FILE", "X = 1"))
+    with fake_llm_server("openai", [Answer(unusable, 700, 100)]) as server:
+        agent = LLMAgent(llm_config(server, max_total_tokens=500, lessons=False))
+        assert agent.propose(make_context()) is None
+        assert len(server.requests) == 1 and "token cap reached: 800" in agent.stop_reason()
+    cost = agent.unreturned_cost()
+    assert cost is not None and (cost.tokens_in, cost.tokens_out) == (700, 100)
+    assert agent.unreturned_cost() is None  # handed over once
+    with fake_llm_server("openai", [Answer(GOOD)]) as server:
+        resumed = LLMAgent(llm_config(server, max_total_tokens=500, lessons=False))
+        resumed.inherit_cost(cost)
+        assert resumed.propose(make_context()) is None
+        assert server.requests == [] and "token cap reached: 800" in resumed.stop_reason()
+
+
 def test_a_cost_cap_needs_a_price(llm_config):
     with fake_llm_server("openai", []) as server:
         with pytest.raises(UserError, match=r"max_cost needs a price for model 'unpriced'"):

@@ -96,6 +96,19 @@ def test_nightlab_run_with_the_llm_agent_records_decisions_tokens_cost_and_lesso
     ]
     assert not any(KEY in json.dumps(m) for m in metas + costs + proposals)
     assert KEY not in result.stdout + result.stderr
+    # The last lesson was written after the last proposal: its call is on the tag's record, so
+    # the whole bill is every token the server answered with.
+    status = json.loads(nightlab("status", str(root), "--json").stdout)
+    outside = status["agent_cost_outside_experiments"]
+    assert outside == {"tokens_in": 100, "tokens_out": 10, "cost_usd": pytest.approx(0.00012), "dropped": 0}
+    served = [a for a in SCRIPT if isinstance(a, Answer)]
+    assert sum(c["tokens_in"] for c in costs) + outside["tokens_in"] == sum(a.tokens_in for a in served)
+    assert sum(c["tokens_out"] for c in costs) + outside["tokens_out"] == sum(a.tokens_out for a in served)
+    report = " ".join(nightlab("report", str(root)).stdout.split())  # rich wraps the line
+    spent = "5,130 tokens, $0.0060 (110 tokens, $0.0001 of it outside experiments: lessons, abandoned requests)"
+    assert f"Agent cost {spent}" in report, report
+    page = (root / ".nightlab" / "report.html").read_text()
+    assert "Cost: LLM 5,130 tokens, $0.01 (110 tokens, $0.00 of it outside experiments: lessons" in page
 
 
 @pytest.mark.parametrize("protocol", ["openai", "anthropic"])

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nightlab.config import Config
-from nightlab.types import Context, HistoryEntry, Proposal, RunResult, RunSpec
+from nightlab.types import Context, HistoryEntry, Proposal, ProposalCost, RunResult, RunSpec
 
 
 class Agent(ABC):
@@ -89,6 +89,16 @@ class Agent(ABC):
         """Called once when the session stops: lessons still owed (experiment id -> one line),
         e.g. about the last experiment, which no later proposal could carry."""
         return {}
+
+    def unreturned_cost(self) -> ProposalCost | None:
+        """Spending no returned proposal carries, since the last call: a conversation that ended
+        without a proposal (a cap reached in it, the request abandoned at Ctrl-C) and the final
+        lessons. The loop adds it to the tag's record, so the morning's cost is the whole bill."""
+        return None
+
+    def inherit_cost(self, cost: ProposalCost) -> None:  # noqa: B027 - an optional hook
+        """After a restart: what earlier processes spent outside any experiment (the tag's
+        record), which counts toward this agent's caps as the experiments' own costs do."""
 
 
 class Scratch(Protocol):

@@ -19,6 +19,7 @@ from nightlab.formatting import fixed, signed
 from nightlab.stats import ZERO_SPREAD, noise_floor
 from nightlab.store.export import holdout_checks, warnings
 from nightlab.store.recorded import read_slot, recorded_run_dir
+from nightlab.store.spending import unrecorded_cost
 from nightlab.types import Direction
 
 if TYPE_CHECKING:
@@ -72,6 +73,26 @@ def training_share(ledger: Ledger, tag: str) -> str:
     )
 
 
+def agent_cost(ledger: Ledger, tag: str, research: list[ExperimentRow]) -> str:
+    """What the agent's model calls cost, the spending outside any experiment included; empty
+    for an agent that spends nothing (the search agent, replays)."""
+    outside = unrecorded_cost(ledger, tag)
+    costs = [e.cost for e in research if isinstance(e.cost, dict)]
+    tokens = sum(int(c.get("tokens_in") or 0) + int(c.get("tokens_out") or 0) for c in costs)
+    usd = sum(float(c.get("cost_usd") or 0.0) for c in costs)
+    extra = outside["tokens_in"] + outside["tokens_out"]
+    if not tokens + extra:
+        return ""
+    text = f"{tokens + extra:,} tokens, ${usd + outside['cost_usd']:.4f}"
+    if extra:
+        dropped = outside["dropped"]
+        what = "lessons, abandoned requests"
+        if dropped:
+            what = f"{dropped} proposal{'s' * (dropped != 1)} never run, {what}"
+        text += f" ({extra:,} tokens, ${outside['cost_usd']:.4f} of it outside experiments: {what})"
+    return text
+
+
 def summary_renderable(
     ledger: Ledger,
     tag: str,
@@ -116,6 +137,9 @@ def summary_renderable(
     share = training_share(ledger, tag)
     if share:
         overview.add_row("Training", share)
+    spent = agent_cost(ledger, tag, research)
+    if spent:
+        overview.add_row("Agent cost", spent)
     for text in warnings(ledger, tag):  # what makes the night less honest than it looks, and the fix
         overview.add_row("Warning", Text(text))
     counts: dict[str, int] = {}

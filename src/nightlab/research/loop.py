@@ -41,6 +41,7 @@ from nightlab.research.screen import Refusal, screen
 from nightlab.store.backup import save_role
 from nightlab.store.ledger import Ledger
 from nightlab.store.schema import ExperimentRow
+from nightlab.store.spending import add_unrecorded_cost, as_cost, unrecorded_cost
 from nightlab.types import Context, HistoryEntry, Proposal, RunStatus
 from nightlab.workspace.git import Workspace
 
@@ -103,6 +104,7 @@ class ResearchLoop:
         self._want: dict[int, list[str | None]] = {}
         self._held: Proposal | None = None  # a proposal that waits for a free slot
         self._confirming: set[int] = set()  # candidates the policy wants confirmed
+        self._dropped: list[Proposal] = []  # made and never run: their cost goes on the tag's record
 
     # ------------------------------------------------------------------ the order
     def run(self, limits: LoopLimits) -> LoopOutcome:
@@ -110,6 +112,17 @@ class ResearchLoop:
         several slots, several replicates train at once while the agent proposes the next."""
         self._started, self._limits = time.monotonic(), limits
         outcome = LoopOutcome()
+        try:
+            why = self._loop(outcome)
+        finally:  # also at Ctrl-C: what the agent spent is on record however the night ends
+            self._settle_spending([self._held] if self._held is not None else [])
+        outcome.stopped_because = why or "nothing left to run"
+        best = self.ledger.incumbent(self.tag)
+        outcome.best_id = best.id if best else None
+        return outcome
+
+    def _loop(self, outcome: LoopOutcome) -> str | None:
+        """:meth:`run`'s body; returns why it stopped."""
         why: str | None = None
         with self._dispatching() as slots:
             self._resume()
@@ -142,13 +155,19 @@ class ResearchLoop:
                     elif why is None:
                         self._held = proposal
                         outcome.experiments_run += 1
+                    else:
+                        self._dropped.append(proposal)
         self.desk.close()
         self.recorder.write_tsv()
-        outcome.stopped_because = why or "nothing left to run"
         self.recorder.lessons(self.agent.final_lessons())
-        best = self.ledger.incumbent(self.tag)
-        outcome.best_id = best.id if best else None
-        return outcome
+        return why
+
+    def _settle_spending(self, held: list[Proposal]) -> None:
+        """Put what the agent spent outside any experiment on the tag's record (store/spending.py)."""
+        dropped, self._dropped = self._dropped + held, []
+        unreturned = getattr(self.agent, "unreturned_cost", None)  # a plugin written before the hook
+        costs = [p.cost for p in dropped if p.cost is not None] + [unreturned() if unreturned else None]
+        add_unrecorded_cost(self.ledger, self.tag, [c for c in costs if c], dropped=len(dropped))
 
     def prepare(self) -> None:
         """Bring the session to a state where a proposal can run: branch, interrupted work
@@ -184,6 +203,8 @@ class ResearchLoop:
             self._baseline()
         for entry in self.ledger.history(self.tag):  # rebuild the agent's state
             self.agent.observe(entry)
+        if hasattr(self.agent, "inherit_cost"):
+            self.agent.inherit_cost(as_cost(unrecorded_cost(self.ledger, self.tag)))
 
     # ------------------------------------------------------------------ steps
     def _why_stop(self, idle: bool) -> str | None:
@@ -219,13 +240,16 @@ class ResearchLoop:
         return not held and self.config.agent.pipeline and self.agent.pipelined
 
     def _take_held(self, slots: Dispatcher) -> bool:
-        """Record the held proposal once a slot is free; True when it became an experiment."""
+        """Record the held proposal once a slot is free; True when it was taken (an experiment,
+        or dropped because it no longer applies: the agent is then asked again, not the night ended)."""
         if self._held is None or slots.free == 0:
             return False
         proposal, self._held = self._held, None
         if self.desk.asked_against != self._incumbent().commit and not _applies(proposal, self._context()):
-            self.events.emit(Event("proposal", "the best changed while the agent was thinking; asking again"))
-            return False
+            what = f"'{proposal.description}' no longer applies: the best changed while the agent wrote it"
+            self.events.emit(Event("notice", f"{what}; not run, asking again"))
+            self._dropped.append(proposal)
+            return True
         row = self._record(proposal)
         if row is not None:
             self._activate(row)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from nightlab.stats import noise_floor
 from nightlab.store.recorded import in_flight
+from nightlab.store.spending import unrecorded_cost
 from nightlab.types import Direction
 
 if TYPE_CHECKING:
@@ -168,6 +169,8 @@ def status_dict(ledger: Ledger, tag: str, live: bool = True) -> dict:
         "warnings": warnings(ledger, tag),
         # What each slot runs now (none without a live harness: those replicates were interrupted).
         "running": in_flight(ledger.path.parent, _running(ledger, research)) if live else [],
+        # The agent's spending no experiment's cost carries (store/spending.py).
+        "agent_cost_outside_experiments": unrecorded_cost(ledger, tag),
     }
 
 

@@ -116,6 +116,7 @@ class LLMAgent(Agent):
         self._lessons: dict[int, str] = {}
         self._failed_rounds = 0
         self.spent = _Spend()
+        self._unreturned = _Spend()  # spent in calls that returned no proposal (unreturned_cost)
         self._stop_reason: str | None = None
         self._failed = False  # the stop is the API's failure, not a cap
         self._interrupted = threading.Event()  # nightlab is stopping: abandon the request in flight
@@ -136,12 +137,18 @@ class LLMAgent(Agent):
             if self._stop_reason is not None:
                 return None
             spend = _Spend()
+            proposal: Proposal | None = None
             try:
                 lessons = self._write_lessons(spend)
-                return self._converse(context, spend, lessons)
+                proposal = self._converse(context, spend, lessons)
+                return proposal
             except ProviderUnavailable as exc:
                 self._stop(str(exc), failed=True)
                 return None
+            finally:
+                if proposal is None:  # a returned proposal carries its spending itself
+                    with self._lock:
+                        self._unreturned.add(spend)
 
     def observe(self, entry: HistoryEntry) -> None:
         """Remember a finished experiment: its files hash (for duplicates), lesson and spending."""
@@ -202,6 +209,24 @@ class LLMAgent(Agent):
             except ProviderUnavailable as exc:
                 log.warning("no lessons written: %s", exc)
                 return {}
+            finally:
+                with self._lock:
+                    self._unreturned.add(spend)
+
+    def unreturned_cost(self) -> ProposalCost | None:
+        """What :meth:`propose` and :meth:`final_lessons` spent without a proposal to carry it."""
+        with self._lock:
+            spend, self._unreturned = self._unreturned, _Spend()
+        if not (spend.tokens_in or spend.tokens_out or spend.cost_usd):
+            return None
+        return ProposalCost(
+            spend.tokens_in, spend.tokens_out, round(spend.cost_usd, 6), self._model_name, attempts=0
+        )
+
+    def inherit_cost(self, cost: ProposalCost) -> None:
+        """Earlier processes' spending outside any experiment counts toward the caps too."""
+        with self._lock:
+            self.spent.add(_Spend(cost.tokens_in, cost.tokens_out, cost.cost_usd))
 
     # -- the conversation ---------------------------------------------------------------------
 

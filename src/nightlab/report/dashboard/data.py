@@ -25,6 +25,7 @@ from nightlab.store.export import holdout_checks
 from nightlab.store.ledger import Ledger
 from nightlab.store.recorded import read_slot, recorded_run_dir
 from nightlab.store.schema import ExperimentRow, experiment_from_row, open_read_only
+from nightlab.store.spending import unrecorded_cost
 from nightlab.studies.time_to_target import read_curve
 from nightlab.types import Direction
 
@@ -214,8 +215,9 @@ def overview(ledger: LedgerReader, rows: list[dict], view: View, checks: list[di
     if not view.holdout:  # the flag stays (status --json shows it too), the values go
         checks = [{"id": c["id"], "overfit": c["overfit"]} for c in checks]
     kept = counts.get("kept", 0)
-    usd = sum(r["usd"] for r in rows)
-    tokens = sum(r["tokens"] for r in rows)
+    outside = unrecorded_cost(ledger, view.tag)  # dropped proposals, the last lessons
+    usd = sum(r["usd"] for r in rows) + outside["cost_usd"]
+    tokens = sum(r["tokens"] for r in rows) + outside["tokens_in"] + outside["tokens_out"]
     ledger_seconds = sum(r["seconds"] for r in rows)
     trained = sum(r.get("training_seconds") or 0.0 for r in rows)
     result = {
@@ -238,6 +240,7 @@ def overview(ledger: LedgerReader, rows: list[dict], view: View, checks: list[di
             "kept": kept,
             "usd_per_kept": usd / kept if kept else None,
             "compute_hours_per_kept": ledger_seconds / 3600 / kept if kept else None,
+            "outside_experiments": outside,
         },
         "studies": studies(ledger, view),
     }

@@ -53,7 +53,16 @@ def morning(rows: list[dict], overview: dict) -> dict:
 
 def _cost_line(overview: dict) -> str:
     c = overview.get("cost") or {}
-    text = f"Cost: LLM {c.get('tokens', 0):,} tokens, ${c.get('usd', 0.0):.2f}; compute {_hours(c.get('compute_hours'))}"
+    text = f"Cost: LLM {c.get('tokens', 0):,} tokens, ${c.get('usd', 0.0):.2f}"
+    outside = c.get("outside_experiments") or {}
+    if outside.get("cost_usd") or outside.get("tokens_in") or outside.get("tokens_out"):
+        dropped = outside.get("dropped") or 0
+        what = "lessons, abandoned requests"
+        if dropped:
+            what = f"{dropped} proposal{'s' * (dropped != 1)} never run, {what}"
+        tokens = (outside.get("tokens_in") or 0) + (outside.get("tokens_out") or 0)
+        text += f" ({tokens:,} tokens, ${outside.get('cost_usd', 0.0):.2f} of it outside experiments: {what})"
+    text += f"; compute {_hours(c.get('compute_hours'))}"
     if c.get("training_share"):
         text += f" ({100 * c['training_share']:.0f}% of it training)"
     if c.get("kept"):
