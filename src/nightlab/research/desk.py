@@ -8,6 +8,7 @@ it (``observe``) on that thread just before its next proposal, which is when it 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -84,6 +85,13 @@ class AgentDesk:
         coding CLI), so the process is not kept alive by the desk's thread until it ends."""
         if self.asked is not None and not self.asked.done():
             self.agent.interrupt()
+
+    def settle(self, timeout: float = 2.0) -> None:
+        """Give a proposal in progress a moment to end (an interrupted one ends at once), so what
+        it spent is known to the agent before the loop records the night's spending."""
+        if self.asked is not None and not self.asked.done():
+            with contextlib.suppress(Exception):
+                self.asked.exception(timeout=timeout)
 
     def close(self) -> None:
         """Stop waiting for a proposal in progress (it finishes on its own) and deliver the queue."""
