@@ -158,8 +158,12 @@ def print_summary(session: Session, console: Console = console) -> None:
 
     cfg = session.config
     live = holder(session.workspace.state_dir) is not None
-    text = render_summary(session.ledger, session.tag, cfg.metric.name, cfg.metric.direction, live=live)
-    console.print(terminal_safe(text, allow="\n"), markup=False, highlight=False)
+    # Laid out at the console's width and printed as it is: printing a summary laid out wider
+    # wrapped its lines a second time, breaking the table's columns.
+    text = render_summary(
+        session.ledger, session.tag, cfg.metric.name, cfg.metric.direction, width=console.width, live=live
+    )
+    console.print(terminal_safe(text, allow="\n"), markup=False, highlight=False, soft_wrap=True)
 
 
 def print_status_table(data: dict, metric_name: str) -> None:
