@@ -105,7 +105,9 @@ def test_nightlab_run_with_the_llm_agent_records_decisions_tokens_cost_and_lesso
     assert sum(c["tokens_in"] for c in costs) + outside["tokens_in"] == sum(a.tokens_in for a in served)
     assert sum(c["tokens_out"] for c in costs) + outside["tokens_out"] == sum(a.tokens_out for a in served)
     report = " ".join(nightlab("report", str(root)).stdout.split())  # rich wraps the line
-    spent = "5,130 tokens, $0.0060 (110 tokens, $0.0001 of it outside experiments: lessons, abandoned requests)"
+    spent = (
+        "5,130 tokens, $0.0060 (110 tokens, $0.0001 of it outside experiments: lessons, abandoned requests)"
+    )
     assert f"Agent cost {spent}" in report, report
     page = (root / ".nightlab" / "report.html").read_text()
     assert "Cost: LLM 5,130 tokens, $0.01 (110 tokens, $0.00 of it outside experiments: lessons" in page
