@@ -13,7 +13,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from nightlab.agents.base import Agent
-from nightlab.types import Context, HistoryEntry, Proposal
+from nightlab.types import Context, HistoryEntry, Proposal, ProposalCost
 
 
 class AgentDesk:
@@ -86,12 +86,14 @@ class AgentDesk:
         if self.asked is not None and not self.asked.done():
             self.agent.interrupt()
 
-    def settle(self, timeout: float = 2.0) -> None:
-        """Give a proposal in progress a moment to end (an interrupted one ends at once), so what
-        it spent is known to the agent before the loop records the night's spending."""
+    def unreturned_cost(self, timeout: float = 2.0) -> ProposalCost | None:
+        """The agent's spending no proposal carries (``Agent.unreturned_cost``), once a proposal
+        in progress has had a moment to end (an interrupted one ends at once)."""
         if self.asked is not None and not self.asked.done():
             with contextlib.suppress(Exception):
                 self.asked.exception(timeout=timeout)
+        unreturned = getattr(self.agent, "unreturned_cost", None)  # a plugin written before the hook
+        return unreturned() if unreturned is not None else None
 
     def close(self) -> None:
         """Stop waiting for a proposal in progress (it finishes on its own) and deliver the queue."""

@@ -121,8 +121,9 @@ class ResearchLoop:
         outcome.best_id = best.id if best else None
         return outcome
 
-    def _loop(self, outcome: LoopOutcome, why: str | None = None) -> str | None:
+    def _loop(self, outcome: LoopOutcome) -> str | None:
         """:meth:`run`'s body; returns why it stopped."""
+        why: str | None = None
         with self._dispatching() as slots:
             self._resume()
             while True:
@@ -164,9 +165,7 @@ class ResearchLoop:
     def _settle_spending(self, held: list[Proposal]) -> None:
         """Put what the agent spent outside any experiment on the tag's record (store/spending.py)."""
         dropped, self._dropped = self._dropped + held, []
-        self.desk.settle()
-        unreturned = getattr(self.agent, "unreturned_cost", None)  # a plugin written before the hook
-        costs = [p.cost for p in dropped if p.cost is not None] + [unreturned() if unreturned else None]
+        costs = [p.cost for p in dropped] + [self.desk.unreturned_cost()]
         add_unrecorded_cost(self.ledger, self.tag, [c for c in costs if c], dropped=len(dropped))
 
     def prepare(self) -> None:
