@@ -19,7 +19,7 @@ from nightlab.formatting import fixed, signed
 from nightlab.stats import ZERO_SPREAD, noise_floor
 from nightlab.store.export import holdout_checks, warnings
 from nightlab.store.recorded import read_slot, recorded_run_dir
-from nightlab.store.spending import unrecorded_cost
+from nightlab.store.spending import outside_text, unrecorded_cost
 from nightlab.types import Direction
 
 if TYPE_CHECKING:
@@ -83,14 +83,7 @@ def agent_cost(ledger: Ledger, tag: str, research: list[ExperimentRow]) -> str:
     extra = outside["tokens_in"] + outside["tokens_out"]
     if not tokens + extra:
         return ""
-    text = f"{tokens + extra:,} tokens, ${usd + outside['cost_usd']:.4f}"
-    if extra:
-        dropped = outside["dropped"]
-        what = "lessons, abandoned requests"
-        if dropped:
-            what = f"{dropped} proposal{'s' * (dropped != 1)} never run, {what}"
-        text += f" ({extra:,} tokens, ${outside['cost_usd']:.4f} of it outside experiments: {what})"
-    return text
+    return f"{tokens + extra:,} tokens, ${usd + outside['cost_usd']:.4f}" + outside_text(outside)
 
 
 def summary_renderable(

@@ -49,3 +49,16 @@ def add_unrecorded_cost(ledger: Ledger, tag: str, costs: list[ProposalCost], dro
     record["dropped"] += dropped
     ledger.set_meta(_KEY.format(tag=tag), json.dumps(record))
     return record
+
+
+def outside_text(record: dict, cents: bool = False) -> str:
+    """``(110 tokens, $0.0001 of it outside experiments: ...)`` for a report line; empty when the
+    record is empty. ``cents``: dollars to two places, as the morning line shows them."""
+    tokens = record["tokens_in"] + record["tokens_out"]
+    if not (tokens or record["cost_usd"]):
+        return ""
+    what = "lessons, abandoned requests"
+    if record["dropped"]:
+        what = f"{record['dropped']} proposal{'s' * (record['dropped'] != 1)} never run, {what}"
+    usd = f"{record['cost_usd']:.2f}" if cents else f"{record['cost_usd']:.4f}"
+    return f" ({tokens:,} tokens, ${usd} of it outside experiments: {what})"

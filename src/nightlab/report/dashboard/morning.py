@@ -8,6 +8,7 @@ table below them. Plain strings only: each page escapes them its own way.
 from __future__ import annotations
 
 from nightlab.formatting import fixed, signed
+from nightlab.store.spending import outside_text
 
 WEAK_P = 0.01  # a keep with p above this deserves a second look (a rerun, `nightlab validate`)
 
@@ -54,14 +55,8 @@ def morning(rows: list[dict], overview: dict) -> dict:
 def _cost_line(overview: dict) -> str:
     c = overview.get("cost") or {}
     text = f"Cost: LLM {c.get('tokens', 0):,} tokens, ${c.get('usd', 0.0):.2f}"
-    outside = c.get("outside_experiments") or {}
-    if outside.get("cost_usd") or outside.get("tokens_in") or outside.get("tokens_out"):
-        dropped = outside.get("dropped") or 0
-        what = "lessons, abandoned requests"
-        if dropped:
-            what = f"{dropped} proposal{'s' * (dropped != 1)} never run, {what}"
-        tokens = (outside.get("tokens_in") or 0) + (outside.get("tokens_out") or 0)
-        text += f" ({tokens:,} tokens, ${outside.get('cost_usd', 0.0):.2f} of it outside experiments: {what})"
+    if c.get("outside_experiments"):
+        text += outside_text(c["outside_experiments"], cents=True)
     text += f"; compute {_hours(c.get('compute_hours'))}"
     if c.get("training_share"):
         text += f" ({100 * c['training_share']:.0f}% of it training)"
