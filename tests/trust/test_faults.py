@@ -20,7 +20,7 @@ import pytest
 
 from helpers import TOY_TOML, TOY_TRAIN, edit, git, make_workspace, nightlab
 
-KILLS = 20
+KILLS = 12
 
 
 def _proposals(n: int) -> list[dict]:
@@ -123,7 +123,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     # Enough proposals that the night outlasts the kills on a fast machine too (a kill trial gets
     # through about two experiments), and 0.3 s of "training" per run so the kills land inside
     # experiments as well as between them.
-    proposals = _proposals(72)
+    proposals = _proposals(48)
     slow = TOY_TRAIN.replace("import json, os, random", "import json, os, random, time\ntime.sleep(0.3)")
     root = make_workspace(tmp_path / "ws", proposals=proposals, train=slow)
     rng = random.Random(20261122)

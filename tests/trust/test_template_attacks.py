@@ -29,6 +29,12 @@ CAUSAL_EDITS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data cache for the module: the first night's setup prepares it, the next finds it."""
+    return tmp_path_factory.mktemp("cache")
+
+
 def _tiny_template(root: Path, proposals: list[dict], prune: bool = True) -> Path:
     """The cpu template at a tiny size and a three-step budget; ``prune``: with progress checkpoints."""
     res = nightlab("init", str(root), "--size", "cpu")
@@ -58,13 +64,13 @@ def _tiny_template(root: Path, proposals: list[dict], prune: bool = True) -> Pat
 
 
 @pytest.mark.slow
-def test_non_causal_model_is_invalid(tmp_path: Path) -> None:
+def test_non_causal_model_is_invalid(tmp_path: Path, cache: Path) -> None:
     root = _tiny_template(
         tmp_path / "ws",
         [{"description": "attention that looks ahead", "edits": CAUSAL_EDITS}],
         prune=False,  # with checkpoints, the first one is refused before (the test below)
     )
-    env = {"NIGHTLAB_CACHE": str(tmp_path / "cache")}
+    env = {"NIGHTLAB_CACHE": str(cache)}
     res = nightlab("run", str(root), "--plain", "--tag", "t", env=env, timeout=900)
     assert res.returncode == 0, res.stdout + res.stderr
     rows = ledger_rows(root)
@@ -107,11 +113,11 @@ PEEK_EDITS = [
 
 
 @pytest.mark.slow
-def test_checkpoints_that_look_ahead_make_the_run_invalid(tmp_path: Path) -> None:
+def test_checkpoints_that_look_ahead_make_the_run_invalid(tmp_path: Path, cache: Path) -> None:
     root = _tiny_template(
         tmp_path / "ws", [{"description": "checkpoints that look ahead", "edits": PEEK_EDITS}]
     )
-    env = {"NIGHTLAB_CACHE": str(tmp_path / "cache")}
+    env = {"NIGHTLAB_CACHE": str(cache)}
     res = nightlab("run", str(root), "--plain", "--tag", "t", env=env, timeout=900)
     assert res.returncode == 0, res.stdout + res.stderr
     rows = ledger_rows(root)
