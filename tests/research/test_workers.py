@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from helpers import TOY_TOML, TOY_TRAIN, edit, git, make_workspace, nightlab
 
 # The toy target, plus a sleep and a record of where and when it ran.
@@ -138,6 +140,7 @@ def test_the_same_code_in_flight_twice_runs_once(tmp_path: Path) -> None:
     assert again["status"] == "skipped" and "running now" in again["reason"]
 
 
+@pytest.mark.slow
 def test_kill_9_with_replicates_in_flight_then_resume_is_consistent(tmp_path: Path) -> None:
     proposals = [edit("WIDTH = 64", f"WIDTH = {40 + i}", f"worse width {i}") for i in range(6)]
     root = workspace(tmp_path, proposals, workers=3)
