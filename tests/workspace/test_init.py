@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import re
 import subprocess
@@ -22,7 +24,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-SIZES = tomllib.loads((Path(__file__).parents[2] / "src/nightlab/templates/gpt/sizes.toml").read_text())
+TEMPLATE = Path(__file__).parents[2] / "src/nightlab/templates/gpt"
+SIZES = tomllib.loads((TEMPLATE / "sizes.toml").read_text())
 NOT_FILES = ("budget", "space")  # sizes.toml tables that go into nightlab.toml, not a .py file
 
 
@@ -130,9 +133,27 @@ def test_init_dataset_path_is_made_absolute_when_it_exists(tmp_path: Path) -> No
     res = nightlab("init", "lab", "--size", "cpu", "--dataset", "corpus", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert knob(tmp_path / "lab", "DATASET") == json.dumps(str((tmp_path / "corpus").resolve()))
-    elsewhere = "/data/not/on/this/machine"
-    assert nightlab("init", "lab2", "--size", "cpu", "--dataset", elsewhere, cwd=tmp_path).returncode == 0
-    assert knob(tmp_path / "lab2", "DATASET") == json.dumps(elsewhere)  # stored as given
+    elsewhere = "/data/not/on/this/machine"  # e.g. where a cluster's nodes keep it
+    res = nightlab("init", "lab2", "--size", "cpu", "--dataset", elsewhere, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert knob(tmp_path / "lab2", "DATASET") == json.dumps(elsewhere)  # stored as given...
+    assert f"note: --dataset {elsewhere} does not exist on this machine" in " ".join(res.stdout.split())
+
+
+def test_init_dataset_refuses_a_name_the_template_does_not_know(tmp_path: Path) -> None:
+    """A bare word that is no dataset of the template and no path here is a typo: one line, exit
+    2, nothing written (before, the night found out at its setup, naming prepare.py's flag)."""
+    res = nightlab("init", "lab", "--size", "cpu", "--dataset", "tinystoreis", cwd=tmp_path)
+    line = res.stderr.strip()
+    assert res.returncode == 2 and "\n" not in line, res.stdout + res.stderr
+    assert "--dataset tinystoreis: neither a dataset of template gpt (synthetic, climbmix" in line, line
+    assert not (tmp_path / "lab").exists()
+    # The names init accepts are the ones the template's preparation knows.
+    spec = importlib.util.spec_from_file_location("gpt_sources", TEMPLATE / "sources.py")
+    sources = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sources)
+    names = re.search(r"(?m)^DATASET_NAMES = (.*)$", (TEMPLATE / "data.py").read_text()).group(1)
+    assert set(ast.literal_eval(names)) == {"synthetic", *sources.DOWNLOADS}
 
 
 def test_init_dataset_needs_a_template_with_a_dataset_constant(

@@ -47,10 +47,15 @@ def init(
     force: bool = typer.Option(False, "--force", help="Write into a non-empty directory."),
 ) -> None:
     """Create a research workspace: a git repository with the template's files and a first commit."""
-    from nightlab.workspace.init import init_workspace
+    from nightlab.workspace.init import init_workspace, looks_like_a_path
 
     used, replaced = init_workspace(directory, template=template, size=size, force=force, dataset=dataset)
     console.print(f"created {directory} ({template}{', ' + used + ' size' if used else ''})")
+    if dataset and looks_like_a_path(dataset) and not Path(dataset).expanduser().exists():
+        console.print(
+            f"note: --dataset {terminal_safe(dataset)} does not exist on this machine; the runs' setup "
+            "looks for it where they run"
+        )
     if replaced:
         shown = ", ".join(replaced[:8]) + (f" and {len(replaced) - 8} more" if len(replaced) > 8 else "")
         console.print(f"replaced {shown} with the template's; your versions are in git (git log -p -- FILE)")

@@ -9,6 +9,8 @@ the files stay as a person wrote them.
 
 from __future__ import annotations
 
+import ast
+import os
 import re
 import shutil
 import subprocess
@@ -28,6 +30,7 @@ SIZES_FILE = "sizes.toml"
 SKIP = {SIZES_FILE, "__pycache__"}
 GITIGNORE = ".nightlab/\nrun/\n__pycache__/\n*.pyc\n"
 DATASET = "DATASET"  # the constant `--dataset` rewrites, in whichever template file defines it
+DATASET_NAMES = "DATASET_NAMES"  # beside it, optional: the names DATASET may take besides a path
 # Who commits when the user has no git identity configured (a fresh machine, a container).
 FALLBACK_IDENTITY = ("-c", "user.name=nightlab", "-c", "user.email=nightlab@localhost")
 
@@ -138,8 +141,6 @@ def apply_dataset(files: dict[str, str], dataset: str, template: str) -> dict[st
 
     if not dataset.strip():
         raise UserError("--dataset is empty; give a dataset name or a path")
-    local = Path(dataset).expanduser()
-    value = str(local.resolve()) if local.exists() else dataset
     holders = [
         rel
         for rel, text in files.items()
@@ -149,10 +150,42 @@ def apply_dataset(files: dict[str, str], dataset: str, template: str) -> dict[st
         raise UserError(
             f"--dataset: template {template} has no {DATASET} constant to set; leave --dataset out"
         )
+    local = Path(dataset).expanduser()
+    value = str(local.resolve()) if local.exists() else dataset
+    # A path that is not here may be where the runs run (a cluster's nodes): taken, and the CLI
+    # says so. A bare word that is neither here nor a name the template declares is a typo.
+    names = [n for rel in holders for n in _dataset_names(files[rel])]
+    if names and dataset not in names and not local.exists() and not looks_like_a_path(dataset):
+        raise UserError(
+            f"--dataset {dataset}: neither a dataset of template {template} ({', '.join(names)}) "
+            "nor a file or folder here; give one of those names, or the path of your text files"
+        )
     out = dict(files)
     for rel in holders:
         out[rel] = set_knobs(out[rel], {DATASET: value}, rel)
     return out
+
+
+def looks_like_a_path(value: str) -> bool:
+    """A value a user meant as a path (``/data/x``, ``./x``, ``~/x``, ``x/y``), not as a name."""
+    return "/" in value or os.sep in value or value.startswith(("~", "."))
+
+
+def _dataset_names(text: str) -> list[str]:
+    """The names a template file declares its ``DATASET_NAMES`` (a tuple of strings) may take;
+    none declared: any name is taken, as the template's own preparation decides."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [DATASET_NAMES]:
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                return []
+            return [v for v in value if isinstance(v, str)] if isinstance(value, (tuple, list)) else []
+    return []
 
 
 def commit_all(directory: Path, message: str, paths: Sequence[str] = ()) -> None:

@@ -35,6 +35,8 @@ from tokenizer import BPETokenizer, ByteTokenizer
 # ---------------------------------------------------------------------------------------------
 # Constants. Size-dependent ones are plain literals: `nightlab init --size gpu` rewrites them.
 DATASET = "synthetic"  # "synthetic", a --download name (climbmix, tinystories, fineweb-edu) or a path
+# What DATASET may name besides a path (`nightlab init --dataset` refuses other names).
+DATASET_NAMES = ("synthetic", "climbmix", "fineweb-edu", "tinystories")
 TOKENIZER = "byte"  # "byte" (one token per UTF-8 byte) or "bpe" (trained on the train split)
 VOCAB_SIZE = 256  # 256 for byte; the BPE vocabulary size (special tokens included) otherwise
 SEQ_LEN = 256  # context length of training rows and of every evaluation row
