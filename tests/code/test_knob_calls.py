@@ -209,3 +209,48 @@ def test_an_edit_reaches_the_call(tmp_path: Path) -> None:
         [sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "lr 0.002 betas (0.8, 0.9)"
+
+
+GROUPS = """\
+import torch
+from torch import nn
+
+model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4, eps=1e-5), nn.BatchNorm1d(4, momentum=0.1))
+base_lr = 3e-4
+opt = torch.optim.AdamW(
+    [
+        {"params": model[0].parameters(), "weight_decay": 0.1},
+        dict(params=model[1].parameters(), weight_decay=0.0, lr=1e-3),
+        {"params": model[2].parameters(), "lr": base_lr * 2},
+    ],
+    lr=3e-4,
+)
+rms = torch.optim.RMSprop(model.parameters(), lr=0.01, alpha=0.99)
+"""
+
+
+def test_parameter_groups_norm_layers_and_rmsprop_alpha_are_knobs() -> None:
+    """Each parameter group's literal values are knobs named after its index in
+    ``optimizer.param_groups``; an edit of one reaches that group only (real torch)."""
+    assert _values(GROUPS) == {
+        "LayerNorm.eps": 1e-5,
+        "BatchNorm1d.momentum": 0.1,
+        "base_lr": 3e-4,
+        "AdamW.group0.weight_decay": 0.1,
+        "AdamW.group1.weight_decay": 0.0,
+        "AdamW.group1.lr": 1e-3,
+        "AdamW.lr": 3e-4,
+        "RMSprop.lr": 0.01,
+        "RMSprop.alpha": 0.99,
+    }  # not "params", nor group 2's lr (no literal)
+    edited = set_knobs(
+        GROUPS,
+        {"AdamW.group1.lr": 0.002, "AdamW.group0.weight_decay": 0.05, "BatchNorm1d.momentum": 0.2,
+         "RMSprop.alpha": 0.9},
+    )  # fmt: skip
+    scope: dict = {}
+    exec(compile(edited, "train.py", "exec"), scope)
+    groups = scope["opt"].param_groups
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0, 0.01]  # group 2: AdamW's default
+    assert [g["lr"] for g in groups] == [3e-4, 0.002, 2 * 3e-4]
+    assert scope["model"][2].momentum == 0.2 and scope["rms"].param_groups[0]["alpha"] == 0.9

@@ -6,7 +6,10 @@ nowhere but in the calls that use them: the optimizer's ``lr`` and ``betas``, th
 ``batch_size``, ``nn.Dropout(0.1)``, ``TrainingArguments(learning_rate=5e-5)``. Such a script had
 no knob at all, so the search agent refused it. Here a literal argument of such a call is a knob,
 named after the callee and the parameter (``AdamW.lr``, ``DataLoader.batch_size``,
-``TrainingArguments.learning_rate``).
+``TrainingArguments.learning_rate``). An optimizer's parameter groups written out as dicts
+(``AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}])``, as
+nanoGPT and most GPT scripts do) give one knob per group and key, named after the group's index
+in ``optimizer.param_groups`` (``AdamW.group0.weight_decay``).
 
 Only listed (callee, parameter) pairs count, because "any literal keyword" would make
 ``print(flush=True)``, ``open(encoding="utf-8")``, ``DataLoader(num_workers=4)`` and
@@ -80,7 +83,11 @@ class Family:
 _F, _I, _N, _B, _SEQ = Param("float"), Param("int"), Param("number"), Param("bool"), Param("seq")
 _TORCH_OPTIMIZER = {
     "lr": _F, "weight_decay": _F, "betas": _SEQ, "eps": _F, "momentum": _F, "nesterov": _B, "amsgrad": _B,
+    "alpha": _F, "centered": _B,  # RMSprop's smoothing constant and its centred variant
 }  # fmt: skip
+# Per-parameter-group values (``AdamW([{"params": decay, "weight_decay": 0.1}, ...], lr=3e-4)``):
+# the keys of each group's dict that the optimizer takes as keywords too.
+_GROUPED = frozenset(_TORCH_OPTIMIZER)
 _TORCH_SCHEDULER = {
     "gamma": _F, "step_size": _I, "max_lr": _F, "pct_start": _F, "div_factor": _F,
     "final_div_factor": _F, "anneal_strategy": Param("str", ("cos", "linear")), "three_phase": _B,
@@ -141,6 +148,10 @@ FAMILIES: tuple[Family, ...] = (
     Family(_NN, frozenset({"LSTM", "GRU", "RNN"}), {"num_layers": _I, "dropout": _F}, {}),
     Family(_NN, frozenset({"MultiheadAttention"}), {"num_heads": _I, "dropout": _F}, {"*": ("", "num_heads")}),
     Family(_NN, frozenset({"CrossEntropyLoss"}), {"label_smoothing": _F}, {}),
+    Family(_NN, frozenset({"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"}),
+           {"eps": _F, "momentum": _F}, {}),
+    Family(_NN, frozenset({"LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d",
+                           "InstanceNorm3d"}), {"eps": _F}, {}),
     Family(_FUNCTIONAL, frozenset({"cross_entropy"}), {"label_smoothing": _F}, {}),
     Family(None, frozenset({"clip_grad_norm_"}), {"max_norm": _F}, {"*": ("", "max_norm")}),
     Family(None, frozenset({"clip_grad_value_"}), {"clip_value": _F}, {"*": ("", "clip_value")}),
@@ -198,12 +209,12 @@ def call_knobs(reader: Reader, tree: ast.Module) -> None:
         if match is None:
             continue
         family, callee = match
-        for param, node in _arguments(call, family, callee):
+        for label, param, node in _arguments(call, family, callee):
             spec = family.params[param]
             value = _value(node, spec)
             if value is None:
                 continue
-            found.append(_Found(callee, param, value, target, scope, spec.choices))
+            found.append(_Found(callee, label, value, target, scope, spec.choices))
     for item, name, qualified in _named(found):
         start = reader.offsets.offset(item.node.lineno, item.node.col_offset)
         if (start, reader.offsets.offset(item.node.end_lineno or 0, item.node.end_col_offset or 0)) in taken:
@@ -278,18 +289,44 @@ def _family(func: ast.expr, bound: dict[str, str], keras: bool) -> tuple[Family,
     return None
 
 
-def _arguments(call: ast.Call, family: Family, callee: str) -> list[tuple[str, ast.expr]]:
-    """The (parameter, argument) pairs of ``call`` that ``family`` reads: listed keywords, and
-    the positions whose parameter is certain (none after a ``*args``)."""
-    pairs: list[tuple[str, ast.expr]] = []
+def _arguments(call: ast.Call, family: Family, callee: str) -> list[tuple[str, str, ast.expr]]:
+    """The (label, parameter, argument) triples of ``call`` that ``family`` reads: listed
+    keywords, the positions whose parameter is certain (none after a ``*args``), and for an
+    optimizer the values of its parameter groups, labelled ``group<i>.<parameter>`` after the
+    index the group has in ``optimizer.param_groups``."""
+    out: list[tuple[str, str, ast.expr]] = []
     positions = family.positional.get(callee, family.positional.get("*", ()))
     for i, arg in enumerate(call.args):
         if isinstance(arg, ast.Starred) or i >= len(positions):
             break
         if positions[i]:
-            pairs.append((positions[i], arg))
-    pairs += [(k.arg, k.value) for k in call.keywords if k.arg in family.params]
-    return pairs
+            out.append((positions[i], positions[i], arg))
+    out += [(k.arg, k.arg, k.value) for k in call.keywords if k.arg in family.params]
+    if family.params is _TORCH_OPTIMIZER and call.args and isinstance(call.args[0], (ast.List, ast.Tuple)):
+        for index, group in enumerate(call.args[0].elts):
+            out += [(f"group{index}.{key}", key, value) for key, value in _group_items(group)]
+    return out
+
+
+def _group_items(node: ast.expr) -> list[tuple[str, ast.expr]]:
+    """The optimizer keys of one parameter group written as ``{"params": ..., "lr": 1e-3}`` or
+    ``dict(params=..., lr=1e-3)``; nothing for a group built any other way."""
+    if isinstance(node, ast.Dict):
+        pairs = [
+            (key.value, value)
+            for key, value in zip(node.keys, node.values, strict=True)
+            if isinstance(key, ast.Constant) and isinstance(key.value, str)
+        ]
+    elif (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "dict"
+        and not node.args
+    ):
+        pairs = [(k.arg, k.value) for k in node.keywords if k.arg is not None]
+    else:
+        return []
+    return [(key, value) for key, value in pairs if key in _GROUPED]
 
 
 def _value(node: ast.expr, spec: Param) -> ast.expr | None:
