@@ -65,3 +65,39 @@ def test_loop_state_notices_a_run_that_died(tmp_path: Path) -> None:
     assert control.loop_state(tmp_path)["state"] == "paused"
     with pytest.raises(ValueError, match="action must be one of"):
         control.request(tmp_path, "explode")
+
+
+def test_a_pause_lets_the_experiment_in_flight_finish_its_replicates_first(tmp_path: Path) -> None:
+    """Asked for while the baseline's first of two replicates trains, the pause comes once the
+    baseline is decided: before, the loop paused between its replicates, with it still running."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from helpers import TOY_TRAIN, edit, make_workspace
+
+    slow = TOY_TRAIN.replace("import json, os, random", "import json, os, random, time\ntime.sleep(1.0)")
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3")], train=slow)
+    state = root / ".nightlab"
+    run = subprocess.Popen([sys.executable, "-m", "nightlab.cli", "run", str(root), "--plain"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (state / "runs" / "0001" / "0").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        control.request(state, "pause")  # the first baseline replicate trains for a second
+        while control.loop_state(state)["state"] != "paused" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert control.loop_state(state)["state"] == "paused"
+        with sqlite3.connect(f"file:{state / 'ledger.db'}?mode=ro", uri=True) as conn:
+            rows = conn.execute("SELECT kind, status FROM experiments").fetchall()
+        assert rows == [("baseline", "ok")], rows  # decided, on both its replicates
+        assert (state / "runs" / "0001" / "1").is_dir() and not (state / "runs" / "0002").exists()
+        control.request(state, "stop")
+        out, _ = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, out
+    assert "stopped: stopped by the user" in out, out

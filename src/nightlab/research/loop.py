@@ -88,8 +88,8 @@ class ResearchLoop:
         self.agent, self.policy, self.runner = agent, policy, runner
         self.tag, self.start_commit = tag, start_commit
         self.events = events or EventSink()
-        # Asked only when nothing is in flight (it may block: the dashboard's pause); while
-        # runs train, ``wants_quiet`` says a pause or stop waits, so nothing new starts.
+        # Asked only once every experiment started is decided (it may block: the dashboard's
+        # pause); until then ``wants_quiet`` says a pause or stop waits: no new proposal starts.
         self.should_stop = should_stop or (lambda: False)
         self.wants_quiet = wants_quiet or (lambda: False)
         self.slots = slots or [Slot(0)]
@@ -127,13 +127,13 @@ class ResearchLoop:
         with self._dispatching() as slots:
             self._resume()
             while True:
-                idle = not slots.busy and not self.desk.busy
-                quiet = not idle and self.wants_quiet()  # a pause or stop waits for the slots
+                waiting = any(self._want.get(i) for i in self._active)  # replicates not started yet
+                idle = not slots.busy and not self.desk.busy and not waiting
+                quiet = not idle and self.wants_quiet()  # a pause or stop waits for the experiments
                 why = why or self._why_stop(idle)
-                if not quiet:  # what the undecided experiments want runs even once stopping
-                    self._start_wanted(slots)
-                    if why is not None or (self.desk.busy and self.agent.pipelined):
-                        self._start_extra(slots)  # slots that would idle: confirm sooner
+                self._start_wanted(slots)  # what undecided experiments want runs even when stopping
+                if not quiet and (why is not None or (self.desk.busy and self.agent.pipelined)):
+                    self._start_extra(slots)  # slots that would idle: confirm sooner
                 if why is None and not quiet:
                     if self._may_ask(slots):  # first: the agent thinks while the held one is recorded
                         self.desk.ask(self._context())
