@@ -446,7 +446,6 @@ class _NewLines:
 
     def __init__(self, path: Path) -> None:
         self.path, self.offset, self.rest = path, 0, b""
-        self.waiting: list[str] = []  # read, not yet handed out by next()
 
     def read(self) -> list[str]:
         try:
@@ -458,12 +457,6 @@ class _NewLines:
         self.offset += len(data)
         *lines, self.rest = (self.rest + data).split(b"\n")
         return [line.decode("utf-8", errors="replace") for line in lines if line.strip()]
-
-    def next(self) -> str | None:
-        """The oldest complete line not yet handed out (None: none for now)."""
-        if not self.waiting:
-            self.waiting.extend(self.read())
-        return self.waiting.pop(0) if self.waiting else None
 
 
 def signed(point: dict) -> dict:
@@ -601,43 +594,32 @@ def follow(run_dir: Path) -> int:
         pass
     get_tokenizer()  # loaded now, beside training, for the checkpoints and the final evaluation
     follower = _Follower(run_dir, target) if checkpoints else None
-    lines = _NewLines(run_dir / PROGRESS_FILE)
-    # While training runs, checkpoints are scored on a thread of low priority with one torch
-    # thread (training keeps the CPU). Once it has ended, the checkpoints still waiting (a run of
-    # a few steps leaves them all at its end) and the final evaluation run on this thread, at
-    # normal priority, with all the threads torch had: nothing trains beside them any more.
-    scorer = threading.Thread(
-        target=_score_checkpoints, args=(run_dir, follower, lines, warm), name="checkpoints"
-    )
+    # Checkpoints are scored on a thread of low priority (training keeps the CPU); the final
+    # evaluation runs on this one at normal priority, with all the threads torch had.
+    scorer = threading.Thread(target=_score_checkpoints, args=(run_dir, follower, warm), name="checkpoints")
     scorer.start()
     scorer.join()
-    torch.set_num_threads(threads)
-    left = []
-    while follower is not None and run_dir.is_dir() and (line := lines.next()) is not None:
-        left.append(line)
-    if follower is not None and left:
-        print(f"progress: training ended with {len(left)} line(s) of {PROGRESS_FILE} to score: "
-              f"scored now, at normal priority with {threads} thread(s)", flush=True)  # fmt: skip
-        with torch.no_grad():
-            for line in left:
-                follower.handle(line)
     shutil.rmtree(run_dir / PROGRESS_DIR, ignore_errors=True)
     if not (warm and (run_dir / FINAL_FILE).exists()):
         return 0
+    torch.set_num_threads(threads)
     print("final evaluation (warm, in the progress evaluator)", flush=True)
     return evaluate(run_dir, started=time.perf_counter())
 
 
-def _score_checkpoints(run_dir: Path, follower: _Follower | None, lines: _NewLines, warm: bool) -> None:
-    """Score each checkpoint as progress.jsonl lists it, until progress.done appears (the lines
-    left then are the caller's to score: every line written before progress.done is read after it)."""
+def _score_checkpoints(run_dir: Path, follower: _Follower | None, warm: bool) -> None:
+    """Score each checkpoint as progress.jsonl lists it, until progress.done appears."""
     _lower_this_thread(warm)
-    while not (run_dir / DONE_FILE).exists() and run_dir.is_dir():
-        if follower is None or (line := lines.next()) is None:
-            time.sleep(POLL_SECONDS)
-            continue
-        with torch.no_grad():
-            follower.handle(line)
+    lines = _NewLines(run_dir / PROGRESS_FILE)
+    while True:
+        done = (run_dir / DONE_FILE).exists()  # looked at first: every line written before it is read
+        if follower is not None:
+            with torch.no_grad():
+                for line in lines.read():
+                    follower.handle(line)
+        if done or not run_dir.is_dir():
+            return
+        time.sleep(POLL_SECONDS)
 
 
 def _lower_this_thread(warm: bool) -> None:
