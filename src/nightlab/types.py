@@ -272,6 +272,8 @@ class RunResult:
     exit_code: int | None = None
     reason: str = ""  # why the status is what it is, one line ("killed after 180 s timeout")
     log_path: str | None = None
+    # The command as it ran: ``{flags:FILE}`` expanded, without the sandbox's wrapper.
+    command: str = ""
     # Progress points while it trained (research.progress.Point as dicts), oldest first.
     progress: list[dict] = field(default_factory=list)
 

@@ -4,6 +4,7 @@ config; and the scripts `nightlab check` must refuse (a fixed seed, an ignored b
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -132,6 +133,11 @@ def test_a_script_of_each_shape_is_checked_and_researched(tmp_path: Path, shape:
     changed = {line[6:] for _, diff in rows for line in diff.splitlines() if line.startswith("+++ b/")}
     assert changed <= set(editable) and changed  # the agent edits the files the knobs live in
     assert git(root, "status", "--porcelain") == ""
+    # Each run's record holds its command as it ran: {flags:FILE} expanded from its own commit.
+    commands = [json.loads(p.read_text())["command"] for p in root.glob(".nightlab/runs/*/*/replicate.json")]
+    assert len(commands) >= 4 and all(c.startswith(run.split("{")[0].strip()) for c in commands), commands
+    if "{flags:" in run:
+        assert all("{flags:" not in c and "--n_layer=" in c for c in commands), commands
 
 
 FIXED_SEED = """\

@@ -92,12 +92,15 @@ def fresh_run_dir(run_dir: Path, slot: Slot | None) -> Path:
     return run_dir
 
 
-def write_slot(run_dir: Path, slot: Slot | None) -> None:
-    """Where a replicate runs and since when, beside its log: what `nightlab status` and the live
-    view show for each slot while it runs (:func:`nightlab.store.recorded.read_slot`)."""
+def write_slot(run_dir: Path, slot: Slot | None, command: str = "") -> None:
+    """Where a replicate runs, since when and (once known) the command as it runs, beside its
+    log: what `nightlab status` and the live view show for each slot while it runs
+    (:func:`nightlab.store.recorded.read_slot`)."""
     if slot is None:
         return
     record = {**slot.to_dict(), "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if command:
+        record["command"] = command
     (run_dir / SLOT_FILE).write_text(json.dumps(record))
 
 

@@ -33,6 +33,7 @@ from nightlab.research.rundir import (
     merge_scores,
     prepare_scores,
     remove_special,
+    write_slot,
 )
 from nightlab.research.setup import SetupData
 from nightlab.safefile import is_regular
@@ -174,9 +175,9 @@ class ReplicateRunner:
             return Replicate(result, None, None, run_dir)
 
         scores = prepare_scores(run_dir) if self.config.target.progress_evaluate else None
-        spec = self._spec(
-            self.config.target.run, tree, run_dir, seed, self.config.budget.timeout, TRAIN_LOG, slot, scores
-        )
+        command = expand_flags(self.config.target.run, tree)  # read before the run can change it
+        write_slot(run_dir, slot, command)
+        spec = self._spec(command, tree, run_dir, seed, self.config.budget.timeout, TRAIN_LOG, slot, scores)
         key = secrets.token_hex(16) if self.config.target.progress_signed else None
         reader = ProgressReader(run_dir, self.config, key, scores)
         if pruner is not None or scores is not None:  # a checkpoint refused ends the run at once
@@ -188,7 +189,8 @@ class ReplicateRunner:
             if companion is not None:
                 companion.finish(self.config.budget.evaluate_timeout)
             raise
-        result.seed, eval_log, planted = seed, "", remove_special(run_dir)  # before anything reads it
+        # Special files the run planted go before anything reads the run directory.
+        result.seed, result.command, eval_log, planted = seed, command, "", remove_special(run_dir)
         # Audit (and restore) before the evaluation, so nothing the training left behind in the
         # worktree (a patched prepare.py, a sitecustomize.py, a .pth or .pyc) reaches it.
         problem = self._audit(tree, run_dir) or planted or reader.stop_reason(None)

@@ -56,6 +56,7 @@ def save_replicate(run_dir: Path, result: RunResult, metric: float | None, holdo
         "exit_code": result.exit_code,
         "reason": result.reason,
         "log_tail": result.log_tail,
+        "command": result.command,
     }
     _write(Path(run_dir) / REPLICATE_RECORD, data)
 
@@ -99,6 +100,7 @@ def load_replicate(run_dir: Path) -> tuple[RunResult, float | None, float | None
             seed=int(data.get("seed") or 0),
             exit_code=data.get("exit_code"),
             reason=str(data.get("reason") or ""),
+            command=str(data.get("command") or ""),
         )
     except (KeyError, ValueError, TypeError):
         return None

@@ -195,7 +195,10 @@ class Watcher:
                         "kind": e.kind,
                         "replicate": replicate,
                         "description": self.view.text(e.description),
-                        "command": self.command if e.kind in ("baseline", "candidate") else e.kind,
+                        # As it runs ({flags:FILE} expanded: values the agent wrote, redacted).
+                        "command": self.view.text(where.get("command") or self.command)
+                        if e.kind in ("baseline", "candidate")
+                        else e.kind,
                         "stage": "evaluate" if evaluating else "train",
                         "elapsed": (now - started).total_seconds() if started else None,
                         "budget_seconds": self.budget_seconds,
