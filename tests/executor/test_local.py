@@ -505,9 +505,10 @@ def test_the_orphan_sweep_leaves_a_run_to_its_living_watchdog(tmp_path: Path) ->
         assert run.is_running() and run.status() != psutil.STATUS_ZOMBIE
         guard.release()  # the watchdog leaves; the run is an orphan nobody guards now
         psutil.Process(guard.pid).wait(5)
-        killed = kill_orphaned_runs()
-        # Failed once in a loaded full suite, not reproduced since: say what became of the run.
-        assert killed >= 1, ("run", run.status() if run.is_running() else f"exited {run.wait(1)}")
+        kill_orphaned_runs()
+        # SIGKILLed by this sweep, or by the sweep of an executor another test worker started in
+        # between (pytest-xdist: the run is a true orphan from the release on; seen in make test).
+        # Left alive, wait() times out and the test fails.
         assert run.wait(5) == -signal.SIGKILL
     finally:
         guard.release()
