@@ -182,7 +182,7 @@ def _dataset_names(text: str) -> list[str]:
         if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [DATASET_NAMES]:
             try:
                 value = ast.literal_eval(node.value)
-            except ValueError:
+            except (ValueError, TypeError, SyntaxError, RecursionError):
                 return []
             return [v for v in value if isinstance(v, str)] if isinstance(value, (tuple, list)) else []
     return []
