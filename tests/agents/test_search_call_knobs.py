@@ -61,7 +61,7 @@ def test_call_knobs_get_the_domains_their_parameters_need() -> None:
 @pytest.mark.parametrize(
     ("name", "hint"),
     [("Dropout.p", "DROPOUT_P"), ("attn_drop.p", "ATTN_DROP_P"), ("Dropout.rate", "DROPOUT_RATE"),
-     ("AdamW.lr", "LR"), ("--lr", "LR"), ("optim.lr", "LR"), ("p", "P")],
+     ("AdamW.lr", "LR"), ("--lr", "LR"), ("optim.lr", "LR"), ("p", "P"), ("RMSprop.alpha", "RMSPROP_ALPHA")],
 )  # fmt: skip
 def test_a_last_part_that_says_nothing_alone_reads_with_the_one_before(name: str, hint: str) -> None:
     assert hint_name(name) == hint
@@ -71,3 +71,13 @@ def test_a_last_part_that_says_nothing_alone_reads_with_the_one_before(name: str
 def test_optax_and_keras_betas_are_averaging_coefficients(name: str) -> None:
     domain = infer_domain(name, 0.5)
     assert domain is not None and (domain.scale, domain.low, domain.high) == ("linear", 0.0, 0.99)
+
+
+def test_rmsprop_alpha_and_batchnorm_momentum_stay_below_one() -> None:
+    """Both are averaging coefficients: 1 freezes the average, and above it the square root of
+    RMSprop's running mean goes negative. A norm's eps is a small positive float on a log scale."""
+    alpha, momentum, eps = (infer_domain(n, v) for n, v in
+                            (("RMSprop.alpha", 0.99), ("BatchNorm1d.momentum", 0.1), ("LayerNorm.eps", 1e-5)))  # fmt: skip
+    assert alpha is not None and alpha.describe() == "[0.5, 0.999] log(1-x)"
+    assert momentum is not None and momentum.describe() == "[0, 0.99] linear"
+    assert eps is not None and eps.describe() == "[1e-06, 0.0001] log"

@@ -61,9 +61,10 @@ _PRIORITY = (
 )
 
 
-# Last name parts that say nothing of a knob's role alone: PyTorch's dropout `p` and Keras's
-# `rate` (`Dropout.p`, `attn_drop.p`, `Dropout.rate`). The part before them says it.
-_ROLELESS = re.compile(r"^([A-Z]|RATE)$")
+# Last name parts that say nothing of a knob's role alone: PyTorch's dropout `p`, Keras's
+# `rate` (`Dropout.p`, `attn_drop.p`, `Dropout.rate`) and `alpha` (RMSprop's smoothing
+# constant, a mixup's, a leaky slope). The part before them says it.
+_ROLELESS = re.compile(r"^([A-Z]|RATE|ALPHA)$")
 
 
 def hint_name(name: str) -> str:

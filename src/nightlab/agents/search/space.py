@@ -48,7 +48,9 @@ __all__ = [
 
 _LOG_HINT = re.compile(r"(LR|LEARNING|RATE|DECAY|WD|EPS|STD|SCALE|CLIP|TEMP|INIT)")
 # PCT: a share such as OneCycleLR's pct_start; B1/B2: optax's names for Adam's betas.
-_RATIO_HINT = re.compile(r"(RATIO|FRAC|DROP|PROB|BETA|MOMENTUM|EMA|SMOOTH|MIX)|(^|_)(PCT|B[12])(_|$)")
+_RATIO_HINT = re.compile(
+    r"(RATIO|FRAC|DROP|PROB|BETA|MOMENTUM|EMA|SMOOTH|MIX|RMSPROP_ALPHA)|(^|_)(PCT|B[12])(_|$)"
+)
 # Ratios for which 1.0 is degenerate: dropout and drop-path 1.0 drop everything (and scale the
 # survivors by 1/(1-p), a division by zero), label smoothing 1.0 leaves no label, a mask ratio
 # of 1.0 nothing to see. Their domain stops at DEGENERATE_HIGH, 0.9: the highest round value at
@@ -58,8 +60,8 @@ _DEGENERATE_AT_ONE = re.compile(r"(DROP|SMOOTH|MASK)")
 DEGENERATE_HIGH = 0.9
 # Averaging coefficients (momentum, Adam's betas, an EMA) are degenerate at 1 too: the average
 # never moves (Adam's bias correction divides by zero). Below 0.8 they move in [0, 0.99].
-# The last word: not MOMENTUM_WARMUP. Keras spells Adam's betas BETA_1, optax B1.
-_AVERAGING = re.compile(r"(^|_)(BETA_?[12S]?|B[12]|MOMENTUM|EMA|EMA_DECAY)$")
+# The last word: not MOMENTUM_WARMUP. Keras spells Adam's betas BETA_1, optax B1; RMSprop alpha.
+_AVERAGING = re.compile(r"(^|_)(BETA_?[12S]?|B[12]|MOMENTUM|EMA|EMA_DECAY|RMSPROP_ALPHA)$")
 AVERAGING_HIGH = 0.99
 # Per-step or per-epoch factors just below 1 (a StepLR/ExponentialLR gamma, an RL discount, a
 # decay rate of 0.95): above 1 they would grow what they shrink, so, like betas, they move on a
