@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from helpers import TOY_TRAIN, edit, make_workspace
 from nightlab.report.dashboard import control
 
 
@@ -70,12 +75,6 @@ def test_loop_state_notices_a_run_that_died(tmp_path: Path) -> None:
 def test_a_pause_lets_the_experiment_in_flight_finish_its_replicates_first(tmp_path: Path) -> None:
     """Asked for while the baseline's first of two replicates trains, the pause comes once the
     baseline is decided: before, the loop paused between its replicates, with it still running."""
-    import sqlite3
-    import subprocess
-    import sys
-
-    from helpers import TOY_TRAIN, edit, make_workspace
-
     slow = TOY_TRAIN.replace("import json, os, random", "import json, os, random, time\ntime.sleep(1.0)")
     root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3")], train=slow)
     state = root / ".nightlab"
@@ -89,7 +88,7 @@ def test_a_pause_lets_the_experiment_in_flight_finish_its_replicates_first(tmp_p
         while control.loop_state(state)["state"] != "paused" and time.monotonic() < deadline:
             time.sleep(0.05)
         assert control.loop_state(state)["state"] == "paused"
-        with sqlite3.connect(f"file:{state / 'ledger.db'}?mode=ro", uri=True) as conn:
+        with closing(sqlite3.connect(f"file:{state / 'ledger.db'}?mode=ro", uri=True)) as conn:
             rows = conn.execute("SELECT kind, status FROM experiments").fetchall()
         assert rows == [("baseline", "ok")], rows  # decided, on both its replicates
         assert (state / "runs" / "0001" / "1").is_dir() and not (state / "runs" / "0002").exists()

@@ -72,12 +72,14 @@ class Family:
     """Callees that take the same hyperparameters: the modules they are imported from (None:
     a method on any object), their names (None: every capitalised name of those modules, such
     as every class of ``torch.optim``), the parameters read by keyword, and by position (per
-    callee name, ``"*"`` for all; ``""`` marks a position that is no knob)."""
+    callee name, ``"*"`` for all; ``""`` marks a position that is no knob). ``groups``: a list
+    passed first holds parameter groups (torch optimizers), whose dicts give the same parameters."""
 
     modules: tuple[str, ...] | None
     names: frozenset[str] | None
     params: dict[str, Param]
     positional: dict[str, tuple[str, ...]]
+    groups: bool = False
 
 
 _F, _I, _N, _B, _SEQ = Param("float"), Param("int"), Param("number"), Param("bool"), Param("seq")
@@ -85,9 +87,6 @@ _TORCH_OPTIMIZER = {
     "lr": _F, "weight_decay": _F, "betas": _SEQ, "eps": _F, "momentum": _F, "nesterov": _B, "amsgrad": _B,
     "alpha": _F, "centered": _B,  # RMSprop's smoothing constant and its centred variant
 }  # fmt: skip
-# Per-parameter-group values (``AdamW([{"params": decay, "weight_decay": 0.1}, ...], lr=3e-4)``):
-# the keys of each group's dict that the optimizer takes as keywords too.
-_GROUPED = frozenset(_TORCH_OPTIMIZER)
 _TORCH_SCHEDULER = {
     "gamma": _F, "step_size": _I, "max_lr": _F, "pct_start": _F, "div_factor": _F,
     "final_div_factor": _F, "anneal_strategy": Param("str", ("cos", "linear")), "three_phase": _B,
@@ -121,9 +120,9 @@ FAMILIES: tuple[Family, ...] = (
     Family(("torch.optim.lr_scheduler",), None, _TORCH_SCHEDULER,
            {"StepLR": ("", "step_size", "gamma"), "ExponentialLR": ("", "gamma")}),
     Family(("torch.optim", "bitsandbytes.optim", "apex.optimizers", "timm.optim"), None,
-           _TORCH_OPTIMIZER, {"*": ("", "lr")}),
+           _TORCH_OPTIMIZER, {"*": ("", "lr")}, groups=True),
     Family(("transformers", "transformers.optimization"), frozenset({"AdamW", "Adafactor"}),
-           _TORCH_OPTIMIZER, {"*": ("", "lr")}),
+           _TORCH_OPTIMIZER, {"*": ("", "lr")}, groups=True),
     Family(("timm.optim",), frozenset({"create_optimizer_v2", "create_optimizer"}),
            {"lr": _F, "weight_decay": _F, "momentum": _F}, {}),
     Family(("transformers", "transformers.optimization"),
@@ -302,31 +301,29 @@ def _arguments(call: ast.Call, family: Family, callee: str) -> list[tuple[str, s
         if positions[i]:
             out.append((positions[i], positions[i], arg))
     out += [(k.arg, k.arg, k.value) for k in call.keywords if k.arg in family.params]
-    if family.params is _TORCH_OPTIMIZER and call.args and isinstance(call.args[0], (ast.List, ast.Tuple)):
+    if family.groups and call.args and isinstance(call.args[0], (ast.List, ast.Tuple)):
         for index, group in enumerate(call.args[0].elts):
-            out += [(f"group{index}.{key}", key, value) for key, value in _group_items(group)]
+            out += [(f"group{index}.{k}", k, v) for k, v in _group_items(group) if k in family.params]
     return out
 
 
 def _group_items(node: ast.expr) -> list[tuple[str, ast.expr]]:
-    """The optimizer keys of one parameter group written as ``{"params": ..., "lr": 1e-3}`` or
-    ``dict(params=..., lr=1e-3)``; nothing for a group built any other way."""
+    """The (key, value) pairs of one parameter group written as ``{"params": ..., "lr": 1e-3}``
+    or ``dict(params=..., lr=1e-3)``; nothing for a group built any other way."""
     if isinstance(node, ast.Dict):
-        pairs = [
+        return [
             (key.value, value)
             for key, value in zip(node.keys, node.values, strict=True)
             if isinstance(key, ast.Constant) and isinstance(key.value, str)
         ]
-    elif (
+    if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
         and node.func.id == "dict"
         and not node.args
     ):
-        pairs = [(k.arg, k.value) for k in node.keywords if k.arg is not None]
-    else:
-        return []
-    return [(key, value) for key, value in pairs if key in _GROUPED]
+        return [(k.arg, k.value) for k in node.keywords if k.arg is not None]
+    return []
 
 
 def _value(node: ast.expr, spec: Param) -> ast.expr | None:
