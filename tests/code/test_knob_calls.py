@@ -254,3 +254,61 @@ def test_parameter_groups_norm_layers_and_rmsprop_alpha_are_knobs() -> None:
     assert [g["weight_decay"] for g in groups] == [0.05, 0.0, 0.01]  # group 2: AdamW's default
     assert [g["lr"] for g in groups] == [3e-4, 0.002, 2 * 3e-4]
     assert scope["model"][2].momentum == 0.2 and scope["rms"].param_groups[0]["alpha"] == 0.9
+
+
+GROUPS_IN_VARIABLES = """\
+import torch
+from torch import nn
+
+no_decay = ["bias"]
+
+
+def build(model):
+    grouped = [
+        {"params": [p for n, p in model.named_parameters() if n not in no_decay], "weight_decay": 0.01},
+        {"params": [p for n, p in model.named_parameters() if n in no_decay], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(grouped, lr=5e-5)
+
+
+def heads(model):
+    head = {"params": [model.bias], "lr": 1e-3}
+    body = dict(params=[model.weight], weight_decay=0.1)
+    return torch.optim.SGD([body, head], lr=1e-2, momentum=0.9)
+
+
+def passed_in(groups):
+    return torch.optim.Adam(groups, lr=1e-3)
+
+
+def rebuilt(model):
+    groups = [{"params": [model.weight], "lr": 1e-4}]
+    groups = [{"params": [model.bias], "lr": 5.0}]
+    return torch.optim.RMSprop(groups)
+
+
+model = nn.Linear(4, 4)
+opt, opt2 = build(model), heads(model)
+"""
+
+
+def test_parameter_groups_assigned_to_variables_first_are_knobs() -> None:
+    """Groups built in a variable before the optimizer call (Hugging Face's
+    ``optimizer_grouped_parameters``, a group dict of its own name) are read as if written in the
+    call; a list that arrives as an argument or is assigned twice is not (which value reaches the
+    call is unsure). The edit reaches the group (real torch)."""
+    assert _values(GROUPS_IN_VARIABLES) == {
+        "AdamW.group0.weight_decay": 0.01,
+        "AdamW.group1.weight_decay": 0.0,
+        "AdamW.lr": 5e-5,
+        "SGD.group1.lr": 1e-3,
+        "SGD.group0.weight_decay": 0.1,
+        "SGD.lr": 1e-2,
+        "SGD.momentum": 0.9,
+        "Adam.lr": 1e-3,
+    }
+    edited = set_knobs(GROUPS_IN_VARIABLES, {"AdamW.group0.weight_decay": 0.05, "SGD.group1.lr": 0.002})
+    scope: dict = {}
+    exec(compile(edited, "train.py", "exec"), scope)
+    assert [g["weight_decay"] for g in scope["opt"].param_groups] == [0.05, 0.0]
+    assert [g["lr"] for g in scope["opt2"].param_groups] == [1e-2, 0.002]

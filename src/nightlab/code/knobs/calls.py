@@ -9,7 +9,8 @@ named after the callee and the parameter (``AdamW.lr``, ``DataLoader.batch_size`
 ``TrainingArguments.learning_rate``). An optimizer's parameter groups written out as dicts
 (``AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}])``, as
 nanoGPT and most GPT scripts do) give one knob per group and key, named after the group's index
-in ``optimizer.param_groups`` (``AdamW.group0.weight_decay``).
+in ``optimizer.param_groups`` (``AdamW.group0.weight_decay``), also when the list or a group
+is a variable assigned once before the call, as Hugging Face's ``optimizer_grouped_parameters``.
 
 Only listed (callee, parameter) pairs count, because "any literal keyword" would make
 ``print(flush=True)``, ``open(encoding="utf-8")``, ``DataLoader(num_workers=4)`` and
@@ -203,12 +204,17 @@ def call_knobs(reader: Reader, tree: ast.Module) -> None:
     keras = any(path.split(".")[0] in _KERAS_ROOTS for path in bound.values())
     taken = {(k.start, k.end) for k in reader.found.values()}
     found: list[_Found] = []
+    owners: dict[int, list[ast.AST]] | None = None
     for call, target, scope in calls:
         match = _family(call.func, bound, keras)
         if match is None:
             continue
         family, callee = match
-        for label, param, node in _arguments(call, family, callee):
+        scopes: list[ast.AST] = []
+        if family.groups:  # an optimizer: its groups may be built in variables first
+            owners = _owners(tree) if owners is None else owners
+            scopes = owners.get(id(call), [tree])
+        for label, param, node in _arguments(call, family, callee, scopes):
             spec = family.params[param]
             value = _value(node, spec)
             if value is None:
@@ -288,11 +294,63 @@ def _family(func: ast.expr, bound: dict[str, str], keras: bool) -> tuple[Family,
     return None
 
 
-def _arguments(call: ast.Call, family: Family, callee: str) -> list[tuple[str, str, ast.expr]]:
+def _owners(tree: ast.Module) -> dict[int, list[ast.AST]]:
+    """For each call (by ``id``), the scopes a name it uses is looked up in: its function, the
+    functions around that one, then the module."""
+    out: dict[int, list[ast.AST]] = {}
+
+    def walk(node: ast.AST, chain: list[ast.AST]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                walk(child, [child, *chain])
+            else:
+                if isinstance(child, ast.Call):
+                    out[id(child)] = chain
+                walk(child, chain)
+
+    walk(tree, [tree])
+    return out
+
+
+def _assigned(name: str, use: ast.AST, scopes: list[ast.AST], kinds: tuple[type, ...]) -> ast.expr | None:
+    """The value of ``name`` at ``use``: the one assignment ``name = <kinds>`` of the first scope
+    that binds the name, before ``use``; None when that scope binds it more than once or any
+    other way (a loop, ``+=``, an argument), since then which value reaches the call is unsure."""
+    for scope in scopes:
+        binds: list[ast.AST] = []
+        if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            binds += [a for a in ast.walk(scope.args) if isinstance(a, ast.arg) and a.arg == name]
+        stack = list(ast.iter_child_nodes(scope))
+        while stack:
+            node = stack.pop()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                continue  # a scope of its own
+            if isinstance(node, ast.Name) and node.id == name and not isinstance(node.ctx, ast.Load):
+                binds.append(node)
+            stack.extend(ast.iter_child_nodes(node))
+        if not binds:
+            continue
+        if len(binds) != 1 or not isinstance(binds[0], ast.Name):
+            return None
+        before = (getattr(use, "lineno", 0), getattr(use, "col_offset", 0))
+        for stmt in ast.walk(scope):
+            target = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target", None)]
+            if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and target == [binds[0]]:
+                ok = isinstance(stmt.value, kinds) and (stmt.lineno, stmt.col_offset) < before
+                return stmt.value if ok else None
+        return None
+    return None
+
+
+def _arguments(
+    call: ast.Call, family: Family, callee: str, scopes: list[ast.AST]
+) -> list[tuple[str, str, ast.expr]]:
     """The (label, parameter, argument) triples of ``call`` that ``family`` reads: listed
     keywords, the positions whose parameter is certain (none after a ``*args``), and for an
     optimizer the values of its parameter groups, labelled ``group<i>.<parameter>`` after the
-    index the group has in ``optimizer.param_groups``."""
+    index the group has in ``optimizer.param_groups``. The list and its groups may be variables
+    assigned once before the call in ``scopes`` (``groups = [decay, {...}]; AdamW(groups)``), as
+    Hugging Face's examples and nanoGPT build them."""
     out: list[tuple[str, str, ast.expr]] = []
     positions = family.positional.get(callee, family.positional.get("*", ()))
     for i, arg in enumerate(call.args):
@@ -301,8 +359,15 @@ def _arguments(call: ast.Call, family: Family, callee: str) -> list[tuple[str, s
         if positions[i]:
             out.append((positions[i], positions[i], arg))
     out += [(k.arg, k.arg, k.value) for k in call.keywords if k.arg in family.params]
-    if family.groups and call.args and isinstance(call.args[0], (ast.List, ast.Tuple)):
-        for index, group in enumerate(call.args[0].elts):
+    listed = call.args[0] if family.groups and call.args else None
+    if isinstance(listed, ast.Name):
+        listed = _assigned(listed.id, call, scopes, (ast.List, ast.Tuple))
+    if isinstance(listed, (ast.List, ast.Tuple)):
+        for index, group in enumerate(listed.elts):
+            if isinstance(group, ast.Starred):
+                break  # the indices after it are unknown
+            if isinstance(group, ast.Name):  # decay = {"params": ..., "weight_decay": 0.1}; [decay, rest]
+                group = _assigned(group.id, listed, scopes, (ast.Dict, ast.Call)) or group
             out += [(f"group{index}.{k}", k, v) for k, v in _group_items(group) if k in family.params]
     return out
 
