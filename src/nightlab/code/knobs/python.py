@@ -16,7 +16,9 @@
 - ``class``: an attribute of a top-level class named as settings (``class CFG: lr = 1e-3``,
   ``class TrainConfig(BaseModel)``), the Kaggle and pydantic style; enums are data, not settings;
 - ``dict``: an entry of a top-level dict named as settings (``config = dict(lr=3e-4)``,
-  ``HPARAMS = {"optim": {"lr": 3e-4}}`` gives ``optim.lr``), the wandb style;
+  ``HPARAMS = {"optim": {"lr": 3e-4}}`` gives ``optim.lr``), the wandb style, or of a namespace
+  (``args = argparse.Namespace(lr=3e-3)``), also under ``if __name__ == "__main__":``; of a merge
+  (``{**defaults, "lr": 1e-2}``) only the entries that apply (:mod:`.mappings`);
 - ``env``: the default of ``os.environ.get("LR", 3e-4)``/``os.getenv(...)`` assigned to a
   constant or setting, also inside a cast (``float(...)``): it applies whenever the variable is
   unset, as it is in a run unless the run command sets it. Variables the harness or a launcher
@@ -46,6 +48,7 @@ from nightlab.code.knobs.choices import annotated_choices, listed_choices
 from nightlab.code.knobs.entry import click_parameter, entry_knobs
 from nightlab.code.knobs.hydra import HYDRA_SOURCE
 from nightlab.code.knobs.literal import KnobValue
+from nightlab.code.knobs.mappings import SettingsDicts
 from nightlab.code.knobs.model import Knob
 from nightlab.code.knobs.reader import Reader, call_name, keyword, simple_assignment, string_args
 from nightlab.code.knobs.signatures import signature_knobs
@@ -84,9 +87,13 @@ def python_knobs(
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             local.setdefault(node.func.id, []).append(node)
     settings = _leading_block(tree.body)
-    for stmt in tree.body:
+    mappings = SettingsDicts(reader)
+    for stmt in tree.body + _main_block(tree.body):
         name, value = simple_assignment(stmt)
         if name is None or value is None:
+            continue
+        if stmt not in tree.body:  # under `if __name__ == "__main__":`, only a settings mapping
+            mappings.read(name, value, stmt, _is_config_name(name))
             continue
         reader.names[name] = value  # what a choice list or a Literal alias may refer to
         kind = "constant" if _CONSTANT.match(name) else None
@@ -98,8 +105,8 @@ def python_knobs(
                 reader.add(name, default, stmt, "env", replace=True)
             else:
                 reader.add(name, value, stmt, kind, replace=True)
-        if _is_config_name(name):  # config = dict(lr=3e-4, ...) or CONFIG = {"lr": 3e-4}
-            _entries(reader, value, stmt, "", name)
+        # config = dict(lr=3e-4, ...), CONFIG = {"lr": 3e-4}, cfg = {**defaults, "lr": 1e-2}
+        mappings.read(name, value, stmt, _is_config_name(name))
     # In file order, so the first of two knobs with one name keeps the plain name.
     nodes = sorted(
         (n for n in ast.walk(tree) if isinstance(n, (ast.Call, ast.ClassDef))),
@@ -123,6 +130,20 @@ def python_knobs(
     signature_knobs(reader, tree)  # jsonargparse: parser.add_class_arguments(Optim, "optim")
     call_knobs(reader, tree)  # torch.optim.AdamW(params, lr=3e-4), nn.Dropout(0.1), ...
     return sorted(reader.found.values(), key=lambda k: k.start)
+
+
+def _main_block(body: list[ast.stmt]) -> list[ast.stmt]:
+    """The statements of a top-level ``if __name__ == "__main__":`` block, where a script may
+    build its settings (``args = argparse.Namespace(lr=3e-3, ...)``) before calling ``main``."""
+    out: list[ast.stmt] = []
+    for stmt in body:
+        if isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Compare):
+            sides = [stmt.test.left, *stmt.test.comparators]
+            if any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides) and any(
+                isinstance(s, ast.Constant) and s.value == "__main__" for s in sides
+            ):
+                out += stmt.body
+    return out
 
 
 def _leading_block(body: list[ast.stmt]) -> set[ast.stmt]:
@@ -260,25 +281,6 @@ def _is_config_name(name: str) -> bool:
 
 def _is_enum(cls: ast.ClassDef) -> bool:
     return any(call_name(base).endswith(("Enum", "Flag")) for base in cls.bases)
-
-
-def _entries(reader: Reader, node: ast.expr, stmt: ast.stmt, prefix: str, owner: str) -> None:
-    """The literal entries of a settings dict, nested dicts as dotted names (``optim.lr``)."""
-    if isinstance(node, ast.Dict):
-        pairs = [
-            (k.value, v) for k, v in zip(node.keys, node.values, strict=True)
-            if isinstance(k, ast.Constant) and isinstance(k.value, str)
-        ]  # fmt: skip
-    elif isinstance(node, ast.Call) and call_name(node) == "dict" and not node.args:
-        pairs = [(k.arg, k.value) for k in node.keywords if k.arg is not None]
-    else:
-        return
-    for key, value in pairs:
-        name = f"{prefix}{key}"
-        if isinstance(value, ast.Dict) or (isinstance(value, ast.Call) and call_name(value) == "dict"):
-            _entries(reader, value, stmt, f"{name}.", owner)
-        else:
-            reader.add(name, value, stmt, "dict", qualified=f"{owner}.{name}")
 
 
 def _env_default(node: ast.expr) -> ast.expr | None:

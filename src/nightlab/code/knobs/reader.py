@@ -34,18 +34,19 @@ class Reader:
 
     def add(self, name: str, node: ast.expr, stmt: ast.AST, source: str, replace: bool = False,
             qualified: str | None = None, choices: tuple[KnobValue, ...] = (),
-            flags: tuple[str, ...] = (), selected_by: tuple[tuple[str, str], ...] = ()) -> None:  # fmt: skip
-        """A knob for ``node``'s literal (nothing for any other expression).
+            flags: tuple[str, ...] = (), selected_by: tuple[tuple[str, str], ...] = ()) -> Knob | None:  # fmt: skip
+        """A knob for ``node``'s literal (nothing for any other expression); returns it, or None
+        when none was added.
 
         A name already taken keeps its knob unless ``replace`` (a re-assignment of a constant);
         the newcomer then takes ``qualified`` when that is free. The trailing comment is the one
         on the last line of ``stmt``, after the literal."""
         parsed = literal(node)
         if parsed is None:
-            return
+            return None
         if name in self.found and not replace:
             if qualified is None or qualified in self.found:
-                return
+                return None
             name = qualified
         kind, value = parsed
         start = self.offsets.offset(node.lineno, node.col_offset)
@@ -77,6 +78,7 @@ class Reader:
             flags=flags,
             selected_by=selected_by,
         )
+        return self.found[name]
 
 
 def call_name(node: ast.expr) -> str:
