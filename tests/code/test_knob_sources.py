@@ -127,6 +127,26 @@ def test_argparse_click_and_dataclass_defaults() -> None:
     )
 
 
+FACTORY = """\
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    hidden_sizes: list = field(default_factory=lambda: [64, 32])
+    tags: list = field(default_factory=list)
+    names: list = field(default_factory=lambda: ["a"])
+"""
+
+
+def test_a_dataclass_list_made_by_a_default_factory_is_a_knob() -> None:
+    """``field(default_factory=lambda: [64, 32])``, the way a dataclass holds a list of widths,
+    is a knob searched element by element; a factory of anything but numbers is not."""
+    assert knob_values(FACTORY, "config.py") == {"hidden_sizes": [64, 32]}
+    new = set_knobs(FACTORY, {"hidden_sizes": [128, 32]}, "config.py")
+    assert "field(default_factory=lambda: [128, 32])" in new
+
+
 YAML_TEXT = """\
 # model and optimizer
 model:

@@ -9,9 +9,9 @@
   (``iter_num = 0`` in the middle of a script) are state, not settings;
 - ``argparse``/``click``: the ``default=`` literal of ``parser.add_argument("--lr", ...)`` or
   ``@click.option("--lr", ...)``, named after the option (``dest=`` when given);
-- ``dataclass``: the default of a field of a ``@dataclass`` class (``lr: float = 3e-4`` or
-  ``field(default=3e-4)``) that no call building the class passes, in this file or another
-  editable one (:mod:`.callers`); a class stored in a Hydra ``ConfigStore`` names its fields where
+- ``dataclass``: the default of a field of a ``@dataclass`` class (``lr: float = 3e-4``,
+  ``field(default=3e-4)``, a list ``field(default_factory=lambda: [64, 64])``) that no call
+  building the class passes, in this file or another editable one (:mod:`.callers`); a class stored in a Hydra ``ConfigStore`` names its fields where
   Hydra places them, and a group option the run does not select gives none (:mod:`.structured`);
 - ``class``: an attribute of a top-level class named as settings (``class CFG: lr = 1e-3``,
   ``class TrainConfig(BaseModel)``), the Kaggle and pydantic style; enums are data, not settings;
@@ -222,7 +222,10 @@ def _fields(
         if isinstance(value, ast.Call) and call_name(value) == "field":
             # HfArgumentParser's way: field(default="linear", metadata={"choices": [...]})
             listed = _metadata_choices(keyword(value, "metadata"), reader.names)
+            factory = keyword(value, "default_factory")
             value = keyword(value, "default")
+            if value is None and isinstance(factory, ast.Lambda):
+                value = factory.body  # field(default_factory=lambda: [64, 64]): a list of numbers
             if value is None:
                 continue
         annotation = stmt.annotation if isinstance(stmt, ast.AnnAssign) else None
