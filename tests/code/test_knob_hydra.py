@@ -49,6 +49,7 @@ def test_a_group_choice_is_a_knob_and_only_the_selected_file_gives_knobs() -> No
     assert {n: k.path for n, k in knobs.items() if n.startswith("optim.")} == {
         "optim.name": "conf/optim/adam.yaml",
         "optim.lr": "conf/optim/adam.yaml",
+        "optim.betas": "conf/optim/adam.yaml",
         "optim.weight_decay": "conf/optim/adam.yaml",
     }  # sgd.yaml, not selected, gives nothing: no momentum, no second lr
     assert knobs["model.hidden_dim"].path == "conf/model/mlp.yaml" and knobs["trainer.batch_size"].value == 64

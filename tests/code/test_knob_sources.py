@@ -196,8 +196,37 @@ def test_yaml_json_and_toml_scalars_by_key_path() -> None:
     }  # fmt: skip
     assert knob_values(TOML_TEXT, "config.toml") == {
         "lr": 3e-4, "name": "small", "model.n_layer": 6, "model.bias": False, "model.quoted key": 1.5,
+        "model.layers": [1, 2],  # a list of numbers on one line; [a, b] and [1, 2, {"x": 3}] are not
     }  # fmt: skip
     assert {k.name: k.comment for k in find_knobs(YAML_TEXT, "c.yml")}["model.n_layer"] == "depth"
+
+
+@pytest.mark.parametrize(
+    ("path", "text", "expected"),
+    [
+        (
+            "c.yaml",
+            "optim:\n  betas: [0.9, 0.98]  # adam\n  f: {bs: [32, 64]}\n  block:\n    - 1\n",
+            "optim:\n  betas: [0.8, 0.99]  # adam\n  f: {bs: [32, 128]}\n  block:\n    - 1\n",
+        ),
+        (
+            "c.json",
+            '{"optim": {"betas": [0.9,0.98], "f": {"bs": [32, 64]}}, "ml": [\n1]}',
+            '{"optim": {"betas": [0.8,0.99], "f": {"bs": [32, 128]}}, "ml": [\n1]}',
+        ),
+        (
+            "c.toml",
+            "[optim]\nbetas = [0.9, 0.98] # adam\nf.bs = [32, 64]\nflags = [true]\n",
+            "[optim]\nbetas = [0.8, 0.99] # adam\nf.bs = [32, 128]\nflags = [true]\n",
+        ),
+    ],
+)
+def test_a_list_of_numbers_in_a_config_file_is_a_knob(path: str, text: str, expected: str) -> None:
+    """``betas: [0.9, 0.98]`` in YAML, JSON or TOML is a knob as it is in Python (Adam's betas,
+    a list of widths), rewritten number by number; a list over several lines (a YAML block list)
+    or of anything but numbers is not."""
+    assert knob_values(text, path) == {"optim.betas": [0.9, 0.98], "optim.f.bs": [32, 64]}
+    assert set_knobs(text, {"optim.betas": [0.8, 0.99], "optim.f.bs": [32, 128]}, path) == expected
 
 
 def test_config_files_are_rewritten_only_where_the_value_is() -> None:

@@ -3,8 +3,9 @@
 ``optimizer: {lr: 3e-4}`` gives the knob ``optimizer.lr``. Each knob records the exact span of
 its value in the file, so rewriting it changes those characters and nothing else: comments,
 order, quoting and indentation stay as their author wrote them (well-kept parsers read the
-files; the span is found from their positions, so the file is never re-serialised). Lists,
-multi-line strings and nulls are not knobs.
+files; the span is found from their positions, so the file is never re-serialised). A list of
+numbers written on one line (``betas: [0.9, 0.98]``) is a knob, searched element by element as a
+Python one is; other lists, multi-line strings and nulls are not knobs.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def scalar_knob(
 
 
 def _kind(value: object) -> str | None:
+    if isinstance(value, list):
+        return "list" if _numbers(value) else None
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
@@ -69,8 +72,15 @@ def _kind(value: object) -> str | None:
     return None
 
 
+def _numbers(value: list) -> bool:
+    """A non-empty list of plain numbers (no booleans, no nested lists)."""
+    return bool(value) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
 def _native(value: object) -> KnobValue:
     """ruamel's and tomlkit's scalar subclasses as plain Python values."""
+    if isinstance(value, list):
+        return [_native(v) for v in value]
     for kind in (bool, int, float, str):
         if isinstance(value, kind):
             return kind(value)
@@ -91,7 +101,12 @@ def yaml_knobs(text: str, path: str) -> list[Knob]:
     for name, mapping, key, flow in _yaml_scalars(data, ""):
         line, col = mapping.lc.value(key)
         start = offsets.line_start(line + 1) + col
-        end = scalar_end(text, start, flow)
+        if isinstance(mapping[key], list):  # a flow list: [0.9, 0.98], on its line
+            end = text.find("]", start) + 1
+            if text[start] != "[" or end <= 0 or "\n" in text[start:end]:
+                continue
+        else:
+            end = scalar_end(text, start, flow)
         knob = scalar_knob(name, _native(mapping[key]), text, start, end, path, "yaml")
         if knob is not None:
             found.append(knob)
@@ -99,7 +114,7 @@ def yaml_knobs(text: str, path: str) -> list[Knob]:
 
 
 def _yaml_scalars(node: object, prefix: str) -> Iterator[tuple[str, object, object, bool]]:
-    from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
     if not isinstance(node, CommentedMap):
         return
@@ -110,6 +125,9 @@ def _yaml_scalars(node: object, prefix: str) -> Iterator[tuple[str, object, obje
         name = f"{prefix}{key}"
         if isinstance(value, CommentedMap):
             yield from _yaml_scalars(value, name + ".")
+        elif isinstance(value, CommentedSeq):  # not a top-level `defaults:`, Hydra's own list
+            if value.fa.flow_style() and _kind(list(value)) is not None and name != "defaults":
+                yield name, node, key, flow
         elif _kind(value) is not None:
             yield name, node, key, flow
 
@@ -186,13 +204,18 @@ class _JsonSpans:
                 if text[i] != ",":
                     raise ValueError(f"expected ',' or '}}' at offset {i}")
                 i = _skip(text, i + 1)
-        if text[i] == "[":  # lists are not knobs, but their end must be found
-            i = _skip(text, i + 1)
+        if text[i] == "[":  # a list of numbers on one line is a knob; any other is not
+            start, i = i, _skip(text, i + 1)
             if text[i] == "]":
                 return i + 1
             while True:
                 i = _skip(text, self.value(i, name, record=False))
                 if text[i] == "]":
+                    if record and name and "\n" not in text[start : i + 1]:
+                        knob = scalar_knob(
+                            name, json.loads(text[start : i + 1]), text, start, i + 1, self.path, "json"
+                        )
+                        self.found.extend([knob] if knob is not None else [])
                     return i + 1
                 if text[i] != ",":
                     raise ValueError(f"expected ',' or ']' at offset {i}")

@@ -26,6 +26,15 @@ def format_value(old_text: str, new_value: KnobValue, syntax: str = "python") ->
     if syntax == "python":
         return format_literal(old_text, new_value)
     old = old_text.strip()
+    if isinstance(new_value, (tuple, list)):  # [0.9, 0.98]: each number as its old one was written
+        elements = list(re.finditer(r"[^\s,\[\]]+", old))
+        if len(elements) == len(new_value):
+            out = old
+            for match, value in reversed(list(zip(elements, new_value, strict=True))):
+                out = out[: match.start()] + format_value(match.group(), value, syntax) + out[match.end() :]
+            return out
+        first = elements[0].group() if elements else "0"
+        return "[" + ", ".join(format_value(first, v, syntax) for v in new_value) + "]"
     if isinstance(new_value, bool):
         return "true" if new_value else "false"
     if isinstance(new_value, str):
