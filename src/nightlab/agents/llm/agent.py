@@ -33,13 +33,13 @@ Example (a local vLLM server)::
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import uuid
 from dataclasses import dataclass
 
 from nightlab.agents.base import Agent
 from nightlab.agents.llm.answer import ParsedAnswer, parse_answer, without_reasoning
+from nightlab.agents.llm.lessons import lesson_fact, parse_lessons
 from nightlab.agents.llm.prompt import build_prompt
 from nightlab.agents.llm.providers import (
     ChatModel,
@@ -334,7 +334,7 @@ class LLMAgent(Agent):
             owed, self._awaiting_lesson = self._awaiting_lesson[-LESSONS_PER_CALL:], []
         if not owed or self._over_cap(quiet=True):
             return {}
-        prompt = "\n\n".join(_lesson_fact(e) for e in owed)
+        prompt = "\n\n".join(lesson_fact(e) for e in owed)
         system = (
             "You keep a research notebook. For each experiment below write one line, at most 25 "
             "words, that future experiments should know (what worked, what failed and why). "
@@ -350,11 +350,13 @@ class LLMAgent(Agent):
         for limit in limits:
             try:
                 reply = self._complete(system, [{"role": "user", "content": prompt}], limit)
-            except ProviderUnavailable as exc:
+            except (ProviderUnavailable, UserError) as exc:
+                # A refused lessons request (a 400 for its length) costs the lessons, not the
+                # night; a rejected key or unknown model stops the next proposal's call anyway.
                 log.warning("no lessons written: %s", exc)
                 return {}
             self._account(spend, reply)
-            found = _parse_lessons(without_reasoning(reply.text, strict=False), ids)
+            found = parse_lessons(without_reasoning(reply.text, strict=False), ids)
             if found or not reply.truncated or self._over_cap(quiet=True):
                 break
         with self._lock:
@@ -461,33 +463,3 @@ def _feedback(error: str) -> str:
         f"Your answer could not be used: {error}\n\n"
         "Answer again in full (Description, Hypothesis and every SEARCH/REPLACE block), with this fixed."
     )
-
-
-def _lesson_fact(e: HistoryEntry) -> str:
-    delta = (
-        "n/a"
-        if e.delta is None
-        else f"{e.delta:+.4g}" + (f" ± {e.spread:.2g}" if e.spread is not None else "")
-    )
-    text = (
-        f"#{e.id}: {e.description}\nhypothesis: {e.hypothesis or '-'}\n"
-        f"result: status {e.status}, decision {e.decision}, improvement {delta} over {e.runs} runs; {e.reason}"
-    )
-    if e.status in ("crash", "timeout", "oom", "nan") and e.log_tail:
-        text += "\nlog tail:\n" + e.log_tail[-800:]
-    return text
-
-
-_LESSON_LINE = re.compile(r"^\W*#?\s*(\d+)\s*[:.)\]-]\s*(.+)$")
-
-
-def _parse_lessons(text: str, ids: list[int]) -> dict[int, str]:
-    """Lines '#<id>: lesson' for the ids asked about; a single bare line answers a single id."""
-    found: dict[int, str] = {}
-    for line in text.splitlines():
-        match = _LESSON_LINE.match(line.strip())
-        if match and int(match.group(1)) in ids:
-            found[int(match.group(1))] = match.group(2).strip()[:300]
-    if not found and len(ids) == 1 and text.strip():
-        found[ids[0]] = text.strip().splitlines()[0][:300]
-    return found
