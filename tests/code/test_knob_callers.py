@@ -57,7 +57,8 @@ def test_a_default_another_file_passes_is_no_knob() -> None:
         "steps": "config.py:dataclass",  # init=False: no call can pass it
         "model.py:lr": "model.py:constructor",
         "weight_decay": "model.py:constructor",
-    }  # noise (TrainConfig(noise=0.2)) and Optim's momentum (Optim(momentum=0.5)) are dead
+        "noise": "train.py:call",  # the value that applies: cfg = TrainConfig(noise=0.2)
+    }  # noise's default (TrainConfig(noise=0.2)) and Optim's momentum (Optim(momentum=0.5)) are dead
     # Read alone, config.py keeps every field and model.py, a library nothing builds, gives none.
     assert "noise" in _where({"config.py": CONFIG}) and _where({"model.py": MODEL}) == {}
 
@@ -68,12 +69,15 @@ def test_positional_and_unreadable_calls_through_any_import() -> None:
     spread = TRAIN.replace("TrainConfig(noise=0.2)", "TrainConfig(**overrides)")
     assert set(_where({"config.py": CONFIG, "train.py": spread})) == set()  # which fields: unknown
     aliased = "import config as C\n\ncfg = C.TrainConfig(lr=0.1)\n"
-    assert set(_where({"config.py": CONFIG, "run.py": aliased})) == {"kind", "momentum", "noise", "steps"}
+    assert _where({"config.py": CONFIG, "run.py": aliased}) == {
+        "kind": "config.py:dataclass", "momentum": "config.py:dataclass", "noise": "config.py:dataclass",
+        "steps": "config.py:dataclass", "lr": "run.py:call",  # the lr the call passes applies
+    }  # fmt: skip
     relative = "from .config import TrainConfig as TC\n\ncfg = TC(momentum=0.9)\n"
     found = _where({"pkg/config.py": CONFIG, "pkg/train.py": relative, "other/config.py": "lr = 1\n"})
-    assert "momentum" not in found and "noise" in found
+    assert found["momentum"] == "pkg/train.py:call" and found["noise"] == "pkg/config.py:dataclass"
     module = "from . import config\n\ncfg = config.TrainConfig(noise=0.3)\n"
-    assert "noise" not in _where({"pkg/config.py": CONFIG, "pkg/train.py": module})
+    assert _where({"pkg/config.py": CONFIG, "pkg/train.py": module})["noise"] == "pkg/train.py:call"
     # The same rule in the file itself: the argparse default is the knob, not the dead field.
     local = CONFIG + "import argparse\np = argparse.ArgumentParser()\np.add_argument('--lr', default=0.3)\n"
     local += "cfg = TrainConfig(lr=p.parse_args().lr)\n"

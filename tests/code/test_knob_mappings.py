@@ -66,3 +66,43 @@ def test_a_namespace_of_settings_under_main_is_knobs() -> None:
     }
     edited = set_knobs(NAMESPACE, {"lr": 1e-3, "width": 64})
     assert "argparse.Namespace(lr=1e-3, batch_size=64" in edited and "SimpleNamespace(width=64)" in edited
+
+
+BUILT = """\
+from dataclasses import dataclass
+
+from transformers import GPT2Config, TrainingArguments
+
+
+@dataclass
+class Config:
+    lr: float = 1e-3
+    batch_size: int = 32
+    dropout: float = 0.1
+
+
+cfg = Config(lr=3e-4, batch_size=64)
+
+
+def main():
+    model_config = GPT2Config(n_layer=4, n_embd=128)
+    args = TrainingArguments(output_dir="out", learning_rate=5e-5, logging_steps=10)
+    net = Config(lr=0.5)
+    return model_config, args, net
+"""
+
+
+def test_the_literals_a_settings_object_is_built_with_are_knobs() -> None:
+    """``cfg = Config(lr=3e-4)``: the values that apply (the class's defaults for them are dead,
+    as before) are knobs, in a function too; a training API's call gives only its listed
+    arguments, and a variable not named as settings gives none."""
+    found = {k.name: (k.value, k.line) for k in find_knobs(BUILT)}
+    assert found == {
+        "dropout": (0.1, 10),
+        "lr": (3e-4, 13),
+        "batch_size": (64, 13),
+        "TrainingArguments.learning_rate": (5e-5, 18),
+        "n_layer": (4, 17),
+        "n_embd": (128, 17),
+    }
+    assert "cfg = Config(lr=1e-3, batch_size=64)" in set_knobs(BUILT, {"lr": 1e-3})

@@ -195,9 +195,10 @@ class _Found:
         return f"{self.callee}.{self.param}"
 
 
-def call_knobs(reader: Reader, tree: ast.Module) -> None:
+def call_knobs(reader: Reader, tree: ast.Module) -> set[int]:
     """Add the literal arguments of the file's calls to well-known training APIs (see the module
-    docstring), after every other reader: a name they took keeps its knob."""
+    docstring), after every other reader: a name they took keeps its knob. Returns the ``id`` of
+    every such call, whose other arguments are no knobs (``output_dir``, ``logging_steps``)."""
     bound: dict[str, str] = {}
     calls: list[tuple[ast.Call, str, str]] = []
     _collect(tree, "", bound, calls)
@@ -205,11 +206,13 @@ def call_knobs(reader: Reader, tree: ast.Module) -> None:
     taken = {(k.start, k.end) for k in reader.found.values()}
     found: list[_Found] = []
     owners: dict[int, list[ast.AST]] | None = None
+    known: set[int] = set()
     for call, target, scope in calls:
         match = _family(call.func, bound, keras)
         if match is None:
             continue
         family, callee = match
+        known.add(id(call))
         scopes: list[ast.AST] = []
         if family.groups:  # an optimizer: its groups may be built in variables first
             owners = _owners(tree) if owners is None else owners
@@ -225,6 +228,7 @@ def call_knobs(reader: Reader, tree: ast.Module) -> None:
         if (start, reader.offsets.offset(item.node.end_lineno or 0, item.node.end_col_offset or 0)) in taken:
             continue  # another reader's knob already (a literal can be one knob only)
         reader.add(name, item.node, item.node, SOURCE, qualified=qualified, choices=item.choices)
+    return known
 
 
 def _collect(

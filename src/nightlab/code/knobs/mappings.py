@@ -15,6 +15,7 @@ read: the literals around it stay knobs, as the values that apply when it does n
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nightlab.code.knobs.model import Knob
@@ -119,3 +120,45 @@ def _items(node: ast.expr) -> list[_Key | _Spread] | None:
         right = _items(node.right)
         return None if left is None or right is None else left + right
     return None
+
+
+def built_settings(
+    reader: Reader, tree: ast.Module, is_settings_name: Callable[[str], bool], known: set[int]
+) -> None:
+    """The literal keyword arguments of a class built into a variable named as settings,
+    anywhere in the file: ``cfg = Config(lr=3e-4, batch_size=64)``, ``model_config =
+    GPT2Config(n_layer=4)`` (``lr``, ``batch_size``, ``n_layer``; ``cfg.lr`` when the name is
+    taken). The class's own defaults for those fields are no knobs (the call passes them), so
+    without this the values that apply were searched nowhere. Read after every other reader: a
+    literal another one found (``TrainingArguments(learning_rate=5e-5)``) keeps its knob."""
+    taken = {(k.start, k.end) for k in reader.found.values()}
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Assign, ast.AnnAssign)) or not isinstance(node.value, ast.Call):
+            continue
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        target = targets[0] if len(targets) == 1 else None
+        name = target.id if isinstance(target, ast.Name) else getattr(target, "attr", "")
+        call = node.value
+        if name and is_settings_name(name) and call_name(call)[:1].isupper() and id(call) not in known:
+            _keywords(reader, call, node, "", name, taken)
+
+
+def _keywords(
+    reader: Reader, call: ast.Call, stmt: ast.stmt, prefix: str, owner: str, taken: set[tuple[int, int]]
+) -> None:
+    """The literal keywords of ``call`` as knobs ``prefix + keyword``, nested settings classes
+    as dotted names (``Config(optim=OptimConfig(lr=1e-3))``: ``optim.lr``)."""
+    for keyword in call.keywords:
+        if keyword.arg is None:
+            continue
+        key = prefix + keyword.arg
+        value = keyword.value
+        if isinstance(value, ast.Call) and call_name(value)[:1].isupper():  # optim=OptimConfig(lr=...)
+            _keywords(reader, value, stmt, key + ".", owner, taken)
+            continue
+        span = (
+            reader.offsets.offset(value.lineno, value.col_offset),
+            reader.offsets.offset(value.end_lineno or value.lineno, value.end_col_offset or 0),
+        )
+        if span not in taken:
+            reader.add(key, value, stmt, "call", qualified=f"{owner}.{key}")
