@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from agent_kit import entry as make_entry
 from agent_kit import make_context
-from fake_servers import Answer, Status, answer_text, block, fake_llm_server
+from fake_servers import Answer, Raw, Status, answer_text, block, fake_llm_server
 
 from nightlab.agents.llm.agent import LLMAgent
 
@@ -44,3 +45,75 @@ def test_a_refused_lessons_request_costs_the_lessons_not_the_night(llm_config):
     assert agent.stop_reason() is None and agent.lessons == {}
     lesson_request = json.dumps(server.requests[1].body)
     assert "research notebook" in lesson_request and len(lesson_request) < 5_000
+
+
+def _openai_body(message: dict, finish: str = "stop") -> Raw:
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "fake-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+    return Raw(json.dumps(body))
+
+
+def test_content_sent_as_a_list_of_text_parts_is_read_as_the_answer(llm_config):
+    """Some OpenAI-compatible servers and proxies answer with content parts, not a string; the
+    agent used to crash on it with a TypeError traceback."""
+    parts = [{"type": "text", "text": GOOD[:40]}, {"type": "text", "text": GOOD[40:]}]
+    with fake_llm_server("openai", [_openai_body({"content": parts})]) as server:
+        proposal = LLMAgent(llm_config(server)).propose(make_context())
+    assert proposal is not None and proposal.refused is None
+    assert proposal.description == "raise LR 0.01 -> 0.03"
+
+
+TOOL_CALLS = {
+    "openai tool_calls": (
+        "openai",
+        _openai_body(
+            {
+                "content": None,
+                "tool_calls": [
+                    {"id": "t1", "type": "function", "function": {"name": "edit_file", "arguments": "{}"}}
+                ],
+            },
+            "tool_calls",
+        ),
+    ),
+    "openai function_call": (
+        "openai",
+        _openai_body({"content": None, "function_call": {"name": "edit_file", "arguments": "{}"}}),
+    ),
+    "anthropic tool_use": (
+        "anthropic",
+        Raw(
+            json.dumps(
+                {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "fake-model",
+                    "content": [{"type": "tool_use", "id": "tu_1", "name": "edit_file", "input": {}}],
+                    "stop_reason": "tool_use",
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 10, "output_tokens": 5},
+                }
+            )
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TOOL_CALLS))
+def test_a_tool_call_instead_of_text_is_sent_back_to_the_model_not_retried_as_an_outage(case, llm_config):
+    """A model that calls a tool (none is offered) answered: it used to count as a server
+    without a message, retried with backoff until the night stopped."""
+    protocol, tool_call = TOOL_CALLS[case]
+    with fake_llm_server(protocol, [tool_call, Answer(GOOD)]) as server:
+        agent = LLMAgent(llm_config(server))
+        proposal = agent.propose(make_context())
+    assert proposal is not None and proposal.description == "raise LR 0.01 -> 0.03"
+    assert proposal.cost.attempts == 2 and agent.stop_reason() is None
+    assert "call to the tool 'edit_file'; no tools are available" in server.requests[1].last_user_text

@@ -250,6 +250,11 @@ class LLMAgent(Agent):
                 digest = self._check(parsed, context)
             except EditError as exc:
                 error = str(exc)
+                if reply.tool_calls and not reply.text.strip():
+                    error = (
+                        f"your answer was a call to the tool {', '.join(map(repr, reply.tool_calls))}; no tools "
+                        "are available here: write the answer itself as text"
+                    )
                 if reply.truncated:
                     error += (
                         f" (your answer was cut off at {self.config.max_output_tokens} tokens: "

@@ -46,6 +46,9 @@ class Reply:
     tokens_in: int
     tokens_out: int
     truncated: bool = False  # stopped by the output limit, so the answer may be cut off
+    # Tools the model called instead of answering in text (no tools are offered: it is a
+    # spoiled answer for the conversation to correct, not a failure of the server).
+    tool_calls: tuple[str, ...] = ()
 
 
 @dataclass
@@ -336,20 +339,20 @@ class OpenAIChat(_SDKChat):
         if message is None:
             raise self._no_message("its choice has no message")
         truncated = getattr(choice, "finish_reason", None) == "length"
+        text = _text_of(_field(message, "content"))
+        legacy = _field(message, "function_call")
+        calls = _tool_names([*(_field(message, "tool_calls") or []), *([legacy] if legacy else [])])
         # No content is still the model's answer when it spent its output limit (a reasoning
-        # model that only thought) or refused; otherwise the server left the answer out.
-        if (
-            getattr(message, "content", None) is None
-            and not truncated
-            and not getattr(message, "refusal", None)
-        ):
+        # model that only thought), refused, or called a tool; otherwise the server left it out.
+        if text is None and not truncated and not _field(message, "refusal") and not calls:
             raise self._no_message("its message has no content")
         usage = getattr(response, "usage", None)
         return Reply(
-            text=message.content or "",
+            text=text or "",
             tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
             tokens_out=int(getattr(usage, "completion_tokens", 0) or 0),
             truncated=truncated,
+            tool_calls=calls,
         )
 
 
@@ -379,11 +382,39 @@ class AnthropicChat(_SDKChat):
             raise self._no_message("no content" if not content else "its content is not a list")
         usage = getattr(response, "usage", None)
         return Reply(
-            text="".join(str(getattr(block, "text", "") or "") for block in content),
+            text=_text_of(content) or "",
             tokens_in=int(getattr(usage, "input_tokens", 0) or 0),
             tokens_out=int(getattr(usage, "output_tokens", 0) or 0),
             truncated=truncated,
+            tool_calls=_tool_names([b for b in content if _field(b, "type") == "tool_use"]),
         )
+
+
+def _field(item: object, name: str) -> Any:  # whatever the response holds there
+    """A field of a response part, whether the SDK built its model or left a plain dict (a shape
+    its types do not describe, such as a list where they expect a string)."""
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+
+def _text_of(content: object) -> str | None:
+    """A message's content as text: a string, or the text parts of a list of content parts (some
+    OpenAI-compatible servers answer so, and Anthropic always does); other parts (thinking, a
+    tool call) carry no answer text."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p if isinstance(p, str) else str(_field(p, "text") or "") for p in content)
+    return str(content)
+
+
+def _tool_names(calls: list[Any]) -> tuple[str, ...]:
+    """The names of the tools in OpenAI ``tool_calls`` (or a legacy ``function_call``) or
+    Anthropic ``tool_use`` blocks."""
+    names = []
+    for call in calls:
+        function = _field(call, "function")
+        names.append(str(_field(function, "name") if function is not None else _field(call, "name"))[:60])
+    return tuple(names)
 
 
 def _status_verdict(
