@@ -15,6 +15,7 @@ from agent_kit import make_context
 from fake_servers import Answer, Raw, Status, answer_text, block, fake_llm_server
 
 from nightlab.agents.llm.agent import LLMAgent
+from nightlab.errors import UserError
 
 GOOD = answer_text(
     "raise LR 0.01 -> 0.03",
@@ -117,3 +118,19 @@ def test_a_tool_call_instead_of_text_is_sent_back_to_the_model_not_retried_as_an
     assert proposal is not None and proposal.description == "raise LR 0.01 -> 0.03"
     assert proposal.cost.attempts == 2 and agent.stop_reason() is None
     assert "call to the tool 'edit_file'; no tools are available" in server.requests[1].last_user_text
+
+
+@pytest.mark.parametrize(
+    ("protocol", "wrong"),
+    [("openai", lambda url: url.removesuffix("/v1")), ("anthropic", lambda url: url + "/v1/")],
+)
+def test_a_base_url_with_or_without_v1_the_wrong_way_is_named_before_the_night(protocol, wrong, llm_config):
+    """OpenAI's SDK wants /v1 in base_url, Anthropic's does not: the wrong form found no route and
+    was reported after the baseline as an unknown model ('check model and base_url')."""
+    with fake_llm_server(protocol, [Answer(GOOD)]) as server:
+        agent = LLMAgent(llm_config(server, base_url=wrong(server.base_url)))
+        with pytest.raises(UserError) as caught:
+            agent.check({})
+    message = str(caught.value)
+    assert f'but "{server.base_url}" has: set base_url = "{server.base_url}"' in message
+    assert "\n" not in message and not server.requests  # nothing was asked of the model

@@ -188,8 +188,32 @@ def _fatal_message(
     if status in (401, 403):
         return f"nightlab.toml: [agent] the key in ${key_env} was rejected by {where} (HTTP {status}); check api_key_env"
     if status == 404:
-        return f"nightlab.toml: [agent] model '{model}' is not served by {where} (HTTP 404); check model and base_url"
+        return (
+            f"nightlab.toml: [agent] model '{model}' is not served by {where} (HTTP 404); check model "
+            f"and base_url{_prefix_hint(provider, base_url)}"
+        )
     return None
+
+
+def _other_prefix(sdk: str, base_url: str | None) -> str | None:
+    """``base_url`` with ``/v1`` added (OpenAI-compatible) or taken off (Anthropic), when that is
+    the usual mistake; None for the provider's own API."""
+    if not base_url:
+        return None
+    url = base_url.rstrip("/")
+    if sdk == "openai" and not url.endswith("/v1"):
+        return url + "/v1"
+    if sdk == "anthropic" and url.endswith("/v1"):
+        return url.removesuffix("/v1")
+    return None
+
+
+def _prefix_hint(provider: str, base_url: str | None) -> str:
+    other = _other_prefix(provider.lower(), base_url)
+    if other is None:
+        return ""
+    wanted = "ends in /v1" if other.endswith("/v1") else "leaves out /v1"
+    return f' ({provider}\'s base_url usually {wanted}: "{other}")'
 
 
 class _SDKChat:
@@ -247,8 +271,27 @@ class _SDKChat:
             if status in (401, 403):
                 message = _fatal_message(self.provider, status, self.model, self.base_url, self.key_env)
                 raise UserError(message or f"the key was rejected (HTTP {status})") from None
+            if status == 404:
+                self._check_prefix()
         except Exception as exc:  # noqa: BLE001 - anything else is the first proposal's to meet
             log.debug("key check skipped: %s", _brief(exc))
+
+    def _check_prefix(self) -> None:
+        """A base_url with or without ``/v1`` the wrong way round (the SDKs disagree: OpenAI's
+        includes it, Anthropic's leaves it out) finds no route. When the other form answers,
+        say so now, before the baseline trains, rather than as an unknown model after it."""
+        other = _other_prefix(self.sdk, self.base_url)
+        if other is None:
+            return
+        try:
+            self._client.with_options(base_url=other, timeout=min(self.retry.timeout, 15.0)).models.list()
+        except self._sdk.APIStatusError as exc:
+            if getattr(exc, "status_code", None) not in (401, 403):  # no route there either
+                return
+        raise UserError(
+            f'nightlab.toml: [agent] base_url = "{self.base_url}" has no {self.provider} API (HTTP 404), '
+            f'but "{other}" has: set base_url = "{other}"'
+        )
 
     def _checked_call(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
         """``_call``, with a body the SDK could not read turned into a :class:`BadResponse`.
