@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from agent_kit import TRAIN
 
+from nightlab.agents.base import MAX_HYPOTHESIS
 from nightlab.agents.llm.answer import AnswerError, parse_answer, without_reasoning
 from nightlab.code.edits import apply_edits
 
@@ -151,6 +152,13 @@ def test_a_markdown_rule_outside_blocks_is_not_an_error():
 def test_description_is_one_bounded_line():
     parsed = parse_answer(GOOD.replace("raise LR 0.01 -> 0.03", "x" * 500))
     assert parsed.description == "x" * 200
+
+
+def test_a_runaway_hypothesis_is_bounded():
+    """A model that writes on and on (or a CLI's proposal file) used to put all of it in the
+    ledger, `status --json` and every later prompt."""
+    parsed = parse_answer(GOOD.replace("Hypothesis: ", "Hypothesis: " + "why " * 100_000, 1))
+    assert len(parsed.hypothesis) <= MAX_HYPOTHESIS and parsed.hypothesis.endswith("why ...")
 
 
 def test_the_hypothesis_stops_at_a_path_line_without_a_blank_line_before_it():

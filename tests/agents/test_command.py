@@ -11,7 +11,7 @@ import pytest
 from agent_kit import entry
 
 from helpers import TOY_TOML, git, make_workspace, nightlab
-from nightlab.agents.base import AgentSetup
+from nightlab.agents.base import MAX_HYPOTHESIS, AgentSetup
 from nightlab.agents.command import CONTEXT_FILE, MAX_FAILED_ROUNDS, CommandAgent
 from nightlab.agents.registry import make_agent
 from nightlab.config import load_config
@@ -138,6 +138,13 @@ def test_description_is_generated_when_the_cli_gives_none(tmp_path):
     proposal = command_agent(root).propose(context_of(root))
     assert proposal.description == "command agent: edited train.py (+1 -1 lines)"
     assert proposal.hypothesis == "" and proposal.refused is None
+
+
+def test_a_runaway_hypothesis_in_the_proposal_file_is_bounded(tmp_path):
+    script = f"{LR_SED}\nprintf 'Description: LR up\\nHypothesis: %s\\n' \"$(head -c 100000 /dev/zero | tr '\\0' h)\" > NIGHTLAB_PROPOSAL.md\n"
+    root = workspace_with(tmp_path, script)
+    proposal = command_agent(root).propose(context_of(root))
+    assert proposal.description == "LR up" and len(proposal.hypothesis) <= MAX_HYPOTHESIS
 
 
 def test_a_hung_cli_is_killed_at_the_timeout_with_its_children(tmp_path):

@@ -36,6 +36,18 @@ from typing import Protocol
 from nightlab.config import Config
 from nightlab.types import Context, HistoryEntry, Proposal, ProposalCost, RunResult, RunSpec
 
+# The longest hypothesis an agent hands the loop: the ledger, `status --json`, the lessons call
+# and later prompts carry it, and one runaway answer must not make them all grow without bound.
+MAX_HYPOTHESIS = 2000
+
+
+def bounded_hypothesis(text: str) -> str:
+    """``text`` stripped, and cut to :data:`MAX_HYPOTHESIS` characters (marked) when longer."""
+    text = text.strip()
+    if len(text) <= MAX_HYPOTHESIS:
+        return text
+    return text[: MAX_HYPOTHESIS - 4].rstrip() + " ..."
+
 
 class Agent(ABC):
     """Proposes experiments. ``propose`` returns None when it has nothing left to try.

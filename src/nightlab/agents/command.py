@@ -34,7 +34,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from nightlab.agents.base import Agent, AgentSetup, AgentTools
+from nightlab.agents.base import Agent, AgentSetup, AgentTools, bounded_hypothesis
 from nightlab.code.changes import line_counts
 from nightlab.config import Config
 from nightlab.errors import UserError
@@ -320,7 +320,7 @@ def _described(text: str, last: bool = False) -> tuple[str, str]:
             key = match.group(1).lower()
             if last or key not in found:
                 found[key] = match.group(2).strip().strip("*_`\"'").strip()
-    return found.get("description", "")[:200], found.get("hypothesis", "")
+    return found.get("description", "")[:200], bounded_hypothesis(found.get("hypothesis", ""))
 
 
 def render_context(context: Context, config: Config) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from nightlab.agents.base import bounded_hypothesis
 from nightlab.errors import UserError
 from nightlab.paths import is_editable, normalize
 from nightlab.research.session import Session
@@ -115,7 +116,7 @@ class Harness:
             )
         proposal = Proposal(
             description=description.strip(),
-            hypothesis=hypothesis.strip(),
+            hypothesis=bounded_hypothesis(hypothesis),
             edits=[_edit(e, i) for i, e in enumerate(edits, 1)],
             meta={"source": "mcp"},
         )

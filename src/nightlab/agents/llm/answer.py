@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from nightlab.agents.base import bounded_hypothesis
 from nightlab.errors import EditError
 from nightlab.types import Edit
 
@@ -127,7 +128,7 @@ def _hypothesis(lines: list[str]) -> str:
             if _starts_block(lines, j + 1):  # the block's path line, written without a blank line first
                 break
             parts.append(more.strip())
-        return " ".join(p for p in parts if p).strip("*_ ")
+        return bounded_hypothesis(" ".join(p for p in parts if p).strip("*_ "))
     return ""
 
 
