@@ -78,7 +78,7 @@ round(1.5, ndigits=2)
     # A class of the script's own that is called AdamW or Trainer is not the library's.
     own = "class AdamW:\n    def __init__(self, lr=0.1):\n        pass\n\n\nclass Trainer:\n    pass\n\n"
     own += "opt = AdamW(lr=0.5)\nt = Trainer(max_epochs=3)\n"
-    assert _values(own) == {}
+    assert _values(own) == {"lr": 0.5}  # a keyword of the script's own class, not AdamW.lr
     # Not imported at all: `optim` could be anything.
     assert _values("opt = optim.SGD(params, lr=0.1)\n") == {}
 

@@ -193,8 +193,8 @@ if __name__ == "__main__":
     main()
 """
     knobs = _knobs(source)
-    assert list(knobs) == ["hidden", "dropout", "lr"]
-    assert knobs["hidden"].source == "constructor"
+    assert list(knobs) == ["hidden", "dropout", "lr", "layers"]  # layers: the 3 the call passes
+    assert knobs["hidden"].source == "constructor" and knobs["layers"].source == "call"
     _only_literal_changed(source, "hidden", 128, "128")
     assert list(_knobs(source.replace("Net(100, layers=3)", "Net(100, 32)"))) == ["dropout", "layers", "lr"]
     library = source.split("\n\ndef main")[0] + "\n"

@@ -5,7 +5,7 @@ namespace of settings gave no knob at all."""
 
 from __future__ import annotations
 
-from nightlab.code.knobs import find_knobs, set_knobs
+from nightlab.code.knobs import find_all_knobs, find_knobs, set_all_knobs, set_knobs
 
 MERGED = """\
 defaults = {"lr": 3e-3, "batch_size": 64, "optim": {"eps": 1e-8, "wd": 0.1}, "dropout": 0.1}
@@ -87,7 +87,7 @@ cfg = Config(lr=3e-4, batch_size=64)
 def main():
     model_config = GPT2Config(n_layer=4, n_embd=128)
     args = TrainingArguments(output_dir="out", learning_rate=5e-5, logging_steps=10)
-    net = Config(lr=0.5)
+    net = Widget(lr=0.5)
     return model_config, args, net
 """
 
@@ -106,3 +106,34 @@ def test_the_literals_a_settings_object_is_built_with_are_knobs() -> None:
         "n_embd": (128, 17),
     }
     assert "cfg = Config(lr=1e-3, batch_size=64)" in set_knobs(BUILT, {"lr": 1e-3})
+
+
+MODEL = """\
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self, d_in, d_out, hidden=32, n_layers=1, *, dropout=0.1):
+        super().__init__()
+"""
+
+
+def test_the_keywords_a_script_builds_its_own_class_with_are_knobs() -> None:
+    """``model = Net(10, 2, hidden=128)`` in train.py, ``Net`` imported relatively from an
+    editable model.py: ``hidden`` is the 128 that applies (the default 32 is dead); a parameter
+    without a default (``d_in=10``, a size the data sets) and a class from elsewhere give none."""
+    train = (
+        "from .model import Net\nfrom .model import Net as Small\nfrom torchvision.models import resnet18\n\n"
+        "model = Net(d_in=10, d_out=2, hidden=128, n_layers=3)\nhead = Small(4, 4, dropout=0.2, hidden=5)\n"
+        "backbone = resnet18(num_classes=10)\n"
+    )
+    files = {"proj/model.py": MODEL, "proj/train.py": train}
+    found = {k.name: (k.value, k.path) for k in find_all_knobs(files).knobs}
+    assert found == {
+        "hidden": (128, "proj/train.py"),
+        "n_layers": (3, "proj/train.py"),
+        "dropout": (0.2, "proj/train.py"),
+        "head.hidden": (5, "proj/train.py"),
+    }  # every default of Net is passed by some call: none is a knob in model.py
+    edited = set_all_knobs(files, {"hidden": 256})
+    assert "Net(d_in=10, d_out=2, hidden=256, n_layers=3)" in edited["proj/train.py"]

@@ -18,6 +18,7 @@ import ast
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nightlab.code.knobs.callers import FileIndex, import_source, module_of
 from nightlab.code.knobs.model import Knob
 from nightlab.code.knobs.reader import Reader, call_name
 
@@ -123,14 +124,22 @@ def _items(node: ast.expr) -> list[_Key | _Spread] | None:
 
 
 def built_settings(
-    reader: Reader, tree: ast.Module, is_settings_name: Callable[[str], bool], known: set[int]
+    reader: Reader,
+    tree: ast.Module,
+    is_settings_name: Callable[[str], bool],
+    known: set[int],
+    classes: dict[str, set[str]],
 ) -> None:
-    """The literal keyword arguments of a class built into a variable named as settings,
-    anywhere in the file: ``cfg = Config(lr=3e-4, batch_size=64)``, ``model_config =
-    GPT2Config(n_layer=4)`` (``lr``, ``batch_size``, ``n_layer``; ``cfg.lr`` when the name is
-    taken). The class's own defaults for those fields are no knobs (the call passes them), so
+    """The literal keyword arguments of a class built into a variable, anywhere in the file,
+    when the variable is named as settings (``cfg = Config(lr=3e-4, batch_size=64)``,
+    ``model_config = GPT2Config(n_layer=4)``: ``lr``, ``batch_size``, ``n_layer``; ``cfg.lr`` when
+    the name is taken), and the keywords that set a default of one of the editable files' own
+    classes (``classes``: class name -> its parameters with a default), whatever the variable
+    (``model = MLP(16, hidden=128)``: ``hidden``; not ``d_in=16``, which has no default: a size
+    the data sets). The class's own defaults for them are no knobs (the call passes them), so
     without this the values that apply were searched nowhere. Read after every other reader: a
-    literal another one found (``TrainingArguments(learning_rate=5e-5)``) keeps its knob."""
+    call of a well-known training API (``known``: ``TrainingArguments(...)``) gives only the
+    arguments :mod:`.calls` reads, never ``output_dir`` or ``logging_steps``."""
     taken = {(k.start, k.end) for k in reader.found.values()}
     for node in ast.walk(tree):
         if not isinstance(node, (ast.Assign, ast.AnnAssign)) or not isinstance(node.value, ast.Call):
@@ -139,17 +148,28 @@ def built_settings(
         target = targets[0] if len(targets) == 1 else None
         name = target.id if isinstance(target, ast.Name) else getattr(target, "attr", "")
         call = node.value
-        if name and is_settings_name(name) and call_name(call)[:1].isupper() and id(call) not in known:
+        if not name or not call_name(call)[:1].isupper() or id(call) in known:
+            continue
+        if is_settings_name(name):
             _keywords(reader, call, node, "", name, taken)
+        elif isinstance(call.func, ast.Name) and call.func.id in classes:
+            _keywords(reader, call, node, "", name, taken, only=classes[call.func.id])
 
 
 def _keywords(
-    reader: Reader, call: ast.Call, stmt: ast.stmt, prefix: str, owner: str, taken: set[tuple[int, int]]
+    reader: Reader,
+    call: ast.Call,
+    stmt: ast.stmt,
+    prefix: str,
+    owner: str,
+    taken: set[tuple[int, int]],
+    only: set[str] | None = None,
 ) -> None:
-    """The literal keywords of ``call`` as knobs ``prefix + keyword``, nested settings classes
-    as dotted names (``Config(optim=OptimConfig(lr=1e-3))``: ``optim.lr``)."""
+    """The literal keywords of ``call`` (those in ``only``, when given) as knobs ``prefix +
+    keyword``, nested settings classes as dotted names (``Config(optim=OptimConfig(lr=1e-3))``:
+    ``optim.lr``)."""
     for keyword in call.keywords:
-        if keyword.arg is None:
+        if keyword.arg is None or (only is not None and keyword.arg not in only):
             continue
         key = prefix + keyword.arg
         value = keyword.value
@@ -162,3 +182,38 @@ def _keywords(
         )
         if span not in taken:
             reader.add(key, value, stmt, "call", qualified=f"{owner}.{key}")
+
+
+def user_classes(tree: ast.Module, path: str, others: dict[str, FileIndex] | None) -> dict[str, set[str]]:
+    """The classes a file may build that the editable files define, by the name the file calls
+    them (its own top-level classes, and those it imports by name from another editable file),
+    each with its parameters that have a default: a dataclass's fields with a value, else its
+    ``__init__``'s keyword defaults."""
+    out = {s.name: _defaulted(s) for s in tree.body if isinstance(s, ast.ClassDef)}
+    modules = {module_of(other): index for other, index in (others or {}).items() if other != path}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and import_source(path, node) in modules:
+            index = modules[import_source(path, node)]
+            defined = {s.name: s for s in index.tree.body if isinstance(s, ast.ClassDef)}
+            for alias in node.names:
+                if alias.name in defined:
+                    out[alias.asname or alias.name] = _defaulted(defined[alias.name])
+    return {name: params for name, params in out.items() if params}
+
+
+def _defaulted(cls: ast.ClassDef) -> set[str]:
+    """A class's parameters that have a default (see :func:`user_classes`)."""
+    if any(call_name(d) == "dataclass" for d in cls.decorator_list):
+        return {
+            s.target.id
+            for s in cls.body
+            if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name) and s.value is not None
+        }
+    init = next((s for s in cls.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"), None)
+    if init is None:
+        return set()
+    args = init.args
+    positional = [*args.posonlyargs, *args.args]
+    with_default = positional[len(positional) - len(args.defaults) :] if args.defaults else []
+    keyword_only = [a for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None]
+    return {a.arg for a in [*with_default, *keyword_only]}

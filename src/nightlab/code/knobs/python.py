@@ -48,7 +48,7 @@ from nightlab.code.knobs.choices import annotated_choices, listed_choices
 from nightlab.code.knobs.entry import click_parameter, entry_knobs
 from nightlab.code.knobs.hydra import HYDRA_SOURCE
 from nightlab.code.knobs.literal import KnobValue
-from nightlab.code.knobs.mappings import SettingsDicts, built_settings
+from nightlab.code.knobs.mappings import SettingsDicts, built_settings, user_classes
 from nightlab.code.knobs.model import Knob
 from nightlab.code.knobs.reader import Reader, call_name, keyword, simple_assignment, string_args
 from nightlab.code.knobs.signatures import signature_knobs
@@ -129,7 +129,10 @@ def python_knobs(
     entry_knobs(reader, tree)  # fire.Fire(main), @app.command(), main() under __main__
     signature_knobs(reader, tree)  # jsonargparse: parser.add_class_arguments(Optim, "optim")
     known = call_knobs(reader, tree)  # torch.optim.AdamW(params, lr=3e-4), nn.Dropout(0.1), ...
-    built_settings(reader, tree, _is_config_name, known)  # cfg = Config(lr=3e-4): the values that apply
+    classes = user_classes(
+        tree, path, others
+    )  # cfg = Config(lr=3e-4), MLP(16, hidden=128): values that apply
+    built_settings(reader, tree, _is_config_name, known, classes)
     return sorted(reader.found.values(), key=lambda k: k.start)
 
 
