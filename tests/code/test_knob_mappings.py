@@ -113,7 +113,7 @@ import torch.nn as nn
 
 
 class Net(nn.Module):
-    def __init__(self, d_in, d_out, hidden=32, n_layers=1, *, dropout=0.1):
+    def __init__(self, d_in, d_out, hidden=32, n_layers=1, *, dropout=0.1, train=False, norm=None):
         super().__init__()
 """
 
@@ -121,11 +121,12 @@ class Net(nn.Module):
 def test_the_keywords_a_script_builds_its_own_class_with_are_knobs() -> None:
     """``model = Net(10, 2, hidden=128)`` in train.py, ``Net`` imported relatively from an
     editable model.py: ``hidden`` is the 128 that applies (the default 32 is dead); a parameter
-    without a default (``d_in=10``, a size the data sets) and a class from elsewhere give none."""
+    without a default (``d_in=10``, a size the data sets), a switch (``train=True`` may pick the
+    data), a nested call and a class from elsewhere give none."""
     train = (
         "from .model import Net\nfrom .model import Net as Small\nfrom torchvision.models import resnet18\n\n"
         "model = Net(d_in=10, d_out=2, hidden=128, n_layers=3)\nhead = Small(4, 4, dropout=0.2, hidden=5)\n"
-        "backbone = resnet18(num_classes=10)\n"
+        "backbone = resnet18(num_classes=10)\nds = Small(1, 1, train=True, norm=Norm(eps=1.0))\n"
     )
     files = {"proj/model.py": MODEL, "proj/train.py": train}
     found = {k.name: (k.value, k.path) for k in find_all_knobs(files).knobs}

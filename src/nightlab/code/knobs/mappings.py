@@ -165,14 +165,19 @@ def _keywords(
     taken: set[tuple[int, int]],
     only: set[str] | None = None,
 ) -> None:
-    """The literal keywords of ``call`` (those in ``only``, when given) as knobs ``prefix +
-    keyword``, nested settings classes as dotted names (``Config(optim=OptimConfig(lr=1e-3))``:
-    ``optim.lr``)."""
+    """The literal keywords of ``call`` as knobs ``prefix + keyword``, nested settings classes as
+    dotted names (``Config(optim=OptimConfig(lr=1e-3))``: ``optim.lr``). With ``only`` (a class of
+    the editable files, built into any variable), the keywords in it, and no boolean: the class
+    may be a dataset, whose ``train=True`` selects the data, not the method."""
     for keyword in call.keywords:
         if keyword.arg is None or (only is not None and keyword.arg not in only):
             continue
         key = prefix + keyword.arg
         value = keyword.value
+        if only is not None and (
+            isinstance(value, ast.Call) or isinstance(getattr(value, "value", None), bool)
+        ):
+            continue  # of a class of any role: no switch (train=True selects the data), no nested call
         if isinstance(value, ast.Call) and call_name(value)[:1].isupper():  # optim=OptimConfig(lr=...)
             _keywords(reader, value, stmt, key + ".", owner, taken)
             continue
