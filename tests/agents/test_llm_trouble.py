@@ -8,10 +8,11 @@ one line), and what the agent hands the loop must stay bounded.
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
+from agent_kit import KEY, make_context
 from agent_kit import entry as make_entry
-from agent_kit import make_context
 from fake_servers import Answer, Raw, Status, answer_text, block, fake_llm_server
 
 from nightlab.agents.llm.agent import LLMAgent
@@ -134,3 +135,41 @@ def test_a_base_url_with_or_without_v1_the_wrong_way_is_named_before_the_night(p
     message = str(caught.value)
     assert f'but "{server.base_url}" has: set base_url = "{server.base_url}"' in message
     assert "\n" not in message and not server.requests  # nothing was asked of the model
+
+
+def test_a_pasted_key_with_spaces_works_and_one_no_header_can_carry_is_refused(llm_config, monkeypatch):
+    """A key with a trailing newline or space failed every request as "Connection error." (after
+    the baseline, minutes of retries); one with a typographic quote raised a traceback."""
+    with fake_llm_server("openai", [Answer(GOOD)], api_key=KEY) as server:
+        config = llm_config(server)
+        monkeypatch.setenv(config.api_key_env, f" {KEY}\n")
+        assert LLMAgent(config).propose(make_context()).description == "raise LR 0.01 -> 0.03"
+        monkeypatch.setenv(config.api_key_env, KEY[:5] + "\u201d" + KEY[5:])
+        with pytest.raises(UserError) as caught:
+            LLMAgent(config)
+    message = str(caught.value)
+    assert f"${config.api_key_env} holds a character no API key has" in message and "position 6" in message
+    assert KEY[5:] not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:8000/v1", "http:/127.0.0.1:8000/v1", "ftp://127.0.0.1/v1", "http://127.0.0.1:99999/v1"]
+)
+def test_a_base_url_that_is_no_http_address_is_refused_at_start(url, llm_config):
+    """It failed every request as "Connection error.", retried for minutes after the baseline."""
+    with fake_llm_server("openai") as server, pytest.raises(UserError) as caught:
+        LLMAgent(llm_config(server, base_url=url))
+    assert f'base_url = "{url}" is not an http(s) address with a host' in str(caught.value)
+
+
+def test_a_refused_connection_says_so(llm_config, caplog):
+    """The SDKs say only "Connection error."; the cause they wrap names what went wrong."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with fake_llm_server("openai") as server:
+        agent = LLMAgent(llm_config(server, base_url=f"http://127.0.0.1:{port}/v1", api_retries=0))
+    agent.check({})
+    assert agent.propose(make_context()) is None
+    assert "Connection refused" in agent.stop_reason()
+    assert "did not answer: Connection error. ([Errno 111] Connection refused)" in caplog.text

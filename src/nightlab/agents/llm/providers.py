@@ -19,7 +19,6 @@ import importlib
 import inspect
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -27,15 +26,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nightlab.agents.llm.prices import DEFAULT_PRICES, cost_usd, price_for
-from nightlab.agents.llm.settings import LLMSettings
+from nightlab.agents.llm.settings import DEFAULT_KEY_ENV, LLMSettings, checked_base_url, read_api_key
 from nightlab.errors import UserError
 from nightlab.secrets import redact
 
 log = logging.getLogger("nightlab.agents.llm.agent")
 
-__all__ = ["DEFAULT_PRICES", "cost_usd", "price_for"]  # their home is prices.py
-
-DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+# Their homes are prices.py and settings.py.
+__all__ = ["DEFAULT_KEY_ENV", "DEFAULT_PRICES", "cost_usd", "price_for", "read_api_key"]
 
 
 @dataclass
@@ -85,24 +83,6 @@ class ChatModel(Protocol):
     def complete(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply: ...
 
 
-def read_api_key(config: LLMSettings) -> str:
-    """The key from the environment variable named by ``api_key_env`` (or the provider's default).
-
-    A local server (``base_url`` set, no ``api_key_env``) needs no key, so a placeholder is used.
-    """
-    provider = config.provider or "openai"
-    name = config.api_key_env or DEFAULT_KEY_ENV[provider]
-    value = os.environ.get(name, "")
-    if value:
-        return value
-    if config.api_key_env is None and config.base_url:
-        return "no-key"
-    raise UserError(
-        f"nightlab.toml: [agent] api_key_env: the environment variable {name} is not set; "
-        f"export {name}=... before `nightlab run`"
-    )
-
-
 def make_model(config: LLMSettings, retry: RetryPolicy | None = None) -> ChatModel:
     """The chat model ``[agent]`` describes (``provider``, ``model``, ``base_url``, ``api_key_env``)."""
     if not config.model:
@@ -110,11 +90,12 @@ def make_model(config: LLMSettings, retry: RetryPolicy | None = None) -> ChatMod
     policy = retry or RetryPolicy(
         attempts=config.api_retries + 1, timeout=config.request_timeout, backoff=config.backoff
     )
+    base_url = checked_base_url(config.base_url)
     key = read_api_key(config)
     key_env = config.api_key_env or DEFAULT_KEY_ENV[config.provider or "openai"]
     if (config.provider or "openai") == "anthropic":
-        return AnthropicChat(config.model, key, config.base_url, config.temperature, policy, key_env)
-    return OpenAIChat(config.model, key, config.base_url, config.temperature, policy, key_env)
+        return AnthropicChat(config.model, key, base_url, config.temperature, policy, key_env)
+    return OpenAIChat(config.model, key, base_url, config.temperature, policy, key_env)
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -177,8 +158,14 @@ def call_with_retries(
 
 
 def _status_text(exc: Exception) -> str:
+    """The failure in a few words: its status, or the SDK's line plus the cause it wraps (the
+    SDKs say only "Connection error." for a refused connection, a bad address or a reset)."""
     status = getattr(exc, "status_code", None)
-    return f"HTTP {status}" if status else (str(exc).splitlines() or [""])[0][:200]
+    if status:
+        return f"HTTP {status}"
+    text = (str(exc).splitlines() or [""])[0][:200]
+    cause = (str(exc.__cause__).splitlines() or [""])[0][:120] if exc.__cause__ else ""
+    return f"{text} ({cause})" if cause and cause not in text else text
 
 
 def _fatal_message(
@@ -273,6 +260,10 @@ class _SDKChat:
                 raise UserError(message or f"the key was rejected (HTTP {status})") from None
             if status == 404:
                 self._check_prefix()
+        except self._sdk.APIConnectionError as exc:  # timeouts too; the night may outlast the outage
+            log.warning(
+                "%s did not answer: %s; the first proposal will try again", self._where(), _status_text(exc)
+            )
         except Exception as exc:  # noqa: BLE001 - anything else is the first proposal's to meet
             log.debug("key check skipped: %s", _brief(exc))
 
