@@ -179,3 +179,20 @@ def test_a_tag_becomes_the_last_used_only_once_something_is_recorded_under_it(tm
     current = con.execute("SELECT value FROM meta WHERE key = 'current_tag'").fetchone()[0]
     con.close()
     assert recorded == {"first"} and current == "first"
+
+
+def test_a_report_asked_first_and_a_path_with_control_characters_are_answered_in_one_clean_line(tmp_path):
+    """In-process (no stdio): `report` before anything else told an MCP client to run `nightlab
+    run`; a path holding a NUL or an escape sequence was echoed raw into the error."""
+    from nightlab.cli.mcp import Harness
+    from nightlab.errors import UserError
+
+    harness = Harness(make_workspace(tmp_path / "ws"))
+    assert harness.report().endswith(
+        "no baseline yet; the first call of state, read_file, history or run_experiment measures it"
+    )
+    for path in ("train.py\x00", "\x1b[31mtrain.py"):
+        with pytest.raises(UserError) as caught:
+            harness.read_file(path)
+        assert str(caught.value).startswith(f"{path!r} is not an editable file"), caught.value
+    assert not (tmp_path / "ws" / ".nightlab" / "runs").exists()  # nothing trained

@@ -130,6 +130,13 @@ class Harness:
 
         with self._lock:
             cfg = self.session.config
+            if (
+                self.session.ledger.incumbent(self.session.tag) is None
+            ):  # the summary would say `nightlab run`
+                return (
+                    f"nightlab {self.session.tag}: no baseline yet; the first call of state, read_file, "
+                    "history or run_experiment measures it"
+                )
             return render_summary(
                 self.session.ledger, self.session.tag, cfg.metric.name, cfg.metric.direction
             )
@@ -144,7 +151,8 @@ def _editable(session: Session, path: str) -> str:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if not is_editable(clean, editable, session.config.target.frozen):
-        raise UserError(f"{clean} is not an editable file (editable: {', '.join(editable)})")
+        shown = clean if clean.isprintable() else repr(clean)  # a NUL or an escape sequence, quoted
+        raise UserError(f"{shown} is not an editable file (editable: {', '.join(editable)})")
     return clean
 
 
