@@ -227,3 +227,17 @@ def test_an_unknown_scale_is_the_only_line_validate_and_ablate_print(tmp_path: P
             "error: nightlab.toml: no [scales.big] table (scales: none defined); add one, e.g. [scales.big] "
             "constants = { DEPTH = 12 }"
         ], (command, res.stderr)  # the "nightlab validate: ..." header came first
+
+
+def test_a_workspace_path_with_brackets_is_printed_as_it_is(tmp_path: Path) -> None:
+    """Paths went through rich markup: a workspace in `w[red]` was printed as `w`, and one under
+    `a[/b]` ended `run`, `check`, `validate` and `ablate` with a MarkupError traceback."""
+    root = make_workspace(tmp_path / "a[" / "b] [red]")
+    new = tmp_path / "a[" / "c] [red]"
+    for args, shown in (
+        (["init", str(new), "--size", "cpu"], f"created {new} (gpt"),  # stdout
+        (["validate", str(root), "--a", "nosuch"], f"nightlab validate: {root}, scale"),  # stderr
+    ):
+        res = nightlab(*args, env={"COLUMNS": "300"})
+        out = res.stdout + res.stderr
+        assert "Traceback" not in out and shown in out, (args, out)

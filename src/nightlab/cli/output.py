@@ -24,8 +24,11 @@ if TYPE_CHECKING:
     from nightlab.research.loop import LoopLimits, LoopOutcome
     from nightlab.research.session import Session
 
-console = Console()
-err_console = Console(stderr=True)
+# No rich markup in anything printed: the lines carry paths, tags and run-written text, and a
+# workspace in a folder named `w[red]` printed as `w`, one in `a[/b]` was a MarkupError traceback.
+# Styles go in as Text and style=, never as [markup] inside a string.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 DirArg = typer.Argument(Path("."), help="The research workspace (a git repository with nightlab.toml).")
 
