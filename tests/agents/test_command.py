@@ -147,6 +147,17 @@ def test_a_runaway_hypothesis_in_the_proposal_file_is_bounded(tmp_path):
     assert proposal.description == "LR up" and len(proposal.hypothesis) <= MAX_HYPOTHESIS
 
 
+def test_a_file_the_cli_left_in_another_encoding_is_refused_with_where(tmp_path):
+    """A Latin-1 byte in train.py was refused by the loop as "'utf-8' codec can't encode
+    character '\\udce9' ... surrogates not allowed"."""
+    root = workspace_with(tmp_path, f"{LR_SED}\nsed -i 's/best at 0.3/caf\\xe9/' train.py\n")
+    proposal = command_agent(root).propose(context_of(root))
+    assert proposal.refused == (
+        "the command left train.py (not UTF-8: byte 0xe9 on line 2); nightlab proposes UTF-8 text only"
+    )
+    assert "reverted" not in proposal.meta and proposal.hypothesis == ""
+
+
 def test_a_hung_cli_is_killed_at_the_timeout_with_its_children(tmp_path):
     pidfile = tmp_path / "child.pid"
     root = workspace_with(tmp_path, f"{LR_SED}\nsleep 60 &\necho $! > {pidfile}\nwait\n", timeout=1)

@@ -215,7 +215,7 @@ class CommandAgent(Agent):
         run_dir: Path,
     ) -> Proposal:
         """The edits the command left in the editable files, described, with what was reverted."""
-        edits, outside = self._edits(tree, context, changed, ours)
+        edits, outside, not_text = self._edits(tree, context, changed, ours)
         log_text = _read(run_dir / "agent.log")
         description, hypothesis = _described(_read(tree / PROPOSAL_FILE))
         if not description:
@@ -245,7 +245,9 @@ class CommandAgent(Agent):
             meta["reverted"] = outside
         refused = None
         deleted = [p.removesuffix(" (deleted)") for p in outside if p.endswith(" (deleted)")]
-        if status == "timeout":
+        if not_text:  # recorded as invalid, with the reason; it once failed as a codec error
+            refused = f"the command left {', '.join(not_text)}; nightlab proposes UTF-8 text only"
+        elif status == "timeout":
             refused = f"the command {ending}"
             edits = []  # a half-finished edit is not an experiment
         elif edits:
@@ -277,8 +279,9 @@ class CommandAgent(Agent):
 
     def _edits(
         self, tree: Path, context: Context, changed: list[str], ours: set[str]
-    ) -> tuple[list[Edit], list[str]]:
-        """Whole-file edits of the changed editable files, and the other paths it touched (sorted)."""
+    ) -> tuple[list[Edit], list[str], list[str]]:
+        """Whole-file edits of the changed editable files, the other paths it touched (sorted), and
+        the edited files that are not UTF-8 text (each with where it stops being so)."""
         editable, frozen = context.editable, context.frozen
 
         def in_scope(path: str) -> bool:
@@ -290,15 +293,22 @@ class CommandAgent(Agent):
         # work (Aider does by default) leaves a clean status, but its files still differ.
         present = [p for p in match_files(tree, editable) if in_scope(p)]
         edits: list[Edit] = []
+        not_text: list[str] = []
         for path in sorted({*present, *(p for p in mine if in_scope(p)), *context.files}):
             target = tree / path
             if not target.is_file():
                 outside.append(f"{path} (deleted)")  # nightlab proposes changes, not deletions
                 continue
-            text = target.read_text(errors="surrogateescape")
+            data = target.read_bytes()
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:  # a file is only ever proposed as text (see _not_text)
+                text = data.decode("utf-8", errors="replace")
+                line = data[: exc.start].count(b"\n") + 1
+                not_text.append(f"{path} (not UTF-8: byte 0x{data[exc.start]:02x} on line {line})")
             if text != context.files.get(path):
                 edits.append(Edit(path=path, replace=text))
-        return edits, outside
+        return edits, outside, not_text
 
 
 def _read(path: Path) -> str:
