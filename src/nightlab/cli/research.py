@@ -45,9 +45,20 @@ def init(
         None, "--dataset", help="What to train on: a dataset name or a path (sets the template's DATASET)."
     ),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty directory."),
+    script: str = typer.Option(
+        None, "--script", help="Your own training script in DIR: write a nightlab.toml for it instead."
+    ),
+    metric: str = typer.Option(None, "--metric", help="With --script: the metric's name as it prints it."),
 ) -> None:
-    """Create a research workspace: a git repository with the template's files and a first commit."""
+    """Create a research workspace: a git repository with the template's files and a first commit
+    (or, with --script, a nightlab.toml for your own training script)."""
     from nightlab.workspace.init import init_workspace, looks_like_a_path
+
+    if script is not None:
+        _init_script(directory, script, metric, size=size, dataset=dataset, force=force)
+        return
+    if metric is not None:
+        raise typer.BadParameter("--metric goes with --script (your own training script)")
 
     used, replaced = init_workspace(directory, template=template, size=size, force=force, dataset=dataset)
     console.print(f"created {directory} ({template}{', ' + used + ' size' if used else ''})")
@@ -60,6 +71,21 @@ def init(
         shown = ", ".join(replaced[:8]) + (f" and {len(replaced) - 8} more" if len(replaced) > 8 else "")
         console.print(f"replaced {shown} with the template's; your versions are in git (git log -p -- FILE)")
     console.print(f"next: nightlab run {directory}")
+
+
+def _init_script(directory: Path, script: str, metric: str | None, **template_options: object) -> None:
+    """``init DIR --script train.py``: a nightlab.toml beside the user's script, committed."""
+    from nightlab.workspace.script_init import init_script
+
+    given = [f"--{k}" for k, v in template_options.items() if v not in (None, False)]
+    if given:
+        raise typer.BadParameter(f"{', '.join(given)} sets up the template; leave it out with --script")
+    name, direction, committed = init_script(directory, script, metric)
+    console.print(
+        f"wrote {directory / 'nightlab.toml'}: runs python {script}, reads {name} ({direction}) from its log; "
+        f"committed {', '.join(committed)}"
+    )
+    console.print(f"next: nightlab check {directory}  (then nightlab run {directory})")
 
 
 def run(

@@ -264,8 +264,8 @@ def init_workspace(
     if directory.exists() and any(directory.iterdir()) and not force:
         raise UserError(
             f"{directory} is not empty; choose a new directory for the {template} template, or pass --force "
-            "to write it over what is there (for your own training script, no init is needed: write a "
-            "nightlab.toml beside it, docs/ARBITRARY_TARGETS.md)"
+            f"to write it over what is there (for your own training script: nightlab init {directory} "
+            "--script train.py writes a nightlab.toml beside it, docs/ARBITRARY_TARGETS.md)"
         )
     if shutil.which("git") is None:
         raise UserError("git not found on PATH; nightlab keeps every experiment in git, so install git first")

@@ -1,0 +1,152 @@
+"""``nightlab init DIR --script train.py``: a workspace around a training script the user has.
+
+The template ``init`` copies files into a new folder; a researcher's own script already lives in
+a folder (often a git repository) with its data and helpers. Here nothing of theirs is copied or
+changed: a ``nightlab.toml`` is written beside the script (it is the one editable file, run as
+``python SCRIPT``, its metric read from its log), ``.nightlab/`` is added to ``.gitignore``, and
+those are committed, with the script when git does not hold it yet (nightlab runs committed code).
+Other files are never staged: a folder of a user's may hold data or checkpoints.
+
+The metric is the name given with ``--metric``, else the first validation metric the script's
+text names (``val_loss``, ``valid_acc``, ``test_ppl``, ``eval loss`` ...). Its direction comes from
+its words (:func:`nightlab.config.looks_like_a_score`), and the pattern reads the number after
+the name however it is printed (``val_loss: 0.5``, ``val_loss=0.5``, ``val loss 0.5``, JSON's
+``"val_loss": 0.5``, a logging line on stderr).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from nightlab.config import looks_like_a_score
+from nightlab.errors import UserError
+from nightlab.workspace.init import commit_all
+
+CONFIG_NAME = "nightlab.toml"
+IGNORED = ".nightlab/"
+# A validation metric as scripts name it in what they print: a split word, then what is measured.
+_METRIC = re.compile(
+    r"\b((?:val|valid|validation|dev|eval|test)[_ ]?"
+    r"(?:loss|acc|accuracy|bpb|bpc|ppl|perplexity|nll|error|err|f1|auc|mse|rmse|mae|top1|score))\b",
+    re.IGNORECASE,
+)
+_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+
+
+def guess_metric(text: str) -> str | None:
+    """The first validation metric ``text`` names (see the module docstring), or None."""
+    match = _METRIC.search(text)
+    return match.group(1) if match else None
+
+
+def metric_pattern(printed: str) -> str:
+    """A pattern for the number printed after ``printed``: ``val_loss: 0.5``, ``val_loss=0.5``,
+    ``val_loss 0.5``, ``"val_loss": 0.5``; one capture group, as ``[metric] pattern`` needs."""
+    return re.escape(printed).replace("\\ ", "[ _]") + r"""["']?\s*[:=]?\s*""" + _NUMBER
+
+
+def script_config(script: str, metric: str, printed: str) -> str:
+    """The text of a nightlab.toml for ``script`` whose log prints ``printed`` before the metric."""
+    direction = "maximize" if looks_like_a_score(metric) else "minimize"
+    pattern = metric_pattern(printed).replace("'", "\\x27")
+    return f"""\
+# Written by `nightlab init --script {script}`; docs/ARBITRARY_TARGETS.md explains each key.
+[target]
+editable = ["{script}"]          # what the agent may change: add config files or modules it should tune
+frozen = []                       # files that must not change (an evaluation script, data preparation)
+run = "python {script}"
+# setup = "python prepare.py"     # run once before the runs (data, a tokenizer), its output linked into each run
+# outputs = ["checkpoints/**"]    # files a run may write in its working directory
+
+[budget]
+seconds = 300                     # each run gets NIGHTLAB_BUDGET_SECONDS; train until it is spent
+timeout = 900                     # hard kill of a run's whole process tree
+
+[metric]
+name = "{metric}"
+direction = "{direction}"
+source = "regex"                  # the last number printed after the name, in the run's log
+pattern = '{pattern}'
+
+[agent]
+kind = "search"                   # no API key needed; see `nightlab agent show-space .`
+"""
+
+
+def init_script(directory: Path, script: str, metric: str | None = None) -> tuple[str, str, list[str]]:
+    """Write and commit ``directory/nightlab.toml`` for ``directory/script``; returns the
+    metric's name, its direction, and what was committed. Nothing of the user's is changed but
+    ``.gitignore`` (one line added)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such folder; give the folder that holds your training script")
+    path = directory / script
+    rel = _relative(directory, path, script)
+    if not path.is_file() or path.suffix != ".py":
+        raise UserError(f"--script {script}: no Python file {rel} in {directory}; give your training script")
+    if (directory / CONFIG_NAME).exists():
+        raise UserError(
+            f"{directory / CONFIG_NAME} exists already; edit it (docs/CONFIG.md), or move it away to write a new one"
+        )
+    if shutil.which("git") is None:
+        raise UserError("git not found on PATH; nightlab keeps every experiment in git, so install git first")
+    top = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], cwd=directory, capture_output=True, text=True
+    )
+    if top.returncode == 0 and Path(top.stdout.strip()).resolve() != directory.resolve():
+        inner = directory.resolve().relative_to(Path(top.stdout.strip()).resolve()).as_posix()
+        raise UserError(
+            f"{directory} is inside the git repository {top.stdout.strip()}, whose root holds the workspace; "
+            f"run `nightlab init {top.stdout.strip()} --script {inner}/{rel}` instead"
+        )
+    text = path.read_text(errors="replace")
+    printed = metric or guess_metric(text)
+    if printed is None:
+        raise UserError(
+            f"--metric: {rel} names no validation metric nightlab recognises (val_loss, val_acc, ...); "
+            "give the name it prints before the number, e.g. --metric val_loss"
+        )
+    name = re.sub(r"\W+", "_", printed).strip("_") or "metric"
+    (directory / CONFIG_NAME).write_text(script_config(rel, name, printed))
+    _ignore(directory / ".gitignore")
+    if not (directory / ".git").exists():
+        _run(directory, "init", "-q")
+        _run(directory, "checkout", "-q", "-b", "main")
+    paths = [CONFIG_NAME, ".gitignore"]
+    tracked = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", "--", rel], cwd=directory, capture_output=True
+    )
+    if tracked.returncode != 0:
+        paths.append(rel)  # the editable file must be in git: runs check out commits
+    commit_all(directory, f"nightlab init --script {rel}", paths)
+    return name, "maximize" if looks_like_a_score(name) else "minimize", paths
+
+
+def _relative(directory: Path, path: Path, given: str) -> str:
+    """``script`` as a path inside ``directory``, with ``/`` separators; one line when outside."""
+    try:
+        return path.resolve().relative_to(directory.resolve()).as_posix()
+    except ValueError:
+        raise UserError(
+            f"--script {given}: not inside {directory}; the script must be in the workspace"
+        ) from None
+
+
+def _ignore(gitignore: Path) -> None:
+    """Add ``.nightlab/`` (nightlab's state: ledger, runs, worktrees) to ``.gitignore``."""
+    lines = gitignore.read_text().splitlines() if gitignore.is_file() else []
+    if any(line.strip().rstrip("/") in (".nightlab", "/.nightlab") for line in lines):
+        return
+    prefix = "\n" if lines and gitignore.read_text() and not gitignore.read_text().endswith("\n") else ""
+    with gitignore.open("a") as handle:
+        handle.write(f"{prefix}{IGNORED}\n")
+
+
+def _run(directory: Path, *args: str) -> None:
+    proc = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True)
+    if proc.returncode != 0:
+        said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        raise UserError(f"git {args[0]} failed in {directory}: {said[-1] if said else proc.returncode}")

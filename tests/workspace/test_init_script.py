@@ -1,0 +1,117 @@
+"""``nightlab init DIR --script train.py``: a nightlab.toml written and committed beside a
+training script the user already has; nothing else of theirs is changed or staged."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers import git, nightlab
+from nightlab.config import load_config
+from nightlab.errors import UserError
+from nightlab.workspace.script_init import guess_metric, init_script, metric_pattern
+
+SCRIPT = """\
+import logging
+log = logging.getLogger(__name__)
+
+
+def main():
+    log.info("step 10 train_loss 0.9")
+    print(f"valid_acc: {0.81:.4f}")
+
+
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("printed", "line"),
+    [
+        ("val_loss", "val_loss: 0.5123"),
+        ("val_loss", "step 9 | val_loss=5.123e-1 |"),
+        ("val_loss", '{"steps": 3, "val_loss": 0.5123}'),
+        ("val loss", "2026-12-01 INFO val loss 0.5123"),
+        ("val loss", "val_loss 0.5123"),
+    ],
+)
+def test_the_pattern_reads_the_number_however_it_is_printed(printed: str, line: str) -> None:
+    match = re.search(metric_pattern(printed), line)
+    assert match is not None and float(match.group(1)) == pytest.approx(0.5123, rel=1e-3)
+
+
+def test_the_metric_is_the_first_validation_metric_the_script_names() -> None:
+    assert guess_metric(SCRIPT) == "valid_acc"  # not train_loss
+    assert guess_metric('print("test ppl", ppl)') == "test ppl"
+    assert guess_metric("print(loss)") is None
+
+
+def test_init_writes_and_commits_only_its_files(tmp_path: Path) -> None:
+    """In a folder without git: a repository with nightlab.toml, .gitignore and the script, the
+    metric found in the script (higher is better: accuracy), and a config nightlab loads; the
+    data beside it is left untracked."""
+    (tmp_path / "train.py").write_text(SCRIPT)
+    (tmp_path / "data.bin").write_bytes(b"\0" * 10)
+    name, direction, committed = init_script(tmp_path, "train.py")
+    assert (name, direction) == ("valid_acc", "maximize")
+    assert sorted(committed) == [".gitignore", "nightlab.toml", "train.py"]
+    assert git(tmp_path, "ls-files").split() == [".gitignore", "nightlab.toml", "train.py"]
+    assert (tmp_path / ".gitignore").read_text() == ".nightlab/\n"
+    config = load_config(tmp_path)
+    assert config.target.editable == ["train.py"] and config.target.run == "python train.py"
+    assert re.search(config.metric.pattern or "", "valid_acc: 0.8100").group(1) == "0.8100"
+    with pytest.raises(UserError, match="exists already"):
+        init_script(tmp_path, "train.py")
+
+
+def test_init_in_a_repository_keeps_the_users_files(tmp_path: Path) -> None:
+    """An existing repository: the script, tracked already, is not re-staged; an uncommitted edit
+    of another file stays uncommitted; .gitignore gets one line appended."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text(SCRIPT)
+    (tmp_path / "notes.md").write_text("a\n")
+    (tmp_path / ".gitignore").write_text("data/")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "mine")
+    (tmp_path / "notes.md").write_text("a\nb\n")
+    *_, committed = init_script(tmp_path, "src/train.py", metric="val loss")
+    assert sorted(committed) == [".gitignore", "nightlab.toml"]
+    assert (tmp_path / ".gitignore").read_text() == "data/\n.nightlab/\n"
+    assert git(tmp_path, "status", "--porcelain") == "M notes.md"
+    assert load_config(tmp_path).metric.name == "val_loss"
+
+
+@pytest.mark.parametrize(
+    ("script", "metric", "expected"),
+    [
+        ("missing.py", None, "no Python file missing.py"),
+        ("train.py", None, "--metric val_loss"),  # the script names no metric
+        ("../train.py", "val_loss", "not inside"),
+        ("sub/train.py", "val_loss", "inside the git repository"),  # run from the repository's root
+    ],
+)
+def test_what_init_cannot_do_is_one_line(
+    tmp_path: Path, script: str, metric: str | None, expected: str
+) -> None:
+    root = tmp_path / "repo"
+    (root / "sub").mkdir(parents=True)
+    (root / "train.py").write_text("print(loss)\n")
+    (root / "sub" / "train.py").write_text("print(loss)\n")
+    git(root, "init", "-q")
+    where = root / "sub" if script.startswith("sub/") else root
+    with pytest.raises(UserError, match=re.escape(expected)) as info:
+        init_script(where, script.removeprefix("sub/"), metric)
+    assert "\n" not in str(info.value)
+    assert not (where / "nightlab.toml").exists()
+
+
+def test_the_command_line(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text(SCRIPT)
+    res = nightlab("init", str(tmp_path), "--script", "train.py", "--size", "cpu")
+    assert res.returncode == 2 and "--size sets up the template" in res.stderr
+    res = nightlab("init", str(tmp_path), "--script", "train.py")
+    assert res.returncode == 0, res.stderr
+    assert "valid_acc (maximize)" in res.stdout and f"nightlab check {tmp_path}" in res.stdout
