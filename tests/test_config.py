@@ -185,6 +185,9 @@ LAX = [
     ("run", "seed = -1", "[run] seed: Input should be greater than or equal to 0"),
     ("run", 'tag = "a b"', "[run] tag: 'a b': use letters, digits"),  # it named --tag, never given
     ("run", 'tag = "nightly.lock"', "[run] tag: 'nightly.lock': use letters"),
+    # Refused by the research branch's git layer only after `run` had started: refused here now.
+    ("run", 'tag = "nightly/dec-01"', "[run] tag: 'nightly/dec-01': use letters"),
+    ("run", 'tag = "héllo"', "[run] tag: 'héllo': use letters"),
     ("run", 'allow_env = ["HF TOKEN"]', "[run] allow_env: 'HF TOKEN' is not an environment variable name"),
     ("audit", 'patterns = [""]', "[audit] patterns: holds an empty string"),  # matched every line
     ("agent.search", "seed = true", "[agent.search] seed: true is not a number"),
@@ -218,7 +221,7 @@ def test_what_pydantic_would_let_through_is_refused_naming_the_key(
 
 @pytest.mark.parametrize(
     "line",
-    ['tag = "nightly/dec-01"', "seed = 7", 'workers = "auto"', "futility = 0", 'allow_env = ["HF_TOKEN"]'],
+    ['tag = "nightly.dec-01"', "seed = 7", 'workers = "auto"', "futility = 0", 'allow_env = ["HF_TOKEN"]'],
 )
 def test_values_a_user_means_are_still_taken(tmp_path: Path, line: str) -> None:
     table = "policy" if line.startswith("futility") else "run"

@@ -43,6 +43,8 @@ MISTAKES = [
     # Found by the bad-input pass: taken as a default, as no limit, or run for ever before.
     (["run", "--tag", ""], "--tag"),
     (["status", "--tag", ""], "--tag"),
+    (["run", "--tag", "a/b"], "--tag"),  # these two failed after `run` had printed its header
+    (["run", "--tag", "héllo"], "--tag"),
     (["run", "--hours", "inf"], "--hours"),
     (["validate", "--margin", "-1"], "--margin"),
     (["validate", "--cap", "nan"], "--cap"),

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nightlab.config.strict import TomlModel, check_env_names, describe_error, valid_tag
+from nightlab.config.strict import TAG_RULE, TomlModel, check_env_names, describe_error, valid_tag
 from nightlab.errors import UserError
 from nightlab.paths import CONFIG_NAME, editable_files, match_files, matches
 from nightlab.types import Direction
@@ -330,9 +330,7 @@ class RunConfig(_Strict):
     @classmethod
     def _a_branch_name(cls, value: str | None) -> str | None:
         if value is not None and not valid_tag(value):
-            raise ValueError(
-                f"'{value}': use letters, digits, '-', '_' or '/' (it names the branch nightlab/<tag>)"
-            )
+            raise ValueError(f"'{value}': {TAG_RULE} (it names the branch nightlab/<tag>)")
         return value
 
     @field_validator("allow_env")

@@ -21,7 +21,7 @@ from pathlib import Path
 from nightlab.agents.base import Agent, AgentSetup
 from nightlab.agents.registry import AGENTS, make_agent
 from nightlab.code.flags import flag_files
-from nightlab.config import Config, check_workspace_files, load_config, valid_tag, workspace_root
+from nightlab.config import TAG_RULE, Config, check_workspace_files, load_config, valid_tag, workspace_root
 from nightlab.errors import UserError
 from nightlab.events import Event, EventSink
 from nightlab.executor import sandbox
@@ -229,9 +229,7 @@ def check_kinds(config: Config) -> None:
 def check_tag(tag: str) -> None:
     """One line naming ``--tag`` when ``tag`` cannot name the branch ``nightlab/<tag>``."""
     if not valid_tag(tag):
-        raise UserError(
-            f"--tag '{tag}': use letters, digits, '-', '_' or '/' (it names the branch nightlab/<tag>)"
-        )
+        raise UserError(f"--tag '{tag}': {TAG_RULE} (it names the branch nightlab/<tag>)")
 
 
 def check_run_command(config: Config, root: Path) -> None:
