@@ -243,3 +243,37 @@ def test_a_workspace_path_with_brackets_is_printed_as_it_is(tmp_path: Path) -> N
         res = nightlab(*args, env={"COLUMNS": "300"})
         out = res.stdout + res.stderr
         assert "Traceback" not in out and shown in out, (args, out)
+
+
+# `nightlab init` interrupted after writing the template's files, before its first commit: the
+# signal is sent from inside the commit, so it lands there every time.
+INTERRUPTED_INIT = """
+import os, signal, sys
+sys.argv = ["nightlab", *sys.argv[1:]]
+import nightlab.workspace.init as init
+def interrupted(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+init.commit_all = interrupted
+from nightlab.cli.entry import main
+main()
+"""
+
+
+def test_an_interrupted_or_impossible_init_leaves_nothing_half_made(tmp_path: Path) -> None:
+    """Ctrl-C during `init` left the template's files without a commit (the next `init` refused
+    the folder as not empty; `run` researched it as it was); a folder it cannot create (under a
+    file, under /proc) was a FileNotFoundError traceback."""
+    directory = tmp_path / "new" / "nested"
+    res = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_INIT, "init", str(directory), "--size", "cpu"],
+        capture_output=True, text=True, timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert res.returncode == 130 and res.stderr.startswith("interrupted (SIGINT)"), res.stderr
+    assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())  # `new` too: init made it
+
+    (tmp_path / "file").write_text("a file where a folder would go")
+    res = nightlab("init", str(tmp_path / "file" / "ws"), "--size", "cpu")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith(f"error: {tmp_path / 'file' / 'ws'}: cannot create the workspace there"), (
+        res.stderr
+    )
