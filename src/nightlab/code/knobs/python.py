@@ -48,6 +48,7 @@ from nightlab.code.knobs.choices import annotated_choices, listed_choices
 from nightlab.code.knobs.entry import click_parameter, entry_knobs
 from nightlab.code.knobs.hydra import HYDRA_SOURCE
 from nightlab.code.knobs.literal import KnobValue
+from nightlab.code.knobs.locals import local_knobs
 from nightlab.code.knobs.mappings import SettingsDicts, built_settings, user_classes
 from nightlab.code.knobs.model import Knob
 from nightlab.code.knobs.reader import Reader, call_name, keyword, simple_assignment, string_args
@@ -127,6 +128,7 @@ def python_knobs(
         reader.add(choice.group, choice.node, choice.stmt, HYDRA_SOURCE, choices=choice.options)
     config_dict_knobs(reader, tree)  # def get_config(): config = ConfigDict(); config.lr = 0.05
     entry_knobs(reader, tree)  # fire.Fire(main), @app.command(), main() under __main__
+    local_knobs(reader, tree)  # def main(): lr = 1e-3 ... (the settings block main opens with)
     signature_knobs(reader, tree)  # jsonargparse: parser.add_class_arguments(Optim, "optim")
     known = call_knobs(reader, tree)  # torch.optim.AdamW(params, lr=3e-4), nn.Dropout(0.1), ...
     classes = user_classes(

@@ -1,0 +1,78 @@
+"""Knobs in the settings block at the top of the function a script runs:
+
+```python
+def main():
+    # hyperparameters
+    lr = 1e-3
+    batch_size = 64
+    model = Net()
+```
+
+A script whose settings are local variables of ``main`` keeps them nowhere else. The block read
+is the run of literal assignments that opens the body of a module-level function the script runs
+(called under ``if __name__ == "__main__":`` or by a statement of its own at the top level),
+after its docstring, up to the first statement that is anything else: later assignments are the
+training's state (``step = 0`` after the model is built). A counter or a running best at the very
+top (``step``, ``epoch``, ``best_...``) is state too, not a setting, and is left out.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from nightlab.code.knobs.literal import literal
+from nightlab.code.knobs.reader import Reader
+
+SOURCE = "local"
+_STATE = re.compile(r"^(best|global_step$|steps?$|iter(_num)?$|it$|epoch$|i$|t$|n_seen|seen$|count$|total$)")
+
+
+def local_knobs(reader: Reader, tree: ast.Module) -> None:
+    """Add the leading literal settings of the functions the script runs (module docstring)."""
+    functions = {s.name: s for s in tree.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    for name in _run(tree):
+        function = functions.get(name)
+        if function is None or function.decorator_list:
+            continue  # a decorator (a CLI, hydra) may be what supplies its settings
+        body = function.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body = body[1:]  # the docstring
+        for stmt in body:
+            target, value = _literal_assignment(stmt)
+            if target is None or value is None:
+                break
+            if not _STATE.match(target):
+                reader.add(target, value, stmt, SOURCE, qualified=f"{name}.{target}")
+
+
+def _run(tree: ast.Module) -> list[str]:
+    """The functions called by name under ``if __name__ == "__main__":`` or in a top-level
+    statement of their own (``main()``, ``sys.exit(main())``), in order."""
+    statements: list[ast.stmt] = []
+    for stmt in tree.body:
+        if (
+            isinstance(stmt, ast.If)
+            and "__main__" in ast.unparse(stmt.test)
+            and "__name__" in ast.unparse(stmt.test)
+        ):
+            statements += stmt.body
+        elif isinstance(stmt, ast.Expr):
+            statements.append(stmt)
+    names: list[str] = []
+    for stmt in statements:
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in names:
+                names.append(node.func.id)
+    return names
+
+
+def _literal_assignment(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
+    """``(name, value)`` of ``name = <literal>`` (or annotated); ``(None, None)`` otherwise."""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        target, value = stmt.targets[0].id, stmt.value
+    elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+        target, value = stmt.target.id, stmt.value
+    else:
+        return None, None
+    return (target, value) if literal(value) is not None else (None, None)
