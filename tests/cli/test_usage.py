@@ -277,3 +277,21 @@ def test_an_interrupted_or_impossible_init_leaves_nothing_half_made(tmp_path: Pa
     assert res.stderr.startswith(f"error: {tmp_path / 'file' / 'ws'}: cannot create the workspace there"), (
         res.stderr
     )
+
+
+@pytest.mark.parametrize("command", [["run", "--plain"], ["check", "--seconds", "1"]])
+def test_a_budget_variable_left_in_the_shell_is_refused_before_anything_runs(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """`NIGHTLAB_BUDGET_TOKENS=-1` (or `FLOPS=abc`) exported in the shell reached every run beside
+    the budget of nightlab.toml: the GPT template's harness honours each one it finds, so runs
+    trained under a budget the ledger does not record, or crashed on a bad value."""
+    root = make_workspace(tmp_path / "ws")
+    res = nightlab(command[0], str(root), *command[1:], env={"NIGHTLAB_BUDGET_TOKENS": "-1"})
+    assert res.returncode == 2 and res.stdout == "", res.stdout + res.stderr
+    assert res.stderr.splitlines() == [
+        "error: NIGHTLAB_BUDGET_TOKENS='-1' is set in the environment nightlab was started in, and every "
+        "run would inherit it beside the budget nightlab.toml gives ([budget]): unset it "
+        "(`unset NIGHTLAB_BUDGET_TOKENS`), and set the budget in [budget]"
+    ]
+    assert not (root / ".nightlab" / "runs").exists()

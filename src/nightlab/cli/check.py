@@ -29,6 +29,7 @@ def check_command(
     from nightlab.research.session import open_session
 
     session = open_session(directory)
+    session.check_runnable()  # a busy workspace, a stale NIGHTLAB_BUDGET_*: one line, before the header
     budget = session.config.budget
     short = f"{min(budget.seconds, seconds):g} s" if budget.seconds is not None else "the configured budget"
     console.print(f"checking {session.root}: setup, then 2 runs of {short} with seeds 1 and 2 ...")

@@ -22,6 +22,7 @@ from nightlab.agents.base import Agent, AgentSetup
 from nightlab.agents.registry import AGENTS, make_agent
 from nightlab.code.flags import flag_files
 from nightlab.config import TAG_RULE, Config, check_workspace_files, load_config, valid_tag, workspace_root
+from nightlab.config.environ import check_inherited_environment
 from nightlab.errors import UserError
 from nightlab.events import Event, EventSink
 from nightlab.executor import sandbox
@@ -70,6 +71,7 @@ class Session:
         if self._lock is None:
             self._lock = acquire(self.workspace.state_dir)
         check_workspace_files(self.config, self.root)
+        check_inherited_environment(os.environ)  # a stale NIGHTLAB_BUDGET_* would reach every run
         check_run_command(self.config, self.root)
         check_flag_files(self.config, self.root)
         sandbox.check(self.config.run.sandbox)
