@@ -24,6 +24,7 @@ from nightlab.executor.logfile import read_from, read_log
 from nightlab.executor.slots import Slot
 from nightlab.metrics import MetricsFileError, non_finite_line, parse_log_metric, read_metrics_json
 from nightlab.paths import matches
+from nightlab.research.evaldata import data_changed
 from nightlab.research.progress import ProgressEvaluator, ProgressReader, progress_every
 from nightlab.research.pruning import Pruner
 from nightlab.research.rundir import (
@@ -228,6 +229,11 @@ class ReplicateRunner:
             result.reason = problem
         merge_scores(run_dir)  # the evaluator has ended: its scores and log join the run's record
         metric, holdout = self._read_metric(run_dir, result, eval_log)
+        drift = data_changed(
+            self.workspace.state_dir, self.frozen.expected, run_dir / self.config.metric.file
+        )
+        if drift and metric is not None:  # scored on other val or holdout data than the evaluations before
+            result.status, result.reason, metric, holdout = RunStatus.INVALID, drift, None, None
         save_replicate(run_dir, result, metric, holdout)  # what `nightlab recover` reads back
         return Replicate(result, metric, holdout, run_dir)
 

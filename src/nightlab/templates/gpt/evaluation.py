@@ -473,7 +473,7 @@ def _evaluate(run_dir: Path, started: float) -> int:
         "causal": True,
         "eval_seconds": round(seconds, 3),
         "eval_tokens": n_tokens,
-        # The scored files live outside the workspace: the harness can check they never change.
+        # The scored files live outside the workspace: the harness checks they never change.
         "data_sha256": _digest(val, holdout),
     }
     _write_metrics(run_dir, metrics)
