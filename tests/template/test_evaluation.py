@@ -114,9 +114,10 @@ def test_uniform_model_scores_exactly_eight_bits_per_byte(tpl: SimpleNamespace) 
     assert metrics["causal"] is True and metrics["eval_tokens"] == tpl.data.EVAL_TOKENS
     assert metrics["eval_seconds"] > 0
     val_file, holdout_file = (tpl.data.token_dir() / f"{s}.bin" for s in ("val", "holdout"))
+    per_token = tpl.data.get_tokenizer().token_bytes.numpy().tobytes()  # the bytes the metric divides by
     assert (
         metrics["data_sha256"]
-        == hashlib.sha256(val_file.read_bytes() + holdout_file.read_bytes()).hexdigest()
+        == hashlib.sha256(val_file.read_bytes() + holdout_file.read_bytes() + per_token).hexdigest()
     )
 
 

@@ -179,3 +179,17 @@ def test_the_progress_evaluator_refuses_a_checkpoint_causal_only_on_its_check_ro
     (point,) = [json.loads(line) for line in (run_dir / tpl.data.PROGRESS_EVAL_FILE).read_text().splitlines()]
     assert "val_bpb" not in point, point
     assert point["invalid"].startswith("checkpoint progress/0001 (step 1): model is not causal"), point
+
+
+def test_the_data_fingerprint_covers_the_bytes_per_token(
+    tpl: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BPE tokenizer file rewritten in the data cache (more bytes per token) lowers bits per byte
+    without a better model; the fingerprint the harness checks (research/evaldata.py) changes."""
+    code, honest = _evaluate(tpl, Bigram())
+    assert code == 0, honest
+    tokenizer = tpl.data.get_tokenizer()
+    monkeypatch.setattr(tokenizer, "token_bytes", tokenizer.token_bytes * 2)
+    code, inflated = _evaluate(tpl, Bigram())
+    assert code == 0 and inflated["val_bpb"] == pytest.approx(honest["val_bpb"] / 2)
+    assert inflated["data_sha256"] != honest["data_sha256"]

@@ -473,8 +473,9 @@ def _evaluate(run_dir: Path, started: float) -> int:
         "causal": True,
         "eval_seconds": round(seconds, 3),
         "eval_tokens": n_tokens,
-        # The scored files live outside the workspace: the harness checks they never change.
-        "data_sha256": _digest(val, holdout),
+        # The scored files live outside the workspace: the harness checks they never change. The
+        # bytes per token (the BPE tokenizer's file in the same cache) are the metric's denominator.
+        "data_sha256": _digest(val, holdout, token_bytes.cpu().numpy()),
     }
     _write_metrics(run_dir, metrics)
     print(f"val_bpb: {val_bpb:.6f}")
