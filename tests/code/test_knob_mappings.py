@@ -138,3 +138,22 @@ def test_the_keywords_a_script_builds_its_own_class_with_are_knobs() -> None:
     }  # every default of Net is passed by some call: none is a knob in model.py
     edited = set_all_knobs(files, {"hidden": 256})
     assert "Net(d_in=10, d_out=2, hidden=256, n_layers=3)" in edited["proj/train.py"]
+
+
+def test_an_entry_set_after_the_dict_is_the_knob() -> None:
+    """``config["lr"] = 1e-2`` and ``config.update(...)`` at the top level replace the dict's
+    entries: the values they set are the knobs; an update whose keys cannot be read changes
+    nothing, and a dict not named as settings stays unread."""
+    source = (
+        'config = {"lr": 3e-3, "bs": 64, "optim": {"eps": 1e-8}, "wd": 0.1}\nconfig["lr"] = 1e-2\n'
+        'config.update(bs=128, optim={"eps": 1e-6})\nconfig.update(**dict())\ntable = {"x": 1}\ntable["x"] = 2\n'
+    )
+    assert {k.name: (k.value, k.line) for k in find_knobs(source)} == {
+        "wd": (0.1, 1),
+        "lr": (1e-2, 2),
+        "bs": (128, 3),
+        "optim.eps": (1e-6, 3),
+    }
+    scope: dict = {}
+    exec(compile(set_knobs(source, {"lr": 0.02, "optim.eps": 1e-7}), "train.py", "exec"), scope)
+    assert scope["config"] == {"lr": 0.02, "bs": 128, "optim": {"eps": 1e-7}, "wd": 0.1}

@@ -7,7 +7,8 @@ is replaced before any code reads it, so editing it changes nothing and an exper
 measures only noise. Such an overridden entry is no knob; the one that wins is, under the plain
 name (``lr``). The same holds the other way round (``{"lr": 1e-3, **defaults}``: ``defaults``
 wins when it sets ``lr``), for ``dict(defaults, lr=1e-2)`` and ``defaults | {"lr": 1e-2}``, and
-through a chain of merges. A key that replaces a nested dict (``{**defaults, "optim": {...}}``)
+through a chain of merges, and for a later top-level ``config["lr"] = 1e-2`` or
+``config.update(lr=1e-2)``. A key that replaces a nested dict (``{**defaults, "optim": {...}}``)
 replaces all of its entries. A spread of anything else (``**vars(args)``, ``**loaded``) cannot be
 read: the literals around it stay knobs, as the values that apply when it does not set them.
 """
@@ -73,6 +74,19 @@ class SettingsDicts:
             live.update(self._entries(item.key, item.value, stmt, name))
         self.live[name] = live
 
+    def override(self, stmt: ast.stmt) -> None:
+        """A later top-level statement that sets entries of a settings mapping read before:
+        ``config["lr"] = 1e-2`` or ``config.update(lr=1e-2)`` / ``config.update({"lr": 1e-2})``.
+        The entries it replaces are no knobs (the value set here applies); its literals are."""
+        name, items = _overriding(stmt)
+        if name not in self.live:
+            return
+        live = self.live[name]
+        for item in items:
+            for path in [p for p in live if p == item.key or p.startswith(item.key + ".")]:
+                self._drop(live.pop(path))
+            live.update(self._entries(item.key, item.value, stmt, name))
+
     def _entries(self, key: str, node: ast.expr, stmt: ast.stmt, owner: str) -> dict[str, Knob]:
         """The knobs of one entry: a literal, or a nested mapping's literals as dotted paths."""
         nested = _items(node)
@@ -88,6 +102,28 @@ class SettingsDicts:
     def _drop(self, knob: Knob) -> None:
         if self.reader.found.get(knob.name) is knob:
             del self.reader.found[knob.name]
+
+
+def _overriding(stmt: ast.stmt) -> tuple[str, list[_Key]]:
+    """``(mapping, entries)`` that ``stmt`` sets: ``cfg["lr"] = 1e-2`` or ``cfg.update(...)``;
+    ``("", [])`` for any other statement (and for an update whose keys cannot be read)."""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+        target = stmt.targets[0]
+        if (
+            isinstance(target, ast.Subscript)
+            and isinstance(target.value, ast.Name)
+            and isinstance(target.slice, ast.Constant)
+            and isinstance(target.slice.value, str)
+        ):
+            return target.value.id, [_Key(target.slice.value, stmt.value)]
+    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+        call = stmt.value
+        func = call.func
+        if isinstance(func, ast.Attribute) and func.attr == "update" and isinstance(func.value, ast.Name):
+            items = [_items(a) for a in call.args] + [_items(ast.Call(ast.Name("dict"), [], call.keywords))]
+            if all(i is not None and all(isinstance(e, _Key) for e in i) for i in items):
+                return func.value.id, [e for i in items for e in i or [] if isinstance(e, _Key)]
+    return "", []
 
 
 def _covers(live: dict[str, Knob], key: str) -> bool:

@@ -90,6 +90,7 @@ def python_knobs(
     settings = _leading_block(tree.body)
     mappings = SettingsDicts(reader)
     for stmt in tree.body + _main_block(tree.body):
+        mappings.override(stmt)  # config["lr"] = 1e-2, config.update(lr=1e-2)
         name, value = simple_assignment(stmt)
         if name is None or value is None:
             continue
