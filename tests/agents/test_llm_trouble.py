@@ -173,3 +173,19 @@ def test_a_refused_connection_says_so(llm_config, caplog):
     assert agent.propose(make_context()) is None
     assert "Connection refused" in agent.stop_reason()
     assert "did not answer: Connection error. ([Errno 111] Connection refused)" in caplog.text
+
+
+@pytest.mark.parametrize("code", [401, 404, 400])
+def test_a_refusal_mid_night_stops_proposing_so_the_experiment_training_ends_recorded(code, llm_config):
+    """A key revoked, a model withdrawn or a prompt too long, met by the proposal asked while an
+    experiment trains (pipelining): it raised, and `nightlab run` exited with that experiment
+    left `running` in the ledger. Now the agent stops (failed), the loop records the experiment
+    in flight and ends with the one line; no lesson is asked of the API after it failed."""
+    with fake_llm_server("openai", [Answer(GOOD), Status(code, "no")]) as server:
+        agent = LLMAgent(llm_config(server))
+        first = agent.propose(make_context())
+        assert agent.propose(make_context()) is None
+        agent.observe(make_entry(1, first.description, meta=dict(first.meta), decision="keep"))
+        assert agent.final_lessons() == {}
+    assert agent.failed() and f"(HTTP {code})" in agent.stop_reason()
+    assert "\n" not in agent.stop_reason() and len(server.requests) == 2

@@ -43,6 +43,7 @@ from nightlab.agents.llm.lessons import lesson_fact, parse_lessons
 from nightlab.agents.llm.prompt import build_prompt
 from nightlab.agents.llm.providers import (
     ChatModel,
+    ProviderRefused,
     ProviderUnavailable,
     Reply,
     cost_usd,
@@ -142,7 +143,7 @@ class LLMAgent(Agent):
                 lessons = self._write_lessons(spend)
                 proposal = self._converse(context, spend, lessons)
                 return proposal
-            except ProviderUnavailable as exc:
+            except (ProviderUnavailable, ProviderRefused) as exc:
                 self._stop(str(exc), failed=True)
                 return None
             finally:
@@ -337,8 +338,8 @@ class LLMAgent(Agent):
         """One short call for the lessons owed; failures only cost the lessons, never the run."""
         with self._lock:
             owed, self._awaiting_lesson = self._awaiting_lesson[-LESSONS_PER_CALL:], []
-        if not owed or self._over_cap(quiet=True):
-            return {}
+        if not owed or self._failed or self._over_cap(quiet=True):
+            return {}  # after the API failed, asking again would only wait out its retries
         prompt = "\n\n".join(lesson_fact(e) for e in owed)
         system = (
             "You keep a research notebook. For each experiment below write one line, at most 25 "

@@ -67,6 +67,13 @@ class ProviderUnavailable(Exception):
     """Transient failures outlasted the retry policy; the agent stops cleanly on this."""
 
 
+class ProviderRefused(UserError):
+    """The API refused a request in a way no retry changes (a rejected key, an unknown model, a
+    request too large): one line for the user. The agent stops proposing on it, so the
+    experiment that trains meanwhile (the next proposal is asked while it trains) still ends and
+    is recorded before the night stops."""
+
+
 class BadResponse(Exception):
     """A server answered (often HTTP 200) with something that is not a chat answer.
 
@@ -141,7 +148,7 @@ def call_with_retries(
         except Exception as exc:  # noqa: BLE001 - classified right below
             fatal = classify(exc)
             if fatal is not None:
-                raise UserError(fatal) from None
+                raise ProviderRefused(fatal) from None
             last = f"{type(exc).__name__}: {_status_text(exc)}"
             if attempt + 1 >= policy.attempts:
                 break
