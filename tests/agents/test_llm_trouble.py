@@ -189,3 +189,17 @@ def test_a_refusal_mid_night_stops_proposing_so_the_experiment_training_ends_rec
         assert agent.final_lessons() == {}
     assert agent.failed() and f"(HTTP {code})" in agent.stop_reason()
     assert "\n" not in agent.stop_reason() and len(server.requests) == 2
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_a_refusal_that_echoes_the_key_never_shows_it(protocol, llm_config, monkeypatch, caplog):
+    """A proxy or local server whose 4xx message quotes the request's key put the key in the stop
+    line, the log and the night's summary."""
+    token = "local-vllm-token-42"  # not shaped like any known credential: only its value tells
+    with fake_llm_server(protocol, [Status(422, f"bad request from key {token}")]) as server:
+        config = llm_config(server)
+        monkeypatch.setenv(config.api_key_env, token)
+        agent = LLMAgent(config)
+        assert agent.propose(make_context()) is None
+    assert "(HTTP 422): bad request from key [redacted]" in agent.stop_reason()
+    assert token not in agent.stop_reason() + caplog.text

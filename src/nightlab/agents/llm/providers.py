@@ -272,7 +272,7 @@ class _SDKChat:
                 "%s did not answer: %s; the first proposal will try again", self._where(), _status_text(exc)
             )
         except Exception as exc:  # noqa: BLE001 - anything else is the first proposal's to meet
-            log.debug("key check skipped: %s", _brief(exc))
+            log.debug("key check skipped: %s", self._redacted(_brief(exc)))
 
     def _check_prefix(self) -> None:
         """A base_url with or without ``/v1`` the wrong way round (the SDKs disagree: OpenAI's
@@ -331,7 +331,7 @@ class _SDKChat:
     def _snippet(self, body: str) -> str:
         """The start of a body on one line, quoted, with the key (or anything shaped like one)
         redacted should a server echo it."""
-        text = redact(" ".join(body.split()), [str(getattr(self._client, "api_key", "") or "")])
+        text = self._redacted(" ".join(body.split()))
         return repr(text if len(text) <= 60 else text[:57] + "...")
 
     def _classify(self, exc: Exception) -> str | None:
@@ -347,9 +347,14 @@ class _SDKChat:
             ),
         ):
             return None
-        if isinstance(exc, sdk.APIStatusError):
-            return _status_verdict(self.provider, exc, self.model, self.base_url, self.key_env)
+        if isinstance(exc, sdk.APIStatusError):  # its message quotes the server, which may echo the key
+            verdict = _status_verdict(self.provider, exc, self.model, self.base_url, self.key_env)
+            return None if verdict is None else self._redacted(verdict)
         raise exc
+
+    def _redacted(self, text: str) -> str:
+        """``text`` without the key (or anything shaped like one)."""
+        return redact(text, [str(getattr(self._client, "api_key", "") or "")])
 
 
 class OpenAIChat(_SDKChat):
