@@ -25,8 +25,16 @@ def load_replay_file(path: Path) -> list[Proposal]:
     """Parse every line up front, so a bad line fails the run before any training starts."""
     if not path.is_file():
         raise UserError(f"[agent] file: replay file {path} not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path.name} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8"
+        ) from None
     proposals: list[Proposal] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         where = f"{path.name} line {number}"
