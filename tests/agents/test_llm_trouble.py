@@ -203,3 +203,16 @@ def test_a_refusal_that_echoes_the_key_never_shows_it(protocol, llm_config, monk
         assert agent.propose(make_context()) is None
     assert "(HTTP 422): bad request from key [redacted]" in agent.stop_reason()
     assert token not in agent.stop_reason() + caplog.text
+
+
+def test_half_a_surrogate_pair_in_an_answer_is_replaced_not_a_traceback(llm_config):
+    """JSON can carry a lone "\\ud83d" (an emoji cut in two): sending the answer back in the
+    retry conversation raised UnicodeEncodeError out of `nightlab run` as a traceback."""
+    spoiled = answer_text("emoji \ud83d", "x", block("train.py", "LR = 9  # no such line", "LR = 1"))
+    raw = _openai_body({"content": spoiled})
+    raw.body = raw.body.replace("\\\\ud83d", "\\ud83d")  # the escape as the server sent it
+    assert "\\ud83d" in raw.body
+    with fake_llm_server("openai", [raw, Answer(GOOD)]) as server:
+        proposal = LLMAgent(llm_config(server)).propose(make_context())
+    assert proposal is not None and proposal.description == "raise LR 0.01 -> 0.03"
+    assert "emoji \ufffd" in json.dumps(server.requests[1].body, ensure_ascii=False)

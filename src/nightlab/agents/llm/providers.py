@@ -446,11 +446,13 @@ def _text_of(content: object) -> str | None:
     """A message's content as text: a string, or the text parts of a list of content parts (some
     OpenAI-compatible servers answer so, and Anthropic always does); other parts (thinking, a
     tool call) carry no answer text."""
-    if content is None or isinstance(content, str):
-        return content
+    if content is None:
+        return None
     if isinstance(content, list):
-        return "".join(p if isinstance(p, str) else str(_field(p, "text") or "") for p in content)
-    return str(content)
+        content = "".join(p if isinstance(p, str) else str(_field(p, "text") or "") for p in content)
+    # JSON may carry half of a surrogate pair ("\\ud83d", an emoji cut by the token limit): as a
+    # lone surrogate it could be neither written to a file nor sent back in the conversation.
+    return str(content).encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _tool_names(calls: list[Any]) -> tuple[str, ...]:
