@@ -127,6 +127,24 @@ def test_argparse_click_and_dataclass_defaults() -> None:
     )
 
 
+def test_argparse_set_defaults_is_the_value_that_applies() -> None:
+    """``parser.set_defaults(lr=1e-3)`` wins over ``add_argument("--lr", default=3e-4)``: its
+    literal is the knob (with the option's spelling), also for an option declared without one."""
+    source = (
+        "import argparse\np = argparse.ArgumentParser()\np.add_argument('--lr', type=float, default=3e-4)\n"
+        "p.add_argument('--batch-size', type=int)\np.add_argument('--wd', default=0.1)\n"
+        "p.set_defaults(lr=1e-3, batch_size=64)\n"
+    )
+    knobs = {k.name: k for k in find_knobs(source, "train.py")}
+    assert {n: (k.value, k.line) for n, k in knobs.items()} == {
+        "lr": (1e-3, 6),
+        "batch_size": (64, 6),
+        "wd": (0.1, 5),
+    }
+    assert knobs["batch_size"].flags == ("--batch-size",)
+    assert "p.set_defaults(lr=2e-3, batch_size=64)" in set_knobs(source, {"lr": 2e-3}, "train.py")
+
+
 FACTORY = """\
 from dataclasses import dataclass, field
 

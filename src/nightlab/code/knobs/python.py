@@ -114,9 +114,10 @@ def python_knobs(
         (n for n in ast.walk(tree) if isinstance(n, (ast.Call, ast.ClassDef))),
         key=lambda n: (n.lineno, n.col_offset),
     )
+    overrides = _set_defaults(tree)
     for node in nodes:
         if isinstance(node, ast.Call):
-            _option(reader, node)
+            _option(reader, node, overrides)
             absl_flag(reader, node)
         elif any(_is_dataclass(d) for d in node.decorator_list):
             place = placed.get(node.name) if node in tree.body else None
@@ -168,13 +169,25 @@ def _leading_block(body: list[ast.stmt]) -> set[ast.stmt]:
     return block
 
 
-def _option(reader: Reader, call: ast.Call) -> None:
-    """``add_argument("--lr", default=...)`` or ``click.option("--lr", default=...)``."""
+def _set_defaults(tree: ast.Module) -> dict[str, ast.expr]:
+    """The literal keywords of argparse's ``parser.set_defaults(lr=1e-3)``: they win over the
+    ``default=`` of ``add_argument("--lr", ...)``, which is then dead."""
+    found: dict[str, ast.expr] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and call_name(node) == "set_defaults":
+            found.update({k.arg: k.value for k in node.keywords if k.arg is not None})
+    return found
+
+
+def _option(reader: Reader, call: ast.Call, overrides: dict[str, ast.expr] | None = None) -> None:
+    """``add_argument("--lr", default=...)`` or ``click.option("--lr", default=...)``; for
+    argparse, a ``set_defaults(lr=...)`` of the same name (``overrides``) is the value that
+    applies, so its literal is the knob."""
     name = call_name(call)
     if name not in ("add_argument", "option"):
         return
     default = keyword(call, "default")
-    if default is None:
+    if default is None and name == "option":
         return
     source = "argparse" if name == "add_argument" else "click"
     if source == "click":  # "--use-bn/--no-use-bn" is two spellings of one option `use_bn`
@@ -191,6 +204,10 @@ def _option(reader: Reader, call: ast.Call) -> None:
         knob = long[2:].replace("-", "_")
     if knob is None:
         return  # a positional argument or a short flag only: no name a person would search
+    if source == "argparse" and knob in (overrides or {}):
+        default = (overrides or {})[knob]  # parser.set_defaults(lr=1e-3) wins over default=
+    if default is None:
+        return
     choices = keyword(call, "choices")
     kind = keyword(call, "type")
     if choices is None and isinstance(kind, ast.Call) and call_name(kind) == "Choice" and kind.args:
