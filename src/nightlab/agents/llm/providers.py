@@ -14,26 +14,39 @@ client: they never enter a log line, an error message or a proposal's meta.
 
 from __future__ import annotations
 
-import email.utils
 import importlib
 import inspect
 import json
 import logging
-import random
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nightlab.agents.llm.prices import DEFAULT_PRICES, cost_usd, price_for
+from nightlab.agents.llm.retries import (
+    ProviderUnavailable,
+    RetryPolicy,
+    _retry_after,
+    _status_text,
+    call_with_retries,
+)
 from nightlab.agents.llm.settings import DEFAULT_KEY_ENV, LLMSettings, checked_base_url, read_api_key
 from nightlab.errors import UserError
 from nightlab.secrets import redact
 
 log = logging.getLogger("nightlab.agents.llm.agent")
 
-# Their homes are prices.py and settings.py.
-__all__ = ["DEFAULT_KEY_ENV", "DEFAULT_PRICES", "cost_usd", "price_for", "read_api_key"]
+# Their homes are prices.py, retries.py and settings.py.
+__all__ = [
+    "DEFAULT_KEY_ENV",
+    "DEFAULT_PRICES",
+    "ProviderUnavailable",
+    "RetryPolicy",
+    "_retry_after",
+    "call_with_retries",
+    "cost_usd",
+    "price_for",
+    "read_api_key",
+]
 
 
 @dataclass
@@ -47,24 +60,6 @@ class Reply:
     # Tools the model called instead of answering in text (no tools are offered: it is a
     # spoiled answer for the conversation to correct, not a failure of the server).
     tool_calls: tuple[str, ...] = ()
-
-
-@dataclass
-class RetryPolicy:
-    """How long to keep trying a transient failure.
-
-    ``attempts`` counts every try (the first included); ``backoff`` is the first wait in seconds,
-    doubled each time up to ``max_wait``, which also caps a server's ``Retry-After``.
-    """
-
-    attempts: int = 6
-    backoff: float = 2.0
-    max_wait: float = 120.0
-    timeout: float = 300.0
-
-
-class ProviderUnavailable(Exception):
-    """Transient failures outlasted the retry policy; the agent stops cleanly on this."""
 
 
 class ProviderRefused(UserError):
@@ -103,76 +98,6 @@ def make_model(config: LLMSettings, retry: RetryPolicy | None = None) -> ChatMod
     if (config.provider or "openai") == "anthropic":
         return AnthropicChat(config.model, key, base_url, config.temperature, policy, key_env)
     return OpenAIChat(config.model, key, base_url, config.temperature, policy, key_env)
-
-
-def _retry_after(exc: Exception) -> float | None:
-    """Seconds a server asked us to wait (``retry-after-ms``, ``retry-after`` seconds or date)."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:  # an HTTP date
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def call_with_retries(
-    call: Callable[[], Reply],
-    classify: Callable[[Exception], str | None],
-    policy: RetryPolicy,
-    describe: str,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Reply:
-    """Run ``call``; retry what ``classify`` calls transient, re-raise what it calls fatal.
-
-    ``classify`` returns None for transient errors and a one-line message for fatal ones.
-    """
-    last = ""
-    for attempt in range(policy.attempts):
-        try:
-            return call()
-        except Exception as exc:  # noqa: BLE001 - classified right below
-            fatal = classify(exc)
-            if fatal is not None:
-                raise ProviderRefused(fatal) from None
-            last = f"{type(exc).__name__}: {_status_text(exc)}"
-            if attempt + 1 >= policy.attempts:
-                break
-            asked = _retry_after(exc)
-            wait = policy.backoff * (2**attempt) * (0.5 + random.random() / 2)
-            if asked is not None:
-                wait = asked
-            wait = min(wait, policy.max_wait)
-            log.warning(
-                "%s: %s; retry %d/%d in %.1fs", describe, last, attempt + 1, policy.attempts - 1, wait
-            )
-            sleep(wait)
-    raise ProviderUnavailable(f"{describe}: gave up after {policy.attempts} attempts ({last})")
-
-
-def _status_text(exc: Exception) -> str:
-    """The failure in a few words: its status, or the SDK's line plus the cause it wraps (the
-    SDKs say only "Connection error." for a refused connection, a bad address or a reset)."""
-    status = getattr(exc, "status_code", None)
-    if status:
-        return f"HTTP {status}"
-    text = (str(exc).splitlines() or [""])[0][:200]
-    cause = (str(exc.__cause__).splitlines() or [""])[0][:120] if exc.__cause__ else ""
-    return f"{text} ({cause})" if cause and cause not in text else text
 
 
 def _fatal_message(
@@ -251,6 +176,7 @@ class _SDKChat:
             self._classify,
             self.retry,
             f"{self.model} via {self.base_url or self.provider}",
+            ProviderRefused,
         )
 
     def check_key(self) -> None:
