@@ -51,6 +51,14 @@ MISTAKES = [
     (["demo", "--minutes", "-1"], "--minutes"),
     (["check", "--seconds", "inf"], "--seconds"),
     (["report", "--out", "."], "--out"),  # a folder: a traceback before
+    # Empty values were taken as no option (`--flag "$UNSET"`): the configured agent, the default
+    # revision, every interface for the dashboard, every template copied; `..` a template too.
+    (["run", "--agent", ""], "--agent"),
+    (["validate", "--a", " "], "--a"),
+    (["serve", "--host", ""], "--host"),
+    (["export", "--to", ""], "--to"),
+    (["init", "ws", "--template", ""], "--template"),
+    (["init", "ws", "--template", ".."], "--template"),
 ]
 
 

@@ -48,6 +48,17 @@ def positive(value: float | None) -> float | None:
     return value
 
 
+def given(value: str | list[str] | None) -> str | list[str] | None:
+    """An option's callback: an empty string (or one of spaces) is no value. Left to the command,
+    ``--agent ""`` ran the configured agent, ``--a ""`` the default revision, ``--host ""``
+    listened on every interface and ``--template ""`` copied every template; a ``--flag "$VAR"``
+    whose variable is unset reads so."""
+    for item in [value] if isinstance(value, str) else value or []:
+        if not item.strip():
+            raise typer.BadParameter("is empty: give a value, or leave the option out for its default")
+    return value
+
+
 def help_when_bare(ctx: typer.Context) -> None:
     """A group called without a command (``nightlab``, ``nightlab agent``): its help on stdout
     and exit code 0, the same under every click (8.2 made that an error, exit 2)."""

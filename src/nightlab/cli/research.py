@@ -19,6 +19,7 @@ from nightlab.cli.output import (
     console,
     err_console,
     finite,
+    given,
     positive,
     print_status_table,
     print_summary,
@@ -43,8 +44,10 @@ def register(app: typer.Typer) -> None:
 
 def init(
     directory: Path = typer.Argument(..., help="Where to create the workspace."),
-    template: str = typer.Option("gpt", help="Which template to copy."),
-    size: str = typer.Option(None, help="cpu or gpu (default: gpu where a CUDA GPU is present)."),
+    template: str = typer.Option("gpt", callback=given, help="Which template to copy."),
+    size: str = typer.Option(
+        None, callback=given, help="cpu or gpu (default: gpu where a CUDA GPU is present)."
+    ),
     dataset: str = typer.Option(
         None, "--dataset", help="What to train on: a dataset name or a path (sets the template's DATASET)."
     ),
@@ -148,6 +151,7 @@ def run(
     agent: str = typer.Option(
         None,
         "--agent",
+        callback=given,
         help="The agent kind instead of the one in nightlab.toml: replay, search, llm, command.",
     ),
     tag: str = typer.Option(

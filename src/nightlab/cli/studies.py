@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from nightlab.cli.output import console, err_console, finite
+from nightlab.cli.output import console, err_console, finite, given
 from nightlab.formatting import decimals_for, fixed, signed
 from nightlab.formatting import terminal_safe as safe
 
@@ -60,10 +60,15 @@ def validate(
     scale: str = typer.Option(
         None,
         "--scale",
+        callback=given,
         help="A scale defined in nightlab.toml as a scales.NAME table (default: the research scale).",
     ),
-    a: str = typer.Option(None, "--a", help="Side A revision (default: the research branch's start)."),
-    b: str = typer.Option(None, "--b", help="Side B revision (default: the research branch's best)."),
+    a: str = typer.Option(
+        None, "--a", callback=given, help="Side A revision (default: the research branch's start)."
+    ),
+    b: str = typer.Option(
+        None, "--b", callback=given, help="Side B revision (default: the research branch's best)."
+    ),
     seeds: int = typer.Option(3, "--seeds", min=2, help="Runs per side (same seeds for both)."),
     tag: str = typer.Option(None, "--tag", help="Research branch nightlab/<tag> (default: last used)."),
     margin: float = typer.Option(
@@ -178,6 +183,7 @@ def ablate(
     scale: str = typer.Option(
         None,
         "--scale",
+        callback=given,
         help="Run at a scale defined in nightlab.toml as a scales.NAME table: which changes carry over.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),

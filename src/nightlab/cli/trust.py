@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from nightlab.cli.output import console
+from nightlab.cli.output import console, given
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
 
 def recover(
     directory: Path = typer.Argument(Path("."), help="The research workspace."),
-    tag: str = typer.Option(None, "--tag", help="Research tag to rebuild (needed when several exist)."),
+    tag: str = typer.Option(
+        None, "--tag", callback=given, help="Research tag to rebuild (needed when several exist)."
+    ),
     force: bool = typer.Option(False, "--force", help="Rebuild even when the ledger reads fine."),
 ) -> None:
     """Rebuild .nightlab/ledger.db from refs/nightlab/experiments/*, the branch and the run dirs."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from nightlab.cli.output import DirArg, console, err_console
+from nightlab.cli.output import DirArg, console, err_console, given
 from nightlab.errors import UserError
 from nightlab.formatting import terminal_safe
 
@@ -94,6 +94,7 @@ def serve(
     host: str = typer.Option(
         "127.0.0.1",
         "--host",
+        callback=given,
         help="Address to listen on; anything but loopback requires the token to read too.",
     ),
     tag: str = typer.Option(
@@ -191,7 +192,7 @@ def serve(
 
 def export(
     directory: Path = DirArg,
-    to: list[str] = typer.Option(..., "--to", help="mlflow or wandb (repeat for both)."),
+    to: list[str] = typer.Option(..., "--to", callback=given, help="mlflow or wandb (repeat for both)."),
     tag: str = typer.Option(
         None,
         "--tag",

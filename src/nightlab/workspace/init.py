@@ -37,11 +37,10 @@ FALLBACK_IDENTITY = ("-c", "user.name=nightlab", "-c", "user.email=nightlab@loca
 
 def template_dir(name: str) -> Path:
     base = Path(str(resources.files("nightlab") / "templates"))
-    path = base / name
-    if not path.is_dir():
-        names = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    names = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    if name not in names:  # a name, not a path: `--template ..` copied the whole package
         raise UserError(f"--template '{name}' unknown; available: {', '.join(names)}")
-    return path
+    return base / name
 
 
 def available_sizes(template: Path) -> list[str]:
