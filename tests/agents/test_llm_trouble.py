@@ -216,3 +216,17 @@ def test_half_a_surrogate_pair_in_an_answer_is_replaced_not_a_traceback(llm_conf
         proposal = LLMAgent(llm_config(server)).propose(make_context())
     assert proposal is not None and proposal.description == "raise LR 0.01 -> 0.03"
     assert "emoji \ufffd" in json.dumps(server.requests[1].body, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_an_error_in_a_200_body_is_retried_and_quoted(protocol, llm_config):
+    """OpenRouter and LiteLLM can answer HTTP 200 with {"error": {...}} for an upstream failure:
+    retried like a 5xx, and the stop line quotes what it said, not only "no choices"."""
+    body = Raw(json.dumps({"error": {"message": "Upstream provider timed out", "code": 502}}))
+    with fake_llm_server(protocol, [body, Answer(GOOD)]) as server:
+        assert LLMAgent(llm_config(server)).propose(make_context()).description == "raise LR 0.01 -> 0.03"
+    with fake_llm_server(protocol, lambda request: body) as server:
+        agent = LLMAgent(llm_config(server, api_retries=1))
+        assert agent.propose(make_context()) is None
+    assert "answered without a message: no " in agent.stop_reason()
+    assert "; it says 'Upstream provider timed out')" in agent.stop_reason()

@@ -239,8 +239,13 @@ class _SDKChat:
     def _not_json(self, body: str) -> str:
         return f"{self._where()} answered with something that is not JSON: {self._snippet(body)}"
 
-    def _no_message(self, what: str) -> BadResponse:
-        return BadResponse(f"{self._where()} answered without a message: {what}")
+    def _no_message(self, what: str, response: object = None) -> BadResponse:
+        """The server's HTTP 200 carried no answer; an ``error`` it holds instead (OpenRouter and
+        LiteLLM report an upstream failure so) is quoted, in short."""
+        error = _field(response, "error") if response is not None else None
+        said = _field(error, "message") if isinstance(error, dict) or hasattr(error, "message") else error
+        note = f"; it says {self._snippet(str(said))}" if said else ""
+        return BadResponse(f"{self._where()} answered without a message: {what}{note}")
 
     def _parsed(self, response: object) -> Any:  # the SDK's response model
         """The SDK's response, or a :class:`BadResponse` when it is no JSON object at all.
@@ -305,7 +310,7 @@ class OpenAIChat(_SDKChat):
         )
         choices = getattr(response, "choices", None)
         if not choices:
-            raise self._no_message("no choices")
+            raise self._no_message("no choices", response)
         choice = choices[0]
         message = getattr(choice, "message", None)
         if message is None:
@@ -351,7 +356,7 @@ class AnthropicChat(_SDKChat):
         truncated = getattr(response, "stop_reason", None) == "max_tokens"
         # An empty list is the model's answer only when the output limit cut it off at once.
         if not isinstance(content, list) or (not content and not truncated):
-            raise self._no_message("no content" if not content else "its content is not a list")
+            raise self._no_message("no content" if not content else "its content is not a list", response)
         usage = getattr(response, "usage", None)
         return Reply(
             text=_text_of(content) or "",
