@@ -303,3 +303,16 @@ def test_a_budget_variable_left_in_the_shell_is_refused_before_anything_runs(
         "(`unset NIGHTLAB_BUDGET_TOKENS`), and set the budget in [budget]"
     ]
     assert not (root / ".nightlab" / "runs").exists()
+
+
+def test_an_unknown_live_tracker_is_the_only_line_run_prints(tmp_path: Path) -> None:
+    """`[trackers] live = ["nosuch"]` was refused after `run` had printed its header."""
+    root = make_workspace(tmp_path / "ws")
+    (root / "nightlab.toml").write_text(
+        (root / "nightlab.toml").read_text() + '[trackers]\nlive = ["nosuch"]\n'
+    )
+    res = nightlab("run", str(root), "--plain", "-n", "0")
+    assert (res.returncode, res.stdout) == (2, ""), res.stdout + res.stderr
+    assert res.stderr.splitlines() == [
+        "error: nightlab.toml: [trackers] live: 'nosuch' is not one of mlflow, wandb"
+    ]

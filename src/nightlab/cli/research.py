@@ -174,6 +174,9 @@ def run(
         session.config.run.workers = _workers(workers)
     session.check_runnable()  # a busy workspace or a missing file: one line, before anything prints
     cfg = session.config
+    from nightlab.store.trackers.registry import check_trackers
+
+    check_trackers(cfg.trackers)  # an unknown [trackers] live name too (it came after the header)
     cap = max_experiments if max_experiments is not None else cfg.run.max_experiments
     cap_from = "" if max_experiments is not None else f"[run] max_experiments = {cap}"
     if more is not None:
