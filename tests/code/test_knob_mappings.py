@@ -157,3 +157,21 @@ def test_an_entry_set_after_the_dict_is_the_knob() -> None:
     scope: dict = {}
     exec(compile(set_knobs(source, {"lr": 0.02, "optim.eps": 1e-7}), "train.py", "exec"), scope)
     assert scope["config"] == {"lr": 0.02, "bs": 128, "optim": {"eps": 1e-7}, "wd": 0.1}
+
+
+def test_a_settings_dict_a_function_builds_or_returns_is_knobs() -> None:
+    """``def get_config(): return {...}`` and ``hp = dict(...)`` in a function are settings; a
+    later ``config["lr"] = args.lr`` in the same function leaves the literal no knob."""
+    source = (
+        'def get_config():\n    return {"lr": 1e-3, "model": {"width": 64}}\n\n\n'
+        'def default_hparams():\n    hp = dict(lr=3e-4, dropout=0.1)\n    hp["dropout"] = 0.2\n    return hp\n\n\n'
+        'def main(args):\n    config = {"lr": 1e-2, "bs": 32}\n    config["lr"] = args.lr\n    table = {"a": 1}\n'
+        "    return config, table\n"
+    )
+    assert {k.name: (k.value, k.line) for k in find_knobs(source)} == {
+        "lr": (1e-3, 2),
+        "model.width": (64, 2),
+        "hp.lr": (3e-4, 6),
+        "dropout": (0.2, 7),
+        "bs": (32, 12),
+    }

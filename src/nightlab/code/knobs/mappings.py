@@ -104,6 +104,25 @@ class SettingsDicts:
             del self.reader.found[knob.name]
 
 
+def function_settings(reader: Reader, tree: ast.Module, is_settings_name: Callable[[str], bool]) -> None:
+    """Settings mappings a function builds: ``def get_config(): config = dict(lr=1e-3); ...``, or
+    returns (``def get_config(): return {"lr": 1e-3}``, in a function named as settings), read
+    statement by statement in the function's own body as the module's are, so a later
+    ``config["lr"] = args.lr`` there takes the literal's place."""
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        mappings = SettingsDicts(reader)
+        for stmt in function.body:
+            mappings.override(stmt)
+            if isinstance(stmt, ast.Return) and stmt.value is not None and is_settings_name(function.name):
+                mappings.read(function.name, stmt.value, stmt, True)
+            elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                if len(targets) == 1 and isinstance(targets[0], ast.Name) and stmt.value is not None:
+                    mappings.read(targets[0].id, stmt.value, stmt, is_settings_name(targets[0].id))
+
+
 def _overriding(stmt: ast.stmt) -> tuple[str, list[_Key]]:
     """``(mapping, entries)`` that ``stmt`` sets: ``cfg["lr"] = 1e-2`` or ``cfg.update(...)``;
     ``("", [])`` for any other statement (and for an update whose keys cannot be read)."""

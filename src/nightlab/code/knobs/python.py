@@ -49,7 +49,7 @@ from nightlab.code.knobs.entry import click_parameter, entry_knobs
 from nightlab.code.knobs.hydra import HYDRA_SOURCE
 from nightlab.code.knobs.literal import KnobValue
 from nightlab.code.knobs.locals import local_knobs
-from nightlab.code.knobs.mappings import SettingsDicts, built_settings, user_classes
+from nightlab.code.knobs.mappings import SettingsDicts, built_settings, function_settings, user_classes
 from nightlab.code.knobs.model import Knob
 from nightlab.code.knobs.reader import Reader, call_name, keyword, simple_assignment, string_args
 from nightlab.code.knobs.signatures import signature_knobs
@@ -109,6 +109,7 @@ def python_knobs(
                 reader.add(name, value, stmt, kind, replace=True)
         # config = dict(lr=3e-4, ...), CONFIG = {"lr": 3e-4}, cfg = {**defaults, "lr": 1e-2}
         mappings.read(name, value, stmt, _is_config_name(name))
+    function_settings(reader, tree, _is_config_name)  # def get_config(): return {"lr": 1e-3}
     # In file order, so the first of two knobs with one name keeps the plain name.
     nodes = sorted(
         (n for n in ast.walk(tree) if isinstance(n, (ast.Call, ast.ClassDef))),
