@@ -224,3 +224,21 @@ def test_a_repository_of_another_user_is_named_as_such_not_as_no_repository(
         f"{root} belongs to another user, and git refuses to work in it (dubious ownership): run nightlab "
         f"as its owner, or trust it with `git config --global --add safe.directory {root}`"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["run", "ws"], "`nightlab run` repeats an interrupted experiment"),
+        (["try", "-m", "x"], "`nightlab run` repeats an interrupted experiment"),
+        # These said that `nightlab run` would repeat what they ran; it repeats none of it.
+        (["check", "ws"], "nothing was recorded; `nightlab check` again starts it afresh"),
+        (["validate", "--seeds", "2"], "recorded as interrupted; `nightlab validate` again starts it afresh"),
+        (["ablate"], "recorded as interrupted; `nightlab ablate` again starts it afresh"),
+        (["status"], "stopped"),
+    ],
+)
+def test_the_interrupted_line_says_what_the_command_leaves(args: list[str], says: str) -> None:
+    from nightlab.cli.app import _interrupted_note
+
+    assert says in _interrupted_note(args)

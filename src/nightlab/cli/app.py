@@ -143,6 +143,15 @@ _TRAINS_NOTHING = {
     "export": "the export stopped; what was sent stays in the tracker, and `nightlab export` again "
     "sends only what is missing",
     **dict.fromkeys(("status", "report", "serve", "init", "brief", "recover", "agent"), "stopped"),
+    # They train, but `nightlab run` repeats none of theirs: a study closes its experiments as
+    # interrupted, and the check records none.
+    "check": "the check's runs were stopped with their processes; nothing was recorded; "
+    "`nightlab check` again starts it afresh",
+    **{
+        study: f"the {study} runs were stopped with their processes and the study is recorded as "
+        f"interrupted; `nightlab {study}` again starts it afresh"
+        for study in ("validate", "ablate")
+    },
 }
 
 
