@@ -161,12 +161,13 @@ def test_an_entry_set_after_the_dict_is_the_knob() -> None:
 
 def test_a_settings_dict_a_function_builds_or_returns_is_knobs() -> None:
     """``def get_config(): return {...}`` and ``hp = dict(...)`` in a function are settings; a
-    later ``config["lr"] = args.lr`` in the same function leaves the literal no knob."""
+    later ``config["lr"] = args.lr`` in the same function leaves the literal no knob, and a merge
+    there of a module-level dict drops the entries it replaces."""
     source = (
         'def get_config():\n    return {"lr": 1e-3, "model": {"width": 64}}\n\n\n'
         'def default_hparams():\n    hp = dict(lr=3e-4, dropout=0.1)\n    hp["dropout"] = 0.2\n    return hp\n\n\n'
         'def main(args):\n    config = {"lr": 1e-2, "bs": 32}\n    config["lr"] = args.lr\n    table = {"a": 1}\n'
-        "    return config, table\n"
+        '    run = {**DEFAULTS, "momentum": 0.95}\n    return config, table, run\n\n\nDEFAULTS = {"momentum": 0.9, "eps": 1e-8}\n'
     )
     assert {k.name: (k.value, k.line) for k in find_knobs(source)} == {
         "lr": (1e-3, 2),
@@ -174,4 +175,6 @@ def test_a_settings_dict_a_function_builds_or_returns_is_knobs() -> None:
         "hp.lr": (3e-4, 6),
         "dropout": (0.2, 7),
         "bs": (32, 12),
+        "momentum": (0.95, 15),  # DEFAULTS' 0.9 is replaced by the merge in main
+        "eps": (1e-8, 19),
     }

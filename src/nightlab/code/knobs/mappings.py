@@ -49,9 +49,9 @@ class SettingsDicts:
     """Reads the top-level settings mappings of one file in order, remembering each one's live
     entries (key path -> knob), so a later merge can drop the entries it overrides."""
 
-    def __init__(self, reader: Reader) -> None:
-        self.reader = reader
-        self.live: dict[str, dict[str, Knob]] = {}
+    def __init__(self, reader: Reader, outer: SettingsDicts | None = None) -> None:
+        self.reader = reader  # outer: the module's mappings, which a function's code may merge
+        self.live: dict[str, dict[str, Knob]] = {k: dict(v) for k, v in (outer.live if outer else {}).items()}
 
     def read(self, name: str, value: ast.expr, stmt: ast.stmt, named_as_settings: bool) -> None:
         """The knobs of ``name = value`` when the value is a mapping literal and the name says
@@ -104,15 +104,18 @@ class SettingsDicts:
             del self.reader.found[knob.name]
 
 
-def function_settings(reader: Reader, tree: ast.Module, is_settings_name: Callable[[str], bool]) -> None:
+def function_settings(
+    reader: Reader, tree: ast.Module, is_settings_name: Callable[[str], bool], module: SettingsDicts
+) -> None:
     """Settings mappings a function builds: ``def get_config(): config = dict(lr=1e-3); ...``, or
     returns (``def get_config(): return {"lr": 1e-3}``, in a function named as settings), read
     statement by statement in the function's own body as the module's are, so a later
-    ``config["lr"] = args.lr`` there takes the literal's place."""
+    ``config["lr"] = args.lr`` there takes the literal's place; a merge of a ``module`` mapping
+    (``config = {**DEFAULTS, "lr": 1e-2}`` in ``main``) drops the entries it replaces."""
     for function in ast.walk(tree):
         if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        mappings = SettingsDicts(reader)
+        mappings = SettingsDicts(reader, module)
         for stmt in function.body:
             mappings.override(stmt)
             if isinstance(stmt, ast.Return) and stmt.value is not None and is_settings_name(function.name):

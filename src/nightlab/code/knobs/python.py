@@ -109,7 +109,7 @@ def python_knobs(
                 reader.add(name, value, stmt, kind, replace=True)
         # config = dict(lr=3e-4, ...), CONFIG = {"lr": 3e-4}, cfg = {**defaults, "lr": 1e-2}
         mappings.read(name, value, stmt, _is_config_name(name))
-    function_settings(reader, tree, _is_config_name)  # def get_config(): return {"lr": 1e-3}
+    function_settings(reader, tree, _is_config_name, mappings)  # def get_config(): return {"lr": 1e-3}
     # In file order, so the first of two knobs with one name keeps the plain name.
     nodes = sorted(
         (n for n in ast.walk(tree) if isinstance(n, (ast.Call, ast.ClassDef))),
