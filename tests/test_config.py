@@ -182,6 +182,13 @@ LAX = [
     ("policy", "noise_sd = inf", "[policy] noise_sd: Input should be a finite number"),
     ("run", "log_limit_mb = inf", "[run] log_limit_mb: Input should be a finite number"),  # was a traceback
     ("run", "workers = true", "[run] workers: true is not a number"),
+    # Read "[run.workers] int: Input should be a valid integer ... (and 1 more)" before.
+    (
+        "run",
+        'workers = "abc"',
+        '[run] workers: "abc" is not a number of workers: write one of at least 1, or "auto"',
+    ),
+    ("run", "workers = 1.5", "[run] workers: 1.5 is not a number of workers"),
     ("run", "seed = -1", "[run] seed: Input should be greater than or equal to 0"),
     ("run", 'tag = "a b"', "[run] tag: 'a b': use letters, digits"),  # it named --tag, never given
     ("run", 'tag = "nightly.lock"', "[run] tag: 'nightly.lock': use letters"),

@@ -8,6 +8,7 @@ one line naming the file, table and field.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path, PurePosixPath
@@ -339,11 +340,15 @@ class RunConfig(_Strict):
         check_env_names(value)
         return value
 
-    @field_validator("workers")
+    @field_validator("workers", mode="before")
     @classmethod
-    def _positive_workers(cls, value: int | str) -> int | str:
-        if value != "auto" and int(value) < 1:
-            raise ValueError('must be at least 1, or "auto"')
+    def _positive_workers(cls, value: object) -> object:
+        # Before pydantic's union: `"abc"` read "[run.workers] int: Input should be a valid integer
+        # ... (and 1 more)", naming a table that does not exist.
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(
+                f'{json.dumps(value)} is not a number of workers: write one of at least 1, or "auto"'
+            )
         return value
 
 
