@@ -15,3 +15,12 @@ class UserError(Exception):
 
 class EditError(UserError):
     """A proposal's edit that cannot be applied; the message is written for an LLM to act on."""
+
+
+def shell_word(value: object) -> str:
+    """``value`` (a path, a name) as it goes into a command an error or a hint suggests: quoted
+    where the shell needs it, so ``nightlab run 'my ws'`` can be pasted as it is (unquoted, a
+    workspace with a space in its path was two arguments)."""
+    import shlex
+
+    return shlex.quote(str(value))

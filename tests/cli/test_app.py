@@ -242,3 +242,14 @@ def test_the_interrupted_line_says_what_the_command_leaves(args: list[str], says
     from nightlab.cli.app import _interrupted_note
 
     assert says in _interrupted_note(args)
+
+
+def test_the_brief_names_a_flops_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under `[budget] flops` the brief said "trains (None steps per run)"."""
+    from nightlab.cli.agents import brief_command
+
+    root = make_workspace(tmp_path / "ws")
+    toml = root / "nightlab.toml"
+    toml.write_text(toml.read_text().replace("seconds = 5", "flops = 2e12"))
+    brief_command(root)
+    assert "trains (2e+12 training FLOPs per run)" in capsys.readouterr().out

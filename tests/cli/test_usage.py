@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -316,3 +317,16 @@ def test_an_unknown_live_tracker_is_the_only_line_run_prints(tmp_path: Path) -> 
     assert res.stderr.splitlines() == [
         "error: nightlab.toml: [trackers] live: 'nosuch' is not one of mlflow, wandb"
     ]
+
+
+def test_a_suggested_command_can_be_pasted_for_a_path_with_spaces(tmp_path: Path) -> None:
+    """`start with nightlab run /tmp/my ws` and the brief's `nightlab status /tmp/my ws` were
+    two arguments in a shell: the path is quoted where it needs it."""
+    root = make_workspace(tmp_path / "my ws")
+    quoted = shlex.quote(str(root))
+    assert quoted != str(root)
+    status = nightlab("status", str(root))
+    assert status.returncode == 2 and f"start with `nightlab run {quoted}`" in status.stderr, status.stderr
+    brief = nightlab("brief", str(root))
+    assert brief.returncode == 0 and f"`nightlab status {quoted}`" in brief.stdout, brief.stdout
+    assert shlex.split(f"nightlab status {quoted}")[2] == str(root)

@@ -25,12 +25,12 @@ owns the budget, the evaluation, the decision and the record.
 Goal: {arrow} {metric}.{program}
 
 Loop, one experiment at a time:
-1. Read the state: `nightlab status {root}` (the experiments so far, the best){program_step}.
-   Start from the best code: `nightlab try --sync {root}` writes it into the editable files.
+1. Read the state: `nightlab status {dir}` (the experiments so far, the best){program_step}.
+   Start from the best code: `nightlab try --sync {dir}` writes it into the editable files.
 2. Edit only the editable files: {editable}. Make one focused change.
    Never edit the frozen files ({frozen}), nightlab.toml, or anything under .nightlab/;
    `nightlab try` refuses to run while other files have uncommitted changes.
-3. Run it: `nightlab try --sync -m "<one line: what you changed>" --hypothesis "<why>" {root}`
+3. Run it: `nightlab try --sync -m "<one line: what you changed>" --hypothesis "<why>" {dir}`
    It applies your edit onto the best code, trains ({budget}), evaluates and decides; this can
    take a while: wait for it.
 4. Read the block it prints after `---`: {metric}, improvement (> 0 is better than the best),
@@ -70,7 +70,7 @@ def try_command(
     """Run your uncommitted edits to the editable files as one experiment, applied onto the best code."""
     from nightlab.cli.view import plain_printer
     from nightlab.config import load_config
-    from nightlab.errors import UserError
+    from nightlab.errors import UserError, shell_word
     from nightlab.events import EventSink
     from nightlab.formatting import terminal_safe
     from nightlab.research.tryrun import result_block, try_working_tree
@@ -109,12 +109,12 @@ def try_command(
         if outcome.behind:
             typer.echo(
                 f"your files hold your edit on your checkout; the best code also has earlier kept changes: "
-                f"`nightlab try --sync {root}` brings them in"
+                f"`nightlab try --sync {shell_word(root)}` brings them in"
             )
     elif row.commit:
         typer.echo(
             f"not kept: your edits are left in your files (and saved as commit {row.commit[:12]}); "
-            f"`nightlab try --sync {root}` puts the best code ({best_name}) back, "
+            f"`nightlab try --sync {shell_word(root)}` puts the best code ({best_name}) back, "
             "`git checkout -- FILE` your checkout's version"
         )
 
@@ -122,6 +122,7 @@ def try_command(
 def brief_command(directory: Path = DirArg) -> None:
     """Instructions that tell a coding agent to work through `nightlab try`."""
     from nightlab.config import load_config
+    from nightlab.errors import shell_word
 
     root = Path(directory).resolve()
     config = load_config(root)
@@ -130,11 +131,14 @@ def brief_command(directory: Path = DirArg) -> None:
         spent = f"{budget.seconds:g} s of training per run"
     elif budget.tokens is not None:
         spent = f"{budget.tokens} tokens per run"
-    else:
+    elif budget.steps is not None:
         spent = f"{budget.steps} steps per run"
+    else:  # a FLOPs budget read "None steps per run"
+        spent = f"{budget.flops:.3g} training FLOPs per run"
     has_program = (root / "program.md").is_file()
     text = BRIEF.format(
         root=directory,
+        dir=shell_word(directory),
         program=" Research instructions: program.md (read it first)." if has_program else "",
         program_step=" and program.md" if has_program else "",
         metric=config.metric.name,

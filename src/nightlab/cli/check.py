@@ -8,6 +8,7 @@ import typer
 from rich.text import Text
 
 from nightlab.cli.output import DirArg, console, finite
+from nightlab.errors import shell_word
 
 
 def register(app: typer.Typer) -> None:
@@ -47,11 +48,11 @@ def check_command(
     if report.honest and report.unchecked:
         console.print(
             f"nothing to fix, but not everything was checked ({', '.join(report.unchecked)}: see ??); "
-            f"a night on this target would be honest as far as checked: nightlab run {directory}"
+            f"a night on this target would be honest as far as checked: nightlab run {shell_word(directory)}"
         )
         return
     if report.honest:
-        console.print(f"a night on this target would be honest: nightlab run {directory}")
+        console.print(f"a night on this target would be honest: nightlab run {shell_word(directory)}")
         return
     console.print("fix what is marked FIX, then run `nightlab check` again")
     raise typer.Exit(1)

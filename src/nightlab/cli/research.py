@@ -26,7 +26,7 @@ from nightlab.cli.output import (
     run_research,
     write_reports,
 )
-from nightlab.errors import UserError
+from nightlab.errors import UserError, shell_word
 from nightlab.formatting import terminal_safe
 
 if TYPE_CHECKING:
@@ -78,22 +78,26 @@ def init(
     if replaced:
         shown = ", ".join(replaced[:8]) + (f" and {len(replaced) - 8} more" if len(replaced) > 8 else "")
         console.print(f"replaced {shown} with the template's; your versions are in git (git log -p -- FILE)")
-    console.print(f"next: nightlab run {directory}")
+    console.print(f"next: nightlab run {shell_word(directory)}")
 
 
 def _init_script(directory: Path, script: str, metric: str | None, **template_options: object) -> None:
     """``init DIR --script train.py``: a nightlab.toml beside the user's script, committed."""
+    from nightlab.config import load_config
     from nightlab.workspace.script_init import init_script
 
     given = [f"--{k}" for k, v in template_options.items() if v not in (None, False)]
     if given:
         raise typer.BadParameter(f"{', '.join(given)} sets up the template; leave it out with --script")
     name, direction, committed = init_script(directory, script, metric)
+    run = load_config(directory).target.run
     console.print(
-        f"wrote {directory / 'nightlab.toml'}: runs python {script}, reads {name} ({direction}) from its log; "
+        f"wrote {directory / 'nightlab.toml'}: runs {run}, reads {name} ({direction}) from its log; "
         f"committed {', '.join(committed)}"
     )
-    console.print(f"next: nightlab check {directory}  (then nightlab run {directory})")
+    console.print(
+        f"next: nightlab check {shell_word(directory)}  (then nightlab run {shell_word(directory)})"
+    )
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from nightlab.cli.output import console, given
+from nightlab.errors import shell_word
 
 
 def register(app: typer.Typer) -> None:
@@ -41,4 +42,6 @@ def recover(
         highlight=False,
         soft_wrap=True,
     )
-    console.print(f"next: nightlab status {directory}", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"next: nightlab status {shell_word(directory)}", markup=False, highlight=False, soft_wrap=True
+    )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from nightlab.cli.output import DirArg, console, err_console, given
-from nightlab.errors import UserError
+from nightlab.errors import UserError, shell_word
 from nightlab.formatting import terminal_safe
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def _workspace(directory: Path, tag: str | None, strict: bool) -> tuple[Path, ob
             time.sleep(0.1)
         except sqlite3.DatabaseError as exc:  # not a database at all: what `run` and `status` say
             raise UserError(
-                f"ledger {ledger_path} is corrupt ({exc}): rebuild it with `nightlab recover {root}` "
+                f"ledger {ledger_path} is corrupt ({exc}): rebuild it with `nightlab recover {shell_word(root)}` "
                 "(docs/RECOVERY.md)"
             ) from None
         finally:
@@ -228,7 +228,7 @@ def export(
     from nightlab.store.ledger import Ledger
 
     if not (state_dir / LEDGER_NAME).is_file():
-        raise UserError(f"{root}: no experiments yet; start with `nightlab run {root}`")
+        raise UserError(f"{root}: no experiments yet; start with `nightlab run {shell_word(root)}`")
     target = TrackerTarget(root, state_dir)
     ledger = Ledger(state_dir / LEDGER_NAME)
     try:

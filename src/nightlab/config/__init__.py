@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nightlab.config.strict import TAG_RULE, TomlModel, check_env_names, describe_error, valid_tag
-from nightlab.errors import UserError
+from nightlab.errors import UserError, shell_word
 from nightlab.paths import CONFIG_NAME, editable_files, match_files, matches
 from nightlab.types import Direction
 
@@ -424,7 +424,9 @@ def workspace_root(directory: Path) -> Path:
             f"{CONFIG_NAME} instead (its parent: {root.parent})"
         )
     if not root.is_dir():
-        raise UserError(f"{root}: no such directory; create a workspace with `nightlab init {root}`")
+        raise UserError(
+            f"{root}: no such directory; create a workspace with `nightlab init {shell_word(root)}`"
+        )
     return root
 
 

@@ -23,7 +23,7 @@ from nightlab.agents.registry import AGENTS, make_agent
 from nightlab.code.flags import flag_files
 from nightlab.config import TAG_RULE, Config, check_workspace_files, load_config, valid_tag, workspace_root
 from nightlab.config.environ import check_inherited_environment
-from nightlab.errors import UserError
+from nightlab.errors import UserError, shell_word
 from nightlab.events import Event, EventSink
 from nightlab.executor import sandbox
 from nightlab.executor.base import Executor
@@ -173,11 +173,11 @@ def open_session(
         # experiments from 1 again, over the records `recover` rebuilds the old ones from.
         raise UserError(
             f"{root}: {ledger_path.relative_to(root)} is {lost}, but git holds experiments of "
-            f"nightlab: rebuild the ledger with `nightlab recover {root}` (docs/RECOVERY.md)"
+            f"nightlab: rebuild the ledger with `nightlab recover {shell_word(root)}` (docs/RECOVERY.md)"
         )
     if must_exist and not ledger_path.exists():
         raise UserError(
-            f"{root}: no experiments yet (no {ledger_path.relative_to(root)}); start with `nightlab run {root}`"
+            f"{root}: no experiments yet (no {ledger_path.relative_to(root)}); start with `nightlab run {shell_word(root)}`"
         )
     ledger = Ledger(ledger_path, read_only_ok=view)
     if view:
@@ -287,7 +287,7 @@ def start_commit(session: Session, events: EventSink | None = None) -> str:
         if workspace.branch_commit(tag) is not None:
             raise UserError(
                 f"branch nightlab/{tag} exists but the ledger has no record of it: "
-                f"choose another --tag, or rebuild the ledger with `nightlab recover {session.root}` (docs/RECOVERY.md)"
+                f"choose another --tag, or rebuild the ledger with `nightlab recover {shell_word(session.root)}` (docs/RECOVERY.md)"
             )
         start = head
         ledger.set_meta(f"start_commit:{tag}", start)
