@@ -49,6 +49,7 @@ MISTAKES = [
     (["run", "--hours", "inf"], "--hours"),
     (["validate", "--margin", "-1"], "--margin"),
     (["validate", "--cap", "nan"], "--cap"),
+    (["validate", "--cap", "1"], "--cap"),  # after the study's header before
     (["demo", "--minutes", "-1"], "--minutes"),
     (["check", "--seconds", "inf"], "--seconds"),
     (["report", "--out", "."], "--out"),  # a folder: a traceback before

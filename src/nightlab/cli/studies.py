@@ -55,6 +55,14 @@ def _progress(quiet: bool):  # noqa: ANN202 - a RunCallback
     return on_run
 
 
+def _above_one(value: float) -> float:
+    """``--cap``: a finite multiple of the budget above 1, refused as a usage mistake (it was
+    refused only after the study's header had printed)."""
+    if finite(value) is not None and value <= 1:
+        raise typer.BadParameter(f"{value:g}: give a multiple of the budget above 1")
+    return value
+
+
 def validate(
     directory: Path = typer.Argument(Path("."), help="The research workspace."),
     scale: str = typer.Option(
@@ -92,7 +100,7 @@ def validate(
         help="Seconds of training between periodic evaluations (curves).",
     ),
     cap: float = typer.Option(
-        2.0, "--cap", callback=finite, help="Time-to-target runs stop at this multiple of the budget."
+        2.0, "--cap", callback=_above_one, help="Time-to-target runs stop at this multiple of the budget."
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
