@@ -115,3 +115,22 @@ def test_the_command_line(tmp_path: Path) -> None:
     res = nightlab("init", str(tmp_path), "--script", "train.py")
     assert res.returncode == 0, res.stderr
     assert "valid_acc (maximize)" in res.stdout and f"nightlab check {tmp_path}" in res.stdout
+
+
+def test_a_package_script_runs_as_a_module_with_the_files_it_imports(tmp_path: Path) -> None:
+    """``proj/train.py`` importing ``from .config import Config`` fails as ``python
+    proj/train.py``: it runs as ``python -m proj.train``, and the modules it imports (directly or
+    through each other) and its package's ``__init__.py`` are committed and editable."""
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "__init__.py").write_text("")
+    (tmp_path / "proj" / "train.py").write_text("from .model import Net\nprint('val_loss: 1.0')\n")
+    (tmp_path / "proj" / "model.py").write_text("from proj import layers\n\n\nclass Net:\n    pass\n")
+    (tmp_path / "proj" / "layers.py").write_text("import torch\n")
+    (tmp_path / "proj" / "unused.py").write_text("")
+    (tmp_path / "data.csv").write_text("1\n")
+    *_, committed = init_script(tmp_path, "proj/train.py")
+    config = load_config(tmp_path)
+    assert config.target.run == "python -m proj.train"
+    assert config.target.editable == ["proj/train.py", "proj/model.py", "proj/layers.py"]
+    assert set(committed) == {"nightlab.toml", ".gitignore", *config.target.editable, "proj/__init__.py"}
+    assert set(git(tmp_path, "status", "--porcelain").splitlines()) == {"?? data.csv", "?? proj/unused.py"}

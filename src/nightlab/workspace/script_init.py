@@ -3,9 +3,12 @@
 The template ``init`` copies files into a new folder; a researcher's own script already lives in
 a folder (often a git repository) with its data and helpers. Here nothing of theirs is copied or
 changed: a ``nightlab.toml`` is written beside the script (it is the one editable file, run as
-``python SCRIPT``, its metric read from its log), ``.nightlab/`` is added to ``.gitignore``, and
-those are committed, with the script when git does not hold it yet (nightlab runs committed code).
-Other files are never staged: a folder of a user's may hold data or checkpoints.
+``python SCRIPT``, or ``python -m pkg.script`` when it imports relatively, its metric read from
+its log), ``.nightlab/`` is added to ``.gitignore``, and
+those are committed, with the script and the Python files of the folder it imports when git does
+not hold them yet (nightlab runs committed code); those files are editable too, since settings
+live there (``config.py``, a model's defaults). Other files are never staged: a folder of a
+user's may hold data or checkpoints.
 
 The metric is the name given with ``--metric``, else the first validation metric the script's
 text names (``val_loss``, ``valid_acc``, ``test_ppl``, ``eval loss`` ...). Its direction comes from
@@ -16,6 +19,7 @@ the name however it is printed (``val_loss: 0.5``, ``val_loss=0.5``, ``val loss 
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -48,16 +52,71 @@ def metric_pattern(printed: str) -> str:
     return re.escape(printed).replace("\\ ", "[ _]") + r"""["']?\s*[:=]?\s*""" + _NUMBER
 
 
-def script_config(script: str, metric: str, printed: str) -> str:
-    """The text of a nightlab.toml for ``script`` whose log prints ``printed`` before the metric."""
+def run_command(script: str, text: str) -> str:
+    """``python train.py``; ``python -m pkg.train`` for a script of a package that imports
+    relatively (``from .model import Net``), which fails when run as a file."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return f"python {script}"
+    relative = any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+    if relative and "/" in script:
+        return f"python -m {script[: -len('.py')].replace('/', '.')}"
+    return f"python {script}"
+
+
+def local_modules(directory: Path, script: str) -> list[str]:
+    """The Python files of ``directory`` that ``script`` imports, directly or through each other
+    (``import model``, ``from proj.model import Net``, ``from .config import Config``), with the
+    ``__init__.py`` of the packages on their way: a run checks out only what git holds, so they
+    must be committed with it, and the settings they hold are where a search looks."""
+    found: list[str] = []
+    queue = [script]
+    while queue:
+        rel = queue.pop(0)
+        if rel in found:
+            continue
+        found.append(rel)
+        try:
+            tree = ast.parse((directory / rel).read_text(errors="replace"))
+        except (SyntaxError, OSError):
+            continue
+        package = rel.rsplit("/", 1)[0].split("/") if "/" in rel else []
+        for node in ast.walk(tree):
+            names: list[list[str]] = []
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".") for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                module = [*base, *(node.module.split(".") if node.module else [])]
+                names = [module] + [[*module, a.name] for a in node.names]
+            for parts in names:
+                for candidate in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py"):
+                    if parts and (directory / candidate).is_file() and candidate not in found:
+                        queue.append(candidate)
+        for i in range(1, len(package) + 1):  # the packages a `python -m` run imports on its way
+            init = "/".join(package[:i]) + "/__init__.py"
+            if (directory / init).is_file() and init not in found:
+                queue.append(init)
+    return found
+
+
+def script_config(
+    script: str, metric: str, printed: str, run: str = "", editable: list[str] | None = None
+) -> str:
+    """The text of a nightlab.toml for ``script`` whose log prints ``printed`` before the metric;
+    ``editable`` defaults to the script alone."""
+    run = run or f"python {script}"
+    files = ", ".join(f'"{f}"' for f in (editable or [script]))
     direction = "maximize" if looks_like_a_score(metric) else "minimize"
     pattern = metric_pattern(printed).replace("'", "\\x27")
     return f"""\
 # Written by `nightlab init --script {script}`; docs/ARBITRARY_TARGETS.md explains each key.
 [target]
-editable = ["{script}"]          # what the agent may change: add config files or modules it should tune
+# what the agent may change: the script and the modules it imports from here; add config files
+editable = [{files}]
 frozen = []                       # files that must not change (an evaluation script, data preparation)
-run = "python {script}"
+run = "{run}"
 # setup = "python prepare.py"     # run once before the runs (data, a tokenizer), its output linked into each run
 # outputs = ["checkpoints/**"]    # files a run may write in its working directory
 
@@ -110,17 +169,19 @@ def init_script(directory: Path, script: str, metric: str | None = None) -> tupl
             "give the name it prints before the number, e.g. --metric val_loss"
         )
     name = re.sub(r"\W+", "_", printed).strip("_") or "metric"
-    (directory / CONFIG_NAME).write_text(script_config(rel, name, printed))
+    modules = [m for m in local_modules(directory, rel) if not m.endswith("__init__.py") or m == rel]
+    (directory / CONFIG_NAME).write_text(script_config(rel, name, printed, run_command(rel, text), modules))
     _ignore(directory / ".gitignore")
     if not (directory / ".git").exists():
         _run(directory, "init", "-q")
         _run(directory, "checkout", "-q", "-b", "main")
     paths = [CONFIG_NAME, ".gitignore"]
-    tracked = subprocess.run(
-        ["git", "ls-files", "--error-unmatch", "--", rel], cwd=directory, capture_output=True
-    )
-    if tracked.returncode != 0:
-        paths.append(rel)  # the editable file must be in git: runs check out commits
+    for needed in local_modules(directory, rel):  # the script and what it imports from here
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", "--", needed], cwd=directory, capture_output=True
+        )
+        if tracked.returncode != 0:
+            paths.append(needed)  # must be in git: runs check out commits
     commit_all(directory, f"nightlab init --script {rel}", paths)
     return name, "maximize" if looks_like_a_score(name) else "minimize", paths
 
