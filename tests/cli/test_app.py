@@ -253,3 +253,33 @@ def test_the_brief_names_a_flops_budget(tmp_path: Path, capsys: pytest.CaptureFi
     toml.write_text(toml.read_text().replace("seconds = 5", "flops = 2e12"))
     brief_command(root)
     assert "trains (2e+12 training FLOPs per run)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "then"),
+    [
+        (["run", "ws"], "then rerun `nightlab run` to continue"),
+        (["recover", "--force"], "then run `nightlab recover` again"),
+    ],
+)
+def test_a_read_only_or_full_disk_names_the_command_to_run_again(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], then: str
+) -> None:
+    """`recover` on a read-only workspace said "then rerun `nightlab run` to continue"."""
+    import errno
+
+    from nightlab.cli import app as app_module
+
+    def read_only(**kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", "/ws/.nightlab/harness.lock")
+
+    monkeypatch.setattr(app_module, "app", read_only)
+    monkeypatch.setattr(app_module, "_install_signal_handlers", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["nightlab", *argv])
+    with pytest.raises(SystemExit) as ended:
+        app_module.main()
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: cannot write /ws/.nightlab/harness.lock (Read-only file system); free disk space or fix "
+        f"permissions, {then}\n"
+    )

@@ -119,9 +119,10 @@ def main() -> None:
         if exc.errno not in _DISK_ERRNOS:
             raise
         where = f" {exc.filename}" if exc.filename else ""
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "run")
+        again = "rerun `nightlab run` to continue" if command == "run" else f"run `nightlab {command}` again"
         _error_line(
-            f"error: cannot write{where} ({exc.strerror}); free disk space or fix permissions, "
-            "then rerun `nightlab run` to continue"
+            f"error: cannot write{where} ({exc.strerror}); free disk space or fix permissions, then {again}"
         )
         sys.exit(2)
     except (Interrupted, KeyboardInterrupt) as exc:
