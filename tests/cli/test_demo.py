@@ -10,8 +10,9 @@ import pytest
 from rich.console import Console
 
 from helpers import git
-from nightlab.cli.demo import DEMO_BUDGET_FLOPS, DEMO_TIMEOUT, prepare_demo_workspace
+from nightlab.cli.demo import DEMO_BUDGET_FLOPS, DEMO_TIMEOUT, DEMO_WORKERS, prepare_demo_workspace
 from nightlab.errors import UserError
+from nightlab.executor.slots import usable_cores
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,8 +28,10 @@ def test_prepare_demo_workspace_commits_a_flops_budget_once(tmp_path: Path) -> N
     root = tmp_path / "demo"
     console = quiet()
     prepare_demo_workspace(root, console)
-    budget = tomllib.loads((root / "nightlab.toml").read_text())["budget"]
-    assert budget == {"flops": DEMO_BUDGET_FLOPS, "timeout": DEMO_TIMEOUT}
+    config = tomllib.loads((root / "nightlab.toml").read_text())
+    assert config["budget"] == {"flops": DEMO_BUDGET_FLOPS, "timeout": DEMO_TIMEOUT}
+    # Two runs side by side wherever there are two cores to give them (one thread each on two).
+    assert config.get("run", {}).get("workers", 1) == (DEMO_WORKERS if len(usable_cores()) >= 2 else 1)
     assert git(root, "status", "--porcelain") == ""
     assert git(root, "log", "--format=%s").splitlines() == [
         f"demo: {DEMO_BUDGET_FLOPS:.3g} training FLOPs per run",

@@ -15,9 +15,9 @@ from nightlab.errors import UserError
 
 DEMO_TAG = "demo"
 # Training FLOPs per run, counted as train.py counts them (6 per matrix weight per token plus
-# attention): about 198k tokens of the cpu-size baseline, some 10 s of training on 2 idle cores
+# attention): about 198k tokens of the cpu-size baseline, 10-25 s of training on 2 idle cores
 # (`python train.py` with 393216 tokens printed total_flops 2.185e12). Short enough that ten
-# minutes hold some twenty experiments even with another process taking one of two cores.
+# minutes hold 8-16 experiments (docs/BENCHMARKS.md, "The demo").
 # A FLOPs budget keeps results independent of how busy the machine is (so the noise floor the
 # policy measures is the seed's, not the load's), and unlike a token budget it does not reward a
 # bigger model: one with 3.7x the parameters gets about a third of the tokens, as under a time
@@ -27,10 +27,17 @@ DEMO_TIMEOUT = 300
 # One run each to compare with and to report, for a kept change (and one to report for the
 # baseline): its value stays unbiased, at 2 runs per keep instead of 4 in a ten-minute night.
 DEMO_REMEASURE = 1
+# Two replicates side by side, each with half the cores (one thread each on 2 cores): the demo's
+# small model uses a second thread poorly (2 slots of 1 thread make 1.34x the replicates per hour
+# of 1 slot of 2 threads on a quiet machine), and with other work on the machine a run whose
+# two threads wait on each other goes at the pace of its slower core (measured with other
+# processes loading the 2 cores: about 1.8x the replicates per hour; docs/BENCHMARKS.md).
+DEMO_WORKERS = 2
 
 
 def prepare_demo_workspace(directory: Path, console: Console) -> None:
     """Create the workspace once; an existing demo workspace is reused as it is."""
+    from nightlab.executor.slots import usable_cores
     from nightlab.workspace.init import commit_all, init_workspace, set_toml_value
 
     if (directory / "nightlab.toml").exists():
@@ -46,10 +53,14 @@ def prepare_demo_workspace(directory: Path, console: Console) -> None:
     text = set_toml_value(text, "budget", "flops", DEMO_BUDGET_FLOPS)
     text = set_toml_value(text, "budget", "timeout", DEMO_TIMEOUT)
     text = set_toml_value(text, "policy", "remeasure", DEMO_REMEASURE)
+    workers = DEMO_WORKERS if len(usable_cores()) >= DEMO_WORKERS else 1  # one core: no second slot
+    if workers > 1:
+        text = set_toml_value(text, "run", "workers", workers)
     toml.write_text(text)
     commit_all(directory, f"demo: {DEMO_BUDGET_FLOPS:.3g} training FLOPs per run", paths=["nightlab.toml"])
     console.print(
-        f"created {directory} (gpt template, cpu size, {DEMO_BUDGET_FLOPS:.3g} training FLOPs per run)"
+        f"created {directory} (gpt template, cpu size, {DEMO_BUDGET_FLOPS:.3g} training FLOPs per run, "
+        f"{workers} run{'s' * (workers > 1)} at a time)"
     )
 
 
