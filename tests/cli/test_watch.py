@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from helpers import edit, make_workspace, nightlab
 from nightlab.cli.watch import is_loopback
 
@@ -133,3 +135,23 @@ def test_serve_and_export_name_a_corrupt_ledger_as_status_does(tmp_path: Path) -
         res = nightlab(*args, timeout=60)
         assert res.returncode == 2 and res.stderr.startswith(expected), (args, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)
+
+
+def test_serve_says_when_the_tag_it_shows_has_no_experiments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve --tag nosuch` (a typo) served an empty dashboard without a word; it still serves
+    it (a night may start after the page is open), with one note naming the tags there are."""
+    from helpers import record_timed_runs
+    from nightlab.cli.watch import _workspace
+
+    root = make_workspace(tmp_path / "ws")
+    (root / ".nightlab").mkdir()
+    record_timed_runs(root / ".nightlab" / "ledger.db")
+    assert _workspace(root, "nosuch", strict=False)[2] == "nosuch"
+    assert capsys.readouterr().err.splitlines() == [
+        "note: no experiments under tag 'nosuch' yet (tags: t); the dashboard shows them once "
+        "`nightlab run --tag nosuch` starts"
+    ]
+    assert _workspace(root, "t", strict=False)[2] == "t"
+    assert capsys.readouterr().err == ""

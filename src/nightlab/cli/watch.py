@@ -74,7 +74,17 @@ def _workspace(directory: Path, tag: str | None, strict: bool) -> tuple[Path, ob
         reader: LedgerReader | None = None
         try:
             reader = LedgerReader(ledger_path)
-            return root, config, view_tag(reader, root / STATE_DIR, tag, config.run.tag, strict=strict)
+            chosen = view_tag(reader, root / STATE_DIR, tag, config.run.tag, strict=strict)
+            tags = reader.research_tags()
+            if chosen not in tags:  # the dashboard waits for it; a misspelt --tag would wait for ever
+                known = ", ".join(reversed(list(tags))) or "none yet"
+                err_console.print(
+                    f"note: no experiments under tag '{chosen}' yet (tags: {known}); the dashboard "
+                    f"shows them once `nightlab run --tag {chosen}` starts",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            return root, config, chosen
         except sqlite3.OperationalError:  # the first run is creating it: its tables come in a moment
             time.sleep(0.1)
         except sqlite3.DatabaseError as exc:  # not a database at all: what `run` and `status` say
