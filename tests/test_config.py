@@ -290,3 +290,26 @@ def test_a_nightlab_toml_that_is_a_folder_is_named_as_one(tmp_path: Path) -> Non
     (tmp_path / "nightlab.toml").mkdir()
     with pytest.raises(UserError, match=r"nightlab.toml: is a folder; nightlab.toml must be a file"):
         load_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("encoded", "expected"),
+    [
+        # A byte-order mark, as Notepad saves UTF-8: "not valid TOML (Invalid statement ...)" before.
+        (b"\xef\xbb\xbf" + BASE.encode(), ""),
+        # UTF-16, or garbage: "not valid TOML ('utf-8' codec can't decode byte 0xff in position 0: ...)".
+        (BASE.encode("utf-16"), "nightlab.toml: not UTF-8 text (byte 0xff at offset 0); save it as UTF-8"),
+        (
+            b'[target]\nrun = "\x80"\n',
+            "nightlab.toml: not UTF-8 text (byte 0x80 at offset 16); save it as UTF-8",
+        ),
+    ],
+)
+def test_nightlab_toml_is_read_as_utf8_whatever_the_editor_saved(
+    tmp_path: Path, encoded: bytes, expected: str
+) -> None:
+    (tmp_path / "nightlab.toml").write_bytes(encoded)
+    try:
+        assert load_config(tmp_path).metric.name == "val_loss" and expected == ""
+    except UserError as exc:
+        assert str(exc).endswith(expected) and expected, str(exc)

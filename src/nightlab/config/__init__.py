@@ -437,9 +437,12 @@ def load_config(workspace: Path) -> Config:
         raise UserError(f"{path}: is a folder; nightlab.toml must be a file (docs/CONFIG.md)")
     if not path.is_file():
         raise UserError(f"{path}: not found; create one with `nightlab init DIR` or see docs/CONFIG.md")
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    try:  # UTF-8 whatever the locale; a byte-order mark (Notepad writes one) read "Invalid statement"
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        bad = f"byte {exc.object[exc.start]:#04x} at offset {exc.start}"
+        raise UserError(f"{path}: not UTF-8 text ({bad}); save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
     return parse_config(data, str(path))
 
