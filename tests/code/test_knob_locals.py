@@ -19,6 +19,7 @@ def main():
     betas = (0.9, 0.95)
     step = 0
     best_loss = 1e9
+    total_loss = 0.0
     model = object()
     hidden = 128  # after the model: state, not a setting
     return lr, batch_size

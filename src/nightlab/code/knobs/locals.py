@@ -25,7 +25,11 @@ from nightlab.code.knobs.literal import literal
 from nightlab.code.knobs.reader import Reader
 
 SOURCE = "local"
-_STATE = re.compile(r"^(best|global_step$|steps?$|iter(_num)?$|it$|epoch$|i$|t$|n_seen|seen$|count$|total$)")
+# Names of a training's state: counters, running sums and bests (``step = 0``, ``total_loss = 0.0``).
+_STATE = re.compile(
+    r"^(best|total|running|sum_|correct|num_correct|history|global_step$|steps?$|iter(_num)?$|it$"
+    r"|epoch$|i$|t$|n_seen|seen$|count)"
+)
 
 
 def local_knobs(reader: Reader, tree: ast.Module) -> None:
