@@ -38,6 +38,7 @@ MISTAKES = [
     (["init"], "directory"),
     (["try"], "-m"),
     (["try", "-m"], "-m"),
+    (["try", "-m", "two\nlines"], "-m"),  # the ledger kept the first line, without a word
     (["agent", "nosuch"], "nosuch"),
     (["status", "--tag"], "--tag"),
     (["validate", "--seeds", "1"], "--seeds"),

@@ -54,10 +54,22 @@ def register(app: typer.Typer) -> None:
     app.add_typer(agent_app, name="agent")
 
 
+def _one_line(value: str | None) -> str | None:
+    """``-m``: one line. The ledger's description is the first line, so `-m "$(cat notes)"` kept
+    only that one, without a word (the rest goes in --hypothesis)."""
+    if value is not None and len(value.strip().splitlines()) > 1:
+        raise typer.BadParameter("give one line; put the rest in --hypothesis")
+    return value
+
+
 def try_command(
     directory: Path = DirArg,
     message: str = typer.Option(
-        None, "--message", "-m", help="One line: what the edit changes (needed unless --sync alone)."
+        None,
+        "--message",
+        "-m",
+        callback=_one_line,
+        help="One line: what the edit changes (needed unless --sync alone).",
     ),
     hypothesis: str = typer.Option("", "--hypothesis", help="Why it should help (kept in the ledger)."),
     tag: str = typer.Option(None, "--tag", help="Research branch nightlab/<tag> (default: last used)."),
