@@ -11,7 +11,7 @@ import pytest
 from helpers import git, nightlab
 from nightlab.config import load_config
 from nightlab.errors import UserError
-from nightlab.workspace.script_init import guess_metric, init_script, metric_pattern
+from nightlab.workspace.script_init import guess_metric, init_script, metric_pattern, script_notes
 
 SCRIPT = """\
 import logging
@@ -134,3 +134,16 @@ def test_a_package_script_runs_as_a_module_with_the_files_it_imports(tmp_path: P
     assert config.target.editable == ["proj/train.py", "proj/model.py", "proj/layers.py"]
     assert set(committed) == {"nightlab.toml", ".gitignore", *config.target.editable, "proj/__init__.py"}
     assert set(git(tmp_path, "status", "--porcelain").splitlines()) == {"?? data.csv", "?? proj/unused.py"}
+
+
+def test_init_notes_what_the_script_does_not_read_yet(tmp_path: Path) -> None:
+    """A fixed ``torch.manual_seed(42)`` in a time-bounded loop is hidden from ``nightlab check``
+    by timing noise, so init says so, with the one-line fix; a script that reads the seed and
+    the budget (here through a module it imports) gets no note."""
+    (tmp_path / "train.py").write_text("import torch\ntorch.manual_seed(42)\nprint('val_loss: 1')\n")
+    notes = script_notes(tmp_path, "train.py")
+    assert len(notes) == 2 and "(it seeds with 42)" in notes[0] and "NIGHTLAB_SEED', 42" in notes[0]
+    assert "NIGHTLAB_BUDGET_SECONDS" in notes[1]
+    (tmp_path / "env.py").write_text("import os\nSEED = os.environ['NIGHTLAB_SEED']\nB = 'NIGHTLAB_BUDGET'\n")
+    (tmp_path / "train.py").write_text("from env import SEED\nprint('val_loss: 1')\n")
+    assert script_notes(tmp_path, "train.py") == []

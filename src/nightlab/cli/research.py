@@ -84,7 +84,7 @@ def init(
 def _init_script(directory: Path, script: str, metric: str | None, **template_options: object) -> None:
     """``init DIR --script train.py``: a nightlab.toml beside the user's script, committed."""
     from nightlab.config import load_config
-    from nightlab.workspace.script_init import init_script
+    from nightlab.workspace.script_init import init_script, script_notes
 
     given = [f"--{k}" for k, v in template_options.items() if v not in (None, False)]
     if given:
@@ -95,6 +95,8 @@ def _init_script(directory: Path, script: str, metric: str | None, **template_op
         f"wrote {directory / 'nightlab.toml'}: runs {run}, reads {name} ({direction}) from its log; "
         f"committed {', '.join(committed)}"
     )
+    for note in script_notes(directory, script):
+        console.print(note)
     console.print(
         f"next: nightlab check {shell_word(directory)}  (then nightlab run {shell_word(directory)})"
     )

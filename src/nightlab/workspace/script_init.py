@@ -186,6 +186,28 @@ def init_script(directory: Path, script: str, metric: str | None = None) -> tupl
     return name, "maximize" if looks_like_a_score(name) else "minimize", paths
 
 
+def script_notes(directory: Path, script: str) -> list[str]:
+    """What the script (with the modules it imports from the folder) does not read yet and a
+    night needs: ``NIGHTLAB_SEED`` (a fixed ``torch.manual_seed(42)`` makes every run the same
+    seed, which a time-bounded loop hides behind timing noise that ``nightlab check`` cannot tell
+    from seed noise) and ``NIGHTLAB_BUDGET_SECONDS`` (each run trains for that long)."""
+    text = "\n".join((directory / m).read_text(errors="replace") for m in local_modules(directory, script))
+    notes: list[str] = []
+    if "NIGHTLAB_SEED" not in text:
+        fixed = re.search(r"\b(?:manual_seed|seed|PRNGKey|set_seed|seed_everything)\(\s*(\d+)\s*\)", text)
+        seed = fixed.group(1) if fixed else "0"
+        notes.append(
+            f"note: {script} does not read NIGHTLAB_SEED{' (it seeds with ' + seed + ')' if fixed else ''}: "
+            f"every run would repeat one seed; seed it with int(os.environ.get('NIGHTLAB_SEED', {seed}))"
+        )
+    if "NIGHTLAB_BUDGET" not in text:
+        notes.append(
+            f"note: {script} does not read NIGHTLAB_BUDGET_SECONDS: train until "
+            "float(os.environ['NIGHTLAB_BUDGET_SECONDS']) seconds are spent, so every run costs the same"
+        )
+    return notes
+
+
 def _relative(directory: Path, path: Path, given: str) -> str:
     """``script`` as a path inside ``directory``, with ``/`` separators; one line when outside."""
     try:
