@@ -13,7 +13,7 @@ A script is a list of responses, used in order (a request past its end gets a 50
 or a callable ``(request) -> response`` for servers that answer by content. Responses:
 :class:`Answer` (a completion, optionally after a delay), :class:`Status` (an HTTP error with
 the provider's error body and any headers), :class:`Hang` (say nothing, so the client times
-out), :class:`Raw` (a body sent as it is: an HTML page, JSON that is no answer). ``api_key`` makes the server reject any other key with 401; ``models`` makes it answer
+out), :class:`Trickle` (a byte now and then, so no read ever times out), :class:`Raw` (a body sent as it is: an HTML page, JSON that is no answer). ``api_key`` makes the server reject any other key with 401; ``models`` makes it answer
 404 for any other model, as the real APIs do.
 """
 
@@ -59,6 +59,15 @@ class Hang:
 
 
 @dataclass
+class Trickle:
+    """Send the headers of a long body, then one space every ``interval`` seconds for ``seconds``:
+    a proxy's keep-alive, or a server stuck half-way, that never lets a read time out."""
+
+    seconds: float = 30.0
+    interval: float = 0.2
+
+
+@dataclass
 class Raw:
     """A body sent as given, for a server whose HTTP 200 carries no answer (a proxy's HTML page)."""
 
@@ -67,7 +76,7 @@ class Raw:
     code: int = 200
 
 
-Response = Answer | Status | Hang | Raw
+Response = Answer | Status | Hang | Trickle | Raw
 
 
 @dataclass
@@ -269,6 +278,9 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
                 server._stopping.wait(response.seconds)
                 self.close_connection = True
                 return
+            if isinstance(response, Trickle):
+                self._trickle(response)
+                return
             if isinstance(response, Raw):
                 data = response.body if isinstance(response.body, bytes) else response.body.encode()
                 self._send_bytes(response.code, data, response.content_type)
@@ -281,6 +293,20 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             if response.delay:
                 server._stopping.wait(response.delay)
             self._send(200, server.success_body(request, response))
+
+        def _trickle(self, response: Trickle) -> None:
+            self.close_connection = True
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000000")
+                self.end_headers()
+                deadline = time.monotonic() + response.seconds
+                while time.monotonic() < deadline and not server._stopping.wait(response.interval):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up, as it should
 
         def _send(self, code: int, payload: dict, headers: dict[str, str] | None = None) -> None:
             self._send_bytes(code, json.dumps(payload).encode(), "application/json", headers)

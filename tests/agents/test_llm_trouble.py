@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 from agent_kit import KEY, make_context
 from agent_kit import entry as make_entry
-from fake_servers import Answer, Raw, Status, answer_text, block, fake_llm_server
+from fake_servers import Answer, Raw, Status, Trickle, answer_text, block, fake_llm_server
 
 from nightlab.agents.llm.agent import LLMAgent
 from nightlab.errors import UserError
@@ -230,3 +231,15 @@ def test_an_error_in_a_200_body_is_retried_and_quoted(protocol, llm_config):
         assert agent.propose(make_context()) is None
     assert "answered without a message: no " in agent.stop_reason()
     assert "; it says 'Upstream provider timed out')" in agent.stop_reason()
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_a_server_that_trickles_bytes_is_given_up_at_request_timeout(protocol, llm_config):
+    """The SDKs' timeouts bound each read: a body that trickles in (a keep-alive, a server stuck
+    half-way) held the request, and the night, for as long as the server kept on."""
+    with fake_llm_server(protocol, [Trickle(30), Answer(GOOD)]) as server:
+        agent = LLMAgent(llm_config(server, request_timeout=0.5))
+        started = time.monotonic()
+        proposal = agent.propose(make_context())
+    assert time.monotonic() - started < 5
+    assert proposal is not None and proposal.description == "raise LR 0.01 -> 0.03"  # retried

@@ -23,11 +23,13 @@ from typing import Any, Protocol
 
 from nightlab.agents.llm.prices import DEFAULT_PRICES, cost_usd, price_for
 from nightlab.agents.llm.retries import (
+    Overdue,
     ProviderUnavailable,
     RetryPolicy,
     _retry_after,
     _status_text,
     call_with_retries,
+    within,
 )
 from nightlab.agents.llm.settings import DEFAULT_KEY_ENV, LLMSettings, checked_base_url, read_api_key
 from nightlab.errors import UserError
@@ -171,8 +173,11 @@ class _SDKChat:
         raise NotImplementedError
 
     def complete(self, system: str, messages: list[dict[str, str]], max_tokens: int) -> Reply:
+        # The SDK's timeout bounds each read; the request as a whole gets a little more, so a
+        # plain hang is still reported as the SDK's own timeout.
+        deadline = self.retry.timeout * 1.2 + 0.1
         return call_with_retries(
-            lambda: self._checked_call(system, messages, max_tokens),
+            lambda: within(deadline, lambda: self._checked_call(system, messages, max_tokens)),
             self._classify,
             self.retry,
             f"{self.model} via {self.base_url or self.provider}",
@@ -184,8 +189,9 @@ class _SDKChat:
         models: free, and served by OpenAI, Anthropic and the common local servers. Only a 401
         or 403 counts; any other answer (a server without the endpoint, one that is down for a
         moment) is left for the first proposal to meet, with its retries."""
+        limit = min(self.retry.timeout, 15.0)
         try:
-            self._client.with_options(timeout=min(self.retry.timeout, 15.0)).models.list()
+            within(limit * 1.2 + 0.1, lambda: self._client.with_options(timeout=limit).models.list())
         except self._sdk.APIStatusError as exc:
             status = getattr(exc, "status_code", None)
             if status in (401, 403):
@@ -193,7 +199,7 @@ class _SDKChat:
                 raise UserError(message or f"the key was rejected (HTTP {status})") from None
             if status == 404:
                 self._check_prefix()
-        except self._sdk.APIConnectionError as exc:  # timeouts too; the night may outlast the outage
+        except (self._sdk.APIConnectionError, Overdue) as exc:  # timeouts too; it may be back soon
             log.warning(
                 "%s did not answer: %s; the first proposal will try again", self._where(), _status_text(exc)
             )
@@ -271,6 +277,7 @@ class _SDKChat:
             exc,
             (
                 BadResponse,
+                Overdue,
                 sdk.APITimeoutError,
                 sdk.APIConnectionError,
                 sdk.RateLimitError,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,3 +109,35 @@ def _status_text(exc: Exception) -> str:
     text = (str(exc).splitlines() or [""])[0][:200]
     cause = (str(exc.__cause__).splitlines() or [""])[0][:120] if exc.__cause__ else ""
     return f"{text} ({cause})" if cause and cause not in text else text
+
+
+class Overdue(Exception):
+    """A request outlived its whole deadline; retried like a timeout."""
+
+
+def within(seconds: float, call: Callable[[], T]) -> T:
+    """``call()``, or :class:`Overdue` once ``seconds`` have passed without its end.
+
+    The SDKs' timeouts bound each read, not the request: a server (or proxy) that trickles a byte
+    now and then, as keep-alives do, held a request, and the night, for as long as it kept on.
+    Neither SDK can cancel a read from another thread, so the call runs on a daemon thread that
+    is left to end with its connection; the exit does not wait for it.
+    """
+    done = threading.Event()
+    outcome: list[tuple[bool, object]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="nightlab-llm-attempt", daemon=True).start()
+    if not done.wait(seconds):
+        raise Overdue(f"no complete answer within {seconds:g} s ([agent] request_timeout)")
+    ok, value = outcome[0]
+    if not ok:
+        raise value  # type: ignore[misc]  # a BaseException, as the call raised it
+    return value  # type: ignore[return-value]  # what call returned
