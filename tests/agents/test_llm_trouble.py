@@ -17,6 +17,7 @@ from agent_kit import entry as make_entry
 from fake_servers import Answer, Raw, Status, Trickle, answer_text, block, fake_llm_server
 
 from nightlab.agents.llm.agent import LLMAgent
+from nightlab.agents.llm.settings import LLMSettings
 from nightlab.errors import UserError
 
 GOOD = answer_text(
@@ -243,3 +244,15 @@ def test_a_server_that_trickles_bytes_is_given_up_at_request_timeout(protocol, l
         proposal = agent.propose(make_context())
     assert time.monotonic() - started < 5
     assert proposal is not None and proposal.description == "raise LR 0.01 -> 0.03"  # retried
+
+
+@pytest.mark.parametrize(
+    "value", ["sk-proj-AbC123xyz789longsecretvalue", "ghp_abcdefghijklmnopqrstuvwxyz0123456789"]
+)
+def test_a_key_written_into_api_key_env_itself_is_refused_without_echoing_it(value):
+    """`api_key_env = "sk-..."` (the key, not the variable's name) was echoed whole in the error:
+    "the environment variable sk-... is not set; export sk-...=...", on the terminal and in logs."""
+    with pytest.raises(UserError) as caught:
+        LLMAgent(LLMSettings(provider="openai", model="gpt-4o", api_key_env=value))
+    assert "api_key_env must be the NAME of an environment variable" in str(caught.value)
+    assert value[6:] not in str(caught.value)

@@ -8,6 +8,7 @@ and a key that cannot go into an HTTP header would otherwise fail every request 
 from __future__ import annotations
 
 import os
+import re
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -15,8 +16,10 @@ from pydantic import Field
 
 from nightlab.errors import UserError
 from nightlab.plugins import Settings
+from nightlab.secrets import redact
 
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class LLMSettings(Settings):
@@ -47,6 +50,12 @@ def read_api_key(config: LLMSettings) -> str:
     """
     provider = config.provider or "openai"
     name = config.api_key_env or DEFAULT_KEY_ENV[provider]
+    if not _VARIABLE_NAME.fullmatch(name) or redact(name, []) != name:  # the key itself: never echo it
+        raise UserError(
+            "nightlab.toml: [agent] api_key_env must be the NAME of an environment variable (letters, "
+            f'digits and _, e.g. "{DEFAULT_KEY_ENV[provider]}"), not the key: export the key in that '
+            "variable and take it out of nightlab.toml"
+        )
     value = os.environ.get(name, "").strip()  # a pasted key often brings a space or newline
     if value:
         bad = next((i for i, c in enumerate(value) if not (c.isascii() and c.isprintable())), None)
