@@ -256,3 +256,16 @@ def test_a_key_written_into_api_key_env_itself_is_refused_without_echoing_it(val
         LLMAgent(LLMSettings(provider="openai", model="gpt-4o", api_key_env=value))
     assert "api_key_env must be the NAME of an environment variable" in str(caught.value)
     assert value[6:] not in str(caught.value)
+
+
+def test_a_server_named_by_the_sdks_base_url_variable_is_the_one_messages_name(llm_config, monkeypatch):
+    """With $OPENAI_BASE_URL exported (for another tool) and no base_url, the SDK went there while
+    every message said "via OpenAI": a local server's outage read as OpenAI's."""
+    with fake_llm_server("openai", lambda request: Status(503)) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        agent = LLMAgent(llm_config(server, base_url=None, api_retries=0))
+        assert agent.propose(make_context()) is None
+    assert agent.stop_reason().startswith(f"fake-model via {server.base_url}: gave up")
+    monkeypatch.setenv("OPENAI_BASE_URL", "localhost:8000/v1")
+    with pytest.raises(UserError, match=r"^\$OPENAI_BASE_URL \(no \[agent\] base_url\) = \"localhost"):
+        LLMAgent(llm_config(server, base_url=None))

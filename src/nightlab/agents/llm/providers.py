@@ -18,6 +18,7 @@ import importlib
 import inspect
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,7 +32,13 @@ from nightlab.agents.llm.retries import (
     call_with_retries,
     within,
 )
-from nightlab.agents.llm.settings import DEFAULT_KEY_ENV, LLMSettings, checked_base_url, read_api_key
+from nightlab.agents.llm.settings import (
+    BASE_URL_ENV,
+    DEFAULT_KEY_ENV,
+    LLMSettings,
+    checked_base_url,
+    read_api_key,
+)
 from nightlab.errors import UserError
 from nightlab.secrets import redact
 
@@ -91,13 +98,20 @@ def make_model(config: LLMSettings, retry: RetryPolicy | None = None) -> ChatMod
     """The chat model ``[agent]`` describes (``provider``, ``model``, ``base_url``, ``api_key_env``)."""
     if not config.model:
         raise UserError('nightlab.toml: [agent] model is required for kind = "llm" (e.g. model = "gpt-4o")')
+    provider = config.provider or "openai"
     policy = retry or RetryPolicy(
         attempts=config.api_retries + 1, timeout=config.request_timeout, backoff=config.backoff
     )
-    base_url = checked_base_url(config.base_url)
+    # The SDKs read $OPENAI_BASE_URL / $ANTHROPIC_BASE_URL when given none: name that server in
+    # every message (not "the OpenAI API"), and check it like a base_url of nightlab.toml.
+    if config.base_url:
+        base_url = checked_base_url(config.base_url)
+    else:
+        variable = BASE_URL_ENV[provider]
+        base_url = checked_base_url(os.environ.get(variable) or None, f"${variable} (no [agent] base_url)")
     key = read_api_key(config)
-    key_env = config.api_key_env or DEFAULT_KEY_ENV[config.provider or "openai"]
-    if (config.provider or "openai") == "anthropic":
+    key_env = config.api_key_env or DEFAULT_KEY_ENV[provider]
+    if provider == "anthropic":
         return AnthropicChat(config.model, key, base_url, config.temperature, policy, key_env)
     return OpenAIChat(config.model, key, base_url, config.temperature, policy, key_env)
 

@@ -19,6 +19,8 @@ from nightlab.plugins import Settings
 from nightlab.secrets import redact
 
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+# Where each SDK looks for a server when it is given no base_url.
+BASE_URL_ENV = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -73,7 +75,7 @@ def read_api_key(config: LLMSettings) -> str:
     )
 
 
-def checked_base_url(base_url: str | None) -> str | None:
+def checked_base_url(base_url: str | None, where: str = "nightlab.toml: [agent] base_url") -> str | None:
     """``base_url`` without surrounding spaces, or a UserError when it is no http(s) address
     with a host (``localhost:8000/v1`` without ``http://``, a port out of range)."""
     if base_url is None:
@@ -86,7 +88,7 @@ def checked_base_url(base_url: str | None) -> str | None:
         parts, port_ok = None, False
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise UserError(
-            f'nightlab.toml: [agent] base_url = "{url[:80]}" is not an http(s) address with a host; '
+            f'{where} = "{url[:80]}" is not an http(s) address with a host; '
             'write it whole, e.g. base_url = "http://localhost:8000/v1"'
         )
     return url
