@@ -288,6 +288,24 @@ def test_a_slow_agent_thinking_leaves_no_slot_idle_confirmations_run_at_once(tmp
     assert starts[-1] - starts[1] < 0.9, starts
 
 
+@pytest.mark.parametrize(
+    ("workers", "remeasure", "decided", "reported"),
+    [(2, 1, 3, 1), (3, 2, 4, 2), (1, 1, 2, 1)],  # every round full; never more than twice; one slot: as set
+)
+def test_the_baseline_fills_its_last_round_of_slots(
+    tmp_path: Path, workers: int, remeasure: int, decided: int, reported: int
+) -> None:
+    root = workspace(tmp_path, [edit("LR = 0.1", "LR = 0.2")], workers=workers)
+    toml = (root / "nightlab.toml").read_text().replace("remeasure = 0", f"remeasure = {remeasure}")
+    (root / "nightlab.toml").write_text(toml)
+    (root / "train.py").write_text((root / "train.py").read_text().replace("SLEEP = 1.0", "SLEEP = 0.2"))
+    git(root, "commit", "-qam", "remeasure")
+    res = nightlab("run", str(root), "--plain", "--tag", "b", "-n", "0")
+    assert res.returncode == 0, res.stderr + res.stdout
+    roles = [r["role"] for r in rows(root, "runs") if r["experiment_id"] == 1]
+    assert (roles.count(None), roles.count("report")) == (decided, reported)
+
+
 def test_bad_worker_settings_are_one_line_and_exit_2(tmp_path: Path) -> None:
     root = workspace(tmp_path, [edit("LR = 0.1", "LR = 0.2")], workers=5)
     res = nightlab("run", str(root), "--plain", env={"CUDA_VISIBLE_DEVICES": "0,1"})

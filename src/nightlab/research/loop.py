@@ -399,11 +399,11 @@ class ResearchLoop:
         self._confirming.discard(row.id)
 
     def _baseline_runs(self) -> int:
-        """The baseline's replicates: ``[policy] baseline_runs``, more when more slots would idle
-        (they run at once, so they cost no time, and the noise floor is then measured with the
-        slots as busy as when candidates are judged), at most twice as many."""
-        runs = self.config.policy.baseline_runs
-        return max(runs, min(len(self.slots), 2 * runs))
+        """``[policy] baseline_runs``, up to twice as many where slots would idle beside its last
+        round of runs (report runs counted): they cost no time and measure the noise as judged."""
+        runs, other = self.config.policy.baseline_runs, self.config.policy.remeasure
+        rounds = -(-(runs + other) // len(self.slots))
+        return max(runs, min(rounds * len(self.slots) - other, 2 * runs))
 
     def _drain(self, slots: Dispatcher) -> None:
         """Run what the undecided experiments want until every one is decided (no new proposals)."""
