@@ -147,3 +147,20 @@ def test_init_notes_what_the_script_does_not_read_yet(tmp_path: Path) -> None:
     (tmp_path / "env.py").write_text("import os\nSEED = os.environ['NIGHTLAB_SEED']\nB = 'NIGHTLAB_BUDGET'\n")
     (tmp_path / "train.py").write_text("from env import SEED\nprint('val_loss: 1')\n")
     assert script_notes(tmp_path, "train.py") == []
+
+
+def test_a_failed_commit_leaves_no_nightlab_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the commit fails, nightlab.toml is removed, so running init again is not refused
+    with 'exists already'."""
+    import nightlab.workspace.script_init as script_init
+
+    def fail(*_: object) -> None:
+        raise UserError("git commit failed in here: disk full")
+
+    (tmp_path / "train.py").write_text(SCRIPT)
+    monkeypatch.setattr(script_init, "commit_all", fail)
+    with pytest.raises(UserError, match="disk full"):
+        init_script(tmp_path, "train.py")
+    assert not (tmp_path / "nightlab.toml").exists()
+    monkeypatch.undo()
+    assert init_script(tmp_path, "train.py")[0] == "valid_acc"

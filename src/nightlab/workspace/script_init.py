@@ -170,19 +170,27 @@ def init_script(directory: Path, script: str, metric: str | None = None) -> tupl
         )
     name = re.sub(r"\W+", "_", printed).strip("_") or "metric"
     modules = [m for m in local_modules(directory, rel) if not m.endswith("__init__.py") or m == rel]
-    (directory / CONFIG_NAME).write_text(script_config(rel, name, printed, run_command(rel, text), modules))
-    _ignore(directory / ".gitignore")
-    if not (directory / ".git").exists():
-        _run(directory, "init", "-q")
-        _run(directory, "checkout", "-q", "-b", "main")
-    paths = [CONFIG_NAME, ".gitignore"]
-    for needed in local_modules(directory, rel):  # the script and what it imports from here
-        tracked = subprocess.run(
-            ["git", "ls-files", "--error-unmatch", "--", needed], cwd=directory, capture_output=True
+    try:
+        (directory / CONFIG_NAME).write_text(
+            script_config(rel, name, printed, run_command(rel, text), modules)
         )
-        if tracked.returncode != 0:
-            paths.append(needed)  # must be in git: runs check out commits
-    commit_all(directory, f"nightlab init --script {rel}", paths)
+        _ignore(directory / ".gitignore")
+        if not (directory / ".git").exists():
+            _run(directory, "init", "-q")
+            _run(directory, "checkout", "-q", "-b", "main")
+        paths = [CONFIG_NAME, ".gitignore"]
+        for needed in local_modules(directory, rel):  # the script and what it imports from here
+            tracked = subprocess.run(
+                ["git", "ls-files", "--error-unmatch", "--", needed], cwd=directory, capture_output=True
+            )
+            if tracked.returncode != 0:
+                paths.append(needed)  # must be in git: runs check out commits
+        commit_all(directory, f"nightlab init --script {rel}", paths)
+    except (UserError, OSError) as exc:  # not committed: a second init must not find it "exists already"
+        (directory / CONFIG_NAME).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"could not write {directory / CONFIG_NAME}: {exc.strerror or exc}") from None
+        raise
     return name, "maximize" if looks_like_a_score(name) else "minimize", paths
 
 
