@@ -6,6 +6,8 @@ import hashlib
 import time
 from pathlib import Path
 
+from helpers import git
+from nightlab.workspace.gitcli import run_git
 from nightlab.workspace.integrity import FrozenCheck, changed_entries, hash_paths, tree_stamps
 
 PREPARE = "def evaluate(x):\n    return x\n"
@@ -51,3 +53,17 @@ def test_stamps_show_a_write_undone_and_a_file_planted_then_removed(tmp_path: Pa
     (tmp_path / "pkg" / "sympy.py").write_text("")
     (tmp_path / "pkg" / "sympy.py").unlink()  # planted for one import, gone before the audit
     assert changed_entries(again, tree_stamps(tmp_path)) == ["pkg"]
+
+
+def test_git_as_nightlab_runs_it_ignores_replace_refs(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q")
+    (tmp_path / "prepare.py").write_text(PREPARE)
+    git(tmp_path, "add", "prepare.py")
+    git(tmp_path, "commit", "-qm", "frozen")
+    real = git(tmp_path, "rev-parse", "HEAD:prepare.py")
+    (tmp_path / "fake.txt").write_text("def evaluate(x):\n    return 0\n")
+    fake = git(tmp_path, "hash-object", "-w", "fake.txt")
+    git(tmp_path, "replace", real, fake)  # what a run able to write .git could plant
+    assert "return 0" in git(tmp_path, "show", "HEAD:prepare.py")  # plain git obeys it
+    shown = run_git(["show", "HEAD:prepare.py"], tmp_path).stdout.decode()
+    assert shown == PREPARE

@@ -44,6 +44,9 @@ def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     # would silently point every command at another repository or index.
     env = {k: v for k, v in os.environ.items() if k not in REDIRECTING_VARS}
     env.update({"LC_ALL": "C", "LANGUAGE": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"})
+    # `git replace` refs would make every command see another blob or commit in place of the
+    # real one: a run that wrote refs/replace/ could change what a frozen file reads as.
+    env["GIT_NO_REPLACE_OBJECTS"] = "1"
     if extra:
         env.update(extra)
     return env
