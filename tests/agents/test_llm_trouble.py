@@ -269,3 +269,41 @@ def test_a_server_named_by_the_sdks_base_url_variable_is_the_one_messages_name(l
     monkeypatch.setenv("OPENAI_BASE_URL", "localhost:8000/v1")
     with pytest.raises(UserError, match=r"^\$OPENAI_BASE_URL \(no \[agent\] base_url\) = \"localhost"):
         LLMAgent(llm_config(server, base_url=None))
+
+
+def _sse(*events: dict | str) -> Raw:
+    lines = [f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events]
+    return Raw("".join(lines), content_type="text/event-stream")
+
+
+def _openai_chunks(text: str, finish: str | None = "stop") -> list[dict]:
+    half = len(text) // 2
+    chunks = [{"choices": [{"index": 0, "delta": {"content": part}}]} for part in (text[:half], text[half:])]
+    chunks[-1]["choices"][0]["finish_reason"] = finish
+    return [*chunks, {"choices": [], "usage": {"prompt_tokens": 700, "completion_tokens": 90}}]
+
+
+STREAMS = {
+    "openai": _sse(*_openai_chunks(GOOD), "[DONE]"),
+    "anthropic": _sse(
+        {"type": "message_start", "message": {"usage": {"input_tokens": 700, "output_tokens": 1}}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": GOOD[:50]}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": GOOD[50:]}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 90}},
+        {"type": "message_stop"},
+    ),
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(STREAMS))
+def test_an_answer_streamed_unasked_is_read_and_one_cut_off_is_retried(protocol, llm_config):
+    """A server or proxy that streams whatever it is asked: its answer was taken for a body that
+    is not JSON, retried (it streamed again) until the night stopped."""
+    with fake_llm_server(protocol, [STREAMS[protocol]]) as server:
+        proposal = LLMAgent(llm_config(server)).propose(make_context())
+    assert proposal is not None and proposal.description == "raise LR 0.01 -> 0.03"
+    assert (proposal.cost.tokens_in, proposal.cost.tokens_out) == (700, 90)
+    cut = _sse(*_openai_chunks(GOOD, finish=None)[:1])  # no end: the connection dropped
+    with fake_llm_server("openai", [cut, Answer(GOOD)]) as server:
+        assert LLMAgent(llm_config(server)).propose(make_context()).cost.attempts == 1
+    assert len(server.requests) == 2  # the cut stream was retried like a dropped connection

@@ -39,6 +39,7 @@ from nightlab.agents.llm.settings import (
     checked_base_url,
     read_api_key,
 )
+from nightlab.agents.llm.streamed import read_stream
 from nightlab.errors import UserError
 from nightlab.secrets import redact
 
@@ -271,10 +272,17 @@ class _SDKChat:
         """The SDK's response, or a :class:`BadResponse` when it is no JSON object at all.
 
         The SDKs return a body of a non-JSON content type as its text, and ``null``, a list or
-        a string as themselves: none of them carries an answer.
+        a string as themselves: none of them carries an answer, except a streamed one
+        (:mod:`~nightlab.agents.llm.streamed`), handed back as a :class:`Reply` when it ended.
         """
         if isinstance(response, str):
-            raise BadResponse(self._not_json(response))
+            streamed = read_stream(response)
+            if streamed is None:
+                raise BadResponse(self._not_json(response))
+            if not streamed.complete:
+                raise BadResponse(f"{self._where()} streamed an answer that stopped before its end")
+            text = _text_of(streamed.text) or ""
+            return Reply(text, streamed.tokens_in, streamed.tokens_out, streamed.truncated)
         if response is None or isinstance(response, (list, int, float, bool)):
             raise self._no_message(f"the body is {json.dumps(response)[:40]}, not a JSON object")
         return response
@@ -329,6 +337,8 @@ class OpenAIChat(_SDKChat):
                 **limit,
             )
         )
+        if isinstance(response, Reply):  # it was streamed
+            return response
         choices = getattr(response, "choices", None)
         if not choices:
             raise self._no_message("no choices", response)
@@ -373,6 +383,8 @@ class AnthropicChat(_SDKChat):
                 model=self.model, system=system, messages=messages, max_tokens=max_tokens, **self._sampling
             )
         )
+        if isinstance(response, Reply):  # it was streamed
+            return response
         content = getattr(response, "content", None)
         truncated = getattr(response, "stop_reason", None) == "max_tokens"
         # An empty list is the model's answer only when the output limit cut it off at once.
