@@ -272,8 +272,8 @@ main()
 
 def test_an_interrupted_or_impossible_init_leaves_nothing_half_made(tmp_path: Path) -> None:
     """Ctrl-C during `init` left the template's files without a commit (the next `init` refused
-    the folder as not empty; `run` researched it as it was); a folder it cannot create (under a
-    file, under /proc) was a FileNotFoundError traceback."""
+    the folder as not empty; `run` researched it as it was); a folder `init` or `demo --dir`
+    cannot create (under a file, under /proc) was a FileNotFoundError traceback."""
     directory = tmp_path / "new" / "nested"
     res = subprocess.run(
         [sys.executable, "-c", INTERRUPTED_INIT, "init", str(directory), "--size", "cpu"],
@@ -283,11 +283,11 @@ def test_an_interrupted_or_impossible_init_leaves_nothing_half_made(tmp_path: Pa
     assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())  # `new` too: init made it
 
     (tmp_path / "file").write_text("a file where a folder would go")
-    res = nightlab("init", str(tmp_path / "file" / "ws"), "--size", "cpu")
-    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-    assert res.stderr.startswith(f"error: {tmp_path / 'file' / 'ws'}: cannot create the workspace there"), (
-        res.stderr
-    )
+    below = tmp_path / "file" / "ws"
+    for args in (["init", str(below), "--size", "cpu"], ["demo", "--dir", str(below), "--minutes", "1"]):
+        res = nightlab(*args)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, (args, res.stderr)
+        assert res.stderr.startswith(f"error: {below}: cannot create the workspace there"), (args, res.stderr)
 
 
 @pytest.mark.parametrize("command", [["run", "--plain"], ["check", "--seconds", "1"]])

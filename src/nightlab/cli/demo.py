@@ -37,6 +37,7 @@ DEMO_WORKERS = 2
 
 def prepare_demo_workspace(directory: Path, console: Console) -> None:
     """Create the workspace once; an existing demo workspace is reused as it is."""
+    from nightlab.cli.output import undone_unless_finished
     from nightlab.executor.slots import usable_cores
     from nightlab.workspace.init import commit_all, init_workspace, set_toml_value
 
@@ -47,17 +48,20 @@ def prepare_demo_workspace(directory: Path, console: Console) -> None:
         raise UserError(
             f"{directory} exists and is not a nightlab workspace; remove it or pass --dir elsewhere"
         )
-    init_workspace(directory, template="gpt", size="cpu")
-    toml = directory / "nightlab.toml"
-    text = toml.read_text().replace("\nseconds = 60\n", "\n")  # the FLOPs budget replaces it
-    text = set_toml_value(text, "budget", "flops", DEMO_BUDGET_FLOPS)
-    text = set_toml_value(text, "budget", "timeout", DEMO_TIMEOUT)
-    text = set_toml_value(text, "policy", "remeasure", DEMO_REMEASURE)
-    workers = DEMO_WORKERS if len(usable_cores()) >= DEMO_WORKERS else 1  # one core: no second slot
-    if workers > 1:
-        text = set_toml_value(text, "run", "workers", workers)
-    toml.write_text(text)
-    commit_all(directory, f"demo: {DEMO_BUDGET_FLOPS:.3g} training FLOPs per run", paths=["nightlab.toml"])
+    with undone_unless_finished(directory):  # a folder it cannot make: one line, nothing half made
+        init_workspace(directory, template="gpt", size="cpu")
+        toml = directory / "nightlab.toml"
+        text = toml.read_text().replace("\nseconds = 60\n", "\n")  # the FLOPs budget replaces it
+        text = set_toml_value(text, "budget", "flops", DEMO_BUDGET_FLOPS)
+        text = set_toml_value(text, "budget", "timeout", DEMO_TIMEOUT)
+        text = set_toml_value(text, "policy", "remeasure", DEMO_REMEASURE)
+        workers = DEMO_WORKERS if len(usable_cores()) >= DEMO_WORKERS else 1  # one core: no second slot
+        if workers > 1:
+            text = set_toml_value(text, "run", "workers", workers)
+        toml.write_text(text)
+        commit_all(
+            directory, f"demo: {DEMO_BUDGET_FLOPS:.3g} training FLOPs per run", paths=["nightlab.toml"]
+        )
     console.print(
         f"created {directory} (gpt template, cpu size, {DEMO_BUDGET_FLOPS:.3g} training FLOPs per run, "
         f"{workers} run{'s' * (workers > 1)} at a time)"

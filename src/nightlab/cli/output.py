@@ -9,12 +9,17 @@ top, so ``nightlab --help`` stays fast; everything else is imported when a comma
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+
+from nightlab.errors import UserError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,6 +62,46 @@ def given(value: str | list[str] | None) -> str | list[str] | None:
         if not item.strip():
             raise typer.BadParameter("is empty: give a value, or leave the option out for its default")
     return value
+
+
+@contextlib.contextmanager
+def undone_unless_finished(directory: Path) -> Iterator[None]:
+    """What ``init`` (or the demo's set-up) made goes again when it fails or is interrupted before
+    its first commit: a
+    half-written folder (files, no commit) was refused by the next ``init`` as not empty and
+    researched by ``run`` as it was. Only what was not there before goes: a folder it created
+    (and the parents it made), or what it wrote into an empty one; over a folder's files
+    (``--force``) a note says where to look. A folder it cannot create is one line, not a traceback."""
+    made = directory
+    while not made.parent.exists() and made.parent != made:
+        made = made.parent  # the topmost folder init creates
+    existed = directory.exists()
+    empty_before = directory.is_dir() and not any(directory.iterdir())
+    try:
+        yield
+    except BaseException as exc:
+        if not existed:
+            shutil.rmtree(made, ignore_errors=True)
+        elif empty_before:
+            for child in list(directory.iterdir()):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        elif not isinstance(exc, UserError):
+            err_console.print(
+                f"note: {directory} may now hold some of the template's files; `git -C {directory} status` "
+                "shows which",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if isinstance(exc, OSError):
+            where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(directory) else ""
+            raise UserError(
+                f"{directory}: cannot create the workspace there{where}: {exc.strerror or exc}; "
+                "choose a folder you can write in"
+            ) from None
+        raise
 
 
 def help_when_bare(ctx: typer.Context) -> None:

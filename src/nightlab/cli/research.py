@@ -4,10 +4,7 @@ workspace to the morning's report. Registered by :mod:`nightlab.cli.app`.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,9 +21,10 @@ from nightlab.cli.output import (
     print_status_table,
     print_summary,
     run_research,
+    undone_unless_finished,
     write_reports,
 )
-from nightlab.errors import UserError, shell_word
+from nightlab.errors import shell_word
 from nightlab.formatting import terminal_safe
 
 if TYPE_CHECKING:
@@ -67,7 +65,7 @@ def init(
     if metric is not None:
         raise typer.BadParameter("--metric goes with --script (your own training script)")
 
-    with _undone_unless_finished(directory):
+    with undone_unless_finished(directory):
         used, replaced = init_workspace(directory, template=template, size=size, force=force, dataset=dataset)
     console.print(f"created {directory} ({template}{', ' + used + ' size' if used else ''})")
     if dataset and looks_like_a_path(dataset) and not Path(dataset).expanduser().exists():
@@ -100,45 +98,6 @@ def _init_script(directory: Path, script: str, metric: str | None, **template_op
     console.print(
         f"next: nightlab check {shell_word(directory)}  (then nightlab run {shell_word(directory)})"
     )
-
-
-@contextlib.contextmanager
-def _undone_unless_finished(directory: Path) -> Iterator[None]:
-    """What ``init`` made goes again when it fails or is interrupted before its first commit: a
-    half-written folder (files, no commit) was refused by the next ``init`` as not empty and
-    researched by ``run`` as it was. Only what was not there before goes: a folder it created
-    (and the parents it made), or what it wrote into an empty one; over a folder's files
-    (``--force``) a note says where to look. A folder it cannot create is one line, not a traceback."""
-    made = directory
-    while not made.parent.exists() and made.parent != made:
-        made = made.parent  # the topmost folder init creates
-    existed = directory.exists()
-    empty_before = directory.is_dir() and not any(directory.iterdir())
-    try:
-        yield
-    except BaseException as exc:
-        if not existed:
-            shutil.rmtree(made, ignore_errors=True)
-        elif empty_before:
-            for child in list(directory.iterdir()):
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
-        elif not isinstance(exc, UserError):
-            err_console.print(
-                f"note: {directory} may now hold some of the template's files; `git -C {directory} status` "
-                "shows which",
-                highlight=False,
-                soft_wrap=True,
-            )
-        if isinstance(exc, OSError):
-            where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(directory) else ""
-            raise UserError(
-                f"{directory}: cannot create the workspace there{where}: {exc.strerror or exc}; "
-                "choose a folder you can write in"
-            ) from None
-        raise
 
 
 def run(
