@@ -190,6 +190,7 @@ LAX = [
     ),
     ("run", "workers = 1.5", "[run] workers: 1.5 is not a number of workers"),
     ("run", "seed = -1", "[run] seed: Input should be greater than or equal to 0"),
+    ("run", "seed = 99999999999999999999999", "[run] seed: Input should be less than or equal to 2147483647"),
     ("run", 'tag = "a b"', "[run] tag: 'a b': use letters, digits"),  # it named --tag, never given
     ("run", 'tag = "nightly.lock"', "[run] tag: 'nightly.lock': use letters"),
     # Refused by the research branch's git layer only after `run` had started: refused here now.

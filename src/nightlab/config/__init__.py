@@ -307,8 +307,9 @@ class RunConfig(_Strict):
     # Secret-looking environment variables the training command may still see, by name.
     allow_env: list[str] = Field(default_factory=list)
     max_consecutive_crashes: int = Field(default=5, ge=1)
-    # Every run's NIGHTLAB_SEED is seed + 1000 * experiment + replicate: never negative (numpy refuses).
-    seed: int = Field(default=0, ge=0)
+    # Every run's NIGHTLAB_SEED is seed + 1000 * experiment + replicate: never negative (numpy
+    # refuses), below 2**31 (a 32-bit seed; a huge one was an OverflowError traceback in the ledger).
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
     # Resource limits for each run; hitting one ends the run with a clear status (oom / crash).
     memory_limit_mb: float | None = Field(default=None, gt=0)
     log_limit_mb: float = Field(default=50, gt=0)
