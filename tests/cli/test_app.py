@@ -236,6 +236,7 @@ def test_a_repository_of_another_user_is_named_as_such_not_as_no_repository(
         (["validate", "--seeds", "2"], "recorded as interrupted; `nightlab validate` again starts it afresh"),
         (["ablate"], "recorded as interrupted; `nightlab ablate` again starts it afresh"),
         (["status"], "stopped"),
+        (["mcp", "ws"], "the MCP server stopped; a try it was running"),  # idle, it spoke of training
     ],
 )
 def test_the_interrupted_line_says_what_the_command_leaves(args: list[str], says: str) -> None:

@@ -146,6 +146,8 @@ _TRAINS_NOTHING = {
     **dict.fromkeys(("status", "report", "serve", "init", "brief", "recover", "agent"), "stopped"),
     # They train, but `nightlab run` repeats none of theirs: a study closes its experiments as
     # interrupted, and the check records none.
+    "mcp": "the MCP server stopped; a try it was running was stopped with its processes, and "
+    "`nightlab run` repeats it",
     "check": "the check's runs were stopped with their processes; nothing was recorded; "
     "`nightlab check` again starts it afresh",
     **{
