@@ -189,6 +189,7 @@ LAX = [
         '[run] workers: "abc" is not a number of workers: write one of at least 1, or "auto"',
     ),
     ("run", "workers = 1.5", "[run] workers: 1.5 is not a number of workers"),
+    ("run", "workers = 5000", "[run] workers: 5000: at most 1024"),  # one worktree each: no end of them
     ("run", "seed = -1", "[run] seed: Input should be greater than or equal to 0"),
     ("run", "seed = 99999999999999999999999", "[run] seed: Input should be less than or equal to 2147483647"),
     ("run", 'tag = "a b"', "[run] tag: 'a b': use letters, digits"),  # it named --tag, never given

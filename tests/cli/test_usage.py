@@ -57,6 +57,7 @@ MISTAKES = [
     # Empty values were taken as no option (`--flag "$UNSET"`): the configured agent, the default
     # revision, every interface for the dashboard, every template copied; `..` a template too.
     (["run", "--agent", ""], "--agent"),
+    (["run", "--workers", "99999999999"], "--workers"),  # made worktrees until the disk was full
     (["validate", "--a", " "], "--a"),
     (["serve", "--host", ""], "--host"),
     (["export", "--to", ""], "--to"),

@@ -179,8 +179,12 @@ def _workers(text: str) -> int | str:
     """``--workers``: a positive number or ``auto``."""
     if text.strip().lower() == "auto":
         return "auto"
+    from nightlab.config import MAX_WORKERS
+
     if not text.strip().isdigit() or int(text) < 1:
         raise typer.BadParameter(f'{text!r}: give a number of at least 1, or "auto"', param_hint="--workers")
+    if int(text) > MAX_WORKERS:  # each has a worktree: 10**11 of them were made until the disk was full
+        raise typer.BadParameter(f'{text}: at most {MAX_WORKERS}, or "auto"', param_hint="--workers")
     return int(text)
 
 

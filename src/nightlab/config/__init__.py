@@ -36,6 +36,7 @@ class _Strict(TomlModel):
 _RUN_VARIABLES = frozenset(
     f"NIGHTLAB_{name}" for name in ("SEED", "RUN_DIR", "PROGRESS_KEY", "PROCESS_TAG", "SCORES_DIR")
 )
+MAX_WORKERS = 1024  # [run] workers, --workers: each has a worktree of its own (10**11 filled the disk)
 
 
 class TargetConfig(_Strict):
@@ -344,12 +345,13 @@ class RunConfig(_Strict):
     @field_validator("workers", mode="before")
     @classmethod
     def _positive_workers(cls, value: object) -> object:
-        # Before pydantic's union: `"abc"` read "[run.workers] int: Input should be a valid integer
-        # ... (and 1 more)", naming a table that does not exist.
+        # Before pydantic's union: "abc" read "[run.workers] int: Input should be ... (and 1 more)".
         if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(
                 f'{json.dumps(value)} is not a number of workers: write one of at least 1, or "auto"'
             )
+        if value != "auto" and value > MAX_WORKERS:
+            raise ValueError(f"{value}: at most {MAX_WORKERS} (each worker has a worktree of its own)")
         return value
 
 
