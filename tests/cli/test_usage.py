@@ -48,6 +48,8 @@ MISTAKES = [
     (["run", "--tag", "a/b"], "--tag"),  # these two failed after `run` had printed its header
     (["run", "--tag", "héllo"], "--tag"),
     (["run", "--hours", "inf"], "--hours"),
+    (["run", "--hours", "nan"], "'--hours': nan is not a finite number"),  # "should be >= 0" before
+    (["validate", "--eval-interval", "-1"], "'--eval-interval': -1: give 0 or more"),
     (["validate", "--margin", "-1"], "--margin"),
     (["validate", "--cap", "nan"], "--cap"),
     (["validate", "--cap", "1"], "--cap"),  # after the study's header before

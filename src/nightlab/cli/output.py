@@ -46,6 +46,14 @@ def finite(value: float | None) -> float | None:
     return value
 
 
+def non_negative(value: float | None) -> float | None:
+    """An option's callback: a finite number of 0 or more (with typer's ``min=0``, NaN read
+    "Input should be greater than or equal to 0")."""
+    if finite(value) is not None and value < 0:  # type: ignore[operator]
+        raise typer.BadParameter(f"{value:g}: give 0 or more")
+    return value
+
+
 def positive(value: float | None) -> float | None:
     """An option's callback: a finite number above 0."""
     if finite(value) is not None and value <= 0:  # type: ignore[operator]

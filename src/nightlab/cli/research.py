@@ -15,8 +15,8 @@ from nightlab.cli.output import (
     assumed_metric,
     console,
     err_console,
-    finite,
     given,
+    non_negative,
     positive,
     print_status_table,
     print_summary,
@@ -110,9 +110,7 @@ def run(
         help="Stop once the tag has N experiments after its baseline (earlier runs of the tag count; see --more).",
     ),
     more: int = typer.Option(None, "--more", min=0, help="Run N more experiments than the tag has now."),
-    hours: float = typer.Option(
-        None, "--hours", min=0.0, callback=finite, help="Stop proposing after H hours."
-    ),
+    hours: float = typer.Option(None, "--hours", callback=non_negative, help="Stop proposing after H hours."),
     agent: str = typer.Option(
         None,
         "--agent",

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from nightlab.cli.output import console, err_console, finite, given
+from nightlab.cli.output import console, err_console, finite, given, non_negative
 from nightlab.formatting import decimals_for, fixed, signed
 from nightlab.formatting import terminal_safe as safe
 
@@ -82,8 +82,7 @@ def validate(
     margin: float = typer.Option(
         None,
         "--margin",
-        min=0.0,
-        callback=finite,
+        callback=non_negative,
         help="Smallest gain that matters, metric units (default: 1/4 of the research gain).",
     ),
     time_to_target: bool = typer.Option(
@@ -95,8 +94,7 @@ def validate(
     eval_interval: float = typer.Option(
         None,
         "--eval-interval",
-        min=0.0,
-        callback=finite,
+        callback=non_negative,
         help="Seconds of training between periodic evaluations (curves).",
     ),
     cap: float = typer.Option(
