@@ -237,12 +237,11 @@ def test_parameter_groups_norm_layers_and_rmsprop_alpha_are_knobs() -> None:
         "BatchNorm1d.momentum": 0.1,
         "base_lr": 3e-4,
         "AdamW.group0.weight_decay": 0.1,
-        "AdamW.group1.weight_decay": 0.0,
         "AdamW.group1.lr": 1e-3,
         "AdamW.lr": 3e-4,
         "RMSprop.lr": 0.01,
         "RMSprop.alpha": 0.99,
-    }  # not "params", nor group 2's lr (no literal)
+    }  # not "params", nor group 2's lr (no literal), nor group 1's weight_decay=0.0 (the no-decay group)
     edited = set_knobs(
         GROUPS,
         {"AdamW.group1.lr": 0.002, "AdamW.group0.weight_decay": 0.05, "BatchNorm1d.momentum": 0.2,
@@ -299,7 +298,6 @@ def test_parameter_groups_assigned_to_variables_first_are_knobs() -> None:
     call is unsure). The edit reaches the group (real torch)."""
     assert _values(GROUPS_IN_VARIABLES) == {
         "AdamW.group0.weight_decay": 0.01,
-        "AdamW.group1.weight_decay": 0.0,
         "AdamW.lr": 5e-5,
         "SGD.group1.lr": 1e-3,
         "SGD.group0.weight_decay": 0.1,

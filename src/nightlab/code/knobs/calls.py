@@ -11,6 +11,7 @@ named after the callee and the parameter (``AdamW.lr``, ``DataLoader.batch_size`
 nanoGPT and most GPT scripts do) give one knob per group and key, named after the group's index
 in ``optimizer.param_groups`` (``AdamW.group0.weight_decay``), also when the list or a group
 is a variable assigned once before the call, as Hugging Face's ``optimizer_grouped_parameters``.
+A group's ``weight_decay`` of 0 is no knob: that group exists to keep its parameters out of decay.
 
 Only listed (callee, parameter) pairs count, because "any literal keyword" would make
 ``print(flush=True)``, ``open(encoding="utf-8")``, ``DataLoader(num_workers=4)`` and
@@ -372,8 +373,19 @@ def _arguments(
                 break  # the indices after it are unknown
             if isinstance(group, ast.Name):  # decay = {"params": ..., "weight_decay": 0.1}; [decay, rest]
                 group = _assigned(group.id, listed, scopes, (ast.Dict, ast.Call)) or group
-            out += [(f"group{index}.{k}", k, v) for k, v in _group_items(group) if k in family.params]
+            out += [
+                (f"group{index}.{k}", k, v)
+                for k, v in _group_items(group)
+                if k in family.params and not (k == "weight_decay" and _is_zero(v))
+            ]
     return out
+
+
+def _is_zero(node: ast.expr) -> bool:
+    """A group's ``"weight_decay": 0.0``: the no-decay group (biases, norms, gains) an author
+    makes to keep those parameters out of decay, not a value to search."""
+    parsed = literal(node)
+    return parsed is not None and parsed[0] in ("int", "float") and parsed[1] == 0
 
 
 def _group_items(node: ast.expr) -> list[tuple[str, ast.expr]]:
