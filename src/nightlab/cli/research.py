@@ -100,6 +100,21 @@ def _init_script(directory: Path, script: str, metric: str | None, **template_op
     )
 
 
+def _workers(text: str | None) -> int | str | None:
+    """``--workers``: a positive number or ``auto``, checked as the command line is read."""
+    if text is None:
+        return None
+    if text.strip().lower() == "auto":
+        return "auto"
+    from nightlab.config import MAX_WORKERS
+
+    if not text.strip().isdigit() or int(text) < 1:
+        raise typer.BadParameter(f'{text!r}: give a number of at least 1, or "auto"', param_hint="--workers")
+    if int(text) > MAX_WORKERS:  # each has a worktree: 10**11 of them were made until the disk was full
+        raise typer.BadParameter(f'{text}: at most {MAX_WORKERS}, or "auto"', param_hint="--workers")
+    return int(text)
+
+
 def run(
     directory: Path = DirArg,
     max_experiments: int = typer.Option(
@@ -125,6 +140,7 @@ def run(
         None,
         "--workers",
         "-w",
+        callback=_workers,
         help='Replicates in flight at once: N, or "auto" (one per GPU; on CPU, per core share).',
     ),
 ) -> None:
@@ -134,7 +150,7 @@ def run(
 
     session = open_session(directory, tag=tag, agent_kind=agent)
     if workers is not None:
-        session.config.run.workers = _workers(workers)
+        session.config.run.workers = workers
     session.check_runnable()  # a busy workspace or a missing file: one line, before anything prints
     cfg = session.config
     from nightlab.store.trackers.registry import check_trackers
@@ -171,19 +187,6 @@ def run(
     print_summary(session)
     if outcome.agent_failed:  # the results stand; a script running the night can tell it ended early
         raise typer.Exit(1)
-
-
-def _workers(text: str) -> int | str:
-    """``--workers``: a positive number or ``auto``."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    from nightlab.config import MAX_WORKERS
-
-    if not text.strip().isdigit() or int(text) < 1:
-        raise typer.BadParameter(f'{text!r}: give a number of at least 1, or "auto"', param_hint="--workers")
-    if int(text) > MAX_WORKERS:  # each has a worktree: 10**11 of them were made until the disk was full
-        raise typer.BadParameter(f'{text}: at most {MAX_WORKERS}, or "auto"', param_hint="--workers")
-    return int(text)
 
 
 def status(
