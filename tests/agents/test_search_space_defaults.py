@@ -51,6 +51,36 @@ def test_the_data_split_and_the_evaluation_are_pinned(name: str) -> None:
 @pytest.mark.parametrize(
     "name",
     [
+        "data.n_features",  # found from outside: a YAML config's n_features 16 -> 8 changed the task
+        "num_classes",
+        "nclasses",
+        "cfg.model.num_labels",
+        "VOCAB_SIZE",
+        "n_vocab",
+        "block_size",  # nanoGPT's context length: a longer one lowers the loss for free
+        "SEQ_LEN",
+        "max_seq_len",
+        "context_length",
+        "image_size",
+        "in_channels",
+        "input_dim",
+    ],
+)
+def test_what_defines_the_task_is_pinned(name: str) -> None:
+    assert default_pin(name) == PIN_MEASURED
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["out_channels", "hidden_dim", "n_embd", "HEAD_DIM", "patch_size", "num_blocks", "embedding_dim"],
+)
+def test_model_widths_beside_task_shapes_are_searched(name: str) -> None:
+    assert default_pin(name) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
         "INTERVAL",
         "VALUE_DIM",
         "TRAIN_BATCH_SIZE",

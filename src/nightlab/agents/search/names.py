@@ -44,6 +44,19 @@ _DATA_SIZE = re.compile(
     r"|(^|_)(LIMIT_)?TRAIN_(SIZE|SAMPLES|EXAMPLES|FRAC|FRACTION|RATIO|PCT|PERCENT|BATCHES)(_|$)"
     r"|(^|_)(DATASET|DATA)_(SIZE|FRAC|FRACTION|LIMIT|PCT|PERCENT)(_|$)"
 )
+# Knobs that define the task rather than the model: the data's features, classes, vocabulary,
+# image size or context length (N_FEATURES, num_classes, VOCAB_SIZE, block_size, SEQ_LEN). Moving
+# one changes the problem the metric scores (a longer context lowers a language model's loss for
+# free, fewer classes make accuracy easy) or breaks the data's shape (found from outside: a YAML
+# `data.n_features 16 -> 8` changed the task itself). Word parts: OUT_CHANNELS and HIDDEN_DIM are
+# the model's width, and stay searched.
+_TASK_SHAPE = re.compile(
+    r"(^|_)(N|NUM|NUMBER)_?(FEATURES|CLASSES|LABELS|INPUTS|OUTPUTS|CHANNELS_IN)(_|$)"
+    r"|(^|_)(INPUT|IN)_(DIM|SIZE|FEATURES|CHANNELS|SHAPE)(_|$)"
+    r"|(^|_)(VOCAB|VOCABULARY|N_VOCAB)(_SIZE)?$"
+    r"|(^|_)(SEQ|SEQUENCE|MAX_SEQ|CONTEXT|CTX|MAX_SEQUENCE)_(LEN|LENGTH)(_|$)|(^|_)(N_CTX|BLOCK_SIZE)$"
+    r"|(^|_)(IMAGE|IMG)_(SIZE|SHAPE|HEIGHT|WIDTH|RES|RESOLUTION)(_|$)"
+)
 PIN_DEFAULT = "default (seed, logging, checkpoints, paths or device)"
 PIN_BUDGET = "default: the budget (declare a domain in [agent.search] space to search it)"
 PIN_MEASURED = (
@@ -88,8 +101,8 @@ def _words(name: str) -> str:
 def default_pin(name: str) -> str | None:
     """Why a knob is pinned unless the user declares a domain for it, or None when it is searched."""
     words = _words(name)
-    if _EVALUATION.search(words):
-        return PIN_MEASURED  # EVAL_ITERS sizes the evaluation: that, more than a budget
+    if _EVALUATION.search(words) or _TASK_SHAPE.search(words):
+        return PIN_MEASURED  # EVAL_ITERS sizes the evaluation, MAX_SEQ_LEN the task: more than budgets
     if is_budget_name(name):
         return PIN_BUDGET  # N_TRAIN_STEPS is a budget before a data size
     if _DATA_SIZE.search(words):
