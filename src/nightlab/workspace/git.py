@@ -284,6 +284,12 @@ class Workspace:
         return refs
 
     # -- reading commits --------------------------------------------------------------------
+    def mentions(self, commit: str, text: str) -> bool:
+        """Whether a text file at ``commit`` holds ``text`` (``git grep``: one process, binary
+        files skipped); True when git cannot tell, so a caller never accuses on an error."""
+        proc = run_git(["grep", "-q", "-I", "-F", "-e", text, commit, "--"], self.root, check=False)
+        return proc.returncode != 1
+
     def read_file(self, commit: str, path: str) -> str:
         return self.read_files(commit, [path])[path]
 
