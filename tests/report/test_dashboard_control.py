@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TOY_TRAIN, edit, make_workspace
+from helpers import TOY_TRAIN, edit, make_workspace, nightlab
 from nightlab.report.dashboard import control
 
 
@@ -100,3 +100,12 @@ def test_a_pause_lets_the_experiment_in_flight_finish_its_replicates_first(tmp_p
             run.communicate()
     assert run.returncode == 0, out
     assert "stopped: stopped by the user" in out, out
+
+
+def test_loop_json_says_what_ended_the_run(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.2", "lr up")])
+    res = nightlab("run", str(root), "--plain", "--tag", "w", "-n", "1")
+    assert res.returncode == 0, res.stderr + res.stdout
+    said = [line[len("stopped: ") :] for line in res.stdout.splitlines() if line.startswith("stopped: ")]
+    loop = json.loads((root / ".nightlab" / control.LOOP_FILE).read_text())
+    assert loop["state"] == "stopped" and said and loop["why"] == said[0] != "finished"

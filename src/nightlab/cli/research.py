@@ -182,6 +182,7 @@ def run(
             should_stop=hooks.should_stop,
             wants_quiet=hooks.wants_quiet,
         )
+        hooks.ended(outcome.stopped_because)
     write_reports(session, quiet=True)
     console.print(f"stopped: {terminal_safe(outcome.stopped_because)}", markup=False, highlight=False)
     print_summary(session)

@@ -301,6 +301,8 @@ class RunHooks:
     should_stop: Callable[[], bool]
     # A pause or a stop waits: start nothing new (the loop asks should_stop once idle).
     wants_quiet: Callable[[], bool]
+    # What ended the loop, for loop.json and the dashboard (else it reads "finished").
+    ended: Callable[[str], None]
 
 
 @contextlib.contextmanager
@@ -336,7 +338,9 @@ def run_hooks(session: Session) -> Iterator[RunHooks]:
         say(f"trackers: every experiment goes to {', '.join(cfg.trackers.live)} as it is decided")
     try:
         with RunControl(state_dir, session.tag, notify=say) as control:
-            yield RunHooks(events=events, should_stop=control.should_stop, wants_quiet=control.asked)
+            yield RunHooks(
+                events=events, should_stop=control.should_stop, wants_quiet=control.asked, ended=control.ended
+            )
     finally:
         if live is not None:
             live.close()

@@ -112,6 +112,7 @@ class RunControl:
         self.tag = tag
         self.notify = notify or (lambda line: None)
         self.poll = poll
+        self.why: str | None = None  # why the loop ended, once it says (:meth:`ended`)
 
     def __enter__(self) -> RunControl:
         (self.state_dir / CONTROL_FILE).unlink(missing_ok=True)
@@ -119,7 +120,12 @@ class RunControl:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._say("stopped", why="interrupted" if exc and exc[0] is not None else "finished")
+        self._say("stopped", why="interrupted" if exc and exc[0] is not None else self.why or "finished")
+
+    def ended(self, why: str) -> None:
+        """What ended the loop (a time limit, the agent's stop and its reason): the dashboard
+        shows it once the run has stopped, so a night that ended early says why."""
+        self.why = why
 
     def _say(self, state: str, why: str | None = None) -> None:
         _write(
