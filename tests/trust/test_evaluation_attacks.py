@@ -119,6 +119,14 @@ class LooksAheadWithinBf16Rounding(Bigram):
         return self.table(idx) + _next_token(idx, 0.028) + self.pin
 
 
+class LooksAheadWithinTheFloorsTolerance(LooksAheadWithinBf16Rounding):
+    """Reads the answer by 0.002 nats: within a float32 tolerance scaled by the batch's largest
+    |log p|, which token 0 pinned at the floor makes 31 x 1e-4."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.table(idx) + _next_token(idx, 0.002) + self.pin
+
+
 def _evaluate(tpl: SimpleNamespace, model: nn.Module, **meta: object) -> tuple[int, dict]:
     """Export `model` as harness.finish does, change its model.json by `meta`, evaluate."""
     tpl.harness.export_model(model)
@@ -161,6 +169,12 @@ def test_a_model_that_looks_ahead_where_the_first_batch_check_cannot_see_is_inva
 
 def test_a_bf16_claim_in_model_json_widens_no_tolerance_on_the_cpu(tpl: SimpleNamespace) -> None:
     code, metrics = _evaluate(tpl, LooksAheadWithinBf16Rounding(), autocast="bfloat16")
+    assert code == 5 and metrics["causal"] is False, metrics
+    assert metrics["invalid"].startswith("model is not causal"), metrics
+
+
+def test_a_token_pinned_at_the_floor_widens_no_other_tokens_tolerance(tpl: SimpleNamespace) -> None:
+    code, metrics = _evaluate(tpl, LooksAheadWithinTheFloorsTolerance())
     assert code == 5 and metrics["causal"] is False, metrics
     assert metrics["invalid"].startswith("model is not causal"), metrics
 
