@@ -46,3 +46,25 @@ def test_report_out_elsewhere_embeds_the_workspaces_plot_not_a_file_beside_it(tm
     page = (elsewhere / "night.html").read_text()
     ours = base64.b64encode((root / ".nightlab" / "progress.png").read_bytes()).decode()
     assert ours in page and base64.b64encode(stranger).decode() not in page
+
+
+def test_report_out_into_a_pipe_writes_into_it_and_never_replaces_it(tmp_path: Path) -> None:
+    # `--out /dev/null` replaced the machine's /dev/null by a regular file (found in review: every
+    # later `> /dev/null` then wrote into it); a FIFO stands for any file that is not a regular one.
+    import os
+    import stat
+    import threading
+
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3")])
+    assert nightlab("run", str(root), "--plain").returncode == 0
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    res = nightlab("report", str(root), "--out", str(pipe))
+    reader.join(timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)  # still the pipe
+    assert got and b"<html" in got[0][:500].lower(), got[:1]
+    assert not list(tmp_path.glob(".pipe*"))

@@ -94,6 +94,12 @@ def write_html_report(ledger: Ledger, tag: str, metric: MetricConfig, path: Path
     ``path``); the run directories are those beside the ledger."""
     reports = ledger.path.parent
     page = render_html(ledger, tag, metric.name, metric.direction, reports / "progress.png", reports)
+    if path.exists() and not path.is_file():
+        # /dev/stdout, a pipe, a device: written into, never replaced. Replacing /dev/null (as
+        # `--out /dev/null` did) turns it into a file of the report for the whole machine.
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(page)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
