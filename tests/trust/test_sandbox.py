@@ -256,3 +256,19 @@ def test_a_workspace_in_scratch_space_is_named_at_the_start(tmp_path: Path) -> N
     res = run_session(root, "-n", "0")
     out = " ".join(res.stdout.split())
     assert "warning: the workspace lies in /tmp, which the sandbox leaves writable to runs" in out, out
+
+
+def test_hiding_refuses_a_dev_null_that_is_no_longer_the_null_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found in review: a `/dev/null` replaced by a regular file (an atomic write onto it, as root)
+    # was bind-mounted over the private files, and training read what had been written into it.
+    fake = tmp_path / "null"
+    fake.write_text("what the null device is not\n")
+    real_stat = sandbox.os.stat
+    monkeypatch.setattr(
+        sandbox.os, "stat", lambda p, *a, **k: real_stat(fake if p == "/dev/null" else p, *a, **k)
+    )
+    monkeypatch.setattr(sandbox, "_libc", lambda: pytest.fail("no mount may be tried"))
+    with pytest.raises(OSError, match="/dev/null is not the null device"):
+        sandbox.hide_paths([str(tmp_path / "private.bin")])

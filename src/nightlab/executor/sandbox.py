@@ -50,6 +50,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import types
@@ -305,11 +306,14 @@ def hide_paths(paths: Sequence[str], sockets: Sequence[str] = ()) -> None:
     each checked; ``/dev/null`` over each of ``sockets`` as well, where it can be (a connect then
     finds no socket); then a nested user and mount namespace, which locks the mounts. Raises
     OSError when a path cannot be hidden (a socket that cannot is left: best effort)."""
+    devnull = os.stat("/dev/null")
+    if not stat.S_ISCHR(devnull.st_mode):  # replaced by a file (a `> /dev/null` as root recreates one)
+        raise OSError("/dev/null is not the null device (a regular file there would show its contents)")
     libc = _libc()
     for path in sockets:
         if os.path.lexists(path) and not os.path.isdir(path):
             libc.mount(b"/dev/null", path.encode(), None, _MS_BIND, None)
-    null = os.stat("/dev/null").st_rdev
+    null = devnull.st_rdev
     for path in paths:
         if not os.path.lexists(path):
             continue  # gone since the harness listed it (or under a folder hidden already)
