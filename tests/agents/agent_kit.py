@@ -4,7 +4,21 @@ A plain module (not conftest.py), so test modules import it by a name no other f
 
 from __future__ import annotations
 
+from fake_servers import answer_text, block
+
 from nightlab.types import Context, Direction, HistoryEntry
+
+# Two well-formed answers: a learning rate raised, the width doubled (the incumbent's TRAIN).
+GOOD = answer_text(
+    "raise LR 0.01 -> 0.03",
+    "the learning rate is far below the optimum",
+    block("train.py", "LR = 0.01  # learning rate", "LR = 0.03  # learning rate"),
+)
+WIDER = answer_text(
+    "WIDTH 64 -> 128",
+    "more capacity",
+    block("train.py", "WIDTH = 64  # model width", "WIDTH = 128  # model width"),
+)
 
 TRAIN = """\
 import json

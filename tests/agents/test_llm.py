@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from agent_kit import KEY, make_context
+from agent_kit import GOOD, KEY, WIDER, make_context
 from agent_kit import entry as make_entry
 from fake_servers import Answer, Raw, Status, answer_text, block, fake_llm_server
 
@@ -16,17 +16,6 @@ from nightlab.agents.base import Agent
 from nightlab.agents.llm.agent import MAX_FAILED_ROUNDS, LLMAgent
 from nightlab.code.edits import apply_edits
 from nightlab.errors import UserError
-
-GOOD = answer_text(
-    "raise LR 0.01 -> 0.03",
-    "the learning rate is far below the optimum",
-    block("train.py", "LR = 0.01  # learning rate", "LR = 0.03  # learning rate"),
-)
-WIDER = answer_text(
-    "WIDTH 64 -> 128",
-    "more capacity",
-    block("train.py", "WIDTH = 64  # model width", "WIDTH = 128  # model width"),
-)
 
 
 def own_entry(proposal, id: int = 1, **changes):

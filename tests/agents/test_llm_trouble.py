@@ -12,24 +12,13 @@ import socket
 import time
 
 import pytest
-from agent_kit import KEY, make_context
+from agent_kit import GOOD, KEY, WIDER, make_context
 from agent_kit import entry as make_entry
 from fake_servers import Answer, Raw, Status, Trickle, answer_text, block, fake_llm_server
 
 from nightlab.agents.llm.agent import LLMAgent
 from nightlab.agents.llm.settings import LLMSettings
 from nightlab.errors import UserError
-
-GOOD = answer_text(
-    "raise LR 0.01 -> 0.03",
-    "the learning rate is far below the optimum",
-    block("train.py", "LR = 0.01  # learning rate", "LR = 0.03  # learning rate"),
-)
-WIDER = answer_text(
-    "WIDTH 64 -> 128",
-    "more capacity",
-    block("train.py", "WIDTH = 64  # model width", "WIDTH = 128  # model width"),
-)
 
 
 def test_a_refused_lessons_request_costs_the_lessons_not_the_night(llm_config):
