@@ -89,14 +89,17 @@ def _init_script(directory: Path, script: str, metric: str | None, **template_op
         raise typer.BadParameter(f"{', '.join(given)} sets up the template; leave it out with --script")
     name, direction, committed = init_script(directory, script, metric)
     run = load_config(directory).target.run
+    # Not wrapped at the terminal's width: a path cut in two cannot be pasted back.
     console.print(
         f"wrote {directory / 'nightlab.toml'}: runs {run}, reads {name} ({direction}) from its log; "
-        f"committed {', '.join(committed)}"
+        f"committed {', '.join(committed)}",
+        soft_wrap=True,
     )
     for note in script_notes(directory, script):
-        console.print(note)
+        console.print(note, soft_wrap=True)
     console.print(
-        f"next: nightlab check {shell_word(directory)}  (then nightlab run {shell_word(directory)})"
+        f"next: nightlab check {shell_word(directory)}  (then nightlab run {shell_word(directory)})",
+        soft_wrap=True,
     )
 
 
