@@ -13,7 +13,7 @@ TORCH_SPEC ?= $(if $(HAVE_GPU),torch>=2.4,torch==2.13.0)
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 # Test processes: one per core, at most 4 (each test may train with every core itself). The
-# suite takes 15–19 minutes on a 2-core machine this way, 27 in one process (docs/BENCHMARKS.md).
+# suite takes 15–20 minutes on a 2-core machine this way, 27 in one process (docs/BENCHMARKS.md).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ "$$n" -gt 4 ] && n=4; echo $$n)
 # The browser tests (tests/report/test_dashboard_browser.py) drive Debian's chromium through
 # Playwright's Python package; nothing here ever downloads a browser build.
