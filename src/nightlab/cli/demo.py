@@ -31,7 +31,7 @@ DEMO_REMEASURE = 1
 # small model uses a second thread poorly (2 slots of 1 thread make 1.34x the replicates per hour
 # of 1 slot of 2 threads on a quiet machine), and with other work on the machine a run whose
 # two threads wait on each other goes at the pace of its slower core (measured with other
-# processes loading the 2 cores: about 1.8x the replicates per hour; docs/BENCHMARKS.md).
+# processes loading the 2 cores: 1.77x the runs per minute; docs/BENCHMARKS.md).
 DEMO_WORKERS = 2
 
 
