@@ -190,14 +190,14 @@ def _dataset_names(text: str) -> list[str]:
 def commit_all(directory: Path, message: str, paths: Sequence[str] = ()) -> None:
     """Stage ``paths`` (everything when empty) and commit them, as nightlab when the user has no
     git identity: a first commit must not fail on a machine where git was never configured."""
-    _git(directory, "add", *(["--", *paths] if paths else ["-A"]))
+    git_step(directory, "add", *(["--", *paths] if paths else ["-A"]))
     has_identity = (
         subprocess.run(["git", "config", "user.email"], cwd=directory, capture_output=True).returncode == 0
     )
-    _git(directory, "commit", "-q", "-m", message, options=() if has_identity else FALLBACK_IDENTITY)
+    git_step(directory, "commit", "-q", "-m", message, options=() if has_identity else FALLBACK_IDENTITY)
 
 
-def _git(directory: Path, *args: str, options: Sequence[str] = ()) -> None:
+def git_step(directory: Path, *args: str, options: Sequence[str] = ()) -> None:
     """Run ``git [options] args`` in ``directory``; a failure is one line naming the command and
     git's own reason, not a traceback."""
     proc = subprocess.run(["git", *options, *args], cwd=directory, capture_output=True, text=True)
@@ -295,8 +295,8 @@ def init_workspace(
     if not gitignore.exists():
         gitignore.write_text(GITIGNORE)
     if not (directory / ".git").exists():
-        _git(directory, "init", "-q")
-        _git(directory, "checkout", "-q", "-b", "main")
+        git_step(directory, "init", "-q")
+        git_step(directory, "checkout", "-q", "-b", "main")
     label = f"{template}, {size} size" if size else template
     clean = subprocess.run(["git", "status", "--porcelain"], cwd=directory, capture_output=True, text=True)
     if clean.returncode != 0 or clean.stdout.strip():  # --force over identical files: nothing to commit

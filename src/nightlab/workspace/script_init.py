@@ -27,7 +27,7 @@ from pathlib import Path
 
 from nightlab.config import looks_like_a_score
 from nightlab.errors import UserError
-from nightlab.workspace.init import commit_all
+from nightlab.workspace.init import commit_all, git_step
 
 CONFIG_NAME = "nightlab.toml"
 IGNORED = ".nightlab/"
@@ -176,8 +176,8 @@ def init_script(directory: Path, script: str, metric: str | None = None) -> tupl
         )
         _ignore(directory / ".gitignore")
         if not (directory / ".git").exists():
-            _run(directory, "init", "-q")
-            _run(directory, "checkout", "-q", "-b", "main")
+            git_step(directory, "init", "-q")
+            git_step(directory, "checkout", "-q", "-b", "main")
         paths = [CONFIG_NAME, ".gitignore"]
         for needed in local_modules(directory, rel):  # the script and what it imports from here
             tracked = subprocess.run(
@@ -228,16 +228,9 @@ def _relative(directory: Path, path: Path, given: str) -> str:
 
 def _ignore(gitignore: Path) -> None:
     """Add ``.nightlab/`` (nightlab's state: ledger, runs, worktrees) to ``.gitignore``."""
-    lines = gitignore.read_text().splitlines() if gitignore.is_file() else []
-    if any(line.strip().rstrip("/") in (".nightlab", "/.nightlab") for line in lines):
+    text = gitignore.read_text() if gitignore.is_file() else ""
+    if any(line.strip().rstrip("/") in (".nightlab", "/.nightlab") for line in text.splitlines()):
         return
-    prefix = "\n" if lines and gitignore.read_text() and not gitignore.read_text().endswith("\n") else ""
+    prefix = "\n" if text and not text.endswith("\n") else ""
     with gitignore.open("a") as handle:
         handle.write(f"{prefix}{IGNORED}\n")
-
-
-def _run(directory: Path, *args: str) -> None:
-    proc = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True)
-    if proc.returncode != 0:
-        said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        raise UserError(f"git {args[0]} failed in {directory}: {said[-1] if said else proc.returncode}")
