@@ -238,10 +238,11 @@ def test_parameter_groups_norm_layers_and_rmsprop_alpha_are_knobs() -> None:
         "base_lr": 3e-4,
         "AdamW.group0.weight_decay": 0.1,
         "AdamW.group1.lr": 1e-3,
+        "AdamW.group2.lr_scale": 2,
         "AdamW.lr": 3e-4,
         "RMSprop.lr": 0.01,
         "RMSprop.alpha": 0.99,
-    }  # not "params", nor group 2's lr (no literal), nor group 1's weight_decay=0.0 (the no-decay group)
+    }  # not "params", nor group 1's weight_decay=0.0 (the no-decay group); group 2's factor of base_lr
     edited = set_knobs(
         GROUPS,
         {"AdamW.group1.lr": 0.002, "AdamW.group0.weight_decay": 0.05, "BatchNorm1d.momentum": 0.2,

@@ -10,7 +10,9 @@ named after the callee and the parameter (``AdamW.lr``, ``DataLoader.batch_size`
 (``AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}])``, as
 nanoGPT and most GPT scripts do) give one knob per group and key, named after the group's index
 in ``optimizer.param_groups`` (``AdamW.group0.weight_decay``), also when the list or a group
-is a variable assigned once before the call, as Hugging Face's ``optimizer_grouped_parameters``.
+is a variable assigned once before the call, as Hugging Face's ``optimizer_grouped_parameters``,
+and when the groups are built by code: a comprehension over a literal table, appends in a loop,
+a rate scaled from the base one (``LR * 0.1``: ``group1.lr_scale``), read by :mod:`.groups`.
 A group's ``weight_decay`` of 0 is no knob: that group exists to keep its parameters out of decay.
 
 Only listed (callee, parameter) pairs count, because "any literal keyword" would make
@@ -50,6 +52,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
+from nightlab.code.knobs.groups import group_arguments
 from nightlab.code.knobs.literal import literal
 from nightlab.code.knobs.reader import Reader, dotted_path
 
@@ -317,36 +320,6 @@ def _owners(tree: ast.Module) -> dict[int, list[ast.AST]]:
     return out
 
 
-def _assigned(name: str, use: ast.AST, scopes: list[ast.AST], kinds: tuple[type, ...]) -> ast.expr | None:
-    """The value of ``name`` at ``use``: the one assignment ``name = <kinds>`` of the first scope
-    that binds the name, before ``use``; None when that scope binds it more than once or any
-    other way (a loop, ``+=``, an argument), since then which value reaches the call is unsure."""
-    for scope in scopes:
-        binds: list[ast.AST] = []
-        if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            binds += [a for a in ast.walk(scope.args) if isinstance(a, ast.arg) and a.arg == name]
-        stack = list(ast.iter_child_nodes(scope))
-        while stack:
-            node = stack.pop()
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-                continue  # a scope of its own
-            if isinstance(node, ast.Name) and node.id == name and not isinstance(node.ctx, ast.Load):
-                binds.append(node)
-            stack.extend(ast.iter_child_nodes(node))
-        if not binds:
-            continue
-        if len(binds) != 1 or not isinstance(binds[0], ast.Name):
-            return None
-        before = (getattr(use, "lineno", 0), getattr(use, "col_offset", 0))
-        for stmt in ast.walk(scope):
-            target = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target", None)]
-            if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and target == [binds[0]]:
-                ok = isinstance(stmt.value, kinds) and (stmt.lineno, stmt.col_offset) < before
-                return stmt.value if ok else None
-        return None
-    return None
-
-
 def _arguments(
     call: ast.Call, family: Family, callee: str, scopes: list[ast.AST]
 ) -> list[tuple[str, str, ast.expr]]:
@@ -365,46 +338,7 @@ def _arguments(
             out.append((positions[i], positions[i], arg))
     out += [(k.arg, k.arg, k.value) for k in call.keywords if k.arg in family.params]
     listed = call.args[0] if family.groups and call.args else None
-    if isinstance(listed, ast.Name):
-        listed = _assigned(listed.id, call, scopes, (ast.List, ast.Tuple))
-    if isinstance(listed, (ast.List, ast.Tuple)):
-        for index, group in enumerate(listed.elts):
-            if isinstance(group, ast.Starred):
-                break  # the indices after it are unknown
-            if isinstance(group, ast.Name):  # decay = {"params": ..., "weight_decay": 0.1}; [decay, rest]
-                group = _assigned(group.id, listed, scopes, (ast.Dict, ast.Call)) or group
-            out += [
-                (f"group{index}.{k}", k, v)
-                for k, v in _group_items(group)
-                if k in family.params and not (k == "weight_decay" and _is_zero(v))
-            ]
-    return out
-
-
-def _is_zero(node: ast.expr) -> bool:
-    """A group's ``"weight_decay": 0.0``: the no-decay group (biases, norms, gains) an author
-    makes to keep those parameters out of decay, not a value to search."""
-    parsed = literal(node)
-    return parsed is not None and parsed[0] in ("int", "float") and parsed[1] == 0
-
-
-def _group_items(node: ast.expr) -> list[tuple[str, ast.expr]]:
-    """The (key, value) pairs of one parameter group written as ``{"params": ..., "lr": 1e-3}``
-    or ``dict(params=..., lr=1e-3)``; nothing for a group built any other way."""
-    if isinstance(node, ast.Dict):
-        return [
-            (key.value, value)
-            for key, value in zip(node.keys, node.values, strict=True)
-            if isinstance(key, ast.Constant) and isinstance(key.value, str)
-        ]
-    if (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id == "dict"
-        and not node.args
-    ):
-        return [(k.arg, k.value) for k in node.keywords if k.arg is not None]
-    return []
+    return out + group_arguments(listed, call, scopes, set(family.params))
 
 
 def _value(node: ast.expr, spec: Param) -> ast.expr | None:
