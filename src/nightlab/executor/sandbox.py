@@ -289,27 +289,34 @@ def wrap(command: str, writable: Sequence[Path], mode: str, hide: Sequence[Path]
     if not support.netns:
         launcher.append("--deny-tcp")
     sockets = unix_sockets() if hide is not None and support.netns else []
-    hidden = bool(hide or sockets) and support.netns  # without user namespaces: hiding_problem() says so
+    # A training command gets a mount namespace of its own wherever user namespaces allow: its
+    # private files and the machine's unix sockets hidden, and a /dev/shm of its own.
+    hidden = hide is not None and support.netns  # without user namespaces: hiding_problem() says so
     for path in (hide or ()) if hidden else ():
         launcher += ["--hide", str(path)]
     for path in sockets:
         launcher += ["--hide-socket", path]
+    if hidden:
+        launcher.append("--private-shm")
     inner = ["/bin/sh", "-c", command]
     unshare = ["unshare", "-rnm" if hidden else "-rn", "--"] if support.netns else []
     return shlex.join(unshare + launcher + ["--"] + inner)
 
 
 # ---------------------------------------------------------------------------------- the launcher
-def hide_paths(paths: Sequence[str], sockets: Sequence[str] = ()) -> None:
+def hide_paths(paths: Sequence[str], sockets: Sequence[str] = (), private_shm: bool = False) -> None:
     """Make ``paths`` empty in this mount namespace for good (root in a fresh user namespace, as
     under ``unshare -rm``): ``/dev/null`` over a file, an empty read-only tmpfs over a folder,
     each checked; ``/dev/null`` over each of ``sockets`` as well, where it can be (a connect then
-    finds no socket); then a nested user and mount namespace, which locks the mounts. Raises
-    OSError when a path cannot be hidden (a socket that cannot is left: best effort)."""
+    finds no socket); with ``private_shm``, a fresh tmpfs over ``/dev/shm`` (:func:`_private_shm`);
+    then a nested user and mount namespace, which locks the mounts. Raises OSError when a path
+    cannot be hidden (a socket that cannot is left: best effort)."""
     devnull = os.stat("/dev/null")
     if not stat.S_ISCHR(devnull.st_mode):  # replaced by a file (a `> /dev/null` as root recreates one)
         raise OSError("/dev/null is not the null device (a regular file there would show its contents)")
     libc = _libc()
+    if private_shm:
+        _private_shm(libc)
     for path in sockets:
         if os.path.lexists(path) and not os.path.isdir(path):
             libc.mount(b"/dev/null", path.encode(), None, _MS_BIND, None)
@@ -334,6 +341,23 @@ def hide_paths(paths: Sequence[str], sockets: Sequence[str] = ()) -> None:
     for name, text in (("setgroups", "deny"), ("uid_map", "0 0 1"), ("gid_map", "0 0 1")):
         with open(f"/proc/self/{name}", "w") as handle:
             handle.write(text)
+
+
+def _private_shm(libc: ctypes.CDLL, path: str = SCRATCH[1]) -> None:
+    """A fresh, empty tmpfs over ``/dev/shm``, seen only by this run's processes. The machine's
+    ``/dev/shm`` is memory that no process's resident size counts and that outlives the writer:
+    a run that filled it (found from outside: 60 MB there under a 20 MB run-directory limit and a
+    200 MB memory limit, still there after the run, 24 GB possible on a 23 GB machine) would hold
+    the machine's memory for the rest of the night. This one is freed with the run's mount
+    namespace, when its last process ends (the launcher kills what is left). Torch's shared
+    memory, NCCL's segments and semaphores work as before between the run's own processes."""
+    if not os.path.isdir(path):
+        return  # a container without one: nothing of the machine's to protect
+    flags = _MS_NOSUID | _MS_NODEV
+    if libc.mount(b"nightlab-shm", path.encode(), b"tmpfs", flags, b"mode=1777") != 0:
+        raise OSError(ctypes.get_errno(), f"cannot give the run a {path} of its own")
+    if os.listdir(path):  # checked, not assumed
+        raise OSError(f"{path} is still the machine's after mounting a private one")
 
 
 def restrict(writable: Sequence[str], deny_tcp: bool, scope: bool = True) -> None:
@@ -397,10 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     writable = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--write"]
     private = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--hide"]
     sockets = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--hide-socket"]
+    private_shm = "--private-shm" in options
     reaper = _load_reaper()  # before Landlock, which would keep its bytecode from being cached
     try:
-        if private or sockets:
-            hide_paths(private, sockets)
+        if private or sockets or private_shm:
+            hide_paths(private, sockets, private_shm)
     except OSError as exc:
         print(f"nightlab sandbox: cannot hide the private files ({exc}); not started", file=sys.stderr)
         return 126
