@@ -196,3 +196,64 @@ def test_a_report_asked_first_and_a_path_with_control_characters_are_answered_in
             harness.read_file(path)
         assert str(caught.value).startswith(f"{path!r} is not an editable file"), caught.value
     assert not (tmp_path / "ws" / ".nightlab" / "runs").exists()  # nothing trained
+
+
+def test_a_request_the_sdk_cannot_read_gets_an_error_reply_with_its_id(tmp_path):
+    """Raw stdio: the SDK's transport dropped a request holding a lone surrogate escape (valid
+    JSON, not Unicode) without a reply, so a client waited on its id forever; a line that is not
+    JSON got no parse error either. The server keeps answering afterwards."""
+    import subprocess
+    import threading
+
+    root = make_workspace(tmp_path / "ws")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "nightlab.cli", "mcp", str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")},
+    )
+    replies: dict = {}
+
+    def read() -> None:
+        assert server.stdout is not None
+        for line in server.stdout:
+            message = json.loads(line)
+            replies[message.get("id")] = message
+            if message.get("id") == 9:
+                return
+
+    init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    lines = [
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init}),
+        json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        '{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"\\ud800"}}}',
+        "not json",
+        '{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"\\udfff"}}',
+        json.dumps({"jsonrpc": "2.0", "id": 9, "method": "ping"}),
+    ]
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert server.stdin is not None
+    server.stdin.write("".join(line + "\n" for line in lines).encode())
+    server.stdin.flush()
+    reader.join(20)
+    server.stdin.close()
+    server.wait(20)
+
+    assert 9 in replies, replies  # still answering
+    assert replies[5]["error"]["code"] == -32700
+    assert "lone surrogate escape" in replies[5]["error"]["message"]
+    assert replies[None]["error"]["message"].startswith("Parse error: the line is not JSON")
+    assert set(replies) == {1, 5, None, 9}  # the notification got no reply
+
+
+def test_unreadable_lines_and_their_replies():
+    from nightlab.cli.mcp import unreadable_reply
+
+    assert unreadable_reply('{"jsonrpc":"2.0","id":3,"method":"ping"}') is None
+    assert unreadable_reply('{"jsonrpc":"2.0","method":"x","params":{"a":"\\ud800"}}') is None
+    assert unreadable_reply('{"jsonrpc":"2.0","id":"a","method":"ping","params":{"\\ud800":1}}')["id"] == "a"
+    assert unreadable_reply('{"jsonrpc":"2.0","id":4,"method":7}')["error"]["code"] == -32600
+    assert unreadable_reply('{"jsonrpc":"2.0","method":"ping","params":7}') is None  # a notification
+    assert unreadable_reply("[1, 2")["error"]["code"] == -32700

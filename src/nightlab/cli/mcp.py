@@ -14,6 +14,8 @@ links), and what a client sent is echoed only in short (:data:`MAX_ECHO`).
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import threading
 from pathlib import Path
@@ -260,4 +262,131 @@ def _guard(call):
 
 def serve(root: Path, tag: str | None = None) -> None:
     """Serve over stdio until the client disconnects."""
-    build_server(root, tag).run("stdio")
+    import anyio
+
+    anyio.run(_serve_stdio, build_server(root, tag))
+
+
+async def _serve_stdio(server: MCPServer) -> None:
+    """The SDK's stdio transport, reading through :class:`_Lines`: the SDK drops a line it cannot
+    read without a reply, so a client waiting on that request's id would wait forever."""
+    import anyio
+    from mcp.server.stdio import stdio_server
+
+    # The wire is read from a copy of fd 0, and fd 0 itself becomes the null device (as the SDK
+    # does when it reads stdin itself): a git or training process started meanwhile must not
+    # read the client's messages.
+    wire = os.dup(0)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    lines = _Lines(anyio.wrap_file(os.fdopen(wire, "rb", closefd=False)))
+    low = getattr(server, "_lowlevel_server", None) or server._mcp_server  # mcp 2.x, 1.x
+    try:
+        async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
+            lines.replies = write_stream
+            lines.ready.set()
+            await low.run(read_stream, write_stream, low.create_initialization_options())
+    finally:
+        os.dup2(wire, 0)
+
+
+class _Lines:
+    """stdin's lines for the SDK; a line it would drop gets a JSON-RPC error reply instead.
+
+    A request holding a lone surrogate escape (``"\\ud800"``, valid JSON that is not Unicode) or
+    a shape the SDK rejects is answered with an error carrying its id; a line that is not JSON at
+    all gets the parse error JSON-RPC defines (id null). Notifications get no reply, as always.
+    """
+
+    def __init__(self, source: Any) -> None:
+        import anyio
+
+        self.source = source
+        self.ready = anyio.Event()
+        self.replies: Any = None
+
+    def __aiter__(self) -> _Lines:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            raw = await self.source.readline()
+            if not raw:
+                raise StopAsyncIteration
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            reply = unreadable_reply(line)
+            if reply is None:
+                return line
+            await self.ready.wait()
+            await self.replies.send(_session_message(reply))
+
+
+def unreadable_reply(line: str) -> dict | None:
+    """The JSON-RPC error reply to a line the SDK cannot read; None when it can read it (or when
+    the line is a notification or a response, which get no reply)."""
+    if _sdk_reads(line):
+        return None
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return _error(None, -32700, "Parse error: the line is not JSON (one JSON-RPC message per line)")
+    if not isinstance(message, dict) or "method" not in message:
+        return None if isinstance(message, dict) else _error(None, -32600, "Invalid Request: not an object")
+    ident = message.get("id")
+    if not isinstance(ident, (int, str)) or isinstance(ident, bool):
+        return None  # a notification: nothing to answer
+    if _has_lone_surrogate(message):
+        why = (
+            "a string holds a lone surrogate escape (e.g. \\ud800), which is not Unicode text: "
+            "send the character itself or a complete surrogate pair"
+        )
+        return _error(ident, -32700, f"Parse error: {why}")
+    return _error(ident, -32600, "Invalid Request: not a JSON-RPC request the server can read")
+
+
+def _sdk_reads(line: str) -> bool:
+    try:
+        import mcp_types
+
+        mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+    except ImportError:  # pragma: no cover - mcp 1.x
+        from mcp.types import JSONRPCMessage
+
+        try:
+            JSONRPCMessage.model_validate_json(line)
+        except ValueError:
+            return False
+    except ValueError:
+        return False
+    return True
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
+def _error(ident: int | str | None, code: int, message: str) -> dict:
+    return {"jsonrpc": "2.0", "id": ident, "error": {"code": code, "message": message}}
+
+
+def _session_message(reply: dict) -> Any:
+    """``reply`` as the SDK's write stream takes it."""
+    from mcp.shared.message import SessionMessage
+
+    try:
+        import mcp_types
+
+        return SessionMessage(mcp_types.jsonrpc_message_adapter.validate_python(reply))
+    except ImportError:  # pragma: no cover - mcp 1.x
+        from mcp.types import JSONRPCMessage
+
+        return SessionMessage(JSONRPCMessage.model_validate(reply))
