@@ -42,6 +42,7 @@ import math
 import re
 
 from nightlab.code.knobs.absl import absl_flag, config_dict_knobs
+from nightlab.code.knobs.attrs import attribute_knobs
 from nightlab.code.knobs.callers import Callers, FileIndex, passed_by
 from nightlab.code.knobs.calls import call_knobs
 from nightlab.code.knobs.choices import annotated_choices, listed_choices
@@ -138,6 +139,7 @@ def python_knobs(
         tree, path, others
     )  # cfg = Config(lr=3e-4), MLP(16, hidden=128): values that apply
     built_settings(reader, tree, _is_config_name, known, classes)
+    attribute_knobs(reader, tree, _is_config_name)  # cfg = Config(); cfg.lr = 3e-4; args.lr = 1e-3
     return sorted(reader.found.values(), key=lambda k: k.start)
 
 

@@ -1,0 +1,155 @@
+"""Settings set on an object after it is made: ``cfg = Config(); cfg.lr = 3e-4``, or
+``args = parser.parse_args(); args.lr = 1e-3`` (the value a script forces after parsing).
+
+The assigned literal is the value the run uses, so it is the knob, named by its attribute path
+below the object (``lr``; ``optim.lr`` for ``cfg.optim.lr = ...``; ``cfg.lr`` when the name is
+taken by another setting). What it replaces is dead and no longer a knob: the ``default=`` of the
+option of that name once ``parse_args()`` has run, the field's default of the class the object
+was built from, or the keyword the call that built it passed. An experiment on a dead value
+measures only noise.
+
+Read are the plain statements of the module (and its ``if __name__ == "__main__":`` block) and
+of each function's body, in order; an assignment inside an ``if`` or a loop may not run, and is
+left out, as is an attribute of an object not known as settings: one built by ``parse_args()``,
+a namespace (``SimpleNamespace()``, ``EasyDict()``), or any object whose variable is named as
+settings (``cfg``, ``config``, ``args``, ``hparams``). ``self.lr = 1e-3`` is a model's state,
+not a setting.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+
+from nightlab.code.knobs.model import Knob
+from nightlab.code.knobs.reader import Reader, call_name, dotted_path
+
+SOURCE = "attribute"
+_PARSERS = ("parse_args", "parse_known_args", "parse_args_into_dataclasses", "parse")
+_NAMESPACES = ("Namespace", "SimpleNamespace", "EasyDict", "edict", "AttrDict", "Box", "DotMap", "create")
+# Readers whose knob an attribute assignment of the same name replaces, by where the object came from.
+_PARSED = frozenset({"argparse", "click", "absl"})
+_BUILT = frozenset({"dataclass", "class", "call", "dict", "constructor"})
+
+
+def attribute_knobs(reader: Reader, tree: ast.Module, is_settings_name: Callable[[str], bool]) -> None:
+    """Add the literals assigned to attributes of settings objects (see the module docstring),
+    after every other reader, dropping the knobs they make dead."""
+    classes = {s.name: s for s in tree.body if isinstance(s, ast.ClassDef)}
+    module = _module_statements(tree)
+    bodies: list[tuple[list[ast.stmt], dict[str, _Origin]]] = []
+    roots = _roots(module, {}, classes, is_settings_name)
+    bodies.append((module, roots))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            params = {a.arg: _Origin() for a in ast.walk(node.args) if isinstance(a, ast.arg)}
+            inherited = {**roots, **{n: o for n, o in params.items() if is_settings_name(n)}}
+            bodies.append((node.body, _roots(node.body, inherited, classes, is_settings_name)))
+    taken = {(k.start, k.end) for k in reader.found.values()}
+    mine: dict[tuple[str, str], str] = {}  # (object, attribute) -> the knob its last literal is
+    for body, known in bodies:
+        for stmt in body:
+            _assignment(reader, stmt, known, taken, mine)
+
+
+class _Origin:
+    """Where a settings object came from: ``parsed`` by a command-line parser, or built by a
+    statement (``stmt``) from a class of the file (``cls``); neither when unknown."""
+
+    def __init__(
+        self, parsed: bool = False, stmt: ast.stmt | None = None, cls: ast.ClassDef | None = None
+    ) -> None:
+        self.parsed, self.stmt, self.cls = parsed, stmt, cls
+
+    def makes_dead(self, knob: Knob) -> bool:
+        """Whether ``knob`` is a value this object's attribute of the same name replaces."""
+        if knob.source in _PARSED:
+            return self.parsed or (self.stmt is None and self.cls is None)
+        if knob.source not in _BUILT:
+            return False
+        return any(
+            span is not None and span.lineno <= knob.line <= (span.end_lineno or span.lineno)
+            for span in (self.stmt, self.cls)
+        )
+
+
+def _module_statements(tree: ast.Module) -> list[ast.stmt]:
+    out = list(tree.body)
+    for stmt in tree.body:
+        if (
+            isinstance(stmt, ast.If)
+            and "__main__" in ast.unparse(stmt.test)
+            and "__name__" in ast.unparse(stmt.test)
+        ):
+            out += stmt.body
+    return sorted(out, key=lambda s: (s.lineno, s.col_offset))
+
+
+def _roots(
+    body: list[ast.stmt],
+    inherited: dict[str, _Origin],
+    classes: dict[str, ast.ClassDef],
+    is_settings_name: Callable[[str], bool],
+) -> dict[str, _Origin]:
+    """The variables of ``body`` that hold a settings object, with where each came from."""
+    roots = dict(inherited)
+    for stmt in body:
+        if not isinstance(stmt, (ast.Assign, ast.AnnAssign)) or stmt.value is None:
+            continue
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        if len(targets) != 1:
+            continue
+        target, value = targets[0], stmt.value
+        if isinstance(target, ast.Tuple) and target.elts and isinstance(target.elts[0], ast.Name):
+            target = target.elts[0]  # args, unknown = parser.parse_known_args()
+        if not isinstance(target, ast.Name):
+            continue
+        if isinstance(value, ast.Subscript):
+            value = value.value  # parser.parse_known_args()[0]
+        name = call_name(value) if isinstance(value, ast.Call) else ""
+        if name in ("ConfigDict", "FrozenConfigDict"):
+            roots.pop(target.id, None)  # ml_collections: read by .absl, the last assignment included
+        elif name in _PARSERS:
+            roots[target.id] = _Origin(parsed=True)
+        elif name in _NAMESPACES or (name[:1].isupper() and is_settings_name(target.id)):
+            roots[target.id] = _Origin(stmt=stmt, cls=classes.get(name))
+        elif name and is_settings_name(target.id):  # args = get_args(): parsed somewhere, unknown how
+            roots[target.id] = _Origin()
+        elif is_settings_name(target.id) and isinstance(value, (ast.Dict, ast.Name, ast.Attribute)):
+            roots[target.id] = _Origin(stmt=stmt)
+        else:
+            roots.pop(target.id, None)  # rebound to something else
+    return roots
+
+
+def _assignment(
+    reader: Reader,
+    stmt: ast.stmt,
+    roots: dict[str, _Origin],
+    taken: set[tuple[int, int]],
+    mine: dict[tuple[str, str], str],
+) -> None:
+    """The knob of ``root.attr = literal`` when ``root`` holds a settings object."""
+    if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
+        return
+    path = dotted_path(stmt.targets[0])
+    if path is None or len(path) < 2 or path[0] not in roots:
+        return
+    value = stmt.value
+    span = (
+        reader.offsets.offset(value.lineno, value.col_offset),
+        reader.offsets.offset(value.end_lineno or value.lineno, value.end_col_offset or 0),
+    )
+    if span in taken:
+        return  # another reader's knob (an ml_collections ConfigDict's)
+    origin, name = roots[path[0]], ".".join(path[1:])
+    earlier = mine.pop((path[0], name), None)
+    if earlier is not None:  # assigned again: the last assignment is the one that runs
+        reader.found.pop(earlier, None)
+    for knob in list(reader.found.values()):
+        plain = knob.name.lstrip("-").replace("-", "_")
+        if (plain == name or plain.endswith("." + name)) and origin.makes_dead(knob):
+            del reader.found[knob.name]
+    added = reader.add(name, value, stmt, SOURCE, qualified=f"{path[0]}.{name}")
+    if added is not None:
+        mine[(path[0], name)] = added.name

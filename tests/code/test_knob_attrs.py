@@ -1,0 +1,70 @@
+"""A setting assigned on an object after it is made (``cfg = Config(); cfg.lr = 3e-4``,
+``args = parser.parse_args(); args.lr = 1e-3``) is the value the run uses: it is the knob, and
+what it replaces (the option's default, the field's default) is dead, so no knob."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from nightlab.code.knobs import find_knobs, set_knobs
+
+SCRIPT = """\
+import argparse
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    dropout: float = 0.0
+    hidden: int = 64
+
+
+def get_args():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    return parser.parse_args()
+
+
+def main():
+    args = get_args()
+    args.lr = 1e-3
+    cfg = TrainConfig()
+    cfg.dropout = 0.2
+    cfg.dropout = 0.3
+    if args.batch_size > 64:
+        cfg.hidden = 128
+    print(args.lr, cfg.dropout, cfg.hidden)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_attributes_set_after_the_object_is_made_are_the_knobs(tmp_path: Path) -> None:
+    knobs = {k.name: k for k in find_knobs(SCRIPT)}
+    assert {n: (k.value, k.source) for n, k in knobs.items()} == {
+        "hidden": (64, "dataclass"),  # cfg.hidden = 128 may not run: the default still applies
+        "batch_size": (32, "argparse"),
+        "lr": (1e-3, "attribute"),  # not the dead default=3e-4
+        "dropout": (0.3, "attribute"),  # the last assignment runs; not the field's 0.0
+    }
+    (tmp_path / "train.py").write_text(set_knobs(SCRIPT, {"lr": 0.002, "dropout": 0.5}))
+    out = subprocess.run(
+        [sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["0.002", "0.5", "64"]
+
+
+def test_only_settings_objects_give_attribute_knobs() -> None:
+    """``self.lr`` is a model's state and ``model.width`` an object's; a ConfigDict is read by
+    the ml_collections reader, once."""
+    source = (
+        "import types\nclass Net:\n    def __init__(self):\n        self.lr = 0.1\n"
+        "model = Net()\nmodel.width = 12\nconfig = types.SimpleNamespace()\nconfig.optim = types.SimpleNamespace()\n"
+        "config.optim.lr = 3e-4\n"
+    )
+    assert {k.name: k.value for k in find_knobs(source)} == {"optim.lr": 3e-4}
