@@ -4,8 +4,9 @@
 its value in the file, so rewriting it changes those characters and nothing else: comments,
 order, quoting and indentation stay as their author wrote them (well-kept parsers read the
 files; the span is found from their positions, so the file is never re-serialised). A list of
-numbers written on one line (``betas: [0.9, 0.98]``) is a knob, searched element by element as a
-Python one is; other lists, multi-line strings and nulls are not knobs.
+numbers written on one line (``betas: [0.9, 0.98]``), or as a block list one number a line
+(``betas:`` then ``- 0.9`` and ``- 0.98``), is a knob, searched element by element as a Python one
+is; other lists, multi-line strings and nulls are not knobs.
 """
 
 from __future__ import annotations
@@ -101,7 +102,11 @@ def yaml_knobs(text: str, path: str) -> list[Knob]:
     for name, mapping, key, flow in _yaml_scalars(data, ""):
         line, col = mapping.lc.value(key)
         start = offsets.line_start(line + 1) + col
-        if isinstance(mapping[key], list):  # a flow list: [0.9, 0.98], on its line
+        if isinstance(mapping[key], list) and text[start] == "-":  # a block list, one item a line
+            end = _block_list_end(text, mapping[key], offsets)
+            if end is None:
+                continue
+        elif isinstance(mapping[key], list):  # a flow list: [0.9, 0.98], on its line
             end = text.find("]", start) + 1
             if text[start] != "[" or end <= 0 or "\n" in text[start:end]:
                 continue
@@ -126,10 +131,36 @@ def _yaml_scalars(node: object, prefix: str) -> Iterator[tuple[str, object, obje
         if isinstance(value, CommentedMap):
             yield from _yaml_scalars(value, name + ".")
         elif isinstance(value, CommentedSeq):  # not a top-level `defaults:`, Hydra's own list
-            if value.fa.flow_style() and _kind(list(value)) is not None and name != "defaults":
+            if _kind(list(value)) is not None and name != "defaults":
                 yield name, node, key, flow
         elif _kind(value) is not None:
             yield name, node, key, flow
+
+
+def _block_list_end(text: str, items: object, offsets: LineOffsets) -> int | None:
+    """Where a block list of numbers (``- 0.9`` then ``- 0.98``, one a line) ends: after its
+    last item; None when two items share a line or an item is not a plain number."""
+    lines = [items.lc.item(i)[0] for i in range(len(items))]  # type: ignore[attr-defined]
+    if len(set(lines)) != len(lines):
+        return None
+    end = 0
+    for i, line in enumerate(lines):
+        start = offsets.line_start(line + 1) + items.lc.item(i)[1]  # type: ignore[attr-defined]
+        end = scalar_end(text, start, flow=False)
+        if not _NUMBER.fullmatch(text[start:end].replace("_", "").lstrip("+")) and not _loose_number(
+            text[start:end]
+        ):
+            return None
+    return end
+
+
+def _loose_number(text: str) -> bool:
+    """A YAML number ``_NUMBER`` does not spell (``1e-3``, ``.5``, ``+1``)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity")
 
 
 def scalar_end(text: str, start: int, flow: bool) -> int:

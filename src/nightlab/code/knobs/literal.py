@@ -27,7 +27,8 @@ def format_value(old_text: str, new_value: KnobValue, syntax: str = "python") ->
         return format_literal(old_text, new_value)
     old = old_text.strip()
     if isinstance(new_value, (tuple, list)):  # [0.9, 0.98]: each number as its old one was written
-        elements = list(re.finditer(r"[^\s,\[\]]+", old))
+        masked = re.sub(r"(^|(?<=\s))#[^\n]*", lambda m: " " * len(m.group()), old)  # a block list's comments
+        elements = [m for m in re.finditer(r"[^\s,\[\]]+", masked) if m.group() != "-"]
         if len(elements) == len(new_value):
             out = old
             for match, value in reversed(list(zip(elements, new_value, strict=True))):

@@ -1,0 +1,40 @@
+"""A YAML list of numbers written as a block, one item a line (``betas:`` then ``- 0.9``), is a
+knob as the flow list ``[0.9, 0.98]`` is; rewriting it changes the numbers and nothing else."""
+
+from __future__ import annotations
+
+import yaml
+
+from nightlab.code.knobs import find_knobs, set_knobs
+
+CONFIG = """\
+optim:
+  betas:   # adam
+    - 0.9   # beta1
+    - 0.98
+  eps: 1.0e-8
+layers:
+- 64
+- 128
+mixed:
+  - 1
+  - two
+nested:
+  - [1, 2]
+  - [3, 4]
+"""
+
+
+def test_block_lists_of_numbers_are_knobs_rewritten_in_place() -> None:
+    knobs = {k.name: k for k in find_knobs(CONFIG, "config.yaml")}
+    assert {n: k.value for n, k in knobs.items()} == {
+        "optim.betas": [0.9, 0.98],
+        "optim.eps": 1e-8,
+        "layers": [64, 128],
+    }  # not a list of mixed items, nor a list of lists
+    out = set_knobs(CONFIG, {"optim.betas": [0.85, 0.999], "layers": [32, 256]}, "config.yaml")
+    assert out == CONFIG.replace("0.9 ", "0.85 ").replace("0.98\n", "0.999\n").replace(
+        "- 64", "- 32"
+    ).replace("- 128", "- 256")
+    loaded = yaml.safe_load(out)
+    assert loaded["optim"]["betas"] == [0.85, 0.999] and loaded["layers"] == [32, 256]
