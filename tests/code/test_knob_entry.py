@@ -201,6 +201,32 @@ if __name__ == "__main__":
     assert _knobs(library) == {}  # a module with no entry: who builds Net, and how, is elsewhere
 
 
+def test_a_class_built_under_the_main_guard_gives_its_defaults_the_call_leaves_out() -> None:
+    """A Lightning script builds its module under ``if __name__ == "__main__":`` with no entry
+    function; ``save_hyperparameters()`` keeps the ``__init__`` defaults, which then apply."""
+    source = """\
+import lightning as L
+
+
+class LitModel(L.LightningModule):
+    def __init__(self, lr: float = 1e-3, hidden: int = 64, dropout: float = 0.1):
+        super().__init__()
+        self.save_hyperparameters()
+
+
+if __name__ == "__main__":
+    model = LitModel(hidden=128)
+    L.Trainer(max_epochs=3).fit(model)
+"""
+    knobs = _knobs(source)
+    assert {n: (k.value, k.source) for n, k in knobs.items() if n != "Trainer.max_epochs"} == {
+        "lr": (1e-3, "constructor"),
+        "dropout": (0.1, "constructor"),
+        "hidden": (128, "call"),  # the value passed, not the dead default 64
+    }
+    _only_literal_changed(source, "lr", 3e-4, "3e-4")
+
+
 def test_a_name_taken_by_another_knob_is_qualified_with_the_function() -> None:
     source = (
         "LR = 1e-3\nlr = 0.1\n\n\ndef main(lr=3e-3):\n    pass\n\n\nif __name__ == '__main__':\n    main()\n"

@@ -24,7 +24,8 @@ on it measures only noise. The entry functions read:
   at the top level of the script, keyword-only parameters included;
 - ``constructor``: an ``__init__`` default of a class that every instantiation leaves out
   (``model = Net(vocab)`` for ``def __init__(self, vocab, hidden=64)``): in this file when it
-  has one of the entry functions above, and in the other editable files, which the reader's
+  has one of the entry functions above or an ``if __name__ == "__main__":`` block (a Lightning
+  script's ``model = LitModel(hidden=128)`` there), and in the other editable files, which the reader's
   :class:`~.callers.Callers` holds (``from model import Net`` in train.py). A class built only in
   a frozen file is not read: whether that file passes the value cannot be seen.
 
@@ -97,9 +98,10 @@ def entry_knobs(reader: Reader, tree: ast.Module) -> None:
     for name, how in commands.items():
         if not (how == "jsonargparse" and unread):
             _command_class(reader, classes[name], how, uses)
+    runs = bool(entries or commands) or any(_is_main_guard(s) for s in tree.body)
     for cls in classes.values():
         if cls.name not in commands:
-            _constructor(reader, cls, uses, bool(entries or commands))
+            _constructor(reader, cls, uses, runs)
 
 
 def config_files_override(tree: ast.Module, command: str) -> bool:
