@@ -51,3 +51,24 @@ def test_the_settings_block_main_opens_with_is_knobs() -> None:
     }
     edited = set_knobs(SCRIPT, {"main.lr": 3e-3, "batch_size": 128})
     assert "    lr = 3e-3\n    batch_size: int = 128\n" in edited and "\nlr = 0.5\n" in edited
+
+
+def test_environment_defaults_in_the_settings_block_main_opens_with_are_knobs() -> None:
+    """``wd = float(os.environ.get("WD", "0.1"))`` at the top of ``main``: the default applies
+    whenever the variable is unset, as in a run; a variable the harness sets gives none."""
+    source = (
+        "import os\n\n\ndef main():\n"
+        '    wd = float(os.environ.get("WD", "0.1"))\n'
+        '    warmup = float(os.getenv("WARMUP_RATIO", 0.05))\n'
+        "    hidden = 64\n"
+        '    rank = int(os.environ.get("RANK", 0))\n'
+        "    print(wd, warmup, hidden, rank)\n\n\n"
+        'if __name__ == "__main__":\n    main()\n'
+    )
+    knobs = {k.name: k for k in find_knobs(source)}
+    assert {n: (k.value, k.source) for n, k in knobs.items()} == {
+        "wd": (0.1, "env"),
+        "warmup": (0.05, "env"),
+        "hidden": (64, "local"),  # the block goes on past an environment default; RANK ends it
+    }
+    assert 'os.environ.get("WD", 0.2)' in set_knobs(source, {"wd": 0.2})

@@ -9,7 +9,8 @@ def main():
 ```
 
 A script whose settings are local variables of ``main`` keeps them nowhere else. The block read
-is the run of literal assignments that opens the body of a module-level function the script runs
+is the run of literal assignments (or literal defaults of environment variables, ``wd =
+float(os.environ.get("WD", "0.1"))``) that opens the body of a module-level function the script runs
 (called under ``if __name__ == "__main__":`` or by a statement of its own at the top level),
 after its docstring, up to the first statement that is anything else: later assignments are the
 training's state (``step = 0`` after the model is built). A counter or a running best at the very
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ast
 import re
 
+from nightlab.code.knobs.envdefault import env_default
 from nightlab.code.knobs.literal import literal
 from nightlab.code.knobs.reader import Reader
 
@@ -46,7 +48,10 @@ def local_knobs(reader: Reader, tree: ast.Module) -> None:
             target, value = _literal_assignment(stmt)
             if target is None or value is None:
                 break
-            if not _STATE.match(target):
+            default = env_default(value)
+            if default is not None:  # wd = float(os.environ.get("WD", "0.1"))
+                reader.add(target, default, stmt, "env", qualified=f"{name}.{target}")
+            elif not _STATE.match(target):
                 reader.add(target, value, stmt, SOURCE, qualified=f"{name}.{target}")
 
 
@@ -72,11 +77,13 @@ def _run(tree: ast.Module) -> list[str]:
 
 
 def _literal_assignment(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
-    """``(name, value)`` of ``name = <literal>`` (or annotated); ``(None, None)`` otherwise."""
+    """``(name, value)`` of ``name = <literal>`` (or annotated), or of a literal default read
+    from the environment (``float(os.environ.get("WD", "0.1"))``); ``(None, None)`` otherwise."""
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
         target, value = stmt.targets[0].id, stmt.value
     elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
         target, value = stmt.target.id, stmt.value
     else:
         return None, None
-    return (target, value) if literal(value) is not None else (None, None)
+    ok = literal(value) is not None or env_default(value) is not None
+    return (target, value) if ok else (None, None)

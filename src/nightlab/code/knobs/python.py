@@ -38,7 +38,6 @@ field, ``--lr`` for an option), so every knob has one literal and an edit means 
 from __future__ import annotations
 
 import ast
-import math
 import re
 
 from nightlab.code.knobs.absl import absl_flag, config_dict_knobs
@@ -47,6 +46,7 @@ from nightlab.code.knobs.callers import Callers, FileIndex, passed_by
 from nightlab.code.knobs.calls import call_knobs
 from nightlab.code.knobs.choices import annotated_choices, listed_choices
 from nightlab.code.knobs.entry import click_parameter, entry_knobs
+from nightlab.code.knobs.envdefault import env_default
 from nightlab.code.knobs.hydra import HYDRA_SOURCE
 from nightlab.code.knobs.literal import KnobValue
 from nightlab.code.knobs.locals import local_knobs
@@ -103,7 +103,7 @@ def python_knobs(
         if kind is None and stmt in settings and _SETTING.match(name) and not name.startswith("_"):
             kind = "setting"
         if kind is not None:
-            default = _env_default(value)
+            default = env_default(value)
             if default is not None:  # LR = float(os.environ.get("LR", 3e-4))
                 reader.add(name, default, stmt, "env", replace=True)
             else:
@@ -298,10 +298,6 @@ _CONFIG_WORD = re.compile(
     r"(^|_)(CONFIG|CONFIGS|CFG|CONF|HPARAMS|HYPERPARAMS|HYPERPARAMETERS|HP|PARAMS|ARGS|ARGUMENTS"
     r"|SETTINGS|OPTIONS|OPTS|DEFAULTS)(_|$)"
 )
-# Variables the harness or a launcher sets for every run: a default read from one never applies.
-_SET_BY_HARNESS = re.compile(
-    r"^(NIGHTLAB_|OMP_|MKL_|CUDA_|PYTORCH_|TORCH|MASTER_|WANDB_|HF_)|RANK$|^WORLD_SIZE$"
-)
 
 
 def _is_config_name(name: str) -> bool:
@@ -311,48 +307,6 @@ def _is_config_name(name: str) -> bool:
 
 def _is_enum(cls: ast.ClassDef) -> bool:
     return any(call_name(base).endswith(("Enum", "Flag")) for base in cls.bases)
-
-
-def _env_default(node: ast.expr) -> ast.expr | None:
-    """The default of ``os.environ.get("X", default)`` or ``os.getenv("X", default)``, also
-    inside a cast (``float(...)``), unless the harness or a launcher sets ``X`` itself.
-
-    Environment values are strings, so a default is often one too: ``int(os.getenv("BATCH",
-    "64"))``. Under an ``int``/``float`` cast such a string is read as the number it holds (a
-    knob that can be searched); setting it writes the number bare, which the cast accepts."""
-    cast = None
-    while (
-        isinstance(node, ast.Call)
-        and call_name(node) in ("float", "int", "bool", "str")
-        and len(node.args) == 1
-    ):
-        cast = cast or call_name(node)
-        node = node.args[0]
-    if not isinstance(node, ast.Call) or len(node.args) != 2:
-        return None
-    func = node.func
-    on_environ = isinstance(func, ast.Attribute) and func.attr == "get" and call_name(func.value) == "environ"
-    if not (on_environ or call_name(node) == "getenv"):
-        return None
-    variable = node.args[0]
-    if not isinstance(variable, ast.Constant) or not isinstance(variable.value, str):
-        return None
-    if _SET_BY_HARNESS.search(variable.value):
-        return None
-    default = node.args[1]
-    if cast in ("int", "float") and isinstance(default, ast.Constant) and isinstance(default.value, str):
-        number = _as_number(default.value, int if cast == "int" else float)
-        if number is not None:  # the same span, read as the number it spells
-            return ast.copy_location(ast.Constant(value=number), default)
-    return default
-
-
-def _as_number(text: str, kind: type) -> int | float | None:
-    try:
-        value = kind(text.strip())
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _is_dataclass(decorator: ast.expr) -> bool:
