@@ -164,3 +164,41 @@ def test_a_failed_commit_leaves_no_nightlab_toml(tmp_path: Path, monkeypatch: py
     assert not (tmp_path / "nightlab.toml").exists()
     monkeypatch.undo()
     assert init_script(tmp_path, "train.py")[0] == "valid_acc"
+
+
+def test_the_config_files_a_script_reads_are_editable_and_committed(tmp_path: Path) -> None:
+    """``yaml.safe_load(open("config.yaml"))``: the settings are in the YAML, which was neither
+    editable nor committed, so the search found no knob. A config the script names, a Hydra
+    ``config_path`` folder's YAML files are; a data file (``vocab.json``) and a file the script
+    does not name are not."""
+    (tmp_path / "train.py").write_text(
+        "import json, yaml\n"
+        "cfg = yaml.safe_load(open('config.yaml'))\n"
+        "vocab = json.load(open('vocab.json'))\n"
+        "extra = json.load(open('configs/hparams.json'))\n"
+        "print('val_loss: 1.0')\n"
+    )
+    (tmp_path / "config.yaml").write_text("lr: 1e-3\nbetas:\n  - 0.9\n  - 0.98\n")
+    (tmp_path / "vocab.json").write_text('{"a": 1, "b": 2}')
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "hparams.json").write_text('{"dropout": 0.1}')
+    (tmp_path / "other.yaml").write_text("lr: 1.0\n")
+    *_, committed = init_script(tmp_path, "train.py")
+    config = load_config(tmp_path)
+    assert config.target.editable == ["train.py", "config.yaml", "configs/hparams.json"]
+    assert {"config.yaml", "configs/hparams.json"} <= set(committed)
+    assert set(git(tmp_path, "status", "--porcelain").splitlines()) == {"?? other.yaml", "?? vocab.json"}
+
+
+def test_a_hydra_scripts_config_tree_is_editable(tmp_path: Path) -> None:
+    (tmp_path / "src" / "conf" / "optim").mkdir(parents=True)
+    (tmp_path / "src" / "train.py").write_text(
+        "import hydra\n\n\n@hydra.main(version_base=None, config_path='conf', config_name='config')\n"
+        "def main(cfg):\n    print('val_loss: 1.0')\n\n\nmain()\n"
+    )
+    (tmp_path / "src" / "conf" / "config.yaml").write_text("defaults:\n  - optim: adam\nbatch_size: 32\n")
+    (tmp_path / "src" / "conf" / "optim" / "adam.yaml").write_text("lr: 1e-3\n")
+    init_script(tmp_path, "src/train.py")
+    assert load_config(tmp_path).target.editable == [
+        "src/train.py", "src/conf/config.yaml", "src/conf/optim/adam.yaml",
+    ]  # fmt: skip

@@ -7,8 +7,9 @@ changed: a ``nightlab.toml`` is written beside the script (it is the one editabl
 its log), ``.nightlab/`` is added to ``.gitignore``, and
 those are committed, with the script and the Python files of the folder it imports when git does
 not hold them yet (nightlab runs committed code); those files are editable too, since settings
-live there (``config.py``, a model's defaults). Other files are never staged: a folder of a
-user's may hold data or checkpoints.
+live there (``config.py``, a model's defaults), and so are the config files they read by a path
+they spell (``config.yaml``, a Hydra ``config_path`` folder: :func:`config_files`). Other files
+are never staged: a folder of a user's may hold data or checkpoints.
 
 The metric is the name given with ``--metric``, else the first validation metric the script's
 text names (``val_loss``, ``valid_acc``, ``test_ppl``, ``eval loss`` ...). Its direction comes from
@@ -101,6 +102,70 @@ def local_modules(directory: Path, script: str) -> list[str]:
     return found
 
 
+def config_files(directory: Path, modules: list[str]) -> list[str]:
+    """The config files ``modules`` read by a path written in their text (``open("config.yaml")``,
+    ``default="configs/base.yaml"``), and the YAML files of the folder a ``@hydra.main`` names as
+    its ``config_path``: the settings of such a script live there, so they are editable with it.
+
+    A data file must not become a set of knobs (a ``vocab.json`` of ten thousand numbers, a
+    dataset's ``train.json``): JSON counts only under a config-like name (``config.json``,
+    ``hparams.json``), and no file over 64 KB does."""
+    found: list[str] = []
+    for module in modules:
+        try:
+            tree = ast.parse((directory / module).read_text(errors="replace"))
+        except (SyntaxError, OSError):
+            continue
+        here = module.rsplit("/", 1)[0] + "/" if "/" in module else ""
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _hydra_main(node):
+                folder = next((k.value for k in node.keywords if k.arg == "config_path"), None)
+                if isinstance(folder, ast.Constant) and isinstance(folder.value, str):
+                    found += _hydra_tree(directory, here, folder.value)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 200:
+                found += _config_file(directory, here, node.value)
+    return list(dict.fromkeys(found))
+
+
+_CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
+_CONFIG_WORDS = re.compile(r"conf|cfg|hparam|hyper|param|setting|option|args|experiment|default|train", re.I)
+_LARGEST_CONFIG = 64 * 1024
+
+
+def _config_file(directory: Path, here: str, text: str) -> list[str]:
+    """``text`` as a config file of ``directory`` (from the folder or the module's own), or []."""
+    if not text.endswith(_CONFIG_SUFFIXES) or text.startswith(("/", "~")) or ".." in text:
+        return []
+    for rel in (text.removeprefix("./"), here + text.removeprefix("./")):
+        path = directory / rel
+        if not path.is_file() or path.name in (CONFIG_NAME, "pyproject.toml"):
+            continue
+        if path.stat().st_size > _LARGEST_CONFIG:
+            return []
+        if rel.endswith(".json") and not _CONFIG_WORDS.search(rel):
+            return []  # vocab.json, data/train_samples.json: data, not settings
+        return [Path(rel).as_posix()]
+    return []
+
+
+def _hydra_main(call: ast.Call) -> bool:
+    func = call.func
+    return (
+        isinstance(func, ast.Attribute) and func.attr == "main" and getattr(func.value, "id", "") == "hydra"
+    )
+
+
+def _hydra_tree(directory: Path, here: str, folder: str) -> list[str]:
+    """The YAML files under a Hydra ``config_path`` (relative to the module that names it)."""
+    root = directory / here / folder
+    if folder.startswith(("/", "pkg:")) or ".." in folder or not root.is_dir():
+        return []
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    if len(files) > 200:
+        return []  # a folder that large is not a script's own config tree
+    return [p.relative_to(directory).as_posix() for p in files]
+
+
 def script_config(
     script: str, metric: str, printed: str, run: str = "", editable: list[str] | None = None
 ) -> str:
@@ -113,7 +178,7 @@ def script_config(
     return f"""\
 # Written by `nightlab init --script {script}`; docs/ARBITRARY_TARGETS.md explains each key.
 [target]
-# what the agent may change: the script and the modules it imports from here; add config files
+# what the agent may change: the script, the modules it imports and the config files it reads; add others
 editable = [{files}]
 frozen = []                       # files that must not change (an evaluation script, data preparation)
 run = "{run}"
@@ -169,7 +234,9 @@ def init_script(directory: Path, script: str, metric: str | None = None) -> tupl
             "give the name it prints before the number, e.g. --metric val_loss"
         )
     name = re.sub(r"\W+", "_", printed).strip("_") or "metric"
-    modules = [m for m in local_modules(directory, rel) if not m.endswith("__init__.py") or m == rel]
+    imported = local_modules(directory, rel)
+    configs = config_files(directory, imported)
+    modules = [m for m in imported if not m.endswith("__init__.py") or m == rel] + configs
     try:
         (directory / CONFIG_NAME).write_text(
             script_config(rel, name, printed, run_command(rel, text), modules)
@@ -179,7 +246,7 @@ def init_script(directory: Path, script: str, metric: str | None = None) -> tupl
             git_step(directory, "init", "-q")
             git_step(directory, "checkout", "-q", "-b", "main")
         paths = [CONFIG_NAME, ".gitignore"]
-        for needed in local_modules(directory, rel):  # the script and what it imports from here
+        for needed in imported + configs:  # the script, what it imports and reads from here
             tracked = subprocess.run(
                 ["git", "ls-files", "--error-unmatch", "--", needed], cwd=directory, capture_output=True
             )
