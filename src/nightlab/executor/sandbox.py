@@ -94,6 +94,10 @@ SCRATCH = ("/tmp", "/dev/shm")
 
 MODES = ("auto", "required", "off")
 
+# What a training command still sees of the workspace's state folder besides its own worktree
+# and run directory: the setup command's files, linked into every worktree (research/setup.py).
+SHOWN_STATE = ("setup",)
+
 
 class _RulesetAttr(ctypes.Structure):
     _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
@@ -274,10 +278,18 @@ def unix_sockets(table: str = "/proc/net/unix") -> list[str]:
     return list(dict.fromkeys(found))[:MAX_HIDDEN_SOCKETS]
 
 
-def wrap(command: str, writable: Sequence[Path], mode: str, hide: Sequence[Path] | None = None) -> str:
+def wrap(
+    command: str,
+    writable: Sequence[Path],
+    mode: str,
+    hide: Sequence[Path] | None = None,
+    veil: Path | None = None,
+) -> str:
     """``command`` confined per ``mode``: no network, writes only beneath ``writable`` and scratch.
     ``hide`` (given for a training command, even empty): where user namespaces allow, those files
-    and folders empty in its view, and the machine's unix sockets gone (:func:`unix_sockets`)."""
+    and folders empty in its view, and the machine's unix sockets gone (:func:`unix_sockets`);
+    ``veil`` (with ``hide``): the workspace's state folder, of which it then sees only the
+    ``writable`` paths and :data:`SHOWN_STATE` (``mounts.veil``)."""
     support = check(mode)
     if support is None:
         return command
@@ -298,25 +310,27 @@ def wrap(command: str, writable: Sequence[Path], mode: str, hide: Sequence[Path]
         launcher += ["--hide-socket", path]
     if hidden:
         launcher.append("--private-shm")
+    if hidden and veil is not None:
+        launcher += ["--veil", str(Path(veil).resolve())]
+        for name in SHOWN_STATE:
+            launcher += ["--keep", str(Path(veil, name).resolve())]
     inner = ["/bin/sh", "-c", command]
     unshare = ["unshare", "-rnm" if hidden else "-rn", "--"] if support.netns else []
     return shlex.join(unshare + launcher + ["--"] + inner)
 
 
 # ---------------------------------------------------------------------------------- the launcher
-def hide_paths(paths: Sequence[str], sockets: Sequence[str] = (), private_shm: bool = False) -> None:
+def hide_paths(paths: Sequence[str], sockets: Sequence[str] = ()) -> None:
     """Make ``paths`` empty in this mount namespace for good (root in a fresh user namespace, as
     under ``unshare -rm``): ``/dev/null`` over a file, an empty read-only tmpfs over a folder,
     each checked; ``/dev/null`` over each of ``sockets`` as well, where it can be (a connect then
-    finds no socket); with ``private_shm``, a fresh tmpfs over ``/dev/shm`` (:func:`_private_shm`);
-    then a nested user and mount namespace, which locks the mounts. Raises OSError when a path
-    cannot be hidden (a socket that cannot is left: best effort)."""
+    finds no socket); then a nested user and mount namespace, which locks the mounts (and those
+    ``mounts.py`` made before: the state folder's veil, the private ``/dev/shm``). Raises OSError
+    when a path cannot be hidden (a socket that cannot is left: best effort)."""
     devnull = os.stat("/dev/null")
     if not stat.S_ISCHR(devnull.st_mode):  # replaced by a file (a `> /dev/null` as root recreates one)
         raise OSError("/dev/null is not the null device (a regular file there would show its contents)")
     libc = _libc()
-    if private_shm:
-        _private_shm(libc)
     for path in sockets:
         if os.path.lexists(path) and not os.path.isdir(path):
             libc.mount(b"/dev/null", path.encode(), None, _MS_BIND, None)
@@ -341,23 +355,6 @@ def hide_paths(paths: Sequence[str], sockets: Sequence[str] = (), private_shm: b
     for name, text in (("setgroups", "deny"), ("uid_map", "0 0 1"), ("gid_map", "0 0 1")):
         with open(f"/proc/self/{name}", "w") as handle:
             handle.write(text)
-
-
-def _private_shm(libc: ctypes.CDLL, path: str = SCRATCH[1]) -> None:
-    """A fresh, empty tmpfs over ``/dev/shm``, seen only by this run's processes. The machine's
-    ``/dev/shm`` is memory that no process's resident size counts and that outlives the writer:
-    a run that filled it (found from outside: 60 MB there under a 20 MB run-directory limit and a
-    200 MB memory limit, still there after the run, 24 GB possible on a 23 GB machine) would hold
-    the machine's memory for the rest of the night. This one is freed with the run's mount
-    namespace, when its last process ends (the launcher kills what is left). Torch's shared
-    memory, NCCL's segments and semaphores work as before between the run's own processes."""
-    if not os.path.isdir(path):
-        return  # a container without one: nothing of the machine's to protect
-    flags = _MS_NOSUID | _MS_NODEV
-    if libc.mount(b"nightlab-shm", path.encode(), b"tmpfs", flags, b"mode=1777") != 0:
-        raise OSError(ctypes.get_errno(), f"cannot give the run a {path} of its own")
-    if os.listdir(path):  # checked, not assumed
-        raise OSError(f"{path} is still the machine's after mounting a private one")
 
 
 def restrict(writable: Sequence[str], deny_tcp: bool, scope: bool = True) -> None:
@@ -422,10 +419,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     private = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--hide"]
     sockets = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--hide-socket"]
     private_shm = "--private-shm" in options
-    reaper = _load_reaper()  # before Landlock, which would keep its bytecode from being cached
+    veil = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--veil"]
+    keep = [*writable, *(options[i + 1] for i, word in enumerate(options[:-1]) if word == "--keep")]
+    # Before Landlock, which would keep their bytecode from being cached.
+    reaper, mounts = _load_sibling("reaper.py"), _load_sibling("mounts.py")
     try:
-        if private or sockets or private_shm:
-            hide_paths(private, sockets, private_shm)
+        for folder in veil:
+            mounts.veil(folder, keep)
+        if veil:
+            os.chdir(os.getcwd())  # the working folder as the run sees it (bound back in place)
+        if private_shm:
+            mounts.private_shm()
+        if private or sockets or private_shm or veil:
+            hide_paths(private, sockets)  # ends in the nested namespace that locks every mount
     except OSError as exc:
         print(f"nightlab sandbox: cannot hide the private files ({exc}); not started", file=sys.stderr)
         return 126
@@ -454,14 +460,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return reaper.exit_like(status)
 
 
-def _load_reaper() -> types.ModuleType:
-    """``reaper.py`` beside this file, loaded by its path: the launcher runs under ``-I``, which
-    leaves this folder off ``sys.path`` (so that nothing in it can shadow a module), and imports
-    nothing of nightlab."""
+def _load_sibling(name: str) -> types.ModuleType:
+    """``name`` (``reaper.py``, ``mounts.py``) beside this file, loaded by its path: the launcher
+    runs under ``-I``, which leaves this folder off ``sys.path`` (so that nothing in it can shadow a
+    module), and imports nothing of nightlab."""
     import importlib.util
 
-    path = Path(__file__).resolve().with_name("reaper.py")
-    spec = importlib.util.spec_from_file_location("nightlab_sandbox_reaper", path)
+    path = Path(__file__).resolve().with_name(name)
+    spec = importlib.util.spec_from_file_location(f"nightlab_sandbox_{path.stem}", path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)

@@ -130,16 +130,17 @@ class ReplicateRunner:
         if self.config.target.evaluate:
             # The template's train.py then skips its own in-process evaluation.
             env["NIGHTLAB_EVAL_SEPARATE"] = "1"
-        # The optional sandbox: no network, writes only to the worktree and the run directory,
-        # and for the training process (only) the [target] private files and unix sockets gone.
+        # The optional sandbox: no network, writes only to the worktree and the run directory, and
+        # for the training process (only) the [target] private files, unix sockets and state gone.
         hide = sandbox.private_files(self.config.target.private, cwd, env) if log == TRAIN_LOG else None
+        state = self.workspace.state_dir if hide is not None else None
         # The progress evaluator's scores folder: its to write, hidden from the training process.
         extra = [] if scores is None else [scores]
         if hide is not None:
             hide, extra = hide + extra, []
         return RunSpec(
             command=sandbox.wrap(
-                expand_flags(command, cwd), [cwd, run_dir, *extra], self.config.run.sandbox, hide
+                expand_flags(command, cwd), [cwd, run_dir, *extra], self.config.run.sandbox, hide, state
             ),
             cwd=cwd,
             run_dir=run_dir,
