@@ -296,3 +296,44 @@ def test_an_answer_streamed_unasked_is_read_and_one_cut_off_is_retried(protocol,
     with fake_llm_server("openai", [cut, Answer(GOOD)]) as server:
         assert LLMAgent(llm_config(server)).propose(make_context()).cost.attempts == 1
     assert len(server.requests) == 2  # the cut stream was retried like a dropped connection
+
+
+def _body_with_bytes(protocol: str, text: str, bad: bytes) -> Raw:
+    """A well-formed answer carrying ``text`` whose first "LR" is preceded by ``bad`` raw bytes."""
+    if protocol == "openai":
+        message = {"role": "assistant", "content": "TEXT"}
+        body = {
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        }
+    else:
+        body = {"type": "message", "role": "assistant", "content": [{"type": "text", "text": "TEXT"}]}
+        body.update(stop_reason="end_turn", usage={"input_tokens": 3, "output_tokens": 4})
+    escaped = json.dumps(text)[1:-1].encode().replace(b"LR", bad + b"LR", 1)
+    return Raw(json.dumps(body).encode().replace(b"TEXT", escaped))
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_an_answer_that_is_not_utf8_is_read_once_not_retried_as_not_json(protocol, llm_config, caplog):
+    """A local server that cut a character between two tokens sent JSON with a stray byte: it
+    was called "not JSON" (quoting a JSON body) and retried until the agent stopped."""
+    with fake_llm_server(protocol, lambda request: _body_with_bytes(protocol, GOOD, b"\xf0\x9f")) as server:
+        proposal = LLMAgent(llm_config(server)).propose(make_context())
+    assert len(server.requests) == 1
+    assert proposal is not None and proposal.refused is None and proposal.edits
+    assert proposal.description == "raise \ufffdLR 0.01 -> 0.03"
+    said = [r.getMessage() for r in caplog.records if "not UTF-8" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(
+        f"the API at {server.base_url} answered with text that is not UTF-8 (byte 0xf0 at offset "
+    )
+    assert said[0].endswith("): read with U+FFFD in place of the bad bytes")
+
+
+def test_a_body_that_is_neither_utf8_nor_json_is_named_so(llm_config):
+    with fake_llm_server("openai", lambda request: Raw(b"<html>\xff</html>")) as server:
+        agent = LLMAgent(llm_config(server, api_retries=1))
+        assert agent.propose(make_context()) is None
+    assert (
+        f"the API at {server.base_url} answered with something that is neither UTF-8 text "
+        "(byte 0xff at offset 6) nor JSON: '<html>\ufffd</html>'"
+    ) in agent.stop_reason()

@@ -167,7 +167,10 @@ def test_a_200_that_is_not_json_is_retried_like_a_server_error(protocol, body, l
         assert ask(make_model(llm_config(server), FAST)).text == "fine"
     assert len(server.requests) == 2
     [warning] = [r.getMessage() for r in caplog.records if "retry 1/" in r.getMessage()]
-    assert f"the API at {server.base_url} answered with something that is not JSON: '" in warning
+    said = (
+        "neither UTF-8 text (byte 0x80 at offset 0) nor JSON" if isinstance(body.body, bytes) else "not JSON"
+    )
+    assert f"the API at {server.base_url} answered with something that is {said}: '" in warning
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -22,6 +22,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from nightlab.agents.llm.fields import field as _field
+from nightlab.agents.llm.fields import text_of as _text_of
+from nightlab.agents.llm.fields import token_count as _count
+from nightlab.agents.llm.fields import tool_names as _tool_names
 from nightlab.agents.llm.prices import DEFAULT_PRICES, cost_usd, price_for
 from nightlab.agents.llm.retries import (
     Overdue,
@@ -250,9 +254,32 @@ class _SDKChat:
         except json.JSONDecodeError as exc:
             raise BadResponse(self._not_json(exc.doc)) from None
         except UnicodeDecodeError as exc:
-            raise BadResponse(self._not_json(bytes(exc.object).decode("utf-8", "replace"))) from None
+            return self._not_utf8(bytes(exc.object), exc.start)
         except self._sdk.APIResponseValidationError as exc:
             raise BadResponse(f"{self._where()} answered with an invalid response: {_brief(exc)}") from None
+
+    def _reply(self, response: Any) -> Reply:
+        raise NotImplementedError
+
+    def _not_utf8(self, body: bytes, start: int) -> Reply:
+        """A body that is not UTF-8 text (a local server that cut a character between two
+        tokens): JSON with the bad bytes as U+FFFD is still the model's answer, said in one
+        line; anything else is a :class:`BadResponse` that names the byte, not "not JSON"."""
+        text = body.decode("utf-8", "replace")
+        where = f"byte 0x{body[start]:02x} at offset {start}"
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise BadResponse(
+                f"{self._where()} answered with something that is neither UTF-8 text ({where}) "
+                f"nor JSON: {self._snippet(text)}"
+            ) from None
+        log.warning(
+            "%s answered with text that is not UTF-8 (%s): read with U+FFFD in place of the bad bytes",
+            self._where(),
+            where,
+        )
+        return self._reply(self._parsed(data))
 
     def _where(self) -> str:
         return f"the API at {self.base_url}" if self.base_url else f"the {self.provider} API"
@@ -337,16 +364,21 @@ class OpenAIChat(_SDKChat):
                 **limit,
             )
         )
+        return self._reply(response)
+
+    def _reply(self, response: Any) -> Reply:
+        """The answer in a chat completion (the SDK's model, or the plain dict of a body it could
+        not decode)."""
         if isinstance(response, Reply):  # it was streamed
             return response
-        choices = getattr(response, "choices", None)
+        choices = _field(response, "choices")
         if not choices:
             raise self._no_message("no choices", response)
         choice = choices[0]
-        message = getattr(choice, "message", None)
+        message = _field(choice, "message")
         if message is None:
             raise self._no_message("its choice has no message")
-        truncated = getattr(choice, "finish_reason", None) == "length"
+        truncated = _field(choice, "finish_reason") == "length"
         text = _text_of(_field(message, "content"))
         legacy = _field(message, "function_call")
         calls = _tool_names([*(_field(message, "tool_calls") or []), *([legacy] if legacy else [])])
@@ -354,11 +386,11 @@ class OpenAIChat(_SDKChat):
         # model that only thought), refused, or called a tool; otherwise the server left it out.
         if text is None and not truncated and not _field(message, "refusal") and not calls:
             raise self._no_message("its message has no content")
-        usage = getattr(response, "usage", None)
+        usage = _field(response, "usage")
         return Reply(
             text=text or "",
-            tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
-            tokens_out=int(getattr(usage, "completion_tokens", 0) or 0),
+            tokens_in=_count(_field(usage, "prompt_tokens")),
+            tokens_out=_count(_field(usage, "completion_tokens")),
             truncated=truncated,
             tool_calls=calls,
         )
@@ -383,50 +415,26 @@ class AnthropicChat(_SDKChat):
                 model=self.model, system=system, messages=messages, max_tokens=max_tokens, **self._sampling
             )
         )
+        return self._reply(response)
+
+    def _reply(self, response: Any) -> Reply:
+        """The answer in a message (the SDK's model, or the plain dict of a body it could not
+        decode)."""
         if isinstance(response, Reply):  # it was streamed
             return response
-        content = getattr(response, "content", None)
-        truncated = getattr(response, "stop_reason", None) == "max_tokens"
+        content = _field(response, "content")
+        truncated = _field(response, "stop_reason") == "max_tokens"
         # An empty list is the model's answer only when the output limit cut it off at once.
         if not isinstance(content, list) or (not content and not truncated):
             raise self._no_message("no content" if not content else "its content is not a list", response)
-        usage = getattr(response, "usage", None)
+        usage = _field(response, "usage")
         return Reply(
             text=_text_of(content) or "",
-            tokens_in=int(getattr(usage, "input_tokens", 0) or 0),
-            tokens_out=int(getattr(usage, "output_tokens", 0) or 0),
+            tokens_in=_count(_field(usage, "input_tokens")),
+            tokens_out=_count(_field(usage, "output_tokens")),
             truncated=truncated,
             tool_calls=_tool_names([b for b in content if _field(b, "type") == "tool_use"]),
         )
-
-
-def _field(item: object, name: str) -> Any:  # whatever the response holds there
-    """A field of a response part, whether the SDK built its model or left a plain dict (a shape
-    its types do not describe, such as a list where they expect a string)."""
-    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
-
-
-def _text_of(content: object) -> str | None:
-    """A message's content as text: a string, or the text parts of a list of content parts (some
-    OpenAI-compatible servers answer so, and Anthropic always does); other parts (thinking, a
-    tool call) carry no answer text."""
-    if content is None:
-        return None
-    if isinstance(content, list):
-        content = "".join(p if isinstance(p, str) else str(_field(p, "text") or "") for p in content)
-    # JSON may carry half of a surrogate pair ("\\ud83d", an emoji cut by the token limit): as a
-    # lone surrogate it could be neither written to a file nor sent back in the conversation.
-    return str(content).encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _tool_names(calls: list[Any]) -> tuple[str, ...]:
-    """The names of the tools in OpenAI ``tool_calls`` (or a legacy ``function_call``) or
-    Anthropic ``tool_use`` blocks."""
-    names = []
-    for call in calls:
-        function = _field(call, "function")
-        names.append(str(_field(function, "name") if function is not None else _field(call, "name"))[:60])
-    return tuple(names)
 
 
 def _status_verdict(
