@@ -357,3 +357,34 @@ def test_jsonargparse_cli_and_auto_cli_read_the_function_defaults(tmp_path: Path
         [sys.executable, "train.py", "--lr", "0.1"], cwd=tmp_path, capture_output=True, text=True
     )
     assert run.stdout.strip() == "lr 0.1 momentum 0.5", run.stderr
+
+
+def test_lightning_cli_reads_the_module_and_data_module_defaults() -> None:
+    """``LightningCLI(Model, Data)`` makes each ``__init__`` default an option, ``--model.lr``
+    and ``--data.batch_size``; with a ``--config`` file on the command, what applies is unread."""
+    source = """\
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+
+class Model(L.LightningModule):
+    def __init__(self, lr: float = 1e-3, hidden: int = 64):
+        super().__init__()
+
+
+class Data(L.LightningDataModule):
+    def __init__(self, batch_size: int = 32):
+        super().__init__()
+
+
+if __name__ == "__main__":
+    LightningCLI(Model, datamodule_class=Data)
+"""
+    knobs = _knobs(source)
+    assert {n: (k.value, k.flags) for n, k in knobs.items()} == {
+        "model.lr": (1e-3, ("--model.lr",)),
+        "model.hidden": (64, ("--model.hidden",)),
+        "data.batch_size": (32, ("--data.batch_size",)),
+    }
+    _only_literal_changed(source, "model.lr", 3e-4, "3e-4")
+    assert {k.name for k in find_knobs(source, command="python train.py fit --config c.yaml")} == set()

@@ -12,7 +12,8 @@ on it measures only noise. The entry functions read:
   method the run command names (``python train.py train``): without a method, Fire only builds
   the class;
 - ``jsonargparse``: the function (or class, as for fire) given to ``CLI(main)`` or
-  ``auto_cli(main)``, spelled ``--lr``;
+  ``auto_cli(main)``, spelled ``--lr``; the classes given to Lightning's ``LightningCLI(Model,
+  Data)``, spelled ``--model.lr`` and ``--data.batch_size``;
 - ``typer``/``click``: a function decorated ``@app.command()`` or ``@click.command()``, and one
   given to ``typer.run(main)``. typer reads each parameter's default, also out of
   ``typer.Option(2e-3, ...)``/``typer.Argument(...)`` (and of ``Annotated[float,
@@ -98,10 +99,37 @@ def entry_knobs(reader: Reader, tree: ast.Module) -> None:
     for name, how in commands.items():
         if not (how == "jsonargparse" and unread):
             _command_class(reader, classes[name], how, uses)
+    if not config_files_override(tree, reader.command):
+        _lightning_cli(reader, tree, classes)
     runs = bool(entries or commands) or any(_is_main_guard(s) for s in tree.body)
     for cls in classes.values():
         if cls.name not in commands:
             _constructor(reader, cls, uses, runs)
+
+
+def _lightning_cli(reader: Reader, tree: ast.Module, classes: dict[str, ast.ClassDef]) -> None:
+    """``LightningCLI(Model, Data)``: the ``__init__`` defaults of the module and data module
+    classes of this file are the CLI's own, spelled ``--model.lr`` and ``--data.batch_size``;
+    named so (``model.lr``), as a config file written for the CLI names them."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or call_name(node) != "LightningCLI":
+            continue
+        for position, (word, prefix) in enumerate((("model_class", "model"), ("datamodule_class", "data"))):
+            target = node.args[position] if len(node.args) > position else keyword(node, word)
+            cls = classes.get(target.id) if isinstance(target, ast.Name) else None
+            init = _method(cls, "__init__") if cls is not None else None
+            if init is None or init.decorator_list:
+                continue
+            for param, default, _ in parameter_defaults(init, skip=1):
+                name = f"{prefix}.{param.arg}"
+                reader.add(
+                    name,
+                    default,
+                    default,
+                    "jsonargparse",
+                    qualified=f"{cls.name}.{param.arg}",
+                    flags=(f"--{name}",),
+                )
 
 
 def config_files_override(tree: ast.Module, command: str) -> bool:
