@@ -127,6 +127,19 @@ def test_argparse_click_and_dataclass_defaults() -> None:
     )
 
 
+def test_an_argparse_string_default_is_the_number_its_type_makes_it() -> None:
+    """argparse converts a string default with ``type=``: ``default="3e-4"`` is the float 3e-4,
+    searched as a number, and written back bare; a string that is no number stays a string."""
+    source = (
+        "import argparse\np = argparse.ArgumentParser()\n"
+        "p.add_argument('--lr', type=float, default='3e-4')\np.add_argument('--bs', type=int, default='64')\n"
+        "p.add_argument('--name', type=str, default='64')\n"
+    )
+    knobs = {k.name: (k.kind, k.value) for k in find_knobs(source, "train.py")}
+    assert knobs == {"lr": ("float", 3e-4), "bs": ("int", 64), "name": ("str", "64")}
+    assert "default=1e-3)" in set_knobs(source, {"lr": 1e-3}, "train.py")
+
+
 def test_argparse_set_defaults_is_the_value_that_applies() -> None:
     """``parser.set_defaults(lr=1e-3)`` wins over ``add_argument("--lr", default=3e-4)``: its
     literal is the knob (with the option's spelling), also for an option declared without one."""

@@ -38,6 +38,7 @@ field, ``--lr`` for an option), so every knob has one literal and an edit means 
 from __future__ import annotations
 
 import ast
+import math
 import re
 
 from nightlab.code.knobs.absl import absl_flag, config_dict_knobs
@@ -213,10 +214,26 @@ def _option(reader: Reader, call: ast.Call, overrides: dict[str, ast.expr] | Non
         return
     choices = keyword(call, "choices")
     kind = keyword(call, "type")
+    default = _typed_default(default, kind)
     if choices is None and isinstance(kind, ast.Call) and call_name(kind) == "Choice" and kind.args:
         choices = kind.args[0]  # click.Choice(["relu", "tanh"])
     listed = listed_choices(choices, reader.names)
     reader.add(knob, default, call, source, qualified=long, choices=listed, flags=tuple(flags))
+
+
+def _typed_default(default: ast.expr, kind: ast.expr | None) -> ast.expr:
+    """argparse converts a string default with the option's ``type``: ``type=float,
+    default="3e-4"`` is the number 3e-4, read at the same span (a new value is written bare,
+    which the option's type takes the same way)."""
+    if not (isinstance(kind, ast.Name) and kind.id in ("int", "float")):
+        return default
+    if not (isinstance(default, ast.Constant) and isinstance(default.value, str)):
+        return default
+    try:
+        number = int(default.value) if kind.id == "int" else float(default.value)
+    except ValueError:
+        return default
+    return ast.copy_location(ast.Constant(value=number), default) if math.isfinite(number) else default
 
 
 def _builders(
