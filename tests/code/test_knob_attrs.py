@@ -68,3 +68,15 @@ def test_only_settings_objects_give_attribute_knobs() -> None:
         "config.optim.lr = 3e-4\n"
     )
     assert {k.name: k.value for k in find_knobs(source)} == {"optim.lr": 3e-4}
+
+
+def test_each_object_a_parser_returns_in_a_tuple_is_a_settings_object() -> None:
+    """``model_args, training_args = parser.parse_args_into_dataclasses()`` (Hugging Face), then
+    ``training_args.learning_rate = 2e-5``: the value the run uses."""
+    source = (
+        "from transformers import HfArgumentParser, TrainingArguments\n"
+        "parser = HfArgumentParser((TrainingArguments,))\n"
+        "model_args, training_args = parser.parse_args_into_dataclasses()\n"
+        "training_args.learning_rate = 2e-5\n"
+    )
+    assert {k.name: (k.value, k.source) for k in find_knobs(source)} == {"learning_rate": (2e-5, "attribute")}

@@ -100,8 +100,10 @@ def _roots(
         if len(targets) != 1:
             continue
         target, value = targets[0], stmt.value
-        if isinstance(target, ast.Tuple) and target.elts and isinstance(target.elts[0], ast.Name):
-            target = target.elts[0]  # args, unknown = parser.parse_known_args()
+        if isinstance(target, ast.Tuple) and isinstance(value, ast.Call) and call_name(value) in _PARSERS:
+            # args, unknown = parser.parse_known_args(); model_args, training_args = parser.parse_args_into_dataclasses()
+            roots.update({e.id: _Origin(parsed=True) for e in target.elts if isinstance(e, ast.Name)})
+            continue
         if not isinstance(target, ast.Name):
             continue
         if isinstance(value, ast.Subscript):
