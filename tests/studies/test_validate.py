@@ -499,3 +499,27 @@ def test_time_to_target_of_a_script_that_only_prints_its_metric(tmp_path: Path) 
     assert [round(r["seconds"], 1) for r in ttt["a"]] == [1.3, 1.3]
     assert [round(r["seconds"], 1) for r in ttt["b"]] == [0.4, 0.4]
     assert ttt["time"]["change"] == pytest.approx(0.39 / 1.32 - 1, abs=0.05)
+
+
+@pytest.mark.parametrize("command", ["validate", "ablate"])
+def test_an_absurd_seed_count_is_one_line_before_anything_runs(tmp_path: Path, command: str) -> None:
+    """``--seeds 100000000000000000000`` printed the header and hung building its list of seeds;
+    ``--seeds 2000000`` started a study of weeks. Both are refused at parse time, exit 2."""
+    for seeds in ("100000000000000000000", "2000000"):
+        res = nightlab(command, str(tmp_path), "--seeds", seeds, timeout=30)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert res.stderr.startswith(f"error: Invalid value for '--seeds': {seeds}: give 2 to 1000"), (
+            res.stderr
+        )
+        assert "Traceback" not in res.stderr and "nightlab validate:" not in res.stderr
+
+
+def test_the_library_refuses_a_seed_count_past_the_limit() -> None:
+    from nightlab.errors import UserError
+    from nightlab.studies.study import MAX_SEEDS, check_seed_count
+
+    check_seed_count(MAX_SEEDS, "why")
+    with pytest.raises(UserError, match="more than 1000"):
+        check_seed_count(2_000_000, "why")
+    with pytest.raises(UserError, match="at least 2: why"):
+        check_seed_count(1, "why")

@@ -63,6 +63,17 @@ def _above_one(value: float) -> float:
     return value
 
 
+def _seed_count(value: int) -> int:
+    """``--seeds``: 2 to :data:`~nightlab.studies.study.MAX_SEEDS` runs per side, refused at
+    parse time (``--seeds 100000000000000000000`` printed the header and hung building the list
+    of seeds; ``--seeds 2000000`` started a study of weeks)."""
+    from nightlab.studies.study import MAX_SEEDS
+
+    if not 2 <= value <= MAX_SEEDS:
+        raise typer.BadParameter(f"{value}: give 2 to {MAX_SEEDS} runs per side")
+    return value
+
+
 def validate(
     directory: Path = typer.Argument(Path("."), help="The research workspace."),
     scale: str = typer.Option(
@@ -77,7 +88,9 @@ def validate(
     b: str = typer.Option(
         None, "--b", callback=given, help="Side B revision (default: the research branch's best)."
     ),
-    seeds: int = typer.Option(3, "--seeds", min=2, help="Runs per side (same seeds for both)."),
+    seeds: int = typer.Option(
+        3, "--seeds", callback=_seed_count, help="Runs per side (same seeds for both), 2 to 1000."
+    ),
     tag: str = typer.Option(None, "--tag", help="Research branch nightlab/<tag> (default: last used)."),
     margin: float = typer.Option(
         None,
@@ -181,7 +194,12 @@ def _print_validation(report: ValidationReport) -> None:
 
 def ablate(
     directory: Path = typer.Argument(Path("."), help="The research workspace."),
-    seeds: int = typer.Option(3, "--seeds", min=2, help="Runs of the best and of each variant (same seeds)."),
+    seeds: int = typer.Option(
+        3,
+        "--seeds",
+        callback=_seed_count,
+        help="Runs of the best and of each variant (same seeds), 2 to 1000.",
+    ),
     apply: bool = typer.Option(
         False, "--apply", help="Drop the candidates on the research branch after a confirming run."
     ),

@@ -31,7 +31,7 @@ from nightlab.stats import mean, noise_floor, pooled_sd, sample_sd
 from nightlab.studies.compare import MetricComparison, compare
 from nightlab.studies.knob_revert import revert_knobs_onto
 from nightlab.studies.scales import apply_scale, editable_paths, resolve_scale, scaled_config, set_ref
-from nightlab.studies.study import Arm, RunCallback, SideStudy, study_seeds
+from nightlab.studies.study import Arm, RunCallback, SideStudy, check_seed_count, study_seeds
 
 # ``--apply`` drops changes only when the interval rules out a loss beyond this many times the noise.
 LOSS_BOUND = 3.0
@@ -196,8 +196,7 @@ def run_ablation(
     """Leave each kept change out of the best, run all with shared seeds (at ``scale`` when
     given), and judge each change."""
     config, ledger, workspace, tag = session.config, session.ledger, session.workspace, session.tag
-    if seeds < 2:
-        raise UserError("--seeds must be at least 2: a contribution needs the spread of each side")
+    check_seed_count(seeds, "a contribution needs the spread of each side")
     if apply and scale is not None:
         raise UserError(
             "--apply drops changes at the research scale, where the branch lives: run it without --scale"

@@ -34,6 +34,17 @@ KINDS = ("validate", "ablate")
 SEED_BASE = 7_000_000
 # An arm whose first runs all fail (e.g. out of memory at a larger scale) stops after this many.
 MAX_FAILURES_WITHOUT_SUCCESS = 2
+# The most seeds a study takes per arm: past it a study runs for weeks (10**20 built a list of
+# that many seeds before its first run and never started one).
+MAX_SEEDS = 1000
+
+
+def check_seed_count(seeds: int, why: str) -> None:
+    """Refuse a seed count a study cannot use (``why``: what the spread is needed for)."""
+    if seeds < 2:
+        raise UserError(f"--seeds must be at least 2: {why}")
+    if seeds > MAX_SEEDS:
+        raise UserError(f"--seeds {seeds} is more than {MAX_SEEDS}: give 2 to {MAX_SEEDS} runs per side")
 
 
 @dataclass

@@ -22,7 +22,7 @@ from nightlab.research.session import Session
 from nightlab.stats import mean
 from nightlab.studies.compare import MetricComparison, compare
 from nightlab.studies.scales import apply_scale, resolve_scale, scaled_config, set_ref
-from nightlab.studies.study import Arm, RunCallback, SideStudy, study_seeds
+from nightlab.studies.study import Arm, RunCallback, SideStudy, check_seed_count, study_seeds
 from nightlab.studies.time_to_target import (
     Crossing,
     Speedup,
@@ -164,8 +164,7 @@ def run_validation(
 ) -> ValidationReport:
     """Run the validation study ``options`` describes and return its report."""
     config = session.config
-    if options.seeds < 2:
-        raise UserError("--seeds must be at least 2: a comparison needs the spread of each side")
+    check_seed_count(options.seeds, "a comparison needs the spread of each side")
     if options.cap <= 1:
         raise UserError("--cap must be above 1: the cap is a multiple of the scale's budget")
     if options.target is not None and not options.time_to_target:
