@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nightlab.code.knobs import find_knobs, set_by_command
+from nightlab.code.knobs import find_all_knobs, find_knobs, set_by_command
 
 ARGPARSE = """\
 import argparse
@@ -63,3 +63,21 @@ def test_dotted_names_and_hydra_overrides() -> None:
         "model.width": "model.width=64"
     }
     assert _set("python train.py ++optim.lr=0.1", YAML, "config.yaml") == {"optim.lr": "++optim.lr=0.1"}
+
+
+def test_a_config_file_the_run_command_names_makes_the_scripts_same_settings_dead() -> None:
+    """nanoGPT: ``python train.py config/small.py`` and ``exec(open('configurator.py').read())``
+    set ``batch_size`` from the config file; train.py's own ``batch_size = 12`` never applies, so it
+    is no knob (an experiment on it would measure only noise). Without such a command, it is."""
+    files = {
+        "train.py": "batch_size = 12\nlearning_rate = 6e-4\ndropout = 0.0\nexec(open('configurator.py').read())\n",
+        "configurator.py": "import sys\nfor arg in sys.argv[1:]:\n    exec(open(arg).read())\n",
+        "config/small.py": "batch_size = 64\nlearning_rate = 1e-3\n",
+    }
+    found = find_all_knobs(files, "python train.py config/small.py")
+    assert {(k.path, k.name, k.value) for k in found.knobs} == {
+        ("config/small.py", "batch_size", 64),
+        ("config/small.py", "learning_rate", 1e-3),
+        ("train.py", "dropout", 0.0),
+    }
+    assert "train.py:batch_size" in {k.name for k in find_all_knobs(files, "python train.py").knobs}

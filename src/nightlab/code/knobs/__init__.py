@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from nightlab.code.knobs.callers import FileIndex
 from nightlab.code.knobs.choices import comment_choices
-from nightlab.code.knobs.command import set_by_command
+from nightlab.code.knobs.command import command_words, set_by_command
 from nightlab.code.knobs.files import json_knobs, toml_knobs, yaml_knobs
 from nightlab.code.knobs.hydra import HYDRA_SOURCE, hydra_layouts
 from nightlab.code.knobs.literal import format_literal, format_value
@@ -226,6 +226,7 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
     config, since its own file changes with the selection), so none is dropped.
     """
     layouts = {layout.primary: layout for layout in hydra_layouts(files, command)}
+    dead = _exec_overridden(files, command)
     owned = {path for layout in layouts.values() for path in layout.files}
     trees = _python_trees(files)
     stored = placements({p: index.tree for p, index in trees.items()}, command)
@@ -243,11 +244,36 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
                     )
         elif path not in owned:
             for knob in find_knobs(files[path], path, command, trees, stored.get(path, ({}, []))):
+                if (path, knob.name) in dead:
+                    continue  # a config file the run command names sets it again
                 name = _unique(knob.name, path, found)
                 found[name] = knob if name == knob.name else dataclasses.replace(knob, name=name)
                 if knob.selected_by:  # a field of a Hydra structured config's group option
                     selected_by[name] = knob.selected_by
     return EditableKnobs(list(found.values()), selected_by, files, command)
+
+
+def _exec_overridden(files: dict[str, str], command: str) -> set[tuple[str, str]]:
+    """The ``(script, name)`` settings of the script a run command runs that a Python config file
+    named after it sets again, where the script ``exec``s what it is given (nanoGPT's ``python
+    train.py config/small.py``, read by ``exec(open('configurator.py').read())``): the config
+    file's values apply, and the script's are dead. Only editable config files can be read."""
+    words = [w for w in command_words(command) if w.endswith(".py")]
+    if len(words) < 2 or words[0] not in files:
+        return set()
+    script, configs = words[0], [w for w in words[1:] if w in files]
+    if not configs or not any("exec(" in text for path, text in files.items() if path.endswith(".py")):
+        return set()
+    dead: set[tuple[str, str]] = set()
+    for config in configs:
+        try:
+            tree = ast.parse(files[config])
+        except SyntaxError:
+            continue
+        for stmt in tree.body:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else []
+            dead.update((script, t.id) for t in targets if isinstance(t, ast.Name))
+    return dead
 
 
 def _python_trees(files: dict[str, str]) -> dict[str, FileIndex]:
