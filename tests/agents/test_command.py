@@ -228,3 +228,32 @@ def test_an_edit_the_cli_committed_itself_is_still_the_proposal(tmp_path):
     proposal = command_agent(root).propose(context_of(root))
     assert [e.path for e in proposal.edits] == ["train.py"] and "LR = 0.3" in proposal.edits[0].replace
     assert "reverted" not in proposal.meta
+
+
+@pytest.mark.parametrize(
+    ("script", "left"),
+    [
+        ('rm train.py; ln -s "$SECRET" train.py', "train.py (leads outside the checkout, to {secret})"),
+        (
+            'mkdir d; ln -s "$(dirname "$SECRET")" d/out; rm train.py; ln -s d/out/key train.py',
+            "train.py (leads outside the checkout, to {secret})",
+        ),
+        ("rm train.py; mkfifo train.py", "train.py (a FIFO, not a regular file)"),
+        ("head -c 9000000 /dev/zero | tr '\\0' '#' >> train.py", "train.py (over 8 MiB)"),
+    ],
+    ids=["symlink-out", "folder-link-out", "fifo", "huge"],
+)
+def test_an_editable_file_left_as_a_link_a_fifo_or_huge_is_never_read_into_a_proposal(tmp_path, script, left):
+    """train.py replaced by a link to a file outside the checkout became the proposal: the
+    file's content went into the diff and the ledger (a link to /dev/zero, or a FIFO, would hang
+    the harness reading it); a huge file was read, diffed and stored whole."""
+    secret = tmp_path / "private" / "key"
+    secret.parent.mkdir()
+    secret.write_text("SECRET-CONTENT\n")
+    root = workspace_with(tmp_path, script.replace("$SECRET", str(secret)))
+    agent = command_agent(root)
+    assert agent.propose(context_of(root)) is None  # each round failed; nothing proposed
+    reason = agent.stop_reason()
+    assert f"the command left {left.format(secret=secret)}; nightlab proposes regular files" in reason
+    logs = "".join(p.read_text(errors="replace") for p in (root / ".nightlab").rglob("*") if p.is_file())
+    assert "SECRET-CONTENT" not in logs

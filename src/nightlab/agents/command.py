@@ -34,6 +34,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from nightlab import safefile
 from nightlab.agents.base import Agent, AgentSetup, AgentTools, bounded_hypothesis
 from nightlab.code.changes import line_counts
 from nightlab.config import Config
@@ -54,6 +55,9 @@ TOOL_FILES = (".aider",)
 # After this many proposals in a row that failed (timeout, error, nothing changed), the command
 # is clearly not working (a missing key, a wrong flag): stop instead of filling the ledger.
 MAX_FAILED_ROUNDS = 3
+# The largest editable file a round may leave: code and configs are far smaller, and a bigger one
+# would be read into memory, diffed and stored in the ledger whole.
+MAX_FILE_BYTES = 8 * 2**20
 LOG_TAIL_CHARS = 3000
 # Where the changed copies of files a round wrote in the user's checkout go (in its log folder).
 DISPLACED_DIR = "checkout"
@@ -246,7 +250,12 @@ class CommandAgent(Agent):
         refused = None
         deleted = [p.removesuffix(" (deleted)") for p in outside if p.endswith(" (deleted)")]
         if not_text:  # recorded as invalid, with the reason; it once failed as a codec error
-            refused = f"the command left {', '.join(not_text)}; nightlab proposes UTF-8 text only"
+            refused = (
+                f"the command left {', '.join(not_text)}; nightlab proposes UTF-8 text only"
+                if all("(not UTF-8" in p for p in not_text)
+                else f"the command left {', '.join(not_text)}; nightlab proposes regular files of "
+                f"UTF-8 text up to {MAX_FILE_BYTES // 2**20} MiB only"
+            )
         elif status == "timeout":
             refused = f"the command {ending}"
             edits = []  # a half-finished edit is not an experiment
@@ -296,10 +305,13 @@ class CommandAgent(Agent):
         not_text: list[str] = []
         for path in sorted({*present, *(p for p in mine if in_scope(p)), *context.files}):
             target = tree / path
-            if not target.is_file():
+            if not (target.exists() or target.is_symlink()):
                 outside.append(f"{path} (deleted)")  # nightlab proposes changes, not deletions
                 continue
-            data = target.read_bytes()
+            data, unusable = _read_edited(tree, path)
+            if unusable:
+                not_text.append(f"{path} ({unusable})")
+                continue
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:  # a file is only ever proposed as text (see _not_text)
@@ -309,6 +321,26 @@ class CommandAgent(Agent):
             if text != context.files.get(path):
                 edits.append(Edit(path=path, replace=text))
         return edits, outside, not_text
+
+
+def _read_edited(tree: Path, path: str) -> tuple[bytes, str]:
+    """The bytes of an edited file, or why they are not read: a symlink (to a file outside the
+    tree, /dev/zero), a FIFO, a folder on the way that leads out of the tree, or a file over
+    :data:`MAX_FILE_BYTES`. The CLI decides what each path is; the harness reads only regular
+    files inside its checkout, and never an unbounded amount."""
+    target = tree / path
+    if not Path(os.path.realpath(target)).is_relative_to(os.path.realpath(tree)):
+        return b"", f"leads outside the checkout, to {os.path.realpath(target)}"
+    try:
+        data = safefile.read_bytes(target, MAX_FILE_BYTES + 1)
+    except safefile.NotRegularFile as exc:
+        link = f" to {os.readlink(target)}" if target.is_symlink() else ""
+        return b"", f"{exc.strerror.replace(', not', link + ', not', 1)}"
+    except OSError as exc:
+        return b"", f"unreadable: {exc.strerror}"
+    if len(data) > MAX_FILE_BYTES:
+        return b"", f"over {MAX_FILE_BYTES // 2**20} MiB"
+    return data, ""
 
 
 def _read(path: Path) -> str:
