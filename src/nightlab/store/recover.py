@@ -104,6 +104,12 @@ def recover(root: Path, config: Config, tag: str | None = None, force: bool = Fa
             f"{path} is readable; nothing to recover (`nightlab recover --force` rebuilds it anyway)"
         )
     tags = _research_tags(workspace)
+    if not tags and not workspace.experiment_refs() and not _records(workspace.state_dir):
+        # A workspace that never ran was told to name a --tag, as if there were several.
+        raise UserError(
+            f"nothing to recover in {root}: no branch nightlab/*, no refs/nightlab/experiments/* "
+            "and no experiment records (`nightlab run` records the first experiments)"
+        )
     if tag is None:
         if len(tags) != 1:
             found = ", ".join(tags) or "none"
