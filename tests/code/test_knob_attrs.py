@@ -60,12 +60,14 @@ def test_attributes_set_after_the_object_is_made_are_the_knobs(tmp_path: Path) -
 
 
 def test_only_settings_objects_give_attribute_knobs() -> None:
-    """``self.lr`` is a model's state and ``model.width`` an object's; a ConfigDict is read by
-    the ml_collections reader, once."""
+    """``self.lr`` is a model's state and ``model.width`` an object's; what a distributed launch
+    sets on ``args`` is the machine's."""
     source = (
         "import types\nclass Net:\n    def __init__(self):\n        self.lr = 0.1\n"
         "model = Net()\nmodel.width = 12\nconfig = types.SimpleNamespace()\nconfig.optim = types.SimpleNamespace()\n"
         "config.optim.lr = 3e-4\n"
+        "def init_distributed_mode(args):\n    args.distributed = True\n    args.dist_backend = 'nccl'\n"
+        "    args.gpu = 0\n"
     )
     assert {k.name: k.value for k in find_knobs(source)} == {"optim.lr": 3e-4}
 

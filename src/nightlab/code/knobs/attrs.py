@@ -13,12 +13,14 @@ of each function's body, in order; an assignment inside an ``if`` or a loop may 
 left out, as is an attribute of an object not known as settings: one built by ``parse_args()``,
 a namespace (``SimpleNamespace()``, ``EasyDict()``), or any object whose variable is named as
 settings (``cfg``, ``config``, ``args``, ``hparams``). ``self.lr = 1e-3`` is a model's state,
-not a setting.
+not a setting, and what a distributed launch sets (``args.distributed = False``, ``args.gpu =
+0``, ``args.dist_backend = "nccl"``) is the machine's.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Callable
 
 from nightlab.code.knobs.model import Knob
@@ -30,6 +32,14 @@ _NAMESPACES = ("Namespace", "SimpleNamespace", "EasyDict", "edict", "AttrDict", 
 # Readers whose knob an attribute assignment of the same name replaces, by where the object came from.
 _PARSED = frozenset({"argparse", "click", "absl"})
 _BUILT = frozenset({"dataclass", "class", "call", "dict", "constructor"})
+# What a distributed launch sets on the parsed arguments (DeiT's and timm's init_distributed_mode:
+# args.distributed = False, args.gpu = 0, args.dist_backend = "nccl"): the machine, not the
+# method; flipping one breaks the run or changes nothing.
+_MACHINE = re.compile(
+    r"^(distributed|dist_\w+|\w*rank|gpus?|gpu_ids?|n_gpus?|num_gpus|world_size|world|devices?|cuda"
+    r"|use_cuda|backend|ddp|use_ddp|is_master|master_\w+|is_main_process|main_process|node\w*)$",
+    re.IGNORECASE,
+)
 
 
 def attribute_knobs(reader: Reader, tree: ast.Module, is_settings_name: Callable[[str], bool]) -> None:
@@ -145,6 +155,8 @@ def _assignment(
     if span in taken:
         return  # another reader's knob (an ml_collections ConfigDict's)
     origin, name = roots[path[0]], ".".join(path[1:])
+    if _MACHINE.match(path[-1]):
+        return
     earlier = mine.pop((path[0], name), None)
     if earlier is not None:  # assigned again: the last assignment is the one that runs
         reader.found.pop(earlier, None)
