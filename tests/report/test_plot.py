@@ -165,3 +165,33 @@ def test_summary_says_what_share_of_the_runs_wall_time_was_training(tmp_path: Pa
     # 66 s of training in 120 s of wall time; the crash's start-up counts as time not training.
     assert "Training" in text and "55% of the runs' wall time: 1.1 of 2.0 min in 3 runs" in text
     assert "of the runs' wall time" not in none_yet  # no run recorded its training time
+
+
+def test_a_figure_cut_off_mid_write_leaves_the_previous_file_whole(tmp_path: Path, monkeypatch) -> None:
+    """Figures were saved straight onto their path: a crash or Ctrl-C mid-write left a torn PNG
+    (report.html then embedded it). Now the old file stays until the new one is complete."""
+    from matplotlib.figure import Figure
+
+    from nightlab.report.validation import plot_ablation
+
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        night(ledger, 5)
+        good = plot_progress(ledger, "t", tmp_path / "progress.png", "val_bpb")
+        assert isinstance(good, Path) and good.read_bytes().startswith(PNG_MAGIC)
+        before = good.read_bytes()
+
+        def torn(self, target, **kwargs) -> None:  # writes half a file, then is interrupted
+            if isinstance(target, (str, Path)):
+                Path(target).write_bytes(PNG_MAGIC + b"half")
+            else:
+                target.write(PNG_MAGIC + b"half")
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(Figure, "savefig", torn)
+        with pytest.raises(KeyboardInterrupt):
+            plot_progress(ledger, "t", good, "val_bpb")
+        rows = [{"id": 2, "description": "d", "value": 0.1, "interval": [0.0, 0.2], "status": "ok"}]
+        with pytest.raises(KeyboardInterrupt):
+            plot_ablation(rows, tmp_path / "ablation.png", "val_bpb")
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if "png" in p.name) == ["progress.png"]  # no temp left

@@ -22,6 +22,7 @@ from pathlib import Path
 from nightlab.config import MetricConfig
 from nightlab.report.dashboard.data import LedgerReader, View, details, experiment_rows, overview
 from nightlab.report.dashboard.page import static_page
+from nightlab.report.files import write_atomically
 from nightlab.report.summary import render_summary
 from nightlab.secrets import redact, secret_values
 from nightlab.store.ledger import Ledger
@@ -100,8 +101,4 @@ def write_html_report(ledger: Ledger, tag: str, metric: MetricConfig, path: Path
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(page)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomically(path, lambda handle: handle.write(page.encode("utf-8")))

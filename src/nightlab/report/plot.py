@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
+from nightlab.report.files import save_figure  # noqa: E402
 from nightlab.stats import noise_floor  # noqa: E402
 from nightlab.types import Direction  # noqa: E402
 
@@ -47,14 +48,11 @@ def plot_progress(
     ledger: Ledger, tag: str, path: Path, metric_name: str, direction: Direction | str = Direction.MINIMIZE
 ) -> Path:
     """Draw the progress of research tag ``tag`` to ``path`` (PNG) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = progress_figure(ledger, tag, metric_name, direction)
     try:
-        fig.savefig(path, dpi=150)
+        return save_figure(fig, Path(path), dpi=150)
     finally:
         plt.close(fig)
-    return path
 
 
 def progress_figure(

@@ -22,6 +22,7 @@ matplotlib.use("Agg")  # files only, never a window; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
 from nightlab.config import Config  # noqa: E402
+from nightlab.report.files import save_figure  # noqa: E402
 from nightlab.studies.time_to_target import CurvePoint, read_curve  # noqa: E402
 from nightlab.types import TRAIN_LOG, Direction  # noqa: E402
 
@@ -146,7 +147,7 @@ def plot_validation(
             axes[0][0].legend(fontsize=8)
         fig.suptitle(title, fontsize=11)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
     finally:
         plt.close(fig)
     return path
@@ -244,7 +245,7 @@ def plot_ablation(rows: list[dict], path: Path, metric_name: str, confidence: fl
         ax.set_title("nightlab ablate: green earns its place, grey is a candidate to drop")
         ax.grid(True, axis="x", alpha=0.2)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
     finally:
         plt.close(fig)
     return path
