@@ -311,3 +311,25 @@ def test_parameter_groups_assigned_to_variables_first_are_knobs() -> None:
     exec(compile(edited, "train.py", "exec"), scope)
     assert [g["weight_decay"] for g in scope["opt"].param_groups] == [0.05, 0.0]
     assert [g["lr"] for g in scope["opt2"].param_groups] == [1e-2, 0.002]
+
+
+def test_lora_timm_dropouts_and_the_named_hf_schedule_are_knobs() -> None:
+    """A fine-tuning script's method lives in ``LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05)``,
+    ``timm.create_model(..., drop_path_rate=0.1)`` and ``get_scheduler("cosine", ...)``; the
+    model's name, ``num_classes``, ``target_modules`` and ``task_type`` are not knobs."""
+    source = (
+        "import timm\nfrom peft import LoraConfig\nfrom transformers import get_scheduler\n"
+        "cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=['q'], task_type='CAUSAL_LM')\n"
+        "sched = get_scheduler('cosine', optimizer=None, num_warmup_steps=100)\n"
+        "model = timm.create_model('resnet18', num_classes=10, drop_rate=0.1, drop_path_rate=0.05)\n"
+    )
+    assert _values(source) == {
+        "LoraConfig.r": 8,
+        "LoraConfig.lora_alpha": 16,
+        "LoraConfig.lora_dropout": 0.05,
+        "get_scheduler.name": "cosine",
+        "get_scheduler.num_warmup_steps": 100,
+        "create_model.drop_rate": 0.1,
+        "create_model.drop_path_rate": 0.05,
+    }
+    assert "get_scheduler('linear'," in set_knobs(source, {"get_scheduler.name": "linear"})
