@@ -178,3 +178,14 @@ def test_a_settings_dict_a_function_builds_or_returns_is_knobs() -> None:
         "momentum": (0.95, 15),  # DEFAULTS' 0.9 is replaced by the merge in main
         "eps": (1e-8, 19),
     }
+
+
+def test_a_nested_subscript_assignment_replaces_the_entry_it_names() -> None:
+    """``config["optim"]["lr"] = 1e-3`` after ``config = {"optim": {"lr": 3e-4}}``: the 3e-4 is
+    dead, the 1e-3 is the knob ``optim.lr``, rewritten where it is."""
+    source = 'config = {"optim": {"lr": 3e-4, "wd": 0.1}}\nconfig["optim"]["lr"] = 1e-3\n'
+    assert {k.name: (k.value, k.line) for k in find_knobs(source)} == {
+        "optim.wd": (0.1, 1),
+        "optim.lr": (1e-3, 2),
+    }
+    assert set_knobs(source, {"optim.lr": 2e-3}).endswith('config["optim"]["lr"] = 2e-3\n')

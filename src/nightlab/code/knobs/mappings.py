@@ -130,14 +130,16 @@ def _overriding(stmt: ast.stmt) -> tuple[str, list[_Key]]:
     """``(mapping, entries)`` that ``stmt`` sets: ``cfg["lr"] = 1e-2`` or ``cfg.update(...)``;
     ``("", [])`` for any other statement (and for an update whose keys cannot be read)."""
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
-        target = stmt.targets[0]
-        if (
+        target, keys = stmt.targets[0], []
+        while (  # config["optim"]["lr"] = 1e-2 sets the entry optim.lr
             isinstance(target, ast.Subscript)
-            and isinstance(target.value, ast.Name)
             and isinstance(target.slice, ast.Constant)
             and isinstance(target.slice.value, str)
         ):
-            return target.value.id, [_Key(target.slice.value, stmt.value)]
+            keys.insert(0, target.slice.value)
+            target = target.value
+        if keys and isinstance(target, ast.Name):
+            return target.id, [_Key(".".join(keys), stmt.value)]
     if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
         call = stmt.value
         func = call.func
