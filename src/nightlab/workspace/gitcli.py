@@ -34,6 +34,42 @@ REDIRECTING_VARS = frozenset(
 # otherwise run code outside the sandbox the next time nightlab commits or checks out.
 HARDENING = ("-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null")
 
+# Subcommands that may run a filter (clean, smudge, process) or merge driver that attributes
+# name: before one of these, every such driver the repository's own config defines is switched
+# off for that command (see :func:`driver_overrides`).
+CONVERTING = frozenset(
+    {
+        "add",
+        "apply",
+        "archive",
+        "cat-file",
+        "checkout",
+        "diff",
+        "hash-object",
+        "ls-files",
+        "merge",
+        "read-tree",
+        "reset",
+        "restore",
+        "rm",
+        "stash",
+        "status",
+        "switch",
+        "update-index",
+        "worktree",
+    }
+)
+# Driver commands ``git lfs install --local`` writes: the user's, kept working.
+LFS_COMMANDS = frozenset(
+    {
+        "git-lfs clean -- %f",
+        "git-lfs smudge -- %f",
+        "git-lfs smudge --skip -- %f",
+        "git-lfs filter-process",
+        "git-lfs filter-process --skip",
+    }
+)
+
 
 class GitError(UserError):
     """A git command failed (disk full, permissions, a lock held by another program, ...)."""
@@ -62,7 +98,7 @@ def run_git(
 ) -> subprocess.CompletedProcess[bytes]:
     try:
         proc = subprocess.run(
-            ["git", *HARDENING, *args],
+            ["git", *HARDENING, *driver_overrides(args, cwd, env), *args],
             cwd=cwd,
             input=input,
             env=git_env(env),
@@ -76,6 +112,53 @@ def run_git(
         first = detail[-1] if detail else f"exit code {proc.returncode}"
         raise GitError(f"git {args[0]} failed in {cwd}: {first}")
     return proc
+
+
+def driver_overrides(args: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None) -> list[str]:
+    """``-c`` options that switch off each filter and merge driver the repository's own config
+    (its ``.git/config``, a worktree's config, what they include) defines, for a command in
+    :data:`CONVERTING`; none for other commands.
+
+    Attributes (``.gitattributes``, ``.git/info/attributes``) name a driver, the config says what
+    it runs, and git runs it while it checks out, hashes or compares files. A repository's config
+    can be written by what nightlab runs (a coding CLI, a training run whose workspace lies in
+    /tmp): its driver would run outside any sandbox the next time nightlab checks out a
+    worktree. The user's own global config (git-lfs) is left alone, and so is a repository-local
+    git-lfs set up by ``git lfs install --local``.
+    """
+    start = 0
+    while start + 1 < len(args) and args[start] in ("--git-dir", "--work-tree"):
+        start += 2
+    if start >= len(args) or args[start] not in CONVERTING:
+        return []
+    listing = subprocess.run(
+        [
+            "git",
+            *HARDENING,
+            *args[:start],
+            "config",
+            "-z",
+            "--show-scope",
+            "--get-regexp",
+            r"^(filter|merge)\..*\.",
+        ],
+        cwd=cwd,
+        env=git_env(env),
+        capture_output=True,
+        check=False,
+    ).stdout
+    options: list[str] = []
+    fields = listing.split(b"\0")
+    for scope, entry in zip(fields[0::2], fields[1::2], strict=False):  # scope, then "key\nvalue"
+        key, _, value = decode(entry).partition("\n")
+        section, _, name = key.rpartition(".")
+        if scope not in (b"local", b"worktree") or value in LFS_COMMANDS:
+            continue
+        if key.startswith("filter.") and name in ("clean", "smudge", "process"):
+            options += ["-c", f"{key}=", "-c", f"{section}.required=false"]
+        elif key.startswith("merge.") and name == "driver":
+            options += ["-c", f"{key}=false"]  # a conflict: nightlab's reapply then says it could not
+    return options
 
 
 def decode(data: bytes) -> str:
