@@ -28,6 +28,7 @@ from nightlab.metrics import parse_log_metric
 from nightlab.store.backup import experiment_dir, load_experiment, load_replicate, load_role
 from nightlab.store.export import export_tsv
 from nightlab.store.ledger import Ledger
+from nightlab.store.schema import NewerLedger
 from nightlab.types import RunResult, RunStatus
 from nightlab.workspace.git import Workspace
 from nightlab.workspace.gitcli import run_git
@@ -51,12 +52,16 @@ class Recovered:
 def ledger_holds_experiments(path: Path) -> bool:
     """True when ``path`` opens, passes the ledger's integrity check and records experiments.
 
-    An empty ledger counts as lost: a `nightlab run` after the file was deleted creates one.
+    An empty ledger counts as lost: a `nightlab run` after the file was deleted creates one. A
+    ledger of a newer schema is refused (:class:`NewerLedger`): it moved aside and was rebuilt
+    as this version's, without what the newer one recorded.
     """
     if not path.exists():
         return False
     try:
         ledger = Ledger(path)
+    except NewerLedger:
+        raise  # not lost: a newer nightlab's ledger, which a rebuild here would downgrade
     except UserError:
         return False
     try:
@@ -99,7 +104,14 @@ def recover(root: Path, config: Config, tag: str | None = None, force: bool = Fa
     """Rebuild ``root/.nightlab/ledger.db`` for one research tag; the old file is moved aside."""
     workspace = Workspace(root)
     path = workspace.state_dir / LEDGER_NAME
-    if ledger_holds_experiments(path) and not force:
+    try:
+        readable = not force and ledger_holds_experiments(path)
+    except NewerLedger as exc:
+        raise UserError(
+            f"{exc}; recover would rebuild it without what the newer version recorded "
+            "(`--force` does, moving the file aside)"
+        ) from None
+    if readable:
         raise UserError(
             f"{path} is readable; nothing to recover (`nightlab recover --force` rebuilds it anyway)"
         )

@@ -88,6 +88,16 @@ RUN_COLUMNS: dict[str, str] = {
 MIGRATIONS: dict[int, list[str]] = {}
 
 
+class NewerLedger(UserError):
+    """A ledger written by a newer nightlab: never rebuilt, migrated or written by this one."""
+
+    def __init__(self, path: Path, version: int) -> None:
+        super().__init__(
+            f"ledger {path} has schema version {version}, newer than this nightlab understands "
+            f"({SCHEMA_VERSION}): upgrade nightlab"
+        )
+
+
 def create_sql(table: str, columns: dict[str, str], extra: str = "") -> str:
     body = ",\n  ".join(["id INTEGER PRIMARY KEY AUTOINCREMENT"] + [f'"{k}" {v}' for k, v in columns.items()])
     return f"CREATE TABLE IF NOT EXISTS {table} (\n  {body}{extra}\n)"
@@ -112,10 +122,7 @@ def open_schema(conn: sqlite3.Connection, path: Path) -> None:
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         version = int(row[0]) if row else 0
         if version > SCHEMA_VERSION:
-            raise UserError(
-                f"ledger {path} has schema version {version}, newer than this nightlab understands "
-                f"({SCHEMA_VERSION}): upgrade nightlab"
-            )
+            raise NewerLedger(path, version)
         conn.execute(create_sql("experiments", EXPERIMENT_COLUMNS))
         conn.execute(create_sql("runs", RUN_COLUMNS, ",\n  UNIQUE(experiment_id, replicate)"))
         migrate(conn, version)
@@ -178,6 +185,9 @@ def open_read_only(path: Path, check: bool = True) -> sqlite3.Connection:
                 raise
             raise UserError(f"ledger {path} is corrupt or unreadable ({exc})") from None
         version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:  # write access would not help: say what would
+            conn.close()
+            raise NewerLedger(path, version)
         if version != SCHEMA_VERSION:
             conn.close()
             raise UserError(
