@@ -42,6 +42,9 @@ from nightlab.errors import UserError
         "NUM_SAMPLES",
         "DATASET_SIZE",
         "train_split",
+        "CFG.n_fold",  # a Kaggle CFG's cross-validation folds
+        "trn_fold",
+        "frac_train",
     ],
 )
 def test_the_data_split_and_the_evaluation_are_pinned(name: str) -> None:
@@ -64,6 +67,10 @@ def test_the_data_split_and_the_evaluation_are_pinned(name: str) -> None:
         "image_size",
         "in_channels",
         "input_dim",
+        "target_size",  # a Kaggle CFG's number of classes
+        "n_positions",  # GPT2Config's context length
+        "context_size",
+        "sample_rate",
     ],
 )
 def test_what_defines_the_task_is_pinned(name: str) -> None:
@@ -97,6 +104,11 @@ def test_model_widths_beside_task_shapes_are_searched(name: str) -> None:
 )
 def test_model_knobs_that_only_look_like_data_knobs_are_searched(name: str) -> None:
     assert default_pin(name) is None
+
+
+@pytest.mark.parametrize("name", ["random_state", "CFG.train", "do_train", "rng_seed"])
+def test_seeds_by_other_names_and_mode_switches_are_pinned(name: str) -> None:
+    assert default_pin(name) == PIN_DEFAULT
 
 
 def test_a_budget_stays_a_budget() -> None:

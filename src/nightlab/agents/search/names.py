@@ -14,12 +14,14 @@ import re
 
 from nightlab.code.knobs import is_budget_name
 
-# Knobs that must not move unless the user declares a domain for them: changing the seed only
-# samples noise, and budgets/intervals change what is measured rather than the model. Read on the
+# Knobs that must not move unless the user declares a domain for them: changing the seed (or
+# sklearn's random_state) only samples noise, a mode switch (a Kaggle CFG's train = True) runs
+# another program, and budgets/intervals change what is measured rather than the model. Read on the
 # hint name (the last dotted part).
 _PINNED_BY_DEFAULT = re.compile(
     r"(SEED|BUDGET|TIMEOUT|UNTIMED|VERBOSE|COMPILE|^LOG_|^PRINT_|_PATH$|_DIR$"
-    r"|^DEVICE$|^DTYPE$|WANDB|MLFLOW|TENSORBOARD|PROFIL|DEBUG|_LOG$|_ONLY$|WORKERS|^INIT_FROM$|RESUME)"
+    r"|^DEVICE$|^DTYPE$|WANDB|MLFLOW|TENSORBOARD|PROFIL|DEBUG|_LOG$|_ONLY$|WORKERS|^INIT_FROM$|RESUME"
+    r"|RANDOM_STATE|^RNG|^(DO_)?(TRAIN|EVAL|PREDICT)$)"
 )
 # Checkpoint switches, on word parts of the whole name (see _words): `always_save_checkpoint`,
 # `ckpt_every`, `checkpoint.interval`. Saving changes what is written, never the model, and a
@@ -27,7 +29,7 @@ _PINNED_BY_DEFAULT = re.compile(
 # catch a name that merely contains the letters.
 _CHECKPOINT = re.compile(r"(^|_)(CHECKPOINT|CKPT)|(^|_)(SAVE[SD]?|SAVING)(_|$)")
 # Knobs that size or select the data split or the evaluation: how much is held out (VAL_FRACTION,
-# N_VAL, data.n_val), how it is evaluated (EVAL_ITERS, eval.batch_size, TEST_SIZE), and how much
+# N_VAL, data.n_val), which cross-validation folds (n_fold, trn_fold), how it is evaluated (EVAL_ITERS, eval.batch_size, TEST_SIZE), and how much
 # data the model trains on (_DATA_SIZE: N_TRAIN, TRAIN_SIZE, NUM_SAMPLES, DATASET_SIZE). Moving
 # one changes what the metric measures, or buys a better number with more data, so results
 # before and after stop being comparable. Matched on word parts (see _words): INTERVAL,
@@ -35,7 +37,7 @@ _CHECKPOINT = re.compile(r"(^|_)(CHECKPOINT|CKPT)|(^|_)(SAVE[SD]?|SAVING)(_|$)")
 # CLIP/INIT/MIN/MAX/PAD/FILL is a value (Lightning's gradient_clip_val), not validation.
 _EVALUATION = re.compile(
     r"(^|_)(VALID|VALIDATION|VALIDATE|EVAL|EVALS|EVALUATE|EVALUATION|TEST|TESTS|HOLDOUT|HELDOUT"
-    r"|NVAL|NTEST|SPLIT|SPLITS)(_|$)"
+    r"|NVAL|NTEST|SPLIT|SPLITS|FOLD|FOLDS|NFOLD|NFOLDS|KFOLD|KFOLDS)(_|$)"
     r"|(^|(?<!CLIP)(?<!INIT)(?<!MIN)(?<!MAX)(?<!PAD)(?<!FILL)_)VALS?(_|$)"
 )
 _DATA_SIZE = re.compile(
@@ -43,9 +45,11 @@ _DATA_SIZE = re.compile(
     r"|(^|_)(N|NUM|NUMBER)_(TRAIN|SAMPLES|EXAMPLES|DATA)(_|$)"
     r"|(^|_)(LIMIT_)?TRAIN_(SIZE|SAMPLES|EXAMPLES|FRAC|FRACTION|RATIO|PCT|PERCENT|BATCHES)(_|$)"
     r"|(^|_)(DATASET|DATA)_(SIZE|FRAC|FRACTION|LIMIT|PCT|PERCENT)(_|$)"
+    r"|(^|_)(FRAC|FRACTION|PCT|PERCENT)_TRAIN(_|$)"
 )
-# Knobs that define the task rather than the model: the data's features, classes, vocabulary,
-# image size or context length (N_FEATURES, num_classes, VOCAB_SIZE, block_size, SEQ_LEN). Moving
+# Knobs that define the task rather than the model: the data's features, classes (a Kaggle
+# CFG's target_size), vocabulary, audio sample rate, image size or context length (n_positions,
+# context_size) (N_FEATURES, num_classes, VOCAB_SIZE, block_size, SEQ_LEN). Moving
 # one changes the problem the metric scores (a longer context lowers a language model's loss for
 # free, fewer classes make accuracy easy) or breaks the data's shape (found from outside: a YAML
 # `data.n_features 16 -> 8` changed the task itself). Word parts: OUT_CHANNELS and HIDDEN_DIM are
@@ -54,7 +58,8 @@ _TASK_SHAPE = re.compile(
     r"(^|_)(N|NUM|NUMBER)_?(FEATURES|CLASSES|LABELS|INPUTS|OUTPUTS|CHANNELS_IN)(_|$)"
     r"|(^|_)(INPUT|IN)_(DIM|SIZE|FEATURES|CHANNELS|SHAPE)(_|$)"
     r"|(^|_)(VOCAB|VOCABULARY|N_VOCAB)(_SIZE)?$"
-    r"|(^|_)(SEQ|SEQUENCE|MAX_SEQ|CONTEXT|CTX|MAX_SEQUENCE)_(LEN|LENGTH)(_|$)|(^|_)(N_CTX|BLOCK_SIZE)$"
+    r"|(^|_)(SEQ|SEQUENCE|MAX_SEQ|CONTEXT|CTX|MAX_SEQUENCE)_(LEN|LENGTH|SIZE|WINDOW)(_|$)|(^|_)(N_CTX|BLOCK_SIZE)$"
+    r"|(^|_)(N_POSITIONS|MAX_POSITION_EMBEDDINGS|TARGET_SIZE|SAMPLE_RATE|SAMPLING_RATE)$|(^|_)(N|NUM)_TARGETS$"
     r"|(^|_)(IMAGE|IMG)_(SIZE|SHAPE|HEIGHT|WIDTH|RES|RESOLUTION)(_|$)"
 )
 PIN_DEFAULT = "default (seed, logging, checkpoints, paths or device)"
