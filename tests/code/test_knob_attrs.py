@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nightlab.code.knobs import find_knobs, set_knobs
+from nightlab.code.knobs import find_all_knobs, find_knobs, set_knobs
 
 SCRIPT = """\
 import argparse
@@ -82,3 +82,25 @@ def test_each_object_a_parser_returns_in_a_tuple_is_a_settings_object() -> None:
         "training_args.learning_rate = 2e-5\n"
     )
     assert {k.name: (k.value, k.source) for k in find_knobs(source)} == {"learning_rate": (2e-5, "attribute")}
+
+
+def test_a_config_files_key_the_script_sets_after_loading_it_is_no_knob() -> None:
+    """``cfg = yaml.safe_load(f)`` then ``cfg["optim"]["lr"] = 1e-3``: the file's ``optim.lr``
+    never reaches training; the script's literal is the knob. A key set from elsewhere
+    (``cfg["batch_size"] = args.bs``) is dead in the file too, and a subtree replaced whole is."""
+    files = {
+        "train.py": (
+            "import argparse\nimport yaml\n\np = argparse.ArgumentParser()\n"
+            "p.add_argument('--bs', type=int, default=32)\nargs = p.parse_args()\n"
+            "with open('config.yaml') as f:\n    cfg = yaml.safe_load(f)\n"
+            "cfg['optim']['lr'] = 1e-3\ncfg['batch_size'] = args.bs\ncfg['model'] = dict(depth=4)\n"
+        ),
+        "config.yaml": "optim:\n  lr: 3e-4\n  wd: 0.1\nbatch_size: 64\nmodel:\n  depth: 2\nseed: 1\n",
+    }
+    found = find_all_knobs(files)
+    assert {(k.path, k.name, k.value) for k in found.knobs} == {
+        ("config.yaml", "optim.wd", 0.1),
+        ("config.yaml", "seed", 1),
+        ("train.py", "bs", 32),
+        ("train.py", "optim.lr", 1e-3),
+    }

@@ -40,6 +40,7 @@ from nightlab.code.knobs.command import command_words, set_by_command
 from nightlab.code.knobs.files import json_knobs, toml_knobs, yaml_knobs
 from nightlab.code.knobs.hydra import HYDRA_SOURCE, hydra_layouts
 from nightlab.code.knobs.literal import format_literal, format_value
+from nightlab.code.knobs.loaded import overridden_keys
 from nightlab.code.knobs.model import Knob, KnobValue
 from nightlab.code.knobs.python import python_knobs
 from nightlab.code.knobs.structured import Found, placements
@@ -227,6 +228,7 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
     """
     layouts = {layout.primary: layout for layout in hydra_layouts(files, command)}
     dead = _exec_overridden(files, command)
+    replaced = overridden_keys(files)  # cfg = yaml.safe_load(...); cfg["lr"] = 1e-3
     owned = {path for layout in layouts.values() for path in layout.files}
     trees = _python_trees(files)
     stored = placements({p: index.tree for p, index in trees.items()}, command)
@@ -244,13 +246,17 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
                     )
         elif path not in owned:
             for knob in find_knobs(files[path], path, command, trees, stored.get(path, ({}, []))):
-                if (path, knob.name) in dead:
-                    continue  # a config file the run command names sets it again
+                if (path, knob.name) in dead or _replaced(knob.name, replaced.get(path, set())):
+                    continue  # a config file the run command names, or the script, sets it again
                 name = _unique(knob.name, path, found)
                 found[name] = knob if name == knob.name else dataclasses.replace(knob, name=name)
                 if knob.selected_by:  # a field of a Hydra structured config's group option
                     selected_by[name] = knob.selected_by
     return EditableKnobs(list(found.values()), selected_by, files, command)
+
+
+def _replaced(name: str, keys: set[str]) -> bool:
+    return any(name == key or name.startswith(key + ".") for key in keys)
 
 
 def _exec_overridden(files: dict[str, str], command: str) -> set[tuple[str, str]]:

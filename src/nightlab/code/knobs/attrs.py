@@ -1,5 +1,6 @@
 """Settings set on an object after it is made: ``cfg = Config(); cfg.lr = 3e-4``, or
-``args = parser.parse_args(); args.lr = 1e-3`` (the value a script forces after parsing).
+``args = parser.parse_args(); args.lr = 1e-3`` (the value a script forces after parsing), or
+``cfg = yaml.safe_load(f); cfg["optim"]["lr"] = 1e-3`` (a subscript path reads the same).
 
 The assigned literal is the value the run uses, so it is the knob, named by its attribute path
 below the object (``lr``; ``optim.lr`` for ``cfg.optim.lr = ...``; ``cfg.lr`` when the name is
@@ -24,7 +25,7 @@ import re
 from collections.abc import Callable
 
 from nightlab.code.knobs.model import Knob
-from nightlab.code.knobs.reader import Reader, call_name, dotted_path
+from nightlab.code.knobs.reader import Reader, call_name
 
 SOURCE = "attribute"
 _PARSERS = ("parse_args", "parse_known_args", "parse_args_into_dataclasses", "parse")
@@ -54,7 +55,8 @@ def attribute_knobs(reader: Reader, tree: ast.Module, is_settings_name: Callable
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             params = {a.arg: _Origin() for a in ast.walk(node.args) if isinstance(a, ast.arg)}
             inherited = {**roots, **{n: o for n, o in params.items() if is_settings_name(n)}}
-            bodies.append((node.body, _roots(node.body, inherited, classes, is_settings_name)))
+            body = _plain(node.body)
+            bodies.append((body, _roots(body, inherited, classes, is_settings_name)))
     taken = {(k.start, k.end) for k in reader.found.values()}
     mine: dict[tuple[str, str], str] = {}  # (object, attribute) -> the knob its last literal is
     for body, known in bodies:
@@ -92,7 +94,16 @@ def _module_statements(tree: ast.Module) -> list[ast.stmt]:
             and "__name__" in ast.unparse(stmt.test)
         ):
             out += stmt.body
-    return sorted(out, key=lambda s: (s.lineno, s.col_offset))
+    return _plain(sorted(out, key=lambda s: (s.lineno, s.col_offset)))
+
+
+def _plain(body: list[ast.stmt]) -> list[ast.stmt]:
+    """``body`` with the statements of its ``with`` blocks in their place: they always run
+    (``with open("config.yaml") as f: cfg = yaml.safe_load(f)``)."""
+    out: list[ast.stmt] = []
+    for stmt in body:
+        out += _plain(stmt.body) if isinstance(stmt, (ast.With, ast.AsyncWith)) else [stmt]
+    return out
 
 
 def _roots(
@@ -134,6 +145,21 @@ def _roots(
     return roots
 
 
+def assigned_path(target: ast.expr) -> list[str] | None:
+    """``["cfg", "optim", "lr"]`` for ``cfg.optim.lr``, ``cfg["optim"]["lr"]`` or a mix of both;
+    None for anything else."""
+    keys: list[str] = []
+    while isinstance(target, (ast.Attribute, ast.Subscript)):
+        if isinstance(target, ast.Attribute):
+            keys.insert(0, target.attr)
+        elif isinstance(target.slice, ast.Constant) and isinstance(target.slice.value, str):
+            keys.insert(0, target.slice.value)
+        else:
+            return None
+        target = target.value
+    return [target.id, *keys] if isinstance(target, ast.Name) else None
+
+
 def _assignment(
     reader: Reader,
     stmt: ast.stmt,
@@ -144,7 +170,7 @@ def _assignment(
     """The knob of ``root.attr = literal`` when ``root`` holds a settings object."""
     if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
         return
-    path = dotted_path(stmt.targets[0])
+    path = assigned_path(stmt.targets[0])
     if path is None or len(path) < 2 or path[0] not in roots:
         return
     value = stmt.value

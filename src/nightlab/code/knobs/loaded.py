@@ -1,0 +1,112 @@
+"""Values of a config file that the script replaces after loading it, which are then no knobs.
+
+``cfg = yaml.safe_load(open("config.yaml"))`` and then ``cfg["lr"] = 1e-3`` (or ``cfg.optim.lr =
+args.lr`` on an OmegaConf config): whatever ``config.yaml`` says of ``lr`` never reaches
+training, so an experiment that edits it measures only noise. :func:`overridden_keys` names such
+keys, per editable config file, from the plain statements (``with`` blocks included) of the
+module and of each function of every editable Python file. A literal assigned that way is a knob
+of the Python file (:mod:`.attrs`).
+"""
+
+from __future__ import annotations
+
+import ast
+
+from nightlab.code.knobs.attrs import assigned_path
+from nightlab.code.knobs.reader import call_name
+
+_LOADERS = ("safe_load", "load", "full_load", "unsafe_load", "loads")
+_CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
+
+
+def overridden_keys(files: dict[str, str]) -> dict[str, set[str]]:
+    """``{config file: {key path, ...}}`` for every key of an editable config file that a
+    statement of an editable Python file sets after loading it (``optim`` covers ``optim.lr``)."""
+    configs = {path for path in files if path.endswith(_CONFIG_SUFFIXES)}
+    out: dict[str, set[str]] = {}
+    if not configs:
+        return out
+    for path, text in files.items():
+        if not path.endswith(".py"):
+            continue
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue
+        bodies = [tree.body] + [
+            n.body for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+        ]
+        for body in bodies:
+            loaded: dict[str, str] = {}
+            for stmt, handles in _statements(body, {}):
+                _read(stmt, handles, configs, loaded, out)
+    return out
+
+
+def _statements(body: list[ast.stmt], handles: dict[str, str]) -> list[tuple[ast.stmt, dict[str, str]]]:
+    """The plain statements of ``body`` (those of ``with`` blocks in place), each with the files
+    its ``with open("F") as f`` blocks have open (``{"f": "F"}``)."""
+    out: list[tuple[ast.stmt, dict[str, str]]] = []
+    for stmt in body:
+        if isinstance(stmt, (ast.With, ast.AsyncWith)):
+            inner = dict(handles)
+            for item in stmt.items:
+                opened = _opened(item.context_expr)
+                if opened and isinstance(item.optional_vars, ast.Name):
+                    inner[item.optional_vars.id] = opened
+            out += _statements(stmt.body, inner)
+        else:
+            out.append((stmt, handles))
+    return out
+
+
+def _opened(node: ast.expr) -> str:
+    """``F`` for ``open("F", ...)`` or ``Path("F").open()``; "" otherwise."""
+    if isinstance(node, ast.Call) and call_name(node) in ("open", "read_text") and node.args[:1]:
+        first = node.args[0]
+        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+            return first.value
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return _opened(node.func.value)  # Path("config.yaml").open(), .read_text()
+    if isinstance(node, ast.Call) and call_name(node) == "Path" and node.args[:1]:
+        first = node.args[0]
+        return first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else ""
+    return ""
+
+
+def _read(
+    stmt: ast.stmt,
+    handles: dict[str, str],
+    configs: set[str],
+    loaded: dict[str, str],
+    out: dict[str, set[str]],
+) -> None:
+    if not isinstance(stmt, (ast.Assign, ast.AnnAssign)) or stmt.value is None:
+        return
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+    if len(targets) != 1:
+        return
+    target = targets[0]
+    if isinstance(target, ast.Name):
+        source = _source(stmt.value, handles)
+        if source in configs:
+            loaded[target.id] = source
+        else:
+            loaded.pop(target.id, None)  # rebound
+        return
+    path = assigned_path(target)
+    if path is not None and len(path) > 1 and path[0] in loaded:
+        out.setdefault(loaded[path[0]], set()).add(".".join(path[1:]))
+
+
+def _source(node: ast.expr, handles: dict[str, str]) -> str:
+    """The file a loader call reads: ``yaml.safe_load(f)`` (``f`` an open handle),
+    ``json.load(open("F"))``, ``OmegaConf.load("F")``; "" for anything else."""
+    if not isinstance(node, ast.Call) or call_name(node) not in _LOADERS or not node.args:
+        return ""
+    first = node.args[0]
+    if isinstance(first, ast.Name):
+        return handles.get(first.id, "").removeprefix("./")
+    if isinstance(first, ast.Constant) and isinstance(first.value, str):
+        return first.value.removeprefix("./")
+    return _opened(first).removeprefix("./")
