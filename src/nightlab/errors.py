@@ -17,6 +17,11 @@ class EditError(UserError):
     """A proposal's edit that cannot be applied; the message is written for an LLM to act on."""
 
 
+class LostWorktree(UserError):
+    """A worktree whose git folder is gone: a coding CLI ran ``git worktree remove`` or ``prune``
+    from its checkout. ``Workspace.checkout`` makes it again."""
+
+
 def shell_word(value: object) -> str:
     """``value`` (a path, a name) as it goes into a command an error or a hint suggests: quoted
     where the shell needs it, so ``nightlab run 'my ws'`` can be pasted as it is (unquoted, a

@@ -178,3 +178,20 @@ def test_ctrl_c_during_a_round_stops_the_cli_and_its_children_at_once(tmp_path, 
     assert f"interrupted ({signal.Signals(signum).name})" in err
     assert not running(cli) and not running(child)
     assert git(root, "status", "--porcelain") == ""
+
+
+def test_a_cli_that_removes_its_own_checkout_fails_one_round_and_the_next_has_one(tmp_path, caplog):
+    """`git worktree remove --force .` from the CLI's checkout stopped the night with exit 2 and
+    "... is not a nightlab worktree: delete it and run again" (found from outside)."""
+    caplog.set_level(logging.WARNING)
+    once = tmp_path / "once"
+    root = workspace_with(
+        tmp_path,
+        f'{LR_SED}\nif [ ! -e {once} ]; then touch {once}; git worktree remove --force "$PWD"; fi\n',
+    )
+    proposal = command_agent(root).propose(context_of(root))
+    assert [e.path for e in proposal.edits] == ["train.py"] and "LR = 0.3" in proposal.edits[0].replace
+    [line] = _say(caplog)
+    assert line.startswith(
+        "command agent: round 1: the command removed its own checkout (git worktree remove or prune)"
+    )

@@ -38,7 +38,7 @@ from nightlab import safefile
 from nightlab.agents.base import Agent, AgentSetup, AgentTools, bounded_hypothesis
 from nightlab.code.changes import line_counts
 from nightlab.config import Config
-from nightlab.errors import UserError
+from nightlab.errors import LostWorktree, UserError
 from nightlab.formatting import general
 from nightlab.paths import is_editable, match_files
 from nightlab.plugins import Kind, Settings
@@ -157,7 +157,13 @@ class CommandAgent(Agent):
         try:
             ours = self._place_files(tree, context)
             result = self._run(tree, run_dir)
-            proposal = self._proposal(tree, context, scratch.changed(), ours, result, run_dir)
+            try:
+                changed = scratch.changed()
+            except LostWorktree:  # made again by the reset below
+                gone = "the command removed its own checkout (git worktree remove or prune)"
+                proposal = Proposal(description="command agent: no checkout left", edits=[], refused=gone)
+            else:
+                proposal = self._proposal(tree, context, changed, ours, result, run_dir)
         finally:
             # The scratch tree goes back to the incumbent, our files gone; and what the CLI did
             # beyond it (a branch, a write to the user's checkout) is undone where safe.

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from nightlab.errors import UserError
+from nightlab.errors import LostWorktree, UserError
 from nightlab.paths import matches, normalize
 from nightlab.workspace.gitcli import GitError, decode, encode, porcelain_paths, run_git
 
@@ -414,7 +414,7 @@ class Workspace:
     def _tree_git(self, path: Path, *args: str) -> bytes:
         admin = self._admin_dir(path)
         if admin is None:
-            raise UserError(f"{path} is not a nightlab worktree: delete it and run again")
+            raise LostWorktree(f"{path} is not a nightlab worktree: delete it and run again")
         pointer, expected = path / ".git", f"gitdir: {admin}\n"
         if pointer.is_dir() and not pointer.is_symlink():
             shutil.rmtree(pointer)
@@ -429,6 +429,9 @@ class Workspace:
         ``keep`` are globs (relative to the worktree) of untracked files to leave in place, e.g.
         a run directory placed inside the worktree.
         """
+        folder = self.state_dir / "worktrees"
+        if path.parent == folder and _WORKTREE_RE.match(path.name) and self._admin_dir(path) is None:
+            self.worktree(path.name)  # its git folder was removed (`git worktree remove`): made again
         self._tree_git(path, "checkout", "--detach", "--force", "--quiet", commit)
         self._remove_untracked(path, keep)
 
