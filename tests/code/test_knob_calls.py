@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nightlab.code.knobs import find_all_knobs, find_knobs, set_knobs
+from nightlab.code.knobs import find_all_knobs, find_knobs, is_budget_name, set_knobs
 
 PLAIN = """\
 import torch
@@ -333,3 +333,22 @@ def test_lora_timm_dropouts_and_the_named_hf_schedule_are_knobs() -> None:
         "create_model.drop_path_rate": 0.05,
     }
     assert "get_scheduler('linear'," in set_knobs(source, {"get_scheduler.name": "linear"})
+
+
+def test_gradient_boosted_trees_and_forests_are_knobs() -> None:
+    """xgboost, LightGBM and scikit-learn forests keep their method in the constructor's
+    keywords; ``random_state``, ``n_jobs`` and ``verbose`` are not knobs, and ``max_depth`` is
+    the model, not a budget."""
+    source = (
+        "import xgboost as xgb\nfrom lightgbm import LGBMClassifier\nfrom sklearn.ensemble import RandomForestClassifier\n"
+        "m = xgb.XGBClassifier(n_estimators=500, learning_rate=0.05, max_depth=6, random_state=42, n_jobs=4)\n"
+        "g = LGBMClassifier(num_leaves=31, verbose=-1)\nrf = RandomForestClassifier(min_samples_leaf=2, random_state=0)\n"
+    )
+    assert _values(source) == {
+        "XGBClassifier.n_estimators": 500,
+        "XGBClassifier.learning_rate": 0.05,
+        "XGBClassifier.max_depth": 6,
+        "LGBMClassifier.num_leaves": 31,
+        "RandomForestClassifier.min_samples_leaf": 2,
+    }
+    assert not is_budget_name("XGBClassifier.max_depth")

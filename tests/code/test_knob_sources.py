@@ -311,7 +311,8 @@ def test_broken_config_files_are_one_line_errors() -> None:
     [("max_iters", True), ("NUM_EPOCHS", True), ("total_tokens", True),
      ("MAX_SEQ_LEN", True), ("schedule.decay_iters", True), ("--max-steps", True), ("max_epochs", True),
      ("warmup_steps", False), ("WARMUP_ITERS", False), ("max_lr", False), ("max_grad_norm", False),
-     ("TOTAL_BATCH_SIZE", False), ("learning_rate", False), ("n_layer", False), ("eval_interval", False)],
+     ("TOTAL_BATCH_SIZE", False), ("learning_rate", False), ("n_layer", False), ("eval_interval", False),
+     ("max_depth", False), ("max_leaf_nodes", False), ("max_features", False)],
 )  # fmt: skip
 def test_budget_names(name: str, budget: bool) -> None:
     assert is_budget_name(name) is budget

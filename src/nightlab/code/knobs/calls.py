@@ -121,6 +121,21 @@ _TRANSFORMER_LAYER = {
     "activation": Param("str", ("relu", "gelu")),
 }  # fmt: skip
 
+# Gradient-boosted trees (xgboost, LightGBM, CatBoost, and scikit-learn's own), read by the
+# same names in each library's spelling; random_state, n_jobs and verbosity are no knobs.
+_GBDT = {
+    "learning_rate": _F, "n_estimators": _I, "max_depth": _I, "num_leaves": _I, "subsample": _F,
+    "colsample_bytree": _F, "min_child_weight": _F, "min_child_samples": _I, "reg_alpha": _F,
+    "reg_lambda": _F, "gamma": _F, "iterations": _N, "depth": _I, "l2_leaf_reg": _F,
+    "min_samples_leaf": _I, "min_samples_split": _I, "max_features": _F, "max_leaf_nodes": _I,
+}  # fmt: skip
+_GBDT_CLASSES = frozenset(
+    "XGBClassifier XGBRegressor XGBRanker LGBMClassifier LGBMRegressor LGBMRanker CatBoostClassifier "
+    "CatBoostRegressor GradientBoostingClassifier GradientBoostingRegressor HistGradientBoostingClassifier "
+    "HistGradientBoostingRegressor RandomForestClassifier RandomForestRegressor ExtraTreesClassifier "
+    "ExtraTreesRegressor".split()
+)
+
 FAMILIES: tuple[Family, ...] = (
     Family(("torch.optim.lr_scheduler",), None, _TORCH_SCHEDULER,
            {"StepLR": ("", "step_size", "gamma"), "ExponentialLR": ("", "gamma")}),
@@ -136,6 +151,7 @@ FAMILIES: tuple[Family, ...] = (
                       "get_polynomial_decay_schedule_with_warmup", "get_constant_schedule_with_warmup"}),
            {"num_warmup_steps": _I, "num_training_steps": _N, "num_cycles": _F,
             "name": _HF_ARGUMENTS["lr_scheduler_type"]}, {"get_scheduler": ("name",)}),
+    Family(("xgboost", "lightgbm", "catboost", "sklearn.ensemble"), _GBDT_CLASSES, _GBDT, {}),
     Family(("peft",), frozenset({"LoraConfig"}), {"r": _I, "lora_alpha": _N, "lora_dropout": _F}, {}),
     Family(("timm",), frozenset({"create_model"}), {"drop_rate": _F, "drop_path_rate": _F}, {}),
     Family(("transformers", "trl"), frozenset({"TrainingArguments", "Seq2SeqTrainingArguments", "SFTConfig"}),
