@@ -59,6 +59,16 @@ def test_attributes_set_after_the_object_is_made_are_the_knobs(tmp_path: Path) -
     assert out.stdout.split() == ["0.002", "0.5", "64"]
 
 
+def test_a_computed_value_set_on_args_leaves_the_default_a_knob() -> None:
+    """DeiT: ``args.lr = args.lr * args.batch_size / 512`` (through a variable): the default
+    still sets the rate, so it stays the knob."""
+    source = (
+        "import argparse\np = argparse.ArgumentParser()\np.add_argument('--lr', type=float, default=5e-4)\n"
+        "args = p.parse_args()\nscaled = args.lr * 2\nargs.lr = scaled\n"
+    )
+    assert {k.name: k.value for k in find_knobs(source)} == {"lr": 5e-4}
+
+
 def test_only_settings_objects_give_attribute_knobs() -> None:
     """``self.lr`` is a model's state and ``model.width`` an object's; what a distributed launch
     sets on ``args`` is the machine's."""
@@ -94,6 +104,7 @@ def test_a_config_files_key_the_script_sets_after_loading_it_is_no_knob() -> Non
             "p.add_argument('--bs', type=int, default=32)\nargs = p.parse_args()\n"
             "with open('config.yaml') as f:\n    cfg = yaml.safe_load(f)\n"
             "cfg['optim']['lr'] = 1e-3\ncfg['batch_size'] = args.bs\ncfg['model'] = dict(depth=4)\n"
+            "wd = cfg['optim']['wd'] * 2\ncfg['optim']['wd'] = wd\n"  # still the file's value, scaled
         ),
         "config.yaml": "optim:\n  lr: 3e-4\n  wd: 0.1\nbatch_size: 64\nmodel:\n  depth: 2\nseed: 1\n",
     }

@@ -24,6 +24,7 @@ import ast
 import re
 from collections.abc import Callable
 
+from nightlab.code.knobs.literal import literal
 from nightlab.code.knobs.model import Knob
 from nightlab.code.knobs.reader import Reader, call_name
 
@@ -182,6 +183,12 @@ def _assignment(
         return  # another reader's knob (an ml_collections ConfigDict's)
     origin, name = roots[path[0]], ".".join(path[1:])
     if _MACHINE.match(path[-1]):
+        return
+    if literal(value) is None:
+        # args.lr = scaled_lr: the default may still flow in (scaled_lr = args.lr * ...), so it
+        # stays a knob; a literal set before is dead unless the new value reads the object.
+        if not any(isinstance(n, ast.Name) and n.id == path[0] for n in ast.walk(value)):
+            reader.found.pop(mine.pop((path[0], name), ""), None)
         return
     earlier = mine.pop((path[0], name), None)
     if earlier is not None:  # assigned again: the last assignment is the one that runs

@@ -2,7 +2,8 @@
 
 ``cfg = yaml.safe_load(open("config.yaml"))`` and then ``cfg["lr"] = 1e-3`` (or ``cfg.optim.lr =
 args.lr`` on an OmegaConf config): whatever ``config.yaml`` says of ``lr`` never reaches
-training, so an experiment that edits it measures only noise. :func:`overridden_keys` names such
+training, so an experiment that edits it measures only noise; unless the new value is computed
+from what was loaded (``cfg["lr"] = cfg["lr"] * 2``, or through a variable computed so). :func:`overridden_keys` names such
 keys, per editable config file, from the plain statements (``with`` blocks included) of the
 module and of each function of every editable Python file. A literal assigned that way is a knob
 of the Python file (:mod:`.attrs`).
@@ -87,15 +88,20 @@ def _read(
     if len(targets) != 1:
         return
     target = targets[0]
+    names = {n.id for n in ast.walk(stmt.value) if isinstance(n, ast.Name)}
     if isinstance(target, ast.Name):
         source = _source(stmt.value, handles)
         if source in configs:
             loaded[target.id] = source
+        elif names & set(loaded):  # lr = cfg["lr"] * 2: computed from a loaded file
+            loaded[target.id] = ""
         else:
             loaded.pop(target.id, None)  # rebound
         return
     path = assigned_path(target)
-    if path is not None and len(path) > 1 and path[0] in loaded:
+    if path is None or len(path) < 2 or not loaded.get(path[0]):
+        return
+    if not names & set(loaded):  # cfg["lr"] = cfg["lr"] * 2 still reads the file's value
         out.setdefault(loaded[path[0]], set()).add(".".join(path[1:]))
 
 
