@@ -100,13 +100,17 @@ def test_model_widths_beside_task_shapes_are_searched(name: str) -> None:
         "LATEST_WEIGHT",
         "SAMPLES_PER_TOKEN",
         "TrainConfig.dropout",
+        "drop_path",  # DeiT's stochastic depth rate, not a file's path
     ],
 )
 def test_model_knobs_that_only_look_like_data_knobs_are_searched(name: str) -> None:
     assert default_pin(name) is None
 
 
-@pytest.mark.parametrize("name", ["random_state", "CFG.train", "do_train", "rng_seed"])
+@pytest.mark.parametrize(
+    "name",
+    ["random_state", "CFG.train", "do_train", "rng_seed", "world_size", "local_rank", "n_gpu", "dist_url"],
+)
 def test_seeds_by_other_names_and_mode_switches_are_pinned(name: str) -> None:
     assert default_pin(name) == PIN_DEFAULT
 
