@@ -201,3 +201,25 @@ def test_a_live_tracker_that_never_answers_neither_stops_nor_holds_up_the_run(tm
     assert len(warnings) == 1, res.stderr  # one line however many passes failed
     assert warnings[0].startswith(f"warning: mlflow: cannot reach the tracking server {uri} (it accepts")
     assert "still sending" not in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("file:///{tmp}/mlruns", "filesystem tracking backend"),  # MLflow 3 refuses a file store
+        ("sqlite:////proc/nowhere/mlflow.db", "No such file or directory"),
+    ],
+)
+def test_a_store_the_client_refuses_is_one_line_naming_it(tmp_path: Path, uri: str, says: str) -> None:
+    """`export --to mlflow -o tracking_uri=file:///tmp/mlruns` printed MLflow's traceback (a
+    hundred lines) and exited 1: the client refused the store as it was built."""
+    from nightlab.errors import UserError
+    from nightlab.store.trackers.mlflow import MlflowSettings, MlflowTracker
+    from nightlab.store.trackers.registry import TrackerTarget
+
+    uri = uri.format(tmp=str(tmp_path).lstrip("/"))
+    with pytest.raises(UserError) as caught:
+        MlflowTracker(MlflowSettings(tracking_uri=uri), TrackerTarget(tmp_path, tmp_path / ".nightlab"))
+    line = str(caught.value)
+    assert "\n" not in line and line.startswith(f"mlflow: cannot open the tracking store {uri} ("), line
+    assert says in line and "sqlite:///PATH/mlflow.db" in line

@@ -90,7 +90,10 @@ class MlflowTracker(Tracker):
             self.uri = f"sqlite:///{target.state_dir / 'mlflow.db'}"
             self.artifacts = (target.state_dir / "mlartifacts").as_uri()
         self.experiment_name = settings.experiment or f"nightlab/{target.root.name}"
-        self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+        try:
+            self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+        except Exception as exc:  # noqa: BLE001 - the client refused the store: one line, not its traceback
+            raise _store_refused(self.uri, exc) from None
         self._entities = mlflow.entities
         self.experiment_id = ""
         self.parent_id = ""
@@ -251,6 +254,20 @@ def _unreachable(shown: str, reason: str) -> TrackerUnreachable:
         f"mlflow: cannot reach the tracking server {shown} ({reason}): start it, or point "
         "tracking_uri ([trackers.mlflow] in nightlab.toml, -o tracking_uri=..., or "
         "MLFLOW_TRACKING_URI) at one that runs"
+    )
+
+
+def _store_refused(uri: str, exc: Exception) -> UserError:
+    """The client would not open ``uri`` (MLflow 3 refuses a ``file:`` store, a scheme it does
+    not know, a path it cannot create): its first sentence and what to give instead. The
+    traceback it raised ran to a hundred lines."""
+    parts = urllib.parse.urlsplit(uri)
+    # No user:password; a URI without them shown as given (geturl() turned sqlite://// into sqlite://).
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else uri
+    first = " ".join(str(exc).split()).split(". ")[0][:200] or type(exc).__name__
+    return UserError(
+        f"mlflow: cannot open the tracking store {shown} ({first}): point tracking_uri at a database "
+        "(sqlite:///PATH/mlflow.db) or a tracking server (http://HOST:5000)"
     )
 
 
