@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from nightlab.safefile import read_bytes
+from nightlab.safefile import read_bytes, read_text
 
 
 class MetricsFileError(ValueError):
@@ -103,6 +103,10 @@ def parse_log_metric(text: str, pattern: str) -> float | None:
 EVAL_PROGRESS_FILE = "progress.eval.jsonl"
 PROGRESS_FILE = "progress.jsonl"
 LEGACY_CURVE_FILE = "curve.jsonl"
+# What a reader takes of one progress file, which the training process writes: a line is about
+# 100 bytes (64 MB: over half a million points). Read whole, an 800 MB one took the harness to
+# 1.76 GB resident at the end of a night (its report), found from outside.
+MAX_PROGRESS_BYTES = 64 << 20
 # While a run trains, its progress evaluator writes its scores in a folder beside the run
 # directory that the training process cannot see (a val oracle otherwise); moved in at the end.
 SCORES_SUFFIX = ".scores"
@@ -126,10 +130,12 @@ def read_curve_points(run_dir: Path, metric_name: str) -> list[dict[str, float]]
     live = scores_dir(run_dir) / EVAL_PROGRESS_FILE  # a run still training: its scores so far
     files = [live, *(Path(run_dir) / name for name in (EVAL_PROGRESS_FILE, PROGRESS_FILE, LEGACY_CURVE_FILE))]
     for path in files:
-        if not path.is_file():
+        try:  # a regular file, never through a link the run left, at most MAX_PROGRESS_BYTES
+            text = read_text(path, MAX_PROGRESS_BYTES)
+        except OSError:
             continue
         points = []
-        for line in path.read_text(errors="replace").splitlines():
+        for line in text.splitlines():
             try:
                 data = json.loads(line)
             except ValueError:

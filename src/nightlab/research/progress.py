@@ -32,7 +32,7 @@ from pathlib import Path
 
 from nightlab.config import Config, metric_group
 from nightlab.executor.process import RunInterrupted, run_process
-from nightlab.metrics import EVAL_PROGRESS_FILE, PROGRESS_FILE
+from nightlab.metrics import EVAL_PROGRESS_FILE, MAX_PROGRESS_BYTES, PROGRESS_FILE
 from nightlab.safefile import create_new, open_read
 from nightlab.types import TRAIN_LOG, RunResult, RunSpec
 
@@ -58,22 +58,35 @@ class Point:
         return cls(**{k: data.get(k) for k in ("x", "value", "step", "seconds", "tokens")})
 
 
+# The longest progress line kept; of a file, at most MAX_PROGRESS_BYTES is read (the training
+# process writes these files: read whole, a flood of them took the harness's memory with it).
+MAX_LINE_BYTES = 64 << 10
+
+
 class _Tail:
-    """The lines appended to a file since the last read (a partial last line waits)."""
+    """The lines appended to a file since the last read (a partial last line waits), up to
+    :data:`MAX_PROGRESS_BYTES` in all; a line longer than :data:`MAX_LINE_BYTES` is dropped."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.offset, self.rest = path, 0, b""
+        self._long = False  # inside a line too long to keep: dropped up to its end
 
     def lines(self) -> list[str]:
+        if self.offset >= MAX_PROGRESS_BYTES:
+            return []
         try:
             with open_read(self.path) as fh:  # not through a link, never blocking on a FIFO
                 fh.seek(self.offset)
-                data = fh.read()
+                data = fh.read(MAX_PROGRESS_BYTES - self.offset)
         except OSError:
             return []
         self.offset += len(data)
         *complete, self.rest = (self.rest + data).split(b"\n")
-        return [line.decode("utf-8", errors="replace") for line in complete]
+        if self._long and complete:
+            complete, self._long = complete[1:], False  # the end of the long line
+        if len(self.rest) > MAX_LINE_BYTES:
+            self.rest, self._long = b"", True
+        return [line.decode("utf-8", errors="replace") for line in complete if len(line) <= MAX_LINE_BYTES]
 
 
 class ProgressReader:
