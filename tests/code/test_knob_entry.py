@@ -304,7 +304,15 @@ def test_fire_on_a_class_reads_init_and_the_method_the_command_calls(tmp_path: P
     built = FIRE_CLASS.replace("    fire.Fire(Trainer)", "    Trainer(momentum=0.9)\n    fire.Fire(Trainer)")
     assert "momentum" not in knobs("python train.py train", built)  # a call in the file passes it
     instance = FIRE_CLASS.replace("fire.Fire(Trainer)", "fire.Fire(Trainer(seed=1))")
-    assert list(knobs("python train.py train", instance)) == ["lr", "momentum", "epochs", "batch_size"]
+    # the instance's seed=1 is the value that applies (the default is dead): that literal is the knob
+    assert list(knobs("python train.py train", instance)) == [
+        "lr",
+        "momentum",
+        "epochs",
+        "batch_size",
+        "seed",
+    ]
+    assert knobs("python train.py train", instance)["seed"].source == "call"
     command = "python train.py train"
     changed = set_all_knobs({"train.py": FIRE_CLASS}, {"lr": 0.05, "batch_size": 32}, command)
     (tmp_path / "train.py").write_text(changed["train.py"])
@@ -388,3 +396,24 @@ if __name__ == "__main__":
     }
     _only_literal_changed(source, "model.lr", 3e-4, "3e-4")
     assert {k.name for k in find_knobs(source, command="python train.py fit --config c.yaml")} == set()
+
+
+def test_tyro_cli_of_a_function_and_of_a_dataclass_with_a_default_instance() -> None:
+    """``tyro.cli(train)`` makes the function's defaults options (``--hidden-dim``);
+    ``tyro.cli(Config, default=Config(batch_size=64))`` runs with the instance's values, so its
+    literals are the knobs and the fields it passes are not."""
+    function = (
+        "import tyro\n\n\ndef train(lr: float = 3e-4, hidden_dim: int = 64) -> None:\n    pass\n\n\n"
+        'if __name__ == "__main__":\n    tyro.cli(train)\n'
+    )
+    knobs = _knobs(function)
+    assert {n: (k.value, k.flags) for n, k in knobs.items()} == {
+        "lr": (3e-4, ("--lr",)),
+        "hidden_dim": (64, ("--hidden-dim", "--hidden_dim")),
+    }
+    dataclass = (
+        "from dataclasses import dataclass\nimport tyro\n\n\n@dataclass\nclass Config:\n"
+        "    lr: float = 3e-4\n    batch_size: int = 32\n\n\n"
+        'if __name__ == "__main__":\n    cfg = tyro.cli(Config, default=Config(batch_size=64))\n'
+    )
+    assert {n: k.value for n, k in _knobs(dataclass).items()} == {"lr": 3e-4, "batch_size": 64}

@@ -14,6 +14,7 @@ on it measures only noise. The entry functions read:
 - ``jsonargparse``: the function (or class, as for fire) given to ``CLI(main)`` or
   ``auto_cli(main)``, spelled ``--lr``; the classes given to Lightning's ``LightningCLI(Model,
   Data)``, spelled ``--model.lr`` and ``--data.batch_size``;
+- ``tyro``: the function given to ``tyro.cli(train)``, spelled ``--hidden-dim``;
 - ``typer``/``click``: a function decorated ``@app.command()`` or ``@click.command()``, and one
   given to ``typer.run(main)``. typer reads each parameter's default, also out of
   ``typer.Option(2e-3, ...)``/``typer.Argument(...)`` (and of ``Annotated[float,
@@ -268,12 +269,16 @@ def _registers(call: ast.Call) -> bool:
     func = call.func
     if call_name(call) in ("Fire", "CLI", "auto_cli"):
         return True
+    if isinstance(func, ast.Attribute) and func.attr == "cli" and call_name(func.value) == "tyro":
+        return True  # tyro.cli(train): the function's defaults are its options
     return isinstance(func, ast.Attribute) and func.attr == "run" and call_name(func.value) == "typer"
 
 
 def _how(call: ast.Call) -> str:
     """The parser a registering call names: ``fire``, ``jsonargparse`` or ``typer``."""
-    return {"Fire": "fire", "CLI": "jsonargparse", "auto_cli": "jsonargparse"}.get(call_name(call), "typer")
+    return {"Fire": "fire", "CLI": "jsonargparse", "auto_cli": "jsonargparse", "cli": "tyro"}.get(
+        call_name(call), "typer"
+    )
 
 
 def _entries(tree: ast.Module, functions: dict[str, _Function], uses: _Uses) -> dict[str, str]:
@@ -408,6 +413,8 @@ def _spellings(
     ``--no-x``. A function called from the script itself has none."""
     if how in ("fire", "jsonargparse"):
         return (f"--{param.arg}",)
+    if how == "tyro":  # tyro spells --hidden-dim, and takes --hidden_dim too
+        return tuple(dict.fromkeys((f"--{param.arg.replace('_', '-')}", f"--{param.arg}")))
     if how not in ("typer", "click") or positional:
         return ()
     if names:

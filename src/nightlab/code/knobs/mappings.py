@@ -196,11 +196,22 @@ def built_settings(
     the name is taken), and the keywords that set a default of one of the editable files' own
     classes (``classes``: class name -> its parameters with a default), whatever the variable
     (``model = MLP(16, hidden=128)``: ``hidden``; not ``d_in=16``, which has no default: a size
-    the data sets). The class's own defaults for them are no knobs (the call passes them), so
+    the data sets), also where the object is passed on rather than assigned
+    (``tyro.cli(Config, default=Config(lr=1e-3))``). The class's own defaults for them are no knobs (the call passes them), so
     without this the values that apply were searched nowhere. Read after every other reader: a
     call of a well-known training API (``known``: ``TrainingArguments(...)``) gives only the
     arguments :mod:`.calls` reads, never ``output_dir`` or ``logging_steps``."""
     taken = {(k.start, k.end) for k in reader.found.values()}
+    passed = {  # tyro.cli(Config, default=Config(lr=1e-3)), trainer.fit(Model(hidden=128))
+        id(a)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        for a in [*n.args, *(k.value for k in n.keywords)]
+    }
+    for node in ast.walk(tree):  # a call whose object is used: passed on, not built and dropped
+        if isinstance(node, ast.Call) and id(node) in passed and isinstance(node.func, ast.Name):
+            if node.func.id in classes and id(node) not in known:
+                _keywords(reader, node, node, "", node.func.id, taken, only=classes[node.func.id])
     for node in ast.walk(tree):
         if not isinstance(node, (ast.Assign, ast.AnnAssign)) or not isinstance(node.value, ast.Call):
             continue
