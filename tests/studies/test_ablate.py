@@ -219,3 +219,17 @@ def test_a_knob_move_that_git_cannot_revert_is_left_out_by_its_knobs(tmp_path: P
     assert any("WEIGHT_DECAY set back" in n and "LEARNING_RATE moved again" in n for n in data["notes"])
     # Weight decay 0.1 -> 0.02 is worth 0.0244 on this target: the best without it is that much worse.
     assert left_out["ci"][0] < 0.0244 < left_out["ci"][1]
+
+
+def test_a_tag_with_no_session_names_the_tags_there_are(tmp_path: Path) -> None:
+    """`ablate --tag typo` said "run `nightlab run` first (or pass --tag)" to a user who had
+    passed --tag. It lists the ledger's tags (validate's message too)."""
+    from helpers import make_workspace, record_timed_runs
+
+    root = make_workspace(tmp_path / "ws")
+    (root / ".nightlab").mkdir()
+    record_timed_runs(root / ".nightlab" / "ledger.db")  # a research session of tag t
+    res = nightlab("ablate", str(root), "--tag", "typo", "--seeds", "2")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no research session 'typo' in the ledger (tags: t): pass --tag"), last

@@ -31,7 +31,7 @@ from nightlab.stats import mean, noise_floor, pooled_sd, sample_sd
 from nightlab.studies.compare import MetricComparison, compare
 from nightlab.studies.knob_revert import revert_knobs_onto
 from nightlab.studies.scales import apply_scale, editable_paths, resolve_scale, scaled_config, set_ref
-from nightlab.studies.study import Arm, RunCallback, SideStudy, check_seed_count, study_seeds
+from nightlab.studies.study import Arm, RunCallback, SideStudy, check_seed_count, known_tags, study_seeds
 
 # ``--apply`` drops changes only when the interval rules out a loss beyond this many times the noise.
 LOSS_BOUND = 3.0
@@ -211,7 +211,8 @@ def run_ablation(
     best = ledger.incumbent(tag)
     if best is None or not best.commit:
         raise UserError(
-            f"no research session '{tag}' in the ledger: run `nightlab run` first (or pass --tag)"
+            f"no research session '{tag}' in the ledger (tags: {known_tags(session)}): "
+            "pass --tag with one of them, or run `nightlab run` first"
         )
     changes = kept_changes(session)
     if not changes:

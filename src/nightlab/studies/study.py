@@ -85,6 +85,13 @@ class Arm:
 RunCallback = Callable[[Arm, int, Replicate], None]
 
 
+def known_tags(session: Session) -> str:
+    """The research tags of the ledger, newest first, for an error about a --tag that has none
+    (``ablate --tag typo`` said "pass --tag" to the user who had)."""
+    newest = list(reversed(session.ledger.research_tags()))
+    return (", ".join(newest[:8]) + (", ..." if len(newest) > 8 else "")) or "none yet"
+
+
 def study_seeds(config: Config, count: int) -> list[int]:
     """The seeds every arm of a study runs with, the same list for each arm."""
     return [config.run.seed + SEED_BASE + i for i in range(count)]

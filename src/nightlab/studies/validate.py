@@ -22,7 +22,7 @@ from nightlab.research.session import Session
 from nightlab.stats import mean
 from nightlab.studies.compare import MetricComparison, compare
 from nightlab.studies.scales import apply_scale, resolve_scale, scaled_config, set_ref
-from nightlab.studies.study import Arm, RunCallback, SideStudy, check_seed_count, study_seeds
+from nightlab.studies.study import Arm, RunCallback, SideStudy, check_seed_count, known_tags, study_seeds
 from nightlab.studies.time_to_target import (
     Crossing,
     Speedup,
@@ -280,8 +280,8 @@ def _sides(session: Session, options: ValidateOptions) -> tuple[Side, Side, floa
     best = ledger.incumbent(tag)
     if (options.a is None or options.b is None) and (start is None or best is None):
         raise UserError(
-            f"no finished research session '{tag}' in the ledger to take the defaults from: "
-            "pass --a REV and --b REV (or --tag, or run `nightlab run` first)"
+            f"no finished research session '{tag}' in the ledger to take the defaults from "
+            f"(tags: {known_tags(session)}): pass --a REV and --b REV (or --tag, or run `nightlab run` first)"
         )
     rev_a = options.a or f"start of nightlab/{tag}"
     rev_b = options.b or f"best of nightlab/{tag} (#{best.id})"  # type: ignore[union-attr]
