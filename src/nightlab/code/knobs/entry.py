@@ -275,7 +275,7 @@ def _registers(call: ast.Call) -> bool:
 
 
 def _how(call: ast.Call) -> str:
-    """The parser a registering call names: ``fire``, ``jsonargparse`` or ``typer``."""
+    """The parser a registering call names: ``fire``, ``jsonargparse``, ``tyro`` or ``typer``."""
     return {"Fire": "fire", "CLI": "jsonargparse", "auto_cli": "jsonargparse", "cli": "tyro"}.get(
         call_name(call), "typer"
     )
