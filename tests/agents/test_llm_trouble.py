@@ -337,3 +337,33 @@ def test_a_body_that_is_neither_utf8_nor_json_is_named_so(llm_config):
         f"the API at {server.base_url} answered with something that is neither UTF-8 text "
         "(byte 0xff at offset 6) nor JSON: '<html>\ufffd</html>'"
     ) in agent.stop_reason()
+
+
+@pytest.mark.parametrize("finish", ["stop", "length"])
+def test_an_answer_of_reasoning_only_is_told_to_the_model_not_retried_as_a_server_failure(finish, llm_config):
+    """vLLM, DeepSeek and Ollama put a reasoning model's thinking in `reasoning_content`; an
+    answer with only that (content null) was retried as "answered without a message" until the
+    agent stopped, the model never told; one that spent the output limit thinking was told to
+    "answer more briefly, with fewer or smaller blocks"."""
+    thought = _openai_body({"content": None, "reasoning_content": "LR looks low..."}, finish)
+    with fake_llm_server("openai", [thought, Answer(GOOD)]) as server:
+        proposal = LLMAgent(llm_config(server)).propose(make_context())
+    assert proposal is not None and proposal.description == "raise LR 0.01 -> 0.03"
+    feedback = server.requests[1].last_user_text
+    assert "your answer held only reasoning and no text: after thinking, write the answer itself" in feedback
+    assert ("the reasoning used all 4096 output tokens ([agent] max_output_tokens)" in feedback) == (
+        finish == "length"
+    )
+
+
+def test_an_anthropic_answer_of_thinking_blocks_only_is_told_to_the_model(llm_config):
+    body = {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "thinking", "thinking": "hm", "signature": "s"}],
+    }
+    body.update(stop_reason="end_turn", usage={"input_tokens": 3, "output_tokens": 4})
+    with fake_llm_server("anthropic", [Raw(json.dumps(body)), Answer(GOOD)]) as server:
+        proposal = LLMAgent(llm_config(server)).propose(make_context())
+    assert proposal is not None and proposal.refused is None
+    assert "your answer held only reasoning and no text" in server.requests[1].last_user_text

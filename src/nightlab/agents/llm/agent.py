@@ -256,7 +256,17 @@ class LLMAgent(Agent):
                         f"your answer was a call to the tool {', '.join(map(repr, reply.tool_calls))}; no tools "
                         "are available here: write the answer itself as text"
                     )
-                if reply.truncated:
+                if reply.reasoning_only and not reply.text.strip():
+                    error = (
+                        "your answer held only reasoning and no text: after thinking, write the answer "
+                        "itself (the Description: line, Hypothesis: and the blocks)"
+                    )
+                    if reply.truncated:
+                        error += (
+                            f"; the reasoning used all {self.config.max_output_tokens} output tokens "
+                            "([agent] max_output_tokens): think more briefly"
+                        )
+                elif reply.truncated:
                     error += (
                         f" (your answer was cut off at {self.config.max_output_tokens} tokens: "
                         "answer more briefly, with fewer or smaller blocks)"

@@ -74,6 +74,8 @@ class Reply:
     # Tools the model called instead of answering in text (no tools are offered: it is a
     # spoiled answer for the conversation to correct, not a failure of the server).
     tool_calls: tuple[str, ...] = ()
+    # Only reasoning came back (``reasoning_content``, thinking blocks): no answer text at all.
+    reasoning_only: bool = False
 
 
 class ProviderRefused(UserError):
@@ -382,9 +384,14 @@ class OpenAIChat(_SDKChat):
         text = _text_of(_field(message, "content"))
         legacy = _field(message, "function_call")
         calls = _tool_names([*(_field(message, "tool_calls") or []), *([legacy] if legacy else [])])
+        # Only reasoning (vLLM, DeepSeek, Ollama: `reasoning_content`, `reasoning`) is the model's
+        # answer, one without text, for the conversation to correct: not a server's failure.
+        thought = not (text or "").strip() and bool(
+            _field(message, "reasoning_content") or _field(message, "reasoning")
+        )
         # No content is still the model's answer when it spent its output limit (a reasoning
         # model that only thought), refused, or called a tool; otherwise the server left it out.
-        if text is None and not truncated and not _field(message, "refusal") and not calls:
+        if text is None and not truncated and not _field(message, "refusal") and not calls and not thought:
             raise self._no_message("its message has no content")
         usage = _field(response, "usage")
         return Reply(
@@ -393,6 +400,7 @@ class OpenAIChat(_SDKChat):
             tokens_out=_count(_field(usage, "completion_tokens")),
             truncated=truncated,
             tool_calls=calls,
+            reasoning_only=thought,
         )
 
 
@@ -434,6 +442,8 @@ class AnthropicChat(_SDKChat):
             tokens_out=_count(_field(usage, "output_tokens")),
             truncated=truncated,
             tool_calls=_tool_names([b for b in content if _field(b, "type") == "tool_use"]),
+            reasoning_only=bool(content)
+            and all(_field(b, "type") in ("thinking", "redacted_thinking") for b in content),
         )
 
 
