@@ -176,6 +176,7 @@ def test_the_config_files_a_script_reads_are_editable_and_committed(tmp_path: Pa
         "cfg = yaml.safe_load(open('config.yaml'))\n"
         "vocab = json.load(open('vocab.json'))\n"
         "extra = json.load(open('configs/hparams.json'))\n"
+        "json.dump(extra, open('run_config.json', 'w'))\n"
         "print('val_loss: 1.0')\n"
     )
     (tmp_path / "config.yaml").write_text("lr: 1e-3\nbetas:\n  - 0.9\n  - 0.98\n")
@@ -183,11 +184,13 @@ def test_the_config_files_a_script_reads_are_editable_and_committed(tmp_path: Pa
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "hparams.json").write_text('{"dropout": 0.1}')
     (tmp_path / "other.yaml").write_text("lr: 1.0\n")
+    (tmp_path / "run_config.json").write_text('{"dropout": 0.1}')  # what the script writes
     *_, committed = init_script(tmp_path, "train.py")
     config = load_config(tmp_path)
     assert config.target.editable == ["train.py", "config.yaml", "configs/hparams.json"]
     assert {"config.yaml", "configs/hparams.json"} <= set(committed)
-    assert set(git(tmp_path, "status", "--porcelain").splitlines()) == {"?? other.yaml", "?? vocab.json"}
+    untracked = {"?? other.yaml", "?? vocab.json", "?? run_config.json"}
+    assert set(git(tmp_path, "status", "--porcelain").splitlines()) == untracked
 
 
 def test_a_hydra_scripts_config_tree_is_editable(tmp_path: Path) -> None:

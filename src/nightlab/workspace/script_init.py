@@ -109,14 +109,17 @@ def config_files(directory: Path, modules: list[str]) -> list[str]:
 
     A data file must not become a set of knobs (a ``vocab.json`` of ten thousand numbers, a
     dataset's ``train.json``): JSON counts only under a config-like name (``config.json``,
-    ``hparams.json``), and no file over 64 KB does."""
+    ``hparams.json``), no file over 64 KB does, and no file the modules write (a config they
+    save with the results)."""
     found: list[str] = []
+    written: set[str] = set()
     for module in modules:
         try:
             tree = ast.parse((directory / module).read_text(errors="replace"))
         except (SyntaxError, OSError):
             continue
         here = module.rsplit("/", 1)[0] + "/" if "/" in module else ""
+        written |= {here + w for w in _written(tree)} | _written(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and _hydra_main(node):
                 folder = next((k.value for k in node.keywords if k.arg == "config_path"), None)
@@ -124,7 +127,37 @@ def config_files(directory: Path, modules: list[str]) -> list[str]:
                     found += _hydra_tree(directory, here, folder.value)
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 200:
                 found += _config_file(directory, here, node.value)
-    return list(dict.fromkeys(found))
+    return [f for f in dict.fromkeys(found) if f not in written]
+
+
+def _written(tree: ast.Module) -> set[str]:
+    """The files a module writes by a literal path (``open("config.yaml", "w")``,
+    ``Path("hparams.json").write_text(...)``): a config it saves is its output, not its settings."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        first = node.args[0]
+        mode = (
+            node.args[1]
+            if len(node.args) > 1
+            else next((k.value for k in node.keywords if k.arg == "mode"), None)
+        )
+        if (
+            getattr(node.func, "id", getattr(node.func, "attr", "")) == "open"
+            and isinstance(first, ast.Constant)
+            and isinstance(first.value, str)
+            and isinstance(mode, ast.Constant)
+            and isinstance(mode.value, str)
+            and any(c in mode.value for c in "wax")
+        ):
+            out.add(first.value.removeprefix("./"))
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in ("write_text", "write_bytes"):
+            target = func.value
+            if isinstance(target, ast.Call) and target.args and isinstance(target.args[0], ast.Constant):
+                out.add(str(target.args[0].value).removeprefix("./"))
+    return out
 
 
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
