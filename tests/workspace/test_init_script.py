@@ -205,3 +205,14 @@ def test_a_hydra_scripts_config_tree_is_editable(tmp_path: Path) -> None:
     assert load_config(tmp_path).target.editable == [
         "src/train.py", "src/conf/config.yaml", "src/conf/optim/adam.yaml",
     ]  # fmt: skip
+
+
+def test_an_ml_collections_config_file_is_editable(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "default.py").write_text("def get_config():\n    return None\n")
+    (tmp_path / "main.py").write_text(
+        "from absl import app\nfrom ml_collections import config_flags\n"
+        "_CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py')\nprint('val_loss: 1.0')\n"
+    )
+    init_script(tmp_path, "main.py")
+    assert load_config(tmp_path).target.editable == ["main.py", "configs/default.py"]

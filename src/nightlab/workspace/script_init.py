@@ -104,8 +104,8 @@ def local_modules(directory: Path, script: str) -> list[str]:
 
 def config_files(directory: Path, modules: list[str]) -> list[str]:
     """The config files ``modules`` read by a path written in their text (``open("config.yaml")``,
-    ``default="configs/base.yaml"``), and the YAML files of the folder a ``@hydra.main`` names as
-    its ``config_path``: the settings of such a script live there, so they are editable with it.
+    ``default="configs/base.yaml"``), the YAML files of the folder a ``@hydra.main`` names as
+    its ``config_path``, and the Python file an ml_collections ``DEFINE_config_file`` defaults to: the settings of such a script live there, so they are editable with it.
 
     A data file must not become a set of knobs (a ``vocab.json`` of ten thousand numbers, a
     dataset's ``train.json``): JSON counts only under a config-like name (``config.json``,
@@ -121,6 +121,19 @@ def config_files(directory: Path, modules: list[str]) -> list[str]:
         here = module.rsplit("/", 1)[0] + "/" if "/" in module else ""
         written |= {here + w for w in _written(tree)} | _written(tree)
         for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "DEFINE_config_file":
+                path = (
+                    node.args[1]
+                    if len(node.args) > 1
+                    else next((k.value for k in node.keywords if k.arg == "default"), None)
+                )
+                if (
+                    isinstance(path, ast.Constant)
+                    and isinstance(path.value, str)
+                    and path.value.endswith(".py")
+                ):
+                    # ml_collections: config_flags.DEFINE_config_file("config", "configs/default.py")
+                    found += [p for p in (path.value, here + path.value) if (directory / p).is_file()][:1]
             if isinstance(node, ast.Call) and _hydra_main(node):
                 folder = next((k.value for k in node.keywords if k.arg == "config_path"), None)
                 if isinstance(folder, ast.Constant) and isinstance(folder.value, str):
