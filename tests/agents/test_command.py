@@ -257,3 +257,14 @@ def test_an_editable_file_left_as_a_link_a_fifo_or_huge_is_never_read_into_a_pro
     assert f"the command left {left.format(secret=secret)}; nightlab proposes regular files" in reason
     logs = "".join(p.read_text(errors="replace") for p in (root / ".nightlab").rglob("*") if p.is_file())
     assert "SECRET-CONTENT" not in logs
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped_and_the_proposal_can_be_stored(tmp_path):
+    """A file the CLI left under a name that is not UTF-8 reached the ledger as a lone surrogate:
+    `nightlab run` ended in a UnicodeEncodeError traceback from sqlite (found from outside)."""
+    root = workspace_with(tmp_path, f"{LR_SED}\ntouch \"$(printf 'notes\\377.txt')\"\n")
+    proposal = command_agent(root).propose(context_of(root))
+    assert [e.path for e in proposal.edits] == ["train.py"]
+    assert proposal.meta["reverted"] == ["notes\\xff.txt"]
+    json.dumps(proposal.meta, ensure_ascii=False).encode("utf-8")  # what the ledger stores
+    assert "(The command also changed notes\\xff.txt, outside" in proposal.hypothesis.encode("utf-8").decode()

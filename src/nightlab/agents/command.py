@@ -303,13 +303,16 @@ class CommandAgent(Agent):
             return is_editable(path, editable, frozen)
 
         mine = [p.rstrip("/") for p in changed if p.rstrip("/") not in ours and not p.startswith(TOOL_FILES)]
-        outside = sorted(p for p in mine if not in_scope(p))
+        outside = sorted(_shown(p) for p in mine if not in_scope(p))
         # Every editable file is compared, not only those git reports: a CLI that commits its
         # work (Aider does by default) leaves a clean status, but its files still differ.
         present = [p for p in match_files(tree, editable) if in_scope(p)]
         edits: list[Edit] = []
         not_text: list[str] = []
         for path in sorted({*present, *(p for p in mine if in_scope(p)), *context.files}):
+            if _shown(path) != path:  # a name git handed over as bytes that are not UTF-8
+                not_text.append(f"{_shown(path)} (a name that is not UTF-8)")
+                continue
             target = tree / path
             if not (target.exists() or target.is_symlink()):
                 outside.append(f"{path} (deleted)")  # nightlab proposes changes, not deletions
@@ -327,6 +330,12 @@ class CommandAgent(Agent):
             if text != context.files.get(path):
                 edits.append(Edit(path=path, replace=text))
         return edits, outside, not_text
+
+
+def _shown(path: str) -> str:
+    """``path`` as text that can be stored and printed: a byte of a name that is not UTF-8 (git
+    hands it over as a lone surrogate, which the ledger cannot store) as ``\\xff``."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _read_edited(tree: Path, path: str) -> tuple[bytes, str]:
