@@ -28,6 +28,9 @@ opt3 = torch.optim.Adam([head, rest], lr=LR)
 
 shared = [{"params": p, "lr": 1e-2} for p in model.parameters()]
 opt4 = torch.optim.RMSprop(shared)
+
+scaled = [{"params": p, "lr": LR * mult} for p, mult in ((decay, 10.0), (no_decay, 1.0))]
+opt5 = torch.optim.Adagrad(scaled)
 """
 
 
@@ -44,11 +47,13 @@ def test_groups_built_by_comprehension_loop_or_scaled_rate_are_knobs() -> None:
         "Adam.group0.weight_decay": 0.1,
         "Adam.group1.lr_scale": 0.1,
         "RMSprop.groups.lr": 1e-2,
+        "Adagrad.group0.lr_scale": 10.0,
+        "Adagrad.group1.lr_scale": 1.0,
     }  # never a no-decay group's 0.0, never "params"
     edited = set_knobs(
         BUILT,
         {"AdamW.group0.weight_decay": 0.2, "SGD.group0.weight_decay": 0.01, "Adam.group1.lr_scale": 0.5,
-         "RMSprop.groups.lr": 0.02},
+         "RMSprop.groups.lr": 0.02, "Adagrad.group0.lr_scale": 5.0},
     )  # fmt: skip
     scope: dict = {}
     exec(compile(edited, "train.py", "exec"), scope)
@@ -56,6 +61,7 @@ def test_groups_built_by_comprehension_loop_or_scaled_rate_are_knobs() -> None:
     assert [g["weight_decay"] for g in scope["looped"]] == [0.01, 0.0]
     assert [g["lr"] for g in scope["opt3"].param_groups] == [3e-4, 3e-4 * 0.5]
     assert {g["lr"] for g in scope["opt4"].param_groups} == {0.02}
+    assert [g["lr"] for g in scope["opt5"].param_groups] == [3e-4 * 5.0, 3e-4]
 
 
 def test_groups_whose_index_cannot_be_known_give_no_indexed_knob() -> None:

@@ -51,16 +51,27 @@ def group_arguments(
         for key, value in group_items(group):
             if key not in params:
                 continue
-            bound = isinstance(value, ast.Name) and value.id in env
-            node = env[value.id] if bound and isinstance(value, ast.Name) else value
-            if id(node) in seen:
-                continue
+            node, bound = _resolve(value, env)
             label = f"group{index}" if index is not None and (bound or not shared) else "groups"
             found = _knob(key, node)
-            if found is not None and not (key == "weight_decay" and is_zero(found[1])):
-                seen.add(id(node))
-                out.append((f"{label}.{found[0]}", key, found[1]))
+            if found is None or id(found[1]) in seen or (key == "weight_decay" and is_zero(found[1])):
+                continue
+            seen.add(id(found[1]))
+            out.append((f"{label}.{found[0]}", key, found[1]))
     return out
+
+
+def _resolve(value: ast.expr, env: _Env) -> tuple[ast.expr, bool]:
+    """``value`` with the loop variables it uses replaced by what they hold for this group
+    (``"lr": LR * mult`` over ``("head", 10.0)``), and whether any was."""
+    if isinstance(value, ast.Name) and value.id in env:
+        return env[value.id], True
+    if isinstance(value, ast.BinOp):
+        left, left_bound = _resolve(value.left, env)
+        right, right_bound = _resolve(value.right, env)
+        if left_bound or right_bound:
+            return ast.BinOp(left=left, op=value.op, right=right), True
+    return value, False
 
 
 def _shared(group: ast.expr, groups: list[_Group]) -> bool:
