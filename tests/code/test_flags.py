@@ -117,3 +117,15 @@ def test_a_click_command_gets_its_declared_options_and_switches(tmp_path: Path) 
     words, values = _ran(tmp_path, CLICK_SCRIPT, flags)
     assert words == "--grad-clip=0.5 --no-use-bn --amp --hidden-size=32"
     assert values == {"grad_clip": 0.5, "use_bn": False, "amp": True, "width": 32}
+
+
+def test_a_tyro_function_gets_dashed_options_and_boolean_pairs(tmp_path: Path) -> None:
+    """tyro spells ``hidden_dim`` as ``--hidden-dim`` and a boolean as ``--x``/``--no-x``, as
+    typer does (tyro is not installed here: the words are checked, not a run)."""
+    (tmp_path / "train.py").write_text(
+        "import tyro\n\n\ndef train(hidden_dim: int = 64, use_bn: bool = True) -> None:\n    pass\n\n\n"
+        'if __name__ == "__main__":\n    tyro.cli(train)\n'
+    )
+    (tmp_path / "flags.toml").write_text("hidden_dim = 128\nuse_bn = false\n")
+    command = expand_flags("python train.py {flags:flags.toml}", tmp_path)
+    assert command == "python train.py --hidden-dim=128 --no-use-bn"

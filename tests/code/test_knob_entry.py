@@ -409,7 +409,7 @@ def test_tyro_cli_of_a_function_and_of_a_dataclass_with_a_default_instance() -> 
     knobs = _knobs(function)
     assert {n: (k.value, k.flags) for n, k in knobs.items()} == {
         "lr": (3e-4, ("--lr",)),
-        "hidden_dim": (64, ("--hidden-dim", "--hidden_dim")),
+        "hidden_dim": (64, ("--hidden-dim",)),
     }
     dataclass = (
         "from dataclasses import dataclass\nimport tyro\n\n\n@dataclass\nclass Config:\n"

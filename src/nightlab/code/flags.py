@@ -17,7 +17,7 @@ that evaluates ``--key=value`` literals expects). The file's values are knobs li
 When a Python script named in the command declares the flag with argparse, click or typer, the
 flag is written the way that parser accepts it: under its own option string (``batch_size``
 becomes ``--batch-size`` when that is what ``add_argument`` or ``@click.option`` declares, and
-always for a typer parameter, which typer spells with dashes), and a switch
+always for a typer or tyro parameter, which they spell with dashes), and a switch
 (``action="store_true"``/``"store_false"``, ``BooleanOptionalAction``, click's ``is_flag`` and
 ``--x/--no-x``, a typer boolean) as the bare option its value asks for, or left out when it asks
 for none, since these parsers refuse ``--switch=True``. absl and fire take ``--key=value`` as is.
@@ -134,7 +134,7 @@ def _typer_options(text: str, path: str) -> list[tuple[str, Option]]:
     found = []
     for knob in find_knobs(text, path):
         long = next((f for f in knob.flags if f.startswith("--")), None)
-        if knob.source != "typer" or long is None:
+        if knob.source not in ("typer", "tyro") or long is None:
             continue
         off = next((f for f in knob.flags if f.startswith("--") and f != long), "")
         if knob.kind == "bool":

@@ -14,7 +14,8 @@ on it measures only noise. The entry functions read:
 - ``jsonargparse``: the function (or class, as for fire) given to ``CLI(main)`` or
   ``auto_cli(main)``, spelled ``--lr``; the classes given to Lightning's ``LightningCLI(Model,
   Data)``, spelled ``--model.lr`` and ``--data.batch_size``;
-- ``tyro``: the function given to ``tyro.cli(train)``, spelled ``--hidden-dim``;
+- ``tyro``: the function given to ``tyro.cli(train)``, spelled as typer spells it (``--hidden-dim``,
+  a boolean ``--x``/``--no-x``);
 - ``typer``/``click``: a function decorated ``@app.command()`` or ``@click.command()``, and one
   given to ``typer.run(main)``. typer reads each parameter's default, also out of
   ``typer.Option(2e-3, ...)``/``typer.Argument(...)`` (and of ``Annotated[float,
@@ -413,8 +414,8 @@ def _spellings(
     ``--no-x``. A function called from the script itself has none."""
     if how in ("fire", "jsonargparse"):
         return (f"--{param.arg}",)
-    if how == "tyro":  # tyro spells --hidden-dim, and takes --hidden_dim too
-        return tuple(dict.fromkeys((f"--{param.arg.replace('_', '-')}", f"--{param.arg}")))
+    if how == "tyro":  # as typer: --hidden-dim, a boolean --x/--no-x
+        how = "typer"
     if how not in ("typer", "click") or positional:
         return ()
     if names:
