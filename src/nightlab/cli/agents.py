@@ -59,6 +59,18 @@ def _one_line(value: str | None) -> str | None:
     only that one, without a word (the rest goes in --hypothesis)."""
     if value is not None and len(value.strip().splitlines()) > 1:
         raise typer.BadParameter("give one line; put the rest in --hypothesis")
+    return _utf8(value)
+
+
+def _utf8(value: str | None) -> str | None:
+    """Text from the command line must be UTF-8: Python hands other bytes over as lone
+    surrogates, which the ledger cannot store (a traceback after the experiment had trained)."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            byte = value[exc.start].encode("utf-8", "surrogateescape")
+            raise typer.BadParameter(f"not UTF-8 text (byte 0x{byte[0]:02x}): give it in UTF-8") from None
     return value
 
 
@@ -71,7 +83,9 @@ def try_command(
         callback=_one_line,
         help="One line: what the edit changes (needed unless --sync alone).",
     ),
-    hypothesis: str = typer.Option("", "--hypothesis", help="Why it should help (kept in the ledger)."),
+    hypothesis: str = typer.Option(
+        "", "--hypothesis", callback=_utf8, help="Why it should help (kept in the ledger)."
+    ),
     tag: str = typer.Option(None, "--tag", help="Research branch nightlab/<tag> (default: last used)."),
     sync: bool = typer.Option(
         False,
