@@ -11,6 +11,13 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from nightlab.safefile import read_text
+
+# The slot record is a few hundred bytes (a long command: a few KB); the run can make it anything (a FIFO, a link, a
+# flood: a FIFO there hung `nightlab status` for as long as the run lasted and after, found from
+# outside).
+SLOT_LIMIT = 1 << 20
+
 # Beside a replicate's log while it runs: which slot, which device, since when.
 SLOT_FILE = "slot.json"
 
@@ -39,8 +46,8 @@ def recorded_time(text: str | None) -> datetime | None:
 def read_slot(run_dir: Path) -> dict:
     """The slot record of a run directory (``slot``, ``device``, ``started_at``); empty when the
     replicate ran without one."""
-    try:
-        data = json.loads((Path(run_dir) / SLOT_FILE).read_text())
+    try:  # the run can replace it: a regular file only, never through a link, never a FIFO
+        data = json.loads(read_text(Path(run_dir) / SLOT_FILE, SLOT_LIMIT))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
