@@ -12,7 +12,7 @@ from agent_kit import entry
 
 from helpers import TOY_TOML, git, make_workspace, nightlab
 from nightlab.agents.base import MAX_HYPOTHESIS, AgentSetup
-from nightlab.agents.command import CONTEXT_FILE, MAX_FAILED_ROUNDS, CommandAgent
+from nightlab.agents.command import CONTEXT_FILE, MAX_FAILED_ROUNDS, PROPOSAL_FILE, CommandAgent
 from nightlab.agents.registry import make_agent
 from nightlab.config import load_config
 from nightlab.errors import UserError
@@ -268,3 +268,11 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_and_the_proposal_can_be_s
     assert proposal.meta["reverted"] == ["notes\\xff.txt"]
     json.dumps(proposal.meta, ensure_ascii=False).encode("utf-8")  # what the ledger stores
     assert "(The command also changed notes\\xff.txt, outside" in proposal.hypothesis.encode("utf-8").decode()
+
+
+def test_a_proposal_file_left_as_a_link_to_dev_zero_is_not_read(tmp_path):
+    """NIGHTLAB_PROPOSAL.md as a link to /dev/zero: the harness read it without end (a hang, and
+    memory without bound); now only a regular file is read, and at most 64 KiB of it."""
+    root = workspace_with(tmp_path, f"{LR_SED}\nln -sf /dev/zero {PROPOSAL_FILE}\n")
+    proposal = command_agent(root).propose(context_of(root))
+    assert proposal.description == "command agent: edited train.py (+1 -1 lines)"

@@ -58,6 +58,8 @@ MAX_FAILED_ROUNDS = 3
 # The largest editable file a round may leave: code and configs are far smaller, and a bigger one
 # would be read into memory, diffed and stored in the ledger whole.
 MAX_FILE_BYTES = 8 * 2**20
+# What is read of NIGHTLAB_PROPOSAL.md: a description and a hypothesis, bounded anyway.
+PROPOSAL_FILE_BYTES = 64 * 2**10
 LOG_TAIL_CHARS = 3000
 # Where the changed copies of files a round wrote in the user's checkout go (in its log folder).
 DISPLACED_DIR = "checkout"
@@ -227,7 +229,7 @@ class CommandAgent(Agent):
         """The edits the command left in the editable files, described, with what was reverted."""
         edits, outside, not_text = self._edits(tree, context, changed, ours)
         log_text = _read(run_dir / "agent.log")
-        description, hypothesis = _described(_read(tree / PROPOSAL_FILE))
+        description, hypothesis = _described(_read(tree / PROPOSAL_FILE, PROPOSAL_FILE_BYTES))
         if not description:
             description, spoken = _described(log_text, last=True)
             hypothesis = hypothesis or spoken
@@ -358,10 +360,12 @@ def _read_edited(tree: Path, path: str) -> tuple[bytes, str]:
     return data, ""
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, limit: int | None = None) -> str:
+    """A regular file's text (its first ``limit`` bytes); "" for anything else. The proposal file
+    is the CLI's to make: a link to /dev/zero there hung the harness reading it."""
     try:
-        return path.read_text(errors="replace")
-    except (FileNotFoundError, IsADirectoryError):
+        return safefile.read_text(path, limit)
+    except OSError:  # missing, a link, a FIFO, a folder
         return ""
 
 
