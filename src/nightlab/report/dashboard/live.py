@@ -23,6 +23,7 @@ from pathlib import Path
 
 from nightlab.report.dashboard.control import loop_state
 from nightlab.report.dashboard.data import LedgerReader, View, experiment_rows, overview, read_points
+from nightlab.safefile import open_read
 from nightlab.store.export import holdout_checks
 from nightlab.store.recorded import read_slot, recorded_time
 from nightlab.types import EVAL_LOG, TRAIN_LOG
@@ -37,7 +38,7 @@ FULL_READ = 500  # more changed rows than this: read them all at once
 def tail(path: Path, lines: int = TAIL_LINES) -> str:
     """The last ``lines`` lines of a log that may be growing (reads at most 16 KB)."""
     try:
-        with path.open("rb") as f:
+        with open_read(path) as f:  # the run can replace its log: never a FIFO, never a link
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - TAIL_BYTES))
