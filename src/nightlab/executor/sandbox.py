@@ -278,6 +278,17 @@ def unix_sockets(table: str = "/proc/net/unix") -> list[str]:
     return list(dict.fromkeys(found))[:MAX_HIDDEN_SOCKETS]
 
 
+def socket_folders() -> list[str]:
+    """The folders, as they exist now, where the user's services make the sockets that would run
+    a command for the run: the runtime folder (D-Bus, ``systemd --user``), tmux's and X's. The
+    training command sees each empty (``mounts.veil``), so a socket made there after the run
+    started (a tmux server started during the night) is out of its reach too, which the list of
+    sockets bound at the start (:func:`unix_sockets`) cannot cover."""
+    uid = os.getuid()
+    tmux = os.path.join(os.environ.get("TMUX_TMPDIR") or "/tmp", f"tmux-{uid}")
+    return [name for name in (f"/run/user/{uid}", tmux, "/tmp/.X11-unix") if os.path.isdir(name)]
+
+
 def wrap(
     command: str,
     writable: Sequence[Path],
@@ -310,6 +321,8 @@ def wrap(
         launcher += ["--hide-socket", path]
     if hidden:
         launcher.append("--private-shm")
+    for folder in socket_folders() if hidden else ():
+        launcher += ["--veil", folder]
     if hidden and veil is not None:
         launcher += ["--veil", str(Path(veil).resolve())]
         for name in SHOWN_STATE:
