@@ -195,3 +195,16 @@ def test_a_cli_that_removes_its_own_checkout_fails_one_round_and_the_next_has_on
     assert line.startswith(
         "command agent: round 1: the command removed its own checkout (git worktree remove or prune)"
     )
+
+
+def test_a_failed_rounds_line_carries_no_escape_sequence_of_the_clis_output(tmp_path, caplog):
+    """The CLI's last output, quoted in the failed round's warning, reached the terminal with its
+    escape sequences (a screen clear, a window title)."""
+    caplog.set_level(logging.WARNING)
+    root = workspace_with(tmp_path, "printf 'bad \\033[2J\\033]0;TITLE\\007 end\\n'\nexit 3\n")
+    agent = command_agent(root)
+    assert agent.propose(context_of(root)) is None
+    lines = _say(caplog)
+    assert lines and all("\x1b" not in line and "\x07" not in line for line in lines)
+    assert lines[0].startswith("command agent: round 1: the command exited with code 3: bad  end;")
+    assert "\x1b" not in agent.stop_reason()

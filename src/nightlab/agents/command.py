@@ -39,7 +39,7 @@ from nightlab.agents.base import Agent, AgentSetup, AgentTools, bounded_hypothes
 from nightlab.code.changes import line_counts
 from nightlab.config import Config
 from nightlab.errors import LostWorktree, UserError
-from nightlab.formatting import general
+from nightlab.formatting import general, terminal_safe
 from nightlab.paths import is_editable, match_files
 from nightlab.plugins import Kind, Settings
 from nightlab.types import Context, Edit, HistoryEntry, Proposal, RunResult, RunSpec, RunStatus
@@ -272,7 +272,8 @@ class CommandAgent(Agent):
         elif deleted:
             refused = f"the command deleted {', '.join(deleted)} (nightlab proposes changes, not deletions)"
         elif status != "ok":
-            tail = log_text[-300:].strip().replace("\n", " | ")
+            # Printed at once in a warning: the CLI's escape sequences must not reach the terminal.
+            tail = terminal_safe(log_text[-300:], allow="\n").strip().replace("\n", " | ")
             refused = f"the command {ending}: {tail}" if tail else f"the command {ending}"
         else:
             refused = "the command changed no editable file"
