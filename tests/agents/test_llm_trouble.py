@@ -367,3 +367,12 @@ def test_an_anthropic_answer_of_thinking_blocks_only_is_told_to_the_model(llm_co
         proposal = LLMAgent(llm_config(server)).propose(make_context())
     assert proposal is not None and proposal.refused is None
     assert "your answer held only reasoning and no text" in server.requests[1].last_user_text
+
+
+def test_a_refusal_quoting_escape_sequences_is_printed_without_them(llm_config):
+    """A server's error message was quoted raw in the refusal line printed at once ("llm agent
+    stops: ..."): its escape sequences cleared the screen and set the window title."""
+    with fake_llm_server("openai", lambda request: Status(400, "bad \x1b[2J\x1b]0;T\x07 input")) as server:
+        agent = LLMAgent(llm_config(server))
+        assert agent.propose(make_context()) is None
+    assert "refused the request (HTTP 400): bad  input;" in agent.stop_reason()

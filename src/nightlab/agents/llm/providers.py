@@ -45,6 +45,7 @@ from nightlab.agents.llm.settings import (
 )
 from nightlab.agents.llm.streamed import read_stream
 from nightlab.errors import UserError
+from nightlab.formatting import terminal_safe
 from nightlab.secrets import redact
 
 log = logging.getLogger("nightlab.agents.llm.agent")
@@ -475,4 +476,4 @@ def _brief(exc: Exception) -> str:
         if isinstance(inner, dict):
             message = str(inner.get("message", ""))
     text = (message or str(exc)).splitlines()[0] if (message or str(exc)) else ""
-    return text[:200]
+    return terminal_safe(text[:200])  # printed: a server's escape sequences stay off the terminal
