@@ -233,8 +233,11 @@ def test_a_repository_of_another_user_is_named_as_such_not_as_no_repository(
         (["try", "-m", "x"], "`nightlab run` repeats an interrupted experiment"),
         # These said that `nightlab run` would repeat what they ran; it repeats none of it.
         (["check", "ws"], "nothing was recorded; `nightlab check` again starts it afresh"),
-        (["validate", "--seeds", "2"], "recorded as interrupted; `nightlab validate` again starts it afresh"),
-        (["ablate"], "recorded as interrupted; `nightlab ablate` again starts it afresh"),
+        (
+            ["validate", "--seeds", "2"],
+            "recorded as interrupted; the same `nightlab validate` again goes on where it stopped",
+        ),
+        (["ablate"], "recorded as interrupted; the same `nightlab ablate` again goes on where it stopped"),
         (["status"], "stopped"),
         (["mcp", "ws"], "the MCP server stopped; a try it was running"),  # idle, it spoke of training
     ],

@@ -152,7 +152,7 @@ _TRAINS_NOTHING = {
     "`nightlab check` again starts it afresh",
     **{
         study: f"the {study} runs were stopped with their processes and the study is recorded as "
-        f"interrupted; `nightlab {study}` again starts it afresh"
+        f"interrupted; the same `nightlab {study}` again goes on where it stopped"
         for study in ("validate", "ablate")
     },
 }

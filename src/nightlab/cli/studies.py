@@ -47,8 +47,9 @@ def _progress(quiet: bool):  # noqa: ANN202 - a RunCallback
         r = rep.result
         value = f"{rep.metric:.6g}" if rep.metric is not None else "-"
         why = f" ({safe(r.reason)})" if r.status.failed and r.reason else ""  # the run's own words
+        earlier = " (recorded before the interruption)" if index < arm.resumed else ""
         err_console.print(
-            f"  {arm.label}, seed {index + 1}: {r.status.value} {value} in {r.total_seconds:.1f}s{why}",
+            f"  {arm.label}, seed {index + 1}: {r.status.value} {value} in {r.total_seconds:.1f}s{why}{earlier}",
             **_PATH,
         )
 

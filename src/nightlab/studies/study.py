@@ -25,6 +25,7 @@ from nightlab.formatting import with_status
 from nightlab.research.runner import Replicate, ReplicateRunner
 from nightlab.research.session import Session
 from nightlab.stats import mean, sample_sd
+from nightlab.studies.resume import INTERRUPTED, find_resumable
 from nightlab.types import RunStatus
 
 # The kinds of side study; each runs in its own worktree (``study-<kind>``), so `validate` and
@@ -58,6 +59,8 @@ class Arm:
     base_commit: str | None = None
     experiment_id: int | None = None
     replicates: list[Replicate] = field(default_factory=list)
+    # Replicates taken up from an interrupted attempt of the same study (studies/resume.py).
+    resumed: int = 0
 
     @property
     def values(self) -> list[float]:
@@ -136,15 +139,18 @@ class SideStudy:
         """A replicate runner in this study's worktree, with ``config``'s budget and the extra env."""
         return self._runner.with_config(config, extra_env)
 
-    def record(self, arm: Arm, meta: dict) -> None:
-        """The ledger experiment of ``arm`` (no research tag: see the module docstring)."""
-        full_meta = {
+    def _meta(self, arm: Arm, meta: dict) -> dict:
+        return {
             "study": self.study_id,
             "research_tag": self.session.tag,
             "label": arm.label,
             **arm.meta,
             **meta,
         }
+
+    def record(self, arm: Arm, meta: dict) -> None:
+        """The ledger experiment of ``arm`` (no research tag: see the module docstring)."""
+        full_meta = self._meta(arm, meta)
         arm.experiment_id = self.session.ledger.add_experiment(
             kind=self.kind,
             tag=None,
@@ -166,15 +172,20 @@ class SideStudy:
         """Run every arm once per seed, interleaved, recording each run as it finishes.
 
         Interrupted (Ctrl-C), the arms' experiments are closed as crashed with the reason, so
-        the ledger never holds a side study that looks as if it were still running.
+        the ledger never holds a side study that looks as if it were still running; the same
+        study asked for again takes them up and runs only the seeds they lack (resume.py).
         """
         ledger = self.session.ledger
-        for arm in arms:
-            self.record(arm, meta or {})
+        self._take_up_or_record(arms, seeds, meta or {})
+        if on_run is not None:  # what the interrupted attempt measured, said as such
+            for i in range(max((arm.resumed for arm in arms), default=0)):
+                for arm in arms:
+                    if i < arm.resumed:
+                        on_run(arm, i, arm.replicates[i])
         try:
             for i, seed in enumerate(seeds):
                 for arm in arms:
-                    if _given_up(arm):
+                    if i < arm.resumed or _given_up(arm):
                         continue
                     assert arm.experiment_id is not None
                     rep = runner.run(arm.experiment_id, i, arm.commit, seed)
@@ -186,7 +197,7 @@ class SideStudy:
                         on_run(arm, i, rep)
         except BaseException as exc:
             # A study that found it cannot answer (a UserError) says why; anything else was cut off.
-            reason = str(exc) if isinstance(exc, UserError) else "interrupted"
+            reason = str(exc) if isinstance(exc, UserError) else INTERRUPTED
             for arm in arms:
                 if arm.experiment_id is not None:
                     ledger.finish_experiment(
@@ -195,6 +206,28 @@ class SideStudy:
             raise
         for arm in arms:
             self._finish(arm)
+
+    def _take_up_or_record(self, arms: Sequence[Arm], seeds: Sequence[int], meta: dict) -> None:
+        """Each arm's experiment: the one of an interrupted attempt of this study, with its runs
+        (re-opened, under this study's id), or a new one."""
+        metas = [self._meta(arm, meta) for arm in arms]
+        found = find_resumable(
+            self.session.ledger,
+            self.session.workspace,
+            self.kind,
+            [(a.commit, m) for a, m in zip(arms, metas, strict=True)],
+            seeds,
+        )
+        for index, arm in enumerate(arms):
+            if found is None:
+                self.record(arm, meta)
+                continue
+            taken = found[index]
+            arm.experiment_id, arm.replicates = taken.experiment_id, list(taken.replicates)
+            arm.resumed = len(taken.replicates)
+            self.session.ledger.update_experiment(
+                taken.experiment_id, status="running", reason=None, finished_at=None, meta_json=metas[index]
+            )
 
     def _finish(self, arm: Arm) -> None:
         values, holdouts = arm.values, arm.holdouts

@@ -1,0 +1,101 @@
+"""An interrupted side study goes on where it stopped (fast: the runner is a stand-in, nothing trains)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import git, make_workspace
+from nightlab.research.runner import Replicate
+from nightlab.research.session import open_session
+from nightlab.studies.study import Arm, SideStudy, study_seeds
+from nightlab.types import RunResult, RunStatus
+
+
+class Runner:
+    """Replicates as a runner returns them; Ctrl-C at call ``stop_at`` (0-based)."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+        self.stop_at = stop_at
+
+    def run(self, experiment_id: int, replicate: int, commit: str, seed: int) -> Replicate:
+        if len(self.calls) == self.stop_at:
+            raise KeyboardInterrupt
+        self.calls.append((experiment_id, replicate, seed))
+        result = RunResult(RunStatus.OK, seed=seed, total_seconds=1.0)
+        return Replicate(result, 1.0 + replicate / 100, None, Path(f"r/{experiment_id}/{replicate}"))
+
+
+def _arms(root: Path) -> list[Arm]:
+    commits = git(root, "rev-list", "HEAD").split()
+    return [Arm("A", commits[1], "side A"), Arm("B", commits[0], "side B")]
+
+
+def test_an_interrupted_study_asked_again_runs_only_the_seeds_it_lacks(tmp_path: Path) -> None:
+    """Ctrl-C closed the study as interrupted and `nightlab validate` again started it afresh:
+    every run measured again (hours at a larger scale). Now its experiments are taken up."""
+    root = make_workspace(tmp_path / "ws")
+    (root / "train.py").write_text((root / "train.py").read_text().replace("LR = 0.1", "LR = 0.3"))
+    git(root, "commit", "-qam", "B")
+    session = open_session(root)
+    seeds = study_seeds(session.config, 3)
+    first = SideStudy(session, "validate", reference=_arms(root)[0].commit)
+    cut = Runner(stop_at=3)  # A1 B1 A2, then Ctrl-C during B2
+    with pytest.raises(KeyboardInterrupt):
+        first.run(_arms(root), seeds, cut, {"mode": "budget"})  # type: ignore[arg-type]
+    rows = session.ledger.experiments(kind="validate")
+    assert [(r.status, r.reason) for r in rows] == [("crash", "interrupted")] * 2
+
+    again = SideStudy(session, "validate", reference=_arms(root)[0].commit)
+    arms, shown = _arms(root), []
+    rest = Runner()
+    again.run(arms, seeds, rest, {"mode": "budget"}, lambda arm, i, rep: shown.append((arm.label, i)))  # type: ignore[arg-type]
+    ids = [r.id for r in rows]
+    assert [a.experiment_id for a in arms] == ids  # the same experiments, no second pair
+    assert rest.calls == [(ids[1], 1, seeds[1]), (ids[0], 2, seeds[2]), (ids[1], 2, seeds[2])]
+    assert [a.resumed for a in arms] == [2, 1] and [len(a.values) for a in arms] == [3, 3]
+    assert shown[:3] == [("A", 0), ("B", 0), ("A", 1)]  # what was recorded before, said first
+    after = {r.id: r for r in session.ledger.experiments(kind="validate")}
+    assert all(after[i].status == "ok" and after[i].n_runs == 3 for i in ids)
+    assert all(after[i].meta["study"] == again.study_id for i in ids)  # the plot finds them
+
+    # A finished study is not taken up: asked again, it is measured afresh.
+    fresh, arms = Runner(), _arms(root)
+    SideStudy(session, "validate", reference=arms[0].commit).run(arms, seeds, fresh, {"mode": "budget"})  # type: ignore[arg-type]
+    assert len(fresh.calls) == 6 and not set(a.experiment_id for a in arms) & set(ids)
+
+
+def test_other_settings_or_seeds_are_another_study(tmp_path: Path) -> None:
+    root = make_workspace(tmp_path / "ws")
+    (root / "train.py").write_text((root / "train.py").read_text().replace("LR = 0.1", "LR = 0.3"))
+    git(root, "commit", "-qam", "B")
+    session = open_session(root)
+    seeds = study_seeds(session.config, 2)
+    with pytest.raises(KeyboardInterrupt):
+        SideStudy(session, "validate", reference=_arms(root)[0].commit).run(
+            _arms(root),
+            seeds,
+            Runner(stop_at=1),
+            {"mode": "budget"},  # type: ignore[arg-type]
+        )
+    other = Runner()
+    SideStudy(session, "validate", reference=_arms(root)[0].commit).run(
+        _arms(root),
+        seeds,
+        other,
+        {"mode": "time_to_target"},  # type: ignore[arg-type]
+    )
+    assert len(other.calls) == 4  # another mode: nothing taken up
+    shifted = Runner()
+    SideStudy(session, "validate", reference=_arms(root)[0].commit).run(
+        _arms(root),
+        [s + 1 for s in seeds],
+        shifted,
+        {"mode": "budget"},  # type: ignore[arg-type]
+    )
+    assert len(shifted.calls) == 4  # other seeds: the earlier run is not one of them,
+    first = session.ledger.experiments(kind="validate")[0]
+    assert [r.seed for r in session.ledger.runs(first.id)] == [seeds[0]]  # and it is not overwritten
+    assert first.status == "crash" and first.id not in {c[0] for c in shifted.calls}
