@@ -208,3 +208,25 @@ def test_a_failed_rounds_line_carries_no_escape_sequence_of_the_clis_output(tmp_
     assert lines and all("\x1b" not in line and "\x07" not in line for line in lines)
     assert lines[0].startswith("command agent: round 1: the command exited with code 3: bad  end;")
     assert "\x1b" not in agent.stop_reason()
+
+
+def test_the_loops_refs_the_cli_deleted_or_moved_off_the_experiments_are_put_back(tmp_path):
+    """A CLI that deleted refs/nightlab/experiments/* (then `git gc`: the night's commits gone)
+    or pointed nightlab/<tag> at a commit of its own (the morning's best-code branch holding code
+    nothing measured) went unnoticed: the loop's refs were left to the loop."""
+    root = workspace_with(
+        tmp_path,
+        f"{LR_SED}\n"
+        'git update-ref refs/heads/nightlab/t "$(git commit-tree -m mine -p HEAD "$(git write-tree)")"\n'
+        "git update-ref -d refs/nightlab/experiments/0001\n",
+    )
+    git(root, "update-ref", "refs/nightlab/experiments/0001", "HEAD")
+    git(root, "branch", "nightlab/t", "HEAD")
+    before = git(root, "for-each-ref", "--format=%(refname) %(objectname)")
+    proposal = command_agent(root).propose(context_of(root))
+    assert [e.path for e in proposal.edits] == ["train.py"]
+    assert git(root, "for-each-ref", "--format=%(refname) %(objectname)") == before
+    notes = [n.split(":")[0] for n in proposal.meta["outside_checkout"]]
+    assert notes[0].startswith("moved nightlab's refs/heads/nightlab/t to ")
+    assert notes[0].endswith(", no experiment's commit")
+    assert notes[1] == "deleted nightlab's refs/nightlab/experiments/0001"

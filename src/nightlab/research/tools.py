@@ -28,6 +28,8 @@ AGENT_LIMITS = Limits(grace_seconds=2.0)
 # The refs a round may create in the shared repository; the loop's own branches are not the CLI's.
 _REF_SPACES = ("refs/heads/", "refs/tags/")
 _OURS = f"refs/heads/{BRANCH_PREFIX}"
+# The loop's own refs: its branches and every experiment's ref.
+_LOOP_SPACES = ("refs/nightlab/", _OURS)
 
 
 @dataclass
@@ -49,15 +51,17 @@ class Outside:
     refs: dict[str, str] = field(default_factory=dict)
     head: str = ""
     dirty: dict[str, tuple] = field(default_factory=dict)
+    loop_refs: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def now(cls, workspace: Workspace) -> Outside:
-        return cls(workspace, _refs(workspace), workspace.head_commit(), _dirty(workspace))
+        loop = _refs(workspace, _LOOP_SPACES)
+        return cls(workspace, _refs(workspace), workspace.head_commit(), _dirty(workspace), loop)
 
     def undo(self, keep: Path) -> list[str]:
         """Undo what changed since :meth:`now` where safe; one line per thing found, each
         saying what the round did ("created the branch x: deleted (...)")."""
-        notes = self._drop_new_refs() + self._put_back_refs()
+        notes = self._drop_new_refs() + self._put_back_refs() + self._put_back_loop_refs()
         note = self._restore_checkout(keep)
         return notes + ([note] if note else [])
 
@@ -100,6 +104,28 @@ class Outside:
                 notes.append(f"{did}: restored at {sha[:12]}")
         return notes
 
+    def _put_back_loop_refs(self) -> list[str]:
+        """The loop's refs the round deleted, and its branches the round pointed at a commit that
+        is no experiment's, put back (compare-and-swap). The loop never deletes them and points
+        its branches only at experiments' commits, whose refs it sets first; a CLI that deleted
+        them lost the night's experiments to the next `git gc`, and one that moved
+        ``nightlab/<tag>`` left the morning's best-code branch holding code nothing measured."""
+        now = _refs(self.workspace, _LOOP_SPACES)
+        measured = {sha for ref, sha in [*now.items(), *self.loop_refs.items()] if not ref.startswith(_OURS)}
+        notes = []
+        for ref, sha in sorted(self.loop_refs.items()):
+            moved = now.get(ref)
+            if moved == sha or (moved is not None and (not ref.startswith(_OURS) or moved in measured)):
+                continue
+            self.workspace.git("update-ref", ref, sha, moved or "", check=False)
+            did = (
+                f"moved nightlab's {ref} to {moved[:12]}, no experiment's commit"
+                if moved
+                else f"deleted nightlab's {ref}"
+            )
+            notes.append(f"{did}: put back at {sha[:12]}")
+        return notes
+
     def _restore_checkout(self, keep: Path) -> str | None:
         now = _dirty(self.workspace)
         changed = sorted(p for p in {*now, *self.dirty} if now.get(p) != self.dirty.get(p))
@@ -130,8 +156,8 @@ class Outside:
             self.workspace.git("checkout", "HEAD", "--", path)
 
 
-def _refs(workspace: Workspace) -> dict[str, str]:
-    out = workspace.git("for-each-ref", "--format=%(refname) %(objectname)", *_REF_SPACES)
+def _refs(workspace: Workspace, spaces: tuple[str, ...] = _REF_SPACES) -> dict[str, str]:
+    out = workspace.git("for-each-ref", "--format=%(refname) %(objectname)", *spaces)
     return dict(line.rsplit(" ", 1) for line in out.splitlines() if " " in line)
 
 
