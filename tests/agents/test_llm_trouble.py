@@ -376,3 +376,21 @@ def test_a_refusal_quoting_escape_sequences_is_printed_without_them(llm_config):
         agent = LLMAgent(llm_config(server))
         assert agent.propose(make_context()) is None
     assert "refused the request (HTTP 400): bad  input;" in agent.stop_reason()
+
+
+def test_a_used_up_quota_stops_at_once_instead_of_being_retried_as_a_rate_limit(llm_config):
+    """OpenAI answers a key without credit with HTTP 429 `insufficient_quota`: it was retried as a
+    rate limit, minutes of backoff, then "gave up after 6 attempts (RateLimitError: HTTP 429)"."""
+    error = {
+        "message": "You exceeded your current quota.",
+        "type": "insufficient_quota",
+        "code": "insufficient_quota",
+    }
+    with fake_llm_server("openai", lambda request: Raw(json.dumps({"error": error}), code=429)) as server:
+        agent = LLMAgent(llm_config(server))
+        assert agent.propose(make_context()) is None
+    assert len(server.requests) == 1
+    assert agent.stop_reason() == (
+        f"the API at {server.base_url} says the quota of the key in $NIGHTLAB_TEST_LLM_KEY is used up "
+        "(HTTP 429): You exceeded your current quota."
+    )

@@ -325,6 +325,10 @@ class _SDKChat:
 
     def _classify(self, exc: Exception) -> str | None:
         sdk = self._sdk
+        if isinstance(exc, sdk.APIStatusError) and _error_code(exc) == "insufficient_quota":
+            return self._redacted(
+                _status_verdict(self.provider, exc, self.model, self.base_url, self.key_env) or ""
+            )
         if isinstance(
             exc,
             (
@@ -453,9 +457,21 @@ def _status_verdict(
 ) -> str | None:
     """None for a status worth retrying; otherwise the one-line message that stops the run."""
     status = int(getattr(exc, "status_code", 0) or 0)
+    if status == 429 and _error_code(exc) == "insufficient_quota":  # OpenAI: no credit, not a rate
+        where = f"the API at {base_url}" if base_url else f"the {provider} API"
+        return f"{where} says the quota of the key in ${key_env} is used up (HTTP 429): {_brief(exc)}"
     if status in (408, 409, 429, 529) or status >= 500:
         return None
     return _fatal_message(provider, status, model, base_url, key_env) or _refused(model, status, _brief(exc))
+
+
+def _error_code(exc: Exception) -> str:
+    """The ``code`` (or ``type``) of the error body a server sent, or ""."""
+    body = getattr(exc, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(inner, dict):
+        return ""
+    return str(inner.get("code") or inner.get("type") or "")
 
 
 def _refused(model: str, status: int, message: str) -> str:
