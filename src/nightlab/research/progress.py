@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 import re
 import threading
 import time
@@ -102,6 +103,8 @@ class ProgressReader:
         self.key = key
         self.forged = 0  # evaluator-file lines without a valid signature
         self.refused: str | None = None  # why the evaluator refused a checkpoint (the first one)
+        self.planted: str | None = None  # a marker of nightlab's the run created (kept once seen)
+        self._run_dir, self._evaluated = run_dir, scores is not None  # a progress evaluator runs
         self.metric = config.metric.name
         self._evals = [
             _Tail(folder / EVAL_PROGRESS_FILE) for folder in (scores, run_dir) if folder is not None
@@ -185,9 +188,23 @@ class ProgressReader:
         return Point(x, value, _int(step), seconds, _int(tokens))
 
     def stop_reason(self, should_stop: Callable[[list[Point]], str | None] | None) -> str | None:
-        """Why the run should stop now: the evaluator refused a checkpoint (the run is invalid
-        whatever it does next), or ``should_stop`` (the pruner's) finds its curve hopeless; None
-        to let it go on."""
+        """Why the run should stop now: it created a marker only nightlab may create, or the
+        evaluator refused a checkpoint (the run is invalid whatever it does next), or
+        ``should_stop`` (the pruner's) finds its curve hopeless; None to let it go on.
+
+        Called while training runs and once right after it, before nightlab creates the markers
+        itself: a ``progress.done`` there then was made by the run, which so stopped its progress
+        evaluator, to have no curve to be pruned on (found from outside: the run had no point,
+        the baseline one, both ``ok``)."""
+        if self.planted is None and self._evaluated:
+            made = [name for name in (DONE_FILE, FINAL_FILE) if os.path.lexists(self._run_dir / name)]
+            if made:
+                self.planted = (
+                    f"the run created {made[0]}, which only nightlab may create "
+                    "(it tells the progress evaluator that training has ended)"
+                )
+        if self.planted is not None:
+            return self.planted
         points = self.points()
         if self.refused is not None:
             return f"progress evaluator: {self.refused}"
