@@ -113,6 +113,8 @@ def _lightning_cli(reader: Reader, tree: ast.Module, classes: dict[str, ast.Clas
     """``LightningCLI(Model, Data)``: the ``__init__`` defaults of the module and data module
     classes of this file are the CLI's own, spelled ``--model.lr`` and ``--data.batch_size``;
     named so (``model.lr``), as a config file written for the CLI names them."""
+    if "LightningCLI" not in reader.source:
+        return  # a walk of the whole tree saved for almost every file
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call) or call_name(node) != "LightningCLI":
             continue

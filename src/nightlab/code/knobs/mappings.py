@@ -204,7 +204,7 @@ def built_settings(
     taken = {(k.start, k.end) for k in reader.found.values()}
     passed = {  # tyro.cli(Config, default=Config(lr=1e-3)), trainer.fit(Model(hidden=128))
         id(a)
-        for n in ast.walk(tree)
+        for n in (ast.walk(tree) if classes else ())
         if isinstance(n, ast.Call)
         for a in [*n.args, *(k.value for k in n.keywords)]
     }
