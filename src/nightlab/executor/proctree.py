@@ -145,9 +145,10 @@ class ProcessTree:
                 key = (proc.pid, proc.create_time())
                 self.peaks[key] = max(self.peaks.get(key, 0.0), hwm)
                 measured.append((proc, rss))
+        shm = _own_shm_mb(procs)
         if sum(rss > _SHARING_MB for _, rss in measured) > 1:
-            return sum(_pss_mb(proc, rss) for proc, rss in measured)
-        return sum(rss for _, rss in measured)
+            return shm + sum(_pss_mb(proc, rss) for proc, rss in measured)
+        return shm + sum(rss for _, rss in measured)
 
     def _has_execed(self, proc: psutil.Process) -> bool:
         if not self._main_execed:
@@ -386,6 +387,36 @@ def _pss_mb(proc: psutil.Process, rss: float) -> float:
         if exc.errno in (errno.ESRCH, errno.ENOENT):
             return 0.0
     return rss if _alive(proc) else 0.0
+
+
+def _own_shm_mb(procs: list[psutil.Process]) -> float:
+    """Memory held in the ``/dev/shm`` of the run's own (the sandbox gives a training command a
+    tmpfs there, ``mounts.private_shm``): files there are memory that no process's resident size
+    counts, so a run could fill it under any memory limit (found from outside: 300 MB written
+    there under a 150 MB limit, not stopped). Each such tmpfs is counted once, the machine's never."""
+    try:
+        machine = os.stat("/dev/shm").st_dev
+    except OSError:
+        machine = None
+    namespaces: set[str] = set()
+    counted: set[int] = {machine} if machine is not None else set()
+    total = 0.0
+    for proc in procs:
+        root = f"/proc/{proc.pid}/root/dev/shm"
+        try:
+            namespace = os.readlink(f"/proc/{proc.pid}/ns/mnt")
+            if namespace in namespaces:
+                continue
+            namespaces.add(namespace)
+            device = os.stat(root).st_dev
+            if device in counted:
+                continue
+            counted.add(device)
+            usage = os.statvfs(root)
+        except OSError:
+            continue
+        total += (usage.f_blocks - usage.f_bfree) * usage.f_frsize / _MB
+    return total
 
 
 def _alive(proc: psutil.Process) -> bool:
