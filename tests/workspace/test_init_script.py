@@ -193,17 +193,19 @@ def test_the_config_files_a_script_reads_are_editable_and_committed(tmp_path: Pa
     assert set(git(tmp_path, "status", "--porcelain").splitlines()) == untracked
 
 
-def test_a_hydra_scripts_config_tree_is_editable(tmp_path: Path) -> None:
-    (tmp_path / "src" / "conf" / "optim").mkdir(parents=True)
+@pytest.mark.parametrize(("folder", "where"), [("conf", "src/conf"), ("../conf", "conf")])
+def test_a_hydra_scripts_config_tree_is_editable(tmp_path: Path, folder: str, where: str) -> None:
+    (tmp_path / where / "optim").mkdir(parents=True)
+    (tmp_path / "src").mkdir(exist_ok=True)
     (tmp_path / "src" / "train.py").write_text(
-        "import hydra\n\n\n@hydra.main(version_base=None, config_path='conf', config_name='config')\n"
+        f"import hydra\n\n\n@hydra.main(version_base=None, config_path='{folder}', config_name='config')\n"
         "def main(cfg):\n    print('val_loss: 1.0')\n\n\nmain()\n"
     )
-    (tmp_path / "src" / "conf" / "config.yaml").write_text("defaults:\n  - optim: adam\nbatch_size: 32\n")
-    (tmp_path / "src" / "conf" / "optim" / "adam.yaml").write_text("lr: 1e-3\n")
+    (tmp_path / where / "config.yaml").write_text("defaults:\n  - optim: adam\nbatch_size: 32\n")
+    (tmp_path / where / "optim" / "adam.yaml").write_text("lr: 1e-3\n")
     init_script(tmp_path, "src/train.py")
     assert load_config(tmp_path).target.editable == [
-        "src/train.py", "src/conf/config.yaml", "src/conf/optim/adam.yaml",
+        "src/train.py", f"{where}/config.yaml", f"{where}/optim/adam.yaml",
     ]  # fmt: skip
 
 

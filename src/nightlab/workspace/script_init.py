@@ -195,21 +195,24 @@ def _config_file(directory: Path, here: str, text: str) -> list[str]:
 
 
 def _hydra_main(call: ast.Call) -> bool:
+    """``@hydra.main(config_path=...)``, or the compose API's ``initialize(config_path=...)``."""
     func = call.func
-    return (
-        isinstance(func, ast.Attribute) and func.attr == "main" and getattr(func.value, "id", "") == "hydra"
+    if isinstance(func, ast.Attribute) and func.attr == "main" and getattr(func.value, "id", "") == "hydra":
+        return True
+    return getattr(func, "id", getattr(func, "attr", "")) == "initialize" and any(
+        k.arg == "config_path" for k in call.keywords
     )
 
 
 def _hydra_tree(directory: Path, here: str, folder: str) -> list[str]:
     """The YAML files under a Hydra ``config_path`` (relative to the module that names it)."""
-    root = directory / here / folder
-    if folder.startswith(("/", "pkg:")) or ".." in folder or not root.is_dir():
-        return []
+    root = (directory / here / folder).resolve()
+    if folder.startswith(("/", "pkg:")) or not root.is_dir() or not root.is_relative_to(directory.resolve()):
+        return []  # ../configs from src/train.py is the workspace's configs/; nothing outside it
     files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
     if len(files) > 200:
         return []  # a folder that large is not a script's own config tree
-    return [p.relative_to(directory).as_posix() for p in files]
+    return [p.relative_to(directory.resolve()).as_posix() for p in files]
 
 
 def script_config(
