@@ -240,7 +240,10 @@ class _Run:
         RLIMIT_AS is deliberately not used: CUDA and torch's allocators reserve far more
         address space than they use, so it breaks them; memory is limited by sampling instead.
         """
-        prefix = "ulimit -c 0 2>/dev/null; "
+        # The OOM killer's preference, set before the command starts: set from the harness after
+        # the start (_prefer_as_oom_victim) it came too late for what the shell had forked already
+        # (found from outside: a sandboxed training process read 0 there, on a busy machine).
+        prefix = f"ulimit -c 0 2>/dev/null; echo {_OOM_SCORE_ADJ} > /proc/self/oom_score_adj 2>/dev/null; "
         if self.ex.file_size_limit_bytes is not None:
             blocks = max(1, int(self.ex.file_size_limit_bytes) // 512)
             prefix += f"ulimit -f {blocks} || exit 126; "
