@@ -242,8 +242,8 @@ def test_yaml_json_and_toml_scalars_by_key_path() -> None:
         ),
         (
             "c.json",
-            '{"optim": {"betas": [0.9,0.98], "f": {"bs": [32, 64]}}, "ml": [\n1]}',
-            '{"optim": {"betas": [0.8,0.99], "f": {"bs": [32, 128]}}, "ml": [\n1]}',
+            '{"optim": {"betas": [0.9,0.98], "f": {"bs": [32, 64]}}, "ml": [\n"a"]}',
+            '{"optim": {"betas": [0.8,0.99], "f": {"bs": [32, 128]}}, "ml": [\n"a"]}',
         ),
         (
             "c.toml",
@@ -254,8 +254,8 @@ def test_yaml_json_and_toml_scalars_by_key_path() -> None:
 )
 def test_a_list_of_numbers_in_a_config_file_is_a_knob(path: str, text: str, expected: str) -> None:
     """``betas: [0.9, 0.98]`` in YAML, JSON or TOML is a knob as it is in Python (Adam's betas,
-    a list of widths), rewritten number by number; a JSON list over several lines, or a list of
-    anything but numbers, is not (a YAML block list of numbers is: test_knob_yaml_lists.py)."""
+    a list of widths), rewritten number by number; a list of anything but numbers is not (a YAML
+    block list and a JSON list over several lines are knobs too: test_knob_yaml_lists.py)."""
     assert knob_values(text, path) == {"optim.betas": [0.9, 0.98], "optim.f.bs": [32, 64]}
     assert set_knobs(text, {"optim.betas": [0.8, 0.99], "optim.f.bs": [32, 128]}, path) == expected
 

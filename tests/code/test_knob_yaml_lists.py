@@ -1,5 +1,6 @@
 """A YAML list of numbers written as a block, one item a line (``betas:`` then ``- 0.9``), is a
-knob as the flow list ``[0.9, 0.98]`` is; rewriting it changes the numbers and nothing else."""
+knob as the flow list ``[0.9, 0.98]`` is, and so is a JSON list over several lines; rewriting one
+changes the numbers and nothing else."""
 
 from __future__ import annotations
 
@@ -38,3 +39,11 @@ def test_block_lists_of_numbers_are_knobs_rewritten_in_place() -> None:
     ).replace("- 128", "- 256")
     loaded = yaml.safe_load(out)
     assert loaded["optim"]["betas"] == [0.85, 0.999] and loaded["layers"] == [32, 256]
+
+
+def test_a_json_list_written_one_number_a_line_is_a_knob() -> None:
+    """``json.dump(config, f, indent=2)`` writes a list one item a line: still a knob."""
+    text = '{\n  "betas": [\n    0.9,\n    0.98\n  ],\n  "lr": 0.001\n}\n'
+    assert {k.name: k.value for k in find_knobs(text, "config.json")} == {"betas": [0.9, 0.98], "lr": 0.001}
+    out = set_knobs(text, {"betas": [0.8, 0.99]}, "config.json")
+    assert out == text.replace("0.9,", "0.8,").replace("0.98", "0.99")

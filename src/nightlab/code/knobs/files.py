@@ -5,7 +5,8 @@ its value in the file, so rewriting it changes those characters and nothing else
 order, quoting and indentation stay as their author wrote them (well-kept parsers read the
 files; the span is found from their positions, so the file is never re-serialised). A list of
 numbers written on one line (``betas: [0.9, 0.98]``), or as a block list one number a line
-(``betas:`` then ``- 0.9`` and ``- 0.98``), is a knob, searched element by element as a Python one
+(``betas:`` then ``- 0.9`` and ``- 0.98``), or in JSON over several lines as ``json.dump(...,
+indent=2)`` writes it, is a knob, searched element by element as a Python one
 is; other lists, multi-line strings and nulls are not knobs.
 """
 
@@ -235,14 +236,14 @@ class _JsonSpans:
                 if text[i] != ",":
                     raise ValueError(f"expected ',' or '}}' at offset {i}")
                 i = _skip(text, i + 1)
-        if text[i] == "[":  # a list of numbers on one line is a knob; any other is not
+        if text[i] == "[":  # a list of numbers is a knob; any other is not
             start, i = i, _skip(text, i + 1)
             if text[i] == "]":
                 return i + 1
             while True:
                 i = _skip(text, self.value(i, name, record=False))
                 if text[i] == "]":
-                    if record and name and "\n" not in text[start : i + 1]:
+                    if record and name:  # also as json.dump(indent=2) writes it, one number a line
                         knob = scalar_knob(
                             name, json.loads(text[start : i + 1]), text, start, i + 1, self.path, "json"
                         )
