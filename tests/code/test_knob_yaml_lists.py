@@ -4,6 +4,7 @@ changes the numbers and nothing else."""
 
 from __future__ import annotations
 
+import tomllib
 import yaml
 
 from nightlab.code.knobs import find_knobs, set_knobs
@@ -47,3 +48,13 @@ def test_a_json_list_written_one_number_a_line_is_a_knob() -> None:
     assert {k.name: k.value for k in find_knobs(text, "config.json")} == {"betas": [0.9, 0.98], "lr": 0.001}
     out = set_knobs(text, {"betas": [0.8, 0.99]}, "config.json")
     assert out == text.replace("0.9,", "0.8,").replace("0.98", "0.99")
+
+
+def test_a_toml_array_over_several_lines_is_one_knob_rewritten_in_place() -> None:
+    """Its literal was the ``[`` alone before: setting it wrote a second list into the file."""
+    text = 'lr = 0.1\nbetas = [\n  0.9,  # beta1\n  0.98,\n]\nname = "x"\n'
+    knobs = {k.name: k for k in find_knobs(text, "config.toml")}
+    assert knobs["betas"].value == [0.9, 0.98] and knobs["betas"].text.endswith("]")
+    out = set_knobs(text, {"betas": [0.8, 0.99]}, "config.toml")
+    assert out == text.replace("0.9,", "0.8,").replace("0.98,", "0.99,")
+    assert tomllib.loads(out)["betas"] == [0.8, 0.99]

@@ -280,7 +280,7 @@ def toml_knobs(text: str, path: str) -> list[Knob]:
             table = _toml_key_path(header.group(1))
         elif table is not None and (key := _TOML_KEY.match(line)):
             start = offset + key.end()
-            end = scalar_end(text, start, flow=False)
+            end = _array_end(text, start) if text[start] == "[" else scalar_end(text, start, flow=False)
             names = table + _toml_key_path(key.group(1))
             value = _lookup(doc, names)
             knob = (
@@ -292,6 +292,25 @@ def toml_knobs(text: str, path: str) -> list[Knob]:
                 found.append(knob)
         offset += len(line)
     return found
+
+
+def _array_end(text: str, start: int) -> int:
+    """Where the TOML array opening at ``start`` closes, over as many lines as it spans (its
+    comments and strings skipped): ``betas = [`` then ``0.9,`` and ``0.98,`` then ``]``."""
+    depth, i = 0, start
+    while i < len(text):
+        char = text[i]
+        if char in "\"'":
+            i = _quoted_end(text, i)
+            continue
+        if char == "#":
+            i = text.find("\n", i) if "\n" in text[i:] else len(text)
+            continue
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        i += 1
+        if depth == 0:
+            return i
+    return len(text)
 
 
 def _toml_key_path(text: str) -> list[str]:
