@@ -257,3 +257,24 @@ def test_unreadable_lines_and_their_replies():
     assert unreadable_reply('{"jsonrpc":"2.0","id":4,"method":7}')["error"]["code"] == -32600
     assert unreadable_reply('{"jsonrpc":"2.0","method":"ping","params":7}') is None  # a notification
     assert unreadable_reply("[1, 2")["error"]["code"] == -32700
+
+
+def test_an_editable_file_that_is_not_utf8_is_a_one_line_tool_error_not_a_dead_server(tmp_path):
+    """read_file of a Latin-1 train.py (with its coding line, so it runs) handed the SDK a lone
+    surrogate it could not serialize: the server died with a traceback, the call unanswered."""
+    from helpers import git
+    from nightlab.cli.mcp import Harness, ToolError, _guard
+    from nightlab.errors import UserError
+
+    root = make_workspace(tmp_path / "ws")
+    train = (root / "train.py").read_bytes().replace(b"# learning rate", b"# caf\xe9 learning rate")
+    (root / "train.py").write_bytes(b"# -*- coding: latin-1 -*-\n" + train)
+    git(root, "commit", "-qam", "latin-1")
+    with pytest.raises(UserError) as caught:
+        Harness(root).read_file("train.py")
+    assert str(caught.value) == (
+        "train.py is not UTF-8 text (byte 0xe9 on line 3): MCP carries UTF-8 only; convert the file to "
+        "UTF-8 and commit it"
+    )
+    with pytest.raises(ToolError, match="the answer holds text that is not UTF-8"):
+        _guard(lambda: {"description": "caf\udce9"})

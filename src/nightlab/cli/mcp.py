@@ -94,7 +94,7 @@ class Harness:
             texts = self.session.workspace.read_files(best.commit, [clean], missing_ok=True)
             if clean not in texts:
                 raise UserError(f"{clean} does not exist in the best code (#{best.id})")
-            return texts[clean]
+            return _utf8_text(clean, texts[clean])
 
     def history(self, limit: int) -> list[dict]:
         from nightlab.research.tryrun import history_rows
@@ -252,12 +252,31 @@ class _Server(MCPServer):
             raise
 
 
+def _utf8_text(path: str, text: str) -> str:
+    """A file's text as MCP can carry it: git hands bytes that are not UTF-8 over as lone
+    surrogates, which the SDK could not serialize (the server died with a traceback)."""
+    bad = next((i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff"), None)
+    if bad is None:
+        return text
+    line = text.count("\n", 0, bad) + 1
+    byte = ord(text[bad]) - 0xDC00
+    raise UserError(
+        f"{path} is not UTF-8 text (byte 0x{byte:02x} on line {line}): MCP carries UTF-8 only; "
+        "convert the file to UTF-8 and commit it"
+    )
+
+
 def _guard(call):
     """A user error becomes a tool error with its one-line message (the client shows it to the model)."""
     try:
-        return call()
+        result = call()
     except UserError as exc:
         raise ToolError(str(exc)) from None
+    try:  # what the SDK will serialize: a lone surrogate anywhere would end the server
+        json.dumps(result, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ToolError("the answer holds text that is not UTF-8 and cannot be sent") from None
+    return result
 
 
 def serve(root: Path, tag: str | None = None) -> None:
