@@ -43,3 +43,47 @@ def test_a_ledger_of_a_newer_nightlab_is_not_rebuilt_as_this_ones(tmp_path: Path
     # Read-only, it said "open it once with write access", which cannot help a newer ledger.
     with pytest.raises(NewerLedger, match="upgrade nightlab"):
         open_read_only(db)
+
+
+def test_force_on_a_readable_ledger_keeps_side_studies_and_other_tags(tmp_path: Path) -> None:
+    """`recover --force` rebuilt one tag from its records and dropped everything else from the
+    ledger: 8 validate and 3 ablate experiments (61 runs in all) of a workspace were gone from it
+    (only the file moved aside still had them). They are copied over as they were."""
+    from helpers import git
+    from nightlab.store.backup import experiment_dir, save_experiment, save_replicate
+    from nightlab.store.ledger import Ledger
+    from nightlab.types import RunResult, RunStatus
+
+    root = make_workspace(tmp_path / "ws")
+    head = git(root, "rev-parse", "HEAD").strip()
+    git(root, "branch", "nightlab/t")
+    git(root, "update-ref", "refs/nightlab/experiments/0001", head)
+    state = root / ".nightlab"
+    with Ledger(state / "ledger.db") as ledger:
+        base = ledger.add_experiment(
+            kind="baseline", tag="t", commit=head, base_commit=head, description="baseline"
+        )
+        run_dir = experiment_dir(state, base) / "0"
+        result = RunResult(RunStatus.OK, seed=0, total_seconds=1.0)
+        ledger.add_run(base, 0, result, 1.0, None, str(run_dir))
+        save_replicate(run_dir, result, 1.0, None)
+        ledger.finish_experiment(base, status="ok", decision="baseline", metric_mean=1.0, n_runs=1)
+        save_experiment(state, ledger.experiment(base))
+        study = ledger.add_experiment(
+            kind="validate", commit=head, description="validate A", meta_json={"study": "s"}
+        )
+        for i in range(2):
+            ledger.add_run(study, i, RunResult(RunStatus.OK, seed=7 + i), 0.5 + i, 0.6, f"r/{study}/{i}")
+        ledger.finish_experiment(study, status="ok", metric_mean=1.0, n_runs=2)
+        other = ledger.add_experiment(kind="baseline", tag="u", description="another night")
+        ledger.set_meta("start_commit:u", head)
+        before = {r.replicate: (r.seed, r.metric, r.created_at) for r in ledger.runs(study)}
+
+    done = recover(root, load_config(root), tag="t", force=True)
+    assert done.experiments == 1 and done.carried == 2 and done.moved_to is not None
+    with Ledger(state / "ledger.db") as ledger:
+        assert [e.id for e in ledger.experiments()] == [base, study, other]
+        assert ledger.experiment(study).meta == {"study": "s"} and ledger.experiment(other).tag == "u"
+        assert {r.replicate: (r.seed, r.metric, r.created_at) for r in ledger.runs(study)} == before
+        assert len(ledger.runs(base)) == 1 and ledger.get_meta("start_commit:u") == head
+        assert ledger.get_meta("current_tag") == "t"  # the rebuild's own keys win

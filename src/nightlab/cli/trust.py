@@ -35,6 +35,8 @@ def recover(
     done = rebuild(root, config, tag=tag, force=force)
     lock.release()
     moved = f"; the old file is {done.moved_to}" if done.moved_to else ""
+    if done.carried:  # --force on a readable ledger: what is not this tag's stays as it was
+        moved += f"; {done.carried} experiments of other tags and side studies copied from it as they were"
     console.print(
         f"recovered {done.experiments} experiments ({done.kept} kept, {done.runs} runs) of nightlab/{done.tag} "
         f"from its records, git refs and run directories{moved}",

@@ -18,6 +18,7 @@ to continue the night; what only the ledger knew is lost and said so (docs/RECOV
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ class Recovered:
     kept: int
     runs: int
     moved_to: Path | None
+    carried: int = 0  # experiments of other tags and side studies copied from a readable ledger
 
 
 def ledger_holds_experiments(path: Path) -> bool:
@@ -105,13 +107,13 @@ def recover(root: Path, config: Config, tag: str | None = None, force: bool = Fa
     workspace = Workspace(root)
     path = workspace.state_dir / LEDGER_NAME
     try:
-        readable = not force and ledger_holds_experiments(path)
+        readable = ledger_holds_experiments(path) if not force else _intact(path)
     except NewerLedger as exc:
         raise UserError(
             f"{exc}; recover would rebuild it without what the newer version recorded "
             "(`--force` does, moving the file aside)"
         ) from None
-    if readable:
+    if readable and not force:
         raise UserError(
             f"{path} is readable; nothing to recover (`nightlab recover --force` rebuilds it anyway)"
         )
@@ -169,10 +171,57 @@ def recover(root: Path, config: Config, tag: str | None = None, force: bool = Fa
         ledger.set_meta("current_tag", tag)
         ledger.set_meta("metric_name", config.metric.name)
         ledger.set_meta("direction", config.metric.direction.value)
-        export_tsv(ledger, workspace.state_dir / "results.tsv", tag, config.metric.name)
     finally:
         ledger.close()
-    return Recovered(tag, experiments, len(kept), runs, moved)
+    carried = _carry_over(path, moved, tag) if readable and moved is not None else 0
+    with Ledger(path) as ledger:
+        export_tsv(ledger, workspace.state_dir / "results.tsv", tag, config.metric.name)
+    return Recovered(tag, experiments, len(kept), runs, moved, carried)
+
+
+def _intact(path: Path) -> bool:
+    """Whether ``--force`` rebuilds a ledger that reads fine (its other rows are carried over)."""
+    try:
+        return ledger_holds_experiments(path)
+    except NewerLedger:
+        return False  # its columns are not this version's: the file moved aside keeps them
+
+
+def _carry_over(path: Path, old: Path, tag: str) -> int:
+    """Copy what is not ``tag``'s from the readable ledger ``old``, as it was: the experiments of
+    other research tags and side studies (validate, ablate), their runs, and meta keys the
+    rebuild did not set (``tag`` itself is what the rebuild says). ``recover --force`` dropped them: a rebuild reads only
+    one tag's records, and side studies leave none. Returns how many experiments were copied."""
+    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+    try:
+        conn.execute("ATTACH DATABASE ? AS old", (str(old),))
+
+        def columns(table: str) -> str:
+            names = [r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")]
+            there = {r[1] for r in conn.execute(f"PRAGMA old.table_info({table})")}
+            return ", ".join(f'"{n}"' for n in names if n in there and not (table == "runs" and n == "id"))
+
+        experiments, runs = columns("experiments"), columns("runs")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "CREATE TEMP TABLE carried AS SELECT id FROM old.experiments "
+            "WHERE (tag IS NULL OR tag != ?) AND id NOT IN (SELECT id FROM main.experiments)",
+            (tag,),
+        )
+        conn.execute(
+            f"INSERT INTO main.experiments ({experiments}) SELECT {experiments} FROM old.experiments "
+            "WHERE id IN (SELECT id FROM carried) ORDER BY id"
+        )
+        conn.execute(
+            f"INSERT INTO main.runs ({runs}) SELECT {runs} FROM old.runs "
+            "WHERE experiment_id IN (SELECT id FROM carried) ORDER BY id"
+        )
+        conn.execute("INSERT OR IGNORE INTO main.meta (key, value) SELECT key, value FROM old.meta")
+        count = conn.execute("SELECT count(*) FROM carried").fetchone()[0]
+        conn.execute("COMMIT")
+        return int(count)
+    finally:
+        conn.close()
 
 
 def _parent(workspace: Workspace, commit: str) -> str | None:
