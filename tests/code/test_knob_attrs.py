@@ -115,3 +115,21 @@ def test_a_config_files_key_the_script_sets_after_loading_it_is_no_knob() -> Non
         ("train.py", "bs", 32),
         ("train.py", "optim.lr", 1e-3),
     }
+
+
+def test_an_option_set_after_parsing_is_dead_where_the_parser_is_kept() -> None:
+    """``from options import get_args``; ``args = get_args(); args.lr = 1e-3`` in train.py: the
+    ``--lr`` default in options.py never applies, so only train.py's literal is a knob."""
+    files = {
+        "options.py": (
+            "import argparse\n\n\ndef get_args():\n    p = argparse.ArgumentParser()\n"
+            "    p.add_argument('--lr', type=float, default=3e-4)\n"
+            "    p.add_argument('--wd', type=float, default=0.1)\n    return p.parse_args()\n"
+        ),
+        "train.py": "from options import get_args\n\nargs = get_args()\nargs.lr = 1e-3\n",
+    }
+    found = find_all_knobs(files)
+    assert {(k.path, k.name, k.value) for k in found.knobs} == {
+        ("options.py", "wd", 0.1),
+        ("train.py", "lr", 1e-3),
+    }

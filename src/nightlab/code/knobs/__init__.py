@@ -235,6 +235,13 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
     stored = placements({p: index.tree for p, index in trees.items()}, command)
     found: dict[str, Knob] = {}
     selected_by: dict[str, tuple[tuple[str, str], ...]] = {}
+    read = {
+        path: find_knobs(files[path], path, command, trees, stored.get(path, ({}, [])))
+        for path in sorted(files)
+        if path not in layouts and path not in owned
+    }
+    # args.lr = 1e-3 in train.py after parsing: the option's default in options.py is dead too
+    forced = {(path, name) for path, knobs in read.items() for k in knobs for name in k.replaces}
     for path in sorted(files):
         if path in layouts:
             layout = layouts[path]
@@ -246,14 +253,21 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
                         (renamed.get(g, g), o) for g, o in layout.selected_by[name]
                     )
         elif path not in owned:
-            for knob in find_knobs(files[path], path, command, trees, stored.get(path, ({}, []))):
+            for knob in read[path]:
                 if (path, knob.name) in dead or _replaced(knob.name, replaced.get(path, set())):
                     continue  # a config file the run command names, or the script, sets it again
+                if knob.source in _OPTIONS and any(
+                    p != path and n == knob.name.lstrip("-").replace("-", "_") for p, n in forced
+                ):
+                    continue
                 name = _unique(knob.name, path, found)
                 found[name] = knob if name == knob.name else dataclasses.replace(knob, name=name)
                 if knob.selected_by:  # a field of a Hydra structured config's group option
                     selected_by[name] = knob.selected_by
     return EditableKnobs(list(found.values()), selected_by, files, command)
+
+
+_OPTIONS = ("argparse", "click", "absl")
 
 
 def _replaced(name: str, keys: set[str]) -> bool:

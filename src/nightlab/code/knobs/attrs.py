@@ -21,6 +21,7 @@ not a setting, and what a distributed launch sets (``args.distributed = False``,
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from collections.abc import Callable
 
@@ -200,3 +201,5 @@ def _assignment(
     added = reader.add(name, value, stmt, SOURCE, qualified=f"{path[0]}.{name}")
     if added is not None:
         mine[(path[0], name)] = added.name
+        if origin.parsed or (origin.stmt is None and origin.cls is None):  # a parser's, maybe elsewhere
+            reader.found[added.name] = dataclasses.replace(added, replaces=(name,))

@@ -26,6 +26,9 @@ class Knob:
     group choices that select the config a knob belongs to (``(("optim", "adam"),)`` for a field of
     the structured config stored as ``optim/adam``): its value means something else once one of
     them changes (a YAML tree's are kept beside the knobs, in ``EditableKnobs.selected_by``).
+    ``replaces`` names the command-line options whose defaults this knob makes dead wherever
+    they are declared (``args.lr = 1e-3`` after parsing: ``("lr",)``), so a parser kept in another
+    editable file gives no knob for them.
     """
 
     name: str
@@ -44,6 +47,7 @@ class Knob:
     choices: tuple[KnobValue, ...] = ()
     flags: tuple[str, ...] = ()
     selected_by: tuple[tuple[str, str], ...] = ()
+    replaces: tuple[str, ...] = ()
 
     @property
     def syntax(self) -> str:
