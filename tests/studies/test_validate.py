@@ -523,3 +523,26 @@ def test_the_library_refuses_a_seed_count_past_the_limit() -> None:
         check_seed_count(2_000_000, "why")
     with pytest.raises(UserError, match="at least 2: why"):
         check_seed_count(1, "why")
+
+
+def test_validate_sides_may_be_experiment_ids_as_status_shows_them(tmp_path: Path) -> None:
+    """`validate --a 2 --b 3` said "'2' is not a commit": the ids `nightlab status` lists are
+    what a user has at hand. `#N` or `N` (when no revision has that name) is experiment N."""
+    from nightlab.errors import UserError
+    from nightlab.research.session import open_session
+    from nightlab.studies.validate import _resolve
+
+    root = make_workspace(tmp_path / "ws")
+    head = git(root, "rev-parse", "HEAD").strip()
+    session = open_session(root)
+    kept = session.ledger.add_experiment(kind="baseline", tag="t", commit=head, description="baseline")
+    refused = session.ledger.add_experiment(
+        kind="candidate", tag="t", description="refused", status="invalid"
+    )
+    assert _resolve(session, f"#{kept}") == head == _resolve(session, str(kept)) == _resolve(session, "HEAD")
+    with pytest.raises(
+        UserError, match=r"'#99' is neither a revision nor an experiment .*ids with a commit: 1 to 1"
+    ):
+        _resolve(session, "#99")
+    with pytest.raises(UserError, match=rf"experiment #{refused} has no commit \(invalid: refused\)"):
+        _resolve(session, str(refused))

@@ -84,10 +84,16 @@ def validate(
         help="A scale defined in nightlab.toml as a scales.NAME table (default: the research scale).",
     ),
     a: str = typer.Option(
-        None, "--a", callback=given, help="Side A revision (default: the research branch's start)."
+        None,
+        "--a",
+        callback=given,
+        help="Side A: a revision or an experiment id (#3) (default: the research branch's start).",
     ),
     b: str = typer.Option(
-        None, "--b", callback=given, help="Side B revision (default: the research branch's best)."
+        None,
+        "--b",
+        callback=given,
+        help="Side B: a revision or an experiment id (#5) (default: the research branch's best).",
     ),
     seeds: int = typer.Option(
         3, "--seeds", callback=_seed_count, help="Runs per side (same seeds for both), 2 to 1000."

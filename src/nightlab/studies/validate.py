@@ -275,7 +275,7 @@ def _fixed_budget(
 
 def _sides(session: Session, options: ValidateOptions) -> tuple[Side, Side, float | None, float | None]:
     """Side A and B from --a/--b or the research session's start and best, and the research gain."""
-    ledger, workspace, tag = session.ledger, session.workspace, session.tag
+    ledger, tag = session.ledger, session.tag
     start = ledger.get_meta(f"start_commit:{tag}")
     best = ledger.incumbent(tag)
     if (options.a is None or options.b is None) and (start is None or best is None):
@@ -285,8 +285,8 @@ def _sides(session: Session, options: ValidateOptions) -> tuple[Side, Side, floa
         )
     rev_a = options.a or f"start of nightlab/{tag}"
     rev_b = options.b or f"best of nightlab/{tag} (#{best.id})"  # type: ignore[union-attr]
-    commit_a = workspace.resolve(options.a) if options.a else str(start)
-    commit_b = workspace.resolve(options.b) if options.b else str(best.commit)  # type: ignore[union-attr]
+    commit_a = _resolve(session, options.a) if options.a else str(start)
+    commit_b = _resolve(session, options.b) if options.b else str(best.commit)  # type: ignore[union-attr]
     if commit_a == commit_b:
         raise UserError(
             f"A and B are the same commit ({commit_a[:12]}): nothing kept on nightlab/{tag} yet, "
@@ -301,6 +301,30 @@ def _sides(session: Session, options: ValidateOptions) -> tuple[Side, Side, floa
         if baseline is not None and baseline.holdout_mean is not None and best.holdout_mean is not None:
             holdout_gain = direction.improvement(best.holdout_mean, baseline.holdout_mean)
     return Side("A", rev_a, commit_a, commit_a), Side("B", rev_b, commit_b, commit_b), gain, holdout_gain
+
+
+def _resolve(session: Session, rev: str) -> str:
+    """The commit of ``rev``: a git revision, or an experiment id as `nightlab status` shows it
+    (``#3``, or ``3`` when no revision has that name): ``--a 2`` was 'not a commit'."""
+    digits = rev.removeprefix("#")
+    if not digits.isdigit():
+        return session.workspace.resolve(rev)
+    if not rev.startswith("#"):
+        try:
+            return session.workspace.resolve(rev)
+        except UserError:
+            pass  # not a revision: an experiment id
+    try:
+        row = session.ledger.experiment(int(digits))
+    except KeyError:
+        ids = [e.id for e in session.ledger.experiments() if e.commit]
+        known = f"ids with a commit: {ids[0]} to {ids[-1]}" if ids else "none has a commit yet"
+        raise UserError(
+            f"'{rev}' is neither a revision nor an experiment of the ledger ({known}; `nightlab status` lists them)"
+        ) from None
+    if not row.commit:
+        raise UserError(f"experiment #{row.id} has no commit ({row.status}: {row.description}): give another")
+    return row.commit
 
 
 def _margin(research_gain: float | None) -> float:
