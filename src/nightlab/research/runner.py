@@ -387,8 +387,7 @@ class ReplicateRunner:
         self._collect_outputs(tree, run_dir)
         frozen = self.frozen.describe(tree)
         touched = self.workspace.modified_tracked_files(tree, allowed=self._keep)
-        if touched:
-            self.workspace.restore(tree, keep=self._keep)
+        self.workspace.restore(tree, keep=self._keep)  # always: a planted .pyc is not "touched"
         if frozen:
             return frozen
         changed = self.setup.changed() if self.setup is not None else []
