@@ -394,3 +394,18 @@ def test_a_used_up_quota_stops_at_once_instead_of_being_retried_as_a_rate_limit(
         f"the API at {server.base_url} says the quota of the key in $NIGHTLAB_TEST_LLM_KEY is used up "
         "(HTTP 429): You exceeded your current quota."
     )
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_an_editable_file_that_is_not_utf8_is_sent_escaped_and_edited_elsewhere(protocol, llm_config):
+    """A Latin-1 train.py (with its coding line) reaches the agent with its byte as a lone
+    surrogate: the SDKs raised UnicodeEncodeError building the request (a traceback, the night
+    over), and an edit elsewhere in the file was refused as "not valid Python"."""
+    from agent_kit import TRAIN
+
+    latin = "# -*- coding: latin-1 -*-\n" + TRAIN.replace("# learning rate", "# caf\udce9 learning rate")
+    with fake_llm_server(protocol, [Answer(WIDER)]) as server:
+        proposal = LLMAgent(llm_config(server)).propose(make_context(files={"train.py": latin}))
+    assert "caf\\xe9 learning rate" in server.requests[0].last_user_text
+    assert proposal is not None and proposal.refused is None
+    assert proposal.edits and proposal.description == "WIDTH 64 -> 128"

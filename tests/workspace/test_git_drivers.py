@@ -61,3 +61,15 @@ def test_only_converting_commands_pay_for_the_check_and_local_git_lfs_is_kept(tm
         "-c",
         "filter.x.required=false",
     ]
+
+
+def test_a_diff_of_a_file_that_is_not_utf8_is_text_the_ledger_can_store(tmp_path: Path) -> None:
+    """A kept edit of a Latin-1 train.py: its diff carried the byte as a lone surrogate and the
+    ledger's insert ended `nightlab run` in a UnicodeEncodeError traceback."""
+    ws = Workspace(committed_repo(tmp_path / "ws", {"train.py": "WIDTH = 8\n"}))
+    head = ws.commit_files(ws.head_commit(), {"train.py": "# caf\udce9\nWIDTH = 8\n"}, "Latin-1")
+    changed = ws.commit_files(head, {"train.py": "# caf\udce9\nWIDTH = 16\n"}, "WIDTH")
+    diff = ws.diff(head, changed)
+    assert " # caf\\xe9\n-WIDTH = 8\n+WIDTH = 16" in diff
+    diff.encode("utf-8")  # what sqlite does with it
+    assert ws.read_file(changed, "train.py") == "# caf\udce9\nWIDTH = 16\n"  # the bytes kept as they were

@@ -244,8 +244,11 @@ def python_syntax_error(path: str, text: str) -> str | None:
     """
     if not path.endswith(".py"):
         return None
+    # As bytes, as Python reads the file: a file that is not UTF-8 (its bytes held as lone
+    # surrogates) compiles under its coding line, and is refused as Python would without one.
+    source = text if text.isascii() else text.encode("utf-8", "surrogateescape")
     try:
-        compile(text, path, "exec", dont_inherit=True)
+        compile(source, path, "exec", dont_inherit=True)
     except SyntaxError as exc:
         # The line from the text checked: Python fills exc.text for some errors by reading
         # ``path`` from disk, which is the current directory's file, not this proposal's.

@@ -320,9 +320,11 @@ class Workspace:
         return [p for p in out.split("\0") if p]
 
     def diff(self, base: str, commit: str, paths: Sequence[str] = ()) -> str:
-        """Unified diff from ``base`` to ``commit``, independent of the user's diff settings."""
+        """Unified diff from ``base`` to ``commit``, independent of the user's diff settings; to
+        store and show, so a byte that is not UTF-8 reads ``\\xe9`` (the ledger refused it)."""
         args = ["diff", "--no-color", "--no-ext-diff", "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/"]
-        return self.git(*args, base, commit, "--", *paths)
+        out = run_git([*args, base, commit, "--", *paths], self.root).stdout
+        return out.decode("utf-8", errors="backslashreplace")
 
     def revert_commit_onto(self, commit_to_drop: str, head: str) -> str | None:
         """A commit on ``head`` that undoes ``commit_to_drop`` (for ablations); None on conflict.

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from nightlab.agents.base import Agent
 from nightlab.agents.llm.answer import ParsedAnswer, parse_answer, without_reasoning
+from nightlab.agents.llm.fields import sendable
 from nightlab.agents.llm.lessons import lesson_fact, parse_lessons
 from nightlab.agents.llm.prompt import build_prompt
 from nightlab.agents.llm.providers import (
@@ -328,6 +329,9 @@ class LLMAgent(Agent):
         with self._lock:
             self._failed_rounds += 1
             rounds = self._failed_rounds
+        # The reason quotes the file's lines: a byte that is not UTF-8 there (a lone surrogate)
+        # could not be stored in the ledger.
+        error = sendable(error)
         if rounds >= MAX_FAILED_ROUNDS:
             self._stop(
                 f"{rounds} proposals in a row had no usable answer after retries (last: {error})", failed=True

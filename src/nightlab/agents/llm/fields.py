@@ -1,4 +1,4 @@
-"""The parts of a chat response, whatever shape the server gave them.
+"""The parts of a chat response, whatever shape the server gave them, and text fit to send.
 
 The SDKs build their models from a body, but keep what their types do not describe (content as a
 list of parts, a usage block with strings) as plain values, and a body they could not decode at
@@ -45,3 +45,19 @@ def tool_names(calls: list[Any]) -> tuple[str, ...]:
         function = field(call, "function")
         names.append(str(field(function, "name") if function is not None else field(call, "name"))[:60])
     return tuple(names)
+
+
+def sendable(text: str) -> str:
+    """``text`` with each byte that git handed over as a lone surrogate shown as ``\\xNN``."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def error_code(exc: Exception) -> str:
+    """The ``code`` (or ``type``) of the error body a server sent, or ""."""
+    body = getattr(exc, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(inner, dict):
+        return ""
+    return str(inner.get("code") or inner.get("type") or "")

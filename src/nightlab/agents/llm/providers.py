@@ -22,7 +22,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from nightlab.agents.llm.fields import error_code as _error_code
 from nightlab.agents.llm.fields import field as _field
+from nightlab.agents.llm.fields import sendable as _sendable
 from nightlab.agents.llm.fields import text_of as _text_of
 from nightlab.agents.llm.fields import token_count as _count
 from nightlab.agents.llm.fields import tool_names as _tool_names
@@ -198,6 +200,11 @@ class _SDKChat:
         # The SDK's timeout bounds each read; the request as a whole gets a little more, so a
         # plain hang is still reported as the SDK's own timeout.
         deadline = self.retry.timeout * 1.2 + 0.1
+        # A file that is not UTF-8 reaches the prompt with its bytes as lone surrogates (git's
+        # surrogateescape), which no JSON request can carry (the SDKs raised UnicodeEncodeError,
+        # a traceback): the model sees them as \\xe9 escapes instead.
+        system = _sendable(system)
+        messages = [{key: _sendable(value) for key, value in m.items()} for m in messages]
         return call_with_retries(
             lambda: within(deadline, lambda: self._checked_call(system, messages, max_tokens)),
             self._classify,
@@ -463,15 +470,6 @@ def _status_verdict(
     if status in (408, 409, 429, 529) or status >= 500:
         return None
     return _fatal_message(provider, status, model, base_url, key_env) or _refused(model, status, _brief(exc))
-
-
-def _error_code(exc: Exception) -> str:
-    """The ``code`` (or ``type``) of the error body a server sent, or ""."""
-    body = getattr(exc, "body", None)
-    inner = body.get("error", body) if isinstance(body, dict) else None
-    if not isinstance(inner, dict):
-        return ""
-    return str(inner.get("code") or inner.get("type") or "")
 
 
 def _refused(model: str, status: int, message: str) -> str:
