@@ -276,3 +276,19 @@ def test_a_proposal_file_left_as_a_link_to_dev_zero_is_not_read(tmp_path):
     root = workspace_with(tmp_path, f"{LR_SED}\nln -sf /dev/zero {PROPOSAL_FILE}\n")
     proposal = command_agent(root).propose(context_of(root))
     assert proposal.description == "command agent: edited train.py (+1 -1 lines)"
+
+
+def test_an_incumbent_that_is_latin1_can_be_edited_elsewhere_and_keeps_its_bytes(tmp_path):
+    """A train.py in Latin-1 (with its coding line): every round was refused as "not UTF-8",
+    whatever the CLI changed, since the file was compared after a lossy decoding."""
+    root = workspace_with(tmp_path, "sed -i 's/^WIDTH = 64 /WIDTH = 128 /' train.py\n")
+    context = context_of(root)
+    train = (root / "train.py").read_bytes().replace(b"# learning rate", b"# caf\xe9 learning rate")
+    (root / "train.py").write_bytes(b"# -*- coding: latin-1 -*-\n" + train)
+    git(root, "commit", "-qam", "latin-1")
+    context.incumbent_commit = Workspace(root).head_commit()
+    context.files = {"train.py": (root / "train.py").read_bytes().decode("utf-8", "surrogateescape")}
+    proposal = command_agent(root).propose(context)
+    assert proposal.refused is None
+    [edit] = proposal.edits
+    assert "WIDTH = 128" in edit.replace and "caf\udce9 learning rate" in edit.replace

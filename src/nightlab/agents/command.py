@@ -324,14 +324,19 @@ class CommandAgent(Agent):
             if unusable:
                 not_text.append(f"{path} ({unusable})")
                 continue
+            # As git hands files over: a byte that is not UTF-8 as a lone surrogate, kept as it
+            # was when the commit is made. A file the incumbent already holds so (Latin-1 with its
+            # coding line) is proposed; one the CLI made so is refused, saying where.
+            text = data.decode("utf-8", errors="surrogateescape")
+            if text == context.files.get(path):
+                continue
+            edits.append(Edit(path=path, replace=text))
             try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as exc:  # a file is only ever proposed as text (see _not_text)
-                text = data.decode("utf-8", errors="replace")
-                line = data[: exc.start].count(b"\n") + 1
-                not_text.append(f"{path} (not UTF-8: byte 0x{data[exc.start]:02x} on line {line})")
-            if text != context.files.get(path):
-                edits.append(Edit(path=path, replace=text))
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if _shown(context.files.get(path, "")) == context.files.get(path, ""):
+                    line = data[: exc.start].count(b"\n") + 1
+                    not_text.append(f"{path} (not UTF-8: byte 0x{data[exc.start]:02x} on line {line})")
         return edits, outside, not_text
 
 
