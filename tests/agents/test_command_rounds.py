@@ -230,3 +230,18 @@ def test_the_loops_refs_the_cli_deleted_or_moved_off_the_experiments_are_put_bac
     assert notes[0].startswith("moved nightlab's refs/heads/nightlab/t to ")
     assert notes[0].endswith(", no experiment's commit")
     assert notes[1] == "deleted nightlab's refs/nightlab/experiments/0001"
+
+
+def test_a_hook_or_a_setting_the_cli_left_in_the_repository_is_named(tmp_path):
+    """A CLI that set core.fsmonitor or wrote a hook in the repository's .git: nightlab's own git
+    ignores both, but the user's git would run them; it went unsaid."""
+    root = workspace_with(
+        tmp_path,
+        f"{LR_SED}\ncommon=$(git rev-parse --git-common-dir)\n"
+        'git config core.fsmonitor /bin/true\ncp /bin/true "$common/hooks/post-checkout"\n',
+    )
+    (root / ".git" / "hooks").mkdir(exist_ok=True)
+    proposal = command_agent(root).propose(context_of(root))
+    assert [e.path for e in proposal.edits] == ["train.py"]
+    [note] = proposal.meta["outside_checkout"]
+    assert note.startswith("changed the repository's .git/config, .git/hooks/post-checkout: left as it is;")

@@ -13,12 +13,15 @@ there where that is safe (see :class:`Outside`), and says so in one line each.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nightlab import safefile
 from nightlab.executor.process import Limits, run_process
 from nightlab.types import RunResult, RunSpec
 from nightlab.workspace.git import AGENT_WORKTREE, BRANCH_PREFIX, Workspace
@@ -52,16 +55,28 @@ class Outside:
     head: str = ""
     dirty: dict[str, tuple] = field(default_factory=dict)
     loop_refs: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, tuple] = field(default_factory=dict)
 
     @classmethod
     def now(cls, workspace: Workspace) -> Outside:
         loop = _refs(workspace, _LOOP_SPACES)
-        return cls(workspace, _refs(workspace), workspace.head_commit(), _dirty(workspace), loop)
+        dirty, settings = _dirty(workspace), _settings(workspace)
+        return cls(workspace, _refs(workspace), workspace.head_commit(), dirty, loop, settings)
 
     def undo(self, keep: Path) -> list[str]:
         """Undo what changed since :meth:`now` where safe; one line per thing found, each
         saying what the round did ("created the branch x: deleted (...)")."""
         notes = self._drop_new_refs() + self._put_back_refs() + self._put_back_loop_refs()
+        changed = sorted(
+            k
+            for k in {*self.settings, *_settings(self.workspace)}
+            if _settings(self.workspace).get(k) != self.settings.get(k)
+        )
+        if changed:  # not undone: a user's own edit meanwhile cannot be told from the CLI's
+            notes.append(
+                f"changed the repository's {', '.join(changed)}: left as it is; nightlab's git runs no hook, "
+                "file-system monitor, filter or merge driver from there, but yours does: check it"
+            )
         note = self._restore_checkout(keep)
         return notes + ([note] if note else [])
 
@@ -159,6 +174,33 @@ class Outside:
 def _refs(workspace: Workspace, spaces: tuple[str, ...] = _REF_SPACES) -> dict[str, str]:
     out = workspace.git("for-each-ref", "--format=%(refname) %(objectname)", *spaces)
     return dict(line.rsplit(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def _settings(workspace: Workspace) -> dict[str, tuple]:
+    """What git reads from the repository's own folder and acts on, by path: its config, its
+    attributes, its hooks (mode, size and a hash of the content of each: git rewrites its config
+    unchanged when a branch is deleted, so times say nothing)."""
+    common = Path(workspace.git("rev-parse", "--git-common-dir").strip())
+    common = common if common.is_absolute() else workspace.root / common
+    hooks = common / "hooks"
+    paths = [
+        common / "config",
+        common / "info" / "attributes",
+        *(sorted(hooks.iterdir()) if hooks.is_dir() else []),
+    ]
+    found: dict[str, tuple] = {}
+    for path in paths:
+        try:
+            st = os.lstat(path)
+            digest = (
+                hashlib.sha256(safefile.read_bytes(path, 1 << 20)).hexdigest()
+                if stat.S_ISREG(st.st_mode)
+                else ""
+            )
+        except OSError:
+            continue
+        found[f".git/{path.relative_to(common).as_posix()}"] = (st.st_mode, st.st_size, digest)
+    return found
 
 
 def _checked_out(workspace: Workspace) -> set[str]:
