@@ -28,3 +28,15 @@ def test_good_lines_become_proposals_in_order(tmp_path):
         {"replay_line": 3},
         "LR = 0.3",
     )
+
+
+def test_a_lone_surrogate_escape_is_refused_before_anything_trains(tmp_path):
+    """`"\\ud800"` is valid JSON but not Unicode: it reached the ledger, whose insert raised
+    UnicodeEncodeError (a traceback after the experiment had been screened)."""
+    path = tmp_path / "proposals.jsonl"
+    path.write_bytes(LINE + LINE.replace(b"LR = 0.3", b"LR = 0.3  # \\udc80"))
+    with pytest.raises(UserError) as caught:
+        load_replay_file(path)
+    assert str(caught.value) == (
+        "proposals.jsonl line 2: a string holds a lone surrogate escape (\\ud800-\\udfff): not Unicode text"
+    )

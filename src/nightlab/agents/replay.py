@@ -21,6 +21,14 @@ from nightlab.plugins import Kind, Settings
 from nightlab.types import Context, Edit, HistoryEntry, Proposal
 
 
+def _lone_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    return isinstance(value, list) and any(_lone_surrogate(v) for v in value)
+
+
 def load_replay_file(path: Path) -> list[Proposal]:
     """Parse every line up front, so a bad line fails the run before any training starts."""
     if not path.is_file():
@@ -44,6 +52,10 @@ def load_replay_file(path: Path) -> list[Proposal]:
             raise UserError(f"{where}: not valid JSON ({exc.args[0] if exc.args else exc})") from None
         if not isinstance(data, dict):
             raise UserError(f"{where}: expected a JSON object with description and edits")
+        if _lone_surrogate(data):  # JSON allows "\ud800"; no file or ledger row can hold it
+            raise UserError(
+                f"{where}: a string holds a lone surrogate escape (\\ud800-\\udfff): not Unicode text"
+            )
         description = data.get("description")
         edits = data.get("edits")
         if not isinstance(description, str) or not description.strip():
