@@ -195,3 +195,15 @@ def test_a_figure_cut_off_mid_write_leaves_the_previous_file_whole(tmp_path: Pat
             plot_ablation(rows, tmp_path / "ablation.png", "val_bpb")
     assert good.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if "png" in p.name) == ["progress.png"]  # no temp left
+
+
+def test_a_file_where_the_folder_should_be_is_named(tmp_path: Path) -> None:
+    """`report --out FILE/sub/r.html` said "(File exists)", which reads as the report's own name."""
+    from nightlab.report.files import write_atomically
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError) as caught:
+        write_atomically(tmp_path / "afile" / "sub" / "r.html", lambda handle: handle.write(b"page"))
+    assert caught.value.strerror == f"{tmp_path / 'afile'} is a file, not a folder"
+    written = write_atomically(tmp_path / "new" / "r.html", lambda handle: handle.write(b"page"))
+    assert written.read_bytes() == b"page" and oct(written.stat().st_mode & 0o777) == "0o644"

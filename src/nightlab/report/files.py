@@ -7,6 +7,7 @@ morning and is embedded broken into ``report.html``. The rename is atomic within
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -22,6 +23,11 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     complete and synced; on any failure (an interrupt included) the temporary file goes and
     ``path`` is as it was."""
     path = Path(path)
+    for folder in (path.parent, *path.parent.parents):  # a file where a folder should be
+        if folder.exists():
+            if not folder.is_dir():  # mkdir said "File exists", which reads as the report's own
+                raise NotADirectoryError(errno.ENOTDIR, f"{folder} is a file, not a folder", str(folder))
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
