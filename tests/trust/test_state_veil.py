@@ -118,3 +118,27 @@ def test_a_run_cannot_read_earlier_runs_holdout_metric(outside_tmp: Path) -> Non
     assert row["status"] != "crash", row
     for log in (root / ".nightlab" / "runs").glob("*/*/run.log"):
         assert "holdout_loss" not in log.read_text(), log
+
+
+@needs_namespaces
+def test_a_setup_folder_that_is_a_link_stays_one(outside_tmp: Path) -> None:
+    """On a Ray node ``.nightlab/setup`` links to the node's shared copy of the setup files
+    (``remote_node.py``), which lies outside the state folder: the link is made again, so the
+    worktree's links into it still resolve."""
+    state, shared = outside_tmp / ".nightlab", outside_tmp / "shared-setup"
+    (shared / "v1" / "files").mkdir(parents=True)
+    (shared / "v1" / "files" / "data.txt").write_text("node setup output")
+    (state / "runs" / "0001" / "0").mkdir(parents=True)
+    (state / "worktrees" / "run-0").mkdir(parents=True)
+    (state / "ledger.db").write_text("the ledger")
+    (state / "setup").symlink_to(shared, target_is_directory=True)
+    tree, run_dir = state / "worktrees" / "run-0", state / "runs" / "0001" / "0"
+    (tree / "data.txt").symlink_to(state / "setup" / "v1" / "files" / "data.txt")
+    probe = (
+        "import os; print(open('data.txt').read(), sorted(os.listdir(os.path.dirname(os.getcwd()) + '/..')))"
+    )
+    command = sandbox.wrap(f"{sys.executable} -c {probe!r}", [tree, run_dir], "required", hide=[], veil=state)
+    done = subprocess.run(command, shell=True, cwd=tree, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "node setup output ['runs', 'setup', 'worktrees']"
+    assert (state / "setup").is_symlink()  # the real one untouched

@@ -55,26 +55,39 @@ def veil(folder: str, keep: Sequence[str]) -> None:
     if not os.path.isdir(folder):
         return  # a Ray node without the harness's state folder: nothing of it to show
     base = os.path.realpath(folder)
-    reals = {os.path.realpath(path) for path in keep}
-    reals = {r for r in reals if r != base and os.path.commonpath([base, r]) == base and os.path.exists(r)}
+    places: dict[str, str] = {}  # where each kept path is, beneath base, its last part unresolved
+    for path in keep:
+        place = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        if place != base and os.path.commonpath([base, place]) == base and os.path.lexists(place):
+            places[os.path.relpath(place, base)] = place
     # A path beneath another one kept shows through it: binding it too would create its mount
     # point in the real folder.
-    reals = {r for r in reals if not any(o != r and os.path.commonpath([o, r]) == o for o in reals)}
-    kept = [(os.path.relpath(r, base), os.open(r, os.O_PATH | os.O_CLOEXEC)) for r in sorted(reals)]
+    rels = [r for r in places if not any(o != r and os.path.commonpath([o, r]) == o for o in places)]
     flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    kept = []
+    for rel in sorted(rels):
+        place = places[rel]
+        # A link (a Ray node's setup folder, linked to the node's shared copy) is made again as
+        # it is: what it names lies outside and stays in view.
+        kept.append(
+            (rel, os.readlink(place) if os.path.islink(place) else os.open(place, os.O_PATH | os.O_CLOEXEC))
+        )
     if libc.mount(b"nightlab-state", base.encode(), b"tmpfs", flags, b"mode=0755") != 0:
         raise OSError(ctypes.get_errno(), f"cannot hide {base}")
-    for rel, fd in kept:
+    for rel, what in kept:
         target = os.path.join(base, rel)
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if isinstance(what, str):
+            os.symlink(what, target)
+            continue
+        if stat.S_ISDIR(os.fstat(what).st_mode):
             os.makedirs(target, exist_ok=True)
         else:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
             os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o600))
-        source = f"/proc/self/fd/{fd}".encode()
+        source = f"/proc/self/fd/{what}".encode()
         if libc.mount(source, target.encode(), None, _MS_BIND | _MS_REC, None) != 0:
             raise OSError(ctypes.get_errno(), f"cannot show {target} again")
-        os.close(fd)
+        os.close(what)
     if libc.mount(None, base.encode(), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | flags, None) != 0:
         raise OSError(ctypes.get_errno(), f"cannot make {base} read-only")
     shown = {rel.split(os.sep)[0] for rel, _ in kept}

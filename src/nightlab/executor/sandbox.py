@@ -326,7 +326,7 @@ def wrap(
     if hidden and veil is not None:
         launcher += ["--veil", str(Path(veil).resolve())]
         for name in SHOWN_STATE:
-            launcher += ["--keep", str(Path(veil, name).resolve())]
+            launcher += ["--keep", str(Path(veil).resolve() / name)]  # a link there stays one
     inner = ["/bin/sh", "-c", command]
     unshare = ["unshare", "-rnm" if hidden else "-rn", "--"] if support.netns else []
     return shlex.join(unshare + launcher + ["--"] + inner)
