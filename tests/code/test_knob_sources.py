@@ -140,6 +140,20 @@ def test_an_argparse_string_default_is_the_number_its_type_makes_it() -> None:
     assert "default=1e-3)" in set_knobs(source, {"lr": 1e-3}, "train.py")
 
 
+def test_an_argparse_default_read_from_the_environment_is_its_fallback() -> None:
+    """``default=os.getenv("LR", "3e-4")``: unset in a run, the fallback applies."""
+    source = (
+        "import argparse, os\np = argparse.ArgumentParser()\n"
+        "p.add_argument('--lr', type=float, default=os.getenv('LR', '3e-4'))\n"
+        "p.add_argument('--bs', type=int, default=int(os.environ.get('BS', 64)))\n"
+    )
+    assert {k.name: (k.kind, k.value) for k in find_knobs(source, "train.py")} == {
+        "lr": ("float", 3e-4),
+        "bs": ("int", 64),
+    }
+    assert "os.getenv('LR', 1e-3)" in set_knobs(source, {"lr": 1e-3}, "train.py")
+
+
 def test_argparse_set_defaults_is_the_value_that_applies() -> None:
     """``parser.set_defaults(lr=1e-3)`` wins over ``add_argument("--lr", default=3e-4)``: its
     literal is the knob (with the option's spelling), also for an option declared without one."""

@@ -214,7 +214,7 @@ def _option(reader: Reader, call: ast.Call, overrides: dict[str, ast.expr] | Non
         return
     choices = keyword(call, "choices")
     kind = keyword(call, "type")
-    default = _typed_default(default, kind)
+    default = _typed_default(env_default(default) or default, kind)  # default=os.getenv("LR", "3e-4")
     if choices is None and isinstance(kind, ast.Call) and call_name(kind) == "Choice" and kind.args:
         choices = kind.args[0]  # click.Choice(["relu", "tanh"])
     listed = listed_choices(choices, reader.names)
