@@ -154,6 +154,17 @@ def test_an_argparse_default_read_from_the_environment_is_its_fallback() -> None
     assert "os.getenv('LR', 1e-3)" in set_knobs(source, {"lr": 1e-3}, "train.py")
 
 
+def test_a_settings_field_read_from_the_environment_is_its_fallback() -> None:
+    source = (
+        "import os\nfrom dataclasses import dataclass\n\n\n@dataclass\nclass Config:\n"
+        "    lr: float = float(os.environ.get('LR', '3e-4'))\n\n\nclass CFG:\n    wd = float(os.getenv('WD', 0.1))\n"
+    )
+    assert {k.name: (k.value, k.source) for k in find_knobs(source, "train.py")} == {
+        "lr": (3e-4, "dataclass"),
+        "wd": (0.1, "class"),
+    }
+
+
 def test_argparse_set_defaults_is_the_value_that_applies() -> None:
     """``parser.set_defaults(lr=1e-3)`` wins over ``add_argument("--lr", default=3e-4)``: its
     literal is the knob (with the option's spelling), also for an option declared without one."""

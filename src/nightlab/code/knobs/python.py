@@ -272,6 +272,7 @@ def _fields(
                 value = factory.body  # field(default_factory=lambda: [64, 64]): a list of numbers
             if value is None:
                 continue
+        value = env_default(value) or value  # lr: float = float(os.environ.get("LR", 3e-4))
         annotation = stmt.annotation if isinstance(stmt, ast.AnnAssign) else None
         allowed = annotated_choices(annotation, reader.names) or listed
         qualified = f"{cls.name}.{name}"
