@@ -87,3 +87,32 @@ def test_force_on_a_readable_ledger_keeps_side_studies_and_other_tags(tmp_path: 
         assert {r.replicate: (r.seed, r.metric, r.created_at) for r in ledger.runs(study)} == before
         assert len(ledger.runs(base)) == 1 and ledger.get_meta("start_commit:u") == head
         assert ledger.get_meta("current_tag") == "t"  # the rebuild's own keys win
+
+
+def test_a_ledger_locked_by_another_process_is_not_called_corrupt(tmp_path: Path, monkeypatch) -> None:
+    """With another process holding it locked past SQLite's 30 s wait, `status` said "ledger ...
+    is corrupt (database is locked): rebuild it with `nightlab recover`", and recover would have
+    moved the healthy file aside. It says the file is fine, and recover leaves it alone."""
+    import sqlite3
+
+    import nightlab.store.ledger as ledger_module
+    from nightlab.store.ledger import Ledger
+    from nightlab.store.schema import LedgerBusy
+
+    root = make_workspace(tmp_path / "ws")
+    db = root / ".nightlab" / "ledger.db"
+    db.parent.mkdir()
+    with Ledger(db) as ledger:
+        ledger.add_experiment(kind="baseline", tag="t", description="baseline")
+
+    def locked(conn: sqlite3.Connection, path: Path) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(ledger_module, "open_schema", locked)
+    with pytest.raises(
+        LedgerBusy, match=r"is locked by another process \(database is locked\).*the file is fine"
+    ):
+        Ledger(db)
+    with pytest.raises(LedgerBusy):
+        recover(root, load_config(root))
+    assert sorted(p.name for p in db.parent.iterdir()) == ["ledger.db"]  # nothing moved aside

@@ -42,10 +42,12 @@ from nightlab.store.schema import (
     ExperimentRow,
     RunRow,
     experiment_from_row,
+    is_busy,
     is_write_problem,
     now,
     open_read_only,
     open_schema,
+    write_problem,
 )
 from nightlab.types import HistoryEntry, RunResult
 
@@ -86,10 +88,8 @@ class Ledger:
                 self._conn = open_read_only(self.path)
                 self.read_only = True
                 return
-            if is_write_problem(exc):
-                raise UserError(
-                    f"ledger {self.path}: cannot write ({exc}); free disk space or fix permissions"
-                ) from None
+            if is_write_problem(exc) or is_busy(exc):
+                raise write_problem(self.path, exc) from None
             raise UserError(
                 f"ledger {self.path} is corrupt ({exc}): rebuild it with "
                 f"`nightlab recover {self.path.parent.parent}` (docs/RECOVERY.md)"
@@ -122,11 +122,8 @@ class Ledger:
                     raise
                 self._conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
-                if is_write_problem(exc):
-                    raise UserError(
-                        f"ledger {self.path}: cannot write ({exc}); free disk space or fix permissions, "
-                        "then rerun `nightlab run` to continue"
-                    ) from None
+                if is_write_problem(exc) or is_busy(exc):
+                    raise write_problem(self.path, exc, ", then rerun `nightlab run` to continue") from None
                 raise
 
     def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:

@@ -29,7 +29,7 @@ from nightlab.metrics import parse_log_metric
 from nightlab.store.backup import experiment_dir, load_experiment, load_replicate, load_role
 from nightlab.store.export import export_tsv
 from nightlab.store.ledger import Ledger
-from nightlab.store.schema import NewerLedger
+from nightlab.store.schema import LedgerBusy, NewerLedger
 from nightlab.types import RunResult, RunStatus
 from nightlab.workspace.git import Workspace
 from nightlab.workspace.gitcli import run_git
@@ -62,8 +62,8 @@ def ledger_holds_experiments(path: Path) -> bool:
         return False
     try:
         ledger = Ledger(path)
-    except NewerLedger:
-        raise  # not lost: a newer nightlab's ledger, which a rebuild here would downgrade
+    except (NewerLedger, LedgerBusy):
+        raise  # not lost: a newer nightlab's ledger (a rebuild would downgrade it), or one held locked
     except UserError:
         return False
     try:

@@ -183,6 +183,8 @@ def open_read_only(path: Path, check: bool = True) -> sqlite3.Connection:
                 continue
             if not check:
                 raise
+            if is_busy(exc):
+                raise LedgerBusy(path, exc) from None
             raise UserError(f"ledger {path} is corrupt or unreadable ({exc})") from None
         version = int(row[0]) if row else 0
         if version > SCHEMA_VERSION:  # write access would not help: say what would
@@ -322,6 +324,31 @@ RESEARCH_KINDS = ("baseline", "candidate")
 
 def experiment_from_row(row: sqlite3.Row) -> ExperimentRow:
     return ExperimentRow(**{k: row[k] for k in EXPERIMENT_FIELDS})
+
+
+class LedgerBusy(UserError):
+    """Another process held the ledger locked past SQLite's 30 s wait: the file is fine (it was
+    called corrupt, with `nightlab recover` as the fix, which would have moved it aside)."""
+
+    def __init__(self, path: Path, exc: sqlite3.Error) -> None:
+        super().__init__(
+            f"ledger {path} is locked by another process ({exc}) for over 30 s: close what holds it "
+            "(a SQLite browser, a backup or copy in progress) and run the command again; the file is fine"
+        )
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds a lock the wait did not outlast."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in (5, 6) or "database is locked" in str(exc).lower()
+
+
+def write_problem(path: Path, exc: sqlite3.Error, then: str = "") -> UserError:
+    """The one line for a write that failed: the ledger locked by another process, or a full
+    disk, a read-only file or folder (``then``: what to do once fixed)."""
+    if is_busy(exc):
+        return LedgerBusy(path, exc)
+    return UserError(f"ledger {path}: cannot write ({exc}); free disk space or fix permissions{then}")
 
 
 def is_write_problem(exc: sqlite3.Error) -> bool:
