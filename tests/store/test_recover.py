@@ -116,3 +116,36 @@ def test_a_ledger_locked_by_another_process_is_not_called_corrupt(tmp_path: Path
     with pytest.raises(LedgerBusy):
         recover(root, load_config(root))
     assert sorted(p.name for p in db.parent.iterdir()) == ["ledger.db"]  # nothing moved aside
+
+
+def test_a_rebuild_cut_off_leaves_the_old_file_in_place(tmp_path: Path, monkeypatch) -> None:
+    """Recover moved the old file aside first and built the new one in its place: Ctrl-C midway
+    left a partial ledger there, which the next `recover` refused as readable."""
+    import nightlab.store.recover as recover_module
+    from helpers import git
+    from nightlab.store.backup import save_experiment
+    from nightlab.store.ledger import Ledger
+
+    root = make_workspace(tmp_path / "ws")
+    head = git(root, "rev-parse", "HEAD").strip()
+    git(root, "branch", "nightlab/t")
+    state = root / ".nightlab"
+    db = state / "ledger.db"
+    with Ledger(db) as ledger:
+        for _ in range(2):
+            exp = ledger.add_experiment(kind="baseline", tag="t", commit=head, base_commit=head)
+            ledger.finish_experiment(exp, status="ok", decision="baseline", n_runs=0)
+            save_experiment(state, ledger.experiment(exp))
+    db.write_bytes(b"damaged" * 100)  # what recover is for
+    before = db.read_bytes()
+
+    def cut(*args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recover_module, "_rebuild_runs", cut)
+    with pytest.raises(KeyboardInterrupt):
+        recover(root, load_config(root))
+    assert db.read_bytes() == before and sorted(p.name for p in state.iterdir()) == ["ledger.db", "runs"]
+    monkeypatch.undo()
+    done = recover(root, load_config(root))
+    assert done.experiments == 2 and done.moved_to is not None and done.moved_to.read_bytes() == before

@@ -18,6 +18,7 @@ to continue the night; what only the ledger knew is lost and said so (docs/RECOV
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -141,8 +142,11 @@ def recover(root: Path, config: Config, tag: str | None = None, force: bool = Fa
         raise UserError(f"no refs/nightlab/experiments/* in {root}: nothing to rebuild the ledger from")
     attempts = _baseline_attempts(workspace, tag, start, refs, records)
 
-    moved = _move_aside(path)
-    ledger = Ledger(path)
+    # Built beside the old file and put in its place once whole: a rebuild cut off (Ctrl-C, a
+    # full disk) left a partial ledger in place, which the next recover took as readable.
+    building = path.with_name(f"{path.name}.rebuilding")
+    _remove(building)
+    ledger = Ledger(building)
     experiments = runs = 0
     try:
         for exp_id in sorted(set(refs) | set(records)):
@@ -171,12 +175,22 @@ def recover(root: Path, config: Config, tag: str | None = None, force: bool = Fa
         ledger.set_meta("current_tag", tag)
         ledger.set_meta("metric_name", config.metric.name)
         ledger.set_meta("direction", config.metric.direction.value)
-    finally:
         ledger.close()
-    carried = _carry_over(path, moved, tag) if readable and moved is not None else 0
+        carried = _carry_over(building, path, tag) if readable else 0
+        moved = _move_aside(path)
+        os.replace(building, path)
+    except BaseException:
+        ledger.close()
+        _remove(building)
+        raise
     with Ledger(path) as ledger:
         export_tsv(ledger, workspace.state_dir / "results.tsv", tag, config.metric.name)
     return Recovered(tag, experiments, len(kept), runs, moved, carried)
+
+
+def _remove(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def _intact(path: Path) -> bool:
