@@ -546,3 +546,12 @@ def test_validate_sides_may_be_experiment_ids_as_status_shows_them(tmp_path: Pat
         _resolve(session, "#99")
     with pytest.raises(UserError, match=rf"experiment #{refused} has no commit \(invalid: refused\)"):
         _resolve(session, str(refused))
+
+
+def test_a_cap_past_the_limit_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """`--cap 1e308` was taken: an infinite hard timeout (and int(inf) for a tokens budget)."""
+    res = nightlab("validate", str(tmp_path), "--time-to-target", "--cap", "1e308", timeout=30)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith(
+        "error: Invalid value for '--cap': 1e+308: give a multiple of the budget above 1, at most 100"
+    )

@@ -57,10 +57,13 @@ def _progress(quiet: bool):  # noqa: ANN202 - a RunCallback
 
 
 def _above_one(value: float) -> float:
-    """``--cap``: a finite multiple of the budget above 1, refused as a usage mistake (it was
-    refused only after the study's header had printed)."""
-    if finite(value) is not None and value <= 1:
-        raise typer.BadParameter(f"{value:g}: give a multiple of the budget above 1")
+    """``--cap``: a finite multiple of the budget above 1 and at most
+    :data:`~nightlab.studies.time_to_target.MAX_CAP`, refused as a usage mistake (it was refused
+    only after the study's header had printed; ``--cap 1e308`` made the hard timeout infinite)."""
+    from nightlab.studies.time_to_target import MAX_CAP
+
+    if finite(value) is not None and not 1 < value <= MAX_CAP:
+        raise typer.BadParameter(f"{value:g}: give a multiple of the budget above 1, at most {MAX_CAP:g}")
     return value
 
 
@@ -118,7 +121,10 @@ def validate(
         help="Seconds of training between periodic evaluations (curves).",
     ),
     cap: float = typer.Option(
-        2.0, "--cap", callback=_above_one, help="Time-to-target runs stop at this multiple of the budget."
+        2.0,
+        "--cap",
+        callback=_above_one,
+        help="Time-to-target runs stop at this multiple of the budget (above 1, at most 100).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:

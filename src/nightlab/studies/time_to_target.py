@@ -42,6 +42,8 @@ ENV_TARGET = "NIGHTLAB_TARGET_METRIC"
 ENV_DIRECTION = "NIGHTLAB_TARGET_DIRECTION"
 # Evaluations over the scale's budget when --eval-interval is not given.
 DEFAULT_POINTS_PER_BUDGET = 10
+# The most --cap may stretch a budget: a side that never reaches the target trains this long.
+MAX_CAP = 100.0
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from nightlab.studies.compare import MetricComparison, compare
 from nightlab.studies.scales import apply_scale, resolve_scale, scaled_config, set_ref
 from nightlab.studies.study import Arm, RunCallback, SideStudy, check_seed_count, known_tags, study_seeds
 from nightlab.studies.time_to_target import (
+    MAX_CAP,
     Crossing,
     Speedup,
     capped_budget,
@@ -165,8 +166,10 @@ def run_validation(
     """Run the validation study ``options`` describes and return its report."""
     config = session.config
     check_seed_count(options.seeds, "a comparison needs the spread of each side")
-    if options.cap <= 1:
-        raise UserError("--cap must be above 1: the cap is a multiple of the scale's budget")
+    if not 1 < options.cap <= MAX_CAP:
+        raise UserError(
+            f"--cap must be above 1 and at most {MAX_CAP:g}: the cap is a multiple of the scale's budget"
+        )
     if options.target is not None and not options.time_to_target:
         raise UserError("--target only applies with --time-to-target")
     scale = resolve_scale(config, options.scale)
