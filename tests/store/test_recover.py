@@ -149,3 +149,35 @@ def test_a_rebuild_cut_off_leaves_the_old_file_in_place(tmp_path: Path, monkeypa
     monkeypatch.undo()
     done = recover(root, load_config(root))
     assert done.experiments == 2 and done.moved_to is not None and done.moved_to.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "damage", [{"kind": "bogus"}, {"metric_mean": "abc"}, {"n_runs": 1.5}, {"description": None}]
+)
+def test_a_damaged_record_is_rebuilt_from_git_not_a_traceback(tmp_path: Path, damage: dict) -> None:
+    """A hand-edited or damaged runs/<id>/experiment.json (`"kind": "bogus"`) stopped recover with
+    a ValueError traceback; text where a number goes would have entered the ledger."""
+    import json
+
+    from helpers import git
+    from nightlab.store.backup import save_experiment
+    from nightlab.store.ledger import Ledger
+
+    root = make_workspace(tmp_path / "ws")
+    head = git(root, "rev-parse", "HEAD").strip()
+    git(root, "branch", "nightlab/t")
+    git(root, "update-ref", "refs/nightlab/experiments/0001", head)
+    state = root / ".nightlab"
+    with Ledger(state / "ledger.db") as ledger:
+        exp = ledger.add_experiment(kind="baseline", tag="t", commit=head, base_commit=head)
+        ledger.finish_experiment(exp, status="ok", decision="baseline", metric_mean=1.0, n_runs=0)
+        save_experiment(state, ledger.experiment(exp))
+    record = state / "runs" / "0001" / "experiment.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), **damage}))
+    for suffix in ("", "-wal", "-shm"):
+        (state / f"ledger.db{suffix}").unlink(missing_ok=True)
+    done = recover(root, load_config(root))
+    assert done.experiments == 1
+    with Ledger(state / "ledger.db") as ledger:
+        row = ledger.experiment(1)
+        assert row.kind == "baseline" and row.agent == "recovered" and row.metric_mean is None  # from git

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nightlab.safefile import read_bytes
-from nightlab.store.schema import EXPERIMENT_COLUMNS, ExperimentRow
+from nightlab.store.schema import DECISIONS, EXPERIMENT_COLUMNS, KINDS, STATUSES, ExperimentRow
 from nightlab.types import RunResult, RunStatus
 
 EXPERIMENT_RECORD = "experiment.json"
@@ -81,7 +81,28 @@ def load_experiment(folder: Path) -> dict[str, Any] | None:
     data = _read(Path(folder) / EXPERIMENT_RECORD)
     if data is None or not isinstance(data.get("id"), int) or data.get("kind") is None:
         return None
-    return {k: v for k, v in data.items() if k in EXPERIMENT_COLUMNS or k == "id"}
+    row = {k: v for k, v in data.items() if k in EXPERIMENT_COLUMNS or k == "id"}
+    return row if _fits_columns(row) else None
+
+
+def _fits_columns(row: dict[str, Any]) -> bool:
+    """Whether a record's values fit the ledger's columns. A damaged or hand-edited record (a
+    kind nightlab does not know, text where a number goes) stopped `nightlab recover` with a
+    traceback, or entered the ledger; one that does not fit counts as missing, and recover
+    rebuilds that experiment from git as from before the records."""
+    for column, sql in EXPERIMENT_COLUMNS.items():
+        value = row.get(column)
+        if value is None:
+            if column in row and "NOT NULL" in sql:  # an absent one gets its default
+                return False
+        elif sql.startswith(("REAL", "INTEGER")):
+            allowed = int if sql.startswith("INTEGER") else (int, float)
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                return False
+        elif not isinstance(value, str):
+            return False
+    enums = {"kind": KINDS, "status": STATUSES, "decision": DECISIONS}
+    return all(row.get(c) is None or row.get(c) in allowed for c, allowed in enums.items())
 
 
 def load_replicate(run_dir: Path) -> tuple[RunResult, float | None, float | None] | None:
