@@ -207,3 +207,19 @@ def test_a_file_where_the_folder_should_be_is_named(tmp_path: Path) -> None:
     assert caught.value.strerror == f"{tmp_path / 'afile'} is a file, not a folder"
     written = write_atomically(tmp_path / "new" / "r.html", lambda handle: handle.write(b"page"))
     assert written.read_bytes() == b"page" and oct(written.stat().st_mode & 0o777) == "0o644"
+
+
+def test_the_report_draws_the_latest_whole_study_not_one_cut_off(tmp_path: Path) -> None:
+    """`nightlab report` redrew validation.png from the newest study even when it had been
+    interrupted after two runs, over the figure of the last complete validation."""
+    from nightlab.report.validation import study_experiments
+
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        for study, status, reason in (("whole", "ok", None), ("cut", "crash", "interrupted")):
+            for side in "AB":
+                exp = ledger.add_experiment(kind="validate", description=side, meta_json={"study": study})
+                ledger.finish_experiment(exp, status=status, reason=reason)
+        assert {e.meta["study"] for e in study_experiments(ledger, "validate")} == {"whole"}
+        assert len(study_experiments(ledger, "validate", "cut")) == 2  # asked for by name, it is given
+        ledger.add_experiment(kind="ablate", description="running", meta_json={"study": "only"})
+        assert len(study_experiments(ledger, "ablate")) == 1  # nothing whole: the latest still shows

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from nightlab.config import Config  # noqa: E402
 from nightlab.report.files import save_figure  # noqa: E402
+from nightlab.studies.resume import INTERRUPTED  # noqa: E402
 from nightlab.studies.time_to_target import CurvePoint, read_curve  # noqa: E402
 from nightlab.types import TRAIN_LOG, Direction  # noqa: E402
 
@@ -35,13 +36,21 @@ _LOG_LOSS = re.compile(r"step\s+(\d+)\b.*?\bloss\s+([-+0-9.eE]+)")
 
 
 def study_experiments(ledger: Ledger, kind: str, study: str | None = None) -> list[ExperimentRow]:
-    """The experiments of one side study (the latest of ``kind`` when ``study`` is None)."""
+    """The experiments of one side study (when ``study`` is None, the latest of ``kind`` that
+    was not cut off, else the latest: `nightlab report` redrew validation.png from a study
+    interrupted after two runs, over the figure of the last complete one)."""
     rows = ledger.experiments(kind=kind)
     if study is None:
         studies = [e.meta.get("study") for e in rows if e.meta.get("study")]
         if not studies:
             return []
-        study = studies[-1]
+        cut_off = {
+            e.meta.get("study")
+            for e in rows
+            if e.status == "running" or (e.status == "crash" and e.reason == INTERRUPTED)
+        }
+        whole = [s for s in studies if s not in cut_off]
+        study = (whole or studies)[-1]
     return [e for e in rows if e.meta.get("study") == study]
 
 
