@@ -99,3 +99,31 @@ def test_other_settings_or_seeds_are_another_study(tmp_path: Path) -> None:
     first = session.ledger.experiments(kind="validate")[0]
     assert [r.seed for r in session.ledger.runs(first.id)] == [seeds[0]]  # and it is not overwritten
     assert first.status == "crash" and first.id not in {c[0] for c in shifted.calls}
+
+
+def test_runs_with_another_budget_or_environment_are_another_study(tmp_path: Path) -> None:
+    """Nothing in a study's meta said its budget: one interrupted at 5 s was taken up at 60 s."""
+    root = make_workspace(tmp_path / "ws")
+    (root / "train.py").write_text((root / "train.py").read_text().replace("LR = 0.1", "LR = 0.3"))
+    git(root, "commit", "-qam", "B")
+    session = open_session(root)
+    seeds = study_seeds(session.config, 2)
+    cut = Runner(stop_at=1)
+    cut.config = session.config  # type: ignore[attr-defined]
+    with pytest.raises(KeyboardInterrupt):
+        SideStudy(session, "validate", reference=_arms(root)[0].commit).run(_arms(root), seeds, cut, {})  # type: ignore[arg-type]
+    longer = Runner()
+    longer.config = session.config.model_copy(
+        update={"budget": session.config.budget.model_copy(update={"seconds": 60})}
+    )  # type: ignore[attr-defined]
+    SideStudy(session, "validate", reference=_arms(root)[0].commit).run(_arms(root), seeds, longer, {})  # type: ignore[arg-type]
+    assert len(longer.calls) == 4  # nothing taken up
+    again = Runner()
+    again.config = session.config  # type: ignore[attr-defined]
+    again.extra_env = {"NIGHTLAB_EVAL_INTERVAL_SECONDS": "1"}  # type: ignore[attr-defined]
+    SideStudy(session, "validate", reference=_arms(root)[0].commit).run(_arms(root), seeds, again, {})  # type: ignore[arg-type]
+    assert len(again.calls) == 4
+    same = Runner()
+    same.config = session.config  # type: ignore[attr-defined]
+    SideStudy(session, "validate", reference=_arms(root)[0].commit).run(_arms(root), seeds, same, {})  # type: ignore[arg-type]
+    assert len(same.calls) == 3  # the first study, taken up: its one run stands

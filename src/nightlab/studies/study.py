@@ -15,6 +15,8 @@ session on the same workspace without the two resetting each other's checkouts.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -176,7 +178,9 @@ class SideStudy:
         study asked for again takes them up and runs only the seeds they lack (resume.py).
         """
         ledger = self.session.ledger
-        self._take_up_or_record(arms, seeds, meta or {})
+        # What the runs run with (budget, command, environment): another one is another study.
+        meta = {**(meta or {}), "runs_with": runs_fingerprint(runner)}
+        self._take_up_or_record(arms, seeds, meta)
         if on_run is not None:  # what the interrupted attempt measured, said as such
             for i in range(max((arm.resumed for arm in arms), default=0)):
                 for arm in arms:
@@ -246,6 +250,16 @@ class SideStudy:
             last = arm.failures[-1].result.status.value if arm.failures else "crash"
             outcome.update(status=last, reason=arm.failure_summary() or "no runs")
         self.session.ledger.finish_experiment(arm.experiment_id, **outcome)
+
+
+def runs_fingerprint(runner: ReplicateRunner) -> str:
+    """A short hash of the configuration and extra environment ``runner`` runs with: an
+    interrupted study is taken up only by a study whose runs would be the same (a budget
+    changed in nightlab.toml since makes another study, whose meta says nothing else of it)."""
+    config = getattr(runner, "config", None)
+    text = config.model_dump_json() if config is not None else ""
+    env = json.dumps(sorted(getattr(runner, "extra_env", {}).items()))
+    return hashlib.sha256(f"{text}\n{env}".encode()).hexdigest()[:16]
 
 
 def _given_up(arm: Arm) -> bool:
