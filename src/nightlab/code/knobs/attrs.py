@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from nightlab.code.knobs.literal import literal
 from nightlab.code.knobs.model import Knob
-from nightlab.code.knobs.reader import Reader, call_name
+from nightlab.code.knobs.reader import Reader, call_name, main_block
 
 SOURCE = "attribute"
 _PARSERS = ("parse_args", "parse_known_args", "parse_args_into_dataclasses", "parse")
@@ -88,14 +88,7 @@ class _Origin:
 
 
 def _module_statements(tree: ast.Module) -> list[ast.stmt]:
-    out = list(tree.body)
-    for stmt in tree.body:
-        if (
-            isinstance(stmt, ast.If)
-            and "__main__" in ast.unparse(stmt.test)
-            and "__name__" in ast.unparse(stmt.test)
-        ):
-            out += stmt.body
+    out = tree.body + main_block(tree.body)
     return _plain(sorted(out, key=lambda s: (s.lineno, s.col_offset)))
 
 

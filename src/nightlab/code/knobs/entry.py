@@ -45,7 +45,7 @@ import ast
 from nightlab.code.knobs.callers import passed_by
 from nightlab.code.knobs.choices import annotated_choices
 from nightlab.code.knobs.command import command_words
-from nightlab.code.knobs.reader import Reader, call_name, keyword, string_args
+from nightlab.code.knobs.reader import Reader, call_name, is_main_guard, keyword, string_args
 
 _FUNCTION = (ast.FunctionDef, ast.AsyncFunctionDef)
 _Function = ast.FunctionDef | ast.AsyncFunctionDef
@@ -103,7 +103,7 @@ def entry_knobs(reader: Reader, tree: ast.Module) -> None:
             _command_class(reader, classes[name], how, uses)
     if not config_files_override(tree, reader.command):
         _lightning_cli(reader, tree, classes)
-    runs = bool(entries or commands) or any(_is_main_guard(s) for s in tree.body)
+    runs = bool(entries or commands) or any(is_main_guard(s) for s in tree.body)
     for cls in classes.values():
         if cls.name not in commands:
             _constructor(reader, cls, uses, runs)
@@ -306,7 +306,7 @@ def _entries(tree: ast.Module, functions: dict[str, _Function], uses: _Uses) -> 
             found.setdefault(name, cli)
     for stmt in tree.body:
         # Under `if __name__ == "__main__":`, or a bare `main()` statement ending a script.
-        if _is_main_guard(stmt) or (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
+        if is_main_guard(stmt) or (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
             for node in ast.walk(stmt):
                 if (
                     isinstance(node, ast.Call)
@@ -324,16 +324,6 @@ def _imports(tree: ast.Module, module: str) -> bool:
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == module:
             return True
     return False
-
-
-def _is_main_guard(stmt: ast.stmt) -> bool:
-    """``if __name__ == "__main__":``"""
-    if not isinstance(stmt, ast.If) or not isinstance(stmt.test, ast.Compare):
-        return False
-    parts = [stmt.test.left, *stmt.test.comparators]
-    names = {p.id for p in parts if isinstance(p, ast.Name)}
-    strings = {p.value for p in parts if isinstance(p, ast.Constant)}
-    return names == {"__name__"} and strings == {"__main__"}
 
 
 def _decorators_allow(function: _Function, how: str) -> bool:

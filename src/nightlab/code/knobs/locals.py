@@ -24,7 +24,7 @@ import re
 
 from nightlab.code.knobs.envdefault import env_default
 from nightlab.code.knobs.literal import literal
-from nightlab.code.knobs.reader import Reader
+from nightlab.code.knobs.reader import Reader, is_main_guard
 
 SOURCE = "local"
 # Names of a training's state: counters, running sums and bests (``step = 0``, ``total_loss = 0.0``).
@@ -60,11 +60,7 @@ def _run(tree: ast.Module) -> list[str]:
     statement of their own (``main()``, ``sys.exit(main())``), in order."""
     statements: list[ast.stmt] = []
     for stmt in tree.body:
-        if (
-            isinstance(stmt, ast.If)
-            and "__main__" in ast.unparse(stmt.test)
-            and "__name__" in ast.unparse(stmt.test)
-        ):
+        if is_main_guard(stmt):
             statements += stmt.body
         elif isinstance(stmt, ast.Expr):
             statements.append(stmt)

@@ -53,7 +53,7 @@ from nightlab.code.knobs.literal import KnobValue
 from nightlab.code.knobs.locals import local_knobs
 from nightlab.code.knobs.mappings import SettingsDicts, built_settings, function_settings, user_classes
 from nightlab.code.knobs.model import Knob
-from nightlab.code.knobs.reader import Reader, call_name, keyword, simple_assignment, string_args
+from nightlab.code.knobs.reader import Reader, call_name, keyword, main_block, simple_assignment, string_args
 from nightlab.code.knobs.signatures import signature_knobs
 from nightlab.code.knobs.structured import Found, Placement, placements
 from nightlab.errors import UserError
@@ -91,7 +91,7 @@ def python_knobs(
             local.setdefault(node.func.id, []).append(node)
     settings = _leading_block(tree.body)
     mappings = SettingsDicts(reader)
-    for stmt in tree.body + _main_block(tree.body):
+    for stmt in tree.body + main_block(tree.body):
         mappings.override(stmt)  # config["lr"] = 1e-2, config.update(lr=1e-2)
         name, value = simple_assignment(stmt)
         if name is None or value is None:
@@ -142,20 +142,6 @@ def python_knobs(
     built_settings(reader, tree, _is_config_name, known, classes)
     attribute_knobs(reader, tree, _is_config_name)  # cfg = Config(); cfg.lr = 3e-4; args.lr = 1e-3
     return sorted(reader.found.values(), key=lambda k: k.start)
-
-
-def _main_block(body: list[ast.stmt]) -> list[ast.stmt]:
-    """The statements of a top-level ``if __name__ == "__main__":`` block, where a script may
-    build its settings (``args = argparse.Namespace(lr=3e-3, ...)``) before calling ``main``."""
-    out: list[ast.stmt] = []
-    for stmt in body:
-        if isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Compare):
-            sides = [stmt.test.left, *stmt.test.comparators]
-            if any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides) and any(
-                isinstance(s, ast.Constant) and s.value == "__main__" for s in sides
-            ):
-                out += stmt.body
-    return out
 
 
 def _leading_block(body: list[ast.stmt]) -> set[ast.stmt]:

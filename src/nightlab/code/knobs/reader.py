@@ -118,3 +118,18 @@ def keyword(call: ast.Call, name: str) -> ast.expr | None:
 def string_args(call: ast.Call) -> list[str]:
     """The call's positional arguments that are string literals, in order."""
     return [a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+
+
+def is_main_guard(stmt: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` (either side of the ``==``)."""
+    if not isinstance(stmt, ast.If) or not isinstance(stmt.test, ast.Compare):
+        return False
+    parts = [stmt.test.left, *stmt.test.comparators]
+    names = {p.id for p in parts if isinstance(p, ast.Name)}
+    strings = {p.value for p in parts if isinstance(p, ast.Constant)}
+    return names == {"__name__"} and strings == {"__main__"}
+
+
+def main_block(body: list[ast.stmt]) -> list[ast.stmt]:
+    """The statements of the top-level ``if __name__ == "__main__":`` blocks of ``body``."""
+    return [s for stmt in body if is_main_guard(stmt) for s in stmt.body]  # type: ignore[attr-defined]
