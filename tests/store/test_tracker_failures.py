@@ -223,3 +223,4 @@ def test_a_store_the_client_refuses_is_one_line_naming_it(tmp_path: Path, uri: s
     line = str(caught.value)
     assert "\n" not in line and line.startswith(f"mlflow: cannot open the tracking store {uri} ("), line
     assert says in line and "sqlite:///PATH/mlflow.db" in line
+    assert ("MLFLOW_ALLOW_FILE_STORE=true" in line) == uri.startswith("file:")

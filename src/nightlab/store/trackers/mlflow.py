@@ -265,9 +265,10 @@ def _store_refused(uri: str, exc: Exception) -> UserError:
     # No user:password; a URI without them shown as given (geturl() turned sqlite://// into sqlite://).
     shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else uri
     first = " ".join(str(exc).split()).split(". ")[0][:200] or type(exc).__name__
+    files = " (or MLFLOW_ALLOW_FILE_STORE=true for a file store)" if parts.scheme in ("", "file") else ""
     return UserError(
         f"mlflow: cannot open the tracking store {shown} ({first}): point tracking_uri at a database "
-        "(sqlite:///PATH/mlflow.db) or a tracking server (http://HOST:5000)"
+        f"(sqlite:///PATH/mlflow.db) or a tracking server (http://HOST:5000){files}"
     )
 
 
