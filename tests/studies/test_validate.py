@@ -555,3 +555,16 @@ def test_a_cap_past_the_limit_is_refused_before_anything_runs(tmp_path: Path) ->
     assert res.stderr.startswith(
         "error: Invalid value for '--cap': 1e+308: give a multiple of the budget above 1, at most 100"
     )
+
+
+def test_an_eval_interval_past_what_a_run_trains_is_refused(tmp_path: Path) -> None:
+    """`--eval-interval 1e9` ran the study and then said the target writes no curve."""
+    from nightlab.errors import UserError
+    from nightlab.research.session import open_session
+    from nightlab.studies.validate import ValidateOptions, run_validation
+
+    session = open_session(make_workspace(tmp_path / "ws"))  # a 5 s budget
+    options = ValidateOptions(a="HEAD", b="HEAD", time_to_target=True, eval_interval=1e9)
+    with pytest.raises(UserError, match=r"--eval-interval 1e\+09 s is not below the 10 s of training"):
+        run_validation(session, options)
+    assert not session.ledger.experiments()  # nothing ran

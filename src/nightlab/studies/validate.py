@@ -174,6 +174,12 @@ def run_validation(
         raise UserError("--target only applies with --time-to-target")
     scale = resolve_scale(config, options.scale)
     run_config = scaled_config(config, scale)
+    longest = (run_config.budget.seconds or 0) * (options.cap if options.time_to_target else 1)
+    if options.eval_interval and longest and options.eval_interval >= longest:
+        raise UserError(  # no evaluation would happen; it read as "the target writes no curve"
+            f"--eval-interval {options.eval_interval:g} s is not below the {longest:g} s of training a run "
+            "may do: no evaluation would happen; give a fraction of the budget (default: a tenth)"
+        )
     side_a, side_b, research_gain, holdout_gain = _sides(session, options)
     workspace = session.workspace
     side_a.run_commit = apply_scale(workspace, config, side_a.commit, options.scale, scale)
