@@ -8,8 +8,9 @@ its log), ``.nightlab/`` is added to ``.gitignore``, and
 those are committed, with the script and the Python files of the folder it imports when git does
 not hold them yet (nightlab runs committed code); those files are editable too, since settings
 live there (``config.py``, a model's defaults), and so are the config files they read by a path
-they spell (``config.yaml``, a Hydra ``config_path`` folder: :func:`config_files`). Other files
-are never staged: a folder of a user's may hold data or checkpoints.
+they spell (``config.yaml``, a Hydra ``config_path`` folder: :func:`config_files`). A Python file
+they name without importing it (nanoGPT's ``exec(open('configurator.py').read())``) is committed,
+not editable (:func:`named_scripts`). Other files are never staged: a folder of a user's may hold data or checkpoints.
 
 The metric is the name given with ``--metric``, else the first validation metric the script's
 text names (``val_loss``, ``valid_acc``, ``test_ppl``, ``eval loss`` ...). Its direction comes from
@@ -99,6 +100,32 @@ def local_modules(directory: Path, script: str) -> list[str]:
             init = "/".join(package[:i]) + "/__init__.py"
             if (directory / init).is_file() and init not in found:
                 queue.append(init)
+    return found
+
+
+def named_scripts(directory: Path, modules: list[str]) -> list[str]:
+    """The Python files of ``directory`` that ``modules`` name by a literal path without importing
+    them: nanoGPT's ``exec(open('configurator.py').read())``, ``runpy.run_path("setup_env.py")``.
+    A run checks out only what git holds, so each must be committed, or every run fails on a
+    missing file; they are not made editable (a script run beside the training is not its
+    settings)."""
+    found: list[str] = []
+    for module in modules:
+        try:
+            tree = ast.parse((directory / module).read_text(errors="replace"))
+        except (SyntaxError, OSError, RecursionError):
+            continue
+        here = module.rsplit("/", 1)[0] + "/" if "/" in module else ""
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+                continue
+            text = node.value.removeprefix("./")
+            if not text.endswith(".py") or text.startswith(("/", "~")) or ".." in text or len(text) > 200:
+                continue
+            for rel in (text, here + text):
+                if (directory / rel).is_file() and rel not in modules and rel not in found:
+                    found.append(rel)
+                    break
     return found
 
 
@@ -295,7 +322,8 @@ def init_script(directory: Path, script: str, metric: str | None = None) -> tupl
             git_step(directory, "init", "-q")
             git_step(directory, "checkout", "-q", "-b", "main")
         paths = [CONFIG_NAME, ".gitignore"]
-        for needed in imported + configs:  # the script, what it imports and reads from here
+        named = [f for f in named_scripts(directory, imported) if f not in configs]
+        for needed in imported + configs + named:  # the script, what it imports and reads from here
             tracked = subprocess.run(
                 ["git", "ls-files", "--error-unmatch", "--", needed], cwd=directory, capture_output=True
             )
