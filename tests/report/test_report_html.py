@@ -68,3 +68,54 @@ def test_report_out_into_a_pipe_writes_into_it_and_never_replaces_it(tmp_path: P
     assert stat.S_ISFIFO(os.lstat(pipe).st_mode)  # still the pipe
     assert got and b"<html" in got[0][:500].lower(), got[:1]
     assert not list(tmp_path.glob(".pipe*"))
+
+
+def test_report_out_dash_is_the_page_on_stdout_and_an_empty_out_is_refused(tmp_path: Path) -> None:
+    """`--out -` wrote a file named "-" into the current folder; `--out /dev/stdout` into a pipe
+    said "No such file or directory" (resolved to /proc/PID/fd/pipe:[N]); `--out ""` read as the
+    current folder ("--out .: is a folder"). Now: the page alone on stdout, the summary on
+    stderr, and an empty value is one usage line."""
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3")])
+    assert nightlab("run", str(root), "--plain").returncode == 0
+    for out in ("-", "/dev/stdout"):
+        res = nightlab("report", str(root), "--out", out, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith("<!doctype html>") and res.stdout.rstrip().endswith("</html>"), out
+        assert res.stdout.count("<!doctype html>") == 1 and "results: " not in res.stdout
+        assert "Baseline" in res.stderr and "results: " in res.stderr
+    assert not (tmp_path / "-").exists()
+    empty = nightlab("report", str(root), "--out", "", cwd=tmp_path)
+    lines = empty.stderr.strip().splitlines()
+    assert empty.returncode == 2 and empty.stdout == "" and "Traceback" not in empty.stderr
+    assert lines[0].startswith("error: ") and "'--out'" in lines[0] and "empty" in lines[0], lines
+
+
+def test_report_out_dash_on_a_terminal_is_refused(tmp_path: Path) -> None:
+    """130 kB of HTML onto a screen is never what `--out -` at a terminal meant: one line."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3")])
+    assert nightlab("run", str(root), "--plain").returncode == 0
+    main, child = pty.openpty()
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "nightlab.cli", "report", str(root), "--out", "-"],
+            stdout=child,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+        os.set_blocking(main, False)
+        try:
+            shown = os.read(main, 65536)
+        except BlockingIOError:
+            shown = b""
+    finally:
+        os.close(main)
+        os.close(child)
+    assert res.returncode == 2 and b"<html" not in shown.lower(), shown[:200]
+    line = res.stderr.strip()
+    assert "\n" not in line and line.startswith("error: --out -: standard output is a terminal"), line

@@ -226,20 +226,34 @@ def report(
     html: bool = typer.Option(
         False, "--html", help="Also print where the self-contained HTML report is, as a file:// address."
     ),
-    out: Path = typer.Option(None, "--out", help="Write the HTML report here too (implies --html)."),
+    out: str = typer.Option(
+        None,
+        "--out",
+        callback=given,
+        help="Write the HTML report here too (implies --html); - prints it on stdout, the summary on stderr.",
+    ),
 ) -> None:
     """Write progress.png, results.tsv and report.html (the dashboard's views in one file), and print the summary."""
     from nightlab.errors import UserError
     from nightlab.research.session import open_session
 
-    if out is not None and out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give the report's file name, e.g. {out / 'report.html'}")
+    to_stdout = out is not None and is_stdout(out)
+    if out == "-" and console.is_terminal:  # 130 kB of HTML with an inlined PNG, onto the screen
+        raise UserError(
+            "--out -: standard output is a terminal; redirect it (`--out - > report.html`) or give a file name"
+        )
+    if out is not None and not to_stdout and Path(out).is_dir():
+        raise UserError(
+            f"--out {out}: is a folder; give the report's file name, e.g. {Path(out) / 'report.html'}"
+        )
     session = open_session(directory, tag=tag, must_exist=True, view=True)
     if session.ledger.read_only:
-        return report_read_only(session, out)
+        return report_read_only(session, out, to_stdout)
     paths = write_reports(session, quiet=False)
+    # With the page on stdout, everything else goes to stderr: `--out - > night.html` is the page.
+    say = err_console if to_stdout else console
     if not paths:
-        print_summary(session)  # its first lines name the tag and say that it has no baseline yet
+        print_summary(session, say)  # its first lines name the tag and say that it has no baseline yet
         err_console.print(
             f"nothing written: nightlab/{session.tag} has no baseline yet, and the reports in "
             f"{session.workspace.state_dir} were left as they were",
@@ -250,31 +264,58 @@ def report(
         # Not an error: a baseline still running (or killed) is a state to show, not a mistake.
         return
     if out is not None:
-        from nightlab.report.html import write_html_report
-
         try:
-            paths["report"] = write_html_report(
-                session.ledger, session.tag, session.config.metric, out.resolve()
-            )
+            written = write_out(session, out, to_stdout)
         except OSError as exc:  # a folder that cannot be made or written: the workspace's reports stand
             raise UserError(
                 f"--out {out}: cannot write the report there ({exc.strerror}); the workspace's reports "
                 f"are in {session.workspace.state_dir}"
             ) from None
-    print_summary(session)
+        if written is not None:
+            paths["report"] = written
+    print_summary(session, say)
     for label, path in paths.items():
-        console.print(f"{label}: {path}", markup=False, highlight=False, soft_wrap=True)
+        say.print(f"{label}: {path}", markup=False, highlight=False, soft_wrap=True)
     if (html or out is not None) and "report" in paths:
-        console.print(
+        say.print(
             f"open: {paths['report'].resolve().as_uri()}", markup=False, highlight=False, soft_wrap=True
         )
 
 
-def report_read_only(session: Session, out: Path | None) -> None:
+def is_stdout(out: str) -> bool:
+    """Whether ``--out`` names this process's standard output: ``-``, or a path that is the same
+    file (``/dev/stdout``, ``/dev/fd/1``, the file stdout is redirected to). Resolved as a path,
+    ``/dev/stdout`` into a pipe became ``/proc/PID/fd/pipe:[N]``, a file that cannot be written."""
+    import os
+
+    if out == "-":
+        return True
+    try:
+        mine, named = os.fstat(1), os.stat(out)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (named.st_dev, named.st_ino)
+
+
+def write_out(session: Session, out: str, to_stdout: bool) -> Path | None:
+    """The HTML report where ``--out`` says: onto stdout (``None``: no file to name) or into the
+    file (its path)."""
+    import sys
+
+    from nightlab.report.html import report_page, write_html_report
+
+    metric = session.config.metric
+    if not to_stdout:
+        return write_html_report(session.ledger, session.tag, metric, Path(out).resolve())
+    sys.stdout.write(report_page(session.ledger, session.tag, metric))
+    sys.stdout.flush()
+    return None
+
+
+def report_read_only(session: Session, out: str | None, to_stdout: bool) -> None:
     """``report`` on a workspace it cannot write: the summary, and the HTML report only where
     ``--out`` puts it (results.tsv and the figures belong in the workspace, which stays as it is)."""
     from nightlab.errors import UserError
-    from nightlab.report.html import write_html_report
 
     where = session.workspace.state_dir
     if out is None:
@@ -285,12 +326,14 @@ def report_read_only(session: Session, out: Path | None) -> None:
     if not session.ledger.research_tags().get(session.tag):
         raise UserError(f"nothing to report: nightlab/{session.tag} has no baseline yet")
     try:
-        written = write_html_report(session.ledger, session.tag, session.config.metric, out.resolve())
+        written = write_out(session, out, to_stdout)
     except OSError as exc:
         raise UserError(f"--out {out}: cannot write the report there ({exc.strerror})") from None
-    print_summary(session)
-    console.print(f"report: {written}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"open: {written.resolve().as_uri()}", markup=False, highlight=False, soft_wrap=True)
+    say = err_console if to_stdout else console
+    print_summary(session, say)
+    if written is not None:
+        say.print(f"report: {written}", markup=False, highlight=False, soft_wrap=True)
+        say.print(f"open: {written.resolve().as_uri()}", markup=False, highlight=False, soft_wrap=True)
 
 
 def demo(

@@ -89,12 +89,18 @@ def render_html(
     return static_page(boot, data, top)
 
 
+def report_page(ledger: Ledger, tag: str, metric: MetricConfig) -> str:
+    """The self-contained page of :func:`write_html_report` as text (``report --out -`` prints
+    it): the progress.png and run directories beside the ledger, never beside where it goes."""
+    reports = ledger.path.parent
+    return render_html(ledger, tag, metric.name, metric.direction, reports / "progress.png", reports)
+
+
 def write_html_report(ledger: Ledger, tag: str, metric: MetricConfig, path: Path) -> Path:
     """Write the self-contained report to ``path`` (embedding the progress.png beside the ledger,
     for readers without JavaScript, when present: never a file that happens to lie beside
     ``path``); the run directories are those beside the ledger."""
-    reports = ledger.path.parent
-    page = render_html(ledger, tag, metric.name, metric.direction, reports / "progress.png", reports)
+    page = report_page(ledger, tag, metric)
     if path.exists() and not path.is_file():
         # /dev/stdout, a pipe, a device: written into, never replaced. Replacing /dev/null (as
         # `--out /dev/null` did) turns it into a file of the report for the whole machine.
