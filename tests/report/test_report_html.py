@@ -105,6 +105,7 @@ def test_report_out_dash_on_a_terminal_is_refused(tmp_path: Path) -> None:
             [sys.executable, "-m", "nightlab.cli", "report", str(root), "--out", "-"],
             stdout=child,
             stderr=subprocess.PIPE,
+            cwd=tmp_path,
             text=True,
             timeout=120,
         )
