@@ -133,3 +133,22 @@ def test_an_option_set_after_parsing_is_dead_where_the_parser_is_kept() -> None:
         ("options.py", "wd", 0.1),
         ("train.py", "lr", 1e-3),
     }
+
+
+def test_a_value_computed_from_other_settings_kills_the_default_one_that_may_carry_it_does_not() -> None:
+    """``args.batch = args.envs * args.steps`` after parsing overwrites the default whatever it
+    is; ``args.lr = scaled`` or ``args.lr = args.lr * 2`` may carry it in, so it stays a knob."""
+    source = (
+        "import argparse, math\n"
+        "p = argparse.ArgumentParser()\n"
+        "p.add_argument('--batch', type=int, default=0)\n"
+        "p.add_argument('--envs', type=int, default=4)\n"
+        "p.add_argument('--lr', type=float, default=0.1)\n"
+        "p.add_argument('--wd', type=float, default=0.01)\n"
+        "args = p.parse_args()\n"
+        "scaled = args.lr * 2\n"
+        "args.batch = math.ceil(args.envs * 128)\n"
+        "args.lr = scaled\n"
+        "args.wd = args.wd * 2\n"
+    )
+    assert [k.name for k in find_knobs(source)] == ["envs", "lr", "wd"]

@@ -6,8 +6,9 @@ The assigned literal is the value the run uses, so it is the knob, named by its 
 below the object (``lr``; ``optim.lr`` for ``cfg.optim.lr = ...``; ``cfg.lr`` when the name is
 taken by another setting). What it replaces is dead and no longer a knob: the ``default=`` of the
 option of that name once ``parse_args()`` has run, the field's default of the class the object
-was built from, or the keyword the call that built it passed. An experiment on a dead value
-measures only noise.
+was built from, or the keyword the call that built it passed. So does a value computed from the
+object's other settings alone (CleanRL's ``args.batch_size = int(args.num_envs *
+args.num_steps)``), which gives no knob itself. An experiment on a dead value measures only noise.
 
 Read are the plain statements of the module (and its ``if __name__ == "__main__":`` block) and
 of each function's body, in order; an assignment inside an ``if`` or a loop may not run, and is
@@ -129,6 +130,9 @@ def _roots(
             roots.pop(target.id, None)  # ml_collections: read by .absl, the last assignment included
         elif name in _PARSERS:
             roots[target.id] = _Origin(parsed=True)
+        elif is_settings_name(target.id) and _class_argument(value, classes):
+            # tyro.cli(Args), simple_parsing.parse(Config): built from the file's class
+            roots[target.id] = _Origin(stmt=stmt, cls=_class_argument(value, classes))
         elif name in _NAMESPACES or (name[:1].isupper() and is_settings_name(target.id)):
             roots[target.id] = _Origin(stmt=stmt, cls=classes.get(name))
         elif name and is_settings_name(target.id):  # args = get_args(): parsed somewhere, unknown how
@@ -138,6 +142,13 @@ def _roots(
         else:
             roots.pop(target.id, None)  # rebound to something else
     return roots
+
+
+def _class_argument(value: ast.expr, classes: dict[str, ast.ClassDef]) -> ast.ClassDef | None:
+    """The class of the file a call is given first (``tyro.cli(Args)``), or None."""
+    if isinstance(value, ast.Call) and value.args and isinstance(value.args[0], ast.Name):
+        return classes.get(value.args[0].id)
+    return None
 
 
 def assigned_path(target: ast.expr) -> list[str] | None:
@@ -183,16 +194,46 @@ def _assignment(
         # stays a knob; a literal set before is dead unless the new value reads the object.
         if not any(isinstance(n, ast.Name) and n.id == path[0] for n in ast.walk(value)):
             reader.found.pop(mine.pop((path[0], name), ""), None)
+        elif _derived(value, path):  # CleanRL: args.batch_size = int(args.num_envs * args.num_steps)
+            reader.found.pop(mine.pop((path[0], name), ""), None)
+            _drop_replaced(reader, name, origin)
         return
     earlier = mine.pop((path[0], name), None)
     if earlier is not None:  # assigned again: the last assignment is the one that runs
         reader.found.pop(earlier, None)
-    for knob in list(reader.found.values()):
-        plain = knob.name.lstrip("-").replace("-", "_")
-        if (plain == name or plain.endswith("." + name)) and origin.makes_dead(knob):
-            del reader.found[knob.name]
+    _drop_replaced(reader, name, origin)
     added = reader.add(name, value, stmt, SOURCE, qualified=f"{path[0]}.{name}")
     if added is not None:
         mine[(path[0], name)] = added.name
         if origin.parsed or (origin.stmt is None and origin.cls is None):  # a parser's, maybe elsewhere
             reader.found[added.name] = dataclasses.replace(added, replaces=(name,))
+
+
+def _drop_replaced(reader: Reader, name: str, origin: _Origin) -> None:
+    """Drop the knobs an assignment to the attribute ``name`` of a settings object from
+    ``origin`` makes dead (a parser option's default, a field's, a keyword of the building call)."""
+    for knob in list(reader.found.values()):
+        plain = knob.name.lstrip("-").replace("-", "_")
+        if (plain == name or plain.endswith("." + name)) and origin.makes_dead(knob):
+            del reader.found[knob.name]
+
+
+def _derived(value: ast.expr, path: list[str]) -> bool:
+    """Whether ``value`` is computed from the object's other settings alone (its attributes,
+    literals, calls such as ``int``): ``args.batch_size = int(args.num_envs * args.num_steps)``
+    overwrites the default whatever it was, so the default is dead. Any other variable may carry
+    the old value in (``args.lr = scaled_lr``), and so may the attribute itself (``args.lr =
+    args.lr * 2``): then the default stays a knob."""
+    called: set[int] = set()
+    for node in ast.walk(value):
+        if isinstance(node, ast.Call):
+            func = node.func
+            while isinstance(func, ast.Attribute):
+                func = func.value  # math.ceil(...): math is a function's module, not a value
+            called.add(id(func))
+    for node in ast.walk(value):
+        if isinstance(node, ast.Name) and node.id != path[0] and id(node) not in called:
+            return False
+        if isinstance(node, (ast.Attribute, ast.Subscript)) and assigned_path(node) == path:
+            return False
+    return True

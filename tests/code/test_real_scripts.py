@@ -1,0 +1,43 @@
+"""The knobs of training scripts in the shapes researchers write them (tests/fixtures/scripts),
+read and set as the search agent does: which are found, and that a move lands where it acts."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from nightlab.code.knobs import KnobValue, apply_changes, find_all_knobs, plan_changes
+
+SCRIPTS = Path(__file__).parent.parent / "fixtures" / "scripts"
+
+
+def files(name: str) -> dict[str, str]:
+    """The fixture folder ``name``'s files, as the editable files of a workspace."""
+    root = SCRIPTS / name
+    return {p.relative_to(root).as_posix(): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def knobs(name: str, only: list[str] | None = None) -> dict[str, KnobValue]:
+    found = find_all_knobs({p: t for p, t in files(name).items() if only is None or p in only})
+    return {k.name: k.value for k in found.knobs}
+
+
+def moved(name: str, values: dict[str, KnobValue]) -> dict[str, str]:
+    """The files after the search agent's move to ``values``; each Python file still parses."""
+    before = files(name)
+    after = {**before, **apply_changes(before, plan_changes(before, values))}
+    for path, text in after.items():
+        if path.endswith(".py"):
+            ast.parse(text)
+    return after
+
+
+def test_cleanrl_settings_computed_after_parsing_are_no_knobs() -> None:
+    """CleanRL's ppo.py: ``args = tyro.cli(Args)``, then ``args.batch_size = int(args.num_envs *
+    args.num_steps)``. The fields' defaults (``batch_size: int = 0``) never apply, yet both
+    batch sizes were searched: every such experiment measured only noise."""
+    found = knobs("cleanrl")
+    assert "batch_size" not in found and "minibatch_size" not in found
+    assert found["learning_rate"] == 2.5e-4 and found["num_minibatches"] == 4  # what it is computed from
+    after = moved("cleanrl", {"num_minibatches": 8})
+    assert "    num_minibatches: int = 8\n" in after["ppo.py"]
