@@ -41,3 +41,33 @@ def test_cleanrl_settings_computed_after_parsing_are_no_knobs() -> None:
     assert found["learning_rate"] == 2.5e-4 and found["num_minibatches"] == 4  # what it is computed from
     after = moved("cleanrl", {"num_minibatches": 8})
     assert "    num_minibatches: int = 8\n" in after["ppo.py"]
+
+
+def test_timms_yaml_made_the_parsers_defaults_so_their_default_is_dead() -> None:
+    """timm's train.py: ``cfg = yaml.safe_load(f)`` then ``parser.set_defaults(**cfg)``. The
+    ``default=`` of every option config.yaml sets never applies, yet each was searched beside
+    the YAML's value (``train.py:drop``, ``train.py:batch_size`` ...): only noise measured."""
+    found = knobs("timm")
+    assert found["drop"] == 0.2 and found["batch_size"] == 256  # config.yaml's
+    assert not [name for name in found if name.startswith("train.py:")]
+    assert found["momentum"] == 0.9 and found["mixup"] == 0.0  # options the YAML leaves alone
+    assert "lr: 0.4\n" in moved("timm", {"lr": 0.4})["config.yaml"]
+
+
+def test_a_config_merged_into_the_parsed_arguments_is_what_applies() -> None:
+    """``vars(args).update(json.load(open("hparams.json")))``: the JSON's values win."""
+    found = find_all_knobs(
+        {
+            "train.py": (
+                "import argparse, json\np = argparse.ArgumentParser()\n"
+                "p.add_argument('--lr', type=float, default=0.1)\n"
+                "p.add_argument('--wd', type=float, default=0.01)\nargs = p.parse_args()\n"
+                "hp = json.load(open('hparams.json'))\nvars(args).update(hp)\n"
+            ),
+            "hparams.json": '{"lr": 0.5}',
+        }
+    )
+    assert {k.name: (k.path, k.value) for k in found.knobs} == {
+        "lr": ("hparams.json", 0.5),
+        "wd": ("train.py", 0.01),
+    }

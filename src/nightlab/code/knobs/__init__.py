@@ -40,7 +40,7 @@ from nightlab.code.knobs.command import command_words, set_by_command
 from nightlab.code.knobs.files import json_knobs, toml_knobs, yaml_knobs
 from nightlab.code.knobs.hydra import HYDRA_SOURCE, hydra_layouts
 from nightlab.code.knobs.literal import format_literal, format_value
-from nightlab.code.knobs.loaded import overridden_keys
+from nightlab.code.knobs.loaded import overridden_keys, parser_defaults
 from nightlab.code.knobs.model import Knob, KnobValue
 from nightlab.code.knobs.python import python_knobs
 from nightlab.code.knobs.structured import Found, placements
@@ -242,6 +242,13 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
     }
     # args.lr = 1e-3 in train.py after parsing: the option's default in options.py is dead too
     forced = {(path, name) for path, knobs in read.items() for k in knobs for name in k.replaces}
+    # parser.set_defaults(**yaml.safe_load(f)): the option defaults config.yaml sets are dead
+    defaulted = {
+        (path, k.name.split(".")[0])
+        for path, configs in parser_defaults(files).items()
+        for config in configs
+        for k in read.get(config, [])
+    }
     for path in sorted(files):
         if path in layouts:
             layout = layouts[path]
@@ -256,8 +263,9 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
             for knob in read[path]:
                 if (path, knob.name) in dead or _replaced(knob.name, replaced.get(path, set())):
                     continue  # a config file the run command names, or the script, sets it again
-                if knob.source in _OPTIONS and any(
-                    p != path and n == knob.name.lstrip("-").replace("-", "_") for p, n in forced
+                option = knob.name.lstrip("-").replace("-", "_")
+                if knob.source in _OPTIONS and (
+                    (path, option) in defaulted or any(p != path and n == option for p, n in forced)
                 ):
                     continue
                 name = _unique(knob.name, path, found)

@@ -6,7 +6,9 @@ training, so an experiment that edits it measures only noise; unless the new val
 from what was loaded (``cfg["lr"] = cfg["lr"] * 2``, or through a variable computed so). :func:`overridden_keys` names such
 keys, per editable config file, from the plain statements (``with`` blocks included) of the
 module and of each function of every editable Python file. A literal assigned that way is a knob
-of the Python file (:mod:`.attrs`).
+of the Python file (:mod:`.attrs`). The other way round, a loaded config made the parser's
+defaults (timm's ``parser.set_defaults(**cfg)``) leaves dead the ``default=`` of each option it
+sets: :func:`parser_defaults`.
 """
 
 from __future__ import annotations
@@ -116,3 +118,61 @@ def _source(node: ast.expr, handles: dict[str, str]) -> str:
     if isinstance(first, ast.Constant) and isinstance(first.value, str):
         return first.value.removeprefix("./")
     return _opened(first).removeprefix("./")
+
+
+def parser_defaults(files: dict[str, str]) -> dict[str, set[str]]:
+    """``{python file: {config file, ...}}``: the editable config files whose values a Python
+    file makes its command-line options' defaults, so that the ``default=`` it spells for a key
+    the file sets never applies. timm's train.py: ``cfg = yaml.safe_load(f)`` then
+    ``parser.set_defaults(**cfg)``; also ``vars(args).update(cfg)`` and
+    ``args.__dict__.update(cfg)``. The config is the one the loader opens by name, else every
+    editable config file the Python file names (timm opens ``args_config.config``, whose
+    ``default='config.yaml'`` names it)."""
+    configs = {path for path in files if path.endswith(_CONFIG_SUFFIXES)}
+    out: dict[str, set[str]] = {}
+    for path, text in files.items() if configs else ():
+        if not path.endswith(".py") or "set_defaults" not in text and "update" not in text:
+            continue
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, RecursionError):
+            continue
+        loaded: dict[str, str] = {}  # variable -> the file its loader read ("" when not by name)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+            ):
+                value = node.value
+                if isinstance(value, ast.Call) and call_name(value) in _LOADERS:
+                    loaded[node.targets[0].id] = _source(value, {})
+        named = {
+            n.value.removeprefix("./")
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Constant)
+            and isinstance(n.value, str)
+            and n.value.removeprefix("./") in configs
+        }
+        for node in ast.walk(tree):
+            merged = _merged_into_options(node)
+            if merged in loaded:
+                out.setdefault(path, set()).update({loaded[merged]} & configs or named)
+    return out
+
+
+def _merged_into_options(node: ast.AST) -> str:
+    """The variable whose keys ``node`` makes option values: ``parser.set_defaults(**cfg)``,
+    ``vars(args).update(cfg)``, ``args.__dict__.update(cfg)``; "" for anything else."""
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+        return ""
+    if node.func.attr == "set_defaults":
+        spread = [k.value for k in node.keywords if k.arg is None]
+        return spread[0].id if len(spread) == 1 and isinstance(spread[0], ast.Name) else ""
+    owner = node.func.value
+    on_args = (isinstance(owner, ast.Call) and call_name(owner) == "vars") or (
+        isinstance(owner, ast.Attribute) and owner.attr == "__dict__"
+    )
+    if node.func.attr == "update" and on_args and len(node.args) == 1 and isinstance(node.args[0], ast.Name):
+        return node.args[0].id
+    return ""
