@@ -71,4 +71,4 @@ def test_environment_defaults_in_the_settings_block_main_opens_with_are_knobs() 
         "warmup": (0.05, "env"),
         "hidden": (64, "local"),  # the block goes on past an environment default; RANK ends it
     }
-    assert 'os.environ.get("WD", 0.2)' in set_knobs(source, {"wd": 0.2})
+    assert 'os.environ.get("WD", "0.2")' in set_knobs(source, {"wd": 0.2})

@@ -129,7 +129,7 @@ def test_argparse_click_and_dataclass_defaults() -> None:
 
 def test_an_argparse_string_default_is_the_number_its_type_makes_it() -> None:
     """argparse converts a string default with ``type=``: ``default="3e-4"`` is the float 3e-4,
-    searched as a number, and written back bare; a string that is no number stays a string."""
+    searched as a number, and written back as a string again; a string that is no number stays a string."""
     source = (
         "import argparse\np = argparse.ArgumentParser()\n"
         "p.add_argument('--lr', type=float, default='3e-4')\np.add_argument('--bs', type=int, default='64')\n"
@@ -137,7 +137,7 @@ def test_an_argparse_string_default_is_the_number_its_type_makes_it() -> None:
     )
     knobs = {k.name: (k.kind, k.value) for k in find_knobs(source, "train.py")}
     assert knobs == {"lr": ("float", 3e-4), "bs": ("int", 64), "name": ("str", "64")}
-    assert "default=1e-3)" in set_knobs(source, {"lr": 1e-3}, "train.py")
+    assert "default='1e-3')" in set_knobs(source, {"lr": 1e-3}, "train.py")
 
 
 def test_an_argparse_default_read_from_the_environment_is_its_fallback() -> None:
@@ -151,7 +151,7 @@ def test_an_argparse_default_read_from_the_environment_is_its_fallback() -> None
         "lr": ("float", 3e-4),
         "bs": ("int", 64),
     }
-    assert "os.getenv('LR', 1e-3)" in set_knobs(source, {"lr": 1e-3}, "train.py")
+    assert "os.getenv('LR', '1e-3')" in set_knobs(source, {"lr": 1e-3}, "train.py")
 
 
 def test_a_settings_field_read_from_the_environment_is_its_fallback() -> None:
@@ -477,7 +477,7 @@ def test_class_dict_and_environment_default_settings_are_knobs_and_can_be_set() 
     assert knobs["BATCH"].kind == "int" and knobs["BATCH"].text == '"64"'
     out = set_knobs(SETTINGS_SHAPES, {"LR": 6e-4, "batch_size": 128, "model.width": 512, "weight_decay": 0.2})
     assert 'os.environ.get("LR", 6e-4)' in out and "dict(batch_size=128," in out
-    assert 'int(os.getenv("BATCH", 32))' in set_knobs(SETTINGS_SHAPES, {"BATCH": 32})
+    assert 'int(os.getenv("BATCH", "32"))' in set_knobs(SETTINGS_SHAPES, {"BATCH": 32})
     assert '"model": {"width": 512}' in out and "weight_decay = 0.2" in out
     assert out.replace("6e-4", "3e-4").replace("128,", "64,").replace("512", "256").replace("0.2", "0.1") == (
         SETTINGS_SHAPES

@@ -4,6 +4,9 @@ read and set as the search agent does: which are found, and that a move lands wh
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from nightlab.code.knobs import KnobValue, apply_changes, find_all_knobs, plan_changes
@@ -71,3 +74,30 @@ def test_a_config_merged_into_the_parsed_arguments_is_what_applies() -> None:
         "lr": ("hparams.json", 0.5),
         "wd": ("train.py", 0.01),
     }
+
+
+def test_settings_read_from_the_environment_in_every_spelling_are_knobs_that_act(tmp_path: Path) -> None:
+    """A script a sweep launcher drives through the environment: ``float(os.environ["LR"]) if
+    "LR" in os.environ else 3e-4``, ``int(os.environ.get("BATCH_SIZE") or 64)``,
+    ``os.environ.setdefault(...)`` and ``default=`` gave no knob, so the learning rate and the
+    batch were never searched. A move must still run: a number written bare into
+    ``setdefault("X", "0.1")`` raised TypeError (only strings may be stored in the environment)."""
+    found = knobs("envs")
+    assert {n: found[n] for n in ("LR", "BATCH_SIZE", "LABEL_SMOOTHING", "DROPOUT", "HIDDEN")} == {
+        "LR": 3e-4, "BATCH_SIZE": 64, "LABEL_SMOOTHING": 0.1, "DROPOUT": 0.1, "HIDDEN": 256,
+    }  # fmt: skip
+    assert "LOCAL_RANK" not in found  # a launcher sets it
+    values = {"LR": 1e-3, "BATCH_SIZE": 32, "LABEL_SMOOTHING": 0.2, "DROPOUT": 0.3, "HIDDEN": 128}
+    script = tmp_path / "train.py"
+    script.write_text(moved("envs", values)["train.py"])
+    assert 'setdefault("LABEL_SMOOTHING", "0.2")' in script.read_text()
+    unset = {k: v for k, v in os.environ.items() if k not in values}
+    ran = subprocess.run(
+        [sys.executable, str(script)],
+        env={**unset, "STEPS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "config: lr=0.001 batch_size=32 hidden=128 label_smoothing=0.2 dropout=0.3" in ran.stdout

@@ -18,12 +18,17 @@ _SET_BY_HARNESS = re.compile(
 
 
 def env_default(node: ast.expr) -> ast.expr | None:
-    """The default of ``os.environ.get("X", default)`` or ``os.getenv("X", default)``, also
-    inside a cast (``float(...)``), unless the harness or a launcher sets ``X`` itself.
+    """The default of ``os.environ.get("X", default)`` or ``os.getenv("X", default)`` (or
+    ``default=default``, or ``os.environ.setdefault``), also inside a cast (``float(...)``); of
+    ``os.environ.get("X") or default``; and of ``... if "X" in os.environ else default``:
+    unless the harness or a launcher sets ``X`` itself.
 
     Environment values are strings, so a default is often one too: ``int(os.getenv("BATCH",
     "64"))``. Under an ``int``/``float`` cast such a string is read as the number it holds (a
-    knob that can be searched); setting it writes the number bare, which the cast accepts."""
+    knob that can be searched); setting it writes the new number as a string again
+    (``os.environ.setdefault`` takes nothing else)."""
+    if isinstance(node, ast.IfExp):  # float(os.environ["LR"]) if "LR" in os.environ else 3e-4
+        return _unless_set(node)
     cast = None
     while (
         isinstance(node, ast.Call)
@@ -32,18 +37,15 @@ def env_default(node: ast.expr) -> ast.expr | None:
     ):
         cast = cast or call_name(node)
         node = node.args[0]
-    if not isinstance(node, ast.Call) or len(node.args) != 2:
-        return None
-    func = node.func
-    on_environ = isinstance(func, ast.Attribute) and func.attr == "get" and call_name(func.value) == "environ"
-    if not (on_environ or call_name(node) == "getenv"):
-        return None
-    variable = node.args[0]
-    if not isinstance(variable, ast.Constant) or not isinstance(variable.value, str):
-        return None
-    if _SET_BY_HARNESS.search(variable.value):
-        return None
-    default = node.args[1]
+    if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or) and len(node.values) == 2:
+        # int(os.environ.get("BATCH_SIZE") or 64): the default when the variable is unset or empty
+        read, default = node.values
+        if not (_variable(read) and isinstance(read, ast.Call) and len(read.args) == 1):
+            return None
+    else:
+        default = _given_default(node)
+        if default is None:
+            return None
     if cast in ("int", "float") and isinstance(default, ast.Constant) and isinstance(default.value, str):
         number = _as_number(default.value, int if cast == "int" else float)
         if number is not None:  # the same span, read as the number it spells
@@ -57,3 +59,51 @@ def _as_number(text: str, kind: type) -> int | float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def _variable(node: ast.expr) -> str:
+    """The variable ``os.environ.get("X", ...)``, ``os.getenv("X", ...)`` or
+    ``os.environ.setdefault("X", ...)`` reads, unless the harness or a launcher sets it; ""
+    for anything else."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return ""
+    func = node.func
+    on_environ = (
+        isinstance(func, ast.Attribute)
+        and func.attr in ("get", "setdefault")
+        and call_name(func.value) == "environ"
+    )
+    if not (on_environ or call_name(node) == "getenv"):
+        return ""
+    variable = node.args[0]
+    if not isinstance(variable, ast.Constant) or not isinstance(variable.value, str):
+        return ""
+    return "" if _SET_BY_HARNESS.search(variable.value) else variable.value
+
+
+def _given_default(node: ast.expr) -> ast.expr | None:
+    """The default a reader of the environment passes, second or as ``default=``."""
+    if not _variable(node) or not isinstance(node, ast.Call):
+        return None
+    if len(node.args) == 2 and not node.keywords:
+        return node.args[1]
+    given = [k.value for k in node.keywords if k.arg == "default"]
+    return given[0] if len(node.args) == 1 and len(given) == 1 else None
+
+
+def _unless_set(node: ast.IfExp) -> ast.expr | None:
+    """``A if "X" in os.environ else DEFAULT`` (or ``DEFAULT if "X" not in os.environ else A``):
+    the literal that applies when ``X`` is unset."""
+    test = node.test
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and len(test.comparators) == 1):
+        return None
+    key, where = test.left, test.comparators[0]
+    if not (isinstance(key, ast.Constant) and isinstance(key.value, str)) or call_name(where) != "environ":
+        return None
+    if _SET_BY_HARNESS.search(key.value):
+        return None
+    if isinstance(test.ops[0], ast.In):
+        return node.orelse if isinstance(node.orelse, ast.Constant) else None
+    if isinstance(test.ops[0], ast.NotIn):
+        return node.body if isinstance(node.body, ast.Constant) else None
+    return None

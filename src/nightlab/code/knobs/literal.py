@@ -63,7 +63,7 @@ def format_literal(old_text: str, new_value: KnobValue) -> str:
     The style carries over: ``3e-4`` stays in scientific notation (while the value is small or
     large enough for that to read well), ``2**19`` stays a power, ``1_000_000`` keeps its
     underscores, a float stays a float even when the new value is whole, quotes stay single or
-    double, and a tuple keeps its brackets and separators element by element.
+    double (a number written as a string, ``"256"``, stays a string), and a tuple keeps its brackets and separators element by element.
     """
     old = old_text.strip()
     if isinstance(new_value, bool):
@@ -72,6 +72,11 @@ def format_literal(old_text: str, new_value: KnobValue) -> str:
         return _format_sequence(old_text, new_value)
     if isinstance(new_value, str):
         return _format_str(old, new_value)
+    quote = old[:1] if old[:1] in "'\"" and len(old) > 1 and old[-1:] == old[:1] else ""
+    if quote and isinstance(new_value, (int, float)):
+        # A number its script reads from a string (int(os.getenv("HIDDEN", "256"))) stays one:
+        # os.environ.setdefault("X", 0.5) raises TypeError, only a string may be stored there.
+        return quote + format_literal(old[1:-1], new_value) + quote
     if isinstance(new_value, int):
         if _looks_float(old):
             return _format_float(old, float(new_value))

@@ -209,8 +209,8 @@ def _option(reader: Reader, call: ast.Call, overrides: dict[str, ast.expr] | Non
 
 def _typed_default(default: ast.expr, kind: ast.expr | None) -> ast.expr:
     """argparse converts a string default with the option's ``type``: ``type=float,
-    default="3e-4"`` is the number 3e-4, read at the same span (a new value is written bare,
-    which the option's type takes the same way)."""
+    default="3e-4"`` is the number 3e-4, read at the same span (a new value is written as a
+    string again, which the option's type converts the same way)."""
     if not (isinstance(kind, ast.Name) and kind.id in ("int", "float")):
         return default
     if not (isinstance(default, ast.Constant) and isinstance(default.value, str)):
