@@ -273,3 +273,32 @@ def test_the_agent_built_from_the_config_reads_the_run_command(tmp_path: Path) -
     assert isinstance(agent, SearchAgent) and agent.command == config.target.run
     with pytest.raises(UserError, match="nothing to search.*set by the run command"):
         agent.check({"train.py": ARGPARSE})
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "no_cuda", "no_mps", "no_accel", "cuda", "use_gpu", "backend", "apex_amp", "torch_deterministic",
+        "cudnn_benchmark", "dry_run", "fast_dev_run", "track", "capture_video", "pin_mem", "prefetch", "cache",
+    ],
+)  # fmt: skip
+def test_machine_switches_dry_runs_and_tracking_are_pinned(name: str) -> None:
+    """Found searched on the PyTorch examples' MNIST (--no-cuda: a run on the CPU; --dry-run: one
+    batch an epoch), nanoGPT (backend = 'nccl' with 'gloo' in its comment), CleanRL (cuda,
+    track, capture_video, torch_deterministic), timm (--apex-amp, --pin-mem) and flax (prefetch,
+    cache): each changes the machine or what is written, not the method."""
+    assert default_pin(name) == PIN_DEFAULT
+
+
+@pytest.mark.parametrize("name", ["amp", "channels_last", "backbone", "tracking_loss_weight", "cache_size"])
+def test_method_knobs_beside_machine_switches_are_searched(name: str) -> None:
+    assert default_pin(name) is None
+
+
+@pytest.mark.parametrize("name", ["gamma", "StepLR.gamma", "lr_factor", "LR_DECAY_RATE"])
+def test_a_multiplier_below_one_stays_below_it_whatever_its_value(name: str) -> None:
+    """The PyTorch MNIST example's StepLR gamma of 0.7 was searched up to 7: the learning rate
+    then grows sevenfold every epoch."""
+    domain = infer_domain(name, 0.7)
+    assert domain is not None and domain.high < 1.0 and domain.low == pytest.approx(0.07)
+    assert infer_domain("focal_gamma", 2.0).high == 20.0  # a multiplier above 1 is no decay

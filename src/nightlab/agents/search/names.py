@@ -15,15 +15,20 @@ import re
 from nightlab.code.knobs import is_budget_name
 
 # Knobs that must not move unless the user declares a domain for them: changing the seed (or
-# sklearn's random_state) only samples noise, the machine's layout (world_size, rank, gpus) is
-# not the method, a mode switch (a Kaggle CFG's train = True) runs
+# sklearn's random_state) only samples noise, the machine's layout (world_size, rank, gpus, the
+# PyTorch examples' --no-cuda/--no-mps, a DDP backend, NVIDIA apex, cudnn's deterministic and
+# benchmark switches, pinned memory, prefetch, a data cache) is not the method, a dry run or
+# smoke test runs another program, tracking and videos (CleanRL's --track, --capture-video)
+# write elsewhere, a mode switch (a Kaggle CFG's train = True) runs
 # another program, and budgets/intervals change what is measured rather than the model. Read on the
 # hint name (the last dotted part).
 _PINNED_BY_DEFAULT = re.compile(
     r"(SEED|BUDGET|TIMEOUT|UNTIMED|VERBOSE|COMPILE|^LOG_|^PRINT_|(?<!DROP)_PATH$|_DIR$"
     r"|^DEVICE$|^DTYPE$|WANDB|MLFLOW|TENSORBOARD|PROFIL|DEBUG|_LOG$|_ONLY$|WORKERS|^INIT_FROM$|RESUME"
     r"|RANDOM_STATE|^RNG|^(DO_)?(TRAIN|EVAL|PREDICT)$"
-    r"|WORLD_SIZE|^(LOCAL_)?RANK$|^(N_?|NUM_)?GPUS?$|^(NUM_)?NODES$|^DIST_)"
+    r"|WORLD_SIZE|^(LOCAL_)?RANK$|^(N_?|NUM_)?GPUS?$|^(NUM_)?NODES$|^DIST_"
+    r"|^(NO_|USE_|DISABLE_)?(CUDA|MPS|ACCEL|GPU|TPU|XLA)$|BACKEND$|APEX|DETERMINISTIC|^(CUDNN_)?BENCHMARK$"
+    r"|DRY_RUN|SMOKE_TEST|FAST_DEV_RUN|^TRACK$|VIDEO|RENDER|PIN_MEM|PREFETCH|^CACHE$)"
 )
 # Checkpoint switches, on word parts of the whole name (see _words): `always_save_checkpoint`,
 # `ckpt_every`, `checkpoint.interval`. Saving changes what is written, never the model, and a

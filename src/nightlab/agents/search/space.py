@@ -67,6 +67,10 @@ AVERAGING_HIGH = 0.99
 # decay rate of 0.95): above 1 they would grow what they shrink, so, like betas, they move on a
 # 1 - x scale in [0.5, 1).
 _FACTOR_NEAR_ONE = re.compile(r"(DECAY|GAMMA|DISCOUNT|LAMBDA|ANNEAL|FACTOR)")
+# Multipliers applied again and again (a scheduler's gamma, a ReduceLROnPlateau factor, an RL
+# discount, a learning-rate decay rate): below 1 they shrink what they act on, and above 1 they
+# grow it without bound, so whatever their value they stay below 1.
+_MULTIPLIER = re.compile(r"(GAMMA|DISCOUNT|ANNEAL|FACTOR)|(^|_)DECAY_RATE$|^LR_DECAY$")
 # A weight decay at 0 (off) has no scale of its own to search around. Decoupled decay (AdamW, the
 # common case today) is set at 0.01-0.1 in most recipes and up to about 0.3 in a few, so the
 # domain is [0, 0.3]: its first looks land among those values, where [0, 1] spent them on
@@ -310,7 +314,10 @@ def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
             if not log_named or value == 0 or element:
                 return Domain("linear", low=0.0, high=1.0)
         if value > 0:
-            return Domain("log", low=_nice_sig(value / 10), high=_nice_sig(value * 10))
+            high = _nice_sig(value * 10)
+            if value < 1.0 and _MULTIPLIER.search(hint_name(name)):
+                high = min(high, AVERAGING_HIGH)  # StepLR's gamma of 0.7 at 7 grows the rate each step
+            return Domain("log", low=_nice_sig(value / 10), high=high)
         if value == 0 and _WEIGHT_DECAY.search(hint_name(name)):
             return Domain("linear", low=0.0, high=WEIGHT_DECAY_FROM_ZERO)
         if value == 0:
