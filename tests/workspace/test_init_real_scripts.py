@@ -8,7 +8,7 @@ from pathlib import Path
 
 from helpers import git
 from nightlab.config import load_config
-from nightlab.workspace.script_init import init_script
+from nightlab.workspace.script_init import guess_metric, init_script
 
 SCRIPTS = Path(__file__).parent.parent / "fixtures" / "scripts"
 
@@ -26,3 +26,23 @@ def test_nanogpts_configurator_is_committed_so_a_run_finds_it(tmp_path: Path) ->
     assert "configurator.py" in committed
     assert "configurator.py" in git(folder, "ls-files").split()
     assert load_config(folder).target.editable == ["train.py", "model.py"]  # run beside, not settings
+
+
+def test_the_metric_printed_by_a_module_the_script_runs_is_found(tmp_path: Path) -> None:
+    """flax's main.py only parses flags and calls train.train_and_evaluate, which prints
+    ``eval_accuracy``: init refused (``names no validation metric``) until --metric was given."""
+    folder = copy("flax", tmp_path)
+    name, direction, _ = init_script(folder, "main.py")
+    assert (name, direction) == ("eval_accuracy", "maximize")
+    assert load_config(folder).target.editable == ["main.py", "train.py", "configs/default.py"]
+
+
+def test_what_a_script_prints_names_the_metric_before_its_variables() -> None:
+    """``val_loss = evaluate()`` comes first, but the log says ``val_acc1``; an RL script's
+    evaluation is a return (CleanRL-style ``eval_return``), timm's a top-1 accuracy."""
+    script = "val_loss = evaluate()\nprint(f'val_acc1: {acc:.2f}')\n"
+    assert guess_metric(script) == "val_acc1"
+    assert guess_metric("x = 1\n", "print('eval_return', r)\n") == "eval_return"
+    assert (
+        guess_metric("print('top-1', a)\n", "test_loss = 0\n") == "test_loss"
+    )  # code when no string names one

@@ -13,7 +13,9 @@ they name without importing it (nanoGPT's ``exec(open('configurator.py').read())
 not editable (:func:`named_scripts`). Other files are never staged: a folder of a user's may hold data or checkpoints.
 
 The metric is the name given with ``--metric``, else the first validation metric the script's
-text names (``val_loss``, ``valid_acc``, ``test_ppl``, ``eval loss`` ...). Its direction comes from
+text names (``val_loss``, ``valid_acc``, ``test_ppl``, ``eval loss``, ``val_acc1``, ``eval_return``
+...), in what it prints first, then in the modules it imports (flax's main.py calls train.py,
+which prints). Its direction comes from
 its words (:func:`nightlab.config.looks_like_a_score`), and the pattern reads the number after
 the name however it is printed (``val_loss: 0.5``, ``val_loss=0.5``, ``val loss 0.5``, JSON's
 ``"val_loss": 0.5``, a logging line on stderr).
@@ -34,18 +36,40 @@ from nightlab.workspace.init import commit_all, git_step
 CONFIG_NAME = "nightlab.toml"
 IGNORED = ".nightlab/"
 # A validation metric as scripts name it in what they print: a split word, then what is measured.
+# A number may follow (timm's val_acc1, val_top5, acc@1); an agent's evaluation is a return or reward.
 _METRIC = re.compile(
     r"\b((?:val|valid|validation|dev|eval|test)[_ ]?"
-    r"(?:loss|acc|accuracy|bpb|bpc|ppl|perplexity|nll|error|err|f1|auc|mse|rmse|mae|top1|score))\b",
+    r"(?:loss|acc|accuracy|bpb|bpc|ppl|perplexity|nll|error|err|f1|auc|mse|rmse|mae|top|score"
+    r"|return|reward)(?:@?\d+)?)\b",
     re.IGNORECASE,
 )
 _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 
 
-def guess_metric(text: str) -> str | None:
-    """The first validation metric ``text`` names (see the module docstring), or None."""
-    match = _METRIC.search(text)
-    return match.group(1) if match else None
+def guess_metric(*texts: str) -> str | None:
+    """The first validation metric ``texts`` name (see the module docstring), or None: the first
+    a string of theirs names, what a script prints (``f"val_loss: {loss}"``), before the first
+    their code names (a variable ``test_loss`` may be printed as ``Test set: Average loss``, which
+    a pattern for ``test_loss`` never reads), the script's text before the modules it imports."""
+    for text in texts:
+        match = _METRIC.search("\n".join(_strings(text)))
+        if match:
+            return match.group(1)
+    for text in texts:
+        match = _METRIC.search(text)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _strings(text: str) -> list[str]:
+    """The string constants of the Python ``text`` (an f-string's literal parts included); none
+    when it does not parse."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, RecursionError, ValueError):
+        return []
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
 
 
 def metric_pattern(printed: str) -> str:
@@ -303,14 +327,15 @@ def init_script(directory: Path, script: str, metric: str | None = None) -> tupl
             f"run `nightlab init {top.stdout.strip()} --script {inner}/{rel}` instead"
         )
     text = path.read_text(errors="replace")
-    printed = metric or guess_metric(text)
+    imported = local_modules(directory, rel)
+    others = [(directory / m).read_text(errors="replace") for m in imported if m != rel]
+    printed = metric or guess_metric(text, *others)
     if printed is None:
         raise UserError(
             f"--metric: {rel} names no validation metric nightlab recognises (val_loss, val_acc, ...); "
             "give the name it prints before the number, e.g. --metric val_loss"
         )
     name = re.sub(r"\W+", "_", printed).strip("_") or "metric"
-    imported = local_modules(directory, rel)
     configs = config_files(directory, imported)
     modules = [m for m in imported if not m.endswith("__init__.py") or m == rel] + configs
     try:
