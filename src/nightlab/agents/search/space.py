@@ -65,11 +65,8 @@ _AVERAGING = re.compile(r"(^|_)(BETA_?[12S]?|B[12]|MOMENTUM|EMA|EMA_DECAY|RMSPRO
 AVERAGING_HIGH = 0.99
 # Per-step or per-epoch factors just below 1 (a StepLR/ExponentialLR gamma, an RL discount, a
 # decay rate of 0.95): above 1 they would grow what they shrink, so, like betas, they move on a
-# 1 - x scale in [0.5, 1).
+# 1 - x scale in [0.5, 1); further from 1 (StepLR's 0.7), a multiplier stays below 0.99.
 _FACTOR_NEAR_ONE = re.compile(r"(DECAY|GAMMA|DISCOUNT|LAMBDA|ANNEAL|FACTOR)")
-# Multipliers applied again and again (a scheduler's gamma, a ReduceLROnPlateau factor, an RL
-# discount, a learning-rate decay rate): below 1 they shrink what they act on, and above 1 they
-# grow it without bound, so whatever their value they stay below 1.
 _MULTIPLIER = re.compile(r"(GAMMA|DISCOUNT|ANNEAL|FACTOR)|(^|_)DECAY_RATE$|^LR_DECAY$")
 # A weight decay at 0 (off) has no scale of its own to search around. Decoupled decay (AdamW, the
 # common case today) is set at 0.01-0.1 in most recipes and up to about 0.3 in a few, so the
@@ -283,11 +280,10 @@ def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
     ``*_RATIO``, ``*_FRAC``, ``DROPOUT``, or elements of a tuple between 0 and 1) stay in
     [0, 1], on a ``1 - x`` log scale when close to 1 (betas, EMA decays, and factors such as a
     scheduler's gamma of 0.95), below 0.9 in steps of 0.01 when 1 is degenerate (dropout,
-    drop-path, label smoothing, mask ratios), below 0.99 for averaging coefficients (momentum,
-    betas) further from 1; a weight
-    decay at 0 moves in [0, 0.3]; integers that are powers of two stay powers of two within a
-    factor of four; other positive integers move within a factor of three; booleans flip.
-    Strings need choices, declared or written in the script.
+    drop-path, label smoothing, mask ratios), below 0.99 for averaging coefficients and
+    multipliers (momentum, a gamma of 0.7) further from 1; a weight decay at 0 moves in [0, 0.3];
+    powers of two stay powers of two within a factor of four; other positive integers move within
+    a factor of three; booleans flip. Strings need choices, declared or written in the script.
     """
     if isinstance(value, bool):
         return Domain("choice", choices=(False, True))
@@ -314,10 +310,8 @@ def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
             if not log_named or value == 0 or element:
                 return Domain("linear", low=0.0, high=1.0)
         if value > 0:
-            high = _nice_sig(value * 10)
-            if value < 1.0 and _MULTIPLIER.search(hint_name(name)):
-                high = min(high, AVERAGING_HIGH)  # StepLR's gamma of 0.7 at 7 grows the rate each step
-            return Domain("log", low=_nice_sig(value / 10), high=high)
+            high = AVERAGING_HIGH if value < 1.0 and _MULTIPLIER.search(hint_name(name)) else math.inf
+            return Domain("log", low=_nice_sig(value / 10), high=min(_nice_sig(value * 10), high))
         if value == 0 and _WEIGHT_DECAY.search(hint_name(name)):
             return Domain("linear", low=0.0, high=WEIGHT_DECAY_FROM_ZERO)
         if value == 0:
