@@ -101,3 +101,14 @@ def test_settings_read_from_the_environment_in_every_spelling_are_knobs_that_act
     )
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert "config: lr=0.001 batch_size=32 hidden=128 label_smoothing=0.2 dropout=0.3" in ran.stdout
+
+
+def test_a_latin_1_script_is_read_and_set_with_its_bytes_kept() -> None:
+    """A script saved in Latin-1 with its coding line, read as git's files are (undecodable bytes
+    kept as surrogates): every reader raised UnicodeEncodeError (show-space's traceback)."""
+    raw = b"# -*- coding: latin-1 -*-\n# r\xe9glages\nLR = 3e-4  # d\xe9faut\n"
+    text = raw.decode("utf-8", errors="surrogateescape")
+    found = find_all_knobs({"train.py": text})
+    assert [(k.name, k.value) for k in found.knobs] == [("LR", 3e-4)]
+    after = apply_changes({"train.py": text}, plan_changes({"train.py": text}, {"LR": 1e-3}))["train.py"]
+    assert after.encode("utf-8", errors="surrogateescape") == raw.replace(b"3e-4", b"1e-3")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from helpers import git
+from helpers import git, nightlab
 from nightlab.config import load_config
 from nightlab.workspace.script_init import guess_metric, init_script
 
@@ -46,3 +46,25 @@ def test_what_a_script_prints_names_the_metric_before_its_variables() -> None:
     assert (
         guess_metric("print('top-1', a)\n", "test_loss = 0\n") == "test_loss"
     )  # code when no string names one
+
+
+def test_a_script_python_3_cannot_read_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A Python 2 script was taken (nightlab.toml written and committed) and every run failed."""
+    (tmp_path / "train.py").write_text('LR = 0.1\nprint "val_loss", LR\n')
+    done = nightlab("init", str(tmp_path), "--script", "train.py")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("error: train.py: not valid Python (Missing parentheses")
+    assert "line 2" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "nightlab.toml").exists()
+
+
+def test_show_space_reads_a_latin_1_script(tmp_path: Path) -> None:
+    """``nightlab agent show-space`` on a script saved in Latin-1 (with its coding line): a
+    UnicodeDecodeError traceback, though runs read it from git as bytes."""
+    (tmp_path / "train.py").write_bytes(
+        b"# -*- coding: latin-1 -*-\n# r\xe9glages\nLR = 3e-4\nprint('val_loss', 1)\n"
+    )
+    init_script(tmp_path, "train.py")
+    shown = nightlab("agent", "show-space", str(tmp_path))
+    assert shown.returncode == 0, shown.stderr
+    assert "LR    train.py:3  3e-4" in shown.stdout

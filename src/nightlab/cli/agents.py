@@ -201,7 +201,10 @@ def show_space(directory: Path = DirArg) -> None:
     # The check `check` and `run` make: a glob that matches nothing is the mistake to name, not
     # an empty search space.
     check_workspace_files(config, root)
-    files = {p: (root / p).read_text() for p in match_files(root, config.target.editable)}
+    # as a run reads them from git: a Latin-1 script (with its coding line) is read, not a traceback
+    files = {
+        p: (root / p).read_text(errors="surrogateescape") for p in match_files(root, config.target.editable)
+    }
     settings = AGENTS.settings(config.agent, "search")  # [agent.search], whatever kind runs
     empty = why_empty(build_space(files, settings, command=config.target.run), files)
     if empty:  # not a table with no rows: the run would refuse for the same reason

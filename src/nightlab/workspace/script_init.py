@@ -327,6 +327,7 @@ def init_script(directory: Path, script: str, metric: str | None = None) -> tupl
             f"run `nightlab init {top.stdout.strip()} --script {inner}/{rel}` instead"
         )
     text = path.read_text(errors="replace")
+    _check_parses(path, rel)
     imported = local_modules(directory, rel)
     others = [(directory / m).read_text(errors="replace") for m in imported if m != rel]
     printed = metric or guess_metric(text, *others)
@@ -383,6 +384,21 @@ def script_notes(directory: Path, script: str) -> list[str]:
             "float(os.environ['NIGHTLAB_BUDGET_SECONDS']) seconds are spent, so every run costs the same"
         )
     return notes
+
+
+def _check_parses(path: Path, rel: str) -> None:
+    """Refuse a script Python 3 cannot read (a Python 2 ``print "x"``, a merge conflict left in),
+    in one line naming where: every run of it would fail, and nothing can read its knobs."""
+    try:
+        ast.parse(path.read_bytes(), filename=rel)
+    except SyntaxError as exc:
+        raise UserError(
+            f"{rel}: not valid Python ({exc.msg}, line {exc.lineno or '?'}); fix it, then run init again"
+        ) from None
+    except (RecursionError, MemoryError, ValueError) as exc:
+        raise UserError(
+            f"{rel}: cannot be read as Python ({type(exc).__name__}); fix it, then run init again"
+        ) from None
 
 
 def _relative(directory: Path, path: Path, given: str) -> str:

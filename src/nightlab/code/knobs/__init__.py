@@ -91,12 +91,24 @@ def find_knobs(
     of another kind). A Python file also reads the run ``command`` and the ``others`` editable
     Python files, indexed, that may build its classes (see :mod:`.callers`), and where a Hydra
     ConfigStore of those files places its dataclasses (``stored``, :mod:`.structured`)."""
+    source = readable(source)
     if path.endswith(".py"):
         return [_with_comment_choices(k) for k in python_knobs(source, path, command, others, stored)]
     for suffix, reader in _READERS.items():
         if path.endswith(suffix):
             return [_with_comment_choices(k) for k in reader(source, path)]
     return []
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def readable(text: str) -> str:
+    """``text`` with each byte that was not UTF-8 (kept as a lone surrogate, as git's files are
+    read: a Latin-1 script with its coding line) as U+FFFD: the parsers refuse surrogates, and one
+    character for one keeps every offset, so a literal is still spliced into the file's own text
+    with its bytes untouched."""
+    return _UNDECODED.sub("\ufffd", text)
 
 
 def _with_comment_choices(knob: Knob) -> Knob:
@@ -227,6 +239,7 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
     qualified by the file for the others, ``conf/b.yaml:lr`` (for a Hydra knob, by its primary
     config, since its own file changes with the selection), so none is dropped.
     """
+    originals, files = files, {path: readable(text) for path, text in files.items()}
     layouts = {layout.primary: layout for layout in hydra_layouts(files, command)}
     dead = _exec_overridden(files, command)
     replaced = overridden_keys(files)  # cfg = yaml.safe_load(...); cfg["lr"] = 1e-3
@@ -272,7 +285,7 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
                 found[name] = knob if name == knob.name else dataclasses.replace(knob, name=name)
                 if knob.selected_by:  # a field of a Hydra structured config's group option
                     selected_by[name] = knob.selected_by
-    return EditableKnobs(list(found.values()), selected_by, files, command)
+    return EditableKnobs(list(found.values()), selected_by, originals, command)
 
 
 _OPTIONS = ("argparse", "click", "absl")
