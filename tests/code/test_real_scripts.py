@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nightlab.code.knobs import KnobValue, apply_changes, find_all_knobs, plan_changes
+from nightlab.errors import UserError
 
 SCRIPTS = Path(__file__).parent.parent / "fixtures" / "scripts"
 
@@ -112,3 +115,11 @@ def test_a_latin_1_script_is_read_and_set_with_its_bytes_kept() -> None:
     assert [(k.name, k.value) for k in found.knobs] == [("LR", 3e-4)]
     after = apply_changes({"train.py": text}, plan_changes({"train.py": text}, {"LR": 1e-3}))["train.py"]
     assert after.encode("utf-8", errors="surrogateescape") == raw.replace(b"3e-4", b"1e-3")
+
+
+def test_a_file_nested_too_deeply_is_named_in_one_line() -> None:
+    """A thousand levels of brackets (a generated JSON, an expression) ended in a RecursionError
+    traceback from the parser; it is a one-line error naming the file."""
+    for path, text in (("config.json", "[" * 3000 + "]" * 3000), ("train.py", "LR = " + "-" * 5000 + "1\n")):
+        with pytest.raises(UserError, match=f"^{path}: nested too deeply to read"):
+            find_all_knobs({"a.py": "LR = 1\n", path: text})

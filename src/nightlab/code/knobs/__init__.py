@@ -92,12 +92,20 @@ def find_knobs(
     Python files, indexed, that may build its classes (see :mod:`.callers`), and where a Hydra
     ConfigStore of those files places its dataclasses (``stored``, :mod:`.structured`)."""
     source = readable(source)
-    if path.endswith(".py"):
-        return [_with_comment_choices(k) for k in python_knobs(source, path, command, others, stored)]
-    for suffix, reader in _READERS.items():
-        if path.endswith(suffix):
-            return [_with_comment_choices(k) for k in reader(source, path)]
+    try:
+        if path.endswith(".py"):
+            return [_with_comment_choices(k) for k in python_knobs(source, path, command, others, stored)]
+        for suffix, reader in _READERS.items():
+            if path.endswith(suffix):
+                return [_with_comment_choices(k) for k in reader(source, path)]
+    except RecursionError:
+        raise UserError(_TOO_DEEP.format(path=path)) from None
     return []
+
+
+# A file nested deeper than Python's recursion limit (a generated JSON of a thousand levels):
+# every parser gives up with a RecursionError, which must not reach the user as a traceback.
+_TOO_DEEP = "{path}: nested too deeply to read (brackets or blocks a thousand levels deep); flatten it"
 
 
 _UNDECODED = re.compile("[\udc80-\udcff]")
@@ -240,6 +248,16 @@ def find_all_knobs(files: dict[str, str], command: str = "") -> EditableKnobs:
     config, since its own file changes with the selection), so none is dropped.
     """
     originals, files = files, {path: readable(text) for path, text in files.items()}
+    try:
+        return _find_all(originals, files, command)
+    except RecursionError:
+        for path in sorted(files):
+            find_knobs(files[path], path)  # raises for the file nested too deeply
+        raise UserError(_TOO_DEEP.format(path="the editable files")) from None
+
+
+def _find_all(originals: dict[str, str], files: dict[str, str], command: str) -> EditableKnobs:
+    """:func:`find_all_knobs` on ``files`` made readable; ``originals`` are kept with the knobs."""
     layouts = {layout.primary: layout for layout in hydra_layouts(files, command)}
     dead = _exec_overridden(files, command)
     replaced = overridden_keys(files)  # cfg = yaml.safe_load(...); cfg["lr"] = 1e-3
