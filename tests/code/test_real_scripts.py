@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomlkit
 
 from nightlab.code.knobs import KnobValue, apply_changes, find_all_knobs, plan_changes
 from nightlab.errors import UserError
@@ -123,3 +124,25 @@ def test_a_file_nested_too_deeply_is_named_in_one_line() -> None:
     for path, text in (("config.json", "[" * 3000 + "]" * 3000), ("train.py", "LR = " + "-" * 5000 + "1\n")):
         with pytest.raises(UserError, match=f"^{path}: nested too deeply to read"):
             find_all_knobs({"a.py": "LR = 1\n", path: text})
+
+
+def test_toml_inline_tables_give_their_knobs() -> None:
+    """``opt = {lr = 3e-4, betas = [0.9, 0.95]}`` in a TOML config gave no knob: the optimizer's
+    settings of such a file were never searched."""
+    text = (
+        "[optim]\n"
+        'opt = {lr = 3e-4, betas = [0.9, 0.95], name = "adamw", sched = {warmup = 100}}  # AdamW\n'
+        "wd = 0.1\n"
+    )
+    found = {k.name: k.value for k in find_all_knobs({"config.toml": text}).knobs}
+    assert found == {
+        "optim.opt.lr": 3e-4, "optim.opt.betas": [0.9, 0.95], "optim.opt.name": "adamw",
+        "optim.opt.sched.warmup": 100, "optim.wd": 0.1,
+    }  # fmt: skip
+    files = {"config.toml": text}
+    values = {"optim.opt.lr": 1e-3, "optim.opt.betas": [0.8, 0.99], "optim.opt.sched.warmup": 200}
+    after = apply_changes(files, plan_changes(files, values))["config.toml"]
+    assert (
+        'opt = {lr = 1e-3, betas = [0.8, 0.99], name = "adamw", sched = {warmup = 200}}  # AdamW\n' in after
+    )
+    assert tomlkit.parse(after).unwrap()["optim"]["opt"]["betas"] == [0.8, 0.99]

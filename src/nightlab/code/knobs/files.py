@@ -1,6 +1,7 @@
 """Knobs in YAML, JSON and TOML config files: every scalar setting, named by its key path.
 
-``optimizer: {lr: 3e-4}`` gives the knob ``optimizer.lr``. Each knob records the exact span of
+``optimizer: {lr: 3e-4}`` gives the knob ``optimizer.lr``, and so does TOML's inline table
+``optimizer = {lr = 3e-4}``. Each knob records the exact span of
 its value in the file, so rewriting it changes those characters and nothing else: comments,
 order, quoting and indentation stay as their author wrote them (well-kept parsers read the
 files; the span is found from their positions, so the file is never re-serialised). A list of
@@ -280,8 +281,12 @@ def toml_knobs(text: str, path: str) -> list[Knob]:
             table = _toml_key_path(header.group(1))
         elif table is not None and (key := _TOML_KEY.match(line)):
             start = offset + key.end()
-            end = _array_end(text, start) if text[start] == "[" else scalar_end(text, start, flow=False)
             names = table + _toml_key_path(key.group(1))
+            if text[start] == "{":  # opt = {lr = 3e-4, betas = [0.9, 0.95]}
+                _inline_table(text, start, names, doc, path, found)
+                offset += len(line)
+                continue
+            end = _array_end(text, start) if text[start] == "[" else scalar_end(text, start, flow=False)
             value = _lookup(doc, names)
             knob = (
                 scalar_knob(".".join(names), value, text, start, end, path, "toml")
@@ -292,6 +297,33 @@ def toml_knobs(text: str, path: str) -> list[Knob]:
                 found.append(knob)
         offset += len(line)
     return found
+
+
+_TOML_INLINE_KEY = re.compile(_TOML_KEY.pattern.removeprefix("^"))
+
+
+def _inline_table(text: str, start: int, names: list[str], doc: object, path: str, found: list[Knob]) -> int:
+    """Add the knobs of the TOML inline table opening at ``start`` (``{lr = 3e-4, betas = [0.9,
+    0.95]}``, tables within it too), each named by its keys below ``names``; returns where the
+    table closes. One line, as TOML writes it; a key it cannot read ends the table's knobs."""
+    i = start + 1
+    while i < len(text):
+        while i < len(text) and text[i] in " \t,":
+            i += 1
+        key = _TOML_INLINE_KEY.match(text, i)
+        if text[i : i + 1] == "}" or key is None:
+            return i + 1
+        keys, i = names + _toml_key_path(key.group(1)), key.end()
+        if text[i : i + 1] == "{":
+            i = _inline_table(text, i, keys, doc, path, found)
+            continue
+        end = _array_end(text, i) if text[i : i + 1] == "[" else scalar_end(text, i, flow=True)
+        value = _lookup(doc, keys)
+        knob = scalar_knob(".".join(keys), value, text, i, end, path, "toml") if value is not None else None
+        if knob is not None:
+            found.append(knob)
+        i = end
+    return i
 
 
 def _array_end(text: str, start: int) -> int:
