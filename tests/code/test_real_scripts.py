@@ -146,3 +146,18 @@ def test_toml_inline_tables_give_their_knobs() -> None:
         'opt = {lr = 1e-3, betas = [0.8, 0.99], name = "adamw", sched = {warmup = 200}}  # AdamW\n' in after
     )
     assert tomlkit.parse(after).unwrap()["optim"]["opt"]["betas"] == [0.8, 0.99]
+
+
+def test_keras_settings_bound_after_the_model_are_knobs() -> None:
+    """The Keras MNIST example sets ``batch_size = 128`` and ``epochs = 15`` after building the
+    model and hands them to ``model.fit``: past the leading block they were read as state, so
+    the batch size was never searched."""
+    found = knobs("keras")
+    assert found["batch_size"] == 128 and found["epochs"] == 15 and found["Adam.learning_rate"] == 1e-3
+    after = moved("keras", {"batch_size": 64})["mnist_convnet.py"]
+    assert "\nbatch_size = 64\n" in after
+
+
+def test_a_name_bound_again_after_the_leading_block_stays_state() -> None:
+    source = "import torch\ntorch.manual_seed(0)\nstep = 0\nwarm = 10\nfor _ in range(3):\n    step += 1\nrun(step, warm)\n"
+    assert [k.name for k in find_all_knobs({"train.py": source}).knobs] == ["warm"]

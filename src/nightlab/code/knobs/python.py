@@ -6,7 +6,8 @@
   settings: after the docstring and imports, up to the first statement that is neither an
   import nor an assignment (``batch_size = 12`` ... ``exec(open("configurator.py").read())``).
   A config file that is only assignments is all settings. Later lowercase assignments
-  (``iter_num = 0`` in the middle of a script) are state, not settings;
+  (``iter_num = 0`` in the middle of a script) are state, not settings, unless bound once and
+  handed to a call (Keras's ``batch_size = 128`` then ``model.fit(batch_size=batch_size)``);
 - ``argparse``/``click``: the ``default=`` literal of ``parser.add_argument("--lr", ...)`` or
   ``@click.option("--lr", ...)``, named after the option (``dest=`` when given);
 - ``dataclass``: the default of a field of a ``@dataclass`` class (``lr: float = 3e-4``,
@@ -89,7 +90,7 @@ def python_knobs(
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             local.setdefault(node.func.id, []).append(node)
-    settings = _leading_block(tree.body)
+    settings = _leading_block(tree.body) | _passed_settings(tree)
     mappings = SettingsDicts(reader)
     for stmt in tree.body + main_block(tree.body):
         mappings.override(stmt)  # config["lr"] = 1e-2, config.update(lr=1e-2)
@@ -157,6 +158,32 @@ def _leading_block(body: list[ast.stmt]) -> set[ast.stmt]:
             continue
         break
     return block
+
+
+def _passed_settings(tree: ast.Module) -> set[ast.stmt]:
+    """Top-level assignments after the leading block that are settings all the same: a name
+    bound once in the whole file and handed to a call (the Keras MNIST example's ``batch_size =
+    128`` after the model, then ``model.fit(..., batch_size=batch_size)``). A name bound again
+    (``iter_num = 0`` then ``iter_num += 1``) is state."""
+    stores: dict[str, int] = {}
+    passed: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            stores[node.id] = stores.get(node.id, 0) + 1
+        elif isinstance(node, ast.Global):
+            stores.update({name: 2 for name in node.names})
+        elif isinstance(node, ast.Call):
+            args = [*node.args, *(k.value for k in node.keywords)]
+            passed.update(a.id for a in args if isinstance(a, ast.Name))
+    return {
+        stmt
+        for stmt in tree.body
+        if isinstance(stmt, ast.Assign)
+        and len(stmt.targets) == 1
+        and isinstance(stmt.targets[0], ast.Name)
+        and stores.get(stmt.targets[0].id) == 1
+        and stmt.targets[0].id in passed
+    }
 
 
 def _set_defaults(tree: ast.Module) -> dict[str, ast.expr]:
