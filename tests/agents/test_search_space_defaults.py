@@ -280,13 +280,15 @@ def test_the_agent_built_from_the_config_reads_the_run_command(tmp_path: Path) -
     [
         "no_cuda", "no_mps", "no_accel", "cuda", "use_gpu", "backend", "apex_amp", "torch_deterministic",
         "cudnn_benchmark", "dry_run", "fast_dev_run", "track", "capture_video", "pin_mem", "prefetch", "cache",
+        "trainer.devices", "nthread", "n_jobs", "num_threads",
     ],
 )  # fmt: skip
 def test_machine_switches_dry_runs_and_tracking_are_pinned(name: str) -> None:
     """Found searched on the PyTorch examples' MNIST (--no-cuda: a run on the CPU; --dry-run: one
     batch an epoch), nanoGPT (backend = 'nccl' with 'gloo' in its comment), CleanRL (cuda,
     track, capture_video, torch_deterministic), timm (--apex-amp, --pin-mem) and flax (prefetch,
-    cache): each changes the machine or what is written, not the method."""
+    cache), an OmegaConf YAML (trainer.devices), xgboost params (nthread): each changes the
+    machine or what is written, not the method."""
     assert default_pin(name) == PIN_DEFAULT
 
 

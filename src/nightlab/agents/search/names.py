@@ -17,7 +17,8 @@ from nightlab.code.knobs import is_budget_name
 # Knobs that must not move unless the user declares a domain for them: changing the seed (or
 # sklearn's random_state) only samples noise, the machine's layout (world_size, rank, gpus, the
 # PyTorch examples' --no-cuda/--no-mps, a DDP backend, NVIDIA apex, cudnn's deterministic and
-# benchmark switches, pinned memory, prefetch, a data cache) is not the method, a dry run or
+# benchmark switches, pinned memory, prefetch, a data cache, Lightning's devices, xgboost's
+# nthread, sklearn's n_jobs) is not the method, a dry run or
 # smoke test runs another program, tracking and videos (CleanRL's --track, --capture-video)
 # write elsewhere, a mode switch (a Kaggle CFG's train = True) runs
 # another program, and budgets/intervals change what is measured rather than the model. Read on the
@@ -28,7 +29,8 @@ _PINNED_BY_DEFAULT = re.compile(
     r"|RANDOM_STATE|^RNG|^(DO_)?(TRAIN|EVAL|PREDICT)$"
     r"|WORLD_SIZE|^(LOCAL_)?RANK$|^(N_?|NUM_)?GPUS?$|^(NUM_)?NODES$|^DIST_"
     r"|^(NO_|USE_|DISABLE_)?(CUDA|MPS|ACCEL|GPU|TPU|XLA)$|BACKEND$|APEX|DETERMINISTIC|^(CUDNN_)?BENCHMARK$"
-    r"|DRY_RUN|SMOKE_TEST|FAST_DEV_RUN|^TRACK$|VIDEO|RENDER|PIN_MEM|PREFETCH|^CACHE$)"
+    r"|DRY_RUN|SMOKE_TEST|FAST_DEV_RUN|^TRACK$|VIDEO|RENDER|PIN_MEM|PREFETCH|^CACHE$"
+    r"|^DEVICES$|^(N_?|NUM_)?THREADS?$|^NTHREAD$|^N_JOBS$)"
 )
 # Checkpoint switches, on word parts of the whole name (see _words): `always_save_checkpoint`,
 # `ckpt_every`, `checkpoint.interval`. Saving changes what is written, never the model, and a
