@@ -73,3 +73,22 @@ def test_groups_whose_index_cannot_be_known_give_no_indexed_knob() -> None:
         "groups.append({'params': [], 'lr': 0.5})\nopt = torch.optim.SGD(groups)\n"
     )
     assert _values(source) == {}
+
+
+def test_groups_joined_with_plus_are_read_and_a_keyword_every_group_overrides_is_no_knob() -> None:
+    """``AdamW([{"params": head, "lr": 1e-3}] + [{"params": body, "lr": 1e-4}], lr=3e-4)``: the
+    groups gave no knob, and ``lr=3e-4`` (a default no group takes) was searched: only noise."""
+    source = (
+        "import torch\n"
+        "opt = torch.optim.AdamW(\n"
+        "    [{'params': head, 'lr': 1e-3}] + [{'params': body, 'lr': 1e-4, 'weight_decay': 0.05}],\n"
+        "    lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95),\n"
+        ")\n"
+    )
+    assert {k.name: k.value for k in find_knobs(source)} == {
+        "AdamW.group0.lr": 1e-3, "AdamW.group1.lr": 1e-4, "AdamW.group1.weight_decay": 0.05,
+        "AdamW.weight_decay": 0.1, "AdamW.betas": (0.9, 0.95),
+    }  # fmt: skip
+    assert "'lr': 2e-4, 'weight_decay'" in set_knobs(source, {"AdamW.group1.lr": 2e-4})
+    partly = "import torch\nopt = torch.optim.SGD([{'params': a, 'lr': 0.1}] + rest, lr=0.01)\n"
+    assert {k.name for k in find_knobs(partly)} == {"SGD.group0.lr", "SGD.lr"}  # rest may take lr=0.01

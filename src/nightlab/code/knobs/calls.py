@@ -52,7 +52,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from nightlab.code.knobs.groups import group_arguments
+from nightlab.code.knobs.groups import group_arguments, set_by_every_group
 from nightlab.code.knobs.literal import literal
 from nightlab.code.knobs.reader import Reader, dotted_path
 
@@ -347,7 +347,8 @@ def _arguments(
     optimizer the values of its parameter groups, labelled ``group<i>.<parameter>`` after the
     index the group has in ``optimizer.param_groups``. The list and its groups may be variables
     assigned once before the call in ``scopes`` (``groups = [decay, {...}]; AdamW(groups)``), as
-    Hugging Face's examples and nanoGPT build them."""
+    Hugging Face's examples and nanoGPT build them. A keyword every group sets is a default no
+    group takes, and gives no knob."""
     out: list[tuple[str, str, ast.expr]] = []
     positions = family.positional.get(callee, family.positional.get("*", ()))
     for i, arg in enumerate(call.args):
@@ -355,8 +356,9 @@ def _arguments(
             break
         if positions[i]:
             out.append((positions[i], positions[i], arg))
-    out += [(k.arg, k.arg, k.value) for k in call.keywords if k.arg in family.params]
     listed = call.args[0] if family.groups and call.args else None
+    dead = set_by_every_group(listed, call, scopes) if listed is not None else set()
+    out += [(k.arg, k.arg, k.value) for k in call.keywords if k.arg in family.params and k.arg not in dead]
     return out + group_arguments(listed, call, scopes, set(family.params))
 
 

@@ -38,7 +38,7 @@ def group_arguments(
     appended = False
     if isinstance(listed, ast.Name):
         name = listed.id
-        listed = assigned(name, call, scopes, (ast.List, ast.Tuple, ast.ListComp))
+        listed = assigned(name, call, scopes, (ast.List, ast.Tuple, ast.ListComp, ast.BinOp))
         if isinstance(listed, ast.List) and not listed.elts:  # groups = []; groups.append({...})
             groups, appended = _appended(name, call, scopes), True
     if not appended and listed is not None:
@@ -59,6 +59,27 @@ def group_arguments(
             seen.add(id(found[1]))
             out.append((f"{label}.{found[0]}", key, found[1]))
     return out
+
+
+def set_by_every_group(listed: ast.expr | None, call: ast.Call, scopes: list[ast.AST]) -> set[str]:
+    """The parameters every group of ``listed`` sets, when the groups are all written out
+    (``[{"params": head, "lr": 1e-3}, {"params": body, "lr": 1e-4}]``, lists joined with ``+``
+    too): the optimizer's own keyword for them (``lr=3e-4``) is a default no group takes, so it
+    is no knob. Empty when any group may be missing (a comprehension, a variable, a loop)."""
+    if isinstance(listed, ast.Name):
+        listed = assigned(listed.id, call, scopes, (ast.List, ast.Tuple, ast.BinOp))
+    elements = _concatenated(listed) if listed is not None else []
+    if not elements or any(isinstance(e, (ast.Starred, ast.ListComp)) for e in elements):
+        return set()
+    keys: set[str] | None = None
+    for group in elements:
+        if isinstance(group, ast.Name):
+            group = assigned(group.id, call, scopes, (ast.Dict, ast.Call)) or group
+        items = group_items(group)
+        if not items:
+            return set()
+        keys = {k for k, _ in items} if keys is None else keys & {k for k, _ in items}
+    return (keys or set()) - {"params"}
 
 
 def _resolve(value: ast.expr, env: _Env) -> tuple[ast.expr, bool]:
@@ -103,6 +124,8 @@ def _listed(node: ast.expr, call: ast.Call, scopes: list[ast.AST]) -> list[_Grou
     comprehension."""
     if isinstance(node, ast.ListComp):
         return _comprehension(node, 0, call, scopes)[0]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):  # [{...}] + [{...} for ...]
+        node = ast.List(elts=_concatenated(node), ctx=ast.Load())
     if not isinstance(node, (ast.List, ast.Tuple)):
         return []
     out: list[_Group] = []
@@ -117,6 +140,16 @@ def _listed(node: ast.expr, call: ast.Call, scopes: list[ast.AST]) -> list[_Grou
         out.append((index, element, {}))
         index += 1
     return out
+
+
+def _concatenated(node: ast.expr) -> list[ast.expr]:
+    """The elements of lists joined with ``+``, a comprehension as one element; anything else
+    (a variable, a call) as a starred element, since how many groups it holds is unknown."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _concatenated(node.left) + _concatenated(node.right)
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return list(node.elts)
+    return [node] if isinstance(node, ast.ListComp) else [ast.Starred(value=node, ctx=ast.Load())]
 
 
 def _comprehension(
