@@ -127,3 +127,41 @@ def test_runs_with_another_budget_or_environment_are_another_study(tmp_path: Pat
     same.config = session.config  # type: ignore[attr-defined]
     SideStudy(session, "validate", reference=_arms(root)[0].commit).run(_arms(root), seeds, same, {})  # type: ignore[arg-type]
     assert len(same.calls) == 3  # the first study, taken up: its one run stands
+
+
+def test_a_study_killed_outright_reads_interrupted_while_another_study_runs(tmp_path: Path) -> None:
+    """A study whose harness got kill -9 left its experiments "running"; a later study of the
+    same kind (other seeds: not a resume of it) holds the workspace, and the killed one read
+    as running beside it. It is closed as interrupted when the new one starts, still resumable."""
+    from nightlab.studies.resume import study_states
+
+    root = make_workspace(tmp_path / "ws")
+    (root / "train.py").write_text((root / "train.py").read_text().replace("LR = 0.1", "LR = 0.3"))
+    git(root, "commit", "-qam", "B")
+    session = open_session(root)
+    seeds = study_seeds(session.config, 2)
+    with pytest.raises(KeyboardInterrupt):
+        SideStudy(session, "validate", reference=_arms(root)[0].commit).run(
+            _arms(root), seeds, Runner(stop_at=1), {}
+        )  # type: ignore[arg-type]
+    killed = [r.id for r in session.ledger.experiments(kind="validate")]
+    for experiment_id in killed:  # what kill -9 leaves: no handler closed them
+        session.ledger.update_experiment(experiment_id, status="running", reason=None, finished_at=None)
+
+    seen: list[list[str]] = []
+
+    class Watching(Runner):
+        def run(self, experiment_id: int, replicate: int, commit: str, seed: int) -> Replicate:
+            seen.append([s["state"] for s in study_states(session.ledger, session.tag, "validate")])
+            return super().run(experiment_id, replicate, commit, seed)
+
+    other = Watching()
+    SideStudy(session, "validate", reference=_arms(root)[0].commit).run(
+        _arms(root), [s + 1 for s in seeds], other, {}
+    )  # type: ignore[arg-type]
+    assert len(other.calls) == 4 and seen[0] == ["interrupted", "running"], seen
+    rows = {r.id: r for r in session.ledger.experiments(kind="validate")}
+    assert [(rows[i].status, rows[i].reason) for i in killed] == [("crash", "interrupted")] * 2
+    again = Runner()  # and the killed study is still taken up by the same study asked again
+    SideStudy(session, "validate", reference=_arms(root)[0].commit).run(_arms(root), seeds, again, {})  # type: ignore[arg-type]
+    assert len(again.calls) == 3 and {c[0] for c in again.calls} == set(killed)

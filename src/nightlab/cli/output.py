@@ -221,14 +221,20 @@ def print_summary(session: Session, console: Console = console) -> None:
     """The research summary as plain text (descriptions are agent-written: never rich markup)."""
     from nightlab.formatting import terminal_safe
     from nightlab.report.summary import render_summary
-    from nightlab.workspace.lock import holder
+    from nightlab.studies.resume import harness_kind
 
     cfg = session.config
-    live = holder(session.workspace.state_dir) is not None
+    kind = harness_kind(session.workspace.state_dir)
     # Laid out at the console's width and printed as it is: printing a summary laid out wider
     # wrapped its lines a second time, breaking the table's columns.
     text = render_summary(
-        session.ledger, session.tag, cfg.metric.name, cfg.metric.direction, width=console.width, live=live
+        session.ledger,
+        session.tag,
+        cfg.metric.name,
+        cfg.metric.direction,
+        width=console.width,
+        live=kind is not None,
+        harness_kind=kind,
     )
     console.print(terminal_safe(text, allow="\n"), markup=False, highlight=False, soft_wrap=True)
 
@@ -275,5 +281,11 @@ def print_status_table(data: dict, metric_name: str) -> None:
             markup=False,
             highlight=False,
         )
+    for study in data.get("studies") or []:  # one cut off by kill -9 stayed "running" for ever
+        if study["state"] in ("running", "interrupted"):
+            scale = f" at scale {study['scale']}" if study.get("scale") else ""
+            line = f"{study['kind']} {study['study']}{scale}: {study['state']}, {study['runs']} runs recorded"
+            line += f"; {study['resume']}" if study.get("resume") else ""
+            console.print(safe(line), markup=False, highlight=False, soft_wrap=True)
     for text in data.get("warnings") or []:  # what makes the night less honest than it looks
         console.print(f"warning: {safe(text)}", markup=False, highlight=False, soft_wrap=True)

@@ -205,11 +205,14 @@ def status(
     """The experiments so far and the current best."""
     from nightlab.research.session import open_session
     from nightlab.store.export import status_dict
-    from nightlab.workspace.lock import holder
+    from nightlab.studies.resume import harness_kind, study_states
 
     session = open_session(directory, tag=tag, must_exist=True, view=True)
-    # An experiment still "running" in the ledger whose harness is gone was interrupted.
-    data = status_dict(session.ledger, session.tag, live=holder(session.workspace.state_dir) is not None)
+    kind = harness_kind(session.workspace.state_dir)
+    # An experiment still "running" in the ledger whose harness is gone was interrupted; a study
+    # runs only under a harness of its own kind (validate, ablate).
+    data = status_dict(session.ledger, session.tag, live=kind is not None)
+    data["studies"] = study_states(session.ledger, session.tag, kind)
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
         return

@@ -26,6 +26,7 @@ from nightlab.report.files import write_atomically
 from nightlab.report.summary import render_summary
 from nightlab.secrets import redact, secret_values
 from nightlab.store.ledger import Ledger
+from nightlab.studies.resume import harness_kind
 from nightlab.types import Direction
 
 
@@ -71,8 +72,20 @@ def render_html(
 ) -> str:
     """The page as a string (tests read it; :func:`write_html_report` writes it)."""
     secrets = secret_values(os.environ)
-    view = View(tag, metric_name, Direction(direction), holdout=True, secrets=secrets)
-    data = report_data(ledger, view, state_dir or ledger.path.parent)
+    state_dir = state_dir or ledger.path.parent
+    # Who holds the workspace now: an experiment or study still "running" in the ledger whose
+    # harness was killed is shown as interrupted, as `nightlab status` shows it.
+    kind = harness_kind(state_dir)
+    view = View(
+        tag,
+        metric_name,
+        Direction(direction),
+        holdout=True,
+        secrets=secrets,
+        harness_alive=kind is not None,
+        harness_kind=kind,
+    )
+    data = report_data(ledger, view, state_dir)
     written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     top = morning_html(data["snapshot"]["overview"]["morning"])
     top += f'<p class="muted">Written {written}; <code>nightlab report --html</code> writes it again.</p>'
@@ -80,7 +93,8 @@ def render_html(
     if plot is not None and plot.is_file():
         image = base64.b64encode(plot.read_bytes()).decode()
         fallback = f'<img alt="progress" src="data:image/png;base64,{image}" style="max-width:100%">'
-    text = html.escape(redact(render_summary(ledger, tag, metric_name, direction), secrets))
+    summary = render_summary(ledger, tag, metric_name, direction, live=kind is not None, harness_kind=kind)
+    text = html.escape(redact(summary, secrets))
     top += (
         "<noscript><p>The plot and the tables below need JavaScript; here are the static plot and the "
         f"summary instead.</p>{fallback}<pre>{text}</pre></noscript>"

@@ -20,6 +20,7 @@ from nightlab.stats import ZERO_SPREAD, noise_floor
 from nightlab.store.export import holdout_checks, warnings
 from nightlab.store.recorded import read_slot, recorded_run_dir
 from nightlab.store.spending import outside_text, unrecorded_cost
+from nightlab.studies.resume import study_states
 from nightlab.types import Direction
 
 if TYPE_CHECKING:
@@ -92,9 +93,11 @@ def summary_renderable(
     metric_name: str = "val_bpb",
     direction: Direction | str = Direction.MINIMIZE,
     live: bool = True,
+    harness_kind: str | None = None,
 ) -> RenderableType:
     """The summary as rich renderables, for callers that print in colour. ``live``: a harness is
-    working in the workspace (else an unfinished experiment is counted as interrupted)."""
+    working in the workspace (else an unfinished experiment is counted as interrupted);
+    ``harness_kind``: its command (a study still running in the ledger runs only under its own)."""
     direction = Direction(direction)
     research = ledger.research(tag)
     better = "lower" if direction is Direction.MINIMIZE else "higher"
@@ -135,6 +138,8 @@ def summary_renderable(
         overview.add_row("Agent cost", spent)
     for text in warnings(ledger, tag):  # what makes the night less honest than it looks, and the fix
         overview.add_row("Warning", Text(text))
+    for line in unfinished_studies(ledger, tag, harness_kind):
+        overview.add_row("Study", Text(line))
     counts: dict[str, int] = {}
     for e in research:
         key = (
@@ -211,6 +216,23 @@ def _holdout_cell(e: ExperimentRow, reference: ExperimentRow, direction: Directi
     return signed(change) + flag
 
 
+def unfinished_studies(ledger: Ledger, tag: str, harness_kind: str | None) -> list[str]:
+    """One line per validate or ablate study of ``tag`` still running, or cut off (its harness
+    killed: it stayed "running" in the ledger) with what takes it up; finished ones are in the
+    report's figures."""
+    out = []
+    for study in study_states(ledger, tag, harness_kind):
+        if study["state"] not in ("running", "interrupted"):
+            continue
+        scale = f" at scale {study['scale']}" if study["scale"] else ""
+        runs = f"{study['runs']} run{'s' * (study['runs'] != 1)} recorded"
+        line = f"{study['kind']} {study['study']}{scale}: {study['state']}, {runs}"
+        if study["state"] == "interrupted":
+            line += f"; {study['resume']}"
+        out.append(line)
+    return out
+
+
 def render_summary(
     ledger: Ledger,
     tag: str,
@@ -218,6 +240,7 @@ def render_summary(
     direction: Direction | str = Direction.MINIMIZE,
     width: int = 110,
     live: bool = True,
+    harness_kind: str | None = None,
 ) -> str:
     """The summary as plain text (no colour codes, no markup).
 
@@ -226,6 +249,6 @@ def render_summary(
     markup.
     """
     console = Console(file=io.StringIO(), width=width, color_system=None, record=True, legacy_windows=False)
-    console.print(summary_renderable(ledger, tag, metric_name, direction, live))
+    console.print(summary_renderable(ledger, tag, metric_name, direction, live, harness_kind))
     text = console.export_text(styles=False)
     return "\n".join(line.rstrip() for line in text.rstrip().splitlines()) + "\n"

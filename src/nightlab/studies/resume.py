@@ -16,15 +16,18 @@ finished, or stopped on an error it reported, is not.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nightlab.errors import shell_word
 from nightlab.research.runner import Replicate
 from nightlab.store.ledger import Ledger
 from nightlab.store.schema import ExperimentRow, RunRow
 from nightlab.types import RunResult, RunStatus
 from nightlab.workspace.git import Workspace
+from nightlab.workspace.lock import holder
 
 # The reason SideStudy.run records for a study cut off by a signal.
 INTERRUPTED = "interrupted"
@@ -139,3 +142,75 @@ def find_resumable(
                     Resumed(r.id, found) for r, found in zip(matched, runs, strict=True) if found is not None
                 ]
     return None
+
+
+STUDY_KINDS = ("validate", "ablate")
+
+
+def harness_kind(state_dir: Path) -> str | None:
+    """The command of the live harness holding the workspace (``run``, ``validate``...), or None
+    when none holds it. A study's experiment still ``running`` in the ledger runs only while a
+    harness of its own kind holds the workspace; otherwise its harness was killed (``kill -9``,
+    the OOM killer, a lost machine) and the study was interrupted."""
+    who = holder(state_dir)
+    if who is None:
+        return None
+    try:
+        words = shlex.split(who.command)
+    except ValueError:
+        return ""
+    return next((w for w in words[1:] if not w.startswith("-")), "")
+
+
+def study_state(rows: Sequence[ExperimentRow], running_kind: str | None) -> str:
+    """``running``, ``interrupted`` (cut off: the same command again goes on where it stopped),
+    ``failed`` (it stopped on an error it reported) or ``finished``, for one study's experiments.
+    ``running_kind``: :func:`harness_kind` of the workspace."""
+    if any(r.status == "running" for r in rows):
+        return "running" if rows and rows[0].kind == running_kind else "interrupted"
+    if any(_cut_off(r) for r in rows):
+        return "interrupted"
+    if any(_stopped_on_error(r) for r in rows):
+        return "failed"
+    return "finished"
+
+
+def studies_of(ledger: Ledger, tag: str) -> dict[str, list[ExperimentRow]]:
+    """The validate and ablate studies of research tag ``tag``, ``{study id: its experiments}``,
+    oldest first."""
+    found: dict[str, list[ExperimentRow]] = {}
+    for kind in STUDY_KINDS:
+        for row in ledger.experiments(kind=kind):
+            meta = row.meta if isinstance(row.meta, dict) else {}
+            if tag not in (row.tag, meta.get("research_tag")):
+                continue
+            found.setdefault(str(meta.get("study") or f"{kind}-{row.id}"), []).append(row)
+    return dict(sorted(found.items(), key=lambda item: max(r.id for r in item[1])))
+
+
+def study_states(ledger: Ledger, tag: str, running_kind: str | None) -> list[dict]:
+    """Each study of ``tag`` as ``status --json`` shows it: its id, kind, scale, state, its
+    experiments and how many runs they hold, and for an interrupted one what takes it up."""
+    out = []
+    for study, rows in studies_of(ledger, tag).items():
+        meta = rows[0].meta if isinstance(rows[0].meta, dict) else {}
+        state = study_state(rows, running_kind)
+        item = {
+            "study": study,
+            "kind": rows[0].kind,
+            "scale": meta.get("scale"),
+            "mode": meta.get("mode"),
+            "state": state,
+            "experiments": [r.id for r in rows],
+            "runs": sum(len([x for x in ledger.runs(r.id) if x.role is None]) for r in rows),
+        }
+        if state == "interrupted":
+            item["resume"] = resume_hint(rows[0].kind, meta, ledger.path.parent.parent)
+        out.append(item)
+    return out
+
+
+def resume_hint(kind: str, meta: dict, root: Path) -> str:
+    """What takes an interrupted study up: the same command, with the same options."""
+    scale = f" --scale {shell_word(str(meta['scale']))}" if meta.get("scale") else ""
+    return f"`nightlab {kind} {shell_word(root)}{scale}` again, with the options it had, goes on where it stopped"

@@ -222,6 +222,16 @@ class SideStudy:
             [(a.commit, m) for a, m in zip(arms, metas, strict=True)],
             seeds,
         )
+        taken_ids = {t.experiment_id for t in found or []}
+        ledger = self.session.ledger
+        for row in ledger.experiments(kind=self.kind):
+            # An earlier study of this kind killed with its harness (kill -9) left its experiments
+            # "running"; this harness holds the workspace now, so none of them runs: closed as
+            # interrupted, they read so while this study runs, and stay resumable.
+            if row.status == "running" and row.id not in taken_ids:
+                ledger.finish_experiment(
+                    row.id, status="crash", reason=INTERRUPTED, n_runs=len(ledger.runs(row.id))
+                )
         for index, arm in enumerate(arms):
             if found is None:
                 self.record(arm, meta)

@@ -26,6 +26,7 @@ from nightlab.store.ledger import Ledger
 from nightlab.store.recorded import read_slot, recorded_run_dir
 from nightlab.store.schema import ExperimentRow, experiment_from_row, open_read_only
 from nightlab.store.spending import unrecorded_cost
+from nightlab.studies.resume import resume_hint, studies_of, study_state
 from nightlab.studies.time_to_target import read_curve
 from nightlab.types import Direction
 
@@ -42,7 +43,6 @@ OUTCOMES = (
     "interrupted",
 )
 FAILED_STATUSES = ("crash", "timeout", "oom", "nan")
-STUDY_KINDS = ("validate", "ablate")
 
 
 class LedgerReader(Ledger):
@@ -116,6 +116,9 @@ class View:
     # False when no harness holds the workspace: a "running" experiment then was interrupted
     # (its harness died) and is shown so, as `nightlab status` does.
     harness_alive: bool = True
+    # The command of the harness holding it (studies.resume.harness_kind): a study still
+    # "running" in the ledger runs only under a harness of its own kind.
+    harness_kind: str | None = None
 
     def text(self, value: object) -> str:
         return redact(str(value), self.secrets) if value not in (None, "") else ""
@@ -249,32 +252,45 @@ def overview(ledger: LedgerReader, rows: list[dict], view: View, checks: list[di
 
 
 def studies(ledger: Ledger, view: View) -> list[dict]:
-    """The ``validate`` and ``ablate`` studies of the view's tag, newest first, one row per arm."""
-    found: dict[str, dict] = {}
-    for kind in STUDY_KINDS:
-        for e in ledger.experiments(kind=kind):
-            meta = e.meta if isinstance(e.meta, dict) else {}
-            if view.tag not in (e.tag, meta.get("research_tag")):
-                continue
-            study_id = str(meta.get("study") or f"{kind}-{e.id}")
-            study = found.setdefault(
-                study_id, {"study": study_id, "kind": kind, "scale": meta.get("scale"), "arms": []}
-            )
+    """The ``validate`` and ``ablate`` studies of the view's tag, newest first, one row per arm,
+    each with its state: a study whose harness was killed is ``interrupted`` (with what takes it
+    up), never ``running`` for ever."""
+    out = []
+    for study_id, rows in studies_of(ledger, view.tag).items():
+        meta = rows[0].meta if isinstance(rows[0].meta, dict) else {}
+        state = study_state(rows, view.harness_kind)
+        study = {
+            "study": study_id,
+            "kind": rows[0].kind,
+            "scale": meta.get("scale"),
+            "state": state,
+            "arms": [],
+        }
+        if state == "interrupted":
+            study["resume"] = resume_hint(rows[0].kind, meta, ledger.path.parent.parent)
+        for e in rows:
+            arm_meta = e.meta if isinstance(e.meta, dict) else {}
+            runs = e.n_runs or 0
+            status = e.status
+            if e.status == "running":  # what it holds so far; its harness may be gone
+                runs = len(ledger.runs(e.id))
+                status = "running" if state == "running" else "interrupted"
             arm = {
                 "id": e.id,
-                "label": view.text(meta.get("label") or meta.get("side") or ""),
+                "label": view.text(arm_meta.get("label") or arm_meta.get("side") or ""),
                 "description": view.text(e.description),
-                "status": e.status,
+                "status": status,
                 "decision": e.decision,
                 "metric": e.metric_mean,
                 "spread": e.metric_sem,
-                "runs": e.n_runs or 0,
+                "runs": runs,
                 "reason": view.text(e.reason),
             }
             if view.holdout:
                 arm["holdout"] = e.holdout_mean
             study["arms"].append(arm)
-    return sorted(found.values(), key=lambda s: -max(a["id"] for a in s["arms"]))
+        out.append(study)
+    return sorted(out, key=lambda s: -max(a["id"] for a in s["arms"]))
 
 
 def details(ledger: Ledger, experiment_id: int, view: View, state_dir: Path) -> dict:

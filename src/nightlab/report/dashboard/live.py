@@ -26,8 +26,8 @@ from nightlab.report.dashboard.data import LedgerReader, View, experiment_rows, 
 from nightlab.safefile import open_read
 from nightlab.store.export import holdout_checks
 from nightlab.store.recorded import read_slot, recorded_time
+from nightlab.studies.resume import harness_kind
 from nightlab.types import EVAL_LOG, TRAIN_LOG
-from nightlab.workspace.lock import holder
 
 LEDGER_NAME = "ledger.db"
 TAIL_BYTES = 16_384
@@ -112,10 +112,15 @@ class Watcher:
             return None
         try:
             version = ledger.data_version()
-            alive = holder(self.state_dir) is not None
-            if version == self._version and alive == self.view.harness_alive:
+            kind = harness_kind(self.state_dir)
+            alive = kind is not None
+            if version == self._version and (alive, kind) == (
+                self.view.harness_alive,
+                self.view.harness_kind,
+            ):
                 return None
-            self.view.harness_alive = alive  # a harness that died turns its running rows interrupted
+            # A harness that died turns its running rows interrupted, its studies' too.
+            self.view.harness_alive, self.view.harness_kind = alive, kind
             signatures = ledger.signatures(self.view.tag)
             stale = [
                 i for i, sig in signatures.items() if self._signatures.get(i) != sig or sig[1] == "running"

@@ -105,7 +105,9 @@ def look_at(rows: list[dict], overview: dict) -> list[str]:
     studies = overview.get("studies") or []
     for study in studies:
         verdicts = {a["reason"] for a in study["arms"] if a.get("reason")}
-        if verdicts:
+        if study.get("state") == "interrupted":  # killed with its harness, or cut off: it goes on
+            out.append(f"{study['kind']} {study['study']} was interrupted: {study.get('resume', '')}")
+        elif verdicts:
             out.append(f"{study['kind']} {study['study']}: {' / '.join(sorted(verdicts))}")
     if any(r["outcome"] == "kept" for r in rows) and not any(s["kind"] == "validate" for s in studies):
         out.append(

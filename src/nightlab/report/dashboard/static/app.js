@@ -235,7 +235,10 @@
         t.append(el("tr", {}, el("td", {text: a.label}), el("td", {text: a.description}), el("td", {class: "num", text: fixed(a.metric)}),
           el("td", {class: "num", text: fixed(a.spread)}), el("td", {class: "num", text: a.runs}), el("td", {text: a.status}), el("td", {text: a.reason})));
       }
-      box.append(el("h3", {text: s.kind + " " + s.study + (s.scale ? " at scale " + s.scale : "")}), t);
+      const state = s.state && s.state !== "finished" ? " (" + s.state + ")" : "";
+      box.append(el("h3", {text: s.kind + " " + s.study + (s.scale ? " at scale " + s.scale : "") + state}));
+      if (s.resume) box.append(el("div", {class: "muted", text: s.resume}));
+      box.append(t);
     }
   }
 
