@@ -14,10 +14,12 @@ links), and what a client sent is echoed only in short (:data:`MAX_ECHO`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from pydantic import ValidationError
 
 from nightlab.agents.base import bounded_hypothesis
 from nightlab.errors import UserError
+from nightlab.executor.process import RunInterrupted
 from nightlab.paths import is_editable, normalize
 from nightlab.research.session import Session
 from nightlab.types import Edit, Proposal
@@ -71,6 +74,35 @@ class Harness:
         self.session, self.loop = open_harness(root, tag, "mcp", events=events, check_clean=False)
         self._lock = threading.Lock()
         self._prepared = False
+        # What trains now (a tool call holding the lock), and whether the client has gone.
+        self.training: str | None = None
+        self.disconnected = False
+        self.stopped: str | None = None  # what disconnect() stopped
+
+    def disconnect(self) -> None:
+        """The client closed the connection (its end of stdin): nobody will read what a run in
+        flight returns, so it is stopped with its processes, as Ctrl-C stops it. Its experiment
+        stays unfinished in the ledger, every run recorded before it intact: ``status`` shows it
+        interrupted and the next ``nightlab run`` (or ``mcp``) repeats it. Called from the event
+        loop's thread while a tool may hold the lock on a worker thread."""
+        self.disconnected = True
+        stop = getattr(getattr(self.loop.runner, "executor", None), "stop", None)
+        training = self.training
+        if stop is not None and training is not None:
+            self.stopped = training
+            stop()
+
+    @contextlib.contextmanager
+    def _busy(self, what: str) -> Iterator[None]:
+        """The lock, with what it trains named for :meth:`disconnect` and the last line."""
+        with self._lock:
+            if self.disconnected:  # a call the client sent just before it went: nobody reads it
+                raise UserError("the client has disconnected")
+            self.training = what
+            try:
+                yield
+            finally:
+                self.training = None
 
     def _prepare(self) -> None:
         """The baseline (on a new tag) before the first experiment or the first question about it."""
@@ -81,13 +113,13 @@ class Harness:
     def state(self) -> dict:
         from nightlab.research.tryrun import state_dict
 
-        with self._lock:
+        with self._busy("the baseline"):
             self._prepare()
             return state_dict(self.session)
 
     def read_file(self, path: str) -> str:
         clean = _editable(self.session, path)  # before the baseline: a wrong path costs nothing
-        with self._lock:
+        with self._busy("the baseline"):
             self._prepare()
             best = self.session.ledger.incumbent(self.session.tag)
             assert best is not None and best.commit is not None
@@ -103,7 +135,7 @@ class Harness:
             raise UserError(
                 f"history: limit {limit}: give 1 or more, the number of recent experiments to show"
             )
-        with self._lock:
+        with self._busy("the baseline"):
             self._prepare()
             return history_rows(self.session, limit)
 
@@ -122,7 +154,7 @@ class Harness:
             edits=[_edit(e, i) for i, e in enumerate(edits, 1)],
             meta={"source": "mcp"},
         )
-        with self._lock:
+        with self._busy(f"the experiment '{shorten(proposal.description)}'"):
             self._prepared = True  # run_one prepares itself
             row = self.loop.run_one(proposal)
             return result_block(self.session, row)
@@ -203,6 +235,7 @@ def build_server(root: Path, tag: str | None = None) -> MCPServer:
     """The MCP server with its five tools, bound to the workspace at ``root``."""
     harness = Harness(root, tag)
     server = _Server("nightlab", instructions=INSTRUCTIONS)
+    server.harness = harness  # serve() stops what it trains when the client disconnects
 
     @server.tool()
     def state() -> dict:
@@ -242,6 +275,8 @@ def build_server(root: Path, tag: str | None = None) -> MCPServer:
 class _Server(MCPServer):
     """The SDK's server, with arguments that fail a tool's schema reported in one line."""
 
+    harness: Harness
+
     async def call_tool(self, name: str, arguments: dict[str, Any], *rest: Any, **options: Any) -> Any:
         try:
             return await super().call_tool(name, arguments, *rest, **options)
@@ -272,6 +307,8 @@ def _guard(call):
         result = call()
     except UserError as exc:
         raise ToolError(str(exc)) from None
+    except RunInterrupted:  # the client disconnected (Harness.disconnect): an answer nobody reads
+        raise ToolError("the run was stopped: the client disconnected") from None
     try:  # what the SDK will serialize: a lone surrogate anywhere would end the server
         json.dumps(result, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -280,10 +317,21 @@ def _guard(call):
 
 
 def serve(root: Path, tag: str | None = None) -> None:
-    """Serve over stdio until the client disconnects."""
+    """Serve over stdio until the client disconnects; what trains then is stopped (one line on
+    stderr says what, and that `nightlab run` repeats it)."""
     import anyio
 
-    anyio.run(_serve_stdio, build_server(root, tag))
+    server = build_server(root, tag)
+    harness: Harness = server.harness
+    anyio.run(_serve_stdio, server)
+    if harness.stopped is not None:
+        print(
+            f"nightlab mcp: the client disconnected while {harness.stopped} was training; it was stopped "
+            "with its processes, every run recorded before stays in the ledger, and `nightlab run` "
+            "repeats it",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 async def _serve_stdio(server: MCPServer) -> None:
@@ -299,7 +347,11 @@ async def _serve_stdio(server: MCPServer) -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    lines = _Lines(anyio.wrap_file(os.fdopen(wire, "rb", closefd=False)))
+    harness = getattr(server, "harness", None)
+    lines = _Lines(
+        anyio.wrap_file(os.fdopen(wire, "rb", closefd=False)),
+        on_eof=harness.disconnect if harness is not None else None,
+    )
     low = getattr(server, "_lowlevel_server", None) or server._mcp_server  # mcp 2.x, 1.x
     try:
         async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
@@ -318,12 +370,15 @@ class _Lines:
     all gets the parse error JSON-RPC defines (id null). Notifications get no reply, as always.
     """
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Any, on_eof: Callable[[], None] | None = None) -> None:
         import anyio
 
         self.source = source
         self.ready = anyio.Event()
         self.replies: Any = None
+        # The client closed its end: the SDK would wait for a tool call in flight to return
+        # (a run of the whole budget, on a worker thread no cancellation reaches) before exiting.
+        self.on_eof = on_eof
 
     def __aiter__(self) -> _Lines:
         return self
@@ -332,6 +387,8 @@ class _Lines:
         while True:
             raw = await self.source.readline()
             if not raw:
+                if self.on_eof is not None:
+                    self.on_eof()
                 raise StopAsyncIteration
             line = raw.decode("utf-8", errors="replace")
             if not line.strip():
