@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 from helpers import git, nightlab
+from nightlab.agents.search.settings import SearchSettings
+from nightlab.agents.search.space import build_space
 from nightlab.config import load_config
 from nightlab.workspace.script_init import guess_metric, init_script
 
@@ -68,3 +71,24 @@ def test_show_space_reads_a_latin_1_script(tmp_path: Path) -> None:
     shown = nightlab("agent", "show-space", str(tmp_path))
     assert shown.returncode == 0, shown.stderr
     assert "LR    train.py:3  3e-4" in shown.stdout
+
+
+def test_the_pytorch_mnist_example_end_to_end(tmp_path: Path) -> None:
+    """pytorch/examples' mnist/main.py: init read ``test_loss`` (a variable) as the metric, whose
+    pattern never matches what it prints (``Test set: Average loss: 0.0345``), so no run had a
+    metric; and the search flipped --no-cuda, --no-mps and --dry-run and sent StepLR's gamma of
+    0.7 up to 7."""
+    folder = copy("mnist", tmp_path)
+    name, direction, _ = init_script(folder, "main.py")
+    config = load_config(folder)
+    assert (name, direction) == ("test_loss", "minimize")
+    printed = f"\nTest set: Average loss: {0.0345:.4f}, Accuracy: {9890}/{10000} ({98.9:.0f}%)\n"
+    assert float(re.search(config.metric.pattern, printed, re.MULTILINE).group(1)) == 0.0345
+    files = {"main.py": (folder / "main.py").read_text()}
+    space = build_space(files, SearchSettings(), command=config.target.run)
+    searched = {dim.knob: dim.domain for dim in space.dims}
+    assert set(searched) == {"dropout1.p", "dropout2.p", "batch_size", "lr", "gamma", "StepLR.step_size"}
+    assert searched["gamma"].high < 1.0
+    assert {"no_cuda", "no_mps", "dry_run", "seed", "epochs", "log_interval", "save_model"} <= set(
+        space.pinned
+    )

@@ -14,8 +14,9 @@ not editable (:func:`named_scripts`). Other files are never staged: a folder of 
 
 The metric is the name given with ``--metric``, else the first validation metric the script's
 text names (``val_loss``, ``valid_acc``, ``test_ppl``, ``eval loss``, ``val_acc1``, ``eval_return``
-...), in what it prints first, then in the modules it imports (flax's main.py calls train.py,
-which prints). Its direction comes from
+...), in what it prints first (or a split word and a measure a few words apart there: the
+PyTorch MNIST example's ``Test set: Average loss``, named ``test_loss``), then in the modules it
+imports (flax's main.py calls train.py, which prints). Its direction comes from
 its words (:func:`nightlab.config.looks_like_a_score`), and the pattern reads the number after
 the name however it is printed (``val_loss: 0.5``, ``val_loss=0.5``, ``val loss 0.5``, JSON's
 ``"val_loss": 0.5``, a logging line on stderr).
@@ -43,6 +44,13 @@ _METRIC = re.compile(
     r"|return|reward)(?:@?\d+)?)\b",
     re.IGNORECASE,
 )
+# The PyTorch MNIST example prints its test_loss as "Test set: Average loss: 0.0345": a split
+# word and a measure a few words apart in one printed string.
+_PHRASE = re.compile(
+    r"\b((?:val|valid|validation|dev|eval|test)\b[ \w:]{0,24}?\b"
+    r"(?:loss|acc|accuracy|ppl|perplexity|error|f1|auc|mse|rmse|mae|score|return|reward))\b",
+    re.IGNORECASE,
+)
 _NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 
 
@@ -51,10 +59,11 @@ def guess_metric(*texts: str) -> str | None:
     a string of theirs names, what a script prints (``f"val_loss: {loss}"``), before the first
     their code names (a variable ``test_loss`` may be printed as ``Test set: Average loss``, which
     a pattern for ``test_loss`` never reads), the script's text before the modules it imports."""
-    for text in texts:
-        match = _METRIC.search("\n".join(_strings(text)))
-        if match:
-            return match.group(1)
+    for pattern in (_METRIC, _PHRASE):
+        for text in texts:
+            match = pattern.search("\n".join(_strings(text)))
+            if match:
+                return match.group(1)
     for text in texts:
         match = _METRIC.search(text)
         if match:
@@ -70,6 +79,16 @@ def _strings(text: str) -> list[str]:
     except (SyntaxError, RecursionError, ValueError):
         return []
     return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def metric_name(printed: str) -> str:
+    """The metric's name for what the log prints before its number: ``val_loss`` as printed, and
+    ``test_loss`` for ``Test set: Average loss``."""
+    phrase = _PHRASE.fullmatch(printed)
+    if phrase and not _METRIC.fullmatch(printed):
+        words = re.findall(r"\w+", printed)
+        printed = f"{words[0]}_{words[-1]}".lower()
+    return re.sub(r"\W+", "_", printed).strip("_") or "metric"
 
 
 def metric_pattern(printed: str) -> str:
@@ -336,7 +355,7 @@ def init_script(directory: Path, script: str, metric: str | None = None) -> tupl
             f"--metric: {rel} names no validation metric nightlab recognises (val_loss, val_acc, ...); "
             "give the name it prints before the number, e.g. --metric val_loss"
         )
-    name = re.sub(r"\W+", "_", printed).strip("_") or "metric"
+    name = metric_name(printed)
     configs = config_files(directory, imported)
     modules = [m for m in imported if not m.endswith("__init__.py") or m == rel] + configs
     try:
