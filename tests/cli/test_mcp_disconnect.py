@@ -36,6 +36,8 @@ CLIENT = textwrap.dedent(
                                        env={"PATH": "", "HOME": "/tmp", "SLOW_SECONDS": "60"})
         async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as s:
             await s.initialize()
+            if sys.argv[3] == "state":  # on a new tag, its first call measures the baseline
+                await s.call_tool("state", {})
             edit = {"path": "train.py", "search": "WIDTH = 64", "replace": "WIDTH = 96"}
             await s.call_tool("run_experiment", {"description": "wider", "edits": [edit]})
 
@@ -54,7 +56,7 @@ def test_a_client_killed_mid_experiment_stops_its_training_and_the_server(tmp_pa
     paths = f'"PATH": {os.environ["PATH"]!r}, "PYTHONPATH": {os.environ.get("PYTHONPATH", "")!r}'
     (tmp_path / "client.py").write_text(CLIENT.replace('"PATH": ""', paths))
     errlog = tmp_path / "server.err"
-    client = subprocess.Popen([sys.executable, str(tmp_path / "client.py"), str(root), str(errlog)])
+    client = subprocess.Popen([sys.executable, str(tmp_path / "client.py"), str(root), str(errlog), "run"])
     try:
         trainer = training_pid(root, known=known)
         server = json.loads((root / ".nightlab" / "harness.lock").read_text())["pid"]
@@ -82,3 +84,25 @@ def test_a_client_killed_mid_experiment_stops_its_training_and_the_server(tmp_pa
     assert again.returncode == 0 and "resuming experiment 2: wider" in again.stdout, (
         again.stdout + again.stderr
     )
+
+
+@pytest.mark.slow
+def test_a_client_killed_while_the_baseline_trains_stops_it_too(tmp_path: Path) -> None:
+    root = slow_workspace(tmp_path / "ws", timeout=120)
+    paths = f'"PATH": {os.environ["PATH"]!r}, "PYTHONPATH": {os.environ.get("PYTHONPATH", "")!r}'
+    (tmp_path / "client.py").write_text(CLIENT.replace('"PATH": ""', paths))
+    errlog = tmp_path / "server.err"
+    client = subprocess.Popen([sys.executable, str(tmp_path / "client.py"), str(root), str(errlog), "state"])
+    try:
+        trainer = training_pid(root)
+        server = json.loads((root / ".nightlab" / "harness.lock").read_text())["pid"]
+        os.kill(client.pid, signal.SIGKILL)
+        client.wait(10)
+        assert gone(trainer, within=15) and gone(server, within=15)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    said = errlog.read_text()
+    assert "the client disconnected while the baseline was training" in said, said
+    data = json.loads(nightlab("status", str(root), "--json").stdout)
+    assert [(e["kind"], e["status"]) for e in data["experiments"]] == [("baseline", "interrupted")]

@@ -92,8 +92,12 @@ class Harness:
             self.stopped = training
             stop()
 
+    def _unprepared(self) -> str | None:
+        """What a question trains: the baseline when it is not measured yet, else nothing."""
+        return None if self._prepared else "the baseline"
+
     @contextlib.contextmanager
-    def _busy(self, what: str) -> Iterator[None]:
+    def _busy(self, what: str | None) -> Iterator[None]:
         """The lock, with what it trains named for :meth:`disconnect` and the last line."""
         with self._lock:
             if self.disconnected:  # a call the client sent just before it went: nobody reads it
@@ -113,13 +117,13 @@ class Harness:
     def state(self) -> dict:
         from nightlab.research.tryrun import state_dict
 
-        with self._busy("the baseline"):
+        with self._busy(self._unprepared()):
             self._prepare()
             return state_dict(self.session)
 
     def read_file(self, path: str) -> str:
         clean = _editable(self.session, path)  # before the baseline: a wrong path costs nothing
-        with self._busy("the baseline"):
+        with self._busy(self._unprepared()):
             self._prepare()
             best = self.session.ledger.incumbent(self.session.tag)
             assert best is not None and best.commit is not None
@@ -135,7 +139,7 @@ class Harness:
             raise UserError(
                 f"history: limit {limit}: give 1 or more, the number of recent experiments to show"
             )
-        with self._busy("the baseline"):
+        with self._busy(self._unprepared()):
             self._prepare()
             return history_rows(self.session, limit)
 
