@@ -161,3 +161,15 @@ def test_keras_settings_bound_after_the_model_are_knobs() -> None:
 def test_a_name_bound_again_after_the_leading_block_stays_state() -> None:
     source = "import torch\ntorch.manual_seed(0)\nstep = 0\nwarm = 10\nfor _ in range(3):\n    step += 1\nrun(step, warm)\n"
     assert [k.name for k in find_all_knobs({"train.py": source}).knobs] == ["warm"]
+
+
+def test_options_merged_over_a_loaded_yaml_make_its_keys_dead() -> None:
+    """``cfg.update({k: v for k, v in vars(args).items() if v is not None})`` after loading the
+    YAML: ``--amp`` (store_true, False by default) always overwrites ``amp: true``, yet the YAML's
+    ``amp`` was searched; options whose default is None leave the YAML's value alone."""
+    found = knobs("yaml_over_argparse")
+    assert "amp" not in found
+    assert found["lr"] == 1e-3 and found["batch_size"] == 32 and found["model.depth"] == 4
+    every = files("yaml_over_argparse")
+    every["train.py"] = every["train.py"].replace(" if v is not None})", "})")
+    assert {"lr", "batch_size", "amp"}.isdisjoint(k.name for k in find_all_knobs(every).knobs)

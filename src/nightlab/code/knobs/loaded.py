@@ -3,8 +3,9 @@
 ``cfg = yaml.safe_load(open("config.yaml"))`` and then ``cfg["lr"] = 1e-3`` (or ``cfg.optim.lr =
 args.lr`` on an OmegaConf config): whatever ``config.yaml`` says of ``lr`` never reaches
 training, so an experiment that edits it measures only noise; unless the new value is computed
-from what was loaded (``cfg["lr"] = cfg["lr"] * 2``, or through a variable computed so). :func:`overridden_keys` names such
-keys, per editable config file, from the plain statements (``with`` blocks included) of the
+from what was loaded (``cfg["lr"] = cfg["lr"] * 2``, or through a variable computed so); and
+so are the keys the parsed options are merged over (``cfg.update(vars(args))``, a ``store_true``
+flag's False included). :func:`overridden_keys` names such keys, per editable config file, from the plain statements (``with`` blocks included) of the
 module and of each function of every editable Python file. A literal assigned that way is a knob
 of the Python file (:mod:`.attrs`). The other way round, a loaded config made the parser's
 defaults (timm's ``parser.set_defaults(**cfg)``) leaves dead the ``default=`` of each option it
@@ -43,7 +44,83 @@ def overridden_keys(files: dict[str, str]) -> dict[str, set[str]]:
             loaded: dict[str, str] = {}
             for stmt, handles in _statements(body, {}):
                 _read(stmt, handles, configs, loaded, out)
+        for config, keys in _options_merged_over(tree, configs).items():
+            out.setdefault(config, set()).update(keys)
     return out
+
+
+def _options_merged_over(tree: ast.Module, configs: set[str]) -> dict[str, set[str]]:
+    """The keys of a loaded config that the parsed options overwrite: ``cfg.update(vars(args))``,
+    or ``cfg.update({k: v for k, v in vars(args).items() if v is not None})``, which only an
+    option whose default is not None does (a ``store_true`` flag's False always does: the YAML's
+    ``amp: true`` never applies). The config is the one the loader opens by name, else every
+    editable config file the module names (``default="configs/default.yaml"``)."""
+    options: dict[str, bool] = {}  # dest -> whether its default is None
+    loaded: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and call_name(node) == "add_argument":
+            options.update(_option(node))
+        elif (
+            isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+        ):
+            if isinstance(node.value, ast.Call) and call_name(node.value) in _LOADERS:
+                loaded[node.targets[0].id] = _source(node.value, {})
+    named = {
+        n.value.removeprefix("./")
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.removeprefix("./") in configs
+    }
+    out: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if not (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update"
+        ):
+            continue
+        owner = node.func.value
+        if not (isinstance(owner, ast.Name) and owner.id in loaded and len(node.args) == 1):
+            continue
+        merged, arg = None, node.args[0]
+        if _parsed_namespace(arg):
+            merged = set(options)
+        elif isinstance(arg, ast.DictComp) and len(arg.generators) == 1:
+            generator = arg.generators[0]
+            items = generator.iter
+            if (
+                isinstance(items, ast.Call)
+                and call_name(items) == "items"
+                and isinstance(items.func, ast.Attribute)
+            ):
+                if _parsed_namespace(items.func.value):
+                    skips_none = any("None" in ast.dump(test) for test in generator.ifs)
+                    merged = {dest for dest, none in options.items() if not (skips_none and none)}
+        if merged:
+            for config in {loaded[owner.id]} & configs or named:
+                out.setdefault(config, set()).update(merged)
+    return out
+
+
+def _parsed_namespace(node: ast.expr) -> bool:
+    """``vars(args)`` or ``args.__dict__``."""
+    return (isinstance(node, ast.Call) and call_name(node) == "vars") or (
+        isinstance(node, ast.Attribute) and node.attr == "__dict__"
+    )
+
+
+def _option(call: ast.Call) -> dict[str, bool]:
+    """``{dest: default is None}`` for ``parser.add_argument("--lr", ...)``; {} for a positional."""
+    flags = [a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    longs = [f for f in flags if f.startswith("--")]
+    keywords = {k.arg: k.value for k in call.keywords if k.arg}
+    dest = keywords.get("dest")
+    name = dest.value if isinstance(dest, ast.Constant) else (longs[0][2:] if longs else "")
+    if not isinstance(name, str) or not name:
+        return {}
+    default, action = keywords.get("default"), keywords.get("action")
+    if default is not None:
+        none = isinstance(default, ast.Constant) and default.value is None
+    else:
+        none = not (isinstance(action, ast.Constant) and action.value in ("store_true", "store_false"))
+    return {name.replace("-", "_"): none}
 
 
 def _statements(body: list[ast.stmt], handles: dict[str, str]) -> list[tuple[ast.stmt, dict[str, str]]]:
