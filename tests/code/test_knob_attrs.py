@@ -152,3 +152,20 @@ def test_a_value_computed_from_other_settings_kills_the_default_one_that_may_car
         "args.wd = args.wd * 2\n"
     )
     assert [k.name for k in find_knobs(source)] == ["envs", "lr", "wd"]
+
+
+def test_a_getattr_fallback_is_the_knob_unless_an_option_declares_it() -> None:
+    """fairseq's model architectures: ``args.dropout = getattr(args, "dropout", 0.1)`` fills in
+    what no option set, so its literal is the value that applies; it gave no knob."""
+    source = (
+        "import argparse\n\n\ndef base_architecture(args):\n"
+        "    args.layers = getattr(args, 'layers', 6)\n"
+        "    args.dropout = getattr(args, 'dropout', 0.1)\n\n\n"
+        "def main():\n    p = argparse.ArgumentParser()\n    p.add_argument('--dropout', type=float, default=0.2)\n"
+        "    args = p.parse_args()\n    base_architecture(args)\n"
+    )
+    assert {k.name: (k.value, k.source) for k in find_knobs(source)} == {
+        "layers": (6, "attribute"),
+        "dropout": (0.2, "argparse"),  # the option's default is what args holds
+    }
+    assert "getattr(args, 'layers', 8)" in set_knobs(source, {"layers": 8})

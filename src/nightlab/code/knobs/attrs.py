@@ -8,7 +8,8 @@ taken by another setting). What it replaces is dead and no longer a knob: the ``
 option of that name once ``parse_args()`` has run, the field's default of the class the object
 was built from, or the keyword the call that built it passed. So does a value computed from the
 object's other settings alone (CleanRL's ``args.batch_size = int(args.num_envs *
-args.num_steps)``), which gives no knob itself. An experiment on a dead value measures only noise.
+args.num_steps)``), which gives no knob itself. ``args.dropout = getattr(args, "dropout", 0.1)``
+(fairseq's architectures) gives its fallback literal, unless an option of the file declares it. An experiment on a dead value measures only noise.
 
 Read are the plain statements of the module (and its ``if __name__ == "__main__":`` block) and
 of each function's body, in order; an assignment inside an ``if`` or a loop may not run, and is
@@ -189,6 +190,16 @@ def _assignment(
     origin, name = roots[path[0]], ".".join(path[1:])
     if _MACHINE.match(path[-1]):
         return
+    fallback = _getattr_default(value, path)
+    if fallback is not None:  # fairseq: args.dropout = getattr(args, "dropout", 0.1)
+        if not any(
+            k.source in _PARSED and k.name.lstrip("-").replace("-", "_") == name
+            for k in reader.found.values()
+        ):
+            added = reader.add(name, fallback, stmt, SOURCE, qualified=f"{path[0]}.{name}")
+            if added is not None:
+                mine[(path[0], name)] = added.name
+        return
     if literal(value) is None:
         # args.lr = scaled_lr: the default may still flow in (scaled_lr = args.lr * ...), so it
         # stays a knob; a literal set before is dead unless the new value reads the object.
@@ -237,3 +248,17 @@ def _derived(value: ast.expr, path: list[str]) -> bool:
         if isinstance(node, (ast.Attribute, ast.Subscript)) and assigned_path(node) == path:
             return False
     return True
+
+
+def _getattr_default(value: ast.expr, path: list[str]) -> ast.expr | None:
+    """The literal of ``args.x = getattr(args, "x", 0.1)`` (fairseq's model architectures fill
+    in what no option set): it applies unless an option of the file declares ``x``, whose default
+    the object then holds."""
+    if not (isinstance(value, ast.Call) and call_name(value) == "getattr" and len(value.args) == 3):
+        return None
+    owner, attribute, default = value.args
+    if len(path) != 2 or not (isinstance(owner, ast.Name) and owner.id == path[0]):
+        return None
+    if not (isinstance(attribute, ast.Constant) and attribute.value == path[1]):
+        return None
+    return default if literal(default) is not None else None
