@@ -92,3 +92,38 @@ def test_the_pytorch_mnist_example_end_to_end(tmp_path: Path) -> None:
     assert {"no_cuda", "no_mps", "dry_run", "seed", "epochs", "log_interval", "save_model"} <= set(
         space.pinned
     )
+
+
+def test_a_lightning_cli_script_runs_its_fit_subcommand(tmp_path: Path) -> None:
+    """``LightningCLI(Model, Data)`` without a subcommand prints its usage and exits 2: init
+    wrote ``run = "python main.py"``, so every run failed."""
+    folder = copy("lightning_cli", tmp_path)
+    init_script(folder, "main.py")
+    config = load_config(folder)
+    assert config.target.run == "python main.py fit"
+    files = {"main.py": (folder / "main.py").read_text()}
+    space = build_space(files, SearchSettings(), command=config.target.run)
+    assert {d.knob for d in space.dims} == {"model.lr", "model.hidden", "data.batch_size"}
+
+
+def test_a_lightning_module_and_its_trainer(tmp_path: Path) -> None:
+    """A LightningModule with save_hyperparameters, built as ``LitResNet(lr=0.1, hidden_dim=512,
+    max_epochs=args.epochs)``: the values the call passes are the knobs, the Trainer's machine
+    settings and the seed are not searched."""
+    folder = copy("lightning", tmp_path)
+    init_script(folder, "train.py")
+    config = load_config(folder)
+    assert config.target.run == "python train.py"
+    files = {"train.py": (folder / "train.py").read_text()}
+    space = build_space(files, SearchSettings(), command=config.target.run)
+    searched = {d.knob for d in space.dims}
+    assert {
+        "lr",
+        "hidden_dim",
+        "batch_size",
+        "weight_decay",
+        "dropout",
+        "Trainer.gradient_clip_val",
+    } <= searched
+    assert space.knobs["lr"].value == 0.1 and space.knobs["hidden_dim"].value == 512  # what the call passes
+    assert not searched & {"seed", "epochs", "num_workers", "data_dir", "Trainer.devices"}

@@ -99,15 +99,30 @@ def metric_pattern(printed: str) -> str:
 
 def run_command(script: str, text: str) -> str:
     """``python train.py``; ``python -m pkg.train`` for a script of a package that imports
-    relatively (``from .model import Net``), which fails when run as a file."""
+    relatively (``from .model import Net``), which fails when run as a file; ``... fit`` for a
+    ``LightningCLI`` script."""
     try:
         tree = ast.parse(text)
     except SyntaxError:
         return f"python {script}"
     relative = any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+    command = f"python {script}"
     if relative and "/" in script:
-        return f"python -m {script[: -len('.py')].replace('/', '.')}"
-    return f"python {script}"
+        command = f"python -m {script[: -len('.py')].replace('/', '.')}"
+    return command + (" fit" if _lightning_cli_subcommand(tree) else "")
+
+
+def _lightning_cli_subcommand(tree: ast.Module) -> bool:
+    """Whether the script runs a ``LightningCLI`` that wants a subcommand (``fit``), as it does
+    unless built with ``run=False``: without one it prints its usage and exits 2."""
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", "")) == "LightningCLI"
+        ):
+            run = next((k.value for k in node.keywords if k.arg == "run"), None)
+            return not (isinstance(run, ast.Constant) and run.value is False)
+    return False
 
 
 def local_modules(directory: Path, script: str) -> list[str]:
