@@ -7,7 +7,7 @@ from __future__ import annotations
 import tomllib
 import yaml
 
-from nightlab.code.knobs import find_knobs, set_knobs
+from nightlab.code.knobs import find_knobs, set_all_knobs, set_knobs
 
 CONFIG = """\
 optim:
@@ -58,3 +58,19 @@ def test_a_toml_array_over_several_lines_is_one_knob_rewritten_in_place() -> Non
     out = set_knobs(text, {"betas": [0.8, 0.99]}, "config.toml")
     assert out == text.replace("0.9,", "0.8,").replace("0.98,", "0.99,")
     assert tomllib.loads(out)["betas"] == [0.8, 0.99]
+
+
+def test_a_block_list_given_another_length_stays_a_block_list() -> None:
+    """``[scales.*] constants`` may give a list another length: a block list at column 0
+    (``layers:`` then ``- 1``) was rewritten as ``[1]`` at column 0, which is no YAML."""
+    text = "model:\n  widths:\n    - 64\n    - 128\n  lr: 0.1\nlayers:\n- 1\n- 2\ntop: 3\n"
+    out = set_all_knobs({"c.yaml": text}, {"model.widths": [64, 128, 256], "layers": [8, 16, 32]})["c.yaml"]
+    assert (
+        out
+        == "model:\n  widths:\n    - 64\n    - 128\n    - 256\n  lr: 0.1\nlayers:\n- 8\n- 16\n- 32\ntop: 3\n"
+    )
+    assert yaml.safe_load(out) == {
+        "model": {"widths": [64, 128, 256], "lr": 0.1},
+        "layers": [8, 16, 32],
+        "top": 3,
+    }

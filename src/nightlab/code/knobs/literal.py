@@ -35,7 +35,12 @@ def format_value(old_text: str, new_value: KnobValue, syntax: str = "python") ->
                 out = out[: match.start()] + format_value(match.group(), value, syntax) + out[match.end() :]
             return out
         first = elements[0].group() if elements else "0"
-        return "[" + ", ".join(format_value(first, v, syntax) for v in new_value) + "]"
+        written = [format_value(first, v, syntax) for v in new_value]
+        if syntax == "yaml" and old.startswith("-") and len(elements) > 1 and written:
+            # a block list stays one: `layers:` then `- 1` at column 0 cannot take a flow list
+            between = masked[elements[0].end() : elements[1].start()]
+            return old[: elements[0].start()] + re.sub(r"[ \t]+\n", "\n", between).join(written)
+        return "[" + ", ".join(written) + "]"
     if isinstance(new_value, bool):
         return "true" if new_value else "false"
     if isinstance(new_value, str):
