@@ -304,3 +304,25 @@ def test_a_multiplier_below_one_stays_below_it_whatever_its_value(name: str) -> 
     domain = infer_domain(name, 0.7)
     assert domain is not None and domain.high < 1.0 and domain.low == pytest.approx(0.07)
     assert infer_domain("focal_gamma", 2.0).high == 20.0  # a multiplier above 1 is no decay
+
+
+@pytest.mark.parametrize(
+    ("name", "pinned"),
+    [
+        ("zero_optimization.stage", True),
+        ("zero_optimization.reduce_bucket_size", True),
+        ("zero_optimization.overlap_comm", True),
+        ("fp16.loss_scale_window", True),
+        ("fp16.initial_scale_power", True),
+        ("steps_per_print", True),
+        ("wall_clock_breakdown", True),
+        ("fp16", False),
+        ("TrainingArguments.fp16", False),
+        ("optimizer.params.weight_decay", False),
+        ("gradient_clipping", False),
+    ],
+)
+def test_a_deepspeed_configs_engine_settings_are_pinned(name: str, pinned: bool) -> None:
+    """A ds_config.json that init --script made editable: ZeRO's stage, buckets and overlap, fp16
+    loss scaling, the print interval were searched (twelve knobs of the machine, none of the model)."""
+    assert (default_pin(name) == PIN_DEFAULT) is pinned

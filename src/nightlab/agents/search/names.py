@@ -37,6 +37,13 @@ _PINNED_BY_DEFAULT = re.compile(
 # search that flips it spends a run on nothing. Word parts, not substrings: `SAVE` must not
 # catch a name that merely contains the letters.
 _CHECKPOINT = re.compile(r"(^|_)(CHECKPOINT|CKPT)|(^|_)(SAVE[SD]?|SAVING)(_|$)")
+# A DeepSpeed config's engine sections (ZeRO's buckets and overlap, fp16 loss scaling, profilers)
+# and its print interval and timing breakdown: how the machine runs the step, never the model. A
+# ds_config.json read through init --script had twelve of them searched.
+_ENGINE = re.compile(
+    r"^(ZERO_OPTIMIZATION|FP16|BF16|AMP|ACTIVATION_CHECKPOINTING|FLOPS_PROFILER|COMMS_LOGGER|AIO)_"
+    r"|(^|_)(STEPS_PER_PRINT|WALL_CLOCK_BREAKDOWN|BUCKET_SIZE)$"
+)
 # Knobs that size or select the data split or the evaluation: how much is held out (VAL_FRACTION,
 # N_VAL, data.n_val), which cross-validation folds (n_fold, trn_fold), how it is evaluated (EVAL_ITERS, eval.batch_size, TEST_SIZE), and how much
 # data the model trains on (_DATA_SIZE: N_TRAIN, TRAIN_SIZE, NUM_SAMPLES, DATASET_SIZE). Moving
@@ -121,7 +128,7 @@ def default_pin(name: str) -> str | None:
         return PIN_BUDGET  # N_TRAIN_STEPS is a budget before a data size
     if _DATA_SIZE.search(words):
         return PIN_MEASURED
-    if _PINNED_BY_DEFAULT.search(hint_name(name)) or _CHECKPOINT.search(words):
+    if _PINNED_BY_DEFAULT.search(hint_name(name)) or _CHECKPOINT.search(words) or _ENGINE.search(words):
         return PIN_DEFAULT
     return None
 
