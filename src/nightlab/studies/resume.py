@@ -205,12 +205,17 @@ def study_states(ledger: Ledger, tag: str, running_kind: str | None) -> list[dic
             "runs": sum(len([x for x in ledger.runs(r.id) if x.role is None]) for r in rows),
         }
         if state == "interrupted":
-            item["resume"] = resume_hint(rows[0].kind, meta, ledger.path.parent.parent)
+            item["resume"] = resume_hint(rows, ledger.path.parent.parent)
         out.append(item)
     return out
 
 
-def resume_hint(kind: str, meta: dict, root: Path) -> str:
-    """What takes an interrupted study up: the same command, with the same options."""
-    scale = f" --scale {shell_word(str(meta['scale']))}" if meta.get("scale") else ""
-    return f"`nightlab {kind} {shell_word(root)}{scale}` again, with the options it had, goes on where it stopped"
+def resume_hint(rows: Sequence[ExperimentRow], root: Path) -> str:
+    """What takes an interrupted study up: the same command, with the same options (those its
+    experiments recorded named: the scale, time to target)."""
+    metas = [r.meta for r in rows if isinstance(r.meta, dict)]
+    scale = next((m["scale"] for m in metas if m.get("scale")), None)
+    words = f" --scale {shell_word(str(scale))}" if scale else ""
+    if any(m.get("mode") == "time_to_target" for m in metas):
+        words += " --time-to-target"
+    return f"`nightlab {rows[0].kind} {shell_word(root)}{words}` again, with the options it had, goes on where it stopped"

@@ -267,7 +267,7 @@ def studies(ledger: Ledger, view: View) -> list[dict]:
             "arms": [],
         }
         if state == "interrupted":
-            study["resume"] = resume_hint(rows[0].kind, meta, ledger.path.parent.parent)
+            study["resume"] = resume_hint(rows, ledger.path.parent.parent)
         for e in rows:
             arm_meta = e.meta if isinstance(e.meta, dict) else {}
             runs = e.n_runs or 0
