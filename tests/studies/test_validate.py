@@ -340,6 +340,21 @@ def test_crossing_interpolates_and_marks_runs_that_never_reach() -> None:
     assert hours.text == "2.02 h → 1.80 h, −11%"
 
 
+def test_the_confidence_interval_of_a_speedup_never_passes_minus_100_percent() -> None:
+    """Two seeds a side, B much faster and noisy: the CI of the difference over A's mean read
+    "95% CI −256% … +125%", a time below zero. The ratio's CI (log scale) stays above −100%."""
+    from nightlab.studies.time_to_target import Crossing, speedup
+
+    sp = speedup([Crossing(100.0, None, True), Crossing(101.0, None, True)],
+                 [Crossing(20.0, None, True), Crossing(50.0, None, True)], "time")  # fmt: skip
+    assert sp is not None and sp.ci_low is not None and sp.ci_high is not None
+    assert -1 < sp.ci_low < sp.change < sp.ci_high, sp
+    steady = speedup([Crossing(s, None, True) for s in (100.0, 101.0, 99.0)],
+                     [Crossing(s, None, True) for s in (50.0, 51.0, 49.5)], "time")  # fmt: skip
+    assert steady is not None and -0.53 < steady.ci_low < steady.change < steady.ci_high < -0.47
+    assert steady.p_value is not None and steady.p_value < 0.001
+
+
 def test_learning_curve_axis_follows_the_budget_unit(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
