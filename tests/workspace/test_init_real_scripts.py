@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 from helpers import git, nightlab
@@ -127,3 +128,18 @@ def test_a_lightning_module_and_its_trainer(tmp_path: Path) -> None:
     } <= searched
     assert space.knobs["lr"].value == 0.1 and space.knobs["hidden_dim"].value == 512  # what the call passes
     assert not searched & {"seed", "epochs", "num_workers", "data_dir", "Trainer.devices"}
+
+
+def test_a_script_whose_path_has_a_space_or_a_quote_runs(tmp_path: Path) -> None:
+    """``my exp/train v2.py``: the run command was ``python my exp/train v2.py`` (python looked
+    for ``my``), and a ``"`` in a name ended nightlab.toml's string early."""
+    (tmp_path / "my exp").mkdir()
+    for name in ("train v2.py", 'say "hi".py'):
+        script = tmp_path / "my exp" / name
+        script.write_text("import os\nprint('val_loss:', 0.25)\n")
+        (tmp_path / "nightlab.toml").unlink(missing_ok=True)
+        init_script(tmp_path, f"my exp/{name}")
+        config = load_config(tmp_path)
+        assert config.target.editable == [f"my exp/{name}"]
+        ran = subprocess.run(["bash", "-c", config.target.run], cwd=tmp_path, capture_output=True, text=True)
+        assert ran.returncode == 0 and "val_loss: 0.25" in ran.stdout, ran.stderr

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -104,9 +105,9 @@ def run_command(script: str, text: str) -> str:
     try:
         tree = ast.parse(text)
     except SyntaxError:
-        return f"python {script}"
+        return f"python {shlex.quote(script)}"
     relative = any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
-    command = f"python {script}"
+    command = f"python {shlex.quote(script)}"  # a folder or file name with a space stays one word
     if relative and "/" in script:
         command = f"python -m {script[: -len('.py')].replace('/', '.')}"
     return command + (" fit" if _lightning_cli_subcommand(tree) else "")
@@ -305,8 +306,8 @@ def script_config(
 ) -> str:
     """The text of a nightlab.toml for ``script`` whose log prints ``printed`` before the metric;
     ``editable`` defaults to the script alone."""
-    run = run or f"python {script}"
-    files = ", ".join(f'"{f}"' for f in (editable or [script]))
+    run = run or f"python {shlex.quote(script)}"
+    files = ", ".join(_toml_string(f) for f in (editable or [script]))
     direction = "maximize" if looks_like_a_score(metric) else "minimize"
     pattern = metric_pattern(printed).replace("'", "\\x27")
     return f"""\
@@ -315,7 +316,7 @@ def script_config(
 # what the agent may change: the script, the modules it imports and the config files it reads; add others
 editable = [{files}]
 frozen = []                       # files that must not change (an evaluation script, data preparation)
-run = "{run}"
+run = {_toml_string(run)}
 # setup = "python prepare.py"     # run once before the runs (data, a tokenizer), its output linked into each run
 # outputs = ["checkpoints/**"]    # files a run may write in its working directory
 
@@ -332,6 +333,11 @@ pattern = '{pattern}'
 [agent]
 kind = "search"                   # no API key needed; see `nightlab agent show-space .`
 """
+
+
+def _toml_string(text: str) -> str:
+    """``text`` as a TOML basic string: a quote or a backslash in a path must not end it."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def init_script(directory: Path, script: str, metric: str | None = None) -> tuple[str, str, list[str]]:
