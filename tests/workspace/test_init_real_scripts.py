@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from helpers import git, nightlab
 from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import build_space
@@ -143,3 +145,49 @@ def test_a_script_whose_path_has_a_space_or_a_quote_runs(tmp_path: Path) -> None
         assert config.target.editable == [f"my exp/{name}"]
         ran = subprocess.run(["bash", "-c", config.target.run], cwd=tmp_path, capture_output=True, text=True)
         assert ran.returncode == 0 and "val_loss: 0.25" in ran.stdout, ran.stderr
+
+
+def space_of(folder: Path) -> tuple[set[str], set[str]]:
+    """The knobs searched and the knobs pinned in the workspace ``folder``, as show-space has them."""
+    config = load_config(folder)
+    files = {p: (folder / p).read_text() for p in config.target.editable}
+    space = build_space(files, SearchSettings(), command=config.target.run)
+    return {d.knob for d in space.dims}, set(space.pinned)
+
+
+@pytest.mark.parametrize(
+    ("name", "script", "searched", "pinned"),
+    [
+        (
+            "hf_trainer", "train_hf.py",
+            {"TrainingArguments.learning_rate", "TrainingArguments.per_device_train_batch_size",
+             "TrainingArguments.weight_decay", "TrainingArguments.warmup_ratio", "TrainingArguments.lr_scheduler_type"},
+            {"TrainingArguments.num_train_epochs"},
+        ),
+        ("hf_argparser", "run_classification.py", {"classifier_dropout"}, {"max_seq_length", "preprocessing_num_workers"}),
+        ("xgb", "train.py", {"max_depth", "eta", "subsample", "colsample_bytree", "lambda"}, {"SEED", "nthread"}),
+        ("wandb_sweep", "train.py", {"learning_rate", "batch_size", "dropout", "hidden"}, {"epochs"}),
+        ("simple_parsing", "train.py", {"lr", "batch_size", "weight_decay", "warmup_steps", "optimizer"}, {"seed"}),
+        ("accelerate", "train.py", {"lr", "batch_size"}, {"seed", "num_epochs"}),
+        (
+            "omegaconf", "train.py",
+            {"model.depth", "model.width", "model.dropout", "optim.lr", "optim.betas", "optim.weight_decay"},
+            {"seed", "trainer.max_steps", "trainer.devices"},
+        ),
+        (
+            "deepspeed", "train.py", {"TrainingArguments.learning_rate"},
+            {"zero_optimization.stage", "zero_optimization.reduce_bucket_size", "fp16.loss_scale_window", "steps_per_print"},
+        ),
+    ],
+)  # fmt: skip
+def test_the_shapes_researchers_write_are_searched_where_the_method_is(
+    tmp_path: Path, name: str, script: str, searched: set[str], pinned: set[str]
+) -> None:
+    """init --script, then show-space's space: the method's settings searched, the seed, the
+    budget and the machine pinned (what each shape got wrong is in the commits that added it)."""
+    folder = copy(name, tmp_path)
+    init_script(folder, script)
+    found, held = space_of(folder)
+    assert searched <= found, searched - found
+    assert pinned <= held, pinned - held
+    assert not found & pinned
