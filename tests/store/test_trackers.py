@@ -185,8 +185,11 @@ def test_export_to_wandb_offline_reads_back_with_wandb_tooling(night: Path) -> N
     session = _inspect(files["session"], "--summary")
     assert session["summary"]["experiments"] == status["total"] and session["summary"]["kept"] == 1
     assert _files_with(night, WANDB_KEY) == []
+    folders = sorted(p.name for p in folder.glob("offline-run-*"))
     again = nightlab("export", str(night), "--to", "wandb", "-o", "mode=offline", env=env)
     assert "wandb: 0 experiments" in again.stdout
+    # Nothing new, nothing written: each export wrote one more session run for `wandb sync`.
+    assert sorted(p.name for p in folder.glob("offline-run-*")) == folders
 
 
 def _wandb() -> str:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,6 +77,7 @@ class WandbTracker(Tracker):
         self.dir = target.state_dir / "wandb"
         self.session: SessionRecord | None = None
         self._prefix = ""
+        self._logged = 0  # experiments sent since open_session
 
     # -- bookkeeping -------------------------------------------------------------------------
     @property
@@ -127,6 +129,7 @@ class WandbTracker(Tracker):
     def open_session(self, session: SessionRecord) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.session = session
+        self._logged = 0
         digest = hashlib.sha1(f"{self.target.root.resolve()}:{session.tag}".encode()).hexdigest()[:8]
         self._prefix = f"nl-{_safe(session.tag)}-{digest}"
 
@@ -169,9 +172,38 @@ class WandbTracker(Tracker):
         finally:
             run.finish(exit_code=1 if record.failed else 0)
         self._remember(record.id)
+        self._logged += 1
+
+    @property
+    def _sessions_file(self) -> Path:
+        return self.dir / "sessions.json"
+
+    def _session_sent(self, key: str, digest: str) -> bool:
+        """Whether this tag's summary run was already written as it stands (``digest``)."""
+        try:
+            data = json.loads(self._sessions_file.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and data.get(key) == digest
+
+    def _remember_session(self, key: str, digest: str) -> None:
+        try:
+            data = json.loads(self._sessions_file.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data = data if isinstance(data, dict) else {}
+        data[key] = digest
+        tmp = self._sessions_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self._sessions_file)
 
     def close(self, session: SessionRecord | None = None) -> None:
         if session is None or self.session is None:
+            return
+        # Written again only when it changed: offline, every write is one more run folder for
+        # `wandb sync` (an export that sent nothing left a new session folder each time).
+        digest = hashlib.sha1(json.dumps([self._prefix, asdict(session)], default=str).encode()).hexdigest()
+        if not self._logged and self._session_sent(self._key(), digest):
             return
         run = self._init(f"{self._prefix}-session", name=f"nightlab/{session.tag}", job_type="session",
                          config={"workspace": session.workspace, "metric": session.metric_name,
@@ -187,6 +219,7 @@ class WandbTracker(Tracker):
             run.summary.update({k: v for k, v in values.items() if v is not None})
         finally:
             run.finish()
+        self._remember_session(self._key(), digest)
 
 
 def _make(settings: WandbSettings, target: TrackerTarget) -> WandbTracker:
