@@ -14,7 +14,7 @@ from helpers import git, nightlab
 from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import build_space
 from nightlab.config import load_config
-from nightlab.workspace.script_init import guess_metric, init_script
+from nightlab.workspace.script_init import guess_metric, init_script, script_notes
 
 SCRIPTS = Path(__file__).parent.parent / "fixtures" / "scripts"
 
@@ -191,3 +191,19 @@ def test_the_shapes_researchers_write_are_searched_where_the_method_is(
     assert searched <= found, searched - found
     assert pinned <= held, pinned - held
     assert not found & pinned
+
+
+def test_a_setting_read_from_the_environment_without_a_default_is_noted(tmp_path: Path) -> None:
+    """``LR = float(os.environ["LR"])``, driven by a sweep launcher: ``python train.py`` fails with
+    a KeyError in every run, and the learning rate is no knob; init said nothing of it."""
+    (tmp_path / "train.py").write_text(
+        "import os\nLR = float(os.environ['LR'])\n"
+        "BS = int(os.environ['BS']) if 'BS' in os.environ else 64\n"
+        "rank = int(os.environ['LOCAL_RANK'])\nprint('val_loss', LR)\n"
+    )
+    init_script(tmp_path, "train.py")
+    notes = [n for n in script_notes(tmp_path, "train.py") if "environment" in n]
+    assert notes == [
+        "note: train.py:2 reads LR from the environment with no default: a run fails without it, "
+        "and no edit can search it; give a default (os.environ.get('LR', ...))"
+    ]

@@ -12,14 +12,10 @@ they spell (``config.yaml``, a Hydra ``config_path`` folder: :func:`config_files
 they name without importing it (nanoGPT's ``exec(open('configurator.py').read())``) is committed,
 not editable (:func:`named_scripts`). Other files are never staged: a folder of a user's may hold data or checkpoints.
 
-The metric is the name given with ``--metric``, else the first validation metric the script's
-text names (``val_loss``, ``valid_acc``, ``test_ppl``, ``eval loss``, ``val_acc1``, ``eval_return``
-...), in what it prints first (or a split word and a measure a few words apart there: the
-PyTorch MNIST example's ``Test set: Average loss``, named ``test_loss``), then in the modules it
-imports (flax's main.py calls train.py, which prints). Its direction comes from
-its words (:func:`nightlab.config.looks_like_a_score`), and the pattern reads the number after
-the name however it is printed (``val_loss: 0.5``, ``val_loss=0.5``, ``val loss 0.5``, JSON's
-``"val_loss": 0.5``, a logging line on stderr).
+The metric is the name given with ``--metric``, else the one the script prints
+(:mod:`nightlab.workspace.script_metric`); its direction comes from its words
+(:func:`nightlab.config.looks_like_a_score`). A setting the script reads from the environment
+with no default is noted (:func:`script_notes`): every run fails without it.
 """
 
 from __future__ import annotations
@@ -31,71 +27,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from nightlab.code.knobs.envdefault import SET_BY_HARNESS
 from nightlab.config import looks_like_a_score
 from nightlab.errors import UserError
 from nightlab.workspace.init import commit_all, git_step
+from nightlab.workspace.script_metric import guess_metric, metric_name, metric_pattern
 
 CONFIG_NAME = "nightlab.toml"
 IGNORED = ".nightlab/"
-# A validation metric as scripts name it in what they print: a split word, then what is measured.
-# A number may follow (timm's val_acc1, val_top5, acc@1); an agent's evaluation is a return or reward.
-_METRIC = re.compile(
-    r"\b((?:val|valid|validation|dev|eval|test)[_ ]?"
-    r"(?:loss|acc|accuracy|bpb|bpc|ppl|perplexity|nll|error|err|f1|auc|mse|rmse|mae|top|score"
-    r"|return|reward)(?:@?\d+)?)\b",
-    re.IGNORECASE,
-)
-# The PyTorch MNIST example prints its test_loss as "Test set: Average loss: 0.0345": a split
-# word and a measure a few words apart in one printed string.
-_PHRASE = re.compile(
-    r"\b((?:val|valid|validation|dev|eval|test)\b[ \w:]{0,24}?\b"
-    r"(?:loss|acc|accuracy|ppl|perplexity|error|f1|auc|mse|rmse|mae|score|return|reward))\b",
-    re.IGNORECASE,
-)
-_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
-
-
-def guess_metric(*texts: str) -> str | None:
-    """The first validation metric ``texts`` name (see the module docstring), or None: the first
-    a string of theirs names, what a script prints (``f"val_loss: {loss}"``), before the first
-    their code names (a variable ``test_loss`` may be printed as ``Test set: Average loss``, which
-    a pattern for ``test_loss`` never reads), the script's text before the modules it imports."""
-    for pattern in (_METRIC, _PHRASE):
-        for text in texts:
-            match = pattern.search("\n".join(_strings(text)))
-            if match:
-                return match.group(1)
-    for text in texts:
-        match = _METRIC.search(text)
-        if match:
-            return match.group(1)
-    return None
-
-
-def _strings(text: str) -> list[str]:
-    """The string constants of the Python ``text`` (an f-string's literal parts included); none
-    when it does not parse."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, RecursionError, ValueError):
-        return []
-    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-
-
-def metric_name(printed: str) -> str:
-    """The metric's name for what the log prints before its number: ``val_loss`` as printed, and
-    ``test_loss`` for ``Test set: Average loss``."""
-    phrase = _PHRASE.fullmatch(printed)
-    if phrase and not _METRIC.fullmatch(printed):
-        words = re.findall(r"\w+", printed)
-        printed = f"{words[0]}_{words[-1]}".lower()
-    return re.sub(r"\W+", "_", printed).strip("_") or "metric"
-
-
-def metric_pattern(printed: str) -> str:
-    """A pattern for the number printed after ``printed``: ``val_loss: 0.5``, ``val_loss=0.5``,
-    ``val_loss 0.5``, ``"val_loss": 0.5``; one capture group, as ``[metric] pattern`` needs."""
-    return re.escape(printed).replace("\\ ", "[ _]") + r"""["']?\s*[:=]?\s*""" + _NUMBER
 
 
 def run_command(script: str, text: str) -> str:
@@ -423,7 +362,38 @@ def script_notes(directory: Path, script: str) -> list[str]:
             f"note: {script} does not read NIGHTLAB_BUDGET_SECONDS: train until "
             "float(os.environ['NIGHTLAB_BUDGET_SECONDS']) seconds are spent, so every run costs the same"
         )
+    for module in local_modules(directory, script):
+        for line, key in _required_environment((directory / module).read_text(errors="replace")):
+            notes.append(
+                f"note: {module}:{line} reads {key} from the environment with no default: a run fails "
+                f"without it, and no edit can search it; give a default (os.environ.get('{key}', ...))"
+            )
     return notes
+
+
+def _required_environment(text: str) -> list[tuple[int, str]]:
+    """``(line, name)`` of each ``os.environ["LR"]`` read unguarded (no ``"LR" in os.environ``
+    test anywhere) of a variable neither nightlab nor a launcher sets."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, RecursionError, ValueError):
+        return []
+    guarded = {
+        n.left.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Compare) and isinstance(n.left, ast.Constant) and isinstance(n.left.value, str)
+    }
+    return [
+        (n.lineno, n.slice.value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Subscript)
+        and isinstance(n.ctx, ast.Load)
+        and getattr(n.value, "attr", getattr(n.value, "id", "")) == "environ"
+        and isinstance(n.slice, ast.Constant)
+        and isinstance(n.slice.value, str)
+        and n.slice.value not in guarded
+        and not SET_BY_HARNESS.search(n.slice.value)
+    ]
 
 
 def _check_parses(path: Path, rel: str) -> None:

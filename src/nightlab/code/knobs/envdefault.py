@@ -12,7 +12,7 @@ import re
 from nightlab.code.knobs.reader import call_name
 
 # Variables the harness or a launcher sets for every run: a default read from one never applies.
-_SET_BY_HARNESS = re.compile(
+SET_BY_HARNESS = re.compile(
     r"^(NIGHTLAB_|OMP_|MKL_|CUDA_|PYTORCH_|TORCH|MASTER_|WANDB_|HF_)|RANK$|^WORLD_SIZE$"
 )
 
@@ -78,7 +78,7 @@ def _variable(node: ast.expr) -> str:
     variable = node.args[0]
     if not isinstance(variable, ast.Constant) or not isinstance(variable.value, str):
         return ""
-    return "" if _SET_BY_HARNESS.search(variable.value) else variable.value
+    return "" if SET_BY_HARNESS.search(variable.value) else variable.value
 
 
 def _given_default(node: ast.expr) -> ast.expr | None:
@@ -100,7 +100,7 @@ def _unless_set(node: ast.IfExp) -> ast.expr | None:
     key, where = test.left, test.comparators[0]
     if not (isinstance(key, ast.Constant) and isinstance(key.value, str)) or call_name(where) != "environ":
         return None
-    if _SET_BY_HARNESS.search(key.value):
+    if SET_BY_HARNESS.search(key.value):
         return None
     if isinstance(test.ops[0], ast.In):
         return node.orelse if isinstance(node.orelse, ast.Constant) else None
