@@ -173,3 +173,19 @@ def test_options_merged_over_a_loaded_yaml_make_its_keys_dead() -> None:
     every = files("yaml_over_argparse")
     every["train.py"] = every["train.py"].replace(" if v is not None})", "})")
     assert {"lr", "batch_size", "amp"}.isdisjoint(k.name for k in find_all_knobs(every).knobs)
+
+
+def test_a_yaml_merged_over_a_structured_config_makes_its_fields_defaults_dead() -> None:
+    """``OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load("config.yaml"))``: the
+    YAML's ``lr`` wins, yet the dataclass's ``lr: float = 3e-4`` was searched beside it."""
+    script = (
+        "from dataclasses import dataclass\nfrom omegaconf import OmegaConf\n\n\n@dataclass\nclass Config:\n"
+        "    lr: float = 3e-4\n    batch_size: int = 64\n\n\n"
+        "def main():\n    base = OmegaConf.load('config.yaml')\n"
+        "    cfg = OmegaConf.merge(OmegaConf.structured(Config), base, OmegaConf.from_cli())\n    print(cfg)\n"
+    )
+    found = find_all_knobs({"train.py": script, "config.yaml": "lr: 1.0e-3\n"})
+    assert {k.name: (k.path, k.value) for k in found.knobs} == {
+        "lr": ("config.yaml", 1e-3),
+        "batch_size": ("train.py", 64),  # the YAML leaves it alone
+    }

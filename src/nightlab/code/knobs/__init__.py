@@ -40,7 +40,7 @@ from nightlab.code.knobs.command import command_words, set_by_command
 from nightlab.code.knobs.files import json_knobs, toml_knobs, yaml_knobs
 from nightlab.code.knobs.hydra import HYDRA_SOURCE, hydra_layouts
 from nightlab.code.knobs.literal import format_literal, format_value
-from nightlab.code.knobs.loaded import overridden_keys, parser_defaults
+from nightlab.code.knobs.loaded import overridden_keys, parser_defaults, structured_under
 from nightlab.code.knobs.model import Knob, KnobValue
 from nightlab.code.knobs.python import python_knobs
 from nightlab.code.knobs.structured import Found, placements
@@ -280,6 +280,13 @@ def _find_all(originals: dict[str, str], files: dict[str, str], command: str) ->
         for config in configs
         for k in read.get(config, [])
     }
+    # OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load("config.yaml")): the YAML wins
+    under = {
+        (path, k.name)
+        for path, configs in structured_under(files).items()
+        for config in configs
+        for k in read.get(config, [])
+    }
     for path in sorted(files):
         if path in layouts:
             layout = layouts[path]
@@ -295,6 +302,8 @@ def _find_all(originals: dict[str, str], files: dict[str, str], command: str) ->
                 if (path, knob.name) in dead or _replaced(knob.name, replaced.get(path, set())):
                     continue  # a config file the run command names, or the script, sets it again
                 option = knob.name.lstrip("-").replace("-", "_")
+                if knob.source == "dataclass" and (path, knob.name) in under:
+                    continue
                 if knob.source in _OPTIONS and (
                     (path, option) in defaulted or any(p != path and n == option for p, n in forced)
                 ):

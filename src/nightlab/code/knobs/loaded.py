@@ -9,7 +9,8 @@ flag's False included). :func:`overridden_keys` names such keys, per editable co
 module and of each function of every editable Python file. A literal assigned that way is a knob
 of the Python file (:mod:`.attrs`). The other way round, a loaded config made the parser's
 defaults (timm's ``parser.set_defaults(**cfg)``) leaves dead the ``default=`` of each option it
-sets: :func:`parser_defaults`.
+sets: :func:`parser_defaults`; and an OmegaConf merge of a loaded config over a structured one
+leaves dead the dataclass defaults it sets: :func:`structured_under`.
 """
 
 from __future__ import annotations
@@ -252,4 +253,61 @@ def _merged_into_options(node: ast.AST) -> str:
     )
     if node.func.attr == "update" and on_args and len(node.args) == 1 and isinstance(node.args[0], ast.Name):
         return node.args[0].id
+    return ""
+
+
+def structured_under(files: dict[str, str]) -> dict[str, set[str]]:
+    """``{python file: {config file, ...}}``: the editable config files an OmegaConf merge puts
+    over a dataclass's defaults (``OmegaConf.merge(OmegaConf.structured(Config),
+    OmegaConf.load("config.yaml"))``): a field the file sets has a default that never applies.
+    The config is the one the load names, else every editable config file the module names."""
+    configs = {path for path in files if path.endswith(_CONFIG_SUFFIXES)}
+    out: dict[str, set[str]] = {}
+    for path, text in files.items() if configs else ():
+        if not path.endswith(".py") or "structured" not in text:
+            continue
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, RecursionError):
+            continue
+        loaded = {  # cfg_file = OmegaConf.load(...): the variable, and the file it names
+            n.targets[0].id: _source(n.value, {})
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Assign)
+            and len(n.targets) == 1
+            and isinstance(n.targets[0], ast.Name)
+            and isinstance(n.value, ast.Call)
+            and call_name(n.value) in _LOADERS
+        }
+        named = {
+            n.value.removeprefix("./")
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Constant)
+            and isinstance(n.value, str)
+            and n.value.removeprefix("./") in configs
+        }
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and call_name(node) == "merge"):
+                continue
+            kinds = [_merged_part(arg, loaded) for arg in node.args]
+            structured = kinds.index("structured") if "structured" in kinds else len(kinds)
+            for part, arg in list(zip(kinds, node.args, strict=True))[structured + 1 :]:
+                if part == "loaded":
+                    source = arg if isinstance(arg, ast.Call) else None
+                    by_name = (
+                        _source(source, {}) if source is not None else loaded.get(getattr(arg, "id", ""), "")
+                    )
+                    out.setdefault(path, set()).update({by_name} & configs or named)
+    return out
+
+
+def _merged_part(node: ast.expr, loaded: dict[str, str]) -> str:
+    """``structured`` for ``OmegaConf.structured(...)``, ``loaded`` for a config loaded from a
+    file (a call or a variable holding one); "" for anything else (``OmegaConf.from_cli()``)."""
+    if isinstance(node, ast.Call) and call_name(node) == "structured":
+        return "structured"
+    if (isinstance(node, ast.Call) and call_name(node) in _LOADERS) or (
+        isinstance(node, ast.Name) and node.id in loaded
+    ):
+        return "loaded"
     return ""
