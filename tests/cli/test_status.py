@@ -246,3 +246,17 @@ def test_a_lost_or_emptied_ledger_is_never_started_afresh_over_the_nights_record
         assert record.read_text() == kept
     assert nightlab("recover", str(root)).returncode == 0
     assert json.loads(nightlab("status", str(root), "--json").stdout)["tag"] == "t"
+
+
+def test_a_ledger_left_empty_by_a_refused_study_reads_as_no_experiments(tmp_path: Path) -> None:
+    """`validate` refused on a new workspace still created the ledger: `status` then printed an
+    empty table (exit 0), `report` a summary of nothing, and `export` a note about the dashboard
+    before asking for a W&B key. Each now says there is nothing yet, in one line, exit 2."""
+    root = make_workspace(tmp_path / "ws")
+    refused = nightlab("validate", str(root))
+    assert refused.returncode == 2 and (root / ".nightlab" / "ledger.db").exists()
+    for args in (["status"], ["status", "--json"], ["report"], ["export", "--to", "wandb"]):
+        res = nightlab(*args[:1], str(root), *args[1:], env={"WANDB_MODE": "offline"})
+        line = res.stderr.strip()
+        assert res.returncode == 2 and res.stdout == "" and "\n" not in line, (args, res.stdout, line)
+        assert "no experiments" in line and f"nightlab run {root}" in line, (args, line)

@@ -193,6 +193,20 @@ def run(
         raise typer.Exit(1)
 
 
+def open_recorded(directory: Path, tag: str | None) -> Session:
+    """The session of a workspace that has recorded something, for ``status`` and ``report``. A
+    ledger with nothing in it (left by a ``validate`` or ``ablate`` refused before it ran) is
+    said to be what it is, as a missing one is; it printed an empty table."""
+    from nightlab.errors import UserError
+    from nightlab.research.session import open_session
+
+    session = open_session(directory, tag=tag, must_exist=True, view=True)
+    if not session.ledger.research_tags() and not session.ledger.experiments():
+        root = session.root
+        raise UserError(f"{root}: no experiments yet; start with `nightlab run {shell_word(root)}`")
+    return session
+
+
 def status(
     directory: Path = DirArg,
     tag: str = typer.Option(
@@ -203,11 +217,10 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """The experiments so far and the current best."""
-    from nightlab.research.session import open_session
     from nightlab.store.export import status_dict
     from nightlab.studies.resume import harness_kind, study_states
 
-    session = open_session(directory, tag=tag, must_exist=True, view=True)
+    session = open_recorded(directory, tag)
     kind = harness_kind(session.workspace.state_dir)
     # An experiment still "running" in the ledger whose harness is gone was interrupted; a study
     # runs only under a harness of its own kind (validate, ablate).
@@ -238,7 +251,6 @@ def report(
 ) -> None:
     """Write progress.png, results.tsv and report.html (the dashboard's views in one file), and print the summary."""
     from nightlab.errors import UserError
-    from nightlab.research.session import open_session
 
     to_stdout = out is not None and is_stdout(out)
     if out == "-" and console.is_terminal:  # 130 kB of HTML with an inlined PNG, onto the screen
@@ -249,7 +261,7 @@ def report(
         raise UserError(
             f"--out {out}: is a folder; give the report's file name, e.g. {Path(out) / 'report.html'}"
         )
-    session = open_session(directory, tag=tag, must_exist=True, view=True)
+    session = open_recorded(directory, tag)
     if session.ledger.read_only:
         return report_read_only(session, out, to_stdout)
     paths = write_reports(session, quiet=False)

@@ -78,6 +78,11 @@ def _workspace(directory: Path, tag: str | None, strict: bool) -> tuple[Path, ob
             tags = reader.research_tags()
             if chosen not in tags:  # the dashboard waits for it; a misspelt --tag would wait for ever
                 known = ", ".join(reversed(list(tags))) or "none yet"
+                if strict:  # export: nothing to send (the note spoke of the dashboard)
+                    raise UserError(
+                        f"nothing to export: no experiments under tag '{chosen}' (tags: {known}); "
+                        f"`nightlab run {shell_word(root)}` records them"
+                    )
                 err_console.print(
                     f"note: no experiments under tag '{chosen}' yet (tags: {known}); the dashboard "
                     f"shows them once `nightlab run --tag {chosen}` starts",
