@@ -42,6 +42,10 @@ _FIRST_POLL = 0.005
 _DISK_CHECK_SECONDS = 1.0
 # The kernel's OOM killer should pick a runaway training process before the harness.
 _OOM_SCORE_ADJ = "500"
+# More processes than this at once is a fork bomb, not training: killed as soon as a sample sees
+# it. Half of what a sandboxed run's PID namespace holds (sandbox.MAX_TASKS, threads included),
+# so that the count is seen before forks start to fail; without that namespace, the one limit.
+PROCESS_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -290,6 +294,11 @@ class _Run:
             return Kill(
                 RunStatus.OOM,
                 f"memory limit exceeded: {rss:.0f} MB resident > {ex.memory_limit_mb:g} MB, killed",
+            )
+        if tree.count > PROCESS_LIMIT:
+            return Kill(
+                RunStatus.CRASH,
+                f"too many processes: {tree.count} at once (a fork bomb?), more than {PROCESS_LIMIT}; killed",
             )
         overflow = trimmer.check(tree)
         if overflow:

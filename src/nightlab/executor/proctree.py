@@ -112,6 +112,7 @@ class ProcessTree:
         # Until it execs, the main process is a copy of the harness and so is its memory.
         self._harness_cmdline = psutil.Process().cmdline()
         self._main_execed = False
+        self.count = 0
         with contextlib.suppress(*_GONE):
             self._root = psutil.Process(main.pid)
             self._remember(self._root)
@@ -135,6 +136,7 @@ class ProcessTree:
         # Escaped processes (re-parented to init) still count against the run's memory.
         known = {p.pid for p in procs}
         procs += [p for p in self.seen.values() if p.pid not in known and _alive(p)]
+        self.count = len(procs)  # how many processes the run has now (a fork bomb: process.py)
         measured: list[tuple[psutil.Process, float]] = []
         for proc in procs:
             self._remember(proc)

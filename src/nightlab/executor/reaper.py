@@ -68,7 +68,11 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
-def supervise(program: Sequence[str], prepare: Callable[[], None] | None = None) -> int:
+def supervise(
+    program: Sequence[str],
+    prepare: Callable[[], None] | None = None,
+    keeper: Callable[[signal.struct_siginfo], bool] | None = None,
+) -> int:
     """Run ``program`` as a child, passing signals on, then kill what it left; its wait status.
 
     ``prepare`` runs in the child just before the ``exec`` (the launcher confines it there once
@@ -76,7 +80,9 @@ def supervise(program: Sequence[str], prepare: Callable[[], None] | None = None)
     it, and its orphans would go to init again); an OSError from it ends the child with 126.
     The signals are blocked before the fork and taken with ``sigwaitinfo`` (which tells who
     sent each one); the child puts back the mask and the SIGCHLD disposition it inherited, so
-    the program starts as it would have from an ``exec`` of the launcher.
+    the program starts as it would have from an ``exec`` of the launcher. ``keeper`` tells a
+    keeper's signal from a user's (default: by its sender, :func:`keeps`; pid 1 of the run's PID
+    namespace, which sees no sender's pid from outside, is given ``pidns.relayed``'s opposite).
     """
     watched = {*FORWARDED, signal.SIGCHLD}
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
@@ -96,6 +102,8 @@ def supervise(program: Sequence[str], prepare: Callable[[], None] | None = None)
             os.write(2, f"nightlab sandbox: {what} ({exc}); not started\n".encode(errors="replace"))
         os._exit(code)
     tag = os.environ.get(TAG_VARIABLE, "")
+    if keeper is None:
+        keeper = lambda info: keeps(info.si_pid, tag)  # noqa: E731
     ending = False
     while True:
         info = signal.sigtimedwait(watched, SWEEP) if ending else signal.sigwaitinfo(watched)
@@ -106,7 +114,7 @@ def supervise(program: Sequence[str], prepare: Callable[[], None] | None = None)
             if status is not None:
                 kill_leftovers(tag if ending else None)
                 return status
-        elif _from_keeper(info.si_pid, tag):
+        elif keeper(info):
             if info.si_signo in ENDING and not ending:
                 ending = True
                 sweep(tag)
@@ -115,7 +123,7 @@ def supervise(program: Sequence[str], prepare: Callable[[], None] | None = None)
                 os.kill(child, info.si_signo)
 
 
-def _from_keeper(pid: int, tag: str) -> bool:
+def keeps(pid: int, tag: str) -> bool:
     """Whether ``pid`` keeps the run tagged ``tag``: its harness (the pid at the head of the tag)
     or its watchdog (a process with the tag among its arguments). An untagged run has none."""
     if not tag or pid <= 0:

@@ -1,41 +1,26 @@
 """The optional sandbox (Linux): training and evaluation without network, writing only where they must.
 
-An agent-written training script runs as the user. The harness's checks detect tampering after
-the fact; a sandbox stops the things they cannot undo: sending data (or a key it found in a
-file) over the network, and writing outside the experiment (the user's files, the venv's
-``site-packages`` where a ``.pth`` would patch the evaluation, the ledger).
-
-Two kernel features, both usable by an unprivileged user, are combined:
-
-* **a network namespace** (``unshare -rn``): the run sees only a loopback device that is down,
-  so every connection, TCP or UDP, to this machine or any other, fails;
-* **Landlock** (Linux 5.13+, applied by this module's launcher through ``ctypes``): writes are
-  allowed only beneath the worktree, the run directory, ``/tmp`` and ``/dev/shm`` (plus writing
-  to existing device files such as ``/dev/null`` and the GPU's); everything stays readable, so
-  the evaluation still reads the data cache. From ABI 4 Landlock also refuses TCP connect and
-  bind (the network fallback where user namespaces are disabled), from ABI 6 signals to
-  processes outside the sandbox (the run cannot kill the harness).
+It stops what the harness's checks, which detect tampering after the fact, cannot undo: sending
+data over the network, writing outside the experiment. Both kernel features need no privilege:
+**a network namespace** (``unshare -rn``: a loopback device that is down, every connection fails)
+and **Landlock** (Linux 5.13+, through ``ctypes``: writes only beneath the worktree, the run
+directory, ``/tmp``, ``/dev/shm`` and existing device and ``/proc`` files; reads everywhere; ABI 4:
+TCP refused too, the network fallback without user namespaces; ABI 6: no signal leaves the run).
 
 The wrapped command is::
 
     unshare -rn -- PYTHON -I -S .../nightlab/sandbox.py --write DIR ... -- /bin/sh -c 'COMMAND'
 
-A training command whose target declares private files (``[target] private``: val and holdout
-data, which only the evaluation may read) also gets **a mount namespace** (``unshare -rnm``): the
-launcher mounts ``/dev/null`` over each private file (an empty read-only tmpfs over a folder),
-checks that each now reads empty, then enters a nested user and mount namespace, in which the
-kernel locks those mounts (``MNT_LOCKED``: they cannot be unmounted, nor the folder above them
-bind-mounted without them); Landlock then refuses every mount call. The evaluation commands are
-wrapped without hiding, so they read the same files.
+A training command also gets **a mount namespace** (``unshare -rnm``): the launcher mounts
+``/dev/null`` over each ``[target] private`` file (an empty read-only tmpfs over a folder), checks
+each, then enters a nested user and mount namespace, where the kernel locks those mounts
+(``MNT_LOCKED``); Landlock then refuses every mount call. The evaluation reads the same files.
 
-The launcher restricts itself, makes itself a child subreaper and forks the command, which it
-stays the parent of (``reaper.py``; the child confines itself once more before its ``exec``, so
-that from Landlock ABI 6 the command cannot signal the launcher): a process that double-forks,
-``setsid``s and drops the run's environment is re-parented to the launcher, not to init, and is
-killed with everything else left below it when the command exits. The launcher passes on the
-signals sent to it and exits as the command did (its exit code, or the same signal), so the pid
-the executor watches, its limits (inherited) and what it reports are as before; the tree has one
-more process, the launcher (about 15 MB resident, counted in the run's memory).
+The launcher stays the command's parent as a child subreaper (``reaper.py``: a double-forked,
+``setsid`` daemon without the run's environment is killed with the rest when the command exits),
+and gives a training command a PID namespace with a ``/proc`` of its own (``pidns.py``: no other
+process of the machine in sight or in reach). It exits as the command did, so the pid the
+executor watches, its limits (inherited) and what it reports are as before.
 
 ``[run] sandbox`` chooses: ``auto`` (use it where it works, otherwise one warning and the run
 goes on unsandboxed), ``required`` (refuse to start without it) or ``off``.
@@ -93,6 +78,9 @@ _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND = 1, 2, 4, 8, 4096
 SCRATCH = ("/tmp", "/dev/shm")
 
 MODES = ("auto", "required", "off")
+_LISTS = ("--write", "--hide", "--hide-socket", "--veil", "--keep", "--pid-ns")  # options with a value
+# Processes and threads a training command may have at once in its PID namespace (pidns.cap).
+MAX_TASKS = 8192
 
 # What a training command still sees of the workspace's state folder besides its own worktree
 # and run directory: the setup command's files, linked into every worktree (research/setup.py).
@@ -123,17 +111,23 @@ def landlock_abi() -> int:
     return max(0, int(version))
 
 
-@functools.lru_cache(maxsize=1)
-def netns_available() -> bool:
-    """Whether ``unshare -rn`` works here (user namespaces may be disabled or forbidden by AppArmor)."""
+@functools.lru_cache(maxsize=2)
+def unshare_works(flags: str) -> bool:
+    """Whether ``unshare FLAGS true`` works here: ``-rn`` needs user namespaces (disabled, or forbidden
+    by AppArmor, on some machines), ``-rmpf --mount-proc`` a ``/proc`` a container has not masked."""
     program = shutil.which("unshare")
     if program is None or not sys.platform.startswith("linux"):
         return False
     try:
-        done = subprocess.run([program, "-rn", "--", "true"], capture_output=True, timeout=10)
+        done = subprocess.run([program, *flags.split(), "--", "true"], capture_output=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
+
+
+def netns_available() -> bool:
+    """Whether ``unshare -rn`` works here (user namespaces may be disabled or forbidden by AppArmor)."""
+    return unshare_works("-rn")
 
 
 @dataclass(frozen=True)
@@ -142,6 +136,7 @@ class SandboxSupport:
 
     landlock: int
     netns: bool
+    pidns: bool = False  # a PID namespace with its own /proc for a training command (pidns.py)
 
     @property
     def confines_writes(self) -> bool:
@@ -171,7 +166,8 @@ class SandboxSupport:
 @functools.lru_cache(maxsize=1)
 def detect() -> SandboxSupport:
     """Probe the machine once per process."""
-    return SandboxSupport(landlock=landlock_abi(), netns=netns_available())
+    netns = netns_available()
+    return SandboxSupport(landlock_abi(), netns, netns and unshare_works("-rmpf --mount-proc"))
 
 
 _warned = False
@@ -320,7 +316,7 @@ def wrap(
     for path in sockets:
         launcher += ["--hide-socket", path]
     if hidden:
-        launcher.append("--private-shm")
+        launcher += ["--private-shm", "--pid-ns", str(MAX_TASKS)] if support.pidns else ["--private-shm"]
     for folder in socket_folders() if hidden else ():
         launcher += ["--veil", folder]
     if hidden and veil is not None:
@@ -337,9 +333,8 @@ def hide_paths(paths: Sequence[str], sockets: Sequence[str] = ()) -> None:
     """Make ``paths`` empty in this mount namespace for good (root in a fresh user namespace, as
     under ``unshare -rm``): ``/dev/null`` over a file, an empty read-only tmpfs over a folder,
     each checked; ``/dev/null`` over each of ``sockets`` as well, where it can be (a connect then
-    finds no socket); then a nested user and mount namespace, which locks the mounts (and those
-    ``mounts.py`` made before: the state folder's veil, the private ``/dev/shm``). Raises OSError
-    when a path cannot be hidden (a socket that cannot is left: best effort)."""
+    finds no socket); then a nested user and mount namespace, which locks the mounts (``mounts.py``'s
+    too). Raises OSError when a path cannot be hidden (a socket that cannot is left: best effort)."""
     devnull = os.stat("/dev/null")
     if not stat.S_ISCHR(devnull.st_mode):  # replaced by a file (a `> /dev/null` as root recreates one)
         raise OSError("/dev/null is not the null device (a regular file there would show its contents)")
@@ -428,14 +423,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     split = args.index("--")
     options, program = args[:split], args[split + 1 :]
-    writable = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--write"]
-    private = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--hide"]
-    sockets = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--hide-socket"]
-    private_shm = "--private-shm" in options
-    veil = [options[i + 1] for i, word in enumerate(options[:-1]) if word == "--veil"]
-    keep = [*writable, *(options[i + 1] for i, word in enumerate(options[:-1]) if word == "--keep")]
-    # Before Landlock, which would keep their bytecode from being cached.
-    reaper, mounts = _load_sibling("reaper.py"), _load_sibling("mounts.py")
+    values = {
+        flag: [options[i + 1] for i, word in enumerate(options[:-1]) if word == flag] for flag in _LISTS
+    }
+    writable, private, sockets, veil = (values[flag] for flag in _LISTS[:4])
+    private_shm, keep = "--private-shm" in options, [*writable, *values["--keep"]]
+    reaper, mounts, pidns = (_load_sibling(name) for name in ("reaper.py", "mounts.py", "pidns.py"))
     try:
         for folder in veil:
             mounts.veil(folder, keep)
@@ -449,34 +442,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nightlab sandbox: cannot hide the private files ({exc}); not started", file=sys.stderr)
         return 126
     deny_tcp, scope = "--deny-tcp" in options, "--no-scope" not in options
+    tag, status_fd, keeper = os.environ.get(reaper.TAG_VARIABLE, ""), -1, None
+    if values["--pid-ns"]:  # pid 1 goes on below; the relay returns when it has ended
+        status, status_fd = pidns.enter(reaper, tag, int(values["--pid-ns"][0]))
+        if status is not None:
+            return reaper.exit_like(status)
+        keeper = lambda info: not pidns.relayed(info)  # noqa: E731
     try:
         restrict(writable, deny_tcp=deny_tcp, scope=scope)
     except OSError as exc:
         print(f"nightlab sandbox: cannot confine the run ({exc}); not started", file=sys.stderr)
         return 126
-    # Triton's and CUDA's default caches are in the home folder, which the sandbox keeps read-only.
-    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(SCRATCH[0], f"nightlab-triton-{os.getuid()}"))
-    os.environ.setdefault("CUDA_CACHE_PATH", os.path.join(SCRATCH[0], f"nightlab-cuda-cache-{os.getuid()}"))
-    # torch.compile's caches (inductor's FX graphs, AOTAutograd) persist across runs of the same
-    # shapes, so a run's compilation is paid once per graph, not once per experiment.
-    os.environ.setdefault(
-        "TORCHINDUCTOR_CACHE_DIR", os.path.join(SCRATCH[0], f"nightlab-inductor-{os.getuid()}")
-    )
+    # Triton's, CUDA's and torch.compile's caches: in scratch (the home folder is read-only), and
+    # kept across runs of the same shapes, so a graph is compiled once, not once per experiment.
+    for name, folder in (
+        ("TRITON_CACHE_DIR", "triton"),
+        ("CUDA_CACHE_PATH", "cuda-cache"),
+        ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+    ):
+        os.environ.setdefault(name, os.path.join(SCRATCH[0], f"nightlab-{folder}-{os.getuid()}"))
     try:
         reaper.become_subreaper()
     except OSError as exc:
         print(f"nightlab sandbox: cannot watch the run's processes ({exc}); not started", file=sys.stderr)
         return 126
-    # The program gets a Landlock domain of its own, nested in the launcher's: the same rules,
-    # and (ABI 6) no signal to the launcher, which is outside it.
-    status = reaper.supervise(program, prepare=lambda: restrict(writable, deny_tcp=deny_tcp, scope=scope))
+    # The program: a Landlock domain nested in the launcher's (ABI 6: it cannot signal the launcher).
+    status = reaper.supervise(program, lambda: restrict(writable, deny_tcp=deny_tcp, scope=scope), keeper)
+    if status_fd >= 0:
+        pidns.report(status_fd, status)
+        return 0
     return reaper.exit_like(status)
 
 
 def _load_sibling(name: str) -> types.ModuleType:
-    """``name`` (``reaper.py``, ``mounts.py``) beside this file, loaded by its path: the launcher
-    runs under ``-I``, which leaves this folder off ``sys.path`` (so that nothing in it can shadow a
-    module), and imports nothing of nightlab."""
+    """``name`` beside this file, loaded by path (before Landlock, which would keep its bytecode from
+    being cached): under ``-I`` this folder is not on ``sys.path``."""
     import importlib.util
 
     path = Path(__file__).resolve().with_name(name)
