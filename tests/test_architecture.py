@@ -182,3 +182,17 @@ def test_the_checkers_can_fail() -> None:
     assert forbidden("nightlab.store.export", {"nightlab.report.summary"}) == {"report"}
     assert forbidden("nightlab.research.loop", {"nightlab.cli.app"}) == {"cli"}
     assert forbidden("nightlab.types", {"nightlab.config"}) == {"config"}
+
+
+def test_test_modules_outside_packages_have_unique_names() -> None:
+    """pytest imports a test file in a folder without ``__init__.py`` under its bare name, so two
+    such files of one name (tests/research/test_resume.py, tests/studies/test_resume.py) stop
+    the whole suite at collection with "import file mismatch"."""
+    tests = Path(__file__).resolve().parent
+    seen: dict[str, list[str]] = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        if "fixtures" in path.relative_to(tests).parts or (path.parent / "__init__.py").exists():
+            continue
+        seen.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    clashes = {name: where for name, where in seen.items() if len(where) > 1}
+    assert not clashes, f"rename one of each: {clashes}"
