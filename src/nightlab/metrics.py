@@ -13,6 +13,11 @@ from pathlib import Path
 
 from nightlab.safefile import read_bytes, read_text
 
+# What json.loads raises on text a run wrote: ValueError, or RecursionError for arrays nested
+# deeper than Python's stack (found from outside: one line of 100,000 "[" in progress.jsonl
+# ended `nightlab run` with a traceback, in the report written after the night).
+BAD_JSON = (ValueError, RecursionError)
+
 
 class MetricsFileError(ValueError):
     """A ``metrics.json`` that exists but cannot be read as JSON; the message names the file."""
@@ -37,7 +42,7 @@ def read_metrics_json(path: Path) -> dict[str, float]:
         raise MetricsFileError(f"{path}: cannot be read ({exc})") from exc
     try:
         objects = [json.loads(text)]
-    except ValueError as exc:
+    except BAD_JSON as exc:
         objects = _json_lines(text)
         if not objects:
             raise MetricsFileError(f"{path}: not valid JSON, nor JSON lines ({exc})") from exc
@@ -62,7 +67,7 @@ def _json_lines(text: str) -> list[object]:
         if line.startswith("{"):
             try:
                 found.append(json.loads(line))
-            except ValueError:
+            except BAD_JSON:
                 continue
     return found
 
@@ -138,7 +143,7 @@ def read_curve_points(run_dir: Path, metric_name: str) -> list[dict[str, float]]
         for line in text.splitlines():
             try:
                 data = json.loads(line)
-            except ValueError:
+            except BAD_JSON:
                 continue
             if not isinstance(data, dict):
                 continue

@@ -33,12 +33,15 @@ from pathlib import Path
 
 from nightlab.config import Config, metric_group
 from nightlab.executor.process import RunInterrupted, run_process
-from nightlab.metrics import EVAL_PROGRESS_FILE, MAX_PROGRESS_BYTES, PROGRESS_FILE
+from nightlab.metrics import BAD_JSON, EVAL_PROGRESS_FILE, MAX_PROGRESS_BYTES, PROGRESS_FILE
 from nightlab.safefile import create_new, open_read
 from nightlab.types import TRAIN_LOG, RunResult, RunSpec
 
 DONE_FILE = "progress.done"  # created when training has ended: the evaluator finishes and exits
 FINAL_FILE = "progress.final"  # created before it: the evaluator runs the final evaluation first
+# What asks a run for progress checkpoints: the pruner's share of the budget (runner.py), time to
+# target's seconds of training (studies/time_to_target.py).
+CHECKPOINT_VARIABLES = ("NIGHTLAB_PROGRESS_EVERY", "NIGHTLAB_EVAL_INTERVAL_SECONDS")
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class ProgressReader:
         self.forged = 0  # evaluator-file lines without a valid signature
         self.refused: str | None = None  # why the evaluator refused a checkpoint (the first one)
         self.planted: str | None = None  # a marker of nightlab's the run created (kept once seen)
+        self.evaluator: ProgressEvaluator | None = None  # the frozen evaluator scoring this run
         self._run_dir, self._evaluated = run_dir, scores is not None  # a progress evaluator runs
         self.metric = config.metric.name
         self._evals = [
@@ -143,7 +147,7 @@ class ProgressReader:
     def _from_json(self, line: str) -> Point | None:
         try:
             data = json.loads(line)
-        except ValueError:
+        except BAD_JSON:
             return None
         if not isinstance(data, dict):
             return None
@@ -195,7 +199,8 @@ class ProgressReader:
         Called while training runs and once right after it, before nightlab creates the markers
         itself: a ``progress.done`` there then was made by the run, which so stopped its progress
         evaluator, to have no curve to be pruned on (found from outside: the run had no point,
-        the baseline one, both ``ok``)."""
+        the baseline one, both ``ok``). The same holds for an evaluator that ended before it was
+        told to (:meth:`ProgressEvaluator.failure`): the run's checkpoints could not be scored."""
         if self.planted is None and self._evaluated:
             made = [name for name in (DONE_FILE, FINAL_FILE) if os.path.lexists(self._run_dir / name)]
             if made:
@@ -208,6 +213,12 @@ class ProgressReader:
         points = self.points()
         if self.refused is not None:
             return f"progress evaluator: {self.refused}"
+        # Only a run that offers checkpoints (progress.jsonl) has any to leave unscored: one that
+        # writes none has no curve either way (and an evaluator gone early only loses warmth).
+        offered = self.evaluator is not None and os.path.lexists(self._run_dir / PROGRESS_FILE)
+        failed = self.evaluator.failure() if offered else None  # type: ignore[union-attr]
+        if failed is not None:
+            return failed
         return should_stop(points) if should_stop is not None else None
 
 
@@ -215,7 +226,7 @@ def _refusal(line: str) -> str | None:
     """The evaluator's reason on a line that refuses a checkpoint (``{"invalid": ...}``), else None."""
     try:
         data = json.loads(line)
-    except ValueError:
+    except BAD_JSON:
         return None
     reason = data.get("invalid") if isinstance(data, dict) else None
     return str(reason)[:500] if reason else None
@@ -225,7 +236,7 @@ def _signed_by(key: str, line: str) -> bool:
     """Whether ``line`` is a JSON object whose ``sig`` is the HMAC-SHA256 of the rest under ``key``."""
     try:
         data = json.loads(line)
-    except ValueError:
+    except BAD_JSON:
         return False
     if not isinstance(data, dict) or not isinstance(data.get("sig"), str):
         return False
@@ -280,6 +291,9 @@ class ProgressEvaluator:
         self.run_dir = Path(run_dir or spec.run_dir)
         self.warm = warm
         self._stop = threading.Event()
+        self._told = False  # training has ended and it was told so (finish)
+        # Checkpoints asked for (pruning, time to target): without, it may end at once, its work done.
+        self.scoring = any(spec.env.get(name) for name in CHECKPOINT_VARIABLES)
         self._thread = threading.Thread(target=self._run, name="nightlab-progress-eval", daemon=True)
         self.result: RunResult | None = None
         self._thread.start()
@@ -295,10 +309,34 @@ class ProgressEvaluator:
         """Its process has not ended yet (it could still take a request)."""
         return self._thread.is_alive()
 
+    def failure(self) -> str | None:
+        """Why it ended while training still ran, in one line; None while it runs (or was told to end).
+
+        It scores checkpoints until told that training has ended; ending before means no more
+        points, so no pruning and no time to target, whatever the run does next. Found from
+        outside: a line of progress.jsonl nested 100,000 deep raised RecursionError in the GPT
+        template's evaluator thread, which its handler does not catch; the evaluator exited 0, the
+        run went on unscored to its end and was recorded ``ok`` (a crafted checkpoint that kills
+        it, or a run that takes the memory it needs, ends the same). Now that run is stopped and
+        recorded ``invalid`` with this reason."""
+        if self._told or not self.scoring or self._thread.is_alive():
+            return None
+        result = self.result
+        if result is None:
+            how = "was stopped"
+        elif result.exit_code == 0:
+            how = "exited (code 0)"
+        else:
+            how = f"failed ({result.status.value}: {result.reason or f'exit code {result.exit_code}'})"
+        return (
+            f"progress evaluator {how} while the run trained: its checkpoints could not be scored "
+            "(no curve to prune it on); see progress_eval.log"
+        )
+
     def finish(self, timeout: float, final: bool = False) -> RunResult | None:
         """Tell it training has ended (``final``: and to run the final evaluation), wait up to
         ``timeout`` seconds, then stop it; its result, None when it had to be stopped."""
-        run_dir = self.run_dir
+        run_dir, self._told = self.run_dir, True
         if final:
             create_new(run_dir / FINAL_FILE)  # before progress.done: it looks for it once done
         create_new(run_dir / DONE_FILE)  # never `touch`: a link the run left would create its target

@@ -185,6 +185,7 @@ class ReplicateRunner:
         if pruner is not None or scores is not None:  # a checkpoint refused ends the run at once
             spec.stop_when = lambda: reader.stop_reason(pruner.should_stop if pruner else None)
         companion, stamps = self._progress_evaluator(name, commit, run_dir, seed, slot, key, scores)
+        reader.evaluator = companion  # one that ends before training does stops the run, invalid
         try:
             result = self.executor.run(spec)
         except BaseException:
