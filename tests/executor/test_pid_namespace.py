@@ -257,8 +257,17 @@ def test_a_fork_bomb_is_killed_and_recorded_as_one(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(process, "PROCESS_LIMIT", 150)
     marker = f"nightlab-test-bomb-{os.getpid()}"
     bomb = f"b(){{ b & b & sleep 5; }}; b # {marker}"
+    # The bomb below a process that forks nothing more, so the run lives on at the limit (a shell
+    # on top would itself end at its first failed fork, ending the run: a crash too, said otherwise).
+    command = shlex.join(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, time; subprocess.Popen(['sh', '-c', {bomb!r}]); time.sleep(30)",
+        ]
+    )
     spec = RunSpec(
-        command=sandbox.wrap(bomb, [tmp_path], "required", hide=[]),
+        command=sandbox.wrap(command, [tmp_path], "required", hide=[]),
         cwd=tmp_path,
         run_dir=tmp_path / "run",
         seed=0,
@@ -280,3 +289,92 @@ def test_a_fork_bomb_is_killed_and_recorded_as_one(tmp_path: Path, monkeypatch: 
         return found
 
     assert wait_for(lambda: not left(), 5), left()
+
+
+def test_pause_and_resume_reach_the_program_in_the_namespace(tmp_path: Path) -> None:
+    """``ProcessTree.pause`` (SIGSTOP to the run's group: forced on the namespace's pid 1 from
+    outside) stops the program; ``resume`` (SIGCONT, a keeper's: not passed on twice) continues it."""
+    from nightlab.executor.proctree import MainProcess, ProcessTree, new_tag
+
+    ticks = tmp_path / "ticks"
+    ticker = write(
+        tmp_path,
+        "ticker.py",
+        f"""
+        import time
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with open({str(ticks)!r}, "a") as handle:
+                handle.write("tick\\n")
+            time.sleep(0.02)
+        """,
+    )
+    env = untagged_env()
+    env[TAG_VARIABLE] = tag = new_tag()
+    log = tmp_path / "train.log"
+    with open(log, "w") as handle:
+        popen = subprocess.Popen(
+            sandbox.wrap(f"{sys.executable} {ticker}", [tmp_path], "required", hide=[]),
+            shell=True,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    main = MainProcess(popen)
+    tree = ProcessTree(main, tag, log, time.time() - 1)
+    try:
+
+        def program() -> psutil.Process | None:
+            tree.sample()
+            found = [p for p in tree.seen.values() if str(ticker) in " ".join(p.cmdline())]
+            return found[0] if found else None
+
+        assert wait_for(lambda: program() is not None and ticks.exists())
+        ticking = program()
+        assert ticking is not None
+        tree.pause()
+        assert wait_for(lambda: ticking.status() == psutil.STATUS_STOPPED, 3)
+        size = ticks.stat().st_size
+        time.sleep(0.3)
+        assert ticks.stat().st_size == size
+        tree.resume()
+        assert wait_for(lambda: ticks.stat().st_size > size, within=3.0)
+    finally:
+        tree.kill_all(0.5)
+        main.close()
+    assert main.exit is not None
+
+
+def test_a_harness_killed_with_kill_9_takes_the_namespaced_run_along(tmp_path: Path) -> None:
+    """The watchdog's SIGTERM reaches the program once (through the group: pid 1 does not pass a
+    keeper's signal on), and nothing of the run is left afterwards."""
+    recorder = write(tmp_path, "recorder.py", RECORDER)
+    signals = tmp_path / "signals"
+    wrapped = sandbox.wrap(f"python {recorder} {signals}", [tmp_path], "required", hide=[])
+    harness = write(
+        tmp_path,
+        "harness.py",
+        f"""
+        from pathlib import Path
+        from nightlab.executor.local import LocalExecutor
+        from nightlab.types import RunSpec
+        root = Path({str(tmp_path)!r})
+        LocalExecutor(kill_orphans=False, grace_seconds=5.0).run(
+            RunSpec(command={wrapped!r}, cwd=root, run_dir=root / "run", seed=0, timeout=60))
+        """,
+    )
+    proc = psutil.Popen([sys.executable, str(harness)])
+    try:
+        assert wait_for(lambda: Path(f"{signals}.ready").exists(), within=30)
+        below = proc.children(recursive=True)
+        proc.kill()  # kill -9 of nightlab
+        proc.wait(5)
+        assert wait_for(lambda: signals.exists() and "SIGTERM" in signals.read_text())
+        time.sleep(0.3)
+        assert signals.read_text().split() == ["SIGTERM"]
+        alive = lambda: [p for p in below if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # noqa: E731
+        assert wait_for(lambda: not alive(), 10), alive()
+    finally:
+        if proc.is_running():
+            proc.kill()
