@@ -189,3 +189,11 @@ def test_a_yaml_merged_over_a_structured_config_makes_its_fields_defaults_dead()
         "lr": ("config.yaml", 1e-3),
         "batch_size": ("train.py", 64),  # the YAML leaves it alone
     }
+
+
+def test_a_null_byte_is_named_with_its_line() -> None:
+    """A file with a NUL byte (a bad copy, a binary pasted in): the error said ``line None``."""
+    with pytest.raises(
+        UserError, match=r"^train.py: not valid Python \(.*null bytes, line 3\); fix the file$"
+    ):
+        find_all_knobs({"train.py": "import os\nLR = 1\nB\x00 = 2\n"})

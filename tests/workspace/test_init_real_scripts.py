@@ -14,6 +14,7 @@ from helpers import git, nightlab
 from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import build_space
 from nightlab.config import load_config
+from nightlab.errors import UserError
 from nightlab.workspace.script_init import guess_metric, init_script, script_notes
 
 SCRIPTS = Path(__file__).parent.parent / "fixtures" / "scripts"
@@ -207,3 +208,9 @@ def test_a_setting_read_from_the_environment_without_a_default_is_noted(tmp_path
         "note: train.py:2 reads LR from the environment with no default: a run fails without it, "
         "and no edit can search it; give a default (os.environ.get('LR', ...))"
     ]
+
+
+def test_init_names_the_line_of_a_null_byte(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_bytes(b"import os\n\x00print('val_loss', 1)\n")
+    with pytest.raises(UserError, match=r"^train.py: not valid Python \(.*null bytes, line 2\)"):
+        init_script(tmp_path, "train.py")

@@ -399,11 +399,13 @@ def _required_environment(text: str) -> list[tuple[int, str]]:
 def _check_parses(path: Path, rel: str) -> None:
     """Refuse a script Python 3 cannot read (a Python 2 ``print "x"``, a merge conflict left in),
     in one line naming where: every run of it would fail, and nothing can read its knobs."""
+    data = path.read_bytes()
     try:
-        ast.parse(path.read_bytes(), filename=rel)
+        ast.parse(data, filename=rel)
     except SyntaxError as exc:
+        line = exc.lineno or (data.count(b"\n", 0, data.find(b"\0")) + 1 if b"\0" in data else "?")
         raise UserError(
-            f"{rel}: not valid Python ({exc.msg}, line {exc.lineno or '?'}); fix it, then run init again"
+            f"{rel}: not valid Python ({exc.msg}, line {line}); fix it, then run init again"
         ) from None
     except (RecursionError, MemoryError, ValueError) as exc:
         raise UserError(

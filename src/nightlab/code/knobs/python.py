@@ -80,7 +80,8 @@ def python_knobs(
         mine = (others or {}).get(path)  # parsed already when the editable files are read together
         tree = mine.tree if mine is not None else ast.parse(source, filename=path)
     except SyntaxError as exc:
-        raise UserError(f"{path}: not valid Python ({exc.msg}, line {exc.lineno}); fix the file") from None
+        line = exc.lineno or (source.count("\n", 0, source.find("\0")) + 1 if "\0" in source else "?")
+        raise UserError(f"{path}: not valid Python ({exc.msg}, line {line}); fix the file") from None
     reader = Reader(source, path, command, Callers(path, others) if others else None)
     # Hydra structured configs: placed across the editable files when they are read together.
     placed, group_choices = (
