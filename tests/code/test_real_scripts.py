@@ -197,3 +197,13 @@ def test_a_null_byte_is_named_with_its_line() -> None:
         UserError, match=r"^train.py: not valid Python \(.*null bytes, line 3\); fix the file$"
     ):
         find_all_knobs({"train.py": "import os\nLR = 1\nB\x00 = 2\n"})
+
+
+def test_an_empty_or_cut_off_json_config_says_so() -> None:
+    """An empty hparams.json, or one cut off mid-write: 'not valid JSON (string index out of range)'."""
+    for text, said in (
+        ("  \n", "the file is empty"),
+        ('{"lr": 0.1,\n "wd": ', "it ends inside a value, line 2"),
+    ):
+        with pytest.raises(UserError, match=rf"^hparams.json: not valid JSON \({said}\)$"):
+            find_all_knobs({"hparams.json": text})

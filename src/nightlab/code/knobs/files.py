@@ -201,8 +201,13 @@ def json_knobs(text: str, path: str) -> list[Knob]:
     found: list[Knob] = []
     try:
         _JsonSpans(text, path, found).value(_skip(text, 0), "")
-    except (ValueError, IndexError) as exc:
+    except ValueError as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
+    except IndexError:  # the text ran out inside a value: "string index out of range" said nothing
+        where = (
+            f"it ends inside a value, line {text.count(chr(10)) + 1}" if text.strip() else "the file is empty"
+        )
+        raise UserError(f"{path}: not valid JSON ({where})") from None
     return found
 
 
