@@ -181,3 +181,38 @@ def test_a_damaged_record_is_rebuilt_from_git_not_a_traceback(tmp_path: Path, da
     with Ledger(state / "ledger.db") as ledger:
         row = ledger.experiment(1)
         assert row.kind == "baseline" and row.agent == "recovered" and row.metric_mean is None  # from git
+
+
+def test_a_lost_ledger_is_rebuilt_with_its_validate_study(tmp_path: Path) -> None:
+    """A deleted ledger came back without the `validate` study of its night (hours of runs at a
+    larger scale): a study wrote no experiment record, and recover skipped what has no tag.
+    Through the CLI: the study comes back as it was, its runs and verdict included."""
+    import json
+    import sqlite3
+
+    from helpers import edit, nightlab
+
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3", "LR up")])
+    assert nightlab("run", str(root), "--plain", "--tag", "t").returncode == 0
+    validated = nightlab("validate", str(root), "--tag", "t", "--seeds", "2")
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+
+    def study_rows() -> list[tuple]:
+        con = sqlite3.connect(root / ".nightlab" / "ledger.db")
+        rows = con.execute(
+            "SELECT e.id, e.status, e.reason, e.metric_mean, e.n_runs, e.meta_json, COUNT(r.replicate) "
+            "FROM experiments e JOIN runs r ON r.experiment_id = e.id WHERE e.kind = 'validate' "
+            "GROUP BY e.id ORDER BY e.id"
+        ).fetchall()
+        con.close()
+        return rows
+
+    before = study_rows()
+    assert len(before) == 2 and all(row[-1] == 2 for row in before)
+    for path in (root / ".nightlab").glob("ledger.db*"):
+        path.unlink()
+    rebuilt = nightlab("recover", str(root))
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert study_rows() == before
+    (study,) = json.loads(nightlab("status", str(root), "--json").stdout)["studies"]
+    assert study["state"] == "finished" and study["runs"] == 4

@@ -152,8 +152,8 @@ def recover(root: Path, config: Config, tag: str | None = None, force: bool = Fa
         for exp_id in sorted(set(refs) | set(records)):
             record = records.get(exp_id)
             if record is not None:
-                if record.get("tag") != tag:
-                    continue  # an experiment of another research tag, or a side study
+                if record.get("tag") != tag and not _study_of(record, tag):
+                    continue  # an experiment of another research tag, or its side study
                 ledger.add_experiment(**record)
                 runs += _rebuild_runs(ledger, workspace, config, exp_id)
                 experiments += 1
@@ -188,6 +188,22 @@ def recover(root: Path, config: Config, tag: str | None = None, force: bool = Fa
     return Recovered(tag, experiments, len(kept), runs, moved, carried)
 
 
+def _study_of(record: dict, tag: str) -> bool:
+    """Whether a record is a validate or ablate experiment of research tag ``tag`` (side studies
+    carry no tag of their own; their meta names the research they measured)."""
+    meta = record.get("meta_json")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except ValueError:
+            return False
+    return (
+        record.get("kind") in ("validate", "ablate")
+        and isinstance(meta, dict)
+        and meta.get("research_tag") == tag
+    )
+
+
 def _remove(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -205,7 +221,7 @@ def _carry_over(path: Path, old: Path, tag: str) -> int:
     """Copy what is not ``tag``'s from the readable ledger ``old``, as it was: the experiments of
     other research tags and side studies (validate, ablate), their runs, and meta keys the
     rebuild did not set (``tag`` itself is what the rebuild says). ``recover --force`` dropped them: a rebuild reads only
-    one tag's records, and side studies leave none. Returns how many experiments were copied."""
+    one tag's records (and side studies recorded before they wrote theirs left none). Returns how many experiments were copied."""
     conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
     try:
         conn.execute("ATTACH DATABASE ? AS old", (str(old),))

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from nightlab.errors import UserError
 from nightlab.research.session import Session
 from nightlab.stats import mean, noise_floor, pooled_sd, sample_sd
+from nightlab.store.backup import save_experiment
 from nightlab.studies.compare import MetricComparison, compare
 from nightlab.studies.knob_revert import revert_knobs_onto
 from nightlab.studies.scales import apply_scale, editable_paths, resolve_scale, scaled_config, set_ref
@@ -303,6 +304,7 @@ def run_ablation(
     if full.experiment_id is not None:  # kept with the study, so `nightlab report` can redraw it
         meta = ledger.experiment(full.experiment_id).meta
         ledger.finish_experiment(full.experiment_id, meta_json={**meta, "contributions": rows})
+        save_experiment(session.workspace.state_dir, ledger.experiment(full.experiment_id))  # for recover
     if apply:
         report.applied = _apply(session, study, report, full, seed_list, on_run)
     try:

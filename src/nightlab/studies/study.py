@@ -27,6 +27,7 @@ from nightlab.formatting import with_status
 from nightlab.research.runner import Replicate, ReplicateRunner
 from nightlab.research.session import Session
 from nightlab.stats import mean, sample_sd
+from nightlab.store.backup import save_experiment
 from nightlab.studies.resume import INTERRUPTED, find_resumable
 from nightlab.types import RunStatus
 
@@ -207,6 +208,7 @@ class SideStudy:
                     ledger.finish_experiment(
                         arm.experiment_id, status="crash", reason=reason, n_runs=len(arm.replicates)
                     )
+                    self._save(arm.experiment_id)
             raise
         for arm in arms:
             self._finish(arm)
@@ -232,6 +234,7 @@ class SideStudy:
                 ledger.finish_experiment(
                     row.id, status="crash", reason=INTERRUPTED, n_runs=len(ledger.runs(row.id))
                 )
+                self._save(row.id)
         for index, arm in enumerate(arms):
             if found is None:
                 self.record(arm, meta)
@@ -260,6 +263,13 @@ class SideStudy:
             last = arm.failures[-1].result.status.value if arm.failures else "crash"
             outcome.update(status=last, reason=arm.failure_summary() or "no runs")
         self.session.ledger.finish_experiment(arm.experiment_id, **outcome)
+        self._save(arm.experiment_id)
+
+    def _save(self, experiment_id: int) -> None:
+        """The closed experiment's row beside its runs (``runs/<id>/experiment.json``), as the
+        research loop writes its own: a lost ledger's rebuild (``nightlab recover``) keeps the
+        study, hours of runs at a larger scale, instead of dropping it."""
+        save_experiment(self.session.workspace.state_dir, self.session.ledger.experiment(experiment_id))
 
 
 def runs_fingerprint(runner: ReplicateRunner) -> str:

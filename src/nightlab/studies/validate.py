@@ -20,6 +20,7 @@ from nightlab.errors import UserError
 from nightlab.research.runner import Replicate
 from nightlab.research.session import Session
 from nightlab.stats import mean
+from nightlab.store.backup import save_experiment
 from nightlab.studies.compare import MetricComparison, compare
 from nightlab.studies.scales import apply_scale, resolve_scale, scaled_config, set_ref
 from nightlab.studies.study import Arm, RunCallback, SideStudy, check_seed_count, known_tags, study_seeds
@@ -363,6 +364,8 @@ def _note_verdict(session: Session, arm_a: Arm, arm_b: Arm, comparison: MetricCo
     for arm in (arm_a, arm_b):
         if arm.experiment_id is not None:
             session.ledger.finish_experiment(arm.experiment_id, reason=text)
+            # The record recover rebuilds from, with the verdict (study.py wrote it before).
+            save_experiment(session.workspace.state_dir, session.ledger.experiment(arm.experiment_id))
 
 
 def _time_to_target(
