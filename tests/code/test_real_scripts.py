@@ -207,3 +207,21 @@ def test_an_empty_or_cut_off_json_config_says_so() -> None:
     ):
         with pytest.raises(UserError, match=rf"^hparams.json: not valid JSON \({said}\)$"):
             find_all_knobs({"hparams.json": text})
+
+
+def test_a_dataclass_built_from_a_loaded_yaml_keeps_the_defaults_the_yaml_leaves() -> None:
+    """``cfg = Config(**yaml.safe_load(f))`` with a config.yaml that sets only ``lr``: every field
+    of Config was dropped (a ``**`` call may pass anything), so batch_size was never searched;
+    the YAML's keys are what it passes."""
+    script = (
+        "import sys\nimport yaml\nfrom dataclasses import dataclass\n\n\n@dataclass\nclass Config:\n"
+        "    lr: float = 3e-4\n    batch_size: int = 64\n\n\n"
+        "def main():\n    with open('config.yaml') as f:\n        cfg = Config(**yaml.safe_load(f))\n    print(cfg)\n"
+    )
+    found = find_all_knobs({"train.py": script, "config.yaml": "lr: 1.0e-3\n"})
+    assert {k.name: (k.path, k.value) for k in found.knobs} == {
+        "lr": ("config.yaml", 1e-3),
+        "batch_size": ("train.py", 64),
+    }
+    unknown = script.replace("open('config.yaml')", "open(sys.argv[1])")  # which keys it sets is unknown
+    assert find_all_knobs({"train.py": unknown}).knobs == []

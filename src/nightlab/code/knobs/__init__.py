@@ -40,7 +40,7 @@ from nightlab.code.knobs.command import command_words, set_by_command
 from nightlab.code.knobs.files import json_knobs, toml_knobs, yaml_knobs
 from nightlab.code.knobs.hydra import HYDRA_SOURCE, hydra_layouts
 from nightlab.code.knobs.literal import format_literal, format_value
-from nightlab.code.knobs.loaded import overridden_keys, parser_defaults, structured_under
+from nightlab.code.knobs.loaded import overridden_keys, parser_defaults, spread_into, structured_under
 from nightlab.code.knobs.model import Knob, KnobValue
 from nightlab.code.knobs.python import python_knobs
 from nightlab.code.knobs.structured import Found, placements
@@ -287,6 +287,7 @@ def _find_all(originals: dict[str, str], files: dict[str, str], command: str) ->
         for config in configs
         for k in read.get(config, [])
     }
+    under |= _spread_fields(spread_into(files), trees, read)  # Config(**yaml.safe_load(f))
     for path in sorted(files):
         if path in layouts:
             layout = layouts[path]
@@ -342,6 +343,26 @@ def _exec_overridden(files: dict[str, str], command: str) -> set[tuple[str, str]
         for stmt in tree.body:
             targets = stmt.targets if isinstance(stmt, ast.Assign) else []
             dead.update((script, t.id) for t in targets if isinstance(t, ast.Name))
+    return dead
+
+
+def _spread_fields(
+    spread: dict[str, list[tuple[str, set[str]]]], trees: dict[str, FileIndex], read: dict[str, list[Knob]]
+) -> set[tuple[str, str]]:
+    """The ``(file, name)`` of each dataclass field a loaded config spread into its class sets
+    (see :func:`~.loaded.spread_into`), or every field of the class when the config is unknown."""
+    dead: set[tuple[str, str]] = set()
+    for path, built in spread.items():
+        body = trees[path].tree.body if path in trees else []
+        for name, configs in built:
+            keys = {k.name for config in configs for k in read.get(config, [])}
+            for cls in (s for s in body if isinstance(s, ast.ClassDef) and s.name == name):
+                span = range(cls.lineno, (cls.end_lineno or cls.lineno) + 1)
+                dead |= {
+                    (path, k.name)
+                    for k in read.get(path, [])
+                    if k.source == "dataclass" and k.line in span and (not configs or k.name in keys)
+                }
     return dead
 
 

@@ -311,3 +311,71 @@ def _merged_part(node: ast.expr, loaded: dict[str, str]) -> str:
     ):
         return "loaded"
     return ""
+
+
+def loaded_names(tree: ast.Module) -> set[str]:
+    """The variables of a module bound to a loaded config (``hp = yaml.safe_load(f)``)."""
+    return {
+        n.targets[0].id
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Assign)
+        and len(n.targets) == 1
+        and isinstance(n.targets[0], ast.Name)
+        and isinstance(n.value, ast.Call)
+        and call_name(n.value) in _LOADERS
+    }
+
+
+def _is_loaded(node: ast.expr, names: set[str]) -> bool:
+    return (isinstance(node, ast.Call) and call_name(node) in _LOADERS) or (
+        isinstance(node, ast.Name) and node.id in names
+    )
+
+
+def without_loaded_spread(call: ast.Call, names: set[str]) -> ast.Call:
+    """``call`` without its ``**cfg`` of a loaded config (``Config(**yaml.safe_load(f))``): what
+    that passes is read from the config file itself (:func:`spread_into`), and the fields it
+    leaves alone keep their defaults, which are knobs."""
+    kept = [k for k in call.keywords if k.arg is not None or not _is_loaded(k.value, names)]
+    return (
+        call if len(kept) == len(call.keywords) else ast.Call(func=call.func, args=call.args, keywords=kept)
+    )
+
+
+def spread_into(files: dict[str, str]) -> dict[str, list[tuple[str, set[str]]]]:
+    """``{python file: [(class, {config file, ...}), ...]}`` for each class the file builds with a
+    loaded config's keys (``Config(**yaml.safe_load(f))``): a field the config sets has a default
+    that never applies. The config is the one the loader opens by name, else every editable config
+    file the module names; none when it names none (then no field's default is sure to apply)."""
+    configs = {path for path in files if path.endswith(_CONFIG_SUFFIXES)}
+    out: dict[str, list[tuple[str, set[str]]]] = {}
+    for path, text in files.items():
+        if not path.endswith(".py") or "**" not in text:
+            continue
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, RecursionError):
+            continue
+        names = loaded_names(tree)
+        sources = {
+            n.targets[0].id: _source(n.value, {})
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and n.targets[0].id in names
+        }
+        named = {
+            n.value.removeprefix("./")
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Constant)
+            and isinstance(n.value, str)
+            and n.value.removeprefix("./") in configs
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                for spread in (
+                    k.value for k in node.keywords if k.arg is None and _is_loaded(k.value, names)
+                ):
+                    by_name = (
+                        sources.get(spread.id, "") if isinstance(spread, ast.Name) else _source(spread, {})
+                    )
+                    out.setdefault(path, []).append((node.func.id, {by_name} & configs or named))
+    return out

@@ -12,7 +12,8 @@
   ``@click.option("--lr", ...)``, named after the option (``dest=`` when given);
 - ``dataclass``: the default of a field of a ``@dataclass`` class (``lr: float = 3e-4``,
   ``field(default=3e-4)``, a list ``field(default_factory=lambda: [64, 64])``) that no call
-  building the class passes, in this file or another editable one (:mod:`.callers`); a class stored in a Hydra ``ConfigStore`` names its fields where
+  building the class passes, in this file or another editable one (:mod:`.callers`; a loaded
+  config spread into it, ``Config(**yaml.safe_load(f))``, passes the config's keys); a class stored in a Hydra ``ConfigStore`` names its fields where
   Hydra places them, and a group option the run does not select gives none (:mod:`.structured`);
 - ``class``: an attribute of a top-level class named as settings (``class CFG: lr = 1e-3``,
   ``class TrainConfig(BaseModel)``), the Kaggle and pydantic style; enums are data, not settings;
@@ -51,6 +52,7 @@ from nightlab.code.knobs.entry import click_parameter, entry_knobs
 from nightlab.code.knobs.envdefault import env_default
 from nightlab.code.knobs.hydra import HYDRA_SOURCE
 from nightlab.code.knobs.literal import KnobValue
+from nightlab.code.knobs.loaded import loaded_names, without_loaded_spread
 from nightlab.code.knobs.locals import local_knobs
 from nightlab.code.knobs.mappings import SettingsDicts, built_settings, function_settings, user_classes
 from nightlab.code.knobs.model import Knob
@@ -257,7 +259,9 @@ def _builders(
     if cls not in tree.body:
         return []
     calls = list(local.get(cls.name, []))
-    return calls + (reader.callers.calls(cls.name)[0] if reader.callers is not None else [])
+    calls += reader.callers.calls(cls.name)[0] if reader.callers is not None else []
+    names = loaded_names(tree)  # Config(**yaml.safe_load(f)): what the config sets is read there
+    return [without_loaded_spread(call, names) for call in calls]
 
 
 def _fields(
