@@ -225,3 +225,31 @@ def test_a_dataclass_built_from_a_loaded_yaml_keeps_the_defaults_the_yaml_leaves
     }
     unknown = script.replace("open('config.yaml')", "open(sys.argv[1])")  # which keys it sets is unknown
     assert find_all_knobs({"train.py": unknown}).knobs == []
+
+
+def test_a_whole_number_declared_float_is_a_float_knob() -> None:
+    """``weight_decay: float = 0``, ``type=float, default=0``, ``def main(dropout: float = 0)``:
+    read as ints, they were searched over whole numbers (a dropout of 8 fails, a decay of 8
+    diverges); written back they become ``0.05``."""
+    source = (
+        "import argparse\nfrom dataclasses import dataclass\nfrom typing import Optional\n\n\n@dataclass\n"
+        "class H:\n    weight_decay: float = 0\n    clip: Optional[float] = 1\n    layers: int = 3\n\n\n"
+        "p = argparse.ArgumentParser()\np.add_argument('--wd', type=float, default=0)\n\n\n"
+        "def main(dropout: float = 0):\n    pass\n\n\nmain()\n"
+    )
+    kinds = {k.name: (k.kind, k.value) for k in find_all_knobs({"train.py": source}).knobs}
+    assert kinds == {
+        "weight_decay": ("float", 0.0), "clip": ("float", 1.0), "layers": ("int", 3),
+        "wd": ("float", 0.0), "dropout": ("float", 0.0),
+    }  # fmt: skip
+    after = moved_text(source, {"weight_decay": 0.05, "wd": 0.1, "dropout": 0.2})
+    assert (
+        "weight_decay: float = 0.05\n" in after
+        and "default=0.1)" in after
+        and "dropout: float = 0.2)" in after
+    )
+
+
+def moved_text(source: str, values: dict[str, KnobValue]) -> str:
+    files = {"train.py": source}
+    return apply_changes(files, plan_changes(files, values))["train.py"]

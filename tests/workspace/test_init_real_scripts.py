@@ -214,3 +214,18 @@ def test_init_names_the_line_of_a_null_byte(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_bytes(b"import os\n\x00print('val_loss', 1)\n")
     with pytest.raises(UserError, match=r"^train.py: not valid Python \(.*null bytes, line 2\)"):
         init_script(tmp_path, "train.py")
+
+
+def test_modded_nanogpts_hyperparameters(tmp_path: Path) -> None:
+    """modded-nanogpt's ``@dataclass class Hyperparameters`` with ``weight_decay : float = 0``:
+    read as the int 0, it was searched over 0..10 (a weight decay of 8); and ``warmdown_iters``,
+    the schedule's shape like a warm-up, was pinned as the budget."""
+    folder = copy("modded_nanogpt", tmp_path)
+    init_script(folder, "train_gpt2.py")
+    config = load_config(folder)
+    files = {p: (folder / p).read_text() for p in config.target.editable}
+    space = build_space(files, SearchSettings(), command=config.target.run)
+    domains = {d.knob: d.domain for d in space.dims}
+    assert domains["weight_decay"].high == pytest.approx(0.3) and not domains["weight_decay"].is_int
+    assert "warmdown_iters" in domains and "num_iterations" in space.pinned
+    assert {"val_loss_every", "val_tokens", "sequence_length", "save_every"} <= set(space.pinned)

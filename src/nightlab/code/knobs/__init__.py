@@ -69,11 +69,11 @@ _READERS = {
 KNOB_SUFFIXES = tuple(_READERS)
 # Names of knobs that are a script's budget rather than its method: the number of iterations,
 # steps, epochs or tokens it trains for. Searching them buys results with compute. A warm-up's
-# length is method (nanoGPT's warmup_iters), and a `max_` that names a learning rate, a norm or
+# or a warm-down's length is method (nanoGPT's warmup_iters, modded-nanogpt's warmdown_iters), and a `max_` that names a learning rate, a norm or
 # a clip is a setting's ceiling (OneCycleLR's max_lr, max_grad_norm), and a tree's size is the
 # model (max_depth, max_leaf_nodes, max_features, max_bin), not how long training runs.
 _BUDGET = re.compile(
-    r"(?<!warmup_)(?:iters?|iterations|steps|epochs)$"
+    r"(?<!warmup_)(?<!warmdown_)(?<!cooldown_)(?:iters?|iterations|steps|epochs)$"
     r"|^max_(?!.*(?:lr|learning|norm|grad|clip|momentum|beta|drop|temp|scale|std|decay|depth|lea[fv]|features|bin))"
     r"|^total_.*tokens$",
     re.IGNORECASE,

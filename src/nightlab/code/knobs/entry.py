@@ -45,7 +45,7 @@ import ast
 from nightlab.code.knobs.callers import passed_by
 from nightlab.code.knobs.choices import annotated_choices
 from nightlab.code.knobs.command import command_words
-from nightlab.code.knobs.reader import Reader, call_name, is_main_guard, keyword, string_args
+from nightlab.code.knobs.reader import Reader, as_annotated, call_name, is_main_guard, keyword, string_args
 
 _FUNCTION = (ast.FunctionDef, ast.AsyncFunctionDef)
 _Function = ast.FunctionDef | ast.AsyncFunctionDef
@@ -382,6 +382,7 @@ def _parameter(reader: Reader, owner: str, param: ast.arg, default: ast.expr, ho
         default = value
     flags = _spellings(param, names, how, positional, default)
     choices = annotated_choices(annotation, reader.names)
+    default = as_annotated(default, annotation)  # def main(dropout: float = 0)
     reader.add(
         param.arg, default, default, how, qualified=f"{owner}.{param.arg}", choices=choices, flags=flags
     )

@@ -56,7 +56,15 @@ from nightlab.code.knobs.loaded import loaded_names, without_loaded_spread
 from nightlab.code.knobs.locals import local_knobs
 from nightlab.code.knobs.mappings import SettingsDicts, built_settings, function_settings, user_classes
 from nightlab.code.knobs.model import Knob
-from nightlab.code.knobs.reader import Reader, call_name, keyword, main_block, simple_assignment, string_args
+from nightlab.code.knobs.reader import (
+    Reader,
+    as_annotated,
+    call_name,
+    keyword,
+    main_block,
+    simple_assignment,
+    string_args,
+)
 from nightlab.code.knobs.signatures import signature_knobs
 from nightlab.code.knobs.structured import Found, Placement, placements
 from nightlab.errors import UserError
@@ -244,7 +252,7 @@ def _typed_default(default: ast.expr, kind: ast.expr | None) -> ast.expr:
     if not (isinstance(kind, ast.Name) and kind.id in ("int", "float")):
         return default
     if not (isinstance(default, ast.Constant) and isinstance(default.value, str)):
-        return default
+        return as_annotated(default, kind)  # type=float, default=0: the float 0.0
     try:
         number = int(default.value) if kind.id == "int" else float(default.value)
     except ValueError:
@@ -292,6 +300,7 @@ def _fields(
                 continue
         value = env_default(value) or value  # lr: float = float(os.environ.get("LR", 3e-4))
         annotation = stmt.annotation if isinstance(stmt, ast.AnnAssign) else None
+        value = as_annotated(value, annotation)  # weight_decay: float = 0
         allowed = annotated_choices(annotation, reader.names) or listed
         qualified = f"{cls.name}.{name}"
         reader.add(

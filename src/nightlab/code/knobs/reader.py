@@ -133,3 +133,23 @@ def is_main_guard(stmt: ast.stmt) -> bool:
 def main_block(body: list[ast.stmt]) -> list[ast.stmt]:
     """The statements of the top-level ``if __name__ == "__main__":`` blocks of ``body``."""
     return [s for stmt in body if is_main_guard(stmt) for s in stmt.body]  # type: ignore[attr-defined]
+
+
+def as_annotated(node: ast.expr, annotation: ast.expr | None) -> ast.expr:
+    """``node`` read as its annotation says: a whole number where ``float`` is declared
+    (``weight_decay: float = 0``, ``type=float, default=0``) is the float it means, at the same
+    place, so it is searched as one (an int knob at 0 searched 0..10: a weight decay or dropout of
+    8); anything else unchanged."""
+    floats = isinstance(annotation, ast.Name) and annotation.id == "float"
+    if isinstance(annotation, ast.Subscript) and call_name(annotation.value) == "Optional":
+        floats = isinstance(annotation.slice, ast.Name) and annotation.slice.id == "float"
+    if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):  # float | None
+        floats = any(isinstance(s, ast.Name) and s.id == "float" for s in (annotation.left, annotation.right))
+    if floats and isinstance(node, ast.Constant) and type(node.value) is int:
+        return ast.copy_location(ast.Constant(value=float(node.value)), node)
+    if floats and isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        inner = as_annotated(node.operand, annotation)
+        return (
+            node if inner is node.operand else ast.copy_location(ast.UnaryOp(op=node.op, operand=inner), node)
+        )
+    return node

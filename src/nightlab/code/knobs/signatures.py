@@ -21,7 +21,7 @@ import ast
 
 from nightlab.code.knobs.choices import annotated_choices
 from nightlab.code.knobs.entry import config_files_override, parameter_defaults
-from nightlab.code.knobs.reader import Reader, call_name, keyword
+from nightlab.code.knobs.reader import Reader, as_annotated, call_name, keyword
 
 _ADDERS = {"add_function_arguments": 0, "add_class_arguments": 0, "add_method_arguments": 1}
 
@@ -52,6 +52,7 @@ def signature_knobs(reader: Reader, tree: ast.Module) -> None:
                 continue
             choices = annotated_choices(param.annotation, reader.names)
             qualified = f"{owner.name}.{param.arg}"
+            default = as_annotated(default, param.annotation)
             reader.add(name, default, default, "jsonargparse", qualified=qualified, choices=choices,
                        flags=(f"--{name}",))  # fmt: skip
 
