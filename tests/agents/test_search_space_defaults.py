@@ -326,3 +326,14 @@ def test_a_deepspeed_configs_engine_settings_are_pinned(name: str, pinned: bool)
     """A ds_config.json that init --script made editable: ZeRO's stage, buckets and overlap, fp16
     loss scaling, the print interval were searched (twelve knobs of the machine, none of the model)."""
     assert (default_pin(name) == PIN_DEFAULT) is pinned
+
+
+@pytest.mark.parametrize(
+    ("name", "high"), [("weight_decay", 0.3), ("WD", 0.3), ("dropout", 0.9), ("attn_drop", 0.9)]
+)
+def test_a_ratio_or_decay_written_as_a_whole_zero_is_searched_as_a_float(name: str, high: float) -> None:
+    """``dropout = 0`` or ``weight_decay = 0`` (no decimal point) was an int knob searched over
+    0..10: a dropout of 8 fails, a weight decay of 8 diverges."""
+    domain = infer_domain(name, 0)
+    assert domain is not None and not domain.is_int and domain.low == 0.0 and domain.high == high
+    assert infer_domain("n_layers", 0).is_int  # a count stays one

@@ -33,18 +33,8 @@ from nightlab.code.knobs import EditableKnobs, Knob, find_all_knobs, set_by_comm
 from nightlab.errors import UserError
 
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
-__all__ = [
-    "Dim",
-    "Domain",
-    "Space",
-    "build_space",
-    "canonical",
-    "default_pin",
-    "hint_name",
-    "infer_domain",
-    "is_named",
-    "priority",
-]
+__all__ = ["Dim", "Domain", "Space", "build_space", "canonical", "default_pin", "hint_name", "infer_domain"]
+__all__ += ["is_named", "priority"]
 
 _LOG_HINT = re.compile(r"(LR|LEARNING|RATE|DECAY|WD|EPS|STD|SCALE|CLIP|TEMP|INIT)")
 # PCT: a share such as OneCycleLR's pct_start; B1/B2: optax's names for Adam's betas.
@@ -74,6 +64,7 @@ _MULTIPLIER = re.compile(r"(GAMMA|DISCOUNT|ANNEAL|FACTOR)|(^|_)DECAY_RATE$|^LR_D
 # 0.15-0.5 and tried 1.0, beyond any recipe (and, for coupled L2 decay under SGD, ruinous).
 _WEIGHT_DECAY = re.compile(r"(^|_)(DECAY|WD|L2)(_|$)")
 WEIGHT_DECAY_FROM_ZERO = 0.3
+_OFF_AT_ZERO = f"{_WEIGHT_DECAY.pattern}|{_DEGENERATE_AT_ONE.pattern}"  # an int 0 of these is a float
 
 
 def _nice_sig(value: float, digits: int = 2) -> float:
@@ -287,6 +278,8 @@ def infer_domain(name: str, value: Any, element: bool = False) -> Domain | None:
     """
     if isinstance(value, bool):
         return Domain("choice", choices=(False, True))
+    if isinstance(value, int) and value == 0 and re.search(_OFF_AT_ZERO, hint_name(name)):
+        value = 0.0  # weight_decay = 0, DROPOUT = 0: off, and a ratio or a decay when on, never 8
     if isinstance(value, int):
         if value >= 2 and value & (value - 1) == 0:
             k = int(math.log2(value))
