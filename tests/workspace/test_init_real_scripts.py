@@ -12,7 +12,7 @@ import pytest
 
 from helpers import git, nightlab
 from nightlab.agents.search.settings import SearchSettings
-from nightlab.agents.search.space import build_space
+from nightlab.agents.search.space import Domain, build_space
 from nightlab.config import load_config
 from nightlab.errors import UserError
 from nightlab.workspace.script_init import guess_metric, init_script, script_notes
@@ -229,3 +229,38 @@ def test_modded_nanogpts_hyperparameters(tmp_path: Path) -> None:
     assert domains["weight_decay"].high == pytest.approx(0.3) and not domains["weight_decay"].is_int
     assert "warmdown_iters" in domains and "num_iterations" in space.pinned
     assert {"val_loss_every", "val_tokens", "sequence_length", "save_every"} <= set(space.pinned)
+
+
+def test_a_kaggle_cfg_script(tmp_path: Path) -> None:
+    """A Kaggle notebook's ``class CFG`` printing ``avg_val_loss``: init refused it (no metric it
+    recognised), and its ``apex`` switch (NVIDIA apex AMP, a package to install) was searched."""
+    folder = copy("kaggle_cfg", tmp_path)
+    name, direction, _ = init_script(folder, "train.py")
+    assert (name, direction) == ("avg_val_loss", "minimize")
+    config = load_config(folder)
+    line = "Epoch 3 - avg_val_loss: 0.4321"
+    assert float(re.search(config.metric.pattern, line).group(1)) == 0.4321
+    found, held = space_of(folder)
+    assert {"lr", "batch_size", "weight_decay", "smoothing", "scheduler", "factor"} <= found
+    assert {
+        "apex",
+        "debug",
+        "seed",
+        "epochs",
+        "n_fold",
+        "trn_fold",
+        "target_size",
+        "train",
+        "num_workers",
+    } <= held
+    assert space_of_domain(folder, "factor").high < 1.0  # ReduceLROnPlateau's factor stays a decay
+
+
+def space_of_domain(folder: Path, knob: str) -> Domain:
+    config = load_config(folder)
+    files = {p: (folder / p).read_text() for p in config.target.editable}
+    return next(
+        d.domain
+        for d in build_space(files, SearchSettings(), command=config.target.run).dims
+        if d.knob == knob
+    )

@@ -16,9 +16,10 @@ import ast
 import re
 
 # A validation metric as scripts name it in what they print: a split word, then what is measured.
-# A number may follow (timm's val_acc1, val_top5, acc@1); an agent's evaluation is a return or reward.
+# A number may follow (timm's val_acc1, val_top5, acc@1); an agent's evaluation is a return or reward;
+# an average may precede (a Kaggle notebook's avg_val_loss).
 _METRIC = re.compile(
-    r"\b((?:val|valid|validation|dev|eval|test)[_ ]?"
+    r"\b((?:(?:avg|mean|average|final)_)?(?:val|valid|validation|dev|eval|test)[_ ]?"
     r"(?:loss|acc|accuracy|bpb|bpc|ppl|perplexity|nll|error|err|f1|auc|mse|rmse|mae|top|score"
     r"|return|reward)(?:@?\d+)?)\b",
     re.IGNORECASE,
