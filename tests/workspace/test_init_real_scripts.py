@@ -264,3 +264,11 @@ def space_of_domain(folder: Path, knob: str) -> Domain:
         for d in build_space(files, SearchSettings(), command=config.target.run).dims
         if d.knob == knob
     )
+
+
+def test_a_notebook_is_refused_with_how_to_export_it(tmp_path: Path) -> None:
+    (tmp_path / "train.ipynb").write_text('{"cells": []}')
+    with pytest.raises(
+        UserError, match=r"a notebook; export it as a script first \(jupyter nbconvert --to script"
+    ):
+        init_script(tmp_path, "train.ipynb")

@@ -288,6 +288,11 @@ def init_script(directory: Path, script: str, metric: str | None = None) -> tupl
         raise UserError(f"{directory}: no such folder; give the folder that holds your training script")
     path = directory / script
     rel = _relative(directory, path, script)
+    if path.is_file() and path.suffix == ".ipynb":  # a run is one process with a log, not a kernel
+        raise UserError(
+            f"--script {script}: a notebook; export it as a script first "
+            f"(jupyter nbconvert --to script {shlex.quote(rel)}) and give the .py"
+        )
     if not path.is_file() or path.suffix != ".py":
         raise UserError(f"--script {script}: no Python file {rel} in {directory}; give your training script")
     if (directory / CONFIG_NAME).exists():
