@@ -260,3 +260,26 @@ def test_a_ledger_left_empty_by_a_refused_study_reads_as_no_experiments(tmp_path
         line = res.stderr.strip()
         assert res.returncode == 2 and res.stdout == "" and "\n" not in line, (args, res.stdout, line)
         assert "no experiments" in line and f"nightlab run {root}" in line, (args, line)
+
+
+def test_a_last_night_stopped_before_its_baseline_is_named_when_an_older_one_is_shown(
+    tmp_path: Path,
+) -> None:
+    """The newest night killed during its baseline: `status` and `report` showed the night before
+    (the newest with results) without a word, as if last night had done nothing."""
+    from nightlab.store.ledger import Ledger
+
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3", "LR up")])
+    assert nightlab("run", str(root), "--plain", "--tag", "mon").returncode == 0
+    with Ledger(root / ".nightlab" / "ledger.db") as ledger:  # what kill -9 during a baseline leaves
+        ledger.add_experiment(kind="baseline", tag="tue", description="baseline")
+        ledger.set_meta("current_tag", "tue")
+    for command in ("status", "report"):
+        res = nightlab(command, str(root))
+        assert res.returncode == 0, res.stderr
+        assert "nightlab mon:" in res.stdout or "(mon)" in res.stdout
+        note = res.stderr.strip().splitlines()[0]
+        assert note.startswith("note: the last night, nightlab/tue, has no baseline"), note
+        assert f"nightlab status {root} --tag tue" in note and "showing nightlab/mon" in note
+    named = nightlab("status", str(root), "--tag", "tue")
+    assert named.returncode == 0 and "note:" not in named.stderr and "interrupted" in named.stdout

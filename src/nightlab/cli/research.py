@@ -204,6 +204,18 @@ def open_recorded(directory: Path, tag: str | None) -> Session:
     if not session.ledger.research_tags() and not session.ledger.experiments():
         root = session.root
         raise UserError(f"{root}: no experiments yet; start with `nightlab run {shell_word(root)}`")
+    last = session.ledger.get_meta("current_tag")
+    if tag is None and last is not None and last != session.tag:
+        # The last night stopped before its baseline (killed, or its target failing): the newest
+        # night with results is shown, and nothing said so: it read as if last night did nothing.
+        err_console.print(
+            f"note: the last night, nightlab/{last}, has no baseline (it stopped or failed before one was "
+            f"measured: `nightlab status {shell_word(session.root)} --tag {last}`); showing "
+            f"nightlab/{session.tag}, the newest night with results",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     return session
 
 
