@@ -337,3 +337,11 @@ def test_a_ratio_or_decay_written_as_a_whole_zero_is_searched_as_a_float(name: s
     domain = infer_domain(name, 0)
     assert domain is not None and not domain.is_int and domain.low == 0.0 and domain.high == high
     assert infer_domain("n_layers", 0).is_int  # a count stays one
+
+
+def test_a_diffusers_scripts_resolution_and_logger_are_pinned() -> None:
+    """diffusers' train_unconditional.py: ``--resolution 64`` (the images' size: the task) and
+    ``--logger`` with choices tensorboard/wandb (where logs go) were searched."""
+    assert default_pin("resolution") == PIN_MEASURED
+    assert default_pin("logger") == PIN_DEFAULT and default_pin("report_to") == PIN_DEFAULT
+    assert default_pin("lr_scheduler") is None and default_pin("logit_scale") is None

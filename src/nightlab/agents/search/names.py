@@ -30,7 +30,7 @@ _PINNED_BY_DEFAULT = re.compile(
     r"|WORLD_SIZE|^(LOCAL_)?RANK$|^(N_?|NUM_)?GPUS?$|^(NUM_)?NODES$|^DIST_"
     r"|^(NO_|USE_|DISABLE_)?(CUDA|MPS|ACCEL|GPU|TPU|XLA)$|BACKEND$|APEX|DETERMINISTIC|^(CUDNN_)?BENCHMARK$"
     r"|DRY_RUN|SMOKE_TEST|FAST_DEV_RUN|^TRACK$|VIDEO|RENDER|PIN_MEM|PREFETCH|^CACHE$"
-    r"|^DEVICES$|^(N_?|NUM_)?THREADS?$|^NTHREAD$|^N_JOBS$)"
+    r"|^DEVICES$|^(N_?|NUM_)?THREADS?$|^NTHREAD$|^N_JOBS$|LOGGER$|^REPORT_TO$|^LOG_WITH$)"
 )
 # Checkpoint switches, on word parts of the whole name (see _words): `always_save_checkpoint`,
 # `ckpt_every`, `checkpoint.interval`. Saving changes what is written, never the model, and a
@@ -76,7 +76,7 @@ _TASK_SHAPE = re.compile(
     r"|(^|_)(VOCAB|VOCABULARY|N_VOCAB)(_SIZE)?$"
     r"|(^|_)(SEQ|SEQUENCE|MAX_SEQ|CONTEXT|CTX|MAX_SEQUENCE)_(LEN|LENGTH|SIZE|WINDOW)(_|$)|(^|_)(N_CTX|BLOCK_SIZE)$"
     r"|(^|_)(N_POSITIONS|MAX_POSITION_EMBEDDINGS|TARGET_SIZE|SAMPLE_RATE|SAMPLING_RATE)$|(^|_)(N|NUM)_TARGETS$"
-    r"|(^|_)(IMAGE|IMG)_(SIZE|SHAPE|HEIGHT|WIDTH|RES|RESOLUTION)(_|$)"
+    r"|(^|_)(IMAGE|IMG)_(SIZE|SHAPE|HEIGHT|WIDTH|RES|RESOLUTION)(_|$)|^RESOLUTION$"
 )
 PIN_DEFAULT = "default (seed, logging, checkpoints, paths or device)"
 PIN_BUDGET = "default: the budget (declare a domain in [agent.search] space to search it)"
