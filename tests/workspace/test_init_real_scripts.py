@@ -272,3 +272,14 @@ def test_a_notebook_is_refused_with_how_to_export_it(tmp_path: Path) -> None:
         UserError, match=r"a notebook; export it as a script first \(jupyter nbconvert --to script"
     ):
         init_script(tmp_path, "train.ipynb")
+
+
+def test_diffusers_train_unconditional(tmp_path: Path) -> None:
+    """diffusers' train_unconditional.py: ``--lr_scheduler`` lists its values in its help
+    (``Choose between ["linear", "cosine", ...]``) and was pinned as a string with no choices;
+    ``--resolution`` and ``--logger`` were searched."""
+    folder = copy("diffusers", tmp_path)
+    init_script(folder, "train_unconditional.py")
+    found, held = space_of(folder)
+    assert {"learning_rate", "lr_scheduler", "adam_beta1", "adam_weight_decay", "train_batch_size"} <= found
+    assert {"resolution", "logger", "local_rank", "num_epochs", "checkpointing_steps", "output_dir"} <= held

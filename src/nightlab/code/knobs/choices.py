@@ -95,6 +95,18 @@ def comment_choices(value: KnobValue, comment: str) -> tuple[KnobValue, ...]:
     return ()
 
 
+def help_choices(value: KnobValue, text: str) -> tuple[KnobValue, ...]:
+    """Alternatives an option's help lists in brackets for a string knob (diffusers' ``--lr_scheduler``:
+    ``help='... Choose between ["linear", "cosine", "constant"]'``), holding the knob's value."""
+    if not isinstance(value, str):
+        return ()
+    for inside in re.findall(r"[\[(]([^\[\]()]+)[\])]", text):
+        listed = _word_list(value, inside)
+        if listed:
+            return listed
+    return ()
+
+
 def _word_list(value: str, text: str) -> tuple[KnobValue, ...]:
     text = text.strip().strip("[](){}.;").strip()
     parts = [p.strip().strip("'\"`") for p in _SEPARATOR.split(text)]

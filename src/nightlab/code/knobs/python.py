@@ -31,7 +31,8 @@ lr=3e-4)``, ``nn.Dropout(0.1)``) are read last, by :mod:`.calls`.
 
 The values a script declares an option may take travel with the knob as its ``choices``
 (:mod:`.choices`): argparse ``choices=[...]``, click ``type=click.Choice([...])``, a field
-annotated ``Literal["sgd", "adam"]``. The author wrote them down, so they are the space to search.
+annotated ``Literal["sgd", "adam"]``, a bracketed list in an option's ``help=``
+(``Choose between ["linear", "cosine"]``). The author wrote them down, so they are the space to search.
 
 A name found twice keeps its first place; the later one is qualified (``TrainConfig.lr`` for a
 field, ``--lr`` for an option), so every knob has one literal and an edit means one thing.
@@ -47,11 +48,11 @@ from nightlab.code.knobs.absl import absl_flag, config_dict_knobs
 from nightlab.code.knobs.attrs import attribute_knobs
 from nightlab.code.knobs.callers import Callers, FileIndex, passed_by
 from nightlab.code.knobs.calls import call_knobs
-from nightlab.code.knobs.choices import annotated_choices, listed_choices
+from nightlab.code.knobs.choices import annotated_choices, help_choices, listed_choices
 from nightlab.code.knobs.entry import click_parameter, entry_knobs
 from nightlab.code.knobs.envdefault import env_default
 from nightlab.code.knobs.hydra import HYDRA_SOURCE
-from nightlab.code.knobs.literal import KnobValue
+from nightlab.code.knobs.literal import KnobValue, literal
 from nightlab.code.knobs.loaded import loaded_names, without_loaded_spread
 from nightlab.code.knobs.locals import local_knobs
 from nightlab.code.knobs.mappings import SettingsDicts, built_settings, function_settings, user_classes
@@ -242,6 +243,10 @@ def _option(reader: Reader, call: ast.Call, overrides: dict[str, ast.expr] | Non
     if choices is None and isinstance(kind, ast.Call) and call_name(kind) == "Choice" and kind.args:
         choices = kind.args[0]  # click.Choice(["relu", "tanh"])
     listed = listed_choices(choices, reader.names)
+    described = keyword(call, "help")
+    if not listed and isinstance(described, ast.Constant) and isinstance(described.value, str):
+        parsed = literal(default)  # help='... Choose between ["linear", "cosine"]'
+        listed = help_choices(parsed[1], described.value) if parsed else ()
     reader.add(knob, default, call, source, qualified=long, choices=listed, flags=tuple(flags))
 
 
