@@ -66,7 +66,8 @@ def start(*args: str, slow: float, env: dict[str, str] | None = None) -> subproc
 
 
 def training_pid(root: Path, known: Collection[int] = (), within: float = 30.0) -> int:
-    """The pid of a training process of workspace ``root`` once it has started, other than ``known``."""
+    """The pid (as this machine sees it) of a training process of workspace ``root`` once it has
+    started, other than ``known``."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         for path in (root / ".nightlab" / "runs").glob("*/*/train.pid"):
@@ -74,10 +75,30 @@ def training_pid(root: Path, known: Collection[int] = (), within: float = 30.0) 
                 text = path.read_text().strip()
             except FileNotFoundError:  # a resumed replicate's old run directory, being replaced
                 continue
-            if text and int(text) not in known:
-                return int(text)
+            pid = host_pid(path.parent, int(text)) if text else None
+            if pid is not None and pid not in known:
+                return pid
         time.sleep(0.05)
     raise AssertionError(f"no training process started within {within:g} s")
+
+
+def host_pid(run_dir: Path, written: int) -> int | None:
+    """The pid of the process that wrote ``written`` into ``run_dir/train.pid``, as this machine
+    sees it. Under the sandbox's own PID namespace the number it wrote is its pid in there (3,
+    in every run): the process is the one whose namespace pid that is and whose environment
+    names ``run_dir``. None once it has ended."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            nspids = [int(p) for p in fields.get("NSpid", "").split()]
+            if not nspids or nspids[-1] != written:
+                continue
+            named = psutil.Process(nspids[0]).environ().get("NIGHTLAB_RUN_DIR")
+            if named is not None and os.path.realpath(named) == os.path.realpath(run_dir):
+                return nspids[0]
+        except (OSError, ValueError, psutil.Error):
+            continue
+    return None
 
 
 def gone(pid: int, within: float) -> bool:

@@ -28,11 +28,6 @@ def _page_data(root: Path) -> dict:
     return json.loads(page.split('<script id="data" type="application/json">')[1].split("</script>")[0])
 
 
-def _trained(root: Path) -> set[int]:
-    """The training processes the workspace's runs have had so far."""
-    return {int(p.read_text()) for p in (root / ".nightlab" / "runs").glob("*/*/train.pid")}
-
-
 def _studies(root: Path) -> list[dict]:
     res = nightlab("status", str(root), "--json")
     assert res.returncode == 0, res.stderr
@@ -46,7 +41,7 @@ def test_a_study_killed_with_its_harness_reads_interrupted_and_is_taken_up(tmp_p
     assert night.returncode == 0, night.stdout + night.stderr
 
     study = start("validate", str(root), "--tag", "t", "--seeds", "2", slow=60)
-    trainer = training_pid(root, known=_trained(root))
+    trainer = training_pid(root)
     running = _studies(root)  # while its harness lives, it runs
     assert [s["state"] for s in running] == ["running"] and "resume" not in running[0]
     os.kill(study.pid, signal.SIGKILL)
@@ -72,7 +67,7 @@ def test_a_study_killed_with_its_harness_reads_interrupted_and_is_taken_up(tmp_p
     # night's own experiment it was training (the replay's second proposal), killed with it, reads
     # interrupted in report.html.
     other = start("run", str(root), "--plain", "--tag", "t", "-n", "2", slow=60)
-    other_trainer = training_pid(root, known=_trained(root))
+    other_trainer = training_pid(root)
     assert [s["state"] for s in _studies(root)] == ["interrupted"]
     os.kill(other.pid, signal.SIGKILL)
     other.communicate(timeout=30)

@@ -51,14 +51,13 @@ def test_a_client_killed_mid_experiment_stops_its_training_and_the_server(tmp_pa
     root = slow_workspace(tmp_path / "ws", timeout=120)
     baseline = nightlab("run", str(root), "--plain", "--tag", "t", "-n", "0", env={"SLOW_SECONDS": "0"})
     assert baseline.returncode == 0, baseline.stdout + baseline.stderr
-    known = {int(p.read_text()) for p in (root / ".nightlab" / "runs").glob("*/*/train.pid")}
     # The server gets the test's PATH (and PYTHONPATH, where a checkout other than the installed one is tested).
     paths = f'"PATH": {os.environ["PATH"]!r}, "PYTHONPATH": {os.environ.get("PYTHONPATH", "")!r}'
     (tmp_path / "client.py").write_text(CLIENT.replace('"PATH": ""', paths))
     errlog = tmp_path / "server.err"
     client = subprocess.Popen([sys.executable, str(tmp_path / "client.py"), str(root), str(errlog), "run"])
     try:
-        trainer = training_pid(root, known=known)
+        trainer = training_pid(root)
         server = json.loads((root / ".nightlab" / "harness.lock").read_text())["pid"]
         assert "mcp" in Path(f"/proc/{server}/cmdline").read_bytes().decode()
         started = time.monotonic()
