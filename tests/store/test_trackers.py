@@ -190,6 +190,13 @@ def test_export_to_wandb_offline_reads_back_with_wandb_tooling(night: Path) -> N
     assert "wandb: 0 experiments" in again.stdout
     # Nothing new, nothing written: each export wrote one more session run for `wandb sync`.
     assert sorted(p.name for p in folder.glob("offline-run-*")) == folders
+    # Synced and moved away, then exported again into a new folder: every run once, under the
+    # same ids (the same W&B runs, not copies of them).
+    folder.rename(night / ".nightlab" / "wandb-synced")
+    fresh = nightlab("export", str(night), "--to", "wandb", "-o", "mode=offline", env=env)
+    assert fresh.returncode == 0 and f"wandb: {status['total']} experiments" in fresh.stdout, fresh.stdout
+    ids = sorted(name.split("-", 3)[-1] for name in folders)
+    assert sorted(p.name.split("-", 3)[-1] for p in folder.glob("offline-run-*")) == ids
 
 
 def _wandb() -> str:
