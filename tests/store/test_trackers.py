@@ -264,3 +264,35 @@ def test_live_trackers_get_every_experiment_and_never_the_keys(tmp_path: Path) -
     )
     assert _files_with(root, WANDB_KEY) == [] and _files_with(root, MLFLOW_TOKEN) == []
     assert os.environ.get("WANDB_API_KEY") != WANDB_KEY  # the test's own process was never changed
+
+
+@pytest.mark.slow
+def test_a_moved_workspace_sends_its_later_runs_under_the_same_wandb_ids(tmp_path: Path) -> None:
+    """W&B run ids were derived from the workspace's path: moved to another folder, a workspace
+    sent its next experiments under a new id prefix, and a second session run for the same tag
+    (a duplicate in the project). The prefix first used is kept with the export's records."""
+    import shutil
+
+    pytest.importorskip("wandb")
+    root = make_workspace(tmp_path / "ws", proposals=[edit("LR = 0.1", "LR = 0.3", "LR up")])
+    assert nightlab("run", str(root), "--plain", "--tag", "t").returncode == 0
+    env = {"WANDB_MODE": "offline"}
+    assert nightlab("export", str(root), "--to", "wandb", env=env).returncode == 0
+    folder = root / ".nightlab" / "wandb"
+    first = {p.name.split("-", 3)[-1] for p in folder.glob("offline-run-*")}
+    assert len(first) == 3  # the baseline, the change, the session
+
+    moved = tmp_path / "elsewhere" / "lab"
+    shutil.copytree(root, moved, symlinks=True)
+    shutil.rmtree(root)
+    records = moved / ".nightlab" / "wandb"
+    for path in records.glob("offline-run-*"):  # synced and cleaned up
+        shutil.rmtree(path)
+    exported = json.loads((records / "exported.json").read_text())
+    (key,) = exported
+    exported[key] = exported[key][:-1]  # as if the last experiment had finished after the move
+    (records / "exported.json").write_text(json.dumps(exported))
+    again = nightlab("export", str(moved), "--to", "wandb", env=env)
+    assert again.returncode == 0 and "wandb: 1 experiment" in again.stdout, again.stdout + again.stderr
+    sent = {p.name.split("-", 3)[-1] for p in records.glob("offline-run-*")}
+    assert sent and sent <= first, (sent, first)

@@ -131,7 +131,9 @@ class WandbTracker(Tracker):
         self.session = session
         self._logged = 0
         digest = hashlib.sha1(f"{self.target.root.resolve()}:{session.tag}".encode()).hexdigest()[:8]
-        self._prefix = f"nl-{_safe(session.tag)}-{digest}"
+        # The prefix the tag's runs were first sent under, kept: a workspace moved to another
+        # folder sent its later experiments, and a second session run, under new ids.
+        self._prefix = self._session_entry().get("prefix") or f"nl-{_safe(session.tag)}-{digest}"
 
     def exported(self) -> set[int]:
         return set(self._read_exported().get(self._key(), []))
@@ -178,21 +180,23 @@ class WandbTracker(Tracker):
     def _sessions_file(self) -> Path:
         return self.dir / "sessions.json"
 
-    def _session_sent(self, key: str, digest: str) -> bool:
-        """Whether this tag's summary run was already written as it stands (``digest``)."""
+    def _session_entry(self) -> dict[str, Any]:
+        """What ``sessions.json`` holds for this project and tag: the run-id prefix its runs were
+        sent under, and the digest of the summary run last written."""
         try:
             data = json.loads(self._sessions_file.read_text())
         except (OSError, ValueError):
-            return False
-        return isinstance(data, dict) and data.get(key) == digest
+            return {}
+        entry = data.get(self._key()) if isinstance(data, dict) else None
+        return entry if isinstance(entry, dict) else {}
 
-    def _remember_session(self, key: str, digest: str) -> None:
+    def _remember_session(self, digest: str) -> None:
         try:
             data = json.loads(self._sessions_file.read_text())
         except (OSError, ValueError):
             data = {}
         data = data if isinstance(data, dict) else {}
-        data[key] = digest
+        data[self._key()] = {"prefix": self._prefix, "digest": digest}
         tmp = self._sessions_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self._sessions_file)
@@ -203,7 +207,7 @@ class WandbTracker(Tracker):
         # Written again only when it changed: offline, every write is one more run folder for
         # `wandb sync` (an export that sent nothing left a new session folder each time).
         digest = hashlib.sha1(json.dumps([self._prefix, asdict(session)], default=str).encode()).hexdigest()
-        if not self._logged and self._session_sent(self._key(), digest):
+        if not self._logged and self._session_entry().get("digest") == digest:
             return
         run = self._init(f"{self._prefix}-session", name=f"nightlab/{session.tag}", job_type="session",
                          config={"workspace": session.workspace, "metric": session.metric_name,
@@ -219,7 +223,7 @@ class WandbTracker(Tracker):
             run.summary.update({k: v for k, v in values.items() if v is not None})
         finally:
             run.finish()
-        self._remember_session(self._key(), digest)
+        self._remember_session(digest)
 
 
 def _make(settings: WandbSettings, target: TrackerTarget) -> WandbTracker:
