@@ -253,3 +253,18 @@ def test_a_whole_number_declared_float_is_a_float_knob() -> None:
 def moved_text(source: str, values: dict[str, KnobValue]) -> str:
     files = {"train.py": source}
     return apply_changes(files, plan_changes(files, values))["train.py"]
+
+
+def test_a_quick_scripts_positional_fallbacks_are_knobs_unless_the_command_gives_them() -> None:
+    """``lr = float(sys.argv[1]) if len(sys.argv) > 1 else 3e-4``: run as ``python train.py``,
+    the fallback is what trains, and it gave no knob; with ``python train.py 1e-3`` it never
+    applies."""
+    source = (
+        "import sys\nlr = float(sys.argv[1]) if len(sys.argv) > 1 else 3e-4\n"
+        "EPOCHS = int(sys.argv[2]) if len(sys.argv) > 2 else 10\n"
+    )
+    assert {k.name: (k.value, k.source) for k in find_all_knobs({"train.py": source}, "python train.py").knobs} == {
+        "lr": (3e-4, "argv"), "EPOCHS": (10, "argv"),
+    }  # fmt: skip
+    assert [k.name for k in find_all_knobs({"train.py": source}, "python train.py 1e-3").knobs] == ["EPOCHS"]
+    assert "else 1e-3\n" in moved_text(source, {"lr": 1e-3})

@@ -9,6 +9,7 @@ import ast
 import math
 import re
 
+from nightlab.code.knobs.command import command_words
 from nightlab.code.knobs.reader import call_name
 
 # Variables the harness or a launcher sets for every run: a default read from one never applies.
@@ -107,3 +108,30 @@ def _unless_set(node: ast.IfExp) -> ast.expr | None:
     if isinstance(test.ops[0], ast.NotIn):
         return node.body if isinstance(node.body, ast.Constant) else None
     return None
+
+
+def argv_default(node: ast.expr, command: str, path: str) -> ast.expr | None:
+    """The literal of ``float(sys.argv[1]) if len(sys.argv) > 1 else 3e-4`` (a quick script's
+    positional settings) when the run ``command`` gives the script ``path`` too few arguments for
+    the test to hold, so the literal is what runs; None for anything else, or when the command
+    does give them (then the literal never applies)."""
+    if not isinstance(node, ast.IfExp) or not isinstance(node.orelse, (ast.Constant, ast.UnaryOp)):
+        return None
+    test = node.test
+    if not (
+        isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], (ast.Gt, ast.GtE))
+    ):
+        return None
+    length, bound = test.left, test.comparators[0]
+    if not (isinstance(length, ast.Call) and call_name(length) == "len" and len(length.args) == 1):
+        return None
+    if call_name(length.args[0]) != "argv" or not (
+        isinstance(bound, ast.Constant) and type(bound.value) is int
+    ):
+        return None
+    words = command_words(command) if command else [path]
+    if path not in words:
+        return None  # the command runs something else, which may give the script any arguments
+    given = len(words) - words.index(path) - 1
+    holds = 1 + given > bound.value if isinstance(test.ops[0], ast.Gt) else 1 + given >= bound.value
+    return None if holds else node.orelse

@@ -15,7 +15,7 @@ class Knob:
     characters from 0, end exclusive); ``start``/``end`` are the same span as offsets into the
     file's text. ``text`` is the literal exactly as written, ``comment`` the trailing comment
     without its ``#`` (empty when there is none), ``source`` where it was found (``constant``,
-    ``setting``, ``argparse``, ``click``, ``dataclass``, ``class``, ``dict``, ``env``, ``call``
+    ``setting``, ``argparse``, ``click``, ``dataclass``, ``class``, ``dict``, ``env``, ``argv``, ``call``
     for an argument of a training API's call, ``yaml``, ``json``, ``toml``).
 
     ``choices`` are the values the script itself declares the knob may take (argparse

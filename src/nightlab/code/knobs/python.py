@@ -24,7 +24,9 @@
 - ``env``: the default of ``os.environ.get("LR", 3e-4)``/``os.getenv(...)`` assigned to a
   constant or setting, also inside a cast (``float(...)``): it applies whenever the variable is
   unset, as it is in a run unless the run command sets it. Variables the harness or a launcher
-  sets (``NIGHTLAB_*``, ``OMP_*``, ``RANK``, ...) are not knobs: their defaults never apply.
+  sets (``NIGHTLAB_*``, ``OMP_*``, ``RANK``, ...) are not knobs: their defaults never apply;
+- ``argv``: the fallback of ``float(sys.argv[1]) if len(sys.argv) > 1 else 3e-4`` at module
+  level, unless the run command gives the script that many arguments.
 
 The literal arguments of calls to well-known training APIs (``torch.optim.AdamW(params,
 lr=3e-4)``, ``nn.Dropout(0.1)``) are read last, by :mod:`.calls`.
@@ -50,7 +52,7 @@ from nightlab.code.knobs.callers import Callers, FileIndex, passed_by
 from nightlab.code.knobs.calls import call_knobs
 from nightlab.code.knobs.choices import annotated_choices, help_choices, listed_choices
 from nightlab.code.knobs.entry import click_parameter, entry_knobs
-from nightlab.code.knobs.envdefault import env_default
+from nightlab.code.knobs.envdefault import argv_default, env_default
 from nightlab.code.knobs.hydra import HYDRA_SOURCE
 from nightlab.code.knobs.literal import KnobValue, literal
 from nightlab.code.knobs.loaded import loaded_names, without_loaded_spread
@@ -117,9 +119,11 @@ def python_knobs(
         if kind is None and stmt in settings and _SETTING.match(name) and not name.startswith("_"):
             kind = "setting"
         if kind is not None:
-            default = env_default(value)
+            default, outside = env_default(value), "env"
+            if default is None:  # lr = float(sys.argv[1]) if len(sys.argv) > 1 else 3e-4
+                default, outside = argv_default(value, reader.command, path), "argv"
             if default is not None:  # LR = float(os.environ.get("LR", 3e-4))
-                reader.add(name, default, stmt, "env", replace=True)
+                reader.add(name, default, stmt, outside, replace=True)
             else:
                 reader.add(name, value, stmt, kind, replace=True)
         # config = dict(lr=3e-4, ...), CONFIG = {"lr": 3e-4}, cfg = {**defaults, "lr": 1e-2}
