@@ -46,16 +46,38 @@ CLIENT = textwrap.dedent(
 )
 
 
+@pytest.fixture(scope="module")
+def mcp_1x(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """PYTHONPATH with the newest mcp 1.x (and what pip resolves for it) in front: it runs a sync
+    tool on the event loop, which then read nothing, not even the end of stdin, until a run had
+    trained its whole budget."""
+    target = tmp_path_factory.mktemp("mcp-1x")
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--no-warn-conflicts", "--target", str(target), "mcp<2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert pip.returncode == 0, f"pip could not install mcp<2: {pip.stderr[-2000:]}"
+    return os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
+
 @pytest.mark.slow
-def test_a_client_killed_mid_experiment_stops_its_training_and_the_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sdk", ["installed", "1.x"])
+def test_a_client_killed_mid_experiment_stops_its_training_and_the_server(
+    tmp_path: Path, sdk: str, request: pytest.FixtureRequest
+) -> None:
     root = slow_workspace(tmp_path / "ws", timeout=120)
     baseline = nightlab("run", str(root), "--plain", "--tag", "t", "-n", "0", env={"SLOW_SECONDS": "0"})
     assert baseline.returncode == 0, baseline.stdout + baseline.stderr
-    # The server gets the test's PATH (and PYTHONPATH, where a checkout other than the installed one is tested).
-    paths = f'"PATH": {os.environ["PATH"]!r}, "PYTHONPATH": {os.environ.get("PYTHONPATH", "")!r}'
+    # The server gets the test's PATH and PYTHONPATH (a checkout other than the installed one, the SDK).
+    pythonpath = request.getfixturevalue("mcp_1x") if sdk == "1.x" else os.environ.get("PYTHONPATH", "")
+    paths = f'"PATH": {os.environ["PATH"]!r}, "PYTHONPATH": {pythonpath!r}'
     (tmp_path / "client.py").write_text(CLIENT.replace('"PATH": ""', paths))
     errlog = tmp_path / "server.err"
-    client = subprocess.Popen([sys.executable, str(tmp_path / "client.py"), str(root), str(errlog), "run"])
+    client = subprocess.Popen(
+        [sys.executable, str(tmp_path / "client.py"), str(root), str(errlog), "run"],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+    )
     try:
         trainer = training_pid(root)
         server = json.loads((root / ".nightlab" / "harness.lock").read_text())["pid"]

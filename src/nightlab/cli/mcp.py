@@ -242,36 +242,36 @@ def build_server(root: Path, tag: str | None = None) -> MCPServer:
     server.harness = harness  # serve() stops what it trains when the client disconnects
 
     @server.tool()
-    def state() -> dict:
+    async def state() -> dict:
         """The research state: metric and direction, the best so far, the noise floor (sd of one
         run), experiments done and left, the training budget per run, editable and frozen files."""
-        return _guard(harness.state)
+        return await _off_loop(harness.state)
 
     @server.tool()
-    def read_file(path: str) -> str:
+    async def read_file(path: str) -> str:
         """The current best version of an editable file (e.g. train.py): edit against this text."""
-        return _guard(lambda: harness.read_file(path))
+        return await _off_loop(lambda: harness.read_file(path))
 
     @server.tool()
-    def history(limit: int = 50) -> list[dict]:
+    async def history(limit: int = 50) -> list[dict]:
         """Finished experiments, oldest first: description, metric, improvement over the best of the
         time (> 0 is better), runs, status, decision and reason. `limit` (1 or more) keeps the most
         recent."""
-        return _guard(lambda: harness.history(limit))
+        return await _off_loop(lambda: harness.history(limit))
 
     @server.tool()
-    def run_experiment(description: str, edits: list[dict[str, Any]], hypothesis: str = "") -> str:
+    async def run_experiment(description: str, edits: list[dict[str, Any]], hypothesis: str = "") -> str:
         """Train, evaluate and decide one experiment (this takes the training budget, or more when
         the policy asks for confirmation runs). `edits` apply to the best code, in order: each is
         {"path", "search", "replace"} (search must match exactly one place) or {"path", "content"}
         (the whole new file). Only editable files. Returns the result block: metric, delta (> 0 is
         better), decision (keep/discard/crash/invalid), reason, experiment id, commit."""
-        return _guard(lambda: harness.run_experiment(description, edits, hypothesis))
+        return await _off_loop(lambda: harness.run_experiment(description, edits, hypothesis))
 
     @server.tool()
-    def report() -> str:
+    async def report() -> str:
         """The research summary: baseline, best, improvement, noise floor, the kept changes."""
-        return _guard(harness.report)
+        return await _off_loop(harness.report)
 
     return server
 
@@ -303,6 +303,16 @@ def _utf8_text(path: str, text: str) -> str:
         f"{path} is not UTF-8 text (byte 0x{byte:02x} on line {line}): MCP carries UTF-8 only; "
         "convert the file to UTF-8 and commit it"
     )
+
+
+async def _off_loop(call):
+    """:func:`_guard` of ``call`` on a worker thread. The tools are async so that no SDK version
+    runs them on the event loop (mcp 1.x called a sync tool there): the loop keeps reading
+    stdin while an experiment trains, so a client that disconnects is noticed at once
+    (:meth:`Harness.disconnect`), not when the run has trained its whole budget."""
+    import anyio
+
+    return await anyio.to_thread.run_sync(_guard, call)
 
 
 def _guard(call):
