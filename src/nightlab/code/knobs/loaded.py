@@ -31,13 +31,7 @@ def overridden_keys(files: dict[str, str]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     if not configs:
         return out
-    for path, text in files.items():
-        if not path.endswith(".py"):
-            continue
-        try:
-            tree = ast.parse(text)
-        except SyntaxError:
-            continue
+    for _path, tree in _python_trees(files, ("",)):
         bodies = [tree.body] + [
             n.body for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
         ]
@@ -57,20 +51,10 @@ def _options_merged_over(tree: ast.Module, configs: set[str]) -> dict[str, set[s
     ``amp: true`` never applies). The config is the one the loader opens by name, else every
     editable config file the module names (``default="configs/default.yaml"``)."""
     options: dict[str, bool] = {}  # dest -> whether its default is None
-    loaded: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and call_name(node) == "add_argument":
             options.update(_option(node))
-        elif (
-            isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-        ):
-            if isinstance(node.value, ast.Call) and call_name(node.value) in _LOADERS:
-                loaded[node.targets[0].id] = _source(node.value, {})
-    named = {
-        n.value.removeprefix("./")
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.removeprefix("./") in configs
-    }
+    loaded, named = loaded_sources(tree), _named_configs(tree, configs)
     out: dict[str, set[str]] = {}
     for node in ast.walk(tree):
         if not (
@@ -208,30 +192,8 @@ def parser_defaults(files: dict[str, str]) -> dict[str, set[str]]:
     ``default='config.yaml'`` names it)."""
     configs = {path for path in files if path.endswith(_CONFIG_SUFFIXES)}
     out: dict[str, set[str]] = {}
-    for path, text in files.items() if configs else ():
-        if not path.endswith(".py") or "set_defaults" not in text and "update" not in text:
-            continue
-        try:
-            tree = ast.parse(text)
-        except (SyntaxError, RecursionError):
-            continue
-        loaded: dict[str, str] = {}  # variable -> the file its loader read ("" when not by name)
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Assign)
-                and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name)
-            ):
-                value = node.value
-                if isinstance(value, ast.Call) and call_name(value) in _LOADERS:
-                    loaded[node.targets[0].id] = _source(value, {})
-        named = {
-            n.value.removeprefix("./")
-            for n in ast.walk(tree)
-            if isinstance(n, ast.Constant)
-            and isinstance(n.value, str)
-            and n.value.removeprefix("./") in configs
-        }
+    for path, tree in _python_trees(files, ("set_defaults", "update")) if configs else ():
+        loaded, named = loaded_sources(tree), _named_configs(tree, configs)
         for node in ast.walk(tree):
             merged = _merged_into_options(node)
             if merged in loaded:
@@ -263,29 +225,8 @@ def structured_under(files: dict[str, str]) -> dict[str, set[str]]:
     The config is the one the load names, else every editable config file the module names."""
     configs = {path for path in files if path.endswith(_CONFIG_SUFFIXES)}
     out: dict[str, set[str]] = {}
-    for path, text in files.items() if configs else ():
-        if not path.endswith(".py") or "structured" not in text:
-            continue
-        try:
-            tree = ast.parse(text)
-        except (SyntaxError, RecursionError):
-            continue
-        loaded = {  # cfg_file = OmegaConf.load(...): the variable, and the file it names
-            n.targets[0].id: _source(n.value, {})
-            for n in ast.walk(tree)
-            if isinstance(n, ast.Assign)
-            and len(n.targets) == 1
-            and isinstance(n.targets[0], ast.Name)
-            and isinstance(n.value, ast.Call)
-            and call_name(n.value) in _LOADERS
-        }
-        named = {
-            n.value.removeprefix("./")
-            for n in ast.walk(tree)
-            if isinstance(n, ast.Constant)
-            and isinstance(n.value, str)
-            and n.value.removeprefix("./") in configs
-        }
+    for path, tree in _python_trees(files, ("structured",)) if configs else ():
+        loaded, named = loaded_sources(tree), _named_configs(tree, configs)
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and call_name(node) == "merge"):
                 continue
@@ -313,10 +254,11 @@ def _merged_part(node: ast.expr, loaded: dict[str, str]) -> str:
     return ""
 
 
-def loaded_names(tree: ast.Module) -> set[str]:
-    """The variables of a module bound to a loaded config (``hp = yaml.safe_load(f)``)."""
+def loaded_sources(tree: ast.Module) -> dict[str, str]:
+    """``{variable: the file its loader reads}`` for each variable of a module bound to a loaded
+    config (``hp = yaml.safe_load(f)``; "" when the loader names no file)."""
     return {
-        n.targets[0].id
+        n.targets[0].id: _source(n.value, {})
         for n in ast.walk(tree)
         if isinstance(n, ast.Assign)
         and len(n.targets) == 1
@@ -324,6 +266,30 @@ def loaded_names(tree: ast.Module) -> set[str]:
         and isinstance(n.value, ast.Call)
         and call_name(n.value) in _LOADERS
     }
+
+
+def _named_configs(tree: ast.Module, configs: set[str]) -> set[str]:
+    """The editable config files a module names in a string (``default="configs/base.yaml"``):
+    where a loader opens a path computed at run time, these are the files it may read."""
+    return {
+        n.value.removeprefix("./")
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.removeprefix("./") in configs
+    }
+
+
+def _python_trees(files: dict[str, str], needles: tuple[str, ...]) -> list[tuple[str, ast.Module]]:
+    """``(path, tree)`` of each Python file that spells one of ``needles`` and parses (a file too
+    deeply nested for the parser is skipped: its reader reports it)."""
+    out: list[tuple[str, ast.Module]] = []
+    for path, text in files.items():
+        if not path.endswith(".py") or not any(needle in text for needle in needles):
+            continue
+        try:
+            out.append((path, ast.parse(text)))
+        except (SyntaxError, RecursionError):
+            continue
+    return out
 
 
 def _is_loaded(node: ast.expr, names: set[str]) -> bool:
@@ -349,26 +315,9 @@ def spread_into(files: dict[str, str]) -> dict[str, list[tuple[str, set[str]]]]:
     file the module names; none when it names none (then no field's default is sure to apply)."""
     configs = {path for path in files if path.endswith(_CONFIG_SUFFIXES)}
     out: dict[str, list[tuple[str, set[str]]]] = {}
-    for path, text in files.items():
-        if not path.endswith(".py") or "**" not in text:
-            continue
-        try:
-            tree = ast.parse(text)
-        except (SyntaxError, RecursionError):
-            continue
-        names = loaded_names(tree)
-        sources = {
-            n.targets[0].id: _source(n.value, {})
-            for n in ast.walk(tree)
-            if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and n.targets[0].id in names
-        }
-        named = {
-            n.value.removeprefix("./")
-            for n in ast.walk(tree)
-            if isinstance(n, ast.Constant)
-            and isinstance(n.value, str)
-            and n.value.removeprefix("./") in configs
-        }
+    for path, tree in _python_trees(files, ("**",)):
+        sources = loaded_sources(tree)
+        names, named = set(sources), _named_configs(tree, configs)
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 for spread in (

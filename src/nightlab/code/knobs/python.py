@@ -55,7 +55,7 @@ from nightlab.code.knobs.entry import click_parameter, entry_knobs
 from nightlab.code.knobs.envdefault import argv_default, env_default
 from nightlab.code.knobs.hydra import HYDRA_SOURCE
 from nightlab.code.knobs.literal import KnobValue, literal
-from nightlab.code.knobs.loaded import loaded_names, without_loaded_spread
+from nightlab.code.knobs.loaded import loaded_sources, without_loaded_spread
 from nightlab.code.knobs.locals import local_knobs
 from nightlab.code.knobs.mappings import SettingsDicts, built_settings, function_settings, user_classes
 from nightlab.code.knobs.model import Knob
@@ -277,7 +277,7 @@ def _builders(
         return []
     calls = list(local.get(cls.name, []))
     calls += reader.callers.calls(cls.name)[0] if reader.callers is not None else []
-    names = loaded_names(tree)  # Config(**yaml.safe_load(f)): what the config sets is read there
+    names = set(loaded_sources(tree))  # Config(**yaml.safe_load(f)): what the config sets is read there
     return [without_loaded_spread(call, names) for call in calls]
 
 
