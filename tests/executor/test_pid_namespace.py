@@ -4,9 +4,9 @@ Found from outside (session 18): a sandboxed train.py listed ``/proc``, found th
 that ran it and every other nightlab process of the user, and wrote 1000 into each one's
 ``oom_score_adj`` (read back: 1000), so that under memory pressure the kernel would kill the
 harness, not the run. These tests run that attack through the launcher as ``wrap`` writes it for
-a training command, and check that the namespace changes nothing else a run shows: its exit
-status, the signals it gets, what the executor reports; and that it closes one gap more: a
-daemon no longer outlives a SIGKILL of the launcher.
+a training command, and check that the namespace changes nothing else a run shows (its exit
+status and the signals it gets are checked in both launcher forms in test_sandbox_reaper.py);
+and that it closes one gap more: a daemon no longer outlives a SIGKILL of the launcher.
 
 They skip where this machine cannot give a run a PID namespace (``sandbox.detect().pidns``).
 """
@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -30,6 +28,8 @@ from nightlab.executor import sandbox
 from nightlab.executor.local import LocalExecutor
 from nightlab.executor.proctree import TAG_VARIABLE
 from nightlab.types import RunSpec, RunStatus
+
+from .test_sandbox_reaper import RECORDER, untagged_env, wait_for, write
 
 SUPPORT = sandbox.detect()
 pytestmark = pytest.mark.skipif(not SUPPORT.pidns, reason=f"no PID namespace here ({SUPPORT})")
@@ -55,30 +55,6 @@ except OSError as exc:
 open(sys.argv[1], "w").write(json.dumps(done))
 """
 
-# A program that records the signals it gets; SIGTERM ends it (exit 0) once recorded.
-RECORDER = """
-import signal, sys, time
-out = sys.argv[1]
-def record(number, frame):
-    with open(out, "a") as handle:
-        handle.write(signal.Signals(number).name + "\\n")
-    if number == signal.SIGTERM:
-        sys.exit(0)
-for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
-    signal.signal(number, record)
-open(out + ".ready", "w").close()
-deadline = time.monotonic() + 60
-while time.monotonic() < deadline:
-    time.sleep(0.01)
-sys.exit(9)
-"""
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    path = folder / name
-    path.write_text(textwrap.dedent(text))
-    return path
-
 
 def training_argv(folder: Path, program: list[str]) -> list[str]:
     """The launcher's argv as ``wrap`` writes it for a training command (``hide`` given), running
@@ -87,21 +63,6 @@ def training_argv(folder: Path, program: list[str]) -> list[str]:
     assert "--pid-ns" in argv
     last = len(argv) - argv[::-1].index("--")
     return argv[:last] + program
-
-
-def untagged_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != TAG_VARIABLE}
-    env.update(extra)
-    return env
-
-
-def wait_for(check, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_a_training_run_sees_and_reaches_no_process_outside_its_own(tmp_path: Path) -> None:
@@ -125,68 +86,6 @@ def test_a_training_run_sees_and_reaches_no_process_outside_its_own(tmp_path: Pa
     assert done["me"] in done["seen"] and set(done["seen"]) <= {1, 2, 3}, done
     assert done["oom"] == "FileNotFoundError" and done["signal"] == "ProcessLookupError", done
     assert Path(f"/proc/{os.getpid()}/oom_score_adj").read_text() == before
-
-
-@pytest.mark.parametrize(
-    "code",
-    [
-        "raise SystemExit(0)",
-        "raise SystemExit(7)",
-        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
-        "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
-        "import os, signal; signal.signal(signal.SIGTERM, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGTERM)",
-    ],
-)
-def test_the_launcher_still_exits_as_its_program_did(tmp_path: Path, code: str) -> None:
-    """Pid 1 cannot die of the program's signal; the relay, which the harness watches, does."""
-    plain = subprocess.run([sys.executable, "-c", code], env=untagged_env())
-    launched = subprocess.run(training_argv(tmp_path, [sys.executable, "-c", code]), env=untagged_env())
-    assert launched.returncode == plain.returncode
-
-
-def test_a_users_signals_reach_the_program_once_and_a_keepers_are_not_doubled(tmp_path: Path) -> None:
-    """From outside the namespace pid 1 sees no sender: the relay queues what a user sends it, and
-    pid 1 passes on only that; a keeper's signal (here: to the relay, as the harness's own is
-    sent to the group) is not passed on."""
-    recorder = write(tmp_path, "recorder.py", RECORDER)
-    out = tmp_path / "signals"
-    tag = f"{os.getpid()}:t0:0:test"  # the test process plays the harness
-    launcher = subprocess.Popen(
-        training_argv(tmp_path, [sys.executable, str(recorder), str(out)]),
-        env=untagged_env(**{TAG_VARIABLE: tag}),
-    )
-    try:
-        assert wait_for(lambda: Path(f"{out}.ready").exists())
-        os.kill(launcher.pid, signal.SIGUSR1)  # from the harness: not forwarded
-        time.sleep(0.3)
-        assert not out.exists()
-        for name in ("USR1", "HUP", "TERM"):  # from anyone else: forwarded
-            subprocess.run(["kill", f"-{name}", str(launcher.pid)], check=True)
-            assert wait_for(lambda name=name: out.exists() and f"SIG{name}" in out.read_text()), name
-        assert launcher.wait(10) == 0
-        assert out.read_text().split() == ["SIGUSR1", "SIGHUP", "SIGTERM"]
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
-
-
-def test_a_timeout_reaches_the_program_once_through_the_group(tmp_path: Path) -> None:
-    """The executor's SIGTERM to the run's group reaches the program (in the namespace, behind
-    pid 1) once, and it ends at it, not at the SIGKILL after the grace period."""
-    recorder = write(tmp_path, "recorder.py", RECORDER)
-    out = tmp_path / "signals"
-    spec = RunSpec(
-        command=sandbox.wrap(f"python {recorder} {out}", [tmp_path], "required", hide=[]),
-        cwd=tmp_path,
-        run_dir=tmp_path / "run",
-        seed=0,
-        timeout=2.0,
-    )
-    result = LocalExecutor(poll_interval=0.02, grace_seconds=5.0).run(spec)
-    assert result.status is RunStatus.TIMEOUT
-    assert out.read_text().split() == ["SIGTERM"]
-    assert result.total_seconds < 6
 
 
 def test_a_daemon_dies_when_the_launcher_is_killed_with_sigkill(tmp_path: Path) -> None:

@@ -103,12 +103,32 @@ def write(folder: Path, name: str, text: str) -> Path:
     return path
 
 
-def launcher_argv(folder: Path, program: list[str]) -> list[str]:
+def launcher_argv(folder: Path, program: list[str], namespace: bool = False) -> list[str]:
     """The launcher's argv as ``wrap`` writes it, running ``program`` itself instead of
-    ``/bin/sh -c COMMAND``: ``unshare`` execs the launcher, so the pid started is the launcher's."""
-    argv = shlex.split(sandbox.wrap("true", [folder], "required"))
+    ``/bin/sh -c COMMAND``: ``unshare`` execs the launcher, so the pid started is the launcher's.
+    ``namespace``: as for a training command (``hide`` given), in a PID namespace of its own
+    (``executor/pidns.py``), the launcher a relay outside it."""
+    argv = shlex.split(wrapped("true", folder, namespace))
+    assert ("--pid-ns" in argv) is namespace
     last = len(argv) - argv[::-1].index("--")
     return argv[:last] + program
+
+
+def wrapped(command: str, folder: Path, namespace: bool) -> str:
+    """``command`` wrapped by the sandbox, as a training command (``namespace``) or another."""
+    return sandbox.wrap(command, [folder], "required", **({"hide": []} if namespace else {}))
+
+
+# Both launcher forms: the plain one, and a training command's in a PID namespace where this
+# machine gives one (a relay outside, pid 1 inside: signals and exit status must pass the same).
+FORMS = pytest.mark.parametrize(
+    "namespace",
+    [
+        False,
+        pytest.param(True, marks=pytest.mark.skipif(not SUPPORT.pidns, reason="no PID namespace here")),
+    ],
+    ids=["plain", "pid-namespace"],
+)
 
 
 def untagged_env(**extra: str) -> dict[str, str]:
@@ -250,11 +270,14 @@ def test_the_program_cannot_kill_the_launcher_to_orphan_its_daemons(
         "import os, signal; signal.signal(signal.SIGTERM, signal.SIG_DFL); os.kill(os.getpid(), signal.SIGTERM)",
     ],
 )
-def test_the_launcher_exits_as_its_program_did(tmp_path: Path, code: str) -> None:
+@FORMS
+def test_the_launcher_exits_as_its_program_did(tmp_path: Path, code: str, namespace: bool) -> None:
     """Its own status is the program's: the exit code, or death by the same signal, as when it
-    exec'd the program."""
+    exec'd the program (in a namespace pid 1 cannot die of the program's signal; the relay,
+    which the harness watches, does)."""
     plain = subprocess.run([sys.executable, "-c", code], env=untagged_env())
-    launched = subprocess.run(launcher_argv(tmp_path, [sys.executable, "-c", code]), env=untagged_env())
+    argv = launcher_argv(tmp_path, [sys.executable, "-c", code], namespace)
+    launched = subprocess.run(argv, env=untagged_env())
     assert launched.returncode == plain.returncode
 
 
@@ -291,15 +314,17 @@ def test_the_executor_reports_a_sandboxed_run_as_before(tmp_path: Path, command:
     assert _outcome(wrapped) == _outcome(nested)
 
 
-def test_signals_sent_to_the_launcher_reach_the_program(tmp_path: Path) -> None:
-    """A user's ``kill`` of the launcher reaches the program; the harness's own signals are not
-    passed on (it sends them to the program itself, and a second copy would run a handler twice)."""
+@FORMS
+def test_signals_sent_to_the_launcher_reach_the_program(tmp_path: Path, namespace: bool) -> None:
+    """A user's ``kill`` of the launcher reaches the program once; the harness's own signals are
+    not passed on (it sends them to the program itself, and a second copy would run a handler
+    twice). In a namespace pid 1 sees no sender: the relay queues what a user sends it."""
     recorder = write(tmp_path, "recorder.py", RECORDER)
     out = tmp_path / "signals"
     # The test process plays the harness: the run's tag names it.
     tag = f"{os.getpid()}:t0:0:test"
     launcher = subprocess.Popen(
-        launcher_argv(tmp_path, [sys.executable, str(recorder), str(out)]),
+        launcher_argv(tmp_path, [sys.executable, str(recorder), str(out)], namespace),
         env=untagged_env(**{TAG_VARIABLE: tag}),
     )
     try:
@@ -318,11 +343,12 @@ def test_signals_sent_to_the_launcher_reach_the_program(tmp_path: Path) -> None:
             launcher.wait()
 
 
-def test_a_timeout_sigterm_reaches_the_program_under_the_launcher(tmp_path: Path) -> None:
+@FORMS
+def test_a_timeout_sigterm_reaches_the_program_under_the_launcher(tmp_path: Path, namespace: bool) -> None:
     recorder = write(tmp_path, "recorder.py", RECORDER)
     out = tmp_path / "signals"
     spec = RunSpec(
-        command=sandbox.wrap(f"python {recorder} {out}", [tmp_path], "required"),
+        command=wrapped(f"python {recorder} {out}", tmp_path, namespace),
         cwd=tmp_path,
         run_dir=tmp_path / "run",
         seed=0,
@@ -330,7 +356,7 @@ def test_a_timeout_sigterm_reaches_the_program_under_the_launcher(tmp_path: Path
     )
     result = LocalExecutor(poll_interval=0.02, grace_seconds=5.0).run(spec)
     assert result.status is RunStatus.TIMEOUT
-    assert "SIGTERM" in out.read_text().split()
+    assert out.read_text().split() == ["SIGTERM"]
     assert result.total_seconds < 6, "the program ended at the SIGTERM, not at the SIGKILL after the grace"
 
 
