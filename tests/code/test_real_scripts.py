@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import tomlkit
+import yaml
 
 from nightlab.code.knobs import KnobValue, apply_changes, find_all_knobs, plan_changes
 from nightlab.errors import UserError
@@ -268,3 +269,25 @@ def test_a_quick_scripts_positional_fallbacks_are_knobs_unless_the_command_gives
     }  # fmt: skip
     assert [k.name for k in find_all_knobs({"train.py": source}, "python train.py 1e-3").knobs] == ["EPOCHS"]
     assert "else 1e-3\n" in moved_text(source, {"lr": 1e-3})
+
+
+def test_yaml_anchors_are_set_where_written_and_aliases_still_resolve() -> None:
+    """A config sharing settings through anchors: ``<<: *optim`` merges, ``head_weight_decay:
+    *wd`` and ``teacher: *model`` alias. Reading it raised KeyError (a traceback: a merged key has
+    no position of its own), and a move of ``weight_decay: &wd 0.05`` wrote over ``&wd``, so
+    ``*wd`` named no anchor and the YAML no longer loaded."""
+    found = knobs("yaml_anchors")
+    assert found["optim_defaults.weight_decay"] == 0.05 and found["finetune.lr"] == 1e-4
+    assert found["model.depth"] == 12
+    inherited = {"pretrain.lr", "finetune.weight_decay", "finetune.head_weight_decay", "teacher.depth"}
+    assert inherited.isdisjoint(found)  # the anchor's knob sets them
+    moves = {
+        "optim_defaults.lr": 1e-3,
+        "optim_defaults.weight_decay": 0.1,
+        "finetune.lr": 2e-4,
+        "model.depth": 6,
+    }
+    after = yaml.safe_load(moved("yaml_anchors", moves)["config.yaml"])
+    assert after["pretrain"]["lr"] == 1e-3 and after["finetune"]["lr"] == 2e-4
+    assert after["finetune"]["weight_decay"] == after["finetune"]["head_weight_decay"] == 0.1
+    assert after["teacher"]["depth"] == 6

@@ -22,6 +22,7 @@ from nightlab.code.knobs.model import Knob, KnobValue
 from nightlab.errors import UserError
 
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_YAML_ANCHOR = re.compile(r"&[^\s,\[\]{}]+[ \t]+")
 _TOML_HEADER = re.compile(r"^\s*\[([^\[\]]+)\]\s*(?:#.*)?$")
 _TOML_ARRAY_HEADER = re.compile(r"^\s*\[\[")
 _TOML_KEY = re.compile(
@@ -101,9 +102,11 @@ def yaml_knobs(text: str, path: str) -> list[Knob]:
         raise UserError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
     offsets = LineOffsets(text)
     found = []
-    for name, mapping, key, flow in _yaml_scalars(data, ""):
+    for name, mapping, key, flow in _yaml_scalars(data, "", set()):
         line, col = mapping.lc.value(key)
-        start = offsets.line_start(line + 1) + col
+        if (line, col) < tuple(mapping.lc.key(key)):  # an alias (decay: *x): the anchor's knob sets it
+            continue
+        start = _past_anchor(text, offsets.line_start(line + 1) + col)
         if isinstance(mapping[key], list) and text[start] == "-":  # a block list, one item a line
             end = _block_list_end(text, mapping[key], offsets)
             if end is None:
@@ -120,18 +123,29 @@ def yaml_knobs(text: str, path: str) -> list[Knob]:
     return found
 
 
-def _yaml_scalars(node: object, prefix: str) -> Iterator[tuple[str, object, object, bool]]:
+def _past_anchor(text: str, start: int) -> int:
+    """Where the value at ``start`` begins past its anchor (``wd: &x 0.1``): a move writes the
+    number and keeps ``&x``, which the file's aliases (``decay: *x``) still name."""
+    anchor = _YAML_ANCHOR.match(text, start)
+    return anchor.end() if anchor else start
+
+
+def _yaml_scalars(node: object, prefix: str, seen: set[int]) -> Iterator[tuple[str, object, object, bool]]:
+    """Each scalar or list setting of ``node`` with the mapping that holds it. A key a mapping
+    inherits through a merge (``<<: *base``) and a mapping met again through an alias
+    (``model: *base``) are the anchor's settings, already read where the anchor is written."""
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-    if not isinstance(node, CommentedMap):
+    if not isinstance(node, CommentedMap) or id(node) in seen:
         return
+    seen.add(id(node))
     flow = bool(node.fa.flow_style())
     for key, value in node.items():
-        if not isinstance(key, str):
+        if not isinstance(key, str) or key not in node.lc.data:
             continue
         name = f"{prefix}{key}"
         if isinstance(value, CommentedMap):
-            yield from _yaml_scalars(value, name + ".")
+            yield from _yaml_scalars(value, name + ".", seen)
         elif isinstance(value, CommentedSeq):  # not a top-level `defaults:`, Hydra's own list
             if _kind(list(value)) is not None and name != "defaults":
                 yield name, node, key, flow
