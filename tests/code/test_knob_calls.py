@@ -70,7 +70,7 @@ LR = 3e-4
 p = argparse.ArgumentParser()
 p.add_argument("--wd", type=float, default=0.01)
 args = p.parse_args()
-opt = torch.optim.AdamW(params, lr=LR, weight_decay=args.wd, eps=1e-8 * 10)
+opt = torch.optim.AdamW(params, lr=LR, weight_decay=args.wd, eps=LR * 1e-5)
 sorted(xs, reverse=True)
 round(1.5, ndigits=2)
 """

@@ -13,6 +13,7 @@ import pytest
 from helpers import git, nightlab
 from nightlab.agents.search.settings import SearchSettings
 from nightlab.agents.search.space import Domain, build_space
+from nightlab.code.knobs import apply_changes, plan_changes
 from nightlab.config import load_config
 from nightlab.errors import UserError
 from nightlab.workspace.script_init import guess_metric, init_script, script_notes
@@ -283,3 +284,19 @@ def test_diffusers_train_unconditional(tmp_path: Path) -> None:
     found, held = space_of(folder)
     assert {"learning_rate", "lr_scheduler", "adam_beta1", "adam_weight_decay", "train_batch_size"} <= found
     assert {"resolution", "logger", "local_rank", "num_epochs", "checkpointing_steps", "output_dir"} <= held
+
+
+def test_a_pyg_scripts_dataset_is_pinned_and_its_computed_defaults_are_searched(tmp_path: Path) -> None:
+    """PyTorch Geometric's gcn.py: ``--dataset`` with choices Cora|CiteSeer|PubMed was searched (a
+    run on another graph scores another problem), and ``--lr`` with ``default=1e-2 / 2`` was no
+    knob, so the learning rate was never searched. A move writes the number over the expression."""
+    folder = copy("pyg_gcn", tmp_path)
+    init_script(folder, "gcn.py")
+    found, held = space_of(folder)
+    assert {"lr", "weight_decay", "dropout", "hidden_channels"} <= found
+    assert {"dataset", "seed", "epochs"} <= held and "dataset" not in found
+    assert space_of_domain(folder, "lr").low < 5e-3 < space_of_domain(folder, "lr").high
+    files = {"gcn.py": (folder / "gcn.py").read_text()}
+    after = apply_changes(files, plan_changes(files, {"lr": 2e-3, "hidden_channels": 64}))["gcn.py"]
+    assert 'parser.add_argument("--lr", type=float, default=2e-3)  # half' in after
+    assert 'parser.add_argument("--hidden_channels", type=int, default=2**6)\n' in after

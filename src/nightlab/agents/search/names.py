@@ -69,7 +69,9 @@ _DATA_SIZE = re.compile(
 # one changes the problem the metric scores (a longer context lowers a language model's loss for
 # free, fewer classes make accuracy easy) or breaks the data's shape (found from outside: a YAML
 # `data.n_features 16 -> 8` changed the task itself). Word parts: OUT_CHANNELS and HIDDEN_DIM are
-# the model's width, and stay searched.
+# the model's width, and stay searched. Which dataset, task or environment (PyG's --dataset
+# Cora|CiteSeer|PubMed, a GLUE task_name, CleanRL's env_id) is the task itself: a run on
+# CiteSeer "beats" one on Cora by scoring another problem.
 _TASK_SHAPE = re.compile(
     r"(^|_)(N|NUM|NUMBER)_?(FEATURES|CLASSES|LABELS|INPUTS|OUTPUTS|CHANNELS_IN)(_|$)"
     r"|(^|_)(INPUT|IN)_(DIM|SIZE|FEATURES|CHANNELS|SHAPE)(_|$)"
@@ -77,6 +79,7 @@ _TASK_SHAPE = re.compile(
     r"|(^|_)(SEQ|SEQUENCE|MAX_SEQ|CONTEXT|CTX|MAX_SEQUENCE)_(LEN|LENGTH|SIZE|WINDOW)(_|$)|(^|_)(N_CTX|BLOCK_SIZE)$"
     r"|(^|_)(N_POSITIONS|MAX_POSITION_EMBEDDINGS|TARGET_SIZE|SAMPLE_RATE|SAMPLING_RATE)$|(^|_)(N|NUM)_TARGETS$"
     r"|(^|_)(IMAGE|IMG)_(SIZE|SHAPE|HEIGHT|WIDTH|RES|RESOLUTION)(_|$)|^RESOLUTION$"
+    r"|(^|_)(DATASET|TASK)(_NAME)?$|(^|_)(ENV|GYM)_(ID|NAME)$"
 )
 PIN_DEFAULT = "default (seed, logging, checkpoints, paths or device)"
 PIN_BUDGET = "default: the budget (declare a domain in [agent.search] space to search it)"

@@ -234,7 +234,8 @@ def _format_sequence(old_text: str, values: tuple | list) -> str:
 
 
 def _number(node: ast.expr) -> int | float | None:
-    """A numeric literal, a negated one, or an integer power such as ``2**19``."""
+    """A numeric literal, a negated one, an integer power such as ``2**19``, or a product or
+    quotient of such (``1e-3 * 4``)."""
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
         return node.value
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
@@ -252,7 +253,19 @@ def _number(node: ast.expr) -> int | float | None:
             and 0 <= exp.value <= 64
         ):
             return base.value**exp.value
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div)):
+        return _product(node)
     return None
+
+
+def _product(node: ast.BinOp) -> int | float | None:
+    """The value of two numbers multiplied or divided (``default=1e-3 * 4``, the per-GPU rate
+    times the GPUs; ``32 * 8``): a move writes the new number over the whole expression."""
+    left, right = _number(node.left), _number(node.right)
+    if left is None or right is None or (isinstance(node.op, ast.Div) and right == 0):
+        return None
+    value = left * right if isinstance(node.op, ast.Mult) else left / right
+    return value if math.isfinite(value) else None
 
 
 def literal(node: ast.expr) -> tuple[str, KnobValue] | None:
