@@ -291,3 +291,15 @@ def test_yaml_anchors_are_set_where_written_and_aliases_still_resolve() -> None:
     assert after["pretrain"]["lr"] == 1e-3 and after["finetune"]["lr"] == 2e-4
     assert after["finetune"]["weight_decay"] == after["finetune"]["head_weight_decay"] == 0.1
     assert after["teacher"]["depth"] == 6
+
+
+def test_a_structured_config_merged_over_a_yaml_makes_the_keys_it_shares_dead() -> None:
+    """``OmegaConf.merge(OmegaConf.load("config.yaml"), OmegaConf.structured(TrainConfig), ...)``:
+    the dataclass is merged last, so its ``lr: float = 3e-4`` applies; yet the YAML's ``lr`` was
+    searched as ``lr`` and the default that applies as ``train.py:lr`` beside it (the YAML's
+    moves measured only noise). Keys the dataclass lacks, or leaves MISSING, stay the YAML's."""
+    found = {k.name: (k.path, k.value) for k in find_all_knobs(files("omegaconf_defaults")).knobs}
+    assert found["lr"] == ("train.py", 3e-4) and found["batch_size"] == ("train.py", 64)
+    assert found["warmup_steps"] == ("config.yaml", 500) and found["data_dir"] == ("config.yaml", "./data")
+    assert not [name for name in found if name.startswith("train.py:")]
+    assert "    lr: float = 1e-3\n" in moved("omegaconf_defaults", {"lr": 1e-3})["train.py"]

@@ -288,6 +288,14 @@ def _find_all(originals: dict[str, str], files: dict[str, str], command: str) ->
         for k in read.get(config, [])
     }
     under |= _spread_fields(spread_into(files), trees, read)  # Config(**yaml.safe_load(f))
+    # OmegaConf.merge(OmegaConf.load("config.yaml"), OmegaConf.structured(Config)): the fields win
+    over = {
+        (config, k.name)
+        for path, configs in structured_under(files, before=True).items()
+        for config in configs
+        for k in read.get(config, [])
+        if any(f.source == "dataclass" and f.name == k.name for f in read.get(path, []))
+    }
     for path in sorted(files):
         if path in layouts:
             layout = layouts[path]
@@ -303,7 +311,7 @@ def _find_all(originals: dict[str, str], files: dict[str, str], command: str) ->
                 if (path, knob.name) in dead or _replaced(knob.name, replaced.get(path, set())):
                     continue  # a config file the run command names, or the script, sets it again
                 option = knob.name.lstrip("-").replace("-", "_")
-                if knob.source == "dataclass" and (path, knob.name) in under:
+                if (knob.source == "dataclass" and (path, knob.name) in under) or (path, knob.name) in over:
                     continue
                 if knob.source in _OPTIONS and (
                     (path, option) in defaulted or any(p != path and n == option for p, n in forced)

@@ -218,10 +218,12 @@ def _merged_into_options(node: ast.AST) -> str:
     return ""
 
 
-def structured_under(files: dict[str, str]) -> dict[str, set[str]]:
+def structured_under(files: dict[str, str], before: bool = False) -> dict[str, set[str]]:
     """``{python file: {config file, ...}}``: the editable config files an OmegaConf merge puts
     over a dataclass's defaults (``OmegaConf.merge(OmegaConf.structured(Config),
     OmegaConf.load("config.yaml"))``): a field the file sets has a default that never applies.
+    With ``before``, the config files merged under it instead (``merge(OmegaConf.load(...),
+    OmegaConf.structured(Config))``): the dataclass's defaults win over the keys they share.
     The config is the one the load names, else every editable config file the module names."""
     configs = {path for path in files if path.endswith(_CONFIG_SUFFIXES)}
     out: dict[str, set[str]] = {}
@@ -231,8 +233,11 @@ def structured_under(files: dict[str, str]) -> dict[str, set[str]]:
             if not (isinstance(node, ast.Call) and call_name(node) == "merge"):
                 continue
             kinds = [_merged_part(arg, loaded) for arg in node.args]
-            structured = kinds.index("structured") if "structured" in kinds else len(kinds)
-            for part, arg in list(zip(kinds, node.args, strict=True))[structured + 1 :]:
+            if "structured" not in kinds:
+                continue
+            at = kinds.index("structured") if not before else len(kinds) - kinds[::-1].index("structured")
+            parts = list(zip(kinds, node.args, strict=True))
+            for part, arg in parts[: at - 1] if before else parts[at + 1 :]:
                 if part == "loaded":
                     source = arg if isinstance(arg, ast.Call) else None
                     by_name = (
