@@ -239,9 +239,57 @@ def print_summary(session: Session, console: Console = console) -> None:
     console.print(terminal_safe(text, allow="\n"), markup=False, highlight=False, soft_wrap=True)
 
 
-def print_status_table(data: dict, metric_name: str) -> None:
-    """``nightlab status``: one row per experiment of the ledger's status dict, then the best.
-    Run- and agent-written text (reasons, descriptions, warnings) goes through
+# ``status`` without ``--all``: the newest experiments and the newest kept ones (besides the
+# baseline, the best and whatever has not finished). A table of all 10,000 experiments of two
+# nights took 10 s to lay out and scrolled away everything but its last screen.
+NEWEST_SHOWN = 20
+KEPT_SHOWN = 10
+
+
+def shown_experiments(experiments: list[dict], best_id: int | None) -> list[dict]:
+    """The rows ``status`` shows by default, oldest first: the baseline, the best, every
+    experiment not finished (running, interrupted), the newest ``KEPT_SHOWN`` kept ones and the
+    newest ``NEWEST_SHOWN`` of any outcome. All of them when there are no more than that."""
+    if len(experiments) <= NEWEST_SHOWN + KEPT_SHOWN:
+        return experiments
+    chosen = {id(e) for e in experiments[-NEWEST_SHOWN:]}
+    chosen |= {id(e) for e in [e for e in experiments if e.get("decision") == "keep"][-KEPT_SHOWN:]}
+    for e in experiments:
+        if e.get("decision") == "baseline" or e.get("id") == best_id or e.get("status") in UNFINISHED:
+            chosen.add(id(e))
+    return [e for e in experiments if id(e) in chosen]
+
+
+UNFINISHED = ("running", "interrupted")
+# How the counts of every outcome are listed (status_dict's words): the results first.
+OUTCOME_ORDER = ("baseline", "keep", "discard", "crash", "invalid", "pruned", "skipped", *UNFINISHED)
+
+
+def left_out_line(data: dict, shown: list[dict], command: str) -> str | None:
+    """What the table leaves out, the outcome of every experiment, and how to see them all."""
+    experiments = data.get("experiments") or []
+    if len(shown) == len(experiments):
+        return None
+    kept = sum(1 for e in shown if e.get("decision") == "keep")
+    counts = data.get("counts") or {}
+    order = sorted(
+        counts, key=lambda o: (OUTCOME_ORDER.index(o) if o in OUTCOME_ORDER else len(OUTCOME_ORDER), o)
+    )
+    every = ", ".join(f"{counts[outcome]:,} {outcome}" for outcome in order)
+    return (
+        f"{len(experiments) - len(shown):,} of {len(experiments):,} experiments not shown "
+        f"(of all {len(experiments):,}: {every}); "
+        f"shown: the baseline, the best, any not finished, the newest {kept} kept and the newest "
+        f"{min(NEWEST_SHOWN, len(experiments))}. Every one: `{command} --all` (or --json)"
+    )
+
+
+def print_status_table(
+    data: dict, metric_name: str, every: bool = True, command: str = "nightlab status"
+) -> None:
+    """``nightlab status``: one row per experiment of the ledger's status dict (with ``every``
+    False, those of :func:`shown_experiments` and a line saying what is not shown), then the
+    best. Run- and agent-written text (reasons, descriptions, warnings) goes through
     :func:`~nightlab.formatting.terminal_safe`: rich passes escape sequences through as they are."""
     from rich.table import Table
     from rich.text import Text
@@ -249,10 +297,13 @@ def print_status_table(data: dict, metric_name: str) -> None:
     from nightlab.formatting import fixed
     from nightlab.formatting import terminal_safe as safe
 
+    experiments = data.get("experiments") or []
+    best_id = (data.get("best") or {}).get("id")
+    rows = experiments if every else shown_experiments(experiments, best_id)
     table = Table(title=Text(f"nightlab status ({safe(data.get('tag', ''))})"))
     for col in ("id", "status", "decision", metric_name, "±", "runs", "description", "reason"):
         table.add_column(col, overflow="fold")
-    for e in data.get("experiments", []):
+    for e in rows:
         metric = e.get("metric")
         spread = e.get("spread")
         table.add_row(
@@ -267,6 +318,9 @@ def print_status_table(data: dict, metric_name: str) -> None:
             Text(safe(str(e.get("reason") or "") + "".join(f" (audit: {a})" for a in e.get("audit") or []))),
         )
     console.print(table)
+    left_out = left_out_line(data, rows, command)
+    if left_out:
+        console.print(safe(left_out), markup=False, highlight=False, soft_wrap=True)
     for run in data.get("running") or []:
         where = f"slot {run['slot']} ({run['device']})" if run.get("slot") is not None else "running"
         since = f" since {run['started_at']}" if run.get("started_at") else ""

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from nightlab.cli.output import (
+    KEPT_SHOWN,
+    NEWEST_SHOWN,
     DirArg,
     assumed_metric,
     console,
@@ -226,7 +228,13 @@ def status(
         "--tag",
         help="Research tag to show (default: the last one run; when it has no baseline, the newest that has).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output (every experiment)."),
+    every: bool = typer.Option(
+        False,
+        "--all",
+        help="A row for every experiment; without it the table shows the baseline, the best, any not "
+        f"finished, the newest {KEPT_SHOWN} kept and the newest {NEWEST_SHOWN}, and says how many it leaves out.",
+    ),
 ) -> None:
     """The experiments so far and the current best."""
     from nightlab.store.export import status_dict
@@ -241,7 +249,9 @@ def status(
     if as_json:
         typer.echo(json.dumps(data, indent=2, default=str))
         return
-    print_status_table(data, session.config.metric.name)
+    command = "nightlab status" + ("" if directory == Path(".") else f" {shell_word(session.root)}")
+    command += f" --tag {shell_word(session.tag)}" if tag is not None else ""
+    print_status_table(data, session.config.metric.name, every=every, command=command)
 
 
 def report(

@@ -164,7 +164,7 @@ def status_dict(ledger: Ledger, tag: str, live: bool = True) -> dict:
         "counts": counts,
         "total": len(research),
         # Kept changes whose val gain did not show on holdout (ids only: no holdout values here).
-        "possible_val_overfit": _overfit_ids(ledger, tag),
+        "possible_val_overfit": _overfit_ids(ledger, tag, research),
         # What the user should fix for the night to be honest (a script that ignores its seed).
         "warnings": warnings(ledger, tag),
         # What each slot runs now (none without a live harness: those replicates were interrupted).
@@ -182,20 +182,23 @@ def _running(ledger: Ledger, research: list) -> list[tuple[int, str, set[int]]]:
     ]
 
 
-def _overfit_ids(ledger: Ledger, tag: str) -> list[int]:
+def _overfit_ids(ledger: Ledger, tag: str, research: list[ExperimentRow]) -> list[int]:
     direction = ledger.get_meta("direction") or "minimize"
-    return [c["id"] for c in holdout_checks(ledger, tag, direction) if c["overfit"]]
+    return [c["id"] for c in holdout_checks(ledger, tag, direction, research) if c["overfit"]]
 
 
-def holdout_checks(ledger: Ledger, tag: str, direction: Direction | str) -> list[dict]:
+def holdout_checks(
+    ledger: Ledger, tag: str, direction: Direction | str, research: list[ExperimentRow] | None = None
+) -> list[dict]:
     """For each kept change: its gain on val and on holdout over the code it replaced.
 
     ``overfit`` is True when val improved and holdout did not: the agent may be fitting the
     validation split (it sees val, never holdout). ``holdout_delta`` is None where either
-    side has no holdout value.
+    side has no holdout value. ``research`` is ``ledger.research(tag)`` when the caller has
+    read it already (reading 10,000 experiments twice was a fifth of ``status``'s time).
     """
     direction = Direction(direction)
-    research = ledger.research(tag)
+    research = ledger.research(tag) if research is None else research
     previous = next((e for e in research if e.decision == "baseline"), None)
     out = []
     for e in (e for e in research if e.decision == "keep"):
