@@ -303,3 +303,19 @@ def test_a_structured_config_merged_over_a_yaml_makes_the_keys_it_shares_dead() 
     assert found["warmup_steps"] == ("config.yaml", 500) and found["data_dir"] == ("config.yaml", "./data")
     assert not [name for name in found if name.startswith("train.py:")]
     assert "    lr: float = 1e-3\n" in moved("omegaconf_defaults", {"lr": 1e-3})["train.py"]
+
+
+def test_positional_fallbacks_in_main_are_knobs_unless_the_command_gives_them() -> None:
+    """The same fallbacks as local settings of ``main()`` (``lr = float(sys.argv[1]) if
+    len(sys.argv) > 1 else 3e-3``): only module level was read, so the script had nothing to
+    search (``Adam(lr=lr)`` passes a variable). Given ``python train.py 1e-2``, ``lr``'s
+    fallback never applies and is no knob; the block reads on past it."""
+    script = files("argv_main")
+    found = find_all_knobs(script, "python train.py")
+    assert {k.name: (k.value, k.source) for k in found.knobs} == {
+        "lr": (3e-3, "argv"), "hidden": (64, "argv"), "epochs": (20, "argv"),
+    }  # fmt: skip
+    assert [k.name for k in find_all_knobs(script, "python train.py 1e-2").knobs] == ["hidden", "epochs"]
+    after = moved("argv_main", {"lr": 1e-2, "hidden": 128})["train.py"]
+    assert "lr = float(sys.argv[1]) if len(sys.argv) > 1 else 1e-2\n" in after
+    assert "hidden = int(sys.argv[2]) if len(sys.argv) > 2 else 128\n" in after

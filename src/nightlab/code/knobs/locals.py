@@ -10,7 +10,8 @@ def main():
 
 A script whose settings are local variables of ``main`` keeps them nowhere else. The block read
 is the run of literal assignments (or literal defaults of environment variables, ``wd =
-float(os.environ.get("WD", "0.1"))``) that opens the body of a module-level function the script runs
+float(os.environ.get("WD", "0.1"))``, or of positional arguments, ``lr = float(sys.argv[1]) if
+len(sys.argv) > 1 else 3e-4``, when the run command does not give them) that opens the body of a module-level function the script runs
 (called under ``if __name__ == "__main__":`` or by a statement of its own at the top level),
 after its docstring, up to the first statement that is anything else: later assignments are the
 training's state (``step = 0`` after the model is built). A counter or a running best at the very
@@ -22,7 +23,7 @@ from __future__ import annotations
 import ast
 import re
 
-from nightlab.code.knobs.envdefault import env_default
+from nightlab.code.knobs.envdefault import argv_default, env_default
 from nightlab.code.knobs.literal import literal
 from nightlab.code.knobs.reader import Reader, is_main_guard
 
@@ -49,8 +50,13 @@ def local_knobs(reader: Reader, tree: ast.Module) -> None:
             if target is None or value is None:
                 break
             default = env_default(value)
+            given = argv_default(value, reader.command, reader.path)
             if default is not None:  # wd = float(os.environ.get("WD", "0.1"))
                 reader.add(target, default, stmt, "env", qualified=f"{name}.{target}")
+            elif given is not None:  # lr = float(sys.argv[1]) if len(sys.argv) > 1 else 3e-4
+                reader.add(target, given, stmt, "argv", qualified=f"{name}.{target}")
+            elif _is_argv(value):
+                continue  # the run command gives it: the fallback never applies
             elif not _STATE.match(target):
                 reader.add(target, value, stmt, SOURCE, qualified=f"{name}.{target}")
 
@@ -81,5 +87,11 @@ def _literal_assignment(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
         target, value = stmt.target.id, stmt.value
     else:
         return None, None
-    ok = literal(value) is not None or env_default(value) is not None
+    ok = literal(value) is not None or env_default(value) is not None or _is_argv(value)
     return (target, value) if ok else (None, None)
+
+
+def _is_argv(value: ast.expr) -> bool:
+    """Whether ``value`` is a positional argument's fallback (``... if len(sys.argv) > 1 else
+    3e-4``), whatever the run command gives: a setting of the block either way."""
+    return argv_default(value, "", "train.py") is not None
