@@ -2,7 +2,8 @@
 
 The same page as ``nightlab serve`` (:mod:`nightlab.report.dashboard.page`) with the data
 inlined: the interactive progress plot, the experiments table with every experiment's diff,
-replicates and log tail, the noise floor, val against holdout, cost, and the validate and
+replicates and log tail (a discarded experiment's only when it is among the newest: see
+:func:`inlined_logs`), the noise floor, val against holdout, cost, and the validate and
 ablate studies. It opens from disk with no server and no network (its Content-Security-Policy
 forbids any request), so it can be mailed or copied off a cluster.
 
@@ -29,20 +30,45 @@ from nightlab.store.ledger import Ledger
 from nightlab.studies.resume import harness_kind
 from nightlab.types import Direction
 
+# The newest experiments keep their log tail in the report whatever their outcome.
+NEWEST_LOGS = 50
+
+
+def inlined_logs(rows: list[dict]) -> set[int]:
+    """The experiments whose log tail report.html carries: every one but a discarded one, an
+    audit-flagged one whatever it is, and the newest ``NEWEST_LOGS``. Every replicate's 2 KB log
+    of 10,000 experiments was 4/5 of a 50 MB page; a discarded experiment's metric, reason,
+    replicates and diff stay, and its log is a click away in ``nightlab serve``."""
+    keep = {r["id"] for r in rows if r["outcome"] != "discarded" or r.get("audit")}
+    return keep | {r["id"] for r in rows[max(0, len(rows) - NEWEST_LOGS) :]}
+
 
 def report_data(ledger: Ledger, view: View, state_dir: Path) -> dict:
     """What the page embeds: the snapshot the live dashboard would send, and every experiment's
-    details (the live page fetches those one at a time)."""
+    details (the live page fetches those one at a time), read in two queries."""
     reader = LedgerReader(ledger.path)
     try:
-        rows = experiment_rows(reader, view)
+        found = reader.research(view.tag)
+        rows = experiment_rows(reader, view, found=found)
         snapshot = {
             "experiments": rows,
             "overview": overview(reader, rows, view),
             "running": [],
             "loop": {},
         }
-        every = {str(r["id"]): details(reader, r["id"], view, state_dir) for r in rows}
+        replicates = reader.replicates(view.tag)
+        logs = inlined_logs(rows)
+        every = {
+            str(e.id): details(
+                reader,
+                e.id,
+                view,
+                state_dir,
+                "shown" if e.id in logs else "none",
+                (e, replicates.get(e.id, [])),
+            )
+            for e in found
+        }
     finally:
         reader.close()
     return {"snapshot": snapshot, "details": every}

@@ -24,7 +24,7 @@ from nightlab.stats import mean, noise_floor
 from nightlab.store.export import holdout_checks
 from nightlab.store.ledger import Ledger
 from nightlab.store.recorded import read_slot, recorded_run_dir
-from nightlab.store.schema import ExperimentRow, experiment_from_row, open_read_only
+from nightlab.store.schema import RUN_FIELDS, ExperimentRow, RunRow, experiment_from_row, open_read_only
 from nightlab.store.spending import unrecorded_cost
 from nightlab.studies.resume import resume_hint, studies_of, study_state
 from nightlab.studies.time_to_target import read_curve
@@ -83,6 +83,18 @@ class LedgerReader(Ledger):
         marks = ",".join("?" for _ in ids)
         rows = self._read(f"SELECT * FROM experiments WHERE id IN ({marks}) ORDER BY id", tuple(ids))
         return [experiment_from_row(r) for r in rows]
+
+    def replicates(self, tag: str) -> dict[int, list[RunRow]]:
+        """Every replicate of ``tag``'s experiments in full (log tails too), in one query."""
+        rows = self._read(
+            "SELECT r.* FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE e.tag = ? "
+            "ORDER BY r.experiment_id, r.replicate",
+            (tag,),
+        )
+        out: dict[int, list[RunRow]] = {}
+        for r in rows:
+            out.setdefault(int(r["experiment_id"]), []).append(RunRow(**{k: r[k] for k in RUN_FIELDS}))
+        return out
 
     def tag_runs(self, tag: str, ids: list[int] | None = None) -> dict[int, list[sqlite3.Row]]:
         """The replicates of ``tag``'s experiments (only of ``ids`` when given), in one query."""
@@ -191,12 +203,16 @@ def experiment_row(e: ExperimentRow, runs: list[sqlite3.Row], view: View) -> dic
     return row
 
 
-def experiment_rows(ledger: LedgerReader, view: View, ids: list[int] | None = None) -> list[dict]:
-    """The baseline and candidate experiments of the view's tag (only ``ids`` when given), oldest first."""
+def experiment_rows(
+    ledger: LedgerReader, view: View, ids: list[int] | None = None, found: list[ExperimentRow] | None = None
+) -> list[dict]:
+    """The baseline and candidate experiments of the view's tag (only ``ids`` when given), oldest
+    first; ``found``: those experiments when the caller read them already."""
     if ids is not None and not ids:
         return []
     runs = ledger.tag_runs(view.tag, ids)
-    found = ledger.research(view.tag) if ids is None else ledger.research_ids(ids)
+    if found is None:
+        found = ledger.research(view.tag) if ids is None else ledger.research_ids(ids)
     return [experiment_row(e, runs.get(e.id, []), view) for e in found]
 
 
@@ -293,14 +309,31 @@ def studies(ledger: Ledger, view: View) -> list[dict]:
     return sorted(out, key=lambda s: -max(a["id"] for a in s["arms"]))
 
 
-def details(ledger: Ledger, experiment_id: int, view: View, state_dir: Path) -> dict:
+def details(
+    ledger: Ledger,
+    experiment_id: int,
+    view: View,
+    state_dir: Path,
+    logs: str = "all",
+    known: tuple[ExperimentRow, list[RunRow]] | None = None,
+) -> dict:
     """One experiment in full: diff, hypothesis, lesson, every replicate with its seed, metrics,
-    log tail and intermediate points. KeyError when there is no such experiment."""
-    e = ledger.experiment(experiment_id)
+    log tail and intermediate points. KeyError when there is no such experiment.
+
+    ``logs`` says which log tails come along: ``all`` (the live page), ``shown`` (only the one
+    the page shows, the last replicate's that has one: report.html, where the others were
+    megabytes nobody could see) or ``none`` (report.html for an experiment whose log does not
+    matter there: ``log_note`` then says where to read it). ``known`` is the experiment and its
+    replicates when the caller read them already (one query for 10,000, not 20,000 queries)."""
+    e, recorded = (
+        known if known is not None else (ledger.experiment(experiment_id), ledger.runs(experiment_id))
+    )
     meta = e.meta if isinstance(e.meta, dict) else {}
     runs = []
-    for r in ledger.runs(e.id):
+    shown = next((r.replicate for r in reversed(recorded) if r.log_tail), None)
+    for r in recorded:
         run_dir = recorded_run_dir(state_dir, r.run_dir)
+        inlined = logs == "all" or (logs == "shown" and r.replicate == shown)
         item = {
             "replicate": r.replicate,
             "seed": r.seed,
@@ -313,7 +346,7 @@ def details(ledger: Ledger, experiment_id: int, view: View, state_dir: Path) -> 
             "total_seconds": r.total_seconds,
             "peak_memory_mb": r.peak_memory_mb,
             "reason": view.text(r.reason),
-            "log_tail": view.text(r.log_tail),
+            "log_tail": view.text(r.log_tail) if inlined else "",
             "points": read_points(run_dir, view.metric_name) if run_dir else [],
             "slot": _slot_text(run_dir),
         }
@@ -323,6 +356,11 @@ def details(ledger: Ledger, experiment_id: int, view: View, state_dir: Path) -> 
             item["metrics"] = {k: v for k, v in item["metrics"].items() if "holdout" not in k}
         runs.append(item)
     knobs = meta.get("knobs") if isinstance(meta.get("knobs"), dict) else None
+    note = ""
+    if logs == "none" and shown is not None:
+        where = recorded_run_dir(state_dir, next(r.run_dir for r in recorded if r.replicate == shown))
+        note = "not in this report (a discarded experiment): `nightlab serve` shows it"
+        note += f"; its run's files are in {where}" if where is not None else ""
     return {
         "id": e.id,
         "kind": e.kind,
@@ -338,6 +376,7 @@ def details(ledger: Ledger, experiment_id: int, view: View, state_dir: Path) -> 
         "cost": e.cost if isinstance(e.cost, dict) else {},
         "lines": [e.lines_added, e.lines_removed],
         "runs": runs,
+        "log_note": view.text(note),
     }
 
 

@@ -43,8 +43,12 @@ def asset(name: str) -> str:
 def json_text(data: object) -> str:
     """Strict JSON (what a browser's ``JSON.parse`` accepts) for the page and the API. A metric of
     NaN or infinity (a diverged run) is ``null``: written as ``NaN`` it would break the whole
-    page, and refusing it would lose every other experiment's row with it."""
-    return json.dumps(_finite(data), separators=(",", ":"), default=str, allow_nan=False)
+    page, and refusing it would lose every other experiment's row with it. Written as it is
+    first: copying the whole tree to look for them took a fifth of report.html's time."""
+    try:
+        return json.dumps(data, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError:  # a NaN or an infinity somewhere
+        return json.dumps(_finite(data), separators=(",", ":"), default=str, allow_nan=False)
 
 
 def _finite(data: object) -> object:

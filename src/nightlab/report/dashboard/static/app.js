@@ -591,6 +591,7 @@
     }
     const last = [...d.runs].reverse().find((x) => x.log_tail);
     if (last) section("Log tail (replicate " + (last.replicate + 1) + ")", el("pre", {class: "log", text: last.log_tail}));
+    else if (d.log_note) section("Log tail", el("p", {class: "muted", text: d.log_note}));
     if (d.cost && (d.cost.tokens_in || d.cost.cost_usd)) section("Cost", el("p", {text: (d.cost.tokens_in || 0) + " tokens in, " + (d.cost.tokens_out || 0) + " out, $" + (d.cost.cost_usd || 0).toFixed(4) + (d.cost.model ? " (" + d.cost.model + ")" : "")}));
   }
   function closeDetails() {
