@@ -300,3 +300,28 @@ def test_a_pyg_scripts_dataset_is_pinned_and_its_computed_defaults_are_searched(
     after = apply_changes(files, plan_changes(files, {"lr": 2e-3, "hidden_channels": 64}))["gcn.py"]
     assert 'parser.add_argument("--lr", type=float, default=2e-3)  # half' in after
     assert 'parser.add_argument("--hidden_channels", type=int, default=2**6)\n' in after
+
+
+def test_an_sb3_gae_lambda_is_searched_below_one(tmp_path: Path) -> None:
+    """rl-zoo's PPO hyperparameters for CartPole (``"gae_lambda": 0.8``): the lambda was searched
+    on a log scale in [0.08, 8.0]; a GAE lambda above 1 weighs later returns more than earlier
+    ones, a value no recipe uses, so the first looks upward were spent on runs that diverge."""
+    folder = copy("sb3", tmp_path)
+    init_script(folder, "train_ppo.py")
+    found, held = space_of(folder)
+    assert {"learning_rate", "batch_size", "gamma", "gae_lambda", "ent_coef"} <= found
+    assert {"seed", "n_timesteps", "tensorboard_log", "verbose"} <= held
+    lam = space_of_domain(folder, "gae_lambda")
+    assert 0 < lam.low < 0.8 < lam.high < 1.0
+
+
+def test_torchvisions_detection_reference_resume_and_parser_switches_are_pinned(tmp_path: Path) -> None:
+    """torchvision's references/detection/train.py: ``--start_epoch`` (a resume's first epoch:
+    10 skips ten of the 26) was searched over 0..10, and ``get_args_parser(add_help=True)``'s
+    ``add_help`` flipped; neither is the method. The optimizer's settings stay searched."""
+    folder = copy("tv_detection", tmp_path)
+    init_script(folder, "train.py", "bbox_mAP")
+    found, held = space_of(folder)
+    assert {"lr", "momentum", "weight_decay", "lr_gamma", "batch_size"} <= found
+    assert {"start_epoch", "add_help", "epochs", "workers", "device", "dataset"} <= held
+    assert not {"start_epoch", "add_help"} & found

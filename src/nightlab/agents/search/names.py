@@ -21,8 +21,10 @@ from nightlab.code.knobs import is_budget_name
 # nthread, sklearn's n_jobs) is not the method, a dry run or
 # smoke test runs another program, tracking and videos (CleanRL's --track, --capture-video)
 # write elsewhere, a mode switch (a Kaggle CFG's train = True) runs
-# another program, and budgets/intervals change what is measured rather than the model. Read on the
-# hint name (the last dotted part).
+# another program, and budgets/intervals change what is measured rather than the model. A resume's
+# start (torchvision's --start_epoch, Keras's initial_epoch) skips training, and argparse's
+# add_help (def get_args_parser(add_help=True)) only drops -h. Read on the hint name (the last
+# dotted part).
 _PINNED_BY_DEFAULT = re.compile(
     r"(SEED|BUDGET|TIMEOUT|UNTIMED|VERBOSE|COMPILE|^LOG_|^PRINT_|(?<!DROP)_PATH$|_DIR$"
     r"|^DEVICE$|^DTYPE$|WANDB|MLFLOW|TENSORBOARD|PROFIL|DEBUG|_LOG$|_ONLY$|WORKERS|^INIT_FROM$|RESUME"
@@ -30,7 +32,8 @@ _PINNED_BY_DEFAULT = re.compile(
     r"|WORLD_SIZE|^(LOCAL_)?RANK$|^(N_?|NUM_)?GPUS?$|^(NUM_)?NODES$|^DIST_"
     r"|^(NO_|USE_|DISABLE_)?(CUDA|MPS|ACCEL|GPU|TPU|XLA)$|BACKEND$|APEX|DETERMINISTIC|^(CUDNN_)?BENCHMARK$"
     r"|DRY_RUN|SMOKE_TEST|FAST_DEV_RUN|^TRACK$|VIDEO|RENDER|PIN_MEM|PREFETCH|^CACHE$"
-    r"|^DEVICES$|^(N_?|NUM_)?THREADS?$|^NTHREAD$|^N_JOBS$|LOGGER$|^REPORT_TO$|^LOG_WITH$)"
+    r"|^DEVICES$|^(N_?|NUM_)?THREADS?$|^NTHREAD$|^N_JOBS$|LOGGER$|^REPORT_TO$|^LOG_WITH$"
+    r"|^ADD_HELP$|^(START|INITIAL|BEGIN)_(EPOCH|STEP|ITER|ITERATION)S?$)"
 )
 # Checkpoint switches, on word parts of the whole name (see _words): `always_save_checkpoint`,
 # `ckpt_every`, `checkpoint.interval`. Saving changes what is written, never the model, and a

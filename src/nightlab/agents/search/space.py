@@ -55,9 +55,12 @@ _AVERAGING = re.compile(r"(^|_)(BETA_?[12S]?|B[12]|MOMENTUM|EMA|EMA_DECAY|RMSPRO
 AVERAGING_HIGH = 0.99
 # Per-step or per-epoch factors just below 1 (a StepLR/ExponentialLR gamma, an RL discount, a
 # decay rate of 0.95): above 1 they would grow what they shrink, so, like betas, they move on a
-# 1 - x scale in [0.5, 1); further from 1 (StepLR's 0.7), a multiplier stays below 0.99.
+# 1 - x scale in [0.5, 1); further from 1 (StepLR's 0.7, SB3's gae_lambda 0.8: an RL trace's
+# lambda weighs returns and is no more than 1), a multiplier stays below 0.99.
 _FACTOR_NEAR_ONE = re.compile(r"(DECAY|GAMMA|DISCOUNT|LAMBDA|ANNEAL|FACTOR)")
-_MULTIPLIER = re.compile(r"(GAMMA|DISCOUNT|ANNEAL|FACTOR)|(^|_)DECAY_RATE$|^LR_DECAY$")
+_MULTIPLIER = re.compile(
+    r"(GAMMA|DISCOUNT|ANNEAL|FACTOR)|(^|_)DECAY_RATE$|^LR_DECAY$|(^|_)(GAE|TD|TRACE)_LAMBDA$"
+)
 # A weight decay at 0 (off) has no scale of its own to search around. Decoupled decay (AdamW, the
 # common case today) is set at 0.01-0.1 in most recipes and up to about 0.3 in a few, so the
 # domain is [0, 0.3]: its first looks land among those values, where [0, 1] spent them on
