@@ -320,8 +320,18 @@ def test_torchvisions_detection_reference_resume_and_parser_switches_are_pinned(
     10 skips ten of the 26) was searched over 0..10, and ``get_args_parser(add_help=True)``'s
     ``add_help`` flipped; neither is the method. The optimizer's settings stay searched."""
     folder = copy("tv_detection", tmp_path)
-    init_script(folder, "train.py", "bbox_mAP")
+    assert init_script(folder, "train.py")[:2] == ("bbox_mAP", "maximize")
     found, held = space_of(folder)
     assert {"lr", "momentum", "weight_decay", "lr_gamma", "batch_size"} <= found
     assert {"start_epoch", "add_help", "epochs", "workers", "device", "dataset"} <= held
     assert not {"start_epoch", "add_help"} & found
+
+
+def test_fastais_error_rate_and_a_detectors_map_are_metrics() -> None:
+    """fastai prints ``valid_error_rate`` (its ``error_rate`` metric), a detector ``bbox_mAP`` or
+    ``val_mAP``: init refused each script as naming no validation metric. ``map(...)`` in code is
+    no metric."""
+    assert guess_metric('print(f"valid_error_rate: {err:.4f}")\n') == "valid_error_rate"
+    assert guess_metric('print(f"bbox_mAP={m:.4f}")\n') == "bbox_mAP"
+    assert guess_metric('print(f"epoch {e} val_mAP {m}")\n') == "val_mAP"
+    assert guess_metric("xs = list(map(float, ys))\nprint('done')\n") is None

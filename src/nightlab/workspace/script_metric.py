@@ -2,7 +2,8 @@
 name nightlab.toml gives it, and the pattern that reads its number from the log.
 
 The metric is the first validation metric the script's text names (``val_loss``, ``valid_acc``,
-``test_ppl``, ``eval loss``, ``val_acc1``, ``eval_return`` ...), in what it prints first (or a
+``test_ppl``, ``eval loss``, ``val_acc1``, ``eval_return``, fastai's ``valid_error_rate``, a
+detector's ``bbox_mAP`` ...), in what it prints first (or a
 split word and a measure a few words apart there: the PyTorch MNIST example's ``Test set:
 Average loss``, named ``test_loss``), then in the modules it imports (flax's main.py calls
 train.py, which prints); the pattern reads the number after the name however it is printed
@@ -20,10 +21,13 @@ import re
 # an average may precede (a Kaggle notebook's avg_val_loss).
 _METRIC = re.compile(
     r"\b((?:(?:avg|mean|average|final)_)?(?:val|valid|validation|dev|eval|test)[_ ]?"
-    r"(?:loss|acc|accuracy|bpb|bpc|ppl|perplexity|nll|error|err|f1|auc|mse|rmse|mae|top|score"
-    r"|return|reward)(?:@?\d+)?)\b",
+    r"(?:loss|acc|accuracy|bpb|bpc|ppl|perplexity|nll|error_rate|error|err|f1|auc|mse|rmse|mae|top"
+    r"|score|return|reward|map|miou)(?:@?\d+)?)\b",
     re.IGNORECASE,
 )
+# A detector's mean average precision, printed without a split word: torchvision's and
+# mmdetection's bbox_mAP, segm_mAP, mAP_50. Case matters: "map" is also a word of code.
+_DETECTION = re.compile(r"\b((?:(?:bbox|segm|box|mask)_)?mAP(?:_?\d+)?)\b")
 # The PyTorch MNIST example prints its test_loss as "Test set: Average loss: 0.0345": a split
 # word and a measure a few words apart in one printed string.
 _PHRASE = re.compile(
@@ -39,7 +43,7 @@ def guess_metric(*texts: str) -> str | None:
     a string of theirs names, what a script prints (``f"val_loss: {loss}"``), before the first
     their code names (a variable ``test_loss`` may be printed as ``Test set: Average loss``, which
     a pattern for ``test_loss`` never reads), the script's text before the modules it imports."""
-    for pattern in (_METRIC, _PHRASE):
+    for pattern in (_METRIC, _PHRASE, _DETECTION):
         for text in texts:
             match = pattern.search("\n".join(_strings(text)))
             if match:
