@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightlab.errors import UserError
+from nightlab.executor import scratch
 from nightlab.executor.logfile import LogTrimmer, directory_usage, read_end, redact_file
 from nightlab.executor.outcome import Kill, classify
 from nightlab.executor.proctree import TAG_VARIABLE, MainProcess, ProcessTree, new_tag
@@ -222,6 +223,7 @@ class _Run:
             tree.kill_all(self.ex.grace_seconds)
             guard.release()
             main.close()
+            scratch.discard(self.run_dir)  # the run's own /tmp, before anyone scans the run directory
             # Nothing writes to the log any more: a flood killed between two checks (or output
             # after the last one) is cut to the limit now, so no run leaves a log over it.
             trimmer.settle()

@@ -428,18 +428,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     writable, private, sockets, veil = (values[flag] for flag in _LISTS[:4])
     private_shm, keep = "--private-shm" in options, [*writable, *values["--keep"]]
-    reaper, mounts, pidns = (_load_sibling(name) for name in ("reaper.py", "mounts.py", "pidns.py"))
+    reaper, mounts, pidns, scratch = (
+        _load_sibling(f"{name}.py") for name in ("reaper", "mounts", "pidns", "scratch")
+    )
+    caches = scratch.compile_caches(training=private_shm)  # see there: the frozen side's are others
     try:
+        if private_shm:  # first: made after the veils and hidden files below, it would undo them
+            scratch.private_tmp(os.environ.get("NIGHTLAB_RUN_DIR", ""), [*writable, *caches])
         for folder in veil:
             mounts.veil(folder, keep)
-        if veil:
+        if veil or private_shm:
             os.chdir(os.getcwd())  # the working folder as the run sees it (bound back in place)
         if private_shm:
             mounts.private_shm()
         if private or sockets or private_shm or veil:
             hide_paths(private, sockets)  # ends in the nested namespace that locks every mount
     except OSError as exc:
-        print(f"nightlab sandbox: cannot hide the private files ({exc}); not started", file=sys.stderr)
+        print(
+            f"nightlab sandbox: cannot hide the private files or give the run its /tmp ({exc}); not started",
+            file=sys.stderr,
+        )
         return 126
     deny_tcp, scope = "--deny-tcp" in options, "--no-scope" not in options
     tag, status_fd, keeper = os.environ.get(reaper.TAG_VARIABLE, ""), -1, None
@@ -453,14 +461,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"nightlab sandbox: cannot confine the run ({exc}); not started", file=sys.stderr)
         return 126
-    # Triton's, CUDA's and torch.compile's caches: in scratch (the home folder is read-only), and
-    # kept across runs of the same shapes, so a graph is compiled once, not once per experiment.
-    for name, folder in (
-        ("TRITON_CACHE_DIR", "triton"),
-        ("CUDA_CACHE_PATH", "cuda-cache"),
-        ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
-    ):
-        os.environ.setdefault(name, os.path.join(SCRATCH[0], f"nightlab-{folder}-{os.getuid()}"))
     try:
         reaper.become_subreaper()
     except OSError as exc:
