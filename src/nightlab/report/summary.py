@@ -47,10 +47,19 @@ def _runs(e: ExperimentRow) -> str:
 
 def _slots(ledger: Ledger, research: list[ExperimentRow]) -> str:
     """Where the runs ran, when several slots ran them at once: ``3 at once: 0 (gpu 0) 9 runs, ...``."""
+    from nightlab.report.dashboard.data import LedgerReader
+
     state_dir = ledger.path.parent
     count: dict[tuple, int] = {}
+    reader = LedgerReader(
+        ledger.path
+    )  # every replicate in one query: one per experiment took 0.5 s at 10,000
+    try:
+        replicates = reader.replicates(research[0].tag) if research else {}
+    finally:
+        reader.close()
     for e in research:
-        for run in ledger.runs(e.id):
+        for run in replicates.get(e.id, []):
             folder = recorded_run_dir(state_dir, run.run_dir)
             where = read_slot(folder) if folder is not None else {}
             if isinstance(where.get("slot"), int):
@@ -163,7 +172,7 @@ def summary_renderable(
     kept = [e for e in research if e.decision == "keep"]
     if not kept:
         return Group(head, overview, Text("\nNo change kept yet."))
-    checked = [c for c in holdout_checks(ledger, tag, direction) if c["holdout_delta"] is not None]
+    checked = [c for c in holdout_checks(ledger, tag, direction, research) if c["holdout_delta"] is not None]
     if checked:
         flagged = [c for c in checked if c["overfit"]]
         text = f"{len(checked) - len(flagged)} of {len(checked)} kept changes also improved the holdout split"
