@@ -319,3 +319,25 @@ def test_positional_fallbacks_in_main_are_knobs_unless_the_command_gives_them() 
     after = moved("argv_main", {"lr": 1e-2, "hidden": 128})["train.py"]
     assert "lr = float(sys.argv[1]) if len(sys.argv) > 1 else 1e-2\n" in after
     assert "hidden = int(sys.argv[2]) if len(sys.argv) > 2 else 128\n" in after
+
+
+def test_an_sb3_algorithms_constructor_keywords_are_knobs() -> None:
+    """``PPO("MlpPolicy", env, ..., vf_coef=0.5, max_grad_norm=0.5)``: the literals of
+    stable-baselines3's constructor were no knobs (only the hyperparams dict's were)."""
+    found = knobs("sb3")
+    assert found["PPO.vf_coef"] == 0.5 and found["PPO.max_grad_norm"] == 0.5
+    assert found["learning_rate"] == 1e-3  # the dict's, which the call reads by key
+    after = moved("sb3", {"PPO.vf_coef": 0.25})["train_ppo.py"]
+    assert "        vf_coef=0.25,\n" in after
+
+
+def test_a_fastai_scripts_learner_and_one_cycle_settings_are_knobs() -> None:
+    """fastai's pets example, through ``from fastai.vision.all import *``: ``vision_learner(...,
+    ps=0.5, wd=1e-2)`` and ``learn.fit_one_cycle(5, lr_max=1e-3, pct_start=0.25)`` gave no knob,
+    so init --script had nothing to search."""
+    found = knobs("fastai")
+    assert found["vision_learner.ps"] == 0.5 and found["vision_learner.wd"] == 1e-2
+    assert found["fit_one_cycle.lr_max"] == 1e-3 and found["fit_one_cycle.pct_start"] == 0.25
+    after = moved("fastai", {"fit_one_cycle.lr_max": 3e-3, "vision_learner.ps": 0.3})["train.py"]
+    assert "learn.fit_one_cycle(5, lr_max=3e-3, pct_start=0.25)\n" in after
+    assert "ps=0.3, wd=1e-2)" in after

@@ -335,3 +335,14 @@ def test_fastais_error_rate_and_a_detectors_map_are_metrics() -> None:
     assert guess_metric('print(f"bbox_mAP={m:.4f}")\n') == "bbox_mAP"
     assert guess_metric('print(f"epoch {e} val_mAP {m}")\n') == "val_mAP"
     assert guess_metric("xs = list(map(float, ys))\nprint('done')\n") is None
+
+
+def test_fastais_dropout_is_searched_below_one_and_its_epochs_are_the_budget(tmp_path: Path) -> None:
+    """``vision_learner(..., ps=0.5)`` is fastai's dropout: searched on a log scale it reached
+    5.0; ``fit_one_cycle(5, ...)``'s ``n_epoch`` (singular) was searched, not pinned as the budget."""
+    folder = copy("fastai", tmp_path)
+    init_script(folder, "train.py")
+    found, held = space_of(folder)
+    assert {"vision_learner.ps", "vision_learner.wd", "fit_one_cycle.lr_max"} <= found
+    assert {"fit_one_cycle#1.n_epoch", "fit_one_cycle#2.n_epoch"} <= held
+    assert space_of_domain(folder, "vision_learner.ps").high < 1.0

@@ -39,14 +39,14 @@ __all__ += ["is_named", "priority"]
 _LOG_HINT = re.compile(r"(LR|LEARNING|RATE|DECAY|WD|EPS|STD|SCALE|CLIP|TEMP|INIT)")
 # PCT: a share such as OneCycleLR's pct_start; B1/B2: optax's names for Adam's betas.
 _RATIO_HINT = re.compile(
-    r"(RATIO|FRAC|DROP|PROB|BETA|MOMENTUM|EMA|SMOOTH|MIX|RMSPROP_ALPHA)|(^|_)(PCT|B[12])(_|$)"
+    r"(RATIO|FRAC|DROP|PROB|BETA|MOMENTUM|EMA|SMOOTH|MIX|RMSPROP_ALPHA)|(^|_)(PCT|B[12])(_|$)|^PS$"
 )
 # Ratios for which 1.0 is degenerate: dropout and drop-path 1.0 drop everything (and scale the
 # survivors by 1/(1-p), a division by zero), label smoothing 1.0 leaves no label, a mask ratio
 # of 1.0 nothing to see. Their domain stops at DEGENERATE_HIGH, 0.9: the highest round value at
 # which a tenth of the signal still gets through; recipes sit at 0-0.5, so nothing useful is cut
 # off, and the endpoint the search likes to try is a value that still trains.
-_DEGENERATE_AT_ONE = re.compile(r"(DROP|SMOOTH|MASK)")
+_DEGENERATE_AT_ONE = re.compile(r"(DROP|SMOOTH|MASK|^PS$)")  # PS: fastai's learners' dropout
 DEGENERATE_HIGH = 0.9
 # Averaging coefficients (momentum, Adam's betas, an EMA) are degenerate at 1 too: the average
 # never moves (Adam's bias correction divides by zero). Below 0.8 they move in [0, 0.99].

@@ -73,7 +73,7 @@ KNOB_SUFFIXES = tuple(_READERS)
 # a clip is a setting's ceiling (OneCycleLR's max_lr, max_grad_norm), and a tree's size is the
 # model (max_depth, max_leaf_nodes, max_features, max_bin), not how long training runs.
 _BUDGET = re.compile(
-    r"(?<!warmup_)(?<!warmdown_)(?<!cooldown_)(?:iters?|iterations|steps|epochs)$"
+    r"(?<!warmup_)(?<!warmdown_)(?<!cooldown_)(?<!per_)(?:iters?|iterations|steps|epochs?)$"
     r"|^max_(?!.*(?:lr|learning|norm|grad|clip|momentum|beta|drop|temp|scale|std|decay|depth|lea[fv]|features|bin))"
     r"|^total_.*tokens$",
     re.IGNORECASE,

@@ -136,7 +136,37 @@ _GBDT_CLASSES = frozenset(
     "ExtraTreesRegressor".split()
 )
 
+# stable-baselines3's algorithms: PPO("MlpPolicy", env, learning_rate=3e-4, ...) keeps an RL
+# script's hyperparameters in the constructor. buffer_size (memory), verbose and seed are no knobs.
+_SB3 = {
+    "learning_rate": _F, "batch_size": _I, "n_steps": _I, "n_epochs": _N, "gamma": _F, "gae_lambda": _F,
+    "clip_range": _F, "ent_coef": _F, "vf_coef": _F, "max_grad_norm": _F, "tau": _F, "train_freq": _I,
+    "gradient_steps": _I, "learning_starts": _N, "target_update_interval": _I, "exploration_fraction": _F,
+    "exploration_final_eps": _F, "policy_delay": _I, "target_policy_noise": _F,
+}  # fmt: skip
+_SB3_MODULES = ("stable_baselines3", "sb3_contrib") + tuple(
+    f"stable_baselines3.{a}" for a in ("ppo", "a2c", "sac", "td3", "dqn", "ddpg")
+)
+# fastai's learners (vision_learner(dls, resnet34, ps=0.5, wd=1e-2)) and its fit methods on any
+# learner (learn.fit_one_cycle(5, lr_max=1e-3), learn.fine_tune(3, base_lr=2e-3)), also
+# through fastai's usual star import (from fastai.vision.all import *).
+_FASTAI_MODULES = tuple(
+    f"fastai.{m}" for m in ("vision.all", "vision.learner", "tabular.all", "tabular.learner", "text.all",
+                             "text.learner", "collab", "learner", "basics")
+)  # fmt: skip
+_FASTAI_FIT = {
+    "n_epoch": _N, "epochs": _N, "lr_max": _F, "lr": _F, "base_lr": _F, "div": _F, "div_final": _F,
+    "pct_start": _F, "wd": _F, "freeze_epochs": _N, "lr_mult": _F,
+}  # fmt: skip
+
 FAMILIES: tuple[Family, ...] = (
+    Family(_SB3_MODULES, frozenset({"PPO", "A2C", "SAC", "TD3", "DQN", "DDPG", "TRPO", "RecurrentPPO"}), _SB3, {}),
+    Family(_FASTAI_MODULES, frozenset({"vision_learner", "cnn_learner", "unet_learner", "tabular_learner",
+                                       "text_classifier_learner", "language_model_learner", "Learner"}),
+           {"wd": _F, "ps": _F, "lr": _F, "drop_mult": _F}, {}),
+    Family(None, frozenset({"fit_one_cycle", "fit_flat_cos", "fine_tune"}), _FASTAI_FIT,
+           {"fit_one_cycle": ("n_epoch", "lr_max"), "fit_flat_cos": ("n_epoch", "lr"),
+            "fine_tune": ("epochs", "base_lr")}),
     Family(("torch.optim.lr_scheduler",), None, _TORCH_SCHEDULER,
            {"StepLR": ("", "step_size", "gamma"), "ExponentialLR": ("", "gamma")}),
     Family(("torch.optim", "bitsandbytes.optim", "apex.optimizers", "timm.optim"), None,
@@ -270,6 +300,8 @@ def _collect(
             for alias in child.names:
                 if alias.name != "*":
                     bound[alias.asname or alias.name] = f"{child.module}.{alias.name}"
+                else:  # from fastai.vision.all import *: a name no import binds may come from it
+                    bound[f"*{child.module}"] = child.module
         elif isinstance(child, ast.ClassDef):
             _collect(child, child.name, bound, calls)
         elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -305,9 +337,17 @@ def _family(func: ast.expr, bound: dict[str, str], keras: bool) -> tuple[Family,
     if isinstance(func, ast.Attribute) and func.attr == "fit" and keras:
         return _KERAS_FIT, "fit"
     parts = dotted_path(func)
-    if parts is None or parts[0] not in bound:
+    if parts is None:
         return None
-    path = ".".join([bound[parts[0]], *parts[1:]])
+    if parts[0] not in bound:
+        starred = [m for key, m in bound.items() if key.startswith("*")]
+        found = (_family_at(f"{m}.{'.'.join(parts)}") for m in starred)
+        return next((f for f in found if f is not None and f[0].modules is not None), None)
+    return _family_at(".".join([bound[parts[0]], *parts[1:]]))
+
+
+def _family_at(path: str) -> tuple[Family, str] | None:
+    """The family of the callee at the dotted ``path`` (``torch.optim.AdamW``), or None."""
     module, _, name = path.rpartition(".")
     for family in FAMILIES:
         if family.modules is None or module not in family.modules:
