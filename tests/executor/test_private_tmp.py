@@ -10,9 +10,12 @@ evaluation's compile caches are others, which no training run can write.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,15 @@ needs_namespaces = pytest.mark.skipif(
     not (SUPPORT.complete and SUPPORT.netns),
     reason=f"needs user namespaces; this machine has {SUPPORT.describe()}",
 )
+
+
+@pytest.fixture
+def in_tmp() -> Iterator[Path]:
+    """A folder in the machine's ``/tmp`` (where ``tmp_path`` need not lie), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="nightlab-test-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
 
 FILL = """
 import time
@@ -72,8 +84,9 @@ print("cache", os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
 @needs_namespaces
-def test_the_machines_tmp_stays_readable_and_unchanged_and_the_compile_cache_shared(tmp_path: Path) -> None:
-    existing = tmp_path / "existing.txt"  # tmp_path lies in /tmp here (--basetemp), as a workspace may
+def test_the_machines_tmp_stays_readable_and_unchanged_and_the_compile_cache_shared(in_tmp: Path) -> None:
+    tmp_path = in_tmp  # a workspace in /tmp: its worktree and run directory stay writable
+    existing = tmp_path / "existing.txt"
     existing.write_text("machine")
     own = f"nightlab-test-{uuid.uuid4().hex[:10]}"
     (tmp_path / "probe.py").write_text(PROBE)
@@ -111,3 +124,35 @@ def test_the_machines_tmp_stays_readable_and_unchanged_and_the_compile_cache_sha
     finally:
         for path in made:
             path.unlink(missing_ok=True)
+
+
+RENAME = """
+import os
+print(open("cache/byte/train.bin").read())
+try:
+    os.rename("cache/byte", "cache/aside")
+    os.makedirs("cache/byte")
+    open("cache/byte/val.bin", "w").write("planted")
+    print("replaced")
+except OSError as exc:
+    print("refused", type(exc).__name__)
+"""
+
+
+@needs_namespaces
+def test_a_data_cache_in_tmp_cannot_be_swapped_by_training(in_tmp: Path, tmp_path: Path) -> None:
+    """The attack SECURITY.md listed as not covered: with the data cache in ``/tmp``, training renamed
+    its folder aside (the hidden ``val.bin`` with it) and wrote its own split in its place. The
+    machine's ``/tmp`` entries are read-only in the training command's view."""
+    byte = in_tmp / "cache" / "byte"
+    byte.mkdir(parents=True)
+    (byte / "train.bin").write_text("train")
+    (byte / "val.bin").write_text("val")
+    (in_tmp / "rename.py").write_text(RENAME)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    command = sandbox.wrap(f"{sys.executable} rename.py", [run_dir], "required", hide=[byte / "val.bin"])
+    env = {**os.environ, "NIGHTLAB_RUN_DIR": str(run_dir)}
+    done = subprocess.run(command, shell=True, cwd=in_tmp, env=env, capture_output=True, text=True)
+    assert done.stdout.split() == ["train", "refused", "OSError"], done.stdout + done.stderr
+    assert (byte / "val.bin").read_text() == "val" and not (in_tmp / "cache" / "aside").exists()
