@@ -341,3 +341,15 @@ def test_a_fastai_scripts_learner_and_one_cycle_settings_are_knobs() -> None:
     after = moved("fastai", {"fit_one_cycle.lr_max": 3e-3, "vision_learner.ps": 0.3})["train.py"]
     assert "learn.fit_one_cycle(5, lr_max=3e-3, pct_start=0.25)\n" in after
     assert "ps=0.3, wd=1e-2)" in after
+
+
+def test_a_flax_modules_fields_are_knobs_where_they_apply() -> None:
+    """A flax ``nn.Module``'s fields are its constructor's parameters (``features: int = 256``,
+    ``dropout_rate: float = 0.1``, built as ``MLP(features=512)``), but no ``@dataclass`` says so:
+    neither the dropout nor the width was a knob, only the optax calls' arguments were."""
+    found = knobs("optax_flax")
+    assert found["dropout_rate"] == 0.1 and found["features"] == 512  # the call's: 256 never applies
+    assert found["warmup_cosine_decay_schedule.peak_value"] == 1e-3 and found["adamw.weight_decay"] == 1e-4
+    after = moved("optax_flax", {"features": 1024, "dropout_rate": 0.2})["train.py"]
+    assert "    model = MLP(features=1024)\n" in after and "    dropout_rate: float = 0.2\n" in after
+    assert "    features: int = 256\n" in after

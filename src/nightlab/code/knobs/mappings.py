@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from nightlab.code.knobs.callers import FileIndex, import_source, module_of
 from nightlab.code.knobs.model import Knob
-from nightlab.code.knobs.reader import Reader, call_name
+from nightlab.code.knobs.reader import Reader, call_name, is_field_module
 
 SOURCE = "dict"
 # Calls that build a settings mapping from keywords: dict(...), argparse.Namespace(...),
@@ -279,7 +279,7 @@ def user_classes(tree: ast.Module, path: str, others: dict[str, FileIndex] | Non
 
 def _defaulted(cls: ast.ClassDef) -> set[str]:
     """A class's parameters that have a default (see :func:`user_classes`)."""
-    if any(call_name(d) == "dataclass" for d in cls.decorator_list):
+    if any(call_name(d) == "dataclass" for d in cls.decorator_list) or is_field_module(cls):
         return {
             s.target.id
             for s in cls.body

@@ -63,6 +63,7 @@ from nightlab.code.knobs.reader import (
     Reader,
     as_annotated,
     call_name,
+    is_field_module,
     keyword,
     main_block,
     simple_assignment,
@@ -139,7 +140,7 @@ def python_knobs(
         if isinstance(node, ast.Call):
             _option(reader, node, overrides)
             absl_flag(reader, node)
-        elif any(_is_dataclass(d) for d in node.decorator_list):
+        elif any(_is_dataclass(d) for d in node.decorator_list) or is_field_module(node):  # flax nn.Module
             place = placed.get(node.name) if node in tree.body else None
             if place is None or place.prefix is not None:  # None: an option the run does not select
                 _fields(reader, node, "dataclass", _builders(reader, node, tree, local), place)

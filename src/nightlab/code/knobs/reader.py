@@ -153,3 +153,14 @@ def as_annotated(node: ast.expr, annotation: ast.expr | None) -> ast.expr:
             node if inner is node.operand else ast.copy_location(ast.UnaryOp(op=node.op, operand=inner), node)
         )
     return node
+
+
+def is_field_module(cls: ast.ClassDef) -> bool:
+    """Whether ``cls`` is a module whose fields are its constructor's parameters, as a
+    dataclass's are: a flax ``nn.Module`` or an equinox ``eqx.Module`` (``features: int = 256``,
+    built as ``MLP(features=512)``). Told from a torch ``nn.Module`` by having annotated fields
+    with defaults and no ``__init__`` of its own (a torch module sets its layers up there)."""
+    module_base = any(call_name(b) == "Module" for b in cls.bases)
+    init = any(isinstance(s, ast.FunctionDef) and s.name == "__init__" for s in cls.body)
+    fields = any(isinstance(s, ast.AnnAssign) and s.value is not None for s in cls.body)
+    return module_base and fields and not init
