@@ -346,3 +346,14 @@ def test_fastais_dropout_is_searched_below_one_and_its_epochs_are_the_budget(tmp
     assert {"vision_learner.ps", "vision_learner.wd", "fit_one_cycle.lr_max"} <= found
     assert {"fit_one_cycle#1.n_epoch", "fit_one_cycle#2.n_epoch"} <= held
     assert space_of_domain(folder, "vision_learner.ps").high < 1.0
+
+
+def test_gradient_accumulation_is_searched_as_the_batch_not_pinned_as_the_budget(tmp_path: Path) -> None:
+    """An Accelerate fine-tuning script (``accelerate launch --config_file accelerate_config.yaml
+    train.py``): ``--gradient_accumulation_steps 4`` is the effective batch, yet it was pinned as
+    the budget for ending in ``steps``; the epochs stay the budget."""
+    folder = copy("accelerate_lm", tmp_path)
+    init_script(folder, "train.py")
+    found, held = space_of(folder)
+    assert {"gradient_accumulation_steps", "learning_rate", "per_device_train_batch_size"} <= found
+    assert {"num_train_epochs", "seed", "report_to", "output_dir"} <= held

@@ -71,9 +71,11 @@ KNOB_SUFFIXES = tuple(_READERS)
 # steps, epochs or tokens it trains for. Searching them buys results with compute. A warm-up's
 # or a warm-down's length is method (nanoGPT's warmup_iters, modded-nanogpt's warmdown_iters), and a `max_` that names a learning rate, a norm or
 # a clip is a setting's ceiling (OneCycleLR's max_lr, max_grad_norm), and a tree's size is the
-# model (max_depth, max_leaf_nodes, max_features, max_bin), not how long training runs.
+# model (max_depth, max_leaf_nodes, max_features, max_bin), not how long training runs. Gradient
+# accumulation's steps (gradient_accumulation_steps, grad_accum_steps) are the effective batch,
+# and a rate per epoch (steps_per_epoch, saves_per_epoch) is no length.
 _BUDGET = re.compile(
-    r"(?<!warmup_)(?<!warmdown_)(?<!cooldown_)(?<!per_)(?:iters?|iterations|steps|epochs?)$"
+    r"(?<!warmup_)(?<!warmdown_)(?<!cooldown_)(?<!per_)(?<!accumulation_)(?<!accum_)(?:iters?|iterations|steps|epochs?)$"
     r"|^max_(?!.*(?:lr|learning|norm|grad|clip|momentum|beta|drop|temp|scale|std|decay|depth|lea[fv]|features|bin))"
     r"|^total_.*tokens$",
     re.IGNORECASE,
