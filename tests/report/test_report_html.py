@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from helpers import edit, make_workspace, nightlab
+from nightlab.report.dashboard.page import unpacked_details
 
 
 def test_report_html_is_self_contained_escaped_and_redacted(tmp_path: Path) -> None:
@@ -28,7 +29,9 @@ def test_report_html_is_self_contained_escaped_and_redacted(tmp_path: Path) -> N
     assert planted not in page and "[redacted]" in page
     data = json.loads(page.split('<script id="data" type="application/json">')[1].split("</script>")[0])
     assert [e["id"] for e in data["snapshot"]["experiments"]] == [1, 2, 3]  # baseline and two candidates
-    assert sorted(data["details"]) == ["1", "2", "3"] and "+LR = 0.3" in data["details"]["2"]["diff"]
+    details = unpacked_details(data["details_gz"])  # packed: 1/10 of the page at 10,000 experiments
+    assert sorted(details) == ["1", "2", "3"] and "+LR = 0.3" in details["2"]["diff"]
+    assert planted not in json.dumps(details) and "[redacted]" in details["3"]["description"]
     assert "report: " in res.stdout
 
 

@@ -11,6 +11,7 @@ do nothing but be read.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import html
 import json
@@ -90,9 +91,27 @@ def live_page(boot: dict) -> str:
     )
 
 
+def packed_details(details: dict) -> str:
+    """Every experiment's details as gzip in base64, which the page unpacks with the browser's
+    DecompressionStream (no request: it works from file://). Diffs and logs of 10,000 experiments
+    were 18.9 MB of a 25 MB page as JSON and 1.5 MB packed, in 0.2 s."""
+    return base64.b64encode(gzip.compress(json_text(details).encode("utf-8"), 6, mtime=0)).decode("ascii")
+
+
+def unpacked_details(packed: str) -> dict:
+    """What :func:`packed_details` packed (tests and tools read a page's details with it)."""
+    return json.loads(gzip.decompress(base64.b64decode(packed)).decode("utf-8"))
+
+
 def static_page(boot: dict, data: dict, top_html: str = "") -> str:
     """A self-contained page: styles, script and ``data`` (snapshot plus every experiment's
-    details) inline; ``top_html`` (already escaped) is shown first, readable without script."""
+    details, those packed: ``details_gz``) inline; ``top_html`` (already escaped) is shown first,
+    readable without script."""
+    if "details" in data:
+        data = {
+            **{k: v for k, v in data.items() if k != "details"},
+            "details_gz": packed_details(data["details"]),
+        }
     script = asset("app.js")
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
     csp = (

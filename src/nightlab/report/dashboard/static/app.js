@@ -527,9 +527,20 @@
   }
 
   // ---------------------------------------------------------------- one experiment in full
+  // report.html packs every experiment's details (gzip, base64): unpacked once, in the browser.
+  async function unpack(packed) {
+    try {
+      const bytes = Uint8Array.from(atob(packed), (c) => c.charCodeAt(0));
+      const text = await new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"))).text();
+      for (const [id, d] of Object.entries(JSON.parse(text))) S.details.set(Number(id), d);
+    } catch (err) {
+      S.unpackError = "details need a browser that reads gzip (DecompressionStream: Chrome 80, Firefox 113, Safari 16.4 or later)";
+    }
+  }
   async function openDetails(id, quiet) {
     const aside = $("details");
     aside.dataset.id = id;
+    if (S.unpacking) await S.unpacking;
     let d = S.details.get(id);
     if (!d && boot.mode === "live") {
       try {
@@ -549,7 +560,7 @@
     body.replaceChildren(el("h2", {text: "#" + id + " " + (d ? d.description : r.description || "")}));
     body.append(el("div", {}, badge(r.outcome || "?"), " " + (d ? d.kind + " · agent " + d.agent : ""), d && d.commit ? el("code", {text: d.commit.slice(0, 12)}) : null));
     if (r.reason) body.append(el("p", {text: r.reason}));
-    if (!d) { body.append(el("p", {class: "muted", text: "details are not available"})); return; }
+    if (!d) { body.append(el("p", {class: "muted", text: S.unpackError || "details are not available"})); return; }
     const section = (title, ...nodes) => body.append(el("h2", {text: title}), ...nodes);
     if (d.hypothesis) section("Hypothesis", el("p", {text: d.hypothesis}));
     if (d.lesson) section("Lesson", el("p", {text: d.lesson}));
@@ -647,6 +658,7 @@
     document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeDetails(); });
     if (boot.mode === "static") {
       for (const [id, d] of Object.entries(embedded.details || {})) S.details.set(Number(id), d);
+      if (embedded.details_gz) S.unpacking = unpack(embedded.details_gz);
       applySnapshot(embedded.snapshot);
     } else {
       connect();
