@@ -353,3 +353,14 @@ def test_a_flax_modules_fields_are_knobs_where_they_apply() -> None:
     after = moved("optax_flax", {"features": 1024, "dropout_rate": 0.2})["train.py"]
     assert "    model = MLP(features=1024)\n" in after and "    dropout_rate: float = 0.2\n" in after
     assert "    features: int = 256\n" in after
+
+
+def test_settings_after_a_logging_setup_are_knobs() -> None:
+    """sentence-transformers' training examples open with ``logging.basicConfig(...)``, then
+    ``learning_rate = 2e-5`` and ``warmup_fraction = 0.1``: the call ended the settings block, so
+    both were no knobs (only those passed straight to a call were read)."""
+    found = knobs("sentence_transformers")
+    assert found["learning_rate"] == 2e-5 and found["warmup_fraction"] == 0.1
+    assert found["train_batch_size"] == 16
+    after = moved("sentence_transformers", {"learning_rate": 5e-5})["train_sts.py"]
+    assert "\nlearning_rate = 5e-5\n" in after

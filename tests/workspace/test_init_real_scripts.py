@@ -357,3 +357,13 @@ def test_gradient_accumulation_is_searched_as_the_batch_not_pinned_as_the_budget
     found, held = space_of(folder)
     assert {"gradient_accumulation_steps", "learning_rate", "per_device_train_batch_size"} <= found
     assert {"num_train_epochs", "seed", "report_to", "output_dir"} <= held
+
+
+def test_a_correlation_metric_is_found_and_maximised(tmp_path: Path) -> None:
+    """sentence-transformers prints ``eval_spearman``: init refused the script as naming no
+    metric, and given ``--metric eval_spearman`` it minimised the correlation, so the search
+    would keep every change that made the embeddings worse."""
+    folder = copy("sentence_transformers", tmp_path)
+    assert init_script(folder, "train_sts.py")[:2] == ("eval_spearman", "maximize")
+    found, held = space_of(folder)
+    assert {"learning_rate", "warmup_fraction", "train_batch_size"} <= found and "num_epochs" in held

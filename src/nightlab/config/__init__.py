@@ -121,11 +121,11 @@ class BudgetConfig(_Strict):
         return out
 
 
-# Words of a metric's name (split at '_', '-', '.', '/', '@', digits kept) that mean higher is
-# better, and words that mean lower is better (which win: "top1_error" is an error).
+# Words of a metric's name (split at '_', '-', '.', '/', '@', digits kept) that mean higher is better
+# (a correlation too: eval_spearman), and words that mean lower is better (top1_error is an error).
 _SCORE_WORDS = frozenset(
-    "acc accuracy top1 top5 f1 fscore auc auroc auprc ap map miou iou dice bleu rouge rougel chrf "
-    "meteor precision recall psnr ssim reward return r2 em correct pass win".split()
+    "acc accuracy top1 top5 f1 fscore auc auroc auprc ap map miou iou dice bleu rouge rougel chrf meteor precision "
+    "recall psnr ssim reward return r2 em correct pass win spearman pearson kendall corr mcc ndcg mrr kappa".split()
 )
 _LOSS_WORDS = frozenset(
     "loss error err errors perplexity ppl bpb bpc nll wer cer mse mae rmse fid latency time "

@@ -22,7 +22,7 @@ import re
 _METRIC = re.compile(
     r"\b((?:(?:avg|mean|average|final)_)?(?:val|valid|validation|dev|eval|test)[_ ]?"
     r"(?:loss|acc|accuracy|bpb|bpc|ppl|perplexity|nll|error_rate|error|err|f1|auc|mse|rmse|mae|top"
-    r"|score|return|reward|map|miou)(?:@?\d+)?)\b",
+    r"|score|return|reward|map|miou|spearman|pearson|mcc|ndcg|mrr)(?:@?\d+)?)\b",
     re.IGNORECASE,
 )
 # A detector's mean average precision, printed without a split word: torchvision's and

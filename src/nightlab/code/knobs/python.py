@@ -168,13 +168,27 @@ def _leading_block(body: list[ast.stmt]) -> set[ast.stmt]:
     for i, stmt in enumerate(body):
         if i == 0 and isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
             continue  # the module docstring
-        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)) or _quiet_setup(stmt):
             continue
         if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
             block.add(stmt)
             continue
         break
     return block
+
+
+# Calls that set up logging or warnings before a script's settings (sentence-transformers' and
+# Hugging Face's examples open with logging.basicConfig(...)): they bind no setting, so the block
+# reads on past them; any other statement (exec(...) of a configurator) still ends it.
+_QUIET_SETUP = frozenset({"basicConfig", "filterwarnings", "simplefilter", "set_verbosity_error", "setLevel"})
+
+
+def _quiet_setup(stmt: ast.stmt) -> bool:
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Call)
+        and call_name(stmt.value) in _QUIET_SETUP
+    )
 
 
 def _passed_settings(tree: ast.Module) -> set[ast.stmt]:
