@@ -95,6 +95,13 @@ def synthetic_ledger(root: Path, n: int, tag: str = "bench", seed: int = 0) -> P
                 (i, r, 1000 * i + r, "ok" if value is not None else status, value, 30.0, 31.0,
                  "step 100 | loss 3.2\n---\nval_bpb: 1.23\n", str(root / ".nightlab" / "runs" / f"{i:04d}" / str(r)), now)
             )  # fmt: skip
+    insert_rows(path, experiments, runs, {"current_tag": tag})
+    return path
+
+
+def insert_rows(path: Path, experiments: list[tuple], runs: list[tuple], meta: dict[str, str]) -> None:
+    """Write synthetic experiment and run rows (and ``meta`` keys) into the ledger at ``path``,
+    made by nightlab's own schema; shared with status_report_speed.py."""
     conn = sqlite3.connect(path)
     with conn:
         conn.executemany(
@@ -108,9 +115,8 @@ def synthetic_ledger(root: Path, n: int, tag: str = "bench", seed: int = 0) -> P
             "log_tail, run_dir, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             runs,
         )
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('current_tag', ?)", (tag,))
+        conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta.items())
     conn.close()
-    return path
 
 
 def add_experiment(path: Path, tag: str = "bench") -> int:

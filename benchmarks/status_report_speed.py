@@ -15,13 +15,15 @@ import argparse
 import json
 import random
 import resource
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dashboard_speed import insert_rows  # noqa: E402
 
 TOML = """\
 [target]
@@ -96,23 +98,9 @@ def synthetic_ledger(root: Path, n: int, tag: str = "bench", seed: int = 0) -> P
                 (i, r, 1000 * i + r, "ok" if value is not None else status, value, 30.0, 31.0,
                  log_tail(i, r, rng), str(root / ".nightlab" / "runs" / f"{i:04d}" / str(r)), now)
             )  # fmt: skip
-    conn = sqlite3.connect(path)
-    with conn:
-        conn.executemany(
-            'INSERT INTO experiments (id, kind, tag, "commit", agent, description, hypothesis, diff, status, '
-            "decision, reason, metric_mean, metric_sem, n_runs, created_at, finished_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            experiments,
-        )
-        conn.executemany(
-            "INSERT INTO runs (experiment_id, replicate, seed, status, metric, training_seconds, total_seconds, "
-            "log_tail, run_dir, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            runs,
-        )
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('current_tag', ?)", (tag,))
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('metric_name', 'val_bpb')")
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('direction', 'minimize')")
-    conn.close()
+    insert_rows(
+        path, experiments, runs, {"current_tag": tag, "metric_name": "val_bpb", "direction": "minimize"}
+    )
     return path
 
 
