@@ -7,7 +7,12 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from helpers import TOY_TOML, edit, git, make_workspace, nightlab
+from nightlab.executor import sandbox
+
+SUPPORT = sandbox.detect()
 
 # A target in the shape of the well-known GPT scripts: a separate data script writes a
 # git-ignored binary file, training reads it and writes its checkpoint under out/.
@@ -95,11 +100,37 @@ def test_a_python_file_is_never_an_output(tmp_path: Path) -> None:
     assert "out/sitecustomize.py" in result.stderr and "invalid" in result.stderr
 
 
+OVERWRITE = 'os.chmod("data/train.bin", 0o644); pathlib.Path("data/train.bin").write_bytes(b"x")'
+
+
+def _without_sandbox(root: Path) -> None:
+    """``[run] sandbox = "off"``, committed: the check after the run is then the only defence."""
+    toml = root / "nightlab.toml"
+    toml.write_text(toml.read_text() + '\n[run]\nsandbox = "off"\n')
+    git(root, "commit", "-qam", "no sandbox")
+
+
 def test_a_run_that_writes_setup_data_is_invalid(tmp_path: Path) -> None:
-    overwrite = 'os.chmod("data/train.bin", 0o644); pathlib.Path("data/train.bin").write_bytes(b"x")'
-    root = _workspace(tmp_path, extra=overwrite)
+    """Without the sandbox (which refuses the write: the next test) the setup data's check after
+    the run finds the change."""
+    root = _workspace(tmp_path, extra=OVERWRITE)
+    _without_sandbox(root)
     result = nightlab("run", str(root), "--plain", "--tag", "t")
     assert result.returncode == 2
     assert "the run changed data the setup command made: data/train.bin" in result.stderr
     manifest = next((root / ".nightlab" / "setup").glob("*/manifest.json"))
     assert json.loads(manifest.read_text())["entries"] == ["data"]
+
+
+@pytest.mark.skipif(not SUPPORT.complete, reason=f"this machine has {SUPPORT.describe()}")
+def test_the_sandbox_refuses_a_write_to_setup_data_wherever_the_workspace_lies(tmp_path: Path) -> None:
+    """Setup data lies outside the run's worktree (linked into it): under the sandbox a write
+    to it fails, for a workspace under /tmp too (the run's own /tmp shows the machine's entries
+    read-only), so the data every later run reads stays as the setup command made it."""
+    root = _workspace(tmp_path, extra=OVERWRITE)
+    result = nightlab("run", str(root), "--plain", "--tag", "t")
+    assert result.returncode == 2
+    assert "the baseline run failed (crash: " in result.stderr, result.stderr
+    assert "Read-only file system" in result.stderr or "Permission denied" in result.stderr
+    data = next((root / ".nightlab" / "setup").glob("*/files/data/train.bin"))
+    assert data.read_bytes() == bytes(range(256)) * 64
