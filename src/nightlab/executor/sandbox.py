@@ -316,7 +316,7 @@ def wrap(
     for path in sockets:
         launcher += ["--hide-socket", path]
     if hidden:
-        launcher += ["--private-shm", "--pid-ns", str(MAX_TASKS)] if support.pidns else ["--private-shm"]
+        launcher += ["--training", "--pid-ns", str(MAX_TASKS)] if support.pidns else ["--training"]
     for folder in socket_folders() if hidden else ():
         launcher += ["--veil", folder]
     if hidden and veil is not None:
@@ -427,21 +427,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         flag: [options[i + 1] for i, word in enumerate(options[:-1]) if word == flag] for flag in _LISTS
     }
     writable, private, sockets, veil = (values[flag] for flag in _LISTS[:4])
-    private_shm, keep = "--private-shm" in options, [*writable, *values["--keep"]]
+    training, keep = "--training" in options, [*writable, *values["--keep"]]
     reaper, mounts, pidns, scratch = (
         _load_sibling(f"{name}.py") for name in ("reaper", "mounts", "pidns", "scratch")
     )
-    caches = scratch.compile_caches(training=private_shm)  # see there: the frozen side's are others
+    caches = scratch.compile_caches(training=training)  # see there: the frozen side's are others
     try:
-        if private_shm:  # first: made after the veils and hidden files below, it would undo them
+        if training:  # first: made after the veils and hidden files below, it would undo them
             scratch.private_tmp(os.environ.get("NIGHTLAB_RUN_DIR", ""), [*writable, *caches])
         for folder in veil:
             mounts.veil(folder, keep)
-        if veil or private_shm:
+        if veil or training:
             os.chdir(os.getcwd())  # the working folder as the run sees it (bound back in place)
-        if private_shm:
+        if training:
             mounts.private_shm()
-        if private or sockets or private_shm or veil:
+        if private or sockets or training or veil:
             hide_paths(private, sockets)  # ends in the nested namespace that locks every mount
     except OSError as exc:
         print(
